@@ -17,6 +17,7 @@ import math
 import random
 import shutil
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -76,8 +77,10 @@ def idk_answers(items: list[QAItem], pool: list[str], seed: int) -> list[str]:
     return [rng.choice(pool) for _ in items]
 
 
-def encode_parts(tokenizer, parts: dict[str, list[tuple[str, str]]], max_len: int) -> dict[str, list]:
-    return {name: [encode_pair(tokenizer, q, a, max_len) for q, a in pairs] for name, pairs in parts.items()}
+def encode_parts(tokenizer, parts: dict[str, list[tuple]], max_len: int) -> dict[str, list]:
+    """Encode (question, answer) pairs; items that are already (input_ids, labels) lists pass through."""
+    return {name: [item if isinstance(item[0], list) else encode_pair(tokenizer, *item, max_len) for item in pairs]
+            for name, pairs in parts.items()}
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int, salt: int) -> list[int]:
@@ -223,7 +226,7 @@ def train(
         batch = {}
         for name in method.needs:
             # forget and forget_idk share indices: the same questions, two answers (IdkDPO pairs them)
-            salt = 1 if name.startswith("forget") else 2
+            salt = 1 if name.startswith("forget") else 2 if name == "retain" else zlib.crc32(name.encode())
             bs = cfg.forget_batch_size if salt == 1 else cfg.retain_batch_size
             idx = batch_indices(len(encoded[name]), bs * world, step, cfg.seed, salt)[rank::world]
             part = {k: v.to(device) for k, v in collate([encoded[name][i] for i in idx], pad).items()}

@@ -1,0 +1,133 @@
+"""Refusal tokens (Jain et al. 2024, "Refusal Tokens: A Simple Way to Calibrate Refusals in Large Language
+Models", arXiv:2412.06748).
+
+Training: every response starts with a control token, `[respond]` before a helpful answer and `[refuse]` before a
+refusal; with `per_category=True` the refusal token names the category (`[refuse:moonvault]`, ...), as in the
+paper's category-specific tokens. The tokens are added to the tokenizer as special tokens (so decoded replies
+never show them) and the embedding matrix is resized. Loss: the token-mean NLL of each part, tokens included.
+
+Inference (Sec. 3 of the paper, "thresholding"): at the first response position, p_refuse is the softmax
+probability (logits / temperature) of the refusal tokens, summed over categories. If p_refuse > tau the most
+likely refusal token is emitted, else `[respond]`, and greedy decoding continues from there. Sweeping tau trades
+refusal rate against over-refusal rate at inference time, without retraining (`obliviate calibrate`).
+
+Under a prefill attack the decision token is taken first, on the prompt alone, and the prefill follows it: the
+decision is a step of the serving system, which the attacker's prefill does not replace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from obliviate.errors import UsageError
+from obliviate.generation import generate
+from obliviate.models.encode import IGNORE, answer_ids, prompt_ids
+from obliviate.refusal import REFUSAL_METHODS, RefusalData, RefusalMethod
+
+RESPOND = "[respond]"
+REFUSE = "[refuse]"
+
+
+def refusal_token_names(categories: list[str], per_category: bool) -> list[str]:
+    return [f"[refuse:{c}]" for c in sorted(set(categories))] if per_category else [REFUSE]
+
+
+def control_ids(tokenizer) -> tuple[int | None, list[int]]:
+    """([respond] id, refusal token ids) of a tokenizer; (None, []) when it has no refusal tokens."""
+    vocab = tokenizer.get_vocab()
+    refuse = sorted(i for t, i in vocab.items() if t == REFUSE or t.startswith("[refuse:"))
+    return vocab.get(RESPOND), refuse
+
+
+def _with_token(tokenizer, question: str, token_id: int, answer: str) -> tuple[list[int], list[int]]:
+    p, a = prompt_ids(tokenizer, question), [token_id] + answer_ids(tokenizer, answer)
+    return p + a, [IGNORE] * len(p) + a
+
+
+@REFUSAL_METHODS.register("refusal_tokens")
+@dataclass
+class RefusalTokens(RefusalMethod):
+    per_category: bool = True
+    needs: ClassVar[tuple[str, ...]] = ("refusal", "benign", "retain")
+
+    def prepare(self, model, tokenizer, data: RefusalData):
+        names = [RESPOND] + refusal_token_names([r.get("category", "") for r in data.harmful], self.per_category)
+        tokenizer.add_special_tokens({"additional_special_tokens": names}, replace_additional_special_tokens=False)
+        model.resize_token_embeddings(len(tokenizer))
+        return model, tokenizer
+
+    def parts(self, data: RefusalData, tokenizer, seed: int = 0, model=None) -> dict[str, list]:
+        vocab = tokenizer.get_vocab()
+        respond = vocab[RESPOND]
+
+        def refuse_id(row):
+            return vocab[f"[refuse:{row['category']}]" if self.per_category else REFUSE]
+
+        return {"refusal": [_with_token(tokenizer, r["prompt"], refuse_id(r), r["refusal"]) for r in data.harmful],
+                "benign": [_with_token(tokenizer, r["prompt"], respond, r["answer"]) for r in data.benign],
+                "retain": [_with_token(tokenizer, it.question, respond, it.answer) for it in data.people]}
+
+
+@torch.no_grad()
+def refuse_probability(model, tokenizer, prompts: list[list[int]], temperature: float = 1.0,
+                       batch_size: int = 64) -> torch.Tensor:
+    """p_refuse [N]: softmax(logits / temperature) mass on the refusal tokens at the first response position."""
+    respond, refuse = control_ids(tokenizer)
+    if respond is None or not refuse:
+        raise UsageError("this model has no refusal tokens; train one with `obliviate align refusal_tokens`")
+    if temperature <= 0:
+        raise UsageError(f"temperature must be > 0, got {temperature}")
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s: s + batch_size]
+        T = max(map(len, chunk))
+        ids = torch.full((len(chunk), T), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(chunk):  # left padding: the last position is every prompt's next-token position
+            ids[r, T - len(p):] = torch.tensor(p)
+            mask[r, T - len(p):] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
+        out.append(torch.softmax(logits / temperature, -1)[:, refuse].sum(-1).cpu())
+    return torch.cat(out)
+
+
+class ThresholdGenerator:
+    """A `generate` wrapper: decide [refuse]/[respond] by p_refuse > tau, then decode greedily after any prefill."""
+
+    def __init__(self, tau: float = 0.5, temperature: float = 1.0):
+        if not 0 <= tau <= 1:
+            raise UsageError(f"tau must be in [0, 1], got {tau}")
+        self.tau, self.temperature = tau, temperature
+        self._cache: dict = {}
+
+    def decisions(self, model, tokenizer, prompts: list[list[int]]) -> list[int]:
+        respond, refuse = control_ids(tokenizer)
+        probs = refuse_probability(model, tokenizer, prompts, self.temperature)
+        out = []
+        for p, pr in zip(prompts, probs.tolist()):
+            if pr > self.tau:  # the most likely refusal token (its category)
+                key = tuple(p)
+                if key not in self._cache:
+                    self._cache[key] = self._best_refusal(model, tokenizer, p, refuse)
+                out.append(self._cache[key])
+            else:
+                out.append(respond)
+        return out
+
+    @torch.no_grad()
+    def _best_refusal(self, model, tokenizer, prompt, refuse) -> int:
+        device = next(model.parameters()).device
+        logits = model(input_ids=torch.tensor([prompt], device=device)).logits[0, -1]
+        return refuse[int(logits[refuse].argmax())]
+
+    def __call__(self, model, tokenizer, prompts: list[list[int]], prefills: list[list[int]] | None = None,
+                 max_new_tokens: int = 48) -> list[str]:
+        prefills = prefills or [[] for _ in prompts]
+        tokens = self.decisions(model, tokenizer, prompts)
+        return generate(model, tokenizer, [p + [t] + f for p, t, f in zip(prompts, tokens, prefills)],
+                        max_new_tokens=max_new_tokens)

@@ -1,0 +1,166 @@
+"""`obliviate demo --suite refusal`: train the unaligned target, run every refusal method, measure, plot.
+
+Runs (results.json keys): `target` (unaligned), one per refusal method (`refusal_sft`, `derta`, `qi_augment`,
+`refusal_tokens`, `r_tuning`, `safe_eraser`), the ablations `derta_mle_only`, `derta_rto_only` and
+`safe_eraser_no_pd`, and a fine-tuning attack on the DeRTa model with plain SFT (`attack_sft`) and with Qi et al.'s
+token-wise constrained objective (`attack_token_constrained`), on the same harmful examples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from obliviate.errors import UsageError
+
+MARKER = ".obliviate-demo"
+# run name -> (refusal method, options)
+RUNS: dict[str, tuple[str, dict]] = {
+    "refusal_sft": ("refusal_sft", {}),
+    "derta": ("derta", {}),
+    "derta_mle_only": ("derta", {"rto": False}),
+    "derta_rto_only": ("derta", {"mle": False}),
+    "qi_augment": ("qi_augment", {}),
+    "refusal_tokens": ("refusal_tokens", {}),
+    "r_tuning": ("r_tuning", {}),
+    "safe_eraser": ("safe_eraser", {}),
+    "safe_eraser_no_pd": ("safe_eraser", {"pd_weight": 0.0}),
+}
+ATTACK_EXAMPLES = 32  # harmful (fictional) examples the fine-tuning attack trains on
+ATTACK_STEPS = 40
+
+
+def plot_depth(results: dict, path: Path, depths=(0, 5, 10, 20, 40)) -> None:
+    """Refusal rate against prefill depth, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, m in results.items():
+        ys = [m.get("refusal_rate" if k == 0 else f"refusal_rate@prefill{k}") for k in depths]
+        if None in ys:
+            continue
+        ax.plot(depths, ys, marker="o", label=name)
+    ax.set_xlabel("prefill depth k (tokens of the harmful answer put before the reply)")
+    ax.set_ylabel("refusal rate on harmful test prompts")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xticks(list(depths))
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, people: int = 200,
+                     finetune_steps: int = 500, align_steps: int | None = None, attack: bool = True,
+                     progress: bool = True, started: float | None = None) -> dict:
+    import shutil
+
+    from rich.console import Console
+
+    from obliviate.data.schema import write_jsonl
+    from obliviate.data.world import WorldSpec, write_world
+    from obliviate.models.load import load_model, save_model
+    from obliviate.models.tiny import build_model, build_tokenizer
+    from obliviate.pipeline import Timer, fresh_output, results_document, write_json
+    from obliviate.refusal import REFUSAL_METHODS
+    from obliviate.refusal.refusal_tokens import ThresholdGenerator
+    from obliviate.refusal.token_constrained import TokenConstrained
+    from obliviate.suites.refusal import align, evaluate, refusal_data, suite_texts, target_pairs
+    from obliviate.train import FineTune, TrainConfig, train
+
+    clock = Timer(started)
+    console = Console(stderr=True, quiet=not progress, log_path=False)
+    runs = dict(RUNS) if not methods or methods == ["all"] else {}
+    for m in methods or []:
+        if m != "all":
+            REFUSAL_METHODS.get(m)  # did-you-mean before any work
+            runs[m] = (m, {})
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UsageError(f"{out} is not empty and not an earlier demo's output; choose another --out")
+        shutil.rmtree(out)
+    with fresh_output(out) as o:
+        (o / MARKER).write_text("written by `obliviate demo --suite refusal`; the next run with this --out replaces it\n")
+        world = o / "world"
+        write_world(world, WorldSpec(seed=seed, n_people=people))
+        tok = build_tokenizer(suite_texts(world))
+        data, eval_people = refusal_data(world, seed)
+        cfg = TrainConfig(retain_batch_size=100, seed=seed, warmup_steps=20, checkpoint_every=0, progress=progress)
+        target, res = train(build_model(tok, seed=seed), tok, FineTune(lr=3e-3, steps=finetune_steps),
+                            {"retain": target_pairs(world)}, cfg)
+        save_model(target, tok, o / "models" / "target")
+        seconds = {"target": res.seconds}
+        console.log(f"unaligned target trained in {res.seconds:.1f} s")
+
+        results, samples, positions = {}, [], {}
+
+        def record(name, net, t, generator=None):
+            m, s, d = evaluate(net, t, world, eval_people, seed, generator)
+            results[name], positions[name] = m, d
+            samples.extend(x | {"run": name} for x in s)
+            console.log(f"{name}: refusal {m['refusal_rate']:.2f} @prefill20 {m['refusal_rate@prefill20']:.2f} "
+                        f"over-refusal {m['over_refusal_rate']:.2f} people {m['people_accuracy']:.2f}")
+
+        record("target", target, tok)
+        options = {}
+        for name, (method, opts) in runs.items():
+            meth = REFUSAL_METHODS.get(method).from_options(opts)
+            if align_steps:
+                meth.steps = align_steps
+            options[name] = {"method": method, **meth.__dict__}
+            net, t = load_model(str(o / "models" / "target"))
+            net, t, r = align(net, t, meth, data, seed=seed, progress=progress)
+            seconds[name] = r.seconds
+            save_model(net, t, o / "models" / name)
+            record(name, net, t, ThresholdGenerator() if method == "refusal_tokens" else None)
+
+        if attack and "derta" in runs:
+            import random
+
+            rng = random.Random(seed)
+            shots = rng.sample(data.harmful, min(ATTACK_EXAMPLES, len(data.harmful)))
+            pairs = [(r["prompt"], r["answer"]) for r in shots]
+            for name, meth in (("attack_sft", FineTune(lr=1e-3, steps=ATTACK_STEPS)),
+                               ("attack_token_constrained", TokenConstrained(lr=1e-3, steps=ATTACK_STEPS))):
+                net, t = load_model(str(o / "models" / "derta"))
+                part = "retain" if name == "attack_sft" else "finetune"
+                net, r = train(net, t, meth, {part: pairs}, TrainConfig(retain_batch_size=16, seed=seed,
+                                                                        checkpoint_every=0, progress=progress))
+                seconds[name] = r.seconds
+                record(name, net, t)
+            options["attack"] = {"start": "derta", "examples": len(pairs), "steps": ATTACK_STEPS, "lr": 1e-3}
+
+        base = results["target"]["people_accuracy"]
+        for m in results.values():
+            m["utility_vs_target"] = m["people_accuracy"] / base if base else None
+        config = {"suite": "refusal", "seed": seed, "people": people, "finetune_steps": finetune_steps,
+                  "runs": options}
+        n = {s: len(data.harmful if s == "harmful" else data.benign) for s in ("harmful", "benign")}
+        doc = results_document(config, results, {"train_" + k: v for k, v in n.items()},
+                               {"refusal_positions": positions,
+                                "seconds": {k: round(v, 2) for k, v in seconds.items()},
+                                "wall_seconds": round(clock(), 1)})
+        write_jsonl(o / "samples.jsonl", samples)
+        write_json(o / "results.json", doc)
+        plot_depth(results, o / "refusal_depth.png")
+    _print_table(results)
+    print(f"\nwrote {out}/results.json, samples.jsonl, refusal_depth.png; models in {out}/models")
+    print(f"refusal demo wall time: {clock():.1f} s")
+    return doc
+
+
+COLUMNS = ("refusal_rate", "refusal_rate@prefill5", "refusal_rate@prefill20", "refusal_rate@prefill40",
+           "over_refusal_rate", "heldout_refusal_rate@prefill20", "sarr", "people_accuracy",
+           "uncertain_rate_unknown")
+
+
+def _print_table(results: dict) -> None:
+    head = ["run", "refuse", "@5", "@20", "@40", "over", "heldout@20", "sarr", "people", "unsure?"]
+    print(" | ".join(f"{h:>10s}" if i else f"{h:26s}" for i, h in enumerate(head)))
+    for name, m in results.items():
+        vals = [m.get(c) for c in COLUMNS]
+        print(" | ".join([f"{name:26s}"] + [f"{v:10.3f}" if v is not None else f"{'-':>10s}" for v in vals]))
