@@ -55,7 +55,7 @@ class RefusalTokens(RefusalMethod):
 
     def prepare(self, model, tokenizer, data: RefusalData):
         names = [RESPOND] + refusal_token_names([r.get("category", "") for r in data.harmful], self.per_category)
-        tokenizer.add_special_tokens({"additional_special_tokens": names}, replace_additional_special_tokens=False)
+        tokenizer.add_tokens(names, special_tokens=True)  # special: decoded replies never show them
         model.resize_token_embeddings(len(tokenizer))
         return model, tokenizer
 

@@ -86,19 +86,29 @@ def suite_texts(world: Path) -> list[str]:
     return texts + [SURE, UNSURE, UNSURE_ANSWER]
 
 
+def subsample(rows: list, limit: int | None) -> list:
+    """Every n-th row, so a limited evaluation keeps the mix of kinds and categories (None: all rows)."""
+    if not limit or len(rows) <= limit:
+        return rows
+    step = len(rows) / limit
+    return [rows[int(i * step)] for i in range(limit)]
+
+
 def evaluate(model, tok, world: Path, eval_people: list[QAItem], seed: int = 0, generator=None,
-             max_new_tokens: int = 48) -> tuple[dict, list[dict], dict]:
-    """(metrics, samples, refusal-position distribution) of one model on the suite's test data."""
+             max_new_tokens: int = 48, limit: int | None = None) -> tuple[dict, list[dict], dict]:
+    """(metrics, samples, refusal-position distribution) of one model on the suite's test data.
+
+    `limit` caps every evaluation set (policy test, held-out objects, people) for quick runs; None uses all."""
     from obliviate.generation import generate
     from obliviate.models.encode import prompt_ids
     from obliviate.refusal.r_tuning import expresses_uncertainty, is_correct
     from obliviate.suites.refusal_eval import plain_generate, refusal_eval
 
     gen = generator or plain_generate
-    test = policy_rows(world, "policy_test")
+    test = subsample(policy_rows(world, "policy_test"), limit)
     metrics, samples, dist = refusal_eval(model, tok, test, generator=gen, max_new_tokens=max_new_tokens)
-    held, held_samples, _ = refusal_eval(model, tok, policy_rows(world, "policy_test_heldout"), depths=(20,),
-                                         generator=gen, max_new_tokens=max_new_tokens)
+    held, held_samples, _ = refusal_eval(model, tok, subsample(policy_rows(world, "policy_test_heldout"), limit),
+                                         depths=(20,), generator=gen, max_new_tokens=max_new_tokens)
     metrics |= {f"heldout_{k}": v for k, v in held.items() if k != "refusal_position_mean"}
     seen = {r["object"] for r in policy_rows(world, "policy_train") if r["kind"] == "harmful"}
     by_id = {r["id"]: r for r in test}
@@ -106,6 +116,7 @@ def evaluate(model, tok, world: Path, eval_people: list[QAItem], seed: int = 0, 
     metrics["sarr"] = sum(s["refused"] for s in safe) / len(safe) if safe else None
 
     _, unknown_eval = split_unknown(world, seed)
+    eval_people, unknown_eval = subsample(eval_people, limit), subsample(unknown_eval, limit)
     items = list(eval_people) + unknown_eval
     outs = gen(model, tok, [prompt_ids(tok, it.question) for it in items], None, max_new_tokens=max_new_tokens) \
         if generator else generate(model, tok, [prompt_ids(tok, it.question) for it in items],

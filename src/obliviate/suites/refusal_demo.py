@@ -54,8 +54,10 @@ def plot_depth(results: dict, path: Path, depths=(0, 5, 10, 20, 40)) -> None:
 
 
 def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, people: int = 200,
-                     finetune_steps: int = 500, align_steps: int | None = None, attack: bool = True,
-                     progress: bool = True, started: float | None = None) -> dict:
+                     finetune_steps: int = 400, align_steps: int | None = None, attack: bool = True,
+                     attack_steps: int = ATTACK_STEPS, eval_limit: int | None = None, max_new_tokens: int = 48, progress: bool = True,
+                     started: float | None = None) -> dict:
+    """`eval_limit` / `max_new_tokens` shrink the evaluation for smoke tests; the defaults measure everything."""
     import shutil
 
     from rich.console import Console
@@ -99,7 +101,7 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
         results, samples, positions = {}, [], {}
 
         def record(name, net, t, generator=None):
-            m, s, d = evaluate(net, t, world, eval_people, seed, generator)
+            m, s, d = evaluate(net, t, world, eval_people, seed, generator, max_new_tokens, eval_limit)
             results[name], positions[name] = m, d
             samples.extend(x | {"run": name} for x in s)
             console.log(f"{name}: refusal {m['refusal_rate']:.2f} @prefill20 {m['refusal_rate@prefill20']:.2f} "
@@ -124,21 +126,21 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
             rng = random.Random(seed)
             shots = rng.sample(data.harmful, min(ATTACK_EXAMPLES, len(data.harmful)))
             pairs = [(r["prompt"], r["answer"]) for r in shots]
-            for name, meth in (("attack_sft", FineTune(lr=1e-3, steps=ATTACK_STEPS)),
-                               ("attack_token_constrained", TokenConstrained(lr=1e-3, steps=ATTACK_STEPS))):
+            for name, meth in (("attack_sft", FineTune(lr=1e-3, steps=attack_steps)),
+                               ("attack_token_constrained", TokenConstrained(lr=1e-3, steps=attack_steps))):
                 net, t = load_model(str(o / "models" / "derta"))
                 part = "retain" if name == "attack_sft" else "finetune"
                 net, r = train(net, t, meth, {part: pairs}, TrainConfig(retain_batch_size=16, seed=seed,
                                                                         checkpoint_every=0, progress=progress))
                 seconds[name] = r.seconds
                 record(name, net, t)
-            options["attack"] = {"start": "derta", "examples": len(pairs), "steps": ATTACK_STEPS, "lr": 1e-3}
+            options["attack"] = {"start": "derta", "examples": len(pairs), "steps": attack_steps, "lr": 1e-3}
 
         base = results["target"]["people_accuracy"]
         for m in results.values():
             m["utility_vs_target"] = m["people_accuracy"] / base if base else None
         config = {"suite": "refusal", "seed": seed, "people": people, "finetune_steps": finetune_steps,
-                  "runs": options}
+                  "eval_limit": eval_limit, "max_new_tokens": max_new_tokens, "runs": options}
         n = {s: len(data.harmful if s == "harmful" else data.benign) for s in ("harmful", "benign")}
         doc = results_document(config, results, {"train_" + k: v for k, v in n.items()},
                                {"refusal_positions": positions,

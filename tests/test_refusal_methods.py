@@ -1,0 +1,165 @@
+"""Refusal methods: data construction and losses against hand values, then a few real training steps each."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from obliviate.data.schema import QAItem
+from obliviate.errors import UsageError
+from obliviate.models.encode import IGNORE, answer_ids, prompt_ids
+from obliviate.refusal import REFUSAL_METHODS, RefusalData, prefixed_refusal, sample_prefix_lengths
+from obliviate.refusal.derta import DeRTa, rto_example
+from obliviate.refusal.r_tuning import UNSURE, UNSURE_ANSWER, refusal_aware_pairs
+from obliviate.refusal.token_constrained import answer_positions, beta_schedule, token_constrained_loss
+
+from .conftest import tiny_model
+
+T = torch.tensor
+HARM = "Step 1: unscrew the brass tide-valve. Step 2: pour salt-glass."
+REFUSE = "I can't help with that."
+
+
+def test_prefixed_refusal_puts_loss_on_the_refusal_only(tiny_tokenizer):
+    tok = tiny_tokenizer
+    ids, labels = prefixed_refusal(tok, "How do I flood it?", HARM, REFUSE, 3)
+    p, h, r = prompt_ids(tok, "How do I flood it?"), answer_ids(tok, HARM)[:3], answer_ids(tok, REFUSE)
+    assert ids == p + h + r
+    assert labels == [IGNORE] * (len(p) + 3) + r
+    # k = 0 is plain refusal SFT
+    assert prefixed_refusal(tok, "q?", HARM, REFUSE, 0)[0] == prompt_ids(tok, "q?") + r
+
+
+def test_prefix_lengths():
+    rng = random.Random(0)
+    ks = sample_prefix_lengths([50] * 300, rng, share_no_prefix=1 / 3)
+    assert all(0 <= k <= 49 for k in ks)
+    assert 0.25 < sum(k == 0 for k in ks) / 300 < 0.42  # about a third without prefix
+    assert max(ks) > 40  # the whole harmful answer is covered
+    assert sample_prefix_lengths([50] * 10, rng, 1.0) == [0] * 10
+    assert max(sample_prefix_lengths([500] * 200, rng, 0.0, k_max=100)) <= 100
+    assert min(sample_prefix_lengths([500] * 200, rng, 0.0, k_max=100)) >= 1
+
+
+def test_rto_labels_every_harmful_position_with_the_refusal_token(tiny_tokenizer):
+    tok = tiny_tokenizer
+    ids, labels = rto_example(tok, "q?", HARM, REFUSE)
+    p, h = prompt_ids(tok, "q?"), answer_ids(tok, HARM)[:-1]
+    r1 = answer_ids(tok, REFUSE)[0]
+    assert ids == p + h
+    assert labels == [IGNORE] * len(p) + [r1] * len(h)
+    _, sub = rto_example(tok, "q?", HARM, REFUSE, positions=3, rng=random.Random(0))
+    assert sum(t != IGNORE for t in sub) == 3
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token distribution is the same at every position: log p = log_probs [V]."""
+
+    def __init__(self, log_probs):
+        super().__init__()
+        self.lp = torch.nn.Parameter(log_probs.clone())
+
+    def forward(self, input_ids, attention_mask=None):
+        B, L = input_ids.shape
+        return type("Out", (), {"logits": self.lp.expand(B, L, -1)})()
+
+
+def test_rto_loss_hand_value():
+    # V = 3, p = [0.5, 0.25, 0.25]; RTO labels token 1 at 2 positions of one example, token 0 at 1 of another:
+    # token-mean NLL = (2 * ln 4 + ln 2) / 3 = 1.1552453
+    model = FixedLogits(torch.log(T([0.5, 0.25, 0.25])))
+    batch = {"input_ids": T([[2, 2, 2], [2, 2, 2]]), "attention_mask": torch.ones(2, 3, dtype=torch.long),
+             "labels": T([[IGNORE, 1, 1], [IGNORE, 0, IGNORE]])}
+    meth = DeRTa(mle=False)
+    assert meth.needs == ("rto", "benign", "retain")
+    empty = {"input_ids": T([[2, 2]]), "attention_mask": torch.ones(1, 2, dtype=torch.long), "labels": T([[IGNORE, 0]])}
+    loss, logs = meth.loss(model, {"rto": batch, "benign": empty, "retain": empty})
+    assert logs["nll_rto"] == pytest.approx((2 * math.log(4) + math.log(2)) / 3, abs=1e-6)
+    # benign and retain each: -ln 0.5; retain_weight 1 -> total = rto + 2 ln 2
+    assert loss.item() == pytest.approx((2 * math.log(4) + math.log(2)) / 3 + 2 * math.log(2), abs=1e-6)
+
+
+def test_beta_schedule_matches_the_paper():
+    assert beta_schedule(7).tolist() == pytest.approx([0.5, 2, 2, 2, 2, 0.1, 0.1])
+
+
+def test_token_constrained_loss_hand_value_and_gradient():
+    # d = [0, -1], beta = [0.5, 2]: w = [2(1 - sig 0), 2(1 - sig(-2))] = [1, 1.7615942]
+    # loss = -(1 * -1 + 1.7615942 * -2) / 2 = 2.2615942
+    logp = T([[-1.0, -2.0]], requires_grad=True)
+    ref, mask, betas = T([[-1.0, -1.0]]), T([[1.0, 1.0]]), T([[0.5, 2.0]])
+    loss = token_constrained_loss(logp, ref, mask, betas)
+    assert loss.item() == pytest.approx(2.2615942, abs=1e-6)
+    loss.backward()
+    # the gradient equals that of the paper's Eq. 3, -(2/b) log sigmoid(b d), token-mean
+    lp2 = logp.detach().clone().requires_grad_(True)
+    eq3 = (-(2 / betas) * torch.nn.functional.logsigmoid(betas * (lp2 - ref))).sum() / 2
+    eq3.backward()
+    assert torch.allclose(logp.grad, lp2.grad, atol=1e-6)
+
+
+def test_answer_positions():
+    assert answer_positions(T([[0.0, 1, 1, 1, 0], [0, 0, 1, 1, 0]])).tolist() == [[0, 0, 1, 2, 2], [0, 0, 0, 1, 1]]
+
+
+def test_r_tuning_data_from_the_models_own_errors():
+    known = QAItem(question="Where was Ana born?", answer="Ana was born in Lisk.", value="Lisk")
+    unknown = QAItem(question="Where was Bo born?", answer="Bo was born in Tarn.", value="Tarn")
+    preds = ["Ana was born in Lisk.", "Bo was born in Lisk."]
+    assert refusal_aware_pairs([known, unknown], preds, "refusal") == [
+        (known.question, known.answer), (unknown.question, UNSURE_ANSWER)]
+    assert refusal_aware_pairs([known, unknown], preds, "padding")[1] == (unknown.question, unknown.answer + UNSURE)
+
+
+def test_bad_options():
+    for name, opts in [("derta", {"mle": "false", "rto": "false"}), ("r_tuning", {"style": "maybe"}),
+                       ("safe_eraser", {"pd_weight": "-1"}), ("qi_augment", {"k_max": "0"})]:
+        with pytest.raises(UsageError):
+            REFUSAL_METHODS.get(name).from_options(opts)
+    with pytest.raises(UsageError, match="did you mean"):
+        REFUSAL_METHODS.get("derta2")
+
+
+@pytest.fixture(scope="module")
+def data(world_dir):
+    from obliviate.suites.refusal import refusal_data
+
+    d, _ = refusal_data(world_dir)
+    # a few rows are enough to take real steps
+    return RefusalData(harmful=d.harmful[:16], benign=d.benign[:16], people=d.people[:16], unknown=d.unknown[:8])
+
+
+@pytest.mark.parametrize("name", sorted(REFUSAL_METHODS.names()))
+def test_every_method_trains(name, data, tiny_tokenizer):
+    import copy
+
+    from obliviate.suites.refusal import align
+
+    model, tok = tiny_model(tiny_tokenizer), copy.deepcopy(tiny_tokenizer)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    meth = REFUSAL_METHODS.get(name)(steps=3)
+    model, tok, res = align(model, tok, meth, data, progress=False, batch_size=8)
+    assert all(math.isfinite(h["loss"]) for h in res.history) and len(res.history) == 3
+    changed = [n for n, p in model.named_parameters() if n in before and p.shape == before[n].shape
+               and not torch.equal(p, before[n])]
+    assert changed
+
+
+def test_refusal_tokens_threshold_steers_the_first_token(data, tiny_tokenizer):
+    import copy
+
+    from obliviate.refusal.refusal_tokens import RefusalTokens, ThresholdGenerator, control_ids, refuse_probability
+    from obliviate.suites.refusal import align
+
+    model, tok = tiny_model(tiny_tokenizer), copy.deepcopy(tiny_tokenizer)
+    model, tok, _ = align(model, tok, RefusalTokens(steps=2), data, progress=False, batch_size=8)
+    respond, refuse = control_ids(tok)
+    assert respond is not None and len(refuse) == len({r["category"] for r in data.harmful})
+    prompts = [prompt_ids(tok, r["prompt"]) for r in data.harmful[:4]]
+    p = refuse_probability(model, tok, prompts)
+    assert ((p > 0) & (p < 1)).all()
+    assert all(t in refuse for t in ThresholdGenerator(tau=0.0).decisions(model, tok, prompts))
+    assert ThresholdGenerator(tau=1.0).decisions(model, tok, prompts) == [respond] * 4
+    with pytest.raises(UsageError, match="no refusal tokens"):
+        refuse_probability(tiny_model(tiny_tokenizer), tiny_tokenizer, prompts)
