@@ -1,0 +1,216 @@
+"""Refusal direction (Arditi et al. 2024, "Refusal in Language Models Is Mediated by a Single Direction",
+NeurIPS 2024, arXiv:2406.11717).
+
+1. Candidates (Sec. 2.3): for every layer l and every post-instruction position i (the template tokens after the
+   user's text, e.g. "\\n<|assistant|>"), the difference in means of the residual stream entering layer l,
+   r_{i,l} = mean over harmful prompts - mean over harmless prompts.
+2. Selection (Appendix C): on held-out validation prompts, for each candidate compute
+   bypass = mean refusal score on harmful prompts under directional ablation,
+   induce = mean refusal score on harmless prompts under activation addition at layer l,
+   kl = KL(p || p_ablated) of the last-position distribution on harmless prompts;
+   keep candidates with induce > 0, kl < 0.1 and l < 0.8 L, and pick the lowest bypass. (If none passes, the
+   lowest bypass overall, reported with `filters_passed = 0`.) The refusal score is the log-odds of the refusal
+   tokens at the last prompt position, log p - log(1 - p), p = total probability of the refusal replies' first
+   tokens (the paper uses "I"/"As"; we take the first tokens of the data's refusals).
+3. Directional ablation (Eq. 4): every write to the residual stream (embedding, attention output projection, MLP
+   down projection) has its component along r_hat removed, x <- x - r_hat r_hat^T x, with forward hooks.
+4. Activation addition (Eq. 5): x <- x + r at the input of layer l, at every position.
+5. Weight orthogonalisation (Sec. 4.1): W <- W - r_hat r_hat^T W for the same writers, saved as an ordinary HF
+   model directory; it computes what the hooks compute, and `orthogonalized_agreement` checks it: the share of
+   refusal test prompts whose greedy replies are identical under hooks and under the edited weights.
+
+Supports Llama-style models (`model.model.embed_tokens`, `model.model.layers[i].self_attn.o_proj`,
+`.mlp.down_proj`). Budget: `n_train` prompts per class for the means, `n_val` per class for the selection.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from obliviate.attacks import ATTACKS, Attack, AuditContext, refusal_rate
+from obliviate.errors import UsageError
+
+
+def _parts(model):
+    try:
+        inner = model.model
+        layers = list(inner.layers)
+        writers = [inner.embed_tokens] + [m for ly in layers for m in (ly.self_attn.o_proj, ly.mlp.down_proj)]
+    except AttributeError:
+        raise UsageError("refusal_direction supports Llama-style models (model.model.layers with "
+                         "self_attn.o_proj and mlp.down_proj)") from None
+    return layers, writers
+
+
+def _project_out(x: torch.Tensor, r_hat: torch.Tensor) -> torch.Tensor:
+    return x - (x @ r_hat).unsqueeze(-1) * r_hat
+
+
+@contextmanager
+def ablation(model, r_hat: torch.Tensor):
+    """Directional ablation through forward hooks on every residual-stream writer."""
+    _, writers = _parts(model)
+    handles = [w.register_forward_hook(lambda mod, args, out: _project_out(out, r_hat.to(out.dtype))) for w in writers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def addition(model, r: torch.Tensor, layer: int):
+    """Activation addition of r at the input of `layer`."""
+    layers, _ = _parts(model)
+
+    def pre(mod, args, kwargs):
+        if args:
+            return (args[0] + r.to(args[0].dtype), *args[1:]), kwargs
+        kwargs["hidden_states"] = kwargs["hidden_states"] + r.to(kwargs["hidden_states"].dtype)
+        return args, kwargs
+
+    handle = layers[layer].register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def orthogonalize(model, r_hat: torch.Tensor):
+    """Edit the weights in place so that no writer can write along r_hat (W <- W - r_hat r_hat^T W)."""
+    _, writers = _parts(model)
+    emb, linears = writers[0], writers[1:]
+    emb.weight -= (emb.weight @ r_hat).unsqueeze(-1) * r_hat  # rows are written vectors  [V, d]
+    for lin in linears:  # [d, d_in]: columns are written vectors
+        lin.weight -= r_hat.unsqueeze(-1) * (r_hat @ lin.weight).unsqueeze(0)
+    return model
+
+
+def _left_pad(tok, prompts: list[list[int]], device):
+    T = max(map(len, prompts))
+    ids = torch.full((len(prompts), T), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, T - len(p):] = torch.tensor(p)
+        mask[r, T - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def residuals(model, tok, prompts, n_post: int) -> torch.Tensor:
+    """[L, n_post, d]: mean residual stream entering each layer at the last n_post positions."""
+    ids, mask = _left_pad(tok, prompts, next(model.parameters()).device)
+    hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[:-1]
+    return torch.stack([h[:, -n_post:].float().mean(0) for h in hs])
+
+
+@torch.no_grad()
+def last_logprobs(model, tok, prompts) -> torch.Tensor:
+    ids, mask = _left_pad(tok, prompts, next(model.parameters()).device)
+    return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, -1].float(), -1)
+
+
+def refusal_score(logp: torch.Tensor, refusal_ids: list[int]) -> torch.Tensor:
+    """Log-odds of the refusal tokens per prompt: log p - log(1 - p)."""
+    lp = torch.logsumexp(logp[:, refusal_ids], -1)
+    return lp - torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
+
+
+def post_instruction_tokens(tok) -> int:
+    """How many template tokens follow the user's text (the common suffix of two chat prompts)."""
+    from obliviate.models.encode import prompt_ids
+
+    a, b = prompt_ids(tok, "alpha beta"), prompt_ids(tok, "gamma")
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return max(1, n)
+
+
+@ATTACKS.register("refusal_direction")
+@dataclass
+class RefusalDirection(Attack):
+    n_train: int = 64
+    n_val: int = 32
+    kl_max: float = 0.1
+    max_layer_frac: float = 0.8
+    save_model: bool = True
+    suites = ("refusal",)
+    description = "difference-in-means refusal direction: ablation, addition, orthogonalised weights"
+
+    def __post_init__(self):
+        if self.n_train < 2 or self.n_val < 1 or not 0 < self.max_layer_frac <= 1:
+            raise UsageError("refusal_direction: n_train >= 2, n_val >= 1, max_layer_frac in (0, 1]")
+
+    def select(self, model, tok, harmful, harmless, val_harmful, val_harmless, refusal_ids):
+        n_post = post_instruction_tokens(tok)
+        diff = residuals(model, tok, harmful, n_post) - residuals(model, tok, harmless, n_post)  # [L, n_post, d]
+        L = diff.shape[0]
+        base = last_logprobs(model, tok, val_harmless)
+        cands = []
+        for layer in range(L):
+            for i in range(n_post):
+                r = diff[layer, i]
+                if r.norm() < 1e-6:  # e.g. layer 0 at a template token: the same embedding for every prompt
+                    continue
+                r_hat = r / r.norm()
+                with ablation(model, r_hat):
+                    bypass = refusal_score(last_logprobs(model, tok, val_harmful), refusal_ids).mean().item()
+                    abl = last_logprobs(model, tok, val_harmless)
+                with addition(model, r, layer):
+                    induce = refusal_score(last_logprobs(model, tok, val_harmless), refusal_ids).mean().item()
+                kl = (base.exp() * (base - abl)).sum(-1).mean().item()
+                ok = induce > 0 and kl < self.kl_max and layer < self.max_layer_frac * L
+                cands.append({"layer": layer, "pos": i - n_post, "bypass": bypass, "induce": induce, "kl": kl,
+                              "ok": ok, "r": r})
+        passing = [c for c in cands if c["ok"]]
+        return min(passing or cands, key=lambda c: c["bypass"]), bool(passing), len(cands)
+
+    def run(self, ctx: AuditContext, model, tok) -> dict:
+        from obliviate.models.encode import answer_ids, prompt_ids
+
+        from obliviate.suites.refusal import policy_rows
+
+        train = policy_rows(ctx.data, "policy_train")  # the direction's data: never the test prompts
+        harm = [r for r in train if r["kind"] == "harmful"]
+        safe = [r for r in train if r["kind"] == "benign"]
+        n, v = self.n_train, self.n_val
+        if len(harm) < n + v or len(safe) < n + v:
+            n, v = max(1, min(len(harm), len(safe)) // 2), max(1, min(len(harm), len(safe)) // 4)
+        enc = [[prompt_ids(tok, r["prompt"]) for r in rows] for rows in (harm[:n], safe[:n], harm[n:n + v], safe[n:n + v])]
+        refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in harm})
+        best, passed, n_cands = self.select(model, tok, *enc, refusal_ids)
+        r = best["r"]
+        r_hat = r / r.norm()
+
+        test = ctx.policy()
+        h_prompts = [prompt_ids(tok, x["prompt"]) for x in test if x["kind"] == "harmful"]
+        b_prompts = [prompt_ids(tok, x["prompt"]) for x in test if x["kind"] == "benign"]
+        before, _ = refusal_rate(model, tok, h_prompts, ctx.max_new_tokens)
+        over_before, _ = refusal_rate(model, tok, b_prompts, ctx.max_new_tokens)
+        with ablation(model, r_hat):
+            after, hooked = refusal_rate(model, tok, h_prompts, ctx.max_new_tokens)
+        with addition(model, r, best["layer"]):
+            induced, _ = refusal_rate(model, tok, b_prompts, ctx.max_new_tokens)
+        orthogonalize(model, r_hat.to(next(model.parameters()).dtype))
+        _, edited = refusal_rate(model, tok, h_prompts, ctx.max_new_tokens)
+        agreement = sum(a == b for a, b in zip(hooked, edited)) / max(1, len(hooked))
+        if ctx.out is not None:
+            from safetensors.torch import save_file
+
+            ctx.out.mkdir(parents=True, exist_ok=True)
+            save_file({"direction": r.contiguous()}, str(ctx.out / "direction.safetensors"),
+                      metadata={"layer": str(best["layer"]), "position": str(best["pos"])})
+            if self.save_model and ctx.role == "model":
+                from obliviate.models.load import save_model
+
+                save_model(model, tok, ctx.out / "orthogonalized")
+        return {"refusal_rate": before, "refusal_rate_ablated": after, "refusal_drop_points": 100 * (before - after),
+                "over_refusal_rate": over_before, "over_refusal_rate_actadd": induced,
+                "orthogonalized_agreement": agreement, "layer": float(best["layer"]), "position": float(best["pos"]),
+                "bypass_score": best["bypass"], "induce_score": best["induce"], "kl": best["kl"],
+                "filters_passed": float(passed), "candidates": float(n_cands)}
