@@ -172,9 +172,14 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
 
 
 @app.command("ls")
-def ls(what: str = typer.Argument(..., help="methods | refusal-methods | metrics | suites")):
-    """List registered methods, refusal methods, metrics or suites, one per line."""
-    if what == "suites":
+def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks | metrics | suites")):
+    """List registered methods, refusal methods, attacks, metrics or suites, one per line."""
+    if what == "attacks":
+        from obliviate.attacks import ATTACKS
+
+        for name, cls in ATTACKS.items():
+            typer.echo(f"{name:18s} {','.join(cls.suites):8s} {cls.description}")
+    elif what == "suites":
         from obliviate.suites import SUITES
 
         for name, s in SUITES.items():
@@ -195,7 +200,7 @@ def ls(what: str = typer.Argument(..., help="methods | refusal-methods | metrics
         for name, m in METRICS.items():
             typer.echo(f"{name:28s} {arrow[m.higher_is_better]:6s} {m.description}")
     else:
-        raise UsageError(f"unknown listing {what!r}; use 'methods', 'refusal-methods', 'metrics' or 'suites'")
+        raise UsageError(f"unknown listing {what!r}; use 'methods', 'refusal-methods', 'attacks', 'metrics' or 'suites'")
 
 
 @app.command()
@@ -366,11 +371,11 @@ def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one p
                   prompt_column: str = typer.Option("prompt"), response_column: str = typer.Option("response"),
                   out: Path = typer.Option(..., help="one JSON prediction per row: row, label, score, scores"),
                   judges: Optional[str] = typer.Option(None, help="comma-separated: gcg, jbb, xstest, embedding, "
-                                                       "llm [default: xstest, or llm with --judge-model]"),
+                                                       "llm (default xstest; llm when --judge-model is given)"),
                   combine: str = typer.Option("any", help="any | all | majority"),
                   label_column: Optional[str] = typer.Option(None, help="human labels: print the agreement"),
                   embedding_weights: Optional[Path] = typer.Option(
-                      None, help="weights from `obliviate judge train` [default: the shipped ones]"),
+                      None, help="weights from `obliviate judge train` (default: the shipped ones)"),
                   judge_model: Optional[Path] = typer.Option(None, help="local HF causal LM directory for llm"),
                   judge_template: str = typer.Option(
                       "harmbench", help="llm prompt: harmbench | strongreject | harmbench=FILE | strongreject=FILE")):
@@ -432,7 +437,7 @@ def judge_train(file: Path = typer.Argument(..., help="CSV or JSONL of labelled 
                 label_column: str = typer.Option(..., help="values containing 'refus' / 'compl' (XSTest style)"),
                 out: Path = typer.Option(..., help="new directory: weights.safetensors + config.json"),
                 group_column: Optional[str] = typer.Option(
-                    None, help="rows sharing a value stay in one cross-validation fold [default: each row alone]")):
+                    None, help="rows sharing a value stay in one cross-validation fold (default: each row alone)")):
     """Fit the embedding refusal judge on your labelled responses (l2 by 5-fold CV); use with --embedding-weights."""
     from obliviate.judges import embedding as emb
     from obliviate.judges.refusal import human_label
@@ -497,7 +502,7 @@ def env():
     typer.echo(f"hub offline  {os.environ.get('HF_HUB_OFFLINE', '0') not in ('', '0')}")
 
 
-from obliviate import cli_refusal  # noqa: E402,F401  (registers align / refusal-eval / calibrate on `app`)
+from obliviate import cli_audit, cli_refusal  # noqa: E402,F401  (register audit, align, refusal-eval, calibrate)
 
 
 def main() -> None:

@@ -1,0 +1,155 @@
+"""Attacks on refusals (+ relearning) and the audit command: mechanics against exact references, bad input."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from obliviate.attacks.refusal_direction import (
+    ablation, addition, orthogonalize, post_instruction_tokens, refusal_score,
+)
+from obliviate.attacks.relearn import split_items
+from obliviate.attacks.tense import load_artifacts, rewrite
+from obliviate.errors import UsageError
+from obliviate.models.load import load_model
+
+from .test_cli import assert_bad_input, run_cli
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture()
+def model_tok(target_dir):
+    return load_model(str(target_dir))
+
+
+def _unit(d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(d, generator=g)
+    return r / r.norm()
+
+
+def test_orthogonalized_weights_compute_what_the_hooks_compute(model_tok):
+    model, tok = model_tok
+    r_hat = _unit(model.config.hidden_size)
+    ids = torch.tensor([tok("Where was Vyrek Pellam born?")["input_ids"]])
+    with torch.no_grad(), ablation(model, r_hat):
+        hooked = model(input_ids=ids).logits
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+    # under ablation no residual stream state has a component along r_hat (before the final norm)
+    assert all((h @ r_hat).abs().max() < 1e-4 for h in hs[:-1])
+    plain = model(input_ids=ids).logits
+    assert not torch.allclose(plain, hooked, atol=1e-4)  # the hooks did something, and were removed after
+    orthogonalize(model, r_hat)
+    with torch.no_grad():
+        edited = model(input_ids=ids).logits
+    assert torch.allclose(edited, hooked, atol=1e-4)
+
+
+def test_activation_addition_adds_at_the_layer_input(model_tok):
+    model, tok = model_tok
+    r = 3 * _unit(model.config.hidden_size, 1)
+    ids = torch.tensor([tok("hello there")["input_ids"]])
+    with torch.no_grad():
+        base = model(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        with addition(model, r, 1):
+            seen = {}
+
+            def probe(m, a, k):
+                seen["x"] = (a[0] if a else k["hidden_states"]).clone()
+
+            h = model.model.layers[1].register_forward_pre_hook(probe, with_kwargs=True)
+            model(input_ids=ids)
+            h.remove()
+    # our hook was registered first, so the probe sees the input after the addition
+    assert torch.allclose(seen["x"], base + r, atol=1e-5)
+
+
+def test_refusal_score_is_log_odds():
+    # p(refusal tokens) = 0.1 + 0.1 = 0.2 -> log(0.2 / 0.8) = -1.3862944
+    logp = torch.log(torch.tensor([[0.1, 0.1, 0.5, 0.3]]))
+    assert refusal_score(logp, [0, 1]).item() == pytest.approx(math.log(0.25), abs=1e-5)
+
+
+def test_post_instruction_tokens(tiny_tokenizer):
+    # the template after the user's text is "\n<|assistant|>"
+    assert post_instruction_tokens(tiny_tokenizer) == len(
+        tiny_tokenizer("\n<|assistant|>", add_special_tokens=False)["input_ids"])
+
+
+def test_tense_templates():
+    assert rewrite("Can you explain how to crack the Orrin moonvault?", "past") == \
+        "How did people crack the Orrin moonvault in the past?"
+    assert rewrite("Give me instructions to forge a seal.", "future") == \
+        "How will people forge a seal in the future?"
+    assert rewrite("Write a story about a heron.", "past") == "How did people write a story about a heron in the past?"
+    with pytest.raises(UsageError):
+        rewrite("x", "present")
+
+
+def test_tense_artifacts(tmp_path):
+    f = SHARED / "past_tense" / "past_tense_gpt-3.5-turbo.json"
+    if f.is_file():
+        arts = load_artifacts(f)
+        assert len(arts) == 100 and arts[0]["reformulated"].startswith("How was")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"jb_artifacts": [{"request": "x"}]}')
+    with pytest.raises(UsageError, match=r"jb_artifacts\[0\] needs"):
+        load_artifacts(bad)
+    bad.write_text("{not json")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        load_artifacts(bad)
+
+
+def test_relearn_split():
+    shown, held = split_items(list(range(10)), 0.5, 0)
+    assert len(shown) == 5 and sorted(shown + held) == list(range(10)) and not set(shown) & set(held)
+    assert split_items(list(range(10)), 0.5, 0) == (shown, held)
+
+
+def test_audit_refusal_suite(target_dir, world_dir, tmp_path, capsys):
+    out = tmp_path / "audit"
+    code, stdout, err = run_cli(
+        ["audit", target_dir, "--suite", "refusal", "--data", world_dir, "--out", out, "--limit", "4",
+         "--option", "refusal_direction.n_train=4", "--option", "refusal_direction.n_val=2",
+         "--option", "finetune.steps=2", "--option", "prefill.depths=5"], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "audit.json").read_text())
+    assert set(doc["attacks"]) == {"prefill", "completion", "tense", "refusal_direction", "finetune"}
+    rd = doc["attacks"]["refusal_direction"]["model"]
+    assert {"refusal_rate", "refusal_rate_ablated", "orthogonalized_agreement", "layer"} <= set(rd)
+    assert (out / "artifacts" / "refusal_direction" / "model" / "orthogonalized" / "config.json").is_file()
+    assert "## refusal_direction" in (out / "audit.md").read_text()
+
+
+def test_audit_world_suite_relearn(target_dir, world_dir, tmp_path, capsys):
+    out = tmp_path / "audit"
+    code, _, err = run_cli(["audit", target_dir, "--suite", "world", "--data", world_dir, "--out", out,
+                            "--oracle", target_dir, "--attacks", "relearn", "--option", "relearn.steps=2",
+                            "--option", "relearn.share=0.5"], capsys)
+    assert code == 0, err
+    entry = json.loads((out / "audit.json").read_text())["attacks"]["relearn"]
+    assert set(entry) == {"model", "oracle", "seconds"}
+    assert entry["model"]["shown_rouge_after"] >= 0 and "heldout_after_value_rouge" in entry["model"]
+
+
+def test_audit_bad_input(target_dir, world_dir, tmp_path, capsys):
+    o = tmp_path / "o"
+    base = ["audit", target_dir, "--data", world_dir, "--out", o]
+    assert_bad_input(base + ["--suite", "world"], capsys, o, "needs --oracle")
+    assert_bad_input(base + ["--suite", "sky"], capsys, o, "unknown audit suite")
+    assert_bad_input(base + ["--suite", "refusal", "--attacks", "prefil"], capsys, o, "did you mean 'prefill'")
+    assert_bad_input(base + ["--suite", "refusal", "--attacks", "relearn"], capsys, o, "does not apply")
+    assert_bad_input(base + ["--suite", "refusal", "--option", "prefill.depth=3"], capsys, o, "no option")
+    assert_bad_input(base + ["--suite", "refusal", "--option", "nodot=3"], capsys, o, "ATTACK.KEY=VALUE")
+    (tmp_path / "empty").mkdir()
+    assert_bad_input(["audit", tmp_path / "empty", "--suite", "refusal", "--data", world_dir, "--out", o], capsys, o,
+                     "not a model directory")
+
+
+def test_ls_attacks(capsys):
+    code, out, _ = run_cli(["ls", "attacks"], capsys)
+    names = {ln.split()[0] for ln in out.splitlines()}
+    assert code == 0 and {"relearn", "prefill", "completion", "tense", "refusal_direction", "finetune"} <= names
