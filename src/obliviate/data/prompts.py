@@ -108,5 +108,15 @@ def coconot(path: Path) -> list[dict]:
     return out
 
 
+@PROMPT_SETS.register("past_tense")
+def past_tense(path: Path) -> list[dict]:
+    """llm-past-tense artifacts (Andriushchenko & Flammarion 2025): the reformulated requests, with the original
+    request as `context` and the tense (past / future) as `category`."""
+    from obliviate.attacks.tense import load_artifacts
+
+    return [_row("past_tense", i, a["reformulated"], "harmful", a["tense"], a["request"])
+            for i, a in enumerate(load_artifacts(path))]
+
+
 def load_prompts(kind: str, path: str | Path) -> list[dict]:
     return PROMPT_SETS.get(kind)(Path(path))
