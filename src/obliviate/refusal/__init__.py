@@ -39,6 +39,7 @@ class RefusalData:
     benign: list[dict]  # {"prompt", "answer", ...}
     people: list[QAItem]  # utility QA the model already knows
     unknown: list[QAItem] = field(default_factory=list)  # QA the model never saw (R-Tuning)
+    eval_ids: set[str] = field(default_factory=set)  # people items held back for evaluation (R-Tuning skips them)
 
 
 @dataclass

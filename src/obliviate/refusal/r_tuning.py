@@ -8,7 +8,10 @@ answer + " I am unsure."), or, in the refusal style, D0 answers replaced by an u
 
 On the built-in world the questions are people facts the target knows (trained) and facts about held-out people
 it never saw, so its errors are real: a tiny model answers an unknown person's question with a plausible but wrong
-fact. An answer is correct when it contains the fact's value (`QAItem.value`), or when its ROUGE-L recall against
+fact. The known questions are a random sample of `known_ratio` x as many as the unknown ones (our choice: with
+all 1,600 known facts against 150 unknown ones the uncertainty answer is too rare to be learned; measured: 0% of
+unseen unknown people answered "not sure" after 150 steps, against 38-48% with a 1:1 mix), never the items held
+back for evaluation. An answer is correct when it contains the fact's value (`QAItem.value`), or when its ROUGE-L recall against
 the gold answer is >= 0.9 for data without values. Loss: token-mean NLL on the refusal-aware data.
 """
 
@@ -55,10 +58,13 @@ class RTuning(RefusalMethod):
     lr: float = 1e-3
     steps: int = 150
     style: str = "refusal"  # "refusal": D0 answers become UNSURE_ANSWER; "padding": sure/unsure appended
+    known_ratio: float = 1.0  # known questions sampled per unknown question
     needs: ClassVar[tuple[str, ...]] = ("rtune",)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.known_ratio <= 0:
+            raise UsageError("r_tuning: known_ratio must be > 0")
         if self.style not in ("refusal", "padding"):
             raise UsageError(f"r_tuning: style must be 'refusal' or 'padding', got {self.style!r}")
 
@@ -68,8 +74,12 @@ class RTuning(RefusalMethod):
 
         if model is None:
             raise UsageError("r_tuning needs the model to find its own errors")
-        items = list(data.people) + list(data.unknown)
+        import random
+
         if not data.unknown:
             raise UsageError("r_tuning needs questions the model does not know (held-out facts)")
+        pool = [it for it in data.people if it.id not in data.eval_ids]
+        k = min(len(pool), round(self.known_ratio * len(data.unknown)))
+        items = random.Random(seed).sample(pool, k) + list(data.unknown)
         preds = generate(model, tokenizer, [prompt_ids(tokenizer, it.question) for it in items])
         return {"rtune": refusal_aware_pairs(items, preds, self.style)}

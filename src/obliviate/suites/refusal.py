@@ -65,7 +65,7 @@ def refusal_data(world: Path, seed: int = 0) -> tuple[RefusalData, list[QAItem]]
     unknown_train, _ = split_unknown(world, seed)
     data = RefusalData(harmful=[r for r in rows if r["kind"] == "harmful"],
                        benign=[r for r in rows if r["kind"] == "benign"],
-                       people=people, unknown=unknown_train)
+                       people=people, unknown=unknown_train, eval_ids={it.id for it in eval_people})
     return data, eval_people
 
 

@@ -25,6 +25,7 @@ RUNS: dict[str, tuple[str, dict]] = {
     "safe_eraser": ("safe_eraser", {}),
     "safe_eraser_no_pd": ("safe_eraser", {"pd_weight": 0.0}),
 }
+HOLDOUT_PEOPLE = 60
 ATTACK_EXAMPLES = 32  # harmful (fictional) examples the fine-tuning attack trains on
 ATTACK_STEPS = 40
 
@@ -88,7 +89,8 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
     with fresh_output(out) as o:
         (o / MARKER).write_text("written by `obliviate demo --suite refusal`; the next run with this --out replaces it\n")
         world = o / "world"
-        write_world(world, WorldSpec(seed=seed, n_people=people))
+        # 60 held-out people: 30 for R-Tuning's unknown questions, 30 never seen by any model for its evaluation
+        write_world(world, WorldSpec(seed=seed, n_people=people, n_holdout_people=HOLDOUT_PEOPLE))
         tok = build_tokenizer(suite_texts(world))
         data, eval_people = refusal_data(world, seed)
         cfg = TrainConfig(retain_batch_size=100, seed=seed, warmup_steps=20, checkpoint_every=0, progress=progress)
