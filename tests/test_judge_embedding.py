@@ -60,6 +60,8 @@ def test_cli_train_then_judge(tmp_path, capsys):
     preds = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(preds) == 24 and set(preds[0]["scores"]) == {"embedding", "xstest"}
     assert float(out.split("agreement with lab: ")[1].split()[0]) == 1.0
+    assert_bad_input(["judge", "train", data, "--label-column", "lab", "--group-column", "prompt", "--out",
+                      tmp_path / "w2"], capsys, tmp_path / "w2", "at least 2 groups")
 
 
 def test_bad_input(tmp_path, capsys):

@@ -154,6 +154,8 @@ def group_cv(x: np.ndarray, y: np.ndarray, groups: list, l2s=L2_GRID, folds: int
     """Accuracy of each l2 by k-fold cross-validation where a group (e.g. a prompt, or a prompt type) never
     straddles train and test folds. Deterministic: groups are dealt to folds in sorted order."""
     names = sorted(set(map(str, groups)))
+    if len(names) < 2:
+        raise UsageError("cross-validation needs at least 2 groups (rows with different group values)")
     fold_of = {g: i % min(folds, len(names)) for i, g in enumerate(names)}
     f = np.array([fold_of[str(g)] for g in groups])
     out = {}
