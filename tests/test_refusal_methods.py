@@ -114,7 +114,8 @@ def test_r_tuning_data_from_the_models_own_errors():
 
 def test_bad_options():
     for name, opts in [("derta", {"mle": "false", "rto": "false"}), ("r_tuning", {"style": "maybe"}),
-                       ("safe_eraser", {"pd_weight": "-1"}), ("qi_augment", {"k_max": "0"})]:
+                       ("safe_eraser", {"pd_weight": "-1"}), ("qi_augment", {"k_max": "0"}),
+                       ("refusal_tokens", {"swap_share": "1.5"})]:
         with pytest.raises(UsageError):
             REFUSAL_METHODS.get(name).from_options(opts)
     with pytest.raises(UsageError, match="did you mean"):
@@ -156,6 +157,12 @@ def test_refusal_tokens_threshold_steers_the_first_token(data, tiny_tokenizer):
     model, tok, _ = align(model, tok, RefusalTokens(steps=2), data, progress=False, batch_size=8)
     respond, refuse = control_ids(tok)
     assert respond is not None and len(refuse) == len({r["category"] for r in data.harmful})
+    # swap_share: some harmful prompts are also trained as [respond] + harmful answer, some benign as [refuse:*]
+    parts = RefusalTokens(swap_share=0.25).parts(data, tok)
+    first = [ids[len(prompt_ids(tok, r["prompt"]))] for (ids, _), r in zip(parts["refusal"], data.harmful)]
+    assert set(first) <= set(refuse) and len(parts["refusal"]) == len(data.harmful) + 4
+    assert parts["refusal"][-1][0][len(prompt_ids(tok, "x")) - 1:].count(respond) >= 1
+    assert len(parts["benign"]) == len(data.benign) + 4
     prompts = [prompt_ids(tok, r["prompt"]) for r in data.harmful[:4]]
     p = refuse_probability(model, tok, prompts)
     assert ((p > 0) & (p < 1)).all()

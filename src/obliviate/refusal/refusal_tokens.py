@@ -13,6 +13,14 @@ refusal rate against over-refusal rate at inference time, without retraining (`o
 
 Under a prefill attack the decision token is taken first, on the prompt alone, and the prefill follows it: the
 decision is a step of the serving system, which the attacker's prefill does not replace.
+
+**Our addition, `swap_share`** (default 0.25; 0 is the paper's recipe): that share of harmful examples is also
+trained as `[respond]` + the harmful answer, and as many benign examples as `[refuse:<category>]` + a refusal of
+their category. Without it the control token is perfectly predictable from the prompt, so a tiny model learns the
+continuation from the prompt alone and ignores the token: measured on the built-in world with `swap_share=0`,
+forcing `[respond]` on harmful prompts still gave 39% refusals, so no tau could bring refusal below 39%. With the
+swapped examples the token decides the continuation and tau sweeps the whole range (README, `calibrate`). The
+harmful answers are the world's fictional ones, which the unaligned target already knows.
 """
 
 from __future__ import annotations
@@ -51,7 +59,13 @@ def _with_token(tokenizer, question: str, token_id: int, answer: str) -> tuple[l
 @dataclass
 class RefusalTokens(RefusalMethod):
     per_category: bool = True
+    swap_share: float = 0.25
     needs: ClassVar[tuple[str, ...]] = ("refusal", "benign", "retain")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.swap_share <= 1:
+            raise UsageError(f"refusal_tokens: swap_share must be in [0, 1], got {self.swap_share}")
 
     def prepare(self, model, tokenizer, data: RefusalData):
         names = [RESPOND] + refusal_token_names([r.get("category", "") for r in data.harmful], self.per_category)
@@ -66,8 +80,21 @@ class RefusalTokens(RefusalMethod):
         def refuse_id(row):
             return vocab[f"[refuse:{row['category']}]" if self.per_category else REFUSE]
 
-        return {"refusal": [_with_token(tokenizer, r["prompt"], refuse_id(r), r["refusal"]) for r in data.harmful],
-                "benign": [_with_token(tokenizer, r["prompt"], respond, r["answer"]) for r in data.benign],
+        import random
+
+        rng = random.Random(seed)
+        refusal = [_with_token(tokenizer, r["prompt"], refuse_id(r), r["refusal"]) for r in data.harmful]
+        benign = [_with_token(tokenizer, r["prompt"], respond, r["answer"]) for r in data.benign]
+        n = round(self.swap_share * len(data.harmful))
+        if n:  # the control token, not the prompt, decides the continuation (see the module docstring)
+            refusals = {}
+            for r in data.harmful:
+                refusals.setdefault(r.get("category", ""), []).append(r)
+            refusal += [_with_token(tokenizer, r["prompt"], respond, r["answer"]) for r in rng.sample(data.harmful, n)]
+            for b in rng.sample(data.benign, min(n, len(data.benign))):
+                h = rng.choice(refusals.get(b.get("category", ""), data.harmful))
+                benign.append(_with_token(tokenizer, b["prompt"], refuse_id(h), h["refusal"]))
+        return {"refusal": refusal, "benign": benign,
                 "retain": [_with_token(tokenizer, it.question, respond, it.answer) for it in data.people]}
 
 
