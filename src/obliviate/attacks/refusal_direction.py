@@ -134,8 +134,10 @@ def post_instruction_tokens(tok) -> int:
 @ATTACKS.register("refusal_direction")
 @dataclass
 class RefusalDirection(Attack):
-    n_train: int = 64
-    n_val: int = 32
+    # 128 / 64 prompts per class: measured on the refusal demo's refusal_sft model, 64 / 32 gave a noisier
+    # direction whose ablation removed 45 points of refusal, 128 / 64 removed 62 (192 / 64: 62.5)
+    n_train: int = 128
+    n_val: int = 64
     kl_max: float = 0.1
     max_layer_frac: float = 0.8
     save_model: bool = True
