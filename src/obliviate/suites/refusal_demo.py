@@ -38,11 +38,12 @@ def plot_depth(results: dict, path: Path, depths=(0, 5, 10, 20, 40)) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, m in results.items():
+    for i, (name, m) in enumerate(results.items()):
         ys = [m.get("refusal_rate" if k == 0 else f"refusal_rate@prefill{k}") for k in depths]
         if None in ys:
             continue
-        ax.plot(depths, ys, marker="o", label=name)
+        # matplotlib cycles 10 colours: change the line style after them so that no two runs look alike
+        ax.plot(depths, ys, marker="os^"[i // 10 % 3], linestyle=("-", "--", ":")[i // 10 % 3], label=name)
     ax.set_xlabel("prefill depth k (tokens of the harmful answer put before the reply)")
     ax.set_ylabel("refusal rate on harmful test prompts")
     ax.set_ylim(-0.03, 1.03)
