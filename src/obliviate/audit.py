@@ -43,7 +43,7 @@ def run_audit(model: str, suite: str, data: Path, out: Path, *, oracle: str | No
     from rich.console import Console
 
     from obliviate.attacks import AuditContext
-    from obliviate.models.load import load_model
+    from obliviate.models.load import check_model_dir, load_model
     from obliviate.pipeline import check_out_not_input, fresh_output, results_document, write_json
 
     todo = plan(suite, attacks, options)
@@ -54,8 +54,7 @@ def run_audit(model: str, suite: str, data: Path, out: Path, *, oracle: str | No
     roles = {k: v for k, v in roles.items() if v}
     for path in roles.values():
         check_out_not_input(out, path)
-        if not (Path(path) / "config.json").is_file():
-            raise UsageError(f"not a model directory (no config.json): {path}")
+        check_model_dir(path, local_only=True)
     data = Path(data)
     if not data.is_dir():
         raise UsageError(f"data directory not found: {data}")

@@ -9,12 +9,7 @@ import typer
 
 from obliviate.cli import _parse_options, _threads, app
 from obliviate.errors import UsageError
-
-
-def _model_dir(path: str) -> None:
-    p = Path(path)
-    if p.exists() and not (p / "config.json").is_file():
-        raise UsageError(f"not a model directory (no config.json): {path}")
+from obliviate.models.load import check_model_dir
 
 
 @app.command()
@@ -41,7 +36,7 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
     meth = cls.from_options(opts)
     data_, _ = refusal_data(data, seed)
     check_out_not_input(out, model)
-    _model_dir(model)
+    check_model_dir(model)
     if resume and (Path(out) / "train_log.json").is_file():
         raise UsageError(f"{out} holds a finished run; nothing to resume")
     _threads(threads)
@@ -79,7 +74,7 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
     for m in model:
         name, path = m.split("=", 1) if "=" in m and not Path(m).exists() else (Path(m).name, m)
         check_out_not_input(out, path)
-        _model_dir(path)
+        check_model_dir(path)
         runs[name] = path
     _, eval_people = refusal_data(data, seed)
     gen = ThresholdGenerator(tau, temperature)
@@ -124,7 +119,7 @@ def calibrate(model: str = typer.Argument(..., help="a model trained with `obliv
         raise UsageError("--limit must be >= 1")
     rows = policy_rows(data, split)
     check_out_not_input(out, model)
-    _model_dir(model)
+    check_model_dir(model)
     _threads(threads)
     if limit:
         from obliviate.suites.refusal import subsample

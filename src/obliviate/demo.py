@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from obliviate.errors import UsageError
 from obliviate.pipeline import Timer
 
-MARKER = ".obliviate-demo"
 # The demo's default methods: the TOFU baselines plus NPO/SimNPO, which fit the ~2-minute budget on a 2-core
 # CPU. `--methods all` runs every registered method; `obliviate bench` compares them all over seeds and splits.
 DEMO_METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_nll", "idk_dpo")
@@ -28,7 +26,7 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
     from obliviate.models.load import save_model
     from obliviate.models.tiny import build_tokenizer
     from obliviate.pipeline import (
-        eval_data, fresh_output, idk_pool, results_document, train_world_models, unlearning_parts, world_texts,
+        demo_output, eval_data, idk_pool, results_document, train_world_models, unlearning_parts, world_texts,
         write_json,
     )
     from obliviate.report.markdown import table, write_report
@@ -40,14 +38,7 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
     names = METHODS.names() if methods == ["all"] else (methods or list(DEMO_METHODS))
     classes = {n: METHODS.get(n) for n in names}  # fail on an unknown name before doing any work
     out = Path(out)
-    if out.exists() and any(out.iterdir()):  # a demo is re-runnable, but only over its own earlier output
-        if not (out / MARKER).is_file():
-            raise UsageError(f"{out} is not empty and not an earlier demo's output; choose another --out")
-        import shutil
-
-        shutil.rmtree(out)
-    with fresh_output(out) as o:
-        (o / MARKER).write_text("written by `obliviate demo`; the next demo run with this --out replaces it\n")
+    with demo_output(out, "written by `obliviate demo`; the next demo run with this --out replaces it") as o:
         world = o / "world"
         write_world(world, WorldSpec(seed=seed))
         tok = build_tokenizer(world_texts(world))

@@ -45,6 +45,23 @@ def fresh_output(out: Path, *, resume: bool = False):
         raise
 
 
+DEMO_MARKER = ".obliviate-demo"
+
+
+@contextmanager
+def demo_output(out: Path, note: str):
+    """A demo's output directory: re-runnable, but only over its own earlier output (marked by DEMO_MARKER,
+    whose text is `note`); then `fresh_output`."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / DEMO_MARKER).is_file():
+            raise UsageError(f"{out} is not empty and not an earlier demo's output; choose another --out")
+        shutil.rmtree(out)
+    with fresh_output(out) as o:
+        (o / DEMO_MARKER).write_text(note + "\n")
+        yield o
+
+
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -224,15 +241,14 @@ def run_eval(runs: dict[str, str], data: Path, out: Path, *, oracle: str | None 
     """Evaluate named model directories (and the oracle, first) and write results.json / samples.jsonl / report."""
     from obliviate.data.schema import write_jsonl
     from obliviate.evaluate import metrics_from_rows, sample_rows, score_model
-    from obliviate.models.load import load_model
+    from obliviate.models.load import check_model_dir, load_model
     from obliviate.report.markdown import write_report
 
     splits = eval_data(Path(data), forget_split, suite)
     models = ({"oracle": oracle} if oracle else {}) | runs
     for path in models.values():
         check_out_not_input(out, path)
-        if Path(path).exists() and not (Path(path) / "config.json").is_file():
-            raise UsageError(f"not a model directory (no config.json): {path}")
+        check_model_dir(path)
     with fresh_output(out) as o:
         oracle_rows, results, samples = None, {}, []
         from rich.console import Console

@@ -32,6 +32,7 @@ import torch
 
 from obliviate.attacks import ATTACKS, Attack, AuditContext, refusal_rate
 from obliviate.errors import UsageError
+from obliviate.generation import left_pad
 
 
 def _parts(model):
@@ -90,27 +91,17 @@ def orthogonalize(model, r_hat: torch.Tensor):
     return model
 
 
-def _left_pad(tok, prompts: list[list[int]], device):
-    T = max(map(len, prompts))
-    ids = torch.full((len(prompts), T), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prompts):
-        ids[r, T - len(p):] = torch.tensor(p)
-        mask[r, T - len(p):] = 1
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
 def residuals(model, tok, prompts, n_post: int) -> torch.Tensor:
     """[L, n_post, d]: mean residual stream entering each layer at the last n_post positions."""
-    ids, mask = _left_pad(tok, prompts, next(model.parameters()).device)
+    ids, mask = left_pad(prompts, tok.pad_token_id, next(model.parameters()).device)
     hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[:-1]
     return torch.stack([h[:, -n_post:].float().mean(0) for h in hs])
 
 
 @torch.no_grad()
 def last_logprobs(model, tok, prompts) -> torch.Tensor:
-    ids, mask = _left_pad(tok, prompts, next(model.parameters()).device)
+    ids, mask = left_pad(prompts, tok.pad_token_id, next(model.parameters()).device)
     return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, -1].float(), -1)
 
 

@@ -10,6 +10,17 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
            "float16": "float16", "fp16": "float16"}
 
 
+def check_model_dir(path: str, *, local_only: bool = False) -> None:
+    """A path that is (or looks like) a local directory must hold config.json, else UsageError (exit 2).
+
+    Anything else is taken for a hub id; `local_only` treats every path as local."""
+    p = Path(path)
+    path = str(path)
+    looks_local = local_only or p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local and not (p / "config.json").is_file():
+        raise UsageError(f"not a model directory (no config.json): {path}")
+
+
 def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
                require_chat_template: bool = True):
     """Return (model, tokenizer). A local path that is not a model directory is a UsageError (exit 2)."""
@@ -19,10 +30,7 @@ def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_
 
     hf_logging.disable_progress_bar()  # per-shard bars drown our own progress output
     hf_logging.set_verbosity_error()
-    p = Path(path)
-    looks_local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
-    if looks_local and not (p / "config.json").is_file():
-        raise UsageError(f"not a model directory (no config.json): {path}")
+    check_model_dir(path)
     if dtype not in _DTYPES:
         raise UsageError(f"unknown dtype {dtype!r} (known: {', '.join(sorted(_DTYPES))})")
     try:

@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 
 from obliviate.errors import UsageError
-from obliviate.generation import generate
+from obliviate.generation import generate, left_pad
 from obliviate.models.encode import IGNORE, answer_ids, prompt_ids
 from obliviate.refusal import REFUSAL_METHODS, RefusalData, RefusalMethod
 
@@ -111,14 +111,8 @@ def refuse_probability(model, tokenizer, prompts: list[list[int]], temperature: 
     device = next(model.parameters()).device
     out = []
     for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s: s + batch_size]
-        T = max(map(len, chunk))
-        ids = torch.full((len(chunk), T), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, p in enumerate(chunk):  # left padding: the last position is every prompt's next-token position
-            ids[r, T - len(p):] = torch.tensor(p)
-            mask[r, T - len(p):] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
+        ids, mask = left_pad(prompts[s: s + batch_size], tokenizer.pad_token_id, device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
         out.append(torch.softmax(logits / temperature, -1)[:, refuse].sum(-1).cpu())
     return torch.cat(out)
 

@@ -99,7 +99,6 @@ def evaluate(model, tok, world: Path, eval_people: list[QAItem], seed: int = 0, 
     """(metrics, samples, refusal-position distribution) of one model on the suite's test data.
 
     `limit` caps every evaluation set (policy test, held-out objects, people) for quick runs; None uses all."""
-    from obliviate.generation import generate
     from obliviate.models.encode import prompt_ids
     from obliviate.refusal.r_tuning import expresses_uncertainty, is_correct
     from obliviate.suites.refusal_eval import plain_generate, refusal_eval
@@ -118,9 +117,7 @@ def evaluate(model, tok, world: Path, eval_people: list[QAItem], seed: int = 0, 
     _, unknown_eval = split_unknown(world, seed)
     eval_people, unknown_eval = subsample(eval_people, limit), subsample(unknown_eval, limit)
     items = list(eval_people) + unknown_eval
-    outs = gen(model, tok, [prompt_ids(tok, it.question) for it in items], None, max_new_tokens=max_new_tokens) \
-        if generator else generate(model, tok, [prompt_ids(tok, it.question) for it in items],
-                                   max_new_tokens=max_new_tokens)
+    outs = gen(model, tok, [prompt_ids(tok, it.question) for it in items], None, max_new_tokens=max_new_tokens)
     known, unknown = outs[: len(eval_people)], outs[len(eval_people):]
     metrics["people_accuracy"] = sum(is_correct(it, o) for it, o in zip(eval_people, known)) / max(1, len(known))
     metrics["uncertain_rate_known"] = sum(map(expresses_uncertainty, known)) / max(1, len(known))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from obliviate.errors import UsageError
 
-MARKER = ".obliviate-demo"
 # run name -> (refusal method, options)
 RUNS: dict[str, tuple[str, dict]] = {
     "refusal_sft": ("refusal_sft", {}),
@@ -57,10 +55,9 @@ def plot_depth(results: dict, path: Path, depths=(0, 5, 10, 20, 40)) -> None:
 
 def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, people: int = 200,
                      finetune_steps: int = 400, align_steps: int | None = None, attack: bool = True,
-                     attack_steps: int = ATTACK_STEPS, eval_limit: int | None = None, max_new_tokens: int = 48, progress: bool = True,
-                     started: float | None = None) -> dict:
+                     attack_steps: int = ATTACK_STEPS, eval_limit: int | None = None, max_new_tokens: int = 48,
+                     progress: bool = True, started: float | None = None) -> dict:
     """`eval_limit` / `max_new_tokens` shrink the evaluation for smoke tests; the defaults measure everything."""
-    import shutil
 
     from rich.console import Console
 
@@ -68,7 +65,7 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
     from obliviate.data.world import WorldSpec, write_world
     from obliviate.models.load import load_model, save_model
     from obliviate.models.tiny import build_model, build_tokenizer
-    from obliviate.pipeline import Timer, fresh_output, results_document, write_json
+    from obliviate.pipeline import Timer, demo_output, results_document, write_json
     from obliviate.refusal import REFUSAL_METHODS
     from obliviate.refusal.refusal_tokens import ThresholdGenerator
     from obliviate.refusal.token_constrained import TokenConstrained
@@ -83,12 +80,7 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
             REFUSAL_METHODS.get(m)  # did-you-mean before any work
             runs[m] = (m, {})
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise UsageError(f"{out} is not empty and not an earlier demo's output; choose another --out")
-        shutil.rmtree(out)
-    with fresh_output(out) as o:
-        (o / MARKER).write_text("written by `obliviate demo --suite refusal`; the next run with this --out replaces it\n")
+    with demo_output(out, "written by `obliviate demo --suite refusal`; the next run with this --out replaces it") as o:
         world = o / "world"
         # 60 held-out people: 30 for R-Tuning's unknown questions, 30 never seen by any model for its evaluation
         write_world(world, WorldSpec(seed=seed, n_people=people, n_holdout_people=HOLDOUT_PEOPLE))
