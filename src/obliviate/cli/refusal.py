@@ -1,4 +1,4 @@
-"""Refusal commands of the CLI: `align`, `refusal-eval`, `calibrate` (registered on `obliviate.cli.app`)."""
+"""Refusal commands of the CLI: `align`, `refusal-eval`, `calibrate`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli import _parse_options, _threads, app
+from obliviate.cli.common import named_runs, parse_options, set_threads
 from obliviate.errors import UsageError
 from obliviate.models.load import check_model_dir
 
 
-@app.command()
 def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-methods`"),
           model: str = typer.Option(..., help="HF chat model directory to align (e.g. the unaligned target)"),
           data: Path = typer.Option(..., help="directory with policy_train.jsonl, train.jsonl, holdout.jsonl"),
@@ -32,14 +31,14 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
     from obliviate.suites.refusal import refusal_data
 
     cls = REFUSAL_METHODS.get(method)
-    opts = _parse_options(option) | ({"steps": steps} if steps is not None else {}) | ({"lr": lr} if lr else {})
+    opts = parse_options(option) | ({"steps": steps} if steps is not None else {}) | ({"lr": lr} if lr else {})
     meth = cls.from_options(opts)
     data_, _ = refusal_data(data, seed)
     check_out_not_input(out, model)
     check_model_dir(model)
     if resume and (Path(out) / "train_log.json").is_file():
         raise UsageError(f"{out} holds a finished run; nothing to resume")
-    _threads(threads)
+    set_threads(threads)
     net, tok = load_model(model, require_chat_template=True)
     with fresh_output(out, resume=resume) as o:
         write_json(o / "align.json", {"model": model, "data": str(data), "method": method, "options": meth.__dict__,
@@ -54,7 +53,6 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
     typer.echo(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.history[-1]['loss']:.4f} -> {out}")
 
 
-@app.command("refusal-eval")
 def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat, or NAME=DIR to name runs"),
                      data: Path = typer.Option(..., help="directory with policy_test*.jsonl, train.jsonl, holdout"),
                      out: Path = typer.Option(..., help="writes results.json and samples.jsonl"),
@@ -70,15 +68,13 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
     from obliviate.refusal.refusal_tokens import ThresholdGenerator, control_ids
     from obliviate.suites.refusal import evaluate, refusal_data
 
-    runs = {}
-    for m in model:
-        name, path = m.split("=", 1) if "=" in m and not Path(m).exists() else (Path(m).name, m)
+    runs = named_runs(model)
+    for path in runs.values():
         check_out_not_input(out, path)
         check_model_dir(path)
-        runs[name] = path
     _, eval_people = refusal_data(data, seed)
     gen = ThresholdGenerator(tau, temperature)
-    _threads(threads)
+    set_threads(threads)
     with fresh_output(out) as o:
         results, samples, positions = {}, [], {}
         for name, path in runs.items():
@@ -96,7 +92,6 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
     typer.echo(f"wrote {out}/results.json, samples.jsonl")
 
 
-@app.command()
 def calibrate(model: str = typer.Argument(..., help="a model trained with `obliviate align refusal_tokens`"),
               data: Path = typer.Option(..., help="directory with the policy split to calibrate on"),
               out: Path = typer.Option(..., help="writes calibration.json and calibration.png"),
@@ -120,7 +115,7 @@ def calibrate(model: str = typer.Argument(..., help="a model trained with `obliv
     rows = policy_rows(data, split)
     check_out_not_input(out, model)
     check_model_dir(model)
-    _threads(threads)
+    set_threads(threads)
     if limit:
         from obliviate.suites.refusal import subsample
 

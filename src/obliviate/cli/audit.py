@@ -1,4 +1,4 @@
-"""`obliviate audit` (registered on `obliviate.cli.app`)."""
+"""`obliviate audit`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli import _threads, app
+from obliviate.cli.common import set_threads
 from obliviate.errors import UsageError
 
 
@@ -23,7 +23,6 @@ def _attack_options(options: list[str]) -> dict[str, dict]:
     return out
 
 
-@app.command()
 def audit(model: str = typer.Argument(..., help="the model to audit (HF directory)"),
           suite: str = typer.Option(..., help="world (unlearning attacks) or refusal (attacks on refusals)"),
           data: Path = typer.Option(..., help="the suite's data directory (a world from `obliviate world`)"),
@@ -43,7 +42,7 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
 
     if limit is not None and limit < 1:
         raise UsageError("--limit must be >= 1")
-    _threads(threads)
+    set_threads(threads)
     doc = run_audit(model, suite, data, out, oracle=oracle, target=target,
                     attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
                     options=_attack_options(option), forget_split=forget_split, seed=seed, limit=limit,

@@ -1,4 +1,4 @@
-"""`obliviate judge refusal` and `obliviate judge train` (registered on `obliviate.cli.app`)."""
+"""`obliviate judge refusal` and `obliviate judge train`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from typing import Optional
 
 import typer
 
-from obliviate.cli import app
 from obliviate.errors import UsageError
 
 judge_app = typer.Typer(no_args_is_help=True, help="Label model outputs.")
-app.add_typer(judge_app, name="judge")
 
 
 def _judge_rows(file: Path, columns: list) -> list[dict]:

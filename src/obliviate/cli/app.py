@@ -1,0 +1,91 @@
+"""The `obliviate` command line, assembled in one place from one module per command group.
+
+Command modules import only `obliviate.cli.common` and typer at the top; torch and transformers are imported
+inside commands, so `--help` and `ls` stay fast.
+
+Exit codes: 0 success, 2 bad input or usage (one line on stderr, no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+
+import typer
+
+from obliviate.cli import audit, benchmarks, data, demo, info, judge, models, refusal, unlearning
+from obliviate.errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make a generative model forget what it must, and prove it.")
+
+COMMANDS = [
+    (data.world, None), (data.prompts, None),
+    (unlearning.finetune, None), (unlearning.unlearn, None), (unlearning.eval_cmd, "eval"),
+    (unlearning.sweep, None), (unlearning.bench, None),
+    (demo.demo, None),
+    (benchmarks.muse, None), (benchmarks.muse_eval, "muse-eval"), (benchmarks.wmdp, None),
+    (benchmarks.tofu_score, "tofu-score"),
+    (refusal.align, None), (refusal.refusal_eval_cmd, "refusal-eval"), (refusal.calibrate, None),
+    (audit.audit, None),
+    (info.ls, "ls"), (info.env, None),
+]
+for func, name in COMMANDS:
+    app.command(name)(func)
+app.add_typer(judge.judge_app, name="judge")
+app.add_typer(models.models_app, name="models")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _parser_error(e: BaseException) -> int | None:
+    """Exit code for click's own exceptions, whichever click raised them (click itself, or the copy that typer
+    >= 0.29 vendors as `typer._click`): they are recognised by class name, not by identity. None: not click's."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if "NoArgsIsHelpError" in names:  # `obliviate` or `obliviate judge` alone: the help, as asked
+        ctx = getattr(e, "ctx", None)
+        typer.echo(ctx.get_help() if ctx is not None else "see `obliviate --help`")
+        return 0
+    if "Abort" in names:
+        return 130
+    if "Exit" in names:
+        return getattr(e, "exit_code", 0)
+    if "ClickException" not in names:
+        return None
+    message = _one_line(e.format_message())
+    ctx = getattr(e, "ctx", None)
+    if message.startswith("No such command") and "Did you mean" not in message:  # older typers do not suggest
+        wrong = message.split("'")[1] if message.count("'") >= 2 else ""
+        known = ctx.command.list_commands(ctx) if ctx is not None and hasattr(ctx.command, "list_commands") else []
+        close = difflib.get_close_matches(wrong, known, n=1)
+        if close:
+            message += f" Did you mean '{close[0]}'?"
+    if ctx is not None and "UsageError" in names:
+        message += f" (see '{ctx.command_path} --help')"
+    typer.echo(f"error: {message}", err=True)
+    return getattr(e, "exit_code", 1)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        code = app(standalone_mode=False, prog_name="obliviate")
+    except UsageError as e:
+        typer.echo(f"error: {_one_line(e)}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        code = _parser_error(e)
+        if code is None:
+            raise
+        sys.exit(code)
+    if isinstance(code, int) and code:  # click returns the code of `ctx.exit(n)` in non-standalone mode
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

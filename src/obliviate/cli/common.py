@@ -1,0 +1,43 @@
+"""What every command module shares. It imports none of them, so the command modules never import each other."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from obliviate.errors import UsageError
+
+STARTED = time.perf_counter()  # demos report wall time from process start, imports included
+
+
+def set_threads(n: Optional[int]) -> None:
+    """Pin torch's CPU threads (two torch processes on a 2-core machine slow each other 3-15x)."""
+    if n is not None and n < 1:
+        raise UsageError(f"--threads must be >= 1, got {n}")
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def parse_options(options: list[str]) -> dict:
+    """Repeated `--option KEY=VALUE` -> {key: value} (values stay strings; each config casts its own)."""
+    out = {}
+    for o in options:
+        if "=" not in o:
+            raise UsageError(f"--option expects KEY=VALUE, got {o!r}")
+        k, v = o.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def named_runs(models: list[str]) -> dict[str, str]:
+    """Repeated `--model DIR` or `--model NAME=DIR` -> {name: path}; a bare directory is named after itself."""
+    runs = {}
+    for m in models:
+        name, path = m.split("=", 1) if "=" in m and not Path(m).exists() else (Path(m).name, m)
+        if name in runs:
+            raise UsageError(f"two models are named {name!r}; name them with NAME=DIR")
+        runs[name] = path
+    return runs

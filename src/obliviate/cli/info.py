@@ -1,0 +1,62 @@
+"""Listings and environment: `ls`, `env`."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+
+from obliviate.errors import UsageError
+
+
+def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks | metrics | suites")):
+    """List registered methods, refusal methods, attacks, metrics or suites, one per line."""
+    if what == "attacks":
+        from obliviate.attacks import ATTACKS
+
+        for name, cls in ATTACKS.items():
+            typer.echo(f"{name:18s} {','.join(cls.suites):8s} {cls.description}")
+    elif what == "suites":
+        from obliviate.suites import SUITES
+
+        for name, s in SUITES.items():
+            typer.echo(f"{name:8s} {s.description}")
+    elif what in ("methods", "refusal-methods"):
+        from dataclasses import fields
+
+        from obliviate.methods import METHODS
+        from obliviate.refusal import REFUSAL_METHODS
+
+        for name, cls in (METHODS if what == "methods" else REFUSAL_METHODS).items():
+            opts = ", ".join(f"{f.name}={f.default}" for f in fields(cls))
+            typer.echo(f"{name:12s} {opts}")
+    elif what == "metrics":
+        from obliviate.metrics import METRICS
+
+        arrow = {True: "higher", False: "lower", None: "oracle"}
+        for name, m in METRICS.items():
+            typer.echo(f"{name:28s} {arrow[m.higher_is_better]:6s} {m.description}")
+    else:
+        raise UsageError(f"unknown listing {what!r}; use 'methods', 'refusal-methods', 'attacks', 'metrics' or 'suites'")
+
+
+def env():
+    """Print versions, threads and the device obliviate would use (paste it into bug reports)."""
+    import platform
+
+    import torch
+
+    from obliviate import __version__
+
+    typer.echo(f"obliviate    {__version__}")
+    typer.echo(f"python       {platform.python_version()} ({platform.machine()})")
+    for mod in ("torch", "transformers", "tokenizers", "peft", "accelerate"):
+        try:
+            typer.echo(f"{mod:12s} {__import__(mod).__version__}")
+        except ImportError:
+            typer.echo(f"{mod:12s} not installed")
+    typer.echo(f"threads      {torch.get_num_threads()}")
+    cuda = torch.cuda.is_available()
+    typer.echo(f"device       {torch.cuda.get_device_name(0) if cuda else 'cpu'}")
+    typer.echo(f"hub offline  {os.environ.get('HF_HUB_OFFLINE', '0') not in ('', '0')}")
