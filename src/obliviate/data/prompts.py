@@ -30,23 +30,11 @@ PROMPT_SETS: Registry[Callable[[Path], list[dict]]] = Registry("prompt set")
 
 
 def read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict]:
-    """Rows of a CSV file as dicts; missing columns or an unreadable file are one-line UsageErrors."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"file not found: {p}")
-    try:
-        with p.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise UsageError(f"{p}: missing column(s) {', '.join(missing)} (columns: {', '.join(header)})")
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UsageError(f"{p}: unreadable CSV ({e})") from None
-    if not rows:
-        raise UsageError(f"{p}: no rows")
-    return rows
+    """Rows of a prompt file as dicts of strings: CSV, or by suffix Parquet / Arrow / Feather / JSON / JSONL, or a HF
+    dataset id (`tables.read_table_rows`); missing columns, no rows or an unreadable file are one-line UsageErrors."""
+    from obliviate.data.tables import read_table_rows
+
+    return read_table_rows(path, required)
 
 
 def _row(source, i, prompt, label, category="", context=""):

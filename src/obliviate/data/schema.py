@@ -89,12 +89,20 @@ def read_json(path: str | Path) -> object:
 
 def read_records(path: str | Path) -> list[tuple[str, object]]:
     """Records of a JSON-list or JSONL file (told apart by the first character), each with where it stands:
-    ("file:line", obj) for JSONL, ("file: item i", obj) for a list."""
+    ("file:line", obj) for JSONL, ("file: item i", obj) for a list; Parquet / Arrow / Feather files and HF dataset
+    ids (a missing path like OWNER/NAME[:CONFIG[:SPLIT]]) give ("file: row i", dict), see `tables`."""
+    from obliviate.data import tables
+
     p = Path(path)
+    if tables.table_format(p) or (not p.is_file() and tables.looks_like_hub_id(path)):
+        return tables.read_table_records(path)
     if not p.is_file():
         raise UsageError(f"file not found: {p}")
-    with p.open(encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
+    try:
+        with p.open(encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+    except UnicodeDecodeError:
+        raise UsageError(f"{p}: not a UTF-8 JSON/JSONL file (nor Parquet/Arrow)") from None
     if head.startswith("["):
         data = read_json(p)
         if not isinstance(data, list):  # e.g. "[1] [2]" is not one list

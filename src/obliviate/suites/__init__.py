@@ -43,12 +43,18 @@ class Suite:
             raise UsageError(f"forget split must look like forget01/forget05/forget10, got {forget_split!r}")
         return pattern.format(forget=forget_split, pct=pct, keep=f"{100 - int(pct):02d}")
 
+    @staticmethod
+    def _existing(p: Path) -> Path:
+        """The file a pattern names; a pattern without an extension, or whose file is missing, takes the first of
+        .jsonl / .json / .txt / .parquet / .arrow with that stem that exists (else the name as given, or .jsonl)."""
+        if p.suffix and p.is_file():
+            return p
+        return next((p.with_suffix(e) for e in (".jsonl", ".json", ".txt", ".parquet", ".arrow")
+                     if p.with_suffix(e).is_file()), p if p.suffix else p.with_suffix(".jsonl"))
+
     def train_paths(self, data: Path, forget_split: str) -> tuple[Path, Path]:
         data = resolve_data(data)
-        paths = [data / self._fill(f, forget_split) for f in (self.forget_file, self.retain_file)]
-        # a pattern without an extension takes the first of .jsonl / .json / .txt that exists
-        return tuple(next((p.with_suffix(e) for e in (".jsonl", ".json", ".txt") if p.with_suffix(e).is_file()),
-                          p.with_suffix(".jsonl")) if not p.suffix else p for p in paths)
+        return tuple(self._existing(data / self._fill(f, forget_split)) for f in (self.forget_file, self.retain_file))
 
     def eval_data(self, data: Path, forget_split: str) -> dict[str, list[QAItem]]:
         if not self.eval_files:
@@ -56,7 +62,7 @@ class Suite:
         data = resolve_data(data)
         out = {}
         for split, spec in self.eval_files.items():
-            path = data / self._fill(spec.pattern, forget_split)
+            path = self._existing(data / self._fill(spec.pattern, forget_split))
             if not spec.required and not path.is_file():
                 continue
             out[split] = load_qa(path, paraphrase_from_answer=spec.paraphrase_from_answer)
