@@ -25,7 +25,7 @@ FIELDS = {"raw": ("text",), "verbmem": ("prompt", "gt"), "knowmem": ("question",
 
 
 def _find(root: Path, subset: str, split: str) -> Path | None:
-    for ext in (".jsonl", ".json", ".txt"):
+    for ext in (".jsonl", ".json", ".txt", ".parquet", ".arrow"):
         p = root / subset / f"{split}{ext}"
         if p.is_file():
             return p
