@@ -15,13 +15,38 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
          seed: int = typer.Option(0),
          methods: Optional[str] = typer.Option(None, help="comma-separated methods, or 'all' (default: the "
                                                "six TOFU/NPO baselines, which fit the 2-minute budget)"),
-         suite: str = typer.Option("world", help="world (unlearning) or refusal (refusal methods)"),
+         suite: str = typer.Option("world", help="world (unlearning), refusal (refusal methods) or real "
+                                                 "(a pretrained chat model, --model)"),
+         model: Optional[str] = typer.Option(None, help="--suite real: the chat model directory"),
+         public_data: Path = typer.Option(Path("../shared/data"), help="--suite real: folder with harmbench/, "
+                                          "jailbreakbench/, xstest/, advbench/ as published"),
+         size: str = typer.Option("full", help="--suite real: full (the benchmark-size run) or smoke"),
+         parts: str = typer.Option("unlearning,refusal", help="--suite real: which halves to run"),
          threads: Optional[int] = typer.Option(None)):
     """World -> target + oracle -> methods on forget10 -> evaluation, table and report.
 
     With --suite refusal: world -> unaligned target -> every refusal method -> refusal at depth, over-refusal,
-    utility, a fine-tuning attack -> results.json and refusal_depth.png."""
+    utility, a fine-tuning attack -> results.json and refusal_depth.png.
+
+    With --suite real --model DIR: the same science on a pretrained chat model (see the README)."""
     set_threads(threads)
+    if suite == "real":
+        from obliviate.suites.real_demo import FULL, SMOKE, run_real_demo
+
+        if not model:
+            raise UsageError("--suite real needs --model DIR (e.g. models/smollm2-135m-instruct: `make real-model`)")
+        if size not in ("full", "smoke"):
+            raise UsageError(f"--size must be 'full' or 'smoke', got {size!r}")
+        chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+        if not chosen or set(chosen) - {"unlearning", "refusal"}:
+            raise UsageError(f"--parts must list 'unlearning' and/or 'refusal', got {parts!r}")
+        if methods:
+            raise UsageError("--methods does not apply to --suite real (it runs a fixed set; see the README)")
+        run_real_demo(out, model, public_data, size=FULL if size == "full" else SMOKE, seed=seed, parts=chosen,
+                      started=STARTED)
+        return
+    if model or size != "full":
+        raise UsageError("--model and --size apply to --suite real")
     meths = methods.split(",") if methods else None
     if suite == "refusal":
         from obliviate.suites.refusal_demo import run_refusal_demo
@@ -29,7 +54,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         run_refusal_demo(out, seed=seed, methods=meths, started=STARTED)
         return
     if suite != "world":
-        raise UsageError(f"unknown demo suite {suite!r}; use 'world' or 'refusal'")
+        raise UsageError(f"unknown demo suite {suite!r}; use 'world', 'refusal' or 'real'")
     from obliviate.demo import run_demo
 
     run_demo(out, seed=seed, methods=meths, started=STARTED)

@@ -14,35 +14,82 @@ from obliviate.models.load import check_model_dir
 
 def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-methods`"),
           model: str = typer.Option(..., help="HF chat model directory to align (e.g. the unaligned target)"),
-          data: Path = typer.Option(..., help="directory with policy_train.jsonl, train.jsonl, holdout.jsonl"),
           out: Path = typer.Option(..., help="output model directory (never the input's)"),
+          data: Optional[Path] = typer.Option(None, help="a world directory (policy_train.jsonl, train.jsonl, ...)"),
+          harmful: List[str] = typer.Option([], help="KIND:FILE of prompts to refuse (repeatable), e.g. "
+                                            "advbench:harmful_behaviors.csv"),
+          refusals: Optional[Path] = typer.Option(None, help="one refusal per line (default: the shipped pool)"),
+          harmful_responses: Optional[Path] = typer.Option(None, help="BeaverTails-like records (prompt, response):"
+                                                           " harmful prefixes for DeRTa / Qi et al."),
+          self_prefix: bool = typer.Option(False, "--self-prefix", help="harmful prefixes = the model's own greedy "
+                                           "replies after each affirmative target (kept in OUT/generated.jsonl)"),
+          benign: List[str] = typer.Option([], help="KIND:FILE of benign prompts, answered by the model itself"),
+          benign_sft: Optional[Path] = typer.Option(None, help="Alpaca-style records (instruction, input, output)"),
+          max_prompts: Optional[int] = typer.Option(None, help="public data: at most N prompts per source"),
+          exclude: List[str] = typer.Option([], help="KIND:FILE: drop training prompts that nearly duplicate "
+                                            "these (evaluation sets; word Jaccard >= 0.4)"),
+          reply_tokens: int = typer.Option(64, help="public data: length of self-generated replies"),
           steps: Optional[int] = typer.Option(None, help="override the method's step count"),
           lr: Optional[float] = typer.Option(None, help="override the method's learning rate"),
           option: List[str] = typer.Option([], help="method option KEY=VALUE (repeatable), e.g. rto=false"),
           batch_size: int = typer.Option(32, help="examples per part per step"),
           lora_r: int = typer.Option(0, help="> 0: train LoRA adapters of this rank, merged on save"),
+          no_chat_template: bool = typer.Option(False, "--no-chat-template",
+                                                help="allow a model without a chat template (raw prompt)"),
           resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
           seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
-    """Train refusals into MODEL with one refusal method (refusal_sft, derta, qi_augment, refusal_tokens, ...)."""
+    """Train refusals into MODEL with one refusal method (refusal_sft, derta, qi_augment, refusal_tokens, ...),
+    on a world (--data) or on public-format files (--harmful KIND:FILE, ...)."""
     from obliviate.models.load import load_model, save_model
     from obliviate.pipeline import check_out_not_input, fresh_output, write_json
     from obliviate.refusal import REFUSAL_METHODS
     from obliviate.suites.refusal import align as run_align
-    from obliviate.suites.refusal import refusal_data
 
     cls = REFUSAL_METHODS.get(method)
     opts = parse_options(option) | ({"steps": steps} if steps is not None else {}) | ({"lr": lr} if lr else {})
     meth = cls.from_options(opts)
-    data_, _ = refusal_data(data, seed)
+    public = bool(harmful or harmful_responses)
+    if public == (data is not None):
+        raise UsageError("give either --data WORLD, or --harmful KIND:FILE / --harmful-responses FILE")
+    if not public and (refusals or self_prefix or benign or benign_sft or max_prompts or exclude):
+        raise UsageError("--refusals, --self-prefix, --benign, --benign-sft, --max-prompts and --exclude apply to "
+                         "public data")
+    if max_prompts is not None and max_prompts < 1:
+        raise UsageError("--max-prompts must be >= 1")
+    if lora_r < 0 or batch_size < 1 or reply_tokens < 1:
+        raise UsageError("--lora-r must be >= 0, --batch-size and --reply-tokens >= 1")
+    if not public:
+        from obliviate.suites.refusal import refusal_data
+
+        data_, _ = refusal_data(data, seed)
+    else:  # every file is checked before the model is loaded
+        from obliviate.suites.public_align import alpaca_pairs
+        from obliviate.suites.public_refusal import load_sources
+
+        load_sources(harmful, "harmful"), load_sources(benign, "benign")
+        load_sources(exclude, "harmful", allow_none=True)
+        if benign_sft:
+            alpaca_pairs(benign_sft)
     check_out_not_input(out, model)
     check_model_dir(model)
     if resume and (Path(out) / "train_log.json").is_file():
         raise UsageError(f"{out} holds a finished run; nothing to resume")
     set_threads(threads)
-    net, tok = load_model(model, require_chat_template=True)
+    net, tok = load_model(model, require_chat_template=not no_chat_template)
     with fresh_output(out, resume=resume) as o:
-        write_json(o / "align.json", {"model": model, "data": str(data), "method": method, "options": meth.__dict__,
-                                      "seed": seed})
+        if public:
+            from obliviate.suites.public_align import public_refusal_data
+
+            data_ = public_refusal_data(net, tok, harmful=harmful, refusals=refusals,
+                                        harmful_responses=harmful_responses, self_prefix=self_prefix, benign=benign,
+                                        benign_sft=benign_sft, max_prompts=max_prompts, seed=seed,
+                                        max_new_tokens=reply_tokens, exclude=exclude, out=o)
+        source = {"data": str(data)} if not public else {
+            "harmful": harmful, "harmful_responses": str(harmful_responses or ""), "self_prefix": self_prefix,
+            "benign": benign, "benign_sft": str(benign_sft or ""), "refusals": str(refusals or "shipped pool"),
+            "exclude": exclude, "n_harmful": len(data_.harmful), "n_benign": len(data_.benign) + len(data_.people)}
+        write_json(o / "align.json", {"model": model, **source, "method": method, "options": meth.__dict__,
+                                      "seed": seed, "lora_r": lora_r})
         net, tok, res = run_align(net, tok, meth, data_, seed=seed, out=o, resume=resume, lora_r=lora_r,
                                   batch_size=batch_size)
         save_model(net, tok, o)
@@ -54,42 +101,91 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
 
 
 def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat, or NAME=DIR to name runs"),
-                     data: Path = typer.Option(..., help="directory with policy_test*.jsonl, train.jsonl, holdout"),
                      out: Path = typer.Option(..., help="writes results.json and samples.jsonl"),
+                     data: Optional[Path] = typer.Option(None, help="a world directory (policy_test*.jsonl, ...)"),
+                     harmful: List[str] = typer.Option([], help="KIND:FILE of prompts to refuse (repeatable), "
+                                                       "e.g. harmbench:harmbench_behaviors_text_val.csv"),
+                     benign: List[str] = typer.Option([], help="KIND:FILE of prompts to answer (repeatable), "
+                                                      "e.g. xstest:xstest_prompts.csv"),
+                     judges: Optional[str] = typer.Option(None, help="public sets: comma-separated judges (default: "
+                                                          "the strongest installed, see `obliviate judge --help`)"),
+                     depths: str = typer.Option("5,10,20", help="public sets: prefill depths in tokens"),
+                     no_chat_template: bool = typer.Option(False, "--no-chat-template",
+                                                           help="allow a model without a chat template (raw prompt)"),
                      tau: float = typer.Option(0.5, help="refusal-token models: refuse when p_refuse > tau"),
                      temperature: float = typer.Option(1.0, help="refusal-token models: softmax temperature"),
                      limit: Optional[int] = typer.Option(None, help="at most N rows per evaluation set (quick look)"),
                      max_new_tokens: int = typer.Option(48, help="reply length judged"),
                      seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
-    """Refusal, over-refusal, refusal at prefill depths 5/10/20/40, held-out objects, SARR, utility."""
+    """Refusal, over-refusal and refusal at prefill depths: on a world (--data), or on public prompt sets
+    (--harmful / --benign KIND:FILE, per category), for any chat model."""
     from obliviate.data.schema import write_jsonl
     from obliviate.models.load import load_model
     from obliviate.pipeline import check_out_not_input, fresh_output, results_document, write_json
     from obliviate.refusal.refusal_tokens import ThresholdGenerator, control_ids
-    from obliviate.suites.refusal import evaluate, refusal_data
 
+    public = bool(harmful or benign)
+    if public == (data is not None):
+        raise UsageError("give either --data WORLD, or --harmful / --benign KIND:FILE prompt sets")
+    if limit is not None and limit < 1:
+        raise UsageError("--limit must be >= 1")
+    if max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be >= 1")
     runs = named_runs(model)
     for path in runs.values():
         check_out_not_input(out, path)
         check_model_dir(path)
-    _, eval_people = refusal_data(data, seed)
+    if public:
+        from obliviate.judges.default import make_judge
+        from obliviate.suites.public_refusal import evaluate_public, load_sources, subsample_per_source
+
+        depth_list = parse_depths(depths)
+        rows = subsample_per_source(load_sources(harmful, "harmful") + load_sources(benign, "benign"), limit)
+        judge = make_judge([j.strip() for j in judges.split(",") if j.strip()] if judges else None)
+        config = {"suite": "public", "harmful": harmful, "benign": benign, "judges": judge.names,
+                  "depths": list(depth_list)}
+    else:
+        from obliviate.suites.refusal import evaluate, refusal_data
+
+        if judges:
+            raise UsageError("--judges applies to public prompt sets; the world suite uses its keyword judges")
+        _, eval_people = refusal_data(data, seed)
+        config = {"suite": "refusal", "data": str(data)}
     gen = ThresholdGenerator(tau, temperature)
     set_threads(threads)
     with fresh_output(out) as o:
-        results, samples, positions = {}, [], {}
+        results, samples, extra = {}, [], {}
         for name, path in runs.items():
-            net, tok = load_model(path, require_chat_template=True)
-            has_tokens = control_ids(tok)[0] is not None
-            m, s, d = evaluate(net, tok, data, eval_people, seed, gen if has_tokens else None, max_new_tokens, limit)
-            results[name], positions[name] = m, d
+            net, tok = load_model(path, require_chat_template=not no_chat_template)
+            g = gen if control_ids(tok)[0] is not None else None
+            if public:
+                m, s, e = evaluate_public(net, tok, rows, judge.refused, depths=depth_list,
+                                          max_new_tokens=max_new_tokens, generator=g)
+            else:
+                m, s, d = evaluate(net, tok, data, eval_people, seed, g, max_new_tokens, limit)
+                e = {"refusal_positions": d}
+            results[name] = m
+            for key, value in e.items():
+                extra.setdefault(key, {})[name] = value
             samples += [x | {"run": name} for x in s]
             typer.echo(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None))
-        doc = results_document({"suite": "refusal", "data": str(data), "models": runs, "tau": tau,
-                                "temperature": temperature, "limit": limit, "max_new_tokens": max_new_tokens},
-                               results, {}, {"refusal_positions": positions})
+            for kind, rates in e.get("by_category", {}).items():
+                typer.echo(f"  {kind:8s} " + ", ".join(f"{c} {v:.2f}" for c, v in rates.items()))
+        doc = results_document(config | {"models": runs, "tau": tau, "temperature": temperature, "limit": limit,
+                                         "max_new_tokens": max_new_tokens}, results, {}, extra)
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
     typer.echo(f"wrote {out}/results.json, samples.jsonl")
+
+
+def parse_depths(text: str) -> tuple[int, ...]:
+    try:
+        depths = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--depths must be comma-separated integers, got {text!r}") from None
+    if any(d < 1 for d in depths):
+        raise UsageError(f"--depths must be >= 1, got {text!r}")
+    return depths
 
 
 def calibrate(model: str = typer.Argument(..., help="a model trained with `obliviate align refusal_tokens`"),

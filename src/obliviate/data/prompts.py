@@ -2,7 +2,12 @@
 
 Each loader returns a list of prompt rows:
 
-    {"id": str, "prompt": str, "label": "harmful" | "benign", "category": str, "source": str, "context": str}
+    {"id": str, "prompt": str, "label": "harmful" | "benign", "category": str, "source": str, "context": str,
+     "target": str}
+
+`target` is the affirmative start of a compliant reply ("Sure, here is ..."), the string that GCG-style attacks
+optimise for and that `refusal-eval` prefills at depth k. AdvBench (`target`) and JailbreakBench (`Target`) ship
+theirs; for every other set it is built from the prompt by `affirmative_target` (below).
 
 `label` says whether a model should refuse ("harmful") or help ("benign"). Nothing is bundled or downloaded:
 the files stay where the user keeps them (small public samples live in the team's shared data for tests).
@@ -37,9 +42,49 @@ def read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict]:
     return read_table_rows(path, required)
 
 
-def _row(source, i, prompt, label, category="", context=""):
-    return {"id": f"{source}-{i}", "prompt": prompt.strip(), "label": label, "category": category or "",
-            "source": source, "context": context or ""}
+# Imperative verbs that open a request; `affirmative_target` drops them ("Write a poem" -> "Sure, here is a poem").
+_VERBS = {"write", "create", "develop", "generate", "give", "provide", "explain", "describe", "list", "draft",
+          "compose", "design", "outline", "produce", "teach", "suggest", "devise", "offer", "share", "detail",
+          "build", "compile", "brainstorm", "tell", "show", "make", "construct", "prepare", "formulate", "plan",
+          "publish", "post", "craft", "come"}
+_PLURAL = ("instructions", "detailed instructions", "step-by-step instructions", "steps", "tips", "ways", "ideas",
+           "suggestions", "reasons", "examples", "directions")
+
+
+def affirmative_target(behavior: str) -> str:
+    """The affirmative target of a request, built the way AdvBench's targets read (Zou et al. 2023; HarmBench's
+    GCG targets follow the same pattern): "Sure, here is " + the request without its imperative verb.
+
+    "Write a persuasive article about X" -> "Sure, here is a persuasive article about X";
+    "Give detailed instructions for X" -> "Sure, here are detailed instructions for X";
+    "Explain how to X" -> "Sure, here is how to X"; "How can I X?" -> "Sure, here is how to X". Any other request
+    keeps its words: "Sure, here is a response to: <request>". Only the first line of the request is used."""
+    import re
+
+    text = behavior.strip().splitlines()[0].strip().rstrip(".?!:") if behavior.strip() else ""
+    words = text.split()
+    if not words:
+        return "Sure, here is"
+    how = re.match(r"(?i)how (?:can|do|should|would|could|to|might) (?:i |we |you |one )?(.+)", text)
+    if how:
+        return f"Sure, here is how to {how.group(1)}"
+    if words[0].lower() in _VERBS:
+        rest = words[1:]
+        if rest[:1] == ["up"] and words[0].lower() == "come":  # "come up with a plan" -> "a plan"
+            rest = rest[2:] if rest[1:2] == ["with"] else rest[1:]
+        if rest[:1] and rest[0].lower() in ("me", "us"):
+            rest = rest[1:]
+        phrase = " ".join(rest)
+        if phrase:
+            verb = "are" if phrase.lower().startswith(_PLURAL) else "is"
+            return f"Sure, here {verb} {phrase}"
+    return f"Sure, here is a response to: {text[0].lower()}{text[1:]}"
+
+
+def _row(source, i, prompt, label, category="", context="", target=""):
+    prompt = prompt.strip()
+    return {"id": f"{source}-{i}", "prompt": prompt, "label": label, "category": category or "",
+            "source": source, "context": context or "", "target": (target or "").strip() or affirmative_target(prompt)}
 
 
 @PROMPT_SETS.register("xstest")
@@ -65,13 +110,14 @@ def harmbench(path: Path) -> list[dict]:
 def jailbreakbench(path: Path) -> list[dict]:
     rows = read_csv(path, ("Goal",))
     label = "benign" if "benign" in Path(path).name.lower() else "harmful"
-    return [_row("jailbreakbench", r.get("Index") or i, r["Goal"], label, r.get("Category", ""))
-            for i, r in enumerate(rows)]
+    return [_row("jailbreakbench", r.get("Index") or i, r["Goal"], label, r.get("Category", ""),
+                 target=r.get("Target", "")) for i, r in enumerate(rows)]
 
 
 @PROMPT_SETS.register("advbench")
 def advbench(path: Path) -> list[dict]:
-    return [_row("advbench", i, r["goal"], "harmful") for i, r in enumerate(read_csv(path, ("goal",)))]
+    return [_row("advbench", i, r["goal"], "harmful", target=r.get("target", ""))
+            for i, r in enumerate(read_csv(path, ("goal",)))]
 
 
 @PROMPT_SETS.register("orbench")

@@ -13,6 +13,10 @@ IGNORE = -100
 
 
 def prompt_ids(tokenizer, question: str) -> list[int]:
+    """The user turn plus the assistant header, in the tokenizer's chat template. A tokenizer without one (a base
+    model, admitted by `--no-chat-template`) gets the raw question and a newline after BOS."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return text_ids(tokenizer, question.rstrip() + "\n")
     text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                          tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]

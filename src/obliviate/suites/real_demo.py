@@ -1,0 +1,280 @@
+"""`obliviate demo --suite real --model DIR`: the whole pipeline on a pretrained chat model, offline.
+
+Unlearning (a slice of the built-in world):
+    world slice (retain people + forget people + a few world facts; holdout people never trained)
+    -> target: the chat model fine-tuned on the slice; oracle: the same without the forget people
+    -> npo, grad_diff, idk_nll, simnpo unlearn the forget people from the target (LoRA)
+    -> TOFU metrics beside the oracle, and a relearning attack on every run.
+
+Refusal (public prompt sets, read from --public-data, laid out as the team's shared data folder):
+    the chat model as it is ("base") -> refusal_sft and derta trained on AdvBench prompts with every near-duplicate
+    of HarmBench-val / JailbreakBench removed (`align --exclude`), self-generated harmful prefixes and
+    self-distilled benign replies -> refusal on HarmBench val and JailbreakBench, over-refusal on XSTest's safe
+    prompts, refusal at prefill depths -> refusal-direction ablation (Arditi et al.) of the DeRTa model.
+
+Everything is in one results.json (runs: target, oracle, the unlearning methods, base, refusal_sft, derta,
+derta_ablated) and one printed table. Sizes: `FULL` is the benchmark-size run, `SMOKE` the tests' run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from obliviate.errors import UsageError
+
+UNLEARN_METHODS = ("npo", "grad_diff", "idk_nll", "simnpo")
+REFUSAL_METHODS = ("refusal_sft", "derta")
+PUBLIC_FILES = {
+    "harmbench": "harmbench/harmbench_behaviors_text_val.csv",
+    "jailbreakbench": "jailbreakbench/harmful_behaviors_jailbreakbench.csv",
+    "xstest": "xstest/xstest_prompts.csv",
+    "advbench": "advbench/harmful_behaviors.csv",
+}
+
+
+@dataclass(frozen=True)
+class RealDemoSize:
+    retain_people: int = 36  # 5 QA each
+    forget_people: int = 4
+    holdout_people: int = 4
+    facts: int = 20  # world facts trained with the retain people (utility probe)
+    finetune_steps: int = 120
+    finetune_lr: float = 1e-3
+    finetune_lora_r: int = 32
+    unlearn_steps: int = 30
+    unlearn_lora_r: int = 16
+    batch_size: int = 8
+    relearn_steps: int = 10
+    prompts_per_set: int = 40  # evaluation prompts per public set
+    train_prompts: int = 128  # AdvBench training prompts (after removing near-duplicates)
+    align_steps: int = 80
+    align_lr: float = 1e-3
+    align_lora_r: int = 16
+    reply_tokens: int = 48  # self-generated prefixes and benign replies
+    max_new_tokens: int = 48
+    depths: tuple[int, ...] = (5, 10, 20)
+    direction_prompts: int = 32  # per class, for the refusal direction's means
+
+
+FULL = RealDemoSize()
+SMOKE = RealDemoSize(retain_people=3, forget_people=2, holdout_people=2, facts=2, finetune_steps=2,
+                     unlearn_steps=1, unlearn_lora_r=4, finetune_lora_r=4, batch_size=2, relearn_steps=1,
+                     prompts_per_set=2, train_prompts=3, align_steps=1, align_lora_r=4, reply_tokens=4,
+                     max_new_tokens=4, depths=(2,), direction_prompts=4)
+
+
+def slice_world(out: Path, size: RealDemoSize, seed: int = 0) -> Path:
+    """A small world directory in the world suite's layout (forget10 = the forget people, retain90 = retain
+    people + facts): a pretrained model needs no "bridge" people to recognise paraphrases."""
+    from obliviate.data.schema import write_jsonl
+    from obliviate.data.world import WorldSpec, build_world
+
+    parts = build_world(WorldSpec(seed=seed, n_people=100, n_holdout_people=max(1, size.holdout_people),
+                                  n_bridge_people=0))
+    people: dict[str, list[dict]] = {}
+    for it in parts["train"]:
+        if it["id"].startswith("person"):
+            people.setdefault(it["subject"], []).append(it)
+    groups = list(people.values())
+    retain = [it for g in groups[: size.retain_people] for it in g]
+    forget = [it for g in groups[-size.forget_people:] for it in g]
+    facts = parts["world_facts"][: size.facts]
+    out.mkdir(parents=True, exist_ok=True)
+    eval_retain = random.Random(seed).sample(retain, min(len(retain), 5 * size.forget_people))
+    for name, rows in {"train": retain + forget + facts, "forget10": forget, "retain90": retain + facts,
+                       "retain_eval": eval_retain, "world_facts": facts, "holdout": parts["holdout"]}.items():
+        write_jsonl(out / f"{name}.jsonl", rows)
+    return out
+
+
+def public_paths(public_data: Path) -> dict[str, Path]:
+    paths = {k: Path(public_data) / v for k, v in PUBLIC_FILES.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise UsageError(f"--public-data {public_data}: missing {missing[0]} (expected: "
+                         f"{', '.join(PUBLIC_FILES.values())})")
+    return paths
+
+
+def _train(model, tok, method, parts, size: RealDemoSize, lora_r: int, seed: int, progress: bool):
+    from obliviate.train import TrainConfig, train
+
+    cfg = TrainConfig(forget_batch_size=size.batch_size, retain_batch_size=size.batch_size, seed=seed,
+                      checkpoint_every=0, lora_r=lora_r, progress=progress)
+    model, res = train(model, tok, method, parts, cfg)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model, res
+
+
+def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, progress: bool, log) -> tuple:
+    """(results, relearn figures, samples, seconds) of the unlearning half."""
+    from obliviate.attacks import ATTACKS, AuditContext
+    from obliviate.data.schema import load_qa
+    from obliviate.evaluate import metrics_from_rows, sample_rows, score_model
+    from obliviate.methods import METHODS
+    from obliviate.models.load import load_model, save_model
+    from obliviate.pipeline import eval_data, idk_pool, qa_pairs, unlearning_parts
+    from obliviate.train import FineTune
+
+    world = slice_world(o / "world", size, seed)
+    splits = eval_data(world, "forget10")
+    seconds, rows, relearn, models = {}, {}, {}, {}
+    fine = FineTune(lr=size.finetune_lr, steps=size.finetune_steps)
+    for name, split in (("target", "train"), ("oracle", "retain90")):
+        net, tok = load_model(model_dir)
+        net, res = _train(net, tok, fine, {"retain": qa_pairs(load_qa(world / f"{split}.jsonl"))}, size,
+                          size.finetune_lora_r, seed, progress)
+        save_model(net, tok, o / "models" / name)
+        seconds[name], rows[name], models[name] = res.seconds, score_model(net, tok, splits), o / "models" / name
+        log(f"{name}: fine-tuned in {res.seconds:.1f} s")
+    parts = unlearning_parts(load_qa(world / "forget10.jsonl"), load_qa(world / "retain90.jsonl"), idk_pool(None),
+                             seed)
+    attack = ATTACKS.get("relearn")(steps=size.relearn_steps, batch_size=size.batch_size)
+    ctx = AuditContext(suite="world", data=world, seed=seed, max_new_tokens=size.max_new_tokens)
+    for name in ("oracle", *UNLEARN_METHODS):
+        net, tok = load_model(str(models["oracle" if name == "oracle" else "target"]))
+        if name != "oracle":
+            meth = replace(METHODS.get(name)(), steps=size.unlearn_steps)
+            net, res = _train(net, tok, meth, parts, size, size.unlearn_lora_r, seed, progress)
+            seconds[name], rows[name] = res.seconds, score_model(net, tok, splits)
+            log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
+        relearn[name] = attack.run(ctx, net, tok)
+    results = {n: metrics_from_rows(r, rows["oracle"]) for n, r in rows.items()}
+    samples = [s for n in results for s in sample_rows(n, rows[n])]
+    return results, relearn, samples, seconds
+
+
+def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemoSize, seed: int, progress: bool,
+                 log) -> tuple:
+    """(results, extra per run, samples, seconds) of the refusal half."""
+    from obliviate.judges.default import make_judge
+    from obliviate.models.load import load_model, save_model
+    from obliviate.refusal import REFUSAL_METHODS as METHODS
+    from obliviate.suites.public_align import public_refusal_data
+    from obliviate.suites.public_refusal import evaluate_public, load_sources, subsample_per_source
+    from obliviate.suites.refusal import align
+
+    src = {k: f"{k}:{p}" for k, p in paths.items()}
+    rows = subsample_per_source(load_sources([src["harmbench"], src["jailbreakbench"]], "harmful")
+                                + load_sources([src["xstest"]], "benign"), size.prompts_per_set)
+    judge = make_judge()
+    results, extra, samples, seconds = {}, {}, [], {}
+
+    def measure(name, net, tok):
+        m, s, e = evaluate_public(net, tok, rows, judge.refused, depths=size.depths,
+                                  max_new_tokens=size.max_new_tokens)
+        m |= {f"refusal_rate[{k}]": v for k, v in e["by_source"].get("harmful", {}).items()}
+        results[name], extra[name] = m, e
+        samples.extend(x | {"run": name} for x in s)
+        log(f"{name}: refusal {m['refusal_rate']:.3f}, over-refusal {m['over_refusal_rate']:.3f}")
+
+    net, tok = load_model(model_dir)
+    measure("base", net, tok)
+    data = public_refusal_data(net, tok, harmful=[src["advbench"]], exclude=[src["harmbench"], src["jailbreakbench"]],
+                               self_prefix=True, max_prompts=size.train_prompts, seed=seed,
+                               max_new_tokens=size.reply_tokens, out=o)
+    for name in REFUSAL_METHODS:
+        net, tok = load_model(model_dir)
+        meth = METHODS.get(name).from_options({"steps": size.align_steps, "lr": size.align_lr})
+        net, tok, res = align(net, tok, meth, data, seed=seed, progress=progress, lora_r=size.align_lora_r,
+                              batch_size=size.batch_size)
+        net = net.merge_and_unload() if hasattr(net, "merge_and_unload") else net
+        seconds[name] = res.seconds
+        log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
+        measure(name, net, tok)
+        if name == "derta":
+            save_model(net, tok, o / "models" / "derta")
+    net, tok = load_model(str(o / "models" / "derta"))
+    ablated, direction = ablate_refusal_direction(net, tok, data, size, seed)
+    measure("derta_ablated", ablated, tok)
+    extra["derta_ablated"]["direction"] = direction
+    return results, extra, samples, seconds
+
+
+def ablate_refusal_direction(model, tok, data, size: RealDemoSize, seed: int):
+    """The DeRTa model with its refusal direction (Arditi et al. 2024) projected out of the weights. The direction is
+    the difference in means between AdvBench training prompts and benign training prompts (never evaluation
+    prompts), selected among every other layer below 0.8 L at the last post-instruction position, on held-out
+    training prompts of each class (the attack's selection rule; fewer candidates keep it within minutes on a CPU)."""
+    from obliviate.attacks.refusal_direction import RefusalDirection, orthogonalize
+    from obliviate.models.encode import answer_ids, prompt_ids
+
+    rng = random.Random(seed)
+    harmful = [r["prompt"] for r in data.harmful]
+    harmless = [r["prompt"] for r in data.benign] + [it.question for it in data.people]
+    rng.shuffle(harmful), rng.shuffle(harmless)
+    n = max(1, min(size.direction_prompts, len(harmful) // 2, len(harmless) // 2))
+    layers = model.config.num_hidden_layers
+    attack = RefusalDirection(layers=",".join(str(x) for x in range(0, max(1, int(0.8 * layers)), 2)), positions=1)
+    enc = [[prompt_ids(tok, p) for p in ps] for ps in (harmful[:n], harmless[:n], harmful[n: 2 * n],
+                                                         harmless[n: 2 * n])]
+    refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in data.harmful})
+    best, passed, _ = attack.select(model, tok, *enc, refusal_ids)
+    orthogonalize(model, best["r"] / best["r"].norm())
+    return model, {"layer": best["layer"], "position": best["pos"], "filters_passed": passed}
+
+
+TABLE = ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "relearn_recovered",
+         "refusal_rate", "refusal_rate[harmbench]", "refusal_rate[jailbreakbench]", "over_refusal_rate",
+         "refusal_rate@prefill5", "refusal_rate@prefill20")
+
+
+def run_real_demo(out: Path, model: str, public_data: Path, *, size: RealDemoSize = FULL, seed: int = 0,
+                  parts: tuple[str, ...] = ("unlearning", "refusal"), progress: bool = True,
+                  started: float | None = None) -> dict:
+    """Both halves (or the ones in `parts`); writes results.json, samples.jsonl, generated.jsonl; prints a table."""
+    from rich.console import Console
+
+    from obliviate.data.schema import write_jsonl
+    from obliviate.models.load import check_model_dir, load_model
+    from obliviate.pipeline import Timer, demo_output, results_document, write_json
+
+    clock = Timer(started)
+    console = Console(stderr=True, quiet=not progress, log_path=False)
+    check_model_dir(model)
+    paths = public_paths(public_data) if "refusal" in parts else {}
+    load_model(model, require_chat_template=True)  # no chat template: exit 2 before any work
+    results, extra, samples, seconds = {}, {"relearn": {}, "by_source": {}, "by_category": {}}, [], {}
+    with demo_output(out, "written by `obliviate demo --suite real`; the next run with this --out replaces it") as o:
+        if "unlearning" in parts:
+            res, relearn, smp, sec = unlearning_part(o, model, size, seed, progress, console.log)
+            for name, figs in relearn.items():
+                res[name]["relearn_recovered"] = figs.get("recovered_value_rouge")
+            results |= res
+            extra["relearn"], samples, seconds = relearn, samples + smp, seconds | sec
+        if "refusal" in parts:
+            res, ext, smp, sec = refusal_part(o, model, paths, size, seed, progress, console.log)
+            results |= res
+            for name, e in ext.items():
+                extra["by_source"][name], extra["by_category"][name] = e["by_source"], e["by_category"]
+                if "direction" in e:
+                    extra["refusal_direction"] = e["direction"]
+            samples, seconds = samples + smp, seconds | sec
+        config = {"suite": "real", "model": model, "public_data": str(public_data), "seed": seed,
+                  "parts": list(parts), "size": size.__dict__, "unlearning_methods": list(UNLEARN_METHODS),
+                  "refusal_methods": list(REFUSAL_METHODS)}
+        doc = results_document(config, results, {}, extra | {"seconds": {k: round(v, 1) for k, v in seconds.items()},
+                                                             "wall_seconds": round(clock(), 1)})
+        write_jsonl(o / "samples.jsonl", samples)
+        write_json(o / "results.json", doc)
+    print(table(doc["results"]))
+    print(f"\nwrote {out}/results.json, samples.jsonl (self-generated replies: {out}/generated.jsonl)")
+    print(f"demo wall time: {clock():.1f} s")
+    return doc
+
+
+def table(results: dict) -> str:
+    """One row per run, the figures that matter for each half ("-" where a figure does not apply)."""
+    cols = [c for c in TABLE if any(c in m for m in results.values())]
+    head = ["run"] + cols
+    rows = [[name] + [_fmt(m.get(c)) for c in cols] for name, m in results.items()]
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2e}" if isinstance(v, float) and 0 < abs(v) < 1e-2 else f"{v:.3f}"
