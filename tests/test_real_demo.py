@@ -1,0 +1,72 @@
+"""`obliviate demo --suite real` at smoke size on the real chat model (the benchmark-size run is in the README)."""
+
+import json
+from pathlib import Path
+
+from .test_cli import assert_bad_input, run_cli
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_slice_world_layout(tmp_path):
+    from obliviate.data.schema import load_qa
+    from obliviate.pipeline import eval_data
+    from obliviate.suites.real_demo import SMOKE, slice_world
+
+    world = slice_world(tmp_path / "w", SMOKE)
+    splits = eval_data(world, "forget10")
+    forget = {it.subject for it in splits["forget"]}
+    retain = {it.subject for it in load_qa(world / "retain90.jsonl")}
+    holdout = {it.subject for it in splits["holdout"]}
+    assert len(forget) == SMOKE.forget_people and not forget & retain and not holdout & (forget | retain)
+    assert len(load_qa(world / "train.jsonl")) == 5 * (SMOKE.retain_people + SMOKE.forget_people) + SMOKE.facts
+
+
+def test_real_demo_smoke(real_model_dir, tmp_path, capsys):
+    out = tmp_path / "real"
+    code, stdout, err = run_cli(["demo", "--suite", "real", "--model", real_model_dir, "--size", "smoke",
+                                 "--public-data", SHARED, "--threads", "2", "--out", out], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    runs = doc["results"]
+    assert list(runs) == ["target", "oracle", "npo", "grad_diff", "idk_nll", "simnpo", "base", "refusal_sft",
+                          "derta", "derta_ablated"]
+    assert runs["oracle"]["forget_quality"] == 1.0 and "forget_rouge" in runs["target"]
+    assert set(doc["relearn"]) == {"oracle", "npo", "grad_diff", "idk_nll", "simnpo"}
+    for name in ("base", "refusal_sft", "derta", "derta_ablated"):
+        m = runs[name]
+        assert 0 <= m["refusal_rate"] <= 1 and 0 <= m["over_refusal_rate"] <= 1 and "refusal_rate@prefill2" in m
+        assert {"refusal_rate[harmbench]", "refusal_rate[jailbreakbench]"} <= set(m)
+    assert "layer" in doc["refusal_direction"]
+    assert "derta" in stdout and "forget_quality" in stdout  # the printed table
+    gen = (out / "generated.jsonl").read_text().splitlines()
+    assert gen and all(json.loads(x)["kind"] in ("harmful_prefix", "benign_reply") for x in gen)
+
+
+def test_real_demo_bad_input(real_model_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert_bad_input(["demo", "--suite", "real", "--out", out], capsys, out, "--model")
+    assert_bad_input(["demo", "--suite", "real", "--model", real_model_dir, "--public-data", tmp_path / "none",
+                      "--out", out], capsys, out, "missing")
+    assert_bad_input(["demo", "--suite", "real", "--model", real_model_dir, "--parts", "unlearnin", "--out", out],
+                     capsys, out, "--parts")
+
+
+def test_unlearn_three_lora_steps_real_model(real_model_dir, world_dir, tmp_path, capsys):
+    """NPO with LoRA on the real chat model: 3 steps, the adapters merged into an ordinary HF directory."""
+    from safetensors import safe_open
+
+    out = tmp_path / "npo"
+    code, stdout, err = run_cli(["unlearn", "--model", real_model_dir, "--forget", world_dir / "forget01.jsonl",
+                                 "--retain", world_dir / "retain99.jsonl", "--method", "npo", "--lora-r", "8",
+                                 "--steps", "3", "--forget-batch-size", "4", "--retain-batch-size", "4",
+                                 "--threads", "2", "--out", out], capsys)
+    assert code == 0, err
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["steps"] == 3 and len(log["history"]) == 3
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert not any("lora" in k for k in f.keys())
+    ref = safe_open(str(Path(real_model_dir) / "model.safetensors"), "pt")
+    new = safe_open(str(out / "model.safetensors"), "pt")
+    key = next(k for k in ref.keys() if "q_proj" in k)
+    assert not (ref.get_tensor(key) == new.get_tensor(key)).all()  # LoRA moved the merged weights
