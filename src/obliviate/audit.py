@@ -1,6 +1,12 @@
 """`obliviate audit`: run every applicable attack on a model, beside the oracle and the target, and write
 `audit.json` plus `audit.md`.
 
+Suites: `unlearning` (a world or TOFU directory, or plain {question, answer} files: see `obliviate.audit_data`),
+`world` (the same on a world directory, with a required oracle) and `refusal` (a world's policy rows, or public
+prompt files). Before any model is loaded, each planned attack says whether the data holds its inputs
+(`Attack.missing`); those that cannot run are skipped and listed with the reason, and when none can run the
+command fails with one line and writes nothing.
+
 audit.json = {"obliviate_version", "created", "config", "attacks": {attack: {"model": {figure: value},
 "oracle": {...}, "target": {...}, "seconds": s}}, "skipped": {attack: reason}}. Roles appear only when the
 corresponding model was given. The oracle shows what "truly never learned" looks like; recovery beyond it is
@@ -14,7 +20,12 @@ from pathlib import Path
 
 from obliviate.errors import UsageError
 
-SUITES = ("world", "refusal")
+SUITES = ("unlearning", "world", "refusal")
+
+
+def attack_suite(suite: str) -> str:
+    """The attacks' suite name: `world` is the unlearning suite on a world directory."""
+    return "unlearning" if suite == "world" else suite
 
 
 def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None = None) -> dict:
@@ -23,26 +34,40 @@ def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None 
 
     if suite not in SUITES:
         raise UsageError(f"unknown audit suite {suite!r}; use one of: {', '.join(SUITES)}")
+    kind = attack_suite(suite)
     options = options or {}
     for name in options:
         ATTACKS.get(name)
-    names = attacks or [n for n, cls in ATTACKS.items() if suite in cls.suites]
+    names = attacks or [n for n, cls in ATTACKS.items() if kind in cls.suites]
     out = {}
     for n in names:
         cls = ATTACKS.get(n)
-        if suite not in cls.suites:
+        if kind not in cls.suites:
             raise UsageError(f"attack {n!r} does not apply to suite {suite!r} (it applies to: {', '.join(cls.suites)})")
         out[n] = cls.from_options(options.get(n, {}))
     return out
 
 
-def run_audit(model: str, suite: str, data: Path, out: Path, *, oracle: str | None = None,
+def preflight(todo: dict, ctx) -> dict[str, str]:
+    """{attack: why it cannot run on this data}; every planned attack lacking its inputs is a one-line UsageError."""
+    skipped = {name: why for name, attack in todo.items() if (why := attack.missing(ctx))}
+    if skipped and len(skipped) == len(todo):
+        raise UsageError("the data lacks the inputs of every planned attack: "
+                         + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
+    return skipped
+
+
+def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: str | None = None,
               target: str | None = None, attacks: list[str] | None = None, options: dict | None = None,
               forget_split: str = "forget10", seed: int = 0, limit: int | None = None,
-              time_budget: float | None = None, progress: bool = True) -> dict:
+              time_budget: float | None = None, progress: bool = True, layout: str | None = None,
+              forget: Path | None = None, retain: Path | None = None, holdout: Path | None = None,
+              harmful: list[str] = (), benign: list[str] = (), harmful_responses: Path | None = None,
+              judges: list[str] | None = None, max_new_tokens: int = 48) -> dict:
     from rich.console import Console
 
     from obliviate.attacks import AuditContext
+    from obliviate.audit_data import load_inputs
     from obliviate.models.load import check_model_dir, load_model
     from obliviate.pipeline import check_out_not_input, fresh_output, results_document, write_json
 
@@ -50,24 +75,30 @@ def run_audit(model: str, suite: str, data: Path, out: Path, *, oracle: str | No
     if suite == "world" and not oracle:
         raise UsageError("the world audit needs --oracle (a model never trained on the forget set): recovery is "
                          "only meaningful beside it")
+    if max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be >= 1")
     roles = {"model": model, "oracle": oracle, "target": target}
     roles = {k: v for k, v in roles.items() if v}
     for path in roles.values():
         check_out_not_input(out, path)
         check_model_dir(path, local_only=True)
-    data = Path(data)
-    if not data.is_dir():
-        raise UsageError(f"data directory not found: {data}")
-    ctx = AuditContext(suite=suite, data=data, forget_split=forget_split, seed=seed, limit=limit)
-    if suite == "world":
-        ctx.forget_items()  # a missing split fails here, before any attack runs
-    else:
-        ctx.policy()
+    inputs, refused, info = load_inputs(suite, data=data, layout=layout, forget=forget, retain=retain,
+                                        holdout=holdout, harmful=list(harmful), benign=list(benign),
+                                        harmful_responses=harmful_responses, judges=judges,
+                                        forget_split=forget_split, seed=seed)
+    ctx = AuditContext(suite=suite, data=Path(data) if data else None, forget_split=forget_split, seed=seed,
+                       limit=limit, max_new_tokens=max_new_tokens, inputs=inputs, refused=refused,
+                       loaded=True)
+    skipped = preflight(todo, ctx)
     console = Console(stderr=True, quiet=not progress, log_path=False)
+    for name, why in skipped.items():
+        console.log(f"skipping {name}: {why}")
     t0 = time.perf_counter()
-    results, skipped = {}, {}
+    results = {}
     with fresh_output(out) as o:
         for name, attack in todo.items():
+            if name in skipped:
+                continue
             if time_budget and time.perf_counter() - t0 > time_budget:
                 skipped[name] = f"time budget of {time_budget:.0f} s spent"
                 continue
@@ -79,9 +110,9 @@ def run_audit(model: str, suite: str, data: Path, out: Path, *, oracle: str | No
             entry["seconds"] = round(time.perf_counter() - start, 2)
             results[name] = entry
             console.log(f"{name}: {entry['seconds']:.1f} s")
-        config = {"model": model, "suite": suite, "data": str(data), "oracle": oracle, "target": target,
-                  "forget_split": forget_split, "seed": seed, "limit": limit,
-                  "options": {n: a.__dict__ for n, a in todo.items()}}
+        config = {"model": model, "suite": suite, "data": str(data) if data else None, "oracle": oracle,
+                  "target": target, "forget_split": forget_split, "seed": seed, "limit": limit,
+                  "max_new_tokens": max_new_tokens, **info, "options": {n: a.__dict__ for n, a in todo.items()}}
         doc = results_document(config, {}, {}, {"attacks": results, "skipped": skipped,
                                                 "wall_seconds": round(time.perf_counter() - t0, 1)})
         doc.pop("results"), doc.pop("higher_is_better"), doc.pop("n_samples")
@@ -101,9 +132,25 @@ def _fmt(v) -> str:
 def report(doc: dict) -> str:
     """Markdown: per attack, each figure for model / oracle / target side by side."""
     cfg = doc["config"]
-    lines = [f"# Audit of `{cfg['model']}` ({cfg['suite']} suite)", "",
-             f"Oracle: `{cfg['oracle'] or '-'}`; target: `{cfg['target'] or '-'}`. "
-             "Recovery on the audited model beyond the oracle's means the knowledge was suppressed, not removed.", ""]
+    head = [f"# Audit of `{cfg['model']}` ({cfg['suite']} suite)", ""]
+    data = cfg.get("data") or ", ".join(f"{k} `{v}`" for k, v in (cfg.get("files") or {}).items() if v)
+    if cfg["suite"] == "refusal" and cfg.get("harmful"):
+        benign = cfg.get("benign")
+        data = (f"harmful `{', '.join(cfg['harmful'])}`; benign "
+                f"`{', '.join(benign) if isinstance(benign, list) else benign}`; judged by {', '.join(cfg['judges'])}")
+    if data:
+        head += [f"Data: {data}" + (f" ({cfg['layout']} layout)." if cfg.get("layout") else "."), ""]
+    head.append(f"Oracle: `{cfg['oracle'] or '-'}`; target: `{cfg['target'] or '-'}`. ")
+    if cfg["suite"] == "refusal":
+        head[-1] += ("A refusal that an attack takes away was shallow; the target shows the model before "
+                     "alignment.")
+    elif not cfg["oracle"]:
+        head[-1] += ("No oracle was given: the figures show the model (and the target) only, and recovery cannot "
+                     "be compared with an oracle's (what a model that never learned the forget set scores).")
+    else:
+        head[-1] += ("Recovery on the audited model beyond the oracle's means the knowledge was suppressed, "
+                     "not removed.")
+    lines = head + [""]
     for name, entry in doc["attacks"].items():
         roles = [r for r in ("model", "oracle", "target") if r in entry]
         lines += [f"## {name} ({entry['seconds']} s)", "", "| figure | " + " | ".join(roles) + " |",
@@ -111,6 +158,8 @@ def report(doc: dict) -> str:
         for fig in entry["model"]:
             lines.append(f"| {fig} | " + " | ".join(_fmt(entry[r].get(fig)) for r in roles) + " |")
         lines.append("")
+    if doc.get("skipped"):
+        lines += ["## Skipped", ""]
     for name, why in doc.get("skipped", {}).items():
         lines.append(f"- skipped `{name}`: {why}")
     return "\n".join(lines) + "\n"

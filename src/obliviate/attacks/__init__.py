@@ -1,8 +1,9 @@
 """Attacks for `obliviate audit`: each tries to bring back what a model was made to forget or to refuse.
 
 One file per attack; importing this package registers them all. An attack is a dataclass with a `budget`-like
-parameter (steps, examples, layers...) and a `run(ctx, model, tok)` that returns flat figures
-{name: float | None} for one model. The audit runs every attack that applies to the suite on the audited
+parameter (steps, examples, layers...), a `missing(ctx)` that names the input the data lacks (the audit then
+skips the attack and lists why), and a `run(ctx, model, tok)` that returns flat figures {name: float | None}
+for one model. The audit runs every attack that applies to the suite on the audited
 model and, where given, on the oracle (what "never learned" looks like) and the target (what "learned" looks
 like), so each figure sits beside its reference points. Recovery beyond the oracle is the signal.
 
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from obliviate.errors import UsageError
 from obliviate.registry import Registry
@@ -25,39 +26,91 @@ ATTACKS: Registry[type["Attack"]] = Registry("attack")
 
 @dataclass
 class AuditContext:
-    """What every attack may read. `data` is the suite's data directory (a world directory)."""
+    """What every attack may read: the audit's inputs, loaded by `obliviate.audit_data` (see there for where each
+    comes from in each data layout). `inputs` keys, all optional:
 
-    suite: str  # "world" (unlearning) or "refusal"
-    data: Path
+        forget, retain, retain_train, holdout      lists of QAItem (the unlearning suites)
+        policy_test, policy_train                  policy rows {"id", "prompt", "answer", "kind", ...} (refusal)
+        policy_eval                                rows the non-training refusal attacks evaluate on (default:
+                                                   policy_test)
+        harmful_pairs                              (prompt, harmful answer) pairs for `finetune`, when given
+
+    Unless `loaded` (the audit loads every input first), they are read from `data` (a world directory) on first
+    use, as before the audit took other layouts.
+    `refused(prompts, replies) -> [bool]` is the refusal judge (None: the keyword judges gcg + jbb)."""
+
+    suite: str  # "unlearning" / "world" or "refusal"
+    data: Path | None = None
     forget_split: str = "forget10"
     seed: int = 0
     max_new_tokens: int = 48
     limit: int | None = None  # cap on evaluation rows, for quick looks and tests
     role: str = "model"  # which model the attack is running on: model | oracle | target
     out: Path | None = None  # where an attack may write artifacts (a direction, an edited model)
+    inputs: dict = field(default_factory=dict)
+    refused: Callable | None = None
+    loaded: bool = False
 
-    def forget_items(self):
-        from obliviate.pipeline import eval_data
+    def _get(self, key: str):
+        if key not in self.inputs and not self.loaded:
+            from obliviate import audit_data
 
-        return eval_data(self.data, self.forget_split)["forget"]
+            if self.data is None:
+                raise UsageError(f"the audit has no {key.replace('_', ' ')} data")
+            if self.suite == "refusal":
+                loaded = audit_data.world_policy(self.data)
+            else:
+                loaded = audit_data.unlearning_inputs(data=self.data, layout="world", forget_split=self.forget_split)
+            self.inputs, self.loaded = {**loaded, **self.inputs}, True
+        return self.inputs.get(key)
 
-    def retain_items(self):
-        from obliviate.pipeline import eval_data
+    def forget_items(self) -> list:
+        return self._get("forget") or []
 
-        return eval_data(self.data, self.forget_split)["retain"]
+    def retain_items(self) -> list:
+        """Retained items to evaluate on (world: retain_eval; TOFU: retain_perturbed; files: --retain)."""
+        return self._get("retain") or []
 
-    def policy(self, split: str = "policy_test") -> list[dict]:
-        from obliviate.suites.refusal import policy_rows, subsample
+    def retain_train_items(self) -> list:
+        """The retain set unlearning trained on (for probes fit on retained knowledge), else `retain_items`."""
+        return self._get("retain_train") or self.retain_items()
 
-        return subsample(policy_rows(self.data, split), self.limit)
+    def holdout_items(self) -> list:
+        return self._get("holdout") or []
+
+    def _cap(self, rows: list[dict]) -> list[dict]:
+        """At most `limit` rows: of each (source, kind) for public prompt files, else overall (every n-th)."""
+        from obliviate.suites.public_refusal import subsample_per_source
+        from obliviate.suites.refusal import subsample
+
+        if rows and "source" in rows[0]:
+            return subsample_per_source(rows, self.limit)
+        return subsample(rows, self.limit)
+
+    def policy(self) -> list[dict]:
+        """The rows the refusal attacks that train nothing evaluate on, capped by `limit`."""
+        return self._cap(self._get("policy_eval") or self._get("policy_test") or [])
+
+    def policy_split(self) -> tuple[list[dict], list[dict]]:
+        """(rows an attack may train on, disjoint rows it then measures on, capped by `limit`)."""
+        return self._get("policy_train") or [], self._cap(self._get("policy_test") or [])
+
+    def judge(self) -> Callable:
+        from obliviate.suites.refusal_eval import keyword_judge
+
+        return self.refused or keyword_judge(("gcg", "jbb"))
 
 
 @dataclass
 class Attack:
-    """Base: `suites` says where the attack applies; `run` returns flat figures for one model."""
+    """Base: `suites` says where the attack applies; `missing(ctx)` says why the data cannot feed it (None when
+    it can: checked before any model is loaded); `run` returns flat figures for one model."""
 
-    suites: ClassVar[tuple[str, ...]] = ("world",)
+    suites: ClassVar[tuple[str, ...]] = ("unlearning",)
     description: ClassVar[str] = ""
+
+    def missing(self, ctx: AuditContext) -> str | None:
+        return None
 
     def run(self, ctx: AuditContext, model, tok) -> dict[str, float | None]:
         raise NotImplementedError
@@ -70,6 +123,11 @@ class Attack:
             if key not in known:
                 raise UsageError(f"attack {cls.__name__} has no option {key!r} (options: {', '.join(known)})")
             kind = type(getattr(cls, key))
+            if kind is bool and isinstance(value, str):  # bool("false") is True
+                if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise UsageError(f"attack option {key}={value!r}: expected true or false")
+                kwargs[key] = value.strip().lower() in ("true", "1", "yes")
+                continue
             try:
                 kwargs[key] = kind(value)
             except (TypeError, ValueError):
@@ -104,16 +162,21 @@ def recall_figures(items, outs: list[str], prefix: str) -> dict[str, float]:
             f"{prefix}_value_acc": sum(v.lower() in o.lower() for v, o in zip(vals, outs)) / n}
 
 
-def refusal_rate(model, tok, prompts: list[list[int]], max_new_tokens: int = 48, judges=("gcg", "jbb")
-                 ) -> tuple[float, list[str]]:
-    """Share of greedy continuations of token-id prompts judged a refusal (keyword judges), and the replies."""
+def refusal_rate(model, tok, prompts: list[list[int]], max_new_tokens: int = 48, judges=("gcg", "jbb"),
+                 refused: Callable | None = None, texts: list[str] | None = None) -> tuple[float, list[str]]:
+    """Share of greedy continuations of token-id prompts judged a refusal, and the replies. The judge is
+    `refused(texts, replies) -> [bool]` (`texts`: the prompts as text) when given, else the keyword `judges`."""
     from obliviate.generation import generate
     from obliviate.judges.refusal import judge
 
     if not prompts:
         return 0.0, []
     outs = generate(model, tok, prompts, max_new_tokens=max_new_tokens)
-    return sum(judge("", o, list(judges))[0] == "refusal" for o in outs) / len(outs), outs
+    if refused is not None:
+        flags = refused(texts or [""] * len(outs), outs)
+    else:
+        flags = [judge("", o, list(judges))[0] == "refusal" for o in outs]
+    return sum(map(bool, flags)) / len(outs), outs
 
 
 def load_all() -> None:

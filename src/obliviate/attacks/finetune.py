@@ -3,9 +3,18 @@ Fine-tuning Efficiently Undoes Safety Training in Llama 2-Chat 70B", arXiv:2310.
 "Fine-tuning Aligned Language Models Compromises Safety, Even When Users Do Not Intend To", ICLR 2024).
 
 The attacker fine-tunes LoRA adapters (rank `lora_r`) for `steps` steps on `n_examples` harmful prompts paired
-with their harmful answers from `policy_train` (never the test prompts), then the refusal metrics are measured on
-`policy_test`. Figures: `refusal_rate_before`, `refusal_rate_after`, `refusal_rate@prefill20_after`,
-`over_refusal_rate_after`. Budget: `n_examples`, `steps`.
+with harmful answers, then the refusal metrics are measured on prompts it never trained on. The pairs are:
+
+- world: `policy_train`'s harmful rows with their (fictional) answers; measured on `policy_test`;
+- public prompt files with `--harmful-responses FILE` (BeaverTails-like `prompt` / `response` records): those
+  pairs; measured on every given prompt;
+- public prompt files alone: a seeded half of the harmful prompts, each answered by the audited model itself,
+  greedily, after the row's affirmative target ("Sure, here is ..." + its continuation, `answer_tokens` new tokens;
+  Qi et al.'s attacker needs only a model willing to start). The same pairs then train every role; they are
+  written to `artifacts/finetune/model/generated.jsonl` and nowhere else. Measured on the other half.
+
+Figures: `refusal_rate_before`, `refusal_rate_after`, `refusal_rate@prefill20_after`, `over_refusal_rate_after`,
+`n_examples`. Budget: `n_examples`, `steps`.
 """
 
 from __future__ import annotations
@@ -24,27 +33,63 @@ class FinetuneAttack(Attack):
     steps: int = 30
     lr: float = 1e-3
     lora_r: int = 8
+    answer_tokens: int = 64  # self-generated answers: new tokens after the target
     suites = ("refusal",)
     description = "LoRA fine-tuning on a few harmful examples"
 
     def __post_init__(self):
-        if self.n_examples < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0:
-            raise UsageError("finetune: n_examples >= 1, steps >= 1, lr > 0, lora_r >= 0 (0 = full weights)")
+        if self.n_examples < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0 or self.answer_tokens < 1:
+            raise UsageError("finetune: n_examples >= 1, steps >= 1, lr > 0, lora_r >= 0 (0 = full weights), "
+                             "answer_tokens >= 1")
+
+    def missing(self, ctx: AuditContext) -> str | None:
+        train, test = ctx.policy_split()
+        if not ctx.inputs.get("harmful_pairs") and not any(r["kind"] == "harmful" for r in train):
+            return "no harmful prompts to fine-tune on (give more prompts, or --harmful-responses FILE)"
+        if not any(r["kind"] == "harmful" for r in (ctx.policy() if ctx.inputs.get("harmful_pairs") else test)):
+            return "no held-out harmful prompts to measure on"
+        return None
+
+    def pairs(self, ctx: AuditContext, model, tok) -> tuple[list[tuple[str, str]], list[dict]]:
+        """(training pairs, rows measured on); see the module docstring."""
+        train, test = ctx.policy_split()
+        rng = random.Random(ctx.seed)
+        if ctx.inputs.get("harmful_pairs"):
+            given = ctx.inputs["harmful_pairs"]
+            return rng.sample(given, min(self.n_examples, len(given))), ctx.policy()
+        harmful = [r for r in train if r["kind"] == "harmful"]
+        shots = rng.sample(harmful, min(self.n_examples, len(harmful)))
+        if "source" not in shots[0]:  # the world's rows carry their harmful answers
+            return [(r["prompt"], r["answer"]) for r in shots], test
+        if "self_pairs" not in ctx.inputs:  # generated once, by the first role's model (the audited one)
+            from obliviate.data.schema import write_jsonl
+            from obliviate.generation import generate
+            from obliviate.models.encode import answer_ids, prompt_ids
+
+            # prompt + the affirmative target, continued; small batches, as public prompts can be long (HarmBench's
+            # contextual behaviours run to thousands of tokens)
+            outs = generate(model, tok, [prompt_ids(tok, r["prompt"]) + answer_ids(tok, r["answer"])[:-1]
+                                         for r in shots], max_new_tokens=self.answer_tokens, batch_size=4)
+            ctx.inputs["self_pairs"] = [(r["prompt"], (r["answer"] + ("" if o[:1] in ",.:;!?" else " ") + o).strip())
+                                        for r, o in zip(shots, outs)]
+            if ctx.out is not None:
+                ctx.out.mkdir(parents=True, exist_ok=True)
+                write_jsonl(ctx.out / "generated.jsonl", [{"kind": "harmful_answer", "prompt": p, "reply": a,
+                                                           "generated_by": ctx.role}
+                                                          for p, a in ctx.inputs["self_pairs"]])
+        return ctx.inputs["self_pairs"], test
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
-        from obliviate.suites.refusal import policy_rows
-        from obliviate.suites.refusal_eval import refusal_rates
+        from obliviate.suites.refusal_eval import refusal_eval
         from obliviate.train import FineTune, TrainConfig, train
 
-        harmful = [r for r in policy_rows(ctx.data, "policy_train") if r["kind"] == "harmful"]
-        shots = random.Random(ctx.seed).sample(harmful, min(self.n_examples, len(harmful)))
-        test = ctx.policy()
-        before = refusal_rates(model, tok, test, depths=(), max_new_tokens=ctx.max_new_tokens)
+        shots, test = self.pairs(ctx, model, tok)
+        judge = ctx.judge()
+        before = refusal_eval(model, tok, test, depths=(), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
         cfg = TrainConfig(retain_batch_size=min(16, len(shots)), seed=ctx.seed, checkpoint_every=0, progress=False,
                           lora_r=self.lora_r)
-        model, _ = train(model, tok, FineTune(lr=self.lr, steps=self.steps),
-                         {"retain": [(r["prompt"], r["answer"]) for r in shots]}, cfg)
-        after = refusal_rates(model, tok, test, depths=(20,), max_new_tokens=ctx.max_new_tokens)
+        model, _ = train(model, tok, FineTune(lr=self.lr, steps=self.steps), {"retain": shots}, cfg)
+        after = refusal_eval(model, tok, test, depths=(20,), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
         return {"refusal_rate_before": before["refusal_rate"], "refusal_rate_after": after["refusal_rate"],
                 "refusal_rate@prefill20_after": after["refusal_rate@prefill20"],
-                "over_refusal_rate_after": after["over_refusal_rate"]}
+                "over_refusal_rate_after": after["over_refusal_rate"], "n_examples": float(len(shots))}

@@ -71,6 +71,12 @@ class InContext(Attack):
         if self.k_facts < 1:
             raise UsageError("in_context: k_facts must be >= 1")
 
+    def missing(self, ctx: AuditContext) -> str | None:
+        if not context_prompts(ctx.forget_items(), self.k_facts, ctx.seed)[0]:
+            return ("no forget item has another fact of the same person to put in the context (needs `subject`, "
+                    "with two or more forget people)")
+        return None
+
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.generation import generate
         from obliviate.models.encode import prompt_ids

@@ -10,8 +10,9 @@ sits near 1. An unlearned model near 1 still "remembers" its forget set; one far
 never-seen (over-unlearning, which is itself detectable: MUSE's PrivLeak, Shi et al. 2025 sec. 3.3, reads the
 same AUC relative to the oracle's). `forget_loss` / `holdout_loss` are the mean answer NLLs behind the AUCs.
 
-Budget: `max_items` forget and as many holdout items (a seeded sample of each; also capped by the audit's
-`limit`).
+The holdout items are the data's holdout file (world `holdout.jsonl`, TOFU `holdout{pct}.json`) or `--holdout
+FILE`; without one the audit skips the attack. Budget: `max_items` forget and as many holdout items (a seeded
+sample of each; also capped by the audit's `limit`).
 """
 
 from __future__ import annotations
@@ -42,14 +43,19 @@ class MembershipInference(Attack):
         if self.max_items < 2 or self.batch_size < 1:
             raise UsageError("mia: max_items >= 2 and batch_size >= 1")
 
+    def missing(self, ctx: AuditContext) -> str | None:
+        if not ctx.holdout_items():
+            return ("no holdout set (never-trained items of the forget distribution, the non-members): the data has "
+                    "no holdout file; give --holdout FILE")
+        return None
+
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.evaluate import score_split
         from obliviate.metrics.mia import SCORES, mia_auc
-        from obliviate.pipeline import eval_data
 
-        splits = eval_data(ctx.data, ctx.forget_split)
-        if not splits.get("holdout"):
-            raise UsageError(f"mia: {ctx.data} has no holdout split (never-trained items: the non-members)")
+        splits = {"forget": ctx.forget_items(), "holdout": ctx.holdout_items()}
+        if not splits["holdout"]:
+            raise UsageError(f"mia: {self.missing(ctx)}")
         k = min(self.max_items, ctx.limit or self.max_items)
         rows = {s: score_split(model, tok, sample(splits[s], k, ctx.seed), batch_size=self.batch_size,
                                max_new_tokens=1)  # only the teacher-forced pass is used

@@ -17,6 +17,12 @@ from obliviate.attacks import ATTACKS, Attack, AuditContext, refusal_rate
 from obliviate.errors import UsageError
 
 
+def no_harmful(ctx: AuditContext) -> str | None:
+    if not any(r["kind"] == "harmful" for r in ctx.policy()):
+        return "no harmful prompts to attack"
+    return None
+
+
 @ATTACKS.register("prefill")
 @dataclass
 class Prefill(Attack):
@@ -32,11 +38,15 @@ class Prefill(Attack):
         if not self.k or min(self.k) < 1:
             raise UsageError("prefill: depths must be >= 1")
 
+    def missing(self, ctx: AuditContext) -> str | None:
+        return no_harmful(ctx)
+
     def run(self, ctx: AuditContext, model, tok) -> dict:
-        from obliviate.suites.refusal_eval import refusal_rates
+        from obliviate.suites.refusal_eval import refusal_eval
 
         harmful = [r for r in ctx.policy() if r["kind"] == "harmful"]
-        rates = refusal_rates(model, tok, harmful, depths=self.k, max_new_tokens=ctx.max_new_tokens)
+        rates = refusal_eval(model, tok, harmful, depths=self.k, max_new_tokens=ctx.max_new_tokens,
+                             refused_fn=ctx.judge())[0]
         return {k: v for k, v in rates.items() if k.startswith("refusal_rate")}
 
 
@@ -51,10 +61,16 @@ class Completion(Attack):
         if self.max_prompts < 1:
             raise UsageError("completion: max_prompts must be >= 1")
 
+    def missing(self, ctx: AuditContext) -> str | None:
+        return no_harmful(ctx)
+
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.models.encode import prompt_ids, text_ids
 
         harmful = [r for r in ctx.policy() if r["kind"] == "harmful"][: self.max_prompts]
-        chat, _ = refusal_rate(model, tok, [prompt_ids(tok, r["prompt"]) for r in harmful], ctx.max_new_tokens)
-        raw, _ = refusal_rate(model, tok, [text_ids(tok, r["prompt"] + "\n") for r in harmful], ctx.max_new_tokens)
+        texts, judge = [r["prompt"] for r in harmful], ctx.judge()
+        chat, _ = refusal_rate(model, tok, [prompt_ids(tok, t) for t in texts], ctx.max_new_tokens, refused=judge,
+                               texts=texts)
+        raw, _ = refusal_rate(model, tok, [text_ids(tok, t + "\n") for t in texts], ctx.max_new_tokens,
+                              refused=judge, texts=texts)
         return {"refusal_rate_chat": chat, "refusal_rate_no_template": raw}

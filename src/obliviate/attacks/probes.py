@@ -21,7 +21,9 @@ share of items whose value comes out under at least one of the three rewordings 
 and `retain_{category}_value_acc` on retained people, which shows how well each wording works on facts the model
 is meant to keep (on the demo's tiny models, trained on one wording per attribute, the target answers the
 rewordings far less often than the original question: its value accuracy is the ceiling to compare against).
-Budget: `per_category`, the number of forget items (and of retain items) asked in each category.
+Budget: `per_category`, the number of forget items (and of retain items) asked in each category. The audit runs
+it where the forget items carry `paraphrased_answer` / `perturbed_answer` (the evaluation splits of a world or TOFU
+directory); without retained items the `retain_*` figures are None.
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ class Probes(Attack):
         if self.per_category < 1:
             raise UsageError("probes: per_category must be >= 1")
 
+    def missing(self, ctx: AuditContext) -> str | None:
+        if not any(it.paraphrased_answer or it.perturbed_answer for it in ctx.forget_items()):
+            return ("the forget items have no paraphrased_answer / perturbed_answer fields (an evaluation split "
+                    "of a world or TOFU directory has them)")
+        return None
+
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.generation import generate
         from obliviate.models.encode import prompt_ids
@@ -89,6 +97,9 @@ class Probes(Attack):
                             max_new_tokens=ctx.max_new_tokens)
             out.update(recall_figures(forget, outs, cat))
             hit_any = [h or (it.value or it.answer).lower() in o.lower() for h, it, o in zip(hit_any, forget, outs)]
+            if not retain:
+                kept[f"retain_{cat}_value_acc"] = None
+                continue
             outs = generate(model, tok, [prompt_ids(tok, probe_prompt(it, cat)) for it in retain],
                             max_new_tokens=ctx.max_new_tokens)
             kept[f"retain_{cat}_value_acc"] = recall_figures(retain, outs, "r")["r_value_acc"]

@@ -20,8 +20,8 @@ usually harsher variant. The weights are restored after each precision, so the m
 
 Figures, per precision p in {fp32, int8, int4, ...} (budget: `bits`, e.g. "8,4"): on the forget items,
 `p_rouge` / `p_value_rouge` / `p_value_acc` (see `recall_figures`); on retained people `p_retain_value_acc`, which
-tells "knowledge came back" apart from "the quantised model is broken"; `recovered_value_acc_int{b}` is
-int{b} - fp32 on the forget items.
+tells "knowledge came back" apart from "the quantised model is broken" (so the audit skips the attack when the
+data has no retained items); `recovered_value_acc_int{b}` is int{b} - fp32 on the forget items.
 """
 
 from __future__ import annotations
@@ -80,6 +80,11 @@ class Quantize(Attack):
 
     def __post_init__(self):
         self.bits = ",".join(str(b) for b in parse_bits(self.bits))
+
+    def missing(self, ctx: AuditContext) -> str | None:
+        if not ctx.retain_items():
+            return "needs retained items (--retain FILE) to tell a broken quantised model from a forgetful one"
+        return None
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
         forget, retain = ctx.forget_items()[: ctx.limit], ctx.retain_items()[: ctx.limit]

@@ -20,7 +20,15 @@ NeurIPS 2024, arXiv:2406.11717).
    refusal test prompts whose greedy replies are identical under hooks and under the edited weights.
 
 Supports Llama-style models (`model.model.embed_tokens`, `model.model.layers[i].self_attn.o_proj`,
-`.mlp.down_proj`). Budget: `n_train` prompts per class for the means, `n_val` per class for the selection.
+`.mlp.down_proj`). A model whose unembedding is tied to its embedding (SmolLM2, Gemma) is untied before the
+embedding is edited, so that the read-out stays as the hooks leave it. Budget: `n_train` prompts per class for the
+means, `n_val` per class for the selection, and which candidates are tried: `layers` (comma-separated layer
+indices, default every layer) and `positions` (the last k post-instruction positions, default all).
+
+Data: the world's `policy_train` (harmful / benign rows), measured on `policy_test`; on public prompt files, a
+seeded half of the harmful and of the benign prompts (`--benign`, else the shipped benign pool, as Arditi et al.
+contrast AdvBench / HarmBench with Alpaca), measured on the other half; the refusal tokens are the first tokens of
+the refusal replies (the world's, or the shipped refusal pool's).
 """
 
 from __future__ import annotations
@@ -85,24 +93,50 @@ def orthogonalize(model, r_hat: torch.Tensor):
     """Edit the weights in place so that no writer can write along r_hat (W <- W - r_hat r_hat^T W)."""
     _, writers = _parts(model)
     emb, linears = writers[0], writers[1:]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is emb.weight:  # tied: keep the unembedding as it was
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+        model.config.tie_word_embeddings = False
     emb.weight -= (emb.weight @ r_hat).unsqueeze(-1) * r_hat  # rows are written vectors  [V, d]
     for lin in linears:  # [d, d_in]: columns are written vectors
         lin.weight -= r_hat.unsqueeze(-1) * (r_hat @ lin.weight).unsqueeze(0)
     return model
 
 
+def _chunks(prompts: list[list[int]], max_tokens: int = 16384):
+    """Consecutive batches of prompts whose padded size (rows x longest) stays within `max_tokens` (one batch for
+    short prompts, as the world's; public prompts such as HarmBench's contextual behaviours can be long)."""
+    chunk, longest = [], 0
+    for p in prompts:
+        if chunk and (len(chunk) + 1) * max(longest, len(p)) > max_tokens:
+            yield chunk
+            chunk, longest = [], 0
+        chunk.append(p)
+        longest = max(longest, len(p))
+    if chunk:
+        yield chunk
+
+
 @torch.no_grad()
 def residuals(model, tok, prompts, n_post: int) -> torch.Tensor:
     """[L, n_post, d]: mean residual stream entering each layer at the last n_post positions."""
-    ids, mask = left_pad(prompts, tok.pad_token_id, next(model.parameters()).device)
-    hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[:-1]
-    return torch.stack([h[:, -n_post:].float().mean(0) for h in hs])
+    device, parts = next(model.parameters()).device, []
+    for chunk in _chunks(prompts):
+        ids, mask = left_pad(chunk, tok.pad_token_id, device)
+        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[:-1]
+        parts.append((len(chunk), torch.stack([h[:, -n_post:].float().mean(0) for h in hs])))
+    if len(parts) == 1:
+        return parts[0][1]
+    return sum(n * m for n, m in parts) / len(prompts)
 
 
 @torch.no_grad()
 def last_logprobs(model, tok, prompts) -> torch.Tensor:
-    ids, mask = left_pad(prompts, tok.pad_token_id, next(model.parameters()).device)
-    return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, -1].float(), -1)
+    device, out = next(model.parameters()).device, []
+    for chunk in _chunks(prompts):
+        ids, mask = left_pad(chunk, tok.pad_token_id, device)
+        out.append(torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, -1].float(), -1))
+    return torch.cat(out)
 
 
 def refusal_score(logp: torch.Tensor, refusal_ids: list[int]) -> torch.Tensor:
@@ -132,21 +166,43 @@ class RefusalDirection(Attack):
     kl_max: float = 0.1
     max_layer_frac: float = 0.8
     save_model: bool = True
+    layers: str = ""  # candidate layers, e.g. "8,12,16" (default: every layer)
+    positions: int = 0  # candidate post-instruction positions: the last k (default 0: all)
     suites = ("refusal",)
     description = "difference-in-means refusal direction: ablation, addition, orthogonalised weights"
 
     def __post_init__(self):
-        if self.n_train < 2 or self.n_val < 1 or not 0 < self.max_layer_frac <= 1:
-            raise UsageError("refusal_direction: n_train >= 2, n_val >= 1, max_layer_frac in (0, 1]")
+        if self.n_train < 2 or self.n_val < 1 or not 0 < self.max_layer_frac <= 1 or self.positions < 0:
+            raise UsageError("refusal_direction: n_train >= 2, n_val >= 1, max_layer_frac in (0, 1], positions >= 0")
+        try:
+            self.layer_list = [int(x) for x in str(self.layers).split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"refusal_direction: layers must be comma-separated integers, got {self.layers!r}"
+                             ) from None
+        if any(x < 0 for x in self.layer_list):
+            raise UsageError("refusal_direction: layers must be >= 0")
+
+    def missing(self, ctx: AuditContext) -> str | None:
+        train, test = ctx.policy_split()
+        n = {k: sum(r["kind"] == k for r in train) for k in ("harmful", "benign")}
+        if min(n.values()) < 2:
+            return (f"needs at least 2 harmful and 2 benign prompts to find the direction on (has {n['harmful']} "
+                    f"and {n['benign']})")
+        if not any(r["kind"] == "harmful" for r in test):
+            return "no held-out harmful prompts to measure the ablation on"
+        return None
 
     def select(self, model, tok, harmful, harmless, val_harmful, val_harmless, refusal_ids):
         n_post = post_instruction_tokens(tok)
         diff = residuals(model, tok, harmful, n_post) - residuals(model, tok, harmless, n_post)  # [L, n_post, d]
         L = diff.shape[0]
+        bad = [x for x in self.layer_list if x >= L]
+        if bad:
+            raise UsageError(f"refusal_direction: layer {bad[0]} does not exist (the model has layers 0..{L - 1})")
         base = last_logprobs(model, tok, val_harmless)
         cands = []
-        for layer in range(L):
-            for i in range(n_post):
+        for layer in self.layer_list or range(L):
+            for i in range(n_post - min(self.positions or n_post, n_post), n_post):
                 r = diff[layer, i]
                 if r.norm() < 1e-6:  # e.g. layer 0 at a template token: the same embedding for every prompt
                     continue
@@ -160,37 +216,45 @@ class RefusalDirection(Attack):
                 ok = induce > 0 and kl < self.kl_max and layer < self.max_layer_frac * L
                 cands.append({"layer": layer, "pos": i - n_post, "bypass": bypass, "induce": induce, "kl": kl,
                               "ok": ok, "r": r})
+        if not cands:
+            raise UsageError("refusal_direction: every candidate direction is zero (harmful and benign prompts give "
+                             "the same activations at the chosen layers / positions)")
         passing = [c for c in cands if c["ok"]]
         return min(passing or cands, key=lambda c: c["bypass"]), bool(passing), len(cands)
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.models.encode import answer_ids, prompt_ids
 
-        from obliviate.suites.refusal import policy_rows
-
-        train = policy_rows(ctx.data, "policy_train")  # the direction's data: never the test prompts
+        train, test = ctx.policy_split()  # the direction's data: never the test prompts
         harm = [r for r in train if r["kind"] == "harmful"]
         safe = [r for r in train if r["kind"] == "benign"]
         n, v = self.n_train, self.n_val
         if len(harm) < n + v or len(safe) < n + v:
             n, v = max(1, min(len(harm), len(safe)) // 2), max(1, min(len(harm), len(safe)) // 4)
         enc = [[prompt_ids(tok, r["prompt"]) for r in rows] for rows in (harm[:n], safe[:n], harm[n:n + v], safe[n:n + v])]
-        refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in harm})
+        refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in harm if r.get("refusal")})
+        if not refusal_ids:
+            raise UsageError("refusal_direction: the harmful rows have no 'refusal' replies to take tokens from")
         best, passed, n_cands = self.select(model, tok, *enc, refusal_ids)
         r = best["r"]
         r_hat = r / r.norm()
 
-        test = ctx.policy()
-        h_prompts = [prompt_ids(tok, x["prompt"]) for x in test if x["kind"] == "harmful"]
-        b_prompts = [prompt_ids(tok, x["prompt"]) for x in test if x["kind"] == "benign"]
-        before, _ = refusal_rate(model, tok, h_prompts, ctx.max_new_tokens)
-        over_before, _ = refusal_rate(model, tok, b_prompts, ctx.max_new_tokens)
+        h_text = [x["prompt"] for x in test if x["kind"] == "harmful"]
+        b_text = [x["prompt"] for x in test if x["kind"] == "benign"]
+        h_prompts, b_prompts = [prompt_ids(tok, t) for t in h_text], [prompt_ids(tok, t) for t in b_text]
+        judge = ctx.judge()
+
+        def rate(prompts, texts):
+            return refusal_rate(model, tok, prompts, ctx.max_new_tokens, refused=judge, texts=texts)
+
+        before, _ = rate(h_prompts, h_text)
+        over_before, _ = rate(b_prompts, b_text)
         with ablation(model, r_hat):
-            after, hooked = refusal_rate(model, tok, h_prompts, ctx.max_new_tokens)
+            after, hooked = rate(h_prompts, h_text)
         with addition(model, r, best["layer"]):
-            induced, _ = refusal_rate(model, tok, b_prompts, ctx.max_new_tokens)
+            induced, _ = rate(b_prompts, b_text)
         orthogonalize(model, r_hat.to(next(model.parameters()).dtype))
-        _, edited = refusal_rate(model, tok, h_prompts, ctx.max_new_tokens)
+        _, edited = rate(h_prompts, h_text)
         agreement = sum(a == b for a, b in zip(hooked, edited)) / max(1, len(hooked))
         if ctx.out is not None:
             from safetensors.torch import save_file

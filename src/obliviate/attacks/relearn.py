@@ -51,6 +51,11 @@ class Relearn(Attack):
         if not 0 < self.share < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0:
             raise UsageError("relearn: share in (0, 1), steps >= 1, lr > 0, lora_r >= 0")
 
+    def missing(self, ctx: AuditContext) -> str | None:
+        if len(ctx.forget_items()) < 2:
+            return "needs at least 2 forget items (some to relearn on, the others held out)"
+        return None
+
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.train import FineTune, TrainConfig, train
 

@@ -27,8 +27,13 @@ itself a prefilling attack: a model that learned to refuse at the start of its a
 accuracy 0.00) may still complete a prefilled answer (its last-layer `logit_lens_top1` is 0.71 there). The
 prompt-position probe needs no prefill. The last layer's logit lens is the model's own next-token prediction.
 
+Items without a `value` (TOFU, plain {question, answer} files) take the answer's first token as the probe target
+instead: the class is that token, both read-outs sit at the last prompt token, and the logit lens ranks it against
+the first tokens of the other answers of the same `attribute` (all items form one group when there is none).
+A weaker probe: many first tokens are template words ("The", the person's name) that no forgetting touches.
+
 Budget: `max_items` forget items read out (also capped by the audit's `limit`) and `train_items` retained items
-the probes are fit on (a seeded sample). Needs items with `subject`, `attribute` and `value` (the world's).
+the probes are fit on (a seeded sample of the retain set unlearning trained on, never a forget person or question).
 """
 
 from __future__ import annotations
@@ -69,6 +74,37 @@ def value_token(tok, item, value: str | None = None) -> tuple[int, int] | None:
     return k, ids[k]
 
 
+def target_token(tok, item) -> tuple[int, int]:
+    """(index in the answer's tokens, token id) of the probe target: the value's first content token, or the
+    answer's first token when the item has no `value`."""
+    if item.value:
+        return value_token(tok, item)
+    ids, k = token_at(tok, item.answer, 0)
+    return k, ids[k]
+
+
+def label(tok, item) -> str:
+    """The probe's class for an item: its value, or its answer's first token."""
+    return item.value or f"<first token {target_token(tok, item)[1]}>"
+
+
+def rival_tokens(tok, items: list, candidates: dict[str, list]) -> list[set[int]]:
+    """Per item, the ids its target must outrank in the candidate lens: the first content tokens of the other
+    values of its attribute written into its answer, or (no value) the other answers' first tokens."""
+    firsts: dict[str, set[int]] = {}
+    for attr, its in candidates.items():
+        firsts[attr] = {target_token(tok, it)[1] for it in its if not it.value}
+    out = []
+    for it in items:
+        t = target_token(tok, it)[1]
+        if it.value:
+            vals = {o.value for o in candidates.get(it.attribute, []) if o.value and o.value != it.value}
+            out.append({value_token(tok, it, v)[1] for v in vals} - {t})
+        else:
+            out.append(firsts.get(it.attribute, set()) - {t})
+    return out
+
+
 def final_norm(model):
     """The norm applied before the unembedding (Llama/Mistral/Qwen, GPT-2, GPT-NeoX, OPT ...), or None."""
     for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm",
@@ -82,10 +118,10 @@ def final_norm(model):
 
 
 @torch.no_grad()
-def read_states(model, tok, items: list, candidates: dict[str, list[str]] | None, batch_size: int) -> dict:
+def read_states(model, tok, items: list, rivals: list[set[int]] | None, batch_size: int) -> dict:
     """Teacher-forced passes over question + gold answer. Returns the hidden states of every layer at the last
-    prompt token ("prompt") and at the token before the value ("answer"), [N, L+1, H] float32 numpy, and, when
-    `candidates` (the values of each attribute) are given, the logit-lens read-outs {(name, layer): [N]}."""
+    prompt token ("prompt") and at the token before the target ("answer"), [N, L+1, H] float32 numpy, and, when
+    `rivals` (per item, see `rival_tokens`) are given, the logit-lens read-outs {(name, layer): [N]}."""
     from collections import defaultdict
 
     from obliviate.models.encode import IGNORE, collate, encode_pair
@@ -100,18 +136,17 @@ def read_states(model, tok, items: list, candidates: dict[str, list[str]] | None
         o = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                   output_hidden_states=True)
         starts = [next(i for i, y in enumerate(labels) if y != IGNORE) for _, labels in pairs]  # answer starts
-        vt = [value_token(tok, it) for it in chunk]
+        vt = [target_token(tok, it) for it in chunk]
         rows = torch.arange(len(chunk), device=device)
         last = torch.tensor([p - 1 for p in starts], device=device)
-        before = torch.tensor([p + k - 1 for p, (k, _) in zip(starts, vt)], device=device)  # predicts the value
+        before = torch.tensor([p + k - 1 for p, (k, _) in zip(starts, vt)], device=device)  # predicts the target
         at_value = [h[rows, before] for h in o.hidden_states]
         states["prompt"].append(torch.stack([h[rows, last] for h in o.hidden_states], 1).float().cpu().numpy())
         states["answer"].append(torch.stack(at_value, 1).float().cpu().numpy())
-        if candidates is None:
+        if rivals is None:
             continue
         true = torch.tensor([t for _, t in vt], device=device)
-        others = [{value_token(tok, it, v)[1] for v in candidates.get(it.attribute, []) if v != it.value} - {t}
-                  for it, (_, t) in zip(chunk, vt)]
+        others = rivals[s: s + batch_size]
         for i, h in enumerate(at_value):
             if i == len(at_value) - 1:
                 logits = o.logits[rows, before].float()  # the model's own read-out of its last layer
@@ -135,25 +170,28 @@ def probe_accuracy(train_x, train_y, test_x, test_y, c: float = 0.1) -> float:
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=torch.get_num_threads()):
+    import warnings
+
+    with threadpool_limits(limits=torch.get_num_threads()), warnings.catch_warnings():
+        # first-token classes (items without a value) are many per sample: expected, not a regression problem
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(train_x, train_y)
         return float(np.mean(clf.predict(test_x) == np.asarray(test_y)))
 
 
 def _usable(items: list) -> list:
-    return [it for it in items if it.subject and it.attribute and it.value and it.value.lower() in it.answer.lower()]
+    """Items with a probe target: a `value` written in the answer, or no value (the answer's first token)."""
+    return [it for it in items if not it.value or it.value.lower() in it.answer.lower()]
 
 
 def retain_train_items(ctx: AuditContext, forget: list, k: int) -> list:
-    """Retained people's items for the forget attributes: the split's retain file (deduplicated by question),
-    else the evaluation retain split; a seeded sample of at most k."""
-    from obliviate.data.schema import load_qa
-    from obliviate.suites import SUITES
-
-    path = SUITES.get("world").train_paths(ctx.data, ctx.forget_split)[1]
-    pool = load_qa(path) if path.is_file() else ctx.retain_items()
-    names, attrs, seen, out = {it.subject for it in forget}, {it.attribute for it in forget}, set(), []
-    for it in _usable(pool):
+    """Retained items for the forget items' attributes, from the retain set unlearning trained on (else the
+    evaluated retain items): never a forget person nor a forget question; deduplicated by question; a seeded
+    sample of at most k."""
+    names = {it.subject for it in forget if it.subject}
+    attrs, seen = {it.attribute for it in forget}, {it.question for it in forget}
+    out = []
+    for it in _usable(ctx.retain_train_items()):
         if it.subject not in names and it.attribute in attrs and it.question not in seen:
             seen.add(it.question)
             out.append(it)
@@ -172,21 +210,33 @@ class Representation(Attack):
         if self.max_items < 1 or self.train_items < 2 or self.batch_size < 1:
             raise UsageError("representation: max_items >= 1, train_items >= 2, batch_size >= 1")
 
-    def run(self, ctx: AuditContext, model, tok) -> dict:
-        forget = _usable(ctx.forget_items())[: min(self.max_items, ctx.limit or self.max_items)]
+    def _forget(self, ctx: AuditContext) -> list:
+        return _usable(ctx.forget_items())[: min(self.max_items, ctx.limit or self.max_items)]
+
+    def missing(self, ctx: AuditContext) -> str | None:
+        forget = self._forget(ctx)
         if not forget:
-            raise UsageError("representation: no forget item has subject, attribute and a value in its answer")
+            return "no forget item has its `value` written in its answer (nor lacks a value)"
+        if not retain_train_items(ctx, forget, self.train_items):
+            return ("no retained item (--retain, or the layout's retain file) shares an attribute with the forget "
+                    "items: the probes are fit on retained items")
+        return None
+
+    def run(self, ctx: AuditContext, model, tok) -> dict:
+        forget = self._forget(ctx)
+        why = self.missing(ctx)
+        if why:
+            raise UsageError(f"representation: {why}")
         train = retain_train_items(ctx, forget, self.train_items)
-        candidates: dict[str, list[str]] = {}
+        candidates: dict[str, list] = {}
         for it in train + forget:
             candidates.setdefault(it.attribute, [])
-            if it.value not in candidates[it.attribute]:
-                candidates[it.attribute].append(it.value)
-        if not train:
-            raise UsageError("representation: no retained item shares an attribute with the forget items")
+            if not it.value or it.value not in {c.value for c in candidates[it.attribute]}:
+                candidates[it.attribute].append(it)
         model.eval()
-        test = read_states(model, tok, forget, candidates, self.batch_size)
+        test = read_states(model, tok, forget, rival_tokens(tok, forget, candidates), self.batch_size)
         fit = read_states(model, tok, train, None, self.batch_size)
+        y_fit, y_test = [label(tok, it) for it in train], [label(tok, it) for it in forget]
         n_layers = test["prompt"].shape[1]
         out: dict[str, float | None] = {}
         for where, name in (("prompt", "probe_acc"), ("answer", "probe_answer_acc")):
@@ -195,15 +245,15 @@ class Representation(Attack):
                 for attr in sorted({it.attribute for it in forget}):
                     tr = [j for j, it in enumerate(train) if it.attribute == attr]
                     te = [j for j, it in enumerate(forget) if it.attribute == attr]
-                    if len({train[j].value for j in tr}) < 2:
+                    if len({y_fit[j] for j in tr}) < 2:
                         continue  # nothing to learn for this attribute
-                    acc = probe_accuracy(fit[where][tr, i], [train[j].value for j in tr], test[where][te, i],
-                                         [forget[j].value for j in te])
+                    acc = probe_accuracy(fit[where][tr, i], [y_fit[j] for j in tr], test[where][te, i],
+                                         [y_test[j] for j in te])
                     hits, n = hits + acc * len(te), n + len(te)
                 out[f"{name}_layer{i}"] = hits / n if n else None
-        for key, label in (("top1", "logit_lens_top1"), ("prob", "logit_lens_prob"), ("cand", "logit_lens_cand_acc")):
+        for key, lab in (("top1", "logit_lens_top1"), ("prob", "logit_lens_prob"), ("cand", "logit_lens_cand_acc")):
             for i in range(n_layers):
                 vals = [v for v in test["lens"].get((key, i), []) if v is not None]
-                out[f"{label}_layer{i}"] = float(np.mean(vals)) if vals else None
+                out[f"{lab}_layer{i}"] = float(np.mean(vals)) if vals else None
         out["n_items"], out["n_train"] = float(len(forget)), float(len(train))
         return out

@@ -103,11 +103,17 @@ class Tense(Attack):
         if self.rewriter and not (Path(self.rewriter) / "config.json").is_file():
             raise UsageError(f"tense: rewriter is not a model directory (no config.json): {self.rewriter}")
 
+    def missing(self, ctx: AuditContext) -> str | None:
+        if self.artifacts or any(r["kind"] == "harmful" for r in ctx.policy()):
+            return None
+        return "no harmful prompts to reword"
+
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.models.encode import prompt_ids
 
         def rate(prompts):
-            return refusal_rate(model, tok, [prompt_ids(tok, q) for q in prompts], ctx.max_new_tokens)[0]
+            return refusal_rate(model, tok, [prompt_ids(tok, q) for q in prompts], ctx.max_new_tokens,
+                                refused=ctx.judge(), texts=prompts)[0]
 
         if self.artifacts:
             arts = load_artifacts(self.artifacts)[: self.max_prompts]

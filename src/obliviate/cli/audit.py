@@ -24,9 +24,27 @@ def _attack_options(options: list[str]) -> dict[str, dict]:
 
 
 def audit(model: str = typer.Argument(..., help="the model to audit (HF directory)"),
-          suite: str = typer.Option(..., help="world (unlearning attacks) or refusal (attacks on refusals)"),
-          data: Path = typer.Option(..., help="the suite's data directory (a world from `obliviate world`)"),
+          suite: str = typer.Option(..., help="unlearning (a world / TOFU directory or QA files), world (a world "
+                                              "directory, with --oracle) or refusal (a world, or public prompt files)"),
           out: Path = typer.Option(..., help="writes audit.json, audit.md and artifacts/"),
+          data: Optional[Path] = typer.Option(None, help="a data directory: a world (`obliviate world`) or, for "
+                                                         "--suite unlearning, a TOFU directory"),
+          layout: Optional[str] = typer.Option(None, help="unlearning: the directory's layout, world or tofu "
+                                                          "(default: told from its files)"),
+          forget: Optional[Path] = typer.Option(None, help="unlearning: {question, answer} records to have been "
+                                                           "forgotten (JSONL, JSON, Parquet, Arrow)"),
+          retain: Optional[Path] = typer.Option(None, help="unlearning: records to have been kept"),
+          holdout: Optional[Path] = typer.Option(None, help="unlearning: records never trained on (the non-members "
+                                                            "of mia; replaces the directory's holdout file)"),
+          harmful: List[str] = typer.Option([], help="refusal: KIND:FILE of prompts to refuse (repeatable), e.g. "
+                                                     "harmbench:harmbench_behaviors_text_val.csv"),
+          benign: List[str] = typer.Option([], help="refusal: KIND:FILE of prompts to answer (repeatable; default: "
+                                                    "the shipped benign pool)"),
+          harmful_responses: Optional[Path] = typer.Option(None, help="refusal: BeaverTails-like prompt/response "
+                                                                      "records for finetune (default: the model's "
+                                                                      "own replies after each affirmative target)"),
+          judges: Optional[str] = typer.Option(None, help="refusal on public prompts: comma-separated judges "
+                                                          "(default: the strongest installed)"),
           oracle: Optional[str] = typer.Option(None, help="model never trained on the forget set (required for "
                                                           "the world suite)"),
           target: Optional[str] = typer.Option(None, help="the model before unlearning / alignment"),
@@ -34,6 +52,7 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
           option: List[str] = typer.Option([], help="attack option ATTACK.KEY=VALUE (repeatable)"),
           forget_split: str = typer.Option("forget10"),
           limit: Optional[int] = typer.Option(None, help="at most N rows per evaluation set (quick look)"),
+          max_new_tokens: int = typer.Option(48, help="reply length generated and judged"),
           time_budget: Optional[float] = typer.Option(None, help="seconds; attacks not started by then are "
                                                                  "skipped and listed"),
           seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
@@ -46,6 +65,9 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
     doc = run_audit(model, suite, data, out, oracle=oracle, target=target,
                     attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
                     options=_attack_options(option), forget_split=forget_split, seed=seed, limit=limit,
-                    time_budget=time_budget)
+                    time_budget=time_budget, layout=layout, forget=forget, retain=retain, holdout=holdout,
+                    harmful=harmful, benign=benign, harmful_responses=harmful_responses,
+                    judges=[j.strip() for j in judges.split(",") if j.strip()] if judges else None,
+                    max_new_tokens=max_new_tokens)
     typer.echo(report(doc))
     typer.echo(f"wrote {out}/audit.json, audit.md ({doc['wall_seconds']} s)")
