@@ -24,7 +24,6 @@ the files stay where the user keeps them (small public samples live in the team'
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Callable
 

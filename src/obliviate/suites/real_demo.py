@@ -126,7 +126,8 @@ def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, prog
         net, res = _train(net, tok, fine, {"retain": qa_pairs(load_qa(world / f"{split}.jsonl"))}, size,
                           size.finetune_lora_r, seed, progress)
         save_model(net, tok, o / "models" / name)
-        seconds[name], rows[name], models[name] = res.seconds, score_model(net, tok, splits), o / "models" / name
+        seconds[name], models[name] = res.seconds, o / "models" / name
+        rows[name] = score_model(net, tok, splits, max_new_tokens=size.max_new_tokens)
         log(f"{name}: fine-tuned in {res.seconds:.1f} s")
     parts = unlearning_parts(load_qa(world / "forget10.jsonl"), load_qa(world / "retain90.jsonl"), idk_pool(None),
                              seed)
@@ -139,7 +140,7 @@ def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, prog
         if name != "oracle":
             meth = replace(METHODS.get(name)(), steps=size.unlearn_steps)
             net, res = _train(net, tok, meth, parts, size, size.unlearn_lora_r, seed, progress)
-            seconds[name], rows[name] = res.seconds, score_model(net, tok, splits)
+            seconds[name], rows[name] = res.seconds, score_model(net, tok, splits, max_new_tokens=size.max_new_tokens)
             log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
         relearn[name] = attack.run(ctx, net, tok)
     results = {n: metrics_from_rows(r, rows["oracle"]) for n, r in rows.items()}
