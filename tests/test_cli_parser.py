@@ -1,22 +1,11 @@
 """Parser-level usage errors exit 2 with one line and no traceback, for every command, whatever click raised them."""
 
-import sys
-
 import pytest
 import typer
 
-from obliviate.cli.app import _parser_error, app, main
+from obliviate.cli.app import _parser_error, app
 
-
-def run_cli(args, capsys):
-    sys.argv = ["obliviate", *map(str, args)]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+from .test_cli import run_cli
 
 
 def _commands(group=None, path=()):

@@ -4,7 +4,6 @@ The model directory comes from `make real-model` (fixture `real_model_dir`); one
 temporary directory through the CLI and compares logits with it.
 """
 
-import sys
 
 import pytest
 import torch
@@ -12,20 +11,9 @@ import torch
 from obliviate.errors import UsageError
 from obliviate.models import convert as conv
 
+from .test_cli import run_cli
+
 NAME = "smollm2-135m-instruct"
-
-
-def run_cli(args, capsys):
-    from obliviate.cli import main
-
-    sys.argv = ["obliviate", *map(str, args)]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def assert_one_line_exit_2(args, capsys, must_contain):

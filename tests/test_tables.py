@@ -20,22 +20,11 @@ from obliviate.data.schema import load_qa, load_texts, read_records
 from obliviate.data.tables import looks_like_hub_id, read_table_records, read_table_rows
 from obliviate.errors import UsageError
 
+from .test_cli import run_cli
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 XSTEST = SHARED / "xstest" / "xstest_prompts.csv"
 needs_shared = pytest.mark.skipif(not XSTEST.is_file(), reason=f"shared data not found at {SHARED}")
-
-
-def run_cli(args, capsys):
-    from obliviate.cli import main
-
-    sys.argv = ["obliviate", *map(str, args)]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def jsonl_rows(path):
