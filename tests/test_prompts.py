@@ -21,7 +21,7 @@ def test_real_files():
     assert len(hb) == 80 and all(r["label"] == "harmful" and r["prompt"] for r in hb)
     jb = load_prompts("jailbreakbench", SHARED / "jailbreakbench" / "harmful_behaviors_jailbreakbench.csv")
     assert len(jb) == 100 and jb[0]["category"]
-    assert set(xs[0]) == {"id", "prompt", "label", "category", "source", "context"}
+    assert set(xs[0]) == {"id", "prompt", "label", "category", "source", "context", "target"}
     fut = load_prompts("past_tense", SHARED / "past_tense" / "future_tense_gpt-3.5-turbo.json")
     assert len(fut) == 100 and fut[0]["category"] == "future" and fut[0]["context"].startswith("Write a defamatory")
 
