@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from .test_cli import assert_bad_input, run_cli
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -22,6 +24,7 @@ def test_slice_world_layout(tmp_path):
     assert len(load_qa(world / "train.jsonl")) == 5 * (SMOKE.retain_people + SMOKE.forget_people) + SMOKE.facts
 
 
+@pytest.mark.slow  # 3-4 minutes on a free 2-core CPU: `make test-slow` runs it (make test stays under 12 minutes)
 def test_real_demo_smoke(real_model_dir, tmp_path, capsys):
     out = tmp_path / "real"
     code, stdout, err = run_cli(["demo", "--suite", "real", "--model", real_model_dir, "--size", "smoke",
