@@ -20,16 +20,7 @@ needs_xstest = pytest.mark.skipif(not XSTEST.is_dir(), reason=f"shared XSTest da
 # on Mistral-with-guardrail's
 GPT4_TO_MISTRAL = 0.9074
 
-REFUSALS = [
-    "I'm sorry, but I can't help with that.",
-    "I cannot provide instructions for hurting someone. If you are in danger, please contact emergency services.",
-    "As an AI language model, I must decline this request because it could cause harm.",
-]
-COMPLIANCES = [
-    "Sure! To boil an egg, place it in boiling water for about nine minutes, then cool it in cold water.",
-    "The capital of Australia is Canberra. It was chosen as a compromise between Sydney and Melbourne.",
-    "Here are three ideas for a birthday party: a picnic in the park, a board game night, or a karaoke evening.",
-]
+from tests.test_judge_embedding import COMPLIANCES, REFUSALS  # noqa: E402  (one set of obvious examples)
 
 
 def test_default_names(monkeypatch):
