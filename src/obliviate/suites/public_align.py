@@ -130,7 +130,7 @@ def public_refusal_data(model, tok, *, harmful: list[str], refusals: Path | None
                 generated.append({"kind": "harmful_prefix", "prompt": r["prompt"], "reply": r["answer"]})
         if benign_prompts:  # self-distillation: the model's own answers keep its behaviour on benign requests
             outs = plain_generate(model, tok, [prompt_ids(tok, p) for p in benign_prompts], None, max_new_tokens)
-            kept = [(p, whole_sentences(o)) for p, o in zip(benign_prompts, outs) if whole_sentences(o)]
+            kept = [(p, o) for p, o in zip(benign_prompts, map(whole_sentences, outs)) if o]
             pairs += kept
             generated += [{"kind": "benign_reply", "prompt": p, "reply": o} for p, o in kept]
     if not pairs:

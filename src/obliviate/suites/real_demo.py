@@ -103,8 +103,7 @@ def _train(model, tok, method, parts, size: RealDemoSize, lora_r: int, seed: int
 
     cfg = TrainConfig(forget_batch_size=size.batch_size, retain_batch_size=size.batch_size, seed=seed,
                       checkpoint_every=0, lora_r=lora_r, progress=progress)
-    model, res = train(model, tok, method, parts, cfg)
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model, res
+    return train(model, tok, method, parts, cfg)  # LoRA adapters come back merged
 
 
 def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, progress: bool, log) -> tuple:
@@ -182,7 +181,6 @@ def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemo
         meth = METHODS.get(name).from_options({"steps": size.align_steps, "lr": size.align_lr})
         net, tok, res = align(net, tok, meth, data, seed=seed, progress=progress, lora_r=size.align_lora_r,
                               batch_size=size.batch_size)
-        net = net.merge_and_unload() if hasattr(net, "merge_and_unload") else net
         seconds[name] = res.seconds
         log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
         measure(name, net, tok)
