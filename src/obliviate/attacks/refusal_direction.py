@@ -19,9 +19,13 @@ NeurIPS 2024, arXiv:2406.11717).
    model directory; it computes what the hooks compute, and `orthogonalized_agreement` checks it: the share of
    refusal test prompts whose greedy replies are identical under hooks and under the edited weights.
 
-Supports Llama-style models (`model.model.embed_tokens`, `model.model.layers[i].self_attn.o_proj`,
-`.mlp.down_proj`). A model whose unembedding is tied to its embedding (SmolLM2, Gemma) is untied before the
-embedding is edited, so that the read-out stays as the hooks leave it. Budget: `n_train` prompts per class for the
+Architecture-agnostic: the decoder layers and what each writes to the residual stream are found by structure
+(`models.anatomy`), not by module names. Arditi et al.'s code hooks each block's input and its attention and MLP
+outputs per supported family; we hook every layer's input and every residual writer that the probe finds, which
+covers post-norm layers (Gemma 2) and parallel-residual ones (GPT-NeoX). Weight orthogonalisation needs each
+writer to end in one linear projection; where one does not (post-norms, fused experts) the attack reports
+`orthogonalized = 0` and saves no edited model. A model whose unembedding is tied to its embedding (SmolLM2,
+Gemma) is untied before the embedding is edited, so that the read-out stays as the hooks leave it. Budget: `n_train` prompts per class for the
 means, `n_val` per class for the selection, and which candidates are tried: `layers` (comma-separated layer
 indices, default every layer) and `positions` (the last k post-instruction positions, default all).
 
@@ -33,6 +37,7 @@ the refusal replies (the world's, or the shipped refusal pool's).
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -41,28 +46,37 @@ import torch
 from obliviate.attacks import ATTACKS, Attack, AuditContext, refusal_rate
 from obliviate.errors import UsageError
 from obliviate.generation import left_pad
-
-
-def _parts(model):
-    try:
-        inner = model.model
-        layers = list(inner.layers)
-        writers = [inner.embed_tokens] + [m for ly in layers for m in (ly.self_attn.o_proj, ly.mlp.down_proj)]
-    except AttributeError:
-        raise UsageError("refusal_direction supports Llama-style models (model.model.layers with "
-                         "self_attn.o_proj and mlp.down_proj)") from None
-    return layers, writers
+from obliviate.models.anatomy import anatomy, decoder_layers, embeddings, probe_forward, write_projections
 
 
 def _project_out(x: torch.Tensor, r_hat: torch.Tensor) -> torch.Tensor:
     return x - (x @ r_hat).unsqueeze(-1) * r_hat
 
 
+def _replace_first(out, fn):
+    if isinstance(out, torch.Tensor):
+        return fn(out)
+    return (fn(out[0]), *out[1:])
+
+
 @contextmanager
 def ablation(model, r_hat: torch.Tensor):
-    """Directional ablation through forward hooks on every residual-stream writer."""
-    _, writers = _parts(model)
-    handles = [w.register_forward_hook(lambda mod, args, out: _project_out(out, r_hat.to(out.dtype))) for w in writers]
+    """Directional ablation through hooks: the residual stream entering every layer (which carries the embeddings'
+    writes) and every write a layer adds (see `models.anatomy`) lose their component along r_hat."""
+    anat = anatomy(model)
+
+    def pre(mod, args, kwargs):
+        if args:
+            return (_project_out(args[0], r_hat.to(args[0].dtype)), *args[1:]), kwargs
+        kwargs["hidden_states"] = _project_out(kwargs["hidden_states"], r_hat.to(kwargs["hidden_states"].dtype))
+        return args, kwargs
+
+    handles = [ly.register_forward_pre_hook(pre, with_kwargs=True) for ly in anat.layers]
+    # the token embedding too (Arditi et al.'s first writer), so hidden_states[0] reads as ablated as well
+    handles.append(model.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: _project_out(out, r_hat.to(out.dtype))))
+    handles += [w.register_forward_hook(lambda mod, args, out: _replace_first(
+        out, lambda t: _project_out(t, r_hat.to(t.dtype)))) for w in anat.all_writers]
     try:
         yield
     finally:
@@ -73,7 +87,7 @@ def ablation(model, r_hat: torch.Tensor):
 @contextmanager
 def addition(model, r: torch.Tensor, layer: int):
     """Activation addition of r at the input of `layer`."""
-    layers, _ = _parts(model)
+    layers = decoder_layers(model)
 
     def pre(mod, args, kwargs):
         if args:
@@ -90,16 +104,42 @@ def addition(model, r: torch.Tensor, layer: int):
 
 @torch.no_grad()
 def orthogonalize(model, r_hat: torch.Tensor):
-    """Edit the weights in place so that no writer can write along r_hat (W <- W - r_hat r_hat^T W)."""
-    _, writers = _parts(model)
-    emb, linears = writers[0], writers[1:]
+    """Edit the weights in place so that nothing can write along r_hat: embedding rows, and W <- W - r_hat r_hat^T W
+    (bias b <- b - r_hat r_hat^T b) for every write projection. Then one probe pass checks that the residual
+    stream entering and leaving every layer has no component left along r_hat; UsageError if the architecture
+    writes in a way weights cannot express (a post-norm, experts summed without one projection)."""
+    anat = anatomy(model)
+    projs = write_projections(model, anat)
+    embs = embeddings(model, anat.d_model)
     head = model.get_output_embeddings()
-    if head is not None and head.weight is emb.weight:  # tied: keep the unembedding as it was
-        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
-        model.config.tie_word_embeddings = False
-    emb.weight -= (emb.weight @ r_hat).unsqueeze(-1) * r_hat  # rows are written vectors  [V, d]
-    for lin in linears:  # [d, d_in]: columns are written vectors
-        lin.weight -= r_hat.unsqueeze(-1) * (r_hat @ lin.weight).unsqueeze(0)
+    for emb in embs:
+        if head is not None and head.weight is emb.weight:  # tied: keep the unembedding as it was
+            head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+            model.config.tie_word_embeddings = False
+            if hasattr(model.config, "get_text_config"):
+                model.config.get_text_config().tie_word_embeddings = False
+        r = r_hat.to(emb.weight.dtype)
+        emb.weight -= (emb.weight @ r).unsqueeze(-1) * r  # rows are written vectors  [V, d]
+    for p in projs:
+        r = r_hat.to(p.weight.dtype)
+        if isinstance(p, torch.nn.Linear):  # [d, d_in]: columns are written vectors
+            p.weight -= r.unsqueeze(-1) * (r @ p.weight).unsqueeze(0)
+        else:  # Conv1D, [d_in, d]: rows are written vectors
+            p.weight -= (p.weight @ r).unsqueeze(-1) * r
+        if p.bias is not None:
+            p.bias -= (p.bias @ r) * r
+    seen = probe_forward(model, anat.layers)
+    tol = 1e-4 if r_hat.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 5e-2
+    for i, ly in enumerate(anat.layers):
+        for what, x in zip(("entering", "leaving"), seen.get(ly, (None, None))):
+            if x is None:
+                continue
+            x = x.float()
+            left = ((x @ r_hat.float()).abs().max() / x.abs().max().clamp(min=1e-12)).item()
+            if left > tol:
+                raise UsageError(f"weight orthogonalisation does not fit this {type(model).__name__}: the residual "
+                                 f"stream {what} layer {i} keeps {left:.2g} of its scale along the direction "
+                                 "(hook-based ablation still works)")
     return model
 
 
@@ -253,21 +293,26 @@ class RefusalDirection(Attack):
             after, hooked = rate(h_prompts, h_text)
         with addition(model, r, best["layer"]):
             induced, _ = rate(b_prompts, b_text)
-        orthogonalize(model, r_hat.to(next(model.parameters()).dtype))
-        _, edited = rate(h_prompts, h_text)
-        agreement = sum(a == b for a, b in zip(hooked, edited)) / max(1, len(hooked))
+        try:  # last: it edits the model in place (the audit loads a fresh model for every attack)
+            orthogonalize(model, r_hat.to(next(model.parameters()).dtype))
+        except UsageError as e:
+            print(f"refusal_direction: {e}", file=sys.stderr)
+            orthogonalized, agreement = False, None
+        else:
+            _, edited = rate(h_prompts, h_text)
+            orthogonalized, agreement = True, sum(a == b for a, b in zip(hooked, edited)) / max(1, len(hooked))
         if ctx.out is not None:
             from safetensors.torch import save_file
 
             ctx.out.mkdir(parents=True, exist_ok=True)
             save_file({"direction": r.contiguous()}, str(ctx.out / "direction.safetensors"),
                       metadata={"layer": str(best["layer"]), "position": str(best["pos"])})
-            if self.save_model and ctx.role == "model":
+            if self.save_model and ctx.role == "model" and orthogonalized:
                 from obliviate.models.load import save_model
 
                 save_model(model, tok, ctx.out / "orthogonalized")
         return {"refusal_rate": before, "refusal_rate_ablated": after, "refusal_drop_points": 100 * (before - after),
                 "over_refusal_rate": over_before, "over_refusal_rate_actadd": induced,
-                "orthogonalized_agreement": agreement, "layer": float(best["layer"]), "position": float(best["pos"]),
+                "orthogonalized": float(orthogonalized), "orthogonalized_agreement": agreement, "layer": float(best["layer"]), "position": float(best["pos"]),
                 "bypass_score": best["bypass"], "induce_score": best["induce"], "kl": best["kl"],
                 "filters_passed": float(passed), "candidates": float(n_cands)}

@@ -46,6 +46,7 @@ import torch
 
 from obliviate.attacks import ATTACKS, Attack, AuditContext
 from obliviate.errors import UsageError
+from obliviate.models.anatomy import final_norm
 
 ARTICLES = ("a ", "an ", "the ")
 
@@ -103,18 +104,6 @@ def rival_tokens(tok, items: list, candidates: dict[str, list]) -> list[set[int]
         else:
             out.append(firsts.get(it.attribute, set()) - {t})
     return out
-
-
-def final_norm(model):
-    """The norm applied before the unembedding (Llama/Mistral/Qwen, GPT-2, GPT-NeoX, OPT ...), or None."""
-    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm",
-                 "model.final_layernorm"):
-        mod = model
-        for part in path.split("."):
-            mod = getattr(mod, part, None)
-        if mod is not None:
-            return mod
-    return None
 
 
 @torch.no_grad()

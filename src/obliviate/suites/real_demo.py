@@ -19,6 +19,7 @@ derta_ablated) and one printed table. Sizes: `FULL` is the benchmark-size run, `
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -186,34 +187,46 @@ def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemo
         measure(name, net, tok)
         if name == "derta":
             save_model(net, tok, o / "models" / "derta")
-    net, tok = load_model(str(o / "models" / "derta"))
-    ablated, direction = ablate_refusal_direction(net, tok, data, size, seed)
-    measure("derta_ablated", ablated, tok)
+    ablated, tok, direction, hooks = ablate_refusal_direction(str(o / "models" / "derta"), data, size, seed)
+    with hooks:
+        measure("derta_ablated", ablated, tok)
     extra["derta_ablated"]["direction"] = direction
     return results, extra, samples, seconds
 
 
-def ablate_refusal_direction(model, tok, data, size: RealDemoSize, seed: int):
+def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int):
     """The DeRTa model with its refusal direction (Arditi et al. 2024) projected out of the weights. The direction is
     the difference in means between AdvBench training prompts and benign training prompts (never evaluation
     prompts), selected among every other layer below 0.8 L at the last post-instruction position, on held-out
-    training prompts of each class (the attack's selection rule; fewer candidates keep it within minutes on a CPU)."""
-    from obliviate.attacks.refusal_direction import RefusalDirection, orthogonalize
+    training prompts of each class (the attack's selection rule; fewer candidates keep it within minutes on a CPU).
+    Returns (model, tokenizer, info, context): the context is a no-op, or, on an architecture whose writes no weight
+    edit expresses (see `orthogonalize`), the hook-based ablation to measure under."""
+    from obliviate.attacks.refusal_direction import RefusalDirection, ablation, orthogonalize
+    from obliviate.models.anatomy import decoder_layers
     from obliviate.models.encode import answer_ids, prompt_ids
+    from obliviate.models.load import load_model
+
+    model, tok = load_model(model_dir)
 
     rng = random.Random(seed)
     harmful = [r["prompt"] for r in data.harmful]
     harmless = [r["prompt"] for r in data.benign] + [it.question for it in data.people]
     rng.shuffle(harmful), rng.shuffle(harmless)
     n = max(1, min(size.direction_prompts, len(harmful) // 2, len(harmless) // 2))
-    layers = model.config.num_hidden_layers
+    layers = len(decoder_layers(model))
     attack = RefusalDirection(layers=",".join(str(x) for x in range(0, max(1, int(0.8 * layers)), 2)), positions=1)
     enc = [[prompt_ids(tok, p) for p in ps] for ps in (harmful[:n], harmless[:n], harmful[n: 2 * n],
                                                          harmless[n: 2 * n])]
     refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in data.harmful})
     best, passed, _ = attack.select(model, tok, *enc, refusal_ids)
-    orthogonalize(model, best["r"] / best["r"].norm())
-    return model, {"layer": best["layer"], "position": best["pos"], "filters_passed": passed}
+    r_hat = best["r"] / best["r"].norm()
+    info = {"layer": best["layer"], "position": best["pos"], "filters_passed": passed}
+    try:
+        orthogonalize(model, r_hat)
+    except UsageError:  # an architecture whose writes no weight edit expresses: ablate with hooks instead
+        model, tok = load_model(model_dir)
+        return model, tok, info | {"orthogonalized": False}, ablation(model, r_hat)
+    return model, tok, info | {"orthogonalized": True}, nullcontext()
 
 
 TABLE = ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "relearn_recovered",
