@@ -1,6 +1,25 @@
-"""Batched greedy generation with a KV cache: the one function that inference-time guards will wrap."""
+"""The one decode loop: batched greedy decoding over a KV cache, with the hooks inference-time guards use.
+
+`decode(model, tok, prompts, guards=...)` returns one `Reply` per prompt; `generate(...)` is its text-only form,
+and with no guard it returns what `model.generate(do_sample=False)` returns (test). Per batch (prompts sorted by
+length, left-padded, so position -1 is every row's next-token position):
+
+    on_request(text)                      every guard scores the request's text -> Reply.scores[guard]
+    edit_embeddings(embeds, mask, rows)   prefill only: input embeddings [B, T, d] may be edited (ECO)
+    taps() + on_prefill(hidden, rows)     hidden {(layer, pos): [B, d]} of the prompt (latent guard)
+    process_logits(step, ids, logits)     every step: logits [B, V] may be edited (GUARD)
+    on_step(step, ids, session)           every `guard.every` tokens: may probe the cache (ADA) and halt rows
+    on_finish(text, row)                  last word on the text: may halt
+    edit_routing(layer, router_logits)    MoE routers (expert steering), installed for the whole call
+
+A halted row stops decoding; its reply becomes the guard's refusal with finish_reason "content_filter".
+Guards run in the order given. Rows are per-batch; `row.index` is the prompt's index in the input.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -16,25 +35,165 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.
     return ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
-    """Greedy continuations of token-id prompts, decoded without special tokens, in the input order.
+@dataclass
+class Row:
+    """One prompt in a batch, as guards see it."""
+    index: int  # position in decode()'s input
+    text: str | None  # the request's text (the user's message), when given
+    scores: dict[str, float] = field(default_factory=dict)  # guard name -> on_request / on_prefill score
+    halted_by: str | None = None
+    refusal: str | None = None
 
-    Prompts are sorted by length and left-padded per batch, so little compute is spent on padding.
-    """
-    model.eval()
+
+@dataclass
+class Reply:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS), "length" (max_new_tokens) or "content_filter" (a guard halted it)
+    scores: dict[str, float] = field(default_factory=dict)
+    halted_by: str | None = None
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from a left-padded mask, as transformers' generate builds them (pads get 0)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+class Session:
+    """The batch in flight, for `on_step`: its rows, cache and mask, and `probe` to look ahead without a trace."""
+
+    def __init__(self, model, tok, rows: list[Row], cache, mask: torch.Tensor):
+        self.model, self.tok, self.rows, self.cache, self.mask = model, tok, rows, cache, mask
+        self.active = torch.ones(len(rows), dtype=torch.bool)
+
+    def forward(self, ids: torch.Tensor, hidden: bool = False):
+        """Run ids [B, k] on the cache (which grows by k) and extend the mask."""
+        self.mask = torch.cat([self.mask, torch.ones_like(ids)], 1)
+        pos = _positions(self.mask)[:, -ids.shape[1]:]
+        return self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache,
+                          use_cache=True, output_hidden_states=hidden)
+
+    @torch.no_grad()
+    def probe(self, extra_ids: list[int], lookahead: int = 0, hidden: bool = False) -> dict:
+        """Feed `extra_ids` (the same tokens to every row) then `lookahead` greedy tokens, and crop the cache and
+        mask back exactly. Returns {"logits": [B, V] after extra_ids, "hidden": tuple of [B, k, d] per layer
+        (hidden=True), "lookahead": [B, lookahead] token ids}."""
+        n0, mask0 = self.cache.get_seq_length(), self.mask
+        device = mask0.device
+        try:
+            out = self.forward(torch.tensor([extra_ids] * len(self.rows), device=device), hidden=hidden)
+            res = {"logits": out.logits[:, -1].float(), "hidden": out.hidden_states if hidden else None}
+            nxt, more = out.logits[:, -1].argmax(-1), []
+            for _ in range(lookahead):
+                more.append(nxt)
+                nxt = self.forward(nxt[:, None]).logits[:, -1].argmax(-1)
+            res["lookahead"] = torch.stack(more, 1) if more else torch.empty(len(self.rows), 0, dtype=torch.long)
+            return res
+        finally:
+            self.cache.crop(n0 - self.cache.get_seq_length())  # a negative count removes that many tokens
+            self.mask = mask0
+
+    def halt(self, r: int, by: str, refusal: str) -> None:
+        if self.active[r]:
+            self.active[r] = False
+            self.rows[r].halted_by, self.rows[r].refusal = by, refusal
+
+
+def _overrides(guard, name: str) -> bool:
+    from obliviate.guards import Guard
+
+    return getattr(type(guard), name, None) is not getattr(Guard, name, None)
+
+
+def _hooked(guards, name):
+    return [g for g in guards if _overrides(g, name)]
+
+
+@torch.no_grad()
+def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: int,
+                  on_token: Callable[[int, int], None] | None) -> list[Reply]:
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+    for g in _hooked(guards, "on_request"):
+        for row in rows:
+            score = g.on_request(row.text)
+            if score is not None:
+                row.scores[g.name] = float(score)
+    ids, mask = left_pad(prompts, pad if pad is not None else 0, device)
+    embeds = model.get_input_embeddings()(ids)
+    for g in _hooked(guards, "edit_embeddings"):
+        embeds = g.edit_embeddings(embeds, mask, rows)
+    taps = sorted({t for g in _hooked(guards, "taps") for t in g.taps()})
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=_positions(mask), cache=cache,
+                use_cache=True, output_hidden_states=bool(taps))
+    session = Session(model, tok, rows, cache, mask)
+    if taps:
+        hidden = {(layer, pos): out.hidden_states[layer][:, pos].float() for layer, pos in taps}
+        for g in _hooked(guards, "on_prefill"):
+            g.on_prefill(hidden, rows, session)
+    logits = out.logits[:, -1].float()
+    gen = torch.empty(len(rows), 0, dtype=torch.long, device=device)
+    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    stepped = [g for g in _hooked(guards, "on_step") if getattr(g, "every", 0) > 0]
+    for step in range(max_new_tokens):
+        for g in _hooked(guards, "process_logits"):
+            logits = g.process_logits(step, gen, logits)
+        nxt = logits.argmax(-1)
+        live = ~done & session.active.to(device)
+        nxt = torch.where(live, nxt, torch.full_like(nxt, pad if pad is not None else 0))
+        gen = torch.cat([gen, nxt[:, None]], 1)
+        if on_token is not None:
+            for r in live.nonzero().flatten().tolist():
+                on_token(rows[r].index, int(nxt[r]))
+        done |= live & torch.tensor([int(t) in eos_ids for t in nxt.tolist()], device=device)
+        if bool((done | ~session.active.to(device)).all()) or step == max_new_tokens - 1:
+            break
+        logits = session.forward(nxt[:, None]).logits[:, -1].float()
+        for g in stepped:
+            if (step + 1) % g.every == 0:
+                g.on_step(step + 1, gen, session)
+    replies = []
+    for r, row in enumerate(rows):
+        toks = gen[r].tolist()
+        if r < len(done) and done[r]:  # keep up to the first EOS
+            toks = toks[: next(i for i, t in enumerate(toks) if t in eos_ids) + 1]
+        text = tok.decode(toks, skip_special_tokens=True).strip()
+        for g in _hooked(guards, "on_finish"):
+            if row.halted_by is None:
+                g.on_finish(text, row)
+        if row.halted_by is not None:
+            replies.append(Reply(row.refusal or "", toks, "content_filter", row.scores, row.halted_by))
+        else:
+            replies.append(Reply(text, toks, "stop" if done[r] else "length", row.scores))
+    return replies
+
+
+def decode(model, tok, prompts: list[list[int]], *, texts: list[str] | None = None, guards=(),
+           max_new_tokens: int = 48, batch_size: int = 64,
+           on_token: Callable[[int, int], None] | None = None) -> list[Reply]:
+    """Greedy replies to token-id prompts, in the input order, through `guards` (see the module docstring).
+    `texts` are the requests' texts for `on_request`; `on_token(index, token_id)` sees every token as decoded."""
+    from obliviate.guards import routing_hooks
+
+    model.eval()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[str] = [""] * len(prompts)
-    for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
-        ids, mask = left_pad([prompts[i] for i in idx], pad, device)
-        T = ids.shape[1]
-        gen = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-        )
-        for r, i in enumerate(idx):
-            out[i] = tokenizer.decode(gen[r, T:], skip_special_tokens=True).strip()
-    return out
+    out: list[Reply | None] = [None] * len(prompts)
+    with routing_hooks(model, guards):
+        for s in range(0, len(order), batch_size):
+            idx = order[s: s + batch_size]
+            rows = [Row(i, texts[i] if texts is not None else None) for i in idx]
+            for i, rep in zip(idx, _decode_batch(model, tok, [prompts[i] for i in idx], rows, list(guards),
+                                                 max_new_tokens, on_token)):
+                out[i] = rep
+    return out  # type: ignore[return-value]
+
+
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 48, batch_size: int = 64,
+             guards=(), texts: list[str] | None = None) -> list[str]:
+    """Greedy continuations of token-id prompts, decoded without special tokens, in the input order."""
+    return [r.text for r in decode(model, tokenizer, prompts, texts=texts, guards=guards,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -117,22 +117,9 @@ class Attack:
 
     @classmethod
     def from_options(cls, options: dict) -> "Attack":
-        known = {f.name for f in fields(cls)}
-        kwargs = {}
-        for key, value in options.items():
-            if key not in known:
-                raise UsageError(f"attack {cls.__name__} has no option {key!r} (options: {', '.join(known)})")
-            kind = type(getattr(cls, key))
-            if kind is bool and isinstance(value, str):  # bool("false") is True
-                if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise UsageError(f"attack option {key}={value!r}: expected true or false")
-                kwargs[key] = value.strip().lower() in ("true", "1", "yes")
-                continue
-            try:
-                kwargs[key] = kind(value)
-            except (TypeError, ValueError):
-                raise UsageError(f"attack option {key}={value!r}: expected {kind.__name__}") from None
-        return cls(**kwargs)
+        from obliviate.options import cast_options
+
+        return cls(**cast_options(cls, options, f"attack {cls.__name__}"))
 
 
 def rouge_on(model, tok, items, max_new_tokens: int = 48) -> tuple[float, list[str]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -68,22 +68,9 @@ class Method:
 
     @classmethod
     def from_options(cls, options: dict) -> "Method":
-        known = {f.name: f for f in fields(cls)}
-        kwargs = {}
-        for key, value in options.items():
-            if key not in known:
-                raise UsageError(f"{cls.__name__} has no option {key!r} (options: {', '.join(known)})")
-            kind = type(getattr(cls, key))
-            try:
-                if kind is bool and isinstance(value, str):
-                    if value.lower() not in ("true", "false", "1", "0"):
-                        raise ValueError(value)
-                    kwargs[key] = value.lower() in ("true", "1")
-                else:
-                    kwargs[key] = kind(value)
-            except (TypeError, ValueError):
-                raise UsageError(f"option {key}={value!r}: expected {kind.__name__}") from None
-        return cls(**kwargs)
+        from obliviate.options import cast_options
+
+        return cls(**cast_options(cls, options, cls.__name__))
 
 
 def nll_loss(seq_logp: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,200 @@
+"""Inference-time guards: they change what a model says without changing its weights.
+
+A guard is a dataclass that overrides any of the hooks of the one decode loop (see `obliviate.generation`):
+`on_request`, `edit_embeddings`, `taps` + `on_prefill`, `process_logits`, `on_step` (every `every` tokens),
+`on_finish`, `edit_routing`. Its learned parts are fitted by `fit(model, tok, inputs)` (`obliviate guard fit`),
+where `inputs` are what `obliviate.audit_data.load_inputs` reads for the guard's `suite` (forget/retain items for
+"unlearning", policy rows for "refusal"), and saved as a directory: `guard.json` (name, options, scalars) plus
+`tensors.safetensors`. No pickles.
+
+To add a guard: create `guards/my_guard.py` with a `@GUARDS.register("my_guard")` dataclass subclassing `Guard`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from obliviate.errors import UsageError
+from obliviate.registry import Registry
+
+GUARDS: Registry[type["Guard"]] = Registry("guard")
+FORMAT_VERSION = 1
+
+
+def default_refusal() -> str:
+    from obliviate.data.schema import load_lines
+    from obliviate.suites.public_align import REFUSAL_POOL
+
+    return load_lines(REFUSAL_POOL)[0]
+
+
+@dataclass
+class Guard:
+    """Base class: every hook is a no-op, and the decode loop calls only the hooks a guard overrides."""
+    name: ClassVar[str] = "guard"
+    suite: ClassVar[str] = "refusal"  # what `fit` reads: "refusal" (policy rows) or "unlearning" (QA items)
+    description: ClassVar[str] = ""
+    every: ClassVar[int] = 0  # on_step cadence in tokens (0: never)
+
+    # --- hooks (see obliviate.generation) ---
+    def on_request(self, text: str | None) -> float | None:
+        return None
+
+    def edit_embeddings(self, embeds: torch.Tensor, mask: torch.Tensor, rows) -> torch.Tensor:
+        return embeds
+
+    def taps(self) -> list[tuple[int, int]]:
+        return []
+
+    def on_prefill(self, hidden: dict, rows, session) -> None:
+        return None
+
+    def process_logits(self, step: int, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def on_step(self, step: int, ids: torch.Tensor, session) -> None:
+        return None
+
+    def on_finish(self, text: str, row) -> None:
+        return None
+
+    def edit_routing(self, layer: int, router_logits: torch.Tensor) -> torch.Tensor:
+        return router_logits
+
+    # --- learning and persistence ---
+    @classmethod
+    def fit(cls, model, tok, inputs: dict, **options) -> "Guard":
+        raise UsageError(f"guard {cls.name} has nothing to fit")
+
+    def attach(self, model, tok) -> None:
+        """Bind to the model it guards (after loading); guards that need the tokenizer or model keep them."""
+        return None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        return None
+
+    def options(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+def save_guard(guard: Guard, out: Path, extra: dict | None = None) -> Path:
+    """Write guard.json + tensors.safetensors into `out` (a temp dir renamed at the end: no half-written guard)."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".guard-", dir=out.parent))
+    try:
+        doc = {"guard": guard.name, "format_version": FORMAT_VERSION, "options": guard.options(), **(extra or {})}
+        (tmp / "guard.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in guard.tensors().items()}
+        if tensors:
+            save_file(tensors, str(tmp / "tensors.safetensors"))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_guard(path: str | Path, model=None, tok=None) -> Guard:
+    """A guard directory -> a Guard bound to (model, tok). Missing or malformed files are UsageErrors."""
+    load_all()
+    path = Path(path)
+    spec = path / "guard.json"
+    if not spec.is_file():
+        raise UsageError(f"--guard {path}: not a guard directory (no guard.json; make one with `obliviate guard fit`)")
+    try:
+        doc = json.loads(spec.read_text())
+        name, options = doc["guard"], doc.get("options", {})
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UsageError(f"{spec}: malformed guard file ({e})") from None
+    cls = GUARDS.get(name)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"{spec}: unknown option {unknown[0]!r} for guard {name}")
+    guard = cls(**options)
+    weights = path / "tensors.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        guard.load_tensors(load_file(str(weights)))
+    if model is not None:
+        guard.attach(model, tok)
+    return guard
+
+
+def make_guard(name: str, options: dict | None = None) -> type[Guard]:
+    """(guard class, cast options) for `--option k=v` strings."""
+    from obliviate.options import cast_options
+
+    load_all()
+    cls = GUARDS.get(name)
+    return cls, cast_options(cls, options or {}, f"guard {name}")
+
+
+def load_all() -> None:
+    for m in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{m.name}")
+
+
+def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
+    """(layer, router) pairs of a mixture-of-experts model: in every decoder layer, the linear map from the
+    residual width to the expert count (Mixtral's `gate`, Qwen-MoE's router, ...). Found by shape, not by name."""
+    from obliviate.models.anatomy import decoder_layers
+
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_exp = next((getattr(cfg, k) for k in ("num_local_experts", "num_experts", "n_routed_experts")
+                  if isinstance(getattr(cfg, k, None), int)), None)
+    if not n_exp:
+        return []
+    out = []
+    for i, ly in enumerate(decoder_layers(model)):
+        for m in ly.modules():
+            w = getattr(m, "weight", None)
+            if isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[0] == n_exp and w.shape[1] != n_exp \
+                    and not isinstance(m, torch.nn.Embedding):
+                out.append((i, m))
+                break
+    return out
+
+
+@contextmanager
+def routing_hooks(model, guards):
+    """Install every guard's `edit_routing` on the model's routers for the duration of a decode call."""
+    routed = [g for g in guards if type(g).edit_routing is not Guard.edit_routing]
+    handles = []
+    if routed:
+        routers = router_modules(model)
+        if not routers:
+            raise UsageError(f"guard {routed[0].name} steers experts, but this {type(model).__name__} has no "
+                             "mixture-of-experts routers")
+        for layer, mod in routers:
+            def hook(m, args, out, layer=layer):
+                logits = out if isinstance(out, torch.Tensor) else out[0]
+                for g in routed:
+                    logits = g.edit_routing(layer, logits)
+                return logits if isinstance(out, torch.Tensor) else (logits, *out[1:])
+            handles.append(mod.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

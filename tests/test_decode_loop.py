@@ -1,0 +1,156 @@
+"""The one decode loop (`generation.decode`): equal to transformers' greedy generate without guards, hooks called
+as documented, probes that leave the cache exactly as they found it, halts that substitute a refusal."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from obliviate.generation import decode, generate
+from obliviate.guards import Guard
+from obliviate.models.encode import prompt_ids
+from obliviate.models.load import load_model
+
+QUESTIONS = ["Where was Vyrek Pellam born?", "What is the capital of the world?", "hi",
+             "Tell me about the weather in a long sentence please, with details."]
+
+
+@pytest.fixture(scope="module")
+def model_tok(target_dir):
+    return load_model(str(target_dir))
+
+
+def _hf_generate(model, tok, prompts, n):
+    from obliviate.generation import left_pad
+
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return [tok.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
+
+
+def test_no_guard_equals_transformers_generate(model_tok):
+    model, tok = model_tok
+    prompts = [prompt_ids(tok, q) for q in QUESTIONS]
+    by_len = sorted(prompts, key=len)  # generate() batches sorted by length: compare the same batch
+    assert generate(model, tok, by_len, max_new_tokens=24) == _hf_generate(model, tok, by_len, 24)
+    # and in one-prompt batches, where no padding is involved at all
+    assert generate(model, tok, prompts, max_new_tokens=24, batch_size=1) == \
+        [_hf_generate(model, tok, [p], 24)[0] for p in prompts]
+
+
+def test_no_guard_equals_transformers_generate_on_the_real_model(real_model_dir):
+    model, tok = load_model(str(real_model_dir))
+    prompts = sorted([prompt_ids(tok, q) for q in QUESTIONS[1:]], key=len)
+    assert generate(model, tok, prompts, max_new_tokens=12) == _hf_generate(model, tok, prompts, 12)
+
+
+def test_replies_carry_finish_reasons(model_tok):
+    model, tok = model_tok
+    reps = decode(model, tok, [prompt_ids(tok, QUESTIONS[0])], max_new_tokens=2)
+    assert reps[0].finish_reason == "length" and len(reps[0].token_ids) == 2
+    reps = decode(model, tok, [prompt_ids(tok, QUESTIONS[0])] * 2, guards=[EosAt(2)], max_new_tokens=8)
+    assert all(r.finish_reason == "stop" and r.token_ids[-1] == tok.eos_token_id and len(r.token_ids) == 3
+               for r in reps)
+
+
+@dataclass
+class EosAt(Guard):
+    name = "eos_at"
+    at: int = 2
+    eos: int = 2
+
+    def process_logits(self, step, ids, logits):
+        if step == self.at:
+            logits[:] = float("-inf")
+            logits[:, self.eos] = 0.0
+        return logits
+
+
+@dataclass
+class Recorder(Guard):
+    name = "recorder"
+    every = 3
+
+    def __post_init__(self):
+        self.calls, self.crops_ok = [], []
+
+    def on_request(self, text):
+        self.calls.append(("request", text))
+        return len(text or "")
+
+    def edit_embeddings(self, embeds, mask, rows):
+        self.calls.append(("embeddings", tuple(embeds.shape)))
+        return embeds
+
+    def process_logits(self, step, ids, logits):
+        self.calls.append(("logits", step, ids.shape[1]))
+        return logits
+
+    def on_step(self, step, ids, session):
+        n, mask = session.cache.get_seq_length(), session.mask.clone()
+        first = session.probe([5, 6, 7], lookahead=2)
+        again = session.probe([5, 6, 7], lookahead=2)
+        self.crops_ok.append(session.cache.get_seq_length() == n and torch.equal(session.mask, mask)
+                             and torch.allclose(first["logits"], again["logits"], atol=1e-5)
+                             and torch.equal(first["lookahead"], again["lookahead"]))
+        self.calls.append(("step", step))
+
+
+def test_hooks_are_called_and_probes_crop_back_exactly(model_tok):
+    model, tok = model_tok
+    prompts = [prompt_ids(tok, q) for q in QUESTIONS[:2]]
+    plain = decode(model, tok, prompts, max_new_tokens=9)
+    g = Recorder()
+    guarded = decode(model, tok, prompts, texts=QUESTIONS[:2], guards=[g], max_new_tokens=9)
+    # probing the cache mid-reply changes nothing about the reply
+    assert [r.text for r in guarded] == [r.text for r in plain]
+    assert g.crops_ok and all(g.crops_ok)
+    assert [c for c in g.calls if c[0] == "request"] == [("request", QUESTIONS[1]), ("request", QUESTIONS[0])] \
+        or [c for c in g.calls if c[0] == "request"] == [("request", QUESTIONS[0]), ("request", QUESTIONS[1])]
+    assert guarded[0].scores == {"recorder": len(QUESTIONS[0])}
+    assert sum(c[0] == "embeddings" for c in g.calls) == 1
+    steps = [c[1] for c in g.calls if c[0] == "logits"]
+    assert steps == list(range(len(steps))) and steps
+    assert all(s % 3 == 0 for _, s in [c for c in g.calls if c[0] == "step"])
+
+
+@dataclass
+class HaltAt(Guard):
+    name = "halt_at"
+    every = 2
+
+    def on_step(self, step, ids, session):
+        session.halt(0, self.name, "No.")
+
+
+def test_a_halt_substitutes_the_refusal_for_that_row_only(model_tok):
+    model, tok = model_tok
+    prompts = [prompt_ids(tok, q) for q in QUESTIONS[:2]]
+    plain = decode(model, tok, prompts, max_new_tokens=8, batch_size=1)
+    reps = decode(model, tok, prompts, guards=[HaltAt()], max_new_tokens=8, batch_size=1)
+    assert all(r.text == "No." and r.finish_reason == "content_filter" and r.halted_by == "halt_at" for r in reps)
+    reps = decode(model, tok, prompts, guards=[HaltAt()], max_new_tokens=8, batch_size=2)
+    # row 0 of the one batch (the shorter prompt) is halted, the other row is untouched
+    short = min(range(2), key=lambda i: len(prompts[i]))
+    assert reps[short].finish_reason == "content_filter"
+    assert reps[1 - short].text == plain[1 - short].text
+
+
+@dataclass
+class Ban(Guard):
+    name = "ban"
+    token: int = 0
+
+    def process_logits(self, step, ids, logits):
+        logits[:, self.token] = float("-inf")
+        return logits
+
+
+def test_process_logits_changes_what_is_decoded(model_tok):
+    model, tok = model_tok
+    p = [prompt_ids(tok, QUESTIONS[0])]
+    first = decode(model, tok, p, max_new_tokens=1)[0].token_ids[0]
+    banned = decode(model, tok, p, guards=[Ban(first)], max_new_tokens=1)[0].token_ids[0]
+    assert banned != first
