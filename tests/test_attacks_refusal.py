@@ -74,9 +74,15 @@ def test_refusal_score_is_log_odds():
 
 
 def test_post_instruction_tokens(tiny_tokenizer):
-    # the template after the user's text is "\n<|assistant|>"
-    assert post_instruction_tokens(tiny_tokenizer) == len(
-        tiny_tokenizer("\n<|assistant|>", add_special_tokens=False)["input_ids"])
+    # the template after the user's text is "\n<|assistant|>": two tokens after the text's last piece (prompts
+    # that end in the same letter share that piece too, so the count must not come from such a pair)
+    from obliviate.models.encode import assistant_header, prompt_ids
+
+    assert post_instruction_tokens(tiny_tokenizer) == 2
+    header = assistant_header(tiny_tokenizer)
+    assert tiny_tokenizer.decode(header) == "\n<|assistant|>"
+    for text in ("Where was Zenor Pellam born?", "alpha beta", "x."):
+        assert prompt_ids(tiny_tokenizer, text)[-2:] == header
 
 
 def test_tense_templates():

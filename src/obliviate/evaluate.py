@@ -22,15 +22,27 @@ EVAL_SPLITS = ("forget", "retain", "world_facts", "holdout")
 
 
 @torch.no_grad()
-def _forward_stats(model, encoded: list, pad: int, batch_size: int) -> list[dict]:
-    """Per sequence: mean NLL over answer tokens, token log-probs, Min-K%++ z-scores, greedy predictions."""
+def _forward_stats(model, encoded: list, pad: int, batch_size: int, texts: list[str] | None = None) -> list[dict]:
+    """Per sequence: mean NLL over answer tokens, token log-probs, Min-K%++ z-scores, greedy predictions.
+    Guards attached to the model (`obliviate.guards.attach`) apply their prefill-time hooks to the prompt tokens
+    (`texts[i]` is sequence i's request text), as generation does."""
+    from obliviate.generation import Row, prefill_embeddings
+    from obliviate.guards import attached
+
+    guards = attached(model)
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out: list[dict] = [{}] * len(encoded)
     for s in range(0, len(order), batch_size):
         idx = order[s: s + batch_size]
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        if guards:
+            prompt = (batch["labels"] == IGNORE) & (batch["attention_mask"] == 1)
+            rows = [Row(i, texts[i] if texts else None) for i in idx]
+            embeds = prefill_embeddings(model, guards, batch["input_ids"], prompt, rows)
+            logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits[:, :-1]
+        else:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE
         logp = torch.log_softmax(logits.float(), -1)  # computed once, shared below [B, T-1, V]
@@ -64,9 +76,10 @@ def score_split(model, tokenizer, items: list[QAItem], *, batch_size: int = 64, 
         for j, p in enumerate(it.perturbed_answer):
             seqs.append(encode_pair(tokenizer, it.question, p, max_len))
             owner.append((i, j))
-    stats = _forward_stats(model, seqs, tokenizer.pad_token_id, batch_size)
+    stats = _forward_stats(model, seqs, tokenizer.pad_token_id, batch_size,
+                           texts=[items[i].question for i, _ in owner])
     texts = generate(model, tokenizer, [prompt_ids(tokenizer, it.question) for it in items], max_new_tokens,
-                     batch_size)
+                     batch_size, texts=[it.question for it in items])
     rows = [{"id": it.id, "question": it.question, "answer": it.answer, "value": it.value,
              "generated": texts[i], "rouge_l_recall": rouge_l_recall(it.answer, texts[i]),
              "value_hit": bool(it.value) and it.value.lower() in texts[i].lower(),

@@ -6,7 +6,9 @@ length, left-padded, so position -1 is every row's next-token position):
 
     on_request(text)                      every guard scores the request's text -> Reply.scores[guard]
     edit_embeddings(embeds, mask, rows)   prefill only: input embeddings [B, T, d] may be edited (ECO)
-    taps() + on_prefill(hidden, rows)     hidden {(layer, pos): [B, d]} of the prompt (latent guard)
+    taps() + on_prefill(hidden, rows, s)  after prefill: hidden {(layer, pos): [B, d]} of the prompt at the taps
+                                          ([B, T, d] for pos None) (latent guard); `s` is the Session, whose
+                                          prompt_ids [B, T] it may read, and which may also probe or halt (ADA)
     process_logits(step, ids, logits)     every step: logits [B, V] may be edited (GUARD)
     on_step(step, ids, session)           every `guard.every` tokens: may probe the cache (ADA) and halt rows
     on_finish(text, row)                  last word on the text: may halt
@@ -62,8 +64,9 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 class Session:
     """The batch in flight, for `on_step`: its rows, cache and mask, and `probe` to look ahead without a trace."""
 
-    def __init__(self, model, tok, rows: list[Row], cache, mask: torch.Tensor):
+    def __init__(self, model, tok, rows: list[Row], cache, mask: torch.Tensor, ids: torch.Tensor):
         self.model, self.tok, self.rows, self.cache, self.mask = model, tok, rows, cache, mask
+        self.prompt_ids = ids  # [B, T] the left-padded prompts
         self.active = torch.ones(len(rows), dtype=torch.bool)
 
     def forward(self, ids: torch.Tensor, hidden: bool = False):
@@ -99,6 +102,21 @@ class Session:
             self.rows[r].halted_by, self.rows[r].refusal = by, refusal
 
 
+def prefill_embeddings(model, guards, ids: torch.Tensor, editable: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+    """Input embeddings [B, T, d] after the guards' prefill-time hooks: `on_request` scores each row's text, then
+    `edit_embeddings` may edit the positions marked in `editable` [B, T] (the prompt's tokens). Shared by the
+    decode loop and the teacher-forced pass of `evaluate`, so likelihood metrics see what generation sees."""
+    for g in _hooked(guards, "on_request"):
+        for row in rows:
+            score = g.on_request(row.text)
+            if score is not None:
+                row.scores[g.name] = float(score)
+    embeds = model.get_input_embeddings()(ids)
+    for g in _hooked(guards, "edit_embeddings"):
+        embeds = g.edit_embeddings(embeds, editable, rows)
+    return embeds
+
+
 def _overrides(guard, name: str) -> bool:
     from obliviate.guards import Guard
 
@@ -115,26 +133,19 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
     device = next(model.parameters()).device
     pad, eos = tok.pad_token_id, tok.eos_token_id
     eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-    for g in _hooked(guards, "on_request"):
-        for row in rows:
-            score = g.on_request(row.text)
-            if score is not None:
-                row.scores[g.name] = float(score)
     ids, mask = left_pad(prompts, pad if pad is not None else 0, device)
-    embeds = model.get_input_embeddings()(ids)
-    for g in _hooked(guards, "edit_embeddings"):
-        embeds = g.edit_embeddings(embeds, mask, rows)
-    taps = sorted({t for g in _hooked(guards, "taps") for t in g.taps()})
+    embeds = prefill_embeddings(model, guards, ids, mask, rows)
+    taps = {t for g in _hooked(guards, "taps") for t in g.taps()}
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=_positions(mask), cache=cache,
                 use_cache=True, output_hidden_states=bool(taps))
-    session = Session(model, tok, rows, cache, mask)
-    if taps:
-        hidden = {(layer, pos): out.hidden_states[layer][:, pos].float() for layer, pos in taps}
-        for g in _hooked(guards, "on_prefill"):
-            g.on_prefill(hidden, rows, session)
+    session = Session(model, tok, rows, cache, mask, ids)
+    hidden = {(layer, pos): (out.hidden_states[layer] if pos is None else out.hidden_states[layer][:, pos]).float()
+              for layer, pos in taps}
+    for g in _hooked(guards, "on_prefill"):
+        g.on_prefill(hidden, rows, session)
     logits = out.logits[:, -1].float()
     gen = torch.empty(len(rows), 0, dtype=torch.long, device=device)
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
@@ -157,6 +168,7 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
             if (step + 1) % g.every == 0:
                 g.on_step(step + 1, gen, session)
     replies = []
+    done = done.cpu()
     for r, row in enumerate(rows):
         toks = gen[r].tolist()
         if r < len(done) and done[r]:  # keep up to the first EOS
@@ -172,13 +184,18 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
     return replies
 
 
-def decode(model, tok, prompts: list[list[int]], *, texts: list[str] | None = None, guards=(),
+def decode(model, tok, prompts: list[list[int]], *, texts: list[str] | None = None, guards=None,
            max_new_tokens: int = 48, batch_size: int = 64,
            on_token: Callable[[int, int], None] | None = None) -> list[Reply]:
     """Greedy replies to token-id prompts, in the input order, through `guards` (see the module docstring).
-    `texts` are the requests' texts for `on_request`; `on_token(index, token_id)` sees every token as decoded."""
-    from obliviate.guards import routing_hooks
+    `texts` are the requests' texts for `on_request` (default: each prompt decoded without special tokens);
+    `guards=None` means the guards attached to the model (`obliviate.guards.attach`), if any;
+    `on_token(index, token_id)` sees every token as decoded."""
+    from obliviate.guards import attached, routing_hooks
 
+    guards = attached(model) if guards is None else list(guards)
+    if guards and texts is None:
+        texts = [tok.decode(p, skip_special_tokens=True) for p in prompts]
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[Reply | None] = [None] * len(prompts)
@@ -193,7 +210,7 @@ def decode(model, tok, prompts: list[list[int]], *, texts: list[str] | None = No
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 48, batch_size: int = 64,
-             guards=(), texts: list[str] | None = None) -> list[str]:
+             guards=None, texts: list[str] | None = None) -> list[str]:
     """Greedy continuations of token-id prompts, decoded without special tokens, in the input order."""
     return [r.text for r in decode(model, tokenizer, prompts, texts=texts, guards=guards,
                                    max_new_tokens=max_new_tokens, batch_size=batch_size)]

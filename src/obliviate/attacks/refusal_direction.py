@@ -46,6 +46,7 @@ import torch
 from obliviate.attacks import ATTACKS, Attack, AuditContext, refusal_rate
 from obliviate.errors import UsageError
 from obliviate.generation import left_pad
+from obliviate.models.encode import post_instruction_tokens  # noqa: F401  (re-exported)
 from obliviate.models.anatomy import anatomy, decoder_layers, embeddings, probe_forward, write_projections
 
 
@@ -183,17 +184,6 @@ def refusal_score(logp: torch.Tensor, refusal_ids: list[int]) -> torch.Tensor:
     """Log-odds of the refusal tokens per prompt: log p - log(1 - p)."""
     lp = torch.logsumexp(logp[:, refusal_ids], -1)
     return lp - torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
-
-
-def post_instruction_tokens(tok) -> int:
-    """How many template tokens follow the user's text (the common suffix of two chat prompts)."""
-    from obliviate.models.encode import prompt_ids
-
-    a, b = prompt_ids(tok, "alpha beta"), prompt_ids(tok, "gamma")
-    n = 0
-    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
-        n += 1
-    return max(1, n)
 
 
 @ATTACKS.register("refusal_direction")

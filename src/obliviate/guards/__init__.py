@@ -84,8 +84,46 @@ class Guard:
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         return None
 
+    def report(self, model, tok, inputs: dict) -> dict:
+        """Figures of the fitted guard on held-out data (`guard fit` prints them and keeps them in guard.json)."""
+        return {}
+
     def options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+@torch.no_grad()
+def hidden_at(model, seqs: list[list[int]], pos: int = -1, pad_id: int = 0, max_tokens: int = 8192) -> torch.Tensor:
+    """[N, L+1, d] float32: every layer's residual stream (hidden_states; 0 = embeddings) at position `pos` of each
+    token sequence (negative: from the end), in batches of at most `max_tokens` padded tokens."""
+    from obliviate.generation import left_pad
+
+    device, out, order = next(model.parameters()).device, [None] * len(seqs), sorted(range(len(seqs)),
+                                                                                        key=lambda i: len(seqs[i]))
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and (j + 1 - i) * len(seqs[order[j]]) <= max_tokens:
+            j += 1
+        idx = order[i:j]
+        ids, mask = left_pad([seqs[k] for k in idx], pad_id, device)
+        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        states = torch.stack([h[:, pos] for h in hs], 1).float().cpu()
+        for r, k in enumerate(idx):
+            out[k] = states[r]
+        i = j
+    return torch.stack(out)
+
+
+def youden_threshold(scores, labels) -> float:
+    """The score threshold that maximises Youden's J (TPR - FPR) on (scores, labels), as sklearn's roc_curve
+    lists them; flag when score >= threshold."""
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(np.asarray(labels), np.asarray(scores))
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thr[best], np.max(scores)))
 
 
 def save_guard(guard: Guard, out: Path, extra: dict | None = None) -> Path:
@@ -111,6 +149,14 @@ def save_guard(guard: Guard, out: Path, extra: dict | None = None) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_guard_dirs(paths) -> None:
+    """Fail fast (before any model loads) on a --guard that is not a guard directory."""
+    for p in paths:
+        if not (Path(p) / "guard.json").is_file():
+            raise UsageError(f"--guard {p}: not a guard directory (no guard.json; make one with `obliviate guard "
+                             "fit`)")
 
 
 def load_guard(path: str | Path, model=None, tok=None) -> Guard:
@@ -148,6 +194,17 @@ def make_guard(name: str, options: dict | None = None) -> type[Guard]:
     load_all()
     cls = GUARDS.get(name)
     return cls, cast_options(cls, options or {}, f"guard {name}")
+
+
+def attach(model, guards) -> None:
+    """Make `guards` the model's default guards: every `generate` / `decode` call on it, and the teacher-forced
+    passes of `evaluate` (prefill-time guards), apply them. This is how `--guard DIR` reaches the metrics and
+    attacks, including those that train the weights (relearn, finetune): the guard stays on at generation."""
+    model.obliviate_guards = list(guards)
+
+
+def attached(model) -> list:
+    return list(getattr(model, "obliviate_guards", None) or [])
 
 
 def load_all() -> None:

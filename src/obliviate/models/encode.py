@@ -22,6 +22,26 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def post_instruction_tokens(tok) -> int:
+    """How many template tokens follow the user's text (the common suffix of two chat prompts): the assistant
+    header, e.g. "<|im_end|>\\n<|im_start|>assistant\\n". Position -(n + 1) of a prompt is the last instruction token."""
+    # texts that end in different characters (a letter, "?", a digit), so that no piece of the user's text is
+    # common to all of them; the shortest common suffix over the pairs is the template's
+    ps = [prompt_ids(tok, t) for t in ("alpha beta", "gamma?", "7")]
+    n_min = None
+    for a, b in zip(ps, ps[1:]):
+        n = 0
+        while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+            n += 1
+        n_min = n if n_min is None else min(n_min, n)
+    return max(1, n_min)
+
+
+def assistant_header(tok) -> list[int]:
+    """The post-instruction tokens themselves: what a chat template puts between a user's text and a reply."""
+    return prompt_ids(tok, "7")[-post_instruction_tokens(tok):]
+
+
 def answer_ids(tokenizer, answer: str) -> list[int]:
     return tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 

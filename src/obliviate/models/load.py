@@ -22,8 +22,10 @@ def check_model_dir(path: str, *, local_only: bool = False) -> None:
 
 
 def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
-               require_chat_template: bool = True):
-    """Return (model, tokenizer). A local path that is not a model directory is a UsageError (exit 2)."""
+               require_chat_template: bool = True, guards=()):
+    """Return (model, tokenizer). A local path that is not a model directory is a UsageError (exit 2).
+    `guards`: guard directories (`obliviate guard fit`) attached to the model, so that generation and the
+    teacher-forced metrics apply them (`obliviate.guards.attach`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -47,7 +49,12 @@ def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_
         raise UsageError(f"tokenizer of {path!r} has no eos token; cannot mark the end of answers")
     if require_chat_template and getattr(tok, "chat_template", None) is None:
         raise UsageError(f"tokenizer of {path!r} has no chat template; obliviate formats QA as chat turns")
-    return model.to(device), tok
+    model = model.to(device)
+    if guards:
+        from obliviate.guards import attach, load_guard
+
+        attach(model, [load_guard(g, model, tok) for g in guards])
+    return model, tok
 
 
 LORA_ALPHA = 16
