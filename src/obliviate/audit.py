@@ -63,7 +63,7 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
               time_budget: float | None = None, progress: bool = True, layout: str | None = None,
               forget: Path | None = None, retain: Path | None = None, holdout: Path | None = None,
               harmful: list[str] = (), benign: list[str] = (), harmful_responses: Path | None = None,
-              judges: list[str] | None = None, max_new_tokens: int = 48) -> dict:
+              judges: list[str] | None = None, max_new_tokens: int = 48, guards: list[str] = ()) -> dict:
     from rich.console import Console
 
     from obliviate.attacks import AuditContext
@@ -104,7 +104,7 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
                 continue
             start, entry = time.perf_counter(), {}
             for role, path in roles.items():
-                net, tok = load_model(path, require_chat_template=True)
+                net, tok = load_model(path, require_chat_template=True, guards=guards if role == "model" else ())
                 ctx.role, ctx.out = role, o / "artifacts" / name / role
                 entry[role] = attack.run(ctx, net, tok)
             entry["seconds"] = round(time.perf_counter() - start, 2)
@@ -112,7 +112,7 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
             console.log(f"{name}: {entry['seconds']:.1f} s")
         config = {"model": model, "suite": suite, "data": str(data) if data else None, "oracle": oracle,
                   "target": target, "forget_split": forget_split, "seed": seed, "limit": limit,
-                  "max_new_tokens": max_new_tokens, **info, "options": {n: a.__dict__ for n, a in todo.items()}}
+                  "max_new_tokens": max_new_tokens, "guards": list(guards), **info, "options": {n: a.__dict__ for n, a in todo.items()}}
         doc = results_document(config, {}, {}, {"attacks": results, "skipped": skipped,
                                                 "wall_seconds": round(time.perf_counter() - t0, 1)})
         doc.pop("results"), doc.pop("higher_is_better"), doc.pop("n_samples")
@@ -150,6 +150,10 @@ def report(doc: dict) -> str:
     else:
         head[-1] += ("Recovery on the audited model beyond the oracle's means the knowledge was suppressed, "
                      "not removed.")
+    if cfg.get("guards"):
+        head += ["", f"Guards on the audited model: {', '.join(f'`{g}`' for g in cfg['guards'])}. Attacks that "
+                 "train (relearn, finetune) and the white-box ones (refusal_direction, representation) act on the "
+                 "model's weights; the guards stay applied at generation and in the teacher-forced passes."]
     lines = head + [""]
     for name, entry in doc["attacks"].items():
         roles = [r for r in ("model", "oracle", "target") if r in entry]

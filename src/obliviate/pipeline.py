@@ -237,7 +237,7 @@ def run_unlearn(model: str, forget: Path, retain: Path, method: str, out: Path, 
 
 
 def run_eval(runs: dict[str, str], data: Path, out: Path, *, oracle: str | None = None,
-             forget_split: str = "forget10", suite: str = "world") -> dict:
+             forget_split: str = "forget10", suite: str = "world", guards: list[str] = ()) -> dict:
     """Evaluate named model directories (and the oracle, first) and write results.json / samples.jsonl / report."""
     from obliviate.data.schema import write_jsonl
     from obliviate.evaluate import metrics_from_rows, sample_rows, score_model
@@ -256,13 +256,14 @@ def run_eval(runs: dict[str, str], data: Path, out: Path, *, oracle: str | None 
         console = Console(stderr=True, log_path=False)
         for name, path in models.items():
             console.log(f"evaluating {name} ({path})")
-            net, tok = load_model(path)
+            net, tok = load_model(path, guards=() if name == "oracle" else guards)
             rows = score_model(net, tok, splits)
             if name == "oracle":
                 oracle_rows = rows
             results[name] = metrics_from_rows(rows, oracle_rows)
             samples += sample_rows(name, rows)
-        doc = results_document({"data": str(data), "suite": suite, "forget_split": forget_split, "models": models},
+        doc = results_document({"data": str(data), "suite": suite, "forget_split": forget_split, "models": models,
+                                "guards": list(guards)},
                                results,
                                {s: len(v) for s, v in splits.items()})
         write_jsonl(o / "samples.jsonl", samples)

@@ -55,10 +55,15 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
           max_new_tokens: int = typer.Option(48, help="reply length generated and judged"),
           time_budget: Optional[float] = typer.Option(None, help="seconds; attacks not started by then are "
                                                                  "skipped and listed"),
+          guard: List[Path] = typer.Option([], "--guard", help="a guard directory (`obliviate guard fit`) on the "
+                                           "audited model: attacks that train run on its weights with the guard "
+                                           "still applied at generation (repeatable)"),
           seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Attack MODEL to tell removed from suppressed knowledge, and real refusals from shallow ones."""
     from obliviate.audit import report, run_audit
+    from obliviate.guards import check_guard_dirs
 
+    check_guard_dirs(guard)
     if limit is not None and limit < 1:
         raise UsageError("--limit must be >= 1")
     set_threads(threads)
@@ -68,6 +73,6 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
                     time_budget=time_budget, layout=layout, forget=forget, retain=retain, holdout=holdout,
                     harmful=harmful, benign=benign, harmful_responses=harmful_responses,
                     judges=[j.strip() for j in judges.split(",") if j.strip()] if judges else None,
-                    max_new_tokens=max_new_tokens)
+                    max_new_tokens=max_new_tokens, guards=[str(g) for g in guard])
     typer.echo(report(doc))
     typer.echo(f"wrote {out}/audit.json, audit.md ({doc['wall_seconds']} s)")

@@ -10,9 +10,19 @@ import typer
 from obliviate.errors import UsageError
 
 
-def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks | metrics | suites")):
-    """List registered methods, refusal methods, attacks, metrics or suites, one per line."""
-    if what == "attacks":
+def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks | guards | metrics | suites")):
+    """List registered methods, refusal methods, attacks, guards, metrics or suites, one per line."""
+    if what == "guards":
+        from dataclasses import fields
+
+        from obliviate.guards import GUARDS, load_all
+
+        load_all()
+        for name, cls in GUARDS.items():
+            opts = ", ".join(f"{f.name}={f.default}" for f in fields(cls) if not f.name.startswith("_"))
+            typer.echo(f"{name:10s} {cls.suite:10s} {cls.description}")
+            typer.echo(f"{'':10s} {'':10s} options: {opts or 'none'}")
+    elif what == "attacks":
         from obliviate.attacks import ATTACKS
 
         for name, cls in ATTACKS.items():
@@ -38,7 +48,8 @@ def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks
         for name, m in METRICS.items():
             typer.echo(f"{name:28s} {arrow[m.higher_is_better]:6s} {m.description}")
     else:
-        raise UsageError(f"unknown listing {what!r}; use 'methods', 'refusal-methods', 'attacks', 'metrics' or 'suites'")
+        raise UsageError(f"unknown listing {what!r}; use 'methods', 'refusal-methods', 'attacks', 'guards', "
+                         "'metrics' or 'suites'")
 
 
 def env():

@@ -116,9 +116,14 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
                      temperature: float = typer.Option(1.0, help="refusal-token models: softmax temperature"),
                      limit: Optional[int] = typer.Option(None, help="at most N rows per evaluation set (quick look)"),
                      max_new_tokens: int = typer.Option(48, help="reply length judged"),
+                     guard: List[Path] = typer.Option([], "--guard", help="a guard directory (`obliviate guard "
+                                                      "fit`) applied to every model at generation (repeatable)"),
                      seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Refusal, over-refusal and refusal at prefill depths: on a world (--data), or on public prompt sets
     (--harmful / --benign KIND:FILE, per category), for any chat model."""
+    from obliviate.guards import check_guard_dirs
+
+    check_guard_dirs(guard)
     from obliviate.data.schema import write_jsonl
     from obliviate.models.load import load_model
     from obliviate.pipeline import check_out_not_input, fresh_output, results_document, write_json
@@ -156,7 +161,7 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
     with fresh_output(out) as o:
         results, samples, extra = {}, [], {}
         for name, path in runs.items():
-            net, tok = load_model(path, require_chat_template=not no_chat_template)
+            net, tok = load_model(path, require_chat_template=not no_chat_template, guards=[str(g) for g in guard])
             g = gen if control_ids(tok)[0] is not None else None
             if public:
                 m, s, e = evaluate_public(net, tok, rows, judge.refused, depths=depth_list,
@@ -171,7 +176,7 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
             typer.echo(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None))
             for kind, rates in e.get("by_category", {}).items():
                 typer.echo(f"  {kind:8s} " + ", ".join(f"{c} {v:.2f}" for c, v in rates.items()))
-        doc = results_document(config | {"models": runs, "tau": tau, "temperature": temperature, "limit": limit,
+        doc = results_document(config | {"models": runs, "guards": [str(g) for g in guard], "tau": tau, "temperature": temperature, "limit": limit,
                                          "max_new_tokens": max_new_tokens}, results, {}, extra)
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)

@@ -82,12 +82,17 @@ def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat,
              oracle: Optional[str] = typer.Option(None, help="oracle model directory (forget quality, privleak)"),
              forget_split: str = typer.Option("forget10"),
              suite: str = typer.Option("world", help="how to read --data: world or tofu"),
+             guard: List[Path] = typer.Option([], "--guard", help="a guard directory (`obliviate guard fit`) "
+                                              "applied to the evaluated models, not the oracle (repeatable)"),
              threads: Optional[int] = typer.Option(None)):
     """Evaluate models on the forget / retain / world-facts / holdout splits."""
+    from obliviate.guards import check_guard_dirs
     from obliviate.pipeline import run_eval
 
+    check_guard_dirs(guard)
     set_threads(threads)
-    doc = run_eval(named_runs(model), data, out, oracle=oracle, forget_split=forget_split, suite=suite)
+    doc = run_eval(named_runs(model), data, out, oracle=oracle, forget_split=forget_split, suite=suite,
+                   guards=[str(g) for g in guard])
     from obliviate.report.markdown import table
 
     typer.echo(table(doc))
