@@ -15,6 +15,7 @@ import sys
 import typer
 
 from obliviate.cli import audit, benchmarks, data, demo, info, judge, models, refusal, unlearning
+from obliviate.cli import serve
 from obliviate.errors import UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -30,6 +31,7 @@ COMMANDS = [
     (refusal.align, None), (refusal.refusal_eval_cmd, "refusal-eval"), (refusal.calibrate, None),
     (audit.audit, None),
     (info.ls, "ls"), (info.env, None),
+    (serve.serve, None),
 ]
 for func, name in COMMANDS:
     app.command(name)(func)
