@@ -81,6 +81,13 @@ class Guard:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {}
 
+    def state(self) -> dict:
+        """JSON-able learned state that is not a tensor (e.g. a TF-IDF vocabulary), kept in guard.json."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        return None
+
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         return None
 
@@ -137,7 +144,8 @@ def save_guard(guard: Guard, out: Path, extra: dict | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".guard-", dir=out.parent))
     try:
-        doc = {"guard": guard.name, "format_version": FORMAT_VERSION, "options": guard.options(), **(extra or {})}
+        doc = {"guard": guard.name, "format_version": FORMAT_VERSION, "options": guard.options(),
+               "state": guard.state(), **(extra or {})}
         (tmp / "guard.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
         tensors = {k: v.detach().cpu().contiguous() for k, v in guard.tensors().items()}
         if tensors:
@@ -177,6 +185,7 @@ def load_guard(path: str | Path, model=None, tok=None) -> Guard:
     if unknown:
         raise UsageError(f"{spec}: unknown option {unknown[0]!r} for guard {name}")
     guard = cls(**options)
+    guard.load_state(doc.get("state") or {})
     weights = path / "tensors.safetensors"
     if weights.is_file():
         from safetensors.torch import load_file

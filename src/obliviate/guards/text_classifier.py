@@ -1,0 +1,65 @@
+"""A small prompt classifier for guards: TF-IDF n-grams + logistic regression (scikit-learn), stored as JSON.
+
+Used by ECO's and GUARD's gates (character n-grams, since the names in a prompt decide whether it touches the
+forget target) and by the prompt-refusal predictor (word 1-3-grams). Its state (vocabulary, idf, weights) goes
+into guard.json, so a guard directory holds no pickle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class TfidfLogistic:
+    def __init__(self, analyzer: str = "char_wb", ngram: tuple[int, int] = (2, 5), C: float = 10.0):
+        self.analyzer, self.ngram, self.C = analyzer, tuple(ngram), C
+        self._vec = self._clf = None
+
+    def _vectorizer(self, vocabulary=None):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        return TfidfVectorizer(analyzer=self.analyzer, ngram_range=self.ngram, sublinear_tf=True, lowercase=True,
+                               vocabulary=vocabulary)
+
+    def fit(self, texts: list[str], labels: list[int]) -> "TfidfLogistic":
+        from sklearn.linear_model import LogisticRegression
+
+        self._vec = self._vectorizer()
+        X = self._vec.fit_transform(texts)
+        self._clf = LogisticRegression(C=self.C, max_iter=5000, class_weight="balanced").fit(X, labels)
+        return self
+
+    def proba(self, texts: list[str]) -> np.ndarray:
+        """P(label 1) per text."""
+        X = self._vec.transform(texts)
+        return 1.0 / (1.0 + np.exp(-(X @ self._coef + self._b)))
+
+    @property
+    def _coef(self) -> np.ndarray:
+        return self._clf.coef_[0] if hasattr(self._clf, "coef_") else self._clf["coef"]
+
+    @property
+    def _b(self) -> float:
+        return float(self._clf.intercept_[0]) if hasattr(self._clf, "intercept_") else self._clf["intercept"]
+
+    def state(self) -> dict:
+        vocab = sorted(self._vec.vocabulary_, key=self._vec.vocabulary_.get)
+        return {"analyzer": self.analyzer, "ngram": list(self.ngram), "C": self.C, "vocabulary": vocab,
+                "idf": self._vec.idf_.tolist(), "coef": [float(x) for x in self._coef], "intercept": self._b}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TfidfLogistic":
+        self = cls(state["analyzer"], tuple(state["ngram"]), state["C"])
+        self._vec = self._vectorizer({t: i for i, t in enumerate(state["vocabulary"])})
+        self._vec.idf_ = np.asarray(state["idf"])
+        self._clf = {"coef": np.asarray(state["coef"]), "intercept": float(state["intercept"])}
+        return self
+
+
+def conformal_threshold(positive_scores, miss_rate: float) -> float:
+    """Split-conformal threshold (Vovk et al. 2005; Angelopoulos & Bates 2021, Sec. 1): flagging scores >= t
+    misses at most `miss_rate` of new positives, in expectation, when the calibration scores are exchangeable with
+    them. t is the floor(miss_rate * (n + 1))-th smallest calibration score (the smallest one when that is 0)."""
+    s = np.sort(np.asarray(positive_scores, dtype=float))
+    k = int(np.floor(miss_rate * (len(s) + 1)))
+    return float(s[max(k, 1) - 1])
