@@ -61,7 +61,7 @@ class EosAt(Guard):
     at: int = 2
     eos: int = 2
 
-    def process_logits(self, step, ids, logits):
+    def process_logits(self, step, ids, logits, rows):
         if step == self.at:
             logits[:] = float("-inf")
             logits[:, self.eos] = 0.0
@@ -84,7 +84,7 @@ class Recorder(Guard):
         self.calls.append(("embeddings", tuple(embeds.shape)))
         return embeds
 
-    def process_logits(self, step, ids, logits):
+    def process_logits(self, step, ids, logits, rows):
         self.calls.append(("logits", step, ids.shape[1]))
         return logits
 
@@ -143,7 +143,7 @@ class Ban(Guard):
     name = "ban"
     token: int = 0
 
-    def process_logits(self, step, ids, logits):
+    def process_logits(self, step, ids, logits, rows):
         logits[:, self.token] = float("-inf")
         return logits
 

@@ -9,7 +9,7 @@ length, left-padded, so position -1 is every row's next-token position):
     taps() + on_prefill(hidden, rows, s)  after prefill: hidden {(layer, pos): [B, d]} of the prompt at the taps
                                           ([B, T, d] for pos None) (latent guard); `s` is the Session, whose
                                           prompt_ids [B, T] it may read, and which may also probe or halt (ADA)
-    process_logits(step, ids, logits)     every step: logits [B, V] may be edited (GUARD)
+    process_logits(step, ids, logits, rows)  every step: logits [B, V] may be edited (GUARD); ids [B, step]
     on_step(step, ids, session)           every `guard.every` tokens: may probe the cache (ADA) and halt rows
     on_finish(text, row)                  last word on the text: may halt
     edit_routing(layer, router_logits)    MoE routers (expert steering), installed for the whole call
@@ -152,7 +152,7 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
     stepped = [g for g in _hooked(guards, "on_step") if getattr(g, "every", 0) > 0]
     for step in range(max_new_tokens):
         for g in _hooked(guards, "process_logits"):
-            logits = g.process_logits(step, gen, logits)
+            logits = g.process_logits(step, gen, logits, rows)
         nxt = logits.argmax(-1)
         live = ~done & session.active.to(device)
         nxt = torch.where(live, nxt, torch.full_like(nxt, pad if pad is not None else 0))

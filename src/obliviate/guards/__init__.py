@@ -57,7 +57,7 @@ class Guard:
     def on_prefill(self, hidden: dict, rows, session) -> None:
         return None
 
-    def process_logits(self, step: int, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def process_logits(self, step: int, ids: torch.Tensor, logits: torch.Tensor, rows) -> torch.Tensor:
         return logits
 
     def on_step(self, step: int, ids: torch.Tensor, session) -> None:
