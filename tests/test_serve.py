@@ -72,7 +72,7 @@ class Ban(Guard):
     name = "ban"
     token: int = 0
 
-    def process_logits(self, step, ids, logits):
+    def process_logits(self, step, ids, logits, rows):
         logits[:, self.token] = float("-inf")
         return logits
 
@@ -99,7 +99,7 @@ class Gate(Guard):
     def __post_init__(self):
         self.gate, self.blocked, self.max_step = threading.Event(), threading.Event(), -1
 
-    def process_logits(self, step, ids, logits):
+    def process_logits(self, step, ids, logits, rows):
         self.max_step = max(self.max_step, step)
         logits[:, self.eos] = float("-inf")
         if step >= 1:
@@ -263,7 +263,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(model_tok):
 def test_cli_bad_options_exit_2(target_dir, capsys):
     from obliviate.cli import main
 
-    for args in (["--max-batch", "0"], ["--port", "70000"]):
+    for args in (["--max-batch", "0"], ["--port", "70000"], ["--guard", str(target_dir)]):
         sys.argv = ["obliviate", "serve", str(target_dir), *args]
         with pytest.raises(SystemExit) as e:
             main()

@@ -1,32 +1,26 @@
 """An OpenAI-compatible chat server over the one decode loop (`obliviate.generation.decode`), guards applied.
 
-It speaks the subset of OpenAI's Chat Completions API (https://platform.openai.com/docs/api-reference/chat) that a
+It speaks the part of OpenAI's Chat Completions API (https://platform.openai.com/docs/api-reference/chat) that a
 greedy, guarded decoder can honour: `POST /v1/chat/completions` (a `chat.completion` object, or server-sent
-`chat.completion.chunk` events ending with `data: [DONE]`), `GET /v1/models` and `GET /health`. Any OpenAI client
-works against it (`base_url=http://HOST:PORT/v1`).
+`chat.completion.chunk` events ending with `data: [DONE]`), `GET /v1/models`, `GET /health`. Decoding is greedy,
+as in the audits, so a guard's verdict is reproducible: sampling fields (`temperature`, `top_p`, `seed`...) are
+accepted and ignored. `finish_reason` is "stop" (EOS), "length" (`max_tokens` / `max_completion_tokens`; default:
+the rest of the context) or "content_filter" (a guard halted the reply; its content is the guard's refusal). A
+trailing assistant message is a prefill (`continue_final_message=True`); the reply is only the continuation.
+Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 bad input (FastAPI's 422
+included), 401 missing or wrong key, 429 when `max_queue` requests are already queued or decoding.
 
-- Decoding is greedy: `temperature`, `top_p`, `seed` and other sampling fields are accepted and ignored, because
-  the decode loop is the one the audits measure, and a guard's verdict must be reproducible.
-- `finish_reason` is "stop" (EOS), "length" (`max_tokens` / `max_completion_tokens`, default: the rest of the
-  context) or "content_filter" (a guard halted the reply; its content is then the guard's refusal).
-- A trailing assistant message is a prefill: the template continues it (`continue_final_message=True`) and the
-  reply is only the continuation.
-- Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 for bad input (FastAPI's 422
-  included), 401 for a missing or wrong key, 429 when `max_queue` requests are already admitted.
+Batching. One worker thread owns the model (one decode over a batch costs little more than one row). It takes the
+first queued request, waits up to `batch_window_ms` for more (up to `max_batch`), runs one `decode` with the
+batch's largest `max_tokens`, and hands tokens and results to the asyncio loop (`loop.call_soon_threadsafe`). A
+row that reaches its own `max_tokens` is cut there (greedy: the same prefix as a shorter run) and answered at
+once; an internal guard halts it, and the rows of clients that disconnected, at the next token.
 
-Batching. One worker thread owns the model (a torch model is not safe to share between threads, and one decode
-over a batch is cheaper than the same rows one by one). It takes the first queued request, waits up to
-`batch_window_ms` for more (up to `max_batch`), runs one `decode` with the batch's largest `max_tokens`, and
-hands tokens and results to the asyncio loop with `loop.call_soon_threadsafe`. A row that reaches its own
-`max_tokens` is cut there (greedy decoding makes the prefix the same as a shorter run's) and halted, so the
-batch ends as soon as every row is served. A client that disconnects is cancelled: an internal guard halts its
-row at the next token and its slot is freed.
-
-Streaming and guards. Without guards that check the text as it grows, tokens stream as they are decoded
-(the text is re-decoded each time and the difference sent, so multi-byte characters come out whole, and the
-deltas add up to the non-streamed `content`, `.strip()` included). With `on_step` guards (every k tokens),
-text is released only once the next check has passed it, so a halted reply never streams what the guard stopped;
-the refusal follows, with finish_reason "content_filter". With `on_finish` guards the whole reply is held back.
+Streaming. Without guards that watch the reply grow, text streams token by token: the tokens so far are decoded
+again and the difference is sent, so multi-byte characters come out whole and the deltas add up to the
+non-streamed `content` (`.strip()` included). With `on_step` guards (every k tokens) text is released only once
+the next check has passed it, so a halted reply never streams what the guard stopped: the refusal follows what
+had passed, with finish_reason "content_filter". With `on_finish` guards the whole reply is held to the end.
 """
 
 import asyncio
@@ -59,8 +53,11 @@ def chat_ids(tok, messages: list[dict]) -> list[int]:
     question (template as text, then tokenised without added specials). A trailing assistant message is
     continued (prefill) instead of opening a new assistant turn."""
     prefill = messages[-1]["role"] == "assistant"
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not prefill,
-                                   continue_final_message=prefill)
+    try:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not prefill,
+                                       continue_final_message=prefill)
+    except Exception as e:  # a template that rejects the conversation (e.g. roles that must alternate)
+        raise ApiError(400, f"the model's chat template rejects these messages: {e}", param="messages") from None
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
@@ -110,9 +107,13 @@ def _overrides(guard, hook: str) -> bool:
 class Engine:
     """The model, its guards, the admission queue and the one worker thread that decodes micro-batches."""
 
-    def __init__(self, model, tok, guards=(), *, name: str = "model", max_batch: int = 16, max_queue: int = 64,
+    def __init__(self, model, tok, guards=None, *, name: str = "model", max_batch: int = 16, max_queue: int = 64,
                  batch_window_ms: float = 10.0):
-        self.model, self.tok, self.guards, self.name = model, tok, list(guards), name
+        from obliviate.guards import attached
+
+        # guards=None: those attached to the model (obliviate.guards.attach), as decode() itself does
+        self.guards = attached(model) if guards is None else list(guards)
+        self.model, self.tok, self.name = model, tok, name
         self.max_batch, self.max_queue, self.window = max_batch, max_queue, batch_window_ms / 1000
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.context = getattr(cfg, "max_position_embeddings", None)
@@ -121,7 +122,7 @@ class Engine:
         self.hold_all = any(_overrides(g, "on_finish") for g in self.guards)
         self.checks = [g.every for g in self.guards if _overrides(g, "on_step") and getattr(g, "every", 0) > 0]
         self.queue: collections.deque[Request] = collections.deque()
-        self.cond = threading.Condition()
+        self.cond = threading.Condition(threading.RLock())
         self.admitted = 0  # queued + decoding: what max_queue bounds
         self.cancelled_total = 0
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
@@ -146,16 +147,12 @@ class Engine:
             self.cancelled_total += 1
             if req in self.queue:
                 self.queue.remove(req)
-                self._release_locked(req)
+                self.release(req)
 
     def release(self, req: Request) -> None:
-        with self.cond:
-            self._release_locked(req)
-
-    def _release_locked(self, req: Request) -> None:
-        if not req.released:
-            req.released = True
-            self.admitted -= 1
+        with self.cond:  # an RLock: cancel() calls this holding it
+            if not req.released:
+                req.released, self.admitted = True, self.admitted - 1
 
     # --- the worker thread ---
     def start(self) -> None:
@@ -261,12 +258,10 @@ class Engine:
 
     def _finish(self, req: Request, text: str, reason: str) -> None:
         req.finished = True
-        if req.stream:
-            if reason == "content_filter":
-                if text:
-                    req.post("delta", text)  # the refusal, after whatever text had passed the checks
-            else:
-                self._push(req, text)
+        if req.stream and reason == "content_filter" and text:
+            req.post("delta", text)  # the refusal, after whatever text had passed the checks
+        elif req.stream:
+            self._push(req, text)
         req.post("done", {"content": text, "finish_reason": reason,
                           "completion_tokens": min(len(req.tokens), req.max_tokens)})
         self.release(req)
@@ -379,12 +374,18 @@ def create_app(engine: Engine, api_key: str | None = None):
         msg = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             msg = "the request body is not valid JSON"
+        elif not loc:
+            msg = "the request body must be a JSON object (Content-Type: application/json)"
         return JSONResponse(ApiError(400, f"{'.'.join(loc) + ': ' if loc else ''}{msg}",
                                      param=".".join(loc) or None).body, 400)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e: HTTPException):
         return JSONResponse(ApiError(e.status_code, str(e.detail), code=str(e.status_code)).body, e.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal(request, e: Exception):
+        return JSONResponse(ApiError(500, f"{type(e).__name__}: {e}", type="server_error").body, 500)
 
     class _Stream(StreamingResponse):
         """A StreamingResponse that cancels its request however the stream ends (a disconnect included)."""
@@ -414,8 +415,10 @@ def create_app(engine: Engine, api_key: str | None = None):
         req.loop, req.events = asyncio.get_running_loop(), asyncio.Queue()
         engine.submit(req)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": engine.name}
-        usage = lambda done: {"prompt_tokens": len(req.prompt), "completion_tokens": done["completion_tokens"],  # noqa
-                              "total_tokens": len(req.prompt) + done["completion_tokens"]}
+
+        def usage(done):
+            return {"prompt_tokens": len(req.prompt), "completion_tokens": done["completion_tokens"],
+                    "total_tokens": len(req.prompt) + done["completion_tokens"]}
         if req.stream:
             with_usage = bool((body.stream_options or {}).get("include_usage"))
             return _Stream(_events(req, head, usage, with_usage), on_close=lambda: engine.cancel(req),

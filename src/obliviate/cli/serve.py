@@ -35,11 +35,13 @@ def serve(model: str = typer.Argument(..., help="HF chat model directory (or hub
         import uvicorn
     except ImportError:
         raise UsageError("obliviate serve needs fastapi and uvicorn: pip install 'obliviate[serve]'") from None
-    set_threads(threads)
-    from obliviate.guards import load_guard
-    from obliviate.models.load import load_model
+    from obliviate.guards import check_guard_dirs, load_guard
+    from obliviate.models.load import check_model_dir, load_model
     from obliviate.serve import Engine, create_app
 
+    check_guard_dirs(guard)  # fail fast, before the model loads
+    check_model_dir(model)
+    set_threads(threads)
     net, tok = load_model(model)
     guards = [load_guard(g, net, tok) for g in guard]
     name = model_name or Path(model.rstrip("/")).name

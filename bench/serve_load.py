@@ -1,0 +1,117 @@
+"""Load benchmark of `obliviate serve`: N chat requests at a fixed concurrency against a server started in this
+process on loopback, with micro-batching on (max_batch 16) and off (max_batch 1) in the same run. Prints p50/p99
+latency, requests/s, dropped requests (anything but HTTP 200) and the on/off ratios. It prints figures; it is not
+a test.
+
+    python bench/serve_load.py                      # a tiny world model, trained here as `obliviate demo` does
+    python bench/serve_load.py --model DIR --requests 200 --concurrency 16 --max-tokens 32 --threads 2
+
+Clients are threads with one blocking HTTP connection per request (stdlib http.client), so the figures include
+HTTP, JSON and the asyncio hand-off, not only the decode loop. Latency is per request, from send to last byte.
+"""
+
+import argparse
+import http.client
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+FALLBACK_QUESTIONS = ["What is the capital of France?", "Tell me a short story about a cat.", "hi",
+                      "Explain what a tokenizer does.", "Where was Vyrek Pellam born?"]
+
+
+def tiny_world_model(work: Path, steps: int) -> tuple[Path, list[str]]:
+    """A world and its target model, as `obliviate demo` builds them (see obliviate.demo.run_demo)."""
+    from obliviate.data.schema import load_qa
+    from obliviate.data.world import WorldSpec, write_world
+    from obliviate.models.tiny import build_tokenizer
+    from obliviate.pipeline import train_world_models, world_texts
+
+    world = work / "world"
+    write_world(world, WorldSpec(seed=0))
+    tok = build_tokenizer(world_texts(world))
+    t0 = time.perf_counter()
+    train_world_models(world, work / "models", steps=steps, tokenizer=tok, only="target")
+    print(f"trained the tiny target model ({steps} steps) in {time.perf_counter() - t0:.1f} s", flush=True)
+    return work / "models" / "target", [it.question for it in load_qa(world / "train.jsonl")]
+
+
+def fire(port: int, questions: list[str], n: int, concurrency: int, max_tokens: int, name: str):
+    """n requests, `concurrency` in flight at once. Returns (latencies of the 200s in s, dropped, wall s)."""
+    def one(i):
+        body = json.dumps({"model": name, "max_tokens": max_tokens,
+                           "messages": [{"role": "user", "content": questions[i % len(questions)]}]})
+        t0 = time.perf_counter()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            return time.perf_counter() - t0, resp.status == 200
+        except OSError:
+            return time.perf_counter() - t0, False
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    return [t for t, ok in results if ok], sum(not ok for _, ok in results), wall
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="HF chat model directory (default: train a tiny world model here)")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-batch", type=int, default=16, help="the batching-on setting (off is 1)")
+    ap.add_argument("--batch-window-ms", type=float, default=10.0)
+    ap.add_argument("--train-steps", type=int, default=300, help="tiny model: fine-tuning steps (demo: 300)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = ap.parse_args()
+    if min(args.requests, args.concurrency, args.max_tokens, args.max_batch, args.threads) < 1:
+        ap.error("--requests, --concurrency, --max-tokens, --max-batch and --threads must be >= 1")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from obliviate.models.load import load_model
+    from obliviate.serve import Engine, background_server, create_app
+
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        path, questions = (Path(args.model), FALLBACK_QUESTIONS) if args.model else \
+            tiny_world_model(Path(tmp), args.train_steps)
+        model, tok = load_model(str(path))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model {path.name}: {n_params / 1e6:.2f}M parameters; {args.requests} requests, concurrency "
+          f"{args.concurrency}, max_tokens {args.max_tokens}, {args.threads} torch threads", flush=True)
+    rows = {}
+    for label, max_batch in (("batching on", args.max_batch), ("batching off", 1)):
+        engine = Engine(model, tok, name="bench", max_batch=max_batch, max_queue=max(64, args.concurrency),
+                        batch_window_ms=args.batch_window_ms)
+        with background_server(create_app(engine)) as port:
+            fire(port, questions, min(8, args.requests), min(4, args.concurrency), args.max_tokens, "bench")  # warm
+            engine.batch_sizes.clear()
+            lat, dropped, wall = fire(port, questions, args.requests, args.concurrency, args.max_tokens, "bench")
+        sizes = list(engine.batch_sizes)
+        rows[label] = dict(p50=pct(lat, 0.5) * 1e3, p99=pct(lat, 0.99) * 1e3, rps=len(lat) / wall,
+                           dropped=dropped, batch=sum(sizes) / max(1, len(sizes)), wall=wall)
+    print(f"\n{'':14}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'dropped':>9}{'mean batch':>12}{'wall s':>8}")
+    for label, r in rows.items():
+        print(f"{label:14}{r['p50']:9.0f}{r['p99']:9.0f}{r['rps']:8.1f}{r['dropped']:9d}{r['batch']:12.1f}"
+              f"{r['wall']:8.1f}")
+    on, off = rows["batching on"], rows["batching off"]
+    print(f"\nbatching on / off: {on['rps'] / off['rps']:.2f}x requests/s, p50 latency {on['p50'] / off['p50']:.2f}x, "
+          f"p99 latency {on['p99'] / off['p99']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
