@@ -181,6 +181,38 @@ def test_requests_that_arrive_together_are_decoded_in_one_batch(model_tok):
                       "stop" if cut[-1] == tok.eos_token_id else "length")
 
 
+@dataclass
+class LongReply(Guard):
+    """The last word: halts replies longer than `limit` characters."""
+    name = "long_reply"
+    limit: int = 10
+
+    def on_finish(self, text, row):
+        if len(text) > self.limit:
+            row.halted_by, row.refusal = self.name, REFUSAL
+
+
+def test_on_finish_guards_judge_each_reply_cut_to_its_own_budget(model_tok):
+    model, tok = model_tok
+    q = max(QUESTIONS, key=lambda q: len(expected(model, tok, prompt_ids(tok, q)).token_ids))
+    full = expected(model, tok, prompt_ids(tok, q))
+    short = tok.decode(full.token_ids[:3], skip_special_tokens=True).strip()
+    assert len(full.text) > len(short)
+    guard = LongReply(limit=len(short))
+    got = {}
+    with served(model_tok, [guard], max_batch=2, batch_window_ms=10_000) as (engine, client, _):
+        def one(n, stream):
+            got[n] = ask(client, q, stream=stream, max_tokens=n)
+        threads = [threading.Thread(target=one, args=(24, True)), threading.Thread(target=one, args=(3, False))]
+        [t.start() for t in threads]
+        [t.join(60) for t in threads]
+        assert list(engine.batch_sizes) == [2]
+    # the long reply is refused (and nothing of it streamed first); the short cut of the same reply passes
+    assert got[24] == (REFUSAL, "content_filter", 1)
+    alone = expected(model, tok, prompt_ids(tok, q), n=3, guards=[guard], text=q)
+    assert got[3][:2] == (short, "length") == (alone.text, alone.finish_reason)
+
+
 def test_models_health_and_the_api_key(model_tok):
     with served(model_tok, api_key="sekret") as (_, client, port):
         assert raw(port, "GET", "/health")[1]["status"] == "ok"

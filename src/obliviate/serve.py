@@ -238,7 +238,7 @@ class Engine:
 
             text = self._text(req.tokens[:m])
             reason = "stop" if req.tokens and req.tokens[-1] in self.eos else "length"
-            row = Row(0, req.text, dict(rep.scores))
+            row = Row(index=0, text=req.text, scores=dict(rep.scores))
             for g in self.guards:
                 if _overrides(g, "on_finish") and row.halted_by is None:
                     g.on_finish(text, row)
@@ -308,12 +308,12 @@ def prepare(engine: Engine, body) -> Request:
         if bad:
             raise ApiError(400, f"{key} is not supported: this server decodes one greedy reply per request",
                            param=key, code="unsupported_parameter")
-    messages = [{"role": "system" if m.role == "developer" else m.role,
-                 "content": m.content if isinstance(m.content, str) or m.content is None
-                 else "".join(p.text for p in m.content)} for m in body.messages]
+    messages = [{"role": "system" if m.role == "developer" else m.role,  # OpenAI's newer name for system
+                 "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content or [])}
+                for m in body.messages]
     if all(m["role"] != "user" for m in messages):
         raise ApiError(400, "messages must contain a user message", param="messages")
-    prompt = chat_ids(engine.tok, [{**m, "content": m["content"] or ""} for m in messages])
+    prompt = chat_ids(engine.tok, messages)
     text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
     room = (engine.context - len(prompt)) if engine.context else None
     asked = body.max_completion_tokens or body.max_tokens
