@@ -242,6 +242,27 @@ def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
     return out
 
 
+def _reroute(out, edit):
+    """A router's output with its logits edited. A router that returns logits only (a linear gate) leaves the
+    top-k choice to its caller; one that returns (logits, top-k weights, top-k indices) (transformers 5's
+    TopKRouter) has its choice recomputed from the edited logits as softmax -> top-k, re-normalised when the
+    router's own weights were (they sum to 1). Other routers (sigmoid scores, grouped top-k) are refused."""
+    if isinstance(out, torch.Tensor):
+        return edit(out)
+    logits, weights, index = out[0], out[1], out[2]
+    probs = torch.softmax(logits.float(), -1)
+    top = probs.topk(index.shape[-1], -1)
+    renorm = torch.allclose(weights.float().sum(-1), torch.ones_like(weights.float().sum(-1)), atol=1e-4)
+    expect = top.values / top.values.sum(-1, keepdim=True) if renorm else top.values
+    if not torch.allclose(expect, weights.float(), atol=1e-4):
+        raise UsageError("expert steering supports softmax top-k routers; this model's router weights are not "
+                         "softmax -> top-k of its logits")
+    new = edit(logits)
+    top = torch.softmax(new.float(), -1).topk(index.shape[-1], -1)
+    vals = top.values / top.values.sum(-1, keepdim=True) if renorm else top.values
+    return (new, vals.to(weights.dtype), top.indices.to(index.dtype), *out[3:])
+
+
 @contextmanager
 def routing_hooks(model, guards):
     """Install every guard's `edit_routing` on the model's routers for the duration of a decode call."""
@@ -254,11 +275,12 @@ def routing_hooks(model, guards):
                              "mixture-of-experts routers")
         for layer, mod in routers:
             def hook(m, args, out, layer=layer):
-                logits = out if isinstance(out, torch.Tensor) else out[0]
-                for g in routed:
-                    logits = g.edit_routing(layer, logits)
-                return logits if isinstance(out, torch.Tensor) else (logits, *out[1:])
-            handles.append(mod.register_forward_hook(hook))
+                def edit(logits):
+                    for g in routed:
+                        logits = g.edit_routing(layer, logits)
+                    return logits
+                return _reroute(out, edit)
+            handles.append(mod.register_forward_hook(hook, prepend=True))  # before any observer's hook
     try:
         yield
     finally:

@@ -51,6 +51,8 @@ class TinyModelConfig:
     num_heads: int = 4
     intermediate_size: int = 256
     max_positions: int = 128
+    num_experts: int = 0  # > 0: a Mixtral-architecture mixture of experts (expert steering needs one)
+    experts_per_token: int = 2
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -59,8 +61,18 @@ class TinyModelConfig:
 
 def build_model(tokenizer, cfg: TinyModelConfig = TinyModelConfig(), seed: int = 0):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
+    if cfg.num_experts:
+        config = MixtralConfig(
+            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+            max_position_embeddings=cfg.max_positions, num_local_experts=cfg.num_experts,
+            num_experts_per_tok=cfg.experts_per_token, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        )
+        torch.manual_seed(seed)
+        return MixtralForCausalLM(config)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,

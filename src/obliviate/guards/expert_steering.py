@@ -1,0 +1,138 @@
+"""Expert steering for mixture-of-experts models (MoTE: Dahlke et al. 2025, "Mixture of Tunable Experts";
+SteerMoE: Fayyaz et al. 2025, "Steering MoE LLMs via Expert (De)Activation", arXiv:2509.09660).
+
+Fit: the model's own greedy replies to the training prompts are judged (keyword judges GCG + JailbreakBench) as
+refused or complied. For every (layer, expert) the activation frequency is the share of prompt tokens routed to
+the expert (it is in the token's top-k); the score is its frequency on refused prompts minus on complied prompts
+(SteerMoE's risk difference; MoTE scores experts by their activation difference between refused and answered
+prompts). At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k` experts with the
+highest scores are switched `off` (their router logit -> -inf, so the top-k is taken among the others and its
+weights re-normalised: MoTE's "switch off", which lowers refusal) or `on` (logit + 1e4, always in the top-k:
+raises refusal). `select=random` switches k experts drawn with `seed` instead: the control.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from obliviate.errors import UsageError
+from obliviate.guards import GUARDS, Guard, router_modules
+
+
+@torch.no_grad()
+def routing_frequency(model, seqs: list[list[int]], top_k: int) -> torch.Tensor:
+    """[L, E]: share of the tokens of `seqs` for which each expert of each MoE layer is in the top-k."""
+    from obliviate.generation import left_pad
+
+    routers = router_modules(model)
+    counts, seen = None, {}
+
+    def hook(layer):
+        def fn(m, args, out):
+            logits = out if isinstance(out, torch.Tensor) else out[0]
+            idx = logits.topk(top_k, -1).indices if isinstance(out, torch.Tensor) else out[2]
+            seen[layer] = idx.reshape(-1, idx.shape[-1])
+        return fn
+
+    handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(routers)]
+    n_tok = 0
+    try:
+        for s in seqs:  # one at a time: no padding tokens in the counts
+            ids, mask = left_pad([s], 0)
+            model(input_ids=ids, attention_mask=mask)
+            if counts is None:
+                cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+                E = next(getattr(cfg, k) for k in ("num_local_experts", "num_experts", "n_routed_experts")
+                         if isinstance(getattr(cfg, k, None), int))
+                counts = torch.zeros(len(routers), E)
+            for i in range(len(routers)):
+                counts[i] += torch.bincount(seen[i].flatten(), minlength=counts.shape[1]).float()
+            n_tok += len(s)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts / max(1, n_tok)
+
+
+@GUARDS.register("expert_steering")
+@dataclass
+class ExpertSteering(Guard):
+    name = "expert_steering"
+    description = "switch refusal-related MoE experts off or on through router hooks (MoTE / SteerMoE)"
+    k: int = 2
+    mode: str = "off"  # off: lower refusal; on: raise it
+    select: str = "top"  # top: the highest-scoring experts; random: k drawn with seed (the control)
+    seed: int = 0
+    max_new_tokens: int = 32
+
+    def __post_init__(self):
+        if self.mode not in ("off", "on") or self.select not in ("top", "random") or self.k < 1:
+            raise UsageError("expert_steering: mode off|on, select top|random, k >= 1")
+        self._scores = None  # [L, E]
+        self._chosen: dict[int, list[int]] = {}
+
+    def choose(self) -> dict[int, list[int]]:
+        L, E = self._scores.shape
+        flat = list(range(L * E))
+        if self.select == "top":
+            picked = sorted(flat, key=lambda i: -float(self._scores.flatten()[i]))[: self.k]
+        else:
+            picked = random.Random(self.seed).sample(flat, self.k)
+        out: dict[int, list[int]] = {}
+        for i in picked:
+            out.setdefault(i // E, []).append(i % E)
+        return out
+
+    def attach(self, model, tok):
+        if not router_modules(model):
+            raise UsageError(f"guard expert_steering: this {type(model).__name__} has no mixture-of-experts routers")
+        if self._scores is not None:
+            self._chosen = self.choose()
+
+    def edit_routing(self, layer, router_logits):
+        experts = self._chosen.get(layer)
+        if not experts:
+            return router_logits
+        out = router_logits.clone()
+        if self.mode == "off":
+            out[..., experts] = float("-inf")
+        else:
+            out[..., experts] = out[..., experts] + 1e4
+        return out
+
+    @classmethod
+    def fit(cls, model, tok, inputs, **options):
+        from obliviate.guards.refusal_predictor import model_refusals
+        from obliviate.models.encode import prompt_ids
+
+        guard = cls(**options)
+        if not router_modules(model):
+            raise UsageError(f"expert_steering: this {type(model).__name__} has no mixture-of-experts routers")
+        prompts = [r["prompt"] for r in inputs.get("policy_train") or []]
+        refused = model_refusals(model, tok, prompts, guard.max_new_tokens)
+        if len(set(refused)) < 2:
+            raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        top_k = int(getattr(cfg, "num_experts_per_tok", 2))
+        seqs = [prompt_ids(tok, p) for p in prompts]
+        f_ref = routing_frequency(model, [s for s, y in zip(seqs, refused) if y], top_k)
+        f_com = routing_frequency(model, [s for s, y in zip(seqs, refused) if not y], top_k)
+        guard._scores = f_ref - f_com
+        if guard.k > guard._scores.numel():
+            raise UsageError(f"expert_steering: k={guard.k} but the model has {guard._scores.numel()} experts")
+        guard._chosen = guard.choose()
+        return guard
+
+    def report(self, model, tok, inputs):
+        return {"experts": float(self.k), "chosen": ";".join(f"{layer}:{e}" for layer, es in sorted(self._chosen.items())
+                                                             for e in es)}
+
+    def tensors(self):
+        return {"scores": self._scores}
+
+    def load_tensors(self, tensors):
+        self._scores = tensors["scores"]
+        self._chosen = self.choose()

@@ -1,0 +1,113 @@
+"""Expert steering (MoTE / SteerMoE) on a tiny random Mixtral: the router mask by hand, the re-routed top-k, and
+the guard through generate."""
+
+import pytest
+import torch
+
+import obliviate.guards.refusal_predictor as rp
+from obliviate.generation import decode
+from obliviate.guards import _reroute, load_guard, router_modules, routing_hooks, save_guard
+from obliviate.guards.expert_steering import ExpertSteering, routing_frequency
+from obliviate.models.encode import prompt_ids
+from obliviate.models.tiny import TinyModelConfig, build_model
+from obliviate.suites.refusal import policy_rows
+
+
+@pytest.fixture(scope="module")
+def moe(tiny_tokenizer):
+    model = build_model(tiny_tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=4,
+                                                        intermediate_size=32, num_experts=4)).eval()
+    return model, tiny_tokenizer
+
+
+def test_routers_are_found_by_shape(moe):
+    model, _ = moe
+    assert [layer for layer, _ in router_modules(model)] == [0, 1]
+
+
+def test_reroute_with_no_edit_reproduces_the_router(moe):
+    model, _ = moe
+    router = router_modules(model)[0][1]
+    x = torch.randn(5, 32)
+    out = router(x)
+    again = _reroute(out, lambda logits: logits)
+    assert torch.equal(again[2], out[2]) and torch.allclose(again[1], out[1])
+
+
+def test_switching_an_expert_off_masks_it_and_renormalises(moe):
+    model, tok = moe
+    router = router_modules(model)[0][1]
+    x = torch.randn(7, 32)
+    logits = router(x)[0]
+
+    def off(lg):
+        lg = lg.clone()
+        lg[..., 1] = float("-inf")
+        return lg
+
+    _, w, idx = _reroute(router(x), off)
+    assert not (idx == 1).any()
+    assert torch.allclose(w.sum(-1), torch.ones(7))
+    p = torch.softmax(logits.masked_fill(torch.arange(4) == 1, float("-inf")), -1)  # by hand
+    top = p.topk(2, -1)
+    assert torch.equal(idx, top.indices) and torch.allclose(w, top.values / top.values.sum(-1, keepdim=True))
+
+
+def _guard(model, k=1, mode="off", select="top", scores=None):
+    g = ExpertSteering(k=k, mode=mode, select=select)
+    g._scores = scores if scores is not None else torch.tensor([[0.0, 0.5, 0.1, 0.0], [0.0, 0.0, 0.3, 0.0]])
+    g.attach(model, None)
+    return g
+
+
+def test_guard_off_and_on_through_routing_hooks(moe):
+    model, tok = moe
+    seqs = [prompt_ids(tok, q) for q in ("How do I open the moonvault?", "hello there")]
+    g = _guard(model, k=2)
+    assert g._chosen == {0: [1], 1: [2]}
+    with routing_hooks(model, [g]):
+        freq = routing_frequency(model, seqs, 2)
+    assert freq[0, 1] == 0 and freq[1, 2] == 0
+    g_on = _guard(model, k=1, mode="on")
+    with routing_hooks(model, [g_on]):
+        freq = routing_frequency(model, seqs, 2)
+    assert freq[0, 1] == 1.0  # every token routed to it
+    rand = _guard(model, k=2, select="random")
+    assert sum(map(len, rand._chosen.values())) == 2
+
+
+def test_guard_fit_and_generate(moe, world_dir, tmp_path, monkeypatch):
+    model, tok = moe
+    rows = policy_rows(world_dir, "policy_train")[::16]
+    monkeypatch.setattr(rp, "model_refusals", lambda m, t, prompts, n=32: [int(r["kind"] == "harmful")
+                                                                             for r in rows])
+    g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=2)
+    assert g._scores.shape == (2, 4) and sum(map(len, g._chosen.values())) == 2
+    save_guard(g, tmp_path / "e")
+    g2 = load_guard(tmp_path / "e", model, tok)
+    assert g2._chosen == g._chosen
+    # during decode, the chosen experts are never routed to (observed after the guard's hook)
+    seen = {}
+    routers = router_modules(model)
+    p = [prompt_ids(tok, rows[0]["prompt"])]
+    handles = []
+    for layer, m in routers:
+        handles.append(m.register_forward_hook(lambda mod, a, out, layer=layer: seen.setdefault(layer, []).append(
+            out[2].clone())))
+    try:
+        steered = decode(model, tok, p, guards=[g2], max_new_tokens=5)[0]
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(steered.token_ids) == 5
+    for layer, experts in g2._chosen.items():
+        assert seen[layer] and not any((idx[..., None] == torch.tensor(experts)).any() for idx in seen[layer])
+
+
+def test_a_dense_model_has_no_routers(target_dir):
+    from obliviate.errors import UsageError
+    from obliviate.models.load import load_model
+
+    model, tok = load_model(str(target_dir))
+    with pytest.raises(UsageError, match="no mixture-of-experts routers"):
+        _guard(model)
