@@ -132,6 +132,12 @@ def test_unguarded_replies_equal_decode_streamed_and_not(model_tok):
             model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True,
             stream_options={"include_usage": True}) if c.usage]
         assert len(usage) == 1 and usage[0].prompt_tokens == len(prompt_ids(tok, "hi"))
+        # "developer" is OpenAI's newer name for "system"; content may be a list of text parts
+        want = expected(model, tok, chat_ids(tok, [{"role": "system", "content": "Be brief."},
+                                                   {"role": "user", "content": "hi there"}]))
+        messages = [{"role": "developer", "content": "Be brief."},
+                    {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}]
+        assert ask(client, messages, max_tokens=24)[:2] == (want.text, want.finish_reason)
 
 
 def test_guarded_replies_equal_decode_and_halts_stream_only_the_refusal(model_tok):
