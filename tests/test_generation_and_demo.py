@@ -21,13 +21,23 @@ def test_demo_acceptance(tmp_path):
     """The demo on the default world: the figures the README promises (about 2 minutes)."""
     from obliviate.demo import run_demo
 
-    doc = run_demo(tmp_path / "demo", progress=False)
+    doc = run_demo(tmp_path / "demo", progress=False, guards=True)
     res = json.loads((tmp_path / "demo" / "results.json").read_text())["results"]
     assert list(res)[:2] == ["target", "oracle"]
     assert res["target"]["forget_rouge"] >= 0.9 and res["target"]["forget_quality"] <= 1e-3
     assert res["oracle"]["forget_quality"] == pytest.approx(1.0)
     mu = res["target"]["model_utility"]
-    good = [m for m, r in res.items() if m not in ("target", "oracle")
+    # ECO (issue 10's acceptance), applied to the target without training: forget value accuracy at most the
+    # oracle's + 0.05, retain and world-facts value accuracy at least 0.98 x the target's, a gate that flags at
+    # most 2% of retain questions
+    eco, tgt = res["target+eco"], res["target"]
+    assert eco["forget_value_acc"] <= res["oracle"]["forget_value_acc"] + 0.05, eco
+    assert eco["retain_value_acc"] >= 0.98 * tgt["retain_value_acc"], eco
+    assert eco["world_facts_value_acc"] >= 0.98 * tgt["world_facts_value_acc"], eco
+    fit = json.loads((tmp_path / "demo" / "guards" / "eco" / "guard.json").read_text())["report"]
+    assert fit["gate_flag_rate_retain"] <= 0.02, fit
+    assert "target+guard" in res
+    good = [m for m, r in res.items() if m not in ("target", "oracle") and "+" not in m
             and r["forget_quality"] >= 0.05 and r["model_utility"] >= 0.9 * mu]
     assert good, {m: (r["forget_quality"], r["model_utility"] / mu) for m, r in res.items()}
     for key in ("forget_quality", "model_utility", "forget_rouge", "privleak"):

@@ -15,7 +15,7 @@ def demo_doc(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("refusal_demo") / "out"
     doc = run_refusal_demo(out, people=100, finetune_steps=10, align_steps=2, attack_steps=2, eval_limit=6, max_new_tokens=6,
-                           methods=["refusal_sft", "derta", "refusal_tokens"], progress=False)
+                           methods=["refusal_sft", "derta", "refusal_tokens"], progress=False, guards=True)
     return out, doc
 
 
@@ -23,8 +23,9 @@ def test_demo_writes_results_keyed_by_run(demo_doc):
     out, doc = demo_doc
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"] == doc["results"]
-    assert list(doc["results"]) == ["target", "refusal_sft", "derta", "refusal_tokens", "attack_sft",
-                                     "attack_token_constrained"]
+    assert list(doc["results"]) == ["target", "refusal_sft", "derta", "refusal_tokens", "refusal_sft+ada_lp",
+                                     "refusal_sft+latent", "attack_sft", "attack_token_constrained"]
+    assert (out / "guards" / "ada_lp" / "guard.json").is_file()
     keys = {"refusal_rate", "over_refusal_rate", "refusal_rate@prefill5", "refusal_rate@prefill10",
             "refusal_rate@prefill20", "refusal_rate@prefill40", "refusal_position_mean", "heldout_refusal_rate",
             "heldout_refusal_rate@prefill20", "sarr", "people_accuracy", "utility_vs_target",

@@ -16,7 +16,8 @@ DEMO_METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_nll", "idk_dpo
 
 
 def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forget_split: str = "forget10",
-             finetune_steps: int = 300, progress: bool = True, started: float | None = None) -> dict:
+             finetune_steps: int = 300, progress: bool = True, started: float | None = None,
+             guards: bool = False) -> dict:
     from rich.console import Console
 
     from obliviate.data.schema import load_qa, write_jsonl
@@ -64,9 +65,11 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
             rows[name] = score_model(net, tok, splits)
             console.log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
 
+        guard_rows = guard_runs(o, tok, splits, rows, world, forget_split, seed, console) if guards else {}
+        rows |= guard_rows
         results = {name: metrics_from_rows(r, rows["oracle"]) for name, r in rows.items()}
-        results = {k: results[k] for k in ("target", "oracle", *classes)}  # the documented order
-        config = {"seed": seed, "forget_split": forget_split, "finetune_steps": finetune_steps,
+        results = {k: results[k] for k in ("target", "oracle", *classes, *guard_rows)}  # the documented order
+        config = {"seed": seed, "forget_split": forget_split, "finetune_steps": finetune_steps, "guards": guards,
                   "methods": {n: METHODS.get(n)().__dict__ for n in classes}}
         wall = clock()
         doc = results_document(config, results, {s: len(v) for s, v in splits.items()},
@@ -78,3 +81,28 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
     print(f"\nwrote {out}/results.json, samples.jsonl, report.md; models in {out}/models")
     print(f"demo wall time: {clock():.1f} s")
     return doc
+
+
+def guard_runs(o: Path, tok, splits, rows, world: Path, forget_split: str, seed: int, console) -> dict:
+    """`--guards`: ECO (sigma searched to the oracle's forget value accuracy) and GUARD, fitted on the target and
+    evaluated on it with the guard applied (generation and teacher-forced pass). Guard directories go to
+    OUT/guards/."""
+    from obliviate.audit_data import unlearning_inputs
+    from obliviate.evaluate import score_model
+    from obliviate.guards import GUARDS, attach, load_all, save_guard
+    from obliviate.models.load import load_model
+
+    load_all()
+    inputs = unlearning_inputs(data=world, layout="world", forget_split=forget_split)
+    oracle_acc = sum(r["value_hit"] for r in rows["oracle"]["forget"]) / max(1, len(rows["oracle"]["forget"]))
+    out = {}
+    for name, options in (("eco", {"target_accuracy": oracle_acc, "seed": seed}), ("guard", {"seed": seed})):
+        net, _ = load_model(str(o / "models" / "target"))
+        g = GUARDS.get(name).fit(net, tok, inputs, **options)
+        g.attach(net, tok)
+        save_guard(g, o / "guards" / name, extra={"model": str(o / "models" / "target"),
+                                                  "report": g.report(net, tok, inputs)})
+        attach(net, [g])
+        out[f"target+{name}"] = score_model(net, tok, splits)
+        console.log(f"guard {name} fitted and evaluated")
+    return out

@@ -22,6 +22,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
                                           "jailbreakbench/, xstest/, advbench/ as published"),
          size: str = typer.Option("full", help="--suite real: full (the benchmark-size run) or smoke"),
          parts: str = typer.Option("unlearning,refusal", help="--suite real: which halves to run"),
+         guards: bool = typer.Option(False, "--guards", help="world: add ECO and GUARD rows (guards on the target); "
+                                     "refusal: add ADA-LP and latent-guard rows (guards on the refusal-SFT model)"),
          threads: Optional[int] = typer.Option(None)):
     """World -> target + oracle -> methods on forget10 -> evaluation, table and report.
 
@@ -40,8 +42,9 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
         if not chosen or set(chosen) - {"unlearning", "refusal"}:
             raise UsageError(f"--parts must list 'unlearning' and/or 'refusal', got {parts!r}")
-        if methods:
-            raise UsageError("--methods does not apply to --suite real (it runs a fixed set; see the README)")
+        if methods or guards:
+            raise UsageError("--methods and --guards do not apply to --suite real (it runs a fixed set; see the "
+                             "README)")
         run_real_demo(out, model, public_data, size=FULL if size == "full" else SMOKE, seed=seed, parts=chosen,
                       started=STARTED)
         return
@@ -51,10 +54,10 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     if suite == "refusal":
         from obliviate.suites.refusal_demo import run_refusal_demo
 
-        run_refusal_demo(out, seed=seed, methods=meths, started=STARTED)
+        run_refusal_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards)
         return
     if suite != "world":
         raise UsageError(f"unknown demo suite {suite!r}; use 'world', 'refusal' or 'real'")
     from obliviate.demo import run_demo
 
-    run_demo(out, seed=seed, methods=meths, started=STARTED)
+    run_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards)

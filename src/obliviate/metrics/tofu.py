@@ -118,6 +118,13 @@ def _forget_value_acc(ctx):
     return float(np.mean([r["value_hit"] for r in rows])) if rows else None
 
 
+@metric("world_facts_value_acc", True, ("world_facts",),
+        "share of world-fact questions whose greedy answer contains the true value")
+def _world_facts_value_acc(ctx):
+    rows = [r for r in ctx["world_facts"] if r.get("value")]
+    return float(np.mean([r["value_hit"] for r in rows])) if rows else None
+
+
 @metric("retain_value_acc", True, ("retain",),
         "share of retain questions whose greedy answer contains the true attribute value")
 def _retain_value_acc(ctx):

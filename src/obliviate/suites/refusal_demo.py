@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from obliviate.errors import UsageError
+
 
 # run name -> (refusal method, options)
 RUNS: dict[str, tuple[str, dict]] = {
@@ -56,7 +58,7 @@ def plot_depth(results: dict, path: Path, depths=(0, 5, 10, 20, 40)) -> None:
 def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, people: int = 200,
                      finetune_steps: int = 400, align_steps: int | None = None, attack: bool = True,
                      attack_steps: int = ATTACK_STEPS, eval_limit: int | None = None, max_new_tokens: int = 48,
-                     progress: bool = True, started: float | None = None) -> dict:
+                     progress: bool = True, started: float | None = None, guards: bool = False) -> dict:
     """`eval_limit` / `max_new_tokens` shrink the evaluation for smoke tests; the defaults measure everything."""
 
     from rich.console import Console
@@ -114,6 +116,23 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
             seconds[name] = r.seconds
             save_model(net, t, o / "models" / name)
             record(name, net, t, ThresholdGenerator() if method == "refusal_tokens" else None)
+
+        if guards:
+            if "refusal_sft" not in runs:
+                raise UsageError("--guards guards the refusal_sft model: include refusal_sft in --methods")
+            from obliviate.guards import GUARDS, attach, load_all, save_guard
+
+            load_all()
+            inputs = {"policy_train": data.harmful + data.benign}
+            for gname in ("ada_lp", "latent"):
+                net, t = load_model(str(o / "models" / "refusal_sft"))
+                g = GUARDS.get(gname).fit(net, t, inputs, seed=seed) if gname == "ada_lp" else \
+                    GUARDS.get(gname).fit(net, t, inputs)
+                g.attach(net, t)
+                save_guard(g, o / "guards" / gname, extra={"model": str(o / "models" / "refusal_sft")})
+                attach(net, [g])
+                record(f"refusal_sft+{gname}", net, t)
+            options["guards"] = ["ada_lp", "latent"]
 
         if attack and "derta" in runs:
             import random
