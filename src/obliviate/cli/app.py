@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from obliviate.cli import audit, benchmarks, data, demo, info, judge, models, refusal, unlearning
+from obliviate.cli import audit, benchmarks, data, demo, guard, info, judge, models, refusal, unlearning
 from obliviate.cli import serve
 from obliviate.errors import UsageError
 
@@ -37,6 +37,7 @@ for func, name in COMMANDS:
     app.command(name)(func)
 app.add_typer(judge.judge_app, name="judge")
 app.add_typer(models.models_app, name="models")
+app.add_typer(guard.guard_app, name="guard")
 
 
 def _one_line(text: str) -> str:
