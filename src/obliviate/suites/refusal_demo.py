@@ -122,17 +122,22 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
                 raise UsageError("--guards guards the refusal_sft model: include refusal_sft in --methods")
             from obliviate.guards import GUARDS, attach, load_all, save_guard
 
+            from obliviate.suites.refusal import policy_rows
+
             load_all()
-            inputs = {"policy_train": data.harmful + data.benign}
+            inputs = {"policy_train": data.harmful + data.benign, "policy_test": policy_rows(world, "policy_test")}
+            options["guards"] = {}
             for gname in ("ada_lp", "latent"):
                 net, t = load_model(str(o / "models" / "refusal_sft"))
-                g = GUARDS.get(gname).fit(net, t, inputs, seed=seed) if gname == "ada_lp" else \
-                    GUARDS.get(gname).fit(net, t, inputs)
+                g = GUARDS.get(gname).fit(net, t, inputs)
                 g.attach(net, t)
-                save_guard(g, o / "guards" / gname, extra={"model": str(o / "models" / "refusal_sft")})
+                fit_report = g.report(net, t, inputs)  # held-out: the world's policy_test prompts
+                save_guard(g, o / "guards" / gname, extra={"model": str(o / "models" / "refusal_sft"),
+                                                           "report": fit_report})
+                options["guards"][gname] = fit_report
+                console.log(f"guard {gname}: " + ", ".join(f"{k} {v:.3f}" for k, v in fit_report.items()))
                 attach(net, [g])
                 record(f"refusal_sft+{gname}", net, t)
-            options["guards"] = ["ada_lp", "latent"]
 
         if attack and "derta" in runs:
             import random
