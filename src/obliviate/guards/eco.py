@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from dataclasses import dataclass
 
 import torch
 
 from obliviate.errors import UsageError
 from obliviate.guards import GUARDS, Guard
-from obliviate.guards.text_classifier import TfidfLogistic, conformal_threshold
+from obliviate.guards.text_classifier import TfidfLogistic, fit_forget_gate, flag_rate
 
 CORRUPTIONS = ("noise_first_k", "zero_top_k", "flip_top_k")
 
@@ -90,30 +89,10 @@ class ECO(Guard):
         return out
 
     # --- fitting ---
-    @staticmethod
-    def _texts(tok, questions: list[str]) -> list[str]:
-        """Each question as the gate may see it: raw (evaluate, the server) and inside the chat template (prompts
-        given as token ids only)."""
-        from obliviate.models.encode import prompt_ids
-
-        return questions + [tok.decode(prompt_ids(tok, q), skip_special_tokens=True) for q in questions]
-
     @classmethod
     def fit(cls, model, tok, inputs, **options):
         guard = cls(**options)
-        forget = [it.question for it in inputs.get("forget") or []]
-        retain = [it.question for it in (inputs.get("retain_train") or inputs.get("retain") or [])]
-        if len(forget) < 4 or len(retain) < 2:
-            raise UsageError(f"eco: needs at least 4 forget and 2 retain questions (has {len(forget)} and "
-                             f"{len(retain)})")
-        rng = random.Random(guard.seed)
-        cal = set(rng.sample(range(len(forget)), max(2, len(forget) // 4)))  # held out for the threshold
-        train_f = [q for i, q in enumerate(forget) if i not in cal]
-        texts = cls._texts(tok, train_f) + cls._texts(tok, retain)
-        labels = [1] * (2 * len(train_f)) + [0] * (2 * len(retain))
-        guard._gate = TfidfLogistic().fit(texts, labels)
-        cal_scores = guard._gate.proba(cls._texts(tok, [forget[i] for i in sorted(cal)]))
-        guard.threshold = min(0.5, conformal_threshold(cal_scores, guard.miss_rate))
+        guard._gate, guard.threshold = fit_forget_gate(tok, inputs, guard.miss_rate, guard.seed, "eco")
         if guard.sigma == 0.0 and guard.corruption == "noise_first_k":
             guard.sigma = guard.search_sigma(model, tok, inputs["forget"])
         return guard
@@ -148,16 +127,15 @@ class ECO(Guard):
         return hi
 
     def report(self, model, tok, inputs):
-        def flag_rate(items):
-            qs = [it.question for it in items]
-            return float((self._gate.proba(qs) >= self.threshold).mean()) if qs else None
+        def rate(items):
+            return flag_rate(self._gate, self.threshold, items)
 
         out = {"threshold": self.threshold, "sigma": self.sigma,
-               "gate_flag_rate_forget": flag_rate(inputs.get("forget") or []),
-               "gate_flag_rate_retain": flag_rate(inputs.get("retain") or []),
-               "gate_flag_rate_holdout": flag_rate(inputs.get("holdout") or [])}
+               "gate_flag_rate_forget": rate(inputs.get("forget") or []),
+               "gate_flag_rate_retain": rate(inputs.get("retain") or []),
+               "gate_flag_rate_holdout": rate(inputs.get("holdout") or [])}
         if inputs.get("world_facts"):
-            out["gate_flag_rate_world_facts"] = flag_rate(inputs["world_facts"])
+            out["gate_flag_rate_world_facts"] = rate(inputs["world_facts"])
         return {k: v for k, v in out.items() if v is not None}
 
     def state(self):

@@ -20,15 +20,13 @@ target's answers:
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 
 import torch
 
-from obliviate.errors import UsageError
 from obliviate.guards import GUARDS, Guard
-from obliviate.guards.text_classifier import TfidfLogistic, conformal_threshold
+from obliviate.guards.text_classifier import TfidfLogistic, fit_forget_gate, flag_rate
 
 
 @GUARDS.register("guard")
@@ -119,21 +117,10 @@ class GuardDecoding(Guard):
 
     @classmethod
     def fit(cls, model, tok, inputs, **options):
-        from obliviate.guards.eco import ECO
-
         guard = cls(**options)
+        guard._gate, guard.threshold = fit_forget_gate(tok, inputs, guard.miss_rate, guard.seed, "guard")
         forget = inputs.get("forget") or []
         retain = inputs.get("retain_train") or inputs.get("retain") or []
-        if len(forget) < 4 or len(retain) < 2:
-            raise UsageError(f"guard: needs at least 4 forget and 2 retain items (has {len(forget)} and "
-                             f"{len(retain)})")
-        qs = [it.question for it in forget]
-        cal = set(random.Random(guard.seed).sample(range(len(qs)), max(2, len(qs) // 4)))
-        train_f = [q for i, q in enumerate(qs) if i not in cal]
-        texts = ECO._texts(tok, train_f) + ECO._texts(tok, [it.question for it in retain])
-        guard._gate = TfidfLogistic().fit(texts, [1] * (2 * len(train_f)) + [0] * (2 * len(retain)))
-        cal_scores = guard._gate.proba(ECO._texts(tok, [qs[i] for i in sorted(cal)]))
-        guard.threshold = min(0.5, conformal_threshold(cal_scores, guard.miss_rate))
         seqs = set()
         for t in cls.forbidden_texts(forget, retain):
             for variant in (t, " " + t):
@@ -144,13 +131,9 @@ class GuardDecoding(Guard):
         return guard
 
     def report(self, model, tok, inputs):
-        def flag_rate(items):
-            return float((self._gate.proba([it.question for it in items]) >= self.threshold).mean()) if items \
-                else None
-
         out = {"threshold": self.threshold, "forbidden_sequences": float(len(self._seqs)),
-               "gate_flag_rate_forget": flag_rate(inputs.get("forget") or []),
-               "gate_flag_rate_retain": flag_rate(inputs.get("retain") or [])}
+               "gate_flag_rate_forget": flag_rate(self._gate, self.threshold, inputs.get("forget") or []),
+               "gate_flag_rate_retain": flag_rate(self._gate, self.threshold, inputs.get("retain") or [])}
         return {k: v for k, v in out.items() if v is not None}
 
     def state(self):

@@ -63,3 +63,37 @@ def conformal_threshold(positive_scores, miss_rate: float) -> float:
     s = np.sort(np.asarray(positive_scores, dtype=float))
     k = int(np.floor(miss_rate * (len(s) + 1)))
     return float(s[max(k, 1) - 1])
+
+
+def gate_texts(tok, questions: list[str]) -> list[str]:
+    """Each question as a gate may see it: raw (evaluate, the server) and inside the chat template (prompts given
+    as token ids only, whose text is their decoding)."""
+    from obliviate.models.encode import prompt_ids
+
+    return questions + [tok.decode(prompt_ids(tok, q), skip_special_tokens=True) for q in questions]
+
+
+def fit_forget_gate(tok, inputs: dict, miss_rate: float, seed: int, who: str) -> tuple[TfidfLogistic, float]:
+    """(gate, threshold) for the unlearning guards: character n-gram TF-IDF + logistic regression on forget
+    versus retain questions; a seeded quarter of the forget questions is held out to set the split-conformal
+    threshold at `miss_rate` (capped at 0.5)."""
+    import random
+
+    from obliviate.errors import UsageError
+
+    forget = [it.question for it in inputs.get("forget") or []]
+    retain = [it.question for it in (inputs.get("retain_train") or inputs.get("retain") or [])]
+    if len(forget) < 4 or len(retain) < 2:
+        raise UsageError(f"{who}: needs at least 4 forget and 2 retain questions (has {len(forget)} and "
+                         f"{len(retain)})")
+    cal = set(random.Random(seed).sample(range(len(forget)), max(2, len(forget) // 4)))
+    train_f = [q for i, q in enumerate(forget) if i not in cal]
+    gate = TfidfLogistic().fit(gate_texts(tok, train_f) + gate_texts(tok, retain),
+                               [1] * (2 * len(train_f)) + [0] * (2 * len(retain)))
+    cal_scores = gate.proba(gate_texts(tok, [forget[i] for i in sorted(cal)]))
+    return gate, min(0.5, conformal_threshold(cal_scores, miss_rate))
+
+
+def flag_rate(gate: TfidfLogistic, threshold: float, items) -> float | None:
+    qs = [it.question for it in items]
+    return float((gate.proba(qs) >= threshold).mean()) if qs else None
