@@ -1,0 +1,239 @@
+"""The serving engine: one worker thread owns the model and micro-batches queued chat requests through the
+decode loop (see the package docstring for batching and streaming)."""
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+from obliviate.guards import Guard
+
+CANCELLED = "cancelled"  # the internal guard's name: rows it halts were cancelled or already served
+
+
+class ApiError(Exception):
+    """An error the client sees, in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def chat_ids(tok, messages: list[dict]) -> list[int]:
+    """Messages -> prompt ids through the tokenizer's chat template, as `models.encode.prompt_ids` does for one
+    question (template as text, then tokenised without added specials). A trailing assistant message is
+    continued (prefill) instead of opening a new assistant turn."""
+    prefill = messages[-1]["role"] == "assistant"
+    try:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not prefill,
+                                       continue_final_message=prefill)
+    except Exception as e:  # a template that rejects the conversation (e.g. roles that must alternate)
+        raise ApiError(400, f"the model's chat template rejects these messages: {e}", param="messages") from None
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass(eq=False)
+class Request:
+    """One admitted chat request. The worker thread writes tokens/sent/finished; the event loop reads events."""
+    prompt: list[int]
+    text: Optional[str]  # the last user message: what guards' on_request reads
+    max_tokens: int
+    stream: bool = False
+    loop: Any = None
+    events: Any = None  # asyncio.Queue of ("delta", str) | ("done", dict) | ("error", str)
+    tokens: list[int] = field(default_factory=list)
+    sent: str = ""
+    finished: bool = False
+    cancelled: bool = False
+    released: bool = False
+
+    def post(self, kind: str, value) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed (shutdown): nobody is listening any more
+            pass
+
+
+@dataclass
+class _Release(Guard):
+    """Internal: halts, every token, the rows whose request was cancelled (client gone) or already served."""
+    name: ClassVar[str] = CANCELLED
+    every = 1
+    engine: Any = None
+    batch: list = field(default_factory=list)
+
+    def on_step(self, step, ids, session):
+        for r, row in enumerate(session.rows):
+            req = self.batch[row.index]
+            if req.cancelled or req.finished or len(req.tokens) >= req.max_tokens:
+                session.halt(r, CANCELLED, "")
+                if req.cancelled:
+                    self.engine.release(req)
+
+
+def _overrides(guard, hook: str) -> bool:
+    return getattr(type(guard), hook) is not getattr(Guard, hook)
+
+
+class Engine:
+    """The model, its guards, the admission queue and the one worker thread that decodes micro-batches."""
+
+    def __init__(self, model, tok, guards=None, *, name: str = "model", max_batch: int = 16, max_queue: int = 64,
+                 batch_window_ms: float = 10.0):
+        from obliviate.guards import attached
+
+        # guards=None: those attached to the model (obliviate.guards.attach), as decode() itself does
+        self.guards = attached(model) if guards is None else list(guards)
+        self.model, self.tok, self.name = model, tok, name
+        self.max_batch, self.max_queue, self.window = max_batch, max_queue, batch_window_ms / 1000
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.context = getattr(cfg, "max_position_embeddings", None)
+        eos = tok.eos_token_id
+        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.hold_all = any(_overrides(g, "on_finish") for g in self.guards)
+        self.checks = [g.every for g in self.guards if _overrides(g, "on_step") and getattr(g, "every", 0) > 0]
+        self.queue: collections.deque[Request] = collections.deque()
+        self.cond = threading.Condition(threading.RLock())
+        self.admitted = 0  # queued + decoding: what max_queue bounds
+        self.cancelled_total = 0
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
+        self._stop, self._thread = False, None
+
+    # --- admission (event-loop side) ---
+    def submit(self, req: Request) -> None:
+        with self.cond:
+            if self.admitted >= self.max_queue:
+                raise ApiError(429, f"the server is busy ({self.max_queue} requests queued or decoding); retry",
+                               type="rate_limit_error", code="queue_full")
+            self.admitted += 1
+            self.queue.append(req)
+            self.cond.notify()
+
+    def cancel(self, req: Request) -> None:
+        """The client went away: drop a queued request now; a decoding row is halted at its next token."""
+        if req.finished or req.cancelled:
+            return
+        req.cancelled = True
+        with self.cond:
+            self.cancelled_total += 1
+            if req in self.queue:
+                self.queue.remove(req)
+                self.release(req)
+
+    def release(self, req: Request) -> None:
+        with self.cond:  # an RLock: cancel() calls this holding it
+            if not req.released:
+                req.released, self.admitted = True, self.admitted - 1
+
+    # --- the worker thread ---
+    def start(self) -> None:
+        self._stop = False
+        self._thread = threading.Thread(target=self._work, name="obliviate-decode", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _next_batch(self) -> list[Request]:
+        with self.cond:
+            while not self.queue and not self._stop:
+                self.cond.wait(0.5)
+            if self._stop:
+                return []
+            batch = [self.queue.popleft()]
+            deadline = time.monotonic() + self.window
+            while len(batch) < self.max_batch:
+                if self.queue:
+                    batch.append(self.queue.popleft())
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop:
+                    break
+                self.cond.wait(left)
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if not batch:
+                return
+            try:
+                self._run(batch)
+            except Exception as e:  # a failing guard or model must not kill the server: fail this batch only
+                for req in batch:
+                    if not req.finished and not req.cancelled:
+                        req.finished = True
+                        req.post("error", f"{type(e).__name__}: {e}")
+            finally:
+                for req in batch:
+                    self.release(req)
+
+    def _run(self, batch: list[Request]) -> None:
+        from obliviate.generation import decode
+
+        self.batch_sizes.append(len(batch))
+        release = _Release(engine=self, batch=batch)
+        replies = decode(self.model, self.tok, [r.prompt for r in batch], texts=[r.text for r in batch],
+                         guards=[*self.guards, release], max_new_tokens=max(r.max_tokens for r in batch),
+                         batch_size=len(batch), on_token=lambda i, t: self._on_token(batch[i], t))
+        for req, rep in zip(batch, replies):
+            if not req.finished and not req.cancelled:
+                self._settle(req, rep)
+
+    def _on_token(self, req: Request, token: int) -> None:
+        if req.finished or req.cancelled or len(req.tokens) >= req.max_tokens:
+            return
+        req.tokens.append(token)
+        n = len(req.tokens)
+        if not self.hold_all and (token in self.eos or n == req.max_tokens):
+            # every check before this token has passed, and none runs after the last one: the reply is final
+            self._finish(req, self._text(req.tokens), "stop" if token in self.eos else "length")
+        elif req.stream and not self.hold_all:
+            # checks at token counts <= n - 1 have run; release text only up to the last one every guard made
+            safe = min([(n - 1) // k * k for k in self.checks], default=n)
+            self._push(req, self._text(req.tokens[:safe], partial=True))
+
+    def _settle(self, req: Request, rep) -> None:
+        """The decode result for a row that was not finished token by token (hold_all, or a guard halted it)."""
+        n, m = len(req.tokens), req.max_tokens
+        if rep.halted_by is None and len(rep.token_ids) <= m:
+            self._finish(req, rep.text, rep.finish_reason)
+        elif rep.halted_by not in (None, CANCELLED) and n < m:  # halted within this request's own budget
+            self._finish(req, rep.text, "content_filter")
+        else:  # cut to max_tokens; on_finish guards judge the text this request would have got on its own
+            from obliviate.generation import Row
+
+            text = self._text(req.tokens[:m])
+            reason = "stop" if req.tokens and req.tokens[-1] in self.eos else "length"
+            row = Row(index=0, text=req.text, scores=dict(rep.scores))
+            for g in self.guards:
+                if _overrides(g, "on_finish") and row.halted_by is None:
+                    g.on_finish(text, row)
+            if row.halted_by is not None:
+                text, reason = row.refusal or "", "content_filter"
+            self._finish(req, text, reason)
+
+    def _text(self, tokens: list[int], partial: bool = False) -> str:
+        text = self.tok.decode(tokens, skip_special_tokens=True)
+        # a partial text may end inside a multi-byte character, and its trailing space may be stripped later
+        return text.lstrip().rstrip("\ufffd").rstrip() if partial else text.strip()
+
+    def _push(self, req: Request, text: str) -> None:
+        if len(text) > len(req.sent) and text.startswith(req.sent):
+            req.post("delta", text[len(req.sent):])
+            req.sent = text
+
+    def _finish(self, req: Request, text: str, reason: str) -> None:
+        req.finished = True
+        if req.stream and reason == "content_filter" and text:
+            req.post("delta", text)  # the refusal, after whatever text had passed the checks
+        elif req.stream:
+            self._push(req, text)
+        req.post("done", {"content": text, "finish_reason": reason,
+                          "completion_tokens": min(len(req.tokens), req.max_tokens)})
+        self.release(req)
