@@ -1,0 +1,109 @@
+"""The tiny text-to-image model (diffusers layout) and UCE's closed form (Gandikota et al. 2024) by hand."""
+
+import numpy as np
+import pytest
+import torch
+
+from obliviate.diffusion.erasers import ERASERS, cross_attention_kv, load_all
+from obliviate.diffusion.erasers.uce import aligned_keys, uce_edit
+from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, load_t2i, train_t2i, unknown_words
+from obliviate.errors import UsageError
+
+CAPTIONS = ["a striped red star", "a dotted blue circle", "a solid green square", "a red star in dotted style"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = build_word_tokenizer(CAPTIONS, max_length=8)
+    return build_t2i(tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2,
+                                    max_length=8), seed=0)
+
+
+def test_word_tokenizer_layout(tiny):
+    tok = tiny.tokenizer
+    enc = tiny.tokens(["red star", ""])
+    ids, mask = enc["input_ids"].tolist(), enc["attention_mask"].tolist()
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    star, red = tok.convert_tokens_to_ids("star"), tok.convert_tokens_to_ids("red")
+    assert ids[0] == [bos, red, star, eos, eos, eos, eos, eos] and mask[0] == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert ids[1] == [bos, eos] + [eos] * 6 and mask[1] == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert unknown_words(tok, "a purple star") == ["purple"] and unknown_words(tok, "Red STAR") == []
+
+
+def test_save_load_roundtrip_and_missing_parts(tiny, tmp_path):
+    tiny.save(tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} >= {"model_index.json", "unet", "text_encoder", "tokenizer",
+                                                           "scheduler"}
+    m2 = load_t2i(tmp_path / "m")
+    z = torch.randn(2, 3, 8, 8)
+    ctx = tiny.encode(["a red star", "a blue circle"])
+    assert torch.allclose(m2.encode(["a red star", "a blue circle"]), ctx, atol=1e-6)
+    assert torch.allclose(m2.eps(z, 10, ctx), tiny.eps(z, 10, ctx), atol=1e-5)
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(UsageError, match="no unet/"):
+        load_t2i(tmp_path / "bad")
+
+
+def test_a_few_training_steps_and_sampling(tiny):
+    m = tiny.copy()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    stats = train_t2i(m, images, [[c] for c in (CAPTIONS + CAPTIONS)[:6]], steps=3, batch_size=4)
+    assert np.isfinite(stats["loss_last"]) and stats["seconds"] > 0
+    out = m.sample(["a red star", "a blue circle"], steps=3, guidance=2.0, seed=1)
+    assert out.shape == (2, 3, 8, 8) and out.min() >= -1 and out.max() <= 1
+    again = m.sample(["a red star", "a blue circle"], steps=3, guidance=2.0, seed=1)
+    assert torch.equal(out, again)  # seeded per image
+
+
+def test_uce_closed_form_maps_the_concept_onto_the_guide():
+    torch.manual_seed(0)
+    d, out, n = 6, 5, 3
+    W = torch.randn(out, d, dtype=torch.float64)
+    c_e, c_g = torch.randn(n, d, dtype=torch.float64), torch.randn(n, d, dtype=torch.float64)
+    new = uce_edit(W, [(c_e, c_g)], [], lam=1e-9)
+    assert torch.allclose(new @ c_e.T, W @ c_g.T, atol=1e-5)
+    # a direction orthogonal to every key stays where it was (the lam W term)
+    q, _ = torch.linalg.qr(torch.cat([c_e.T, torch.randn(d, d - n, dtype=torch.float64)], 1))
+    ortho = q[:, n:]
+    assert torch.allclose(new @ ortho, W @ ortho, atol=1e-6)
+    # preserve terms keep a preserved key's output (closer than without them)
+    c_p = torch.randn(2, d, dtype=torch.float64)
+    kept = uce_edit(W, [(c_e, c_g)], [c_p], lam=0.1, preserve_scale=10.0)
+    free = uce_edit(W, [(c_e, c_g)], [], lam=0.1)
+    assert (kept @ c_p.T - W @ c_p.T).norm() < (free @ c_p.T - W @ c_p.T).norm()
+
+
+def test_uce_on_the_model_edits_every_cross_attention_kv(tiny):
+    load_all()
+    edited = ERASERS.get("uce")(lam=1e-9, preserve_scale=0.0).erase(tiny, "star", guide="")
+    c_e, c_g = aligned_keys(tiny, "star", "")
+    assert c_e.shape == c_g.shape and c_e.shape[0] == 8 - 1  # from the last word (index 1) to the end
+    for old, new in zip(cross_attention_kv(tiny.unet), cross_attention_kv(edited.unet)):
+        assert torch.allclose(new.weight.double() @ c_e.T, old.weight.double() @ c_g.T, atol=1e-4)
+    assert len(cross_attention_kv(tiny.unet)) >= 2
+    # the input model is untouched
+    assert not torch.equal(cross_attention_kv(tiny.unet)[0].weight, cross_attention_kv(edited.unet)[0].weight)
+
+
+def test_a_latent_model_with_a_vae(tiny, tmp_path):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from obliviate.diffusion.model import T2I
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=8).eval()
+    unet = UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8)
+    m = T2I(unet, tiny.text_encoder, tiny.tokenizer, tiny.scheduler_config, vae)
+    m.save(tmp_path / "sd")
+    m2 = load_t2i(tmp_path / "sd")
+    assert m2.vae is not None
+    images = m2.sample(["a red star"], steps=2)
+    assert images.shape == (1, 3, 8, 8)
+    load_all()
+    edited = ERASERS.get("uce")().erase(m2, "star")
+    assert edited.sample(["a red star"], steps=2).shape == (1, 3, 8, 8)
