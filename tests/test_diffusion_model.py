@@ -107,3 +107,26 @@ def test_a_latent_model_with_a_vae(tiny, tmp_path):
     load_all()
     edited = ERASERS.get("uce")().erase(m2, "star")
     assert edited.sample(["a red star"], steps=2).shape == (1, 3, 8, 8)
+
+
+def test_esd_target_by_hand():
+    from obliviate.diffusion.erasers.esd import esd_target
+
+    e_u, e_c = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 1.0])
+    # e_u - eta (e_c - e_u) with eta = 0.5: [1 - 0.5 * 2, 2 - 0.5 * -1]
+    assert esd_target(e_u, e_c, 0.5).tolist() == [0.0, 2.5]
+
+
+@pytest.mark.parametrize("name,cross", [("esd_x", True), ("esd_u", False)])
+def test_esd_trains_only_its_parameters(tiny, name, cross):
+    from obliviate.diffusion.erasers.esd import trainable
+
+    load_all()
+    er = ERASERS.get(name)(steps=2, batch_size=2, ddim_steps=3)
+    edited = er.erase(tiny, "star")
+    moved = {n for (n, a), (_, b) in zip(tiny.unet.named_parameters(), edited.unet.named_parameters())
+             if not torch.equal(a, b)}
+    assert moved and all(("attn2" in n) == cross for n in moved)
+    assert {id(p) for p in trainable(tiny.unet, cross)} and len(er.history) == 2
+    # the text encoder is never trained by ESD
+    assert all(torch.equal(a, b) for a, b in zip(tiny.text_encoder.parameters(), edited.text_encoder.parameters()))
