@@ -1,0 +1,42 @@
+"""UnlearnCanvas's UA / IRA / CRA, the classifier-feature Frechet distance and the over-erasure rate, against
+hand values and scipy."""
+
+import numpy as np
+import pytest
+
+from obliviate.diffusion.metrics import (
+    cross_domain_accuracy, factor_accuracy, frechet_distance, over_erasure_rate, unlearning_accuracy,
+)
+
+
+def test_ua_ira_cra_by_hand():
+    assert unlearning_accuracy([3, 3, 1, 0], 3) == 0.5  # two of four no longer the target
+    assert factor_accuracy([1, 2, 2], [1, 2, 0]) == pytest.approx(2 / 3)
+    preds = {"object": [0, 0], "colour": [1, 2], "style": [0, 3]}
+    wants = {"object": [5, 5], "colour": [1, 1], "style": [0, 3]}
+    assert cross_domain_accuracy(preds, wants, "object") == 0.75  # colour 1/2, style 2/2
+
+
+def test_frechet_distance_against_closed_forms():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    # 1-D Gaussians: (mu1 - mu2)^2 + (s1 - s2)^2 on the sample moments
+    x, y = rng.normal(0, 1, (5000, 1)), rng.normal(2, 3, (5000, 1))
+    want = (x.mean() - y.mean()) ** 2 + (x.std(ddof=1) - y.std(ddof=1)) ** 2
+    assert frechet_distance(x, y) == pytest.approx(want, rel=1e-6)
+    # diagonal covariances: sum over dimensions of the 1-D formula, with sample covariances
+    b = a * np.array([1.0, 2.0, 0.5]) + 1.0
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    from scipy.linalg import sqrtm
+
+    want = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa + sb - 2 * sqrtm(sa @ sb).real)
+    assert frechet_distance(a, b) == pytest.approx(want, rel=1e-9)
+
+
+def test_over_erasure_rate_by_hand():
+    wants = {"object": [0, 1, 2, -1], "colour": [-1, 3, 3, 4]}
+    preds = {"object": [0, 1, 0, 9], "colour": [7, 3, 3, 1]}
+    assert over_erasure_rate(preds, wants) == 0.5  # prompt 2 misses its object, prompt 3 its colour
+    base = {"object": [0, 1, 2, 9], "colour": [7, 3, 3, 2]}  # the base model already missed prompt 3
+    assert over_erasure_rate(preds, wants, base) == pytest.approx(1 / 3)
