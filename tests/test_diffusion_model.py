@@ -130,3 +130,18 @@ def test_esd_trains_only_its_parameters(tiny, name, cross):
     assert {id(p) for p in trainable(tiny.unet, cross)} and len(er.history) == 2
     # the text encoder is never trained by ESD
     assert all(torch.equal(a, b) for a, b in zip(tiny.text_encoder.parameters(), edited.text_encoder.parameters()))
+
+
+def test_erase_command(tiny, tmp_path, capsys):
+    from tests.test_cli import run_cli
+
+    tiny.save(tmp_path / "m")
+    code, out, err = run_cli(["erase", "uce", "--model", tmp_path / "m", "--concept", "star", "--preserve", "circle",
+                              "--out", tmp_path / "e"], capsys)
+    assert code == 0, err
+    edited = load_t2i(tmp_path / "e")
+    assert not torch.equal(cross_attention_kv(edited.unet)[0].weight, cross_attention_kv(tiny.unet)[0].weight)
+    code, out, err = run_cli(["erase", "uce", "--model", tmp_path / "m", "--concept", "purple star", "--out",
+                              tmp_path / "e2"], capsys)
+    assert code == 2 and "does not know 'purple'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e2").exists()

@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from obliviate.cli import audit, benchmarks, data, demo, guard, info, judge, models, refusal, unlearning
+from obliviate.cli import audit, benchmarks, data, demo, diffusion, guard, info, judge, models, refusal, unlearning
 from obliviate.cli import serve
 from obliviate.errors import UsageError
 
@@ -29,7 +29,7 @@ COMMANDS = [
     (benchmarks.muse, None), (benchmarks.muse_eval, "muse-eval"), (benchmarks.wmdp, None),
     (benchmarks.tofu_score, "tofu-score"),
     (refusal.align, None), (refusal.refusal_eval_cmd, "refusal-eval"), (refusal.calibrate, None),
-    (audit.audit, None),
+    (audit.audit, None), (diffusion.erase, None),
     (info.ls, "ls"), (info.env, None),
     (serve.serve, None),
 ]

@@ -10,9 +10,19 @@ import typer
 from obliviate.errors import UsageError
 
 
-def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks | guards | metrics | suites")):
-    """List registered methods, refusal methods, attacks, guards, metrics or suites, one per line."""
-    if what == "guards":
+def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks | guards | erasers | metrics | suites")):
+    """List registered methods, refusal methods, attacks, guards, erasers, metrics or suites, one per line."""
+    if what == "erasers":
+        from dataclasses import fields
+
+        from obliviate.diffusion.erasers import ERASERS, load_all as load_erasers
+
+        load_erasers()
+        for name, cls in ERASERS.items():
+            opts = ", ".join(f"{f.name}={f.default}" for f in fields(cls))
+            typer.echo(f"{name:8s} {cls.description}")
+            typer.echo(f"{'':8s} options: {opts or 'none'}")
+    elif what == "guards":
         from dataclasses import fields
 
         from obliviate.guards import GUARDS, load_all
@@ -49,7 +59,7 @@ def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks
             typer.echo(f"{name:28s} {arrow[m.higher_is_better]:6s} {m.description}")
     else:
         raise UsageError(f"unknown listing {what!r}; use 'methods', 'refusal-methods', 'attacks', 'guards', "
-                         "'metrics' or 'suites'")
+                         "'erasers', 'metrics' or 'suites'")
 
 
 def env():

@@ -189,7 +189,12 @@ def load_t2i(path: str | Path) -> T2I:
     from transformers import AutoTokenizer, CLIPTextModel
     from transformers.utils import logging as hf_logging
 
+    from diffusers.utils import logging as df_logging
+
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown our own output
+    df_logging.set_verbosity_error()
+    df_logging.disable_progress_bar()
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"model directory not found: {path}")
