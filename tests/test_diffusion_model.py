@@ -145,3 +145,35 @@ def test_erase_command(tiny, tmp_path, capsys):
                               tmp_path / "e2"], capsys)
     assert code == 2 and "does not know 'purple'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e2").exists()
+
+
+def test_rece_adversarial_embedding_closed_form():
+    from obliviate.diffusion.erasers.rece import adversarial_embedding
+
+    torch.manual_seed(0)
+    d = 4
+    Wn, Wo = [torch.randn(d, d, dtype=torch.float64)], [torch.randn(d, d, dtype=torch.float64)]
+    c = torch.randn(3, d, dtype=torch.float64)
+    adv = adversarial_embedding(Wn, Wo, c, reg=1e-12)
+    # one square invertible projection and no regulariser: W_new c' = W_old c exactly
+    assert torch.allclose(adv @ Wn[0].T, c @ Wo[0].T, atol=1e-6)
+
+
+def test_rece_erases_the_embedding_that_regenerates_the_concept(tiny):
+    from obliviate.diffusion.erasers.rece import adversarial_embedding
+
+    load_all()
+    uce = ERASERS.get("uce")().erase(tiny, "star")
+    rece = ERASERS.get("rece")(epochs=1)
+    edited = rece.erase(tiny, "star")
+    c_e, _ = aligned_keys(tiny, "star", "")
+    old = [p.weight.detach().double() for p in cross_attention_kv(tiny.unet)]
+
+    def regenerated(model):  # how far the UCE-era adversarial embedding still lands from the concept's outputs
+        return sum(((adv0 @ p.weight.detach().double().T) - (c_e @ o.T)).norm()
+                   for p, o in zip(cross_attention_kv(model.unet), old))
+
+    adv0 = adversarial_embedding([p.weight.detach() for p in cross_attention_kv(uce.unet)],
+                                 [p.weight.detach() for p in cross_attention_kv(tiny.unet)], c_e, 1e-3)
+    assert torch.allclose(adv0, rece.adversarial[0], atol=1e-6)
+    assert regenerated(edited) > 2 * regenerated(uce)
