@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -12,8 +13,23 @@ from obliviate.errors import UsageError
 
 def world(out: Path = typer.Option(..., help="directory to write the world's JSONL splits into"),
           seed: int = typer.Option(0, help="same seed, byte-identical files"),
-          people: int = typer.Option(200, help="fictitious people trained on (5 QA each)")):
-    """Write the built-in fictitious world (TOFU-style QA splits) as JSONL."""
+          people: int = typer.Option(200, help="fictitious people trained on (5 QA each)"),
+          images: bool = typer.Option(False, "--images", help="write the image world (text-to-image erasure) "
+                                      "instead: images.npy, labels, factors, prompts, benign prompts"),
+          size: Optional[int] = typer.Option(None, help="--images: image side in pixels [default: 16]"),
+          per_combination: Optional[int] = typer.Option(None, help="--images: images per (object, colour, style, "
+                                                        "background) [default: 8]"),
+          classifiers: bool = typer.Option(False, "--classifiers", help="--images: also train the factor "
+                                           "classifiers into OUT/classifiers"),
+          classifier_steps: Optional[int] = typer.Option(None, help="--classifiers: steps per factor [default: 1000]"),
+          threads: Optional[int] = typer.Option(None, help="--classifiers: torch CPU threads")):
+    """Write the built-in fictitious world (TOFU-style QA splits) as JSONL, or with --images the image world."""
+    if images:
+        return _image_world(out, seed, size, per_combination, classifiers, classifier_steps, threads)
+    given = [n for n, v in (("--size", size), ("--per-combination", per_combination), ("--classifiers", classifiers),
+                            ("--classifier-steps", classifier_steps), ("--threads", threads)) if v not in (None, False)]
+    if given:
+        raise UsageError(f"{given[0]} applies only with --images")
     from obliviate.data.world import WorldSpec, write_world
     from obliviate.pipeline import fresh_output
 
@@ -25,6 +41,36 @@ def world(out: Path = typer.Option(..., help="directory to write the world's JSO
         manifest = write_world(o, spec)
     for name, s in manifest["splits"].items():
         typer.echo(f"{name:12s} {s['n']:5d} items")
+    typer.echo(f"wrote {out}")
+
+
+def _image_world(out: Path, seed: int, size, per_combination, classifiers: bool, classifier_steps, threads) -> None:
+    """`world --images`: the image world, plus its factor classifiers if asked, staged and renamed at the end."""
+    from obliviate.diffusion.world import ImageWorldSpec, staged_dir, write_world_files
+
+    if classifier_steps is not None and not classifiers:
+        raise UsageError("--classifier-steps applies only with --classifiers")
+    try:
+        spec = ImageWorldSpec(seed=seed, **{k: v for k, v in (("size", size), ("per_combination", per_combination))
+                                            if v is not None})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if classifier_steps is not None and classifier_steps < 1:
+        raise UsageError(f"--classifier-steps must be >= 1, got {classifier_steps}")
+    with staged_dir(out) as tmp:
+        factors = write_world_files(tmp, spec)
+        for name, f in factors["files"].items():
+            typer.echo(f"{name:22s} {f['n']:6d}")
+        if classifiers:
+            from obliviate.cli.common import set_threads
+            from obliviate.diffusion.classifiers import train_factor_classifiers
+
+            set_threads(threads)
+            clf = train_factor_classifiers(spec, steps=classifier_steps, log=typer.echo)
+            clf.save(tmp / "classifiers")
+            acc = clf.meta["fresh_accuracy"]
+            typer.echo("classifiers: accuracy on fresh renders " + ", ".join(f"{f} {a:.3f}" for f, a in acc.items())
+                       + f" ({sum(clf.meta['train_seconds'].values()):.0f} s)")
     typer.echo(f"wrote {out}")
 
 
