@@ -2,8 +2,9 @@
 
 Each is trained on fresh renders of the image world with their ground-truth labels (`world.sample_images`), never
 on a model's generations, so it judges every model alike. Inputs get a random amount of Gaussian pixel noise
-(sigma up to 0.15 on the [-1, 1] scale) so that the slightly noisy samples of a tiny diffusion model are scored by
-their content, not rejected by their grain. The penultimate layer (`features`) feeds a classifier-feature FID.
+(sigma up to 0.15 on the [-1, 1] scale) and a mild blur (up to 30% of a 3x3 box blur blended in), so that the
+slightly noisy or soft samples of a tiny diffusion model are scored by their content, not rejected by their grain;
+a texture blurred away entirely is still not recognised, as it should not be. The penultimate layer (`features`) feeds a classifier-feature FID.
 
 Architecture, per factor (defaults): conv3x3(3->w) conv3x3(w->w) maxpool conv3x3(w->2w) maxpool conv3x3(2w->2w)
 adaptive-avg-pool 2x2, linear(8w->feature_dim), ReLU [= features], linear(feature_dim->classes). It is independent
@@ -49,13 +50,14 @@ class FactorCNN(nn.Module):
 class ClassifierConfig:
     """How the classifiers are trained; `__post_init__` rejects what cannot work."""
 
-    steps: int = 400          # per factor
+    steps: int = 1000         # per factor
     batch_size: int = 128
     lr: float = 3e-3          # Adam, cosine-decayed to 0
     width: int = 16
     feature_dim: int = 64
     pool: int = 8192          # fresh renders shared by the factors (each image carries every label)
     max_noise: float = 0.15   # per-image Gaussian pixel-noise sigma ~ U(0, max_noise)
+    max_blur: float = 0.3     # per-image blend weight ~ U(0, max_blur) of a 3x3 box blur (softer samples)
     n_eval: int = 1000        # fresh held-out renders scored at the end (another seed)
     seed: int = 0
 
@@ -63,8 +65,8 @@ class ClassifierConfig:
         for name in ("steps", "batch_size", "width", "feature_dim", "pool", "n_eval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.lr <= 0 or self.max_noise < 0:
-            raise ValueError("lr must be > 0 and max_noise >= 0")
+        if self.lr <= 0 or self.max_noise < 0 or not 0 <= self.max_blur <= 1:
+            raise ValueError("lr must be > 0, max_noise >= 0 and max_blur in [0, 1]")
 
 
 def to_input(images) -> torch.Tensor:
@@ -161,6 +163,12 @@ class FactorClassifiers:
         return cls({f: info["values"][f] for f in info["factors"]}, models, info["size"], info.get("meta"))
 
 
+def _box_blur(x: torch.Tensor) -> torch.Tensor:
+    """3x3 mean filter per channel, edges replicated: [N, 3, H, W] -> same."""
+    k = torch.full((3, 1, 3, 3), 1 / 9, dtype=x.dtype)
+    return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+
+
 def _as_spec(spec_or_world) -> ImageWorldSpec:
     if isinstance(spec_or_world, ImageWorldSpec):
         return spec_or_world
@@ -205,8 +213,11 @@ def train_factor_classifiers(spec_or_world, steps: int | None = None, seed: int 
         model.train()
         for step in range(cfg.steps):
             idx = torch.randint(0, cfg.pool, (cfg.batch_size,), generator=gen)
+            x = pool[idx]
+            a = torch.rand(cfg.batch_size, 1, 1, 1, generator=gen) * cfg.max_blur
+            x = (1 - a) * x + a * _box_blur(x)
             sigma = torch.rand(cfg.batch_size, 1, 1, 1, generator=gen) * cfg.max_noise
-            x = pool[idx] + sigma * torch.randn(pool[idx].shape, generator=gen)
+            x = x + sigma * torch.randn(x.shape, generator=gen)
             loss = nn.functional.cross_entropy(model(x.to(device)), ys[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
