@@ -1,0 +1,1 @@
+"""Attacks on concept erasure in text-to-image models (`obliviate audit --suite diffusion`), one file each."""
