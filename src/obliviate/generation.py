@@ -184,8 +184,22 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
     return replies
 
 
+def batches(prompts: list[list[int]], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices of `prompts` sorted by length and cut into batches of at most `batch_size` rows and at most
+    `max_batch_tokens` padded prompt tokens (rows x longest), so long prompts (HarmBench's contextual behaviours)
+    do not blow up memory while short ones still share a batch."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out, cur = [], []
+    for i in order:
+        if cur and (len(cur) >= batch_size or (len(cur) + 1) * len(prompts[i]) > max_batch_tokens):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + [cur] if cur else out
+
+
 def decode(model, tok, prompts: list[list[int]], *, texts: list[str] | None = None, guards=None,
-           max_new_tokens: int = 48, batch_size: int = 64,
+           max_new_tokens: int = 48, batch_size: int = 64, max_batch_tokens: int = 32768,
            on_token: Callable[[int, int], None] | None = None) -> list[Reply]:
     """Greedy replies to token-id prompts, in the input order, through `guards` (see the module docstring).
     `texts` are the requests' texts for `on_request` (default: each prompt decoded without special tokens);
@@ -197,11 +211,9 @@ def decode(model, tok, prompts: list[list[int]], *, texts: list[str] | None = No
     if guards and texts is None:
         texts = [tok.decode(p, skip_special_tokens=True) for p in prompts]
     model.eval()
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[Reply | None] = [None] * len(prompts)
     with routing_hooks(model, guards):
-        for s in range(0, len(order), batch_size):
-            idx = order[s: s + batch_size]
+        for idx in batches(prompts, batch_size, max_batch_tokens):
             rows = [Row(i, texts[i] if texts is not None else None) for i in idx]
             for i, rep in zip(idx, _decode_batch(model, tok, [prompts[i] for i in idx], rows, list(guards),
                                                  max_new_tokens, on_token)):

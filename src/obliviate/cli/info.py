@@ -28,15 +28,18 @@ def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks
         from obliviate.guards import GUARDS, load_all
 
         load_all()
+        w = max(len(n) for n in GUARDS.names())
         for name, cls in GUARDS.items():
             opts = ", ".join(f"{f.name}={f.default}" for f in fields(cls) if not f.name.startswith("_"))
-            typer.echo(f"{name:10s} {cls.suite:10s} {cls.description}")
-            typer.echo(f"{'':10s} {'':10s} options: {opts or 'none'}")
+            typer.echo(f"{name:{w}s}  {cls.suite:10s}  {cls.description}")
+            typer.echo(f"{'':{w}s}  {'':10s}  options: {opts or 'none'}")
     elif what == "attacks":
         from obliviate.attacks import ATTACKS
 
+        w = max(len(n) for n in ATTACKS.names())
+        ws = max(len(",".join(c.suites)) for _, c in ATTACKS.items())
         for name, cls in ATTACKS.items():
-            typer.echo(f"{name:18s} {','.join(cls.suites):8s} {cls.description}")
+            typer.echo(f"{name:{w}s}  {','.join(cls.suites):{ws}s}  {cls.description}")
     elif what == "suites":
         from obliviate.suites import SUITES
 
