@@ -177,3 +177,13 @@ def test_rece_erases_the_embedding_that_regenerates_the_concept(tiny):
                                  [p.weight.detach() for p in cross_attention_kv(tiny.unet)], c_e, 1e-3)
     assert torch.allclose(adv0, rece.adversarial[0], atol=1e-6)
     assert regenerated(edited) > 2 * regenerated(uce)
+
+
+def test_advunlearn_trains_the_text_encoder_only(tiny):
+    load_all()
+    er = ERASERS.get("advunlearn")(steps=2, batch_size=2, ddim_steps=3, attack_steps=1, lr=1e-3)
+    edited = er.erase(tiny, "star", preserve=("circle",))
+    assert len(er.history) == 2 and all(np.isfinite(er.history))
+    assert all(torch.equal(a, b) for a, b in zip(tiny.unet.parameters(), edited.unet.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(tiny.text_encoder.parameters(),
+                                                     edited.text_encoder.parameters()))

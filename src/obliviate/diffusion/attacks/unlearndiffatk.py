@@ -27,13 +27,13 @@ import torch
 
 
 @contextmanager
-def soft_prefix(model, weights: torch.Tensor, start: int = 1):
-    """Replace the token embeddings at positions start..start+k-1 of every sequence by weights [k, V] @ E."""
+def prefix_embeddings(model, embeds: torch.Tensor, start: int = 1):
+    """Replace the token embeddings at positions start..start+k-1 of every sequence by embeds [k, d]."""
     table = model.text_encoder.get_input_embeddings()
 
     def hook(mod, args, out):
         out = out.clone()
-        out[:, start: start + weights.shape[0]] = (weights.to(table.weight.dtype) @ table.weight).unsqueeze(0)
+        out[:, start: start + embeds.shape[0]] = embeds.to(out.dtype).unsqueeze(0)
         return out
 
     h = table.register_forward_hook(hook)
@@ -41,6 +41,14 @@ def soft_prefix(model, weights: torch.Tensor, start: int = 1):
         yield
     finally:
         h.remove()
+
+
+@contextmanager
+def soft_prefix(model, weights: torch.Tensor, start: int = 1):
+    """The same with points of the vocabulary simplex, weights [k, V]: embeddings weights @ E."""
+    table = model.text_encoder.get_input_embeddings()
+    with prefix_embeddings(model, weights.to(table.weight.dtype) @ table.weight, start):
+        yield
 
 
 def prefixed(tok, prompt: str, k: int) -> str:
