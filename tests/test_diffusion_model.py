@@ -187,3 +187,27 @@ def test_advunlearn_trains_the_text_encoder_only(tiny):
     assert all(torch.equal(a, b) for a, b in zip(tiny.unet.parameters(), edited.unet.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(tiny.text_encoder.parameters(),
                                                      edited.text_encoder.parameters()))
+
+
+def test_concept_ablation_trains_kv_and_needs_an_anchor(tiny):
+    load_all()
+    er = ERASERS.get("concept_ablation")(steps=2, anchor_images=2, batch_size=2, ddim_steps=2)
+    edited = er.erase(tiny, "star", guide="circle")
+    moved = {n for (n, a), (_, b) in zip(tiny.unet.named_parameters(), edited.unet.named_parameters())
+             if not torch.equal(a, b)}
+    assert moved and all("attn2.to_k" in n or "attn2.to_v" in n for n in moved)
+    with pytest.raises(UsageError, match="anchor"):
+        er.erase(tiny, "star")
+
+
+def test_salun_mask_keeps_the_top_share_and_only_masked_weights_move(tiny):
+    load_all()
+    er = ERASERS.get("salun")(steps=2, images=2, batch_size=2, ddim_steps=2, saliency_share=0.1,
+                              saliency_batches=1)
+    edited = er.erase(tiny, "star", preserve=("circle",))
+    n_all = sum(m.numel() for m in er.mask.values())
+    n_kept = sum(int(m.sum()) for m in er.mask.values())
+    assert abs(n_kept / n_all - 0.1) < 0.02
+    for (n, a), (_, b) in zip(tiny.unet.named_parameters(), edited.unet.named_parameters()):
+        assert torch.equal(a[~er.mask[n]], b[~er.mask[n]])  # unmasked weights never move
+    assert any(not torch.equal(a, b) for a, b in zip(tiny.unet.parameters(), edited.unet.parameters()))
