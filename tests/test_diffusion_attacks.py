@@ -53,3 +53,28 @@ def test_optimised_prefix_matches_brute_force_on_a_tiny_vocabulary(tiny):
     assert found <= best + 0.25 * (worst - best), (found, best, worst)
     assert res["history"][-1] <= res["history"][0]
     assert res["prompt"].endswith("star") and len(res["history"]) == 20
+
+
+def test_p4d_projects_to_real_tokens_and_lowers_its_loss(tiny):
+    from obliviate.diffusion.attacks.p4d import P4D, nearest_tokens
+
+    table = tiny.text_encoder.get_input_embeddings().weight.detach()
+    allowed = torch.ones(table.shape[0], dtype=torch.bool)
+    assert nearest_tokens(table[[3, 5]] * 2.0, table, allowed).tolist() == [3, 5]  # cosine: scale-free
+    erased = tiny.copy()
+    with torch.no_grad():
+        for p in erased.unet.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    res = P4D(prompt_tokens=2, steps=6, samples=2).attack(erased, tiny, "star", images)
+    assert len(res["prompt_ids"]) == 2 and res["prompt"].endswith("star")
+    assert all(i not in tiny.tokenizer.all_special_ids for i in res["prompt_ids"])
+
+
+def test_embedding_shift_stays_in_its_ball(tiny):
+    from obliviate.diffusion.attacks.embedding_shift import EmbeddingShift
+
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    res = EmbeddingShift(steps=5, lr=0.5, radius=0.1, samples=2).attack(tiny, "star", images)
+    assert res["delta_norm"] <= res["bound"] + 1e-5 and res["delta_norm"] > 0
+    assert tiny.sample(["star"], steps=2, context=res["context"]).shape == (1, 3, 8, 8)
