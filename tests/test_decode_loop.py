@@ -154,3 +154,15 @@ def test_process_logits_changes_what_is_decoded(model_tok):
     first = decode(model, tok, p, max_new_tokens=1)[0].token_ids[0]
     banned = decode(model, tok, p, guards=[Ban(first)], max_new_tokens=1)[0].token_ids[0]
     assert banned != first
+
+
+def test_attached_guards_survive_lora_training_and_merging(target_dir):
+    """Attacks that train (relearn, finetune) wrap the model in LoRA and merge it back: the guards stay on."""
+    from obliviate.guards import attach, attached
+    from obliviate.models.load import add_lora, merge_lora
+
+    model, tok = load_model(str(target_dir))
+    g = Ban(0)
+    attach(model, [g])
+    merged = merge_lora(add_lora(model, r=2))
+    assert attached(merged) == [g]
