@@ -12,8 +12,10 @@ KV cache, and crops the cache back exactly afterwards (`Session.probe`), so the 
   continuation too).
 - ADA-LP ("linear probe"): reads the hidden state of layer `layer` at the header's role token (the token
   spelling the assistant's role, e.g. "assistant"; else the header's last token) and applies a logistic probe
-  fitted on harmful versus benign replies cut at several depths (`fit_depths`); halts when p >= `threshold`.
-  The layer is chosen by held-out accuracy among all layers (the paper picks a middle layer per model).
+  fitted on harmful answers versus the model's own greedy benign replies, cut at several depths (`fit_depths`);
+  halts when p >= `threshold`, set so that at most `benign_fpr` of the benign training sequences are flagged
+  (and at least 0.5). The layer is chosen by held-out accuracy among all layers (the paper picks a middle layer
+  per model).
 
 A halted reply is replaced by `refusal` with finish_reason "content_filter".
 """
@@ -97,6 +99,7 @@ class AdaLP(_ADA):
     layer: int = -1  # hidden-state index (set by fit)
     threshold: float = 0.5
     fit_depths: str = "0,5,10,20,40"  # answer tokens before the header, in the probe's training sequences
+    benign_fpr: float = 0.01  # the threshold flags at most this share of the benign training sequences
     seed: int = 0
 
     def __post_init__(self):
@@ -139,7 +142,10 @@ class AdaLP(_ADA):
         guard = cls(**options)
         guard.attach(model, tok)
         rows = [r for r in inputs.get("policy_train") or [] if r["kind"] in ("harmful", "benign")]
-        rows = _with_answers(model, tok, rows)
+        # benign rows get the model's own greedy replies: what the probe reads at run time (a dataset's benign
+        # answers can differ; measured on the world's refusal-SFT model, probing dataset answers gave 0.37
+        # over-refusal on benign look-alikes); harmful rows keep their harmful answers, what a prefill injects
+        rows = _with_answers(model, tok, [r if r["kind"] == "harmful" else {**r, "answer": ""} for r in rows])
         if len({r["kind"] for r in rows}) < 2:
             raise UsageError("ada_lp: needs harmful and benign training rows")
         depths = [int(x) for x in guard.fit_depths.split(",") if x.strip()]
@@ -159,14 +165,16 @@ class AdaLP(_ADA):
         guard.layer = best[1]
         clf = LogisticRegression(max_iter=2000).fit(X[:, guard.layer], y)
         guard._w = torch.tensor(np.concatenate([clf.coef_[0], clf.intercept_]), dtype=torch.float32)
+        benign_p = guard.prob(torch.from_numpy(X[y == 0, guard.layer])).numpy()
+        guard.threshold = float(max(0.5, np.quantile(benign_p, 1 - guard.benign_fpr))) if len(benign_p) else 0.5
         guard._val_accuracy = best[0]
         return guard
 
     def report(self, model, tok, inputs):
         from obliviate.guards import hidden_at
 
-        rows = _with_answers(model, tok, [r for r in inputs.get("policy_test") or []
-                                          if r["kind"] in ("harmful", "benign")])
+        rows = _with_answers(model, tok, [r if r["kind"] == "harmful" else {**r, "answer": ""}
+                                          for r in inputs.get("policy_test") or [] if r["kind"] in ("harmful", "benign")])
         if len({r["kind"] for r in rows}) < 2:
             return {}
         depths = [int(x) for x in self.fit_depths.split(",") if x.strip()]

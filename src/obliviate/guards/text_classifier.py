@@ -1,7 +1,7 @@
 """A small prompt classifier for guards: TF-IDF n-grams + logistic regression (scikit-learn), stored as JSON.
 
-Used by ECO's and GUARD's gates (character n-grams, since the names in a prompt decide whether it touches the
-forget target) and by the prompt-refusal predictor (word 1-3-grams). Its state (vocabulary, idf, weights) goes
+Used by ECO's and GUARD's gates (character 2-6-grams across word boundaries, since the names in a prompt decide
+whether it touches the forget target) and by the prompt-refusal predictor (word 1-3-grams). Its state (vocabulary, idf, weights) goes
 into guard.json, so a guard directory holds no pickle.
 """
 
@@ -11,7 +11,10 @@ import numpy as np
 
 
 class TfidfLogistic:
-    def __init__(self, analyzer: str = "char_wb", ngram: tuple[int, int] = (2, 5), C: float = 10.0):
+    # "char" (not "char_wb"): n-grams cross word boundaries, so a full name ("ek Duv") is a feature, not only its
+    # parts; in the world, first and last names recur across people, and within-word n-grams flagged 6% of the
+    # retain questions that share them with forget people (0% with "char" 2-6-grams; README, ECO)
+    def __init__(self, analyzer: str = "char", ngram: tuple[int, int] = (2, 6), C: float = 10.0):
         self.analyzer, self.ngram, self.C = analyzer, tuple(ngram), C
         self._vec = self._clf = None
 

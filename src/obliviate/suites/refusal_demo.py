@@ -125,9 +125,18 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
             from obliviate.suites.refusal import policy_rows
 
             load_all()
-            inputs = {"policy_train": data.harmful + data.benign, "policy_test": policy_rows(world, "policy_test")}
+            # ADA-LP's benign training replies also include the people questions the methods train on (never the
+            # evaluation people): without them its probe halted 65% of people answers (people accuracy 0.35).
+            # The latent guard keeps the paper's harmful-vs-harmless instructions: people questions in its
+            # harmless centroid pulled it towards ordinary questions and its AUROC fell from 0.993 to 0.740.
+            people = [{"prompt": it.question, "answer": it.answer, "kind": "benign", "category": "people"}
+                      for it in data.people]
+            test = policy_rows(world, "policy_test")
+            fit_inputs = {"ada_lp": {"policy_train": data.harmful + data.benign + people, "policy_test": test},
+                          "latent": {"policy_train": data.harmful + data.benign, "policy_test": test}}
             options["guards"] = {}
             for gname in ("ada_lp", "latent"):
+                inputs = fit_inputs[gname]
                 net, t = load_model(str(o / "models" / "refusal_sft"))
                 g = GUARDS.get(gname).fit(net, t, inputs)
                 g.attach(net, t)
