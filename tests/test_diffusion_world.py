@@ -2,13 +2,12 @@
 `obliviate world --images`."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from obliviate.cli import main
+from tests.test_cli import run_cli
 from obliviate.diffusion.world import (CONCEPT_FACTORS, FACTORS, OBJECTS, STYLES, TEMPLATES, ImageWorldSpec,
                                        _shape_mask, build_image_world, caption, concept_splits, load_image_world,
                                        render, spec_of, staged_dir, vocabulary, write_image_world)
@@ -168,17 +167,6 @@ def test_classifiers_accept_both_layouts_and_round_trip(classifiers, world, tmp_
     assert torch.equal(feats, again.features(images)) and again.values == classifiers.values
     with pytest.raises(UsageError):
         FactorClassifiers.load(tmp_path)
-
-
-def run_cli(args, capsys):
-    sys.argv = ["obliviate", *map(str, args)]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_cli_writes_the_image_world_and_rejects_bad_input(tmp_path, capsys):
