@@ -117,14 +117,10 @@ def prefill_embeddings(model, guards, ids: torch.Tensor, editable: torch.Tensor,
     return embeds
 
 
-def _overrides(guard, name: str) -> bool:
-    from obliviate.guards import Guard
-
-    return getattr(type(guard), name, None) is not getattr(Guard, name, None)
-
-
 def _hooked(guards, name):
-    return [g for g in guards if _overrides(g, name)]
+    from obliviate.guards import overrides
+
+    return [g for g in guards if overrides(g, name)]
 
 
 @torch.no_grad()

@@ -122,6 +122,16 @@ class T2I:
     def eps(self, z: torch.Tensor, t, context: torch.Tensor) -> torch.Tensor:
         return self.unet(z, t, encoder_hidden_states=context).sample
 
+    def denoise(self, z: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor, guidance: float, sched,
+                timesteps) -> torch.Tensor:
+        """DDIM steps of `sched` over `timesteps` with classifier-free guidance:
+        eps = eps(z, uncond) + guidance (eps(z, cond) - eps(z, uncond)). Sampling runs every step; ESD-style
+        erasers stop early to get x_t."""
+        for t in timesteps:
+            e_u, e_c = self.eps(torch.cat([z, z]), t, torch.cat([uncond, cond])).chunk(2)
+            z = sched.step(e_u + guidance * (e_c - e_u), t, z).prev_sample
+        return z
+
     @torch.no_grad()
     def sample(self, prompts: list[str], *, steps: int = 25, guidance: float = 2.0, seed: int = 0,
                context: torch.Tensor | None = None, batch_size: int = 64) -> torch.Tensor:
@@ -137,10 +147,7 @@ class T2I:
             z = torch.cat([torch.randn(shape, generator=gi) for gi in g]).to(self.device)
             sched = self.ddim()
             sched.set_timesteps(steps)
-            for t in sched.timesteps:
-                e = self.eps(torch.cat([z, z]), t, torch.cat([uncond, cond]))
-                e_u, e_c = e.chunk(2)
-                z = sched.step(e_u + guidance * (e_c - e_u), t, z).prev_sample
+            z = self.denoise(z, uncond, cond, guidance, sched, sched.timesteps)
             out.append(self.to_pixels(z).cpu())
         return torch.cat(out)
 

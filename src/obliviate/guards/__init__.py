@@ -103,22 +103,15 @@ class Guard:
 def hidden_at(model, seqs: list[list[int]], pos: int = -1, pad_id: int = 0, max_tokens: int = 8192) -> torch.Tensor:
     """[N, L+1, d] float32: every layer's residual stream (hidden_states; 0 = embeddings) at position `pos` of each
     token sequence (negative: from the end), in batches of at most `max_tokens` padded tokens."""
-    from obliviate.generation import left_pad
+    from obliviate.generation import batches, left_pad
 
-    device, out, order = next(model.parameters()).device, [None] * len(seqs), sorted(range(len(seqs)),
-                                                                                        key=lambda i: len(seqs[i]))
-    i = 0
-    while i < len(order):
-        j = i + 1
-        while j < len(order) and (j + 1 - i) * len(seqs[order[j]]) <= max_tokens:
-            j += 1
-        idx = order[i:j]
+    device, out = next(model.parameters()).device, [None] * len(seqs)
+    for idx in batches(seqs, len(seqs), max_tokens):
         ids, mask = left_pad([seqs[k] for k in idx], pad_id, device)
         hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         states = torch.stack([h[:, pos] for h in hs], 1).float().cpu()
         for r, k in enumerate(idx):
             out[k] = states[r]
-        i = j
     return torch.stack(out)
 
 
@@ -157,6 +150,11 @@ def save_guard(guard: Guard, out: Path, extra: dict | None = None) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def overrides(guard, hook: str) -> bool:
+    """Whether `guard` implements `hook` (the decode loop and the server call only the hooks a guard overrides)."""
+    return getattr(type(guard), hook, None) is not getattr(Guard, hook, None)
 
 
 def check_guard_dirs(paths) -> None:
@@ -221,14 +219,21 @@ def load_all() -> None:
         importlib.import_module(f"{__name__}.{m.name}")
 
 
+def num_experts(model) -> int | None:
+    """Experts per mixture-of-experts layer, from the config's usual names (None: a dense model)."""
+    from obliviate.models.anatomy import text_config
+
+    cfg = text_config(model)
+    return next((getattr(cfg, k) for k in ("num_local_experts", "num_experts", "n_routed_experts")
+                 if isinstance(getattr(cfg, k, None), int)), None)
+
+
 def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
     """(layer, router) pairs of a mixture-of-experts model: in every decoder layer, the linear map from the
     residual width to the expert count (Mixtral's `gate`, Qwen-MoE's router, ...). Found by shape, not by name."""
     from obliviate.models.anatomy import decoder_layers
 
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n_exp = next((getattr(cfg, k) for k in ("num_local_experts", "num_experts", "n_routed_experts")
-                  if isinstance(getattr(cfg, k, None), int)), None)
+    n_exp = num_experts(model)
     if not n_exp:
         return []
     out = []
@@ -266,7 +271,7 @@ def _reroute(out, edit):
 @contextmanager
 def routing_hooks(model, guards):
     """Install every guard's `edit_routing` on the model's routers for the duration of a decode call."""
-    routed = [g for g in guards if type(g).edit_routing is not Guard.edit_routing]
+    routed = [g for g in guards if overrides(g, "edit_routing")]
     handles = []
     if routed:
         routers = router_modules(model)

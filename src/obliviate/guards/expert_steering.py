@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.errors import UsageError
-from obliviate.guards import GUARDS, Guard, router_modules
+from obliviate.guards import GUARDS, Guard, num_experts, router_modules
+from obliviate.models.anatomy import text_config
 
 
 @torch.no_grad()
@@ -44,10 +45,7 @@ def routing_frequency(model, seqs: list[list[int]], top_k: int) -> torch.Tensor:
             ids, mask = left_pad([s], 0)
             model(input_ids=ids, attention_mask=mask)
             if counts is None:
-                cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-                E = next(getattr(cfg, k) for k in ("num_local_experts", "num_experts", "n_routed_experts")
-                         if isinstance(getattr(cfg, k, None), int))
-                counts = torch.zeros(len(routers), E)
+                counts = torch.zeros(len(routers), num_experts(model))
             for i in range(len(routers)):
                 counts[i] += torch.bincount(seen[i].flatten(), minlength=counts.shape[1]).float()
             n_tok += len(s)
@@ -115,8 +113,7 @@ class ExpertSteering(Guard):
         refused = model_refusals(model, tok, prompts, guard.max_new_tokens)
         if len(set(refused)) < 2:
             raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        top_k = int(getattr(cfg, "num_experts_per_tok", 2))
+        top_k = int(getattr(text_config(model), "num_experts_per_tok", 2))
         seqs = [prompt_ids(tok, p) for p in prompts]
         f_ref = routing_frequency(model, [s for s, y in zip(seqs, refused) if y], top_k)
         f_com = routing_frequency(model, [s for s, y in zip(seqs, refused) if not y], top_k)

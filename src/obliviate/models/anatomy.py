@@ -45,10 +45,14 @@ def _is_projection(m: nn.Module) -> bool:
                                         and m.weight.dim() == 2)
 
 
+def text_config(model):
+    """The language model's config (a multimodal model's text part, else the config itself)."""
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
 def decoder_layers(model) -> list[nn.Module]:
     """The model's decoder layers, in order (UsageError if no ModuleList matches the config's layer count)."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n = getattr(cfg, "num_hidden_layers", None)
+    n = getattr(text_config(model), "num_hidden_layers", None)
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     for m in lists:
         if len(m) == n:

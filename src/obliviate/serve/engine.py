@@ -6,7 +6,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
-from obliviate.guards import Guard
+from obliviate.guards import Guard, overrides
+from obliviate.models.anatomy import text_config
 
 CANCELLED = "cancelled"  # the internal guard's name: rows it halts were cancelled or already served
 
@@ -72,10 +73,6 @@ class _Release(Guard):
                     self.engine.release(req)
 
 
-def _overrides(guard, hook: str) -> bool:
-    return getattr(type(guard), hook) is not getattr(Guard, hook)
-
-
 class Engine:
     """The model, its guards, the admission queue and the one worker thread that decodes micro-batches."""
 
@@ -87,12 +84,12 @@ class Engine:
         self.guards = attached(model) if guards is None else list(guards)
         self.model, self.tok, self.name = model, tok, name
         self.max_batch, self.max_queue, self.window = max_batch, max_queue, batch_window_ms / 1000
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        cfg = text_config(model)
         self.context = getattr(cfg, "max_position_embeddings", None)
         eos = tok.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        self.hold_all = any(_overrides(g, "on_finish") for g in self.guards)
-        self.checks = [g.every for g in self.guards if _overrides(g, "on_step") and getattr(g, "every", 0) > 0]
+        self.hold_all = any(overrides(g, "on_finish") for g in self.guards)
+        self.checks = [g.every for g in self.guards if overrides(g, "on_step") and getattr(g, "every", 0) > 0]
         self.queue: collections.deque[Request] = collections.deque()
         self.cond = threading.Condition(threading.RLock())
         self.admitted = 0  # queued + decoding: what max_queue bounds
@@ -212,7 +209,7 @@ class Engine:
             reason = "stop" if req.tokens and req.tokens[-1] in self.eos else "length"
             row = Row(index=0, text=req.text, scores=dict(rep.scores))
             for g in self.guards:
-                if _overrides(g, "on_finish") and row.halted_by is None:
+                if overrides(g, "on_finish") and row.halted_by is None:
                     g.on_finish(text, row)
             if row.halted_by is not None:
                 text, reason = row.refusal or "", "content_filter"

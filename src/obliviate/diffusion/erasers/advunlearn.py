@@ -71,10 +71,8 @@ class AdvUnlearn(Eraser):
             stop = int(torch.randint(0, self.ddim_steps - 1, (1,), generator=g))
             z = torch.randn(edited.latent_shape(B), generator=g).to(edited.device)
             with torch.no_grad():
-                c_now = edited.encode([concept] * B)
-                for t in sched.timesteps[:stop]:
-                    e_u, e_c = edited.eps(torch.cat([z, z]), t, torch.cat([u, c_now])).chunk(2)
-                    z = sched.step(e_u + self.start_guidance * (e_c - e_u), t, z).prev_sample
+                z = edited.denoise(z, u, edited.encode([concept] * B), self.start_guidance, sched,
+                                   sched.timesteps[:stop])
                 t = sched.timesteps[stop]
                 e_u, e_c = frozen.eps(torch.cat([z, z]), t, torch.cat([u, frozen.encode([concept] * B)])).chunk(2)
                 target = esd_target(e_u, e_c, self.eta)

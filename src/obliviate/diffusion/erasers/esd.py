@@ -76,10 +76,7 @@ class _ESD(Eraser):
                 z = torch.randn(edited.latent_shape(self.batch_size), generator=g).to(edited.device)
                 edited.unet.eval()
                 with torch.no_grad():  # x_t: DDIM with the model being trained, guided towards c, stopped early
-                    for t in sched.timesteps[:stop]:
-                        e = edited.eps(torch.cat([z, z]), t, torch.cat([u, c]))
-                        e_u, e_c = e.chunk(2)
-                        z = sched.step(e_u + self.start_guidance * (e_c - e_u), t, z).prev_sample
+                    z = edited.denoise(z, u, c, self.start_guidance, sched, sched.timesteps[:stop])
                     t = sched.timesteps[stop]
                     e = frozen.eps(torch.cat([z, z]), t, torch.cat([u, c]))
                     target = esd_target(*e.chunk(2), self.eta)
