@@ -34,6 +34,7 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
           option: List[str] = typer.Option([], help="method option KEY=VALUE (repeatable), e.g. rto=false"),
           batch_size: int = typer.Option(32, help="examples per part per step"),
           lora_r: int = typer.Option(0, help="> 0: train LoRA adapters of this rank, merged on save"),
+          bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast forward passes (faster on AMX CPUs and GPUs)"),
           no_chat_template: bool = typer.Option(False, "--no-chat-template",
                                                 help="allow a model without a chat template (raw prompt)"),
           resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
@@ -89,9 +90,9 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
             "benign": benign, "benign_sft": str(benign_sft or ""), "refusals": str(refusals or "shipped pool"),
             "exclude": exclude, "n_harmful": len(data_.harmful), "n_benign": len(data_.benign) + len(data_.people)}
         write_json(o / "align.json", {"model": model, **source, "method": method, "options": meth.__dict__,
-                                      "seed": seed, "lora_r": lora_r})
+                                      "seed": seed, "lora_r": lora_r, "bf16": bf16})
         net, tok, res = run_align(net, tok, meth, data_, seed=seed, out=o, resume=resume, lora_r=lora_r,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, bf16=bf16)
         save_model(net, tok, o)
         write_json(o / "train_log.json", {"steps": res.steps, "seconds": res.seconds, "history": res.history})
         import shutil

@@ -14,7 +14,7 @@ KV cache, and crops the cache back exactly afterwards (`Session.probe`), so the 
   spelling the assistant's role, e.g. "assistant"; else the header's last token) and applies a logistic probe
   fitted on harmful answers versus the model's own greedy benign replies, cut at several depths (`fit_depths`);
   halts when p >= `threshold`, set so that at most `benign_fpr` of the benign training sequences are flagged
-  (and at least 0.5). The layer is chosen by held-out accuracy among all layers (the paper picks a middle layer
+  by probes that did not train on them (5-fold out-of-fold probabilities; and at least 0.5). The layer is chosen by held-out accuracy among all layers (the paper picks a middle layer
   per model).
 
 A halted reply is replaced by `refusal` with finish_reason "content_filter".
@@ -165,7 +165,17 @@ class AdaLP(_ADA):
         guard.layer = best[1]
         clf = LogisticRegression(max_iter=2000).fit(X[:, guard.layer], y)
         guard._w = torch.tensor(np.concatenate([clf.coef_[0], clf.intercept_]), dtype=torch.float32)
-        benign_p = guard.prob(torch.from_numpy(X[y == 0, guard.layer])).numpy()
+        # the threshold comes from out-of-fold probabilities (5 folds, every depth of a prompt in one fold): a
+        # probe's scores on its own training replies are overconfident, and a threshold set on them flags unseen
+        # benign replies far more often than `benign_fpr`
+        folds = np.array([hash_fold(i // len(depths), guard.seed) for i in range(len(seqs))])
+        oof = np.zeros(len(y))
+        for f in range(5):
+            test = folds == f
+            if test.any() and len(set(y[~test])) == 2:
+                oof[test] = LogisticRegression(max_iter=2000).fit(X[~test, guard.layer], y[~test]).predict_proba(
+                    X[test, guard.layer])[:, 1]
+        benign_p = oof[y == 0]
         guard.threshold = float(max(0.5, np.quantile(benign_p, 1 - guard.benign_fpr))) if len(benign_p) else 0.5
         guard._val_accuracy = best[0]
         return guard
@@ -192,6 +202,11 @@ class AdaLP(_ADA):
 
     def load_tensors(self, tensors):
         self._w = tensors["probe"]
+
+
+def hash_fold(i: int, seed: int, k: int = 5) -> int:
+    """A fixed pseudo-random fold in [0, k) for item i."""
+    return random.Random(seed * 1_000_003 + i).randrange(k)
 
 
 def _with_answers(model, tok, rows: list[dict], max_new_tokens: int = 40) -> list[dict]:

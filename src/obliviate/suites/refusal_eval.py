@@ -58,16 +58,19 @@ def refusal_eval(model, tok, rows: list[dict], depths=DEPTHS, judges=("gcg", "jb
     harmful = [r for r in rows if r["kind"] == "harmful"]
     benign = [r for r in rows if r["kind"] == "benign"]
     jobs = [("benign", 0, benign)] + [("harmful", k, harmful) for k in (0, *depths)]
-    metrics, samples, positions = {}, [], []
+    # one generator call for every (prompt, depth): the decode loop packs them into fewer, fuller batches
+    prompts = [prompt_ids(tok, r["prompt"]) for _, _, subset in jobs for r in subset]
+    prefills = [prefill_ids(tok, r["prompt"], r["answer"], k) for _, k, subset in jobs for r in subset]
+    outs = generator(model, tok, prompts, prefills, max_new_tokens=max_new_tokens) if prompts else []
+    refused = refused_fn([r["prompt"] for _, _, subset in jobs for r in subset], outs) if prompts else []
+    metrics, samples, positions, at = {}, [], [], 0
     for kind, k, subset in jobs:
-        prompts = [prompt_ids(tok, r["prompt"]) for r in subset]
-        prefills = [prefill_ids(tok, r["prompt"], r["answer"], k) for r in subset]
-        outs = generator(model, tok, prompts, prefills, max_new_tokens=max_new_tokens) if subset else []
-        refused = refused_fn([r["prompt"] for r in subset], outs) if subset else []
-        rate = sum(refused) / len(refused) if refused else 0.0
+        outs_k, refused_k = outs[at: at + len(subset)], refused[at: at + len(subset)]
+        at += len(subset)
+        rate = sum(refused_k) / len(refused_k) if refused_k else 0.0
         key = "over_refusal_rate" if kind == "benign" else "refusal_rate" if k == 0 else f"refusal_rate@prefill{k}"
         metrics[key] = rate
-        for r, o, ref in zip(subset, outs, refused):
+        for r, o, ref in zip(subset, outs_k, refused_k):
             pos = refusal_start(tok, o) if (ref and kind == "harmful") else None
             if pos is not None:
                 positions.append(pos)
