@@ -78,3 +78,26 @@ def test_embedding_shift_stays_in_its_ball(tiny):
     res = EmbeddingShift(steps=5, lr=0.5, radius=0.1, samples=2).attack(tiny, "star", images)
     assert res["delta_norm"] <= res["bound"] + 1e-5 and res["delta_norm"] > 0
     assert tiny.sample(["star"], steps=2, context=res["context"]).shape == (1, 3, 8, 8)
+
+
+def test_concept_arithmetic_with_one_term_is_ordinary_guidance(tiny):
+    from obliviate.diffusion.attacks.concept_arithmetic import composed_sample
+
+    a = composed_sample(tiny, [("red star", 2.0)], 3, steps=3, seed=1)
+    b = tiny.sample(["red star"] * 3, steps=3, guidance=2.0, seed=1)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_concept_arithmetic_adds_directions_and_keeps_the_best(tiny):
+    from obliviate.diffusion.attacks.concept_arithmetic import ConceptArithmetic, composed_sample, compositions
+
+    # "red star" - "red" + "red" = "red star": the arithmetic is linear in the weights
+    a = composed_sample(tiny, [("red star", 2.0), ("red", -1.0), ("red", 1.0)], 2, steps=3, seed=0)
+    b = composed_sample(tiny, [("red star", 2.0)], 2, steps=3, seed=0)
+    assert torch.allclose(a, b, atol=1e-5)
+    cands = compositions("star", ["red"], 2.0)
+    assert cands[0] == [("star", -1.0)] and cands[-1] == [("red star", 2.0), ("red", -2.0)]
+    # a recogniser that accepts bright images: the attack reports the composition it liked best
+    res = ConceptArithmetic(samples=2, budget=4, steps=2).attack(tiny, "star", lambda x: (x.mean((1, 2, 3)) > 0).tolist(),
+                                                                 ["red"])
+    assert len(res["tried"]) == 4 and res["success_rate"] == max(r["success"] for r in res["tried"])
