@@ -15,12 +15,13 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
          seed: int = typer.Option(0),
          methods: Optional[str] = typer.Option(None, help="comma-separated methods, or 'all' (default: the "
                                                "six TOFU/NPO baselines, which fit the 2-minute budget)"),
-         suite: str = typer.Option("world", help="world (unlearning), refusal (refusal methods) or real "
-                                                 "(a pretrained chat model, --model)"),
+         suite: str = typer.Option("world", help="world (unlearning), refusal (refusal methods), real "
+                                                 "(a pretrained chat model, --model) or diffusion (concept "
+                                                 "erasure in a text-to-image model)"),
          model: Optional[str] = typer.Option(None, help="--suite real: the chat model directory"),
          public_data: Path = typer.Option(Path("../shared/data"), help="--suite real: folder with harmbench/, "
                                           "jailbreakbench/, xstest/, advbench/ as published"),
-         size: str = typer.Option("full", help="--suite real: full (the benchmark-size run) or smoke"),
+         size: str = typer.Option("full", help="--suite real / diffusion: full (the benchmark-size run) or smoke"),
          parts: str = typer.Option("unlearning,refusal", help="--suite real: which halves to run"),
          guards: bool = typer.Option(False, "--guards", help="world: add ECO and GUARD rows (guards on the target); "
                                      "refusal: add ADA-LP and latent-guard rows (guards on the refusal-SFT model)"),
@@ -48,8 +49,17 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         run_real_demo(out, model, public_data, size=FULL if size == "full" else SMOKE, seed=seed, parts=chosen,
                       started=STARTED)
         return
+    if suite == "diffusion":
+        from obliviate.suites.diffusion_demo import FULL, SMOKE, run_diffusion_demo
+
+        if size not in ("full", "smoke"):
+            raise UsageError(f"--size must be 'full' or 'smoke', got {size!r}")
+        if methods or guards or model:
+            raise UsageError("--methods, --guards and --model do not apply to --suite diffusion")
+        run_diffusion_demo(out, size=FULL if size == "full" else SMOKE, seed=seed, started=STARTED)
+        return
     if model or size != "full":
-        raise UsageError("--model and --size apply to --suite real")
+        raise UsageError("--model and --size apply to --suite real and diffusion")
     meths = methods.split(",") if methods else None
     if suite == "refusal":
         from obliviate.suites.refusal_demo import run_refusal_demo
@@ -57,7 +67,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         run_refusal_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards)
         return
     if suite != "world":
-        raise UsageError(f"unknown demo suite {suite!r}; use 'world', 'refusal' or 'real'")
+        raise UsageError(f"unknown demo suite {suite!r}; use 'world', 'refusal', 'real' or 'diffusion'")
     from obliviate.demo import run_demo
 
     run_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards)

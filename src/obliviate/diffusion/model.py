@@ -243,9 +243,10 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
 
 def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, steps: int = 1000, batch_size: int = 64,
               lr: float = 2e-3, p_uncond: float = 0.1, ema: float = 0.999, seed: int = 0,
-              progress: bool = False) -> dict:
+              progress: bool = False, checkpoint_every: int = 0, on_checkpoint=None) -> dict:
     """Train UNet and text encoder jointly on (image, one of its captions) pairs; the EMA weights are kept in the
-    model at the end. Returns {"seconds", "loss_first", "loss_last"}."""
+    model at the end. Every `checkpoint_every` steps, `on_checkpoint(step, train_seconds)` runs with the EMA
+    weights swapped in (eval mode); its time is not counted. Returns {"seconds", "loss_first", "loss_last"}."""
     from obliviate.progress import progress_bar
 
     if len(images) != len(captions) or not len(images):
@@ -278,6 +279,19 @@ def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, step
                     s.mul_(ema).add_(p.detach(), alpha=1 - ema)
             losses.append(float(loss.detach()))
             bar.advance()
+            if on_checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                paused = time.perf_counter()
+                live = [p.detach().clone() for p in params]
+                with torch.no_grad():
+                    for s_, p in zip(shadow, params):
+                        p.copy_(s_)
+                model.unet.eval(), model.text_encoder.eval()
+                on_checkpoint(step + 1, paused - t0)
+                with torch.no_grad():
+                    for v, p in zip(live, params):
+                        p.copy_(v)
+                model.unet.train(), model.text_encoder.train()
+                t0 += time.perf_counter() - paused
     with torch.no_grad():
         for s, p in zip(shadow, params):
             p.copy_(s)

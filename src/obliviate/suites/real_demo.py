@@ -280,9 +280,9 @@ def run_real_demo(out: Path, model: str, public_data: Path, *, size: RealDemoSiz
     return doc
 
 
-def table(results: dict) -> str:
+def table(results: dict, columns: tuple[str, ...] = TABLE) -> str:
     """One row per run, the figures that matter for each half ("-" where a figure does not apply)."""
-    cols = [c for c in TABLE if any(c in m for m in results.values())]
+    cols = [c for c in columns if any(c in m for m in results.values())]
     head = ["run"] + cols
     rows = [[name] + [_fmt(m.get(c)) for c in cols] for name, m in results.items()]
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
+
 
 @torch.no_grad()
 def composed_sample(model, terms: list[tuple[str, float]], n: int, *, steps: int = 25, seed: int = 0) -> torch.Tensor:
@@ -53,6 +55,7 @@ def compositions(concept: str, context_words: list[str], guidance: float) -> lis
     return out
 
 
+@DIFFUSION_ATTACKS.register("concept_arithmetic")
 @dataclass
 class ConceptArithmetic:
     samples: int = 8  # images per composition
@@ -60,6 +63,7 @@ class ConceptArithmetic:
     guidance: float = 2.0
     steps: int = 25
     seed: int = 0
+    per_concept = True
 
     def attack(self, model, concept: str, recognised, context_words: list[str] = ()) -> dict:
         """recognised(images) -> [bool] (the target classifier). Returns the best composition, its success rate,

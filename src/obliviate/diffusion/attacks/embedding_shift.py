@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
 
+
+@DIFFUSION_ATTACKS.register("embedding_shift")
 @dataclass
 class EmbeddingShift:
     steps: int = 40
@@ -52,3 +55,7 @@ class EmbeddingShift:
             history.append(float(loss.detach()))
         return {"context": (ctx + delta).detach(), "delta_norm": float(delta.detach().norm()), "bound": bound,
                 "history": history}
+
+    def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> torch.Tensor:
+        ctx = self.attack(erased, prompt, target_images)["context"]
+        return erased.sample([prompt], context=ctx, steps=sample.steps, guidance=sample.guidance, seed=sample.seed)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
 from obliviate.diffusion.attacks.unlearndiffatk import prefix_embeddings, prefixed
 
 
@@ -27,6 +28,7 @@ def nearest_tokens(embeds: torch.Tensor, table: torch.Tensor, allowed: torch.Ten
     return sim.masked_fill(~allowed, float("-inf")).argmax(-1)
 
 
+@DIFFUSION_ATTACKS.register("p4d")
 @dataclass
 class P4D:
     prompt_tokens: int = 4
@@ -71,3 +73,7 @@ class P4D:
         words = erased.tokenizer.convert_ids_to_tokens(ids)
         return {"prompt_ids": ids, "prompt": " ".join(words + ([prompt] if self.keep_prompt else [])),
                 "history": history}
+
+    def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> torch.Tensor:
+        found = self.attack(erased, original, prompt, target_images)["prompt"]
+        return erased.sample([found], steps=sample.steps, guidance=sample.guidance, seed=sample.seed)

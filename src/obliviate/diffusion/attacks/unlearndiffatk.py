@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
+
 
 @contextmanager
 def prefix_embeddings(model, embeds: torch.Tensor, start: int = 1):
@@ -69,6 +71,7 @@ def denoising_loss(model, prompt: str, weights: torch.Tensor, images: torch.Tens
     return torch.nn.functional.mse_loss(model.eps(x_t, t, ctx), noise)
 
 
+@DIFFUSION_ATTACKS.register("unlearndiffatk")
 @dataclass
 class UnlearnDiffAtk:
     prefix_tokens: int = 5
@@ -112,3 +115,7 @@ class UnlearnDiffAtk:
         ids = z.detach().masked_fill(~allowed, float("-inf")).argmax(-1).tolist()
         words = model.tokenizer.convert_ids_to_tokens(ids)
         return {"prefix_ids": ids, "prompt": " ".join(words + [prompt]), "history": history}
+
+    def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> torch.Tensor:
+        found = self.attack(erased, prompt, target_images)["prompt"]  # real vocabulary words before the prompt
+        return erased.sample([found], steps=sample.steps, guidance=sample.guidance, seed=sample.seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -35,6 +36,7 @@ class ConceptAblation(Eraser):
     guidance: float = 2.0
     ddim_steps: int = 25
     seed: int = 0
+    needs_anchor: ClassVar[bool] = True  # erase() needs a guide (the anchor concept)
 
     def __post_init__(self):
         if self.steps < 1 or self.anchor_images < 1 or self.batch_size < 1:

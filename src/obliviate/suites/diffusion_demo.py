@@ -1,0 +1,142 @@
+"""`obliviate demo --suite diffusion`: concept erasure in a text-to-image model, end to end, on the image world.
+
+    image world (+ factor classifiers) -> base model trained from config -> every eraser on one object, one colour
+    and one style -> UA / IRA / CRA / over-erasure / classifier FD per (eraser, concept) -> attacks on the object's
+    erasures (pre-ASR, ASR) -> results.json, samples grids, one printed table.
+
+Sizes: `FULL` is the demo, `SMOKE` the tests' run of the same path. Each eraser runs with its own defaults except
+`steps` (FULL.eraser_steps) for the trained ones, so that every eraser fits the demo's budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from obliviate.diffusion.evaluate import SampleConfig
+
+
+@dataclass(frozen=True)
+class DiffusionDemoSize:
+    train_minutes: float = 8.0  # base model training budget (wall clock of the training loop)
+    train_batch_size: int = 64
+    train_lr: float = 2e-3
+    channels: tuple[int, ...] = (32, 64)
+    classifier_steps: int = 600
+    concepts: tuple[str, ...] = ("star", "red", "striped")  # one object, one colour, one style
+    erasers: tuple[str, ...] | None = None  # None: every registered eraser
+    eraser_steps: int = 60  # `steps` of the trained erasers
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=20, guidance=2.0, max_prompts=24))
+    attacks: tuple[str, ...] = ("unlearndiffatk", "p4d", "embedding_shift", "concept_arithmetic")
+    attack_prompts: int = 4
+    attack_steps: int = 30
+    per_combination: int = 8
+
+
+FULL = DiffusionDemoSize()
+SMOKE = DiffusionDemoSize(train_minutes=0.05, classifier_steps=20, concepts=("star",), erasers=("uce", "esd_x"),
+                          eraser_steps=2, sample=SampleConfig(steps=2, guidance=2.0, max_prompts=4),
+                          attacks=("unlearndiffatk", "concept_arithmetic"), attack_prompts=1, attack_steps=2,
+                          channels=(16, 32), per_combination=2)
+
+TABLE = ("ua", "ira", "cra", "over_erasure", "fd_classifier", "pre_asr", "asr[unlearndiffatk]", "asr[p4d]",
+         "asr[embedding_shift]", "asr[concept_arithmetic]", "seconds")
+
+
+def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int = 0, progress: bool = True,
+                       started: float | None = None) -> dict:
+    import torch
+    from rich.console import Console
+
+    from obliviate.data.schema import write_jsonl
+    from obliviate.diffusion.audit import DiffusionAuditConfig, audit_concept
+    from obliviate.diffusion.classifiers import train_factor_classifiers
+    from obliviate.diffusion.erasers import ERASERS, load_all
+    from obliviate.diffusion.evaluate import base_accuracy, evaluate_concept, save_grid
+    from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, train_t2i
+    from obliviate.diffusion.world import (ImageWorldSpec, build_image_world, factor_of, vocabulary,
+                                           write_world_files)
+    from obliviate.pipeline import Timer, demo_output, results_document, write_json
+
+    clock = Timer(started)
+    console = Console(stderr=True, quiet=not progress, log_path=False)
+    load_all()
+    erasers = list(size.erasers or ERASERS.names())
+    for name in erasers:
+        ERASERS.get(name)  # unknown names: did-you-mean before any work
+    spec = ImageWorldSpec(seed=seed, per_combination=size.per_combination)
+    results, extra = {}, {"audit": {}, "seconds": {}}
+    with demo_output(out, "written by `obliviate demo --suite diffusion`; the next run with this --out replaces it") as o:
+        write_world_files(_mkdir(o / "world"), spec)
+        world = build_image_world(spec)
+        clf = train_factor_classifiers(spec, steps=size.classifier_steps, seed=seed)
+        clf.save(o / "classifiers")
+        console.log("classifiers: fresh accuracy " + ", ".join(f"{f} {a:.3f}" for f, a in
+                                                               clf.meta["fresh_accuracy"].items()))
+        train = [i for i, r in enumerate(world["labels"]) if r["split"] == "train"]
+        tok = build_word_tokenizer(vocabulary(world))
+        base = build_t2i(tok, T2IConfig(size=spec.size, channels=size.channels), seed=seed)
+        images, captions = world["images"][train], [world["labels"][i]["captions"] for i in train]
+        probe = train_t2i(base.copy(), images, captions, steps=5, batch_size=size.train_batch_size, lr=size.train_lr,
+                          seed=seed)
+        steps = max(5, int(size.train_minutes * 60 / (probe["seconds"] / 5)))
+        fit = train_t2i(base, images, captions, steps=steps, batch_size=size.train_batch_size, lr=size.train_lr,
+                        seed=seed, progress=progress)
+        base.save(o / "models" / "base")
+        acc = base_accuracy(base, clf, world, size.sample)
+        extra["base"] = {"steps": steps, "train_seconds": round(fit["seconds"], 1), "factor_accuracy": acc}
+        console.log(f"base model: {steps} steps in {fit['seconds']:.0f} s; factor accuracy "
+                    + ", ".join(f"{f} {a:.3f}" for f, a in acc.items()))
+        samples = []
+        for concept in size.concepts:
+            m, art = evaluate_concept(base, clf, world, concept, size.sample)
+            results[f"base/{concept}"] = m
+            before = art["images"]["target"]
+            for name in erasers:
+                cls = ERASERS.get(name)
+                opts = {"steps": size.eraser_steps} if "steps" in cls.__dataclass_fields__ else {}
+                t0 = time.perf_counter()
+                torch.manual_seed(seed)
+                # an eraser that maps the concept onto an anchor gets its nearest look-alike (e.g. star -> cross)
+                guide = world["factors"]["look_alikes"][factor_of(world, concept)][concept][0] \
+                    if getattr(cls, "needs_anchor", False) else ""
+                edited = cls(**opts).erase(base, concept, guide=guide)
+                secs = time.perf_counter() - t0
+                m, art = evaluate_concept(edited, clf, world, concept, size.sample)
+                m["seconds"] = round(secs, 1)
+                run = f"{name}/{concept}"
+                results[run] = m
+                save_grid([before, art["images"]["target"]], o / "grids" / f"{name}_{concept}.png")
+                samples += [{"run": run, "set": s, "prompt": r["text"]} for s, rows in art["rows"].items() for r in rows]
+                if concept == size.concepts[0] and size.attacks:
+                    cfg = DiffusionAuditConfig(prompts=size.attack_prompts, sample=size.sample, options={
+                        a: {"steps": size.attack_steps} for a in size.attacks if a != "concept_arithmetic"})
+                    aud = audit_concept(edited, base, clf, world, concept, list(size.attacks), cfg)
+                    extra["audit"][run] = aud
+                    m["pre_asr"] = aud["pre_asr"]
+                    m |= {f"asr[{a}]": r["asr"] for a, r in aud["attacks"].items()}
+                console.log(f"{run}: UA {m['ua']:.2f} IRA {m['ira']:.2f} CRA {m['cra']:.2f} ({secs:.0f} s)")
+        config = {"suite": "diffusion", "seed": seed, "size": _plain(size.__dict__), "erasers": erasers}
+        doc = results_document(config, results, {}, extra | {"wall_seconds": round(clock(), 1)})
+        write_jsonl(o / "samples.jsonl", samples)
+        write_json(o / "results.json", doc)
+    print(table(results))
+    print(f"\nwrote {out}/results.json, grids/ (before / after, per eraser and concept)")
+    print(f"demo wall time: {clock():.1f} s")
+    return doc
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _plain(d: dict) -> dict:
+    return {k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in d.items()}
+
+
+def table(results: dict) -> str:
+    from obliviate.suites.real_demo import table as runs_table
+
+    return runs_table(results, TABLE)
