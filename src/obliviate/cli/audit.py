@@ -25,7 +25,11 @@ def _attack_options(options: list[str]) -> dict[str, dict]:
 
 def audit(model: str = typer.Argument(..., help="the model to audit (HF directory)"),
           suite: str = typer.Option(..., help="unlearning (a world / TOFU directory or QA files), world (a world "
-                                              "directory, with --oracle) or refusal (a world, or public prompt files)"),
+                                              "directory, with --oracle), refusal (a world, or public prompt files) "
+                                              "or diffusion (an erased text-to-image model, --target, --concept)"),
+          concept: Optional[str] = typer.Option(None, help="diffusion: the erased concept word"),
+          classifiers: Optional[Path] = typer.Option(None, help="diffusion: factor classifiers (default: "
+                                                                "DATA/classifiers)"),
           out: Path = typer.Option(..., help="writes audit.json, audit.md and artifacts/"),
           data: Optional[Path] = typer.Option(None, help="a data directory: a world (`obliviate world`) or, for "
                                                          "--suite unlearning, a TOFU directory"),
@@ -66,6 +70,20 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
     check_guard_dirs(guard)
     if limit is not None and limit < 1:
         raise UsageError("--limit must be >= 1")
+    if suite == "diffusion":
+        from obliviate.cli.diffusion import diffusion_audit
+
+        if data is None:
+            raise UsageError("--suite diffusion needs --data: an image world (`obliviate world --images "
+                             "--classifiers`)")
+        set_threads(threads)
+        diffusion_audit(model, target, data, concept, classifiers, out,
+                        [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
+                        _attack_options(option),
+                        prompts=limit or 4, time_budget=time_budget, seed=seed)
+        return
+    if concept or classifiers:
+        raise UsageError("--concept and --classifiers apply to --suite diffusion")
     set_threads(threads)
     doc = run_audit(model, suite, data, out, oracle=oracle, target=target,
                     attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,

@@ -41,3 +41,83 @@ def erase(method: str = typer.Argument(..., help="eraser name (`obliviate ls era
     edited = eraser.erase(t2i, concept, guide=guide, preserve=tuple(preserve))
     edited.save(out)
     typer.echo(f"{method}: erased {concept!r} in {time.perf_counter() - t0:.1f} s; wrote {out}")
+
+
+def _world_and_classifiers(data: Path, classifiers: Optional[Path]):
+    from obliviate.diffusion.classifiers import FactorClassifiers
+    from obliviate.diffusion.world import load_image_world
+
+    world = load_image_world(data)
+    clf_dir = classifiers or Path(data) / "classifiers"
+    if not (Path(clf_dir) / "classifiers.json").is_file():
+        raise UsageError(f"no factor classifiers in {clf_dir}: write the world with `obliviate world --images "
+                         f"--classifiers`, or give --classifiers DIR")
+    return world, FactorClassifiers.load(clf_dir)
+
+
+def diffusion_eval(models: dict[str, str], data: Path, concept: Optional[str], classifiers: Optional[Path],
+                   out: Path, *, ddim_steps: int = 25, guidance: float = 2.0, limit: Optional[int] = None,
+                   seed: int = 0) -> dict:
+    """`eval --suite diffusion`: UA / IRA / CRA / over-erasure / classifier FD of each model for one concept."""
+    from obliviate.diffusion.evaluate import SampleConfig, evaluate_concept, save_grid
+    from obliviate.diffusion.model import load_t2i
+    from obliviate.diffusion.world import factor_of
+    from obliviate.pipeline import fresh_output, results_document, write_json
+    from obliviate.suites.diffusion_demo import table
+
+    if not concept:
+        raise UsageError("--suite diffusion needs --concept WORD (e.g. star)")
+    world, clf = _world_and_classifiers(data, classifiers)
+    factor_of(world, concept)  # an unknown concept: exit 2 with a suggestion, before any model loads
+    loaded = [(name, load_t2i(d)) for name, d in models.items()]
+    cfg = SampleConfig(steps=ddim_steps, guidance=guidance, seed=seed, max_prompts=limit)
+    results = {}
+    with fresh_output(out) as o:
+        for name, t2i in loaded:
+            m, art = evaluate_concept(t2i, clf, world, concept, cfg)
+            results[name] = m
+            save_grid([art["images"]["target"], art["images"]["others"][:len(art["images"]["target"])]],
+                      o / "grids" / f"{name}.png")
+        doc = results_document({"suite": "diffusion", "concept": concept, "models": dict(models),
+                                "data": str(data), "sample": cfg.__dict__}, results, {})
+        write_json(o / "results.json", doc)
+    typer.echo(table(results))
+    typer.echo(f"wrote {out}/results.json, grids/")
+    return doc
+
+
+def diffusion_audit(model: str, target: Optional[str], data: Path, concept: Optional[str],
+                    classifiers: Optional[Path], out: Path, attacks: Optional[list[str]], options: dict, *,
+                    prompts: int = 4, ddim_steps: int = 25, guidance: float = 2.0, time_budget=None,
+                    seed: int = 0) -> dict:
+    """`audit --suite diffusion`: pre-ASR and ASR of each attack on an erased model (MODEL) against the original
+    (--target), for one concept."""
+    from obliviate.diffusion.attacks import DIFFUSION_ATTACKS, load_all
+    from obliviate.diffusion.audit import DiffusionAuditConfig, audit_concept
+    from obliviate.diffusion.evaluate import SampleConfig
+    from obliviate.diffusion.model import load_t2i
+    from obliviate.diffusion.world import factor_of
+    from obliviate.pipeline import fresh_output, write_json
+
+    if not concept:
+        raise UsageError("--suite diffusion needs --concept WORD (the erased concept)")
+    if not target:
+        raise UsageError("--suite diffusion needs --target DIR: the model before erasure (the attacks aim at its "
+                         "images)")
+    load_all()
+    names = attacks or DIFFUSION_ATTACKS.names()
+    for a in names:
+        DIFFUSION_ATTACKS.get(a)
+    world, clf = _world_and_classifiers(data, classifiers)
+    factor_of(world, concept)
+    erased, original = load_t2i(model), load_t2i(target)
+    cfg = DiffusionAuditConfig(prompts=prompts, sample=SampleConfig(steps=ddim_steps, guidance=guidance, seed=seed),
+                               options=options, time_budget=time_budget)
+    with fresh_output(out) as o:
+        doc = audit_concept(erased, original, clf, world, concept, names, cfg, log=typer.echo)
+        doc |= {"model": model, "target": target, "data": str(data)}
+        write_json(o / "audit.json", doc)
+    typer.echo(f"pre-ASR {doc['pre_asr']:.2f}; " + ", ".join(f"{a} ASR {r['asr']:.2f}"
+                                                           for a, r in doc["attacks"].items()))
+    typer.echo(f"wrote {out}/audit.json")
+    return doc

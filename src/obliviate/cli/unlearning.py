@@ -82,7 +82,12 @@ def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat,
              out: Path = typer.Option(..., help="writes results.json, samples.jsonl, report.md"),
              oracle: Optional[str] = typer.Option(None, help="oracle model directory (forget quality, privleak)"),
              forget_split: str = typer.Option("forget10"),
-             suite: str = typer.Option("world", help="how to read --data: world or tofu"),
+             suite: str = typer.Option("world", help="how to read --data: world, tofu, or diffusion (an image "
+                                                     "world; MODEL is a text-to-image directory)"),
+             concept: Optional[str] = typer.Option(None, help="diffusion: the erased concept word"),
+             classifiers: Optional[Path] = typer.Option(None, help="diffusion: factor classifiers (default: "
+                                                                   "DATA/classifiers)"),
+             limit: Optional[int] = typer.Option(None, help="diffusion: at most N prompts per prompt set"),
              guard: List[Path] = typer.Option([], "--guard", help="a guard directory (`obliviate guard fit`) "
                                               "applied to the evaluated models, not the oracle (repeatable)"),
              threads: Optional[int] = typer.Option(None)):
@@ -90,6 +95,16 @@ def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat,
     from obliviate.guards import check_guard_dirs
     from obliviate.pipeline import run_eval
 
+    if suite == "diffusion":
+        from obliviate.cli.diffusion import diffusion_eval
+
+        if oracle or guard:
+            raise UsageError("--oracle and --guard do not apply to --suite diffusion")
+        set_threads(threads)
+        diffusion_eval(named_runs(model), data, concept, classifiers, out, limit=limit)
+        return
+    if concept or classifiers or limit:
+        raise UsageError("--concept, --classifiers and --limit apply to --suite diffusion")
     check_guard_dirs(guard)
     set_threads(threads)
     doc = run_eval(named_runs(model), data, out, oracle=oracle, forget_split=forget_split, suite=suite,

@@ -1,0 +1,95 @@
+"""`eval --suite diffusion` and `audit --suite diffusion` on a written image world, on a pixel-space model and on a
+Stable Diffusion-layout model with a VAE (built from config), and their bad-input exits."""
+
+import json
+
+import pytest
+
+from obliviate.diffusion.model import T2I, T2IConfig, build_t2i, build_word_tokenizer
+from obliviate.diffusion.world import load_image_world, vocabulary
+from tests.test_cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+
+    d = tmp_path_factory.mktemp("diffcli")
+
+    class Cap:  # a minimal capsys stand-in for a module-scoped fixture
+        def readouterr(self):
+            import types
+            return types.SimpleNamespace(out="", err="")
+
+    code, _, err = run_cli(["world", "--images", "--out", d / "world", "--per-combination", 2, "--classifiers",
+                            "--classifier-steps", 20], Cap())
+    assert code == 0, err
+    world = load_image_world(d / "world")
+    tok = build_word_tokenizer(vocabulary(world))
+    pixel = build_t2i(tok, T2IConfig(size=16, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2), seed=0)
+    pixel.save(d / "pixel")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=16).eval()
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8)
+    T2I(unet, pixel.text_encoder, pixel.tokenizer, pixel.scheduler_config, vae).save(d / "sd")
+    return d
+
+
+def test_eval_suite_diffusion(setup, tmp_path, capsys):
+    d = setup
+    code, _, err = run_cli(["erase", "uce", "--model", d / "pixel", "--concept", "star", "--out", tmp_path / "uce"],
+                           capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["eval", "--suite", "diffusion", "--data", d / "world", "--concept", "star",
+                              "--model", f"base={d / 'pixel'}", "--model", f"uce={tmp_path / 'uce'}", "--limit", 2,
+                              "--out", tmp_path / "ev"], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert set(doc["results"]) == {"base", "uce"}
+    assert all(0 <= doc["results"][r]["ua"] <= 1 for r in ("base", "uce"))
+    assert (tmp_path / "ev" / "grids" / "uce.png").is_file() and "ua" in out
+
+
+def test_erase_and_audit_a_latent_model_with_a_vae(setup, tmp_path, capsys):
+    d = setup
+    code, _, err = run_cli(["erase", "esd_x", "--model", d / "sd", "--concept", "star", "--option", "steps=1",
+                            "--option", "ddim_steps=2", "--out", tmp_path / "esd"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["audit", str(tmp_path / "esd"), "--suite", "diffusion", "--data", d / "world",
+                              "--concept", "star", "--target", d / "sd", "--attacks",
+                              "unlearndiffatk,concept_arithmetic", "--option", "unlearndiffatk.steps=1",
+                              "--option", "concept_arithmetic.budget=1", "--option", "concept_arithmetic.samples=1",
+                              "--option", "concept_arithmetic.steps=2", "--limit", 1, "--out", tmp_path / "au"],
+                             capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "au" / "audit.json").read_text())
+    assert set(doc["attacks"]) == {"unlearndiffatk", "concept_arithmetic"}
+    assert doc["attacks"]["unlearndiffatk"]["asr"] >= doc["pre_asr"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--concept", "stra"], "did you mean 'star'"),
+    (["--concept", "star", "--attacks", "unlearndifatk"], "did you mean 'unlearndiffatk'"),
+    (["--concept", "star", "--no-target"], "--target"),
+])
+def test_audit_bad_input(setup, tmp_path, capsys, args, needle):
+    d = setup
+    target = [] if "--no-target" in args else ["--target", str(d / "pixel")]
+    args = [a for a in args if a != "--no-target"]
+    code, _, err = run_cli(["audit", str(d / "pixel"), "--suite", "diffusion", "--data", d / "world", *args, *target,
+                            "--out", tmp_path / "au"], capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "au").exists()
+
+
+def test_eval_a_directory_without_unet(setup, tmp_path, capsys):
+    d = setup
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["eval", "--suite", "diffusion", "--data", d / "world", "--concept", "star", "--model",
+                            tmp_path / "empty", "--out", tmp_path / "ev"], capsys)
+    assert code == 2 and "unet" in err and not (tmp_path / "ev").exists()
