@@ -4,7 +4,7 @@ the guard through generate."""
 import pytest
 import torch
 
-import obliviate.guards.refusal_predictor as rp
+import obliviate.guards.expert_steering as es
 from obliviate.generation import decode
 from obliviate.guards import _reroute, load_guard, router_modules, routing_hooks, save_guard
 from obliviate.guards.expert_steering import ExpertSteering, routing_frequency
@@ -74,13 +74,20 @@ def test_guard_off_and_on_through_routing_hooks(moe):
     assert freq[0, 1] == 1.0  # every token routed to it
     rand = _guard(model, k=2, select="random")
     assert sum(map(len, rand._chosen.values())) == 2
+    # counting from `starts`: the frequency over the tail equals the frequency of the tail's own counts
+    full = routing_frequency(model, seqs, 2)
+    tail = routing_frequency(model, seqs, 2, starts=[2] * len(seqs))
+    head = routing_frequency(model, [s[:2] for s in seqs], 2)  # causal: the first 2 tokens route the same alone
+    n_all, n_head = sum(map(len, seqs)), 2 * len(seqs)
+    assert torch.allclose(full * n_all, head * n_head + tail * (n_all - n_head), atol=1e-4)
 
 
 def test_guard_fit_and_generate(moe, world_dir, tmp_path, monkeypatch):
     model, tok = moe
     rows = policy_rows(world_dir, "policy_train")[::16]
-    monkeypatch.setattr(rp, "model_refusals", lambda m, t, prompts, n=32: [int(r["kind"] == "harmful")
-                                                                             for r in rows])
+    monkeypatch.setattr(es, "judged_replies", lambda m, t, prompts, n=32: (
+        ["I cannot help with that." if r["kind"] == "harmful" else "Sure, here it is." for r in rows],
+        [r["kind"] == "harmful" for r in rows]))
     g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=2)
     assert g._scores.shape == (2, 4) and sum(map(len, g._chosen.values())) == 2
     save_guard(g, tmp_path / "e")

@@ -2,10 +2,12 @@
 SteerMoE: Fayyaz et al. 2025, "Steering MoE LLMs via Expert (De)Activation", arXiv:2509.09660).
 
 Fit: the model's own greedy replies to the training prompts are judged (keyword judges GCG + JailbreakBench) as
-refused or complied. For every (layer, expert) the activation frequency is the share of prompt tokens routed to
-the expert (it is in the token's top-k); the score is its frequency on refused prompts minus on complied prompts
-(SteerMoE's risk difference; MoTE scores experts by their activation difference between refused and answered
-prompts). At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k` experts with the
+refused or complied. For every (layer, expert) the activation frequency is the share of tokens routed to the
+expert (it is in the token's top-k); the score is its frequency on refused minus on complied examples (SteerMoE's
+risk difference; MoTE scores experts by their activation difference between refused and answered prompts).
+`tokens` says which tokens count: `reply` (default), the tokens of the model's own reply, read with its prompt
+as context, so the contrast is writing a refusal versus writing an answer; `prompt`, the prompt's tokens, which
+also contrasts what the prompts are about (harmful versus benign topics). At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k` experts with the
 highest scores are switched `off` (their router logit -> -inf, so the top-k is taken among the others and its
 weights re-normalised: MoTE's "switch off", which lowers refusal) or `on` (logit + 1e4, always in the top-k:
 raises refusal). `select=random` switches k experts drawn with `seed` instead: the control.
@@ -24,8 +26,9 @@ from obliviate.models.anatomy import text_config
 
 
 @torch.no_grad()
-def routing_frequency(model, seqs: list[list[int]], top_k: int) -> torch.Tensor:
-    """[L, E]: share of the tokens of `seqs` for which each expert of each MoE layer is in the top-k."""
+def routing_frequency(model, seqs: list[list[int]], top_k: int, starts: list[int] | None = None) -> torch.Tensor:
+    """[L, E]: share of the tokens of `seqs` (from `starts[i]` on in sequence i; default all) for which each expert
+    of each MoE layer is in the top-k."""
     from obliviate.generation import left_pad
 
     routers = router_modules(model)
@@ -35,24 +38,35 @@ def routing_frequency(model, seqs: list[list[int]], top_k: int) -> torch.Tensor:
         def fn(m, args, out):
             logits = out if isinstance(out, torch.Tensor) else out[0]
             idx = logits.topk(top_k, -1).indices if isinstance(out, torch.Tensor) else out[2]
-            seen[layer] = idx.reshape(-1, idx.shape[-1])
+            seen[layer] = idx.reshape(-1, idx.shape[-1])  # [T, top_k], the sequence's tokens in order
         return fn
 
     handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(routers)]
     n_tok = 0
     try:
-        for s in seqs:  # one at a time: no padding tokens in the counts
+        for n, s in enumerate(seqs):  # one at a time: no padding tokens in the counts
             ids, mask = left_pad([s], 0)
             model(input_ids=ids, attention_mask=mask)
             if counts is None:
                 counts = torch.zeros(len(routers), num_experts(model))
+            start = starts[n] if starts else 0
             for i in range(len(routers)):
-                counts[i] += torch.bincount(seen[i].flatten(), minlength=counts.shape[1]).float()
-            n_tok += len(s)
+                counts[i] += torch.bincount(seen[i][start:].flatten(), minlength=counts.shape[1]).float()
+            n_tok += len(s) - start
     finally:
         for h in handles:
             h.remove()
     return counts / max(1, n_tok)
+
+
+def judged_replies(model, tok, prompts: list[str], max_new_tokens: int) -> tuple[list[str], list[bool]]:
+    """The model's greedy replies (no guard) and whether each is a refusal (keyword judges GCG + JailbreakBench)."""
+    from obliviate.generation import generate
+    from obliviate.judges.refusal import judge
+    from obliviate.models.encode import prompt_ids
+
+    replies = generate(model, tok, [prompt_ids(tok, p) for p in prompts], max_new_tokens, guards=[])
+    return replies, [judge(p, r, ["gcg", "jbb"])[0] == "refusal" for p, r in zip(prompts, replies)]
 
 
 @GUARDS.register("expert_steering")
@@ -65,10 +79,12 @@ class ExpertSteering(Guard):
     select: str = "top"  # top: the highest-scoring experts; random: k drawn with seed (the control)
     seed: int = 0
     max_new_tokens: int = 32
+    tokens: str = "reply"  # which tokens' routing is scored: reply or prompt
 
     def __post_init__(self):
-        if self.mode not in ("off", "on") or self.select not in ("top", "random") or self.k < 1:
-            raise UsageError("expert_steering: mode off|on, select top|random, k >= 1")
+        if self.mode not in ("off", "on") or self.select not in ("top", "random") or self.k < 1 \
+                or self.tokens not in ("reply", "prompt"):
+            raise UsageError("expert_steering: mode off|on, select top|random, tokens reply|prompt, k >= 1")
         self._scores = None  # [L, E]
         self._chosen: dict[int, list[int]] = {}
 
@@ -103,20 +119,27 @@ class ExpertSteering(Guard):
 
     @classmethod
     def fit(cls, model, tok, inputs, **options):
-        from obliviate.guards.refusal_predictor import model_refusals
         from obliviate.models.encode import prompt_ids
 
         guard = cls(**options)
         if not router_modules(model):
             raise UsageError(f"expert_steering: this {type(model).__name__} has no mixture-of-experts routers")
         prompts = [r["prompt"] for r in inputs.get("policy_train") or []]
-        refused = model_refusals(model, tok, prompts, guard.max_new_tokens)
+        seqs = [prompt_ids(tok, p) for p in prompts]
+        replies, refused = judged_replies(model, tok, prompts, guard.max_new_tokens)
         if len(set(refused)) < 2:
             raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
         top_k = int(getattr(text_config(model), "num_experts_per_tok", 2))
-        seqs = [prompt_ids(tok, p) for p in prompts]
-        f_ref = routing_frequency(model, [s for s, y in zip(seqs, refused) if y], top_k)
-        f_com = routing_frequency(model, [s for s, y in zip(seqs, refused) if not y], top_k)
+        if guard.tokens == "reply":  # prompt + the reply's tokens; only the reply's are counted
+            starts = [len(s) for s in seqs]
+            seqs = [s + tok(r, add_special_tokens=False)["input_ids"] for s, r in zip(seqs, replies)]
+        else:
+            starts = [0] * len(seqs)
+        keep = [i for i, s in enumerate(seqs) if len(s) > starts[i]]
+        f_ref = routing_frequency(model, [seqs[i] for i in keep if refused[i]], top_k,
+                                  [starts[i] for i in keep if refused[i]])
+        f_com = routing_frequency(model, [seqs[i] for i in keep if not refused[i]], top_k,
+                                  [starts[i] for i in keep if not refused[i]])
         guard._scores = f_ref - f_com
         if guard.k > guard._scores.numel():
             raise UsageError(f"expert_steering: k={guard.k} but the model has {guard._scores.numel()} experts")
