@@ -14,6 +14,15 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_run_registry():
+    """Commands run by tests record nothing (no runs/registry.sqlite in the repository); the registry's own
+    tests point OBLIVIATE_REGISTRY at a temporary file."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OBLIVIATE_REGISTRY", "off")
+        yield
+
+
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory):
     from obliviate.data.world import WorldSpec, write_world

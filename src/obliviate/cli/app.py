@@ -15,7 +15,7 @@ import sys
 import typer
 
 from obliviate.cli import audit, benchmarks, data, demo, diffusion, guard, info, judge, models, refusal, unlearning
-from obliviate.cli import serve
+from obliviate.cli import runs, serve
 from obliviate.errors import UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,6 +38,7 @@ for func, name in COMMANDS:
 app.add_typer(judge.judge_app, name="judge")
 app.add_typer(models.models_app, name="models")
 app.add_typer(guard.guard_app, name="guard")
+app.add_typer(runs.runs_app, name="runs")
 
 
 def _one_line(text: str) -> str:
@@ -73,7 +74,21 @@ def _parser_error(e: BaseException) -> int | None:
 
 
 def main() -> None:
+    """Run the command; every command with an --out option is recorded in the run registry around it
+    (obliviate.runs.hook: `running` now, then done / failed / interrupted; OBLIVIATE_REGISTRY=off disables)."""
+    from obliviate.runs import hook  # standard library only: milliseconds
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    live = hook.start(app, sys.argv[1:])
+    try:
+        _main()
+    except BaseException as e:  # SystemExit included: its code and __context__ say how the command ended
+        hook.finish(live, e)
+        raise
+    hook.finish(live, None)
+
+
+def _main() -> None:
     try:
         code = app(standalone_mode=False, prog_name="obliviate")
     except UsageError as e:

@@ -1,0 +1,255 @@
+"""`obliviate runs ls | show | compare | rm | doctor | rebuild`: the run registry (see `obliviate.runs`).
+
+`--json` prints machine-readable output on stdout and nothing else. Reading commands never create a database:
+on a missing one they show no runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from obliviate.errors import UsageError
+
+runs_app = typer.Typer(no_args_is_help=True,
+                       help="The run registry: every command with --out records its run here.")
+
+REGISTRY_HELP = "database file (default: $OBLIVIATE_REGISTRY, else runs/registry.sqlite)"
+HEADLINE = ("forget_quality", "model_utility", "privleak", "refusal_rate", "over_refusal_rate", "asr")
+
+
+def _open(registry: Optional[Path], create: bool = False):
+    """The open Registry, or None when it does not exist and `create` is False (reading commands)."""
+    from obliviate.runs import Registry, registry_path
+
+    path = registry_path(registry)
+    if path is None:
+        raise UsageError("the run registry is off (OBLIVIATE_REGISTRY=off); choose one with --registry PATH")
+    if not create and not path.exists():
+        return None
+    return Registry(path)
+
+
+def _echo_json(obj) -> None:
+    import json
+
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _console():
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)  # piped output: wide rows, not folded ones
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def parse_since(text: str) -> str:
+    """`2026-11-28`, an ISO date-time, or an age (`90m`, `12h`, `3d`, `2w`) -> an ISO UTC bound for `started`."""
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*", text)
+    if m:
+        unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+        t = datetime.now(timezone.utc) - timedelta(**{unit: float(m.group(1))})
+    else:
+        try:
+            t = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise UsageError(f"--since expects a date (2026-11-28), a date-time or an age (90m, 12h, 3d, 2w), "
+                             f"got {text!r}") from None
+        t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.isoformat(timespec="seconds")
+
+
+def duration(run: dict) -> Optional[float]:
+    from datetime import datetime
+
+    try:
+        return (datetime.fromisoformat(run["ended"]) - datetime.fromisoformat(run["started"])).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def headline(run: dict, metrics: dict) -> str:
+    """Up to three well-known metrics; with several runs in one file, the run's method (else the only one)."""
+    shown = []
+    for h in HEADLINE:
+        hits = [n for n in metrics if n == h or n.endswith("/" + h)]
+        if len(hits) > 1 and run.get("method"):
+            hits = [n for n in hits if n in (h, f"{run['method']}/{h}")]
+        if len(hits) == 1:
+            shown.append(f"{h} {_fmt(metrics[hits[0]])}")
+        if len(shown) == 3:
+            break
+    return ", ".join(shown) or (f"{len(metrics)} metrics" if metrics else "")
+
+
+@runs_app.command("ls")
+def ls(suite: Optional[str] = typer.Option(None, help="exact, or a glob with * and ?"),
+       method: Optional[str] = typer.Option(None, help="exact, or a glob with * and ?"),
+       model: Optional[str] = typer.Option(None, help="exact, or a glob with * and ? (e.g. '*target*')"),
+       since: Optional[str] = typer.Option(None, help="2026-11-28, an ISO date-time, or an age: 90m, 12h, 3d, 2w"),
+       as_json: bool = typer.Option(False, "--json", help="print a JSON list of runs (with metrics)"),
+       registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+    """List runs, oldest first: id, status, command, suite, method, model, start, duration, headline metrics."""
+    bound = parse_since(since) if since is not None else None
+    reg = _open(registry)
+    if reg is None:
+        runs, metrics = [], {}
+    else:
+        with reg:
+            runs = reg.runs(suite=suite, method=method, model=model, since=bound)
+            metrics = reg.all_metrics()
+    if as_json:
+        _echo_json([run | {"duration_s": duration(run), "metrics": metrics.get(run["id"], {})} for run in runs])
+        return
+    if not runs:
+        typer.echo("no runs" + ("" if reg is not None else " (the registry does not exist yet)"))
+        return
+    from rich.table import Table
+
+    table = Table("id", "status", "command", "suite", "method", "model", "started", "duration", "metrics")
+    for run in runs:
+        table.add_row(run["id"], run["status"], run["command"], run["suite"] or "", run["method"] or "",
+                      run["model"] or "", (run["started"] or "")[:19].replace("T", " "),
+                      _fmt_duration(duration(run)), headline(run, metrics.get(run["id"], {})))
+    _console().print(table)
+
+
+@runs_app.command("show")
+def show(run_id: str = typer.Argument(..., help="a run id, or a unique prefix of one"),
+         as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+         registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+    """Every field of one run, its metrics and its artifacts."""
+    import json
+
+    reg = _open(registry)
+    if reg is None:
+        raise UsageError(f"no run {run_id!r}: the run registry does not exist yet")
+    with reg:
+        run = reg.get(run_id)
+    run["duration_s"] = duration(run)
+    if as_json:
+        _echo_json(run)
+        return
+    from rich.table import Table
+
+    fields = Table("field", "value", show_header=False)
+    for key, value in run.items():
+        if key not in ("metrics", "artifacts"):
+            fields.add_row(key, json.dumps(value) if isinstance(value, (list, dict)) else
+                           "-" if value is None else str(value))
+    console = _console()
+    console.print(fields)
+    if run["metrics"]:
+        table = Table("metric", "value", title=f"{len(run['metrics'])} metrics")
+        for name, value in run["metrics"].items():
+            table.add_row(name, _fmt(value))
+        console.print(table)
+    if run["artifacts"]:
+        table = Table("kind", "path", title=f"{len(run['artifacts'])} artifacts")
+        for a in run["artifacts"]:
+            table.add_row(a["kind"], a["path"])
+        console.print(table)
+
+
+@runs_app.command("compare")
+def compare(run_ids: List[str] = typer.Argument(..., help="two or more run ids (or unique prefixes)"),
+            as_json: bool = typer.Option(False, "--json", help="print {runs, metrics: {name: {run: value}}}"),
+            registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+    """Metrics side by side: one row per metric that at least one of the runs has."""
+    reg = _open(registry)
+    if reg is None:
+        raise UsageError("no runs to compare: the run registry does not exist yet")
+    with reg:
+        ids = list(dict.fromkeys(reg.resolve(r) for r in run_ids))  # resolved first: one bad id, no output
+        if len(ids) < 2:
+            raise UsageError("runs compare needs at least two different run ids")
+        runs = [reg.get(i) for i in ids]
+    names = sorted({n for run in runs for n in run["metrics"]})
+    if as_json:
+        _echo_json({"runs": [{k: r[k] for k in ("id", "command", "suite", "method", "model", "status")}
+                             for r in runs],
+                    "metrics": {n: {r["id"]: r["metrics"].get(n) for r in runs if n in r["metrics"]}
+                                for n in names}})
+        return
+    from rich.table import Table
+
+    table = Table("metric", *(f"{r['id']}\n{r['command']} {r['method'] or ''}".rstrip() for r in runs))
+    for n in names:
+        table.add_row(n, *(_fmt(r["metrics"][n]) if n in r["metrics"] else "" for r in runs))
+    _console().print(table)
+    if not names:
+        typer.echo("none of these runs has metrics")
+
+
+@runs_app.command("rm")
+def rm(run_ids: List[str] = typer.Argument(..., help="run ids (or unique prefixes)"),
+       as_json: bool = typer.Option(False, "--json", help="print {removed: [ids]}"),
+       registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+    """Remove runs from the registry (their output directories stay on disk)."""
+    reg = _open(registry)
+    if reg is None:
+        raise UsageError(f"no run {run_ids[0]!r}: the run registry does not exist yet")
+    with reg:
+        ids = list(dict.fromkeys(reg.resolve(r) for r in run_ids))  # every id checked before any is removed
+        reg.delete_runs(ids)
+    if as_json:
+        _echo_json({"removed": ids})
+    else:
+        typer.echo(f"removed {len(ids)} run{'s' if len(ids) != 1 else ''}: {' '.join(ids)}")
+
+
+@runs_app.command("doctor")
+def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+               registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+    """Mark `running` runs whose process is gone (or started over 24 h ago elsewhere) `interrupted`; check integrity."""
+    from obliviate.runs.maintenance import doctor
+
+    reg = _open(registry)
+    if reg is None:
+        report = {"registry": None, "running_checked": 0, "interrupted": [], "integrity": "no database yet"}
+    else:
+        with reg:
+            report = doctor(reg)
+    if as_json:
+        _echo_json(report)
+        return
+    typer.echo(f"{report['registry']}: integrity {report['integrity']}; {report['running_checked']} running, "
+               f"{len(report['interrupted'])} marked interrupted" +
+               (f" ({' '.join(report['interrupted'])})" if report["interrupted"] else ""))
+
+
+@runs_app.command("rebuild")
+def rebuild_cmd(root: Path = typer.Argument(..., help="directory to walk for output directories (e.g. runs)"),
+                as_json: bool = typer.Option(False, "--json", help="print {added, skipped}"),
+                registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+    """Re-index runs from the results files under ROOT (when the database is lost); known runs are skipped."""
+    from obliviate.runs.maintenance import rebuild
+
+    if not root.is_dir():
+        raise UsageError(f"runs rebuild: {root} is not a directory")
+    with _open(registry, create=True) as reg:
+        report = rebuild(reg, root)
+    if as_json:
+        _echo_json(report)
+        return
+    typer.echo(f"{report['registry']}: added {len(report['added'])} run(s), "
+               f"{len(report['skipped'])} already registered")

@@ -1,0 +1,16 @@
+"""The run registry: every command that writes results records its run in one SQLite database.
+
+- `db`: where the database lives, opening it safely, the versioned schema (`MIGRATIONS`);
+- `registry`: `Registry`, the reads and writes (one short transaction each);
+- `results`: what an output directory holds (metrics, artifacts, hashes), shared by recording and rebuild;
+- `hook`: the CLI's one hook (`start` / `finish` around every command with `--out`);
+- `maintenance`: `doctor` and `rebuild`.
+
+Standard library only: importing it costs milliseconds, so the CLI can record every command.
+"""
+
+from obliviate.runs.db import registry_path, schema_version
+from obliviate.runs.registry import Registry
+from obliviate.runs.results import canonical_hash, data_hash, read_results
+
+__all__ = ["Registry", "canonical_hash", "data_hash", "read_results", "registry_path", "schema_version"]
