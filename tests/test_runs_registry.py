@@ -314,6 +314,9 @@ def test_ls_show_compare_rm(fake_cli, tmp_path, capsys):
     a, b = (r["id"] for r in runs_json(capsys))
     code, out, _ = run_cli(["runs", "ls"], capsys)
     assert code == 0 and a in out and b in out and "forget_quality" in out
+    # the runs inside one results file (target, npo) get a line each
+    lines = [ln for ln in out.splitlines() if "target" in ln or " npo " in ln or "│ npo" in ln]
+    assert sum("target" in ln for ln in lines) == 2 and any("forget_quality 1e-05" in ln for ln in lines)
     assert [r["id"] for r in runs_json(capsys, "--method", "sim*")] == [b]
     assert len(runs_json(capsys, "--since", "1h")) == 2 and runs_json(capsys, "--since", "2999-01-01") == []
     code, _, err = run_cli(["runs", "ls", "--since", "yesterday"], capsys)

@@ -16,7 +16,16 @@ runs_app = typer.Typer(no_args_is_help=True,
                        help="The run registry: every command with --out records its run here.")
 
 REGISTRY_HELP = "database file (default: $OBLIVIATE_REGISTRY, else runs/registry.sqlite)"
-HEADLINE = ("forget_quality", "model_utility", "privleak", "refusal_rate", "over_refusal_rate", "asr")
+HEADLINE = ("forget_quality", "model_utility", "privleak", "refusal_rate", "over_refusal_rate", "asr", "ua", "ira",
+            "cra")
+
+
+def sub_runs(metrics: dict) -> dict[str, dict]:
+    """The runs inside one results file (target, oracle, each method...): name -> {metric: value}, from metric names
+    "NAME/metric" where some NAME/metric is a headline metric (so "seconds/target" is not a run)."""
+    names = {n.rsplit("/", 1)[0] for n in metrics if "/" in n and n.rsplit("/", 1)[1] in HEADLINE}
+    return {name: {n[len(name) + 1:]: v for n, v in metrics.items() if n.startswith(name + "/")
+                   and "/" not in n[len(name) + 1:]} for name in sorted(names)}
 
 
 def _open(registry: Optional[Path], create: bool = False):
@@ -127,9 +136,14 @@ def ls(suite: Optional[str] = typer.Option(None, help="exact, or a glob with * a
 
     table = Table("id", "status", "command", "suite", "method", "model", "started", "duration", "metrics")
     for run in runs:
+        m = metrics.get(run["id"], {})
+        inner = sub_runs(m)
         table.add_row(run["id"], run["status"], run["command"], run["suite"] or "", run["method"] or "",
                       run["model"] or "", (run["started"] or "")[:19].replace("T", " "),
-                      _fmt_duration(duration(run)), headline(run, metrics.get(run["id"], {})))
+                      _fmt_duration(duration(run)), "" if len(inner) > 1 else headline(run, m))
+        if len(inner) > 1:  # a demo or an eval holds several runs (target, oracle, methods): one line each
+            for name, figs in inner.items():
+                table.add_row("", "", "", "", name, "", "", "", headline({}, figs))
     _console().print(table)
 
 
