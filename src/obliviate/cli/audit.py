@@ -65,6 +65,7 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
           seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Attack MODEL to tell removed from suppressed knowledge, and real refusals from shallow ones."""
     from obliviate.audit import report, run_audit
+    from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
     from obliviate.guards import check_guard_dirs
 
     check_guard_dirs(guard)
@@ -81,6 +82,7 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
                         [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
                         _attack_options(option),
                         prompts=limit or 4, time_budget=time_budget, seed=seed)
+        write_beside(out)
         return
     if concept or classifiers:
         raise UsageError("--concept and --classifiers apply to --suite diffusion")
@@ -94,3 +96,4 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
                     max_new_tokens=max_new_tokens, guards=[str(g) for g in guard])
     typer.echo(report(doc))
     typer.echo(f"wrote {out}/audit.json, audit.md ({doc['wall_seconds']} s)")
+    write_beside(out)

@@ -32,6 +32,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     utility, a fine-tuning attack -> results.json and refusal_depth.png.
 
     With --suite real --model DIR: the same science on a pretrained chat model (see the README)."""
+    from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
+
     set_threads(threads)
     if suite == "real":
         from obliviate.suites.real_demo import FULL, SMOKE, run_real_demo
@@ -48,6 +50,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
                              "README)")
         run_real_demo(out, model, public_data, size=FULL if size == "full" else SMOKE, seed=seed, parts=chosen,
                       started=STARTED)
+        write_beside(out)
         return
     if suite == "diffusion":
         from obliviate.suites.diffusion_demo import FULL, SMOKE, run_diffusion_demo
@@ -57,6 +60,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         if methods or guards or model:
             raise UsageError("--methods, --guards and --model do not apply to --suite diffusion")
         run_diffusion_demo(out, size=FULL if size == "full" else SMOKE, seed=seed, started=STARTED)
+        write_beside(out)
         return
     if model or size != "full":
         raise UsageError("--model and --size apply to --suite real and diffusion")
@@ -65,9 +69,11 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         from obliviate.suites.refusal_demo import run_refusal_demo
 
         run_refusal_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards)
+        write_beside(out)
         return
     if suite != "world":
         raise UsageError(f"unknown demo suite {suite!r}; use 'world', 'refusal', 'real' or 'diffusion'")
     from obliviate.demo import run_demo
 
     run_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards)
+    write_beside(out)

@@ -182,6 +182,9 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
     typer.echo(f"wrote {out}/results.json, samples.jsonl")
+    from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
+
+    write_beside(out)
 
 
 def parse_depths(text: str) -> tuple[int, ...]:

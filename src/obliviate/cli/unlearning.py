@@ -156,3 +156,6 @@ def bench(out: Path = typer.Option(Path("runs/bench"), help="writes leaderboard.
     run_bench(out, seeds=seed_list, splits=[s.strip() for s in splits.split(",") if s.strip()],
               methods=methods.split(",") if methods else None, finetune_steps=finetune_steps, people=people,
               resume=resume)
+    from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
+
+    write_beside(out)
