@@ -6,6 +6,8 @@ unlearns forget10 from the target -> every run is evaluated -> table, results.js
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from obliviate.pipeline import Timer
@@ -17,22 +19,16 @@ DEMO_METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_nll", "idk_dpo
 
 def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forget_split: str = "forget10",
              finetune_steps: int = 300, progress: bool = True, started: float | None = None,
-             guards: bool = False) -> dict:
+             guards: bool = False, workers: int | None = None) -> dict:
     from rich.console import Console
 
-    from obliviate.data.schema import load_qa, write_jsonl
+    from obliviate.data.schema import write_jsonl
     from obliviate.data.world import WorldSpec, write_world
-    from obliviate.evaluate import metrics_from_rows, sample_rows, score_model
+    from obliviate.evaluate import metrics_from_rows, sample_rows
     from obliviate.methods import METHODS
-    from obliviate.models.load import save_model
     from obliviate.models.tiny import build_tokenizer
-    from obliviate.pipeline import (
-        demo_output, eval_data, idk_pool, results_document, train_world_models, unlearning_parts, world_texts,
-        write_json,
-    )
+    from obliviate.pipeline import demo_output, eval_data, results_document, world_texts, write_json
     from obliviate.report.markdown import table, write_report
-    from obliviate.suites import SUITES
-    from obliviate.train import TrainConfig, train
 
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
@@ -44,26 +40,20 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
         write_world(world, WorldSpec(seed=seed))
         tok = build_tokenizer(world_texts(world))
         console.log(f"world written to {world}; tokenizer has {len(tok)} tokens")
-        seconds = train_world_models(world, o / "models", forget_split=forget_split, steps=finetune_steps,
-                                     seed=seed, tokenizer=tok)
-        console.log(f"target and oracle trained in {sum(seconds.values()):.1f} s")
-
-        from obliviate.models.load import load_model
-
         splits = eval_data(world, forget_split)
-        rows = {}
-        for name in ("oracle", "target"):
-            net, _ = load_model(str(o / "models" / name))
-            rows[name] = score_model(net, tok, splits)
-        forget_path, retain_path = SUITES.get("world").train_paths(world, forget_split)
-        parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(None), seed)
-        for name, cls in classes.items():
-            net, _ = load_model(str(o / "models" / "target"))
-            net, res = train(net, tok, cls(), parts, TrainConfig(seed=seed, checkpoint_every=0, progress=progress))
-            save_model(net, tok, o / "models" / name)
-            seconds[name] = res.seconds
-            rows[name] = score_model(net, tok, splits)
-            console.log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
+        job = {"out": str(o), "world": str(world), "forget_split": forget_split, "seed": seed,
+               "finetune_steps": finetune_steps}
+        tok.save_pretrained(o / ".tokenizer")  # the workers' tokenizer: the very one built here
+        rows, seconds = {}, {}
+        with _Workers(workers) as pool:
+            # target and oracle are independent, and so are the methods once the target exists: with 2 workers
+            # each stage runs as two single-thread processes (this 0.6M model's matmuls are too small to keep
+            # two threads busy; README, "make demo")
+            for stage in (["target", "oracle"], list(classes)):
+                for name, r, secs, steps in pool.map(_run_job, [job | {"name": n} for n in stage]):
+                    rows[name], seconds[name] = r, secs
+                    console.log(f"{name}: {steps} steps in {secs:.1f} s")
+        shutil.rmtree(o / ".tokenizer", ignore_errors=True)
 
         guard_rows = guard_runs(o, tok, splits, rows, world, forget_split, seed, console) if guards else {}
         rows |= guard_rows
@@ -81,6 +71,74 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
     print(f"\nwrote {out}/results.json, samples.jsonl, report.md; models in {out}/models")
     print(f"demo wall time: {clock():.1f} s")
     return doc
+
+
+def _run_job(job: dict) -> tuple[str, dict, float, int]:
+    """One demo model in a worker (or in-process): "target" / "oracle" are fine-tuned from scratch, any other name
+    is a method unlearning forget_split from the saved target. Saves the model, scores it; returns (name, rows,
+    training seconds, steps)."""
+    from transformers import AutoTokenizer
+
+    from obliviate.data.schema import load_qa
+    from obliviate.evaluate import score_model
+    from obliviate.methods import METHODS
+    from obliviate.models.load import load_model, save_model
+    from obliviate.pipeline import eval_data, idk_pool, train_world_models, unlearning_parts
+    from obliviate.suites import SUITES
+    from obliviate.train import TrainConfig, train
+
+    o, world, name, seed = Path(job["out"]), Path(job["world"]), job["name"], job["seed"]
+    if name in ("target", "oracle"):
+        tok = AutoTokenizer.from_pretrained(o / ".tokenizer")
+        secs = train_world_models(world, o / "models", forget_split=job["forget_split"], steps=job["finetune_steps"],
+                                  seed=seed, only=name, tokenizer=tok)[name]
+        steps = job["finetune_steps"]
+        net, tok = load_model(str(o / "models" / name))
+    else:
+        forget_path, retain_path = SUITES.get("world").train_paths(world, job["forget_split"])
+        parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(None), seed)
+        net, tok = load_model(str(o / "models" / "target"))
+        net, res = train(net, tok, METHODS.get(name)(), parts, TrainConfig(seed=seed, checkpoint_every=0,
+                                                                           progress=False))
+        save_model(net, tok, o / "models" / name)
+        secs, steps = res.seconds, res.steps
+    return name, score_model(net, tok, eval_data(world, job["forget_split"])), secs, steps
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class _Workers:
+    """`map` over demo jobs: in `n` spawned single-thread processes when n > 1 (default: 2 where there are at
+    least 2 cores), else in this process. Results come back in the jobs' order."""
+
+    def __init__(self, n: int | None):
+        import torch
+
+        self.n = n if n is not None else (2 if (os.cpu_count() or 1) >= 2 and torch.get_num_threads() >= 2 else 1)
+        self.pool = None
+
+    def __enter__(self):
+        if self.n > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            import torch
+
+            threads = max(1, torch.get_num_threads() // self.n)
+            self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(threads,))
+        return self
+
+    def map(self, fn, jobs):
+        return list(self.pool.map(fn, jobs)) if self.pool else [fn(j) for j in jobs]
+
+    def __exit__(self, *exc):
+        if self.pool:
+            self.pool.shutdown(cancel_futures=True)
 
 
 def guard_runs(o: Path, tok, splits, rows, world: Path, forget_split: str, seed: int, console) -> dict:

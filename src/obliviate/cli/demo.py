@@ -25,6 +25,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
          parts: str = typer.Option("unlearning,refusal", help="--suite real: which halves to run"),
          guards: bool = typer.Option(False, "--guards", help="world: add ECO and GUARD rows (guards on the target); "
                                      "refusal: add ADA-LP and latent-guard rows (guards on the refusal-SFT model)"),
+         workers: Optional[int] = typer.Option(None, help="world suite: processes training models side by side "
+                                               "(default 2 with >= 2 cores and threads, each single-threaded)"),
          threads: Optional[int] = typer.Option(None)):
     """World -> target + oracle -> methods on forget10 -> evaluation, table and report.
 
@@ -75,5 +77,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         raise UsageError(f"unknown demo suite {suite!r}; use 'world', 'refusal', 'real' or 'diffusion'")
     from obliviate.demo import run_demo
 
-    run_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards)
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    run_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards, workers=workers)
     write_beside(out)
