@@ -41,6 +41,12 @@ app.add_typer(guard.guard_app, name="guard")
 app.add_typer(runs.runs_app, name="runs")
 
 
+def _errors():
+    from obliviate.cli.conventions import error_stream
+
+    return error_stream()
+
+
 def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
@@ -69,30 +75,43 @@ def _parser_error(e: BaseException) -> int | None:
             message += f" Did you mean '{close[0]}'?"
     if ctx is not None and "UsageError" in names:
         message += f" (see '{ctx.command_path} --help')"
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {message}", file=_errors())
     return getattr(e, "exit_code", 1)
 
 
 def main() -> None:
     """Run the command; every command with an --out option is recorded in the run registry around it
     (obliviate.runs.hook: `running` now, then done / failed / interrupted; OBLIVIATE_REGISTRY=off disables)."""
+    import contextlib
+
+    from obliviate.cli import conventions
     from obliviate.runs import hook  # standard library only: milliseconds
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    live = hook.start(app, sys.argv[1:])
+    # --quiet / --json, anywhere on the line, for every command (cli/conventions.py)
+    argv, quiet, as_json = conventions.take_flags(app, sys.argv[1:])
+    sys.argv = [sys.argv[0], *argv]
+    live = hook.start(app, argv)
     try:
-        _main()
+        with contextlib.ExitStack() as stack:
+            if quiet:
+                stack.enter_context(conventions.quiet_stderr())
+            if as_json:
+                stack.enter_context(conventions.stdout_to_stderr())
+            _main()
     except BaseException as e:  # SystemExit included: its code and __context__ say how the command ended
         hook.finish(live, e)
         raise
     hook.finish(live, None)
+    if as_json:
+        conventions.print_results(conventions.out_dir(app, argv))
 
 
 def _main() -> None:
     try:
         code = app(standalone_mode=False, prog_name="obliviate")
     except UsageError as e:
-        typer.echo(f"error: {_one_line(e)}", err=True)
+        typer.echo(f"error: {_one_line(e)}", file=_errors())
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
