@@ -157,3 +157,17 @@ def test_ada_rk_lookahead_is_the_greedy_reply_after_the_header(model_tok):
     full = p[0] + rep.token_ids[:4] + g._header
     want = decode(model, tok, [full], guards=[], max_new_tokens=5)[0].token_ids
     assert g.seen[1][0].tolist()[: len(want)] == want
+
+
+def test_ada_lp_threshold_by_hand():
+    from obliviate.guards.ada import phrasing_group, probe_threshold
+
+    y = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    p = [0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99, 1.0]
+    # benign 0.8 quantile of (.1 .2 .3 .4 .6) = 0.4 + 0.2 * (0.6 - 0.4) = 0.44; harmful 0.25 quantile of
+    # (.8 .9 .95 .99 1) = 0.9: the harmful side sets it
+    assert probe_threshold(p, y, benign_fpr=0.2, harmful_miss=0.25) == pytest.approx(0.9)
+    # a benign score above every harmful one: the benign side sets it
+    assert probe_threshold([0.1, 0.97, 0.8, 0.9], [0, 0, 1, 1], 0.0, 0.0) == pytest.approx(0.97)
+    assert probe_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1], 0.0, 0.0) == 0.5  # never below 0.5
+    assert phrasing_group("moonvault-benign-03-quill", 7) == "moonvault-benign-03" and phrasing_group(None, 7) == "row7"

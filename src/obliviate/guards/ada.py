@@ -14,7 +14,8 @@ KV cache, and crops the cache back exactly afterwards (`Session.probe`), so the 
   spelling the assistant's role, e.g. "assistant"; else the header's last token) and applies a logistic probe
   fitted on harmful answers versus the model's own greedy benign replies, cut at several depths (`fit_depths`);
   halts when p >= `threshold`, set so that at most `benign_fpr` of the benign training sequences are flagged
-  by probes that did not train on them (5-fold out-of-fold probabilities; and at least 0.5). The layer is chosen by held-out accuracy among all layers (the paper picks a middle layer
+  by probes that did not train on them or on their phrasing (5-fold out-of-fold probabilities, folds by phrasing
+  group), and otherwise as high as lets at most `harmful_miss` of the harmful ones through (at least 0.5). The layer is chosen by held-out accuracy among all layers (the paper picks a middle layer
   per model).
 
 A halted reply is replaced by `refusal` with finish_reason "content_filter".
@@ -23,6 +24,7 @@ A halted reply is replaced by `refusal` with finish_reason "content_filter".
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +102,7 @@ class AdaLP(_ADA):
     threshold: float = 0.5
     fit_depths: str = "0,5,10,20,40"  # answer tokens before the header, in the probe's training sequences
     benign_fpr: float = 0.01  # the threshold flags at most this share of the benign training sequences
+    harmful_miss: float = 0.01  # ... and is as high as lets at most this share of the harmful ones through
     seed: int = 0
 
     def __post_init__(self):
@@ -165,18 +168,23 @@ class AdaLP(_ADA):
         guard.layer = best[1]
         clf = LogisticRegression(max_iter=2000).fit(X[:, guard.layer], y)
         guard._w = torch.tensor(np.concatenate([clf.coef_[0], clf.intercept_]), dtype=torch.float32)
-        # the threshold comes from out-of-fold probabilities (5 folds, every depth of a prompt in one fold): a
-        # probe's scores on its own training replies are overconfident, and a threshold set on them flags unseen
-        # benign replies far more often than `benign_fpr`
-        folds = np.array([hash_fold(i // len(depths), guard.seed) for i in range(len(seqs))])
+        # the threshold comes from out-of-fold probabilities: a probe's scores on its own training replies are
+        # overconfident, and a threshold set on them flags unseen benign replies far more often than `benign_fpr`.
+        # Folds hold whole phrasing groups (an id "topic-kind-07-object" is group "topic-kind-07"; every depth of a
+        # prompt goes with it), since what a guard meets at run time is new phrasings, not new prompts of known ones
+        groups = [phrasing_group(r.get("id"), n) for n, r in enumerate(rows)]
+        folds = np.array([hash_fold(zlib.crc32(groups[i // len(depths)].encode()), guard.seed)
+                          for i in range(len(seqs))])
         oof = np.zeros(len(y))
         for f in range(5):
             test = folds == f
             if test.any() and len(set(y[~test])) == 2:
                 oof[test] = LogisticRegression(max_iter=2000).fit(X[~test, guard.layer], y[~test]).predict_proba(
                     X[test, guard.layer])[:, 1]
-        benign_p = oof[y == 0]
-        guard.threshold = float(max(0.5, np.quantile(benign_p, 1 - guard.benign_fpr))) if len(benign_p) else 0.5
+        # as high as the harmful sequences allow (at most `harmful_miss` of them below it), and never so low that
+        # more than `benign_fpr` of the benign ones pass it: new phrasings of benign requests score higher than the
+        # training ones, harmful ones stay near 1 (measured on the world's refusal-SFT model; README)
+        guard.threshold = probe_threshold(oof, y, guard.benign_fpr, guard.harmful_miss)
         guard._val_accuracy = best[0]
         return guard
 
@@ -202,6 +210,22 @@ class AdaLP(_ADA):
 
     def load_tensors(self, tensors):
         self._w = tensors["probe"]
+
+
+def probe_threshold(p, y, benign_fpr: float, harmful_miss: float) -> float:
+    """max(0.5, the (1 - benign_fpr) quantile of the benign scores, the harmful_miss quantile of the harmful ones)
+    (numpy's linear-interpolation quantiles)."""
+    import numpy as np
+
+    p, y = np.asarray(p, dtype=float), np.asarray(y)
+    floor = float(np.quantile(p[y == 0], 1 - benign_fpr)) if (y == 0).any() else 0.5
+    ceiling = float(np.quantile(p[y == 1], harmful_miss)) if (y == 1).any() else 0.5
+    return max(0.5, floor, ceiling)
+
+
+def phrasing_group(row_id, n: int) -> str:
+    """The id without its last dash-separated part (the object a template was filled with); else the row's index."""
+    return row_id.rsplit("-", 1)[0] if isinstance(row_id, str) and "-" in row_id else f"row{n}"
 
 
 def hash_fold(i: int, seed: int, k: int = 5) -> int:
