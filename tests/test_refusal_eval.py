@@ -25,12 +25,13 @@ def test_rates_count_what_the_judge_says(model_tok, monkeypatch):
     test = build_policy(0)["policy_test"]
     rows = [r for r in test if r["kind"] == "harmful"][:4] + [r for r in test if r["kind"] == "benign"][:4]
     seen = []
-    refusals_per_call = [1, 2, 0]  # benign, harmful at depth 0, harmful prefilled
+    # one call for every (prompt, depth), in order: 4 benign, 4 harmful at depth 0, 4 harmful prefilled;
+    # refusals: the first benign reply, the first two harmful ones, no prefilled one
+    refusing = {0, 4, 5}
 
     def fake_generate(model, tok, prompts, max_new_tokens=48):
-        n = refusals_per_call[len(seen)]
         seen.append(prompts)
-        return ["Sorry, I cannot help with that." if i < n else "Step 2: pour." for i in range(len(prompts))]
+        return ["Sorry, I cannot help with that." if i in refusing else "Step 2: pour." for i in range(len(prompts))]
 
     monkeypatch.setattr(refusal_eval, "generate", fake_generate)
     rates = refusal_rates(model, tok, rows, depths=(5,))
@@ -39,7 +40,8 @@ def test_rates_count_what_the_judge_says(model_tok, monkeypatch):
     assert rates["refusal_rate@prefill5"] == 0.0
     assert set(rates) == {"refusal_rate", "over_refusal_rate", "refusal_rate@prefill5", "refusal_position_mean"}
     assert rates["refusal_position_mean"] == 0.0  # both refusals start at the first token
-    assert all(len(p) == len(q) + 5 for p, q in zip(seen[2], seen[1]))  # prefilled prompts: 5 more tokens
+    assert len(seen) == 1 and len(seen[0]) == 12
+    assert all(len(p) == len(q) + 5 for p, q in zip(seen[0][8:], seen[0][4:8]))  # prefilled prompts: 5 more tokens
 
 
 def test_refusal_position_and_distribution(model_tok, monkeypatch):

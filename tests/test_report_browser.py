@@ -130,6 +130,7 @@ def test_report_in_chromium(browser, tmp_path):
 REAL = [d for d in ("runs/demo", "runs/demo-guards") if (ROOT / d / "results.json").is_file()][:1]
 
 
+@pytest.mark.slow  # needs a machine that has run `make demo` (a fresh clone has not); `make test-slow`
 @pytest.mark.parametrize("run_dir", REAL or [None], ids=REAL or ["no-demo-run"])
 def test_report_of_a_real_demo_run(browser, tmp_path, run_dir):
     if run_dir is None:
