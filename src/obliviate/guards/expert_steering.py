@@ -22,6 +22,7 @@ import torch
 
 from obliviate.errors import UsageError
 from obliviate.guards import GUARDS, Guard, num_experts, router_modules
+from obliviate.guards.refusal_predictor import judged_replies
 from obliviate.models.anatomy import text_config
 
 
@@ -57,16 +58,6 @@ def routing_frequency(model, seqs: list[list[int]], top_k: int, starts: list[int
         for h in handles:
             h.remove()
     return counts / max(1, n_tok)
-
-
-def judged_replies(model, tok, prompts: list[str], max_new_tokens: int) -> tuple[list[str], list[bool]]:
-    """The model's greedy replies (no guard) and whether each is a refusal (keyword judges GCG + JailbreakBench)."""
-    from obliviate.generation import generate
-    from obliviate.judges.refusal import judge
-    from obliviate.models.encode import prompt_ids
-
-    replies = generate(model, tok, [prompt_ids(tok, p) for p in prompts], max_new_tokens, guards=[])
-    return replies, [judge(p, r, ["gcg", "jbb"])[0] == "refusal" for p, r in zip(prompts, replies)]
 
 
 @GUARDS.register("expert_steering")

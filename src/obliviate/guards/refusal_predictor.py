@@ -19,14 +19,19 @@ from obliviate.guards import GUARDS, Guard, default_refusal
 from obliviate.guards.text_classifier import TfidfLogistic
 
 
-def model_refusals(model, tok, prompts: list[str], max_new_tokens: int = 32) -> list[int]:
-    """1 where the model's greedy reply (no guard) is judged a refusal."""
+def judged_replies(model, tok, prompts: list[str], max_new_tokens: int = 32) -> tuple[list[str], list[bool]]:
+    """The model's greedy replies (no guard) and whether each is a refusal (keyword judges GCG + JailbreakBench)."""
     from obliviate.generation import generate
     from obliviate.judges.refusal import judge
     from obliviate.models.encode import prompt_ids
 
     replies = generate(model, tok, [prompt_ids(tok, p) for p in prompts], max_new_tokens, guards=[])
-    return [int(judge(p, r, ["gcg", "jbb"])[0] == "refusal") for p, r in zip(prompts, replies)]
+    return replies, [judge(p, r, ["gcg", "jbb"])[0] == "refusal" for p, r in zip(prompts, replies)]
+
+
+def model_refusals(model, tok, prompts: list[str], max_new_tokens: int = 32) -> list[int]:
+    """1 where the model's greedy reply (no guard) is judged a refusal."""
+    return [int(r) for r in judged_replies(model, tok, prompts, max_new_tokens)[1]]
 
 
 @GUARDS.register("refusal_predictor")
