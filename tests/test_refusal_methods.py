@@ -78,6 +78,10 @@ def test_rto_loss_hand_value():
     assert logs["nll_rto"] == pytest.approx((2 * math.log(4) + math.log(2)) / 3, abs=1e-6)
     # benign and retain each: -ln 0.5; retain_weight 1 -> total = rto + 2 ln 2
     assert loss.item() == pytest.approx((2 * math.log(4) + math.log(2)) / 3 + 2 * math.log(2), abs=1e-6)
+    # retain_weight 0: the retain part is not computed at all (no forward pass, no log) -> total = rto + ln 2
+    loss0, logs0 = DeRTa(mle=False, retain_weight=0.0).loss(model, {"rto": batch, "benign": empty})
+    assert "nll_retain" not in logs0
+    assert loss0.item() == pytest.approx((2 * math.log(4) + math.log(2)) / 3 + math.log(2), abs=1e-6)
 
 
 def test_beta_schedule_matches_the_paper():

@@ -7,7 +7,8 @@ builds its batch parts from a `RefusalData`. The default parts are
     "refusal": (harmful prompt, refusal)          "benign": (benign prompt, helpful answer)
     "retain":  (people question, answer)          -- utility, so that alignment does not erase knowledge
 
-and the default loss is the token-mean NLL of each part, summed (`retain_weight` scales the people part). A part
+and the default loss is the token-mean NLL of each part, summed (`retain_weight` scales the people part; at 0 the
+part is not computed). A part
 item is either a (question, answer) pair or an already-encoded (input_ids, labels) pair, for methods that put
 unlabelled harmful prefixes into the input (DeRTa, Qi et al.).
 
@@ -62,6 +63,8 @@ class RefusalMethod(Method):
     def loss(self, model, batch, ref_model=None):
         logs, total = {}, 0.0
         for name in self.needs:
+            if name == "retain" and self.retain_weight == 0:
+                continue  # a zero-weight part costs a forward pass for nothing (public data: a second benign part)
             part = nll_loss(*sequence_logp(model, batch[name]))
             logs[f"nll_{name}"] = part.item()
             total = total + (self.retain_weight if name == "retain" else 1.0) * part

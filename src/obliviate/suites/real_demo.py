@@ -38,11 +38,11 @@ PUBLIC_FILES = {
 @dataclass(frozen=True)
 class RealDemoSize:
     # sized to fit 40 minutes of this 2-core CPU (README, "The real-model demo")
-    retain_people: int = 20  # 5 QA each
+    retain_people: int = 12  # 5 QA each
     forget_people: int = 4
     holdout_people: int = 4
-    facts: int = 10  # world facts trained with the retain people (utility probe)
-    finetune_steps: int = 150  # ~9 epochs of the 130 QA: forget ROUGE 1.000 (at 100 steps, lr 1e-3: 0.844)
+    facts: int = 6  # world facts trained with the retain people (utility probe)
+    finetune_steps: int = 100  # ~9 epochs of the 86 QA (130 QA at 150 steps: forget ROUGE 1.000; 100, lr 1e-3: 0.844)
     finetune_lr: float = 2e-3
     finetune_lora_r: int = 32
     unlearn_steps: int = 30
@@ -51,12 +51,16 @@ class RealDemoSize:
     relearn_steps: int = 10
     prompts_per_set: int = 40  # evaluation prompts per public set
     train_prompts: int = 128  # AdvBench training prompts (after removing near-duplicates)
-    align_steps: int = 60
+    align_steps: int = 50
     align_lr: float = 1.5e-3
+    # public data has no people facts: the retain part would be a second batch of self-distilled benign replies.
+    # Dropping it cut a DeRTa step 15% and, at 60 steps, raised HarmBench refusal 0.825 -> 1.000 and over-refusal
+    # 0.05 -> 0.15 (hence 50 steps)
+    align_retain_weight: float = 0.0
     align_lora_r: int = 16
     reply_tokens: int = 32  # self-generated prefixes and benign replies
     max_new_tokens: int = 32
-    depths: tuple[int, ...] = (5, 10, 20)
+    depths: tuple[int, ...] = (5, 20)
     direction_prompts: int = 32  # per class, for the refusal direction's means
     bf16: bool = True  # bf16 autocast in training (TrainConfig.bf16): 1.5x faster steps on this CPU
 
@@ -122,11 +126,13 @@ def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, prog
     world = slice_world(o / "world", size, seed)
     splits = eval_data(world, "forget10")
     seconds, rows, relearn, models = {}, {}, {}, {}
-    fine = FineTune(lr=size.finetune_lr, steps=size.finetune_steps)
+    n_train = len(load_qa(world / "train.jsonl"))
     for name, split in (("target", "train"), ("oracle", "retain90")):
+        items = qa_pairs(load_qa(world / f"{split}.jsonl"))
+        # the oracle sees its (smaller) data for as many epochs as the target sees the full set, as in TOFU
+        fine = FineTune(lr=size.finetune_lr, steps=max(1, round(size.finetune_steps * len(items) / n_train)))
         net, tok = load_model(model_dir)
-        net, res = _train(net, tok, fine, {"retain": qa_pairs(load_qa(world / f"{split}.jsonl"))}, size,
-                          size.finetune_lora_r, seed, progress)
+        net, res = _train(net, tok, fine, {"retain": items}, size, size.finetune_lora_r, seed, progress)
         save_model(net, tok, o / "models" / name)
         seconds[name], models[name] = res.seconds, o / "models" / name
         rows[name] = score_model(net, tok, splits, max_new_tokens=size.max_new_tokens)
@@ -181,7 +187,8 @@ def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemo
                                max_new_tokens=size.reply_tokens, out=o)
     for name in REFUSAL_METHODS:
         net, tok = load_model(model_dir)
-        meth = METHODS.get(name).from_options({"steps": size.align_steps, "lr": size.align_lr})
+        meth = METHODS.get(name).from_options({"steps": size.align_steps, "lr": size.align_lr,
+                                                "retain_weight": size.align_retain_weight})
         net, tok, res = align(net, tok, meth, data, seed=seed, progress=progress, lora_r=size.align_lora_r,
                               batch_size=size.batch_size, bf16=size.bf16)
         seconds[name] = res.seconds
