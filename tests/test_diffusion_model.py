@@ -6,7 +6,8 @@ import torch
 
 from obliviate.diffusion.erasers import ERASERS, cross_attention_kv, load_all
 from obliviate.diffusion.erasers.uce import aligned_keys, uce_edit
-from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, load_t2i, train_t2i, unknown_words
+from obliviate.diffusion.model import (T2IConfig, build_t2i, build_word_tokenizer, ema_decay, load_t2i, train_t2i,
+                                       unknown_words)
 from obliviate.errors import UsageError
 
 CAPTIONS = ["a striped red star", "a dotted blue circle", "a solid green square", "a red star in dotted style"]
@@ -42,6 +43,14 @@ def test_save_load_roundtrip_and_missing_parts(tiny, tmp_path):
     (tmp_path / "bad").mkdir()
     with pytest.raises(UsageError, match="no unet/"):
         load_t2i(tmp_path / "bad")
+
+
+def test_ema_decay_warms_up_like_diffusers():
+    # (1 + t) / (10 + t): 0.1 at the first step, 0.5 at t = 8, 0.9 at t = 80, then capped
+    assert ema_decay(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay(8, 0.999) == pytest.approx(0.5)
+    assert ema_decay(80, 0.999) == pytest.approx(0.9)
+    assert ema_decay(10**6, 0.999) == 0.999
 
 
 def test_a_few_training_steps_and_sampling(tiny):

@@ -45,23 +45,24 @@ class RealDemoSize:
     finetune_steps: int = 100  # ~9 epochs of the 86 QA (130 QA at 150 steps: forget ROUGE 1.000; 100, lr 1e-3: 0.844)
     finetune_lr: float = 2e-3
     finetune_lora_r: int = 32
-    unlearn_steps: int = 30
+    unlearn_steps: int = 20
     unlearn_lora_r: int = 16
     batch_size: int = 8
     relearn_steps: int = 10
     prompts_per_set: int = 40  # evaluation prompts per public set
     train_prompts: int = 128  # AdvBench training prompts (after removing near-duplicates)
-    align_steps: int = 50
+    align_steps: int = 40
     align_lr: float = 1.5e-3
     # public data has no people facts: the retain part would be a second batch of self-distilled benign replies.
     # Dropping it cut a DeRTa step 15% and, at 60 steps, raised HarmBench refusal 0.825 -> 1.000 and over-refusal
-    # 0.05 -> 0.15 (hence 50 steps)
+    # 0.05 -> 0.15 (at 50 steps: 0.975 and 0.150; hence 40 steps)
     align_retain_weight: float = 0.0
     align_lora_r: int = 16
     reply_tokens: int = 32  # self-generated prefixes and benign replies
     max_new_tokens: int = 32
-    depths: tuple[int, ...] = (5, 20)
+    depths: tuple[int, ...] = (20,)
     direction_prompts: int = 32  # per class, for the refusal direction's means
+    direction_layer_stride: int = 3  # candidate layers 0, 3, 6, ... below 0.8 L
     bf16: bool = True  # bf16 autocast in training (TrainConfig.bf16): 1.5x faster steps on this CPU
 
 
@@ -206,7 +207,7 @@ def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemo
 def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int):
     """The DeRTa model with its refusal direction (Arditi et al. 2024) projected out of the weights. The direction is
     the difference in means between AdvBench training prompts and benign training prompts (never evaluation
-    prompts), selected among every other layer below 0.8 L at the last post-instruction position, on held-out
+    prompts), selected among every `direction_layer_stride`-th layer below 0.8 L at the last post-instruction position, on held-out
     training prompts of each class (the attack's selection rule; fewer candidates keep it within minutes on a CPU).
     Returns (model, tokenizer, info, context): the context is a no-op, or, on an architecture whose writes no weight
     edit expresses (see `orthogonalize`), the hook-based ablation to measure under."""
@@ -223,7 +224,9 @@ def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int
     rng.shuffle(harmful), rng.shuffle(harmless)
     n = max(1, min(size.direction_prompts, len(harmful) // 2, len(harmless) // 2))
     layers = len(decoder_layers(model))
-    attack = RefusalDirection(layers=",".join(str(x) for x in range(0, max(1, int(0.8 * layers)), 2)), positions=1)
+    stride = size.direction_layer_stride
+    attack = RefusalDirection(layers=",".join(str(x) for x in range(0, max(1, int(0.8 * layers)), stride)),
+                              positions=1)
     enc = [[prompt_ids(tok, p) for p in ps] for ps in (harmful[:n], harmless[:n], harmful[n: 2 * n],
                                                          harmless[n: 2 * n])]
     refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in data.harmful})
