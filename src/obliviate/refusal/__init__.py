@@ -8,9 +8,8 @@ builds its batch parts from a `RefusalData`. The default parts are
     "retain":  (people question, answer)          -- utility, so that alignment does not erase knowledge
 
 and the default loss is the token-mean NLL of each part, summed (`retain_weight` scales the people part; at 0 the
-part is not computed). A part
-item is either a (question, answer) pair or an already-encoded (input_ids, labels) pair, for methods that put
-unlabelled harmful prefixes into the input (DeRTa, Qi et al.).
+part is not computed). A part item is either a (question, answer) pair or an already-encoded (input_ids, labels)
+pair, for methods that put unlabelled harmful prefixes into the input (DeRTa, Qi et al.).
 
 These live in their own registry, not in `METHODS`: the unlearning leaderboard iterates `METHODS` over
 forget/retain splits, which refusal methods do not take. `obliviate ls refusal-methods` lists them.

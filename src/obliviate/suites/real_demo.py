@@ -127,11 +127,12 @@ def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, prog
     world = slice_world(o / "world", size, seed)
     splits = eval_data(world, "forget10")
     seconds, rows, relearn, models = {}, {}, {}, {}
-    n_train = len(load_qa(world / "train.jsonl"))
-    for name, split in (("target", "train"), ("oracle", "retain90")):
-        items = qa_pairs(load_qa(world / f"{split}.jsonl"))
+    data = {name: qa_pairs(load_qa(world / f"{split}.jsonl")) for name, split in (("target", "train"),
+                                                                                  ("oracle", "retain90"))}
+    for name, items in data.items():
         # the oracle sees its (smaller) data for as many epochs as the target sees the full set, as in TOFU
-        fine = FineTune(lr=size.finetune_lr, steps=max(1, round(size.finetune_steps * len(items) / n_train)))
+        steps = max(1, round(size.finetune_steps * len(items) / len(data["target"])))
+        fine = FineTune(lr=size.finetune_lr, steps=steps)
         net, tok = load_model(model_dir)
         net, res = _train(net, tok, fine, {"retain": items}, size, size.finetune_lora_r, seed, progress)
         save_model(net, tok, o / "models" / name)
@@ -207,8 +208,9 @@ def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemo
 def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int):
     """The DeRTa model with its refusal direction (Arditi et al. 2024) projected out of the weights. The direction is
     the difference in means between AdvBench training prompts and benign training prompts (never evaluation
-    prompts), selected among every `direction_layer_stride`-th layer below 0.8 L at the last post-instruction position, on held-out
-    training prompts of each class (the attack's selection rule; fewer candidates keep it within minutes on a CPU).
+    prompts), selected among every `direction_layer_stride`-th layer below 0.8 L at the last post-instruction
+    position, on held-out training prompts of each class (the attack's selection rule; fewer candidates keep it
+    within minutes on a CPU).
     Returns (model, tokenizer, info, context): the context is a no-op, or, on an architecture whose writes no weight
     edit expresses (see `orthogonalize`), the hook-based ablation to measure under."""
     from obliviate.attacks.refusal_direction import RefusalDirection, ablation, orthogonalize
