@@ -8,8 +8,8 @@ Three subcommands, each printing figures measured in the same run (A/B interleav
 
 Defaults: models/smollm2-135m-instruct (`--model DIR` for another HF causal LM), torch threads = 1
 (`--threads`), the built-in world (written to a temporary directory). On a 2-core CPU: train about 6 min
-(8 with --profile, 4 with --flush-denormal; full-FT NPO steps are slow, see README), eval 4 min (6 with
---pooled), generate 3.5 min; `--help` on each lists its size flags.
+(8 with --profile, 4 with --flush-denormal; full-FT NPO steps are slow, see README), eval 4 min,
+generate 3.5 min; `--help` on each lists its size flags.
 
 train: each run is its own subprocess (clean allocator, clean RSS) of the real loop, `obliviate.train.train`
 with the registered methods. Step time is the median over steps 2..N of the wall time between consecutive
@@ -286,7 +286,7 @@ def _ours_per_sample(rows: list[dict]) -> list[dict]:
 
 def eval_bench(args) -> None:
     from obliviate.data.world import write_world
-    from obliviate.evaluate import score_model, score_split
+    from obliviate.evaluate import score_model
     from obliviate.pipeline import eval_data
 
     torch, model, tok = _setup(args)
@@ -298,18 +298,12 @@ def eval_bench(args) -> None:
     kw = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
     score_model(model, tok, {s: v[:2] for s, v in data.items()}, **kw)  # warm-up (allocator, kernels)
     _naive_rows(model, tok, data["forget"][:1], args.max_new_tokens)
-    t_ours, t_naive, c_ours, c_naive, t_pool, c_pool = [], [], [], [], [], []
-    pooled = [it for items in data.values() for it in items]
+    t_ours, t_naive, c_ours, c_naive = [], [], [], []
     for _ in range(args.repeats):
         t, c = time.perf_counter(), time.process_time()
         ours = score_model(model, tok, data, **kw)
         t_ours.append(time.perf_counter() - t)
         c_ours.append(time.process_time() - c)
-        if args.pooled:  # all splits in one score_split call: one generate batch instead of one per split
-            t, c = time.perf_counter(), time.process_time()
-            score_split(model, tok, pooled, **kw)
-            t_pool.append(time.perf_counter() - t)
-            c_pool.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
         naive = {s: _naive_rows(model, tok, items, args.max_new_tokens) for s, items in data.items()}
         t_naive.append(time.perf_counter() - t)
@@ -326,10 +320,6 @@ def eval_bench(args) -> None:
           f"{', '.join(f'{x:.2f}' for x in t_ours)})")
     print(f"  per-sample naive   {mn:7.2f} s  {n / mn:6.2f} samples/s   CPU {cn:7.2f} s  (wall runs: "
           f"{', '.join(f'{x:.2f}' for x in t_naive)})")
-    if args.pooled:
-        mp, cp = statistics.median(t_pool), statistics.median(c_pool)
-        print(f"  pooled score_split {mp:7.2f} s  {n / mp:6.2f} samples/s   CPU {cp:7.2f} s  (all splits in one call; "
-              f"{mn / mp:.2f}x wall, {cn / cp:.2f}x CPU vs naive)")
     print(f"  speed-up {mn / mo:.2f}x wall, {cn / co:.2f}x CPU (median of paired wall ratios "
           f"{statistics.median(y / x for x, y in zip(t_ours, t_naive)):.2f}x); naive = 1 generate + "
           f"{1 + 1 + 3 + 4 + 2} forward passes per sample")
@@ -451,8 +441,6 @@ def main() -> None:
     e.add_argument("--max-new-tokens", type=int, default=48, help="as score_model's default")
     e.add_argument("--batch-size", type=int, default=64, help="score_model batch size (its default)")
     e.add_argument("--repeats", type=int, default=1)
-    e.add_argument("--pooled", action="store_true",
-                   help="also time one score_split over all splits at once (what pooling splits would gain)")
 
     g = sub.add_parser("generate", parents=[common], help="generate vs transformers.pipeline")
     g.add_argument("--prompts", type=int, default=32)

@@ -96,7 +96,13 @@ def score_split(model, tokenizer, items: list[QAItem], *, batch_size: int = 64, 
 
 
 def score_model(model, tokenizer, data: dict[str, list[QAItem]], **kw) -> dict[str, list[dict]]:
-    return {split: score_split(model, tokenizer, items, **kw) for split, items in data.items()}
+    """`score_split` rows of every split, scored as one union: the splits are small (a few dozen questions each),
+    so one set of batches for all of them costs little more than one split's (see bench/real_scale.py eval)."""
+    rows = score_split(model, tokenizer, [it for items in data.values() for it in items], **kw)
+    out, start = {}, 0
+    for split, items in data.items():
+        out[split], start = rows[start: start + len(items)], start + len(items)
+    return out
 
 
 def metrics_from_rows(rows: dict[str, list[dict]], oracle_rows: dict[str, list[dict]] | None = None) -> dict:
