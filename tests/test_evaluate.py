@@ -20,3 +20,72 @@ def test_score_model_pooled_equals_per_split(target_dir, world_dir):
             assert a["gt_loss"] == pytest.approx(b["gt_loss"], abs=1e-5)
             assert a["perturbed_loss"] == pytest.approx(b["perturbed_loss"], abs=1e-5)
             assert a["pred_ids"] == b["pred_ids"]
+
+
+def _shared_vs_full(model, tok, items):
+    from obliviate.evaluate import _forward_stats, _shared_prompt_stats
+    from obliviate.models.encode import answer_ids, encode_pair, prompt_ids
+
+    checked = 0
+    for it in items:
+        texts = [it.answer, it.paraphrased_answer, *it.perturbed_answer]
+        shared = _shared_prompt_stats(model, prompt_ids(tok, it.question), [answer_ids(tok, a) for a in texts],
+                                      tok.pad_token_id)
+        full = _forward_stats(model, [encode_pair(tok, it.question, a) for a in texts], tok.pad_token_id, 64)
+        assert len(shared) == len(full) == len(texts)
+        for k, (a, b) in enumerate(zip(shared, full)):
+            assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+            if k == 0:  # the true answer carries every per-token statistic
+                assert a["pred_ids"] == b["pred_ids"] and a["target_ids"] == b["target_ids"]
+                assert a["token_logps"] == pytest.approx(b["token_logps"], abs=1e-4)
+                assert a["token_z"] == pytest.approx(b["token_z"], abs=1e-3)
+            checked += 1
+    return checked
+
+
+def test_shared_prompt_stats_equal_full_sequences(target_dir, world_dir):
+    model, tok = load_model(str(target_dir))
+    assert _shared_vs_full(model, tok, eval_data(world_dir)["forget"][:4]) >= 4 * 3
+
+
+def test_shared_prompt_stats_equal_full_sequences_on_the_real_model(real_model_dir, world_dir):
+    model, tok = load_model(str(real_model_dir))
+    assert _shared_vs_full(model, tok, eval_data(world_dir)["forget"][:2]) >= 2 * 3
+
+
+def test_guarded_model_scores_full_sequences(target_dir, world_dir, monkeypatch):
+    """A guard's prompt edits are per sequence: with one attached, the shared-prompt path is never taken."""
+    import obliviate.evaluate as ev
+    from obliviate.guards import attach
+
+    model, tok = load_model(str(target_dir))
+    calls = []
+    monkeypatch.setattr(ev, "_shared_prompt_stats", lambda *a: calls.append(1))
+    attach(model, [object()])
+    try:
+        with pytest.raises(AttributeError):  # the placeholder guard has no hooks: the full path tried to use it
+            score_split(model, tok, eval_data(world_dir)["forget"][:2], max_new_tokens=2)
+    finally:
+        attach(model, [])
+    assert calls == []
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "opt", "gpt_neox", "falcon", "gemma2", "olmo2"])
+def test_shared_prompt_stats_on_every_family(family):
+    """Prompt sharing needs nothing of an architecture but its cache: the same statistics on tiny random models
+    of several families (sliding-window and post-norm ones included)."""
+    import torch
+    from tests.test_anatomy import FAMILIES, _model
+
+    from obliviate.evaluate import _forward_stats, _shared_prompt_stats
+    from obliviate.models.encode import IGNORE
+
+    assert family in FAMILIES
+    model = _model(family)
+    prompt, answers = [1, 5, 9, 13, 7, 3], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2]]
+    with torch.no_grad():
+        shared = _shared_prompt_stats(model, prompt, answers, 0)
+        full = _forward_stats(model, [(prompt + a, [IGNORE] * len(prompt) + a) for a in answers], 0, 8)
+    assert [s["loss"] for s in shared] == pytest.approx([f["loss"] for f in full], abs=1e-5)
+    assert shared[0]["token_logps"] == pytest.approx(full[0]["token_logps"], abs=1e-5)
+    assert shared[0]["pred_ids"] == full[0]["pred_ids"]

@@ -1,6 +1,7 @@
-"""Evaluation: one teacher-forced forward pass per sequence, plus batched greedy generation.
+"""Evaluation: teacher-forced passes that share each question's prompt, plus batched greedy generation.
 
-For every QA item the answer, its paraphrase and each perturbed answer are scored once; from the true
+For every QA item the answer, its paraphrase and each perturbed answer are scored once, as continuations of
+one pass over the item's prompt (the chat prompt is most of each sequence's tokens); from the true
 answer's pass come the token log-probs (probability, MIA LOSS / zlib / Min-K%), the Min-K%++ z-scores,
 and the greedy teacher-forced predictions (exact memorisation, extraction strength). Generation gives
 ROUGE-L recall and attribute-value hits. Every metric in `obliviate.metrics` derives from these rows.
@@ -15,10 +16,30 @@ from obliviate.generation import generate
 from obliviate.metrics import compute_all
 from obliviate.metrics.mia import minkpp_token_z
 from obliviate.metrics.tofu import rouge_l_recall
-from obliviate.models.encode import IGNORE, collate, encode_pair, prompt_ids
+from obliviate.models.encode import IGNORE, answer_ids, collate, encode_pair, prompt_ids
 
 # The splits an evaluation reads from a world directory, and what each is for.
 EVAL_SPLITS = ("forget", "retain", "world_facts", "holdout")
+
+
+def _stats(logits, labels, detail) -> list[dict]:
+    """Per row of `logits` [B, T, V] (position t predicts `labels[:, t]`, IGNORE where nothing is scored): the mean
+    NLL over scored tokens, and for rows with `detail[b]` the token log-probs, Min-K%++ z-scores, greedy
+    predictions and targets."""
+    mask = labels != IGNORE
+    targets = labels.clamp(min=0)
+    out = []
+    for b in range(len(logits)):
+        m = mask[b]
+        logp = torch.log_softmax(logits[b][m].float(), -1)  # scored positions only      [n, V]
+        t = targets[b][m]
+        lp = logp.gather(-1, t[:, None])[:, 0]  # token log-probs                           [n]
+        row = {"loss": float(-lp.mean())}
+        if detail[b]:
+            row.update(token_logps=lp.tolist(), token_z=minkpp_token_z(logp, t).tolist(),
+                       pred_ids=logp.argmax(-1).tolist(), target_ids=t.tolist())
+        out.append(row)
+    return out
 
 
 @torch.no_grad()
@@ -43,48 +64,66 @@ def _forward_stats(model, encoded: list, pad: int, batch_size: int, texts: list[
             logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits[:, :-1]
         else:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE
-        logp = torch.log_softmax(logits.float(), -1)  # computed once, shared below [B, T-1, V]
-        targets = labels.clamp(min=0)
-        tok = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # token log-probs    [B, T-1]
-        z = minkpp_token_z(logp, targets)  # Min-K%++ per-token z-scores             [B, T-1]
-        pred = logits.argmax(-1)
-        for r, i in enumerate(idx):
-            m = mask[r]
-            lp = tok[r][m]
-            out[i] = {
-                "loss": float(-lp.mean()),
-                "token_logps": lp.tolist(),
-                "token_z": z[r][m].tolist(),
-                "pred_ids": pred[r][m].tolist(),
-                "target_ids": labels[r][m].tolist(),
-            }
+        for i, row in zip(idx, _stats(logits, batch["labels"][:, 1:], [True] * len(idx))):
+            out[i] = row
     return out
+
+
+@torch.no_grad()
+def _shared_prompt_stats(model, prompt: list[int], answers: list[list[int]], pad: int) -> list[dict]:
+    """`_forward_stats` of K answers to one prompt, with the prompt run once: one pass over the prompt (KV cache,
+    last position's logits only), then the K answers as one batch of continuations of that cache. Full details
+    (log-probs, Min-K%++, predictions) for the first answer only, the true one; the others need their loss.
+    Equal to the full-sequence pass up to fp32 rounding (tests/test_evaluate.py)."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    K, A = len(answers), max(map(len, answers))
+    cache = DynamicCache(config=model.config)  # as the decode loop builds it (sliding-window layers included)
+    first = model(input_ids=torch.tensor([prompt], device=device), cache=cache, use_cache=True)
+    ids = torch.full((K, A), pad, dtype=torch.long, device=device)
+    labels = torch.full((K, A), IGNORE, dtype=torch.long, device=device)
+    mask = torch.ones((K, len(prompt) + A), dtype=torch.long, device=device)
+    for k, a in enumerate(answers):
+        ids[k, : len(a)] = labels[k, : len(a)] = torch.tensor(a)
+        mask[k, len(prompt) + len(a):] = 0  # right padding: cache positions stay those of the full sequence
+    logits = first.logits[:, -1:].expand(K, 1, -1)  # predicts each answer's first token       [K, 1, V]
+    if A > 1:
+        cache.batch_repeat_interleave(K)
+        more = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], cache=cache, use_cache=True).logits
+        logits = torch.cat([logits, more], 1)  # position j predicts ids[:, j]                  [K, A, V]
+    return _stats(logits, labels, [k == 0 for k in range(K)])
 
 
 def score_split(model, tokenizer, items: list[QAItem], *, batch_size: int = 64, max_new_tokens: int = 48,
                 max_len: int = 512) -> list[dict]:
-    """Per-sample rows for one split (see the module docstring)."""
-    seqs, owner = [], []  # owner[k] = (item index, "gt" | "para" | perturbed index)
+    """Per-sample rows for one split (see the module docstring). Each item's answers are scored as continuations
+    of one pass over its prompt (`_shared_prompt_stats`); on a guarded model (its prompt edits are per sequence)
+    and for prompts truncated to `max_len`, as full sequences."""
+    from obliviate.guards import attached
+
+    answers = [[("gt", it.answer)] + ([("para", it.paraphrased_answer)] if it.paraphrased_answer else [])
+               + list(enumerate(it.perturbed_answer)) for it in items]  # (kind, text); kind = perturbed index
+    stats: list[tuple[int, object, dict]] = []  # (item index, kind, stats)
+    guarded, full = bool(attached(model)), []
     for i, it in enumerate(items):
-        seqs.append(encode_pair(tokenizer, it.question, it.answer, max_len))
-        owner.append((i, "gt"))
-        if it.paraphrased_answer:
-            seqs.append(encode_pair(tokenizer, it.question, it.paraphrased_answer, max_len))
-            owner.append((i, "para"))
-        for j, p in enumerate(it.perturbed_answer):
-            seqs.append(encode_pair(tokenizer, it.question, p, max_len))
-            owner.append((i, j))
-    stats = _forward_stats(model, seqs, tokenizer.pad_token_id, batch_size,
-                           texts=[items[i].question for i, _ in owner])
+        p, ans = prompt_ids(tokenizer, it.question), [answer_ids(tokenizer, a) for _, a in answers[i]]
+        if guarded or len(p) + max(map(len, ans)) > max_len:
+            full.append(i)
+        else:
+            got = _shared_prompt_stats(model, p, ans, tokenizer.pad_token_id)
+            stats += [(i, kind, st) for (kind, _), st in zip(answers[i], got)]
+    owner = [(i, kind, a) for i in full for kind, a in answers[i]]
+    seqs = [encode_pair(tokenizer, items[i].question, a, max_len) for i, _, a in owner]
+    stats += [(i, kind, st) for (i, kind, _), st in zip(owner, _forward_stats(
+        model, seqs, tokenizer.pad_token_id, batch_size, texts=[items[i].question for i, _, _ in owner]))]
     texts = generate(model, tokenizer, [prompt_ids(tokenizer, it.question) for it in items], max_new_tokens,
                      batch_size, texts=[it.question for it in items])
     rows = [{"id": it.id, "question": it.question, "answer": it.answer, "value": it.value,
              "generated": texts[i], "rouge_l_recall": rouge_l_recall(it.answer, texts[i]),
              "value_hit": bool(it.value) and it.value.lower() in texts[i].lower(),
              "perturbed_loss": []} for i, it in enumerate(items)]
-    for (i, kind), st in zip(owner, stats):
+    for i, kind, st in stats:
         if kind == "gt":
             rows[i].update({"gt_loss": st["loss"], **{k: st[k] for k in ("token_logps", "token_z", "pred_ids",
                                                                             "target_ids")}})
