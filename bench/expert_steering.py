@@ -5,7 +5,7 @@ align it with refusal SFT, fit `expert_steering` (the k experts whose activation
 refused and complied training prompts) and measure the refusal rate on the world's harmful test prompts with
 those k experts switched off, against k experts drawn at random (3 draws). Prints figures; it is not a test.
 
-    python bench/expert_steering.py --seeds 0,1,2 --k 2 --experts 4 --threads 2
+    python bench/expert_steering.py --seeds 0,1,2 --k 2 --experts 4 --threads 2 [--tokens reply|prompt|decision]
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 
-def run_seed(seed: int, k: int, experts: int, steps: int, align_steps: int, draws: int, work: Path) -> dict:
+def run_seed(seed: int, k: int, experts: int, steps: int, align_steps: int, draws: int, work: Path,
+             tokens: str = "reply") -> dict:
     from obliviate.data.world import WorldSpec, write_world
     from obliviate.guards import attach
     from obliviate.guards.expert_steering import ExpertSteering
@@ -54,7 +55,7 @@ def run_seed(seed: int, k: int, experts: int, steps: int, align_steps: int, draw
         return m["refusal_rate"]
 
     inputs = {"policy_train": data.harmful + data.benign}
-    top = ExpertSteering.fit(model, tok, inputs, k=k)
+    top = ExpertSteering.fit(model, tok, inputs, k=k, tokens=tokens)
     out = {"seed": seed, "train_seconds": round(train_s, 1), "refusal_base": refusal([]),
            "chosen": {str(a): b for a, b in top._chosen.items()}, "refusal_top_off": refusal([top])}
     rand = []
@@ -85,6 +86,7 @@ def main():
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--align-steps", type=int, default=0)
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--tokens", default="reply", help="whose routing scores the experts: reply, prompt or decision")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args()
@@ -94,7 +96,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for s in [int(x) for x in a.seeds.split(",")]:
-            r = run_seed(s, a.k, a.experts, a.steps, a.align_steps, a.draws, Path(tmp))
+            r = run_seed(s, a.k, a.experts, a.steps, a.align_steps, a.draws, Path(tmp), a.tokens)
             rows.append(r)
             rand = r["refusal_random_off"]
             print(f"seed {s}: refusal {r['refusal_base']:.3f} | top-{a.k} off {r['refusal_top_off']:.3f} | "

@@ -118,3 +118,18 @@ def test_a_dense_model_has_no_routers(target_dir):
     model, tok = load_model(str(target_dir))
     with pytest.raises(UsageError, match="no mixture-of-experts routers"):
         _guard(model)
+
+
+def test_decision_tokens_score_the_last_prompt_token(moe, world_dir, monkeypatch):
+    """tokens=decision: each prompt contributes the routing of its last token only (one token per prompt)."""
+    model, tok = moe
+    rows = policy_rows(world_dir, "policy_train")[::16]
+    refused = [r["kind"] == "harmful" for r in rows]
+    monkeypatch.setattr(es, "judged_replies", lambda m, t, prompts, n=32: (["x"] * len(rows), refused))
+    g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, tokens="decision")
+    seqs = [prompt_ids(tok, r["prompt"]) for r in rows]
+    with_ctx = [routing_frequency(model, [s for s, f in zip(seqs, refused) if f == want], 2,
+                                  [len(s) - 1 for s, f in zip(seqs, refused) if f == want]) for want in (True, False)]
+    assert torch.allclose(g._scores, with_ctx[0] - with_ctx[1])
+    # one counted token per prompt, routed to 2 experts (top-2) in each layer
+    assert torch.equal((with_ctx[0] * sum(refused)).round().sum(-1), torch.full((2,), 2.0 * sum(refused)))

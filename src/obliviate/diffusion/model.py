@@ -250,9 +250,10 @@ def ema_decay(step: int, cap: float) -> float:
 
 def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, steps: int = 1000, batch_size: int = 64,
               lr: float = 2e-3, p_uncond: float = 0.1, ema: float = 0.999, seed: int = 0,
-              progress: bool = False, checkpoint_every: int = 0, on_checkpoint=None) -> dict:
+              progress: bool = False, checkpoint_every: int = 0, on_checkpoint=None, bf16: bool = False) -> dict:
     """Train UNet and text encoder jointly on (image, one of its captions) pairs; the EMA weights are kept in the
-    model at the end. Every `checkpoint_every` steps, `on_checkpoint(step, train_seconds)` runs with the EMA
+    model at the end. `bf16`: bf16 autocast of the forward pass (weights, gradients, AdamW state and EMA stay fp32),
+    for CPUs with AMX or GPUs (bench/bf16_steps.py). Every `checkpoint_every` steps, `on_checkpoint(step, train_seconds)` runs with the EMA
     weights swapped in (eval mode); its time is not counted. Returns {"seconds", "loss_first", "loss_last"}."""
     from obliviate.progress import progress_bar
 
@@ -275,7 +276,9 @@ def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, step
             texts = ["" if rng.random() < p_uncond else captions[i][rng.integers(len(captions[i]))] for i in idx]
             noise = torch.randn_like(x)
             t = torch.randint(0, ddpm.config.num_train_timesteps, (len(idx),), device=x.device)
-            loss = torch.nn.functional.mse_loss(model.eps(ddpm.add_noise(x, noise, t), t, model.encode(texts)), noise)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                eps = model.eps(ddpm.add_noise(x, noise, t), t, model.encode(texts))
+            loss = torch.nn.functional.mse_loss(eps.float(), noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

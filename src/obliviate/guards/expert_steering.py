@@ -7,7 +7,8 @@ expert (it is in the token's top-k); the score is its frequency on refused minus
 risk difference; MoTE scores experts by their activation difference between refused and answered prompts).
 `tokens` says which tokens count: `reply` (default), the tokens of the model's own reply, read with its prompt
 as context, so the contrast is writing a refusal versus writing an answer; `prompt`, the prompt's tokens, which
-also contrasts what the prompts are about (harmful versus benign topics). At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k` experts with the
+also contrasts what the prompts are about (harmful versus benign topics); `decision`, the last prompt token
+alone, whose output predicts the reply's first token: where the model decides to refuse or to answer. At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k` experts with the
 highest scores are switched `off` (their router logit -> -inf, so the top-k is taken among the others and its
 weights re-normalised: MoTE's "switch off", which lowers refusal) or `on` (logit + 1e4, always in the top-k:
 raises refusal). `select=random` switches k experts drawn with `seed` instead: the control.
@@ -70,12 +71,12 @@ class ExpertSteering(Guard):
     select: str = "top"  # top: the highest-scoring experts; random: k drawn with seed (the control)
     seed: int = 0
     max_new_tokens: int = 32
-    tokens: str = "reply"  # which tokens' routing is scored: reply or prompt
+    tokens: str = "reply"  # which tokens' routing is scored: reply, prompt or decision (the last prompt token)
 
     def __post_init__(self):
         if self.mode not in ("off", "on") or self.select not in ("top", "random") or self.k < 1 \
-                or self.tokens not in ("reply", "prompt"):
-            raise UsageError("expert_steering: mode off|on, select top|random, tokens reply|prompt, k >= 1")
+                or self.tokens not in ("reply", "prompt", "decision"):
+            raise UsageError("expert_steering: mode off|on, select top|random, tokens reply|prompt|decision, k >= 1")
         self._scores = None  # [L, E]
         self._chosen: dict[int, list[int]] = {}
 
@@ -124,6 +125,8 @@ class ExpertSteering(Guard):
         if guard.tokens == "reply":  # prompt + the reply's tokens; only the reply's are counted
             starts = [len(s) for s in seqs]
             seqs = [s + tok(r, add_special_tokens=False)["input_ids"] for s, r in zip(seqs, replies)]
+        elif guard.tokens == "decision":
+            starts = [len(s) - 1 for s in seqs]
         else:
             starts = [0] * len(seqs)
         keep = [i for i, s in enumerate(seqs) if len(s) > starts[i]]
