@@ -82,16 +82,34 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
 def token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One teacher-forced forward pass.
 
-    Returns (logps [B, T-1], mask [B, T-1] float, logits [B, T-1, V]) aligned so that position t scores
-    token t+1; mask is 1 on answer tokens only and logps are 0 elsewhere.
+    Returns (logps [B, S], mask [B, S] float, logits [B, S, V]) over the positions from the batch's first scored
+    one: with f the first position (over the batch) whose next token carries a label, position s scores token
+    f + s + 1, and S = T - 1 - f. mask is 1 on answer tokens only and logps are 0 elsewhere. The vocabulary
+    projection of the prompt positions before f is never computed (`logits_to_keep`, where the model takes it):
+    with a chat template the prompt is most of a sequence, and the [B, T, V] logits are the largest tensor of a
+    training step.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    # cross_entropy avoids materialising a second [B, T, V] log-softmax tensor during training
+    labels = batch["labels"][:, 1:]  # position t scores token t + 1                   [B, T-1]
+    scored = (labels != IGNORE).any(0)
+    f = int(scored.int().argmax()) if bool(scored.any()) else 0
+    keep = labels.shape[1] + 1 - f  # logits of positions f .. T-1
+    kw = {"logits_to_keep": keep} if f > 0 and _keeps_logits(model) else {}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
+    logits, labels = logits[:, -keep:][:, :-1], labels[:, f:]  # [B, S, V], [B, S]
+    # cross_entropy avoids materialising a second [B, S, V] log-softmax tensor during training
     logp = -torch.nn.functional.cross_entropy(
         logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
     )
     return logp, (labels != IGNORE).float(), logits
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do; a peft wrapper passes it
+    on to the model it wraps)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def sequence_logp(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,52 @@
+"""token_logps computes logits only from the batch's first scored position: the same log-probs as the full
+pass, on every architecture family, and through a LoRA (peft) wrapper."""
+
+import pytest
+import torch
+
+from obliviate.models.encode import IGNORE, collate, sequence_logp, token_logps
+from tests.test_anatomy import FAMILIES, _model
+
+PAIRS = [([1, 5, 9, 13, 7, 3, 11, 12, 2], [IGNORE] * 6 + [11, 12, 2]),
+         ([1, 5, 9, 3, 20, 2], [IGNORE] * 4 + [20, 2]),
+         ([1, 8, 8, 8, 8, 8, 8, 3, 30, 31, 32, 2], [IGNORE] * 8 + [30, 31, 32, 2])]
+
+
+def _full(model, batch):
+    """The reference: every position's logits, [B, T-1] log-probs of the labelled tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return lp * (labels != IGNORE), labels != IGNORE
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_trimmed_logps_equal_the_full_pass(family):
+    model = _model(family)
+    batch = collate(PAIRS, 0)
+    with torch.no_grad():
+        logp, mask, logits = token_logps(model, batch)
+        ref, ref_mask = _full(model, batch)
+    f = 4 - 1  # the shortest prompt has 4 tokens: its first answer token is scored from position 3
+    assert logp.shape == (3, 12 - 1 - f) and logits.shape[:2] == logp.shape
+    assert torch.equal(mask.bool(), ref_mask[:, f:]) and not ref_mask[:, :f].any()
+    assert torch.allclose(logp, ref[:, f:], atol=1e-5)
+    seq, n = sequence_logp(model, batch)
+    assert torch.allclose(seq, ref.sum(-1), atol=1e-4) and n.tolist() == [3, 2, 4]
+
+
+def test_trimmed_logps_through_a_lora_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    batch = collate(PAIRS, 0)
+    calls = []
+    base = model.get_base_model()
+    handle = base.lm_head.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[1]))
+    try:
+        with torch.no_grad():
+            logp, _, _ = token_logps(model, batch)
+    finally:
+        handle.remove()
+    assert calls == [12 - 3]  # the projection saw positions 3 .. 11 only
+    assert torch.allclose(logp, _full(model, batch)[0][:, 3:], atol=1e-5)
