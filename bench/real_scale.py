@@ -291,6 +291,8 @@ def eval_bench(args) -> None:
 
     torch, model, tok = _setup(args)
     model.eval()
+    if args.float64:
+        model.double()
     with tempfile.TemporaryDirectory() as tmp:
         write_world(tmp)
         data = {s: items[: args.per_split] for s, items in eval_data(Path(tmp)).items()}
@@ -346,6 +348,8 @@ def generate_bench(args) -> None:
 
     torch, model, tok = _setup(args)
     model.eval()
+    if args.float64:
+        model.double()
     with tempfile.TemporaryDirectory() as tmp:
         write_world(tmp)
         items = load_qa(Path(tmp) / "forget10.jsonl") + load_qa(Path(tmp) / "retain_eval.jsonl")
@@ -441,6 +445,8 @@ def main() -> None:
     e.add_argument("--max-new-tokens", type=int, default=48, help="as score_model's default")
     e.add_argument("--batch-size", type=int, default=64, help="score_model batch size (its default)")
     e.add_argument("--repeats", type=int, default=1)
+    e.add_argument("--float64", action="store_true",
+                   help="run the model in float64: the metric agreement without fp32 rounding (slower)")
 
     g = sub.add_parser("generate", parents=[common], help="generate vs transformers.pipeline")
     g.add_argument("--prompts", type=int, default=32)
