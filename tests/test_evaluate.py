@@ -23,34 +23,41 @@ def test_score_model_pooled_equals_per_split(target_dir, world_dir):
 
 
 def _shared_vs_full(model, tok, items):
+    """Every item's answers, all items in one batch of groups (prompts of different lengths: left padding),
+    against full sequences one item at a time."""
     from obliviate.evaluate import _forward_stats, _shared_prompt_stats
     from obliviate.models.encode import answer_ids, encode_pair, prompt_ids
 
+    texts = [[it.answer, it.paraphrased_answer, *it.perturbed_answer] for it in items]
+    groups = [(prompt_ids(tok, it.question), [answer_ids(tok, a) for a in ts]) for it, ts in zip(items, texts)]
+    assert len({len(p) for p, _ in groups}) > 1  # the batch needs padding
+    shared = _shared_prompt_stats(model, groups, tok.pad_token_id)
     checked = 0
-    for it in items:
-        texts = [it.answer, it.paraphrased_answer, *it.perturbed_answer]
-        shared = _shared_prompt_stats(model, prompt_ids(tok, it.question), [answer_ids(tok, a) for a in texts],
-                                      tok.pad_token_id)
-        full = _forward_stats(model, [encode_pair(tok, it.question, a) for a in texts], tok.pad_token_id, 64)
-        assert len(shared) == len(full) == len(texts)
-        for k, (a, b) in enumerate(zip(shared, full)):
+    for it, ts, got in zip(items, texts, shared):
+        full = _forward_stats(model, [encode_pair(tok, it.question, a) for a in ts], tok.pad_token_id, 64)
+        assert len(got) == len(full) == len(ts)
+        for k, (a, b) in enumerate(zip(got, full)):
             assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
             if k == 0:  # the true answer carries every per-token statistic
                 assert a["pred_ids"] == b["pred_ids"] and a["target_ids"] == b["target_ids"]
                 assert a["token_logps"] == pytest.approx(b["token_logps"], abs=1e-4)
                 assert a["token_z"] == pytest.approx(b["token_z"], abs=1e-3)
+            else:
+                assert "token_logps" not in a
             checked += 1
     return checked
 
 
 def test_shared_prompt_stats_equal_full_sequences(target_dir, world_dir):
     model, tok = load_model(str(target_dir))
-    assert _shared_vs_full(model, tok, eval_data(world_dir)["forget"][:4]) >= 4 * 3
+    data = eval_data(world_dir)
+    assert _shared_vs_full(model, tok, data["forget"][:3] + data["holdout"][:3]) >= 6 * 3
 
 
 def test_shared_prompt_stats_equal_full_sequences_on_the_real_model(real_model_dir, world_dir):
     model, tok = load_model(str(real_model_dir))
-    assert _shared_vs_full(model, tok, eval_data(world_dir)["forget"][:2]) >= 2 * 3
+    data = eval_data(world_dir)
+    assert _shared_vs_full(model, tok, data["forget"][:2] + data["holdout"][:1]) >= 3 * 3
 
 
 def test_guarded_model_scores_full_sequences(target_dir, world_dir, monkeypatch):
@@ -82,10 +89,12 @@ def test_shared_prompt_stats_on_every_family(family):
 
     assert family in FAMILIES
     model = _model(family)
-    prompt, answers = [1, 5, 9, 13, 7, 3], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2]]
+    groups = [([1, 5, 9, 13, 7, 3], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2]]),
+              ([1, 6, 3], [[40, 41, 2], [42, 2]])]  # a shorter prompt: left padding in the batch
     with torch.no_grad():
-        shared = _shared_prompt_stats(model, prompt, answers, 0)
-        full = _forward_stats(model, [(prompt + a, [IGNORE] * len(prompt) + a) for a in answers], 0, 8)
-    assert [s["loss"] for s in shared] == pytest.approx([f["loss"] for f in full], abs=1e-5)
-    assert shared[0]["token_logps"] == pytest.approx(full[0]["token_logps"], abs=1e-5)
-    assert shared[0]["pred_ids"] == full[0]["pred_ids"]
+        shared = _shared_prompt_stats(model, groups, 0)
+        for (prompt, answers), got in zip(groups, shared):
+            full = _forward_stats(model, [(prompt + a, [IGNORE] * len(prompt) + a) for a in answers], 0, 8)
+            assert [s["loss"] for s in got] == pytest.approx([f["loss"] for f in full], abs=1e-5)
+            assert got[0]["token_logps"] == pytest.approx(full[0]["token_logps"], abs=1e-5)
+            assert got[0]["pred_ids"] == full[0]["pred_ids"]

@@ -70,29 +70,45 @@ def _forward_stats(model, encoded: list, pad: int, batch_size: int, texts: list[
 
 
 @torch.no_grad()
-def _shared_prompt_stats(model, prompt: list[int], answers: list[list[int]], pad: int) -> list[dict]:
-    """`_forward_stats` of K answers to one prompt, with the prompt run once: one pass over the prompt (KV cache,
-    last position's logits only), then the K answers as one batch of continuations of that cache. Full details
-    (log-probs, Min-K%++, predictions) for the first answer only, the true one; the others need their loss.
-    Equal to the full-sequence pass up to fp32 rounding (tests/test_evaluate.py)."""
+def _shared_prompt_stats(model, groups: list[tuple[list[int], list[list[int]]]], pad: int) -> list[list[dict]]:
+    """`_forward_stats` of each group's answers (a group: one prompt and its K answers), with each prompt run once.
+    The prompts are left-padded into one batch (position ids from the mask, as the decode loop builds them) whose
+    pass fills a KV cache; each cache row is repeated once per answer of its group, and every answer of every
+    group runs as one batch of continuations. Full details (log-probs, Min-K%++, predictions) for each group's
+    first answer, the true one; the others need their loss. Equal to full-sequence passes up to fp32 rounding
+    (tests/test_evaluate.py)."""
     from transformers import DynamicCache
 
+    from obliviate.generation import _positions, left_pad
+    from obliviate.models.encode import keeps_logits
+
     device = next(model.parameters()).device
-    K, A = len(answers), max(map(len, answers))
+    ids, mask = left_pad([p for p, _ in groups], pad, device)  # [G, P]
     cache = DynamicCache(config=model.config)  # as the decode loop builds it (sliding-window layers included)
-    first = model(input_ids=torch.tensor([prompt], device=device), cache=cache, use_cache=True)
-    ids = torch.full((K, A), pad, dtype=torch.long, device=device)
-    labels = torch.full((K, A), IGNORE, dtype=torch.long, device=device)
-    mask = torch.ones((K, len(prompt) + A), dtype=torch.long, device=device)
-    for k, a in enumerate(answers):
-        ids[k, : len(a)] = labels[k, : len(a)] = torch.tensor(a)
-        mask[k, len(prompt) + len(a):] = 0  # right padding: cache positions stay those of the full sequence
-    logits = first.logits[:, -1:].expand(K, 1, -1)  # predicts each answer's first token       [K, 1, V]
+    last = {"logits_to_keep": 1} if keeps_logits(model) else {}
+    first = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), cache=cache, use_cache=True,
+                  **last).logits[:, -1:]  # predicts each answer's first token                   [G, 1, V]
+    rows = [(g, a) for g, (_, answers) in enumerate(groups) for a in answers]
+    owner = torch.tensor([g for g, _ in rows], device=device)
+    R, A = len(rows), max(len(a) for _, a in rows)
+    a_ids = torch.full((R, A), pad, dtype=torch.long, device=device)
+    labels = torch.full((R, A), IGNORE, dtype=torch.long, device=device)
+    a_mask = torch.zeros((R, A), dtype=torch.long, device=device)
+    for r, (_, a) in enumerate(rows):
+        a_ids[r, : len(a)] = labels[r, : len(a)] = torch.tensor(a)
+        a_mask[r, : len(a)] = 1  # right padding: never attended to by the answer's own tokens (causal)
+    logits = first[owner]  #                                                                  [R, 1, V]
     if A > 1:
-        cache.batch_repeat_interleave(K)
-        more = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], cache=cache, use_cache=True).logits
-        logits = torch.cat([logits, more], 1)  # position j predicts ids[:, j]                  [K, A, V]
-    return _stats(logits, labels, [k == 0 for k in range(K)])
+        cache.batch_select_indices(owner)  # row r continues its group's prompt
+        full_mask = torch.cat([mask[owner], a_mask[:, :-1]], 1)
+        more = model(input_ids=a_ids[:, :-1], attention_mask=full_mask, position_ids=_positions(full_mask)[:, -(A - 1):],
+                     cache=cache, use_cache=True).logits
+        logits = torch.cat([logits, more], 1)  # position j predicts a_ids[:, j]                  [R, A, V]
+    stats = _stats(logits, labels, [r == 0 or rows[r - 1][0] != g for r, (g, _) in enumerate(rows)])
+    out: list[list[dict]] = [[] for _ in groups]
+    for (g, _), st in zip(rows, stats):
+        out[g].append(st)
+    return out
 
 
 def score_split(model, tokenizer, items: list[QAItem], *, batch_size: int = 64, max_new_tokens: int = 48,
@@ -105,14 +121,19 @@ def score_split(model, tokenizer, items: list[QAItem], *, batch_size: int = 64, 
     answers = [[("gt", it.answer)] + ([("para", it.paraphrased_answer)] if it.paraphrased_answer else [])
                + list(enumerate(it.perturbed_answer)) for it in items]  # (kind, text); kind = perturbed index
     stats: list[tuple[int, object, dict]] = []  # (item index, kind, stats)
-    guarded, full = bool(attached(model)), []
+    guarded, full, shared = bool(attached(model)), [], []
     for i, it in enumerate(items):
         p, ans = prompt_ids(tokenizer, it.question), [answer_ids(tokenizer, a) for _, a in answers[i]]
         if guarded or len(p) + max(map(len, ans)) > max_len:
             full.append(i)
         else:
-            got = _shared_prompt_stats(model, p, ans, tokenizer.pad_token_id)
-            stats += [(i, kind, st) for (kind, _), st in zip(answers[i], got)]
+            shared.append((i, p, ans))
+    shared.sort(key=lambda x: len(x[1]))  # similar prompt lengths share a batch: less left padding
+    per_batch = max(1, batch_size // max([len(a) for _, _, a in shared] or [1]))  # about batch_size answer rows
+    for s in range(0, len(shared), per_batch):
+        chunk = shared[s: s + per_batch]
+        got = _shared_prompt_stats(model, [(p, ans) for _, p, ans in chunk], tokenizer.pad_token_id)
+        stats += [(i, kind, st) for (i, _, _), group in zip(chunk, got) for (kind, _), st in zip(answers[i], group)]
     owner = [(i, kind, a) for i in full for kind, a in answers[i]]
     seqs = [encode_pair(tokenizer, items[i].question, a, max_len) for i, _, a in owner]
     stats += [(i, kind, st) for (i, kind, _), st in zip(owner, _forward_stats(

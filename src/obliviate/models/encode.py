@@ -93,7 +93,7 @@ def token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     scored = (labels != IGNORE).any(0)
     f = int(scored.int().argmax()) if bool(scored.any()) else 0
     keep = labels.shape[1] + 1 - f  # logits of positions f .. T-1
-    kw = {"logits_to_keep": keep} if f > 0 and _keeps_logits(model) else {}
+    kw = {"logits_to_keep": keep} if f > 0 and keeps_logits(model) else {}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
     logits, labels = logits[:, -keep:][:, :-1], labels[:, f:]  # [B, S, V], [B, S]
     # cross_entropy avoids materialising a second [B, S, V] log-softmax tensor during training
@@ -103,7 +103,7 @@ def token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     return logp, (labels != IGNORE).float(), logits
 
 
-def _keeps_logits(model) -> bool:
+def keeps_logits(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do; a peft wrapper passes it
     on to the model it wraps)."""
     import inspect
