@@ -64,3 +64,24 @@ def test_evaluate_concept_metrics_on_a_known_model(monkeypatch):
     monkeypatch.setattr(ev, "generate", fake(True))
     m, _ = ev.evaluate_concept(None, clf, world, "star", ev.SampleConfig(max_prompts=12))
     assert m["ua"] == pytest.approx(1.0, abs=0.1) and m["ira"] > 0.9
+
+
+def test_every_eraser_runs_as_the_demo_calls_it():
+    """The full demo runs every registered eraser with only `steps` and, where `needs_anchor`, a look-alike guide:
+    none may need more (SalUn once did, and the full demo stopped at it)."""
+    from obliviate.diffusion.erasers import ERASERS, load_all
+    from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer
+    from obliviate.diffusion.world import ImageWorldSpec, build_image_world, vocabulary
+    from obliviate.suites.diffusion_demo import demo_erase
+
+    load_all()
+    world = build_image_world(ImageWorldSpec(per_combination=2))
+    base = build_t2i(build_word_tokenizer(vocabulary(world)), T2IConfig(channels=(16, 32)), seed=0)
+    before = {n: p.clone() for n, p in base.unet.named_parameters()}
+    for name in ERASERS.names():
+        edited = demo_erase(name, base, world, "star", steps=1)
+        changed = [n for n, p in edited.unet.named_parameters() if not torch.equal(p, before[n])] + \
+            [n for n, p in edited.text_encoder.named_parameters() if not torch.equal(p, dict(
+                base.text_encoder.named_parameters())[n])]
+        assert changed, name  # it edited something
+    assert all(torch.equal(p, before[n]) for n, p in base.unet.named_parameters())  # the base is left alone

@@ -46,7 +46,6 @@ TABLE = ("ua", "ira", "cra", "over_erasure", "fd_classifier", "pre_asr", "asr[un
 
 def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int = 0, progress: bool = True,
                        started: float | None = None) -> dict:
-    import torch
     from rich.console import Console
 
     from obliviate.data.schema import write_jsonl
@@ -55,8 +54,7 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
     from obliviate.diffusion.erasers import ERASERS, load_all
     from obliviate.diffusion.evaluate import base_accuracy, evaluate_concept, save_grid
     from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, train_t2i
-    from obliviate.diffusion.world import (ImageWorldSpec, build_image_world, factor_of, vocabulary,
-                                           write_world_files)
+    from obliviate.diffusion.world import ImageWorldSpec, build_image_world, vocabulary, write_world_files
     from obliviate.pipeline import Timer, demo_output, results_document, write_json
 
     clock = Timer(started)
@@ -94,14 +92,8 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
             results[f"base/{concept}"] = m
             before = art["images"]["target"]
             for name in erasers:
-                cls = ERASERS.get(name)
-                opts = {"steps": size.eraser_steps} if "steps" in cls.__dataclass_fields__ else {}
                 t0 = time.perf_counter()
-                torch.manual_seed(seed)
-                # an eraser that maps the concept onto an anchor gets its nearest look-alike (e.g. star -> cross)
-                guide = world["factors"]["look_alikes"][factor_of(world, concept)][concept][0] \
-                    if getattr(cls, "needs_anchor", False) else ""
-                edited = cls(**opts).erase(base, concept, guide=guide)
+                edited = demo_erase(name, base, world, concept, size.eraser_steps, seed)
                 secs = time.perf_counter() - t0
                 m, art = evaluate_concept(edited, clf, world, concept, size.sample)
                 m["seconds"] = round(secs, 1)
@@ -125,6 +117,23 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
     print(f"\nwrote {out}/results.json, grids/ (before / after, per eraser and concept)")
     print(f"demo wall time: {clock():.1f} s")
     return doc
+
+
+def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int = 0):
+    """Eraser `name` on `concept`, as the demo runs every eraser: `steps` where the eraser takes them, and the
+    concept's nearest look-alike (e.g. star -> cross) as the guide of an eraser that maps the concept onto another
+    concept (`needs_anchor`: Concept Ablation's anchor, SalUn's relabelling)."""
+    import torch
+
+    from obliviate.diffusion.erasers import ERASERS
+    from obliviate.diffusion.world import factor_of
+
+    cls = ERASERS.get(name)
+    opts = {"steps": steps} if "steps" in cls.__dataclass_fields__ else {}
+    torch.manual_seed(seed)
+    guide = world["factors"]["look_alikes"][factor_of(world, concept)][concept][0] \
+        if getattr(cls, "needs_anchor", False) else ""
+    return cls(**opts).erase(base, concept, guide=guide)
 
 
 def _mkdir(p: Path) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -29,6 +30,7 @@ from obliviate.errors import UsageError
 class SalUn(Eraser):
     name = "salun"
     description = "gradient-saliency mask, then random-label updates on the masked weights (Fan et al. 2024)"
+    needs_anchor: ClassVar[bool] = True  # erase() needs other prompts to relabel with: a guide or preserve words
     steps: int = 200
     lr: float = 1e-4
     saliency_share: float = 0.5
