@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/obliviate demo --out runs/demo
 
 test: $(STAMP) real-model browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: $(STAMP) real-model
 	$(BIN)/python -m pytest -q -m slow
