@@ -86,6 +86,7 @@ def test_passages_world_is_deterministic_and_split_right():
     assert not set(ids("muse_forget")) & set(ids("muse_retain")) and not set(ids("muse_holdout")) & set(ids("muse_retain"))
 
 
+@pytest.mark.slow  # 46 s: `make test-slow` (make test stays under 12 minutes)
 def test_muse_small(tmp_path, capsys):
     code, out, err = run_cli(["muse", "--out", tmp_path / "m", "--methods", "grad_ascent,altpo",
                               "--finetune-steps", 3], capsys)

@@ -54,6 +54,7 @@ def test_sweep_small(target_dir, world_dir, tmp_path, capsys):
     assert code == 2 and "no option 'bogus'" in err and not (tmp_path / "s2").exists()
 
 
+@pytest.mark.slow  # 41 s: `make test-slow` (make test stays under 12 minutes)
 def test_bench_resume_redoes_only_what_is_missing(tmp_path, capsys):
     args = ["bench", "--out", tmp_path / "b", "--seeds", "0", "--splits", "forget10", "--methods",
             "grad_ascent,npo", "--finetune-steps", 3, "--people", 100]
