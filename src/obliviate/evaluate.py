@@ -121,9 +121,10 @@ def score_split(model, tokenizer, items: list[QAItem], *, batch_size: int = 64, 
     answers = [[("gt", it.answer)] + ([("para", it.paraphrased_answer)] if it.paraphrased_answer else [])
                + list(enumerate(it.perturbed_answer)) for it in items]  # (kind, text); kind = perturbed index
     stats: list[tuple[int, object, dict]] = []  # (item index, kind, stats)
+    prompts = [prompt_ids(tokenizer, it.question) for it in items]  # the chat template, applied once per item
     guarded, full, shared = bool(attached(model)), [], []
-    for i, it in enumerate(items):
-        p, ans = prompt_ids(tokenizer, it.question), [answer_ids(tokenizer, a) for _, a in answers[i]]
+    for i, p in enumerate(prompts):
+        ans = [answer_ids(tokenizer, a) for _, a in answers[i]]
         if guarded or len(p) + max(map(len, ans)) > max_len:
             full.append(i)
         else:
@@ -138,8 +139,7 @@ def score_split(model, tokenizer, items: list[QAItem], *, batch_size: int = 64, 
     seqs = [encode_pair(tokenizer, items[i].question, a, max_len) for i, _, a in owner]
     stats += [(i, kind, st) for (i, kind, _), st in zip(owner, _forward_stats(
         model, seqs, tokenizer.pad_token_id, batch_size, texts=[items[i].question for i, _, _ in owner]))]
-    texts = generate(model, tokenizer, [prompt_ids(tokenizer, it.question) for it in items], max_new_tokens,
-                     batch_size, texts=[it.question for it in items])
+    texts = generate(model, tokenizer, prompts, max_new_tokens, batch_size, texts=[it.question for it in items])
     rows = [{"id": it.id, "question": it.question, "answer": it.answer, "value": it.value,
              "generated": texts[i], "rouge_l_recall": rouge_l_recall(it.answer, texts[i]),
              "value_hit": bool(it.value) and it.value.lower() in texts[i].lower(),
