@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--classifier-steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--freeze-text", action="store_true", help="keep the text encoder at its initialisation")
     a = ap.parse_args()
 
     import torch
@@ -54,7 +55,8 @@ def main() -> None:
     print(f"UNet {n_params / 1e6:.2f}M parameters; {len(images)} training images", flush=True)
     guidances = [float(g) for g in a.guidance.split(",")]
     # the step time, measured on a throwaway copy, sets the checkpoint interval in steps
-    probe = train_t2i(model.copy(), images, captions, steps=10, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    probe = train_t2i(model.copy(), images, captions, steps=10, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                      train_text_encoder=not a.freeze_text)
     per_step = probe["seconds"] / 10
     every = max(1, int(a.every * 60 / per_step))
     total = max(every, int(a.minutes * 60 / per_step))
@@ -70,7 +72,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     train_t2i(model, images, captions, steps=total, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-              checkpoint_every=every, on_checkpoint=checkpoint)
+              checkpoint_every=every, on_checkpoint=checkpoint, train_text_encoder=not a.freeze_text)
     if a.out:
         model.save(a.out / "model")
         clf.save(a.out / "classifiers")

@@ -6,11 +6,10 @@ unlearns forget10 from the target -> every run is evaluated -> table, results.js
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-from obliviate.pipeline import Timer
+from obliviate.pipeline import Timer, Workers
 
 # The demo's default methods: the TOFU baselines plus NPO/SimNPO, which fit the ~2-minute budget on a 2-core
 # CPU. `--methods all` runs every registered method; `obliviate bench` compares them all over seeds and splits.
@@ -45,7 +44,7 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
                "finetune_steps": finetune_steps}
         tok.save_pretrained(o / ".tokenizer")  # the workers' tokenizer: the very one built here
         rows, seconds = {}, {}
-        with _Workers(workers) as pool:
+        with Workers(workers) as pool:
             # target and oracle are independent, and so are the methods once the target exists: with 2 workers
             # each stage runs as two single-thread processes (this 0.6M model's matmuls are too small to keep
             # two threads busy; README, "make demo")
@@ -103,42 +102,6 @@ def _run_job(job: dict) -> tuple[str, dict, float, int]:
         save_model(net, tok, o / "models" / name)
         secs, steps = res.seconds, res.steps
     return name, score_model(net, tok, eval_data(world, job["forget_split"])), secs, steps
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-class _Workers:
-    """`map` over demo jobs: in `n` spawned single-thread processes when n > 1 (default: 2 where there are at
-    least 2 cores), else in this process. Results come back in the jobs' order."""
-
-    def __init__(self, n: int | None):
-        import torch
-
-        self.n = n if n is not None else (2 if (os.cpu_count() or 1) >= 2 and torch.get_num_threads() >= 2 else 1)
-        self.pool = None
-
-    def __enter__(self):
-        if self.n > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            import torch
-
-            threads = max(1, torch.get_num_threads() // self.n)
-            self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(threads,))
-        return self
-
-    def map(self, fn, jobs):
-        return list(self.pool.map(fn, jobs)) if self.pool else [fn(j) for j in jobs]
-
-    def __exit__(self, *exc):
-        if self.pool:
-            self.pool.shutdown(cancel_futures=True)
 
 
 def guard_runs(o: Path, tok, splits, rows, world: Path, forget_split: str, seed: int, console) -> dict:

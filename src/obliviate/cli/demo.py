@@ -25,8 +25,9 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
          parts: str = typer.Option("unlearning,refusal", help="--suite real: which halves to run"),
          guards: bool = typer.Option(False, "--guards", help="world: add ECO and GUARD rows (guards on the target); "
                                      "refusal: add ADA-LP and latent-guard rows (guards on the refusal-SFT model)"),
-         workers: Optional[int] = typer.Option(None, help="world suite: processes training models side by side "
-                                               "(default 2 with >= 2 cores and threads, each single-threaded)"),
+         workers: Optional[int] = typer.Option(None, help="world and diffusion suites: processes training models "
+                                               "side by side (default 2 with >= 2 cores and threads, each "
+                                               "single-threaded)"),
          threads: Optional[int] = typer.Option(None)):
     """World -> target + oracle -> methods on forget10 -> evaluation, table and report.
 
@@ -37,6 +38,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
 
     set_threads(threads)
+    if workers is not None and (workers < 1 or suite not in ("world", "diffusion")):
+        raise UsageError(f"--workers must be >= 1 and applies to --suite world and diffusion, got {workers}")
     if suite == "real":
         from obliviate.suites.real_demo import FULL, SMOKE, run_real_demo
 
@@ -61,7 +64,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
             raise UsageError(f"--size must be 'full' or 'smoke', got {size!r}")
         if methods or guards or model:
             raise UsageError("--methods, --guards and --model do not apply to --suite diffusion")
-        run_diffusion_demo(out, size=FULL if size == "full" else SMOKE, seed=seed, started=STARTED)
+        run_diffusion_demo(out, size=FULL if size == "full" else SMOKE, seed=seed, started=STARTED, workers=workers)
         write_beside(out)
         return
     if model or size != "full":
@@ -77,7 +80,5 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         raise UsageError(f"unknown demo suite {suite!r}; use 'world', 'refusal', 'real' or 'diffusion'")
     from obliviate.demo import run_demo
 
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {workers}")
     run_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards, workers=workers)
     write_beside(out)

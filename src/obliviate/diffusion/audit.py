@@ -49,7 +49,7 @@ def audit_concept(erased, original, clf, world: dict, concept: str, attacks: lis
     out = {"concept": concept, "factor": factor, "prompts": texts, "pre_asr": sum(pre) / len(pre), "attacks": {},
            "skipped": {}}
     context_words = [v for f in ("colour", "style") if f != factor for v in world["factors"][f]][:4]
-    t_start = time.perf_counter()
+    t_start, targets = time.perf_counter(), {}
     for name, cls in classes.items():
         if cfg.time_budget is not None and time.perf_counter() - t_start > cfg.time_budget:
             out["skipped"][name] = f"time budget of {cfg.time_budget:.0f} s spent"
@@ -64,10 +64,11 @@ def audit_concept(erased, original, clf, world: dict, concept: str, attacks: lis
             for i, text in enumerate(texts):
                 if success[i]:
                     continue  # already generated: counted, not attacked (the reference's rule)
-                with torch.no_grad():
-                    targets = original.sample([text] * cfg.target_images, steps=cfg.sample.steps,
-                                              guidance=cfg.sample.guidance, seed=cfg.sample.seed + 1)
-                success[i] = recognised(atk.attacked_images(erased, original, text, targets, cfg.sample))[0]
+                if text not in targets:  # the original model's images of the prompt: shared by the attacks
+                    with torch.no_grad():
+                        targets[text] = original.sample([text] * cfg.target_images, steps=cfg.sample.steps,
+                                                        guidance=cfg.sample.guidance, seed=cfg.sample.seed + 1)
+                success[i] = recognised(atk.attacked_images(erased, original, text, targets[text], cfg.sample))[0]
             fig = {"asr": sum(success) / len(success), "per_prompt": success}
         fig["pre_asr"], fig["seconds"] = out["pre_asr"], round(time.perf_counter() - t0, 1)
         out["attacks"][name] = fig

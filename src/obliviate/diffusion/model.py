@@ -250,7 +250,8 @@ def ema_decay(step: int, cap: float) -> float:
 
 def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, steps: int = 1000, batch_size: int = 64,
               lr: float = 2e-3, p_uncond: float = 0.1, ema: float = 0.999, seed: int = 0,
-              progress: bool = False, checkpoint_every: int = 0, on_checkpoint=None, bf16: bool = False) -> dict:
+              progress: bool = False, checkpoint_every: int = 0, on_checkpoint=None, bf16: bool = False,
+              train_text_encoder: bool = True) -> dict:
     """Train UNet and text encoder jointly on (image, one of its captions) pairs; the EMA weights are kept in the
     model at the end. `bf16`: bf16 autocast of the forward pass (weights, gradients, AdamW state and EMA stay fp32),
     for CPUs with AMX or GPUs (bench/bf16_steps.py). Every `checkpoint_every` steps, `on_checkpoint(step, train_seconds)` runs with the EMA
@@ -262,7 +263,9 @@ def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, step
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     x_all = to_unit(images)
-    params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
+    params = list(model.unet.parameters()) + (list(model.text_encoder.parameters()) if train_text_encoder else [])
+    for p in model.text_encoder.parameters():
+        p.requires_grad_(train_text_encoder)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     ddpm = model.ddpm()
@@ -307,6 +310,8 @@ def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, step
         for s, p in zip(shadow, params):
             p.copy_(s)
     model.unet.eval(), model.text_encoder.eval()
+    for p in model.text_encoder.parameters():
+        p.requires_grad_(True)
     k = max(1, min(50, steps // 10))
     return {"seconds": time.perf_counter() - t0, "loss_first": float(np.mean(losses[:k])),
             "loss_last": float(np.mean(losses[-k:]))}

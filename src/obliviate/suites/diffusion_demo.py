@@ -34,6 +34,7 @@ class DiffusionDemoSize:
     attack_prompts: int = 4
     attack_steps: int = 30
     per_combination: int = 8
+    train_text_encoder: bool = True
 
 
 FULL = DiffusionDemoSize()
@@ -47,17 +48,16 @@ TABLE = ("ua", "ira", "cra", "over_erasure", "fd_classifier", "pre_asr", "asr[un
 
 
 def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int = 0, progress: bool = True,
-                       started: float | None = None) -> dict:
+                       started: float | None = None, workers: int | None = None) -> dict:
     from rich.console import Console
 
     from obliviate.data.schema import write_jsonl
-    from obliviate.diffusion.audit import DiffusionAuditConfig, audit_concept
     from obliviate.diffusion.classifiers import train_factor_classifiers
     from obliviate.diffusion.erasers import ERASERS, load_all
     from obliviate.diffusion.evaluate import base_accuracy, evaluate_concept, save_grid
     from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, train_t2i
     from obliviate.diffusion.world import ImageWorldSpec, build_image_world, vocabulary, write_world_files
-    from obliviate.pipeline import Timer, demo_output, results_document, write_json
+    from obliviate.pipeline import Timer, Workers, demo_output, results_document, write_json
 
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
@@ -66,7 +66,7 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
     for name in erasers:
         ERASERS.get(name)  # unknown names: did-you-mean before any work
     spec = ImageWorldSpec(seed=seed, per_combination=size.per_combination)
-    results, extra = {}, {"audit": {}, "seconds": {}}
+    results, extra = {}, {"audit": {}}
     with demo_output(out, "written by `obliviate demo --suite diffusion`; the next run with this --out replaces it") as o:
         write_world_files(_mkdir(o / "world"), spec)
         world = build_image_world(spec)
@@ -78,40 +78,37 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
         tok = build_word_tokenizer(vocabulary(world))
         base = build_t2i(tok, T2IConfig(size=spec.size, channels=size.channels), seed=seed)
         images, captions = world["images"][train], [world["labels"][i]["captions"] for i in train]
-        probe = train_t2i(base.copy(), images, captions, steps=5, batch_size=size.train_batch_size, lr=size.train_lr,
-                          seed=seed)
+        recipe = {"batch_size": size.train_batch_size, "lr": size.train_lr, "seed": seed,
+                  "train_text_encoder": size.train_text_encoder}
+        probe = train_t2i(base.copy(), images, captions, steps=5, **recipe)
         steps = max(5, int(size.train_minutes * 60 / (probe["seconds"] / 5)))
-        fit = train_t2i(base, images, captions, steps=steps, batch_size=size.train_batch_size, lr=size.train_lr,
-                        seed=seed, progress=progress)
+        fit = train_t2i(base, images, captions, steps=steps, progress=progress, **recipe)
         base.save(o / "models" / "base")
         acc = base_accuracy(base, clf, world, size.sample)
         extra["base"] = {"steps": steps, "train_seconds": round(fit["seconds"], 1), "factor_accuracy": acc}
         console.log(f"base model: {steps} steps in {fit['seconds']:.0f} s; factor accuracy "
                     + ", ".join(f"{f} {a:.3f}" for f, a in acc.items()))
-        samples = []
+        before = {}
         for concept in size.concepts:
-            m, art = evaluate_concept(base, clf, world, concept, size.sample)
-            results[f"base/{concept}"] = m
-            before = art["images"]["target"]
-            for name in erasers:
-                t0 = time.perf_counter()
-                edited = demo_erase(name, base, world, concept, size.eraser_steps, seed)
-                secs = time.perf_counter() - t0
-                m, art = evaluate_concept(edited, clf, world, concept, size.sample)
-                m["seconds"] = round(secs, 1)
-                run = f"{name}/{concept}"
-                results[run] = m
-                save_grid([before, art["images"]["target"]], o / "grids" / f"{name}_{concept}.png")
-                samples += [{"run": run, "set": s, "prompt": r["text"]} for s, rows in art["rows"].items() for r in rows]
-                if concept == size.concepts[0] and size.attacks:
-                    cfg = DiffusionAuditConfig(prompts=size.attack_prompts, sample=size.sample, options={
-                        a: {"steps": size.attack_steps} for a in size.attacks if a != "concept_arithmetic"})
-                    aud = audit_concept(edited, base, clf, world, concept, list(size.attacks), cfg)
+            results[f"base/{concept}"], art = evaluate_concept(base, clf, world, concept, size.sample)
+            before[concept] = art["images"]["target"]
+        # every (eraser, concept) is independent once the base model is saved: the attacked ones (the first
+        # concept's, the longest) go first so that the two workers finish together
+        jobs = [{"out": str(o), "spec": spec, "size": size, "seed": seed, "name": n, "concept": c,
+                 "attack": bool(size.attacks) and c == size.concepts[0]} for c in size.concepts for n in erasers]
+        samples, done = [], {}
+        with Workers(workers) as pool:
+            for run, m, aud, target_images, rows in pool.map(_erasure_job, jobs):
+                done[run] = m
+                if aud is not None:
                     extra["audit"][run] = aud
-                    m["pre_asr"] = aud["pre_asr"]
-                    m |= {f"asr[{a}]": r["asr"] for a, r in aud["attacks"].items()}
-                console.log(f"{run}: UA {m['ua']:.2f} IRA {m['ira']:.2f} CRA {m['cra']:.2f} ({secs:.0f} s)")
-        config = {"suite": "diffusion", "seed": seed, "size": _plain(size.__dict__), "erasers": erasers}
+                save_grid([before[run.split("/", 1)[1]], target_images], o / "grids" / f"{run.replace('/', '_')}.png")
+                samples += rows
+                console.log(f"{run}: UA {m['ua']:.2f} IRA {m['ira']:.2f} CRA {m['cra']:.2f} "
+                            f"({m['seconds']:.0f} s erasing, {m['job_seconds']:.0f} s in all)")
+        results |= {f"{n}/{c}": done[f"{n}/{c}"] for c in size.concepts for n in erasers}  # the documented order
+        config = {"suite": "diffusion", "seed": seed, "size": _plain(size.__dict__), "erasers": erasers,
+                  "workers": pool.n}
         doc = results_document(config, results, {}, extra | {"wall_seconds": round(clock(), 1)})
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
@@ -119,6 +116,39 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
     print(f"\nwrote {out}/results.json, grids/ (before / after, per eraser and concept)")
     print(f"demo wall time: {clock():.1f} s")
     return doc
+
+
+def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]:
+    """One eraser on one concept, in a worker (or in-process): erase the saved base model, evaluate, and attack the
+    erasure when `job["attack"]`. Returns (run, metrics, audit or None, the erased model's target images, sample
+    rows)."""
+    from obliviate.diffusion.audit import DiffusionAuditConfig, audit_concept
+    from obliviate.diffusion.classifiers import FactorClassifiers
+    from obliviate.diffusion.evaluate import evaluate_concept
+    from obliviate.diffusion.model import load_t2i
+    from obliviate.diffusion.erasers import load_all
+    from obliviate.diffusion.world import build_image_world
+
+    load_all()  # a spawned worker starts with empty registries
+    t0 = time.perf_counter()
+    o, size, concept, name = Path(job["out"]), job["size"], job["concept"], job["name"]
+    world = build_image_world(job["spec"])
+    base, clf = load_t2i(o / "models" / "base"), FactorClassifiers.load(o / "classifiers")
+    t_erase = time.perf_counter()
+    edited = demo_erase(name, base, world, concept, size.eraser_steps, job["seed"])
+    secs = time.perf_counter() - t_erase
+    m, art = evaluate_concept(edited, clf, world, concept, size.sample)
+    m["seconds"] = round(secs, 1)
+    run, aud = f"{name}/{concept}", None
+    if job["attack"]:
+        cfg = DiffusionAuditConfig(prompts=size.attack_prompts, sample=size.sample, options={
+            a: {"steps": size.attack_steps} for a in size.attacks if a != "concept_arithmetic"})
+        aud = audit_concept(edited, base, clf, world, concept, list(size.attacks), cfg)
+        m["pre_asr"] = aud["pre_asr"]
+        m |= {f"asr[{a}]": r["asr"] for a, r in aud["attacks"].items()}
+    m["job_seconds"] = round(time.perf_counter() - t0, 1)
+    rows = [{"run": run, "set": s, "prompt": r["text"]} for s, rows in art["rows"].items() for r in rows]
+    return run, m, aud, art["images"]["target"], rows
 
 
 def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int = 0):
