@@ -5,7 +5,8 @@ align it with refusal SFT, fit `expert_steering` (the k experts whose activation
 refused and complied training prompts) and measure the refusal rate on the world's harmful test prompts with
 those k experts switched off, against k experts drawn at random (3 draws). Prints figures; it is not a test.
 
-    python bench/expert_steering.py --seeds 0,1,2 --k 2 --experts 4 --threads 2 [--tokens reply|prompt|decision]
+    python bench/expert_steering.py --seeds 0,1,2 --k 2 --experts 4 --threads 2 \
+        [--tokens reply|prompt|decision|paired]
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def main():
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--align-steps", type=int, default=0)
     ap.add_argument("--draws", type=int, default=3)
-    ap.add_argument("--tokens", default="reply", help="whose routing scores the experts: reply, prompt or decision")
+    ap.add_argument("--tokens", default="reply",
+                    help="whose routing scores the experts: reply, prompt, decision or paired")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args()

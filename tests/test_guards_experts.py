@@ -133,3 +133,21 @@ def test_decision_tokens_score_the_last_prompt_token(moe, world_dir, monkeypatch
     assert torch.allclose(g._scores, with_ctx[0] - with_ctx[1])
     # one counted token per prompt, routed to 2 experts (top-2) in each layer
     assert torch.equal((with_ctx[0] * sum(refused)).round().sum(-1), torch.full((2,), 2.0 * sum(refused)))
+
+
+def test_paired_tokens_contrast_the_same_prompts_with_a_refusal_and_an_answer(moe, world_dir, monkeypatch):
+    """tokens=paired (SteerMoE): harmful prompts teacher-forced with their refusal and with their answer; only the
+    reply tokens count, and the model's own replies are never generated."""
+    model, tok = moe
+    rows = [r for r in policy_rows(world_dir, "policy_train") if r["kind"] == "harmful"][:6]
+    monkeypatch.setattr(es, "judged_replies", lambda *a, **k: pytest.fail("paired scoring generates nothing"))
+    g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, tokens="paired")
+    seqs = [prompt_ids(tok, r["prompt"]) for r in rows]
+    starts = [len(s) for s in seqs]
+    side = {key: routing_frequency(model, [s + tok(r[key], add_special_tokens=False)["input_ids"]
+                                           for s, r in zip(seqs, rows)], 2, starts) for key in ("refusal", "answer")}
+    assert torch.allclose(g._scores, side["refusal"] - side["answer"])
+    # each counted token is routed to 2 experts per layer, so a side's frequencies sum to 2 per layer
+    assert torch.allclose(side["refusal"].sum(-1), torch.full((2,), 2.0))
+    with pytest.raises(es.UsageError, match="both a 'refusal' and an 'answer'"):
+        ExpertSteering.fit(model, tok, {"policy_train": [{"prompt": r["prompt"]} for r in rows]}, tokens="paired")

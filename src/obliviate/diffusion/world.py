@@ -138,7 +138,7 @@ def _pattern(style: str, size: int) -> np.ndarray:
     if style == "striped":
         return (y // 2) % 2 == 1
     if style == "checkered":
-        return ((x // 2) + (y // 2)) % 2 == 1
+        return ((x // 4) + (y // 4)) % 2 == 1  # 4-px checks: 2-px ones were mixed up with the 2-px stripes
     if style == "dotted":
         return (x % 3 == 1) & (y % 3 == 1)
     raise ValueError(f"unknown style {style!r}")

@@ -8,7 +8,10 @@ risk difference; MoTE scores experts by their activation difference between refu
 `tokens` says which tokens count: `reply` (default), the tokens of the model's own reply, read with its prompt
 as context, so the contrast is writing a refusal versus writing an answer; `prompt`, the prompt's tokens, which
 also contrasts what the prompts are about (harmful versus benign topics); `decision`, the last prompt token
-alone, whose output predicts the reply's first token: where the model decides to refuse or to answer. At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k` experts with the
+alone, whose output predicts the reply's first token: where the model decides to refuse or to answer; `paired`,
+SteerMoE's own design: the same prompts teacher-forced with a refusal and with a compliance answer (rows with
+both `refusal` and `answer`, such as the world's harmful policy prompts), so neither the topic nor the model's
+own replies enter the contrast. At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k` experts with the
 highest scores are switched `off` (their router logit -> -inf, so the top-k is taken among the others and its
 weights re-normalised: MoTE's "switch off", which lowers refusal) or `on` (logit + 1e4, always in the top-k:
 raises refusal). `select=random` switches k experts drawn with `seed` instead: the control.
@@ -75,8 +78,9 @@ class ExpertSteering(Guard):
 
     def __post_init__(self):
         if self.mode not in ("off", "on") or self.select not in ("top", "random") or self.k < 1 \
-                or self.tokens not in ("reply", "prompt", "decision"):
-            raise UsageError("expert_steering: mode off|on, select top|random, tokens reply|prompt|decision, k >= 1")
+                or self.tokens not in ("reply", "prompt", "decision", "paired"):
+            raise UsageError("expert_steering: mode off|on, select top|random, tokens reply|prompt|decision|paired, "
+                             "k >= 1")
         self._scores = None  # [L, E]
         self._chosen: dict[int, list[int]] = {}
 
@@ -116,12 +120,20 @@ class ExpertSteering(Guard):
         guard = cls(**options)
         if not router_modules(model):
             raise UsageError(f"expert_steering: this {type(model).__name__} has no mixture-of-experts routers")
-        prompts = [r["prompt"] for r in inputs.get("policy_train") or []]
+        rows = inputs.get("policy_train") or []
+        top_k = int(getattr(text_config(model), "num_experts_per_tok", 2))
+        if guard.tokens == "paired":
+            f_ref, f_com = _paired_frequencies(model, tok, rows, top_k)
+            guard._scores = f_ref - f_com
+            if guard.k > guard._scores.numel():
+                raise UsageError(f"expert_steering: k={guard.k} but the model has {guard._scores.numel()} experts")
+            guard._chosen = guard.choose()
+            return guard
+        prompts = [r["prompt"] for r in rows]
         seqs = [prompt_ids(tok, p) for p in prompts]
         replies, refused = judged_replies(model, tok, prompts, guard.max_new_tokens)
         if len(set(refused)) < 2:
             raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
-        top_k = int(getattr(text_config(model), "num_experts_per_tok", 2))
         if guard.tokens == "reply":  # prompt + the reply's tokens; only the reply's are counted
             starts = [len(s) for s in seqs]
             seqs = [s + tok(r, add_special_tokens=False)["input_ids"] for s, r in zip(seqs, replies)]
@@ -150,3 +162,22 @@ class ExpertSteering(Guard):
     def load_tensors(self, tensors):
         self._scores = tensors["scores"]
         self._chosen = self.choose()
+
+
+def _paired_frequencies(model, tok, rows: list[dict], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SteerMoE's paired contrast: each prompt that has both a refusal and a compliance answer (`refusal`, `answer`)
+    is read twice, teacher-forced with each; the routing of the answer tokens is counted per side. The prompts are
+    the same on both sides, so only the behaviour differs, not the topic."""
+    from obliviate.models.encode import prompt_ids
+
+    pairs = [r for r in rows if r.get("refusal") and r.get("answer")]
+    if not pairs:
+        raise UsageError("expert_steering tokens=paired: no training row has both a 'refusal' and an 'answer'")
+    seqs = [prompt_ids(tok, r["prompt"]) for r in pairs]
+    starts = [len(s) for s in seqs]
+
+    def side(key):
+        return routing_frequency(model, [s + tok(r[key], add_special_tokens=False)["input_ids"]
+                                         for s, r in zip(seqs, pairs)], top_k, starts)
+
+    return side("refusal"), side("answer")

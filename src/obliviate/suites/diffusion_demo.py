@@ -29,17 +29,18 @@ class DiffusionDemoSize:
     concepts: tuple[str, ...] = ("star", "red", "striped")  # one object, one colour, one style
     erasers: tuple[str, ...] | None = None  # None: every registered eraser
     eraser_steps: int = 60  # `steps` of the trained erasers
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=20, guidance=2.0, max_prompts=24))
+    eraser_ddim_steps: int = 10  # their DDIM steps to reach x_t each step (default 25): most of an ESD step's cost
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=20, guidance=3.0, max_prompts=24))
     attacks: tuple[str, ...] = ("unlearndiffatk", "p4d", "embedding_shift", "concept_arithmetic")
     attack_prompts: int = 4
-    attack_steps: int = 30
+    attack_steps: int = 20
     per_combination: int = 8
-    train_text_encoder: bool = True
 
 
 FULL = DiffusionDemoSize()
 SMOKE = DiffusionDemoSize(train_minutes=0.05, classifier_steps=20, concepts=("star",), erasers=("uce", "esd_x"),
-                          eraser_steps=2, sample=SampleConfig(steps=2, guidance=2.0, max_prompts=4),
+                          eraser_steps=2, eraser_ddim_steps=2,
+                          sample=SampleConfig(steps=2, guidance=2.0, max_prompts=4),
                           attacks=("unlearndiffatk", "concept_arithmetic"), attack_prompts=1, attack_steps=2,
                           channels=(16, 32), per_combination=2)
 
@@ -78,8 +79,7 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
         tok = build_word_tokenizer(vocabulary(world))
         base = build_t2i(tok, T2IConfig(size=spec.size, channels=size.channels), seed=seed)
         images, captions = world["images"][train], [world["labels"][i]["captions"] for i in train]
-        recipe = {"batch_size": size.train_batch_size, "lr": size.train_lr, "seed": seed,
-                  "train_text_encoder": size.train_text_encoder}
+        recipe = {"batch_size": size.train_batch_size, "lr": size.train_lr, "seed": seed}
         probe = train_t2i(base.copy(), images, captions, steps=5, **recipe)
         steps = max(5, int(size.train_minutes * 60 / (probe["seconds"] / 5)))
         fit = train_t2i(base, images, captions, steps=steps, progress=progress, **recipe)
@@ -135,7 +135,7 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     world = build_image_world(job["spec"])
     base, clf = load_t2i(o / "models" / "base"), FactorClassifiers.load(o / "classifiers")
     t_erase = time.perf_counter()
-    edited = demo_erase(name, base, world, concept, size.eraser_steps, job["seed"])
+    edited = demo_erase(name, base, world, concept, size.eraser_steps, job["seed"], size.eraser_ddim_steps)
     secs = time.perf_counter() - t_erase
     m, art = evaluate_concept(edited, clf, world, concept, size.sample)
     m["seconds"] = round(secs, 1)
@@ -151,17 +151,18 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     return run, m, aud, art["images"]["target"], rows
 
 
-def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int = 0):
-    """Eraser `name` on `concept`, as the demo runs every eraser: `steps` where the eraser takes them, and the
-    concept's nearest look-alike (e.g. star -> cross) as the guide of an eraser that maps the concept onto another
-    concept (`needs_anchor`: Concept Ablation's anchor, SalUn's relabelling)."""
+def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int = 0, ddim_steps: int | None = None):
+    """Eraser `name` on `concept`, as the demo runs every eraser: `steps` (and `ddim_steps` when given) where the
+    eraser takes them, and the concept's nearest look-alike (e.g. star -> cross) as the guide of an eraser that maps
+    the concept onto another concept (`needs_anchor`: Concept Ablation's anchor, SalUn's relabelling)."""
     import torch
 
     from obliviate.diffusion.erasers import ERASERS
     from obliviate.diffusion.world import factor_of
 
     cls = ERASERS.get(name)
-    opts = {"steps": steps} if "steps" in cls.__dataclass_fields__ else {}
+    opts = {k: v for k, v in (("steps", steps), ("ddim_steps", ddim_steps))
+            if v is not None and k in cls.__dataclass_fields__}
     torch.manual_seed(seed)
     guide = world["factors"]["look_alikes"][factor_of(world, concept)][concept][0] \
         if getattr(cls, "needs_anchor", False) else ""
