@@ -251,11 +251,13 @@ def ema_decay(step: int, cap: float) -> float:
 def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, steps: int = 1000, batch_size: int = 64,
               lr: float = 2e-3, p_uncond: float = 0.1, ema: float = 0.999, seed: int = 0,
               progress: bool = False, checkpoint_every: int = 0, on_checkpoint=None, bf16: bool = False,
-              train_text_encoder: bool = True) -> dict:
+              train_text_encoder: bool = True, max_seconds: float | None = None) -> dict:
     """Train UNet and text encoder jointly on (image, one of its captions) pairs; the EMA weights are kept in the
     model at the end. `bf16`: bf16 autocast of the forward pass (weights, gradients, AdamW state and EMA stay fp32),
     for CPUs with AMX or GPUs (bench/bf16_steps.py). Every `checkpoint_every` steps, `on_checkpoint(step, train_seconds)` runs with the EMA
-    weights swapped in (eval mode); its time is not counted. Returns {"seconds", "loss_first", "loss_last"}."""
+    weights swapped in (eval mode); its time is not counted. `max_seconds`: stop after the step that reaches this
+    much training time (a wall-clock budget; `steps` is then the most). Returns {"seconds", "steps", "loss_first",
+    "loss_last"}."""
     from obliviate.progress import progress_bar
 
     if len(images) != len(captions) or not len(images):
@@ -293,6 +295,8 @@ def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, step
                     s.mul_(decay).add_(p.detach(), alpha=1 - decay)
             losses.append(float(loss.detach()))
             bar.advance()
+            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                break
             if on_checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0:
                 paused = time.perf_counter()
                 live = [p.detach().clone() for p in params]
@@ -312,6 +316,6 @@ def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, step
     model.unet.eval(), model.text_encoder.eval()
     for p in model.text_encoder.parameters():
         p.requires_grad_(True)
-    k = max(1, min(50, steps // 10))
-    return {"seconds": time.perf_counter() - t0, "loss_first": float(np.mean(losses[:k])),
+    k = max(1, min(50, len(losses) // 10))
+    return {"seconds": time.perf_counter() - t0, "steps": len(losses), "loss_first": float(np.mean(losses[:k])),
             "loss_last": float(np.mean(losses[-k:]))}

@@ -5,13 +5,15 @@
     erasures (pre-ASR, ASR) -> results.json, samples grids, one printed table.
 
 Sizes: `FULL` is the demo, `SMOKE` the tests' run of the same path. Each eraser runs with its own defaults except
-`steps` (FULL.eraser_steps) for the trained ones, so that every eraser fits the demo's budget.
+`steps` and `ddim_steps` (`eraser_steps`, `eraser_ddim_steps`) for the trained ones, so that every eraser fits the
+demo's budget, and `eraser_options` over those. The (eraser, concept) jobs run in two single-thread workers
+(`--workers`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from obliviate.diffusion.evaluate import SampleConfig
@@ -19,9 +21,9 @@ from obliviate.diffusion.evaluate import SampleConfig
 
 @dataclass(frozen=True)
 class DiffusionDemoSize:
-    # base model training budget (wall clock of the training loop): ~1,800 steps at 0.33 s on 2 threads here, where
-    # object and colour pass 0.8 (README, the t2i curve; style stalls near 0.7 whatever the length)
-    train_minutes: float = 10.0
+    # base model training budget (wall clock of the training loop): ~1,550 steps at 0.35 s on 2 threads here, where
+    # every factor passes 0.8 (README, the t2i curve)
+    train_minutes: float = 9.0
     train_batch_size: int = 64
     train_lr: float = 2e-3
     channels: tuple[int, ...] = (32, 64)
@@ -30,19 +32,25 @@ class DiffusionDemoSize:
     erasers: tuple[str, ...] | None = None  # None: every registered eraser
     eraser_steps: int = 60  # `steps` of the trained erasers
     eraser_ddim_steps: int = 10  # their DDIM steps to reach x_t each step (default 25): most of an ESD step's cost
+    # per-eraser options over the above, from a sweep on the demo's base model (README): ESD-x needs more steps to
+    # pass UA 0.8, UCE a smaller lambda, AdvUnlearn's text encoder a larger learning rate than its SD default
+    eraser_options: dict = field(default_factory=lambda: {"esd_x": {"steps": 150}, "uce": {"lam": 0.2},
+                                                          "advunlearn": {"lr": 3e-4}})
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=20, guidance=3.0, max_prompts=24))
     attacks: tuple[str, ...] = ("unlearndiffatk", "p4d", "embedding_shift", "concept_arithmetic")
     attack_prompts: int = 4
-    attack_steps: int = 20
+    # UnlearnDiffAtk at its default 40 steps (at 20 it recovered nothing from ESD-x); the other two at 20 for time
+    attack_options: dict = field(default_factory=lambda: {"unlearndiffatk": {"steps": 40}, "p4d": {"steps": 20},
+                                                          "embedding_shift": {"steps": 20}})
     per_combination: int = 8
 
 
 FULL = DiffusionDemoSize()
 SMOKE = DiffusionDemoSize(train_minutes=0.05, classifier_steps=20, concepts=("star",), erasers=("uce", "esd_x"),
-                          eraser_steps=2, eraser_ddim_steps=2,
+                          eraser_steps=2, eraser_ddim_steps=2, eraser_options={"esd_x": {"steps": 3}},
                           sample=SampleConfig(steps=2, guidance=2.0, max_prompts=4),
-                          attacks=("unlearndiffatk", "concept_arithmetic"), attack_prompts=1, attack_steps=2,
-                          channels=(16, 32), per_combination=2)
+                          attacks=("unlearndiffatk", "concept_arithmetic"), attack_prompts=1,
+                          attack_options={"unlearndiffatk": {"steps": 2}}, channels=(16, 32), per_combination=2)
 
 TABLE = ("ua", "ira", "cra", "over_erasure", "fd_classifier", "pre_asr", "asr[unlearndiffatk]", "asr[p4d]",
          "asr[embedding_shift]", "asr[concept_arithmetic]", "seconds")
@@ -80,11 +88,16 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
         base = build_t2i(tok, T2IConfig(size=spec.size, channels=size.channels), seed=seed)
         images, captions = world["images"][train], [world["labels"][i]["captions"] for i in train]
         recipe = {"batch_size": size.train_batch_size, "lr": size.train_lr, "seed": seed}
-        probe = train_t2i(base.copy(), images, captions, steps=5, **recipe)
-        steps = max(5, int(size.train_minutes * 60 / (probe["seconds"] / 5)))
-        fit = train_t2i(base, images, captions, steps=steps, progress=progress, **recipe)
+        # training stops at the time budget; the step time (a throwaway copy, after 3 warm-up steps) only sizes the
+        # progress bar and the upper bound
+        probe = base.copy()
+        train_t2i(probe, images, captions, steps=3, **recipe)
+        per_step = train_t2i(probe, images, captions, steps=6, **recipe)["seconds"] / 6
+        fit = train_t2i(base, images, captions, steps=max(5, int(1.25 * size.train_minutes * 60 / per_step)),
+                        max_seconds=size.train_minutes * 60, progress=progress, **recipe)
+        steps = fit["steps"]
         base.save(o / "models" / "base")
-        acc = base_accuracy(base, clf, world, size.sample)
+        acc = base_accuracy(base, clf, world, replace(size.sample, max_prompts=None))  # every world prompt
         extra["base"] = {"steps": steps, "train_seconds": round(fit["seconds"], 1), "factor_accuracy": acc}
         console.log(f"base model: {steps} steps in {fit['seconds']:.0f} s; factor accuracy "
                     + ", ".join(f"{f} {a:.3f}" for f, a in acc.items()))
@@ -135,14 +148,15 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     world = build_image_world(job["spec"])
     base, clf = load_t2i(o / "models" / "base"), FactorClassifiers.load(o / "classifiers")
     t_erase = time.perf_counter()
-    edited = demo_erase(name, base, world, concept, size.eraser_steps, job["seed"], size.eraser_ddim_steps)
+    edited = demo_erase(name, base, world, concept, size.eraser_steps, job["seed"], size.eraser_ddim_steps,
+                        size.eraser_options.get(name))
     secs = time.perf_counter() - t_erase
     m, art = evaluate_concept(edited, clf, world, concept, size.sample)
     m["seconds"] = round(secs, 1)
     run, aud = f"{name}/{concept}", None
     if job["attack"]:
-        cfg = DiffusionAuditConfig(prompts=size.attack_prompts, sample=size.sample, options={
-            a: {"steps": size.attack_steps} for a in size.attacks if a != "concept_arithmetic"})
+        cfg = DiffusionAuditConfig(prompts=size.attack_prompts, sample=size.sample,
+                                   options={a: dict(o) for a, o in size.attack_options.items() if a in size.attacks})
         aud = audit_concept(edited, base, clf, world, concept, list(size.attacks), cfg)
         m["pre_asr"] = aud["pre_asr"]
         m |= {f"asr[{a}]": r["asr"] for a, r in aud["attacks"].items()}
@@ -151,10 +165,12 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     return run, m, aud, art["images"]["target"], rows
 
 
-def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int = 0, ddim_steps: int | None = None):
+def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int = 0, ddim_steps: int | None = None,
+               options: dict | None = None):
     """Eraser `name` on `concept`, as the demo runs every eraser: `steps` (and `ddim_steps` when given) where the
-    eraser takes them, and the concept's nearest look-alike (e.g. star -> cross) as the guide of an eraser that maps
-    the concept onto another concept (`needs_anchor`: Concept Ablation's anchor, SalUn's relabelling)."""
+    eraser takes them, then `options` over them, and the concept's nearest look-alike (e.g. star -> cross) as the
+    guide of an eraser that maps the concept onto another concept (`needs_anchor`: Concept Ablation's anchor, SalUn's
+    relabelling)."""
     import torch
 
     from obliviate.diffusion.erasers import ERASERS
@@ -162,7 +178,7 @@ def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int
 
     cls = ERASERS.get(name)
     opts = {k: v for k, v in (("steps", steps), ("ddim_steps", ddim_steps))
-            if v is not None and k in cls.__dataclass_fields__}
+            if v is not None and k in cls.__dataclass_fields__} | dict(options or {})
     torch.manual_seed(seed)
     guide = world["factors"]["look_alikes"][factor_of(world, concept)][concept][0] \
         if getattr(cls, "needs_anchor", False) else ""

@@ -92,8 +92,9 @@ class SPM(Eraser):
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.lr <= 0 or self.anchors < 0 or self.batch_size < 1 or self.ddim_steps < 2:
-            raise UsageError("spm: steps, batch_size >= 1, anchors >= 0, ddim_steps >= 2, lr > 0")
+        # ddim_steps >= 3: each step stops the DDIM walk at a step drawn from [1, ddim_steps - 1)
+        if self.steps < 1 or self.lr <= 0 or self.anchors < 0 or self.batch_size < 1 or self.ddim_steps < 3:
+            raise UsageError("spm: steps, batch_size >= 1, anchors >= 0, ddim_steps >= 3, lr > 0")
 
     def erase(self, model, concept: str, *, guide: str = "", preserve: tuple[str, ...] = ()):
         frozen, edited = model, model.copy()
