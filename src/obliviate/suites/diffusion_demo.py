@@ -34,7 +34,7 @@ class DiffusionDemoSize:
     eraser_ddim_steps: int = 10  # their DDIM steps to reach x_t each step (default 25): most of an ESD step's cost
     # per-eraser options over the above, from a sweep on the demo's base model (README): ESD-x needs more steps to
     # pass UA 0.8, UCE a smaller lambda, AdvUnlearn's text encoder a larger learning rate than its SD default
-    eraser_options: dict = field(default_factory=lambda: {"esd_x": {"steps": 150}, "uce": {"lam": 0.2},
+    eraser_options: dict = field(default_factory=lambda: {"esd_x": {"steps": 150}, "uce": {"lam": 0.3},
                                                           "advunlearn": {"lr": 3e-4}})
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=20, guidance=3.0, max_prompts=24))
     attacks: tuple[str, ...] = ("unlearndiffatk", "p4d", "embedding_shift", "concept_arithmetic")
