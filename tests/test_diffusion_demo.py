@@ -12,8 +12,8 @@ from tests.test_cli import run_cli
 
 def test_smoke_demo_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "demo"
-    code, stdout, err = run_cli(["demo", "--suite", "diffusion", "--size", "smoke", "--out", out, "--threads", "2", "--workers", "2"],
-                                capsys)
+    code, stdout, err = run_cli(["demo", "--suite", "diffusion", "--size", "smoke", "--out", out, "--threads", "2",
+                                 "--workers", "2"], capsys)
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     runs = doc["results"]

@@ -11,10 +11,10 @@ also contrasts what the prompts are about (harmful versus benign topics); `decis
 alone, whose output predicts the reply's first token: where the model decides to refuse or to answer; `paired`,
 SteerMoE's own design: the same prompts teacher-forced with a refusal and with a compliance answer (rows with
 both `refusal` and `answer`, such as the world's harmful policy prompts), so neither the topic nor the model's
-own replies enter the contrast. At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k` experts with the
-highest scores are switched `off` (their router logit -> -inf, so the top-k is taken among the others and its
-weights re-normalised: MoTE's "switch off", which lowers refusal) or `on` (logit + 1e4, always in the top-k:
-raises refusal). `select=random` switches k experts drawn with `seed` instead: the control.
+own replies enter the contrast. At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k`
+experts with the highest scores are switched `off` (their router logit -> -inf, so the top-k is taken among the
+others and its weights re-normalised: MoTE's "switch off", which lowers refusal) or `on` (logit + 1e4, always in
+the top-k: raises refusal). `select=random` switches k experts drawn with `seed` instead: the control.
 """
 
 from __future__ import annotations
@@ -115,37 +115,13 @@ class ExpertSteering(Guard):
 
     @classmethod
     def fit(cls, model, tok, inputs, **options):
-        from obliviate.models.encode import prompt_ids
-
         guard = cls(**options)
         if not router_modules(model):
             raise UsageError(f"expert_steering: this {type(model).__name__} has no mixture-of-experts routers")
         rows = inputs.get("policy_train") or []
         top_k = int(getattr(text_config(model), "num_experts_per_tok", 2))
-        if guard.tokens == "paired":
-            f_ref, f_com = _paired_frequencies(model, tok, rows, top_k)
-            guard._scores = f_ref - f_com
-            if guard.k > guard._scores.numel():
-                raise UsageError(f"expert_steering: k={guard.k} but the model has {guard._scores.numel()} experts")
-            guard._chosen = guard.choose()
-            return guard
-        prompts = [r["prompt"] for r in rows]
-        seqs = [prompt_ids(tok, p) for p in prompts]
-        replies, refused = judged_replies(model, tok, prompts, guard.max_new_tokens)
-        if len(set(refused)) < 2:
-            raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
-        if guard.tokens == "reply":  # prompt + the reply's tokens; only the reply's are counted
-            starts = [len(s) for s in seqs]
-            seqs = [s + tok(r, add_special_tokens=False)["input_ids"] for s, r in zip(seqs, replies)]
-        elif guard.tokens == "decision":
-            starts = [len(s) - 1 for s in seqs]
-        else:
-            starts = [0] * len(seqs)
-        keep = [i for i, s in enumerate(seqs) if len(s) > starts[i]]
-        f_ref = routing_frequency(model, [seqs[i] for i in keep if refused[i]], top_k,
-                                  [starts[i] for i in keep if refused[i]])
-        f_com = routing_frequency(model, [seqs[i] for i in keep if not refused[i]], top_k,
-                                  [starts[i] for i in keep if not refused[i]])
+        f_ref, f_com = (_paired_frequencies(model, tok, rows, top_k) if guard.tokens == "paired" else
+                        _judged_frequencies(model, tok, rows, top_k, guard.tokens, guard.max_new_tokens))
         guard._scores = f_ref - f_com
         if guard.k > guard._scores.numel():
             raise UsageError(f"expert_steering: k={guard.k} but the model has {guard._scores.numel()} experts")
@@ -162,6 +138,33 @@ class ExpertSteering(Guard):
     def load_tensors(self, tensors):
         self._scores = tensors["scores"]
         self._chosen = self.choose()
+
+
+def _judged_frequencies(model, tok, rows: list[dict], top_k: int, tokens: str,
+                        max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Routing frequencies on the prompts the model refuses and on those it answers (its own greedy replies,
+    judged), counted over `tokens`: reply, prompt or decision (see the module docstring)."""
+    from obliviate.models.encode import prompt_ids
+
+    prompts = [r["prompt"] for r in rows]
+    seqs = [prompt_ids(tok, p) for p in prompts]
+    replies, refused = judged_replies(model, tok, prompts, max_new_tokens)
+    if len(set(refused)) < 2:
+        raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
+    if tokens == "reply":  # prompt + the reply's tokens; only the reply's are counted
+        starts = [len(s) for s in seqs]
+        seqs = [s + tok(r, add_special_tokens=False)["input_ids"] for s, r in zip(seqs, replies)]
+    elif tokens == "decision":
+        starts = [len(s) - 1 for s in seqs]
+    else:
+        starts = [0] * len(seqs)
+    keep = [i for i, s in enumerate(seqs) if len(s) > starts[i]]
+
+    def side(want: bool) -> torch.Tensor:
+        chosen = [i for i in keep if refused[i] == want]
+        return routing_frequency(model, [seqs[i] for i in chosen], top_k, [starts[i] for i in chosen])
+
+    return side(True), side(False)
 
 
 def _paired_frequencies(model, tok, rows: list[dict], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -137,9 +137,9 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     rows)."""
     from obliviate.diffusion.audit import DiffusionAuditConfig, audit_concept
     from obliviate.diffusion.classifiers import FactorClassifiers
+    from obliviate.diffusion.erasers import load_all
     from obliviate.diffusion.evaluate import evaluate_concept
     from obliviate.diffusion.model import load_t2i
-    from obliviate.diffusion.erasers import load_all
     from obliviate.diffusion.world import build_image_world
 
     load_all()  # a spawned worker starts with empty registries
@@ -155,14 +155,14 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     m["seconds"] = round(secs, 1)
     run, aud = f"{name}/{concept}", None
     if job["attack"]:
-        cfg = DiffusionAuditConfig(prompts=size.attack_prompts, sample=size.sample,
-                                   options={a: dict(o) for a, o in size.attack_options.items() if a in size.attacks})
+        options = {a: dict(opts) for a, opts in size.attack_options.items() if a in size.attacks}
+        cfg = DiffusionAuditConfig(prompts=size.attack_prompts, sample=size.sample, options=options)
         aud = audit_concept(edited, base, clf, world, concept, list(size.attacks), cfg)
         m["pre_asr"] = aud["pre_asr"]
         m |= {f"asr[{a}]": r["asr"] for a, r in aud["attacks"].items()}
     m["job_seconds"] = round(time.perf_counter() - t0, 1)
-    rows = [{"run": run, "set": s, "prompt": r["text"]} for s, rows in art["rows"].items() for r in rows]
-    return run, m, aud, art["images"]["target"], rows
+    samples = [{"run": run, "set": s, "prompt": r["text"]} for s, rows in art["rows"].items() for r in rows]
+    return run, m, aud, art["images"]["target"], samples
 
 
 def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int = 0, ddim_steps: int | None = None,
