@@ -30,7 +30,8 @@ def test_smoke_demo_writes_every_figure(tmp_path, capsys):
 
 
 def test_unknown_suite_and_size(capsys):
-    for args in (["--suite", "diffusionn"], ["--suite", "diffusion", "--size", "big"]):
+    for args in (["--suite", "diffusionn"], ["--suite", "diffusion", "--size", "big"],
+                 ["--suite", "diffusion", "--workers", "0"], ["--suite", "refusal", "--workers", "2"]):
         code, _, err = run_cli(["demo", *args, "--out", "x"], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1
 

@@ -227,3 +227,13 @@ def test_salun_mask_keeps_the_top_share_and_only_masked_weights_move(tiny):
     for (n, a), (_, b) in zip(tiny.unet.named_parameters(), edited.unet.named_parameters()):
         assert torch.equal(a[~er.mask[n]], b[~er.mask[n]])  # unmasked weights never move
     assert any(not torch.equal(a, b) for a, b in zip(tiny.unet.parameters(), edited.unet.parameters()))
+
+
+def test_spm_needs_three_ddim_steps():
+    """SPM stops each DDIM walk at a step drawn from [1, ddim_steps - 1): 2 steps leave nothing to draw."""
+    from obliviate.diffusion.erasers import ERASERS, load_all
+
+    load_all()
+    with pytest.raises(UsageError, match="ddim_steps >= 3"):
+        ERASERS.get("spm")(ddim_steps=2)
+    ERASERS.get("spm")(ddim_steps=3)
