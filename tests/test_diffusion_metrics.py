@@ -1,6 +1,8 @@
 """UnlearnCanvas's UA / IRA / CRA, the classifier-feature Frechet distance and the over-erasure rate, against
 hand values and scipy."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -40,3 +42,22 @@ def test_over_erasure_rate_by_hand():
     assert over_erasure_rate(preds, wants) == 0.5  # prompt 2 misses its object, prompt 3 its colour
     base = {"object": [0, 1, 2, 9], "colour": [7, 3, 3, 2]}  # the base model already missed prompt 3
     assert over_erasure_rate(preds, wants, base) == pytest.approx(1 / 3)
+
+
+def test_prompt_subsets_are_balanced_over_labels_not_strided():
+    """A concept's 24 target prompts are 6 colours x 4 styles: every 6th prompt (the old pick) kept 2 styles of 4.
+    The balanced subset of 4 covers 4 styles and 4 colours, keeps the set's order, and is one subset per seed."""
+    from obliviate.diffusion.evaluate import SampleConfig, balanced_subset
+    from obliviate.diffusion.world import ImageWorldSpec, build_image_world, concept_splits
+
+    world = build_image_world(ImageWorldSpec(seed=0, per_combination=2))
+    target = concept_splits(world, "object", "star")["target"]
+    assert len({target[i]["style"] for i in range(0, 24, 6)}) == 2  # the aliasing that the balanced pick avoids
+    for seed in (0, 1, 2):
+        got = SampleConfig(max_prompts=4, seed=seed).pick(target)
+        assert len({r["style"] for r in got}) == 4 and len({r["colour"] for r in got}) == 4
+        assert [target.index(r) for r in got] == sorted(target.index(r) for r in got)
+        assert got == balanced_subset(target, 4, seed)
+    others = balanced_subset(concept_splits(world, "object", "star")["unrelated"], 24)
+    assert max(Counter(r["object"] for r in others).values()) - min(Counter(r["object"] for r in others).values()) <= 1
+    assert SampleConfig(max_prompts=30).pick(target) == target and SampleConfig().pick(target) == target

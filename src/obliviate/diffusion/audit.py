@@ -22,7 +22,7 @@ from obliviate.diffusion.evaluate import SampleConfig, generate
 
 @dataclass
 class DiffusionAuditConfig:
-    prompts: int = 4  # target prompts attacked (every n-th of the concept's)
+    prompts: int = 4  # target prompts attacked (a label-balanced subset of the concept's)
     target_images: int = 4  # the original model's images per prompt, the attacks' target
     sample: SampleConfig = field(default_factory=SampleConfig)
     options: dict = field(default_factory=dict)  # attack name -> {option: value}
@@ -43,7 +43,7 @@ def audit_concept(erased, original, clf, world: dict, concept: str, attacks: lis
     def recognised(images) -> list[bool]:
         return (clf.predict(images)[factor] == want).tolist() if len(images) else []
 
-    rows = SampleConfig(max_prompts=cfg.prompts).pick(concept_splits(world, factor, concept)["target"])
+    rows = SampleConfig(max_prompts=cfg.prompts, seed=cfg.sample.seed).pick(concept_splits(world, factor, concept)["target"])
     texts = [r["text"] for r in rows]
     pre = recognised(generate(erased, texts, cfg.sample))
     out = {"concept": concept, "factor": factor, "prompts": texts, "pre_asr": sum(pre) / len(pre), "attacks": {},

@@ -17,6 +17,8 @@ classifiers (`diffusion/metrics.py` holds the definitions, UnlearnCanvas's).
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +34,31 @@ class SampleConfig:
     steps: int = 25  # DDIM steps
     guidance: float = 2.0
     seed: int = 0
-    max_prompts: int | None = None  # per prompt set, every n-th prompt (keeps the set's mix); None: all
+    max_prompts: int | None = None  # per prompt set, a subset balanced over the prompts' labels; None: all
 
     def pick(self, rows: list[dict]) -> list[dict]:
-        if not self.max_prompts or len(rows) <= self.max_prompts:
-            return rows
-        step = len(rows) / self.max_prompts
-        return [rows[int(i * step)] for i in range(self.max_prompts)]
+        return balanced_subset(rows, self.max_prompts, self.seed) if self.max_prompts else rows
+
+
+def balanced_subset(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """At most n rows, in the set's order, chosen so that every label the rows carry (object, colour, style,
+    background, template: every key but `id` and `text`) is spread as evenly as it can be: each pick is the row whose
+    label values have been picked least so far, ties broken at random with `seed`. Not every k-th row: the sets are
+    laid out factor by factor (a concept's 24 target prompts are 6 colours x 4 styles), so a stride aliases with the
+    layout (every 6th prompt kept 2 of the 4 styles, every 4th one style); and a plain random subset of 4 can do the
+    same by chance."""
+    if len(rows) <= n:
+        return rows
+    labels = [[(k, str(v)) for k, v in r.items() if k not in ("id", "text")] for r in rows]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)  # the tie-break: min() keeps the first of equals
+    used: Counter = Counter()
+    keep: list[int] = []
+    for _ in range(n):
+        best = min((i for i in order if i not in keep), key=lambda i: sum(used[lab] for lab in labels[i]))
+        keep.append(best)
+        used.update(labels[best])
+    return [rows[i] for i in sorted(keep)]
 
 
 def generate(model, prompts: list[str], cfg: SampleConfig) -> torch.Tensor:
