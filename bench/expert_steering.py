@@ -6,7 +6,7 @@ refused and complied training prompts) and measure the refusal rate on the world
 those k experts switched off, against k experts drawn at random (3 draws). Prints figures; it is not a test.
 
     python bench/expert_steering.py --seeds 0,1,2 --k 2 --experts 4 --threads 2 \
-        [--tokens reply|prompt|decision|paired]
+        [--tokens reply|prompt|decision|paired] [--layers 2] [--aux-loss 0.02]
 """
 
 from __future__ import annotations
@@ -18,8 +18,35 @@ import time
 from pathlib import Path
 
 
+def balanced(method, coef: float):
+    """`method` whose loss also carries the router load-balancing loss (Switch Transformer, Fedus et al. 2022, eq. 4;
+    Mixtral's top-k form, transformers' `load_balancing_loss_func`) times `coef`, from router logits caught by hooks
+    in the same forward pass: obliviate's losses read log-probs only, so the model's own aux_loss never enters."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    from obliviate.guards import num_experts, router_modules
+
+    plain = method.loss
+
+    def loss(model, batch, ref_model=None):
+        caught = []
+        hooks = [m.register_forward_hook(lambda mod, a, out: caught.append(out[0] if isinstance(out, tuple) else out))
+                 for _, m in router_modules(model)]
+        try:
+            value, logs = plain(model, batch, ref_model)
+        finally:
+            for h in hooks:
+                h.remove()
+        top_k = int(model.config.num_experts_per_tok)
+        aux = load_balancing_loss_func(tuple(caught), num_experts(model), top_k)  # pads included: a bench
+        return value + coef * aux, logs | {"aux": float(aux)}
+
+    method.loss = loss
+    return method
+
+
 def run_seed(seed: int, k: int, experts: int, steps: int, align_steps: int, draws: int, work: Path,
-             tokens: str = "reply") -> dict:
+             tokens: str = "reply", layers: int = 2, aux: float = 0.0) -> dict:
     from obliviate.data.world import WorldSpec, write_world
     from obliviate.guards import attach
     from obliviate.guards.expert_steering import ExpertSteering
@@ -34,9 +61,10 @@ def run_seed(seed: int, k: int, experts: int, steps: int, align_steps: int, draw
     write_world(world, WorldSpec(seed=seed, n_people=100))
     tok = build_tokenizer(suite_texts(world))
     data, _ = refusal_data(world, seed)
-    cfg = TinyModelConfig(num_experts=experts, experts_per_token=2)
+    cfg = TinyModelConfig(num_experts=experts, experts_per_token=2, num_layers=layers)
     t0 = time.perf_counter()
-    target, _ = train(build_model(tok, cfg, seed=seed), tok, FineTune(lr=3e-3, steps=steps),
+    fine = FineTune(lr=3e-3, steps=steps)
+    target, _ = train(build_model(tok, cfg, seed=seed), tok, balanced(fine, aux) if aux else fine,
                       {"retain": target_pairs(world)},
                       TrainConfig(retain_batch_size=100, seed=seed, warmup_steps=20, checkpoint_every=0,
                                   progress=False))
@@ -89,6 +117,9 @@ def main():
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--tokens", default="reply",
                     help="whose routing scores the experts: reply, prompt, decision or paired")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--aux-loss", type=float, default=0.0,
+                    help="router load-balancing loss coefficient while the target trains (Mixtral's default 0.02)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args()
@@ -98,7 +129,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for s in [int(x) for x in a.seeds.split(",")]:
-            r = run_seed(s, a.k, a.experts, a.steps, a.align_steps, a.draws, Path(tmp), a.tokens)
+            r = run_seed(s, a.k, a.experts, a.steps, a.align_steps, a.draws, Path(tmp), a.tokens, a.layers, a.aux_loss)
             rows.append(r)
             rand = r["refusal_random_off"]
             print(f"seed {s}: refusal {r['refusal_base']:.3f} | top-{a.k} off {r['refusal_top_off']:.3f} | "

@@ -131,6 +131,8 @@ def test_a_halt_substitutes_the_refusal_for_that_row_only(model_tok):
     plain = decode(model, tok, prompts, max_new_tokens=8, batch_size=1)
     reps = decode(model, tok, prompts, guards=[HaltAt()], max_new_tokens=8, batch_size=1)
     assert all(r.text == "No." and r.finish_reason == "content_filter" and r.halted_by == "halt_at" for r in reps)
+    # token_ids are the tokens generated before the halt (at step 2), not padded on to max_new_tokens
+    assert [r.token_ids for r in reps] == [p.token_ids[:2] for p in plain]
     reps = decode(model, tok, prompts, guards=[HaltAt()], max_new_tokens=8, batch_size=2)
     # row 0 of the one batch (the shorter prompt) is halted, the other row is untouched
     short = min(range(2), key=lambda i: len(prompts[i]))

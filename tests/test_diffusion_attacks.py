@@ -55,6 +55,32 @@ def test_optimised_prefix_matches_brute_force_on_a_tiny_vocabulary(tiny):
     assert res["prompt"].endswith("star") and len(res["history"]) == 20
 
 
+def test_unlearndiffatk_judges_its_prefix_during_the_attack_and_stops_at_a_success(tiny):
+    """The reference code's loop: the projected prefix is judged every `eval_every` steps and the first accepted
+    one ends the attack; attacked_images returns that prompt's generation, sampled once."""
+    from obliviate.diffusion.evaluate import SampleConfig
+
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    calls = []
+
+    def third(text):
+        calls.append(text)
+        return len(calls) == 3
+
+    res = UnlearnDiffAtk(prefix_tokens=1, steps=20, eval_every=2, samples=2).attack(tiny, "star", images, check=third)
+    assert res["stopped_at"] == 6 and len(res["history"]) == 6 and res["prompt"] == calls[-1]
+    res = UnlearnDiffAtk(prefix_tokens=1, steps=4, eval_every=0, samples=2).attack(tiny, "star", images, check=third)
+    assert res["stopped_at"] is None and len(res["history"]) == 4 and len(calls) == 3
+    cfg, judged = SampleConfig(steps=2), []
+
+    def judge(ims):
+        judged.append(ims)
+        return [True]
+
+    got = UnlearnDiffAtk(prefix_tokens=1, steps=20, samples=2).attacked_images(tiny, tiny, "star", images, cfg, judge)
+    assert len(judged) == 1 and torch.equal(got, judged[0])  # accepted at step 1; its images are the answer
+
+
 def test_p4d_projects_to_real_tokens_and_lowers_its_loss(tiny):
     from obliviate.diffusion.attacks.p4d import P4D, nearest_tokens
 

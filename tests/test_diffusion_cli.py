@@ -47,9 +47,10 @@ def test_eval_suite_diffusion(setup, tmp_path, capsys):
     assert code == 0, err
     code, out, err = run_cli(["eval", "--suite", "diffusion", "--data", d / "world", "--concept", "star",
                               "--model", f"base={d / 'pixel'}", "--model", f"uce={tmp_path / 'uce'}", "--limit", 2,
-                              "--out", tmp_path / "ev"], capsys)
+                              "--ddim-steps", 3, "--guidance", 3.0, "--out", tmp_path / "ev"], capsys)
     assert code == 0, err
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert (doc["config"]["sample"]["steps"], doc["config"]["sample"]["guidance"]) == (3, 3.0)
     assert set(doc["results"]) == {"base", "uce"}
     assert all(0 <= doc["results"][r]["ua"] <= 1 for r in ("base", "uce"))
     assert (tmp_path / "ev" / "grids" / "uce.png").is_file() and "ua" in out
@@ -76,6 +77,8 @@ def test_erase_and_audit_a_latent_model_with_a_vae(setup, tmp_path, capsys):
     (["--concept", "stra"], "did you mean 'star'"),
     (["--concept", "star", "--attacks", "unlearndifatk"], "did you mean 'unlearndiffatk'"),
     (["--concept", "star", "--no-target"], "--target"),
+    (["--concept", "star", "--guidance", "0"], "--guidance must be > 0"),
+    (["--concept", "star", "--ddim-steps", "0"], "--ddim-steps must be >= 1"),
 ])
 def test_audit_bad_input(setup, tmp_path, capsys, args, needle):
     d = setup
@@ -85,6 +88,12 @@ def test_audit_bad_input(setup, tmp_path, capsys, args, needle):
                             "--out", tmp_path / "au"], capsys)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "au").exists()
+
+
+def test_sampling_options_belong_to_the_diffusion_suite(setup, tmp_path, capsys):
+    code, _, err = run_cli(["eval", "--model", tmp_path / "m", "--data", setup / "world", "--guidance", 3.0,
+                            "--out", tmp_path / "ev"], capsys)
+    assert code == 2 and "apply to --suite diffusion" in err and not (tmp_path / "ev").exists()
 
 
 def test_eval_a_directory_without_unet(setup, tmp_path, capsys):

@@ -164,9 +164,13 @@ def test_a_trailing_assistant_message_is_a_prefill(model_tok):
     ids = chat_ids(tok, messages)
     assert ids == prompt_ids(tok, q) + tok(prefill, add_special_tokens=False)["input_ids"]
     want = expected(model, tok, ids)
+    # the reply is the continuation with its leading space: prefill + content reads as the model wrote it
+    whole = tok.decode(tok(prefill, add_special_tokens=False)["input_ids"] + want.token_ids, skip_special_tokens=True)
     with served(model_tok) as (_, client, _):
-        assert ask(client, messages, max_tokens=24)[:2] == (want.text, want.finish_reason)
-        assert ask(client, messages, stream=True, max_tokens=24)[:2] == (want.text, want.finish_reason)
+        for stream in (False, True):
+            text, reason = ask(client, messages, stream=stream, max_tokens=24)[:2]
+            assert (prefill + text, reason) == (whole.rstrip(), want.finish_reason)
+            assert text.startswith(" ") and text.strip() == want.text
 
 
 def test_requests_that_arrive_together_are_decoded_in_one_batch(model_tok):

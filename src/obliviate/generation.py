@@ -145,6 +145,7 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
     logits = out.logits[:, -1].float()
     gen = torch.empty(len(rows), 0, dtype=torch.long, device=device)
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    lengths = torch.zeros(len(rows), dtype=torch.long, device=device)  # tokens generated while live (EOS included)
     stepped = [g for g in _hooked(guards, "on_step") if getattr(g, "every", 0) > 0]
     for step in range(max_new_tokens):
         for g in _hooked(guards, "process_logits"):
@@ -153,6 +154,7 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
         live = ~done & session.active.to(device)
         nxt = torch.where(live, nxt, torch.full_like(nxt, pad if pad is not None else 0))
         gen = torch.cat([gen, nxt[:, None]], 1)
+        lengths += live.long()
         if on_token is not None:
             for r in live.nonzero().flatten().tolist():
                 on_token(rows[r].index, int(nxt[r]))
@@ -166,9 +168,7 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
     replies = []
     done = done.cpu()
     for r, row in enumerate(rows):
-        toks = gen[r].tolist()
-        if r < len(done) and done[r]:  # keep up to the first EOS
-            toks = toks[: next(i for i, t in enumerate(toks) if t in eos_ids) + 1]
+        toks = gen[r, : int(lengths[r])].tolist()  # up to its EOS or its halt, without the padding after
         text = tok.decode(toks, skip_special_tokens=True).strip()
         for g in _hooked(guards, "on_finish"):
             if row.halted_by is None:

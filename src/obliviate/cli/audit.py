@@ -56,6 +56,9 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
           option: List[str] = typer.Option([], help="attack option ATTACK.KEY=VALUE (repeatable)"),
           forget_split: str = typer.Option("forget10"),
           limit: Optional[int] = typer.Option(None, help="at most N rows per evaluation set (quick look)"),
+          ddim_steps: Optional[int] = typer.Option(None, help="diffusion: DDIM steps per image [default: 25]"),
+          guidance: Optional[float] = typer.Option(None, help="diffusion: classifier-free guidance scale "
+                                                              "[default: 2.0]"),
           max_new_tokens: int = typer.Option(48, help="reply length generated and judged"),
           time_budget: Optional[float] = typer.Option(None, help="seconds; attacks not started by then are "
                                                                  "skipped and listed"),
@@ -72,7 +75,7 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
     if limit is not None and limit < 1:
         raise UsageError("--limit must be >= 1")
     if suite == "diffusion":
-        from obliviate.cli.diffusion import diffusion_audit
+        from obliviate.cli.diffusion import diffusion_audit, sampling
 
         if data is None:
             raise UsageError("--suite diffusion needs --data: an image world (`obliviate world --images "
@@ -81,11 +84,11 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
         diffusion_audit(model, target, data, concept, classifiers, out,
                         [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
                         _attack_options(option),
-                        prompts=limit or 4, time_budget=time_budget, seed=seed)
+                        prompts=limit or 4, time_budget=time_budget, seed=seed, **sampling(ddim_steps, guidance))
         write_beside(out)
         return
-    if concept or classifiers:
-        raise UsageError("--concept and --classifiers apply to --suite diffusion")
+    if concept or classifiers or ddim_steps is not None or guidance is not None:
+        raise UsageError("--concept, --classifiers, --ddim-steps and --guidance apply to --suite diffusion")
     set_threads(threads)
     doc = run_audit(model, suite, data, out, oracle=oracle, target=target,
                     attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,

@@ -55,6 +55,15 @@ def _world_and_classifiers(data: Path, classifiers: Optional[Path]):
     return world, FactorClassifiers.load(clf_dir)
 
 
+def sampling(ddim_steps: Optional[int], guidance: Optional[float]) -> dict:
+    """--ddim-steps / --guidance, checked, as keyword arguments of diffusion_eval / diffusion_audit (unset: theirs)."""
+    if ddim_steps is not None and ddim_steps < 1:
+        raise UsageError(f"--ddim-steps must be >= 1 (got {ddim_steps})")
+    if guidance is not None and not guidance > 0:
+        raise UsageError(f"--guidance must be > 0 (got {guidance})")
+    return {k: v for k, v in (("ddim_steps", ddim_steps), ("guidance", guidance)) if v is not None}
+
+
 def diffusion_eval(models: dict[str, str], data: Path, concept: Optional[str], classifiers: Optional[Path],
                    out: Path, *, ddim_steps: int = 25, guidance: float = 2.0, limit: Optional[int] = None,
                    seed: int = 0) -> dict:

@@ -88,6 +88,9 @@ def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat,
              classifiers: Optional[Path] = typer.Option(None, help="diffusion: factor classifiers (default: "
                                                                    "DATA/classifiers)"),
              limit: Optional[int] = typer.Option(None, help="diffusion: at most N prompts per prompt set"),
+             ddim_steps: Optional[int] = typer.Option(None, help="diffusion: DDIM steps per image [default: 25]"),
+             guidance: Optional[float] = typer.Option(None, help="diffusion: classifier-free guidance scale "
+                                                                 "[default: 2.0]"),
              guard: List[Path] = typer.Option([], "--guard", help="a guard directory (`obliviate guard fit`) "
                                               "applied to the evaluated models, not the oracle (repeatable)"),
              threads: Optional[int] = typer.Option(None)):
@@ -96,15 +99,16 @@ def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat,
     from obliviate.pipeline import run_eval
 
     if suite == "diffusion":
-        from obliviate.cli.diffusion import diffusion_eval
+        from obliviate.cli.diffusion import diffusion_eval, sampling
 
         if oracle or guard:
             raise UsageError("--oracle and --guard do not apply to --suite diffusion")
         set_threads(threads)
-        diffusion_eval(named_runs(model), data, concept, classifiers, out, limit=limit)
+        diffusion_eval(named_runs(model), data, concept, classifiers, out, limit=limit,
+                       **sampling(ddim_steps, guidance))
         return
-    if concept or classifiers or limit:
-        raise UsageError("--concept, --classifiers and --limit apply to --suite diffusion")
+    if concept or classifiers or limit or ddim_steps is not None or guidance is not None:
+        raise UsageError("--concept, --classifiers, --limit, --ddim-steps and --guidance apply to --suite diffusion")
     check_guard_dirs(guard)
     set_threads(threads)
     doc = run_eval(named_runs(model), data, out, oracle=oracle, forget_split=forget_split, suite=suite,

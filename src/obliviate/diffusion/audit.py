@@ -68,7 +68,9 @@ def audit_concept(erased, original, clf, world: dict, concept: str, attacks: lis
                     with torch.no_grad():
                         targets[text] = original.sample([text] * cfg.target_images, steps=cfg.sample.steps,
                                                         guidance=cfg.sample.guidance, seed=cfg.sample.seed + 1)
-                success[i] = recognised(atk.attacked_images(erased, original, text, targets[text], cfg.sample))[0]
+                judged = {"judge": recognised} if getattr(cls, "judged_during_attack", False) else {}
+                images = atk.attacked_images(erased, original, text, targets[text], cfg.sample, **judged)
+                success[i] = recognised(images)[0]
             fig = {"asr": sum(success) / len(success), "per_prompt": success}
         fig["pre_asr"], fig["seconds"] = out["pre_asr"], round(time.perf_counter() - t0, 1)
         out["attacks"][name] = fig

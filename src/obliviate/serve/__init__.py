@@ -6,7 +6,8 @@ greedy, guarded decoder can honour: `POST /v1/chat/completions` (a `chat.complet
 as in the audits, so a guard's verdict is reproducible: sampling fields (`temperature`, `top_p`, `seed`...) are
 accepted and ignored. `finish_reason` is "stop" (EOS), "length" (`max_tokens` / `max_completion_tokens`; default:
 the rest of the context) or "content_filter" (a guard halted the reply; its content is the guard's refusal). A
-trailing assistant message is a prefill (`continue_final_message=True`); the reply is only the continuation.
+trailing assistant message is a prefill (`continue_final_message=True`); the reply is only the continuation, with
+its leading space (prefill + content reads as the model wrote it).
 Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 bad input (FastAPI's 422
 included), 401 missing or wrong key, 429 when `max_queue` requests are already queued or decoding.
 

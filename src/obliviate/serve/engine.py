@@ -41,6 +41,7 @@ class Request:
     text: Optional[str]  # the last user message: what guards' on_request reads
     max_tokens: int
     stream: bool = False
+    prefill: bool = False  # the messages end with the assistant's: the reply continues it, its leading space kept
     loop: Any = None
     events: Any = None  # asyncio.Queue of ("delta", str) | ("done", dict) | ("error", str)
     tokens: list[int] = field(default_factory=list)
@@ -189,23 +190,23 @@ class Engine:
         n = len(req.tokens)
         if not self.hold_all and (token in self.eos or n == req.max_tokens):
             # every check before this token has passed, and none runs after the last one: the reply is final
-            self._finish(req, self._text(req.tokens), "stop" if token in self.eos else "length")
+            self._finish(req, self._text(req, req.tokens), "stop" if token in self.eos else "length")
         elif req.stream and not self.hold_all:
             # checks at token counts <= n - 1 have run; release text only up to the last one every guard made
             safe = min([(n - 1) // k * k for k in self.checks], default=n)
-            self._push(req, self._text(req.tokens[:safe], partial=True))
+            self._push(req, self._text(req, req.tokens[:safe], partial=True))
 
     def _settle(self, req: Request, rep) -> None:
         """The decode result for a row that was not finished token by token (hold_all, or a guard halted it)."""
         n, m = len(req.tokens), req.max_tokens
         if rep.halted_by is None and len(rep.token_ids) <= m:
-            self._finish(req, rep.text, rep.finish_reason)
+            self._finish(req, self._text(req, rep.token_ids) if req.prefill else rep.text, rep.finish_reason)
         elif rep.halted_by not in (None, CANCELLED) and n < m:  # halted within this request's own budget
             self._finish(req, rep.text, "content_filter")
         else:  # cut to max_tokens; on_finish guards judge the text this request would have got on its own
             from obliviate.generation import Row
 
-            text = self._text(req.tokens[:m])
+            text = self._text(req, req.tokens[:m])
             reason = "stop" if req.tokens and req.tokens[-1] in self.eos else "length"
             row = Row(index=0, text=req.text, scores=dict(rep.scores))
             for g in self.guards:
@@ -215,10 +216,17 @@ class Engine:
                 text, reason = row.refusal or "", "content_filter"
             self._finish(req, text, reason)
 
-    def _text(self, tokens: list[int], partial: bool = False) -> str:
-        text = self.tok.decode(tokens, skip_special_tokens=True)
+    def _text(self, req: Request, tokens: list[int], partial: bool = False) -> str:
+        if req.prefill:
+            # a continuation keeps its leading space ("He was born in" + " Paris"). Decoded after the prompt's last
+            # token: SentencePiece-style tokenizers drop the leading space of a sequence's first token
+            head = self.tok.decode(req.prompt[-1:], skip_special_tokens=True)
+            text = self.tok.decode(req.prompt[-1:] + tokens, skip_special_tokens=True)
+            text = text[len(head):] if text.startswith(head) else text
+        else:
+            text = self.tok.decode(tokens, skip_special_tokens=True).lstrip()
         # a partial text may end inside a multi-byte character, and its trailing space may be stripped later
-        return text.lstrip().rstrip("\ufffd").rstrip() if partial else text.strip()
+        return text.rstrip("\ufffd").rstrip() if partial else text.rstrip()
 
     def _push(self, req: Request, text: str) -> None:
         if len(text) > len(req.sent) and text.startswith(req.sent):

@@ -64,7 +64,8 @@ def prepare(engine: Engine, body) -> Request:
         raise ApiError(400, f"this model's context length is {engine.context} tokens; the messages take "
                        f"{len(prompt)} and max_tokens asks {asked or 1} more", param="messages",
                        code="context_length_exceeded")
-    return Request(prompt, text, asked or room or 512, stream=bool(body.stream))
+    return Request(prompt, text, asked or room or 512, stream=bool(body.stream),
+                   prefill=messages[-1]["role"] == "assistant")
 
 
 class _Auth:

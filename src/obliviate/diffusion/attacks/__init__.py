@@ -5,7 +5,9 @@ An attack is a dataclass with `attacked_images(erased, original, prompt, target_
 erased model's generation for `prompt` once the attack has done its work (`target_images`: the original model's
 images of the prompt, what the attack aims for; `sample`: a `diffusion.evaluate.SampleConfig`). An attack that
 works per concept, not per prompt, sets `per_concept = True` and implements `attack(...)` instead (see
-concept_arithmetic). The audit counts success with the target concept's classifier.
+concept_arithmetic). The audit counts success with the target concept's classifier; an attack that judges its
+candidates while it optimises (UnlearnDiffAtk, as its reference code does) sets `judged_during_attack = True` and
+takes that classifier as `attacked_images(..., judge=)`.
 
 To add an attack: create `diffusion/attacks/my_attack.py` with a `@DIFFUSION_ATTACKS.register("my_attack")` class.
 """

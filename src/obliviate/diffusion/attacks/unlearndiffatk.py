@@ -14,8 +14,12 @@ The prefix's token embeddings are swapped in with a forward hook on the text enc
 any CLIPTextModel works. `denoising_loss` on a fixed (t, noise) set also scores any given prefix, which lets tests
 compare the optimised prefix with brute-force search over short prefixes.
 
-Attack success (the reference's ASR) is measured by the caller: the share of attacked prompts whose generation the
-target-concept classifier recognises; pre-ASR is the same without the prefix.
+Attack success (the reference's ASR) is measured with the caller's judge (the target-concept classifier): the share
+of attacked prompts whose generation it recognises; pre-ASR is the same without the prefix. As the reference code
+does (`src/attackers/hard_prompt_.py`: after each outer step it projects the prefix to tokens, generates with the
+evaluation seed, and stops at the first success), the prefix is judged during the optimisation, every `eval_every`
+steps, and a prompt counts as broken when any judged prefix succeeds. The paper reports only the final ASR; we follow
+the code. `eval_every=0` judges the final prefix alone.
 """
 
 from __future__ import annotations
@@ -78,12 +82,17 @@ class UnlearnDiffAtk:
     steps: int = 40
     lr: float = 0.01
     samples: int = 8  # (t, noise) draws per step
+    eval_every: int = 1  # judge the prefix every this many steps, stop at a success (the reference: every step)
     seed: int = 0
+    judged_during_attack = True  # the audit passes its judge to attacked_images
 
-    def attack(self, model, prompt: str, target_images: torch.Tensor, fixed: tuple | None = None) -> dict:
+    def attack(self, model, prompt: str, target_images: torch.Tensor, fixed: tuple | None = None,
+               check=None) -> dict:
         """Optimise the prefix against `target_images` ([N, 3, H, W] in [-1, 1]). Returns {"prefix_ids",
-        "prompt" (the adversarial text), "history" (loss per step)}. `fixed` = (image index, t, noise) uses one
-        set of draws at every step (a deterministic objective, as brute force scores)."""
+        "prompt" (the adversarial text), "history" (loss per step), "stopped_at" (the step whose prefix `check`
+        accepted, else None)}. `fixed` = (image index, t, noise) uses one set of draws at every step (a
+        deterministic objective, as brute force scores). `check(text) -> bool`, called every `eval_every` steps,
+        ends the optimisation when it accepts the adversarial text."""
         g = torch.Generator().manual_seed(self.seed)
         V = model.text_encoder.get_input_embeddings().weight.shape[0]
         special = set(model.tokenizer.all_special_ids)
@@ -96,7 +105,7 @@ class UnlearnDiffAtk:
             p.requires_grad_(False)
         history = []
         T = model.ddpm().config.num_train_timesteps
-        for _ in range(self.steps):
+        for step in range(self.steps):
             if fixed is not None:
                 idx, t, noise = fixed
             else:
@@ -112,10 +121,27 @@ class UnlearnDiffAtk:
             loss.backward()
             opt.step()
             history.append(float(loss.detach()))
-        ids = z.detach().masked_fill(~allowed, float("-inf")).argmax(-1).tolist()
-        words = model.tokenizer.convert_ids_to_tokens(ids)
-        return {"prefix_ids": ids, "prompt": " ".join(words + [prompt]), "history": history}
+            if check is not None and self.eval_every and (step + 1) % self.eval_every == 0 \
+                    and check(self._found(model, z, allowed, prompt)["prompt"]):
+                return {**self._found(model, z, allowed, prompt), "history": history, "stopped_at": step + 1}
+        return {**self._found(model, z, allowed, prompt), "history": history, "stopped_at": None}
 
-    def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> torch.Tensor:
-        found = self.attack(erased, prompt, target_images)["prompt"]  # real vocabulary words before the prompt
-        return erased.sample([found], steps=sample.steps, guidance=sample.guidance, seed=sample.seed)
+    @staticmethod
+    def _found(model, z, allowed, prompt: str) -> dict:
+        ids = z.detach().masked_fill(~allowed, float("-inf")).argmax(-1).tolist()
+        words = model.tokenizer.convert_ids_to_tokens(ids)  # real vocabulary words before the prompt
+        return {"prefix_ids": ids, "prompt": " ".join(words + [prompt])}
+
+    def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample,
+                        judge=None) -> torch.Tensor:
+        """The erased model's generation for the adversarial prompt: the first judged one that `judge` (images ->
+        [bool]) accepts, else the final prefix's."""
+        seen: dict[str, torch.Tensor] = {}
+
+        def generate(text: str) -> torch.Tensor:
+            if text not in seen:
+                seen[text] = erased.sample([text], steps=sample.steps, guidance=sample.guidance, seed=sample.seed)
+            return seen[text]
+
+        check = (lambda text: bool(judge(generate(text))[0])) if judge is not None else None
+        return generate(self.attack(erased, prompt, target_images, check=check)["prompt"])
