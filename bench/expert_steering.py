@@ -71,7 +71,7 @@ def run_seed(seed: int, k: int, experts: int, steps: int, align_steps: int, draw
     meth = REFUSAL_METHODS.get("refusal_sft")()
     if align_steps:
         meth.steps = align_steps
-    model, tok, _ = align(target, tok, meth, data, seed=seed, progress=False)
+    model, tok, _ = align(target, tok, balanced(meth, aux) if aux else meth, data, seed=seed, progress=False)
     train_s = time.perf_counter() - t0
     test = [r for r in policy_rows(world, "policy_test") if r["kind"] == "harmful"]
 
@@ -119,7 +119,7 @@ def main():
                     help="whose routing scores the experts: reply, prompt, decision or paired")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--aux-loss", type=float, default=0.0,
-                    help="router load-balancing loss coefficient while the target trains (Mixtral's default 0.02)")
+                    help="router load-balancing loss coefficient in target training and alignment (Switch: 0.01)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args()

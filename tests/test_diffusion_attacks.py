@@ -81,6 +81,23 @@ def test_unlearndiffatk_judges_its_prefix_during_the_attack_and_stops_at_a_succe
     assert len(judged) == 1 and torch.equal(got, judged[0])  # accepted at step 1; its images are the answer
 
 
+def test_unlearndiffatk_sweeps_the_reference_timesteps_low_to_high(tiny, monkeypatch):
+    import obliviate.diffusion.attacks.unlearndiffatk as uda
+    from obliviate.errors import UsageError
+
+    seen, real = [], uda.denoising_loss
+
+    def spy(model, prompt, w, x, t, noise):
+        seen.append(t.tolist())
+        return real(model, prompt, w, x, t, noise)
+
+    monkeypatch.setattr(uda, "denoising_loss", spy)
+    UnlearnDiffAtk(prefix_tokens=1, steps=4).attack(tiny, "star", torch.rand(2, 3, 8, 8) * 2 - 1)
+    assert seen == [[125], [375], [625], [875]]  # the reference's sampled_t for n=4 of T=1000, one noise draw each
+    with pytest.raises(UsageError, match="timesteps"):
+        UnlearnDiffAtk(timesteps="backwards")
+
+
 def test_p4d_projects_to_real_tokens_and_lowers_its_loss(tiny):
     from obliviate.diffusion.attacks.p4d import P4D, nearest_tokens
 

@@ -19,7 +19,9 @@ of attacked prompts whose generation it recognises; pre-ASR is the same without 
 does (`src/attackers/hard_prompt_.py`: after each outer step it projects the prefix to tokens, generates with the
 evaluation seed, and stops at the first success), the prefix is judged during the optimisation, every `eval_every`
 steps, and a prompt counts as broken when any judged prefix succeeds. The paper reports only the final ASR; we follow
-the code. `eval_every=0` judges the final prefix alone.
+the code. `eval_every=0` judges the final prefix alone. The code's schedule is followed too: step i uses the i-th of
+`steps` evenly spaced timesteps, from low to high, with one noise draw. On the demo's ESD-x erasure of `star` (24
+target prompts) that schedule found 0.58 where random timesteps (8 draws per step) found 0.38 (README).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
+from obliviate.errors import UsageError
 
 
 @contextmanager
@@ -79,12 +82,20 @@ def denoising_loss(model, prompt: str, weights: torch.Tensor, images: torch.Tens
 @dataclass
 class UnlearnDiffAtk:
     prefix_tokens: int = 5
-    steps: int = 40
+    # the reference code's schedule: one step at each of 50 evenly spaced timesteps, low to high (its task's
+    # `sampled_t`, n_samples=50), one noise draw each (its `iteration=1`); timesteps=random draws `samples` (t, noise)
+    # pairs per step instead
+    steps: int = 50
     lr: float = 0.01
-    samples: int = 8  # (t, noise) draws per step
+    samples: int = 1
+    timesteps: str = "sequential"
     eval_every: int = 1  # judge the prefix every this many steps, stop at a success (the reference: every step)
     seed: int = 0
     judged_during_attack = True  # the audit passes its judge to attacked_images
+
+    def __post_init__(self):
+        if self.timesteps not in ("random", "sequential"):
+            raise UsageError(f"unlearndiffatk: timesteps must be random or sequential (got {self.timesteps!r})")
 
     def attack(self, model, prompt: str, target_images: torch.Tensor, fixed: tuple | None = None,
                check=None) -> dict:
@@ -110,7 +121,8 @@ class UnlearnDiffAtk:
                 idx, t, noise = fixed
             else:
                 idx = torch.randint(0, len(x0), (self.samples,), generator=g)
-                t = torch.randint(0, T, (self.samples,), generator=g)
+                t = torch.randint(0, T, (self.samples,), generator=g) if self.timesteps == "random" else \
+                    torch.full((self.samples,), (2 * step + 1) * T // (2 * self.steps))  # the reference's sweep
                 noise = torch.randn((self.samples, *x0.shape[1:]), generator=g)
             logits = z.masked_fill(~allowed, float("-inf"))
             soft = torch.softmax(logits, -1)
