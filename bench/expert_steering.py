@@ -39,7 +39,7 @@ def balanced(method, coef: float):
                 h.remove()
         top_k = int(model.config.num_experts_per_tok)
         aux = load_balancing_loss_func(tuple(caught), num_experts(model), top_k)  # pads included: a bench
-        return value + coef * aux, logs | {"aux": float(aux)}
+        return value + coef * aux, logs | {"aux": float(aux.detach())}
 
     method.loss = loss
     return method
