@@ -126,7 +126,7 @@ def test_ada_lp_always_flagging_halts_at_once(model_tok):
     g._w[-1] = 10.0
     reps = decode(model, tok, [prompt_ids(tok, "hello")], guards=[g], max_new_tokens=30)
     assert reps[0].finish_reason == "content_filter" and reps[0].halted_by == "ada_lp"
-    assert len(reps[0].token_ids) == 1  # halted right after the prompt: one token decoded in that step only
+    assert reps[0].token_ids == []  # halted at the prompt, before any token of the reply
 
 
 def test_ada_lp_fit_and_roundtrip(model_tok, policy, tmp_path):
