@@ -200,7 +200,7 @@ class Engine:
         """The decode result for a row that was not finished token by token (hold_all, or a guard halted it)."""
         n, m = len(req.tokens), req.max_tokens
         if rep.halted_by is None and len(rep.token_ids) <= m:
-            self._finish(req, self._text(req, rep.token_ids) if req.prefill else rep.text, rep.finish_reason)
+            self._finish(req, self._text(req, rep.token_ids), rep.finish_reason)
         elif rep.halted_by not in (None, CANCELLED) and n < m:  # halted within this request's own budget
             self._finish(req, rep.text, "content_filter")
         else:  # cut to max_tokens; on_finish guards judge the text this request would have got on its own

@@ -133,9 +133,10 @@ class UnlearnDiffAtk:
             loss.backward()
             opt.step()
             history.append(float(loss.detach()))
-            if check is not None and self.eval_every and (step + 1) % self.eval_every == 0 \
-                    and check(self._found(model, z, allowed, prompt)["prompt"]):
-                return {**self._found(model, z, allowed, prompt), "history": history, "stopped_at": step + 1}
+            if check is not None and self.eval_every and (step + 1) % self.eval_every == 0:
+                found = self._found(model, z, allowed, prompt)
+                if check(found["prompt"]):
+                    return {**found, "history": history, "stopped_at": step + 1}
         return {**self._found(model, z, allowed, prompt), "history": history, "stopped_at": None}
 
     @staticmethod
