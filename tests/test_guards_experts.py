@@ -126,7 +126,7 @@ def test_decision_tokens_score_the_last_prompt_token(moe, world_dir, monkeypatch
     rows = policy_rows(world_dir, "policy_train")[::16]
     refused = [r["kind"] == "harmful" for r in rows]
     monkeypatch.setattr(es, "judged_replies", lambda m, t, prompts, n=32: (["x"] * len(rows), refused))
-    g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, tokens="decision")
+    g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, tokens="decision", score="frequency")
     seqs = [prompt_ids(tok, r["prompt"]) for r in rows]
     with_ctx = [routing_frequency(model, [s for s, f in zip(seqs, refused) if f == want], 2,
                                   [len(s) - 1 for s, f in zip(seqs, refused) if f == want]) for want in (True, False)]
@@ -141,7 +141,7 @@ def test_paired_tokens_contrast_the_same_prompts_with_a_refusal_and_an_answer(mo
     model, tok = moe
     rows = [r for r in policy_rows(world_dir, "policy_train") if r["kind"] == "harmful"][:6]
     monkeypatch.setattr(es, "judged_replies", lambda *a, **k: pytest.fail("paired scoring generates nothing"))
-    g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, tokens="paired")
+    g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, tokens="paired", score="frequency")
     seqs = [prompt_ids(tok, r["prompt"]) for r in rows]
     starts = [len(s) for s in seqs]
     side = {key: routing_frequency(model, [s + tok(r[key], add_special_tokens=False)["input_ids"]
@@ -150,4 +150,44 @@ def test_paired_tokens_contrast_the_same_prompts_with_a_refusal_and_an_answer(mo
     # each counted token is routed to 2 experts per layer, so a side's frequencies sum to 2 per layer
     assert torch.allclose(side["refusal"].sum(-1), torch.full((2,), 2.0))
     with pytest.raises(es.UsageError, match="both a 'refusal' and an 'answer'"):
-        ExpertSteering.fit(model, tok, {"policy_train": [{"prompt": r["prompt"]} for r in rows]}, tokens="paired")
+        ExpertSteering.fit(model, tok, {"policy_train": [{"prompt": r["prompt"]} for r in rows]}, tokens="paired",
+                           score="frequency")
+
+
+def test_ablation_scores_are_the_refusal_loglik_drop_beyond_the_answer_drop(moe, world_dir, monkeypatch):
+    """score=ablation: the `candidates` experts with the largest |activation difference| are switched off one at a
+    time; each scores (mean drop in its refusals' per-token log-likelihood) - (the same on answers), recomputed here
+    through evaluate's teacher-forced pass with the guard attached (so routing edits reach likelihood metrics)."""
+    from obliviate.evaluate import _forward_stats
+    from obliviate.guards import attach
+    from obliviate.models.encode import encode_pair
+
+    model, tok = moe
+    rows = policy_rows(world_dir, "policy_train")[::16]
+    replies = ["I cannot help with that." if r["kind"] == "harmful" else "Sure, step one is easy." for r in rows]
+    refused = [r["kind"] == "harmful" for r in rows]
+    monkeypatch.setattr(es, "judged_replies", lambda m, t, prompts, n=32: (replies, refused))
+    freq = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, score="frequency")._scores
+    g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, candidates=3)
+    tried = torch.isfinite(g._scores)
+    assert int(tried.sum()) == 3
+    assert set(freq.abs().flatten().argsort(descending=True)[:3].tolist()) == set(tried.flatten().nonzero()[:, 0].tolist())
+    assert g._chosen == {int(g._scores.flatten().argmax()) // 4: [int(g._scores.flatten().argmax()) % 4]}
+    enc = [encode_pair(tok, r["prompt"], a) for r, a in zip(rows, replies)]
+
+    def loglik(guards):
+        attach(model, guards)
+        try:
+            return torch.tensor([-st["loss"] for st in _forward_stats(model, enc, tok.pad_token_id or 0, 8)])
+        finally:
+            attach(model, [])
+
+    base, ref = loglik([]), torch.tensor(refused)
+    for i in tried.flatten().nonzero()[:, 0].tolist():
+        off = ExpertSteering(k=1, score="frequency")
+        off._chosen = {i // 4: [i % 4]}
+        drop = base - loglik([off])
+        assert drop.abs().max() > 0  # the expert is really switched off in the teacher-forced pass
+        assert float(g._scores.flatten()[i]) == pytest.approx(float(drop[ref].mean() - drop[~ref].mean()), abs=1e-5)
+    with pytest.raises(es.UsageError, match="candidates >= k"):
+        ExpertSteering(k=4, candidates=2)

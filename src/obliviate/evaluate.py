@@ -46,11 +46,18 @@ def _stats(logits, labels, detail) -> list[dict]:
 def _forward_stats(model, encoded: list, pad: int, batch_size: int, texts: list[str] | None = None) -> list[dict]:
     """Per sequence: mean NLL over answer tokens, token log-probs, Min-K%++ z-scores, greedy predictions.
     Guards attached to the model (`obliviate.guards.attach`) apply their prefill-time hooks to the prompt tokens
-    (`texts[i]` is sequence i's request text), as generation does."""
-    from obliviate.generation import Row, prefill_embeddings
-    from obliviate.guards import attached
+    (`texts[i]` is sequence i's request text), and their router edits (`edit_routing`) to every token, as
+    generation does."""
+    from obliviate.guards import attached, routing_hooks
 
     guards = attached(model)
+    with routing_hooks(model, guards):
+        return _guarded_forward_stats(model, guards, encoded, pad, batch_size, texts)
+
+
+def _guarded_forward_stats(model, guards, encoded, pad, batch_size, texts) -> list[dict]:
+    from obliviate.generation import Row, prefill_embeddings
+
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out: list[dict] = [{}] * len(encoded)

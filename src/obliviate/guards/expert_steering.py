@@ -15,6 +15,16 @@ own replies enter the contrast. At inference, through router hooks (`obliviate.g
 experts with the highest scores are switched `off` (their router logit -> -inf, so the top-k is taken among the
 others and its weights re-normalised: MoTE's "switch off", which lowers refusal) or `on` (logit + 1e4, always in
 the top-k: raises refusal). `select=random` switches k experts drawn with `seed` instead: the control.
+
+`score=ablation` (the default) adds a causal check to these activation differences. A routing frequency says where
+refusal tokens go, not which experts a refusal needs: on tiny Mixtrals aligned with refusal SFT, the experts with
+the largest frequency differences were often not the ones whose removal broke refusal (README, expert steering;
+Marbut et al. 2026, "Expert-Aware Refusal Steering", arXiv:2606.04160, also find that refusal signals differ from
+routing behaviour). So the `candidates` experts with the largest |frequency difference| are each switched off alone
+and scored by how much more that lowers the mean per-token log-likelihood of the model's own refusals than of its
+own answers (teacher-forced on the training prompts): ablation in the sense of causal mediation analysis (Vig et al.
+2020; Meng et al. 2022's causal tracing), one pass over the training replies per candidate. Experts not tried score
+-inf. `score=frequency` keeps the activation differences alone.
 """
 
 from __future__ import annotations
@@ -75,12 +85,15 @@ class ExpertSteering(Guard):
     seed: int = 0
     max_new_tokens: int = 32
     tokens: str = "reply"  # which tokens' routing is scored: reply, prompt or decision (the last prompt token)
+    score: str = "ablation"  # ablation: candidates ranked by switching each off alone; frequency: routing alone
+    candidates: int = 64  # ablation: the experts tried, those with the largest |frequency difference|
 
     def __post_init__(self):
         if self.mode not in ("off", "on") or self.select not in ("top", "random") or self.k < 1 \
-                or self.tokens not in ("reply", "prompt", "decision", "paired"):
+                or self.tokens not in ("reply", "prompt", "decision", "paired") \
+                or self.score not in ("ablation", "frequency") or self.candidates < self.k:
             raise UsageError("expert_steering: mode off|on, select top|random, tokens reply|prompt|decision|paired, "
-                             "k >= 1")
+                             "score ablation|frequency, k >= 1, candidates >= k")
         self._scores = None  # [L, E]
         self._chosen: dict[int, list[int]] = {}
 
@@ -120,16 +133,25 @@ class ExpertSteering(Guard):
             raise UsageError(f"expert_steering: this {type(model).__name__} has no mixture-of-experts routers")
         rows = inputs.get("policy_train") or []
         top_k = int(getattr(text_config(model), "num_experts_per_tok", 2))
+        prompts = [r["prompt"] for r in rows]
+        judged = None
+        if guard.tokens != "paired" or guard.score == "ablation":
+            judged = judged_replies(model, tok, prompts, guard.max_new_tokens)
+            if len(set(judged[1])) < 2:
+                raise UsageError("expert_steering: the model refused all or none of the training prompts; "
+                                 "no contrast")
         f_ref, f_com = (_paired_frequencies(model, tok, rows, top_k) if guard.tokens == "paired" else
-                        _judged_frequencies(model, tok, rows, top_k, guard.tokens, guard.max_new_tokens))
-        guard._scores = f_ref - f_com
+                        _judged_frequencies(model, tok, prompts, *judged, top_k, guard.tokens))
+        guard._scores = f_ref - f_com  # [L, E] activation differences
         if guard.k > guard._scores.numel():
             raise UsageError(f"expert_steering: k={guard.k} but the model has {guard._scores.numel()} experts")
+        if guard.score == "ablation":
+            guard._scores = ablation_scores(model, tok, prompts, *judged, guard._scores, guard.candidates)
         guard._chosen = guard.choose()
         return guard
 
     def report(self, model, tok, inputs):
-        return {"experts": float(self.k), "chosen": ";".join(f"{layer}:{e}" for layer, es in sorted(self._chosen.items())
+        return {"experts": float(self.k), "score": self.score, "chosen": ";".join(f"{layer}:{e}" for layer, es in sorted(self._chosen.items())
                                                              for e in es)}
 
     def tensors(self):
@@ -140,17 +162,13 @@ class ExpertSteering(Guard):
         self._chosen = self.choose()
 
 
-def _judged_frequencies(model, tok, rows: list[dict], top_k: int, tokens: str,
-                        max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Routing frequencies on the prompts the model refuses and on those it answers (its own greedy replies,
+def _judged_frequencies(model, tok, prompts: list[str], replies: list[str], refused: list[bool], top_k: int,
+                        tokens: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Routing frequencies on the prompts the model refuses and on those it answers (its own greedy `replies`,
     judged), counted over `tokens`: reply, prompt or decision (see the module docstring)."""
     from obliviate.models.encode import prompt_ids
 
-    prompts = [r["prompt"] for r in rows]
     seqs = [prompt_ids(tok, p) for p in prompts]
-    replies, refused = judged_replies(model, tok, prompts, max_new_tokens)
-    if len(set(refused)) < 2:
-        raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
     if tokens == "reply":  # prompt + the reply's tokens; only the reply's are counted
         starts = [len(s) for s in seqs]
         seqs = [s + tok(r, add_special_tokens=False)["input_ids"] for s, r in zip(seqs, replies)]
@@ -165,6 +183,50 @@ def _judged_frequencies(model, tok, rows: list[dict], top_k: int, tokens: str,
         return routing_frequency(model, [seqs[i] for i in chosen], top_k, [starts[i] for i in chosen])
 
     return side(True), side(False)
+
+
+@torch.no_grad()
+def reply_loglik(model, tok, prompts: list[str], replies: list[str], off: dict[int, list[int]] | None = None,
+                 batch_size: int = 32) -> torch.Tensor:
+    """[N]: mean per-token log-likelihood of each reply after its prompt (chat template, teacher-forced), with the
+    experts in `off` ({layer: [expert]}) switched off through the router hooks."""
+    from obliviate.guards import routing_hooks
+    from obliviate.models.encode import collate, encode_pair, sequence_logp
+
+    probe = []
+    if off:
+        probe = [ExpertSteering(k=sum(map(len, off.values())), score="frequency")]
+        probe[0]._chosen = off
+    pairs = [encode_pair(tok, p, r) for p, r in zip(prompts, replies)]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    out = []
+    with routing_hooks(model, probe):
+        for i in range(0, len(pairs), batch_size):
+            batch = {k: v.to(device) for k, v in collate(pairs[i: i + batch_size], pad).items()}
+            total, n = sequence_logp(model, batch)
+            out.append((total / n.clamp(min=1)).float().cpu())
+    return torch.cat(out)
+
+
+def ablation_scores(model, tok, prompts: list[str], replies: list[str], refused: list[bool],
+                    activation: torch.Tensor, candidates: int) -> torch.Tensor:
+    """[L, E]: for the `candidates` experts with the largest |activation difference|, each switched off alone, the
+    drop in mean per-token log-likelihood of the model's own replies averaged over refused prompts minus the same
+    over answered ones (the refusal it removes beyond the general damage); -inf for experts not tried."""
+    keep = [i for i, r in enumerate(replies) if r.strip()]
+    prompts, replies = [prompts[i] for i in keep], [replies[i] for i in keep]
+    ref = torch.tensor([refused[i] for i in keep])
+    if ref.all() or not ref.any():
+        raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
+    L, E = activation.shape
+    tried = activation.abs().flatten().argsort(descending=True)[:candidates].tolist()
+    base = reply_loglik(model, tok, prompts, replies)
+    scores = torch.full((L, E), float("-inf"))
+    for i in tried:
+        drop = base - reply_loglik(model, tok, prompts, replies, {i // E: [i % E]})
+        scores[i // E, i % E] = drop[ref].mean() - drop[~ref].mean()
+    return scores
 
 
 def _paired_frequencies(model, tok, rows: list[dict], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
