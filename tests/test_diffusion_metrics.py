@@ -36,6 +36,26 @@ def test_frechet_distance_against_closed_forms():
     assert frechet_distance(a, b) == pytest.approx(want, rel=1e-9)
 
 
+def test_frechet_distance_on_singular_covariances_retries_with_an_offset():
+    """A feature that never varies (a saturated classifier output) makes S1 S2 exactly singular and scipy's sqrtm
+    warns; like pytorch-fid, eps * I (1e-6) is then added to both covariances: no warning, a finite value. Checked
+    against the same formula computed here with the offset."""
+    import warnings
+
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(20, 4)), rng.normal(1.0, 2.0, size=(20, 4))
+    a[:, 0], b[:, 0] = 1.0, 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = frechet_distance(a, b)
+    eps = 1e-6 * np.eye(4)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    want = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa + sb - 2 * sqrtm((sa + eps) @ (sb + eps)).real)
+    assert np.isfinite(got) and got == pytest.approx(want, rel=1e-6)
+
+
 def test_over_erasure_rate_by_hand():
     wants = {"object": [0, 1, 2, -1], "colour": [-1, 3, 3, 4]}
     preds = {"object": [0, 1, 0, 9], "colour": [7, 3, 3, 1]}

@@ -42,13 +42,22 @@ def cross_domain_accuracy(preds: dict, wants: dict, erased_factor: str) -> float
 
 def frechet_distance(feat_a, feat_b) -> float:
     """Frechet distance between Gaussian fits of two feature sets [N, F] (Heusel et al. 2017, Eq. 6)."""
-    from scipy.linalg import sqrtm
+    import warnings
+
+    from scipy.linalg import LinAlgWarning, sqrtm
 
     a, b = _as_np(feat_a).astype(np.float64), _as_np(feat_b).astype(np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     s_a, s_b = np.atleast_2d(s_a), np.atleast_2d(s_b)
-    covmean = sqrtm(s_a @ s_b)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LinAlgWarning)
+        covmean = sqrtm(s_a @ s_b)
+    if caught or not np.isfinite(covmean).all():
+        # a singular product (fewer images than features): the reference FID code (pytorch-fid,
+        # `calculate_frechet_distance`) retries with eps * I added to both covariances, eps = 1e-6
+        offset = np.eye(s_a.shape[0]) * 1e-6
+        covmean = sqrtm((s_a + offset) @ (s_b + offset))
     if np.iscomplexobj(covmean):  # numerical noise: keep the real part, as the reference FID code does
         covmean = covmean.real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean))
