@@ -45,3 +45,16 @@ def test_demo_acceptance(tmp_path):
     assert (tmp_path / "demo" / "samples.jsonl").stat().st_size > 0
     assert (tmp_path / "demo" / "report.md").is_file()
     assert doc["wall_seconds"] > 0
+
+
+def test_a_failed_demo_leaves_no_worker_scratch(tmp_path, monkeypatch):
+    """The workers' tokenizer copy (OUT/.tokenizer) is removed when a job fails, not only after success."""
+    import obliviate.demo as demo
+
+    def boom(job):
+        raise RuntimeError("job failed")
+
+    monkeypatch.setattr(demo, "_run_job", boom)
+    with pytest.raises(RuntimeError, match="job failed"):
+        demo.run_demo(tmp_path / "d", methods=["grad_ascent"], progress=False, workers=1)
+    assert (tmp_path / "d" / "world").is_dir() and not (tmp_path / "d" / ".tokenizer").exists()

@@ -44,15 +44,17 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
                "finetune_steps": finetune_steps}
         tok.save_pretrained(o / ".tokenizer")  # the workers' tokenizer: the very one built here
         rows, seconds = {}, {}
-        with Workers(workers) as pool:
-            # target and oracle are independent, and so are the methods once the target exists: with 2 workers
-            # each stage runs as two single-thread processes (this 0.6M model's matmuls are too small to keep
-            # two threads busy; README, "make demo")
-            for stage in (["target", "oracle"], list(classes)):
-                for name, r, secs, steps in pool.map(_run_job, [job | {"name": n} for n in stage]):
-                    rows[name], seconds[name] = r, secs
-                    console.log(f"{name}: {steps} steps in {secs:.1f} s")
-        shutil.rmtree(o / ".tokenizer", ignore_errors=True)
+        try:
+            with Workers(workers) as pool:
+                # target and oracle are independent, and so are the methods once the target exists: with 2
+                # workers each stage runs as two single-thread processes (this 0.6M model's matmuls are too small
+                # to keep two threads busy; README, "make demo")
+                for stage in (["target", "oracle"], list(classes)):
+                    for name, r, secs, steps in pool.map(_run_job, [job | {"name": n} for n in stage]):
+                        rows[name], seconds[name] = r, secs
+                        console.log(f"{name}: {steps} steps in {secs:.1f} s")
+        finally:  # a failed or interrupted run leaves no worker scratch behind
+            shutil.rmtree(o / ".tokenizer", ignore_errors=True)
 
         guard_rows = guard_runs(o, tok, splits, rows, world, forget_split, seed, console) if guards else {}
         rows |= guard_rows
