@@ -191,3 +191,20 @@ def test_ablation_scores_are_the_refusal_loglik_drop_beyond_the_answer_drop(moe,
         assert float(g._scores.flatten()[i]) == pytest.approx(float(drop[ref].mean() - drop[~ref].mean()), abs=1e-5)
     with pytest.raises(es.UsageError, match="candidates >= k"):
         ExpertSteering(k=4, candidates=2)
+
+
+def test_guard_fit_cli_bad_input(moe, target_dir, world_dir, tmp_path, capsys):
+    """`obliviate guard fit expert_steering`: a dense model, a model that refuses nothing (no contrast) and a bad
+    option each exit 2 with one line and leave no output."""
+    from obliviate.models.load import save_model
+
+    from .test_cli import assert_bad_input
+
+    model, tok = moe
+    moe_dir = tmp_path / "moe"
+    save_model(model, tok, moe_dir)  # random weights: it refuses none of the training prompts
+    o = tmp_path / "g"
+    fit = ["guard", "fit", "expert_steering", "--data", world_dir, "--out", o]
+    assert_bad_input([*fit, "--model", target_dir], capsys, o, "no mixture-of-experts routers")
+    assert_bad_input([*fit, "--model", moe_dir, "--option", "max_new_tokens=4"], capsys, o, "no contrast")
+    assert_bad_input([*fit, "--model", moe_dir, "--option", "score=causal"], capsys, o, "score ablation|frequency")
