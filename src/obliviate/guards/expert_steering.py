@@ -145,7 +145,7 @@ class ExpertSteering(Guard):
         guard._scores = f_ref - f_com  # [L, E] activation differences
         if guard.k > guard._scores.numel():
             raise UsageError(f"expert_steering: k={guard.k} but the model has {guard._scores.numel()} experts")
-        if guard.score == "ablation":
+        if guard.score == "ablation" and guard.select == "top":  # a random choice never reads the scores
             guard._scores = ablation_scores(model, tok, prompts, *judged, guard._scores, guard.candidates)
         guard._chosen = guard.choose()
         return guard
