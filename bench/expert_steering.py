@@ -3,14 +3,15 @@
 For each model seed: build a world, train an unaligned tiny Mixtral target (every people fact and policy answer),
 align it with refusal SFT, fit `expert_steering` (the k experts whose removal lowers the likelihood of the model's
 own refusals most beyond its answers, among those whose activation frequency differs most between refused and
-complied training prompts; `--score frequency`: the activation difference alone) and measure the refusal rate on the world's harmful test prompts with
-those k experts switched off, against the control: k experts chosen at random. With `--draws 0` (the default) the
+complied training prompts; `--score frequency`: the activation difference alone) and measure the refusal rate on
+the world's harmful test prompts with those k experts switched off, against the control: k experts chosen at
+random. With `--draws 0` (the default) the
 control is every k-subset of the model's experts, so its mean is the exact expectation of "k random experts off"
 and no draw luck enters; `--draws N` samples N subsets instead. Utility is the ROUGE-L recall of the benign test
 replies against their reference answers (cut to the reply's length). Prints figures; it is not a test.
 
-    python bench/expert_steering.py --seeds 0,1,2 --k 2 --experts 4 --threads 2 \
-        [--score ablation|frequency] [--align-params all|moe] [--tokens prompt|reply|decision|paired] [--layers 2] [--aux-loss 0.01]
+    python bench/expert_steering.py --seeds 0,1,2 --k 2 --experts 4 --threads 2 [--score ablation|frequency] \
+        [--align-params all|moe] [--tokens prompt|reply|decision|paired] [--layers 2] [--aux-loss 0.01]
 
 `--align-params moe` aligns with the MoE layers' parameters only (routers and experts; attention, norms and
 embeddings frozen), as expert-specialised fine-tuning does (ESFT, Wang et al. 2024, "Let the Expert Stick to His

@@ -171,7 +171,8 @@ def test_ablation_scores_are_the_refusal_loglik_drop_beyond_the_answer_drop(moe,
     g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, candidates=3)
     tried = torch.isfinite(g._scores)
     assert int(tried.sum()) == 3
-    assert set(freq.abs().flatten().argsort(descending=True)[:3].tolist()) == set(tried.flatten().nonzero()[:, 0].tolist())
+    top3 = set(freq.abs().flatten().argsort(descending=True)[:3].tolist())
+    assert top3 == set(tried.flatten().nonzero()[:, 0].tolist())
     assert g._chosen == {int(g._scores.flatten().argmax()) // 4: [int(g._scores.flatten().argmax()) % 4]}
     enc = [encode_pair(tok, r["prompt"], a) for r, a in zip(rows, replies)]
 

@@ -30,6 +30,7 @@ own answers (teacher-forced on the training prompts): ablation in the sense of c
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ from obliviate.errors import UsageError
 from obliviate.guards import GUARDS, Guard, num_experts, router_modules
 from obliviate.guards.refusal_predictor import judged_replies
 from obliviate.models.anatomy import text_config
+from obliviate.progress import progress_bar
 
 
 @torch.no_grad()
@@ -151,8 +153,8 @@ class ExpertSteering(Guard):
         return guard
 
     def report(self, model, tok, inputs):
-        return {"experts": float(self.k), "score": self.score, "chosen": ";".join(f"{layer}:{e}" for layer, es in sorted(self._chosen.items())
-                                                             for e in es)}
+        chosen = ";".join(f"{layer}:{e}" for layer, es in sorted(self._chosen.items()) for e in es)
+        return {"experts": float(self.k), "score": self.score, "chosen": chosen}
 
     def tensors(self):
         return {"scores": self._scores}
@@ -223,9 +225,11 @@ def ablation_scores(model, tok, prompts: list[str], replies: list[str], refused:
     tried = activation.abs().flatten().argsort(descending=True)[:candidates].tolist()
     base = reply_loglik(model, tok, prompts, replies)
     scores = torch.full((L, E), float("-inf"))
-    for i in tried:
-        drop = base - reply_loglik(model, tok, prompts, replies, {i // E: [i % E]})
-        scores[i // E, i % E] = drop[ref].mean() - drop[~ref].mean()
+    with progress_bar(len(tried), "expert_steering: switching experts off", enabled=sys.stderr.isatty()) as bar:
+        for i in tried:  # one teacher-forced pass over the training replies per candidate
+            drop = base - reply_loglik(model, tok, prompts, replies, {i // E: [i % E]})
+            scores[i // E, i % E] = drop[ref].mean() - drop[~ref].mean()
+            bar.advance()
     return scores
 
 
