@@ -128,11 +128,10 @@ def run_seed(seed: int, a, work: Path) -> dict:
         return m["refusal_rate"], m["over_refusal_rate"], utility
 
     def switched(flat: tuple[int, ...], mode: str = "off") -> ExpertSteering:
-        g = ExpertSteering(k=len(flat), mode=mode)
-        g._chosen = {}
+        experts: dict[int, list[int]] = {}
         for i in flat:
-            g._chosen.setdefault(i // a.experts, []).append(i % a.experts)
-        return g
+            experts.setdefault(i // a.experts, []).append(i % a.experts)
+        return ExpertSteering.switching(experts, mode)
 
     top = ExpertSteering.fit(model, tok, {"policy_train": data.harmful + data.benign}, k=a.k, tokens=a.tokens,
                               score=a.score)

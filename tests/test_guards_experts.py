@@ -185,9 +185,7 @@ def test_ablation_scores_are_the_refusal_loglik_drop_beyond_the_answer_drop(moe,
 
     base, ref = loglik([]), torch.tensor(refused)
     for i in tried.flatten().nonzero()[:, 0].tolist():
-        off = ExpertSteering(k=1, score="frequency")
-        off._chosen = {i // 4: [i % 4]}
-        drop = base - loglik([off])
+        drop = base - loglik([ExpertSteering.switching({i // 4: [i % 4]})])
         assert drop.abs().max() > 0  # the expert is really switched off in the teacher-forced pass
         assert float(g._scores.flatten()[i]) == pytest.approx(float(drop[ref].mean() - drop[~ref].mean()), abs=1e-5)
     with pytest.raises(es.UsageError, match="candidates >= k"):

@@ -99,6 +99,14 @@ class ExpertSteering(Guard):
         self._scores = None  # [L, E]
         self._chosen: dict[int, list[int]] = {}
 
+    @classmethod
+    def switching(cls, experts: dict[int, list[int]], mode: str = "off") -> "ExpertSteering":
+        """A guard that switches exactly `experts` ({layer: [expert]}) off or on, with no fit (probes, controls)."""
+        k = sum(map(len, experts.values()))
+        guard = cls(k=k, mode=mode, score="frequency", candidates=k)
+        guard._chosen = {layer: list(es) for layer, es in experts.items()}
+        return guard
+
     def choose(self) -> dict[int, list[int]]:
         L, E = self._scores.shape
         flat = list(range(L * E))
@@ -139,9 +147,7 @@ class ExpertSteering(Guard):
         judged = None
         if guard.tokens != "paired" or guard.score == "ablation":
             judged = judged_replies(model, tok, prompts, guard.max_new_tokens)
-            if len(set(judged[1])) < 2:
-                raise UsageError("expert_steering: the model refused all or none of the training prompts; "
-                                 "no contrast")
+            _require_contrast(judged[1])
         f_ref, f_com = (_paired_frequencies(model, tok, rows, top_k) if guard.tokens == "paired" else
                         _judged_frequencies(model, tok, prompts, *judged, top_k, guard.tokens))
         guard._scores = f_ref - f_com  # [L, E] activation differences
@@ -187,6 +193,11 @@ def _judged_frequencies(model, tok, prompts: list[str], replies: list[str], refu
     return side(True), side(False)
 
 
+def _require_contrast(refused: list[bool]) -> None:
+    if len(set(refused)) < 2:
+        raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
+
+
 @torch.no_grad()
 def reply_loglik(model, tok, prompts: list[str], replies: list[str], off: dict[int, list[int]] | None = None,
                  batch_size: int = 32) -> torch.Tensor:
@@ -195,10 +206,7 @@ def reply_loglik(model, tok, prompts: list[str], replies: list[str], off: dict[i
     from obliviate.guards import routing_hooks
     from obliviate.models.encode import collate, encode_pair, sequence_logp
 
-    probe = []
-    if off:
-        probe = [ExpertSteering(k=sum(map(len, off.values())), score="frequency")]
-        probe[0]._chosen = off
+    probe = [ExpertSteering.switching(off)] if off else []
     pairs = [encode_pair(tok, p, r) for p, r in zip(prompts, replies)]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = next(model.parameters()).device
@@ -218,9 +226,8 @@ def ablation_scores(model, tok, prompts: list[str], replies: list[str], refused:
     over answered ones (the refusal it removes beyond the general damage); -inf for experts not tried."""
     keep = [i for i, r in enumerate(replies) if r.strip()]
     prompts, replies = [prompts[i] for i in keep], [replies[i] for i in keep]
+    _require_contrast([refused[i] for i in keep])  # dropping empty replies may remove one side
     ref = torch.tensor([refused[i] for i in keep])
-    if ref.all() or not ref.any():
-        raise UsageError("expert_steering: the model refused all or none of the training prompts; no contrast")
     L, E = activation.shape
     tried = activation.abs().flatten().argsort(descending=True)[:candidates].tolist()
     base = reply_loglik(model, tok, prompts, replies)
