@@ -116,6 +116,44 @@ def test_hooks_are_called_and_probes_crop_back_exactly(model_tok):
     assert all(s % 3 == 0 for _, s in [c for c in g.calls if c[0] == "step"])
 
 
+# Caches that a plain crop cannot rewind once the prompt is longer than their window: sliding-window attention
+# (Mistral, Gemma 3, gpt-oss), short convolutions (LFM2), and recurrent linear-attention states (Qwen3-Next).
+# Tiny random models, window 4, prompts of 9+ tokens.
+REWIND_FAMILIES = {
+    "mistral": dict(sliding_window=4),
+    "gemma3_text": dict(sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
+    "gpt_oss": dict(sliding_window=4, num_local_experts=4, num_experts_per_tok=2,
+                    layer_types=["sliding_attention", "full_attention"]),
+    "lfm2": dict(layer_types=["conv", "full_attention"]),
+    "qwen3_next": dict(layer_types=["linear_attention", "full_attention"], num_experts=4, num_experts_per_tok=2,
+                       moe_intermediate_size=16, shared_expert_intermediate_size=16, linear_num_value_heads=2,
+                       linear_num_key_heads=1, linear_key_head_dim=8, linear_value_head_dim=8),
+}
+
+
+@pytest.mark.parametrize("family", sorted(REWIND_FAMILIES))
+def test_probes_rewind_sliding_window_and_recurrent_caches(model_tok, family):
+    """`Session.probe` puts back every kind of cache layer, not only full attention: the guarded replies equal the
+    plain ones (which equal transformers' generate) and two identical probes see the same logits."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, tok = model_tok
+    cfg = AutoConfig.for_model(family, vocab_size=len(tok), hidden_size=32, intermediate_size=64, head_dim=16,
+                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                               **REWIND_FAMILIES[family])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    prompts = sorted([prompt_ids(tok, q) for q in QUESTIONS[2:]], key=len)
+    assert min(map(len, prompts)) > 4  # past the window before the first probe
+    plain = decode(model, tok, prompts, max_new_tokens=9)
+    assert [r.text for r in plain] == _hf_generate(model, tok, prompts, 9)
+    g = Recorder()
+    guarded = decode(model, tok, prompts, guards=[g], max_new_tokens=9)
+    assert [r.token_ids for r in guarded] == [r.token_ids for r in plain]
+    assert len(g.crops_ok) >= 2 and all(g.crops_ok)
+
+
 @dataclass
 class HaltAt(Guard):
     name = "halt_at"

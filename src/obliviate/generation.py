@@ -83,6 +83,7 @@ class Session:
         (hidden=True), "lookahead": [B, lookahead] token ids}."""
         n0, mask0 = self.cache.get_seq_length(), self.mask
         device = mask0.device
+        restore = _rewind_point(self.cache)
         try:
             out = self.forward(torch.tensor([extra_ids] * len(self.rows), device=device), hidden=hidden)
             res = {"logits": out.logits[:, -1].float(), "hidden": out.hidden_states if hidden else None}
@@ -94,12 +95,36 @@ class Session:
             return res
         finally:
             self.cache.crop(n0 - self.cache.get_seq_length())  # a negative count removes that many tokens
+            restore()
             self.mask = mask0
 
     def halt(self, r: int, by: str, refusal: str) -> None:
         if self.active[r]:
             self.active[r] = False
             self.rows[r].halted_by, self.rows[r].refusal = by, refusal
+
+
+def _rewind_point(cache) -> Callable[[], None]:
+    """Make `cache.crop(-n)` able to undo the next n tokens, and return what restores the rest afterwards.
+
+    A full-attention layer crops back exactly. A sliding-window layer keeps only its last `window - 1` keys, and a
+    short-convolution layer (hybrid models) only its last kernel's inputs, so once the window is full a crop has
+    nothing to give back (transformers raises): both are told to record their past, transformers' own rollback
+    for assisted decoding, and the crop trims them back to size. A recurrent (linear-attention, SSM) state is
+    updated in place and no crop undoes it, so it is cloned here and copied back."""
+    layers = getattr(cache, "layers", [])
+    recording = [(layer, layer.record_past) for layer in layers if hasattr(layer, "record_past")]
+    for layer, _ in recording:
+        layer.activate_past_recording()
+    states = [(layer.recurrent_states, i, t.clone()) for layer in layers
+              for i, t in (getattr(layer, "recurrent_states", None) or {}).items() if t is not None]
+
+    def restore() -> None:
+        for layer, was in recording:
+            layer.record_past = was
+        for d, i, t in states:
+            d[i] = t  # the clone itself: the probe wrote into the tensor that was there
+    return restore
 
 
 def prefill_embeddings(model, guards, ids: torch.Tensor, editable: torch.Tensor, rows: list[Row]) -> torch.Tensor:
