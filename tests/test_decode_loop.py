@@ -131,19 +131,23 @@ REWIND_FAMILIES = {
 }
 
 
+def rewind_model(family: str, vocab_size: int = 64, pad: int = 0, eos: int = 2):
+    """A tiny random model of one of REWIND_FAMILIES (2 layers, d 32, seeded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(family, vocab_size=vocab_size, hidden_size=32, intermediate_size=64, head_dim=16,
+                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                               pad_token_id=pad, eos_token_id=eos, **REWIND_FAMILIES[family])
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
 @pytest.mark.parametrize("family", sorted(REWIND_FAMILIES))
 def test_probes_rewind_sliding_window_and_recurrent_caches(model_tok, family):
     """`Session.probe` puts back every kind of cache layer, not only full attention: the guarded replies equal the
     plain ones (which equal transformers' generate) and two identical probes see the same logits."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     _, tok = model_tok
-    cfg = AutoConfig.for_model(family, vocab_size=len(tok), hidden_size=32, intermediate_size=64, head_dim=16,
-                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                               **REWIND_FAMILIES[family])
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model = rewind_model(family, len(tok), tok.pad_token_id, tok.eos_token_id)
     prompts = sorted([prompt_ids(tok, q) for q in QUESTIONS[2:]], key=len)
     assert min(map(len, prompts)) > 4  # past the window before the first probe
     plain = decode(model, tok, prompts, max_new_tokens=9)

@@ -98,3 +98,26 @@ def test_shared_prompt_stats_on_every_family(family):
             assert [s["loss"] for s in got] == pytest.approx([f["loss"] for f in full], abs=1e-5)
             assert got[0]["token_logps"] == pytest.approx(full[0]["token_logps"], abs=1e-5)
             assert got[0]["pred_ids"] == full[0]["pred_ids"]
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "gpt_oss", "lfm2", "mistral", "qwen3_next"])
+def test_shared_prompt_stats_past_a_sliding_window_and_on_hybrid_caches(family):
+    """The prompt pass fills caches that keep only a window (Mistral, Gemma 3, gpt-oss: window 4 < the 9-token
+    prompt) or a convolution / recurrent state (LFM2, Qwen3-Next); repeating its rows for the answers must carry
+    all of them (`batch_select_indices` does not exist on linear-attention layers)."""
+    import torch
+    from tests.test_decode_loop import REWIND_FAMILIES, rewind_model
+
+    from obliviate.evaluate import _forward_stats, _shared_prompt_stats
+    from obliviate.models.encode import IGNORE
+
+    assert family in REWIND_FAMILIES
+    model = rewind_model(family)
+    groups = [([1, 5, 9, 13, 7, 3, 8, 9, 10], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2, 5, 6]]),
+              ([1, 6, 3], [[40, 41, 2], [42, 2]])]
+    with torch.no_grad():
+        shared = _shared_prompt_stats(model, groups, 0)
+        for (prompt, answers), got in zip(groups, shared):
+            full = _forward_stats(model, [(prompt + a, [IGNORE] * len(prompt) + a) for a in answers], 0, 8)
+            assert [s["loss"] for s in got] == pytest.approx([f["loss"] for f in full], abs=1e-5)
+            assert got[0]["token_logps"] == pytest.approx(full[0]["token_logps"], abs=1e-5)

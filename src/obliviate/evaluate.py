@@ -106,7 +106,7 @@ def _shared_prompt_stats(model, groups: list[tuple[list[int], list[list[int]]]],
         a_mask[r, : len(a)] = 1  # right padding: never attended to by the answer's own tokens (causal)
     logits = first[owner]  #                                                                  [R, 1, V]
     if A > 1:
-        cache.batch_select_indices(owner)  # row r continues its group's prompt
+        cache.reorder_cache(owner)  # row r continues its group's prompt (every layer kind: KV, conv, recurrent)
         full_mask = torch.cat([mask[owner], a_mask[:, :-1]], 1)
         more = model(input_ids=a_ids[:, :-1], attention_mask=full_mask, position_ids=_positions(full_mask)[:, -(A - 1):],
                      cache=cache, use_cache=True).logits
