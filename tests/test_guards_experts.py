@@ -207,3 +207,22 @@ def test_guard_fit_cli_bad_input(moe, target_dir, world_dir, tmp_path, capsys):
     assert_bad_input([*fit, "--model", target_dir], capsys, o, "no mixture-of-experts routers")
     assert_bad_input([*fit, "--model", moe_dir, "--option", "max_new_tokens=4"], capsys, o, "no contrast")
     assert_bad_input([*fit, "--model", moe_dir, "--option", "score=causal"], capsys, o, "score ablation|frequency")
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "qwen3_next"])
+def test_routers_of_fused_expert_families_steer(family):
+    """transformers 5's fused-expert MoEs (gpt-oss, Qwen3-Next): one router per layer, beside the experts. Qwen3-Next's
+    linear-attention layer also holds a [4, d] projection (2 value heads x 2), as many rows as it has experts: it
+    must not be taken for the router. Switching an expert off removes it from the routing."""
+    from tests.test_decode_loop import rewind_model
+
+    model = rewind_model(family)
+    routers = router_modules(model)
+    assert [layer for layer, _ in routers] == [0, 1]
+    assert all("router" in type(r).__name__.lower() for _, r in routers)  # the names agree with the structure
+    seqs = [[5, 6, 7, 8, 9, 10, 11, 30, 40, 50], [20, 30, 40, 50]]
+    top = int(routing_frequency(model, seqs, 2)[0].argmax())
+    g = ExpertSteering.switching({0: [top]}, "off")
+    g.attach(model, None)
+    with routing_hooks(model, [g]):
+        assert routing_frequency(model, seqs, 2)[0, top] == 0

@@ -230,19 +230,31 @@ def num_experts(model) -> int | None:
 
 def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
     """(layer, router) pairs of a mixture-of-experts model: in every decoder layer, the linear map from the
-    residual width to the expert count (Mixtral's `gate`, Qwen-MoE's router, ...). Found by shape, not by name."""
+    residual width to the expert count (Mixtral's `gate`, Qwen-MoE's router, ...) that sits beside the experts.
+    Found by structure, not by name: its weight is [experts, d], and a sibling holds the experts (a module list
+    of that many, or a parameter whose first dimension is the expert count: transformers 5's fused experts). The
+    sibling test matters: a hybrid layer can hold another [experts, d] map by coincidence (a Qwen3-Next
+    linear-attention layer with 2 value heads has a [4, d] projection beside a 4-expert MoE)."""
     from obliviate.models.anatomy import decoder_layers
 
     n_exp = num_experts(model)
     if not n_exp:
         return []
+
+    def holds_experts(m: torch.nn.Module) -> bool:
+        return any(isinstance(x, torch.nn.ModuleList) and len(x) == n_exp for x in m.modules()) or \
+            any(p.dim() >= 3 and p.shape[0] == n_exp for p in m.parameters())
+
     out = []
     for i, ly in enumerate(decoder_layers(model)):
-        for m in ly.modules():
-            w = getattr(m, "weight", None)
-            if isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[0] == n_exp and w.shape[1] != n_exp \
-                    and not isinstance(m, torch.nn.Embedding):
-                out.append((i, m))
+        for parent in ly.modules():
+            kids = list(parent.children())
+            hit = [m for m in kids if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
+                   and m.weight.shape[0] == n_exp and m.weight.shape[1] != n_exp
+                   and not isinstance(m, torch.nn.Embedding)
+                   and any(holds_experts(k) for k in kids if k is not m)]
+            if hit:
+                out.append((i, hit[0]))
                 break
     return out
 
