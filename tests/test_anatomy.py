@@ -22,6 +22,16 @@ FAMILIES = {
     "falcon": (dict(SMALL, new_decoder_architecture=False, parallel_attn=True), 2, True),
     "gemma2": (dict(SMALL, head_dim=8), 2, False),  # post-norms
     "olmo2": (SMALL, 2, False),  # post-norms, no pre-norms
+    # mixtures of experts (transformers 5 fuses the experts into [E, ...] tensors): orthogonalised through the
+    # write axes models.anatomy.expert_slots finds. Mixtral with expert width = d (both axes of down_proj are d),
+    # Qwen2-MoE with a gated shared expert, gpt-oss with expert biases, DeepSeek-V3 with MLA and a dense layer 0
+    "mixtral": (dict(SMALL, num_local_experts=4, num_experts_per_tok=2, intermediate_size=32), 2, True),
+    "qwen2_moe": (dict(SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                       shared_expert_intermediate_size=24), 2, True),
+    "gpt_oss": (dict(SMALL, num_local_experts=4, num_experts_per_tok=2, intermediate_size=24, head_dim=8), 2, True),
+    "deepseek_v3": (dict(SMALL, num_key_value_heads=4, moe_intermediate_size=16, first_k_dense_replace=1, n_routed_experts=8,
+                         num_experts_per_tok=2, n_group=2, topk_group=1, kv_lora_rank=16, q_lora_rank=16,
+                         qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8), 2, True),
 }
 
 
@@ -107,3 +117,28 @@ def test_final_norm_is_what_the_head_reads(family, path):
 
     model = _model(family)
     assert final_norm(model) is model.get_submodule(path)
+
+
+def test_project_out_by_hand():
+    """W [2, 3] written along axis 0 (a Linear's columns), u = (0.6, 0.8): each column c becomes c - (u.c) u."""
+    from obliviate.models.anatomy import project_out
+
+    w = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+    project_out(w, 0, torch.tensor([0.6, 0.8]))
+    assert torch.allclose(w, torch.tensor([[0.64, -0.48, 0.8], [-0.48, 0.36, -0.6]]), atol=1e-6)
+    e = torch.tensor([[[1.0, 0.0], [2.0, 1.0]]])  # [E=1, ff=2, d=2], written along axis 2
+    project_out(e, 2, torch.tensor([1.0, 0.0]))
+    assert torch.equal(e, torch.tensor([[[0.0, 0.0], [0.0, 1.0]]]))
+
+
+def test_expert_slots_are_the_write_axes_only():
+    """On a tiny Mixtral whose expert width equals d, of the [E, d, d] down projection only the output axis is a
+    write axis; the router and the experts' input projections are read axes."""
+    from obliviate.models.anatomy import expert_slots
+
+    model = _model("mixtral")
+    moe = anatomy(model).writers[0][1]
+    slots = expert_slots(moe, 32)
+    names = {id(p): n for n, p in moe.named_parameters()}
+    assert [(names[id(p)], axis) for p, axis in slots] == [("experts.down_proj", 1)]
+    assert expert_slots(anatomy(_model("gemma2")).writers[0][0], 32) is None  # a post-norm: not linear

@@ -23,8 +23,9 @@ Architecture-agnostic: the decoder layers and what each writes to the residual s
 (`models.anatomy`), not by module names. Arditi et al.'s code hooks each block's input and its attention and MLP
 outputs per supported family; we hook every layer's input and every residual writer that the probe finds, which
 covers post-norm layers (Gemma 2) and parallel-residual ones (GPT-NeoX). Weight orthogonalisation needs each
-writer to end in one linear projection; where one does not (post-norms, fused experts) the attack reports
-`orthogonalized = 0` and saves no edited model. A model whose unembedding is tied to its embedding (SmolLM2,
+writer to end in one linear projection, or to be a mixture of experts whose write axes the test in
+`models.anatomy.expert_slots` finds (fused expert tensors, shared experts, biases); where neither holds
+(post-norms) the attack reports `orthogonalized = 0` and saves no edited model. A model whose unembedding is tied to its embedding (SmolLM2,
 Gemma) is untied before the embedding is edited, so that the read-out stays as the hooks leave it. Budget: `n_train` prompts per class for the
 means, `n_val` per class for the selection, and which candidates are tried: `layers` (comma-separated layer
 indices, default every layer) and `positions` (the last k post-instruction positions, default all).
@@ -47,7 +48,7 @@ from obliviate.attacks import ATTACKS, Attack, AuditContext, refusal_rate
 from obliviate.errors import UsageError
 from obliviate.generation import left_pad
 from obliviate.models.encode import post_instruction_tokens  # noqa: F401  (re-exported)
-from obliviate.models.anatomy import anatomy, decoder_layers, embeddings, probe_forward, write_projections
+from obliviate.models.anatomy import anatomy, decoder_layers, embeddings, probe_forward, project_out, write_slots
 
 
 def _project_out(x: torch.Tensor, r_hat: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ def orthogonalize(model, r_hat: torch.Tensor):
     stream entering and leaving every layer has no component left along r_hat; UsageError if the architecture
     writes in a way weights cannot express (a post-norm, experts summed without one projection)."""
     anat = anatomy(model)
-    projs = write_projections(model, anat)
+    slots = write_slots(model, anat)
     embs = embeddings(model, anat.d_model)
     head = model.get_output_embeddings()
     for emb in embs:
@@ -121,14 +122,8 @@ def orthogonalize(model, r_hat: torch.Tensor):
                 model.config.get_text_config().tie_word_embeddings = False
         r = r_hat.to(emb.weight.dtype)
         emb.weight -= (emb.weight @ r).unsqueeze(-1) * r  # rows are written vectors  [V, d]
-    for p in projs:
-        r = r_hat.to(p.weight.dtype)
-        if isinstance(p, torch.nn.Linear):  # [d, d_in]: columns are written vectors
-            p.weight -= r.unsqueeze(-1) * (r @ p.weight).unsqueeze(0)
-        else:  # Conv1D, [d_in, d]: rows are written vectors
-            p.weight -= (p.weight @ r).unsqueeze(-1) * r
-        if p.bias is not None:
-            p.bias -= (p.bias @ r) * r
+    for p, axis in slots:  # Linear [d, d_in]: axis 0; Conv1D [d_in, d]: axis 1; fused experts [E, ff, d]: axis 2
+        project_out(p, axis, r_hat)
     seen = probe_forward(model, anat.layers)
     tol = 1e-4 if r_hat.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 5e-2
     for i, ly in enumerate(anat.layers):

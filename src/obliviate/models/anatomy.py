@@ -9,6 +9,7 @@ never by module names, so that white-box attacks and guards work on any architec
   (GPT-NeoX, Falcon, Phi) and sequential ones (Llama, Qwen, GPT-2, OPT's bare fc2) fall out of the same rule.
 - The write projection of a writer, for weight editing: the `nn.Linear` (or GPT-2's `Conv1D`, weight [in, out])
   inside it whose output tensor *is* the writer's output (same storage), possibly through eval-time dropouts.
+  A mixture of experts has none (its output sums several): its write axes are found by test (`expert_slots`).
 
 The probe runs three tokens through the model once, with hooks that only record tensors.
 """
@@ -151,18 +152,91 @@ def write_projection(writer: nn.Module, seen: dict) -> nn.Module | None:
     return None
 
 
-def write_projections(model, anat: Anatomy) -> list[nn.Module]:
-    """Every writer's projection (UsageError naming the first writer that has none)."""
+Slot = tuple[nn.Parameter, int]  # a parameter and the axis along which it holds written d-vectors
+
+
+def projection_slots(proj: nn.Module) -> list[Slot]:
+    """A Linear writes its weight's columns (weight [d, d_in]: axis 0), GPT-2's Conv1D its rows ([d_in, d]:
+    axis 1); a bias [d] is written as it is."""
+    slots = [(proj.weight, 0 if isinstance(proj, nn.Linear) else 1)]
+    return slots + ([(proj.bias, 0)] if getattr(proj, "bias", None) is not None else [])
+
+
+def project_out(p: torch.Tensor, axis: int, u: torch.Tensor) -> None:
+    """p <- p with its component along unit u [d] removed on `axis` (in place)."""
+    q = p.data.movedim(axis, -1)  # a view: the in-place update below writes p
+    q -= (q @ u.to(q.dtype)).unsqueeze(-1) * u.to(q.dtype)
+
+
+@torch.no_grad()
+def expert_slots(writer: nn.Module, d: int, tokens: int = 64) -> list[Slot] | None:
+    """The parameter axes through which a writer with no single projection writes, found by test: a mixture of
+    experts sums (gated) expert outputs, so its output is linear in each expert's down projection (transformers 5
+    fuses the experts into tensors [experts, ..., d]), in a shared expert's down projection and in the biases.
+    Every axis of length d of every parameter is tried alone: projecting a random unit u out of it is a write
+    axis when the writer's output then moves along u only (projecting a *read* axis, such as the router's or
+    an expert's input, changes the output in other directions too). Then all the write axes are projected
+    together, and the output must be exactly the old one with its u component removed; else None (a post-norm,
+    or a block whose writes are not linear in its weights). Random inputs of `tokens` positions route to most
+    experts; a fused tensor holds all of them, so one routed token suffices to classify it."""
+    try:
+        dev, dt = next(writer.parameters()).device, next(writer.parameters()).dtype
+    except StopIteration:
+        return None
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, tokens, d, generator=g).to(dev, dt)
+    u = torch.randn(d, generator=g)
+    u = (u / u.norm()).to(dev)
+
+    def out():
+        try:
+            return _first(writer(x)).float()
+        except (TypeError, RuntimeError, ValueError):  # a writer that needs more than hidden states
+            return None
+
+    y0 = out()
+    if y0 is None or y0.shape[-1] != d:
+        return None
+    uf, tol = u.float(), (1e-4 if dt == torch.float32 else 2e-2)
+
+    def off_u(delta):  # the share of delta not along u
+        return (delta - (delta @ uf).unsqueeze(-1) * uf).norm() / delta.norm().clamp(min=1e-12)
+
+    slots = []
+    for p in writer.parameters():
+        for axis in [a for a, n in enumerate(p.shape) if n == d]:
+            keep = p.data.clone()
+            project_out(p, axis, u)
+            delta = out() - y0
+            p.data.copy_(keep)
+            if delta.norm() > 0 and off_u(delta) <= tol:
+                slots.append((p, axis))
+    if not slots:
+        return None
+    keep = [p.data.clone() for p, _ in slots]
+    for p, axis in slots:
+        project_out(p, axis, u)
+    y = out()
+    for (p, _), k in zip(slots, keep):
+        p.data.copy_(k)
+    want = y0 - (y0 @ uf).unsqueeze(-1) * uf
+    return slots if (y - want).norm() <= tol * y0.norm().clamp(min=1e-12) else None
+
+
+def write_slots(model, anat: Anatomy) -> list[Slot]:
+    """Every writer's write axes: its projection's (`write_projection`), else its experts' (`expert_slots`);
+    UsageError naming the first writer that has neither."""
     subs = [m for w in anat.all_writers for m in w.modules()]
     seen = probe_forward(model, subs)
-    projs = []
+    slots = []
     for w in anat.all_writers:
         p = write_projection(w, seen)
-        if p is None:
-            raise UsageError(f"{type(w).__name__} writes to the residual stream through no single linear "
-                             "projection, so its weights cannot be orthogonalised (hook-based ablation still works)")
-        projs.append(p)
-    return projs
+        found = projection_slots(p) if p is not None else expert_slots(w, anat.d_model)
+        if found is None:
+            raise UsageError(f"{type(w).__name__} writes to the residual stream through no linear projection, so "
+                             "its weights cannot be orthogonalised (hook-based ablation still works)")
+        slots += found
+    return slots
 
 
 def embeddings(model, d: int) -> list[nn.Embedding]:
