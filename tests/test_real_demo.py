@@ -73,3 +73,11 @@ def test_unlearn_three_lora_steps_real_model(real_model_dir, world_dir, tmp_path
     new = safe_open(str(out / "model.safetensors"), "pt")
     key = next(k for k in ref.keys() if "q_proj" in k)
     assert not (ref.get_tensor(key) == new.get_tensor(key)).all()  # LoRA moved the merged weights
+
+
+def test_direction_layers_skip_layer_zero():
+    from obliviate.suites.real_demo import direction_layers
+
+    assert direction_layers(30, 3) == [3, 6, 9, 12, 15, 18, 21]  # SmolLM2: what the measured demo tried (0 was zero)
+    assert direction_layers(4, 3) == [2]  # a 4-layer model: layer 0 alone gave "every candidate direction is zero"
+    assert direction_layers(2, 3) == [1] and direction_layers(12, 1) == list(range(1, 9))

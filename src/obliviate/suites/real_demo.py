@@ -62,7 +62,7 @@ class RealDemoSize:
     max_new_tokens: int = 32
     depths: tuple[int, ...] = (20,)
     direction_prompts: int = 32  # per class, for the refusal direction's means
-    direction_layer_stride: int = 3  # candidate layers 0, 3, 6, ... below 0.8 L
+    direction_layer_stride: int = 3  # candidate layers 3, 6, ... below 0.8 L (layer 0's is always zero)
     bf16: bool = True  # bf16 autocast in training (TrainConfig.bf16): 1.5x faster steps on this CPU
 
 
@@ -205,6 +205,15 @@ def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemo
     return results, extra, samples, seconds
 
 
+def direction_layers(n_layers: int, stride: int) -> list[int]:
+    """Candidate layers for the demo's refusal direction: every `stride`-th layer below 0.8 L, without layer 0. The
+    residual entering layer 0 at a template token is that token's embedding, the same for every prompt, so its
+    direction is zero; a model of <= 4 layers would have no other candidate at stride 3 and gets the last one
+    below 0.8 L instead."""
+    top = max(1, int(0.8 * n_layers))
+    return [x for x in range(0, top, stride) if x > 0] or [min(n_layers - 1, max(1, top - 1))]
+
+
 def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int):
     """The DeRTa model with its refusal direction (Arditi et al. 2024) projected out of the weights. The direction is
     the difference in means between AdvBench training prompts and benign training prompts (never evaluation
@@ -227,8 +236,7 @@ def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int
     n = max(1, min(size.direction_prompts, len(harmful) // 2, len(harmless) // 2))
     layers = len(decoder_layers(model))
     stride = size.direction_layer_stride
-    attack = RefusalDirection(layers=",".join(str(x) for x in range(0, max(1, int(0.8 * layers)), stride)),
-                              positions=1)
+    attack = RefusalDirection(layers=",".join(map(str, direction_layers(layers, stride))), positions=1)
     enc = [[prompt_ids(tok, p) for p in ps] for ps in (harmful[:n], harmless[:n], harmful[n: 2 * n],
                                                          harmless[n: 2 * n])]
     refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in data.harmful})
