@@ -21,13 +21,26 @@ def check_model_dir(path: str, *, local_only: bool = False) -> None:
         raise UsageError(f"not a model directory (no config.json): {path}")
 
 
+def _auto_class(path: str, trust_remote_code: bool):
+    """AutoModelForCausalLM, or, for a vision-language chat model that has no causal-LM class (Qwen2.5-VL,
+    Mistral 3, ...), AutoModelForImageTextToText: obliviate feeds it text only, and it saves back whole."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING)
+
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if type(cfg) not in MODEL_FOR_CAUSAL_LM_MAPPING and type(cfg) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
 def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
                require_chat_template: bool = True, guards=()):
     """Return (model, tokenizer). A local path that is not a model directory is a UsageError (exit 2).
     `guards`: guard directories (`obliviate guard fit`) attached to the model, so that generation and the
     teacher-forced metrics apply them (`obliviate.guards.attach`)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard bars drown our own progress output
@@ -37,7 +50,7 @@ def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_
         raise UsageError(f"unknown dtype {dtype!r} (known: {', '.join(sorted(_DTYPES))})")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
+        model = _auto_class(path, trust_remote_code).from_pretrained(
             path, dtype=getattr(torch, _DTYPES[dtype]), trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except (OSError, ValueError) as e:
