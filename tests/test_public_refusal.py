@@ -149,3 +149,14 @@ def test_every_refusal_method_runs_with_lora_on_the_real_model(real_model_dir, w
         assert res.steps == 1 and torch.isfinite(torch.tensor(res.history[-1]["loss"])), name
         after = {k: v for k, v in model.state_dict().items() if k in before}  # align returns LoRA merged
         assert any(not torch.equal(before[k], after[k]) for k in before), f"{name}: LoRA changed nothing"
+
+
+def test_safe_eraser_on_public_prompts_needs_pd_off(target_dir, tmp_path, capsys):
+    """Public prompt sets name no objects, so SafeEraser's prompt-decouple data is empty: exit 2 saying how to
+    train without it (it raised KeyError 'object' before), and with pd_weight=0 it trains."""
+    out = tmp_path / "se"
+    base = ["align", "safe_eraser", "--model", target_dir, "--harmful", ADVBENCH, "--max-prompts", "2",
+            "--reply-tokens", "4", "--steps", "1", "--batch-size", "2", "--threads", "1", "--out", out]
+    assert_bad_input(base, capsys, out, "--option pd_weight=0")
+    code, _, err = run_cli(base + ["--option", "pd_weight=0"], capsys)
+    assert code == 0, err

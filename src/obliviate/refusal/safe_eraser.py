@@ -29,7 +29,7 @@ from obliviate.refusal import REFUSAL_METHODS, RefusalData, RefusalMethod
 
 def decoupled_pairs(harmful: list[dict], benign: list[dict]) -> list[tuple[str, str]]:
     """Safe (prompt, answer) pairs whose object also appears in a harmful request."""
-    objects = {r["object"] for r in harmful}
+    objects = {r.get("object") for r in harmful} - {None}  # public prompt sets name no objects
     return [(r["prompt"], r["answer"]) for r in benign if r.get("object") in objects]
 
 
@@ -52,7 +52,8 @@ class SafeEraser(RefusalMethod):
         if self.pd_weight:
             out["decoupled"] = decoupled_pairs(data.harmful, data.benign)
             if not out["decoupled"]:
-                raise UsageError("safe_eraser: no benign request shares an object with a harmful one (PD data)")
+                raise UsageError("safe_eraser: no benign request shares an object with a harmful one (the PD "
+                                 "data; public prompt sets name no objects): --option pd_weight=0 trains without PD")
         return out
 
     def loss(self, model, batch, ref_model=None):
