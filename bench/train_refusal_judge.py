@@ -48,6 +48,19 @@ def load(path: Path, limit: int | None = None) -> dict:
             "groups": [r["type"].removeprefix("contrast_") for r in rows], "file": path.name}
 
 
+def reference_labellers(path: Path) -> dict:
+    """Binary agreement with the final human label of the file's other labellers: XSTest's automatic GPT-4
+    classifier (`gpt4_label`, the paper's GPT-4 judge) and each of the two annotators, and of the annotators with
+    each other: what a judge of these files can be compared with."""
+    rows = [r for r in read_csv(path, ("final_label", "gpt4_label", "annotation_1", "annotation_2"))
+            if human_label(r["final_label"]) is not None]
+
+    def agree(a, b):
+        return round(float(np.mean([human_label(r[a]) == human_label(r[b]) for r in rows])), 4)
+    return {"gpt4_label vs final": agree("gpt4_label", "final_label"),
+            "annotator 1 vs 2": agree("annotation_1", "annotation_2"), "n": len(rows)}
+
+
 def agreement(scores, labels) -> float:
     return float(np.mean([(s >= 0.5) == bool(y) for s, y in zip(scores, labels)]))
 
@@ -115,6 +128,9 @@ def main(argv=None) -> None:
     for r in results:
         print(f"| {r['train']} -> {r['test']} | {r['l2']:g} | {r['embedding']:.4f} | "
               + " | ".join(f"{r[k]:.4f}" for k in KEYWORDS) + " |")
+    print("\nreference labellers (binary agreement on the same rows):")
+    for f in FILES.values():
+        print(f"  {f}: {reference_labellers(args.data / f)}")
     if args.ablation:
         pairs = (("gpt4", "mistralguard"), ("mistralguard", "gpt4"))
         print("\n| recipe | gpt4 -> mistralguard | mistralguard -> gpt4 |\n|---|---|---|")
