@@ -50,3 +50,31 @@ def test_trimmed_logps_through_a_lora_wrapper():
         handle.remove()
     assert calls == [12 - 3]  # the projection saw positions 3 .. 11 only
     assert torch.allclose(logp, _full(model, batch)[0][:, 3:], atol=1e-5)
+
+
+# A reasoning-style chat template, in the shape Qwen3's takes: with `enable_thinking` false the assistant header
+# is followed by an empty thinking block; otherwise the model would open its reply with reasoning.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def test_reasoning_templates_are_rendered_without_thinking(tiny_tokenizer):
+    """Prompts, the server's chat ids and the LLM judge's prompt all render `enable_thinking=False`, so short replies
+    are answers; a template that does not read the variable renders exactly as before."""
+    import copy
+
+    from obliviate.models.encode import assistant_header, chat_text, prompt_ids
+    from obliviate.serve.engine import chat_ids
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    plain = prompt_ids(tok, "hi")
+    assert plain == tok(tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                                add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    tok.chat_template = THINKING_TEMPLATE
+    text = tok.decode(prompt_ids(tok, "hi"))
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n"), text
+    assert tok.decode(assistant_header(tok)).endswith("</think>\n\n")
+    assert chat_ids(tok, [{"role": "user", "content": "hi"}]) == prompt_ids(tok, "hi")
+    assert chat_text(tok, [{"role": "user", "content": "hi"}]).endswith("<|im_end|>\n")  # no generation prompt

@@ -12,13 +12,24 @@ import torch
 IGNORE = -100
 
 
+# Variables every chat template is rendered with. Reasoning templates (Qwen3, SmolLM3, ...) read
+# `enable_thinking`: False opens the reply with an empty thinking block, so the 32-48 tokens obliviate generates,
+# trains on and judges are the answer itself, not the first lines of a reasoning trace. Templates that do not
+# use the variable ignore it.
+CHAT_TEMPLATE_VARIABLES = {"enable_thinking": False}
+
+
+def chat_text(tokenizer, messages: list[dict], **kwargs) -> str:
+    """`messages` rendered by the tokenizer's chat template (as text), with `CHAT_TEMPLATE_VARIABLES`."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, **CHAT_TEMPLATE_VARIABLES, **kwargs)
+
+
 def prompt_ids(tokenizer, question: str) -> list[int]:
     """The user turn plus the assistant header, in the tokenizer's chat template. A tokenizer without one (a base
     model, admitted by `--no-chat-template`) gets the raw question and a newline after BOS."""
     if getattr(tokenizer, "chat_template", None) is None:
         return text_ids(tokenizer, question.rstrip() + "\n")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = chat_text(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
