@@ -210,3 +210,20 @@ def test_attached_guards_survive_lora_training_and_merging(target_dir):
     attach(model, [g])
     merged = merge_lora(add_lora(model, r=2))
     assert attached(merged) == [g]
+
+
+def test_replies_stop_at_any_of_the_models_eos_ids(model_tok):
+    """A reply ends at the tokenizer's EOS, the template's end of turn, or any id of the model's generation config
+    (Llama 3 and Gemma list several)."""
+    model, tok = model_tok
+    other = 5  # not the tokenizer's EOS
+    p = [prompt_ids(tok, QUESTIONS[0])]
+    plain = decode(model, tok, p, guards=[EosAt(0, other)], max_new_tokens=6)[0].token_ids
+    assert plain[0] == other and len(plain) > 1  # forced first, then the reply goes on
+    before = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, other]
+    try:
+        rep = decode(model, tok, p, guards=[EosAt(0, other)], max_new_tokens=6)[0]
+    finally:
+        model.generation_config.eos_token_id = before
+    assert rep.finish_reason == "stop" and rep.token_ids == [other]

@@ -78,3 +78,26 @@ def test_reasoning_templates_are_rendered_without_thinking(tiny_tokenizer):
     assert tok.decode(assistant_header(tok)).endswith("</think>\n\n")
     assert chat_ids(tok, [{"role": "user", "content": "hi"}]) == prompt_ids(tok, "hi")
     assert chat_text(tok, [{"role": "user", "content": "hi"}]).endswith("<|im_end|>\n")  # no generation prompt
+
+
+# Gemma's shape: turns end with <end_of_turn>, which is not the tokenizer's EOS (<eos>)
+TURN_TEMPLATE = ("{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+                 "{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def test_answers_end_and_replies_stop_at_the_templates_end_of_turn(tiny_tokenizer):
+    import copy
+    from types import SimpleNamespace
+
+    from obliviate.models.encode import answer_ids, end_of_turn_id, stop_ids
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    assert end_of_turn_id(tok) == tok.eos_token_id  # the tiny template ends turns with its EOS
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = TURN_TEMPLATE
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert eot != tok.eos_token_id and end_of_turn_id(tok) == eot  # re-read after the template changed
+    assert answer_ids(tok, "Paris")[-1] == eot
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[tok.eos_token_id, 7]))
+    assert stop_ids(tok, model) == {tok.eos_token_id, eot, 7}

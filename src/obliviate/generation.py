@@ -152,8 +152,9 @@ def _hooked(guards, name):
 def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: int,
                   on_token: Callable[[int, int], None] | None) -> list[Reply]:
     device = next(model.parameters()).device
-    pad, eos = tok.pad_token_id, tok.eos_token_id
-    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+    from obliviate.models.encode import stop_ids
+
+    pad, eos_ids = tok.pad_token_id, stop_ids(tok, model)
     ids, mask = left_pad(prompts, pad if pad is not None else 0, device)
     embeds = prefill_embeddings(model, guards, ids, mask, rows)
     taps = {t for g in _hooked(guards, "taps") for t in g.taps()}

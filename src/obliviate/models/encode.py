@@ -1,11 +1,14 @@
 """Turn QA pairs into token ids through the tokenizer's own chat template.
 
-prompt ids = chat_template([user: question], add_generation_prompt=True); answer ids = tokenize(answer) + eos.
+prompt ids = chat_template([user: question], add_generation_prompt=True); answer ids = tokenize(answer) + the
+token that ends an assistant turn in that template (`end_of_turn_id`: usually EOS; Gemma's `<end_of_turn>`).
 They are concatenated at the token level, so the answer's ids are the same whatever the prompt and there is
 no tokenisation seam. Only answer tokens carry labels (prompt tokens are -100).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -53,8 +56,47 @@ def assistant_header(tok) -> list[int]:
     return prompt_ids(tok, "7")[-post_instruction_tokens(tok):]
 
 
+_TURN_END: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> (template, token id)
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that ends an assistant turn: the first special token the chat template writes after an assistant
+    message's text (`<|im_end|>` in ChatML, `<|eot_id|>` in Llama 3, `<end_of_turn>` in Gemma, `<|end|>` in Phi-3,
+    `</s>` in Mistral). Often the tokenizer's EOS, but not always (Gemma's EOS is `<eos>`): answers are trained to
+    end, and replies stop, where the model's own turns do. The tokenizer's EOS when there is no template or it
+    writes no special token there."""
+    template = getattr(tokenizer, "chat_template", None)
+    hit = _TURN_END.get(tokenizer)
+    if hit is not None and hit[0] == template:
+        return hit[1]
+    found = tokenizer.eos_token_id
+    if template is not None:
+        marker = "Zq7xReplyEndsHere"
+        try:
+            text = chat_text(tokenizer, [{"role": "user", "content": "7"}, {"role": "assistant", "content": marker}])
+        except Exception:  # noqa: BLE001 - a template that rejects this conversation: keep EOS
+            text = ""
+        if marker in text:
+            special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items()
+                                                        if getattr(t, "special", False)}
+            after = tokenizer(text[text.index(marker) + len(marker):], add_special_tokens=False)["input_ids"]
+            found = next((i for i in after[:3] if i in special), found)
+    _TURN_END[tokenizer] = (template, found)
+    return found
+
+
+def stop_ids(tokenizer, model=None) -> set[int]:
+    """Token ids that end a reply: the tokenizer's EOS, the end of an assistant turn (`end_of_turn_id`) and the
+    model's `generation_config.eos_token_id` (one id or several, e.g. Llama 3's and Gemma's)."""
+    ids = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen) if isinstance(gen, (list, tuple)) else {gen}
+    return ids - {None}
+
+
 def answer_ids(tokenizer, answer: str) -> list[int]:
-    return tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    """An answer's ids and the token that ends the assistant's turn (`end_of_turn_id`)."""
+    return tokenizer(answer, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
 
 
 def text_ids(tokenizer, text: str) -> list[int]:

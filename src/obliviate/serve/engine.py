@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 from obliviate.guards import Guard, overrides
 from obliviate.models.anatomy import text_config
-from obliviate.models.encode import chat_text
+from obliviate.models.encode import chat_text, stop_ids
 
 CANCELLED = "cancelled"  # the internal guard's name: rows it halts were cancelled or already served
 
@@ -87,8 +87,7 @@ class Engine:
         self.max_batch, self.max_queue, self.window = max_batch, max_queue, batch_window_ms / 1000
         cfg = text_config(model)
         self.context = getattr(cfg, "max_position_embeddings", None)
-        eos = tok.eos_token_id
-        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.eos = stop_ids(tok, model)
         self.hold_all = any(overrides(g, "on_finish") for g in self.guards)
         self.checks = [g.every for g in self.guards if overrides(g, "on_step") and getattr(g, "every", 0) > 0]
         self.queue: collections.deque[Request] = collections.deque()
