@@ -168,6 +168,54 @@ def project_out(p: torch.Tensor, axis: int, u: torch.Tensor) -> None:
     q -= (q @ u.to(q.dtype)).unsqueeze(-1) * u.to(q.dtype)
 
 
+class _WriterTest:
+    """A writer called alone on random inputs [1, tokens, d], to test which parameter axes it writes through:
+    projecting a random unit u out of write axes must leave exactly the old output minus its u component.
+    `y0` is None when the writer cannot be called on hidden states alone (attention needs positions, masks)."""
+
+    def __init__(self, writer: nn.Module, d: int, tokens: int = 64):
+        self.writer, self.d = writer, d
+        params = list(writer.parameters())
+        self.y0 = None
+        if not params:
+            return
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(1, tokens, d, generator=g).to(params[0].device, params[0].dtype)
+        u = torch.randn(d, generator=g)
+        self.u = (u / u.norm()).to(params[0].device)
+        self.tol = 1e-4 if params[0].dtype == torch.float32 else 2e-2
+        y0 = self.out()
+        self.y0 = y0 if y0 is not None and y0.shape[-1] == d else None
+
+    def out(self):
+        try:
+            return _first(self.writer(self.x)).float()
+        except (TypeError, RuntimeError, ValueError, AttributeError, IndexError):
+            return None
+
+    def _off_u(self, delta) -> float:  # the share of delta that is not along u
+        uf = self.u.float()
+        return float((delta - (delta @ uf).unsqueeze(-1) * uf).norm() / delta.norm().clamp(min=1e-12))
+
+    def moves_along_u_only(self, p: nn.Parameter, axis: int) -> bool:
+        keep = p.data.clone()
+        project_out(p, axis, self.u)
+        delta = self.out() - self.y0
+        p.data.copy_(keep)
+        return bool(delta.norm() > 0) and self._off_u(delta) <= self.tol
+
+    def removes_u(self, slots: list[Slot]) -> bool:
+        keep = [p.data.clone() for p, _ in slots]
+        for p, axis in slots:
+            project_out(p, axis, self.u)
+        y = self.out()
+        for (p, _), k in zip(slots, keep):
+            p.data.copy_(k)
+        uf = self.u.float()
+        want = self.y0 - (self.y0 @ uf).unsqueeze(-1) * uf
+        return y is not None and bool((y - want).norm() <= self.tol * self.y0.norm().clamp(min=1e-12))
+
+
 @torch.no_grad()
 def expert_slots(writer: nn.Module, d: int, tokens: int = 64) -> list[Slot] | None:
     """The parameter axes through which a writer with no single projection writes, found by test: a mixture of
@@ -179,59 +227,32 @@ def expert_slots(writer: nn.Module, d: int, tokens: int = 64) -> list[Slot] | No
     together, and the output must be exactly the old one with its u component removed; else None (a post-norm,
     or a block whose writes are not linear in its weights). Random inputs of `tokens` positions route to most
     experts; a fused tensor holds all of them, so one routed token suffices to classify it."""
-    try:
-        dev, dt = next(writer.parameters()).device, next(writer.parameters()).dtype
-    except StopIteration:
+    test = _WriterTest(writer, d, tokens)
+    if test.y0 is None:
         return None
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, tokens, d, generator=g).to(dev, dt)
-    u = torch.randn(d, generator=g)
-    u = (u / u.norm()).to(dev)
-
-    def out():
-        try:
-            return _first(writer(x)).float()
-        except (TypeError, RuntimeError, ValueError):  # a writer that needs more than hidden states
-            return None
-
-    y0 = out()
-    if y0 is None or y0.shape[-1] != d:
-        return None
-    uf, tol = u.float(), (1e-4 if dt == torch.float32 else 2e-2)
-
-    def off_u(delta):  # the share of delta not along u
-        return (delta - (delta @ uf).unsqueeze(-1) * uf).norm() / delta.norm().clamp(min=1e-12)
-
-    slots = []
-    for p in writer.parameters():
-        for axis in [a for a, n in enumerate(p.shape) if n == d]:
-            keep = p.data.clone()
-            project_out(p, axis, u)
-            delta = out() - y0
-            p.data.copy_(keep)
-            if delta.norm() > 0 and off_u(delta) <= tol:
-                slots.append((p, axis))
-    if not slots:
-        return None
-    keep = [p.data.clone() for p, _ in slots]
-    for p, axis in slots:
-        project_out(p, axis, u)
-    y = out()
-    for (p, _), k in zip(slots, keep):
-        p.data.copy_(k)
-    want = y0 - (y0 @ uf).unsqueeze(-1) * uf
-    return slots if (y - want).norm() <= tol * y0.norm().clamp(min=1e-12) else None
+    slots = [(p, axis) for p in writer.parameters() for axis, n in enumerate(p.shape)
+             if n == d and test.moves_along_u_only(p, axis)]
+    return slots if slots and test.removes_u(slots) else None
 
 
+@torch.no_grad()
 def write_slots(model, anat: Anatomy) -> list[Slot]:
     """Every writer's write axes: its projection's (`write_projection`), else its experts' (`expert_slots`);
-    UsageError naming the first writer that has neither."""
+    UsageError naming the first writer that has neither. A projection found by storage is confirmed by test
+    when the writer can be called alone: Llama 4's MoE adds its routed experts *in place* into its shared
+    expert's output, so that projection's output is the block's output but not all that it writes."""
     subs = [m for w in anat.all_writers for m in w.modules()]
     seen = probe_forward(model, subs)
     slots = []
     for w in anat.all_writers:
         p = write_projection(w, seen)
-        found = projection_slots(p) if p is not None else expert_slots(w, anat.d_model)
+        found = projection_slots(p) if p is not None else None
+        if found is not None and not _is_projection(w):
+            test = _WriterTest(w, anat.d_model)
+            if test.y0 is not None and not test.removes_u(found):
+                found = None
+        if found is None:
+            found = expert_slots(w, anat.d_model)
         if found is None:
             raise UsageError(f"{type(w).__name__} writes to the residual stream through no linear projection, so "
                              "its weights cannot be orthogonalised (hook-based ablation still works)")
