@@ -226,3 +226,17 @@ def test_routers_of_fused_expert_families_steer(family):
     g.attach(model, None)
     with routing_hooks(model, [g]):
         assert routing_frequency(model, seqs, 2)[0, top] == 0
+
+
+def test_router_outputs_of_unknown_form_are_refused():
+    """A router returning neither its logits nor (logits, weights, indices) (Llama 4 returns (scores, logits)) is a
+    UsageError (exit 2), not an IndexError inside a forward hook."""
+    from obliviate.errors import UsageError
+    from obliviate.guards import router_output
+
+    lg = torch.randn(3, 4)
+    assert router_output(lg) == (lg, None, None)
+    w, i = torch.ones(3, 2), torch.zeros(3, 2, dtype=torch.long)
+    assert router_output((lg, w, i)) == (lg, w, i)
+    with pytest.raises(UsageError, match="returns tuple of 2 value"):
+        router_output((torch.sigmoid(lg), lg))

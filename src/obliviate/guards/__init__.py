@@ -259,14 +259,27 @@ def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
     return out
 
 
+def router_output(out) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(logits, top-k weights, top-k indices) of a router's output: a linear gate returns its logits only (None,
+    None: its caller takes the top-k); transformers 5's top-k routers return (logits, weights, indices, ...).
+    Any other form (Llama 4's (scores, logits)) is refused: exit 2, not a traceback."""
+    if isinstance(out, torch.Tensor):
+        return out, None, None
+    if isinstance(out, (tuple, list)) and len(out) >= 3 and all(isinstance(t, torch.Tensor) for t in out[:3]):
+        return out[0], out[1], out[2]
+    raise UsageError("expert steering supports routers that return their logits, or (logits, top-k weights, "
+                     f"top-k indices); this model's router returns {type(out).__name__} of "
+                     f"{len(out) if isinstance(out, (tuple, list)) else 1} value(s)")
+
+
 def _reroute(out, edit):
     """A router's output with its logits edited. A router that returns logits only (a linear gate) leaves the
     top-k choice to its caller; one that returns (logits, top-k weights, top-k indices) (transformers 5's
     TopKRouter) has its choice recomputed from the edited logits as softmax -> top-k, re-normalised when the
     router's own weights were (they sum to 1). Other routers (sigmoid scores, grouped top-k) are refused."""
-    if isinstance(out, torch.Tensor):
+    logits, weights, index = router_output(out)
+    if weights is None:
         return edit(out)
-    logits, weights, index = out[0], out[1], out[2]
     probs = torch.softmax(logits.float(), -1)
     top = probs.topk(index.shape[-1], -1)
     renorm = torch.allclose(weights.float().sum(-1), torch.ones_like(weights.float().sum(-1)), atol=1e-4)

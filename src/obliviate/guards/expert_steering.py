@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.errors import UsageError
-from obliviate.guards import GUARDS, Guard, num_experts, router_modules
+from obliviate.guards import GUARDS, Guard, num_experts, router_modules, router_output
 from obliviate.guards.refusal_predictor import judged_replies
 from obliviate.models.anatomy import text_config
 from obliviate.progress import progress_bar
@@ -53,8 +53,8 @@ def routing_frequency(model, seqs: list[list[int]], top_k: int, starts: list[int
 
     def hook(layer):
         def fn(m, args, out):
-            logits = out if isinstance(out, torch.Tensor) else out[0]
-            idx = logits.topk(top_k, -1).indices if isinstance(out, torch.Tensor) else out[2]
+            logits, _, idx = router_output(out)
+            idx = logits.topk(top_k, -1).indices if idx is None else idx
             seen[layer] = idx.reshape(-1, idx.shape[-1])  # [T, top_k], the sequence's tokens in order
         return fn
 
