@@ -240,3 +240,33 @@ def test_router_outputs_of_unknown_form_are_refused():
     assert router_output((lg, w, i)) == (lg, w, i)
     with pytest.raises(UsageError, match="returns tuple of 2 value"):
         router_output((torch.sigmoid(lg), lg))
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "qwen3_next"])
+def test_lora_adapts_fused_experts(family):
+    """transformers 5 fuses a MoE's experts into [E, ...] tensors, which "all-linear" LoRA does not reach on every
+    family (peft 0.21 adapts Qwen3-Next's, Mixtral's and DeepSeek-V3's by itself, not gpt-oss's, Qwen2-MoE's or
+    Llama 4's): add_lora targets them always, a training step moves them, and merging gives the adapted logits."""
+    from tests.test_decode_loop import rewind_model
+
+    from obliviate.models.anatomy import fused_expert_parameters
+    from obliviate.models.load import add_lora, merge_lora
+
+    model = rewind_model(family)
+    names = fused_expert_parameters(model)
+    assert names == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]  # not Qwen3-Next's conv [C, 1, K]
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith(tuple(names))}
+    peft_model = add_lora(model, r=2)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    for _ in range(2):
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        adapted = peft_model(input_ids=ids).logits
+    merged = merge_lora(peft_model)
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
+    after = dict(merged.named_parameters())
+    assert len(before) == 4 and all(not torch.equal(before[n], after[n]) for n in before)

@@ -23,6 +23,7 @@ from typing import ClassVar
 import torch
 
 from obliviate.errors import UsageError
+from obliviate.models.anatomy import num_experts  # noqa: F401 (re-exported)
 from obliviate.registry import Registry
 
 GUARDS: Registry[type["Guard"]] = Registry("guard")
@@ -217,15 +218,6 @@ def attached(model) -> list:
 def load_all() -> None:
     for m in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{m.name}")
-
-
-def num_experts(model) -> int | None:
-    """Experts per mixture-of-experts layer, from the config's usual names (None: a dense model)."""
-    from obliviate.models.anatomy import text_config
-
-    cfg = text_config(model)
-    return next((getattr(cfg, k) for k in ("num_local_experts", "num_experts", "n_routed_experts")
-                 if isinstance(getattr(cfg, k, None), int)), None)
 
 
 def router_modules(model) -> list[tuple[int, torch.nn.Module]]:

@@ -51,6 +51,26 @@ def text_config(model):
     return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
 
 
+def num_experts(model) -> int | None:
+    """Experts per mixture-of-experts layer, from the config's usual names (None: a dense model)."""
+    cfg = text_config(model)
+    return next((getattr(cfg, k) for k in ("num_local_experts", "num_experts", "n_routed_experts")
+                 if isinstance(getattr(cfg, k, None), int)), None)
+
+
+def fused_expert_parameters(model) -> list[str]:
+    """Names (after the layer index, e.g. "mlp.experts.down_proj") of the decoder layers' fused expert tensors:
+    parameters of 3+ dimensions whose first is the expert count (transformers 5 stores a MoE layer's experts so,
+    not as Linear modules; a short convolution's [C, 1, K] weight is not one)."""
+    n = num_experts(model)
+    if not n:
+        return []
+    out = set()
+    for ly in decoder_layers(model):
+        out |= {name for name, p in ly.named_parameters() if p.dim() >= 3 and p.shape[0] == n}
+    return sorted(out)
+
+
 def decoder_layers(model) -> list[nn.Module]:
     """The model's decoder layers, in order (UsageError if no ModuleList matches the config's layer count)."""
     n = getattr(text_config(model), "num_hidden_layers", None)

@@ -74,11 +74,18 @@ LORA_ALPHA = 16
 
 
 def add_lora(model, r: int = 8, alpha: int = LORA_ALPHA, dropout: float = 0.0, target_modules="all-linear"):
-    """Wrap `model` with LoRA adapters (peft). `merge_lora` folds them back before saving."""
+    """Wrap `model` with LoRA adapters (peft). `merge_lora` folds them back before saving.
+
+    "all-linear" reaches every Linear but the head. A mixture of experts in transformers 5 keeps its experts as
+    fused tensors [experts, ...], not Linear modules, so they get adapters through peft's `target_parameters`:
+    without them LoRA would leave a MoE's experts, most of its MLP weights, untouched."""
     from peft import LoraConfig, get_peft_model
 
+    from obliviate.models.anatomy import fused_expert_parameters
+
+    experts = fused_expert_parameters(model) if target_modules == "all-linear" else []
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                     task_type="CAUSAL_LM")
+                     task_type="CAUSAL_LM", **({"target_parameters": experts} if experts else {}))
     return get_peft_model(model, cfg)
 
 
