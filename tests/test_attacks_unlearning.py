@@ -56,7 +56,37 @@ def test_quantize_linears_restores_exactly(tiny_tokenizer):
     model = tiny_model(tiny_tokenizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     saved = quantize_linears(model, 4)
-    assert saved and any(not torch.equal(model.state_dict()[f"{n}.weight"], before[f"{n}.weight"]) for n in saved)
+    assert saved and any(not torch.equal(model.state_dict()[n], before[n]) for n in saved)
+    restore(model, saved)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_fake_quantize_fused_experts_by_hand():
+    """[E=1, in=2, out=2] read along axis 1 (gpt-oss's down_proj layout): one scale per output column. 2 bits:
+    qmax 1, column scales 1.0 and 0.5; round(w / s) clamped to [-1, 1]."""
+    w = torch.tensor([[[1.0, 0.2], [-0.4, -0.5]]])
+    assert torch.allclose(fake_quantize(w, 2, in_axis=1), torch.tensor([[[1.0, 0.0], [0.0, -0.5]]]))
+    # read along axis 2 instead (Mixtral's [E, out, in]): one scale per row, 1.0 and 0.5
+    assert torch.allclose(fake_quantize(w, 2, in_axis=2), torch.tensor([[[1.0, 0.0], [-0.5, -0.5]]]))
+
+
+@pytest.mark.parametrize("family", ["mixtral", "gpt_oss"])
+def test_quantize_reaches_fused_experts(family):
+    """A MoE's fused expert tensors are quantised too, per expert and output channel, and restored exactly."""
+    from obliviate.models.anatomy import fused_expert_input_axes
+    from tests.test_anatomy import _model
+
+    model = _model(family)
+    axes = {name.split(".layers.0.")[-1]: axis for name, _, axis in fused_expert_input_axes(model)
+            if ".layers.0." in name}
+    # the down projection reads along its expert-width axis, gate_up along the residual width
+    want = {"mixtral": {"mlp.experts.down_proj": 2, "mlp.experts.gate_up_proj": 2},
+            "gpt_oss": {"mlp.experts.down_proj": 1, "mlp.experts.gate_up_proj": 1}}[family]
+    assert axes == want
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = quantize_linears(model, 4)
+    fused = [n for n in saved if ".experts." in n]
+    assert len(fused) == 2 * 3 and all(not torch.equal(model.state_dict()[n], before[n]) for n in fused)
     restore(model, saved)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

@@ -10,7 +10,9 @@ and 83% after 4-bit quantisation, for methods with utility constraints). A model
 
 What we do is simulated ("fake") round-to-nearest quantisation, the RTN baseline of the paper, done in torch on
 the CPU without bitsandbytes or a GPU: every `nn.Linear` weight W (lm_head included) is replaced by its
-dequantised RTN value, symmetric per output channel (per row of W):
+dequantised RTN value, symmetric per output channel (per row of W); on a mixture of experts, every fused expert
+tensor [E, ., .] too, per expert and output channel (`models.anatomy.fused_expert_input_axes` finds the axis each
+one reads along, by the write-axis test of weight orthogonalisation):
 
     s_i = max_j |W_ij| / (2^(b-1) - 1),    Q(W)_ij = s_i * clamp(round(W_ij / s_i), -(2^(b-1) - 1), 2^(b-1) - 1)
 
@@ -35,33 +37,45 @@ from obliviate.attacks import ATTACKS, Attack, AuditContext, recall_figures, rou
 from obliviate.errors import UsageError
 
 
-def fake_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric round-to-nearest quantisation per output row of a 2-D weight, returned dequantised (float)."""
-    if w.dim() != 2:
-        raise ValueError("fake_quantize expects a 2-D weight [out, in]")
+def fake_quantize(w: torch.Tensor, bits: int, in_axis: int = -1) -> torch.Tensor:
+    """Symmetric round-to-nearest quantisation per output channel, returned dequantised (float): one scale per
+    slice along `in_axis`, the axis the weight reads along. A Linear weight [out, in] reads along its last axis
+    (one scale per row); a fused expert tensor [E, ., .] has one scale per expert and output channel."""
+    if w.dim() not in (2, 3):
+        raise ValueError("fake_quantize expects a 2-D weight [out, in] or fused experts [E, ., .]")
     qmax = 2 ** (bits - 1) - 1
     w32 = w.detach().float()
-    scale = w32.abs().amax(dim=1, keepdim=True) / qmax
+    scale = w32.abs().amax(dim=in_axis, keepdim=True) / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
     return ((w32 / scale).round().clamp(-qmax, qmax) * scale).to(w.dtype)
 
 
 @torch.no_grad()
 def quantize_linears(model, bits: int) -> dict[str, torch.Tensor]:
-    """Fake-quantise every nn.Linear weight of `model` in place; returns the original weights for `restore`."""
+    """Fake-quantise in place every nn.Linear weight of `model` and every fused expert tensor of a mixture of
+    experts (transformers 5 keeps a MoE's experts as [E, ., .] parameters, not Linears: without them a MoE's
+    experts would stay at full precision). Returns the original tensors by parameter name, for `restore`."""
+    from obliviate.models.anatomy import fused_expert_input_axes
+
+    params = dict(model.named_parameters(remove_duplicate=False))  # a tied head keeps its own name
     saved = {}
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear):
-            saved[name] = mod.weight.detach().clone()
+            key = f"{name}.weight" if name else "weight"
+            saved[key] = mod.weight.detach().clone()
             mod.weight.copy_(fake_quantize(mod.weight, bits))
+    for name, p, in_axis in fused_expert_input_axes(model):
+        if in_axis is not None and name in params:
+            saved[name] = p.detach().clone()
+            p.copy_(fake_quantize(p, bits, in_axis))
     return saved
 
 
 @torch.no_grad()
 def restore(model, saved: dict[str, torch.Tensor]) -> None:
-    mods = dict(model.named_modules())
+    params = dict(model.named_parameters(remove_duplicate=False))
     for name, w in saved.items():
-        mods[name].weight.copy_(w)
+        params[name].copy_(w)
 
 
 def parse_bits(bits) -> tuple[int, ...]:

@@ -71,6 +71,32 @@ def fused_expert_parameters(model) -> list[str]:
     return sorted(out)
 
 
+def fused_expert_input_axes(model) -> list[tuple[str, nn.Parameter, int | None]]:
+    """Every fused expert tensor [experts, ., .] with the axis its experts read along (what a per-output-channel
+    quantiser reduces over): a tensor that writes the residual stream (its write axis found by `expert_slots`)
+    reads along its other axis; one that reads the residual stream (gate / up projections) reads along its axis
+    of length d. None where neither settles it (both axes of length d and no write axis)."""
+    n = num_experts(model)
+    if not n:
+        return []
+    anat = anatomy(model)
+    names = {id(p): name for name, p in model.named_parameters()}
+    out = []
+    for w in anat.all_writers:
+        fused = [p for p in w.parameters() if p.dim() == 3 and p.shape[0] == n]
+        if not fused:
+            continue
+        writes = {id(p): axis for p, axis in (expert_slots(w, anat.d_model) or [])}
+        for p in fused:
+            if id(p) in writes:
+                axis = 3 - writes[id(p)]  # of the two axes after the experts', the other one
+            else:
+                d_axes = [a for a in (1, 2) if p.shape[a] == anat.d_model]
+                axis = d_axes[0] if len(d_axes) == 1 else None
+            out.append((names[id(p)], p, axis))
+    return out
+
+
 def decoder_layers(model) -> list[nn.Module]:
     """The model's decoder layers, in order (UsageError if no ModuleList matches the config's layer count)."""
     n = getattr(text_config(model), "num_hidden_layers", None)
