@@ -169,3 +169,20 @@ def test_fila_factors_reconstruct_the_weight():
     A, B, base = fila_factors(W, imp, r=2, scale=4.0)
     assert A.shape == (2, 5) and B.shape == (6, 2)
     assert torch.allclose(base + 4.0 * B @ A, W, atol=1e-5)  # the model is unchanged at step 0
+
+
+def test_prune_unlearn_prunes_each_fused_expert():
+    """On a MoE (fused experts [E, ., .]), `begin` zeroes the smallest `sparsity` share of each expert's matrix, as
+    it does of each Linear weight; before, the experts stayed dense."""
+    import torch
+
+    from obliviate.methods import METHODS
+    from tests.test_anatomy import _model
+
+    model = _model("mixtral")
+    method = METHODS.get("prune_unlearn")(sparsity=0.25)
+    method.begin(model)
+    down = model.model.layers[0].mlp.experts.down_proj  # [4, 32, 32]
+    assert all(int((e == 0).sum()) == round(0.25 * e.numel()) for e in down.detach())
+    attn = model.model.layers[0].self_attn.q_proj.weight
+    assert int((attn == 0).sum()) == round(0.25 * attn.numel())

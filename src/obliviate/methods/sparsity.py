@@ -6,8 +6,9 @@ Two methods on top of a GradDiff objective (-NLL_forget + alpha * NLL_retain):
   best, gamma_t = gamma * (1 - t / T). The norm is divided by the number of parameters (a mean absolute weight)
   so that one gamma means the same across model sizes; the paper's gamma is per-sum, i.e. ours * n_params.
 - `prune_unlearn` (sec. 3, "prune first, then unlearn"): one-shot magnitude pruning of a `sparsity` share of
-  every 2-D weight matrix (per layer, smallest |w| first), then unlearning with the mask kept fixed: pruned
-  weights are zeroed again after every step and after LoRA is merged.
+  every 2-D weight matrix (per layer, smallest |w| first; on a mixture of experts also each expert's matrix in
+  the fused [E, ., .] tensors), then unlearning with the mask kept fixed: pruned weights are zeroed again after
+  every step and after LoRA is merged.
 """
 
 from __future__ import annotations
@@ -74,11 +75,17 @@ class PruneUnlearn(Method):
             raise UsageError(f"prune_unlearn: sparsity must be in [0, 1), got {self.sparsity}")
 
     def begin(self, model) -> None:
+        from obliviate.models.anatomy import num_experts
+
+        n_exp = num_experts(model)
         self._masks = {}
         with torch.no_grad():
             for n, p in model.named_parameters():
-                if p.dim() == 2 and "embed" not in n:  # linear layers; embeddings stay dense
-                    self._masks[n] = magnitude_mask(p, self.sparsity)
+                # a MoE's fused experts [E, ., .] (transformers 5): each expert's matrix is pruned on its own
+                fused = bool(n_exp) and p.dim() == 3 and p.shape[0] == n_exp
+                if (p.dim() == 2 or fused) and "embed" not in n:  # linear layers; embeddings stay dense
+                    self._masks[n] = (torch.stack([magnitude_mask(x, self.sparsity) for x in p]) if fused
+                                      else magnitude_mask(p, self.sparsity))
                     p.mul_(self._masks[n])
 
     def _apply(self, model) -> None:
