@@ -33,8 +33,8 @@ FAMILIES = {
     # the block's output (same storage) without being all that it writes
     "llama4_text": (dict(SMALL, intermediate_size=32, intermediate_size_mlp=48, num_local_experts=4,
                          num_experts_per_tok=1, head_dim=8, interleave_moe_layer_step=1), 2, True),
-    "deepseek_v3": (dict(SMALL, num_key_value_heads=4, moe_intermediate_size=16, first_k_dense_replace=1, n_routed_experts=8,
-                         num_experts_per_tok=2, n_group=2, topk_group=1, kv_lora_rank=16, q_lora_rank=16,
+    "deepseek_v3": (dict(SMALL, num_key_value_heads=4, moe_intermediate_size=16, first_k_dense_replace=1,
+                         n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, kv_lora_rank=16, q_lora_rank=16,
                          qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8), 2, True),
 }
 

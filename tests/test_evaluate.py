@@ -81,16 +81,20 @@ def test_guarded_model_scores_full_sequences(target_dir, world_dir, monkeypatch)
 def test_shared_prompt_stats_on_every_family(family):
     """Prompt sharing needs nothing of an architecture but its cache: the same statistics on tiny random models
     of several families (sliding-window and post-norm ones included)."""
-    import torch
     from tests.test_anatomy import FAMILIES, _model
+
+    assert family in FAMILIES
+    _assert_shared_equals_full(_model(family), [([1, 5, 9, 13, 7, 3], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2]]),
+                                                ([1, 6, 3], [[40, 41, 2], [42, 2]])])  # shorter: left padding
+
+
+def _assert_shared_equals_full(model, groups):
+    """Every group's answers scored as continuations of one shared prompt pass equal full sequences."""
+    import torch
 
     from obliviate.evaluate import _forward_stats, _shared_prompt_stats
     from obliviate.models.encode import IGNORE
 
-    assert family in FAMILIES
-    model = _model(family)
-    groups = [([1, 5, 9, 13, 7, 3], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2]]),
-              ([1, 6, 3], [[40, 41, 2], [42, 2]])]  # a shorter prompt: left padding in the batch
     with torch.no_grad():
         shared = _shared_prompt_stats(model, groups, 0)
         for (prompt, answers), got in zip(groups, shared):
@@ -105,19 +109,9 @@ def test_shared_prompt_stats_past_a_sliding_window_and_on_hybrid_caches(family):
     """The prompt pass fills caches that keep only a window (Mistral, Gemma 3, gpt-oss: window 4 < the 9-token
     prompt) or a convolution / recurrent state (LFM2, Qwen3-Next); repeating its rows for the answers must carry
     all of them (`batch_select_indices` does not exist on linear-attention layers)."""
-    import torch
     from tests.test_decode_loop import REWIND_FAMILIES, rewind_model
 
-    from obliviate.evaluate import _forward_stats, _shared_prompt_stats
-    from obliviate.models.encode import IGNORE
-
     assert family in REWIND_FAMILIES
-    model = rewind_model(family)
-    groups = [([1, 5, 9, 13, 7, 3, 8, 9, 10], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2, 5, 6]]),
-              ([1, 6, 3], [[40, 41, 2], [42, 2]])]
-    with torch.no_grad():
-        shared = _shared_prompt_stats(model, groups, 0)
-        for (prompt, answers), got in zip(groups, shared):
-            full = _forward_stats(model, [(prompt + a, [IGNORE] * len(prompt) + a) for a in answers], 0, 8)
-            assert [s["loss"] for s in got] == pytest.approx([f["loss"] for f in full], abs=1e-5)
-            assert got[0]["token_logps"] == pytest.approx(full[0]["token_logps"], abs=1e-5)
+    _assert_shared_equals_full(rewind_model(family),
+                               [([1, 5, 9, 13, 7, 3, 8, 9, 10], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2, 5, 6]]),
+                                ([1, 6, 3], [[40, 41, 2], [42, 2]])])

@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from obliviate.models.encode import stop_ids
+
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) [B, T], left-padded: position -1 is every prompt's next-token position."""
@@ -152,8 +154,6 @@ def _hooked(guards, name):
 def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: int,
                   on_token: Callable[[int, int], None] | None) -> list[Reply]:
     device = next(model.parameters()).device
-    from obliviate.models.encode import stop_ids
-
     pad, eos_ids = tok.pad_token_id, stop_ids(tok, model)
     ids, mask = left_pad(prompts, pad if pad is not None else 0, device)
     embeds = prefill_embeddings(model, guards, ids, mask, rows)

@@ -57,7 +57,6 @@ def quantize_linears(model, bits: int) -> dict[str, torch.Tensor]:
     experts would stay at full precision). Returns the original tensors by parameter name, for `restore`."""
     from obliviate.models.anatomy import fused_expert_input_axes
 
-    params = dict(model.named_parameters(remove_duplicate=False))  # a tied head keeps its own name
     saved = {}
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear):
@@ -65,7 +64,7 @@ def quantize_linears(model, bits: int) -> dict[str, torch.Tensor]:
             saved[key] = mod.weight.detach().clone()
             mod.weight.copy_(fake_quantize(mod.weight, bits))
     for name, p, in_axis in fused_expert_input_axes(model):
-        if in_axis is not None and name in params:
+        if in_axis is not None:
             saved[name] = p.detach().clone()
             p.copy_(fake_quantize(p, bits, in_axis))
     return saved

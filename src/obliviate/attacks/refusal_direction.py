@@ -25,8 +25,8 @@ outputs per supported family; we hook every layer's input and every residual wri
 covers post-norm layers (Gemma 2) and parallel-residual ones (GPT-NeoX). Weight orthogonalisation needs each
 writer to end in one linear projection, or to be a mixture of experts whose write axes the test in
 `models.anatomy.expert_slots` finds (fused expert tensors, shared experts, biases); where neither holds
-(post-norms) the attack reports `orthogonalized = 0` and saves no edited model. A model whose unembedding is tied to its embedding (SmolLM2,
-Gemma) is untied before the embedding is edited, so that the read-out stays as the hooks leave it. Budget: `n_train` prompts per class for the
+(post-norms) the attack reports `orthogonalized = 0` and saves no edited model. A model whose unembedding is
+tied to its embedding (SmolLM2, Gemma) is untied before the embedding is edited, so that the read-out stays as the hooks leave it. Budget: `n_train` prompts per class for the
 means, `n_val` per class for the selection, and which candidates are tried: `layers` (comma-separated layer
 indices, default every layer) and `positions` (the last k post-instruction positions, default all).
 

@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 
 from obliviate.errors import UsageError
-from obliviate.models.anatomy import num_experts  # noqa: F401 (re-exported)
+from obliviate.models.anatomy import is_fused_experts, num_experts  # noqa: F401 (num_experts re-exported)
 from obliviate.registry import Registry
 
 GUARDS: Registry[type["Guard"]] = Registry("guard")
@@ -235,7 +235,7 @@ def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
 
     def holds_experts(m: torch.nn.Module) -> bool:
         return any(isinstance(x, torch.nn.ModuleList) and len(x) == n_exp for x in m.modules()) or \
-            any(p.dim() >= 3 and p.shape[0] == n_exp for p in m.parameters())
+            any(is_fused_experts(p, n_exp) for p in m.parameters())
 
     out = []
     for i, ly in enumerate(decoder_layers(model)):

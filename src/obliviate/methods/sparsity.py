@@ -75,14 +75,14 @@ class PruneUnlearn(Method):
             raise UsageError(f"prune_unlearn: sparsity must be in [0, 1), got {self.sparsity}")
 
     def begin(self, model) -> None:
-        from obliviate.models.anatomy import num_experts
+        from obliviate.models.anatomy import is_fused_experts, num_experts
 
         n_exp = num_experts(model)
         self._masks = {}
         with torch.no_grad():
             for n, p in model.named_parameters():
                 # a MoE's fused experts [E, ., .] (transformers 5): each expert's matrix is pruned on its own
-                fused = bool(n_exp) and p.dim() == 3 and p.shape[0] == n_exp
+                fused = is_fused_experts(p, n_exp)
                 if (p.dim() == 2 or fused) and "embed" not in n:  # linear layers; embeddings stay dense
                     self._masks[n] = (torch.stack([magnitude_mask(x, self.sparsity) for x in p]) if fused
                                       else magnitude_mask(p, self.sparsity))

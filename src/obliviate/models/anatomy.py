@@ -58,6 +58,12 @@ def num_experts(model) -> int | None:
                  if isinstance(getattr(cfg, k, None), int)), None)
 
 
+def is_fused_experts(p: torch.Tensor, n_experts: int | None) -> bool:
+    """A mixture of experts' fused expert tensor [experts, ., .]: transformers 5 stores a MoE layer's experts so,
+    not as Linear modules."""
+    return bool(n_experts) and p.dim() == 3 and p.shape[0] == n_experts
+
+
 def fused_expert_parameters(model) -> list[str]:
     """Names (after the layer index, e.g. "mlp.experts.down_proj") of the decoder layers' fused expert tensors:
     parameters of 3+ dimensions whose first is the expert count (transformers 5 stores a MoE layer's experts so,
@@ -67,7 +73,7 @@ def fused_expert_parameters(model) -> list[str]:
         return []
     out = set()
     for ly in decoder_layers(model):
-        out |= {name for name, p in ly.named_parameters() if p.dim() >= 3 and p.shape[0] == n}
+        out |= {name for name, p in ly.named_parameters() if is_fused_experts(p, n)}
     return sorted(out)
 
 
@@ -83,7 +89,7 @@ def fused_expert_input_axes(model) -> list[tuple[str, nn.Parameter, int | None]]
     names = {id(p): name for name, p in model.named_parameters()}
     out = []
     for w in anat.all_writers:
-        fused = [p for p in w.parameters() if p.dim() == 3 and p.shape[0] == n]
+        fused = [p for p in w.parameters() if is_fused_experts(p, n)]
         if not fused:
             continue
         writes = {id(p): axis for p, axis in (expert_slots(w, anat.d_model) or [])}
@@ -223,7 +229,7 @@ class _WriterTest:
         import copy
 
         params = list(writer.parameters())
-        self.y0 = None
+        self.y0, self.d = None, d
         if not params:
             return
         # the test runs in float32 whatever the model's dtype (in bf16 a write axis's rounding error is about as
@@ -280,11 +286,15 @@ def expert_slots(writer: nn.Module, d: int, tokens: int = 64) -> list[Slot] | No
     together, and the output must be exactly the old one with its u component removed; else None (a post-norm,
     or a block whose writes are not linear in its weights). Random inputs of `tokens` positions route to most
     experts; a fused tensor holds all of them, so one routed token suffices to classify it."""
-    test = _WriterTest(writer, d, tokens)
+    return _write_axes(writer, _WriterTest(writer, d, tokens))
+
+
+def _write_axes(writer: nn.Module, test: _WriterTest) -> list[Slot] | None:
+    """`expert_slots` on a writer test already built (its random inputs and first output)."""
     if test.y0 is None:
         return None
     slots = [(p, axis) for p in writer.parameters() for axis, n in enumerate(p.shape)
-             if n == d and test.moves_along_u_only(p, axis)]
+             if n == test.d and test.moves_along_u_only(p, axis)]
     return slots if slots and test.removes_u(slots) else None
 
 
@@ -299,13 +309,13 @@ def write_slots(model, anat: Anatomy) -> list[Slot]:
     slots = []
     for w in anat.all_writers:
         p = write_projection(w, seen)
-        found = projection_slots(p) if p is not None else None
+        found, test = projection_slots(p) if p is not None else None, None
         if found is not None and not _is_projection(w):
             test = _WriterTest(w, anat.d_model)
             if test.y0 is not None and not test.removes_u(found):
                 found = None
         if found is None:
-            found = expert_slots(w, anat.d_model)
+            found = _write_axes(w, test or _WriterTest(w, anat.d_model))
         if found is None:
             raise UsageError(f"{type(w).__name__} writes to the residual stream through no linear projection, so "
                              "its weights cannot be orthogonalised (hook-based ablation still works)")
