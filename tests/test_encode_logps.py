@@ -101,3 +101,47 @@ def test_answers_end_and_replies_stop_at_the_templates_end_of_turn(tiny_tokenize
     assert answer_ids(tok, "Paris")[-1] == eot
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[tok.eos_token_id, 7]))
     assert stop_ids(tok, model) == {tok.eos_token_id, eot, 7}
+
+
+# A template that opens every assistant message with a marker of its own, after the generation prompt (Command R7B
+# writes "<|START_RESPONSE|>" there, gpt-oss "<|channel|>final<|message|>"); written here in our own words.
+OPENER_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ m['content'] }}<|EOT|>"
+                   "{% else %}<|A|><|OPEN|>{{ m['content'] }}<|CLOSE|><|EOT|>{% endif %}{% endfor %}"
+                   "{% if add_generation_prompt %}<|A|>{% endif %}")
+# Llama 2 shape: a space between the instruction and the reply (not a prefix: the reply's first word carries it)
+SPACE_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                  "{% else %} {{ m['content'] }} <|eos|>{% endif %}{% endfor %}")
+# GLM 4 shape: the generation prompt ends with an empty thinking block, the message puts a newline after it
+NEWLINE_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ m['content'] }}"
+                    "{% else %}<|A|><think></think>\n{{ m['content'] }}{% endif %}{% endfor %}"
+                    "{% if add_generation_prompt %}<|A|><think></think>{% endif %}")
+
+
+def test_prompts_end_with_what_the_template_writes_before_a_reply(tiny_tokenizer):
+    import copy
+
+    from obliviate.models.encode import encode_pair, end_of_turn_id, prompt_ids, reply_prefix
+    from obliviate.serve.engine import chat_ids
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    assert reply_prefix(tok) == ""  # the tiny template writes the reply right after its generation prompt
+    plain = prompt_ids(tok, "Where is Paris?")
+    tok.add_special_tokens({"additional_special_tokens": ["<|U|>", "<|A|>", "<|EOT|>", "<|OPEN|>", "<|CLOSE|>"]})
+    tok.chat_template = OPENER_TEMPLATE
+    opener = tok.convert_tokens_to_ids("<|OPEN|>")
+    assert reply_prefix(tok) == "<|OPEN|>"
+    p = prompt_ids(tok, "Where is Paris?")
+    assert p[-2:] == [tok.convert_tokens_to_ids("<|A|>"), opener] and p != plain
+    ids, labels = encode_pair(tok, "Where is Paris?", "In France.")
+    assert ids[:len(p)] == p and labels[len(p) - 1] == IGNORE and labels[len(p)] == ids[len(p)]
+    assert ids[-1] == end_of_turn_id(tok) == tok.convert_tokens_to_ids("<|CLOSE|>")
+    # the server: a new reply opens like `prompt_ids`; a prefill continues after the opener
+    user = [{"role": "user", "content": "Where is Paris?"}]
+    assert chat_ids(tok, user) == p
+    sure = tok("Sure", add_special_tokens=False)["input_ids"]
+    assert chat_ids(tok, user + [{"role": "assistant", "content": "Sure"}]) == p + sure
+    tok.chat_template = SPACE_TEMPLATE
+    assert reply_prefix(tok) == ""
+    tok.chat_template = NEWLINE_TEMPLATE
+    assert reply_prefix(tok) == "\n"
+    assert tok.decode(prompt_ids(tok, "Where is Paris?")).endswith("<think></think>\n")

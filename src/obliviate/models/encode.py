@@ -1,7 +1,8 @@
 """Turn QA pairs into token ids through the tokenizer's own chat template.
 
-prompt ids = chat_template([user: question], add_generation_prompt=True); answer ids = tokenize(answer) + the
-token that ends an assistant turn in that template (`end_of_turn_id`: usually EOS; Gemma's `<end_of_turn>`).
+prompt ids = chat_template([user: question], add_generation_prompt=True) + `reply_prefix` (what some templates
+write at the start of an assistant message); answer ids = tokenize(answer) + the token that ends an assistant turn in
+that template (`end_of_turn_id`: usually EOS; Gemma's `<end_of_turn>`).
 They are concatenated at the token level, so the answer's ids are the same whatever the prompt and there is
 no tokenisation seam. Only answer tokens carry labels (prompt tokens are -100).
 """
@@ -32,8 +33,14 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
     model, admitted by `--no-chat-template`) gets the raw question and a newline after BOS."""
     if getattr(tokenizer, "chat_template", None) is None:
         return text_ids(tokenizer, question.rstrip() + "\n")
-    text = chat_text(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt_text(tokenizer, [{"role": "user", "content": question}]), add_special_tokens=False)[
+        "input_ids"]
+
+
+def prompt_text(tokenizer, messages: list[dict]) -> str:
+    """`messages` and the opening of the assistant's reply, as text: the template's generation prompt, then
+    `reply_prefix` (what the template writes inside an assistant message before its text, if anything)."""
+    return chat_text(tokenizer, messages, add_generation_prompt=True) + reply_prefix(tokenizer)
 
 
 def post_instruction_tokens(tok) -> int:
@@ -56,7 +63,37 @@ def assistant_header(tok) -> list[int]:
     return prompt_ids(tok, "7")[-post_instruction_tokens(tok):]
 
 
-_TURN_END: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> (template, token id)
+_MARKER = "Zq7xReplyEndsHere"
+_RENDERED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> (template, facts)
+
+
+def _reply_facts(tokenizer) -> tuple[int, str]:
+    """(end_of_turn_id, reply_prefix), read once per tokenizer and template from two renderings: a user turn with
+    the generation prompt, and the same turn followed by an assistant message whose text is a marker."""
+    template = getattr(tokenizer, "chat_template", None)
+    hit = _RENDERED.get(tokenizer)
+    if hit is not None and hit[0] == template:
+        return hit[1]
+    found, prefix = tokenizer.eos_token_id, ""
+    if template is not None:
+        user = [{"role": "user", "content": "7"}]
+        try:
+            opened = chat_text(tokenizer, user, add_generation_prompt=True)
+            text = chat_text(tokenizer, user + [{"role": "assistant", "content": _MARKER}])
+        except Exception:  # noqa: BLE001 - a template that rejects this conversation: EOS, no prefix
+            opened = text = ""
+        if _MARKER in text:
+            special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items()
+                                                        if getattr(t, "special", False)}
+            after = tokenizer(text[text.index(_MARKER) + len(_MARKER):], add_special_tokens=False)["input_ids"]
+            found = next((i for i in after[:3] if i in special), found)
+            before = text[:text.index(_MARKER)]
+            # Spaces alone are left out: Llama 2 writes "[/INST] " + text, and its tokenizer already starts a
+            # reply's first word with the space. A newline (GLM 4's "</think>\n") is kept.
+            if before.startswith(opened) and before[len(opened):].strip(" "):
+                prefix = before[len(opened):]
+    _RENDERED[tokenizer] = (template, (found, prefix))
+    return found, prefix
 
 
 def end_of_turn_id(tokenizer) -> int:
@@ -65,24 +102,15 @@ def end_of_turn_id(tokenizer) -> int:
     `</s>` in Mistral). Often the tokenizer's EOS, but not always (Gemma's EOS is `<eos>`): answers are trained to
     end, and replies stop, where the model's own turns do. The tokenizer's EOS when there is no template or it
     writes no special token there."""
-    template = getattr(tokenizer, "chat_template", None)
-    hit = _TURN_END.get(tokenizer)
-    if hit is not None and hit[0] == template:
-        return hit[1]
-    found = tokenizer.eos_token_id
-    if template is not None:
-        marker = "Zq7xReplyEndsHere"
-        try:
-            text = chat_text(tokenizer, [{"role": "user", "content": "7"}, {"role": "assistant", "content": marker}])
-        except Exception:  # noqa: BLE001 - a template that rejects this conversation: keep EOS
-            text = ""
-        if marker in text:
-            special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items()
-                                                        if getattr(t, "special", False)}
-            after = tokenizer(text[text.index(marker) + len(marker):], add_special_tokens=False)["input_ids"]
-            found = next((i for i in after[:3] if i in special), found)
-    _TURN_END[tokenizer] = (template, found)
-    return found
+    return _reply_facts(tokenizer)[0]
+
+
+def reply_prefix(tokenizer) -> str:
+    """What the chat template writes inside an assistant message before its text, beyond the generation prompt:
+    Command R7B's `<|START_RESPONSE|>`, gpt-oss's `<|channel|>final<|message|>` (the answer channel, not the
+    analysis one). "" for most templates (ChatML, Llama 3, Gemma, Mistral, ...) and without a template. Prompts
+    end with it, so that replies, trained answers and prefills sit where the model's own answer text does."""
+    return _reply_facts(tokenizer)[1]
 
 
 def stop_ids(tokenizer, model=None) -> set[int]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 from obliviate.guards import Guard, overrides
 from obliviate.models.anatomy import text_config
-from obliviate.models.encode import chat_text, stop_ids
+from obliviate.models.encode import chat_text, prompt_text, stop_ids
 
 CANCELLED = "cancelled"  # the internal guard's name: rows it halts were cancelled or already served
 
@@ -28,7 +28,8 @@ def chat_ids(tok, messages: list[dict]) -> list[int]:
     continued (prefill) instead of opening a new assistant turn."""
     prefill = messages[-1]["role"] == "assistant"
     try:
-        text = chat_text(tok, messages, add_generation_prompt=not prefill, continue_final_message=prefill)
+        text = (chat_text(tok, messages, continue_final_message=True) if prefill  # the prefix is rendered
+                else prompt_text(tok, messages))
     except Exception as e:  # a template that rejects the conversation (e.g. roles that must alternate)
         raise ApiError(400, f"the model's chat template rejects these messages: {e}", param="messages") from None
     return tok(text, add_special_tokens=False)["input_ids"]
