@@ -227,3 +227,30 @@ def test_replies_stop_at_any_of_the_models_eos_ids(model_tok):
     finally:
         model.generation_config.eos_token_id = before
     assert rep.finish_reason == "stop" and rep.token_ids == [other]
+
+
+def test_no_pass_projects_prompt_positions_onto_the_vocabulary(model_tok):
+    """The decode loop's prefill keeps the last position's logits only, and evaluation's full-sequence pass those
+    from the first scored position: [B, T, V] prompt logits are the largest tensor of either (262k-vocabulary
+    models) and nothing reads them."""
+    from obliviate.evaluate import _forward_stats
+    from obliviate.models.encode import encode_pair
+
+    model, tok = model_tok
+    prompts = [prompt_ids(tok, q) for q in QUESTIONS]
+    seen = []
+    handle = model.register_forward_hook(lambda m, args, out: seen.append(tuple(out.logits.shape)))
+    try:
+        generate(model, tok, prompts, max_new_tokens=3)
+        prefill = seen[0]
+        seen.clear()
+        pairs = [encode_pair(tok, q, "Ten words of answer, more or less, for this one.") for q in QUESTIONS]
+        _forward_stats(model, pairs, tok.pad_token_id, 8)
+    finally:
+        handle.remove()
+    assert prefill[:2] == (len(QUESTIONS), 1)
+    answer = len(tok("Ten words of answer, more or less, for this one.", add_special_tokens=False)["input_ids"]) + 1
+    first = min(len(p) for p in prompts)  # the shortest prompt's answer starts first
+    longest = max(len(x) for x, _ in pairs)
+    assert seen == [(len(QUESTIONS), longest - first + 1, len(tok))] and seen[0][1] < longest
+    assert answer <= seen[0][1]

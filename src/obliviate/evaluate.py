@@ -16,7 +16,7 @@ from obliviate.generation import generate
 from obliviate.metrics import compute_all
 from obliviate.metrics.mia import minkpp_token_z
 from obliviate.metrics.tofu import rouge_l_recall
-from obliviate.models.encode import IGNORE, answer_ids, collate, encode_pair, prompt_ids
+from obliviate.models.encode import IGNORE, answer_ids, collate, encode_pair, keeps_logits, prompt_ids
 
 # The splits an evaluation reads from a world directory, and what each is for.
 EVAL_SPLITS = ("forget", "retain", "world_facts", "holdout")
@@ -64,14 +64,19 @@ def _guarded_forward_stats(model, guards, encoded, pad, batch_size, texts) -> li
     for s in range(0, len(order), batch_size):
         idx = order[s: s + batch_size]
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad).items()}
+        labels = batch["labels"][:, 1:]  # position t scores token t + 1                          [B, T-1]
+        # logits from the batch's first scored position only (as `token_logps`): not [B, T, V] over the prompts
+        f = int((labels != IGNORE).any(0).int().argmax())
+        kw = {"logits_to_keep": labels.shape[1] + 1 - f} if keeps_logits(model) else {}
         if guards:
             prompt = (batch["labels"] == IGNORE) & (batch["attention_mask"] == 1)
             rows = [Row(i, texts[i] if texts else None) for i in idx]
             embeds = prefill_embeddings(model, guards, batch["input_ids"], prompt, rows)
-            logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits[:, :-1]
+            logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **kw).logits
         else:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        for i, row in zip(idx, _stats(logits, batch["labels"][:, 1:], [True] * len(idx))):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
+        logits = logits[:, -(labels.shape[1] + 1 - f):][:, :-1]  # positions f .. T-2               [B, S, V]
+        for i, row in zip(idx, _stats(logits, labels[:, f:], [True] * len(idx))):
             out[i] = row
     return out
 
@@ -87,7 +92,6 @@ def _shared_prompt_stats(model, groups: list[tuple[list[int], list[list[int]]]],
     from transformers import DynamicCache
 
     from obliviate.generation import _positions, left_pad
-    from obliviate.models.encode import keeps_logits
 
     device = next(model.parameters()).device
     ids, mask = left_pad([p for p, _ in groups], pad, device)  # [G, P]
