@@ -116,6 +116,15 @@ NEWLINE_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ 
                     "{% else %}<|A|><think></think>\n{{ m['content'] }}{% endif %}{% endfor %}"
                     "{% if add_generation_prompt %}<|A|><think></think>{% endif %}")
 
+# DeepSeek-R1-distill shape: the generation prompt opens a reasoning block that rendered messages never carry
+OPEN_BLOCK_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ m['content'] }}"
+                       "{% else %}<|A|>{{ m['content'] }}<|EOT|>{% endif %}{% endfor %}"
+                       "{% if add_generation_prompt %}<|A|><think>\n{% endif %}")
+# a role header written as a tag: in the generation prompt and before every assistant message alike
+TAG_HEADER_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<user>\n{{ m['content'] }}\n"
+                       "{% else %}<assistant>\n{{ m['content'] }}<|EOT|>{% endif %}{% endfor %}"
+                       "{% if add_generation_prompt %}<assistant>\n{% endif %}")
+
 
 def test_prompts_end_with_what_the_template_writes_before_a_reply(tiny_tokenizer):
     import copy
@@ -145,3 +154,9 @@ def test_prompts_end_with_what_the_template_writes_before_a_reply(tiny_tokenizer
     tok.chat_template = NEWLINE_TEMPLATE
     assert reply_prefix(tok) == "\n"
     assert tok.decode(prompt_ids(tok, "Where is Paris?")).endswith("<think></think>\n")
+    # an opened reasoning block is closed empty, as Qwen3's template does with enable_thinking=False
+    tok.chat_template = OPEN_BLOCK_TEMPLATE
+    assert reply_prefix(tok) == "\n</think>\n\n"
+    assert tok.decode(prompt_ids(tok, "Where is Paris?")).replace(" ", "").endswith("<|A|><think>\n\n</think>\n\n")
+    tok.chat_template = TAG_HEADER_TEMPLATE
+    assert reply_prefix(tok) == ""

@@ -9,6 +9,7 @@ no tokenisation seam. Only answer tokens carry labels (prompt tokens are -100).
 
 from __future__ import annotations
 
+import re
 import weakref
 
 import torch
@@ -92,8 +93,21 @@ def _reply_facts(tokenizer) -> tuple[int, str]:
             # reply's first word with the space. A newline (GLM 4's "</think>\n") is kept.
             if before.startswith(opened) and before[len(opened):].strip(" "):
                 prefix = before[len(opened):]
+            prefix = prefix or _close_opened_block(opened, before)
     _RENDERED[tokenizer] = (template, (found, prefix))
     return found, prefix
+
+
+def _close_opened_block(opened: str, before: str) -> str:
+    """The generation prompt may open a block that no rendered assistant message has: the reasoning of
+    DeepSeek-R1 distills and Nemotron Nano 2 ("...<think>\n"), whose templates do not read `enable_thinking`.
+    The block is closed empty, as Qwen3's template does with `enable_thinking=False` ("<think>\n\n</think>\n\n"),
+    so that the reply is the answer, not the start of a reasoning trace. A tag that the assistant's own messages
+    also carry before their text is a role header, not such a block, and stays open."""
+    m = re.search(r"<([A-Za-z_][\w-]*)>(\s*)$", opened)
+    if m is None or before.rstrip().endswith(m.group(0).rstrip()) or f"</{m.group(1)}>" in before:
+        return ""
+    return f"{m.group(2)}</{m.group(1)}>\n\n"
 
 
 def end_of_turn_id(tokenizer) -> int:
