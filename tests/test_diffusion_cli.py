@@ -102,3 +102,11 @@ def test_eval_a_directory_without_unet(setup, tmp_path, capsys):
     code, _, err = run_cli(["eval", "--suite", "diffusion", "--data", d / "world", "--concept", "star", "--model",
                             tmp_path / "empty", "--out", tmp_path / "ev"], capsys)
     assert code == 2 and "unet" in err and not (tmp_path / "ev").exists()
+
+
+def test_dtype_is_refused_for_text_to_image_models(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OBLIVIATE_DTYPE", "float32")  # restored after the test: main() sets it from --dtype
+    code, _, err = run_cli(["erase", "uce", "--model", setup / "pixel", "--concept", "star", "--out", tmp_path / "u",
+                            "--dtype", "bf16"], capsys)
+    assert code == 2 and "applies to language models" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "u").exists()

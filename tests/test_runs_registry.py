@@ -239,6 +239,25 @@ def test_hook_records_done_run_with_metrics(fake_cli, tmp_path, capsys):
     assert json.loads((tmp_path / "o" / RUN_FILE).read_text())["run"]["id"] == run["id"]
 
 
+def test_hook_records_the_typed_line_and_the_load_dtype_is_configuration(fake_cli, tmp_path, capsys,
+                                                                          monkeypatch):
+    from obliviate.pipeline import results_document
+    from obliviate.runs.hook import describe
+
+    monkeypatch.setenv("OBLIVIATE_DTYPE", "float32")  # restored after the test: main() sets it from --dtype
+    for name, extra in (("b", ["--dtype", "bf16"]), ("c", ["--quiet"])):
+        code, _, err = run_cli(["ok", "--out", tmp_path / name, *extra], capsys)
+        assert code == 0, err
+    runs = {Path(r["out_dir"]).name: r for r in runs_json(capsys)}
+    assert runs["b"]["argv"][-2:] == ["--dtype", "bf16"] and runs["c"]["argv"][-1] == "--quiet"
+    hashes, configs = [], []
+    for dtype in ("float32", "bfloat16"):
+        monkeypatch.setenv("OBLIVIATE_DTYPE", dtype)
+        hashes.append(describe("ok", {"method": "npo"}, set())["config_hash"])
+        configs.append(results_document({"seed": 0}, {}, {})["config"])
+    assert hashes[0] != hashes[1] and configs == [{"seed": 0}, {"seed": 0, "dtype": "bfloat16"}]
+
+
 def test_hook_failures_and_bad_input(fake_cli, tmp_path, capsys):
     code, _, err = run_cli(["refuse", "--out", tmp_path / "r"], capsys)  # refused before writing: no run
     assert code == 2 and one_line_error(err) == "error: --out: bad input"

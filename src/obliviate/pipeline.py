@@ -125,6 +125,7 @@ def results_document(config: dict, results: dict, n_samples: dict, extra: dict |
 
     from obliviate import __version__
     from obliviate.metrics import METRICS
+    from obliviate.models.load import dtype_entry
 
     try:
         git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -141,7 +142,7 @@ def results_document(config: dict, results: dict, n_samples: dict, extra: dict |
     return {
         "obliviate_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config,
+        "config": {**config, **dtype_entry()},  # dtype: only when --dtype loaded models below float32
         "git": git,
         "versions": versions,
         "results": results,

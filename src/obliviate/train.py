@@ -205,6 +205,12 @@ def _train(
                 "forget_idk": " (an 'I don't know' answer pool, --idk)"}
         raise UsageError(f"{type(method).__name__} needs non-empty {', '.join(missing)} data"
                          + "".join(hint.get(m, "") for m in missing))
+    low = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                  if p.is_floating_point() and p.dtype != torch.float32})
+    if low and not cfg.lora_r:
+        # AdamW on bf16/fp16 weights drops every update below the weight's precision (bf16: 1/256 relative)
+        raise UsageError(f"full fine-tuning needs float32 weights, and the model was loaded in {low[0]} (--dtype): "
+                         "drop --dtype (--bf16 computes in bfloat16 over float32 weights) or train LoRA (--lora-r)")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
     pad = tokenizer.pad_token_id

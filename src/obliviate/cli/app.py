@@ -19,7 +19,9 @@ from obliviate.cli import report, runs, serve
 from obliviate.errors import UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make a generative model forget what it must, and prove it.")
+                  help="Make a generative model forget what it must, and prove it.\n\nOn every command, anywhere on "
+                       "the line: --quiet (nothing on stderr but an error line), --json (one JSON document on stdout), "
+                       "--dtype float32|bfloat16|float16 (the dtype language models are loaded in).")
 
 COMMANDS = [
     (data.world, None), (data.prompts, None),
@@ -88,10 +90,20 @@ def main() -> None:
     from obliviate.runs import hook  # standard library only: milliseconds
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # --quiet / --json, anywhere on the line, for every command (cli/conventions.py)
-    argv, quiet, as_json = conventions.take_flags(app, sys.argv[1:])
+    # --quiet / --json / --dtype, anywhere on the line, for every command (cli/conventions.py)
+    given = sys.argv[1:]
+    argv, quiet, as_json = conventions.take_flags(app, given)
+    try:
+        argv, dtype = conventions.take_value(app, argv, "--dtype")
+        if dtype is not None:
+            from obliviate.models.load import canonical_dtype  # standard library only: no torch yet
+
+            os.environ["OBLIVIATE_DTYPE"] = canonical_dtype(dtype)
+    except UsageError as e:
+        typer.echo(f"error: {_one_line(e)}", file=_errors())
+        sys.exit(2)
     sys.argv = [sys.argv[0], *argv]
-    live = hook.start(app, argv)
+    live = hook.start(app, argv, recorded=given)
     try:
         with contextlib.ExitStack() as stack:
             if quiet:

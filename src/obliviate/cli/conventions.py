@@ -7,7 +7,11 @@
   `leaderboard.json`, `calibration.json`, `sweep.json`, `align.json`) from the output directory. Commands that
   define their own `--json` (`runs ...`, `tofu-score`, `muse-eval`, `judge ...`) keep it.
 
-Both flags may stand anywhere on the command line; they are taken out before the command's parser sees them.
+- `--dtype float32|bfloat16|float16` (any command that loads a model, unless it defines its own `--dtype`, as
+  `models convert` does): the dtype models are loaded in (`OBLIVIATE_DTYPE`, read by `models.load.load_model`;
+  float32 by default).
+
+These flags may stand anywhere on the command line; they are taken out before the command's parser sees them.
 """
 
 from __future__ import annotations
@@ -48,6 +52,29 @@ def take_flags(app, argv: list[str]) -> tuple[list[str], bool, bool]:
     as_json = "--json" in argv and not defines(app, argv, "--json")
     drop = {f for f, on in (("--quiet", quiet), ("--json", as_json)) if on}
     return [a for a in argv if a not in drop], quiet, as_json
+
+
+def take_value(app, argv: list[str], flag: str) -> tuple[list[str], Optional[str]]:
+    """(argv without `flag VALUE` / `flag=VALUE`, VALUE), when the command does not define `flag` itself. A flag
+    without its value is a UsageError."""
+    from obliviate.errors import UsageError
+
+    if not any(a == flag or a.startswith(flag + "=") for a in argv) or defines(app, argv, flag):
+        return argv, None
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == flag:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+                raise UsageError(f"{flag} needs a value")
+            value, i = argv[i + 1], i + 2
+            continue
+        if a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return rest, value
 
 
 def out_dir(app, argv: list[str]) -> Optional[Path]:

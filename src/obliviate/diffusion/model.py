@@ -191,7 +191,13 @@ def _diffusers_version() -> str:
 
 
 def load_t2i(path: str | Path) -> T2I:
-    """Open a diffusers text-to-image directory (UsageError, exit 2, when a part is missing)."""
+    """Open a diffusers text-to-image directory (UsageError, exit 2, when a part is missing). Always in float32:
+    `--dtype` (language models' load dtype) is refused here rather than ignored."""
+    from obliviate.models.load import dtype_entry
+
+    if dtype_entry():
+        raise UsageError(f"--dtype {dtype_entry()['dtype']} applies to language models; text-to-image models load "
+                         "in float32")
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
     from transformers.utils import logging as hf_logging

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from obliviate.errors import UsageError
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
+
+
+def canonical_dtype(name: str) -> str:
+    """"bf16" -> "bfloat16", ...; an unknown name is a UsageError (exit 2) that lists the known ones."""
+    if name not in _DTYPES:
+        raise UsageError(f"unknown dtype {name!r} (known: {', '.join(sorted(_DTYPES))})")
+    return _DTYPES[name]
+
+
+def default_dtype() -> str:
+    """The dtype models are loaded in when a caller does not say: `--dtype` on the command line (which sets
+    OBLIVIATE_DTYPE), else float32."""
+    return canonical_dtype(os.environ.get("OBLIVIATE_DTYPE", "float32"))
 
 
 def check_model_dir(path: str, *, local_only: bool = False) -> None:
@@ -34,9 +48,17 @@ def _auto_class(path: str, trust_remote_code: bool):
     return AutoModelForCausalLM
 
 
-def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+def dtype_entry() -> dict:
+    """{"dtype": ...} when `--dtype` set a load dtype other than float32, else {}: what results' configurations
+    and the run registry's hashes add, so that float32 runs keep the hashes they had before the flag existed."""
+    dtype = default_dtype()
+    return {} if dtype == "float32" else {"dtype": dtype}
+
+
+def load_model(path: str, *, dtype: str | None = None, device: str = "cpu", trust_remote_code: bool = False,
                require_chat_template: bool = True, guards=()):
-    """Return (model, tokenizer). A local path that is not a model directory is a UsageError (exit 2).
+    """Return (model, tokenizer). A local path that is not a model directory is a UsageError (exit 2). `dtype`:
+    float32, bfloat16 or float16; None takes `default_dtype()` (the command line's `--dtype`, else float32).
     `guards`: guard directories (`obliviate guard fit`) attached to the model, so that generation and the
     teacher-forced metrics apply them (`obliviate.guards.attach`)."""
     import torch
@@ -46,12 +68,11 @@ def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", trust_
     hf_logging.disable_progress_bar()  # per-shard bars drown our own progress output
     hf_logging.set_verbosity_error()
     check_model_dir(path)
-    if dtype not in _DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r} (known: {', '.join(sorted(_DTYPES))})")
+    dtype = default_dtype() if dtype is None else canonical_dtype(dtype)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = _auto_class(path, trust_remote_code).from_pretrained(
-            path, dtype=getattr(torch, _DTYPES[dtype]), trust_remote_code=trust_remote_code, use_safetensors=True
+            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -104,6 +104,7 @@ def _text(value) -> Optional[str]:
 
 def describe(command: str, params: dict, given: set[str]) -> dict:
     """The run's fields that the command line decides (suite, method, model, hashes), from parsed parameters."""
+    from obliviate.models.load import dtype_entry  # standard library only, as this module
     method = params.get("method") or (params.get("name") if command == "guard fit" else None)
     data = []
     for key, value in params.items():  # data: paths typed on the command line, other than --out
@@ -113,12 +114,15 @@ def describe(command: str, params: dict, given: set[str]) -> dict:
             if isinstance(v, Path):
                 data.append(v)
     return {"suite": _text(params.get("suite")), "method": _text(method), "model": _text(params.get("model")),
-            "config_hash": canonical_hash({"command": command, **{k: v for k, v in params.items() if k != "out"}}),
+            "config_hash": canonical_hash({"command": command, **{k: v for k, v in params.items() if k != "out"},
+                                           **dtype_entry()}),
             "data_hash": data_hash(data)}
 
 
-def start(app, argv: list[str]) -> Optional[LiveRun]:
-    """Insert a `running` row for this command; None when it is not recorded (no --out, --help, registry off)."""
+def start(app, argv: list[str], recorded: Optional[list[str]] = None) -> Optional[LiveRun]:
+    """Insert a `running` row for this command; None when it is not recorded (no --out, --help, registry off).
+    `argv` is what the command's parser reads; `recorded` (default: argv) the command line as typed, global flags
+    (`--dtype`, `--quiet`, `--json`) included."""
     if "--help" in argv or os.environ.get("RANK", "0") != "0":  # only rank 0 of a distributed launch records
         return None
     path = db.registry_path()
@@ -139,7 +143,8 @@ def start(app, argv: list[str]) -> Optional[LiveRun]:
         given = {k for k in ctx.params if (s := ctx.get_parameter_source(k)) is not None and s.name == "COMMANDLINE"}
         from obliviate.runs.registry import Registry
 
-        record = {"command": command, "argv": ["obliviate", *argv], **describe(command, ctx.params, given),
+        record = {"command": command, "argv": ["obliviate", *(argv if recorded is None else recorded)],
+                  **describe(command, ctx.params, given),
                   "git_commit": _git_commit(), "versions": _versions(), "machine": platform.platform(),
                   "host": socket.gethostname(), "status": "running", "pid": os.getpid(),
                   "out_dir": str(out.resolve())}
