@@ -48,6 +48,8 @@ def test_take_value_reads_both_spellings_and_leaves_a_commands_own_flag():
     assert take_value(app, ["eval", "--out", "o"], "--dtype") == (["eval", "--out", "o"], None)
     own = ["models", "convert", "--gguf", "f.gguf", "--out", "o", "--dtype", "bfloat16"]
     assert take_value(app, own, "--dtype") == (own, None)  # `models convert` defines --dtype itself
+    before = ["--dtype", "bfloat16", *own[:-2]]  # ... wherever the flag stands
+    assert take_value(app, before, "--dtype") == (before, None)
 
 
 def test_dtype_loads_models_in_it_and_full_fine_tuning_refuses_it(target_dir, world_dir, tmp_path, capsys,

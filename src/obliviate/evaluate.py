@@ -16,7 +16,8 @@ from obliviate.generation import generate
 from obliviate.metrics import compute_all
 from obliviate.metrics.mia import minkpp_token_z
 from obliviate.metrics.tofu import rouge_l_recall
-from obliviate.models.encode import IGNORE, answer_ids, collate, encode_pair, keeps_logits, prompt_ids
+from obliviate.models.encode import (IGNORE, answer_ids, collate, encode_pair, keeps_logits, prompt_ids,
+                                     scored_window)
 
 # The splits an evaluation reads from a world directory, and what each is for.
 EVAL_SPLITS = ("forget", "retain", "world_facts", "holdout")
@@ -64,10 +65,8 @@ def _guarded_forward_stats(model, guards, encoded, pad, batch_size, texts) -> li
     for s in range(0, len(order), batch_size):
         idx = order[s: s + batch_size]
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad).items()}
-        labels = batch["labels"][:, 1:]  # position t scores token t + 1                          [B, T-1]
         # logits from the batch's first scored position only (as `token_logps`): not [B, T, V] over the prompts
-        f = int((labels != IGNORE).any(0).int().argmax())
-        kw = {"logits_to_keep": labels.shape[1] + 1 - f} if keeps_logits(model) else {}
+        labels, keep, kw = scored_window(model, batch["labels"])
         if guards:
             prompt = (batch["labels"] == IGNORE) & (batch["attention_mask"] == 1)
             rows = [Row(i, texts[i] if texts else None) for i in idx]
@@ -75,8 +74,7 @@ def _guarded_forward_stats(model, guards, encoded, pad, batch_size, texts) -> li
             logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **kw).logits
         else:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
-        logits = logits[:, -(labels.shape[1] + 1 - f):][:, :-1]  # positions f .. T-2               [B, S, V]
-        for i, row in zip(idx, _stats(logits, labels[:, f:], [True] * len(idx))):
+        for i, row in zip(idx, _stats(logits[:, -keep:][:, :-1], labels, [True] * len(idx))):  # [B, S, V]
             out[i] = row
     return out
 

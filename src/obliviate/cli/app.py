@@ -53,6 +53,12 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+def _usage_exit(e: UsageError) -> None:
+    """Bad input or usage: one line on stderr, exit 2."""
+    typer.echo(f"error: {_one_line(e)}", file=_errors())
+    sys.exit(2)
+
+
 def _parser_error(e: BaseException) -> int | None:
     """Exit code for click's own exceptions, whichever click raised them (click itself, or the copy that typer
     >= 0.29 vendors as `typer._click`): they are recognised by class name, not by identity. None: not click's."""
@@ -100,8 +106,7 @@ def main() -> None:
 
             os.environ["OBLIVIATE_DTYPE"] = canonical_dtype(dtype)
     except UsageError as e:
-        typer.echo(f"error: {_one_line(e)}", file=_errors())
-        sys.exit(2)
+        _usage_exit(e)
     sys.argv = [sys.argv[0], *argv]
     live = hook.start(app, argv, recorded=given)
     try:
@@ -123,8 +128,7 @@ def _main() -> None:
     try:
         code = app(standalone_mode=False, prog_name="obliviate")
     except UsageError as e:
-        typer.echo(f"error: {_one_line(e)}", file=_errors())
-        sys.exit(2)
+        _usage_exit(e)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:

@@ -59,21 +59,26 @@ def take_value(app, argv: list[str], flag: str) -> tuple[list[str], Optional[str
     without its value is a UsageError."""
     from obliviate.errors import UsageError
 
-    if not any(a == flag or a.startswith(flag + "=") for a in argv) or defines(app, argv, flag):
+    if not any(a == flag or a.startswith(flag + "=") for a in argv):
         return argv, None
-    rest, value, i = [], None, 0
+    rest, value, missing, i = [], None, False, 0
     while i < len(argv):
         a = argv[i]
         if a == flag:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
-                raise UsageError(f"{flag} needs a value")
-            value, i = argv[i + 1], i + 2
+            missing = i + 1 >= len(argv) or argv[i + 1].startswith("-")
+            value, i = (None, i + 1) if missing else (argv[i + 1], i + 2)
             continue
         if a.startswith(flag + "="):
             value = a.split("=", 1)[1]
         else:
             rest.append(a)
         i += 1
+    # the command is named once the flag is out (`obliviate --dtype bf16 models convert ...`); a command with its own
+    # flag gets the line untouched, and its parser reports what is wrong with it
+    if defines(app, rest, flag):
+        return argv, None
+    if missing:
+        raise UsageError(f"{flag} needs a value")
     return rest, value
 
 

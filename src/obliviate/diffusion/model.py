@@ -195,9 +195,9 @@ def load_t2i(path: str | Path) -> T2I:
     `--dtype` (language models' load dtype) is refused here rather than ignored."""
     from obliviate.models.load import dtype_entry
 
-    if dtype_entry():
-        raise UsageError(f"--dtype {dtype_entry()['dtype']} applies to language models; text-to-image models load "
-                         "in float32")
+    entry = dtype_entry()
+    if entry:
+        raise UsageError(f"--dtype {entry['dtype']} applies to language models; text-to-image models load in float32")
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
     from transformers.utils import logging as hf_logging

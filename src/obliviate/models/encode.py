@@ -184,18 +184,26 @@ def token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     with a chat template the prompt is most of a sequence, and the [B, T, V] logits are the largest tensor of a
     training step.
     """
-    labels = batch["labels"][:, 1:]  # position t scores token t + 1                   [B, T-1]
-    scored = (labels != IGNORE).any(0)
-    f = int(scored.int().argmax()) if bool(scored.any()) else 0
-    keep = labels.shape[1] + 1 - f  # logits of positions f .. T-1
-    kw = {"logits_to_keep": keep} if f > 0 and keeps_logits(model) else {}
+    labels, keep, kw = scored_window(model, batch["labels"])
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
-    logits, labels = logits[:, -keep:][:, :-1], labels[:, f:]  # [B, S, V], [B, S]
+    logits = logits[:, -keep:][:, :-1]  # [B, S, V]
     # cross_entropy avoids materialising a second [B, S, V] log-softmax tensor during training
     logp = -torch.nn.functional.cross_entropy(
         logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
     )
     return logp, (labels != IGNORE).float(), logits
+
+
+def scored_window(model, labels: torch.Tensor) -> tuple[torch.Tensor, int, dict]:
+    """From a batch's labels [B, T]: (the scored labels [B, S], keep, forward kwargs). With f the first position
+    (over the batch) whose next token carries a label, the scored labels are labels[:, f + 1:], and the logits of
+    positions f .. T-1 (the last `keep` = T - f) are all a teacher-forced pass reads: `logits[:, -keep:][:, :-1]`
+    pairs with them. The kwargs ask the model for those logits only (`logits_to_keep`), where it takes that."""
+    labels = labels[:, 1:]  # position t scores token t + 1                               [B, T-1]
+    scored = (labels != IGNORE).any(0)
+    f = int(scored.int().argmax()) if bool(scored.any()) else 0
+    keep = labels.shape[1] + 1 - f
+    return labels[:, f:], keep, ({"logits_to_keep": keep} if f > 0 and keeps_logits(model) else {})
 
 
 def keeps_logits(model) -> bool:
