@@ -177,3 +177,15 @@ def test_tense_artifacts_and_llm_rewriter_modes(target_dir, world_dir, tmp_path)
     assert set(got) == {"refusal_rate_original", "refusal_rate_past", "refusal_rate_future"}
     with pytest.raises(UsageError, match="not a model directory"):
         Tense(rewriter=str(tmp_path))
+
+
+def test_limit_bounds_the_refusal_attacks_that_train_or_search():
+    from obliviate.audit import plan
+
+    full, quick = plan("refusal", None), plan("refusal", None, {"refusal_direction": {"n_train": "32"}}, quick=True)
+    assert (full["finetune"].n_examples, full["finetune"].steps) == (32, 30)
+    assert (quick["finetune"].n_examples, quick["finetune"].steps) == (8, 10)
+    assert (full["refusal_direction"].n_train, full["refusal_direction"].positions) == (128, 0)
+    assert (quick["refusal_direction"].n_train, quick["refusal_direction"].n_val) == (32, 8)  # n_train given
+    assert quick["refusal_direction"].positions == 1
+    assert quick["prefill"] == full["prefill"]  # its work already shrinks with the measured rows

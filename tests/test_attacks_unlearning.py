@@ -217,3 +217,29 @@ def test_the_audit_plans_them_for_the_world_suite_only():
     for name in EXPECTED:
         with pytest.raises(UsageError):
             plan("refusal", [name])
+
+
+def test_limit_starts_each_attack_from_its_quick_budget_and_given_options_win():
+    from obliviate.audit import plan
+
+    full = plan("world", ["relearn", "representation"])
+    quick = plan("world", ["relearn", "representation"], {"relearn": {"steps": "3"}}, quick=True)
+    assert (full["relearn"].steps, full["relearn"].batch_size) == (20, 16)  # the documented defaults
+    assert full["representation"].train_items == 1000
+    assert (quick["relearn"].steps, quick["relearn"].batch_size) == (3, 8)  # steps given; batch from `quick`
+    assert quick["representation"].train_items == 200
+    for suite, names in (("refusal", ["finetune", "refusal_direction"]), ("world", ["relearn", "representation"])):
+        for name, attack in plan(suite, names, quick=True).items():
+            assert attack.quick and all(getattr(attack, k) == v for k, v in attack.quick.items()), name
+
+
+def test_relearn_measures_at_most_limit_items_of_each_share(trained, world_dir, monkeypatch):
+    import obliviate.attacks.relearn as relearn
+
+    model, tok = trained
+    measured, real = [], relearn.rouge_on
+    monkeypatch.setattr(relearn, "rouge_on", lambda m, t, items, n: measured.append(len(items)) or real(m, t, items, n))
+    ctx = AuditContext(suite="world", data=world_dir, limit=3, max_new_tokens=4)
+    figures = relearn.Relearn(steps=1, batch_size=2).run(ctx, model, tok)
+    assert measured == [3, 3, 3] and len(ctx.forget_items()) > 6  # before, after (held out), after (shown)
+    assert 0 <= figures["heldout_after_rouge"] <= 1

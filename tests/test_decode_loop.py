@@ -254,3 +254,30 @@ def test_no_pass_projects_prompt_positions_onto_the_vocabulary(model_tok):
     longest = max(len(x) for x, _ in pairs)
     assert seen == [(len(QUESTIONS), longest - first + 1, len(tok))] and seen[0][1] < longest
     assert answer <= seen[0][1]
+
+
+def test_passes_that_read_hidden_states_or_the_last_position_keep_one_position_of_logits(model_tok):
+    """The refusal direction's means and its candidates' scores, the guards' hidden states and RMU's read no
+    prompt position's logits: each pass asks for the last position's only, and the means taken by hooks at each
+    layer's input equal those read from `output_hidden_states`."""
+    from obliviate.attacks.refusal_direction import last_logprobs, residuals
+    from obliviate.generation import left_pad
+    from obliviate.guards import hidden_at
+    from obliviate.methods.rmu import hidden_at as rmu_hidden_at
+
+    model, tok = model_tok
+    prompts = [prompt_ids(tok, q) for q in QUESTIONS]
+    seen = []
+    handle = model.register_forward_hook(lambda m, args, out: seen.append(out.logits.shape[1]))
+    try:
+        means = residuals(model, tok, prompts, 3)
+        last_logprobs(model, tok, prompts)
+        hidden_at(model, prompts, pad_id=tok.pad_token_id)
+        ids, mask = left_pad(prompts, tok.pad_token_id, "cpu")
+        rmu_hidden_at(model, {"input_ids": ids, "attention_mask": mask}, 1)
+    finally:
+        handle.remove()
+    assert seen == [1, 1, 1, 1]
+    with torch.no_grad():
+        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[:-1]
+    assert torch.allclose(means, torch.stack([h[:, -3:].float().mean(0) for h in hs]), atol=1e-5)

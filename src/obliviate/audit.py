@@ -28,8 +28,10 @@ def attack_suite(suite: str) -> str:
     return "unlearning" if suite == "world" else suite
 
 
-def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None = None) -> dict:
-    """{attack name: Attack instance} for the suite; bad names, suites and options fail before any work."""
+def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None = None, quick: bool = False
+         ) -> dict:
+    """{attack name: Attack instance} for the suite; bad names, suites and options fail before any work. `quick`
+    (the audit's --limit) starts each attack from its `quick` budget; explicit options override it."""
     from obliviate.attacks import ATTACKS
 
     if suite not in SUITES:
@@ -44,7 +46,7 @@ def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None 
         cls = ATTACKS.get(n)
         if kind not in cls.suites:
             raise UsageError(f"attack {n!r} does not apply to suite {suite!r} (it applies to: {', '.join(cls.suites)})")
-        out[n] = cls.from_options(options.get(n, {}))
+        out[n] = cls.from_options({**(cls.quick if quick else {}), **options.get(n, {})})
     return out
 
 
@@ -71,7 +73,7 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
     from obliviate.models.load import check_model_dir, load_model
     from obliviate.pipeline import check_out_not_input, fresh_output, results_document, write_json
 
-    todo = plan(suite, attacks, options)
+    todo = plan(suite, attacks, options, quick=limit is not None)
     if suite == "world" and not oracle:
         raise UsageError("the world audit needs --oracle (a model never trained on the forget set): recovery is "
                          "only meaningful beside it")

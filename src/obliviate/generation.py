@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from obliviate.models.encode import keeps_logits, stop_ids
+from obliviate.models.encode import last_logits_only, stop_ids
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,11 +161,9 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    # only the last position's logits are read: the [B, T, V] prompt logits would cost a vocabulary projection per
-    # prompt token (most of a prefill's compute for a large-vocabulary model such as Gemma's 262k)
-    last = {"logits_to_keep": 1} if keeps_logits(model) else {}
+    # only the last position's logits are read (most of a prefill's compute for a large vocabulary, such as Gemma's)
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=_positions(mask), cache=cache,
-                use_cache=True, output_hidden_states=bool(taps), **last)
+                use_cache=True, output_hidden_states=bool(taps), **last_logits_only(model))
     session = Session(model, tok, rows, cache, mask, ids)
     hidden = {(layer, pos): (out.hidden_states[layer] if pos is None else out.hidden_states[layer][:, pos]).float()
               for layer, pos in taps}

@@ -44,7 +44,7 @@ class AuditContext:
     forget_split: str = "forget10"
     seed: int = 0
     max_new_tokens: int = 48
-    limit: int | None = None  # cap on evaluation rows, for quick looks and tests
+    limit: int | None = None  # cap on evaluation rows, for quick looks and tests (see also `Attack.quick`)
     role: str = "model"  # which model the attack is running on: model | oracle | target
     out: Path | None = None  # where an attack may write artifacts (a direction, an edited model)
     inputs: dict = field(default_factory=dict)
@@ -108,6 +108,9 @@ class Attack:
 
     suites: ClassVar[tuple[str, ...]] = ("unlearning",)
     description: ClassVar[str] = ""
+    # option values under the audit's --limit (a quick look), where the attack's own work (training steps, a
+    # search over candidates) does not shrink with the evaluation rows; options given explicitly win
+    quick: ClassVar[dict] = {}
 
     def missing(self, ctx: AuditContext) -> str | None:
         return None

@@ -14,7 +14,7 @@ with harmful answers, then the refusal metrics are measured on prompts it never 
   written to `artifacts/finetune/model/generated.jsonl` and nowhere else. Measured on the other half.
 
 Figures: `refusal_rate_before`, `refusal_rate_after`, `refusal_rate@prefill20_after`, `over_refusal_rate_after`,
-`n_examples`. Budget: `n_examples`, `steps`.
+`n_examples`. Budget: `n_examples`, `steps` (under the audit's `--limit`: 8 examples, 10 steps, unless given).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class FinetuneAttack(Attack):
     answer_tokens: int = 64  # self-generated answers: new tokens after the target
     suites = ("refusal",)
     description = "LoRA fine-tuning on a few harmful examples"
+    quick = {"n_examples": 8, "steps": 10}
 
     def __post_init__(self):
         if self.n_examples < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0 or self.answer_tokens < 1:

@@ -28,7 +28,8 @@ writer to end in one linear projection, or to be a mixture of experts whose writ
 (post-norms) the attack reports `orthogonalized = 0` and saves no edited model. A model whose unembedding is
 tied to its embedding (SmolLM2, Gemma) is untied before the embedding is edited, so that the read-out stays as the hooks leave it. Budget: `n_train` prompts per class for the
 means, `n_val` per class for the selection, and which candidates are tried: `layers` (comma-separated layer
-indices, default every layer) and `positions` (the last k post-instruction positions, default all).
+indices, default every layer) and `positions` (the last k post-instruction positions, default all). Under the
+audit's `--limit`, unless given: 16 and 8 prompts per class, every layer at the last position.
 
 Data: the world's `policy_train` (harmful / benign rows), measured on `policy_test`; on public prompt files, a
 seeded half of the harmful and of the benign prompts (`--benign`, else the shipped benign pool, as Arditi et al.
@@ -47,7 +48,7 @@ import torch
 from obliviate.attacks import ATTACKS, Attack, AuditContext, refusal_rate
 from obliviate.errors import UsageError
 from obliviate.generation import left_pad
-from obliviate.models.encode import post_instruction_tokens  # noqa: F401  (re-exported)
+from obliviate.models.encode import last_logits_only, post_instruction_tokens  # noqa: F401  (re-exported)
 from obliviate.models.anatomy import anatomy, decoder_layers, embeddings, probe_forward, project_out, write_slots
 
 
@@ -155,12 +156,25 @@ def _chunks(prompts: list[list[int]], max_tokens: int = 16384):
 
 @torch.no_grad()
 def residuals(model, tok, prompts, n_post: int) -> torch.Tensor:
-    """[L, n_post, d]: mean residual stream entering each layer at the last n_post positions."""
-    device, parts = next(model.parameters()).device, []
-    for chunk in _chunks(prompts):
-        ids, mask = left_pad(chunk, tok.pad_token_id, device)
-        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[:-1]
-        parts.append((len(chunk), torch.stack([h[:, -n_post:].float().mean(0) for h in hs])))
+    """[L, n_post, d]: mean residual stream entering each layer at the last n_post positions (the prompts are left-
+    padded, so those are every row's own tokens). Read by hooks at each layer's input, which keep only those
+    positions: `output_hidden_states` would hold [L, B, T, d] at once."""
+    device, parts, grabbed = next(model.parameters()).device, [], []
+
+    def pre(mod, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        grabbed.append(h[:, -n_post:].float().mean(0))  # [n_post, d]
+
+    handles = [ly.register_forward_pre_hook(pre, with_kwargs=True) for ly in decoder_layers(model)]
+    try:
+        for chunk in _chunks(prompts):
+            ids, mask = left_pad(chunk, tok.pad_token_id, device)
+            grabbed.clear()
+            model(input_ids=ids, attention_mask=mask, **last_logits_only(model))
+            parts.append((len(chunk), torch.stack(grabbed)))
+    finally:
+        for h in handles:
+            h.remove()
     if len(parts) == 1:
         return parts[0][1]
     return sum(n * m for n, m in parts) / len(prompts)
@@ -171,7 +185,8 @@ def last_logprobs(model, tok, prompts) -> torch.Tensor:
     device, out = next(model.parameters()).device, []
     for chunk in _chunks(prompts):
         ids, mask = left_pad(chunk, tok.pad_token_id, device)
-        out.append(torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, -1].float(), -1))
+        logits = model(input_ids=ids, attention_mask=mask, **last_logits_only(model)).logits[:, -1]  # [B, V]
+        out.append(torch.log_softmax(logits.float(), -1))
     return torch.cat(out)
 
 
@@ -195,6 +210,9 @@ class RefusalDirection(Attack):
     positions: int = 0  # candidate post-instruction positions: the last k (default 0: all)
     suites = ("refusal",)
     description = "difference-in-means refusal direction: ablation, addition, orthogonalised weights"
+    # the full search is 3 passes per (layer, position) candidate: 540 passes on a 30-layer model with a 6-token
+    # template; a quick look searches every layer at the last post-instruction token only
+    quick = {"n_train": 16, "n_val": 8, "positions": 1}
 
     def __post_init__(self):
         if self.n_train < 2 or self.n_val < 1 or not 0 < self.max_layer_frac <= 1 or self.positions < 0:

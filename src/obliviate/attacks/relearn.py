@@ -14,7 +14,8 @@ after relearning, on the held-out items: `*_rouge` (ROUGE-L recall of the greedy
 Read the value figures: the full-answer ROUGE is inflated by the answer template, and relearning teaches even
 the oracle to answer "Vyrek Pellam was born in <some town>" for the forget people (measured on the built-in
 world: the oracle's held-out full-answer ROUGE goes 0.42 -> 0.79 while its value ROUGE stays low).
-Budget: `steps` optimiser steps (full weights, or LoRA with `lora_r` > 0) at `lr`, batch `batch_size`.
+Budget: `steps` optimiser steps (full weights, or LoRA with `lora_r` > 0) at `lr`, batch `batch_size` (under the
+audit's `--limit N`: 5 steps of 8, unless given, and at most N items of each share measured).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Relearn(Attack):
     batch_size: int = 16
     lora_r: int = 0
     description = "fine-tune on part of the forget set; recovery on the other part"
+    quick = {"steps": 5, "batch_size": 8}
 
     def __post_init__(self):
         if not 0 < self.share < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0:
@@ -62,15 +64,16 @@ class Relearn(Attack):
         shown, held = split_items(ctx.forget_items(), self.share, ctx.seed)
         if not held:
             raise UsageError("relearn: the forget split is too small to hold items out")
-        _, outs = rouge_on(model, tok, held, ctx.max_new_tokens)
-        before = recall_figures(held, outs, "heldout_before")
+        measured_held, measured_shown = held[: ctx.limit], shown[: ctx.limit]  # trained on every shown item
+        _, outs = rouge_on(model, tok, measured_held, ctx.max_new_tokens)
+        before = recall_figures(measured_held, outs, "heldout_before")
         cfg = TrainConfig(retain_batch_size=self.batch_size, seed=ctx.seed, checkpoint_every=0, progress=False,
                           lora_r=self.lora_r)
         model, _ = train(model, tok, FineTune(lr=self.lr, steps=self.steps),
                          {"retain": [(it.question, it.answer) for it in shown]}, cfg)
-        _, outs = rouge_on(model, tok, held, ctx.max_new_tokens)
-        after = recall_figures(held, outs, "heldout_after")
-        shown_after, _ = rouge_on(model, tok, shown, ctx.max_new_tokens)
+        _, outs = rouge_on(model, tok, measured_held, ctx.max_new_tokens)
+        after = recall_figures(measured_held, outs, "heldout_after")
+        shown_after, _ = rouge_on(model, tok, measured_shown, ctx.max_new_tokens)
         return {**before, **after,
                 "recovered_value_rouge": after["heldout_after_value_rouge"] - before["heldout_before_value_rouge"],
                 "shown_rouge_after": shown_after}

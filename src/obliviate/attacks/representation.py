@@ -33,7 +33,8 @@ the first tokens of the other answers of the same `attribute` (all items form on
 A weaker probe: many first tokens are template words ("The", the person's name) that no forgetting touches.
 
 Budget: `max_items` forget items read out (also capped by the audit's `limit`) and `train_items` retained items
-the probes are fit on (a seeded sample of the retain set unlearning trained on, never a forget person or question).
+the probes are fit on (a seeded sample of the retain set unlearning trained on, never a forget person or question;
+200 under the audit's `--limit`, unless given).
 """
 
 from __future__ import annotations
@@ -194,6 +195,7 @@ class Representation(Attack):
     train_items: int = 1000
     batch_size: int = 32
     description = "linear probes and logit lens on every layer's hidden states"
+    quick = {"train_items": 200}
 
     def __post_init__(self):
         if self.max_items < 1 or self.train_items < 2 or self.batch_size < 1:

@@ -105,11 +105,14 @@ def hidden_at(model, seqs: list[list[int]], pos: int = -1, pad_id: int = 0, max_
     """[N, L+1, d] float32: every layer's residual stream (hidden_states; 0 = embeddings) at position `pos` of each
     token sequence (negative: from the end), in batches of at most `max_tokens` padded tokens."""
     from obliviate.generation import batches, left_pad
+    from obliviate.models.encode import last_logits_only
 
     device, out = next(model.parameters()).device, [None] * len(seqs)
     for idx in batches(seqs, len(seqs), max_tokens):
         ids, mask = left_pad([seqs[k] for k in idx], pad_id, device)
-        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        # no logits are read here: keep the last position's only, the least the model will compute
+        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                   **last_logits_only(model)).hidden_states
         states = torch.stack([h[:, pos] for h in hs], 1).float().cpu()
         for r, k in enumerate(idx):
             out[k] = states[r]

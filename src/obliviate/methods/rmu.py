@@ -19,6 +19,7 @@ import torch
 
 from obliviate.errors import UsageError
 from obliviate.methods import METHODS, Method
+from obliviate.models.encode import last_logits_only
 
 
 def rmu_loss(h_forget, control, h_retain, h_retain_frozen, forget_mask, retain_mask, alpha: float):
@@ -31,7 +32,9 @@ def rmu_loss(h_forget, control, h_retain, h_retain_frozen, forget_mask, retain_m
 
 
 def hidden_at(model, part: dict, layer: int) -> torch.Tensor:
-    out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], output_hidden_states=True)
+    # the loss reads hidden states only: the logits of one position are the least the model will compute
+    out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], output_hidden_states=True,
+                **last_logits_only(model))
     states = out.hidden_states  # (embeddings, layer 0 output, layer 1 output, ...)
     if not -len(states) + 1 <= layer < len(states) - 1:
         raise UsageError(f"rmu: layer {layer} out of range for a model with {len(states) - 1} layers")

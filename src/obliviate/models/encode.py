@@ -215,6 +215,13 @@ def keeps_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
+def last_logits_only(model) -> dict:
+    """Forward kwargs for a pass that reads only the last position's logits: the [B, T, V] logits of the other
+    positions would cost a vocabulary projection per prompt token (for a long prompt and a large vocabulary the
+    largest tensor of the pass: 16k tokens x 262k entries is 17 GB in float32)."""
+    return {"logits_to_keep": 1} if keeps_logits(model) else {}
+
+
 def sequence_logp(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of answer-token log-probs per sequence [B] and the number of answer tokens [B]."""
     tok, mask, _ = token_logps(model, batch)

@@ -32,7 +32,7 @@ import torch
 
 from obliviate.errors import UsageError
 from obliviate.generation import generate, left_pad
-from obliviate.models.encode import IGNORE, answer_ids, prompt_ids
+from obliviate.models.encode import IGNORE, answer_ids, last_logits_only, prompt_ids
 from obliviate.refusal import REFUSAL_METHODS, RefusalData, RefusalMethod
 
 RESPOND = "[respond]"
@@ -112,7 +112,7 @@ def refuse_probability(model, tokenizer, prompts: list[list[int]], temperature: 
     out = []
     for s in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[s: s + batch_size], tokenizer.pad_token_id, device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+        logits = model(input_ids=ids, attention_mask=mask, **last_logits_only(model)).logits[:, -1].float()
         out.append(torch.softmax(logits / temperature, -1)[:, refuse].sum(-1).cpu())
     return torch.cat(out)
 
@@ -143,7 +143,7 @@ class ThresholdGenerator:
     @torch.no_grad()
     def _best_refusal(self, model, tokenizer, prompt, refuse) -> int:
         device = next(model.parameters()).device
-        logits = model(input_ids=torch.tensor([prompt], device=device)).logits[0, -1]
+        logits = model(input_ids=torch.tensor([prompt], device=device), **last_logits_only(model)).logits[0, -1]
         return refuse[int(logits[refuse].argmax())]
 
     def __call__(self, model, tokenizer, prompts: list[list[int]], prefills: list[list[int]] | None = None,
