@@ -81,3 +81,19 @@ def test_direction_layers_skip_layer_zero():
     assert direction_layers(30, 3) == [3, 6, 9, 12, 15, 18, 21]  # SmolLM2: what the measured demo tried (0 was zero)
     assert direction_layers(4, 3) == [2]  # a 4-layer model: layer 0 alone gave "every candidate direction is zero"
     assert direction_layers(2, 3) == [1] and direction_layers(12, 1) == list(range(1, 9))
+
+
+def test_bf16_autocast_only_where_it_pays(monkeypatch):
+    """bf16 autocast made a SmolLM2 LoRA step 1.5x faster on a CPU with AMX and slower on one without: the real
+    demo's default (None) asks `bf16_pays`, which reads the CPU's AMX flag (or a GPU's bf16 support)."""
+    import torch
+
+    from obliviate.suites.real_demo import FULL, SMOKE, with_bf16_where_it_pays
+    from obliviate.train import bf16_pays
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for amx in (True, False):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda amx=amx: {"amx_bf16": amx, "avx512_bf16": True})
+        assert bf16_pays() is amx and with_bf16_where_it_pays(FULL).bf16 is amx
+        assert with_bf16_where_it_pays(SMOKE).bf16 is False  # given: kept
+    assert FULL.bf16 is None

@@ -43,7 +43,7 @@ class TrainConfig:
     max_len: int = 512
     lora_r: int = 0  # > 0 trains LoRA adapters (peft) and merges them into the saved model
     # bf16 autocast of every forward pass (weights, optimiser state and gradients stay fp32). On a CPU with AMX a
-    # SmolLM2-135M LoRA step runs 1.5x faster (bench/real_scale.py train --bf16); off by default: fp32 is exact
+    # SmolLM2-135M LoRA step runs 1.5x faster, on one without it slower (`bf16_pays`); off by default: fp32 is exact
     bf16: bool = False
     progress: bool = True
 
@@ -174,6 +174,19 @@ def flush_denormal():
     finally:
         if changed:
             torch.set_flush_denormal(False)
+
+
+def bf16_pays() -> bool:
+    """Whether bf16 autocast speeds training up on this machine: a CUDA GPU that supports bf16, or a CPU with AMX
+    (Intel's matrix units, which run bf16 matmuls natively). A SmolLM2-135M LoRA step of 16 world QA took 3.4-3.9 s
+    against 5.1-5.7 s in fp32 on a 2-core CPU with AMX, and 4.65 s against 4.34 s on a 2-core CPU with AVX512-BF16
+    but no AMX (`bench/bf16_steps.py --models real`; README, Benchmarks): the bf16 instructions alone do not pay."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.cpu.get_capabilities().get("amx_bf16"))
+    except (AttributeError, RuntimeError):  # a torch without the query: assume not
+        return False
 
 
 def train(*args, **kwargs) -> tuple[object, "TrainResult"]:

@@ -63,7 +63,9 @@ class RealDemoSize:
     depths: tuple[int, ...] = (20,)
     direction_prompts: int = 32  # per class, for the refusal direction's means
     direction_layer_stride: int = 3  # candidate layers 3, 6, ... below 0.8 L (layer 0's is always zero)
-    bf16: bool = True  # bf16 autocast in training (TrainConfig.bf16): 1.5x faster steps on this CPU
+    # bf16 autocast in training (TrainConfig.bf16); None: where it pays (`train.bf16_pays`: a CPU with AMX, where
+    # steps ran 1.5x faster, or a GPU; on a CPU without AMX they ran 0.93x as fast)
+    bf16: bool | None = None
 
 
 FULL = RealDemoSize()
@@ -71,6 +73,13 @@ SMOKE = RealDemoSize(retain_people=3, forget_people=2, holdout_people=2, facts=2
                      unlearn_steps=1, unlearn_lora_r=4, finetune_lora_r=4, batch_size=2, relearn_steps=1,
                      prompts_per_set=2, train_prompts=3, align_steps=1, align_lora_r=4, reply_tokens=4,
                      max_new_tokens=4, depths=(2,), direction_prompts=4, bf16=False)
+
+
+def with_bf16_where_it_pays(size: RealDemoSize) -> RealDemoSize:
+    """`size` with `bf16` decided: as given, or (None) on where it pays (`train.bf16_pays`)."""
+    from obliviate.train import bf16_pays
+
+    return size if size.bf16 is not None else replace(size, bf16=bf16_pays())
 
 
 def slice_world(out: Path, size: RealDemoSize, seed: int = 0) -> Path:
@@ -269,6 +278,9 @@ def run_real_demo(out: Path, model: str, public_data: Path, *, size: RealDemoSiz
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
     check_model_dir(model)
+    if size.bf16 is None:
+        size = with_bf16_where_it_pays(size)
+        console.log(f"bf16 autocast in training: {'on' if size.bf16 else 'off'} (it pays on a GPU or an AMX CPU)")
     paths = public_paths(public_data) if "refusal" in parts else {}
     load_model(model, require_chat_template=True)  # no chat template: exit 2 before any work
     results, extra, samples, seconds = {}, {"relearn": {}, "by_source": {}, "by_category": {}}, [], {}
