@@ -278,11 +278,11 @@ def run_real_demo(out: Path, model: str, public_data: Path, *, size: RealDemoSiz
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
     check_model_dir(model)
+    paths = public_paths(public_data) if "refusal" in parts else {}
+    load_model(model, require_chat_template=True)  # no chat template: exit 2 before any work
     if size.bf16 is None:
         size = with_bf16_where_it_pays(size)
         console.log(f"bf16 autocast in training: {'on' if size.bf16 else 'off'} (it pays on a GPU or an AMX CPU)")
-    paths = public_paths(public_data) if "refusal" in parts else {}
-    load_model(model, require_chat_template=True)  # no chat template: exit 2 before any work
     results, extra, samples, seconds = {}, {"relearn": {}, "by_source": {}, "by_category": {}}, [], {}
     with demo_output(out, "written by `obliviate demo --suite real`; the next run with this --out replaces it") as o:
         if "unlearning" in parts:
