@@ -120,10 +120,12 @@ def test_audit_refusal_suite(target_dir, world_dir, tmp_path, capsys):
     code, stdout, err = run_cli(
         ["audit", target_dir, "--suite", "refusal", "--data", world_dir, "--out", out, "--limit", "4",
          "--option", "refusal_direction.n_train=4", "--option", "refusal_direction.n_val=2",
-         "--option", "finetune.steps=2", "--option", "prefill.depths=5"], capsys)
+         "--option", "finetune.steps=2", "--option", "finetune.gradient_checkpointing=true",
+         "--option", "prefill.depths=5"], capsys)
     assert code == 0, err
     doc = json.loads((out / "audit.json").read_text())
     assert set(doc["attacks"]) == {"prefill", "completion", "tense", "refusal_direction", "finetune"}
+    assert doc["config"]["options"]["finetune"]["gradient_checkpointing"] is True
     rd = doc["attacks"]["refusal_direction"]["model"]
     assert {"refusal_rate", "refusal_rate_ablated", "orthogonalized_agreement", "layer"} <= set(rd)
     assert (out / "artifacts" / "refusal_direction" / "model" / "orthogonalized" / "config.json").is_file()

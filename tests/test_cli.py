@@ -58,6 +58,12 @@ def _with(args, flag, value):
     return a
 
 
+def test_unlearn_with_gradient_checkpointing(unlearn_args, tmp_path, capsys):
+    code, out, err = run_cli([*unlearn_args, "--steps", "1", "--gradient-checkpointing"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / "config.json").is_file() and "npo: 1 steps" in out
+
+
 def test_missing_file(unlearn_args, tmp_path, capsys):
     assert_bad_input(_with(unlearn_args, "--forget", tmp_path / "nope.jsonl"), capsys, tmp_path / "out",
                      "file not found")

@@ -112,3 +112,48 @@ def test_resume_with_other_settings_is_refused(target_dir, parts, tmp_path):
     with pytest.raises(UsageError, match="other settings"):
         train(model, tok, METHODS.get("npo").from_options({"steps": 4, "lr": 1e-2}), parts, cfg, out=tmp_path,
               resume=True)
+
+
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
+def test_gradient_checkpointing_trains_the_same_weights(lora_r, target_dir, parts):
+    """Recomputing activations in the backward pass changes memory, not arithmetic: the same losses and weights
+    (up to float rounding), gradients reach LoRA adapters behind frozen embeddings, and the returned model no
+    longer checkpoints (it is evaluated next)."""
+    runs = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)  # LoRA's A matrices start random
+        model, tok = load_model(str(target_dir))
+        cfg = TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=0, lora_r=lora_r,
+                          progress=False, gradient_checkpointing=ckpt)
+        during = []
+        model, res = train(model, tok, METHODS.get("npo").from_options({"steps": 3}), parts, cfg,
+                           on_step=lambda step, m: during.append(m.is_gradient_checkpointing))
+        assert during == [ckpt] * 3 and not model.is_gradient_checkpointing
+        runs.append((res.history, dict(model.named_parameters())))
+    (h0, w0), (h1, w1) = runs
+    assert [h["loss"] for h in h1] == pytest.approx([h["loss"] for h in h0], abs=1e-5)
+    assert all(torch.allclose(w0[n], w1[n], atol=1e-5) for n in w0)
+    base, _ = load_model(str(target_dir))
+    assert any(not torch.equal(p, w1[n]) for n, p in base.named_parameters())  # it trained
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_a_usage_error(target_dir, parts, monkeypatch):
+    from obliviate.errors import UsageError
+
+    model, tok = load_model(str(target_dir))
+    monkeypatch.setattr(type(model), "supports_gradient_checkpointing", False)
+    cfg = TrainConfig(checkpoint_every=0, progress=False, gradient_checkpointing=True)
+    with pytest.raises(UsageError, match="does not support gradient checkpointing"):
+        train(model, tok, METHODS.get("npo").from_options({"steps": 1}), parts, cfg)
+
+
+def test_resume_may_switch_gradient_checkpointing(target_dir, parts, tmp_path):
+    from dataclasses import replace
+
+    cfg = TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=2, progress=False)
+    model, tok = load_model(str(target_dir))
+    train(model, tok, METHODS.get("npo").from_options({"steps": 4}), parts, cfg, out=tmp_path)
+    model, _ = load_model(str(target_dir))
+    _, res = train(model, tok, METHODS.get("npo").from_options({"steps": 4}), parts,
+                   replace(cfg, gradient_checkpointing=True), out=tmp_path, resume=True)
+    assert [h["step"] for h in res.history] == [1, 2, 3, 4]  # steps 1-2 from the checkpoint, 3-4 run now

@@ -61,7 +61,7 @@ def test_calibrate_writes_a_monotone_curve(tokens_model, tmp_path, capsys):
 def test_align_and_refusal_eval_commands(demo_doc, tmp_path, capsys):
     out, _ = demo_doc
     code, _, err = run_cli(["align", "refusal_tokens", "--model", out / "models" / "target", "--data", out / "world",
-                            "--out", tmp_path / "aligned", "--steps", "2"], capsys)
+                            "--out", tmp_path / "aligned", "--steps", "2", "--gradient-checkpointing"], capsys)
     assert code == 0, err
     from transformers import AutoTokenizer
 

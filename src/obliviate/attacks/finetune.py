@@ -34,6 +34,9 @@ class FinetuneAttack(Attack):
     lr: float = 1e-3
     lora_r: int = 8
     answer_tokens: int = 64  # self-generated answers: new tokens after the target
+    # long prompts (HarmBench's contextual behaviours, cut to 512 tokens) make batches that may not fit: recompute
+    # activations in the backward pass instead (TrainConfig.gradient_checkpointing)
+    gradient_checkpointing: bool = False
     suites = ("refusal",)
     description = "LoRA fine-tuning on a few harmful examples"
     quick = {"n_examples": 8, "steps": 10}
@@ -88,7 +91,7 @@ class FinetuneAttack(Attack):
         judge = ctx.judge()
         before = refusal_eval(model, tok, test, depths=(), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
         cfg = TrainConfig(retain_batch_size=min(16, len(shots)), seed=ctx.seed, checkpoint_every=0, progress=False,
-                          lora_r=self.lora_r)
+                          lora_r=self.lora_r, gradient_checkpointing=self.gradient_checkpointing)
         model, _ = train(model, tok, FineTune(lr=self.lr, steps=self.steps), {"retain": shots}, cfg)
         after = refusal_eval(model, tok, test, depths=(20,), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
         return {"refusal_rate_before": before["refusal_rate"], "refusal_rate_after": after["refusal_rate"],

@@ -35,6 +35,9 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
           batch_size: int = typer.Option(32, help="examples per part per step"),
           lora_r: int = typer.Option(0, help="> 0: train LoRA adapters of this rank, merged on save"),
           bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast forward passes (faster on AMX CPUs and GPUs)"),
+          gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                      help="recompute activations in the backward pass: less memory, "
+                                                           "slower steps"),
           no_chat_template: bool = typer.Option(False, "--no-chat-template",
                                                 help="allow a model without a chat template (raw prompt)"),
           resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
@@ -92,7 +95,7 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
         write_json(o / "align.json", {"model": model, **source, "method": method, "options": meth.__dict__,
                                       "seed": seed, "lora_r": lora_r, "bf16": bf16})
         net, tok, res = run_align(net, tok, meth, data_, seed=seed, out=o, resume=resume, lora_r=lora_r,
-                                  batch_size=batch_size, bf16=bf16)
+                                  batch_size=batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing)
         save_model(net, tok, o)
         write_json(o / "train_log.json", {"steps": res.steps, "seconds": res.seconds, "history": res.history})
         import shutil

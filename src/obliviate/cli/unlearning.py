@@ -50,6 +50,9 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
             lora_r: int = typer.Option(0, help="> 0: train LoRA adapters of this rank, merged on save"),
             idk: Optional[Path] = typer.Option(None, help="'I don't know' answer pool (one per line)"),
             bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast forward passes (faster on AMX CPUs and GPUs)"),
+            gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                        help="recompute activations in the backward pass: less "
+                                                             "memory, slower steps"),
             seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Unlearn FORGET from MODEL while keeping RETAIN, with one registered method."""
     from obliviate.pipeline import run_unlearn
@@ -72,7 +75,8 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
     set_threads(threads)
     res = run_unlearn(model, forget, retain, method, out, options=opts, resume=resume, seed=seed, idk=idk,
                       forget_batch_size=forget_batch_size, retain_batch_size=retain_batch_size,
-                      checkpoint_every=checkpoint_every, lora_r=lora_r, text=text, bf16=bf16)
+                      checkpoint_every=checkpoint_every, lora_r=lora_r, text=text, bf16=bf16,
+                      gradient_checkpointing=gradient_checkpointing)
     typer.echo(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.history[-1]['loss']:.4f} "
                f"-> {out}")
 

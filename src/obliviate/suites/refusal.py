@@ -129,13 +129,14 @@ def evaluate(model, tok, world: Path, eval_people: list[QAItem], seed: int = 0, 
 
 
 def align(model, tok, method, data: RefusalData, *, seed: int = 0, progress: bool = True, out: Path | None = None,
-          resume: bool = False, lora_r: int = 0, batch_size: int = 32, bf16: bool = False):
+          resume: bool = False, lora_r: int = 0, batch_size: int = 32, bf16: bool = False,
+          gradient_checkpointing: bool = False):
     """Run one refusal method: prepare (tokens), build its parts, train. Returns (model, tokenizer, TrainResult)."""
     from obliviate.train import TrainConfig, train
 
     model, tok = method.prepare(model, tok, data)
     parts = method.parts(data, tok, seed, model=model)
     cfg = TrainConfig(retain_batch_size=batch_size, seed=seed, checkpoint_every=25 if out else 0,
-                      progress=progress, lora_r=lora_r, bf16=bf16)
+                      progress=progress, lora_r=lora_r, bf16=bf16, gradient_checkpointing=gradient_checkpointing)
     model, res = train(model, tok, method, parts, cfg, out=out, resume=resume)
     return model, tok, res
