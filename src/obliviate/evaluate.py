@@ -16,7 +16,7 @@ from obliviate.generation import generate
 from obliviate.metrics import compute_all
 from obliviate.metrics.mia import minkpp_token_z
 from obliviate.metrics.tofu import rouge_l_recall
-from obliviate.models.encode import (IGNORE, answer_ids, collate, encode_pair, keeps_logits, prompt_ids,
+from obliviate.models.encode import (IGNORE, answer_ids, collate, encode_pair, last_logits_only, prompt_ids,
                                      scored_window)
 
 # The splits an evaluation reads from a world directory, and what each is for.
@@ -94,9 +94,8 @@ def _shared_prompt_stats(model, groups: list[tuple[list[int], list[list[int]]]],
     device = next(model.parameters()).device
     ids, mask = left_pad([p for p, _ in groups], pad, device)  # [G, P]
     cache = DynamicCache(config=model.config)  # as the decode loop builds it (sliding-window layers included)
-    last = {"logits_to_keep": 1} if keeps_logits(model) else {}
     first = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), cache=cache, use_cache=True,
-                  **last).logits[:, -1:]  # predicts each answer's first token                   [G, 1, V]
+                  **last_logits_only(model)).logits[:, -1:]  # predicts each answer's first token                   [G, 1, V]
     rows = [(g, a) for g, (_, answers) in enumerate(groups) for a in answers]
     owner = torch.tensor([g for g, _ in rows], device=device)
     R, A = len(rows), max(len(a) for _, a in rows)

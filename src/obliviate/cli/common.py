@@ -6,9 +6,17 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import typer
+
 from obliviate.errors import UsageError
 
 STARTED = time.perf_counter()  # demos report wall time from process start, imports included
+
+# training options that `unlearn` and `align` share (TrainConfig.bf16, TrainConfig.gradient_checkpointing)
+BF16_OPTION = typer.Option(False, "--bf16", help="bf16 autocast forward passes (faster on AMX CPUs and GPUs)")
+GRADIENT_CHECKPOINTING_OPTION = typer.Option(False, "--gradient-checkpointing",
+                                             help="recompute activations in the backward pass: less memory, slower "
+                                                  "steps")
 
 
 def set_threads(n: Optional[int]) -> None:

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import named_runs, parse_options, set_threads
+from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, named_runs, parse_options,
+                                  set_threads)
 from obliviate.errors import UsageError
 from obliviate.models.load import check_model_dir
 
@@ -34,10 +35,8 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
           option: List[str] = typer.Option([], help="method option KEY=VALUE (repeatable), e.g. rto=false"),
           batch_size: int = typer.Option(32, help="examples per part per step"),
           lora_r: int = typer.Option(0, help="> 0: train LoRA adapters of this rank, merged on save"),
-          bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast forward passes (faster on AMX CPUs and GPUs)"),
-          gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
-                                                      help="recompute activations in the backward pass: less memory, "
-                                                           "slower steps"),
+          bf16: bool = BF16_OPTION,
+          gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
           no_chat_template: bool = typer.Option(False, "--no-chat-template",
                                                 help="allow a model without a chat template (raw prompt)"),
           resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),

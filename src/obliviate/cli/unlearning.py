@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import named_runs, parse_options, set_threads
+from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, named_runs, parse_options,
+                                  set_threads)
 from obliviate.errors import UsageError
 
 
@@ -49,10 +50,8 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
             checkpoint_every: int = typer.Option(25, help="steps between checkpoints; 0 disables"),
             lora_r: int = typer.Option(0, help="> 0: train LoRA adapters of this rank, merged on save"),
             idk: Optional[Path] = typer.Option(None, help="'I don't know' answer pool (one per line)"),
-            bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast forward passes (faster on AMX CPUs and GPUs)"),
-            gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
-                                                        help="recompute activations in the backward pass: less "
-                                                             "memory, slower steps"),
+            bf16: bool = BF16_OPTION,
+            gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
             seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Unlearn FORGET from MODEL while keeping RETAIN, with one registered method."""
     from obliviate.pipeline import run_unlearn
