@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from obliviate.errors import UsageError
+
 from .test_cli import assert_bad_input, run_cli
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -73,6 +75,19 @@ def test_unlearn_three_lora_steps_real_model(real_model_dir, world_dir, tmp_path
     new = safe_open(str(out / "model.safetensors"), "pt")
     key = next(k for k in ref.keys() if "q_proj" in k)
     assert not (ref.get_tensor(key) == new.get_tensor(key)).all()  # LoRA moved the merged weights
+
+
+def test_direction_split_gives_the_means_what_selection_leaves():
+    from obliviate.suites.real_demo import direction_split
+
+    ps = [f"p{i}" for i in range(128)]
+    fit, val = direction_split(ps, 128, 32)  # the demo's AdvBench prompts: 96 for the means, 32 to select on
+    assert (len(fit), len(val)) == (96, 32) and not set(fit) & set(val) and val == ps[96:]
+    assert [len(x) for x in direction_split(ps[:80], 128, 32)] == [48, 32]  # the 80-prompt benign pool
+    assert [len(x) for x in direction_split(ps, 40, 32)] == [40, 32]  # the means capped at n_fit
+    assert [len(x) for x in direction_split(ps[:3], 4, 2)] == [2, 1]  # a smoke run: selection at most half
+    with pytest.raises(UsageError, match="at least 2 prompts"):
+        direction_split(ps[:1], 4, 2)
 
 
 def test_direction_layers_skip_layer_zero():

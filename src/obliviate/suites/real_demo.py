@@ -61,7 +61,12 @@ class RealDemoSize:
     reply_tokens: int = 32  # self-generated prefixes and benign replies
     max_new_tokens: int = 32
     depths: tuple[int, ...] = (20,)
-    direction_prompts: int = 32  # per class, for the refusal direction's means
+    # the refusal direction's prompts per class (Arditi et al.'s n_train = 128 and n_val = 32): validation takes
+    # up to direction_val_prompts, the means up to direction_prompts of the rest. The 80-prompt benign pool gives
+    # 48 + 32; measured on one DeRTa model, the earlier 32 + 32 per class removed 45 points of HarmBench refusal,
+    # 96 / 48 harmful / benign prompts for the means removed 82 (64 / 48: 77; 64 / 56 with 24 to validate: 75)
+    direction_prompts: int = 128
+    direction_val_prompts: int = 32
     direction_layer_stride: int = 3  # candidate layers 3, 6, ... below 0.8 L (layer 0's is always zero)
     # bf16 autocast in training (TrainConfig.bf16); None: where it pays (`train.bf16_pays`: a CPU with AMX, where
     # steps ran 1.5x faster, or a GPU; on a CPU without AMX they ran 0.93x as fast)
@@ -72,7 +77,8 @@ FULL = RealDemoSize()
 SMOKE = RealDemoSize(retain_people=3, forget_people=2, holdout_people=2, facts=2, finetune_steps=2,
                      unlearn_steps=1, unlearn_lora_r=4, finetune_lora_r=4, batch_size=2, relearn_steps=1,
                      prompts_per_set=2, train_prompts=3, align_steps=1, align_lora_r=4, reply_tokens=4,
-                     max_new_tokens=4, depths=(2,), direction_prompts=4, bf16=False)
+                     max_new_tokens=4, depths=(2,), direction_prompts=4, direction_val_prompts=2,
+                     bf16=False)
 
 
 def with_bf16_where_it_pays(size: RealDemoSize) -> RealDemoSize:
@@ -223,12 +229,22 @@ def direction_layers(n_layers: int, stride: int) -> list[int]:
     return [x for x in range(0, top, stride) if x > 0] or [min(n_layers - 1, max(1, top - 1))]
 
 
+def direction_split(prompts: list[str], n_fit: int, n_val: int) -> tuple[list[str], list[str]]:
+    """(prompts for the difference in means, prompts for the selection), disjoint: the selection takes up to n_val
+    (at most half, at least one), the means up to n_fit of the rest. The means are the noisier part (see
+    `RealDemoSize.direction_prompts`), so they get what is left once selection has its share."""
+    if len(prompts) < 2:
+        raise UsageError(f"the refusal direction needs at least 2 prompts of each class (got {len(prompts)})")
+    v = max(1, min(n_val, len(prompts) // 2))
+    return prompts[:min(n_fit, len(prompts) - v)], prompts[len(prompts) - v:]
+
+
 def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int):
     """The DeRTa model with its refusal direction (Arditi et al. 2024) projected out of the weights. The direction is
     the difference in means between AdvBench training prompts and benign training prompts (never evaluation
     prompts), selected among every `direction_layer_stride`-th layer below 0.8 L at the last post-instruction
     position, on held-out training prompts of each class (the attack's selection rule; fewer candidates keep it
-    within minutes on a CPU).
+    within minutes on a CPU). `direction_split` shares each class's prompts between the means and the selection.
     Returns (model, tokenizer, info, context): the context is a no-op, or, on an architecture whose writes no weight
     edit expresses (see `orthogonalize`), the hook-based ablation to measure under."""
     from obliviate.attacks.refusal_direction import RefusalDirection, ablation, orthogonalize
@@ -242,16 +258,17 @@ def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int
     harmful = [r["prompt"] for r in data.harmful]
     harmless = [r["prompt"] for r in data.benign] + [it.question for it in data.people]
     rng.shuffle(harmful), rng.shuffle(harmless)
-    n = max(1, min(size.direction_prompts, len(harmful) // 2, len(harmless) // 2))
+    (h_fit, h_val), (b_fit, b_val) = (direction_split(ps, size.direction_prompts, size.direction_val_prompts)
+                                      for ps in (harmful, harmless))
     layers = len(decoder_layers(model))
     stride = size.direction_layer_stride
     attack = RefusalDirection(layers=",".join(map(str, direction_layers(layers, stride))), positions=1)
-    enc = [[prompt_ids(tok, p) for p in ps] for ps in (harmful[:n], harmless[:n], harmful[n: 2 * n],
-                                                         harmless[n: 2 * n])]
+    enc = [[prompt_ids(tok, p) for p in ps] for ps in (h_fit, b_fit, h_val, b_val)]
     refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in data.harmful})
     best, passed, _ = attack.select(model, tok, *enc, refusal_ids)
     r_hat = best["r"] / best["r"].norm()
-    info = {"layer": best["layer"], "position": best["pos"], "filters_passed": passed}
+    info = {"layer": best["layer"], "position": best["pos"], "filters_passed": passed,
+            "prompts": {"means": [len(h_fit), len(b_fit)], "selection": [len(h_val), len(b_val)]}}
     try:
         orthogonalize(model, r_hat)
     except UsageError:  # an architecture whose writes no weight edit expresses: ablate with hooks instead
