@@ -212,6 +212,20 @@ def test_attached_guards_survive_lora_training_and_merging(target_dir):
     assert attached(merged) == [g]
 
 
+def test_lora_wrapping_does_not_warn(target_dir):
+    """peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: every LoRA run printed
+    a FutureWarning that was not the user's to act on."""
+    import warnings
+
+    from obliviate.models.load import add_lora
+
+    model, _ = load_model(str(target_dir))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        add_lora(model, r=2)
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+
 def test_replies_stop_at_any_of_the_models_eos_ids(model_tok):
     """A reply ends at the tokenizer's EOS, the template's end of turn, or any id of the model's generation config
     (Llama 3 and Gemma list several)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from obliviate.errors import UsageError
@@ -107,7 +108,9 @@ def add_lora(model, r: int = 8, alpha: int = LORA_ALPHA, dropout: float = 0.0, t
     experts = fused_expert_parameters(model) if target_modules == "all-linear" else []
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                      task_type="CAUSAL_LM", **({"target_parameters": experts} if experts else {}))
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # peft (0.21) reads transformers 5's deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, cfg)
 
 
 def merge_lora(model):
