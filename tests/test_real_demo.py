@@ -42,7 +42,9 @@ def test_real_demo_smoke(real_model_dir, tmp_path, capsys):
         m = runs[name]
         assert 0 <= m["refusal_rate"] <= 1 and 0 <= m["over_refusal_rate"] <= 1 and "refusal_rate@prefill2" in m
         assert {"refusal_rate[harmbench]", "refusal_rate[jailbreakbench]"} <= set(m)
-    assert "layer" in doc["refusal_direction"]
+    direction = doc["refusal_direction"]
+    assert {"layer", "bypass", "induce", "kl"} <= set(direction) and direction["kl"] >= 0
+    assert direction["prompts"] == {"means": [2, 2], "selection": [1, 1]}  # 3 training prompts of each class
     assert "derta" in stdout and "forget_quality" in stdout  # the printed table
     gen = (out / "generated.jsonl").read_text().splitlines()
     assert gen and all(json.loads(x)["kind"] in ("harmful_prefix", "benign_reply") for x in gen)

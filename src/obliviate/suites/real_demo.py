@@ -268,6 +268,7 @@ def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int
     best, passed, _ = attack.select(model, tok, *enc, refusal_ids)
     r_hat = best["r"] / best["r"].norm()
     info = {"layer": best["layer"], "position": best["pos"], "filters_passed": passed,
+            **{k: round(best[k], 4) for k in ("bypass", "induce", "kl")},
             "prompts": {"means": [len(h_fit), len(b_fit)], "selection": [len(h_val), len(b_val)]}}
     try:
         orthogonalize(model, r_hat)
