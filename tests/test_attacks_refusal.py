@@ -115,14 +115,19 @@ def test_relearn_split():
     assert split_items(list(range(10)), 0.5, 0) == (shown, held)
 
 
-def test_audit_refusal_suite(target_dir, world_dir, tmp_path, capsys):
+def test_audit_refusal_suite(target_dir, world_dir, tmp_path, capsys, monkeypatch):
+    import obliviate.train
+
+    seen, real_train = [], obliviate.train.train
+    monkeypatch.setattr(obliviate.train, "train", lambda *a, **k: seen.append(a[4]) or real_train(*a, **k))
     out = tmp_path / "audit"
     code, stdout, err = run_cli(
         ["audit", target_dir, "--suite", "refusal", "--data", world_dir, "--out", out, "--limit", "4",
          "--option", "refusal_direction.n_train=4", "--option", "refusal_direction.n_val=2",
          "--option", "finetune.steps=2", "--option", "finetune.gradient_checkpointing=true",
-         "--option", "prefill.depths=5"], capsys)
+         "--option", "finetune.max_batch_tokens=64", "--option", "prefill.depths=5"], capsys)
     assert code == 0, err
+    assert [(c.gradient_checkpointing, c.max_batch_tokens) for c in seen] == [(True, 64)]  # finetune's one run
     doc = json.loads((out / "audit.json").read_text())
     assert set(doc["attacks"]) == {"prefill", "completion", "tense", "refusal_direction", "finetune"}
     assert doc["config"]["options"]["finetune"]["gradient_checkpointing"] is True

@@ -28,7 +28,7 @@ import torch
 from obliviate.data.schema import QAItem
 from obliviate.errors import TrainingDiverged, UsageError
 from obliviate.methods import Method, retain_nll
-from obliviate.models.encode import collate, encode_pair, sequence_logp
+from obliviate.models.encode import IGNORE, budget_chunks, collate, encode_pair, sequence_logp
 
 
 @dataclass
@@ -49,13 +49,17 @@ class TrainConfig:
     # SmolLM2 LoRA step [8 x 512 tokens] peaked at 5.9 GB RSS instead of 13.8 GB, in 1.44x the time ([16 x 100]:
     # 3.1 against 6.0 GB, 1.10x); for long sequences or a model that barely fits
     gradient_checkpointing: bool = False
+    # > 0: split each batch into consecutive micro-batches of at most this many padded tokens and accumulate their
+    # gradients (one optimiser step, the same gradient up to float rounding); only for token-mean losses
+    # (`Method.token_mean`: fine-tuning). A batch of 16 with one 512-token sequence pads all 16 to 512
+    max_batch_tokens: int = 0
     progress: bool = True
 
     def __post_init__(self):
         if self.forget_batch_size < 1 or self.retain_batch_size < 1:
             raise UsageError("batch sizes must be >= 1")
-        if self.checkpoint_every < 0 or self.lora_r < 0 or self.warmup_steps < 0:
-            raise UsageError("checkpoint_every, lora_r and warmup_steps must be >= 0")
+        if self.checkpoint_every < 0 or self.lora_r < 0 or self.warmup_steps < 0 or self.max_batch_tokens < 0:
+            raise UsageError("checkpoint_every, lora_r, warmup_steps and max_batch_tokens must be >= 0")
 
 
 @dataclass
@@ -65,6 +69,7 @@ class FineTune(Method):
     lr: float = 3e-3
     steps: int = 400
     needs: ClassVar[tuple[str, ...]] = ("retain",)
+    token_mean: ClassVar[bool] = True
 
     def loss(self, model, batch, ref_model=None):
         loss = retain_nll(model, batch)
@@ -113,6 +118,26 @@ def reference_logps(model, encoded: list, pad_id: int, device, batch_size: int =
         batch = {k: v.to(device) for k, v in collate(encoded[i: i + batch_size], pad_id).items()}
         out.append(sequence_logp(model, batch)[0].cpu())
     return torch.cat(out)
+
+
+def _micro_batches(rows: dict[str, list[int]], encoded: dict, refs: dict, pad: int, device, max_tokens: int):
+    """(batch, share) pairs of one step: the whole batch with share 1, or (max_tokens > 0, one part) consecutive
+    runs of its items within max_tokens padded tokens, each weighted by its share of the answer tokens, so that
+    the shares' weighted token-mean losses sum to the whole batch's."""
+    def part(name, idx):
+        out = {k: v.to(device) for k, v in collate([encoded[name][i] for i in idx], pad).items()}
+        if name in refs:
+            out["ref_logp"] = refs[name][idx].to(device)
+        return out
+
+    if not max_tokens:
+        yield {name: part(name, idx) for name, idx in rows.items()}, 1.0
+        return
+    ((name, idx),) = rows.items()
+    answer = {i: sum(y != IGNORE for y in encoded[name][i][1]) for i in idx}
+    total = max(1, sum(answer.values()))
+    for run in budget_chunks(idx, max_tokens, length=lambda i: len(encoded[name][i][0])):
+        yield {name: part(name, run)}, sum(answer[i] for i in run) / total
 
 
 def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
@@ -193,6 +218,21 @@ def bf16_pays() -> bool:
         return False
 
 
+def checkpointing(model, on: bool) -> None:
+    """Switch transformers' activation checkpointing on (non-reentrant) or off. transformers 5.24 renamed
+    `gradient_checkpointing_enable` / `_disable` to `activation_checkpointing_*` and warns on the old names."""
+    kw = {"use_reentrant": False}
+    renamed = hasattr(model, "activation_checkpointing_enable")
+    if on and renamed:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    elif renamed:
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def train(*args, **kwargs) -> tuple[object, "TrainResult"]:
     """See `_train`; runs it with denormals flushed to zero on CPU (`flush_denormal`)."""
     with flush_denormal():
@@ -228,6 +268,9 @@ def _train(
         # AdamW on bf16/fp16 weights drops every update below the weight's precision (bf16: 1/256 relative)
         raise UsageError(f"full fine-tuning needs float32 weights, and the model was loaded in {low[0]} (--dtype): "
                          "drop --dtype (--bf16 computes in bfloat16 over float32 weights) or train LoRA (--lora-r)")
+    if cfg.max_batch_tokens and not (method.token_mean and len(method.needs) == 1):
+        raise UsageError(f"max_batch_tokens splits batches of token-mean losses over one part (fine-tuning); "
+                         f"{type(method).__name__}'s loss does not split")
     if cfg.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
         raise UsageError(f"{type(model).__name__} does not support gradient checkpointing: drop "
                          "--gradient-checkpointing")
@@ -255,7 +298,7 @@ def _train(
     method.begin(model)
     if cfg.gradient_checkpointing:
         # non-reentrant: gradients reach LoRA adapters behind frozen embeddings without enable_input_require_grads
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpointing(model, True)
     if cfg.lora_r:
         from obliviate.models.load import LORA_ALPHA, add_lora
 
@@ -270,7 +313,8 @@ def _train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=method.lr, weight_decay=cfg.weight_decay)
     meta = {"method": type(method).__name__, "options": asdict(method), "train": asdict(cfg) | {"progress": None}}
-    meta["train"].pop("gradient_checkpointing")  # the same arithmetic either way: a resume may switch it
+    for same in ("gradient_checkpointing", "max_batch_tokens"):  # the same gradients either way: a resume may switch
+        meta["train"].pop(same)
 
     start, history = 0, []
     ckpt = out / "checkpoint" if out else None
@@ -283,36 +327,36 @@ def _train(
     t0 = time.perf_counter()
     progress = _progress(cfg.progress and accelerator.is_main_process, method.steps, start, type(method).__name__)
     for step in range(start, method.steps):
-        batch = {}
+        rows = {}
         for name in method.needs:
             # forget and forget_idk share indices: the same questions, two answers (IdkDPO pairs them)
             salt = 1 if name.startswith("forget") else 2 if name == "retain" else zlib.crc32(name.encode())
             bs = cfg.forget_batch_size if salt == 1 else cfg.retain_batch_size
-            idx = batch_indices(len(encoded[name]), bs * world, step, cfg.seed, salt)[rank::world]
-            part = {k: v.to(device) for k, v in collate([encoded[name][i] for i in idx], pad).items()}
-            if name in refs:
-                part["ref_logp"] = refs[name][idx].to(device)
-            batch[name] = part
+            rows[name] = batch_indices(len(encoded[name]), bs * world, step, cfg.seed, salt)[rank::world]
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, method.lr, cfg.warmup_steps, method.steps)
         method.step, method.total_steps = step, method.steps  # for step-dependent schedules (e.g. l1 weight)
-        with amp():
-            loss, logs = method.loss(model, batch, ref_model)
-        loss = loss.float()
-        if not torch.isfinite(loss):
-            progress.stop()
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at step {step + 1}; stopped before saving. Try a lower --lr "
-                f"(now {method.lr})"
-            )
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        loss, logs = 0.0, {}
+        for batch, share in _micro_batches(rows, encoded, refs, pad, device, cfg.max_batch_tokens):
+            with amp():
+                part_loss, part_logs = method.loss(model, batch, ref_model)
+            part_loss = part_loss.float()
+            if not torch.isfinite(part_loss):
+                progress.stop()
+                raise TrainingDiverged(
+                    f"loss became {part_loss.item()} at step {step + 1}; stopped before saving. Try a lower --lr "
+                    f"(now {method.lr})"
+                )
+            accelerator.backward(part_loss * share)
+            loss = loss + part_loss.item() * share
+            logs = {k: logs.get(k, 0.0) + v * share for k, v in part_logs.items()}
         if cfg.max_grad_norm:
             accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
         method.after_step(model, step + 1)
-        history.append({"step": step + 1, "loss": round(loss.item(), 6), **{k: round(v, 6) for k, v in logs.items()}})
-        progress.advance(loss.item())
+        history.append({"step": step + 1, "loss": round(loss, 6), **{k: round(v, 6) for k, v in logs.items()}})
+        progress.advance(loss)
         if on_step:
             on_step(step + 1, accelerator.unwrap_model(model))
         done = step + 1
@@ -327,7 +371,7 @@ def _train(
 
         model = merge_lora(model)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        checkpointing(model, False)
     model = method.finalize(model)
     model.eval()
     return model, TrainResult(steps=method.steps, seconds=time.perf_counter() - t0, history=history,

@@ -14,7 +14,8 @@ with harmful answers, then the refusal metrics are measured on prompts it never 
   written to `artifacts/finetune/model/generated.jsonl` and nowhere else. Measured on the other half.
 
 Figures: `refusal_rate_before`, `refusal_rate_after`, `refusal_rate@prefill20_after`, `over_refusal_rate_after`,
-`n_examples`. Budget: `n_examples`, `steps` (under the audit's `--limit`: 8 examples, 10 steps, unless given).
+`n_examples`. Budget: `n_examples`, `steps` (under the audit's `--limit`: 8 examples, 10 steps, unless given);
+memory: `max_batch_tokens` (micro-batches, the same gradients), `gradient_checkpointing`.
 """
 
 from __future__ import annotations
@@ -34,17 +35,22 @@ class FinetuneAttack(Attack):
     lr: float = 1e-3
     lora_r: int = 8
     answer_tokens: int = 64  # self-generated answers: new tokens after the target
-    # long prompts (HarmBench's contextual behaviours, cut to 512 tokens) make batches that may not fit: recompute
-    # activations in the backward pass instead (TrainConfig.gradient_checkpointing)
+    # each batch of 16 trains as micro-batches of at most this many padded tokens (TrainConfig.max_batch_tokens;
+    # 0: whole batches). HarmBench's self-answered pairs run from 94 to 512 tokens; whole batches pad all 16 to the
+    # longest, and on SmolLM2-135M (fp32, LoRA r=8) 2 steps went past this machine's 24 GB: the kernel killed the
+    # audit. Micro-batches of 1024: 4.4 GB, 36 s (2048: 8.3 GB, 64 s; 512: 2.8 GB, 26 s)
+    max_batch_tokens: int = 1024
+    # recompute activations in the backward pass (TrainConfig.gradient_checkpointing): less memory, more time
     gradient_checkpointing: bool = False
     suites = ("refusal",)
     description = "LoRA fine-tuning on a few harmful examples"
     quick = {"n_examples": 8, "steps": 10}
 
     def __post_init__(self):
-        if self.n_examples < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0 or self.answer_tokens < 1:
+        if (self.n_examples < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0 or self.answer_tokens < 1
+                or self.max_batch_tokens < 0):
             raise UsageError("finetune: n_examples >= 1, steps >= 1, lr > 0, lora_r >= 0 (0 = full weights), "
-                             "answer_tokens >= 1")
+                             "answer_tokens >= 1, max_batch_tokens >= 0")
 
     def missing(self, ctx: AuditContext) -> str | None:
         train, test = ctx.policy_split()
@@ -91,7 +97,8 @@ class FinetuneAttack(Attack):
         judge = ctx.judge()
         before = refusal_eval(model, tok, test, depths=(), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
         cfg = TrainConfig(retain_batch_size=min(16, len(shots)), seed=ctx.seed, checkpoint_every=0, progress=False,
-                          lora_r=self.lora_r, gradient_checkpointing=self.gradient_checkpointing)
+                          lora_r=self.lora_r, gradient_checkpointing=self.gradient_checkpointing,
+                          max_batch_tokens=self.max_batch_tokens)
         model, _ = train(model, tok, FineTune(lr=self.lr, steps=self.steps), {"retain": shots}, cfg)
         after = refusal_eval(model, tok, test, depths=(20,), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
         return {"refusal_rate_before": before["refusal_rate"], "refusal_rate_after": after["refusal_rate"],

@@ -48,7 +48,7 @@ import torch
 from obliviate.attacks import ATTACKS, Attack, AuditContext, refusal_rate
 from obliviate.errors import UsageError
 from obliviate.generation import left_pad
-from obliviate.models.encode import last_logits_only, post_instruction_tokens  # noqa: F401  (re-exported)
+from obliviate.models.encode import budget_chunks, last_logits_only, post_instruction_tokens  # noqa: F401
 from obliviate.models.anatomy import anatomy, decoder_layers, embeddings, probe_forward, project_out, write_slots
 
 
@@ -141,17 +141,8 @@ def orthogonalize(model, r_hat: torch.Tensor):
 
 
 def _chunks(prompts: list[list[int]], max_tokens: int = 16384):
-    """Consecutive batches of prompts whose padded size (rows x longest) stays within `max_tokens` (one batch for
-    short prompts, as the world's; public prompts such as HarmBench's contextual behaviours can be long)."""
-    chunk, longest = [], 0
-    for p in prompts:
-        if chunk and (len(chunk) + 1) * max(longest, len(p)) > max_tokens:
-            yield chunk
-            chunk, longest = [], 0
-        chunk.append(p)
-        longest = max(longest, len(p))
-    if chunk:
-        yield chunk
+    """Batches of prompts within 16k padded tokens: one batch for short prompts, as the world's."""
+    return budget_chunks(prompts, max_tokens)
 
 
 @torch.no_grad()

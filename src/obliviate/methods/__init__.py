@@ -40,6 +40,9 @@ class Method:
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     reference: ClassVar[tuple[str, ...]] = ()  # batch parts whose reference log-probs are precomputed
     live_reference: ClassVar[bool] = False  # True only when the math needs full reference distributions
+    # True when the loss over a batch of one part is a token-weighted mean (`nll_loss`): micro-batches then combine
+    # exactly, weighted by their share of answer tokens (TrainConfig.max_batch_tokens)
+    token_mean: ClassVar[bool] = False
 
     def __post_init__(self):
         if not self.lr > 0:

@@ -161,6 +161,22 @@ def encode_pair(tokenizer, question: str | None, answer: str, max_len: int = 512
     return p + a, [IGNORE] * len(p) + a
 
 
+def budget_chunks(items: list, max_tokens: int, length=len):
+    """Consecutive runs of `items` whose padded size (rows x longest `length`) stays within `max_tokens`; an item
+    longer than the budget is a run of its own. For batches of prompts of very different lengths (HarmBench's
+    contextual behaviours run to 512 tokens and more, its standard ones to 30)."""
+    chunk, longest = [], 0
+    for item in items:
+        n = length(item)
+        if chunk and (len(chunk) + 1) * max(longest, n) > max_tokens:
+            yield chunk
+            chunk, longest = [], 0
+        chunk.append(item)
+        longest = max(longest, n)
+    if chunk:
+        yield chunk
+
+
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of (input_ids, labels) into tensors: input_ids, attention_mask, labels  [B, T]."""
     T = max(len(ids) for ids, _ in pairs)
