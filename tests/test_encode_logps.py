@@ -36,9 +36,9 @@ def test_trimmed_logps_equal_the_full_pass(family):
 
 
 def test_trimmed_logps_through_a_lora_wrapper():
-    from peft import LoraConfig, get_peft_model
+    from obliviate.models.load import add_lora
 
-    model = get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    model = add_lora(_model("llama"), r=2, target_modules=["q_proj", "v_proj"])
     batch = collate(PAIRS, 0)
     calls = []
     base = model.get_base_model()
