@@ -137,12 +137,17 @@ def test_audit_refusal_suite(target_dir, world_dir, tmp_path, capsys, monkeypatc
     assert "## refusal_direction" in (out / "audit.md").read_text()
 
 
-def test_audit_world_suite_relearn(target_dir, world_dir, tmp_path, capsys):
+def test_audit_world_suite_relearn(target_dir, world_dir, tmp_path, capsys, monkeypatch):
+    import obliviate.train
+
+    seen, real_train = [], obliviate.train.train
+    monkeypatch.setattr(obliviate.train, "train", lambda *a, **k: seen.append(a[4]) or real_train(*a, **k))
     out = tmp_path / "audit"
     code, _, err = run_cli(["audit", target_dir, "--suite", "world", "--data", world_dir, "--out", out,
                             "--oracle", target_dir, "--attacks", "relearn", "--option", "relearn.steps=2",
                             "--option", "relearn.share=0.5"], capsys)
     assert code == 0, err
+    assert [c.max_batch_tokens for c in seen] == [1024, 1024]  # the model's and the oracle's relearning
     entry = json.loads((out / "audit.json").read_text())["attacks"]["relearn"]
     assert set(entry) == {"model", "oracle", "seconds"}
     assert entry["model"]["shown_rouge_after"] >= 0 and "heldout_after_value_rouge" in entry["model"]

@@ -15,7 +15,8 @@ Read the value figures: the full-answer ROUGE is inflated by the answer template
 the oracle to answer "Vyrek Pellam was born in <some town>" for the forget people (measured on the built-in
 world: the oracle's held-out full-answer ROUGE goes 0.42 -> 0.79 while its value ROUGE stays low).
 Budget: `steps` optimiser steps (full weights, or LoRA with `lora_r` > 0) at `lr`, batch `batch_size` (under the
-audit's `--limit N`: 5 steps of 8, unless given, and at most N items of each share measured).
+audit's `--limit N`: 5 steps of 8, unless given, and at most N items of each share measured); memory:
+`max_batch_tokens` (micro-batches of at most that many padded tokens, the same gradients; default 1024).
 """
 
 from __future__ import annotations
@@ -46,12 +47,16 @@ class Relearn(Attack):
     lr: float = 3e-4
     batch_size: int = 16
     lora_r: int = 0
+    # batches train as micro-batches of at most this many padded tokens (TrainConfig.max_batch_tokens; 0: whole
+    # batches): long forget passages (MUSE's, WMDP's corpora; cut to 512 tokens) in batches of 16 are the batches
+    # that drove the `finetune` attack past 24 GB on SmolLM2-135M (README, "A real model")
+    max_batch_tokens: int = 1024
     description = "fine-tune on part of the forget set; recovery on the other part"
     quick = {"steps": 5, "batch_size": 8}
 
     def __post_init__(self):
-        if not 0 < self.share < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0:
-            raise UsageError("relearn: share in (0, 1), steps >= 1, lr > 0, lora_r >= 0")
+        if not 0 < self.share < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0 or self.max_batch_tokens < 0:
+            raise UsageError("relearn: share in (0, 1), steps >= 1, lr > 0, lora_r >= 0, max_batch_tokens >= 0")
 
     def missing(self, ctx: AuditContext) -> str | None:
         if len(ctx.forget_items()) < 2:
@@ -68,7 +73,7 @@ class Relearn(Attack):
         _, outs = rouge_on(model, tok, measured_held, ctx.max_new_tokens)
         before = recall_figures(measured_held, outs, "heldout_before")
         cfg = TrainConfig(retain_batch_size=self.batch_size, seed=ctx.seed, checkpoint_every=0, progress=False,
-                          lora_r=self.lora_r)
+                          lora_r=self.lora_r, max_batch_tokens=self.max_batch_tokens)
         model, _ = train(model, tok, FineTune(lr=self.lr, steps=self.steps),
                          {"retain": [(it.question, it.answer) for it in shown]}, cfg)
         _, outs = rouge_on(model, tok, measured_held, ctx.max_new_tokens)
