@@ -140,9 +140,8 @@ def orthogonalize(model, r_hat: torch.Tensor):
     return model
 
 
-def _chunks(prompts: list[list[int]], max_tokens: int = 16384):
-    """Batches of prompts within 16k padded tokens: one batch for short prompts, as the world's."""
-    return budget_chunks(prompts, max_tokens)
+# prompts per forward pass within this many padded tokens: one batch for short prompts, as the world's
+CHUNK_TOKENS = 16384
 
 
 @torch.no_grad()
@@ -158,7 +157,7 @@ def residuals(model, tok, prompts, n_post: int) -> torch.Tensor:
 
     handles = [ly.register_forward_pre_hook(pre, with_kwargs=True) for ly in decoder_layers(model)]
     try:
-        for chunk in _chunks(prompts):
+        for chunk in budget_chunks(prompts, CHUNK_TOKENS):
             ids, mask = left_pad(chunk, tok.pad_token_id, device)
             grabbed.clear()
             model(input_ids=ids, attention_mask=mask, **last_logits_only(model))
@@ -174,7 +173,7 @@ def residuals(model, tok, prompts, n_post: int) -> torch.Tensor:
 @torch.no_grad()
 def last_logprobs(model, tok, prompts) -> torch.Tensor:
     device, out = next(model.parameters()).device, []
-    for chunk in _chunks(prompts):
+    for chunk in budget_chunks(prompts, CHUNK_TOKENS):
         ids, mask = left_pad(chunk, tok.pad_token_id, device)
         logits = model(input_ids=ids, attention_mask=mask, **last_logits_only(model)).logits[:, -1]  # [B, V]
         out.append(torch.log_softmax(logits.float(), -1))
