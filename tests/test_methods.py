@@ -127,10 +127,10 @@ def test_micro_batches_within_a_token_budget_train_the_same_weights(lora_r, targ
     pairs[3] = (pairs[3][0], " ".join([pairs[3][1]] * 10))
     _, tok = load_model(str(target_dir))
     encoded = encode_parts(tok, {"retain": pairs}, 512)
-    runs = list(_micro_batches({"retain": list(range(12))}, encoded, {}, tok.pad_token_id, "cpu", 64))
-    assert len(runs) > 2 and sum(s for _, s in runs) == pytest.approx(1.0)
-    assert all(b["retain"]["input_ids"].numel() <= 64 or len(b["retain"]["input_ids"]) == 1 for b, _ in runs)
-    assert len({round(s, 6) for _, s in runs}) > 1
+    runs = list(_micro_batches(FineTune(), {"retain": list(range(12))}, encoded, {}, tok.pad_token_id, "cpu", 64))
+    assert len(runs) > 2 and sum(s for _, _, s in runs) == pytest.approx(1.0)
+    assert all(b["input_ids"].numel() <= 64 or len(b["input_ids"]) == 1 for _, b, _ in runs)
+    assert len({round(s, 6) for _, _, s in runs}) > 1
     out = []
     for budget in (0, 64):
         torch.manual_seed(0)
@@ -147,14 +147,76 @@ def test_micro_batches_within_a_token_budget_train_the_same_weights(lora_r, targ
     assert any(not torch.equal(w0[n], p) for n, p in load_model(str(target_dir))[0].named_parameters())
 
 
-def test_max_batch_tokens_needs_a_token_mean_loss(target_dir, parts):
+def test_max_batch_tokens_needs_a_loss_that_splits(target_dir, parts):
     from obliviate.errors import UsageError
+    from obliviate.train import batch_token_budget
 
     model, tok = load_model(str(target_dir))
     cfg = TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=0, progress=False,
                       max_batch_tokens=256)
-    with pytest.raises(UsageError, match="NPO's loss does not split"):
-        train(model, tok, METHODS.get("npo").from_options({"steps": 1}), parts, cfg)
+    kl = METHODS.get("grad_diff").from_options({"steps": 1, "retain_loss": "kl"})
+    with pytest.raises(UsageError, match="GradDiff's loss does not split"):
+        train(model, tok, kl, parts, cfg)
+    # the CLI's default: a budget where the loss splits, whole batches where it does not
+    npo, rmu = METHODS.get("npo")(), METHODS.get("rmu")()
+    assert batch_token_budget(npo, None) == 2048 and batch_token_budget(rmu, None) == 0
+    assert batch_token_budget(kl, None) == 0 and batch_token_budget(npo, 0) == 0 and batch_token_budget(rmu, 0) == 0
+    assert batch_token_budget(npo, 512) == 512
+    with pytest.raises(UsageError, match="RMU's loss does not split"):
+        batch_token_budget(rmu, 512)
+    with pytest.raises(UsageError, match=">= 0"):
+        batch_token_budget(npo, -1)
+
+
+def _splitting(methods):
+    return [name for name in methods.names() if methods.get(name)().splits]
+
+
+@pytest.mark.parametrize("name", _splitting(METHODS) + ["finetune"])
+def test_a_loss_that_splits_is_the_sum_of_its_parts(name, target_dir, parts):
+    """`Method.splits` promises loss(batch) == sum of part_loss over the parts: micro-batching relies on it. A
+    method that overrides `loss` and forgets to say it no longer splits fails here."""
+    from obliviate.models.encode import collate
+    from obliviate.train import FineTune, encode_parts, reference_logps
+
+    model, tok = load_model(str(target_dir))
+    method = FineTune() if name == "finetune" else METHODS.get(name)()
+    assert method.splits
+    encoded = encode_parts(tok, {p: parts[p][:6] for p in method.needs}, 512)
+    batch = {p: collate(encoded[p], tok.pad_token_id) for p in method.needs}
+    for p in method.reference:
+        batch[p]["ref_logp"] = reference_logps(model, encoded[p], tok.pad_token_id, "cpu") - 0.5  # a log-ratio != 0
+    with torch.no_grad():
+        whole, logs = method.loss(model, batch)
+        terms = [method.part_loss(model, p, batch[p])[0] for p in method.needs]
+    assert float(whole) == pytest.approx(float(sum(t for t in terms if t is not None)), abs=1e-6)
+    assert set(logs) and all(method.part_mean(p) in ("token", "item") for p in method.needs)
+
+
+@pytest.mark.parametrize("name", ["npo", "simnpo"])
+def test_micro_batches_of_item_means_train_the_same_weights(name, target_dir, parts):
+    """NPO's and SimNPO's forget terms are means over items, their retain terms means over tokens: each run of a
+    part is weighted by its share of the part's items or tokens, and a budgeted step equals the whole one."""
+    long = dict(parts)
+    long["forget"] = [(q, " ".join([a] * (8 if i % 3 == 0 else 1))) for i, (q, a) in enumerate(parts["forget"])]
+    out = []
+    for budget in (0, 96):
+        model, tok = load_model(str(target_dir))
+        # no clipping, so the gradients read after each step are the accumulated ones
+        cfg = TrainConfig(forget_batch_size=8, retain_batch_size=8, checkpoint_every=0, progress=False,
+                          max_batch_tokens=budget, max_grad_norm=0)
+        grads = []
+        _, res = train(model, tok, METHODS.get(name).from_options({"steps": 2, "lr": 1e-2}), long, cfg,
+                       on_step=lambda step, m: grads.append({n: p.grad.clone() for n, p in m.named_parameters()}))
+        out.append((res.history, grads))
+    (h0, g0), (h1, g1) = out
+    for a, b in zip(h0, h1):
+        assert set(a) == set(b) and all(b[k] == pytest.approx(a[k], abs=1e-5) for k in a)
+    # the first step's gradients (the same weights on both sides), not the weights after it: AdamW's first step
+    # turns rounding in a gradient entry near eps into a move of the full lr
+    step0, step1 = g0[0], g1[0]
+    scale = max(g.abs().max() for g in step0.values())
+    assert scale > 0 and all(torch.allclose(step1[n], step0[n], rtol=1e-4, atol=1e-5 * scale) for n in step0)
 
 
 def checkpointed(model) -> bool:

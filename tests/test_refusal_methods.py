@@ -174,3 +174,56 @@ def test_refusal_tokens_threshold_steers_the_first_token(data, tiny_tokenizer):
     assert ThresholdGenerator(tau=1.0).decisions(model, tok, prompts) == [respond] * 4
     with pytest.raises(UsageError, match="no refusal tokens"):
         refuse_probability(tiny_model(tiny_tokenizer), tiny_tokenizer, prompts)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in REFUSAL_METHODS.names() if REFUSAL_METHODS.get(n)().splits))
+def test_a_refusal_loss_that_splits_is_the_sum_of_its_parts(name, data, tiny_tokenizer):
+    """`splits` promises loss == the sum of part_loss over the parts (micro-batching relies on it)."""
+    import copy
+
+    from obliviate.models.encode import collate
+    from obliviate.train import encode_parts
+
+    model, tok = tiny_model(tiny_tokenizer), copy.deepcopy(tiny_tokenizer)
+    meth = REFUSAL_METHODS.get(name)()
+    model, tok = meth.prepare(model, tok, data)
+    encoded = encode_parts(tok, meth.parts(data, tok, 0, model=model), 512)
+    batch = {p: collate(encoded[p][:6], tok.pad_token_id) for p in meth.needs}
+    with torch.no_grad():
+        whole, _ = meth.loss(model, batch)
+        terms = [meth.part_loss(model, p, batch[p])[0] for p in meth.needs]
+    assert float(whole) == pytest.approx(float(sum(t for t in terms if t is not None)), abs=1e-6)
+
+
+def test_token_constrained_does_not_split():
+    assert not REFUSAL_METHODS.get("token_constrained")().splits
+
+
+def test_derta_in_micro_batches_takes_the_same_step(data, tiny_tokenizer):
+    """Every part of DeRTa's batch (prefixed refusals, RTO, benign, people) in runs of at most 48 padded tokens,
+    each run weighted by its share of its part's answer tokens: the same losses and first-step gradients."""
+    import copy
+
+    from obliviate.train import TrainConfig, train
+
+    out = []
+    for budget in (0, 48):
+        torch.manual_seed(0)
+        model, tok = tiny_model(tiny_tokenizer), copy.deepcopy(tiny_tokenizer)
+        meth = DeRTa(steps=2, lr=1e-2)
+        calls, grads = [], []
+        part_loss = meth.part_loss
+        object.__setattr__(meth, "part_loss", lambda *a, **kw: calls.append(a[1]) or part_loss(*a, **kw))
+        # no clipping: the gradients read after a step are the accumulated ones
+        cfg = TrainConfig(retain_batch_size=8, checkpoint_every=0, progress=False, max_grad_norm=0,
+                          max_batch_tokens=budget)
+        _, res = train(model, tok, meth, meth.parts(data, tok, 0), cfg, on_step=lambda s, m: grads.append(
+            {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        out.append((res.history, grads[0], calls))
+    (h0, g0, c0), (h1, g1, c1) = out
+    assert len(c1) > len(c0) and set(c1) == {"refusal_prefixed", "rto", "benign", "retain"}  # every part split
+    assert {"nll_refusal_prefixed", "nll_rto", "nll_benign", "nll_retain"} <= set(h0[0])
+    for a, b in zip(h0, h1):
+        assert set(a) == set(b) and all(b[k] == pytest.approx(a[k], abs=1e-5) for k in a)
+    scale = max(g.abs().max() for g in g0.values())
+    assert scale > 0 and all(torch.allclose(g1[n], g0[n], rtol=1e-4, atol=1e-5 * scale) for n in g0)

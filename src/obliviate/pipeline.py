@@ -198,17 +198,20 @@ def train_world_models(data: Path, out: Path, *, forget_split: str = "forget10",
 def run_unlearn(model: str, forget: Path, retain: Path, method: str, out: Path, *, options: dict | None = None,
                 resume: bool = False, seed: int = 0, idk: Path | None = None, forget_batch_size: int = 32,
                 retain_batch_size: int = 32, checkpoint_every: int = 25, lora_r: int = 0, progress: bool = True,
-                text: bool = False, bf16: bool = False, gradient_checkpointing: bool = False):
-    """Validate every input, then unlearn and save an HF model directory to `out`. Returns the TrainResult."""
+                text: bool = False, bf16: bool = False, gradient_checkpointing: bool = False,
+                max_batch_tokens: int | None = 0):
+    """Validate every input, then unlearn and save an HF model directory to `out`. Returns the TrainResult.
+    `max_batch_tokens` None: the default budget where the method's loss splits (`train.batch_token_budget`)."""
     from obliviate.methods import METHODS
     from obliviate.models.load import load_model, save_model
-    from obliviate.train import TrainConfig, train
+    from obliviate.train import TrainConfig, batch_token_budget, train
 
     cls = METHODS.get(method)  # unknown name: did-you-mean, before any file is touched
     meth = cls.from_options(options or {})
     cfg = TrainConfig(forget_batch_size=forget_batch_size, retain_batch_size=retain_batch_size, seed=seed,
                       checkpoint_every=checkpoint_every, lora_r=lora_r, progress=progress, bf16=bf16,
-                      gradient_checkpointing=gradient_checkpointing)
+                      gradient_checkpointing=gradient_checkpointing,
+                      max_batch_tokens=batch_token_budget(meth, max_batch_tokens))
     pool = idk_pool(idk) if "forget_idk" in meth.needs else []
     if text:  # raw documents: plain language modelling on each (MUSE's raw splits)
         from obliviate.data.schema import load_texts

@@ -27,7 +27,7 @@ import torch
 
 from obliviate.data.schema import QAItem
 from obliviate.errors import TrainingDiverged, UsageError
-from obliviate.methods import Method, retain_nll
+from obliviate.methods import Method, nll_loss
 from obliviate.models.encode import IGNORE, budget_chunks, collate, encode_pair, sequence_logp
 
 
@@ -49,9 +49,10 @@ class TrainConfig:
     # SmolLM2 LoRA step [8 x 512 tokens] peaked at 5.9 GB RSS instead of 13.8 GB, in 1.44x the time ([16 x 100]:
     # 3.1 against 6.0 GB, 1.10x); for long sequences or a model that barely fits
     gradient_checkpointing: bool = False
-    # > 0: split each batch into consecutive micro-batches of at most this many padded tokens and accumulate their
-    # gradients (one optimiser step, the same gradient up to float rounding); only for token-mean losses
-    # (`Method.token_mean`: fine-tuning). A batch of 16 with one 512-token sequence pads all 16 to 512
+    # > 0: split each part of a batch into consecutive micro-batches of at most this many padded tokens and
+    # accumulate their gradients (one optimiser step, the same gradient up to float rounding); only for losses that
+    # are sums of per-part means (`Method.splits`: fine-tuning, the refusal methods). A batch of 16 with one
+    # 512-token sequence pads all 16 to 512
     max_batch_tokens: int = 0
     progress: bool = True
 
@@ -62,6 +63,21 @@ class TrainConfig:
             raise UsageError("checkpoint_every, lora_r, warmup_steps and max_batch_tokens must be >= 0")
 
 
+def batch_token_budget(method: Method, requested: int | None, default: int = 2048) -> int:
+    """TrainConfig.max_batch_tokens for `method`: `requested`, or when None `default` for a method whose loss
+    splits (`Method.splits`) and 0 (whole batches) for the others. A budget asked of a method that cannot split,
+    or a negative one, is a UsageError. 2048 tokens: a batch of 32 short pairs (~60 tokens) stays whole, while
+    one of HarmBench's 512-token contextual prompts no longer pads 32 rows to 512 (`bench/train_micro_batches.py`)."""
+    if requested is None:
+        return default if method.splits else 0
+    if requested < 0:
+        raise UsageError(f"--max-batch-tokens must be >= 0, got {requested}")
+    if requested and not method.splits:
+        raise UsageError(f"{type(method).__name__}'s loss does not split into micro-batches: give "
+                         "--max-batch-tokens 0 (or leave it out), or --gradient-checkpointing to save memory")
+    return requested
+
+
 @dataclass
 class FineTune(Method):
     """Plain SFT on the `retain` part: how the target and the oracle learn the world. Not an unlearning method."""
@@ -69,10 +85,13 @@ class FineTune(Method):
     lr: float = 3e-3
     steps: int = 400
     needs: ClassVar[tuple[str, ...]] = ("retain",)
-    token_mean: ClassVar[bool] = True
+    splits: ClassVar[bool] = True
 
     def loss(self, model, batch, ref_model=None):
-        loss = retain_nll(model, batch)
+        return self.sum_of_parts(model, batch, ref_model)
+
+    def part_loss(self, model, name, part, ref_model=None):
+        loss = nll_loss(*sequence_logp(model, part))
         return loss, {"nll": loss.item()}
 
 
@@ -120,10 +139,11 @@ def reference_logps(model, encoded: list, pad_id: int, device, batch_size: int =
     return torch.cat(out)
 
 
-def _micro_batches(rows: dict[str, list[int]], encoded: dict, refs: dict, pad: int, device, max_tokens: int):
-    """(batch, share) pairs of one step: the whole batch with share 1, or (max_tokens > 0, one part) consecutive
-    runs of its items within max_tokens padded tokens, each weighted by its share of the answer tokens, so that
-    the shares' weighted token-mean losses sum to the whole batch's."""
+def _micro_batches(method, rows: dict[str, list[int]], encoded: dict, refs: dict, pad: int, device, max_tokens: int):
+    """(part name or None, batch, share) triples of one step. max_tokens 0: the whole batch (name None, share 1).
+    Else, for a method that `splits`, each part in consecutive runs of its items within max_tokens padded tokens,
+    weighted by the run's share of the part's answer tokens ("token" means) or items ("item" means): the runs'
+    weighted terms then sum to the part's term on the whole batch."""
     def part(name, idx):
         out = {k: v.to(device) for k, v in collate([encoded[name][i] for i in idx], pad).items()}
         if name in refs:
@@ -131,13 +151,14 @@ def _micro_batches(rows: dict[str, list[int]], encoded: dict, refs: dict, pad: i
         return out
 
     if not max_tokens:
-        yield {name: part(name, idx) for name, idx in rows.items()}, 1.0
+        yield None, {name: part(name, idx) for name, idx in rows.items()}, 1.0
         return
-    ((name, idx),) = rows.items()
-    answer = {i: sum(y != IGNORE for y in encoded[name][i][1]) for i in idx}
-    total = max(1, sum(answer.values()))
-    for run in budget_chunks(idx, max_tokens, length=lambda i: len(encoded[name][i][0])):
-        yield {name: part(name, run)}, sum(answer[i] for i in run) / total
+    for name, idx in rows.items():
+        by_token = method.part_mean(name) == "token"
+        weight = {i: sum(y != IGNORE for y in encoded[name][i][1]) if by_token else 1 for i in idx}
+        total = max(1, sum(weight.values()))
+        for run in budget_chunks(idx, max_tokens, length=lambda i: len(encoded[name][i][0])):
+            yield name, part(name, run), sum(weight[i] for i in run) / total
 
 
 def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
@@ -268,9 +289,9 @@ def _train(
         # AdamW on bf16/fp16 weights drops every update below the weight's precision (bf16: 1/256 relative)
         raise UsageError(f"full fine-tuning needs float32 weights, and the model was loaded in {low[0]} (--dtype): "
                          "drop --dtype (--bf16 computes in bfloat16 over float32 weights) or train LoRA (--lora-r)")
-    if cfg.max_batch_tokens and not (method.token_mean and len(method.needs) == 1):
-        raise UsageError(f"max_batch_tokens splits batches of token-mean losses over one part (fine-tuning); "
-                         f"{type(method).__name__}'s loss does not split")
+    if cfg.max_batch_tokens and not method.splits:
+        raise UsageError(f"max_batch_tokens splits losses that are sums of per-part means (fine-tuning, refusal SFT, "
+                         f"DeRTa, ...); {type(method).__name__}'s loss does not split: drop it (--max-batch-tokens 0)")
     if cfg.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
         raise UsageError(f"{type(model).__name__} does not support gradient checkpointing: drop "
                          "--gradient-checkpointing")
@@ -338,9 +359,12 @@ def _train(
         method.step, method.total_steps = step, method.steps  # for step-dependent schedules (e.g. l1 weight)
         optimizer.zero_grad(set_to_none=True)
         loss, logs = 0.0, {}
-        for batch, share in _micro_batches(rows, encoded, refs, pad, device, cfg.max_batch_tokens):
+        for name, batch, share in _micro_batches(method, rows, encoded, refs, pad, device, cfg.max_batch_tokens):
             with amp():
-                part_loss, part_logs = method.loss(model, batch, ref_model)
+                part_loss, part_logs = (method.loss(model, batch, ref_model) if name is None
+                                        else method.part_loss(model, name, batch, ref_model))
+            if part_loss is None:
+                continue  # a part that does not count (zero weight): no forward pass was made
             part_loss = part_loss.float()
             if not torch.isfinite(part_loss):
                 progress.stop()
@@ -350,7 +374,8 @@ def _train(
                 )
             accelerator.backward(part_loss * share)
             loss = loss + part_loss.item() * share
-            logs = {k: logs.get(k, 0.0) + v * share for k, v in part_logs.items()}
+            for k, v in part_logs.items():  # each part logs its own keys, averaged over its runs
+                logs[k] = logs.get(k, 0.0) + v * share
         if cfg.max_grad_norm:
             accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()

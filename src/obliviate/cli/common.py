@@ -12,11 +12,15 @@ from obliviate.errors import UsageError
 
 STARTED = time.perf_counter()  # demos report wall time from process start, imports included
 
-# training options that `unlearn` and `align` share (TrainConfig.bf16, TrainConfig.gradient_checkpointing)
+# training options that `unlearn` and `align` share (TrainConfig.bf16, .gradient_checkpointing, .max_batch_tokens)
 BF16_OPTION = typer.Option(False, "--bf16", help="bf16 autocast forward passes (faster on AMX CPUs and GPUs)")
 GRADIENT_CHECKPOINTING_OPTION = typer.Option(False, "--gradient-checkpointing",
                                              help="recompute activations in the backward pass: less memory, slower "
                                                   "steps")
+MAX_BATCH_TOKENS_OPTION = typer.Option(None, "--max-batch-tokens",
+                                       help="train each part of a batch in micro-batches of at most N padded "
+                                            "tokens (the same step, less memory) [default: 2048 where the "
+                                            "method's loss splits, else whole batches; 0: whole batches]")
 
 
 def set_threads(n: Optional[int]) -> None:

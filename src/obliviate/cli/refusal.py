@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, named_runs, parse_options,
-                                  set_threads)
+from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION, named_runs,
+                                  parse_options, set_threads)
 from obliviate.errors import UsageError
 from obliviate.models.load import check_model_dir
 
@@ -37,6 +37,7 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
           lora_r: int = typer.Option(0, help="> 0: train LoRA adapters of this rank, merged on save"),
           bf16: bool = BF16_OPTION,
           gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
+          max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS_OPTION,
           no_chat_template: bool = typer.Option(False, "--no-chat-template",
                                                 help="allow a model without a chat template (raw prompt)"),
           resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
@@ -51,6 +52,9 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
     cls = REFUSAL_METHODS.get(method)
     opts = parse_options(option) | ({"steps": steps} if steps is not None else {}) | ({"lr": lr} if lr else {})
     meth = cls.from_options(opts)
+    from obliviate.train import batch_token_budget
+
+    max_batch_tokens = batch_token_budget(meth, max_batch_tokens)  # a bad budget exits before the model loads
     public = bool(harmful or harmful_responses)
     if public == (data is not None):
         raise UsageError("give either --data WORLD, or --harmful KIND:FILE / --harmful-responses FILE")
@@ -94,7 +98,8 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
         write_json(o / "align.json", {"model": model, **source, "method": method, "options": meth.__dict__,
                                       "seed": seed, "lora_r": lora_r, "bf16": bf16})
         net, tok, res = run_align(net, tok, meth, data_, seed=seed, out=o, resume=resume, lora_r=lora_r,
-                                  batch_size=batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing)
+                                  batch_size=batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+                                  max_batch_tokens=max_batch_tokens)
         save_model(net, tok, o)
         write_json(o / "train_log.json", {"steps": res.steps, "seconds": res.seconds, "history": res.history})
         import shutil

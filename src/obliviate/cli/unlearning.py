@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, named_runs, parse_options,
-                                  set_threads)
+from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION, named_runs,
+                                  parse_options, set_threads)
 from obliviate.errors import UsageError
 
 
@@ -52,6 +52,7 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
             idk: Optional[Path] = typer.Option(None, help="'I don't know' answer pool (one per line)"),
             bf16: bool = BF16_OPTION,
             gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
+            max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS_OPTION,
             seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Unlearn FORGET from MODEL while keeping RETAIN, with one registered method."""
     from obliviate.pipeline import run_unlearn
@@ -75,7 +76,7 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
     res = run_unlearn(model, forget, retain, method, out, options=opts, resume=resume, seed=seed, idk=idk,
                       forget_batch_size=forget_batch_size, retain_batch_size=retain_batch_size,
                       checkpoint_every=checkpoint_every, lora_r=lora_r, text=text, bf16=bf16,
-                      gradient_checkpointing=gradient_checkpointing)
+                      gradient_checkpointing=gradient_checkpointing, max_batch_tokens=max_batch_tokens)
     typer.echo(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.history[-1]['loss']:.4f} "
                f"-> {out}")
 

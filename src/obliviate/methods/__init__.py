@@ -40,9 +40,11 @@ class Method:
     needs: ClassVar[tuple[str, ...]] = ("forget", "retain")
     reference: ClassVar[tuple[str, ...]] = ()  # batch parts whose reference log-probs are precomputed
     live_reference: ClassVar[bool] = False  # True only when the math needs full reference distributions
-    # True when the loss over a batch of one part is a token-weighted mean (`nll_loss`): micro-batches then combine
-    # exactly, weighted by their share of answer tokens (TrainConfig.max_batch_tokens)
-    token_mean: ClassVar[bool] = False
+    # True when `loss(batch)` is the sum over `needs` of `part_loss(name, batch[name])` and each part's term is a
+    # mean over its answer tokens (`nll_loss`; `part_mean(name) == "token"`) or over its items ("item"). Then a
+    # part's micro-batches combine exactly, each weighted by its share of the part's tokens or items
+    # (TrainConfig.max_batch_tokens). `tests/test_methods.py` checks the sum on every method that says so
+    splits: ClassVar[bool] = False
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -54,6 +56,24 @@ class Method:
 
     def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def part_loss(self, model, name: str, part: dict, ref_model=None) -> tuple[torch.Tensor | None, dict]:
+        """One part's weighted term of the loss, or None for a part that does not count (zero weight): only for
+        methods that `splits`."""
+        raise NotImplementedError
+
+    def part_mean(self, name: str) -> str:
+        """"token" or "item": what the `part_loss` of part `name` is a mean over."""
+        return "token"
+
+    def sum_of_parts(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """`loss` for methods that `splits`: the sum of the parts' terms, and their logs."""
+        total, logs = 0.0, {}
+        for name in self.needs:
+            term, part_logs = self.part_loss(model, name, batch.get(name), ref_model)  # None: a part left out
+            if term is not None:
+                total, logs = total + term, logs | part_logs
+        return total, logs
 
     # Optional hooks for methods that are more than a loss (pruning, task arithmetic). No-ops by default.
     def begin(self, model) -> None:

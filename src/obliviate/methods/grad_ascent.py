@@ -30,6 +30,11 @@ class GradAscent(Method):
 
     needs: ClassVar[tuple[str, ...]] = ("forget",)
 
+    splits: ClassVar[bool] = True
+
     def loss(self, model, batch, ref_model=None):
-        loss = grad_ascent_loss(*sequence_logp(model, batch["forget"]))
+        return self.sum_of_parts(model, batch, ref_model)
+
+    def part_loss(self, model, name, part, ref_model=None):
+        loss = grad_ascent_loss(*sequence_logp(model, part))
         return loss, {"forget_nll": -loss.item()}

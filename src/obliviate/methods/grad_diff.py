@@ -52,6 +52,16 @@ class GradDiff(Method):
     def live_reference(self) -> bool:  # type: ignore[override]
         return self.retain_loss == "kl"
 
+    @property
+    def splits(self) -> bool:  # type: ignore[override]
+        return self.retain_loss == "nll"  # the KL term is a mean over every input position, not answer tokens
+
+    def part_loss(self, model, name, part, ref_model=None):
+        nll = nll_loss(*sequence_logp(model, part))
+        if name == "forget":
+            return -self.gamma * nll, {"forget_nll": nll.item()}
+        return self.retain_weight * nll, {"retain_nll": nll.item()}
+
     def loss(self, model, batch, ref_model=None):
         forget_nll = nll_loss(*sequence_logp(model, batch["forget"]))
         r = batch["retain"]

@@ -30,8 +30,16 @@ class IdkNLL(Method):
 
     needs: ClassVar[tuple[str, ...]] = ("forget_idk", "retain")
 
+    splits: ClassVar[bool] = True
+
     def loss(self, model, batch, ref_model=None):
         idk_logp, idk_n = sequence_logp(model, batch["forget_idk"])
         retain = retain_nll(model, batch)
         loss = idk_nll_loss(idk_logp, idk_n, retain, self.retain_weight)
         return loss, {"idk_nll": -(idk_logp.sum() / idk_n.sum()).item(), "retain_nll": retain.item()}
+
+    def part_loss(self, model, name, part, ref_model=None):
+        nll = nll_loss(*sequence_logp(model, part))
+        if name == "forget_idk":
+            return nll, {"idk_nll": nll.item()}
+        return self.retain_weight * nll, {"retain_nll": nll.item()}

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from obliviate.methods import METHODS, Method, retain_nll
+from obliviate.methods import METHODS, Method, nll_loss
 from obliviate.models.encode import sequence_logp
 
 
@@ -36,14 +36,19 @@ class NPO(Method):
     retain_weight: float = 1.0
 
     reference: ClassVar[tuple[str, ...]] = ("forget",)
+    splits: ClassVar[bool] = True
 
     def loss(self, model, batch, ref_model=None):
-        logp, _ = sequence_logp(model, batch["forget"])
-        forget = npo_loss(logp, batch["forget"]["ref_logp"], self.beta)
-        logs = {"npo": forget.item()}
-        loss = self.gamma * forget
-        if self.retain_weight > 0:
-            retain = retain_nll(model, batch)
-            loss = loss + self.retain_weight * retain
-            logs["retain_nll"] = retain.item()
-        return loss, logs
+        return self.sum_of_parts(model, batch, ref_model)
+
+    def part_mean(self, name):
+        return "item" if name == "forget" else "token"  # eq. 3 is a mean over forget items
+
+    def part_loss(self, model, name, part, ref_model=None):
+        if name == "forget":
+            forget = npo_loss(sequence_logp(model, part)[0], part["ref_logp"], self.beta)
+            return self.gamma * forget, {"npo": forget.item()}
+        if self.retain_weight == 0:
+            return None, {}
+        retain = nll_loss(*sequence_logp(model, part))
+        return self.retain_weight * retain, {"retain_nll": retain.item()}

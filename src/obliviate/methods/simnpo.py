@@ -10,11 +10,12 @@ so the paper's margin is beta * delta. Total: gamma * L + alpha * NLL_retain (co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from obliviate.methods import METHODS, Method, retain_nll
+from obliviate.methods import METHODS, Method, nll_loss
 from obliviate.models.encode import sequence_logp
 
 
@@ -34,8 +35,17 @@ class SimNPO(Method):
     gamma: float = 0.125
     retain_weight: float = 1.0
 
+    splits: ClassVar[bool] = True
+
     def loss(self, model, batch, ref_model=None):
-        forget = simnpo_loss(*sequence_logp(model, batch["forget"]), self.beta, self.delta)
-        retain = retain_nll(model, batch)
-        loss = self.gamma * forget + self.retain_weight * retain
-        return loss, {"simnpo": forget.item(), "retain_nll": retain.item()}
+        return self.sum_of_parts(model, batch, ref_model)
+
+    def part_mean(self, name):
+        return "item" if name == "forget" else "token"  # eq. 4 is a mean over forget items
+
+    def part_loss(self, model, name, part, ref_model=None):
+        if name == "forget":
+            forget = simnpo_loss(*sequence_logp(model, part), self.beta, self.delta)
+            return self.gamma * forget, {"simnpo": forget.item()}
+        retain = nll_loss(*sequence_logp(model, part))
+        return self.retain_weight * retain, {"retain_nll": retain.item()}

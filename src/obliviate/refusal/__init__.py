@@ -59,15 +59,16 @@ class RefusalMethod(Method):
                 "benign": [(r["prompt"], r["answer"]) for r in data.benign],
                 "retain": [(it.question, it.answer) for it in data.people]}
 
+    splits: ClassVar[bool] = True  # subclasses that override `loss` set it back to False
+
     def loss(self, model, batch, ref_model=None):
-        logs, total = {}, 0.0
-        for name in self.needs:
-            if name == "retain" and self.retain_weight == 0:
-                continue  # a zero-weight part costs a forward pass for nothing (public data: a second benign part)
-            part = nll_loss(*sequence_logp(model, batch[name]))
-            logs[f"nll_{name}"] = part.item()
-            total = total + (self.retain_weight if name == "retain" else 1.0) * part
-        return total, logs
+        return self.sum_of_parts(model, batch, ref_model)
+
+    def part_loss(self, model, name, part, ref_model=None):
+        if name == "retain" and self.retain_weight == 0:
+            return None, {}  # a zero-weight part costs a forward pass for nothing (public data: a second benign part)
+        nll = nll_loss(*sequence_logp(model, part))
+        return (self.retain_weight if name == "retain" else 1.0) * nll, {f"nll_{name}": nll.item()}
 
 
 def prefixed_refusal(tokenizer, prompt: str, harmful: str, refusal: str, k: int) -> tuple[list[int], list[int]]:

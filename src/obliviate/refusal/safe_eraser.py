@@ -56,11 +56,9 @@ class SafeEraser(RefusalMethod):
                                  "data; public prompt sets name no objects): --option pd_weight=0 trains without PD")
         return out
 
-    def loss(self, model, batch, ref_model=None):
-        po = nll_loss(*sequence_logp(model, batch["refusal"]))
-        retain = nll_loss(*sequence_logp(model, batch["retain"]))
-        total, logs = po + self.retain_weight * retain, {"po": po.item(), "retain": retain.item()}
-        if self.pd_weight:
-            pd = nll_loss(*sequence_logp(model, batch["decoupled"]))
-            total, logs["pd"] = total + self.pd_weight * pd, pd.item()
-        return total, logs
+    def part_loss(self, model, name, part, ref_model=None):
+        # PO (refusal) + alpha * retain + lambda * PD, each a token-mean NLL
+        nll = nll_loss(*sequence_logp(model, part))
+        log, weight = {"refusal": ("po", 1.0), "retain": ("retain", self.retain_weight),
+                       "decoupled": ("pd", self.pd_weight)}[name]
+        return weight * nll, {log: nll.item()}

@@ -69,6 +69,7 @@ class TokenConstrained(RefusalMethod):
     bias_length: int = 5
     needs: ClassVar[tuple[str, ...]] = ("finetune",)
     live_reference: ClassVar[bool] = True  # per-token reference log-probs are needed
+    splits: ClassVar[bool] = False  # its own loss (position-weighted, against the reference), not a sum of NLLs
 
     def __post_init__(self):
         super().__post_init__()
