@@ -64,6 +64,24 @@ def test_unlearn_with_gradient_checkpointing(unlearn_args, tmp_path, capsys):
     assert (tmp_path / "out" / "config.json").is_file() and "npo: 1 steps" in out
 
 
+def test_unlearn_max_batch_tokens(unlearn_args, tmp_path, capsys, monkeypatch):
+    """The budget reaches training: 2048 by default where the loss splits, what is asked otherwise; a method
+    whose loss does not split, or a negative budget, exits 2 before anything is written."""
+    import obliviate.train
+
+    budgets, real = [], obliviate.train.train
+    monkeypatch.setattr(obliviate.train, "train", lambda *a, **kw: budgets.append(a[4].max_batch_tokens) or real(*a, **kw))
+    for extra in ([], ["--max-batch-tokens", "64"], ["--max-batch-tokens", "0"]):
+        code, out, err = run_cli([*_with(unlearn_args, "--out", tmp_path / f"o{len(budgets)}"), "--steps", "1",
+                                  *extra], capsys)
+        assert code == 0 and "npo: 1 steps" in out, err
+    assert budgets == [2048, 64, 0]
+    assert_bad_input([*_with(unlearn_args, "--method", "rmu"), "--max-batch-tokens", "64"], capsys, tmp_path / "out",
+                     "RMU's loss does not split")
+    assert_bad_input([*unlearn_args, "--max-batch-tokens", "-5"], capsys, tmp_path / "out", ">= 0")
+    assert_bad_input([*unlearn_args, "--max-batch-tokens", "many"], capsys, tmp_path / "out", "--max-batch-tokens")
+
+
 def test_missing_file(unlearn_args, tmp_path, capsys):
     assert_bad_input(_with(unlearn_args, "--forget", tmp_path / "nope.jsonl"), capsys, tmp_path / "out",
                      "file not found")

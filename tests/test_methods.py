@@ -145,6 +145,12 @@ def test_micro_batches_within_a_token_budget_train_the_same_weights(lora_r, targ
     # rounding into up to 2e-5 here (full weights), against moves of 1e-2
     assert all(torch.allclose(w0[n], w1[n], atol=1e-4) for n in w0)
     assert any(not torch.equal(w0[n], p) for n, p in load_model(str(target_dir))[0].named_parameters())
+    # a budget that every batch fits in changes nothing, bit for bit (the CLI's default on short data)
+    torch.manual_seed(0)
+    model, tok = load_model(str(target_dir))
+    cfg = TrainConfig(retain_batch_size=12, checkpoint_every=0, lora_r=lora_r, progress=False, max_batch_tokens=8192)
+    model, res = train(model, tok, FineTune(lr=1e-2, steps=2), {"retain": pairs}, cfg)
+    assert res.history == h0 and all(torch.equal(w0[n], p) for n, p in model.named_parameters())
 
 
 def test_max_batch_tokens_needs_a_loss_that_splits(target_dir, parts):

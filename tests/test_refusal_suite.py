@@ -83,6 +83,10 @@ def test_refusal_commands_bad_input(demo_doc, tmp_path, capsys):
     assert_bad_input(["align", "derta", "--model", target, "--data", tmp_path, "--out", o], capsys, o, "not found")
     assert_bad_input(["align", "derta", "--model", target, "--data", world, "--out", o, "--option", "k_max=3"],
                      capsys, o, "no option")
+    assert_bad_input(["align", "token_constrained", "--model", target, "--data", world, "--out", o,
+                      "--max-batch-tokens", "256"], capsys, o, "TokenConstrained's loss does not split")
+    assert_bad_input(["align", "derta", "--model", target, "--data", world, "--out", o, "--max-batch-tokens", "-1"],
+                     capsys, o, "--max-batch-tokens must be >= 0")
     assert_bad_input(["calibrate", target, "--data", world, "--out", o], capsys, o, "no refusal tokens")
     assert_bad_input(["calibrate", target, "--data", world, "--out", o, "--taus", "0,2"], capsys, o, "[0, 1]")
     assert_bad_input(["demo", "--suite", "nope", "--out", o], capsys, o, "unknown demo suite")

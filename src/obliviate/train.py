@@ -140,24 +140,26 @@ def reference_logps(model, encoded: list, pad_id: int, device, batch_size: int =
 
 
 def _micro_batches(method, rows: dict[str, list[int]], encoded: dict, refs: dict, pad: int, device, max_tokens: int):
-    """(part name or None, batch, share) triples of one step. max_tokens 0: the whole batch (name None, share 1).
-    Else, for a method that `splits`, each part in consecutive runs of its items within max_tokens padded tokens,
-    weighted by the run's share of the part's answer tokens ("token" means) or items ("item" means): the runs'
-    weighted terms then sum to the part's term on the whole batch."""
+    """(part name or None, batch, share) triples of one step. max_tokens 0, or every part within it: the whole
+    batch (name None, share 1). Else, for a method that `splits`, each part in consecutive runs of its items within
+    max_tokens padded tokens, weighted by the run's share of the part's answer tokens ("token" means) or items
+    ("item" means): the runs' weighted terms then sum to the part's term on the whole batch."""
     def part(name, idx):
         out = {k: v.to(device) for k, v in collate([encoded[name][i] for i in idx], pad).items()}
         if name in refs:
             out["ref_logp"] = refs[name][idx].to(device)
         return out
 
-    if not max_tokens:
+    runs = {name: list(budget_chunks(idx, max_tokens, length=lambda i: len(encoded[name][i][0])))
+            for name, idx in rows.items()} if max_tokens else {}
+    if all(len(r) == 1 for r in runs.values()):  # nothing to split: the whole batch, the same arithmetic as without
         yield None, {name: part(name, idx) for name, idx in rows.items()}, 1.0
         return
     for name, idx in rows.items():
         by_token = method.part_mean(name) == "token"
         weight = {i: sum(y != IGNORE for y in encoded[name][i][1]) if by_token else 1 for i in idx}
         total = max(1, sum(weight.values()))
-        for run in budget_chunks(idx, max_tokens, length=lambda i: len(encoded[name][i][0])):
+        for run in runs[name]:
             yield name, part(name, run), sum(weight[i] for i in run) / total
 
 
