@@ -10,7 +10,9 @@ where each part holds input_ids / attention_mask / labels [B, T] and, for parts 
 `method.reference`, `ref_logp` [B]: the frozen starting model's summed answer log-prob, computed once
 before training so that only one model is held in memory.
 
-To add a method: create `methods/my_method.py` with a `@METHODS.register("my_method")` dataclass.
+To add a method: create `methods/my_method.py` with a `@METHODS.register("my_method")` dataclass. If its loss is a
+sum over its parts of means over answer tokens or over items, write each term in `part_loss` and set `splits`:
+long batches then train in micro-batches (`TrainConfig.max_batch_tokens`; see NPO).
 """
 
 from __future__ import annotations
