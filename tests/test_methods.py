@@ -174,6 +174,24 @@ def test_max_batch_tokens_needs_a_loss_that_splits(target_dir, parts):
         batch_token_budget(npo, -1)
 
 
+def test_reference_logps_within_a_logits_budget_are_the_same(target_dir, parts):
+    """Reference log-probs cut into runs whose tokens x vocabulary stay within a budget: the same values, in the
+    same order, as whole batches (long raw documents would otherwise make [64, 511, V] logits at once)."""
+    from obliviate.train import encode_parts, reference_logps
+
+    model, tok = load_model(str(target_dir))
+    encoded = encode_parts(tok, {"forget": parts["forget"]}, 512)["forget"]
+    whole = reference_logps(model, encoded, tok.pad_token_id, "cpu")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    calls = []
+    real = model.forward
+    model.forward = lambda *a, **kw: calls.append(tuple(kw["input_ids"].shape)) or real(*a, **kw)
+    cut = reference_logps(model, encoded, tok.pad_token_id, "cpu", max_logits=40 * vocab)
+    assert len(calls) > 2 and all(rows * t <= 40 or rows == 1 for rows, t in calls)
+    assert sum(rows for rows, _ in calls) == len(encoded)
+    assert len(whole) == len(encoded) and torch.allclose(cut, whole, atol=1e-4)
+
+
 def _splitting(methods):
     return [name for name in methods.names() if methods.get(name)().splits]
 
