@@ -82,6 +82,23 @@ def test_unlearn_max_batch_tokens(unlearn_args, tmp_path, capsys, monkeypatch):
     assert_bad_input([*unlearn_args, "--max-batch-tokens", "many"], capsys, tmp_path / "out", "--max-batch-tokens")
 
 
+def test_out_of_memory_is_one_line_with_what_to_lower(unlearn_args, tmp_path, capsys, monkeypatch):
+    """Torch running out of memory (a refused CPU allocation under a limit, a GPU's OutOfMemoryError): exit 1,
+    one line naming the failed allocation and the options that lower a step's memory, no traceback."""
+    import obliviate.train
+
+    def oom(*a, **kw):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 6429868032 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(obliviate.train, "train", oom)
+    code, _, err = run_cli([*unlearn_args, "--steps", "1"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert "out of memory (an allocation of 6.4 GB failed)" in lines[0] and "--max-batch-tokens" in lines[0]
+    assert "--resume" in lines[0]
+
+
 def test_missing_file(unlearn_args, tmp_path, capsys):
     assert_bad_input(_with(unlearn_args, "--forget", tmp_path / "nope.jsonl"), capsys, tmp_path / "out",
                      "file not found")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 
 import typer
@@ -87,6 +88,22 @@ def _parser_error(e: BaseException) -> int | None:
     return getattr(e, "exit_code", 1)
 
 
+def _out_of_memory(e: BaseException) -> str | None:
+    """The allocation that failed, when `e` is torch running out of memory (a GPU's OutOfMemoryError, or a CPU
+    allocation refused under a memory limit); None otherwise. Where the kernel's OOM killer acts first, the process
+    dies with SIGKILL and nothing can be printed."""
+    text = str(e)
+    if type(e).__name__ != "OutOfMemoryError" and not (isinstance(e, RuntimeError) and (
+            "can't allocate memory" in text or "out of memory" in text.lower())):
+        return None
+    tried = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text, re.IGNORECASE)
+    if not tried:
+        return "out of memory"
+    size, unit = float(tried.group(1)), tried.group(2)
+    return f"out of memory (an allocation of {size / 1e9:.1f} GB failed)" if unit == "bytes" else \
+        f"out of memory (an allocation of {size:g} {unit} failed)"
+
+
 def main() -> None:
     """Run the command; every command with an --out option is recorded in the run registry around it
     (obliviate.runs.hook: `running` now, then done / failed / interrupted; OBLIVIATE_REGISTRY=off disables)."""
@@ -132,6 +149,12 @@ def _main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:
+        oom = _out_of_memory(e)
+        if oom:  # a resource limit, not bad input: exit 1, and the output (checkpoints) stays for --resume
+            typer.echo(f"error: {oom}: lower what one step holds (--max-batch-tokens 1024 or less, "
+                       "--gradient-checkpointing, smaller batches, LoRA with --lora-r); a training command "
+                       "continues from its last checkpoint with --resume", file=_errors())
+            sys.exit(1)
         code = _parser_error(e)
         if code is None:
             raise
