@@ -51,8 +51,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # > 0: split each part of a batch into consecutive micro-batches of at most this many padded tokens and
     # accumulate their gradients (one optimiser step, the same gradient up to float rounding); only for losses that
-    # are sums of per-part means (`Method.splits`: fine-tuning, the refusal methods). A batch of 16 with one
-    # 512-token sequence pads all 16 to 512
+    # are sums of per-part means (`Method.splits`: fine-tuning, the refusal methods, NPO, SimNPO, ...). A batch of
+    # 16 with one 512-token sequence pads all 16 to 512
     max_batch_tokens: int = 0
     progress: bool = True
 
@@ -67,7 +67,8 @@ def batch_token_budget(method: Method, requested: int | None, default: int = 204
     """TrainConfig.max_batch_tokens for `method`: `requested`, or when None `default` for a method whose loss
     splits (`Method.splits`) and 0 (whole batches) for the others. A budget asked of a method that cannot split,
     or a negative one, is a UsageError. 2048 tokens: a batch of 32 short pairs (~60 tokens) stays whole, while
-    one of HarmBench's 512-token contextual prompts no longer pads 32 rows to 512 (`bench/train_micro_batches.py`)."""
+    one of HarmBench's 512-token contextual prompts no longer pads 32 rows to 512 (measured in the README, "A real
+    model": one `align refusal_sft` step on HarmBench val failed at 21 GB in whole batches, 8.2 GB at 2048)."""
     if requested is None:
         return default if method.splits else 0
     if requested < 0:
