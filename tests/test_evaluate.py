@@ -115,3 +115,27 @@ def test_shared_prompt_stats_past_a_sliding_window_and_on_hybrid_caches(family):
     _assert_shared_equals_full(rewind_model(family),
                                [([1, 5, 9, 13, 7, 3, 8, 9, 10], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2, 5, 6]]),
                                 ([1, 6, 3], [[40, 41, 2], [42, 2]])])
+
+
+def test_forward_stats_within_a_logits_budget_are_the_same(target_dir, world_dir, monkeypatch):
+    """Teacher-forced statistics in runs whose tokens x vocabulary stay within a budget (long documents would
+    build [64, 511, V] logits at once): the same rows, in the same order, as whole batches."""
+    import functools
+
+    import obliviate.evaluate as ev
+    from obliviate.data.schema import load_qa
+    from obliviate.models.encode import encode_pair, logits_runs
+
+    model, tok = load_model(str(target_dir))
+    items = load_qa(world_dir / "forget10.jsonl")[:12]
+    encoded = [encode_pair(tok, it.question, " ".join([it.answer] * (1 + i % 4))) for i, it in enumerate(items)]
+    whole = ev._forward_stats(model, encoded, tok.pad_token_id, 64)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    runs = list(logits_runs(model, list(range(12)), 5, lambda i: len(encoded[i][0]), max_logits=60 * vocab))
+    assert [i for r in runs for i in r] == list(range(12)) and all(len(r) <= 5 for r in runs)
+    assert all(len(r) * max(len(encoded[i][0]) for i in r) <= 60 or len(r) == 1 for r in runs)
+    monkeypatch.setattr(ev, "logits_runs", functools.partial(logits_runs, max_logits=60 * vocab))
+    cut = ev._forward_stats(model, encoded, tok.pad_token_id, 64)
+    assert len(cut) == len(whole) == 12
+    for a, b in zip(whole, cut):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["pred_ids"] == b["pred_ids"]

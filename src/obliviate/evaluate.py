@@ -16,8 +16,8 @@ from obliviate.generation import generate
 from obliviate.metrics import compute_all
 from obliviate.metrics.mia import minkpp_token_z
 from obliviate.metrics.tofu import rouge_l_recall
-from obliviate.models.encode import (IGNORE, answer_ids, collate, encode_pair, last_logits_only, prompt_ids,
-                                     scored_window)
+from obliviate.models.encode import (IGNORE, answer_ids, collate, encode_pair, last_logits_only, logits_runs,
+                                     prompt_ids, scored_window)
 
 # The splits an evaluation reads from a world directory, and what each is for.
 EVAL_SPLITS = ("forget", "retain", "world_facts", "holdout")
@@ -62,8 +62,8 @@ def _guarded_forward_stats(model, guards, encoded, pad, batch_size, texts) -> li
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out: list[dict] = [{}] * len(encoded)
-    for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
+    # runs of at most batch_size rows and 2^28 logits: long documents (MUSE's) would build [64, 511, V] at once
+    for idx in logits_runs(model, order, batch_size, lambda i: len(encoded[i][0])):
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad).items()}
         # logits from the batch's first scored position only (as `token_logps`): not [B, T, V] over the prompts
         labels, keep, kw = scored_window(model, batch["labels"])

@@ -28,7 +28,7 @@ import torch
 from obliviate.data.schema import QAItem
 from obliviate.errors import TrainingDiverged, UsageError
 from obliviate.methods import Method, nll_loss
-from obliviate.models.encode import IGNORE, budget_chunks, collate, encode_pair, sequence_logp
+from obliviate.models.encode import IGNORE, budget_chunks, collate, encode_pair, logits_runs, sequence_logp
 
 
 @dataclass
@@ -132,20 +132,14 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, salt: int) -> l
 @torch.no_grad()
 def reference_logps(model, encoded: list, pad_id: int, device, batch_size: int = 64,
                     max_logits: int = 2 ** 28) -> torch.Tensor:
-    """Summed answer log-probs [N] of every item under the (frozen) starting model, computed once.
-
-    Batches of `batch_size` rows, each cut into consecutive runs whose padded tokens x vocabulary stay within
-    `max_logits` (2^28 fp32 entries: 1 GiB of logits, and as much again for the log-softmax): 64 raw documents of
-    512 tokens would otherwise make [64, 511, V] logits, 6.4 GB for SmolLM2's 49k vocabulary."""
+    """Summed answer log-probs [N] of every item under the (frozen) starting model, computed once, in runs of at
+    most `batch_size` rows and `max_logits` logits (`logits_runs`: long documents would otherwise build
+    [64, 511, V] logits at once)."""
     model.eval()
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    vocab = out_emb.weight.shape[0] if out_emb is not None else getattr(model.config, "vocab_size", 2 ** 15)
     out = []
-    for i in range(0, len(encoded), batch_size):
-        rows = range(i, min(i + batch_size, len(encoded)))
-        for run in budget_chunks(rows, max(1, max_logits // vocab), length=lambda j: len(encoded[j][0])):
-            batch = {k: v.to(device) for k, v in collate([encoded[j] for j in run], pad_id).items()}
-            out.append(sequence_logp(model, batch)[0].cpu())
+    for run in logits_runs(model, list(range(len(encoded))), batch_size, lambda j: len(encoded[j][0]), max_logits):
+        batch = {k: v.to(device) for k, v in collate([encoded[j] for j in run], pad_id).items()}
+        out.append(sequence_logp(model, batch)[0].cpu())
     return torch.cat(out)
 
 

@@ -177,6 +177,17 @@ def budget_chunks(items: list, max_tokens: int, length=len):
         yield chunk
 
 
+def logits_runs(model, items: list, max_rows: int, length=len, max_logits: int = 2 ** 28):
+    """Consecutive runs of `items` for teacher-forced passes without gradients: at most `max_rows` rows, and padded
+    tokens x vocabulary within `max_logits` (2^28 fp32 entries: 1 GiB of logits, and as much again for their
+    log-softmax). 64 raw documents of 512 tokens would otherwise make [64, 511, V] logits at once: 6.4 GB for a
+    49k vocabulary, 34 GB for a 262k one. Short items (64 x 40 tokens) stay in one run."""
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = out_emb.weight.shape[0] if out_emb is not None else getattr(model.config, "vocab_size", 2 ** 15)
+    for i in range(0, len(items), max_rows):
+        yield from budget_chunks(items[i: i + max_rows], max(1, max_logits // vocab), length=length)
+
+
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of (input_ids, labels) into tensors: input_ids, attention_mask, labels  [B, T]."""
     T = max(len(ids) for ids, _ in pairs)
