@@ -217,10 +217,11 @@ def test_a_loss_that_splits_is_the_sum_of_its_parts(name, target_dir, parts):
     assert set(logs) and all(method.part_mean(p) in ("token", "item") for p in method.needs)
 
 
-@pytest.mark.parametrize("name", ["npo", "simnpo"])
-def test_micro_batches_of_item_means_train_the_same_weights(name, target_dir, parts):
-    """NPO's and SimNPO's forget terms are means over items, their retain terms means over tokens: each run of a
-    part is weighted by its share of the part's items or tokens, and a budgeted step equals the whole one."""
+@pytest.mark.parametrize("name", ["npo", "simnpo", "wga", "ihl", "grad_diff"])
+def test_micro_batches_take_the_same_step(name, target_dir, parts):
+    """NPO's and SimNPO's forget terms are means over items, WGA's, IHL's and GradDiff's means over answer tokens,
+    every retain term a token mean: each run of a part is weighted by its share of the part's items or tokens, and
+    a budgeted step equals the whole one."""
     long = dict(parts)
     long["forget"] = [(q, " ".join([a] * (8 if i % 3 == 0 else 1))) for i, (q, a) in enumerate(parts["forget"])]
     out = []

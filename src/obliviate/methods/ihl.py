@@ -17,10 +17,11 @@ W - s B A, so the model is unchanged at step 0 while the adapters span the forge
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from obliviate.methods import METHODS, Method, nll_loss, retain_nll
+from obliviate.methods import METHODS, Method, nll_loss
 from obliviate.methods._token import answer_logits, masked_mean
 from obliviate.models.encode import sequence_logp
 
@@ -94,8 +95,14 @@ class IHL(Method):
         if self.fila:
             fila_init(model, batches, lora_scale)
 
+    splits: ClassVar[bool] = True  # both terms are means over the batch's answer tokens
+
     def loss(self, model, batch, ref_model=None):
-        logits, targets, mask = answer_logits(model, batch["forget"])
-        forget = ihl_loss(logits, targets, mask)
-        retain = retain_nll(model, batch)
-        return forget + self.retain_weight * retain, {"ihl": forget.item(), "retain_nll": retain.item()}
+        return self.sum_of_parts(model, batch, ref_model)
+
+    def part_loss(self, model, name, part, ref_model=None):
+        if name == "forget":
+            forget = ihl_loss(*answer_logits(model, part))
+            return forget, {"ihl": forget.item()}
+        retain = nll_loss(*sequence_logp(model, part))
+        return self.retain_weight * retain, {"retain_nll": retain.item()}

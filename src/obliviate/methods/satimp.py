@@ -9,11 +9,13 @@ forget:retain = 10:1 follow OpenUnlearning's class defaults (its YAML swaps gamm
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from obliviate.methods import METHODS, Method, retain_nll
+from obliviate.methods import METHODS, Method, nll_loss
 from obliviate.methods._token import answer_logits, masked_mean, token_logp
+from obliviate.models.encode import sequence_logp
 
 
 def satimp_loss(logp: torch.Tensor, mask: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
@@ -33,8 +35,15 @@ class SatImp(Method):
     gamma: float = 1.0
     retain_weight: float = 0.1
 
+    splits: ClassVar[bool] = True  # both terms are means over the batch's answer tokens
+
     def loss(self, model, batch, ref_model=None):
-        logits, targets, mask = answer_logits(model, batch["forget"])
-        forget = satimp_loss(token_logp(logits, targets), mask, self.beta1, self.beta2)
-        retain = retain_nll(model, batch)
-        return self.gamma * forget + self.retain_weight * retain, {"satimp": forget.item(), "retain_nll": retain.item()}
+        return self.sum_of_parts(model, batch, ref_model)
+
+    def part_loss(self, model, name, part, ref_model=None):
+        if name == "forget":
+            logits, targets, mask = answer_logits(model, part)
+            forget = satimp_loss(token_logp(logits, targets), mask, self.beta1, self.beta2)
+            return self.gamma * forget, {"satimp": forget.item()}
+        retain = nll_loss(*sequence_logp(model, part))
+        return self.retain_weight * retain, {"retain_nll": retain.item()}

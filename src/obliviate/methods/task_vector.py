@@ -36,8 +36,13 @@ class TaskVector(Method):
         # one CPU copy of the starting weights: task arithmetic needs theta_0 at the end
         self._start = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
 
+    splits: ClassVar[bool] = True
+
     def loss(self, model, batch, ref_model=None):
-        loss = nll_loss(*sequence_logp(model, batch["forget"]))  # descend: learn the forget set harder
+        return self.sum_of_parts(model, batch, ref_model)
+
+    def part_loss(self, model, name, part, ref_model=None):
+        loss = nll_loss(*sequence_logp(model, part))  # descend: learn the forget set harder
         return loss, {"forget_nll": loss.item()}
 
     def finalize(self, model):

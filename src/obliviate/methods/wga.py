@@ -10,11 +10,13 @@ Tokens the model already finds unlikely get little push, which slows GA's collap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from obliviate.methods import METHODS, Method, retain_nll
+from obliviate.methods import METHODS, Method, nll_loss
 from obliviate.methods._token import answer_logits, masked_mean, token_logp
+from obliviate.models.encode import sequence_logp
 
 
 def wga_loss(logp: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
@@ -32,8 +34,15 @@ class WGA(Method):
     gamma: float = 1.0
     retain_weight: float = 1.0
 
+    splits: ClassVar[bool] = True  # both terms are means over the batch's answer tokens
+
     def loss(self, model, batch, ref_model=None):
-        logits, targets, mask = answer_logits(model, batch["forget"])
-        forget = wga_loss(token_logp(logits, targets), mask, self.beta)
-        retain = retain_nll(model, batch)
-        return self.gamma * forget + self.retain_weight * retain, {"wga": forget.item(), "retain_nll": retain.item()}
+        return self.sum_of_parts(model, batch, ref_model)
+
+    def part_loss(self, model, name, part, ref_model=None):
+        if name == "forget":
+            logits, targets, mask = answer_logits(model, part)
+            forget = wga_loss(token_logp(logits, targets), mask, self.beta)
+            return self.gamma * forget, {"wga": forget.item()}
+        retain = nll_loss(*sequence_logp(model, part))
+        return self.retain_weight * retain, {"retain_nll": retain.item()}
