@@ -88,9 +88,6 @@ class FineTune(Method):
     needs: ClassVar[tuple[str, ...]] = ("retain",)
     splits: ClassVar[bool] = True
 
-    def loss(self, model, batch, ref_model=None):
-        return self.sum_of_parts(model, batch, ref_model)
-
     def part_loss(self, model, name, part, ref_model=None):
         loss = nll_loss(*sequence_logp(model, part))
         return loss, {"nll": loss.item()}

@@ -57,11 +57,12 @@ class Method:
             raise UsageError(f"{type(self).__name__}: retain_weight must be >= 0")
 
     def loss(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The loss over a batch, and its logs. By default the sum of the parts' terms (`part_loss`): a method that
+        splits writes only `part_loss`; any other overrides this."""
+        return self.sum_of_parts(model, batch, ref_model)
 
     def part_loss(self, model, name: str, part: dict, ref_model=None) -> tuple[torch.Tensor | None, dict]:
-        """One part's weighted term of the loss, or None for a part that does not count (zero weight): only for
-        methods that `splits`."""
+        """One part's weighted term of the loss, or None for a part that does not count (zero weight)."""
         raise NotImplementedError
 
     def part_mean(self, name: str) -> str:

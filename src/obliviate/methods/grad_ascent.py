@@ -32,9 +32,6 @@ class GradAscent(Method):
 
     splits: ClassVar[bool] = True
 
-    def loss(self, model, batch, ref_model=None):
-        return self.sum_of_parts(model, batch, ref_model)
-
     def part_loss(self, model, name, part, ref_model=None):
         loss = grad_ascent_loss(*sequence_logp(model, part))
         return loss, {"forget_nll": -loss.item()}

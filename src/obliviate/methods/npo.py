@@ -38,9 +38,6 @@ class NPO(Method):
     reference: ClassVar[tuple[str, ...]] = ("forget",)
     splits: ClassVar[bool] = True
 
-    def loss(self, model, batch, ref_model=None):
-        return self.sum_of_parts(model, batch, ref_model)
-
     def part_mean(self, name):
         return "item" if name == "forget" else "token"  # eq. 3 is a mean over forget items
 

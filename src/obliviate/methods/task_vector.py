@@ -38,9 +38,6 @@ class TaskVector(Method):
 
     splits: ClassVar[bool] = True
 
-    def loss(self, model, batch, ref_model=None):
-        return self.sum_of_parts(model, batch, ref_model)
-
     def part_loss(self, model, name, part, ref_model=None):
         loss = nll_loss(*sequence_logp(model, part))  # descend: learn the forget set harder
         return loss, {"forget_nll": loss.item()}

@@ -36,9 +36,6 @@ class WGA(Method):
 
     splits: ClassVar[bool] = True  # both terms are means over the batch's answer tokens
 
-    def loss(self, model, batch, ref_model=None):
-        return self.sum_of_parts(model, batch, ref_model)
-
     def part_loss(self, model, name, part, ref_model=None):
         if name == "forget":
             logits, targets, mask = answer_logits(model, part)

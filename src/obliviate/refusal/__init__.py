@@ -61,9 +61,6 @@ class RefusalMethod(Method):
 
     splits: ClassVar[bool] = True  # subclasses that override `loss` set it back to False
 
-    def loss(self, model, batch, ref_model=None):
-        return self.sum_of_parts(model, batch, ref_model)
-
     def part_loss(self, model, name, part, ref_model=None):
         if name == "retain" and self.retain_weight == 0:
             return None, {}  # a zero-weight part costs a forward pass for nothing (public data: a second benign part)
