@@ -20,6 +20,7 @@ Guards run in the order given. Rows are per-batch; `row.index` is the prompt's i
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -83,9 +84,10 @@ class Session:
         """Feed `extra_ids` (the same tokens to every row) then `lookahead` greedy tokens, and crop the cache and
         mask back exactly. Returns {"logits": [B, V] after extra_ids, "hidden": tuple of [B, k, d] per layer
         (hidden=True), "lookahead": [B, lookahead] token ids}."""
-        n0, mask0 = self.cache.get_seq_length(), self.mask
+        # int(): from transformers 5.25 a linear-attention layer's length is a tensor that grows in place
+        n0, mask0 = int(self.cache.get_seq_length()), self.mask
         device = mask0.device
-        restore = _rewind_point(self.cache)
+        restore = _rewind_point(self.cache, len(extra_ids))
         try:
             out = self.forward(torch.tensor([extra_ids] * len(self.rows), device=device), hidden=hidden)
             res = {"logits": out.logits[:, -1].float(), "hidden": out.hidden_states if hidden else None}
@@ -96,7 +98,7 @@ class Session:
             res["lookahead"] = torch.stack(more, 1) if more else torch.empty(len(self.rows), 0, dtype=torch.long)
             return res
         finally:
-            self.cache.crop(n0 - self.cache.get_seq_length())  # a negative count removes that many tokens
+            self.cache.crop(n0 - int(self.cache.get_seq_length()))  # a negative count removes that many tokens
             restore()
             self.mask = mask0
 
@@ -106,18 +108,25 @@ class Session:
             self.rows[r].halted_by, self.rows[r].refusal = by, refusal
 
 
-def _rewind_point(cache) -> Callable[[], None]:
+def _rewind_point(cache, first_forward: int) -> Callable[[], None]:
     """Make `cache.crop(-n)` able to undo the next n tokens, and return what restores the rest afterwards.
+    `first_forward`: how many tokens the next forward feeds at once (single tokens follow).
 
     A full-attention layer crops back exactly. A sliding-window layer keeps only its last `window - 1` keys, and a
     short-convolution layer (hybrid models) only its last kernel's inputs, so once the window is full a crop has
     nothing to give back (transformers raises): both are told to record their past, transformers' own rollback
     for assisted decoding, and the crop trims them back to size. A recurrent (linear-attention, SSM) state is
-    updated in place and no crop undoes it, so it is cloned here and copied back."""
+    updated in place and no crop undoes it, so it is cloned here and copied back. From transformers 5.25 on, the
+    crop of a linear-attention layer also rolls its recurrent state back from a history of the states it recorded,
+    and a multi-token forward records only the `recurrent_states_to_keep` last of them: it is given `first_forward`,
+    so the history reaches back to before the probe (the clones copied back afterwards are then the same values)."""
     layers = getattr(cache, "layers", [])
     recording = [(layer, layer.record_past) for layer in layers if hasattr(layer, "record_past")]
     for layer, _ in recording:
-        layer.activate_past_recording()
+        if "recurrent_states_to_keep" in inspect.signature(layer.activate_past_recording).parameters:
+            layer.activate_past_recording(recurrent_states_to_keep=first_forward)
+        else:
+            layer.activate_past_recording()
     states = [(layer.recurrent_states, i, t.clone()) for layer in layers
               for i, t in (getattr(layer, "recurrent_states", None) or {}).items() if t is not None]
 
