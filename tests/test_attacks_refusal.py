@@ -105,7 +105,7 @@ def test_tense_artifacts(tmp_path):
     with pytest.raises(UsageError, match=r"jb_artifacts\[0\] needs"):
         load_artifacts(bad)
     bad.write_text("{not json")
-    with pytest.raises(UsageError, match="not valid JSON"):
+    with pytest.raises(UsageError, match="malformed JSON"):
         load_artifacts(bad)
 
 

@@ -51,6 +51,6 @@ def test_bad_input(tmp_path, capsys):
     b = tmp_path / "b.csv"
     b.write_bytes(b"\xff\xfe\x00garbage")
     code, _, err = run_cli(["judge", "refusal", b, "--out", tmp_path / "o"], capsys)
-    assert code == 2 and "unreadable CSV" in err
+    assert code == 2 and "not a UTF-8 CSV file" in err
     code, out, _ = run_cli(["judge", "refusal", f, "--out", tmp_path / "o.jsonl"], capsys)
     assert code == 0 and "1 refusals" in out

@@ -51,7 +51,7 @@ def test_bad_input(tmp_path, capsys):
     assert code == 2 and "did you mean 'xstest'" in err
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00garbage")
     code, _, err = run_cli(["prompts", "xstest", tmp_path / "bin.csv", "--out", tmp_path / "o.jsonl"], capsys)
-    assert code == 2 and "unreadable CSV" in err
+    assert code == 2 and "not a UTF-8 CSV file" in err
 
 
 def test_cli_writes_jsonl(tmp_path, capsys):

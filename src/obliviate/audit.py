@@ -65,13 +65,15 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
               time_budget: float | None = None, progress: bool = True, layout: str | None = None,
               forget: Path | None = None, retain: Path | None = None, holdout: Path | None = None,
               harmful: list[str] = (), benign: list[str] = (), harmful_responses: Path | None = None,
-              judges: list[str] | None = None, max_new_tokens: int = 48, guards: list[str] = ()) -> dict:
+              judges: list[str] | None = None, max_new_tokens: int = 48, guards: list[str] = (),
+              prompt_format=None) -> dict:
     from rich.console import Console
 
     from obliviate.attacks import AuditContext
     from obliviate.audit_data import load_inputs
     from obliviate.models.load import check_model_dir, load_model
-    from obliviate.pipeline import check_out_not_input, fresh_output, results_document, write_json
+    from obliviate.outputs import check_output, output_dir
+    from obliviate.pipeline import results_document, write_json
 
     todo = plan(suite, attacks, options, quick=limit is not None)
     if suite == "world" and not oracle:
@@ -81,8 +83,10 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
         raise UsageError("--max-new-tokens must be >= 1")
     roles = {"model": model, "oracle": oracle, "target": target}
     roles = {k: v for k, v in roles.items() if v}
+    read = (*roles.values(), data, forget, retain, holdout, harmful_responses, *guards,
+            *(spec.split(":", 1)[-1] for spec in (*harmful, *benign)))
+    check_output(out, "audit", inputs=read)
     for path in roles.values():
-        check_out_not_input(out, path)
         check_model_dir(path, local_only=True)
     inputs, refused, info = load_inputs(suite, data=data, layout=layout, forget=forget, retain=retain,
                                         holdout=holdout, harmful=list(harmful), benign=list(benign),
@@ -97,7 +101,7 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
         console.log(f"skipping {name}: {why}")
     t0 = time.perf_counter()
     results = {}
-    with fresh_output(out) as o:
+    with output_dir(out, "audit", inputs=read) as o:
         for name, attack in todo.items():
             if name in skipped:
                 continue
@@ -106,7 +110,8 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
                 continue
             start, entry = time.perf_counter(), {}
             for role, path in roles.items():
-                net, tok = load_model(path, require_chat_template=True, guards=guards if role == "model" else ())
+                net, tok = load_model(path, require_chat_template=True, guards=guards if role == "model" else (),
+                                      prompt_format=prompt_format if attack_suite(suite) == "unlearning" else None)
                 ctx.role, ctx.out = role, o / "artifacts" / name / role
                 entry[role] = attack.run(ctx, net, tok)
             entry["seconds"] = round(time.perf_counter() - start, 2)
@@ -114,7 +119,9 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
             console.log(f"{name}: {entry['seconds']:.1f} s")
         config = {"model": model, "suite": suite, "data": str(data) if data else None, "oracle": oracle,
                   "target": target, "forget_split": forget_split, "seed": seed, "limit": limit,
-                  "max_new_tokens": max_new_tokens, "guards": list(guards), **info, "options": {n: a.__dict__ for n, a in todo.items()}}
+                  "max_new_tokens": max_new_tokens, "guards": list(guards), **info,
+                  **(prompt_format.config() if prompt_format else {}),
+                  "options": {n: a.__dict__ for n, a in todo.items()}}
         doc = results_document(config, {}, {}, {"attacks": results, "skipped": skipped,
                                                 "wall_seconds": round(time.perf_counter() - t0, 1)})
         doc.pop("results"), doc.pop("higher_is_better"), doc.pop("n_samples")

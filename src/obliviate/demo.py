@@ -26,7 +26,8 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
     from obliviate.evaluate import metrics_from_rows, sample_rows
     from obliviate.methods import METHODS
     from obliviate.models.tiny import build_tokenizer
-    from obliviate.pipeline import demo_output, eval_data, results_document, world_texts, write_json
+    from obliviate.outputs import output_dir
+    from obliviate.pipeline import eval_data, results_document, world_texts, write_json
     from obliviate.report.markdown import table, write_report
 
     clock = Timer(started)
@@ -34,7 +35,7 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
     names = METHODS.names() if methods == ["all"] else (methods or list(DEMO_METHODS))
     classes = {n: METHODS.get(n) for n in names}  # fail on an unknown name before doing any work
     out = Path(out)
-    with demo_output(out, "written by `obliviate demo`; the next demo run with this --out replaces it") as o:
+    with output_dir(out, "demo:world", replace=True) as o:
         world = o / "world"
         write_world(world, WorldSpec(seed=seed))
         tok = build_tokenizer(world_texts(world))

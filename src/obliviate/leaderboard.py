@@ -74,16 +74,24 @@ def _resume_state(out: Path, settings: dict) -> list[dict]:
     from obliviate.errors import UsageError
 
     saved = out / "bench_settings.json"
-    if saved.is_file() and json.loads(saved.read_text()) != settings:
-        raise UsageError(f"cannot resume {out}: it was started with other settings; use a new --out")
+    if saved.is_file():
+        try:
+            before = json.loads(saved.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise UsageError(f"cannot resume {out}: {saved} is not valid JSON; use a new --out") from None
+        if before != settings:
+            raise UsageError(f"cannot resume {out}: it was started with other settings; use a new --out")
     runs = []
     path = out / "runs.jsonl"
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                runs.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by the interruption: that run is redone
+                row = json.loads(line)
+            except (ValueError, RecursionError):  # a line cut by the interruption: that run is redone
                 break
+            if not (isinstance(row, dict) and {"seed", "split", "method"} <= row.keys()):
+                break
+            runs.append(row)
         path.write_text("".join(json.dumps(r) + "\n" for r in runs), encoding="utf-8")
     return runs
 
@@ -98,11 +106,12 @@ def run_bench(out: Path, *, seeds: list[int], splits: list[str], methods: list[s
     from obliviate.data.world import WorldSpec, write_world
     from obliviate.evaluate import metrics_from_rows, score_model
     from obliviate.methods import METHODS
-    from obliviate.models.load import load_model
+    from obliviate.models.load import load_model, model_dir_complete
     from obliviate.models.tiny import build_tokenizer
     from obliviate.pipeline import (
-        fresh_output, idk_pool, results_document, train_world_models, unlearning_parts, world_texts, write_json,
+        idk_pool, results_document, train_world_models, unlearning_parts, world_texts, write_json,
     )
+    from obliviate.outputs import check_output, output_dir
     from obliviate.suites import SUITES
     from obliviate.train import TrainConfig, train
 
@@ -114,7 +123,8 @@ def run_bench(out: Path, *, seeds: list[int], splits: list[str], methods: list[s
         suite.train_paths(Path("."), s)  # validates the split names before any work
     settings = {"seeds": seeds, "splits": splits, "methods": list(classes), "finetune_steps": finetune_steps,
                 "people": people}
-    with fresh_output(out, resume=resume) as o:
+    check_output(out, "bench", resume=resume)
+    with output_dir(out, "bench", resume=resume) as o:
         runs = _resume_state(o, settings) if resume else []
         write_json(o / "bench_settings.json", settings)
         done = {(r["seed"], r["split"], r["method"]) for r in runs}
@@ -124,12 +134,12 @@ def run_bench(out: Path, *, seeds: list[int], splits: list[str], methods: list[s
             write_world(world, WorldSpec(seed=seed, n_people=people))
             tok = build_tokenizer(world_texts(world))
             models = o / f"seed{seed}" / "models"
-            if not (models / "target" / "config.json").is_file():
+            if not model_dir_complete(models / "target"):  # absent, or a save cut short: (re)train it
                 train_world_models(world, models, steps=finetune_steps, seed=seed, tokenizer=tok, only="target")
             for split in splits:
                 if all((seed, split, m) in done for m in ("target", *classes)):
                     continue
-                if not (models / split / "oracle" / "config.json").is_file():
+                if not model_dir_complete(models / split / "oracle"):
                     train_world_models(world, models / split, forget_split=split, steps=finetune_steps,
                                        seed=seed, tokenizer=tok, only="oracle")
                 data = suite.eval_data(world, split)

@@ -8,70 +8,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
+from obliviate import checkpoint
 from obliviate.data.schema import QAItem, load_lines, load_qa
 from obliviate.errors import UsageError
+from obliviate.outputs import check_output, is_main_process, output_dir
 
 # The answer pool for IdkNLL / IdkDPO when the user gives none (our own wording; TOFU's pool can be passed
 # with --idk ../shared/data/tofu/idontknow.jsonl).
 IDK_POOL = Path(__file__).parent / "data" / "idk_answers.txt"
-
-
-@contextmanager
-def fresh_output(out: Path, *, resume: bool = False):
-    """Create `out` for a command; if the command fails, remove what this invocation created.
-
-    A failed command leaves no half-written output behind. With `resume`, an existing directory is kept.
-    """
-    out = Path(out)
-    if not is_main_process():  # under `accelerate launch` / torchrun only rank 0 checks and writes
-        out.mkdir(parents=True, exist_ok=True)
-        yield out
-        return
-    existed = out.exists()
-    if existed and not resume and any(out.iterdir()):
-        raise UsageError(f"output directory is not empty: {out} (use --resume to continue, or a new --out)")
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        yield out
-    except UsageError:
-        # bad input (or a diverged loss): leave nothing behind. Other failures keep checkpoints for --resume.
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-DEMO_MARKER = ".obliviate-demo"
-
-
-@contextmanager
-def demo_output(out: Path, note: str):
-    """A demo's output directory: re-runnable, but only over its own earlier output (marked by DEMO_MARKER,
-    whose text is `note`); then `fresh_output`."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not (out / DEMO_MARKER).is_file():
-            raise UsageError(f"{out} is not empty and not an earlier demo's output; choose another --out")
-        shutil.rmtree(out)
-    with fresh_output(out) as o:
-        (o / DEMO_MARKER).write_text(note + "\n")
-        yield o
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def check_out_not_input(out: Path, *inputs: str | Path) -> None:
-    o = Path(out).resolve()
-    for i in inputs:
-        p = Path(i).resolve()
-        if o == p or p in o.parents:
-            raise UsageError(f"--out {out} is inside the input model directory {i}; it is never written to")
 
 
 def world_texts(world: Path) -> list[str]:
@@ -162,11 +109,12 @@ class Timer:
 
 def train_world_models(data: Path, out: Path, *, forget_split: str = "forget10", base: str | None = None,
                        steps: int = 300, lr: float = 3e-3, batch_size: int = 100, seed: int = 0,
-                       only: str | None = None, tokenizer=None) -> dict[str, float]:
+                       only: str | None = None, tokenizer=None, prompt_format=None) -> dict[str, float]:
     """Fine-tune the target (train.jsonl) and the oracle (the matching retain split) from the same start.
 
     With `base` (an HF model directory or hub id) both start from it; otherwise from a tiny Llama built from
-    config with a BPE tokenizer trained on the world's text. Returns seconds per model.
+    config with a BPE tokenizer trained on the world's text. `prompt_format`: how items are written
+    (`models.prompt_format.PromptFormat`; None: chat templates only). Returns seconds per model.
     """
     from obliviate.models.load import load_model, save_model
     from obliviate.models.tiny import build_model, build_tokenizer
@@ -179,6 +127,8 @@ def train_world_models(data: Path, out: Path, *, forget_split: str = "forget10",
     splits = {"target": load_qa(data / "train.jsonl"), "oracle": load_qa(retain_path)}
     if base is None and tokenizer is None:
         tokenizer = build_tokenizer(world_texts(data))
+    if base is None and prompt_format is not None:
+        prompt_format.apply(tokenizer, "the tiny model")
     seconds = {}
     for name, items in splits.items():
         if only and name != only:
@@ -186,7 +136,7 @@ def train_world_models(data: Path, out: Path, *, forget_split: str = "forget10",
         if base is None:
             model = build_model(tokenizer, seed=seed)
         else:
-            model, tokenizer = load_model(base)
+            model, tokenizer = load_model(base, prompt_format=prompt_format)
         cfg = TrainConfig(retain_batch_size=batch_size, seed=seed, warmup_steps=min(20, steps // 10),
                           checkpoint_every=0)
         model, res = train(model, tokenizer, FineTune(lr=lr, steps=steps), {"retain": qa_pairs(items)}, cfg)
@@ -199,7 +149,7 @@ def run_unlearn(model: str, forget: Path, retain: Path, method: str, out: Path, 
                 resume: bool = False, seed: int = 0, idk: Path | None = None, forget_batch_size: int = 32,
                 retain_batch_size: int = 32, checkpoint_every: int = 25, lora_r: int = 0, progress: bool = True,
                 text: bool = False, bf16: bool = False, gradient_checkpointing: bool = False,
-                max_batch_tokens: int | None = 0):
+                max_batch_tokens: int | None = 0, prompt_format=None):
     """Validate every input, then unlearn and save an HF model directory to `out`. Returns the TrainResult.
     `max_batch_tokens` None: the default budget where the method's loss splits (`train.batch_token_budget`)."""
     from obliviate.methods import METHODS
@@ -223,26 +173,31 @@ def run_unlearn(model: str, forget: Path, retain: Path, method: str, out: Path, 
             parts["forget_idk"] = [(None, rng.choice(pool)) for _ in f_texts]
     else:
         parts = unlearning_parts(load_qa(forget), load_qa(retain), pool, seed)
-    check_out_not_input(out, model)
+    inputs = (model, forget, retain, idk)
+    check_output(out, "unlearn", inputs=inputs, resume=resume)
     if resume and (Path(out) / "train_log.json").is_file():
         raise UsageError(f"{out} holds a finished run; nothing to resume")
-    net, tok = load_model(model, require_chat_template=not text)
-    with fresh_output(out, resume=resume) as o:
+    net, tok = load_model(model, require_chat_template=not text, prompt_format=None if text else prompt_format)
+    with output_dir(out, "unlearn", inputs=inputs, resume=resume) as o:
         main = is_main_process()
-        if main:
-            write_json(o / "unlearn.json", {"model": str(model), "forget": str(forget), "retain": str(retain),
-                                            "method": method, "options": meth.__dict__, "seed": seed})
+        record = {"model": str(model), "forget": str(forget), "retain": str(retain), "method": method,
+                  "options": meth.__dict__, "seed": seed,
+                  **(prompt_format.config() if prompt_format and not text else {})}
+        if main and not (resume and (o / "unlearn.json").is_file()):  # a resume rewrites it once train has
+            write_json(o / "unlearn.json", record)                     # checked the checkpoint's inputs
         net, res = train(net, tok, meth, parts, cfg, out=o, resume=resume)
         if main:
+            write_json(o / "unlearn.json", record)
             save_model(net, tok, o)
             write_json(o / "train_log.json", {"steps": res.steps, "seconds": res.seconds, "processes": res.processes,
                                               "history": res.history})
-            shutil.rmtree(o / "checkpoint", ignore_errors=True)
+            checkpoint.remove(o)
     return res
 
 
 def run_eval(runs: dict[str, str], data: Path, out: Path, *, oracle: str | None = None,
-             forget_split: str = "forget10", suite: str = "world", guards: list[str] = ()) -> dict:
+             forget_split: str = "forget10", suite: str = "world", guards: list[str] = (),
+             prompt_format=None) -> dict:
     """Evaluate named model directories (and the oracle, first) and write results.json / samples.jsonl / report."""
     from obliviate.data.schema import write_jsonl
     from obliviate.evaluate import metrics_from_rows, sample_rows, score_model
@@ -251,24 +206,25 @@ def run_eval(runs: dict[str, str], data: Path, out: Path, *, oracle: str | None 
 
     splits = eval_data(Path(data), forget_split, suite)
     models = ({"oracle": oracle} if oracle else {}) | runs
+    inputs = (*models.values(), data, *guards)
+    check_output(out, "eval", inputs=inputs)
     for path in models.values():
-        check_out_not_input(out, path)
         check_model_dir(path)
-    with fresh_output(out) as o:
+    with output_dir(out, "eval", inputs=inputs) as o:
         oracle_rows, results, samples = None, {}, []
         from rich.console import Console
 
         console = Console(stderr=True, log_path=False)
         for name, path in models.items():
             console.log(f"evaluating {name} ({path})")
-            net, tok = load_model(path, guards=() if name == "oracle" else guards)
+            net, tok = load_model(path, guards=() if name == "oracle" else guards, prompt_format=prompt_format)
             rows = score_model(net, tok, splits)
             if name == "oracle":
                 oracle_rows = rows
             results[name] = metrics_from_rows(rows, oracle_rows)
             samples += sample_rows(name, rows)
         doc = results_document({"data": str(data), "suite": suite, "forget_split": forget_split, "models": models,
-                                "guards": list(guards)},
+                                "guards": list(guards), **(prompt_format.config() if prompt_format else {})},
                                results,
                                {s: len(v) for s, v in splits.items()})
         write_jsonl(o / "samples.jsonl", samples)

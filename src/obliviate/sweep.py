@@ -37,13 +37,14 @@ def pick_best(points: list[dict], maximize: str, target_utility: float, min_rati
 
 def run_sweep(method: str, grid: str, *, model: str, oracle: str, data: Path, out: Path,
               forget_split: str = "forget10", seed: int = 0, maximize: str = "forget_quality",
-              min_utility_ratio: float = 0.9, idk: Path | None = None) -> dict:
+              min_utility_ratio: float = 0.9, idk: Path | None = None, prompt_format=None) -> dict:
     from obliviate.data.schema import load_qa
     from obliviate.evaluate import metrics_from_rows, score_model
     from obliviate.methods import METHODS
     from obliviate.metrics import METRICS
     from obliviate.models.load import load_model
-    from obliviate.pipeline import fresh_output, idk_pool, unlearning_parts, write_json
+    from obliviate.outputs import check_output, output_dir
+    from obliviate.pipeline import idk_pool, unlearning_parts, write_json
     from obliviate.suites import SUITES
     from obliviate.train import TrainConfig, train
 
@@ -58,14 +59,16 @@ def run_sweep(method: str, grid: str, *, model: str, oracle: str, data: Path, ou
     splits = suite.eval_data(Path(data), forget_split)
     forget_path, retain_path = suite.train_paths(Path(data), forget_split)
     parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(idk), seed)
-    oracle_net, tok = load_model(oracle)
+    inputs = (model, oracle, data, idk)
+    check_output(out, "sweep", inputs=inputs)
+    oracle_net, tok = load_model(oracle, prompt_format=prompt_format)
     oracle_rows = score_model(oracle_net, tok, splits)
-    target_net, _ = load_model(model)
+    target_net, _ = load_model(model, prompt_format=prompt_format)
     target_utility = metrics_from_rows(score_model(target_net, tok, splits), oracle_rows)["model_utility"]
-    with fresh_output(out) as o:
+    with output_dir(out, "sweep", inputs=inputs) as o:
         points = []
         for i, combo in enumerate(combos, 1):
-            net, _ = load_model(model)
+            net, _ = load_model(model, prompt_format=prompt_format)
             net, res = train(net, tok, cls.from_options(combo), parts, TrainConfig(seed=seed, checkpoint_every=0))
             metrics = metrics_from_rows(score_model(net, tok, splits), oracle_rows)
             points.append({"options": combo, "metrics": metrics, "seconds": round(res.seconds, 2)})
@@ -76,7 +79,7 @@ def run_sweep(method: str, grid: str, *, model: str, oracle: str, data: Path, ou
         doc = {"method": method, "grid": axes, "criterion": {"maximize": maximize,
                                                              "min_utility_ratio": min_utility_ratio},
                "target_model_utility": target_utility, "seed": seed, "forget_split": forget_split,
-               "points": points, "best": best}
+               "points": points, "best": best, **(prompt_format.config() if prompt_format else {})}
         write_json(o / "sweep.json", doc)
     if best is None:
         print(f"no point reaches model utility >= {min_utility_ratio} x target ({target_utility:.3f})")

@@ -4,7 +4,9 @@
 - Which items form batch `s` is a pure function of (seed, s), so a resumed run sees exactly the batches an
   uninterrupted run would, with no sampler state to save.
 - Every `checkpoint_every` steps the weights, the AdamW state and the step are written to
-  `OUT/checkpoint/` (safetensors + JSON, no pickles), atomically; `resume=True` continues from there.
+  `OUT/checkpoint/` (safetensors + JSON, no pickles), rotated so that a crash never leaves none
+  (`obliviate.checkpoint`); `resume=True` continues from there, after checking that the checkpoint was made from
+  the same model, data and settings.
 - A NaN or inf loss raises `TrainingDiverged` before the step is applied and before anything is saved.
 - It runs under `accelerate`: the same code runs on CPU, one GPU, or DDP when launched with
   `accelerate launch`.
@@ -12,10 +14,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
+import sys
 import time
 import zlib
 from contextlib import contextmanager, nullcontext
@@ -25,6 +26,7 @@ from typing import ClassVar
 
 import torch
 
+from obliviate import checkpoint
 from obliviate.data.schema import QAItem
 from obliviate.errors import TrainingDiverged, UsageError
 from obliviate.methods import Method, nll_loss
@@ -172,47 +174,22 @@ def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-# --- checkpoints: safetensors for tensors, JSON for the rest ---------------------------------------------
-
-def _save_checkpoint(out: Path, model, optimizer, step: int, history: list, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    tmp, final = out / "checkpoint.tmp", out / "checkpoint"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    params = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(params, str(tmp / "params.safetensors"))
-    opt = {}
-    for i, group in enumerate(optimizer.param_groups):
-        for j, p in enumerate(group["params"]):
-            for k, v in optimizer.state.get(p, {}).items():
-                opt[f"{i}.{j}.{k}"] = v.detach().reshape(-1).contiguous().cpu() if v.dim() == 0 else v.detach().contiguous().cpu()
-    save_file(opt, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "history": history, "meta": meta}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)  # atomic on one filesystem: a kill leaves either the old or the new checkpoint
-
-
-def _load_checkpoint(ckpt: Path, model, optimizer, meta: dict) -> tuple[int, list]:
-    from safetensors.torch import load_file
-
-    state = json.loads((ckpt / "state.json").read_text())
-    if state["meta"] != meta:
-        raise UsageError(f"cannot resume from {ckpt}: it was written with other settings; use a new --out")
-    params = load_file(str(ckpt / "params.safetensors"))
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, t in params.items():
-            named[n].copy_(t)
-    opt = load_file(str(ckpt / "optimizer.safetensors"))
-    for i, group in enumerate(optimizer.param_groups):
-        for j, p in enumerate(group["params"]):
-            st = {k.split(".", 2)[2]: v for k, v in opt.items() if k.startswith(f"{i}.{j}.")}
-            if "step" in st:
-                st["step"] = st["step"].reshape(())
-            if st:
-                optimizer.state[p] = st
-    return state["step"], state["history"]
+def _resume_point(out: Path, meta: dict, steps: int, main: bool) -> tuple[Path, dict] | None:
+    """The checkpoint of `out` to continue from and its state, checked against this run's `meta`; None, said in
+    one line on stderr, when `out` holds none (the run starts from step 0)."""
+    ckpt = checkpoint.find(out)
+    if ckpt is None:
+        if main:
+            unfinished = " (checkpoint.tmp is an interrupted save)" if (out / checkpoint.PARTIAL).exists() else ""
+            print(f"resume: no complete checkpoint in {out}{unfinished}; starting from step 0", file=sys.stderr)
+        return None
+    state = checkpoint.read_state(ckpt)
+    checkpoint.check_meta(ckpt, state["meta"], meta)
+    checkpoint.check_files(ckpt, state)
+    if state["step"] >= steps:
+        raise UsageError(f"damaged checkpoint file {ckpt / 'state.json'}: step {state['step']} is not below the "
+                         f"run's {steps} steps; delete {ckpt} to start again from step 0, or use a new --out")
+    return ckpt, state
 
 
 @contextmanager
@@ -272,11 +249,15 @@ def _train(
     out: Path | None = None,
     resume: bool = False,
     on_step=None,
+    model_id: str | None = None,
 ) -> tuple[object, TrainResult]:
     """Train `model` with `method` on `parts` ({"forget": [(q, a)...], "retain": [...], "forget_idk": [...]}).
 
     Returns the trained model (LoRA merged) and a TrainResult. `on_step(step, model)` is called after each
-    optimiser step (for curves). Checkpoints go to `out/checkpoint` when `out` is given.
+    optimiser step (for curves). Checkpoints go to `out/checkpoint` when `out` is given; they record hashes of
+    the model, the tokenizer and the data (`checkpoint.inputs_meta`), and `resume` refuses a checkpoint made from
+    other ones. `model_id`: `checkpoint.model_hash` of the model as loaded, for a caller that changed it before
+    training (added tokens initialise new embedding rows at random).
     """
     from accelerate import Accelerator
 
@@ -299,6 +280,14 @@ def _train(
         raise UsageError(f"{type(model).__name__} does not support gradient checkpointing: drop "
                          "--gradient-checkpointing")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    meta = {"method": type(method).__name__, "options": asdict(method), "train": asdict(cfg) | {"progress": None}}
+    for same in ("gradient_checkpointing", "max_batch_tokens", "checkpoint_every"):  # the same run either way
+        meta["train"].pop(same)
+    saved = None  # (checkpoint directory, its state) to continue from
+    if out is not None and (resume or cfg.checkpoint_every):
+        meta["inputs"] = checkpoint.inputs_meta(model, tokenizer, parts, method.needs, model_id)
+    if out is not None and resume:
+        saved = _resume_point(Path(out), meta, method.steps, accelerator.is_main_process)
     device = accelerator.device
     pad = tokenizer.pad_token_id
     encoded = encode_parts(tokenizer, {p: parts[p] for p in method.needs}, cfg.max_len)
@@ -336,14 +325,12 @@ def _train(
             method.after_lora(model, batches, LORA_ALPHA / cfg.lora_r)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=method.lr, weight_decay=cfg.weight_decay)
-    meta = {"method": type(method).__name__, "options": asdict(method), "train": asdict(cfg) | {"progress": None}}
-    for same in ("gradient_checkpointing", "max_batch_tokens"):  # the same gradients either way: a resume may switch
-        meta["train"].pop(same)
-
     start, history = 0, []
-    ckpt = out / "checkpoint" if out else None
-    if resume and ckpt and (ckpt / "state.json").is_file():
-        start, history = _load_checkpoint(ckpt, model, optimizer, meta)
+    if saved:
+        checkpoint.load_tensors(*saved, model, optimizer)
+        start, history = saved[1]["step"], saved[1]["history"]
+        if accelerator.is_main_process:
+            print(f"resume: continuing from step {start} ({saved[0]})", file=sys.stderr)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
@@ -388,9 +375,9 @@ def _train(
         if on_step:
             on_step(step + 1, accelerator.unwrap_model(model))
         done = step + 1
-        if ckpt and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < method.steps:
+        if out is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < method.steps:
             if accelerator.is_main_process:
-                _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, done, history, meta)
+                checkpoint.save(Path(out), accelerator.unwrap_model(model), optimizer, done, history, meta)
             accelerator.wait_for_everyone()
     progress.stop()
     model = accelerator.unwrap_model(model)

@@ -19,12 +19,12 @@ Figures: `refusal_rate_original`, `refusal_rate_past`, `refusal_rate_future` (th
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from obliviate.attacks import ATTACKS, Attack, AuditContext, refusal_rate
+from obliviate.data.schema import read_json
 from obliviate.errors import UsageError
 
 _WORLD_WRAPPERS = (r"can you explain how to (.+)\?", r"please tell me how to (.+)\.", r"i need to know how to (.+)\.",
@@ -55,20 +55,18 @@ def rewrite(request: str, tense: str) -> str:
 def load_artifacts(path: str | Path) -> list[dict]:
     """llm-past-tense artifacts -> [{"request", "reformulated", "tense", "jailbroken"}]; bad files exit 2."""
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: file not found")
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{p}: not valid JSON ({e})") from None
+    doc = read_json(p)
     arts = doc.get("jb_artifacts") if isinstance(doc, dict) else None
     if not isinstance(arts, list) or not arts:
         raise UsageError(f"{p}: no 'jb_artifacts' list (expected the llm-past-tense artifact format)")
     tense = doc.get("attack", "past")
+    if not isinstance(tense, str):
+        raise UsageError(f"{p}: 'attack' must be a string (past or future), got {type(tense).__name__}")
     out = []
     for i, a in enumerate(arts):
-        if not isinstance(a, dict) or not a.get("request") or not a.get("request_reformulated"):
-            raise UsageError(f"{p}: jb_artifacts[{i}] needs 'request' and 'request_reformulated'")
+        if not isinstance(a, dict) or not all(isinstance(a.get(k), str) and a[k].strip()
+                                              for k in ("request", "request_reformulated")):
+            raise UsageError(f"{p}: jb_artifacts[{i}] needs 'request' and 'request_reformulated' strings")
         out.append({"request": a["request"], "reformulated": a["request_reformulated"], "tense": tense,
                     "jailbroken": a.get("jailbroken_gpt")})
     return out

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import set_threads
+from obliviate.cli.common import NO_CHAT_TEMPLATE_OPTION, PROMPT_TEMPLATE_OPTION, set_threads, spec_files
 from obliviate.errors import UsageError
 
 
@@ -65,8 +65,19 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
           guard: List[Path] = typer.Option([], "--guard", help="a guard directory (`obliviate guard fit`) on the "
                                            "audited model: attacks that train run on its weights with the guard "
                                            "still applied at generation (repeatable)"),
+          prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+          no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
           seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Attack MODEL to tell removed from suppressed knowledge, and real refusals from shallow ones."""
+    from obliviate.models.prompt_format import prompt_format
+
+    fmt = prompt_format(prompt_template, no_chat_template)
+    if suite not in ("unlearning", "world") and (prompt_template is not None or no_chat_template):
+        raise UsageError("--prompt-template and --no-chat-template apply to --suite unlearning and world")
+    from obliviate.outputs import check_output
+
+    check_output(out, "audit", inputs=(model, data, oracle, target, forget, retain, holdout, classifiers,
+                                       harmful_responses, *spec_files(harmful, benign), *guard))
     from obliviate.audit import report, run_audit
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
     from obliviate.guards import check_guard_dirs
@@ -96,7 +107,7 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
                     time_budget=time_budget, layout=layout, forget=forget, retain=retain, holdout=holdout,
                     harmful=harmful, benign=benign, harmful_responses=harmful_responses,
                     judges=[j.strip() for j in judges.split(",") if j.strip()] if judges else None,
-                    max_new_tokens=max_new_tokens, guards=[str(g) for g in guard])
+                    max_new_tokens=max_new_tokens, guards=[str(g) for g in guard], prompt_format=fmt)
     typer.echo(report(doc))
     typer.echo(f"wrote {out}/audit.json, audit.md ({doc['wall_seconds']} s)")
     write_beside(out)

@@ -18,6 +18,9 @@ def muse(out: Path = typer.Option(Path("runs/muse"), help="writes muse.json"),
          finetune_steps: int = typer.Option(300, help="steps to train the target and the oracle"),
          threads: Optional[int] = typer.Option(None)):
     """MUSE-style six-way evaluation (VerbMem, KnowMem, PrivLeak, utility, scalability, sustainability)."""
+    from obliviate.outputs import check_output
+
+    check_output(out, "muse")
     from obliviate.suites.muse import run_muse
 
     set_threads(threads)
@@ -36,7 +39,7 @@ def wmdp(model: str = typer.Option(..., help="HF model directory"),
     if mode not in ("letter", "text"):
         raise UsageError(f"unknown --mode {mode!r}; use 'letter' or 'text'")
     rows = load_mc(data)
-    net, tok = load_model(model)
+    net, tok = load_model(model, require_chat_template=False)  # raw text: a base model is fine
     acc = mc_accuracy(net, tok, rows, mode)
     typer.echo(f"accuracy {acc:.4f} on {len(rows)} questions ({mode} scoring)")
 

@@ -21,6 +21,15 @@ MAX_BATCH_TOKENS_OPTION = typer.Option(None, "--max-batch-tokens",
                                        help="train each part of a batch in micro-batches of at most N padded "
                                             "tokens (the same step, less memory) [default: 2048 where the "
                                             "method's loss splits, else whole batches; 0: whole batches]")
+# how question-answer items are written for a model without a chat template (models/prompt_format.py)
+PROMPT_TEMPLATE_OPTION = typer.Option(None, "--prompt-template",
+                                      help="how items are written for a model without a chat template (and for "
+                                           "every model with --no-chat-template), by default 'Question: "
+                                           "{question}\\nAnswer: {answer}'; must contain {question}; \\n is a "
+                                           "newline")
+NO_CHAT_TEMPLATE_OPTION = typer.Option(False, "--no-chat-template",
+                                       help="write items in the plain template (--prompt-template) even for a model "
+                                            "that has a chat template")
 
 
 def set_threads(n: Optional[int]) -> None:
@@ -42,6 +51,11 @@ def parse_options(options: list[str]) -> dict:
         k, v = o.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def spec_files(*groups: list[str]) -> list[str]:
+    """The FILE of each repeated `KIND:FILE` option value (what the command reads), for the output checks."""
+    return [spec.split(":", 1)[-1] for group in groups for spec in group]
 
 
 def named_runs(models: list[str]) -> dict[str, str]:

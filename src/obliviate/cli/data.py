@@ -24,6 +24,9 @@ def world(out: Path = typer.Option(..., help="directory to write the world's JSO
           classifier_steps: Optional[int] = typer.Option(None, help="--classifiers: steps per factor [default: 1000]"),
           threads: Optional[int] = typer.Option(None, help="--classifiers: torch CPU threads")):
     """Write the built-in fictitious world (TOFU-style QA splits) as JSONL, or with --images the image world."""
+    from obliviate.outputs import check_output, output_dir
+
+    check_output(out, "world")
     if images:
         return _image_world(out, seed, size, per_combination, classifiers, classifier_steps, threads)
     given = [n for n, v in (("--size", size), ("--per-combination", per_combination), ("--classifiers", classifiers),
@@ -31,13 +34,12 @@ def world(out: Path = typer.Option(..., help="directory to write the world's JSO
     if given:
         raise UsageError(f"{given[0]} applies only with --images")
     from obliviate.data.world import WorldSpec, write_world
-    from obliviate.pipeline import fresh_output
 
     try:
         spec = WorldSpec(seed=seed, n_people=people)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    with fresh_output(out) as o:
+    with output_dir(out, "world") as o:
         manifest = write_world(o, spec)
     for name, s in manifest["splits"].items():
         typer.echo(f"{name:12s} {s['n']:5d} items")
@@ -46,7 +48,8 @@ def world(out: Path = typer.Option(..., help="directory to write the world's JSO
 
 def _image_world(out: Path, seed: int, size, per_combination, classifiers: bool, classifier_steps, threads) -> None:
     """`world --images`: the image world, plus its factor classifiers if asked, staged and renamed at the end."""
-    from obliviate.diffusion.world import ImageWorldSpec, staged_dir, write_world_files
+    from obliviate.diffusion.world import ImageWorldSpec, write_world_files
+    from obliviate.outputs import output_dir
 
     if classifier_steps is not None and not classifiers:
         raise UsageError("--classifier-steps applies only with --classifiers")
@@ -57,7 +60,7 @@ def _image_world(out: Path, seed: int, size, per_combination, classifiers: bool,
         raise UsageError(str(e)) from None
     if classifier_steps is not None and classifier_steps < 1:
         raise UsageError(f"--classifier-steps must be >= 1, got {classifier_steps}")
-    with staged_dir(out) as tmp:
+    with output_dir(out, "world", staged=True) as tmp:
         factors = write_world_files(tmp, spec)
         for name, f in factors["files"].items():
             typer.echo(f"{name:22s} {f['n']:6d}")
@@ -80,13 +83,14 @@ def prompts(kind: str = typer.Argument(..., help="xstest | harmbench | jailbreak
     """Convert a public refusal / jailbreak prompt set into obliviate's prompt schema (JSONL)."""
     from collections import Counter
 
+    from obliviate.outputs import check_output_file, output_file
+
+    check_output_file(out, inputs=(file,), overwrite=False)  # an existing --out is never replaced
     from obliviate.data.prompts import load_prompts
     from obliviate.data.schema import write_jsonl
 
     rows = load_prompts(kind, file)
-    if out.exists():
-        raise UsageError(f"{out} exists; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out, rows)
+    with output_file(out, inputs=(file,), overwrite=False) as tmp:
+        write_jsonl(tmp, rows)
     counts = Counter(r["label"] for r in rows)
     typer.echo(f"{len(rows)} prompts ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}) -> {out}")

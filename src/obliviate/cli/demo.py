@@ -35,6 +35,10 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     utility, a fine-tuning attack -> results.json and refusal_depth.png.
 
     With --suite real --model DIR: the same science on a pretrained chat model (see the README)."""
+    from obliviate.outputs import check_output
+
+    # a demo replaces an earlier demo's output, and nothing else
+    check_output(out, f"demo:{suite}", inputs=(model, public_data) if suite == "real" else (), replace=True)
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
 
     set_threads(threads)

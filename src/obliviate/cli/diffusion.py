@@ -22,13 +22,14 @@ def erase(method: str = typer.Argument(..., help="eraser name (`obliviate ls era
     """Erase CONCEPT with METHOD and save the edited model to OUT (same layout as the input)."""
     import time
 
+    from obliviate.outputs import check_output, output_dir
+
+    check_output(out, "erase", inputs=(model,))  # before anything is loaded
     from obliviate.diffusion.erasers import ERASERS, load_all
     from obliviate.diffusion.model import load_t2i, unknown_words
 
     load_all()
     eraser = ERASERS.get(method).from_options(parse_options(option))
-    if Path(out).resolve() == Path(model).resolve():
-        raise UsageError(f"--out {out} would overwrite the input model")
     if not concept.strip():
         raise UsageError("--concept must not be empty")
     set_threads(threads)
@@ -39,7 +40,8 @@ def erase(method: str = typer.Argument(..., help="eraser name (`obliviate ls era
             raise UsageError(f"the model's tokenizer does not know {missing[0]!r} (in {text!r})")
     t0 = time.perf_counter()
     edited = eraser.erase(t2i, concept, guide=guide, preserve=tuple(preserve))
-    edited.save(out)
+    with output_dir(out, "erase", inputs=(model,), staged=True) as o:
+        edited.save(o)
     typer.echo(f"{method}: erased {concept!r} in {time.perf_counter() - t0:.1f} s; wrote {out}")
 
 
@@ -71,9 +73,12 @@ def diffusion_eval(models: dict[str, str], data: Path, concept: Optional[str], c
     from obliviate.diffusion.evaluate import SampleConfig, evaluate_concept, save_grid
     from obliviate.diffusion.model import load_t2i
     from obliviate.diffusion.world import factor_of
-    from obliviate.pipeline import fresh_output, results_document, write_json
+    from obliviate.outputs import check_output, output_dir
+    from obliviate.pipeline import results_document, write_json
     from obliviate.suites.diffusion_demo import table
 
+    read = (*models.values(), data, classifiers)
+    check_output(out, "eval", inputs=read)
     if not concept:
         raise UsageError("--suite diffusion needs --concept WORD (e.g. star)")
     world, clf = _world_and_classifiers(data, classifiers)
@@ -81,7 +86,7 @@ def diffusion_eval(models: dict[str, str], data: Path, concept: Optional[str], c
     loaded = [(name, load_t2i(d)) for name, d in models.items()]
     cfg = SampleConfig(steps=ddim_steps, guidance=guidance, seed=seed, max_prompts=limit)
     results = {}
-    with fresh_output(out) as o:
+    with output_dir(out, "eval", inputs=read) as o:
         for name, t2i in loaded:
             m, art = evaluate_concept(t2i, clf, world, concept, cfg)
             results[name] = m
@@ -106,8 +111,11 @@ def diffusion_audit(model: str, target: Optional[str], data: Path, concept: Opti
     from obliviate.diffusion.evaluate import SampleConfig
     from obliviate.diffusion.model import load_t2i
     from obliviate.diffusion.world import factor_of
-    from obliviate.pipeline import fresh_output, write_json
+    from obliviate.outputs import check_output, output_dir
+    from obliviate.pipeline import write_json
 
+    read = (model, target, data, classifiers)
+    check_output(out, "audit", inputs=read)
     if not concept:
         raise UsageError("--suite diffusion needs --concept WORD (the erased concept)")
     if not target:
@@ -122,7 +130,7 @@ def diffusion_audit(model: str, target: Optional[str], data: Path, concept: Opti
     erased, original = load_t2i(model), load_t2i(target)
     cfg = DiffusionAuditConfig(prompts=prompts, sample=SampleConfig(steps=ddim_steps, guidance=guidance, seed=seed),
                                options=options, time_budget=time_budget)
-    with fresh_output(out) as o:
+    with output_dir(out, "audit", inputs=read) as o:
         doc = audit_concept(erased, original, clf, world, concept, names, cfg, log=typer.echo)
         doc |= {"model": model, "target": target, "data": str(data)}
         write_json(o / "audit.json", doc)

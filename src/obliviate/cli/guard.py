@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import parse_options, set_threads
+from obliviate.cli.common import parse_options, set_threads, spec_files
 from obliviate.errors import UsageError
 
 guard_app = typer.Typer(no_args_is_help=True, help="Inference-time guards: fit them, then pass --guard DIR.")
@@ -27,16 +27,16 @@ def fit(name: str = typer.Argument(..., help="guard name (`obliviate ls guards`)
         seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Fit NAME on the model and data (refusal guards: the world's policy_train, or the train half of public prompt
     files; unlearning guards: forget versus retain items), report held-out figures, and write OUT."""
+    from obliviate.outputs import check_output, output_dir
 
-
+    read = (model, data, forget, retain, *spec_files(harmful, benign))
+    check_output(out, "guard", inputs=read)  # before anything is read or loaded
     from obliviate.audit_data import load_inputs
     from obliviate.guards import make_guard, save_guard
     from obliviate.models.load import check_model_dir, load_model
 
     cls, options = make_guard(name, parse_options(option))
     check_model_dir(model)
-    if Path(out).resolve() in (Path(model).resolve(), Path(data).resolve() if data else None):
-        raise UsageError(f"--out {out} would overwrite an input")
     if cls.suite == "refusal":
         inputs, _, info = load_inputs("refusal", data=data, harmful=harmful, benign=benign, seed=seed)
     else:
@@ -53,8 +53,9 @@ def fit(name: str = typer.Argument(..., help="guard name (`obliviate ls guards`)
     guard = cls.fit(net, tok, inputs, **options)
     guard.attach(net, tok)
     report = guard.report(net, tok, inputs)
-    save_guard(guard, out, extra={"model": str(model), "data": {k: str(v) if isinstance(v, Path) else v
-                                                                for k, v in info.items()}, "report": report})
+    with output_dir(out, "guard", inputs=read, staged=True) as o:
+        save_guard(guard, o, extra={"model": str(model), "data": {k: str(v) if isinstance(v, Path) else v
+                                                                  for k, v in info.items()}, "report": report})
     typer.echo(f"{name}: " + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in report.items()) or "fitted"))
     typer.echo(f"wrote {out}")

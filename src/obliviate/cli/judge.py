@@ -47,6 +47,10 @@ def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one p
                   judge_template: str = typer.Option(
                       "harmbench", help="llm prompt: harmbench | strongreject | harmbench=FILE | strongreject=FILE")):
     """Refusal or compliance for each response, by keyword, embedding or LLM judges; agreement with labels."""
+    from obliviate.outputs import check_output_file, output_file
+
+    read = (file, embedding_weights, judge_model)
+    check_output_file(out, inputs=read)  # an earlier prediction file is replaced, an input never
     from obliviate.data.schema import write_jsonl
     from obliviate.judges.default import make_judge, vote
     from obliviate.judges.refusal import human_label
@@ -65,8 +69,8 @@ def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one p
         label, score = vote(list(row_scores.values()), combine)
         preds.append({"row": i + 1, "label": label, "score": score, "judges": names, "scores": row_scores,
                       **({"llm_output": raw[i]} if raw is not None else {})})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out, preds)
+    with output_file(out, inputs=read) as tmp:
+        write_jsonl(tmp, preds)
     refusals = sum(p["label"] == "refusal" for p in preds)
     unparsed = sum(p["label"] == "unparsed" for p in preds)
     typer.echo(f"{len(preds)} rows, {refusals} refusals" + (f", {unparsed} unparsed" if unparsed else "")
@@ -88,9 +92,11 @@ def judge_train(file: Path = typer.Argument(..., help="CSV or JSONL of labelled 
                 group_column: Optional[str] = typer.Option(
                     None, help="rows sharing a value stay in one cross-validation fold (default: each row alone)")):
     """Fit the embedding refusal judge on your labelled responses (l2 by 5-fold CV); use with --embedding-weights."""
+    from obliviate.outputs import check_output, output_dir
+
+    check_output(out, "judge", inputs=(file,))
     from obliviate.judges import embedding as emb
     from obliviate.judges.refusal import human_label
-    from obliviate.pipeline import fresh_output
 
     rows = _judge_rows(file, [response_column, label_column, group_column])
     kept = [(r, human_label(str(r[label_column]))) for r in rows]
@@ -102,11 +108,9 @@ def judge_train(file: Path = typer.Argument(..., help="CSV or JSONL of labelled 
     groups = [str(r[group_column]) for r, _ in kept] if group_column else None
     if len(set(labels)) < 2:
         raise UsageError(f"{file}: training needs both refusals and compliances in {label_column!r}")
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"output directory is not empty: {out}")
     emb.default_encoder()  # a missing encoder package fails before the output directory is made
     judge = emb.train(responses, labels, groups, meta={"trained_on": [str(file)]})
-    with fresh_output(out) as o:
+    with output_dir(out, "judge", inputs=(file,), staged=True) as o:
         judge.save(o)
     cv = judge.meta["cv_accuracy"][str(judge.meta["l2"])]
     typer.echo(f"{len(labels)} rows ({sum(labels)} refusals), l2 {judge.meta['l2']:g}, CV accuracy {cv:.4f} -> {out}")

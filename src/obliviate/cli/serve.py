@@ -3,6 +3,8 @@
 fastapi, uvicorn and the model are imported inside the command, so `--help` stays fast.
 """
 
+import os
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,10 +16,21 @@ from obliviate.errors import UsageError
 
 def serve(model: str = typer.Argument(..., help="HF chat model directory (or hub id when online)"),
           guard: List[Path] = typer.Option([], help="a fitted guard directory (repeatable; applied in order)"),
-          host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default; 0.0.0.0 exposes it)"),
+          host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default; another address needs "
+                                   "an API key or --insecure-no-auth)"),
           port: int = typer.Option(8000),
           api_key: Optional[str] = typer.Option(None, envvar="OBLIVIATE_API_KEY",
-                                                help="require `Authorization: Bearer KEY` on /v1/*"),
+                                                help="require `Authorization: Bearer KEY` on /v1/* (an empty key "
+                                                     "is an error)"),
+          insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
+                                                help="allow a non-loopback --host without an API key"),
+          allowed_host: List[str] = typer.Option([], help="a Host header name to answer besides localhost, "
+                                                 "127.0.0.1 and [::1] (repeatable, any port; '*': any name)"),
+          max_body: str = typer.Option("2MB", help="largest request body (bytes, or with kB/MB/KiB/MiB); larger "
+                                       "gets 413 before it is read"),
+          read_timeout: float = typer.Option(30.0, help="seconds a client has to send a request's headers, and "
+                                             "then its whole body (else the connection closes, with 408 for a body)"),
+          max_connections: int = typer.Option(256, help="open connections at most; more get 503"),
           model_name: Optional[str] = typer.Option(None, help="the name clients send as `model` (default: the "
                                                    "model directory's name)"),
           max_batch: int = typer.Option(16, help="requests decoded together at most (1: no batching)"),
@@ -30,23 +43,60 @@ def serve(model: str = typer.Argument(..., help="HF chat model directory (or hub
         raise UsageError("--max-batch and --max-queue must be >= 1 and --batch-window-ms >= 0")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {port}")
+    if not read_timeout > 0 or max_connections < 1:
+        raise UsageError("--read-timeout must be > 0 and --max-connections >= 1")
+    body_limit = parse_size(max_body)
+    for h in allowed_host:
+        if not re.fullmatch(r"[\w.\-:\[\]]+|\*", h.strip()):
+            raise UsageError(f"--allowed-host must be a host name or address (any port), or '*', got {h!r}")
+    # click reads an empty OBLIVIATE_API_KEY as unset, which would turn authentication off without a word
+    empty_env = api_key is None and os.environ.get("OBLIVIATE_API_KEY") == ""
+    if empty_env or (api_key is not None and not api_key.strip()):
+        raise UsageError("the API key (--api-key / OBLIVIATE_API_KEY) is empty: set a key, or unset it to serve "
+                         "without one on loopback")
+    from obliviate.serve import Limits, bind, is_loopback
+
+    if not api_key and not is_loopback(host) and not insecure_no_auth:
+        raise UsageError(f"--host {host} is not loopback: set an API key (OBLIVIATE_API_KEY or --api-key), or pass "
+                         "--insecure-no-auth to serve it to the network without one")
     try:
         import fastapi  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise UsageError("obliviate serve needs fastapi and uvicorn: pip install 'obliviate[serve]'") from None
     from obliviate.guards import check_guard_dirs, load_guard
     from obliviate.models.load import check_model_dir, load_model
-    from obliviate.serve import Engine, create_app
+    from obliviate.serve import Engine, create_app, uvicorn_server
 
     check_guard_dirs(guard)  # fail fast, before the model loads
     check_model_dir(model)
-    set_threads(threads)
-    net, tok = load_model(model)
-    guards = [load_guard(g, net, tok) for g in guard]
-    name = model_name or Path(model.rstrip("/")).name
-    engine = Engine(net, tok, guards, name=name, max_batch=max_batch, max_queue=max_queue,
-                    batch_window_ms=batch_window_ms)
-    shown = f"guards {', '.join(g.name for g in guards)}" if guards else "no guard"
-    typer.echo(f"serving {name!r} ({shown}) on http://{host}:{port}/v1", err=True)
-    uvicorn.run(create_app(engine, api_key), host=host, port=port, log_level="info")
+    try:
+        sock = bind(host, port)  # the port is known to be free before the model loads; uvicorn serves on it
+    except OSError as e:
+        raise UsageError(f"--host {host} --port {port}: cannot listen there: {e.strerror or e}") from None
+    try:
+        set_threads(threads)
+        net, tok = load_model(model)
+        guards = [load_guard(g, net, tok) for g in guard]
+        name = model_name or Path(model.rstrip("/")).name
+        engine = Engine(net, tok, guards, name=name, max_batch=max_batch, max_queue=max_queue,
+                        batch_window_ms=batch_window_ms)
+        # a specific address bound is answered by that name too; a wildcard bind needs --allowed-host
+        hosts = (*allowed_host, host) if not is_loopback(host) and host not in ("0.0.0.0", "::") else allowed_host
+        limits = Limits(max_body=body_limit, read_timeout=read_timeout, max_connections=max_connections,
+                        allowed_hosts=tuple(hosts))
+        shown = f"guards {', '.join(g.name for g in guards)}" if guards else "no guard"
+        typer.echo(f"serving {name!r} ({shown}) on http://{host}:{sock.getsockname()[1]}/v1; Host names "
+                   f"answered: localhost, 127.0.0.1, [::1]{''.join(', ' + h for h in hosts)}", err=True)
+        uvicorn_server(create_app(engine, api_key, limits)).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def parse_size(text: str) -> int:
+    """--max-body: "2000000", "2MB", "512kB", "1MiB" -> bytes (> 0), else UsageError."""
+    m = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb|kib|mib|gib)?\s*", text.lower())
+    if not m or int(m.group(1)) < 1:
+        raise UsageError(f"--max-body must be a positive size such as 2MB, 512kB or 1048576, got {text!r}")
+    scale = {None: 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    return int(m.group(1)) * scale[m.group(2)]

@@ -7,8 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION, named_runs,
-                                  parse_options, set_threads)
+from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION,
+                                  NO_CHAT_TEMPLATE_OPTION, PROMPT_TEMPLATE_OPTION, named_runs, parse_options,
+                                  set_threads)
 from obliviate.errors import UsageError
 
 
@@ -20,17 +21,26 @@ def finetune(data: Path = typer.Option(..., help="world directory (from `oblivia
              lr: float = typer.Option(3e-3, help="peak learning rate"),
              batch_size: int = typer.Option(100),
              only: Optional[str] = typer.Option(None, help="train only 'target' or 'oracle'"),
+             prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+             no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
              seed: int = typer.Option(0),
              threads: Optional[int] = typer.Option(None, help="torch CPU threads")):
     """Train the target (all training data) and the oracle (everything but the forget split)."""
-    from obliviate.pipeline import fresh_output, train_world_models
+    from obliviate.models.prompt_format import prompt_format
+
+    fmt = prompt_format(prompt_template, no_chat_template)
+    from obliviate.outputs import check_output, output_dir
+
+    check_output(out, "finetune", inputs=(data, model))
+    from obliviate.pipeline import train_world_models
 
     if only not in (None, "target", "oracle"):
         raise UsageError(f"--only must be 'target' or 'oracle', got {only!r}")
     set_threads(threads)
-    with fresh_output(out) as o:
+    with output_dir(out, "finetune", inputs=(data, model)) as o:
         for name, secs in train_world_models(data, o, forget_split=forget_split, base=model, steps=steps, lr=lr,
-                                             batch_size=batch_size, seed=seed, only=only).items():
+                                             batch_size=batch_size, seed=seed, only=only,
+                                             prompt_format=fmt).items():
             typer.echo(f"{name}: trained in {secs:.1f} s -> {o / name}")
 
 
@@ -53,8 +63,16 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
             bf16: bool = BF16_OPTION,
             gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
             max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS_OPTION,
+            prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+            no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
             seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Unlearn FORGET from MODEL while keeping RETAIN, with one registered method."""
+    from obliviate.models.prompt_format import prompt_format
+
+    fmt = prompt_format(prompt_template, no_chat_template)
+    from obliviate.outputs import check_output
+
+    check_output(out, "unlearn", inputs=(model, forget, retain, data, idk), resume=resume)
     from obliviate.pipeline import run_unlearn
 
     text = False
@@ -64,6 +82,9 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
         from obliviate.suites import SUITES
 
         text = SUITES.get(suite).text
+        if text and (prompt_template is not None or no_chat_template):
+            raise UsageError(f"--prompt-template and --no-chat-template apply to question-answer data, not to the "
+                             f"raw documents of --suite {suite}")
         forget, retain = SUITES.get(suite).train_paths(data, forget_split)
     elif not (forget and retain):
         raise UsageError("give --forget and --retain (or --suite and --data)")
@@ -76,7 +97,8 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
     res = run_unlearn(model, forget, retain, method, out, options=opts, resume=resume, seed=seed, idk=idk,
                       forget_batch_size=forget_batch_size, retain_batch_size=retain_batch_size,
                       checkpoint_every=checkpoint_every, lora_r=lora_r, text=text, bf16=bf16,
-                      gradient_checkpointing=gradient_checkpointing, max_batch_tokens=max_batch_tokens)
+                      gradient_checkpointing=gradient_checkpointing, max_batch_tokens=max_batch_tokens,
+                      prompt_format=fmt)
     typer.echo(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.history[-1]['loss']:.4f} "
                f"-> {out}")
 
@@ -97,16 +119,25 @@ def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat,
                                                                  "[default: 2.0]"),
              guard: List[Path] = typer.Option([], "--guard", help="a guard directory (`obliviate guard fit`) "
                                               "applied to the evaluated models, not the oracle (repeatable)"),
+             prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+             no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
              threads: Optional[int] = typer.Option(None)):
     """Evaluate models on the forget / retain / world-facts / holdout splits."""
+    from obliviate.models.prompt_format import prompt_format
+
+    fmt = prompt_format(prompt_template, no_chat_template)
+    from obliviate.outputs import check_output
+
+    check_output(out, "eval", inputs=(*named_runs(model).values(), data, oracle, classifiers, *guard))
     from obliviate.guards import check_guard_dirs
     from obliviate.pipeline import run_eval
 
     if suite == "diffusion":
         from obliviate.cli.diffusion import diffusion_eval, sampling
 
-        if oracle or guard:
-            raise UsageError("--oracle and --guard do not apply to --suite diffusion")
+        if oracle or guard or prompt_template is not None or no_chat_template:
+            raise UsageError("--oracle, --guard, --prompt-template and --no-chat-template do not apply to --suite "
+                             "diffusion")
         set_threads(threads)
         diffusion_eval(named_runs(model), data, concept, classifiers, out, limit=limit,
                        **sampling(ddim_steps, guidance))
@@ -116,7 +147,7 @@ def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat,
     check_guard_dirs(guard)
     set_threads(threads)
     doc = run_eval(named_runs(model), data, out, oracle=oracle, forget_split=forget_split, suite=suite,
-                   guards=[str(g) for g in guard])
+                   guards=[str(g) for g in guard], prompt_format=fmt)
     from obliviate.report.markdown import table
 
     typer.echo(table(doc))
@@ -132,15 +163,21 @@ def sweep(method: str = typer.Option(..., help="see `obliviate ls methods`"),
           maximize: str = typer.Option("forget_quality", help="metric to maximise"),
           min_utility_ratio: float = typer.Option(0.9, help="constraint: utility >= this x the target's"),
           idk: Optional[Path] = typer.Option(None), seed: int = typer.Option(0),
+          prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+          no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
           threads: Optional[int] = typer.Option(None)):
     """Grid-search one method's options; pick the best point by an explicit criterion."""
-    from obliviate.pipeline import check_out_not_input
+    from obliviate.models.prompt_format import prompt_format
+
+    fmt = prompt_format(prompt_template, no_chat_template)
+    from obliviate.outputs import check_output
+
+    check_output(out, "sweep", inputs=(model, oracle, data, idk))
     from obliviate.sweep import run_sweep
 
     set_threads(threads)
-    check_out_not_input(out, model, oracle)
     run_sweep(method, grid, model=model, oracle=oracle, data=data, out=out, forget_split=forget_split, seed=seed,
-              maximize=maximize, min_utility_ratio=min_utility_ratio, idk=idk)
+              maximize=maximize, min_utility_ratio=min_utility_ratio, idk=idk, prompt_format=fmt)
 
 
 def bench(out: Path = typer.Option(Path("runs/bench"), help="writes leaderboard.json and pareto.png"),
@@ -152,6 +189,9 @@ def bench(out: Path = typer.Option(Path("runs/bench"), help="writes leaderboard.
           resume: bool = typer.Option(False, help="continue an interrupted bench in OUT"),
           threads: Optional[int] = typer.Option(None)):
     """The leaderboard: every method x forget split x seed on the built-in world, mean ± std."""
+    from obliviate.outputs import check_output
+
+    check_output(out, "bench", resume=resume)
     from obliviate.leaderboard import run_bench
 
     try:

@@ -82,8 +82,9 @@ def affirmative_target(behavior: str) -> str:
 
 def _row(source, i, prompt, label, category="", context="", target=""):
     prompt = prompt.strip()
-    return {"id": f"{source}-{i}", "prompt": prompt, "label": label, "category": category or "",
-            "source": source, "context": context or "", "target": (target or "").strip() or affirmative_target(prompt)}
+    return {"id": f"{source}-{i}", "prompt": prompt, "label": label, "category": str(category or ""),
+            "source": source, "context": str(context or ""),
+            "target": (target or "").strip() or affirmative_target(prompt)}
 
 
 @PROMPT_SETS.register("xstest")
@@ -135,6 +136,9 @@ def coconot(path: Path) -> list[dict]:
     for where, r in read_records(path):
         if not isinstance(r, dict) or not isinstance(r.get("prompt"), str):
             raise UsageError(f"{where}: expected an object with a 'prompt' string")
+        for key in ("id", "category"):
+            if not isinstance(r.get(key, ""), (str, int)) or isinstance(r.get(key), bool):
+                raise UsageError(f"{where}: field {key!r} must be a string")
         out.append(_row("coconot", r.get("id", len(out)), r["prompt"], label, r.get("category", "")))
     if not out:
         raise UsageError(f"{path}: no rows")

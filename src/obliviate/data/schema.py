@@ -11,7 +11,10 @@ A QA item is one JSON object per line:
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,32 +62,55 @@ def _item_from(obj: object, where: str) -> QAItem:
     return QAItem(**kwargs)
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, object]]:
-    """Read a JSONL file into (line number, object) pairs; a malformed line names the file and the line."""
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A user file's text: UTF-8 (a leading byte-order mark is dropped). A missing or unreadable file, or a byte
+    that is not UTF-8, is a UsageError naming the file (and the line of the bad byte); `what` names the format."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"file not found: {p}")
-    rows = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{p}:{lineno}: malformed JSON ({e.msg})") from None
-    return rows
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{p}: unreadable {what}: {e.strerror or type(e).__name__}") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UsageError(f"{p}:{line}: not a UTF-8 {what} (byte 0x{data[e.start]:02x}; save it as UTF-8)") from None
+
+
+def parse_json(text: str, where: str | Path, lineno: int | None = None) -> object:
+    """One JSON document; malformed JSON, nesting too deep for Python, or an integer too long to convert is a
+    UsageError naming `where` (the file) and the line: `lineno` for one line of a JSONL file, else the error's."""
+    at = f"{where}:{lineno}" if lineno is not None else str(where)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{where}:{e.lineno if lineno is None else lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:
+        raise UsageError(f"{at}: JSON nested too deeply (Python reads about {sys.getrecursionlimit() - 50} "
+                         "levels at most)") from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise UsageError(f"{at}: unreadable JSON number ({str(e).split(';')[0]})") from None
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, object]]:
+    """Read a JSONL file into (line number, object) pairs; a malformed line names the file and the line."""
+    p = Path(path)
+    return _jsonl(read_text(p, "JSONL file"), p)
+
+
+def _jsonl(text: str, p: Path) -> list[tuple[int, object]]:
+    # lines end at \n, \r\n or \r, as a text-mode file's do (str.splitlines would also split at \x1c, \u2028, ...)
+    return [(n, parse_json(line, p, n)) for n, line in enumerate(io.StringIO(text, newline=None), 1) if line.strip()]
 
 
 def read_json(path: str | Path) -> object:
     """One JSON document; a parse error names the file and the line."""
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"file not found: {p}")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
+    return parse_json(read_text(p, "JSON file"), p)
 
 
 def read_records(path: str | Path) -> list[tuple[str, object]]:
@@ -96,19 +122,13 @@ def read_records(path: str | Path) -> list[tuple[str, object]]:
     p = Path(path)
     if tables.table_format(p) or (not p.is_file() and tables.looks_like_hub_id(path)):
         return tables.read_table_records(path)
-    if not p.is_file():
-        raise UsageError(f"file not found: {p}")
-    try:
-        with p.open(encoding="utf-8") as f:
-            head = f.read(4096).lstrip()
-    except UnicodeDecodeError:
-        raise UsageError(f"{p}: not a UTF-8 JSON/JSONL file (nor Parquet/Arrow)") from None
-    if head.startswith("["):
-        data = read_json(p)
+    text = read_text(p, "JSON/JSONL file")
+    if text.lstrip().startswith("["):
+        data = parse_json(text, p)
         if not isinstance(data, list):  # e.g. "[1] [2]" is not one list
             raise UsageError(f"{p}: expected a JSON list of records")
         return [(f"{p}: item {i}", o) for i, o in enumerate(data)]
-    return [(f"{p}:{n}", o) for n, o in read_jsonl(p)]
+    return [(f"{p}:{n}", o) for n, o in _jsonl(text, p)]
 
 
 def load_qa(path: str | Path, *, allow_empty: bool = False, paraphrase_from_answer: bool = False) -> list[QAItem]:
@@ -141,19 +161,19 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 def load_lines(path: str | Path) -> list[str]:
     """A text pool (one entry per line) or a JSONL of strings / {"text": ...} (TOFU's idontknow.jsonl is plain lines)."""
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"file not found: {p}")
     out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(io.StringIO(read_text(p, "text file"), newline=None), 1):
         s = line.strip()
         if not s:
             continue
         if s.startswith("{"):
-            try:
-                s = json.loads(s).get("text", "")
-            except (json.JSONDecodeError, AttributeError):
-                raise UsageError(f"{p}:{lineno}: malformed JSON line") from None
-        out.append(str(s))
+            obj = parse_json(s, p, lineno)
+            if not isinstance(obj, dict) or not isinstance(obj.get("text", ""), str):
+                raise UsageError(f"{p}:{lineno}: expected a plain line or an object with a 'text' string")
+            s = obj.get("text", "").strip()
+            if not s:
+                continue
+        out.append(s)
     if not out:
         raise UsageError(f"{p}: the answer pool is empty")
     return out
@@ -163,9 +183,7 @@ def load_texts(path: str | Path) -> list[str]:
     """Raw documents: a `.txt` file is one document; JSON-list/JSONL records need a non-empty "text" field."""
     p = Path(path)
     if p.suffix == ".txt":
-        if not p.is_file():
-            raise UsageError(f"file not found: {p}")
-        texts = [p.read_text(encoding="utf-8")]
+        texts = [read_text(p, "text file")]
     else:
         texts = []
         for where, obj in read_records(p):

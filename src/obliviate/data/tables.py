@@ -87,7 +87,7 @@ def _arrow_table(p: Path):
     import pyarrow as pa
 
     suffix = table_format(p)
-    try:
+    def read():
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -104,6 +104,13 @@ def _arrow_table(p: Path):
         except pa.ArrowInvalid:
             with pa.memory_map(str(p)) as src:
                 return ipc.open_stream(src).read_all()
+
+    try:
+        table = read()
+        # reading checks the layout only; a damaged file can still hold bad offsets or strings that are not UTF-8,
+        # which would crash converting the rows (to_pylist): the full validation finds them first
+        table.validate(full=True)
+        return table
     except (pa.ArrowException, OSError, ValueError) as e:
         kind = {".parquet": "Parquet", ".feather": "Feather"}.get(suffix or "", "Arrow")
         raise UsageError(f"{p}: unreadable {kind} file ({_first_line(e)})") from None
@@ -161,15 +168,34 @@ def _cell(v) -> str:
     return v if isinstance(v, str) else str(v)
 
 
-def _read_csv(p: Path) -> tuple[list[str], list[dict]]:
-    import csv
+def _columns(header: list) -> str:
+    """Column names for a one-line message: quoted when not printable (a stray \\r), at most 20 of them."""
+    shown = [c if isinstance(c, str) and c.isprintable() and c.strip() else repr(c) for c in header[:20]]
+    return ", ".join(shown) + (f", ... ({len(header)} in all)" if len(header) > 20 else "")
 
+
+def _read_csv(p: Path) -> tuple[list[str], list[dict]]:
+    """(header, rows) of a UTF-8 CSV file; a row with fewer fields than the header, or more non-empty ones, is a
+    UsageError naming the file and the line (its fields would land in the wrong columns)."""
+    import csv
+    import io
+
+    from obliviate.data.schema import read_text
+
+    reader = csv.DictReader(io.StringIO(read_text(p, "CSV file"), newline=""))
+    rows = []
     try:
-        with p.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            return list(reader.fieldnames or []), list(reader)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UsageError(f"{p}: unreadable CSV ({e})") from None
+        header = list(reader.fieldnames or [])
+        for row in reader:
+            extra = [v for v in row.pop(None, []) if v.strip()]  # DictReader's restkey: fields past the header
+            if extra or None in row.values():  # restval: fields the row lacks
+                n = len(row) - list(row.values()).count(None) + len(extra)
+                raise UsageError(f"{p}:{reader.line_num}: {n} fields, but the header has {len(header)} "
+                                 f"({_columns(header)})")
+            rows.append(row)
+    except csv.Error as e:
+        raise UsageError(f"{p}:{reader.line_num}: unreadable CSV ({e})") from None
+    return header, rows
 
 
 def read_table_rows(path: str | Path, required_columns: tuple[str, ...] = ()) -> list[dict]:
@@ -198,7 +224,7 @@ def read_table_rows(path: str | Path, required_columns: tuple[str, ...] = ()) ->
         header, rows = _read_csv(p)
     missing = [c for c in required_columns if c not in header]
     if missing:
-        raise UsageError(f"{name}: missing column(s) {', '.join(missing)} (columns: {', '.join(header)})")
+        raise UsageError(f"{name}: missing column(s) {', '.join(missing)} (columns: {_columns(header)})")
     if not rows:
         raise UsageError(f"{name}: no rows")
     return rows

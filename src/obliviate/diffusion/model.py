@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from obliviate.errors import UsageError
+from obliviate.outputs import new_dir
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
@@ -153,13 +154,9 @@ class T2I:
 
     # --- persistence ---
     def save(self, out: Path) -> None:
-        import shutil
-        import tempfile
-
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".t2i-", dir=out.parent))
-        try:
+        """Write the diffusers layout into `out`: a new directory (a temp dir renamed at the end), or a fresh one
+        `outputs.output_dir` made. An existing model directory is never replaced."""
+        with new_dir(out, "a text-to-image model") as tmp:
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
             self.tokenizer.save_pretrained(tmp / "tokenizer")
@@ -172,12 +169,6 @@ class T2I:
                 self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
                 index["vae"] = ["diffusers", type(self.vae).__name__]
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     def copy(self) -> "T2I":
         return T2I(copy.deepcopy(self.unet), copy.deepcopy(self.text_encoder), self.tokenizer, self.scheduler_config,

@@ -22,8 +22,10 @@ from typing import ClassVar
 
 import torch
 
+from obliviate.data.schema import read_json
 from obliviate.errors import UsageError
 from obliviate.models.anatomy import is_fused_experts, num_experts  # noqa: F401 (num_experts re-exported)
+from obliviate.outputs import new_dir
 from obliviate.registry import Registry
 
 GUARDS: Registry[type["Guard"]] = Registry("guard")
@@ -131,28 +133,18 @@ def youden_threshold(scores, labels) -> float:
 
 
 def save_guard(guard: Guard, out: Path, extra: dict | None = None) -> Path:
-    """Write guard.json + tensors.safetensors into `out` (a temp dir renamed at the end: no half-written guard)."""
-    import shutil
-    import tempfile
-
+    """Write guard.json + tensors.safetensors into `out`: a new directory (a temp dir renamed at the end: no
+    half-written guard), or a fresh one `outputs.output_dir` made. An existing guard is never replaced."""
     from safetensors.torch import save_file
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".guard-", dir=out.parent))
-    try:
+    with new_dir(out, "a guard") as d:
         doc = {"guard": guard.name, "format_version": FORMAT_VERSION, "options": guard.options(),
                "state": guard.state(), **(extra or {})}
-        (tmp / "guard.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+        (d / "guard.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
         tensors = {k: v.detach().cpu().contiguous() for k, v in guard.tensors().items()}
         if tensors:
-            save_file(tensors, str(tmp / "tensors.safetensors"))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            save_file(tensors, str(d / "tensors.safetensors"))
     return out
 
 
@@ -162,40 +154,101 @@ def overrides(guard, hook: str) -> bool:
 
 
 def check_guard_dirs(paths) -> None:
-    """Fail fast (before any model loads) on a --guard that is not a guard directory."""
+    """Fail fast (before any model loads) on a --guard that is not a guard directory or whose guard.json is
+    malformed."""
     for p in paths:
-        if not (Path(p) / "guard.json").is_file():
-            raise UsageError(f"--guard {p}: not a guard directory (no guard.json; make one with `obliviate guard "
-                             "fit`)")
+        read_guard_spec(p)
 
 
-def load_guard(path: str | Path, model=None, tok=None) -> Guard:
-    """A guard directory -> a Guard bound to (model, tok). Missing or malformed files are UsageErrors."""
+def _option_ok(value, default) -> bool:
+    """Whether a guard.json option has the type of the field's default (an int is a float; a bool is no number)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default)) if default is not None else isinstance(value, str)
+
+
+def read_guard_spec(path: str | Path) -> tuple[type[Guard], dict, dict]:
+    """(guard class, options, state) of a guard directory's guard.json, checked: an object whose "guard" names a
+    registered guard, "options" an object of that guard's fields with their types, "state" an object. Anything
+    else is a one-line UsageError naming the file."""
     load_all()
     path = Path(path)
     spec = path / "guard.json"
     if not spec.is_file():
         raise UsageError(f"--guard {path}: not a guard directory (no guard.json; make one with `obliviate guard fit`)")
+    doc = read_json(spec)
+    if not isinstance(doc, dict):
+        raise UsageError(f"{spec}: malformed guard file (expected a JSON object, got {type(doc).__name__})")
+    name, options, state = doc.get("guard"), doc.get("options", {}), doc.get("state") or {}
+    if not isinstance(name, str):
+        raise UsageError(f"{spec}: malformed guard file ('guard' must be a guard's name, got {type(name).__name__})")
+    version = doc.get("format_version", FORMAT_VERSION)
+    if type(version) is not int:
+        raise UsageError(f"{spec}: malformed guard file ('format_version' must be an integer, got "
+                         f"{type(version).__name__})")
+    if version > FORMAT_VERSION:
+        raise UsageError(f"{spec}: guard format_version {version} is newer than this obliviate reads "
+                         f"({FORMAT_VERSION}); upgrade obliviate or fit the guard again")
+    for key, value in (("options", options), ("state", state)):
+        if not isinstance(value, dict):
+            raise UsageError(f"{spec}: malformed guard file ({key!r} must be an object, got {type(value).__name__})")
     try:
-        doc = json.loads(spec.read_text())
-        name, options = doc["guard"], doc.get("options", {})
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UsageError(f"{spec}: malformed guard file ({e})") from None
-    cls = GUARDS.get(name)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UsageError(f"{spec}: unknown option {unknown[0]!r} for guard {name}")
-    guard = cls(**options)
-    guard.load_state(doc.get("state") or {})
-    weights = path / "tensors.safetensors"
+        cls = GUARDS.get(name)
+    except UsageError as e:
+        raise UsageError(f"{spec}: {e}") from None
+    known = {f.name: f.default for f in fields(cls) if not f.name.startswith("_")}
+    for key, value in options.items():
+        if key not in known:
+            raise UsageError(f"{spec}: unknown option {key!r} for guard {name}")
+        if not _option_ok(value, known[key]):
+            raise UsageError(f"{spec}: option {key!r} of guard {name} must be {type(known[key]).__name__}, got "
+                             f"{type(value).__name__}")
+    options = {k: float(v) if isinstance(known[k], float) else v for k, v in options.items()}
+    return cls, options, state
+
+
+def load_guard(path: str | Path, model=None, tok=None) -> Guard:
+    """A guard directory -> a Guard bound to (model, tok). Missing or malformed files are UsageErrors naming the
+    file: guard.json (`read_guard_spec`), an unreadable tensors.safetensors, or state and tensors that the guard
+    cannot take."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    cls, options, state = read_guard_spec(path)
+    spec, weights = path / "guard.json", path / "tensors.safetensors"
+    try:
+        guard = cls(**options)  # __post_init__ checks the values
+    except UsageError as e:
+        raise UsageError(f"{spec}: {e}") from None
+    tensors = None
     if weights.is_file():
         from safetensors.torch import load_file
 
-        guard.load_tensors(load_file(str(weights)))
+        try:
+            tensors = load_file(str(weights))
+        except (SafetensorError, OSError) as e:
+            raise UsageError(f"{weights}: unreadable tensors file ({_first_line(e)})") from None
+    try:  # the learned state of guard.json and the tensors, as the guard's own loaders read them
+        guard.load_state(state)
+        if tensors is not None:
+            guard.load_tensors(tensors)
+        unfitted = [k for k, v in {**guard.state(), **guard.tensors()}.items() if v is None]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        held = "guard.json and tensors.safetensors do" if tensors is not None else "guard.json does"
+        raise UsageError(f"{path}: {held} not hold the state of a fitted {cls.name} guard "
+                         f"({type(e).__name__}: {_first_line(e)})") from None
+    if unfitted:
+        raise UsageError(f"{path}: the {cls.name} guard is not fitted ({', '.join(unfitted)} missing from guard.json "
+                         "or tensors.safetensors); fit it with `obliviate guard fit`")
     if model is not None:
         guard.attach(model, tok)
     return guard
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].strip()[:200]
 
 
 def make_guard(name: str, options: dict | None = None) -> type[Guard]:

@@ -55,11 +55,11 @@ class _ADA(Guard):
         self._header: list[int] = []
 
     def attach(self, model, tok):
-        from obliviate.models.encode import assistant_header
+        from obliviate.models.encode import assistant_header, chat_formatted
 
-        if getattr(tok, "chat_template", None) is None:
-            raise UsageError(f"guard {self.name} re-injects the assistant header, and this tokenizer has no chat "
-                             "template")
+        if not chat_formatted(tok):
+            raise UsageError(f"guard {self.name} re-injects the assistant header, and this model's prompts are not "
+                             "in a chat template")
         self._header = assistant_header(tok)
         self._tok = tok
 

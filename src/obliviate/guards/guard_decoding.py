@@ -142,4 +142,8 @@ class GuardDecoding(Guard):
     def load_state(self, state):
         if state.get("gate"):
             self._gate = TfidfLogistic.from_state(state["gate"])
-        self._seqs = [list(s) for s in state.get("sequences", [])]
+        seqs = state.get("sequences", [])
+        if not isinstance(seqs, list) or not all(isinstance(q, list) and all(type(t) is int and t >= 0 for t in q)
+                                                 for q in seqs):
+            raise ValueError("'sequences' must be a list of token-id lists")
+        self._seqs = [list(q) for q in seqs]

@@ -46,9 +46,9 @@ class LatentGuard(Guard):
         self.refusal = self.refusal or default_refusal()
 
     def attach(self, model, tok):
-        from obliviate.models.encode import assistant_header
+        from obliviate.models.encode import assistant_header, chat_formatted
 
-        self._header = assistant_header(tok) if getattr(tok, "chat_template", None) else []
+        self._header = assistant_header(tok) if chat_formatted(tok) else []
 
     def layer_list(self) -> list[int]:
         return [int(x) for x in self.layers.split(",") if x.strip()]

@@ -52,11 +52,41 @@ class TfidfLogistic:
 
     @classmethod
     def from_state(cls, state: dict) -> "TfidfLogistic":
+        """The classifier `state()` wrote; a state of another shape is a ValueError that says what is wrong (the
+        guard loader turns it into a one-line error naming guard.json)."""
+        check_state(state)
         self = cls(state["analyzer"], tuple(state["ngram"]), state["C"])
         self._vec = self._vectorizer({t: i for i, t in enumerate(state["vocabulary"])})
         self._vec.idf_ = np.asarray(state["idf"])
         self._clf = {"coef": np.asarray(state["coef"]), "intercept": float(state["intercept"])}
         return self
+
+
+def check_state(state) -> None:
+    """ValueError unless `state` is what `TfidfLogistic.state()` writes: a known analyzer, an n-gram range
+    [a, b] with 1 <= a <= b, numbers C and intercept, a vocabulary of distinct strings, and as many idf values
+    and coefficients as it has terms."""
+    def numbers(v):
+        return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+    if not isinstance(state, dict):
+        raise ValueError(f"the classifier state must be an object, got {type(state).__name__}")
+    missing = [k for k in ("analyzer", "ngram", "C", "vocabulary", "idf", "coef", "intercept") if k not in state]
+    if missing:
+        raise ValueError(f"the classifier state lacks {', '.join(missing)}")
+    ngram, vocab = state["ngram"], state["vocabulary"]
+    if state["analyzer"] not in ("word", "char", "char_wb"):
+        raise ValueError("the classifier's analyzer must be word, char or char_wb")
+    if not (isinstance(ngram, list) and len(ngram) == 2 and all(type(n) is int for n in ngram)
+            and 1 <= ngram[0] <= ngram[1]):
+        raise ValueError("the classifier's ngram must be [a, b] with 1 <= a <= b")
+    if not numbers([state["C"], state["intercept"]]):
+        raise ValueError("the classifier's C and intercept must be numbers")
+    if not (isinstance(vocab, list) and all(isinstance(t, str) for t in vocab) and len(set(vocab)) == len(vocab)):
+        raise ValueError("the classifier's vocabulary must be a list of distinct strings")
+    for key in ("idf", "coef"):
+        if not numbers(state[key]) or len(state[key]) != len(vocab):
+            raise ValueError(f"the classifier's {key} must be {len(vocab)} numbers, one per vocabulary term")
 
 
 def conformal_threshold(positive_scores, miss_rate: float) -> float:

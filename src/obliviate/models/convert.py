@@ -11,15 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import os
-import shutil
 import struct
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from obliviate.errors import UsageError
+from obliviate.outputs import check_output, output_dir
 from obliviate.registry import Registry
 
 GGUF_MAGIC = b"GGUF"
@@ -115,11 +113,6 @@ def _quiet_gguf_progress():
         mod.tqdm = bar
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"output exists and is not empty: {out}")
-
-
 def convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> dict:
     """Dequantize the GGUF checkpoint `gguf` into an HF directory `out` (safetensors, tokenizer, chat template).
 
@@ -130,8 +123,7 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> dict:
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r} (choose from: {', '.join(DTYPES)})")
     check_gguf(gguf)
-    _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output(out, "model", inputs=(gguf,))
 
     t0 = time.perf_counter()
     import torch
@@ -160,20 +152,9 @@ def convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> dict:
     if getattr(tok, "chat_template", None) is None and isinstance(template, str) and template:
         tok.chat_template = template
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the renamed directory should look like any other
-    try:
+    with output_dir(out, "model", inputs=(gguf,), staged=True) as tmp:  # renamed to `out` at the end
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        _check_out(out)  # someone may have written `out` while we converted
-        if out.exists():
-            out.rmdir()  # empty directory: replace it
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {
         "out": str(out),

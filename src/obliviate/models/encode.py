@@ -5,6 +5,10 @@ write at the start of an assistant message); answer ids = tokenize(answer) + the
 that template (`end_of_turn_id`: usually EOS; Gemma's `<end_of_turn>`).
 They are concatenated at the token level, so the answer's ids are the same whatever the prompt and there is
 no tokenisation seam. Only answer tokens carry labels (prompt tokens are -100).
+
+A tokenizer given a plain template (`models.prompt_format`: a base model, or `--no-chat-template`) writes items as
+that template's text instead, e.g. "Question: {question}\nAnswer: {answer}": the prompt is the text before the
+answer, and the answer's ids are those the whole text has after it, then EOS.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import re
 import weakref
 
 import torch
+
+from obliviate.models.prompt_format import PLAIN_ATTR, RAW_TEMPLATE, prompt_parts
 
 IGNORE = -100
 
@@ -29,11 +35,29 @@ def chat_text(tokenizer, messages: list[dict], **kwargs) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, **CHAT_TEMPLATE_VARIABLES, **kwargs)
 
 
+def plain_template(tokenizer) -> str | None:
+    """The plain template the tokenizer's items are written in (`models.prompt_format`), None where its chat
+    template writes them. A tokenizer with neither gets `RAW_TEMPLATE`: the question and a newline."""
+    template = getattr(tokenizer, PLAIN_ATTR, None)
+    if template is None and getattr(tokenizer, "chat_template", None) is None:
+        return RAW_TEMPLATE
+    return template
+
+
+def chat_formatted(tokenizer) -> bool:
+    """Whether prompts are written in the tokenizer's chat template (it has one, and no plain template replaces
+    it)."""
+    return plain_template(tokenizer) is None
+
+
 def prompt_ids(tokenizer, question: str) -> list[int]:
-    """The user turn plus the assistant header, in the tokenizer's chat template. A tokenizer without one (a base
-    model, admitted by `--no-chat-template`) gets the raw question and a newline after BOS."""
-    if getattr(tokenizer, "chat_template", None) is None:
+    """The user turn plus the assistant header, in the tokenizer's chat template. In a plain template, BOS and the
+    template's text before the answer ("Question: ...\nAnswer:"); in the raw one, the question and a newline."""
+    template = plain_template(tokenizer)
+    if template == RAW_TEMPLATE:
         return text_ids(tokenizer, question.rstrip() + "\n")
+    if template is not None:
+        return text_ids(tokenizer, prompt_parts(template, question)[0])
     return tokenizer(prompt_text(tokenizer, [{"role": "user", "content": question}]), add_special_tokens=False)[
         "input_ids"]
 
@@ -71,6 +95,8 @@ _RENDERED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenize
 def _reply_facts(tokenizer) -> tuple[int, str]:
     """(end_of_turn_id, reply_prefix), read once per tokenizer and template from two renderings: a user turn with
     the generation prompt, and the same turn followed by an assistant message whose text is a marker."""
+    if plain_template(tokenizer) is not None:  # plain text: answers end with EOS, and nothing opens them
+        return tokenizer.eos_token_id, ""
     template = getattr(tokenizer, "chat_template", None)
     hit = _RENDERED.get(tokenizer)
     if hit is not None and hit[0] == template:
@@ -137,8 +163,27 @@ def stop_ids(tokenizer, model=None) -> set[int]:
 
 
 def answer_ids(tokenizer, answer: str) -> list[int]:
-    """An answer's ids and the token that ends the assistant's turn (`end_of_turn_id`)."""
-    return tokenizer(answer, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
+    """An answer's ids and the token that ends the assistant's turn (`end_of_turn_id`). In a plain template, the
+    ids the template's text has after the prompt: those of "\nAnswer: Paris" after "\nAnswer:" (" Paris" as one
+    token where the tokenizer joins a space to the word, with no stray space token and no doubled prefix space)."""
+    template = plain_template(tokenizer)
+    if template is not None and template != RAW_TEMPLATE:
+        _, sep, anchor = prompt_parts(template, "")
+        ids = _continuation(tokenizer, anchor, sep + answer)
+    else:
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return ids + [end_of_turn_id(tokenizer)]
+
+
+def _continuation(tokenizer, anchor: str, text: str) -> list[int]:
+    """The ids of `text` where it follows `anchor`: those of anchor + text after the anchor's own, when the anchor's
+    ids are a prefix of them (the usual case: tokenizers split at the end of "Answer:"); else text's ids alone."""
+    if anchor:
+        head = tokenizer(anchor, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(anchor + text, add_special_tokens=False)["input_ids"]
+        if ids[:len(head)] == head and len(ids) > len(head):
+            return ids[len(head):]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def text_ids(tokenizer, text: str) -> list[int]:

@@ -56,10 +56,77 @@ def dtype_entry() -> dict:
     return {} if dtype == "float32" else {"dtype": dtype}
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+                    "special_tokens_map.json")
+
+
+def _part_files(path: str, part: str) -> str:
+    """The files of a local model directory that `part` (config, tokenizer, weights) is read from."""
+    d = Path(path)
+    if not d.is_dir():
+        return f"the {part}"
+    if part == "config":
+        return "config.json"
+    if part == "tokenizer":
+        names = [n for n in _TOKENIZER_FILES if (d / n).is_file()]
+    else:
+        names = sorted(f.name for f in d.glob("*.safetensors"))
+        names = names if len(names) <= 2 else [names[0], f"... ({len(names)} weight files)"]
+    return ", ".join(names) or f"the {part} files"
+
+
+def _first_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0].strip()[:300]
+    if isinstance(e, (OSError, ValueError)) and text:
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _shape_mismatch(path: str, auto) -> str | None:
+    """For weights that do not fit config.json: "FILE does not fit config.json: KEY is [shape] in the file, [shape]
+    by config.json" for the first tensor whose shape differs (read from the safetensors headers and from a model
+    built on the meta device); None when that cannot be told."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in auto.from_config(AutoConfig.from_pretrained(path))
+                        .state_dict().items()}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            with safe_open(str(f), "pt") as h:
+                for k in h.keys():
+                    shape = tuple(h.get_slice(k).get_shape())
+                    if k in expected and expected[k] != shape:
+                        return (f"{f.name} does not fit config.json: {k} is {list(shape)} in the file, "
+                                f"{list(expected[k])} by config.json")
+    except Exception:  # noqa: BLE001 - only a better message is lost
+        return None
+    return None
+
+
+def _load_part(path: str, part: str, load, auto=None):
+    """load(); any failure to read `part` of the model (config, tokenizer, weights) is a one-line UsageError that
+    names the files, except running out of memory, which is no bad input."""
+    import torch
+
+    try:
+        return load()
+    except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError), UsageError):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the libraries raise on a malformed file (SafetensorError, ...)
+        detail = _shape_mismatch(path, auto) if part == "weights" and auto is not None else None
+        raise UsageError(f"cannot load model {path!r}: {detail or f'{_part_files(path, part)}: {_first_line(e)}'}"
+                         ) from None
+
+
 def load_model(path: str, *, dtype: str | None = None, device: str = "cpu", trust_remote_code: bool = False,
-               require_chat_template: bool = True, guards=()):
+               require_chat_template: bool = True, prompt_format=None, guards=()):
     """Return (model, tokenizer). A local path that is not a model directory is a UsageError (exit 2). `dtype`:
     float32, bfloat16 or float16; None takes `default_dtype()` (the command line's `--dtype`, else float32).
+    `prompt_format` (`models.prompt_format.PromptFormat`): how question-answer items are written for this model,
+    its chat template or a plain template; without one, `require_chat_template` refuses a model that has none.
     `guards`: guard directories (`obliviate guard fit`) attached to the model, so that generation and the
     teacher-forced metrics apply them (`obliviate.guards.attach`)."""
     import torch
@@ -70,19 +137,19 @@ def load_model(path: str, *, dtype: str | None = None, device: str = "cpu", trus
     hf_logging.set_verbosity_error()
     check_model_dir(path)
     dtype = default_dtype() if dtype is None else canonical_dtype(dtype)
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = _auto_class(path, trust_remote_code).from_pretrained(
-            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
-        )
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot load model {path!r}: {first}") from None
+    # each part of a model directory is read on its own, so that a failure names the file it comes from
+    auto = _load_part(path, "config", lambda: _auto_class(path, trust_remote_code))
+    tok = _load_part(path, "tokenizer", lambda: AutoTokenizer.from_pretrained(path,
+                                                                              trust_remote_code=trust_remote_code))
+    model = _load_part(path, "weights", lambda: auto.from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True), auto)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
         raise UsageError(f"tokenizer of {path!r} has no eos token; cannot mark the end of answers")
-    if require_chat_template and getattr(tok, "chat_template", None) is None:
+    if prompt_format is not None:
+        prompt_format.apply(tok, path)
+    elif require_chat_template and getattr(tok, "chat_template", None) is None:
         raise UsageError(f"tokenizer of {path!r} has no chat template; obliviate formats QA as chat turns")
     model = model.to(device)
     if guards:
@@ -117,11 +184,97 @@ def merge_lora(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
+STAGING = ".model.tmp"  # where save_model writes a model into a directory that already holds other files
+
+
+def _sync_files(d: Path) -> None:
+    for f in [*d.rglob("*"), d]:
+        if f.is_file() or f.is_dir():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def save_model(model, tokenizer, out: str | Path) -> None:
+    """Save an HF model directory (LoRA merged) so that no reader ever takes a half-written one for a model:
+    config.json, which `check_model_dir` requires, appears last.
+
+    - `out` absent or empty: written into a temporary sibling directory, renamed to `out` at the end;
+    - `out` holding other files (a run's output: its marker, unlearn.json, checkpoints): written into
+      `out/.model.tmp/`, then each file renamed into `out`, config.json last (an earlier config.json goes first).
+
+    A failure removes the temporary directory; a kill leaves it, and the next save into `out` replaces it."""
+    import shutil
+    import tempfile
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    merge_lora(model).save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    whole = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    if whole:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the renamed directory should look like any other
+    else:
+        tmp = out / STAGING
+        if tmp.exists():  # an earlier save into `out` that was killed
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    try:
+        merge_lora(model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _sync_files(tmp)
+        if whole:
+            os.replace(tmp, out)  # onto an empty directory: allowed
+            return
+        (out / "config.json").unlink(missing_ok=True)
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == "config.json"):
+            if f.is_dir() and (out / f.name).is_dir():
+                shutil.rmtree(out / f.name)
+            os.replace(f, out / f.name)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """Whether a safetensors file is as long as its header says (a write or copy cut short is not)."""
+    import json
+
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little")
+            if len(head) < 8 or n > 100_000_000:
+                return False
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size >= 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+        return False
+
+
+def model_dir_complete(path: str | Path) -> bool:
+    """Whether `path` holds a whole saved model: config.json, safetensors weights each as long as its header says,
+    and every shard its index names. How a resume tells a finished model from an interrupted save."""
+    import json
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        return False
+    weights = sorted(p.glob("*.safetensors"))
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return False
+        if not all(isinstance(s, str) and (p / s).is_file() for s in shards):
+            return False
+    return bool(weights) and all(_safetensors_whole(w) for w in weights)

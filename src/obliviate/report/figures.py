@@ -28,8 +28,9 @@ def _plt():
 
 
 def _text(s) -> str:
-    """A data string as a literal label: `$` would start mathtext (and can make matplotlib raise)."""
-    return str(s).replace("$", r"\$")
+    """A data string as a literal label: `$` would start mathtext (and can make matplotlib raise); control
+    characters, which no font draws, become spaces."""
+    return "".join(c if c.isprintable() else " " for c in str(s)).replace("$", r"\$")
 
 
 def color_of(run: str, order: list[str]):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from obliviate.errors import UsageError
 from obliviate.report.sections import Figure, Source, figures
+from obliviate.report.validate import check_document, check_guard, check_sample
 
 RESULT_FILES = ("results.json", "leaderboard.json", "audit.json", "calibration.json", "sweep.json", "muse.json")
 MAX_ROWS_PER_RUN = 500  # table rows per (source, run), spread evenly over the run's rows
@@ -34,8 +35,10 @@ FIRST_COLUMNS = ("source", "run", "split", "kind", "set", "category", "id", "que
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UsageError(f"{path} is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # malformed JSON, not UTF-8, an integer of more than 4300 digits
+        raise UsageError(f"{path} is not valid JSON: {str(e).split(';')[0]}") from None
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
 
@@ -48,10 +51,7 @@ def load_source(path: Path, name: str) -> Source:
     found = [f for f in RESULT_FILES if (path / f).is_file()]
     if not found:
         raise UsageError(f"{path} holds no results files ({', '.join(RESULT_FILES)})")
-    docs = {f: _read_json(path / f) for f in found}
-    for f, d in docs.items():
-        if not isinstance(d, dict):
-            raise UsageError(f"{path / f} is not a JSON object")
+    docs = {f: check_document(_read_json(path / f), path / f) for f in found}
     s = Source(name, path, results=docs.get("results.json") or docs.get("muse.json"),
                leaderboard=docs.get("leaderboard.json"), audit=docs.get("audit.json"),
                calibration=docs.get("calibration.json"), sweep=docs.get("sweep.json"))
@@ -62,7 +62,9 @@ def load_source(path: Path, name: str) -> Source:
     s.grids = sorted((path / "grids").glob("*.png")) if (path / "grids").is_dir() else []
     for g in sorted((path / "guards").glob("*/guard.json")) if (path / "guards").is_dir() else []:
         if g.stat().st_size < 20_000_000:
-            report = _read_json(g).get("report")
+            doc = _read_json(g)
+            check_guard(doc, g)
+            report = doc.get("report")
             if isinstance(report, dict):
                 s.guards[g.parent.name] = report
     cfg_guards = ((s.results or {}).get("config") or {}).get("runs", {})
@@ -82,8 +84,9 @@ def _read_samples(path: Path) -> tuple[list[dict], int]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 raise UsageError(f"{path}:{i} is not a JSON line") from None
+            check_sample(row, path, i)
             if isinstance(row, dict):
                 rows.append(row)
     return rows, total

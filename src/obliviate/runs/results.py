@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional
 
+from obliviate.outputs import output_kind
+
 RESULT_FILES = ("results.json", "audit.json", "leaderboard.json", "calibration.json", "sweep.json")
 META_KEYS = {"config", "versions", "git", "created", "obliviate_version", "higher_is_better", "n_samples"}
 ARTIFACT_SUFFIXES = {".json", ".jsonl", ".png", ".html", ".md"}
@@ -118,7 +120,7 @@ def read_doc(path: Path) -> Optional[dict]:
     """A results file as a dict; None when it is unreadable or not a JSON object (never raises)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # ValueError: also not UTF-8, or a 4300-digit number
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -189,5 +191,5 @@ def read_results(out: Path) -> dict:
     if isinstance(info["config"], dict) and isinstance(info["config"].get("command"), str):
         info["command"] = info["config"]["command"]
     if info["files"] and info["command"] is None:
-        info["command"] = "demo" if (out / ".obliviate-demo").is_file() else "eval"
+        info["command"] = "demo" if (output_kind(out) or "").startswith("demo") else "eval"
     return info

@@ -2,6 +2,7 @@
 decode loop (see the package docstring for batching and streaming)."""
 
 import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from obliviate.models.anatomy import text_config
 from obliviate.models.encode import chat_text, prompt_text, stop_ids
 
 CANCELLED = "cancelled"  # the internal guard's name: rows it halts were cancelled or already served
+log = logging.getLogger("obliviate.serve")
+HEAD_CHARS_PER_TOKEN = 64  # chat_ids: the characters per context token tokenised before a prompt is refused as long
 
 
 class ApiError(Exception):
@@ -22,16 +25,34 @@ class ApiError(Exception):
         self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def chat_ids(tok, messages: list[dict]) -> list[int]:
+def internal_error() -> ApiError:
+    """What a client sees when its request failed inside the server: nothing of the cause (that goes to the log)."""
+    return ApiError(500, "internal error: the server could not complete this request", type="server_error",
+                    code="internal_error")
+
+
+def worker_dead() -> ApiError:
+    return ApiError(503, "the server's decode worker has stopped; the server must be restarted", type="server_error",
+                    code="worker_dead")
+
+
+def chat_ids(tok, messages: list[dict], context: int | None = None) -> list[int]:
     """Messages -> prompt ids through the tokenizer's chat template, as `models.encode.prompt_ids` does for one
     question (template as text, then tokenised without added specials). A trailing assistant message is
-    continued (prefill) instead of opening a new assistant turn."""
+    continued (prefill) instead of opening a new assistant turn. With `context` (the model's length in tokens), a
+    text far too long for it is refused from its head alone, so a large body costs what the context costs."""
     prefill = messages[-1]["role"] == "assistant"
     try:
         text = (chat_text(tok, messages, continue_final_message=True) if prefill  # the prefix is rendered
                 else prompt_text(tok, messages))
     except Exception as e:  # a template that rejects the conversation (e.g. roles that must alternate)
         raise ApiError(400, f"the model's chat template rejects these messages: {e}", param="messages") from None
+    head = HEAD_CHARS_PER_TOKEN * context if context else None
+    if head and len(text) > head and len(tok(text[:head], add_special_tokens=False)["input_ids"]) > 2 * context:
+        # a head of the text already takes twice the context (no tokenizer has 64-character tokens on average)
+        raise ApiError(400, f"this model's context length is {context} tokens; the messages take far more (the "
+                       f"first {head} characters alone take over {2 * context})", param="messages",
+                       code="context_length_exceeded")
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
@@ -44,7 +65,7 @@ class Request:
     stream: bool = False
     prefill: bool = False  # the messages end with the assistant's: the reply continues it, its leading space kept
     loop: Any = None
-    events: Any = None  # asyncio.Queue of ("delta", str) | ("done", dict) | ("error", str)
+    events: Any = None  # asyncio.Queue of ("delta", str) | ("done", dict) | ("error", ApiError)
     tokens: list[int] = field(default_factory=list)
     sent: str = ""
     finished: bool = False
@@ -96,14 +117,21 @@ class Engine:
         self.admitted = 0  # queued + decoding: what max_queue bounds
         self.cancelled_total = 0
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
-        self._stop, self._thread = False, None
+        self._stop, self._thread, self.dead = False, None, False
 
     # --- admission (event-loop side) ---
-    def submit(self, req: Request) -> None:
+    def check_room(self) -> None:
+        """ApiError 503 if the worker has died, 429 if `max_queue` requests are queued or decoding."""
         with self.cond:
+            if not self.alive():
+                raise worker_dead()
             if self.admitted >= self.max_queue:
                 raise ApiError(429, f"the server is busy ({self.max_queue} requests queued or decoding); retry",
                                type="rate_limit_error", code="queue_full")
+
+    def submit(self, req: Request) -> None:
+        with self.cond:
+            self.check_room()  # again: others may have been admitted while this one was tokenised
             self.admitted += 1
             self.queue.append(req)
             self.cond.notify()
@@ -124,9 +152,13 @@ class Engine:
             if not req.released:
                 req.released, self.admitted = True, self.admitted - 1
 
+    def alive(self) -> bool:
+        """Whether the worker thread runs (once started): /health answers 503 and requests fail fast otherwise."""
+        return not self.dead and (self._thread is None or self._thread.is_alive())
+
     # --- the worker thread ---
     def start(self) -> None:
-        self._stop = False
+        self._stop, self.dead = False, False
         self._thread = threading.Thread(target=self._work, name="obliviate-decode", daemon=True)
         self._thread.start()
 
@@ -156,20 +188,54 @@ class Engine:
             return batch
 
     def _work(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if not batch:
-                return
+        batch: list[Request] = []
+        try:
+            while True:
+                batch = self._next_batch()
+                if not batch:
+                    return
+                try:
+                    self._run_isolated(batch)
+                finally:
+                    for req in batch:
+                        self.release(req)
+        except BaseException:  # whatever ends the worker, nobody may be left waiting on it
+            log.critical("the decode worker stopped; every request now gets 503 until the server restarts",
+                         exc_info=True)
+            with self.cond:
+                self.dead = True
+                waiting = [*batch, *self.queue]
+                self.queue.clear()
+            for req in waiting:
+                self._fail(req, worker_dead())
+
+    def _run_isolated(self, batch: list[Request]) -> None:
+        """Decode the batch; if that raises (a guard, the model), decode its unfinished requests one by one, so the
+        failure reaches only the request that causes it. Greedy decoding gives each row the same tokens alone."""
+        try:
+            return self._run(batch)
+        except Exception:
+            if len(batch) == 1:
+                return self._failed(batch[0])
+            left = [r for r in batch if not r.finished and not r.cancelled]
+            log.warning("a batch of %d requests failed; decoding its %d unfinished ones one by one", len(batch),
+                        len(left), exc_info=True)
+        for req in left:
+            req.tokens = []  # what was streamed stays sent: the same greedy tokens come again
             try:
-                self._run(batch)
-            except Exception as e:  # a failing guard or model must not kill the server: fail this batch only
-                for req in batch:
-                    if not req.finished and not req.cancelled:
-                        req.finished = True
-                        req.post("error", f"{type(e).__name__}: {e}")
-            finally:
-                for req in batch:
-                    self.release(req)
+                self._run([req])
+            except Exception:
+                self._failed(req)
+
+    def _failed(self, req: Request) -> None:
+        log.error("a request failed in the decode worker (%d prompt tokens)", len(req.prompt), exc_info=True)
+        self._fail(req, internal_error())
+
+    def _fail(self, req: Request, error: ApiError) -> None:
+        if not req.finished and not req.cancelled:
+            req.finished = True
+            req.post("error", error)
+        self.release(req)
 
     def _run(self, batch: list[Request]) -> None:
         from obliviate.generation import decode
@@ -181,7 +247,10 @@ class Engine:
                          batch_size=len(batch), on_token=lambda i, t: self._on_token(batch[i], t))
         for req, rep in zip(batch, replies):
             if not req.finished and not req.cancelled:
-                self._settle(req, rep)
+                try:  # an on_finish guard that raises on one reply fails that request alone
+                    self._settle(req, rep)
+                except Exception:
+                    self._failed(req)
 
     def _on_token(self, req: Request, token: int) -> None:
         if req.finished or req.cancelled or len(req.tokens) >= req.max_tokens:

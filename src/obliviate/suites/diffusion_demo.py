@@ -69,7 +69,8 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
     from obliviate.diffusion.evaluate import base_accuracy, evaluate_concept, save_grid
     from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, train_t2i
     from obliviate.diffusion.world import ImageWorldSpec, build_image_world, vocabulary, write_world_files
-    from obliviate.pipeline import Timer, Workers, demo_output, results_document, write_json
+    from obliviate.outputs import output_dir
+    from obliviate.pipeline import Timer, Workers, results_document, write_json
 
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
@@ -79,7 +80,7 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
         ERASERS.get(name)  # unknown names: did-you-mean before any work
     spec = ImageWorldSpec(seed=seed, per_combination=size.per_combination)
     results, extra = {}, {"audit": {}}
-    with demo_output(out, "written by `obliviate demo --suite diffusion`; the next run with this --out replaces it") as o:
+    with output_dir(out, "demo:diffusion", replace=True) as o:
         write_world_files(_mkdir(o / "world"), spec)
         world = build_image_world(spec)
         clf = train_factor_classifiers(spec, steps=size.classifier_steps, seed=seed)

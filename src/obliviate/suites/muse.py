@@ -103,14 +103,15 @@ def run_muse(out: Path, *, seed: int = 0, methods: list[str] | None = None, fine
     from obliviate.methods import METHODS
     from obliviate.models.load import load_model, save_model
     from obliviate.models.tiny import build_model, build_tokenizer
-    from obliviate.pipeline import fresh_output, idk_pool, results_document, write_json
+    from obliviate.outputs import output_dir
+    from obliviate.pipeline import idk_pool, results_document, write_json
     from obliviate.train import FineTune, TrainConfig, train
 
     clock = Timer()
     console = Console(stderr=True, log_path=False)
     names = METHODS.names() if methods == ["all"] else (methods or list(DEMO_METHODS))
     classes = {n: METHODS.get(n) for n in names}
-    with fresh_output(out) as o:
+    with output_dir(out, "muse") as o:
         write_passages(o / "world", seed)
         data = {f.stem: load_passages(f) for f in sorted((o / "world").glob("muse_*.jsonl"))}
         texts = [p["text"] for k in ("muse_forget", "muse_retain", "muse_holdout") for p in data[k]]

@@ -291,10 +291,12 @@ def run_real_demo(out: Path, model: str, public_data: Path, *, size: RealDemoSiz
 
     from obliviate.data.schema import write_jsonl
     from obliviate.models.load import check_model_dir, load_model
-    from obliviate.pipeline import Timer, demo_output, results_document, write_json
+    from obliviate.outputs import check_output, output_dir
+    from obliviate.pipeline import Timer, results_document, write_json
 
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
+    check_output(out, "demo:real", inputs=(model, public_data), replace=True)
     check_model_dir(model)
     paths = public_paths(public_data) if "refusal" in parts else {}
     load_model(model, require_chat_template=True)  # no chat template: exit 2 before any work
@@ -302,7 +304,7 @@ def run_real_demo(out: Path, model: str, public_data: Path, *, size: RealDemoSiz
         size = with_bf16_where_it_pays(size)
         console.log(f"bf16 autocast in training: {'on' if size.bf16 else 'off'} (it pays on a GPU or an AMX CPU)")
     results, extra, samples, seconds = {}, {"relearn": {}, "by_source": {}, "by_category": {}}, [], {}
-    with demo_output(out, "written by `obliviate demo --suite real`; the next run with this --out replaces it") as o:
+    with output_dir(out, "demo:real", inputs=(model, public_data), replace=True) as o:
         if "unlearning" in parts:
             res, relearn, smp, sec = unlearning_part(o, model, size, seed, progress, console.log)
             for name, figs in relearn.items():

@@ -130,9 +130,10 @@ def evaluate(model, tok, world: Path, eval_people: list[QAItem], seed: int = 0, 
 
 def align(model, tok, method, data: RefusalData, *, seed: int = 0, progress: bool = True, out: Path | None = None,
           resume: bool = False, lora_r: int = 0, batch_size: int = 32, bf16: bool = False,
-          gradient_checkpointing: bool = False, max_batch_tokens: int | None = 0):
+          gradient_checkpointing: bool = False, max_batch_tokens: int | None = 0, model_id: str | None = None):
     """Run one refusal method: prepare (tokens), build its parts, train. Returns (model, tokenizer, TrainResult).
-    `max_batch_tokens` None: the default budget where the method's loss splits (`train.batch_token_budget`)."""
+    `max_batch_tokens` None: the default budget where the method's loss splits (`train.batch_token_budget`).
+    `model_id`: the hash checkpoints record of the model (`train`), taken before `prepare` changes it."""
     from obliviate.train import TrainConfig, batch_token_budget, train
 
     budget = batch_token_budget(method, max_batch_tokens)
@@ -141,5 +142,5 @@ def align(model, tok, method, data: RefusalData, *, seed: int = 0, progress: boo
     cfg = TrainConfig(retain_batch_size=batch_size, seed=seed, checkpoint_every=25 if out else 0,
                       progress=progress, lora_r=lora_r, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
                       max_batch_tokens=budget)
-    model, res = train(model, tok, method, parts, cfg, out=out, resume=resume)
+    model, res = train(model, tok, method, parts, cfg, out=out, resume=resume, model_id=model_id)
     return model, tok, res

@@ -67,7 +67,8 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
     from obliviate.data.world import WorldSpec, write_world
     from obliviate.models.load import load_model, save_model
     from obliviate.models.tiny import build_model, build_tokenizer
-    from obliviate.pipeline import Timer, demo_output, results_document, write_json
+    from obliviate.outputs import output_dir
+    from obliviate.pipeline import Timer, results_document, write_json
     from obliviate.refusal import REFUSAL_METHODS
     from obliviate.refusal.refusal_tokens import ThresholdGenerator
     from obliviate.refusal.token_constrained import TokenConstrained
@@ -82,7 +83,7 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
             REFUSAL_METHODS.get(m)  # did-you-mean before any work
             runs[m] = (m, {})
     out = Path(out)
-    with demo_output(out, "written by `obliviate demo --suite refusal`; the next run with this --out replaces it") as o:
+    with output_dir(out, "demo:refusal", replace=True) as o:
         world = o / "world"
         # 60 held-out people: 30 for R-Tuning's unknown questions, 30 never seen by any model for its evaluation
         write_world(world, WorldSpec(seed=seed, n_people=people, n_holdout_people=HOLDOUT_PEOPLE))
