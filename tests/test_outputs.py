@@ -6,13 +6,12 @@ import json
 import os
 
 import pytest
-import typer
 
-from obliviate.cli.app import app
 from obliviate.errors import UsageError
 from obliviate.outputs import (MARKER, check_output, new_dir, output_dir, output_file, output_kind)
 
 from .test_cli import run_cli
+from .test_cli_parser import COMMANDS
 
 
 def snapshot(root):
@@ -196,17 +195,7 @@ def test_other_ranks_share_the_directory(tmp_path, monkeypatch):
 
 # --- every command with --out ------------------------------------------------------------------------------------
 
-def _commands(group=None, path=()):
-    group = group or typer.main.get_command(app)
-    for name in group.list_commands(None):
-        cmd = group.get_command(None, name)
-        if hasattr(cmd, "list_commands"):
-            yield from _commands(cmd, (*path, name))
-        else:
-            yield (*path, name), cmd
-
-
-WITH_OUT = {" ".join(p) for p, c in _commands() if any("--out" in getattr(x, "opts", ()) for x in c.params)}
+WITH_OUT = {" ".join(p) for p, c in COMMANDS if any("--out" in getattr(x, "opts", ()) for x in c.params)}
 
 # command -> (its arguments with D as the directory holding the inputs, the inputs to create in D). An input whose
 # name has a suffix is a file, else a directory with a file in it. A command that reads nothing gets a file of the

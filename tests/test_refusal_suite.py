@@ -80,7 +80,9 @@ def test_refusal_commands_bad_input(demo_doc, tmp_path, capsys):
     target, world = out / "models" / "target", out / "world"
     o = tmp_path / "o"
     assert_bad_input(["align", "dertaa", "--model", target, "--data", world, "--out", o], capsys, o, "did you mean")
-    assert_bad_input(["align", "derta", "--model", target, "--data", tmp_path, "--out", o], capsys, o, "not found")
+    empty = tmp_path / "empty"  # a data directory without the policy files (not around --out: that is refused)
+    empty.mkdir()
+    assert_bad_input(["align", "derta", "--model", target, "--data", empty, "--out", o], capsys, o, "not found")
     assert_bad_input(["align", "derta", "--model", target, "--data", world, "--out", o, "--option", "k_max=3"],
                      capsys, o, "no option")
     assert_bad_input(["align", "token_constrained", "--model", target, "--data", world, "--out", o,

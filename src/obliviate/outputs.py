@@ -77,11 +77,7 @@ def new_dir(out: str | Path, what: str) -> Iterator[Path]:
         os.replace(tmp, out)  # fails (nothing lost) if `out` appeared meanwhile and is not empty
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for d in made:
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        _rmdirs(made)
         raise
 
 
@@ -175,6 +171,15 @@ def _mkdirs(out: Path) -> list[Path]:
     return made
 
 
+def _rmdirs(made: list[Path]) -> None:
+    """Remove the directories `_mkdirs` made, deepest first, while they are empty."""
+    for d in made:
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
 def _remove_created(out: Path, made: list[Path], was_empty: bool) -> None:
     """Remove what this invocation created: `out` itself if it made it, else (when `out` was empty before) what
     is inside it now; then the parents it made, if they are empty."""
@@ -186,11 +191,7 @@ def _remove_created(out: Path, made: list[Path], was_empty: bool) -> None:
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
-    for d in made[1:]:
-        try:
-            d.rmdir()
-        except OSError:
-            break
+    _rmdirs(made[1:])
 
 
 def _umask_mode(path: Path) -> None:
@@ -253,11 +254,7 @@ def _staged(out: Path, kind: str, inputs: list):
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for d in made:
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        _rmdirs(made)
         raise
 
 
@@ -291,9 +288,5 @@ def output_file(out: str | Path, *, inputs: Iterable = (), overwrite: bool = Tru
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
-        for d in made:
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        _rmdirs(made)
         raise
