@@ -64,7 +64,8 @@ class Poll:
 
 
 def send_big(port, size, chunked=False):
-    """A POST of `size` body bytes sent from a thread; (status, seconds to the status line)."""
+    """Send a POST whose body has `size` bytes (Content-Length, or chunked with none), from a thread, and read the
+    answer's head concurrently. Returns (status, seconds from the first byte sent to the status line)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     head = b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     head += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Content-Length: %d\r\n\r\n" % size
@@ -72,12 +73,13 @@ def send_big(port, size, chunked=False):
     def pump():
         try:
             if chunked:
-                for _ in range(size // 65536):
-                    sock.sendall(b"10000\r\n" + b"x" * 65536 + b"\r\n")
+                piece = b"x" * 65536
+                for _ in range(size // len(piece)):
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
                 sock.sendall(b"0\r\n\r\n")
             else:
                 sock.sendall(b"x" * size)
-        except OSError:
+        except OSError:  # the server answered and closed: the rest of the body was never wanted
             pass
 
     t0 = time.perf_counter()
@@ -91,23 +93,25 @@ def send_big(port, size, chunked=False):
             break
         got += piece
     dt = time.perf_counter() - t0
-    sender.join(60)
+    sender.join(30)
     sock.close()
     return int(got.split(b" ")[1]), dt
 
 
 @dataclass
 class Explode(Guard):
+    """Raises, at the first check, on the rows whose request mentions `word`."""
     name = "explode"
     every = 1
+    word: str = "explode"
 
     def on_step(self, step, ids, session):
-        if any("explode" in (row.text or "") for row in session.rows):
-            raise RuntimeError("a guard bug")
+        if any(self.word in (row.text or "") for row in session.rows):
+            raise RuntimeError("guard bug: tensor shapes (3, 4) and (5,) disagree")
 
 
 class WorkerKilled(BaseException):
-    pass
+    """What no `except Exception` stops: the worker thread ends."""
 
 
 @dataclass

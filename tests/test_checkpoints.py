@@ -29,6 +29,11 @@ class Crash(BaseException):
     """A kill: nothing catches it."""
 
 
+def killed(*a, **k):
+    """Stands in for a function the kill interrupts."""
+    raise Crash("killed")
+
+
 @pytest.fixture(scope="module")
 def parts(world_dir):
     return unlearning_parts(load_qa(world_dir / "forget10.jsonl")[:8], load_qa(world_dir / "retain90.jsonl")[:16],
@@ -137,9 +142,6 @@ def interrupted(target_dir, world_dir, tmp_path, monkeypatch, capsys):
     args = ["unlearn", "--model", target_dir, "--forget", world_dir / "forget10.jsonl", "--retain",
             world_dir / "retain90.jsonl", "--method", "npo", "--steps", 3, "--checkpoint-every", 1,
             "--forget-batch-size", 4, "--retain-batch-size", 4, "--out", tmp_path / "u"]
-
-    def killed(*a, **k):
-        raise Crash("killed")
 
     with monkeypatch.context() as mp:
         mp.setattr(load, "save_model", killed)
@@ -250,9 +252,6 @@ def test_align_resume_continues_with_added_tokens_and_refuses_another_model(targ
     out = tmp_path / "a"
     args = ["align", "refusal_tokens", "--model", target_dir, "--data", world_dir, "--steps", 26, "--batch-size", 2,
             "--out", out]  # align checkpoints every 25 steps
-
-    def killed(*a, **k):
-        raise Crash("killed")
 
     with monkeypatch.context() as mp:
         mp.setattr(load, "save_model", killed)

@@ -10,17 +10,18 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pytest
 import torch
 
 import obliviate.serve.schema as schema
 from obliviate.generation import decode
-from obliviate.guards import Guard
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
 from obliviate.serve import Engine, Limits, background_server, create_app
+
+# the raw-socket sender and the raising guards are the ones the benchmark measures with
+from bench.serve_checks import Explode, Fatal, send_big
 
 CHAT = "/v1/chat/completions"
 
@@ -90,41 +91,6 @@ class HealthPoller:
         self._thread.join(30)
 
 
-def send_big(port, size, chunked=False, head_extra=b""):
-    """Send a POST whose body has `size` bytes (Content-Length, or chunked with none), from a thread, and read the
-    answer's head concurrently. Returns (status, seconds from the first byte sent to the status line)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    head = b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n" + head_extra
-    head += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Content-Length: %d\r\n\r\n" % size
-
-    def pump():
-        try:
-            if chunked:
-                piece = b"x" * 65536
-                for _ in range(size // len(piece)):
-                    sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
-                sock.sendall(b"0\r\n\r\n")
-            else:
-                sock.sendall(b"x" * size)
-        except OSError:  # the server answered and closed: the rest of the body was never wanted
-            pass
-
-    t0 = time.perf_counter()
-    sock.sendall(head)
-    sender = threading.Thread(target=pump)
-    sender.start()
-    got = b""
-    while b"\r\n" not in got:
-        piece = sock.recv(65536)
-        if not piece:
-            break
-        got += piece
-    dt = time.perf_counter() - t0
-    sender.join(30)
-    sock.close()
-    return int(got.split(b" ")[1]), dt
-
-
 def test_a_body_over_the_limit_gets_413_before_it_is_read_and_health_keeps_answering(model_tok):
     with served(model_tok) as (_, port):  # the default limit: 2 MB
         with HealthPoller(port) as health:
@@ -163,18 +129,6 @@ def test_tokenisation_runs_off_the_event_loop(model_tok, monkeypatch):
         assert max(health.latencies) < 0.5 and len(health.latencies) > 5, health.latencies
 
 
-@dataclass
-class Explode(Guard):
-    """Raises, at the first check, on the rows whose request mentions `word`."""
-    name = "explode"
-    every = 1
-    word: str = "explode"
-
-    def on_step(self, step, ids, session):
-        if any(self.word in (row.text or "") for row in session.rows):
-            raise RuntimeError("guard bug: tensor shapes (3, 4) and (5,) disagree")
-
-
 def test_a_raising_guard_fails_only_its_own_request(model_tok, caplog):
     model, tok = model_tok
     guard, innocent = Explode(), "Where was Vyrek Pellam born?"
@@ -210,20 +164,6 @@ def test_a_raising_guard_fails_only_its_own_request(model_tok, caplog):
         assert "shapes" not in json.dumps(body) and "RuntimeError" not in json.dumps(body)
         assert "tensor shapes (3, 4)" in caplog.text  # the cause is in the server log
         assert "explode now" not in caplog.text and innocent not in caplog.text  # prompts never are
-
-
-class WorkerKilled(BaseException):
-    """What no `except Exception` stops: the worker thread ends."""
-
-
-@dataclass
-class Fatal(Guard):
-    name = "fatal"
-
-    def process_logits(self, step, ids, logits, rows):
-        if any("die" in (row.text or "") for row in rows):
-            raise WorkerKilled("the worker is gone")
-        return logits
 
 
 def test_health_is_503_and_requests_fail_fast_once_the_worker_dies(model_tok):
