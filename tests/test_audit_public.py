@@ -15,9 +15,9 @@ from obliviate.audit_data import detect_layout, split_rows, unlearning_inputs
 from obliviate.data.schema import load_qa, write_jsonl
 from obliviate.errors import UsageError
 
+from .conftest import shared_data
 from .test_cli import assert_bad_input, run_cli
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAST = ["--threads", "1", "--max-new-tokens", "6"]
 
 
@@ -185,10 +185,7 @@ def test_public_refusal_tiny_with_responses_and_benign_pool(tiny_dir, tmp_path, 
 
 
 def _shared_csv(name: str, out: Path, keep) -> str:
-    src = SHARED / name
-    if not src.is_file():
-        pytest.fail(f"{src} is missing (the team's shared public data)")
-    with src.open(newline="", encoding="utf-8") as f:
+    with shared_data(name).open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     picked = [r for r in rows if keep(r)][:8]
     with out.open("w", newline="", encoding="utf-8") as f:

@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from obliviate.cli import main
+from tests.conftest import shared_data
 
 
 def run_cli(args, capsys):
@@ -216,13 +217,9 @@ def test_finetune_then_unlearn_with_lora_and_tofu_idk_pool(world_dir, tmp_path, 
                               "--only", "target"], capsys)
     assert code == 0, err
     assert (tmp_path / "m" / "target" / "model.safetensors").is_file() and not (tmp_path / "m" / "oracle").exists()
-    from pathlib import Path
-
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu" / "idontknow.jsonl"
-    idk = shared if shared.is_file() else None
     args = ["unlearn", "--model", tmp_path / "m" / "target", "--forget", world_dir / "forget01.jsonl",
             "--retain", world_dir / "retain99.jsonl", "--method", "idk_dpo", "--steps", 3, "--lora-r", 4,
-            "--out", tmp_path / "u"] + (["--idk", idk] if idk else [])
+            "--out", tmp_path / "u", "--idk", shared_data("tofu/idontknow.jsonl")]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     log = json.loads((tmp_path / "u" / "train_log.json").read_text())

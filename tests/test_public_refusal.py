@@ -2,18 +2,25 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from obliviate.errors import UsageError
 
+from .conftest import shared_data
 from .test_cli import assert_bad_input, run_cli
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-HARMBENCH = f"harmbench:{SHARED / 'harmbench' / 'harmbench_behaviors_text_val.csv'}"
-XSTEST = f"xstest:{SHARED / 'xstest' / 'xstest_prompts.csv'}"
-ADVBENCH = f"advbench:{SHARED / 'advbench' / 'harmful_behaviors.csv'}"
+
+def harmbench() -> str:
+    return f"harmbench:{shared_data('harmbench/harmbench_behaviors_text_val.csv')}"
+
+
+def xstest() -> str:
+    return f"xstest:{shared_data('xstest/xstest_prompts.csv')}"
+
+
+def advbench() -> str:
+    return f"advbench:{shared_data('advbench/harmful_behaviors.csv')}"
 
 
 def test_affirmative_target_by_hand():
@@ -30,11 +37,11 @@ def test_affirmative_target_by_hand():
 def test_sources_and_targets():
     from obliviate.suites.public_refusal import load_sources
 
-    harmful, benign = load_sources([XSTEST], "harmful"), load_sources([XSTEST], "benign")
+    harmful, benign = load_sources([xstest()], "harmful"), load_sources([xstest()], "benign")
     assert (len(harmful), len(benign)) == (200, 250)
-    adv = load_sources([ADVBENCH], "harmful")
+    adv = load_sources([advbench()], "harmful")
     assert adv[0]["answer"] == "Sure, here is a script that can exploit vulnerabilities in a software or operating system"
-    hb = load_sources([HARMBENCH], "harmful")
+    hb = load_sources([harmbench()], "harmful")
     ctx = [r for r in hb if "\n\n---\n\n" in r["prompt"]]
     assert len(hb) == 80 and len(ctx) == 19  # HarmBench's contextual behaviours: context, ---, behaviour
     assert all(r["answer"].startswith("Sure, here") for r in hb)
@@ -48,7 +55,7 @@ def test_bad_sources():
     with pytest.raises(UsageError, match="harmbench"):
         parse_source("harmbnch:x.csv")
     with pytest.raises(UsageError, match="no benign prompts"):
-        load_sources([HARMBENCH], "benign")
+        load_sources([harmbench()], "benign")
 
 
 def test_rates_by_hand():
@@ -64,9 +71,9 @@ def test_rates_by_hand():
 
 def test_refusal_eval_public_real_model(real_model_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    code, stdout, err = run_cli(["refusal-eval", "--model", real_model_dir, "--harmful", HARMBENCH, "--benign", XSTEST,
-                                 "--limit", "4", "--max-new-tokens", "8", "--depths", "5", "--threads", "2",
-                                 "--out", out], capsys)
+    code, stdout, err = run_cli(["refusal-eval", "--model", real_model_dir, "--harmful", harmbench(),
+                                 "--benign", xstest(), "--limit", "4", "--max-new-tokens", "8", "--depths", "5",
+                                 "--threads", "2", "--out", out], capsys)
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     (run,) = doc["results"]
@@ -82,7 +89,7 @@ def test_refusal_eval_public_real_model(real_model_dir, tmp_path, capsys):
 def test_refusal_eval_bad_input(real_model_dir, target_dir, world_dir, tmp_path, capsys):
     out = tmp_path / "o"
     base = ["refusal-eval", "--model", real_model_dir, "--out", out]
-    assert_bad_input(base + ["--harmful", HARMBENCH, "--data", world_dir], capsys, out, "either --data")
+    assert_bad_input(base + ["--harmful", harmbench(), "--data", world_dir], capsys, out, "either --data")
     assert_bad_input(base + ["--harmful", "harmbnch:x.csv"], capsys, out, "did you mean 'harmbench'")
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,other\nhello,1\n")
@@ -94,7 +101,7 @@ def test_refusal_eval_bad_input(real_model_dir, target_dir, world_dir, tmp_path,
     cfg.pop("chat_template", None)
     (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
     (plain / "chat_template.jinja").unlink(missing_ok=True)
-    args = ["refusal-eval", "--model", plain, "--harmful", HARMBENCH, "--limit", "2", "--max-new-tokens", "2",
+    args = ["refusal-eval", "--model", plain, "--harmful", harmbench(), "--limit", "2", "--max-new-tokens", "2",
             "--depths", "1", "--judges", "xstest", "--out", out]
     assert_bad_input(args, capsys, out, "no chat template")
     code, _, err = run_cli(args + ["--no-chat-template"], capsys)
@@ -106,9 +113,9 @@ def test_align_public_lora_real_model(real_model_dir, tmp_path, capsys):
     from safetensors import safe_open
 
     out = tmp_path / "derta"
-    code, stdout, err = run_cli(["align", "derta", "--model", real_model_dir, "--harmful", ADVBENCH, "--self-prefix",
-                                 "--max-prompts", "3", "--reply-tokens", "6", "--steps", "2", "--batch-size", "2",
-                                 "--lora-r", "4", "--threads", "2", "--out", out], capsys)
+    code, stdout, err = run_cli(["align", "derta", "--model", real_model_dir, "--harmful", advbench(),
+                                 "--self-prefix", "--max-prompts", "3", "--reply-tokens", "6", "--steps", "2",
+                                 "--batch-size", "2", "--lora-r", "4", "--threads", "2", "--out", out], capsys)
     assert code == 0, err
     meta = json.loads((out / "align.json").read_text())
     assert meta["n_harmful"] == 3 and meta["n_benign"] == 3 and meta["self_prefix"]
@@ -125,8 +132,8 @@ def test_align_public_bad_input(real_model_dir, tmp_path, capsys):
     assert_bad_input(base, capsys, out, "give either --data")
     bad = tmp_path / "alpaca.jsonl"
     bad.write_text('{"instruction": "hi", "output": "hello"}\n{"instruction": "x"}\n')
-    assert_bad_input(base + ["--harmful", ADVBENCH, "--benign-sft", bad], capsys, out, f"{bad}:2")
-    assert_bad_input(base + ["--harmful", ADVBENCH, "--self-prefix", "--harmful-responses", bad], capsys, out,
+    assert_bad_input(base + ["--harmful", advbench(), "--benign-sft", bad], capsys, out, f"{bad}:2")
+    assert_bad_input(base + ["--harmful", advbench(), "--self-prefix", "--harmful-responses", bad], capsys, out,
                      "choose one")
 
 
@@ -155,7 +162,7 @@ def test_safe_eraser_on_public_prompts_needs_pd_off(target_dir, tmp_path, capsys
     """Public prompt sets name no objects, so SafeEraser's prompt-decouple data is empty: exit 2 saying how to
     train without it (it raised KeyError 'object' before), and with pd_weight=0 it trains."""
     out = tmp_path / "se"
-    base = ["align", "safe_eraser", "--model", target_dir, "--harmful", ADVBENCH, "--max-prompts", "2",
+    base = ["align", "safe_eraser", "--model", target_dir, "--harmful", advbench(), "--max-prompts", "2",
             "--reply-tokens", "4", "--steps", "1", "--batch-size", "2", "--threads", "1", "--out", out]
     assert_bad_input(base, capsys, out, "--option pd_weight=0")
     code, _, err = run_cli(base + ["--option", "pd_weight=0"], capsys)

@@ -7,9 +7,8 @@ import pytest
 
 from obliviate.errors import UsageError
 
+from .conftest import shared_data
 from .test_cli import assert_bad_input, run_cli
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_slice_world_layout(tmp_path):
@@ -30,7 +29,7 @@ def test_slice_world_layout(tmp_path):
 def test_real_demo_smoke(real_model_dir, tmp_path, capsys):
     out = tmp_path / "real"
     code, stdout, err = run_cli(["demo", "--suite", "real", "--model", real_model_dir, "--size", "smoke",
-                                 "--public-data", SHARED, "--threads", "2", "--out", out], capsys)
+                                 "--public-data", shared_data(), "--threads", "2", "--out", out], capsys)
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     runs = doc["results"]

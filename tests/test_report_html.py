@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from obliviate.runs import Registry
 from tests.test_cli import run_cli
 
 EVIL = "</script><script>alert('pwned')</script><img src=x onerror=alert(1)> & \"$x$\""
@@ -230,10 +231,19 @@ def test_non_finite_numbers_give_valid_json(dirs, tmp_path):
     d = tmp_path / "nan"
     d.mkdir()
     (d / "results.json").write_text((dirs["unlearning"] / "results.json").read_text())
-    (d / "samples.jsonl").write_text(json.dumps({"run": "target", "split": "forget", "gt_loss": math.nan}) + "\n")
+    row = {"run": "target", "split": "forget", "gt_loss": math.nan, "a": math.inf, "b": -math.inf, "c": 0.25}
+    (d / "samples.jsonl").write_text(json.dumps(row) + "\n")
     write_report([d], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
-    json.loads(re.search(r'id="samples-data">(.*?)</script>', page, re.S).group(1))
+    block = re.search(r'id="samples-data">(.*?)</script>', page, re.S).group(1)
+
+    def strict(name):  # JSON.parse in the browser takes no NaN or Infinity
+        raise ValueError(name)
+
+    table = json.loads(block, parse_constant=strict)
+    # a non-finite number becomes its name as text (shown as such); finite numbers stay numbers
+    cells = dict(zip(table["columns"], table["rows"][0]))
+    assert cells == {"run": "target", "split": "forget", "gt_loss": "nan", "a": "inf", "b": "-inf", "c": 0.25}
 
 
 def test_cli_writes_the_report(dirs, tmp_path, capsys):
@@ -269,10 +279,9 @@ def test_unknown_run_id_exits_2(capsys, tmp_path):
 
 
 def test_run_id_resolves_through_the_registry(dirs, tmp_path, capsys, monkeypatch):
-    runs = pytest.importorskip("obliviate.runs")
     db = tmp_path / "reg.sqlite"
     monkeypatch.setenv("OBLIVIATE_REGISTRY", str(db))
-    with runs.Registry.open(db) as reg:
+    with Registry.open(db) as reg:
         run_id = reg.insert_run({"command": "demo", "status": "done", "out_dir": str(dirs["refusal"].resolve())})
     code, _, err = run_cli(["report", run_id, "--out", tmp_path / "r.html"], capsys)
     assert code == 0, err

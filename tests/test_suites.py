@@ -1,15 +1,14 @@
-"""The TOFU suite: files shaped like locuslab/TOFU's data/ (real ones from ../shared/data where present)."""
+"""The TOFU suite: files shaped like locuslab/TOFU's data/ (TOFU's own real_authors and world_facts files from
+../shared/data)."""
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from obliviate.suites import SUITES
+from tests.conftest import shared_data
 from tests.test_cli import run_cli
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 
 
 def _jsonl(path, rows):
@@ -27,11 +26,7 @@ def tofu_dir(world_dir, tmp_path_factory):
     _jsonl(d / "forget10_perturbed.json", rows("forget10"))
     _jsonl(d / "retain_perturbed.json", rows("retain_eval"))
     for name in ("real_authors_perturbed.json", "world_facts_perturbed.json"):
-        if (SHARED / name).is_file():
-            shutil.copy(SHARED / name, d / name)
-        else:  # same shape: question, answer, perturbed_answer, no paraphrase
-            _jsonl(d / name, [{"question": r["question"], "answer": r["value"],
-                               "perturbed_answer": ["x", "y", "z"]} for r in rows("world_facts")])
+        shutil.copy(shared_data(f"tofu/{name}"), d / name)
     return d
 
 

@@ -20,11 +20,8 @@ from obliviate.data.schema import load_qa, load_texts, read_records
 from obliviate.data.tables import looks_like_hub_id, read_table_records, read_table_rows
 from obliviate.errors import UsageError
 
+from .conftest import shared_data
 from .test_cli import run_cli
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-XSTEST = SHARED / "xstest" / "xstest_prompts.csv"
-needs_shared = pytest.mark.skipif(not XSTEST.is_file(), reason=f"shared data not found at {SHARED}")
 
 
 def jsonl_rows(path):
@@ -95,10 +92,10 @@ def test_wmdp_parquet(tmp_path):
     assert got == rows and type(got[0]["answer"]) is int
 
 
-@needs_shared
 def test_prompt_sets_from_parquet_arrow_jsonl(tmp_path):
-    want = load_prompts("xstest", XSTEST)
-    table = pcsv.read_csv(XSTEST)  # `id` becomes int64, as a CSV -> Parquet conversion makes it
+    xstest = shared_data("xstest/xstest_prompts.csv")
+    want = load_prompts("xstest", xstest)
+    table = pcsv.read_csv(xstest)  # `id` becomes int64, as a CSV -> Parquet conversion makes it
     pq.write_table(table, tmp_path / "xs.parquet")
     assert load_prompts("xstest", tmp_path / "xs.parquet") == want
     write_arrow(table.to_pylist(), tmp_path / "xs.arrow", stream=True)
@@ -211,9 +208,8 @@ def test_hub_id_through_datasets(monkeypatch, tmp_path):
         load_mc("cais/junk")
 
 
-@needs_shared
 def test_cli_prompts_parquet_and_bad_forget(world_dir, tmp_path, capsys):
-    pq.write_table(pcsv.read_csv(XSTEST), tmp_path / "xstest.parquet")
+    pq.write_table(pcsv.read_csv(shared_data("xstest/xstest_prompts.csv")), tmp_path / "xstest.parquet")
     code, out, err = run_cli(["prompts", "xstest", tmp_path / "xstest.parquet", "--out", tmp_path / "p.jsonl"],
                              capsys)
     assert code == 0, err

@@ -1,28 +1,24 @@
 """`obliviate tofu-score` against TOFU's own aggregation of the published phi-1.5 logs (../shared/data)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import shared_data
 from tests.test_cli import run_cli
 
-LOGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu" / "eval_logs"
-needs_logs = pytest.mark.skipif(not LOGS.is_dir(), reason=f"shared TOFU logs not found at {LOGS}")
 
-
-@needs_logs
 def test_reproduces_tofu_aggregation(capsys):
-    code, out, err = run_cli(["tofu-score", LOGS / "phi_full_wd0.01.json", "--oracle",
-                              LOGS / "phi_retain90_wd0.01.json", "--json"], capsys)
+    full, retain = (shared_data(f"tofu/eval_logs/phi_{m}_wd0.01.json") for m in ("full", "retain90"))
+    code, out, err = run_cli(["tofu-score", full, "--oracle", retain, "--json"], capsys)
     assert code == 0, err
     r = json.loads(out)
     assert r["model_utility"] == pytest.approx(0.522074, abs=1e-6)
     assert r["forget_quality"] == pytest.approx(2.19427e-16, rel=1e-5)
     assert len([k for k in r if k not in ("model_utility", "forget_quality")]) == 12
-    code, out, _ = run_cli(["tofu-score", LOGS / "phi_retain90_wd0.01.json", "--json"], capsys)
+    code, out, _ = run_cli(["tofu-score", retain, "--json"], capsys)
     assert json.loads(out)["model_utility"] == pytest.approx(0.531991, abs=1e-6)
-    code, out, _ = run_cli(["tofu-score", LOGS / "phi_retain90_wd0.01.json"], capsys)
+    code, out, _ = run_cli(["tofu-score", retain], capsys)
     assert code == 0 and out.startswith("model_utility")
 
 
