@@ -1,13 +1,15 @@
 """ECO (Liu et al. 2024): the corruptions by hand, the conformal gate threshold against a worked example, and the
 guard through generate and through the teacher-forced pass of evaluate."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from obliviate.data.schema import load_qa
 from obliviate.evaluate import score_split
-from obliviate.generation import Row, decode
+from obliviate.generation import Row, decode, generate
 from obliviate.guards import attach, load_guard, save_guard
 from obliviate.guards.eco import ECO, corrupt
 from obliviate.guards.text_classifier import TfidfLogistic, conformal_threshold
@@ -106,9 +108,25 @@ def test_eco_in_the_teacher_forced_pass(setup):
             assert a["gt_loss"] == pytest.approx(b["gt_loss"], abs=1e-6)
 
 
-def test_eco_searches_sigma_to_the_target(setup):
+def test_eco_searches_sigma_to_the_smallest_that_reaches_the_target(setup):
+    """Each forget item's `value` is the model's own uncorrupted greedy reply, so the forget accuracy at sigma is the
+    share of replies the corruption leaves unchanged: 1 at a negligible sigma, falling as sigma grows. Bisection on
+    log sigma over [1e-2, 1e3] with 3 steps ends on a bracket (lo, hi] of ratio (1e5)^(1/8): the sigma returned,
+    hi, must reach the target, and lo (the last step that missed, here tested again) must miss it."""
     model, tok, inputs = setup
-    g = ECO.fit(model, tok, inputs, target_accuracy=0.0, search_steps=3)
-    assert 1e-2 < g.sigma <= 1e3
-    assert g.forget_accuracy(model, tok, [it for it in inputs["forget"] if it.value][:64], g.sigma) <= 0.0 \
-        or g.sigma == 1e3
+    searched = inputs["forget"][:12]  # the others keep no value: the gate trains on them, the search skips them
+    plain = generate(model, tok, [prompt_ids(tok, it.question) for it in searched], max_new_tokens=24, guards=[])
+    forget = [replace(it, value=o) for it, o in zip(searched, plain)]
+    items = [it for it in forget if it.value]
+    forget += [replace(it, value="") for it in inputs["forget"][12:]]
+    assert len(items) >= 10
+    g = ECO.fit(model, tok, inputs | {"forget": forget}, target_accuracy=0.5, search_steps=3)
+
+    def acc(sigma):
+        return g.forget_accuracy(model, tok, items, sigma)
+
+    assert acc(1e-2) == 1.0  # the bottom of the range misses the target
+    assert g.sigma < 1e3  # found: the top of the range reaches it
+    assert acc(g.sigma) <= 0.5
+    below = g.sigma / 1e5 ** (1 / 2 ** 3)  # the previous step of the search
+    assert below >= 1e-2 * (1 - 1e-9) and acc(below) > 0.5

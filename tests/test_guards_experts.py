@@ -53,6 +53,33 @@ def test_switching_an_expert_off_masks_it_and_renormalises(moe):
     assert torch.equal(idx, top.indices) and torch.allclose(w, top.values / top.values.sum(-1, keepdim=True))
 
 
+def test_routing_frequency_by_hand(moe):
+    """Routers made to send token t of each sequence to fixed experts (by t mod 3): the shares counted by hand.
+    Layer 0 routes t to {0,1}, {1,2}, {2,0}; layer 1 to {3,0}, {3,1}, {3,2}. Sequences of 4 and 2 tokens:
+    positions 0 1 2 3 and 0 1 (6 tokens); from `starts` [1, 1]: positions 1 2 3 and 1 (4 tokens)."""
+    model, _ = moe
+    top = {0: [[0, 1], [1, 2], [2, 0]], 1: [[3, 0], [3, 1], [3, 2]]}
+
+    def fixed(layer):
+        def fn(m, args, out):
+            n = args[0].shape[0]  # one sequence at a time: its tokens, in order
+            return out[0], torch.full((n, 2), 0.5), torch.tensor([top[layer][t % 3] for t in range(n)])
+        return fn
+
+    handles = [m.register_forward_hook(fixed(layer)) for layer, m in router_modules(model)]
+    try:
+        seqs = [[5, 6, 7, 8], [9, 10]]
+        full = routing_frequency(model, seqs, 2)
+        tail = routing_frequency(model, seqs, 2, starts=[1, 1])
+    finally:
+        for h in handles:
+            h.remove()
+    # layer 0, all tokens: expert 0 at 0 2 3 | 0; expert 1 at 0 1 3 | 0 1; expert 2 at 1 2 | 1; expert 3 never
+    assert torch.allclose(full, torch.tensor([[4 / 6, 5 / 6, 3 / 6, 0.0], [3 / 6, 2 / 6, 1 / 6, 1.0]]))
+    # from position 1: layer 0 {1,2} {2,0} {0,1} | {1,2}; layer 1 {3,1} {3,2} {3,0} | {3,1}
+    assert torch.allclose(tail, torch.tensor([[2 / 4, 3 / 4, 3 / 4, 0.0], [1 / 4, 2 / 4, 1 / 4, 1.0]]))
+
+
 def _guard(model, k=1, mode="off", select="top", scores=None):
     g = ExpertSteering(k=k, mode=mode, select=select)
     g._scores = scores if scores is not None else torch.tensor([[0.0, 0.5, 0.1, 0.0], [0.0, 0.0, 0.3, 0.0]])

@@ -85,12 +85,18 @@ def test_latent_guard_halts_flagged_prompts_in_generate(model_tok, policy, tmp_p
 
 
 def test_role_position_finds_the_role_word(model_tok):
+    """ADA-LP reads the header's role token: the last token that spells the assistant's role (`ROLE_WORDS`), else
+    the header's last token. The tiny template's header is "\n<|assistant|>", where the role token is the last one;
+    the headers built below put it elsewhere, so a reader of the last token, or of the first match, fails."""
     _, tok = model_tok
     header = assistant_header(tok)
-    i = role_position(tok, header)
-    assert 0 <= i < len(header)
-    word = tok.decode([header[i]]).strip().lower()
-    assert "assistant" in word or i == len(header) - 1
+    nl, role, user = header[0], header[1], tok.convert_tokens_to_ids("<|user|>")
+    assert [tok.decode([t]) for t in header] == ["\n", "<|assistant|>"]
+    assert role_position(tok, header) == 1
+    assert role_position(tok, [nl, role, nl]) == 1  # ChatML-like: the role word, then a newline
+    assert role_position(tok, [user, nl, role, nl, nl]) == 2
+    assert role_position(tok, [role, nl, role, nl]) == 2  # the last match
+    assert role_position(tok, [user, nl, nl]) == 2  # no role word: the last token
 
 
 @dataclass

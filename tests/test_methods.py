@@ -192,29 +192,8 @@ def test_reference_logps_within_a_logits_budget_are_the_same(target_dir, parts):
     assert len(whole) == len(encoded) and torch.allclose(cut, whole, atol=1e-4)
 
 
-def _splitting(methods):
-    return [name for name in methods.names() if methods.get(name)().splits]
-
-
-@pytest.mark.parametrize("name", _splitting(METHODS) + ["finetune"])
-def test_a_loss_that_splits_is_the_sum_of_its_parts(name, target_dir, parts):
-    """`Method.splits` promises loss(batch) == sum of part_loss over the parts: micro-batching relies on it. A
-    method that overrides `loss` and forgets to say it no longer splits fails here."""
-    from obliviate.models.encode import collate
-    from obliviate.train import FineTune, encode_parts, reference_logps
-
-    model, tok = load_model(str(target_dir))
-    method = FineTune() if name == "finetune" else METHODS.get(name)()
-    assert method.splits
-    encoded = encode_parts(tok, {p: parts[p][:6] for p in method.needs}, 512)
-    batch = {p: collate(encoded[p], tok.pad_token_id) for p in method.needs}
-    for p in method.reference:
-        batch[p]["ref_logp"] = reference_logps(model, encoded[p], tok.pad_token_id, "cpu") - 0.5  # a log-ratio != 0
-    with torch.no_grad():
-        whole, logs = method.loss(model, batch)
-        terms = [method.part_loss(model, p, batch[p])[0] for p in method.needs]
-    assert float(whole) == pytest.approx(float(sum(t for t in terms if t is not None)), abs=1e-6)
-    assert set(logs) and all(method.part_mean(p) in ("token", "item") for p in method.needs)
+# Each loss against its equation by hand, and a loss that splits against the sum of its parts' hand values:
+# tests/test_method_losses.py.
 
 
 @pytest.mark.parametrize("name", ["npo", "simnpo", "wga", "ihl", "grad_diff"])

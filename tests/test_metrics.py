@@ -1,12 +1,15 @@
-"""Metrics against references: scipy (KS test, harmonic mean), sklearn (ROC AUC), rouge-score, worked examples."""
+"""Metrics against references: the exact KS p-value by enumeration, scipy (harmonic mean), sklearn (ROC AUC),
+rouge-score, worked examples."""
 
+import itertools
 import math
 import zlib
+from fractions import Fraction
 
 import numpy as np
 import pytest
 from rouge_score import rouge_scorer
-from scipy.stats import hmean, ks_2samp
+from scipy.stats import hmean
 from sklearn.metrics import roc_auc_score
 
 from obliviate.metrics import METRICS, compute_all
@@ -17,13 +20,36 @@ from obliviate.metrics.tofu import (
     truth_ratios,
 )
 
-RNG = np.random.default_rng(0)
-A, B = RNG.normal(0, 1, 50), RNG.normal(0.5, 1.2, 40)
+
+def _ks_d(a, b) -> Fraction:
+    """sup_t |F_a(t) - F_b(t)| over the pooled points, exactly."""
+    return max(abs(Fraction(sum(x <= t for x in a), len(a)) - Fraction(sum(x <= t for x in b), len(b)))
+               for t in a + b)
 
 
-def test_forget_quality_is_scipy_ks_pvalue():
-    assert forget_quality(A, B) == pytest.approx(ks_2samp(A, B).pvalue, rel=1e-12)
-    assert forget_quality(A, A) == pytest.approx(1.0)
+def _ks_exact_p(a, b) -> Fraction:
+    """The exact two-sided KS p-value by its definition: the share of all C(n + m, n) ways to split the pooled
+    (distinct) values into samples of sizes n and m whose D is at least the observed one."""
+    pool, d = a + b, _ks_d(a, b)
+    splits = [set(c) for c in itertools.combinations(range(len(pool)), len(a))]
+    hits = sum(_ks_d([pool[i] for i in c], [pool[i] for i in range(len(pool)) if i not in c]) >= d for c in splits)
+    return Fraction(hits, len(splits))
+
+
+def test_forget_quality_is_the_exact_ks_pvalue_by_hand():
+    # n = m = 3, C(6, 3) = 20 orderings. Fully separated (D = 1): only AAABBB and BBBAAA reach it: 2/20
+    assert forget_quality([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1, abs=1e-12)
+    # A A B A B B: the running count difference reaches 2, D = 2/3. An ordering stays within 1 only if each pair of
+    # places (1-2, 3-4, 5-6) holds one A and one B: 2^3 = 8, so 20 - 8 = 12 reach 2: p = 12/20
+    assert forget_quality([1, 2, 4], [3, 5, 6]) == pytest.approx(0.6, abs=1e-12)
+    # interleaved (D = 1/3, the least possible): every ordering reaches it
+    assert forget_quality([1, 3, 5], [2, 4, 6]) == pytest.approx(1.0, abs=1e-12)
+    # n = 2, m = 3, separated: 2 of C(5, 2) = 10 orderings
+    assert forget_quality([1, 2], [3, 4, 5]) == pytest.approx(0.2, abs=1e-12)
+    a, b = [0.1, 0.4, 0.7, 1.2, 1.9, 2.3, 0.95], [1.5, 2.05, 2.8, 3.1, 1.0]
+    want = _ks_exact_p(a, b)
+    assert 0.01 < want < 0.5  # a discriminating case
+    assert forget_quality(np.array(a), np.array(b)) == pytest.approx(float(want), abs=1e-12)
 
 
 def test_model_utility_is_harmonic_mean():
@@ -54,6 +80,23 @@ def test_rouge_l_recall_matches_rouge_score_and_hand_value():
     assert rouge_l_recall(ref, pred) == pytest.approx(expected)
     # by hand: reference tokens kara brask was born in velmora (6); LCS = kara brask in velmora (4)
     assert rouge_l_recall(ref, pred) == pytest.approx(4 / 6)
+
+
+@pytest.mark.parametrize("ref,pred,want", [
+    ("Kara Brask was born in Velmora.", "Kara Brask was born in Velmora.", 1.0),
+    ("Kara Brask was born in Velmora.", "", 0.0),
+    # the words reversed: a longest common subsequence of one word in six
+    ("Kara Brask was born in Velmora.", "Velmora in born was Brask Kara", 1 / 6),
+    # recall counts the reference's words: all 3 found, the extra words of the prediction cost nothing
+    ("born in Velmora", "Kara Brask was born in Velmora.", 1.0),
+    # stemmed and lower-cased: she play the violin / she play a violin, LCS she play violin: 3 of 4
+    ("She plays the violins.", "she played a violin", 3 / 4),
+    # punctuation splits words: the answer is 42 / answer 42, LCS answer 42: 2 of 4
+    ("The answer is 42!", "answer: 42", 2 / 4),
+    ("a b c d", "c d a b", 2 / 4),  # an order kept by two words at most
+])
+def test_rouge_l_recall_by_hand(ref, pred, want):
+    assert rouge_l_recall(ref, pred) == pytest.approx(want, abs=1e-12)
 
 
 def test_mia_auc_is_sklearn_and_pair_counting():

@@ -30,20 +30,45 @@ def test_letter_prompt():
     assert letter_prompt(ROWS[1]) == "Which river flows through Belmorra?\nA. the Ossel\nB. the Varn\nAnswer:"
 
 
-def test_choice_scores_match_a_direct_computation(target_dir):
-    model, tok = load_model(str(target_dir))
-    scores = choice_scores(model, tok, ROWS[1], "text")
-    # direct: log-softmax of one unpadded forward pass, summed over the choice's tokens
-    prompt = [tok.bos_token_id] + tok(ROWS[1]["question"], add_special_tokens=False)["input_ids"]
-    cont = tok(" the Varn", add_special_tokens=False)["input_ids"]
+def _direct(model, tok, prompt: str, cont: str) -> float:
+    """log p(cont | prompt): one unpadded forward pass, log-softmax, summed over the continuation's tokens."""
+    p = [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
+    c = tok(cont, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([prompt + cont])).logits[0, :-1].float(), -1)
-    want = sum(logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(cont))
-    assert scores[1] == pytest.approx(want, abs=1e-4)
-    acc = mc_accuracy(model, tok, ROWS, "letter")
-    manual = sum(max(range(len(r["choices"])), key=lambda i, s=choice_scores(model, tok, r): s[i]) == r["answer"]
-                 for r in ROWS) / len(ROWS)
-    assert acc == manual
+        logp = torch.log_softmax(model(torch.tensor([p + c])).logits[0, :-1].float(), -1)
+    return sum(logp[len(p) - 1 + i, t].item() for i, t in enumerate(c))
+
+
+def test_choice_scores_match_a_direct_computation(target_dir):
+    """Every choice's score in both modes, against single unpadded passes (the batch pads the shorter choices)."""
+    model, tok = load_model(str(target_dir))
+    row = {"question": "What is the capital of Arvandia?", "choices": ["Keldmar", "the Ossel", "Crask and Grisk"],
+           "answer": 0}
+    letter = "What is the capital of Arvandia?\nA. Keldmar\nB. the Ossel\nC. Crask and Grisk\nAnswer:"
+    conts = {"text": [" Keldmar", " the Ossel", " Crask and Grisk"], "letter": [" A", " B", " C"]}
+    prompts = {"text": "What is the capital of Arvandia?", "letter": letter}
+    lengths = {len(tok(c, add_special_tokens=False)["input_ids"]) for c in conts["text"]}
+    assert len(lengths) == 3  # choices of different lengths: the batch pads
+    for mode in ("text", "letter"):
+        want = [_direct(model, tok, prompts[mode], c) for c in conts[mode]]
+        assert choice_scores(model, tok, row, mode) == pytest.approx(want, abs=1e-4)
+
+
+def test_mc_accuracy_is_the_share_of_rows_whose_answer_scores_highest(target_dir):
+    """Two rows whose answers are set from the direct scores: the best-scored choice (a hit) and the worst (a miss):
+    accuracy 1/2, in each mode."""
+    model, tok = load_model(str(target_dir))
+    for mode in ("text", "letter"):
+        rows = []
+        for row, pick in zip(ROWS, (max, min)):
+            if mode == "text":
+                scores = [_direct(model, tok, row["question"], " " + c) for c in row["choices"]]
+            else:
+                scores = [_direct(model, tok, letter_prompt(row), f" {'ABCD'[i]}") for i in range(len(row["choices"]))]
+            assert len(set(scores)) == len(scores)  # no ties
+            rows.append(dict(row, answer=scores.index(pick(scores))))
+        assert mc_accuracy(model, tok, rows, mode) == 0.5
+        assert mc_accuracy(model, tok, rows[:1], mode) == 1.0 and mc_accuracy(model, tok, rows[1:], mode) == 0.0
 
 
 def test_wmdp_cli(target_dir, tmp_path, capsys):
