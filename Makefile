@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-real test test-slow test-latest lock bench clean real-model browser
+.PHONY: demo demo-real test test-slow test-latest lock bench clean real-model browser docs cli-docs
 
 # --no-deps: the lock is the whole environment; --no-build-isolation: obliviate is built with the locked setuptools.
 $(STAMP): pyproject.toml $(LOCK)
@@ -80,6 +80,14 @@ demo-real: $(STAMP) real-model
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_cost.py
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a warning (a broken link, a missing page) fails.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -q -d site
+
+# docs/cli.md is generated from the command-line parser (tests/test_docs.py fails when it is out of date).
+cli-docs: $(STAMP)
+	$(BIN)/python -m obliviate.cli.reference > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 clean:
 	rm -rf runs .pytest_cache
