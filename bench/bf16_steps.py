@@ -2,7 +2,7 @@
 
     python bench/bf16_steps.py [--steps 20] [--repeats 3] [--threads 1] [--models lm,t2i,real]
 
-lm:   the world demo's target (tiny Llama, ~0.6M parameters, batch 100 of world QA): `obliviate.train.train` with
+lm:   the world demo's target (tiny Llama, ~0.6M parameters, batch 100 of world QA): `obliviate.engine.train.train` with
       `TrainConfig.bf16` off and on.
 t2i:  the image world's base model (UNet 0.98M + CLIP text encoder, batch 64 at 16x16): `train_t2i(bf16=...)`.
 real: a pretrained chat model (`--model`, default models/smollm2-135m-instruct), LoRA r=16, batch 16 of world QA in
@@ -30,8 +30,9 @@ def lm_runner(steps: int):
     from obliviate.data.schema import load_qa
     from obliviate.data.world import write_world
     from obliviate.models.tiny import build_model, build_tokenizer
-    from obliviate.pipeline import qa_pairs, world_texts
-    from obliviate.train import FineTune, TrainConfig, train
+    from obliviate.unlearning.run import qa_pairs
+    from obliviate.data.world import world_texts
+    from obliviate.engine.train import FineTune, TrainConfig, train
 
     tmp = tempfile.mkdtemp()
     write_world(tmp)
@@ -52,8 +53,8 @@ def real_runner(steps: int, model_dir: str):
     from obliviate.data.schema import load_qa
     from obliviate.data.world import write_world
     from obliviate.models.load import load_model
-    from obliviate.pipeline import qa_pairs
-    from obliviate.train import FineTune, TrainConfig, train
+    from obliviate.unlearning.run import qa_pairs
+    from obliviate.engine.train import FineTune, TrainConfig, train
 
     tmp = tempfile.mkdtemp()
     write_world(tmp)
@@ -98,7 +99,7 @@ def main() -> None:
 
     import torch
 
-    from obliviate.train import bf16_pays
+    from obliviate.engine.train import bf16_pays
 
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} thread(s), {a.steps} timed steps x {a.repeats} repeats; "

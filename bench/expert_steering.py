@@ -36,7 +36,8 @@ def balanced(method, coef: float):
     in the same forward pass: obliviate's losses read log-probs only, so the model's own aux_loss never enters."""
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
-    from obliviate.guards import num_experts, router_modules
+    from obliviate.models.anatomy import num_experts
+    from obliviate.engine.hooks import router_modules
 
     plain = method.loss
 
@@ -60,7 +61,7 @@ def balanced(method, coef: float):
 def moe_only(model) -> int:
     """Freeze every parameter outside the MoE blocks (the modules that hold a router); returns how many stay
     trainable. Found through the routers, not by module names."""
-    from obliviate.guards import router_modules
+    from obliviate.engine.hooks import router_modules
 
     routers = {id(m) for _, m in router_modules(model)}
     blocks = [name for name, mod in model.named_modules()
@@ -82,14 +83,14 @@ def subsets(n_experts: int, k: int, draws: int, seed: int) -> list[tuple[int, ..
 
 def run_seed(seed: int, a, work: Path) -> dict:
     from obliviate.data.world import WorldSpec, write_world
-    from obliviate.guards import attach
+    from obliviate.engine.hooks import attach
     from obliviate.guards.expert_steering import ExpertSteering
     from obliviate.metrics.tofu import rouge_l_recall
     from obliviate.models.tiny import TinyModelConfig, build_model, build_tokenizer
-    from obliviate.refusal import REFUSAL_METHODS
-    from obliviate.suites.refusal import align, policy_rows, refusal_data, suite_texts, target_pairs
-    from obliviate.suites.refusal_eval import refusal_eval
-    from obliviate.train import FineTune, TrainConfig, train
+    from obliviate.refusal.methods import REFUSAL_METHODS
+    from obliviate.refusal.align import align, policy_rows, refusal_data, suite_texts, target_pairs
+    from obliviate.refusal.evaluate import refusal_eval
+    from obliviate.engine.train import FineTune, TrainConfig, train
 
     world = work / f"world{seed}"
     write_world(world, WorldSpec(seed=seed, n_people=100))

@@ -4,14 +4,14 @@ Three subcommands, each printing figures measured in the same run (A/B interleav
 
     python bench/real_scale.py train      # NPO vs GradAscent step time and peak memory, LoRA r=8 and full FT
     python bench/real_scale.py eval       # score_model vs a per-sample, per-metric evaluator (OpenUnlearning-style)
-    python bench/real_scale.py generate   # obliviate.generation.generate vs transformers.pipeline("text-generation")
+    python bench/real_scale.py generate   # obliviate.engine.generation.generate vs transformers.pipeline("text-generation")
 
 Defaults: models/smollm2-135m-instruct (`--model DIR` for another HF causal LM), torch threads = 1
 (`--threads`), the built-in world (written to a temporary directory). On a 2-core CPU: train about 6 min
 (8 with --profile, 4 with --flush-denormal; full-FT NPO steps are slow, see README), eval 4 min,
 generate 3.5 min; `--help` on each lists its size flags.
 
-train: each run is its own subprocess (clean allocator, clean RSS) of the real loop, `obliviate.train.train`
+train: each run is its own subprocess (clean allocator, clean RSS) of the real loop, `obliviate.engine.train.train`
 with the registered methods. Step time is the median over steps 2..N of the wall time between consecutive
 `on_step` callbacks (a whole loop iteration: collation, forward, backward, clipping, AdamW); step 1 is left
 out (it allocates AdamW's state); the process CPU time of the same steps is printed too (less sensitive than
@@ -77,10 +77,10 @@ def _setup(args):
 # --- a. training step time and memory --------------------------------------------------------------------
 
 def train_worker(args) -> None:
-    import obliviate.train as tr
+    import obliviate.engine.train as tr
     from obliviate.data.schema import load_qa
-    from obliviate.methods import METHODS
-    from obliviate.pipeline import unlearning_parts
+    from obliviate.unlearning.methods import METHODS
+    from obliviate.unlearning.run import unlearning_parts
 
     torch, model, tok = _setup(args)
     if args.flush_denormal:  # what a fix in train() would do on CPU: subnormal floats computed as zero
@@ -286,8 +286,8 @@ def _ours_per_sample(rows: list[dict]) -> list[dict]:
 
 def eval_bench(args) -> None:
     from obliviate.data.world import write_world
-    from obliviate.evaluate import score_model
-    from obliviate.pipeline import eval_data
+    from obliviate.engine.evaluate import score_model
+    from obliviate.benchmarks.layouts import eval_data
 
     torch, model, tok = _setup(args)
     model.eval()
@@ -343,7 +343,7 @@ def generate_bench(args) -> None:
 
     from obliviate.data.schema import load_qa
     from obliviate.data.world import write_world
-    from obliviate.generation import generate
+    from obliviate.engine.generation import generate
     from obliviate.models.encode import prompt_ids
 
     torch, model, tok = _setup(args)
@@ -451,7 +451,7 @@ def main() -> None:
     g = sub.add_parser("generate", parents=[common], help="generate vs transformers.pipeline")
     g.add_argument("--prompts", type=int, default=32)
     g.add_argument("--max-new-tokens", type=int, default=32)
-    g.add_argument("--batch-size", type=int, default=64, help="obliviate.generation.generate batch size")
+    g.add_argument("--batch-size", type=int, default=64, help="obliviate.engine.generation.generate batch size")
     g.add_argument("--pipeline-batch", type=int, default=1, help="pipeline batch_size (its default is 1)")
     g.add_argument("--repeats", type=int, default=3)
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from obliviate.guards import Guard
+from obliviate.engine.hooks import Guard
 
 CHAT = "/v1/chat/completions"
 

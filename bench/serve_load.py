@@ -37,11 +37,12 @@ FALLBACK_QUESTIONS = ["What is the capital of France?", "Tell me a short story a
 
 
 def tiny_world_model(work: Path, steps: int) -> tuple[Path, list[str]]:
-    """A world and its target model, as `obliviate demo` builds them (see obliviate.demo.run_demo)."""
+    """A world and its target model, as `obliviate demo` builds them (see obliviate.demos.world.run_demo)."""
     from obliviate.data.schema import load_qa
     from obliviate.data.world import WorldSpec, write_world
     from obliviate.models.tiny import build_tokenizer
-    from obliviate.pipeline import train_world_models, world_texts
+    from obliviate.unlearning.world_models import train_world_models
+    from obliviate.data.world import world_texts
 
     world = work / "world"
     write_world(world, WorldSpec(seed=0))

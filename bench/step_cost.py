@@ -37,11 +37,12 @@ def worker(args) -> None:
 
     from obliviate.data.schema import load_qa
     from obliviate.data.world import write_world
-    from obliviate.methods import METHODS
+    from obliviate.unlearning.methods import METHODS
     from obliviate.models.load import load_model
     from obliviate.models.tiny import TinyModelConfig, build_model, build_tokenizer
-    from obliviate.pipeline import unlearning_parts, world_texts
-    from obliviate.train import TrainConfig, train
+    from obliviate.unlearning.run import unlearning_parts
+    from obliviate.data.world import world_texts
+    from obliviate.engine.train import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     world = Path(args.world)

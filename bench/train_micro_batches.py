@@ -31,7 +31,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def load_pairs(args) -> list[tuple[str, str]]:
     if args.pairs:
         return [(r["prompt"], r["reply"]) for r in map(json.loads, Path(args.pairs).read_text().splitlines()) if r]
-    from obliviate.suites.public_refusal import load_sources
+    from obliviate.refusal.public_refusal import load_sources
 
     return [(r["prompt"], r["answer"]) for r in load_sources([f"harmbench:{args.harmbench}"], "harmful")]
 
@@ -40,7 +40,7 @@ def one(args) -> None:
     import torch
 
     from obliviate.models.load import load_model
-    from obliviate.train import FineTune, TrainConfig, train
+    from obliviate.engine.train import FineTune, TrainConfig, train
 
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)

@@ -30,9 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from obliviate.data.prompts import read_csv  # noqa: E402
-from obliviate.judges.embedding import (  # noqa: E402
-    L2_GRID, SHIPPED, EmbeddingJudge, Encoder, FeatureSpec, _fit, duplicate_weights, feature_signs, features,
-    group_cv, load_prototypes, train)
+from obliviate.judges.embedding import L2_GRID, SHIPPED, EmbeddingJudge, Encoder, FeatureSpec, _fit, duplicate_weights, feature_signs, features, group_cv, load_prototypes, train  # noqa: E402
 from obliviate.judges.refusal import REFUSAL_JUDGES, human_label  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "xstest"

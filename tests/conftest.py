@@ -95,7 +95,7 @@ def world_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizer(world_dir):
     from obliviate.models.tiny import build_tokenizer
-    from obliviate.pipeline import world_texts
+    from obliviate.data.world import world_texts
 
     return build_tokenizer(world_texts(world_dir))
 
@@ -112,8 +112,8 @@ def target_dir(tmp_path_factory, world_dir, tiny_tokenizer):
     """A tiny model fine-tuned briefly on the world's training split, saved as an HF directory."""
     from obliviate.data.schema import load_qa
     from obliviate.models.load import save_model
-    from obliviate.pipeline import qa_pairs
-    from obliviate.train import FineTune, TrainConfig, train
+    from obliviate.unlearning.run import qa_pairs
+    from obliviate.engine.train import FineTune, TrainConfig, train
 
     d = tmp_path_factory.mktemp("target")
     model = tiny_model(tiny_tokenizer)

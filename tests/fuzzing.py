@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 SCALE = int(os.environ.get("OBLIVIATE_FUZZ_SCALE", "1"))
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from obliviate.attacks.refusal_direction import ablation, addition, orthogonalize
-from obliviate.errors import UsageError
+from obliviate.audit.attacks.refusal_direction import ablation, addition, orthogonalize
+from obliviate.core.errors import UsageError
 from obliviate.models.anatomy import anatomy, decoder_layers
 
 SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,

@@ -14,18 +14,18 @@ import json
 import pytest
 import torch
 
-from obliviate.attacks import AuditContext, recall_figures
-from obliviate.attacks.finetune import FinetuneAttack
-from obliviate.attacks.in_context import InContext, context_prompts
-from obliviate.attacks.mia import MembershipInference
-from obliviate.attacks.prefill import Completion, Prefill
-from obliviate.attacks.probes import CATEGORIES, Probes, probe_prompt
-from obliviate.attacks.relearn import Relearn
-from obliviate.attacks.tense import Tense, rewrite
+from obliviate.audit.attacks import AuditContext, recall_figures
+from obliviate.audit.attacks.finetune import FinetuneAttack
+from obliviate.audit.attacks.in_context import InContext, context_prompts
+from obliviate.audit.attacks.mia import MembershipInference
+from obliviate.audit.attacks.prefill import Completion, Prefill
+from obliviate.audit.attacks.probes import CATEGORIES, Probes, probe_prompt
+from obliviate.audit.attacks.relearn import Relearn
+from obliviate.audit.attacks.tense import Tense, rewrite
 from obliviate.data.schema import QAItem, load_qa
 from obliviate.models.encode import IGNORE, answer_ids, prompt_ids, text_ids
-from obliviate.suites.refusal import policy_rows
-from obliviate.train import FineTune, TrainConfig, train
+from obliviate.refusal.align import policy_rows
+from obliviate.engine.train import FineTune, TrainConfig, train
 
 from .conftest import tiny_model
 

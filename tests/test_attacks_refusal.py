@@ -6,12 +6,11 @@ import math
 import pytest
 import torch
 
-from obliviate.attacks.refusal_direction import (
-    ablation, addition, orthogonalize, post_instruction_tokens, refusal_score,
-)
-from obliviate.attacks.relearn import split_items
-from obliviate.attacks.tense import load_artifacts, rewrite
-from obliviate.errors import UsageError
+from obliviate.audit.attacks.refusal_direction import ablation, addition, orthogonalize, post_instruction_tokens, refusal_score
+from obliviate.audit.attacks.relearn import split_items
+from obliviate.data.prompts import load_artifacts
+from obliviate.audit.attacks.tense import rewrite
+from obliviate.core.errors import UsageError
 from obliviate.models.load import load_model
 
 from .conftest import shared_data
@@ -112,10 +111,10 @@ def test_relearn_split():
 
 
 def test_audit_refusal_suite(target_dir, world_dir, tmp_path, capsys, monkeypatch):
-    import obliviate.train
+    import obliviate.engine.train
 
-    seen, real_train = [], obliviate.train.train
-    monkeypatch.setattr(obliviate.train, "train", lambda *a, **k: seen.append(a[4]) or real_train(*a, **k))
+    seen, real_train = [], obliviate.engine.train.train
+    monkeypatch.setattr(obliviate.engine.train, "train", lambda *a, **k: seen.append(a[4]) or real_train(*a, **k))
     out = tmp_path / "audit"
     code, stdout, err = run_cli(
         ["audit", target_dir, "--suite", "refusal", "--data", world_dir, "--out", out, "--limit", "4",
@@ -134,10 +133,10 @@ def test_audit_refusal_suite(target_dir, world_dir, tmp_path, capsys, monkeypatc
 
 
 def test_audit_world_suite_relearn(target_dir, world_dir, tmp_path, capsys, monkeypatch):
-    import obliviate.train
+    import obliviate.engine.train
 
-    seen, real_train = [], obliviate.train.train
-    monkeypatch.setattr(obliviate.train, "train", lambda *a, **k: seen.append(a[4]) or real_train(*a, **k))
+    seen, real_train = [], obliviate.engine.train.train
+    monkeypatch.setattr(obliviate.engine.train, "train", lambda *a, **k: seen.append(a[4]) or real_train(*a, **k))
     out = tmp_path / "audit"
     code, _, err = run_cli(["audit", target_dir, "--suite", "world", "--data", world_dir, "--out", out,
                             "--oracle", target_dir, "--attacks", "relearn", "--option", "relearn.steps=2",
@@ -170,8 +169,8 @@ def test_ls_attacks(capsys):
 
 
 def test_tense_artifacts_and_llm_rewriter_modes(target_dir, world_dir, tmp_path):
-    from obliviate.attacks import AuditContext
-    from obliviate.attacks.tense import Tense
+    from obliviate.audit.attacks import AuditContext
+    from obliviate.audit.attacks.tense import Tense
 
     arts = tmp_path / "arts.json"
     arts.write_text(json.dumps({"attack": "past", "jb_artifacts": [
@@ -188,7 +187,7 @@ def test_tense_artifacts_and_llm_rewriter_modes(target_dir, world_dir, tmp_path)
 
 
 def test_limit_bounds_the_refusal_attacks_that_train_or_search():
-    from obliviate.audit import plan
+    from obliviate.audit.runner import plan
 
     full, quick = plan("refusal", None), plan("refusal", None, {"refusal_direction": {"n_train": "32"}}, quick=True)
     assert (full["finetune"].n_examples, full["finetune"].steps) == (32, 30)

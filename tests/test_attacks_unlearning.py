@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from obliviate.attacks import ATTACKS, AuditContext
-from obliviate.attacks.in_context import context_prompts
-from obliviate.attacks.probes import CATEGORIES, TEMPLATES, probe_prompt
-from obliviate.attacks.quantize import fake_quantize, parse_bits, quantize_linears, restore
-from obliviate.attacks.representation import content_start, final_norm, probe_accuracy, value_token
+from obliviate.audit.attacks import ATTACKS, AuditContext
+from obliviate.audit.attacks.in_context import context_prompts
+from obliviate.audit.attacks.probes import CATEGORIES, TEMPLATES, probe_prompt
+from obliviate.audit.attacks.quantize import fake_quantize, parse_bits, quantize_linears, restore
+from obliviate.audit.attacks.representation import content_start, final_norm, probe_accuracy, value_token
 from obliviate.data.schema import QAItem, load_qa
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -211,7 +211,7 @@ def test_attack_runs_on_the_tiny_target(name, trained, world_dir):
 
 
 def test_the_audit_plans_them_for_the_world_suite_only():
-    from obliviate.audit import plan
+    from obliviate.audit.runner import plan
 
     assert set(EXPECTED) <= set(plan("world", None))
     for name in EXPECTED:
@@ -220,7 +220,7 @@ def test_the_audit_plans_them_for_the_world_suite_only():
 
 
 def test_limit_starts_each_attack_from_its_quick_budget_and_given_options_win():
-    from obliviate.audit import plan
+    from obliviate.audit.runner import plan
 
     full = plan("world", ["relearn", "representation"])
     quick = plan("world", ["relearn", "representation"], {"relearn": {"steps": "3"}}, quick=True)
@@ -234,7 +234,7 @@ def test_limit_starts_each_attack_from_its_quick_budget_and_given_options_win():
 
 
 def test_relearn_measures_at_most_limit_items_of_each_share(trained, world_dir, monkeypatch):
-    import obliviate.attacks.relearn as relearn
+    import obliviate.audit.attacks.relearn as relearn
 
     model, tok = trained
     measured, real = [], relearn.rouge_on

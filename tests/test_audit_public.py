@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from obliviate.audit_data import detect_layout, split_rows, unlearning_inputs
+from obliviate.audit.inputs import detect_layout, split_rows, unlearning_inputs
 from obliviate.data.schema import load_qa, write_jsonl
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 from .conftest import shared_data
 from .test_cli import assert_bad_input, run_cli
@@ -132,7 +132,7 @@ def test_layouts_world_and_tofu(tiny_dir, world_dir, tmp_path, capsys):
 
 
 def test_split_rows_and_bool_options():
-    from obliviate.attacks import ATTACKS
+    from obliviate.audit.attacks import ATTACKS
 
     rows = [{"id": i, "kind": k, "source": s} for i, (k, s) in enumerate(
         [("harmful", "a")] * 5 + [("harmful", "b")] * 4 + [("benign", "a")] * 3)]
@@ -152,7 +152,7 @@ def test_split_rows_and_bool_options():
 def test_orthogonalize_unties_a_tied_unembedding():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from obliviate.attacks.refusal_direction import ablation, orthogonalize
+    from obliviate.audit.attacks.refusal_direction import ablation, orthogonalize
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,

@@ -37,8 +37,8 @@ def base_dir(tmp_path_factory, world_dir, tiny_tokenizer):
     from obliviate.data.schema import load_qa
     from obliviate.models.load import save_model
     from obliviate.models.prompt_format import PromptFormat
-    from obliviate.pipeline import qa_pairs
-    from obliviate.train import FineTune, TrainConfig, train
+    from obliviate.unlearning.run import qa_pairs
+    from obliviate.engine.train import FineTune, TrainConfig, train
 
     d = tmp_path_factory.mktemp("base")
     tok = _plain(tiny_tokenizer)

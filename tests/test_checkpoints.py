@@ -13,13 +13,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from obliviate import checkpoint
+from obliviate.core import checkpoint
 from obliviate.data.schema import load_qa
-from obliviate.errors import UsageError
-from obliviate.methods import METHODS
+from obliviate.core.errors import UsageError
+from obliviate.unlearning.methods import METHODS
 from obliviate.models.load import check_model_dir, load_model, model_dir_complete, save_model
-from obliviate.pipeline import idk_pool, unlearning_parts
-from obliviate.train import TrainConfig, train
+from obliviate.unlearning.run import idk_pool, unlearning_parts
+from obliviate.engine.train import TrainConfig, train
 from tests.test_cli import run_cli
 
 STEPS = 4  # checkpoints after steps 1, 2 and 3

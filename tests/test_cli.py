@@ -68,10 +68,10 @@ def test_unlearn_with_gradient_checkpointing(unlearn_args, tmp_path, capsys):
 def test_unlearn_max_batch_tokens(unlearn_args, tmp_path, capsys, monkeypatch):
     """The budget reaches training: 2048 by default where the loss splits, what is asked otherwise; a method
     whose loss does not split, or a negative budget, exits 2 before anything is written."""
-    import obliviate.train
+    import obliviate.engine.train
 
-    budgets, real = [], obliviate.train.train
-    monkeypatch.setattr(obliviate.train, "train", lambda *a, **kw: budgets.append(a[4].max_batch_tokens) or real(*a, **kw))
+    budgets, real = [], obliviate.engine.train.train
+    monkeypatch.setattr(obliviate.engine.train, "train", lambda *a, **kw: budgets.append(a[4].max_batch_tokens) or real(*a, **kw))
     for extra in ([], ["--max-batch-tokens", "64"], ["--max-batch-tokens", "0"]):
         code, out, err = run_cli([*_with(unlearn_args, "--out", tmp_path / f"o{len(budgets)}"), "--steps", "1",
                                   *extra], capsys)
@@ -86,13 +86,13 @@ def test_unlearn_max_batch_tokens(unlearn_args, tmp_path, capsys, monkeypatch):
 def test_out_of_memory_is_one_line_with_what_to_lower(unlearn_args, tmp_path, capsys, monkeypatch):
     """Torch running out of memory (a refused CPU allocation under a limit, a GPU's OutOfMemoryError): exit 1,
     one line naming the failed allocation and the options that lower a step's memory, no traceback."""
-    import obliviate.train
+    import obliviate.engine.train
 
     def oom(*a, **kw):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
                            "memory: you tried to allocate 6429868032 bytes. Error code 12 (Cannot allocate memory)")
 
-    monkeypatch.setattr(obliviate.train, "train", oom)
+    monkeypatch.setattr(obliviate.engine.train, "train", oom)
     code, _, err = run_cli([*unlearn_args, "--steps", "1"], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 1 and len(lines) == 1 and "Traceback" not in err, err

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from obliviate.generation import decode, generate
-from obliviate.guards import Guard
+from obliviate.engine.generation import decode, generate
+from obliviate.engine.hooks import Guard
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
 
@@ -21,7 +21,7 @@ def model_tok(target_dir):
 
 
 def _hf_generate(model, tok, prompts, n):
-    from obliviate.generation import left_pad
+    from obliviate.engine.generation import left_pad
 
     ids, mask = left_pad(prompts, tok.pad_token_id)
     with torch.no_grad():
@@ -202,7 +202,7 @@ def test_process_logits_changes_what_is_decoded(model_tok):
 
 def test_attached_guards_survive_lora_training_and_merging(target_dir):
     """Attacks that train (relearn, finetune) wrap the model in LoRA and merge it back: the guards stay on."""
-    from obliviate.guards import attach, attached
+    from obliviate.engine.hooks import attach, attached
     from obliviate.models.load import add_lora, merge_lora
 
     model, tok = load_model(str(target_dir))
@@ -247,7 +247,7 @@ def test_no_pass_projects_prompt_positions_onto_the_vocabulary(model_tok):
     """The decode loop's prefill keeps the last position's logits only, and evaluation's full-sequence pass those
     from the first scored position: [B, T, V] prompt logits are the largest tensor of either (262k-vocabulary
     models) and nothing reads them."""
-    from obliviate.evaluate import _forward_stats
+    from obliviate.engine.evaluate import _forward_stats
     from obliviate.models.encode import encode_pair
 
     model, tok = model_tok
@@ -274,10 +274,10 @@ def test_passes_that_read_hidden_states_or_the_last_position_keep_one_position_o
     """The refusal direction's means and its candidates' scores, the guards' hidden states and RMU's read no
     prompt position's logits: each pass asks for the last position's only, and the means taken by hooks at each
     layer's input equal those read from `output_hidden_states`."""
-    from obliviate.attacks.refusal_direction import last_logprobs, residuals
-    from obliviate.generation import left_pad
-    from obliviate.guards import hidden_at
-    from obliviate.methods.rmu import hidden_at as rmu_hidden_at
+    from obliviate.audit.attacks.refusal_direction import last_logprobs, residuals
+    from obliviate.engine.generation import left_pad
+    from obliviate.guards.base import hidden_at
+    from obliviate.unlearning.methods.rmu import hidden_at as rmu_hidden_at
 
     model, tok = model_tok
     prompts = [prompt_ids(tok, q) for q in QUESTIONS]

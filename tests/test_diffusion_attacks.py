@@ -83,7 +83,7 @@ def test_unlearndiffatk_judges_its_prefix_during_the_attack_and_stops_at_a_succe
 
 def test_unlearndiffatk_sweeps_the_reference_timesteps_low_to_high(tiny, monkeypatch):
     import obliviate.diffusion.attacks.unlearndiffatk as uda
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     seen, real = [], uda.denoising_loss
 

@@ -73,7 +73,7 @@ def test_every_eraser_runs_as_the_demo_calls_it():
     from obliviate.diffusion.erasers import ERASERS, load_all
     from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer
     from obliviate.diffusion.world import ImageWorldSpec, build_image_world, vocabulary
-    from obliviate.suites.diffusion_demo import demo_erase
+    from obliviate.demos.diffusion import demo_erase
 
     load_all()
     world = build_image_world(ImageWorldSpec(per_combination=2))

@@ -6,9 +6,8 @@ import torch
 
 from obliviate.diffusion.erasers import ERASERS, cross_attention_kv, load_all
 from obliviate.diffusion.erasers.uce import aligned_keys, uce_edit
-from obliviate.diffusion.model import (T2IConfig, build_t2i, build_word_tokenizer, ema_decay, load_t2i, train_t2i,
-                                       unknown_words)
-from obliviate.errors import UsageError
+from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, ema_decay, load_t2i, train_t2i, unknown_words
+from obliviate.core.errors import UsageError
 
 CAPTIONS = ["a striped red star", "a dotted blue circle", "a solid green square", "a red star in dotted style"]
 

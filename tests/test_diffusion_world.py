@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from tests.test_cli import run_cli
-from obliviate.diffusion.world import (CONCEPT_FACTORS, FACTORS, OBJECTS, STYLES, TEMPLATES, ImageWorldSpec,
-                                       _shape_mask, build_image_world, caption, concept_splits, load_image_world,
-                                       render, spec_of, staged_dir, vocabulary, write_image_world)
-from obliviate.errors import UsageError
+from obliviate.diffusion.world import CONCEPT_FACTORS, FACTORS, OBJECTS, STYLES, TEMPLATES, ImageWorldSpec, _shape_mask, build_image_world, caption, concept_splits, load_image_world, render, spec_of, staged_dir, vocabulary, write_image_world
+from obliviate.core.errors import UsageError
 
 SMALL = ImageWorldSpec(seed=3, per_combination=2)
 

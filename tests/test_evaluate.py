@@ -2,9 +2,9 @@
 
 import pytest
 
-from obliviate.evaluate import score_model, score_split
+from obliviate.engine.evaluate import score_model, score_split
 from obliviate.models.load import load_model
-from obliviate.pipeline import eval_data
+from obliviate.benchmarks.layouts import eval_data
 
 
 def test_score_model_pooled_equals_per_split(target_dir, world_dir):
@@ -25,7 +25,7 @@ def test_score_model_pooled_equals_per_split(target_dir, world_dir):
 def _shared_vs_full(model, tok, items):
     """Every item's answers, all items in one batch of groups (prompts of different lengths: left padding),
     against full sequences one item at a time."""
-    from obliviate.evaluate import _forward_stats, _shared_prompt_stats
+    from obliviate.engine.evaluate import _forward_stats, _shared_prompt_stats
     from obliviate.models.encode import answer_ids, encode_pair, prompt_ids
 
     texts = [[it.answer, it.paraphrased_answer, *it.perturbed_answer] for it in items]
@@ -62,8 +62,8 @@ def test_shared_prompt_stats_equal_full_sequences_on_the_real_model(real_model_d
 
 def test_guarded_model_scores_full_sequences(target_dir, world_dir, monkeypatch):
     """A guard's prompt edits are per sequence: with one attached, the shared-prompt path is never taken."""
-    import obliviate.evaluate as ev
-    from obliviate.guards import attach
+    import obliviate.engine.evaluate as ev
+    from obliviate.engine.hooks import attach
 
     model, tok = load_model(str(target_dir))
     calls = []
@@ -92,7 +92,7 @@ def _assert_shared_equals_full(model, groups):
     """Every group's answers scored as continuations of one shared prompt pass equal full sequences."""
     import torch
 
-    from obliviate.evaluate import _forward_stats, _shared_prompt_stats
+    from obliviate.engine.evaluate import _forward_stats, _shared_prompt_stats
     from obliviate.models.encode import IGNORE
 
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_forward_stats_within_a_logits_budget_are_the_same(target_dir, world_dir
     build [64, 511, V] logits at once): the same rows, in the same order, as whole batches."""
     import functools
 
-    import obliviate.evaluate as ev
+    import obliviate.engine.evaluate as ev
     from obliviate.data.schema import load_qa
     from obliviate.models.encode import encode_pair, logits_runs
 

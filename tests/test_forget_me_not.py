@@ -4,10 +4,9 @@ steps move only cross-attention weights while lowering the concept's attention."
 import pytest
 import torch
 
-from obliviate.diffusion.erasers.forget_me_not import (ForgetMeNot, RecordCrossAttention, attention_resteering_loss,
-                                                       concept_positions)
+from obliviate.diffusion.erasers.forget_me_not import ForgetMeNot, RecordCrossAttention, attention_resteering_loss, concept_positions
 from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from tests.fuzzing import scratch  # noqa: F401 (a fixture)
 # --- guard.json (+ tensors.safetensors): guards load ----------------------------------------------------------
 
 def _guards():
-    from obliviate.guards import GUARDS, load_all
+    from obliviate.guards.base import GUARDS, load_all
 
     load_all()
     return GUARDS.items()
@@ -71,7 +71,8 @@ def guard_spec(draw):
                       file_bytes(json_text(objects({"guard": st.text(max_size=5)}), many=False))),
        tensors=safetensors_bytes())
 def test_guard_dirs(scratch, spec, tensors):
-    from obliviate.guards import check_guard_dirs, load_guard, overrides
+    from obliviate.guards.base import check_guard_dirs, load_guard
+    from obliviate.engine.hooks import overrides
 
     d = scratch()
     (d / "guard.json").write_bytes(spec)
@@ -187,7 +188,7 @@ STATE = objects({"step": st.integers(-2, 10),
 def test_checkpoint_state(scratch, state, params, optimizer):
     import torch
 
-    from obliviate import checkpoint
+    from obliviate.core import checkpoint
 
     ckpt = scratch() / "checkpoint"
     ckpt.mkdir()

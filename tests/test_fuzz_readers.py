@@ -198,7 +198,7 @@ def test_arrow_file_whose_strings_are_not_utf8(tmp_path):
     import pyarrow.ipc as ipc
 
     from obliviate.data.schema import load_qa
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     buf = io.BytesIO()
     table = pa.table({"question": ["qqqqqq"], "answer": ["zzzzzz"]})

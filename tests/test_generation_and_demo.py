@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from obliviate.generation import generate
+from obliviate.engine.generation import generate
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
 
@@ -19,7 +19,7 @@ def test_batched_left_padded_generation_equals_one_by_one(target_dir):
 
 def test_demo_acceptance(tmp_path):
     """The demo on the default world: the figures the README promises (about 2 minutes)."""
-    from obliviate.demo import run_demo
+    from obliviate.demos.world import run_demo
 
     doc = run_demo(tmp_path / "demo", progress=False, guards=True)
     res = json.loads((tmp_path / "demo" / "results.json").read_text())["results"]
@@ -49,7 +49,7 @@ def test_demo_acceptance(tmp_path):
 
 def test_a_failed_demo_leaves_no_worker_scratch(tmp_path, monkeypatch):
     """The workers' tokenizer copy (OUT/.tokenizer) is removed when a job fails, not only after success."""
-    import obliviate.demo as demo
+    import obliviate.demos.world as demo
 
     def boom(job):
         raise RuntimeError("job failed")

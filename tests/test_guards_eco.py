@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from obliviate.data.schema import load_qa
-from obliviate.evaluate import score_split
-from obliviate.generation import Row, decode, generate
-from obliviate.guards import attach, load_guard, save_guard
+from obliviate.engine.evaluate import score_split
+from obliviate.engine.generation import Row, decode, generate
+from obliviate.engine.hooks import attach
+from obliviate.guards.base import load_guard, save_guard
 from obliviate.guards.eco import ECO, corrupt
 from obliviate.guards.text_classifier import TfidfLogistic, conformal_threshold
 from obliviate.models.encode import prompt_ids
@@ -76,7 +77,7 @@ def test_eco_gate_and_corruption_through_generate(setup, tmp_path):
     rows = [Row(i, t) for i, t in enumerate(texts)]
     for r in rows:
         r.scores["eco"] = g.on_request(r.text)
-    from obliviate.generation import left_pad
+    from obliviate.engine.generation import left_pad
 
     x, mask = left_pad(ids, tok.pad_token_id)
     e = model.get_input_embeddings()(x)

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import obliviate.guards.expert_steering as es
-from obliviate.generation import decode
-from obliviate.guards import _reroute, load_guard, router_modules, routing_hooks, save_guard
+from obliviate.engine.generation import decode
+from obliviate.engine.hooks import _reroute, router_modules, routing_hooks
+from obliviate.guards.base import load_guard, save_guard
 from obliviate.guards.expert_steering import ExpertSteering, routing_frequency
 from obliviate.models.encode import prompt_ids
 from obliviate.models.tiny import TinyModelConfig, build_model
-from obliviate.suites.refusal import policy_rows
+from obliviate.refusal.align import policy_rows
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_guard_fit_and_generate(moe, world_dir, tmp_path, monkeypatch):
 
 
 def test_a_dense_model_has_no_routers(target_dir):
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
     from obliviate.models.load import load_model
 
     model, tok = load_model(str(target_dir))
@@ -185,8 +186,8 @@ def test_ablation_scores_are_the_refusal_loglik_drop_beyond_the_answer_drop(moe,
     """score=ablation: the `candidates` experts with the largest |activation difference| are switched off one at a
     time; each scores (mean drop in its refusals' per-token log-likelihood) - (the same on answers), recomputed here
     through evaluate's teacher-forced pass with the guard attached (so routing edits reach likelihood metrics)."""
-    from obliviate.evaluate import _forward_stats
-    from obliviate.guards import attach
+    from obliviate.engine.evaluate import _forward_stats
+    from obliviate.engine.hooks import attach
     from obliviate.models.encode import encode_pair
 
     model, tok = moe
@@ -258,8 +259,8 @@ def test_routers_of_fused_expert_families_steer(family):
 def test_router_outputs_of_unknown_form_are_refused():
     """A router returning neither its logits nor (logits, weights, indices) (Llama 4 returns (scores, logits)) is a
     UsageError (exit 2), not an IndexError inside a forward hook."""
-    from obliviate.errors import UsageError
-    from obliviate.guards import router_output
+    from obliviate.core.errors import UsageError
+    from obliviate.engine.hooks import router_output
 
     lg = torch.randn(3, 4)
     assert router_output(lg) == (lg, None, None)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from obliviate.data.schema import load_qa
-from obliviate.generation import Row, decode, left_pad
-from obliviate.guards import load_guard, save_guard
+from obliviate.engine.generation import Row, decode, left_pad
+from obliviate.guards.base import load_guard, save_guard
 from obliviate.guards.guard_decoding import GuardDecoding
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from obliviate.generation import decode, generate
-from obliviate.guards import attach, hidden_at, load_guard, save_guard
+from obliviate.engine.generation import decode, generate
+from obliviate.engine.hooks import attach
+from obliviate.guards.base import hidden_at, load_guard, save_guard
 from obliviate.guards.ada import AdaLP, AdaRK, role_position
 from obliviate.guards.latent import LatentGuard
 from obliviate.models.encode import assistant_header, post_instruction_tokens, prompt_ids
 from obliviate.models.load import load_model
-from obliviate.suites.refusal import policy_rows
+from obliviate.refusal.align import policy_rows
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,14 @@ predictor (Reuter & Schulze 2023) through generate."""
 import pytest
 
 import obliviate.guards.refusal_predictor as rp
-from obliviate.generation import decode
-from obliviate.guards import load_guard, save_guard
+from obliviate.engine.generation import decode
+from obliviate.guards.base import load_guard, save_guard
 from obliviate.guards.refusal_token import RefusalTokenThreshold
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
-from obliviate.refusal.refusal_tokens import RESPOND, ThresholdGenerator, control_ids
-from obliviate.suites.refusal import policy_rows
+from obliviate.models.control_tokens import RESPOND, control_ids
+from obliviate.refusal.methods.refusal_tokens import ThresholdGenerator
+from obliviate.refusal.align import policy_rows
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_refusal_token_guard_equals_the_threshold_generator(token_model, tau):
 
 
 def test_refusal_token_guard_needs_refusal_tokens(target_dir):
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     model, tok = load_model(str(target_dir))
     with pytest.raises(UsageError, match="no refusal tokens"):
@@ -67,7 +68,7 @@ def test_refusal_predictor_fits_reports_and_halts(target_dir, world_dir, tmp_pat
 
 
 def test_refusal_predictor_needs_both_outcomes(target_dir, world_dir, monkeypatch):
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     model, tok = load_model(str(target_dir))
     monkeypatch.setattr(rp, "model_refusals", lambda m, t, prompts, n=32: [0] * len(prompts))

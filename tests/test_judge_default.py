@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.judges import default
 from obliviate.judges.default import default_judge_names, make_judge
 from tests.conftest import require_extra, shared_data

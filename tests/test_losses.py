@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from obliviate.methods import nll_loss
-from obliviate.methods.grad_ascent import grad_ascent_loss
-from obliviate.methods.grad_diff import grad_diff_loss, kl_retain
-from obliviate.methods.idk_dpo import dpo_loss
-from obliviate.methods.idk_nll import idk_nll_loss
-from obliviate.methods.npo import npo_loss
-from obliviate.methods.simnpo import simnpo_loss
+from obliviate.engine.method import nll_loss
+from obliviate.unlearning.methods.grad_ascent import grad_ascent_loss
+from obliviate.unlearning.methods.grad_diff import grad_diff_loss, kl_retain
+from obliviate.unlearning.methods.idk_dpo import dpo_loss
+from obliviate.unlearning.methods.idk_nll import idk_nll_loss
+from obliviate.unlearning.methods.npo import npo_loss
+from obliviate.unlearning.methods.simnpo import simnpo_loss
 
 T = torch.tensor
 
@@ -75,7 +75,7 @@ def test_dpo():
 
 
 def test_task_vector_negation():
-    from obliviate.methods.task_vector import negate_task_vector
+    from obliviate.unlearning.methods.task_vector import negate_task_vector
 
     # theta_0 - alpha (theta_ft - theta_0): [1 - (0.5), 2 - (-1)] with alpha 1; alpha 2 doubles the step
     assert negate_task_vector(T([1.0, 2.0]), T([1.5, 1.0]), 1.0).tolist() == [0.5, 3.0]
@@ -83,7 +83,7 @@ def test_task_vector_negation():
 
 
 def test_l1_penalty_and_magnitude_mask():
-    from obliviate.methods.sparsity import l1_penalty, magnitude_mask
+    from obliviate.unlearning.methods.sparsity import l1_penalty, magnitude_mask
 
     # 0.5 * (1 + 2 + 3) / 3 parameters
     assert l1_penalty([T([1.0, -2.0]), T([3.0])], 0.5).item() == pytest.approx(1.0)
@@ -92,7 +92,7 @@ def test_l1_penalty_and_magnitude_mask():
 
 
 def test_rmu_loss():
-    from obliviate.methods.rmu import rmu_loss
+    from obliviate.unlearning.methods.rmu import rmu_loss
 
     # forget: tokens [1,0] and [0,1] vs control [1,1]: squared errors averaged over d: 0.5 and 0.5 -> 0.5
     # retain: real token [2,2] vs frozen [0,0]: (4 + 4) / 2 = 4; the padded token [9,9] is masked out
@@ -107,7 +107,7 @@ MASK2 = T([[1.0, 1.0]])
 
 
 def test_wga():
-    from obliviate.methods.wga import wga_loss
+    from obliviate.unlearning.methods.wga import wga_loss
 
     # -mean(p * CE) = -(0.5 ln 2 + 0.25 ln 4) / 2 ; beta 2: -(0.25 ln 2 + 0.0625 ln 4) / 2
     assert wga_loss(LOGP, MASK2, beta=1.0).item() == pytest.approx(-0.3465736, abs=1e-6)
@@ -115,14 +115,14 @@ def test_wga():
 
 
 def test_satimp():
-    from obliviate.methods.satimp import satimp_loss
+    from obliviate.unlearning.methods.satimp import satimp_loss
 
     # w = p (1 - p) = 0.25, 0.1875: -(0.25 ln 2 + 0.1875 ln 4) / 2
     assert satimp_loss(LOGP, MASK2, beta1=1.0, beta2=1.0).item() == pytest.approx(-0.2166085, abs=1e-6)
 
 
 def test_ce_u():
-    from obliviate.methods.ce_u import ce_u_loss, drop_first_answer_tokens
+    from obliviate.unlearning.methods.ce_u import ce_u_loss, drop_first_answer_tokens
 
     # softmax = [.5, .25, .25]. Target 0: q = [0, .5, .5], CE = ln 4. Target 1: q = [2/3, 0, 1/3],
     # CE = 2/3 ln 2 + 1/3 ln 4. Mean = 1.1552453
@@ -132,7 +132,7 @@ def test_ce_u():
 
 
 def test_undial():
-    from obliviate.methods.undial import undial_loss
+    from obliviate.unlearning.methods.undial import undial_loss
 
     # teacher logits [0, 0], true token 0 lowered by ln 3: q = [1/4, 3/4]
     ref, tgt, mask = T([[[0.0, 0.0]]]), torch.tensor([[0]]), T([[1.0]])
@@ -144,7 +144,7 @@ def test_undial():
 
 
 def test_ihl():
-    from obliviate.methods.ihl import ihl_loss
+    from obliviate.unlearning.methods.ihl import ihl_loss
 
     # probs [.5, .3, .2]: target 0 -> 1 + .5 - .3 = 1.2 ; target 2 -> 1 + .2 - .5 = 0.7 ; mean 0.95
     logits = torch.log(T([[[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]]]))
@@ -152,7 +152,7 @@ def test_ihl():
 
 
 def test_flat():
-    from obliviate.methods.flat import flat_loss
+    from obliviate.unlearning.methods.flat import flat_loss
 
     pe, pf = T(0.2), T(0.8)
     assert flat_loss(pe, pf, "tv").item() == pytest.approx(0.2333307, abs=1e-6)  # -tanh(.2)/2 + tanh(.8)/2
@@ -162,7 +162,7 @@ def test_flat():
 
 
 def test_fila_factors_reconstruct_the_weight():
-    from obliviate.methods.ihl import fila_factors
+    from obliviate.unlearning.methods.ihl import fila_factors
 
     g = torch.Generator().manual_seed(0)
     W, imp = torch.randn(6, 5, generator=g), torch.rand(6, 5, generator=g)
@@ -176,7 +176,7 @@ def test_prune_unlearn_prunes_each_fused_expert():
     it does of each Linear weight; before, the experts stayed dense."""
     import torch
 
-    from obliviate.methods import METHODS
+    from obliviate.unlearning.methods import METHODS
     from tests.test_anatomy import _model
 
     model = _model("mixtral")

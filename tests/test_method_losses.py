@@ -3,7 +3,7 @@ by hand on a constructed bigram model.
 
 The model's next-token distribution depends only on the current token: P[a][b] = p(next = b | current = a), written
 out below, so every answer-token probability is read off the table. The expected values are computed with Python's
-`math` on those numbers, written independently of the methods (no function of `obliviate.methods` is called for
+`math` on those numbers, written independently of the methods (no function of `obliviate.unlearning.methods` is called for
 them). Hyper-parameters differ from 1 wherever a weight could be dropped unseen.
 """
 
@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from obliviate.methods import METHODS
-from obliviate.train import FineTune
+from obliviate.unlearning.methods import METHODS
+from obliviate.engine.train import FineTune
 
 P = [[0.5, 0.25, 0.25], [0.125, 0.5, 0.375], [0.25, 0.25, 0.5]]  # the trained model
 Q = [[0.25, 0.5, 0.25], [0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]  # the frozen reference (live-reference methods)

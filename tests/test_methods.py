@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from obliviate.data.schema import load_qa
-from obliviate.methods import METHODS
+from obliviate.unlearning.methods import METHODS
 from obliviate.models.load import load_model
-from obliviate.pipeline import idk_pool, unlearning_parts
-from obliviate.train import TrainConfig, train
+from obliviate.unlearning.run import idk_pool, unlearning_parts
+from obliviate.engine.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_reference_logps_precomputed_once(target_dir, parts):
 
 
 def test_altpo_without_alternates_is_a_usage_error(target_dir, parts):
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     model, tok = load_model(str(target_dir))
     no_alt = {k: v for k, v in parts.items() if k != "forget_alt"}
@@ -74,10 +74,10 @@ def test_altpo_without_alternates_is_a_usage_error(target_dir, parts):
 
 
 def test_ihl_fila_keeps_the_model_then_trains(target_dir, parts):
-    from obliviate.errors import UsageError
-    from obliviate.methods.ihl import fila_init
+    from obliviate.core.errors import UsageError
+    from obliviate.unlearning.methods.ihl import fila_init
     from obliviate.models.load import add_lora
-    from obliviate.train import encode_parts
+    from obliviate.engine.train import encode_parts
 
     model, tok = load_model(str(target_dir))
     enc = encode_parts(tok, {"forget": parts["forget"][:8], "retain": parts["retain"][:8]}, 512)
@@ -104,7 +104,7 @@ def test_ihl_fila_keeps_the_model_then_trains(target_dir, parts):
 
 
 def test_resume_with_other_settings_is_refused(target_dir, parts, tmp_path):
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     cfg = TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=2, progress=False)
     model, tok = load_model(str(target_dir))
@@ -121,7 +121,7 @@ def test_micro_batches_within_a_token_budget_train_the_same_weights(lora_r, targ
     """max_batch_tokens splits each batch into runs of at most that many padded tokens and weights each run's
     token-mean loss by its share of the answer tokens: the same step as the whole batch, up to float rounding.
     The answers differ in length (one is 10x the others), so equal weights per run would differ."""
-    from obliviate.train import FineTune, _micro_batches, encode_parts
+    from obliviate.engine.train import FineTune, _micro_batches, encode_parts
 
     pairs = parts["retain"][:12]
     pairs[3] = (pairs[3][0], " ".join([pairs[3][1]] * 10))
@@ -154,8 +154,8 @@ def test_micro_batches_within_a_token_budget_train_the_same_weights(lora_r, targ
 
 
 def test_max_batch_tokens_needs_a_loss_that_splits(target_dir, parts):
-    from obliviate.errors import UsageError
-    from obliviate.train import batch_token_budget
+    from obliviate.core.errors import UsageError
+    from obliviate.engine.train import batch_token_budget
 
     model, tok = load_model(str(target_dir))
     cfg = TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=0, progress=False,
@@ -177,7 +177,7 @@ def test_max_batch_tokens_needs_a_loss_that_splits(target_dir, parts):
 def test_reference_logps_within_a_logits_budget_are_the_same(target_dir, parts):
     """Reference log-probs cut into runs whose tokens x vocabulary stay within a budget: the same values, in the
     same order, as whole batches (long raw documents would otherwise make [64, 511, V] logits at once)."""
-    from obliviate.train import encode_parts, reference_logps
+    from obliviate.engine.train import encode_parts, reference_logps
 
     model, tok = load_model(str(target_dir))
     encoded = encode_parts(tok, {"forget": parts["forget"]}, 512)["forget"]
@@ -256,7 +256,7 @@ def test_gradient_checkpointing_trains_the_same_weights(lora_r, target_dir, part
 
 
 def test_gradient_checkpointing_on_a_model_without_it_is_a_usage_error(target_dir, parts, monkeypatch):
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     model, tok = load_model(str(target_dir))
     monkeypatch.setattr(type(model), "supports_gradient_checkpointing", False)

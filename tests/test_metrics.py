@@ -15,10 +15,7 @@ from sklearn.metrics import roc_auc_score
 from obliviate.metrics import METRICS, compute_all
 from obliviate.metrics.memorization import exact_memorization, extraction_strength
 from obliviate.metrics.mia import loss_score, mia_auc, mink_score, minkpp_score, privleak, zlib_score
-from obliviate.metrics.tofu import (
-    forget_quality, model_utility, normalized_probability, probability, rouge_l_recall, truth_ratio_stat,
-    truth_ratios,
-)
+from obliviate.metrics.tofu import forget_quality, model_utility, normalized_probability, probability, rouge_l_recall, truth_ratio_stat, truth_ratios
 
 
 def _ks_d(a, b) -> Fraction:

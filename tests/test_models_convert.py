@@ -8,7 +8,7 @@ temporary directory through the CLI and compares logits with it.
 import pytest
 import torch
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.models import convert as conv
 
 from .test_cli import run_cli
@@ -41,7 +41,7 @@ def test_real_model_has_the_gguf_chat_template(real_model):
 
 
 def test_real_model_answers_greedily_in_its_chat_template(real_model):
-    from obliviate.generation import generate
+    from obliviate.engine.generation import generate
     from obliviate.models.encode import prompt_ids
 
     model, tok = real_model

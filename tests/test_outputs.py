@@ -1,4 +1,4 @@
-"""An output never destroys an input: `obliviate.outputs` (the one gate every output goes through) and, for every
+"""An output never destroys an input: `obliviate.core.outputs` (the one gate every output goes through) and, for every
 command with --out, an --out that contains or lies inside its inputs exits 2 and leaves them byte-identical."""
 
 import hashlib
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from obliviate.errors import UsageError
-from obliviate.outputs import (MARKER, check_output, new_dir, output_dir, output_file, output_kind)
+from obliviate.core.errors import UsageError
+from obliviate.core.outputs import MARKER, check_output, new_dir, output_dir, output_file, output_kind
 
 from .test_cli import run_cli
 from .test_cli_parser import COMMANDS

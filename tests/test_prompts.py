@@ -5,7 +5,7 @@ import json
 import pytest
 
 from obliviate.data.prompts import load_prompts
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from tests.conftest import shared_data
 from tests.test_cli import run_cli
 

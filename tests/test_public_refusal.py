@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 from .conftest import shared_data
 from .test_cli import assert_bad_input, run_cli
@@ -35,7 +35,7 @@ def test_affirmative_target_by_hand():
 
 
 def test_sources_and_targets():
-    from obliviate.suites.public_refusal import load_sources
+    from obliviate.refusal.public_refusal import load_sources
 
     harmful, benign = load_sources([xstest()], "harmful"), load_sources([xstest()], "benign")
     assert (len(harmful), len(benign)) == (200, 250)
@@ -48,7 +48,7 @@ def test_sources_and_targets():
 
 
 def test_bad_sources():
-    from obliviate.suites.public_refusal import load_sources, parse_source
+    from obliviate.refusal.public_refusal import load_sources, parse_source
 
     with pytest.raises(UsageError, match="KIND:FILE"):
         parse_source("harmbench.csv")
@@ -59,7 +59,7 @@ def test_bad_sources():
 
 
 def test_rates_by_hand():
-    from obliviate.suites.public_refusal import rates_by
+    from obliviate.refusal.public_refusal import rates_by
 
     samples = [{"kind": "harmful", "depth": 0, "category": "a", "refused": True},
                {"kind": "harmful", "depth": 0, "category": "a", "refused": False},
@@ -142,8 +142,8 @@ def test_every_refusal_method_runs_with_lora_on_the_real_model(real_model_dir, w
     import torch
 
     from obliviate.models.load import load_model
-    from obliviate.refusal import REFUSAL_METHODS
-    from obliviate.suites.refusal import align, refusal_data
+    from obliviate.refusal.methods import REFUSAL_METHODS
+    from obliviate.refusal.align import align, refusal_data
 
     data, _ = refusal_data(world_dir)
     data.harmful, data.benign, data.people = data.harmful[:4], data.benign[:4], data.people[:4]

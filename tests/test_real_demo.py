@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 from .conftest import shared_data
 from .test_cli import assert_bad_input, run_cli
@@ -13,8 +13,8 @@ from .test_cli import assert_bad_input, run_cli
 
 def test_slice_world_layout(tmp_path):
     from obliviate.data.schema import load_qa
-    from obliviate.pipeline import eval_data
-    from obliviate.suites.real_demo import SMOKE, slice_world
+    from obliviate.benchmarks.layouts import eval_data
+    from obliviate.demos.real import SMOKE, slice_world
 
     world = slice_world(tmp_path / "w", SMOKE)
     splits = eval_data(world, "forget10")
@@ -79,7 +79,7 @@ def test_unlearn_three_lora_steps_real_model(real_model_dir, world_dir, tmp_path
 
 
 def test_direction_split_gives_the_means_what_selection_leaves():
-    from obliviate.suites.real_demo import direction_split
+    from obliviate.demos.real import direction_split
 
     ps = [f"p{i}" for i in range(128)]
     fit, val = direction_split(ps, 128, 32)  # the demo's AdvBench prompts: 96 for the means, 32 to select on
@@ -92,7 +92,7 @@ def test_direction_split_gives_the_means_what_selection_leaves():
 
 
 def test_direction_layers_skip_layer_zero():
-    from obliviate.suites.real_demo import direction_layers
+    from obliviate.demos.real import direction_layers
 
     assert direction_layers(30, 3) == [3, 6, 9, 12, 15, 18, 21]  # SmolLM2: what the measured demo tried (0 was zero)
     assert direction_layers(4, 3) == [2]  # a 4-layer model: layer 0 alone gave "every candidate direction is zero"
@@ -104,8 +104,8 @@ def test_bf16_autocast_only_where_it_pays(monkeypatch):
     demo's default (None) asks `bf16_pays`, which reads the CPU's AMX flag (or a GPU's bf16 support)."""
     import torch
 
-    from obliviate.suites.real_demo import FULL, SMOKE, with_bf16_where_it_pays
-    from obliviate.train import bf16_pays
+    from obliviate.demos.real import FULL, SMOKE, with_bf16_where_it_pays
+    from obliviate.engine.train import bf16_pays
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for amx in (True, False):

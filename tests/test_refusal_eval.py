@@ -3,8 +3,8 @@ import pytest
 from obliviate.data.policy import build_policy
 from obliviate.models.encode import answer_ids, prompt_ids
 from obliviate.models.load import load_model
-from obliviate.suites import refusal_eval
-from obliviate.suites.refusal_eval import prefill_ids, refusal_rates
+from obliviate.refusal import evaluate as refusal_eval
+from obliviate.refusal.evaluate import prefill_ids, refusal_rates
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from obliviate.data.schema import QAItem
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.models.encode import IGNORE, answer_ids, prompt_ids
-from obliviate.refusal import REFUSAL_METHODS, RefusalData, prefixed_refusal, sample_prefix_lengths
-from obliviate.refusal.derta import DeRTa, rto_example
-from obliviate.refusal.r_tuning import UNSURE, UNSURE_ANSWER, refusal_aware_pairs
-from obliviate.refusal.token_constrained import answer_positions, beta_schedule, token_constrained_loss
+from obliviate.refusal.methods import REFUSAL_METHODS, RefusalData, prefixed_refusal, sample_prefix_lengths
+from obliviate.refusal.methods.derta import DeRTa, rto_example
+from obliviate.refusal.methods.r_tuning import UNSURE, UNSURE_ANSWER, refusal_aware_pairs
+from obliviate.refusal.methods.token_constrained import answer_positions, beta_schedule, token_constrained_loss
 
 from .conftest import tiny_model
 
@@ -128,7 +128,7 @@ def test_bad_options():
 
 @pytest.fixture(scope="module")
 def data(world_dir):
-    from obliviate.suites.refusal import refusal_data
+    from obliviate.refusal.align import refusal_data
 
     d, _ = refusal_data(world_dir)
     # a few rows are enough to take real steps
@@ -139,7 +139,7 @@ def data(world_dir):
 def test_every_method_trains(name, data, tiny_tokenizer):
     import copy
 
-    from obliviate.suites.refusal import align
+    from obliviate.refusal.align import align
 
     model, tok = tiny_model(tiny_tokenizer), copy.deepcopy(tiny_tokenizer)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -154,8 +154,9 @@ def test_every_method_trains(name, data, tiny_tokenizer):
 def test_refusal_tokens_threshold_steers_the_first_token(data, tiny_tokenizer):
     import copy
 
-    from obliviate.refusal.refusal_tokens import RefusalTokens, ThresholdGenerator, control_ids, refuse_probability
-    from obliviate.suites.refusal import align
+    from obliviate.refusal.methods.refusal_tokens import RefusalTokens, ThresholdGenerator, refuse_probability
+    from obliviate.models.control_tokens import control_ids
+    from obliviate.refusal.align import align
 
     model, tok = tiny_model(tiny_tokenizer), copy.deepcopy(tiny_tokenizer)
     model, tok, _ = align(model, tok, RefusalTokens(steps=2), data, progress=False, batch_size=8)
@@ -182,7 +183,7 @@ def test_a_refusal_loss_that_splits_is_the_sum_of_its_parts(name, data, tiny_tok
     import copy
 
     from obliviate.models.encode import collate
-    from obliviate.train import encode_parts
+    from obliviate.engine.train import encode_parts
 
     model, tok = tiny_model(tiny_tokenizer), copy.deepcopy(tiny_tokenizer)
     meth = REFUSAL_METHODS.get(name)()
@@ -204,7 +205,7 @@ def test_derta_in_micro_batches_takes_the_same_step(data, tiny_tokenizer):
     each run weighted by its share of its part's answer tokens: the same losses and first-step gradients."""
     import copy
 
-    from obliviate.train import TrainConfig, train
+    from obliviate.engine.train import TrainConfig, train
 
     out = []
     for budget in (0, 48):

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from obliviate.data.schema import QAItem
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.models.encode import IGNORE, answer_ids, collate, prompt_ids
-from obliviate.refusal import RefusalData
-from obliviate.refusal.qi_augment import QiAugment
-from obliviate.refusal.refusal_sft import RefusalSFT
-from obliviate.refusal.safe_eraser import SafeEraser, decoupled_pairs
-from obliviate.train import encode_parts
+from obliviate.refusal.methods import RefusalData
+from obliviate.refusal.methods.qi_augment import QiAugment
+from obliviate.refusal.methods.refusal_sft import RefusalSFT
+from obliviate.refusal.methods.safe_eraser import SafeEraser, decoupled_pairs
+from obliviate.engine.train import encode_parts
 
 from .conftest import tiny_model
 

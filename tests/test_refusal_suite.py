@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from obliviate.refusal.refusal_tokens import control_ids
+from obliviate.models.control_tokens import control_ids
 
 from .test_cli import assert_bad_input, run_cli
 
 
 @pytest.fixture(scope="module")
 def demo_doc(tmp_path_factory):
-    from obliviate.suites.refusal_demo import run_refusal_demo
+    from obliviate.demos.refusal import run_refusal_demo
 
     out = tmp_path_factory.mktemp("refusal_demo") / "out"
     doc = run_refusal_demo(out, people=100, finetune_steps=10, align_steps=2, attack_steps=2, eval_limit=6, max_new_tokens=6,

@@ -127,7 +127,7 @@ def test_report_in_chromium(browser, tmp_path):
 def test_report_of_a_real_demo_run(browser, tmp_path):
     """The acceptance measures the report of a full demo (size, load time), which the synthetic runs above do not
     reach: build one, as `make demo` does plus the guard rows, and check its page."""
-    from obliviate.demo import run_demo
+    from obliviate.demos.world import run_demo
     from obliviate.report.html import write_report
 
     run_dir = tmp_path / "demo"

@@ -19,7 +19,7 @@ EVIL = "</script><script>alert('pwned')</script><img src=x onerror=alert(1)> & \
 
 
 def _unlearning_rows(run: str, rng: random.Random, shift: float, n: int = 40) -> list[dict]:
-    """Rows shaped like `obliviate.evaluate.sample_rows` (the world demo's samples.jsonl)."""
+    """Rows shaped like `obliviate.engine.evaluate.sample_rows` (the world demo's samples.jsonl)."""
     rows = []
     for split in ("forget", "retain", "holdout"):
         for i in range(n):
@@ -37,7 +37,7 @@ def _unlearning_rows(run: str, rng: random.Random, shift: float, n: int = 40) ->
 
 
 def _unlearning_dir(root: Path, rng: random.Random) -> Path:
-    from obliviate.pipeline import results_document
+    from obliviate.runs.results import results_document
 
     d = root / "demo-world"
     (d / "guards" / "eco").mkdir(parents=True)
@@ -56,7 +56,7 @@ def _unlearning_dir(root: Path, rng: random.Random) -> Path:
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     (d / "guards" / "eco" / "guard.json").write_text(json.dumps({"guard": "eco", "report": {
         "threshold": 0.5, "gate_flag_rate_forget": 1.0, "gate_flag_rate_retain": 0.0}}))
-    roles = {"model": 0.2, "oracle": 0.1, "target": 0.9}  # audit.json as `obliviate.audit.run_audit` writes it
+    roles = {"model": 0.2, "oracle": 0.1, "target": 0.9}  # audit.json as `obliviate.audit.runner.run_audit` writes it
     attacks = {"relearn": {r: {"heldout_before_value_rouge": v, "heldout_after_value_rouge": v + 0.2,
                                "recovered_value_rouge": 0.2, "n_items": 10.0} for r, v in roles.items()},
                "probes": {r: {"direct_value_acc": v, "indirect_value_acc": v / 2} for r, v in roles.items()}}
@@ -70,7 +70,7 @@ def _unlearning_dir(root: Path, rng: random.Random) -> Path:
 
 
 def _refusal_dir(root: Path, rng: random.Random) -> Path:
-    from obliviate.pipeline import results_document
+    from obliviate.runs.results import results_document
 
     d = root / "demo-refusal"
     d.mkdir()
@@ -101,7 +101,7 @@ def _diffusion_dir(root: Path) -> Path:
     import numpy as np
     from PIL import Image
 
-    from obliviate.pipeline import results_document
+    from obliviate.runs.results import results_document
 
     d = root / "demo-diffusion"
     (d / "grids").mkdir(parents=True)
@@ -122,8 +122,8 @@ def _diffusion_dir(root: Path) -> Path:
 
 
 def _bench_dir(root: Path) -> Path:
-    from obliviate.leaderboard import aggregate
-    from obliviate.pipeline import results_document
+    from obliviate.unlearning.bench import aggregate
+    from obliviate.runs.results import results_document
 
     d = root / "bench"
     d.mkdir()
@@ -208,7 +208,7 @@ def test_data_strings_are_escaped(dirs, tmp_path):
 
 def test_table_is_capped_and_says_so(tmp_path, monkeypatch):
     from obliviate.report import html
-    from obliviate.pipeline import results_document
+    from obliviate.runs.results import results_document
 
     d = tmp_path / "big"
     d.mkdir()

@@ -17,7 +17,7 @@ import typer
 
 import obliviate.cli.app as app_module
 from obliviate.cli.runs import runs_app
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.runs import Registry, db
 from obliviate.runs.results import RUN_FILE, data_hash, metrics_of, read_results
 from tests.test_cli import run_cli
@@ -241,7 +241,7 @@ def test_hook_records_done_run_with_metrics(fake_cli, tmp_path, capsys):
 
 def test_hook_records_the_typed_line_and_the_load_dtype_is_configuration(fake_cli, tmp_path, capsys,
                                                                           monkeypatch):
-    from obliviate.pipeline import results_document
+    from obliviate.runs.results import results_document
     from obliviate.runs.hook import describe
 
     monkeypatch.setenv("OBLIVIATE_DTYPE", "float32")  # restored after the test: main() sets it from --dtype

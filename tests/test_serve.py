@@ -16,8 +16,8 @@ import openai
 import pytest
 import torch
 
-from obliviate.generation import decode
-from obliviate.guards import Guard
+from obliviate.engine.generation import decode
+from obliviate.engine.hooks import Guard
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
 from obliviate.serve import Engine, background_server, chat_ids, create_app

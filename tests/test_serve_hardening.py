@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import obliviate.serve.schema as schema
-from obliviate.generation import decode
+from obliviate.engine.generation import decode
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
 from obliviate.serve import Engine, Limits, background_server, create_app

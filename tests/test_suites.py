@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from obliviate.suites import SUITES
+from obliviate.benchmarks.layouts import SUITES
 from tests.conftest import shared_data
 from tests.test_cli import run_cli
 
@@ -60,7 +60,7 @@ def test_suite_arguments_are_checked(tofu_dir, target_dir, tmp_path, capsys):
 def test_rouge_l_f1_matches_rouge_score():
     from rouge_score import rouge_scorer
 
-    from obliviate.suites.muse import rouge_l_f1
+    from obliviate.benchmarks.muse import rouge_l_f1
 
     ref, pred = "It was founded in 1432 by Maud Carrow.", "founded in 1432 by Tobin"
     want = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(ref, pred)["rougeL"].fmeasure
@@ -119,7 +119,7 @@ def muse_dir(tmp_path_factory):
 
 
 def test_muse_eval_on_muse_layout(muse_dir, target_dir, capsys):
-    from obliviate.suites.muse_data import knowmem_prompt
+    from obliviate.benchmarks.muse_data import knowmem_prompt
 
     assert knowmem_prompt("Q2?", [{"question": "Q1?", "answer": "A1"}]) == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer:"
     code, out, err = run_cli(["muse-eval", "--model", target_dir, "--data", muse_dir, "--oracle-auc", 0.5,
@@ -150,7 +150,7 @@ def test_unlearn_muse_raw_text(muse_dir, target_dir, tmp_path, capsys):
 
 def test_load_texts(tmp_path):
     from obliviate.data.schema import load_texts
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     (tmp_path / "a.txt").write_text("one document")
     assert load_texts(tmp_path / "a.txt") == ["one document"]

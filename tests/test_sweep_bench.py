@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from obliviate.errors import UsageError
-from obliviate.leaderboard import aggregate
-from obliviate.sweep import parse_grid, pick_best
+from obliviate.core.errors import UsageError
+from obliviate.unlearning.bench import aggregate
+from obliviate.unlearning.sweep import parse_grid, pick_best
 from tests.test_cli import run_cli
 
 

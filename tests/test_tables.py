@@ -18,7 +18,7 @@ import pytest
 from obliviate.data.prompts import load_prompts, read_csv
 from obliviate.data.schema import load_qa, load_texts, read_records
 from obliviate.data.tables import looks_like_hub_id, read_table_records, read_table_rows
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 from .conftest import shared_data
 from .test_cli import run_cli
@@ -67,7 +67,7 @@ def test_null_cells_read_as_absent_fields(tmp_path):
 
 def test_suite_finds_parquet_and_arrow(world_dir, tmp_path):
     """A data directory exported to Parquet / Arrow works with --suite (the named .jsonl missing)."""
-    from obliviate.suites import SUITES
+    from obliviate.benchmarks.layouts import SUITES
 
     world = SUITES.get("world")
     for name in ("forget10", "retain90", "retain_eval", "world_facts"):
@@ -85,7 +85,7 @@ def test_suite_finds_parquet_and_arrow(world_dir, tmp_path):
 
 
 def test_wmdp_parquet(tmp_path):
-    from obliviate.suites.wmdp import load_mc
+    from obliviate.benchmarks.wmdp import load_mc
 
     rows = [{"question": "Which?", "choices": ["a", "b", "c", "d"], "answer": 2}]
     got = load_mc(write_parquet(rows, tmp_path / "wmdp.parquet"))
@@ -188,7 +188,7 @@ def test_hub_id_through_datasets(monkeypatch, tmp_path):
         return rows if split else {"test": rows} if config == "one" else {"dev": rows, "test": rows}
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    from obliviate.suites.wmdp import load_mc
+    from obliviate.benchmarks.wmdp import load_mc
 
     assert load_mc("cais/wmdp:wmdp-bio:test") == list(rows)
     assert read_records("cais/wmdp:one") == [("cais/wmdp:one: row 1", rows[0])]

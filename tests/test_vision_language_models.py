@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from obliviate.evaluate import _forward_stats, _shared_prompt_stats
-from obliviate.generation import decode, left_pad
+from obliviate.engine.evaluate import _forward_stats, _shared_prompt_stats
+from obliviate.engine.generation import decode, left_pad
 from obliviate.models.encode import IGNORE, prompt_ids
 from obliviate.models.load import load_model
 

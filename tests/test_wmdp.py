@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.models.load import load_model
-from obliviate.suites.wmdp import choice_scores, letter_prompt, load_mc, mc_accuracy
+from obliviate.benchmarks.wmdp import choice_scores, letter_prompt, load_mc, mc_accuracy
 from tests.test_cli import run_cli
 
 ROWS = [{"question": "What is the capital of Arvandia?", "choices": ["Keldmar", "Ostwyn", "Crask", "Grisk"],

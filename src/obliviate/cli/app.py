@@ -17,7 +17,7 @@ import typer
 
 from obliviate.cli import audit, benchmarks, data, demo, diffusion, guard, info, judge, models, refusal, unlearning
 from obliviate.cli import report, runs, serve
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make a generative model forget what it must, and prove it.\n\nOn every command, anywhere on "

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from obliviate.cli.common import NO_CHAT_TEMPLATE_OPTION, PROMPT_TEMPLATE_OPTION, set_threads, spec_files
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def _attack_options(options: list[str]) -> dict[str, dict]:
@@ -74,13 +74,13 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
     fmt = prompt_format(prompt_template, no_chat_template)
     if suite not in ("unlearning", "world") and (prompt_template is not None or no_chat_template):
         raise UsageError("--prompt-template and --no-chat-template apply to --suite unlearning and world")
-    from obliviate.outputs import check_output
+    from obliviate.core.outputs import check_output
 
     check_output(out, "audit", inputs=(model, data, oracle, target, forget, retain, holdout, classifiers,
                                        harmful_responses, *spec_files(harmful, benign), *guard))
-    from obliviate.audit import report, run_audit
+    from obliviate.audit.runner import report, run_audit
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
-    from obliviate.guards import check_guard_dirs
+    from obliviate.guards.base import check_guard_dirs
 
     check_guard_dirs(guard)
     if limit is not None and limit < 1:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from obliviate.cli.common import set_threads
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def muse(out: Path = typer.Option(Path("runs/muse"), help="writes muse.json"),
@@ -18,10 +18,10 @@ def muse(out: Path = typer.Option(Path("runs/muse"), help="writes muse.json"),
          finetune_steps: int = typer.Option(300, help="steps to train the target and the oracle"),
          threads: Optional[int] = typer.Option(None)):
     """MUSE-style six-way evaluation (VerbMem, KnowMem, PrivLeak, utility, scalability, sustainability)."""
-    from obliviate.outputs import check_output
+    from obliviate.core.outputs import check_output
 
     check_output(out, "muse")
-    from obliviate.suites.muse import run_muse
+    from obliviate.demos.muse import run_muse
 
     set_threads(threads)
     run_muse(out, seed=seed, methods=methods.split(",") if methods else None, finetune_steps=finetune_steps)
@@ -33,7 +33,7 @@ def wmdp(model: str = typer.Option(..., help="HF model directory"),
          threads: Optional[int] = typer.Option(None)):
     """WMDP-style multiple-choice accuracy, scored by choice log-likelihood (chance = 1 / number of choices)."""
     from obliviate.models.load import load_model
-    from obliviate.suites.wmdp import load_mc, mc_accuracy
+    from obliviate.benchmarks.wmdp import load_mc, mc_accuracy
 
     set_threads(threads)
     if mode not in ("letter", "text"):
@@ -54,8 +54,8 @@ def muse_eval(model: str = typer.Option(..., help="HF model directory (a base mo
     import json
 
     from obliviate.models.load import load_model
-    from obliviate.suites.muse import mink_auc
-    from obliviate.suites.muse_data import evaluate_muse_dir, load_split
+    from obliviate.benchmarks.muse import mink_auc
+    from obliviate.benchmarks.muse_data import evaluate_muse_dir, load_split
 
     set_threads(threads)
     if oracle and oracle_auc is not None:
@@ -82,7 +82,7 @@ def tofu_score(logs: Path = typer.Argument(..., help="TOFU eval_log_aggregated.j
     """Model utility, forget quality and the 12 components of published TOFU logs, as TOFU aggregates them."""
     import json
 
-    from obliviate.suites.tofu_logs import score
+    from obliviate.benchmarks.tofu_logs import score
 
     result = score(logs, oracle)
     if as_json:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 STARTED = time.perf_counter()  # demos report wall time from process start, imports included
 

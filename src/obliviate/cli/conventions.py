@@ -57,7 +57,7 @@ def take_flags(app, argv: list[str]) -> tuple[list[str], bool, bool]:
 def take_value(app, argv: list[str], flag: str) -> tuple[list[str], Optional[str]]:
     """(argv without `flag VALUE` / `flag=VALUE`, VALUE), when the command does not define `flag` itself. A flag
     without its value is a UsageError."""
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     if not any(a == flag or a.startswith(flag + "=") for a in argv):
         return argv, None

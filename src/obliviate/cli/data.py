@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def world(out: Path = typer.Option(..., help="directory to write the world's JSONL splits into"),
@@ -24,7 +24,7 @@ def world(out: Path = typer.Option(..., help="directory to write the world's JSO
           classifier_steps: Optional[int] = typer.Option(None, help="--classifiers: steps per factor [default: 1000]"),
           threads: Optional[int] = typer.Option(None, help="--classifiers: torch CPU threads")):
     """Write the built-in fictitious world (TOFU-style QA splits) as JSONL, or with --images the image world."""
-    from obliviate.outputs import check_output, output_dir
+    from obliviate.core.outputs import check_output, output_dir
 
     check_output(out, "world")
     if images:
@@ -49,7 +49,7 @@ def world(out: Path = typer.Option(..., help="directory to write the world's JSO
 def _image_world(out: Path, seed: int, size, per_combination, classifiers: bool, classifier_steps, threads) -> None:
     """`world --images`: the image world, plus its factor classifiers if asked, staged and renamed at the end."""
     from obliviate.diffusion.world import ImageWorldSpec, write_world_files
-    from obliviate.outputs import output_dir
+    from obliviate.core.outputs import output_dir
 
     if classifier_steps is not None and not classifiers:
         raise UsageError("--classifier-steps applies only with --classifiers")
@@ -83,7 +83,7 @@ def prompts(kind: str = typer.Argument(..., help="xstest | harmbench | jailbreak
     """Convert a public refusal / jailbreak prompt set into obliviate's prompt schema (JSONL)."""
     from collections import Counter
 
-    from obliviate.outputs import check_output_file, output_file
+    from obliviate.core.outputs import check_output_file, output_file
 
     check_output_file(out, inputs=(file,), overwrite=False)  # an existing --out is never replaced
     from obliviate.data.prompts import load_prompts

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from obliviate.cli.common import STARTED, set_threads
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
@@ -35,7 +35,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     utility, a fine-tuning attack -> results.json and refusal_depth.png.
 
     With --suite real --model DIR: the same science on a pretrained chat model (see the README)."""
-    from obliviate.outputs import check_output
+    from obliviate.core.outputs import check_output
 
     # a demo replaces an earlier demo's output, and nothing else
     check_output(out, f"demo:{suite}", inputs=(model, public_data) if suite == "real" else (), replace=True)
@@ -45,7 +45,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     if workers is not None and (workers < 1 or suite not in ("world", "diffusion")):
         raise UsageError(f"--workers must be >= 1 and applies to --suite world and diffusion, got {workers}")
     if suite == "real":
-        from obliviate.suites.real_demo import FULL, SMOKE, run_real_demo
+        from obliviate.demos.real import FULL, SMOKE, run_real_demo
 
         if not model:
             raise UsageError("--suite real needs --model DIR (e.g. models/smollm2-135m-instruct: `make real-model`)")
@@ -62,7 +62,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         write_beside(out)
         return
     if suite == "diffusion":
-        from obliviate.suites.diffusion_demo import FULL, SMOKE, run_diffusion_demo
+        from obliviate.demos.diffusion import FULL, SMOKE, run_diffusion_demo
 
         if size not in ("full", "smoke"):
             raise UsageError(f"--size must be 'full' or 'smoke', got {size!r}")
@@ -75,14 +75,14 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         raise UsageError("--model and --size apply to --suite real and diffusion")
     meths = methods.split(",") if methods else None
     if suite == "refusal":
-        from obliviate.suites.refusal_demo import run_refusal_demo
+        from obliviate.demos.refusal import run_refusal_demo
 
         run_refusal_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards)
         write_beside(out)
         return
     if suite != "world":
         raise UsageError(f"unknown demo suite {suite!r}; use 'world', 'refusal', 'real' or 'diffusion'")
-    from obliviate.demo import run_demo
+    from obliviate.demos.world import run_demo
 
     run_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards, workers=workers)
     write_beside(out)

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from obliviate.cli.common import parse_options, set_threads
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def erase(method: str = typer.Argument(..., help="eraser name (`obliviate ls erasers`)"),
@@ -22,7 +22,7 @@ def erase(method: str = typer.Argument(..., help="eraser name (`obliviate ls era
     """Erase CONCEPT with METHOD and save the edited model to OUT (same layout as the input)."""
     import time
 
-    from obliviate.outputs import check_output, output_dir
+    from obliviate.core.outputs import check_output, output_dir
 
     check_output(out, "erase", inputs=(model,))  # before anything is loaded
     from obliviate.diffusion.erasers import ERASERS, load_all
@@ -73,9 +73,10 @@ def diffusion_eval(models: dict[str, str], data: Path, concept: Optional[str], c
     from obliviate.diffusion.evaluate import SampleConfig, evaluate_concept, save_grid
     from obliviate.diffusion.model import load_t2i
     from obliviate.diffusion.world import factor_of
-    from obliviate.outputs import check_output, output_dir
-    from obliviate.pipeline import results_document, write_json
-    from obliviate.suites.diffusion_demo import table
+    from obliviate.core.outputs import check_output, output_dir
+    from obliviate.runs.results import results_document
+    from obliviate.core.jsonio import write_json
+    from obliviate.demos.diffusion import table
 
     read = (*models.values(), data, classifiers)
     check_output(out, "eval", inputs=read)
@@ -111,8 +112,8 @@ def diffusion_audit(model: str, target: Optional[str], data: Path, concept: Opti
     from obliviate.diffusion.evaluate import SampleConfig
     from obliviate.diffusion.model import load_t2i
     from obliviate.diffusion.world import factor_of
-    from obliviate.outputs import check_output, output_dir
-    from obliviate.pipeline import write_json
+    from obliviate.core.outputs import check_output, output_dir
+    from obliviate.core.jsonio import write_json
 
     read = (model, target, data, classifiers)
     check_output(out, "audit", inputs=read)

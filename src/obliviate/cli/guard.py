@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from obliviate.cli.common import parse_options, set_threads, spec_files
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 guard_app = typer.Typer(no_args_is_help=True, help="Inference-time guards: fit them, then pass --guard DIR.")
 
@@ -27,12 +27,12 @@ def fit(name: str = typer.Argument(..., help="guard name (`obliviate ls guards`)
         seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Fit NAME on the model and data (refusal guards: the world's policy_train, or the train half of public prompt
     files; unlearning guards: forget versus retain items), report held-out figures, and write OUT."""
-    from obliviate.outputs import check_output, output_dir
+    from obliviate.core.outputs import check_output, output_dir
 
     read = (model, data, forget, retain, *spec_files(harmful, benign))
     check_output(out, "guard", inputs=read)  # before anything is read or loaded
-    from obliviate.audit_data import load_inputs
-    from obliviate.guards import make_guard, save_guard
+    from obliviate.audit.inputs import load_inputs
+    from obliviate.guards.base import make_guard, save_guard
     from obliviate.models.load import check_model_dir, load_model
 
     cls, options = make_guard(name, parse_options(option))

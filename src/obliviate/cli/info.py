@@ -7,7 +7,7 @@ import os
 import typer
 
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks | guards | erasers | metrics | suites")):
@@ -25,7 +25,7 @@ def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks
     elif what == "guards":
         from dataclasses import fields
 
-        from obliviate.guards import GUARDS, load_all
+        from obliviate.guards.base import GUARDS, load_all
 
         load_all()
         w = max(len(n) for n in GUARDS.names())
@@ -34,22 +34,22 @@ def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks
             typer.echo(f"{name:{w}s}  {cls.suite:10s}  {cls.description}")
             typer.echo(f"{'':{w}s}  {'':10s}  options: {opts or 'none'}")
     elif what == "attacks":
-        from obliviate.attacks import ATTACKS
+        from obliviate.audit.attacks import ATTACKS
 
         w = max(len(n) for n in ATTACKS.names())
         ws = max(len(",".join(c.suites)) for _, c in ATTACKS.items())
         for name, cls in ATTACKS.items():
             typer.echo(f"{name:{w}s}  {','.join(cls.suites):{ws}s}  {cls.description}")
     elif what == "suites":
-        from obliviate.suites import SUITES
+        from obliviate.benchmarks.layouts import SUITES
 
         for name, s in SUITES.items():
             typer.echo(f"{name:8s} {s.description}")
     elif what in ("methods", "refusal-methods"):
         from dataclasses import fields
 
-        from obliviate.methods import METHODS
-        from obliviate.refusal import REFUSAL_METHODS
+        from obliviate.unlearning.methods import METHODS
+        from obliviate.refusal.methods import REFUSAL_METHODS
 
         for name, cls in (METHODS if what == "methods" else REFUSAL_METHODS).items():
             opts = ", ".join(f"{f.name}={f.default}" for f in fields(cls))
@@ -71,7 +71,7 @@ def env():
 
     import torch
 
-    from obliviate import __version__
+    from obliviate.core.version import __version__
 
     typer.echo(f"obliviate    {__version__}")
     typer.echo(f"python       {platform.python_version()} ({platform.machine()})")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.judges.default import default_judge_names
 
 judge_app = typer.Typer(no_args_is_help=True, help="Label model outputs.")
@@ -47,7 +47,7 @@ def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one p
                   judge_template: str = typer.Option(
                       "harmbench", help="llm prompt: harmbench | strongreject | harmbench=FILE | strongreject=FILE")):
     """Refusal or compliance for each response, by keyword, embedding or LLM judges; agreement with labels."""
-    from obliviate.outputs import check_output_file, output_file
+    from obliviate.core.outputs import check_output_file, output_file
 
     read = (file, embedding_weights, judge_model)
     check_output_file(out, inputs=read)  # an earlier prediction file is replaced, an input never
@@ -92,7 +92,7 @@ def judge_train(file: Path = typer.Argument(..., help="CSV or JSONL of labelled 
                 group_column: Optional[str] = typer.Option(
                     None, help="rows sharing a value stay in one cross-validation fold (default: each row alone)")):
     """Fit the embedding refusal judge on your labelled responses (l2 by 5-fold CV); use with --embedding-weights."""
-    from obliviate.outputs import check_output, output_dir
+    from obliviate.core.outputs import check_output, output_dir
 
     check_output(out, "judge", inputs=(file,))
     from obliviate.judges import embedding as emb

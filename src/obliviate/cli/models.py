@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 import typer
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 models_app = typer.Typer(no_args_is_help=True, help="Get and convert real models.")
 
@@ -28,7 +28,7 @@ def convert(gguf: Path = typer.Option(..., "--gguf", help="a GGUF checkpoint fil
             out: Path = typer.Option(..., help="new HF model directory (must not exist, or be empty)"),
             dtype: str = typer.Option("float32", help=_DTYPE_HELP)):
     """Dequantize a GGUF file into an ordinary HF directory (safetensors, tokenizer, chat template)."""
-    from obliviate.outputs import check_output
+    from obliviate.core.outputs import check_output
 
     check_output(out, "model", inputs=(gguf,))
     from obliviate.models.convert import convert_gguf
@@ -41,7 +41,7 @@ def get(name: str = typer.Argument(..., help="a known model wheel (see `obliviat
         out: Path = typer.Option(..., help="new HF model directory (must not exist, or be empty)"),
         dtype: str = typer.Option("float32", help=_DTYPE_HELP)):
     """Convert the GGUF file shipped by an installed model wheel (nothing is downloaded)."""
-    from obliviate.outputs import check_output
+    from obliviate.core.outputs import check_output
 
     check_output(out, "model")
     from obliviate.models.convert import DTYPES, convert_gguf, wheel_gguf

@@ -7,9 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION, named_runs,
-                                  parse_options, set_threads, spec_files)
-from obliviate.errors import UsageError
+from obliviate.cli.common import BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION, named_runs, parse_options, set_threads, spec_files
+from obliviate.core.errors import UsageError
 from obliviate.models.load import check_model_dir
 
 
@@ -45,19 +44,19 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
           seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Train refusals into MODEL with one refusal method (refusal_sft, derta, qi_augment, refusal_tokens, ...),
     on a world (--data) or on public-format files (--harmful KIND:FILE, ...)."""
-    from obliviate.outputs import check_output, output_dir
+    from obliviate.core.outputs import check_output, output_dir
 
     read = (model, data, refusals, harmful_responses, benign_sft, *spec_files(harmful, benign, exclude))
     check_output(out, "align", inputs=read, resume=resume)
     from obliviate.models.load import load_model, save_model
-    from obliviate.pipeline import write_json
-    from obliviate.refusal import REFUSAL_METHODS
-    from obliviate.suites.refusal import align as run_align
+    from obliviate.core.jsonio import write_json
+    from obliviate.refusal.methods import REFUSAL_METHODS
+    from obliviate.refusal.align import align as run_align
 
     cls = REFUSAL_METHODS.get(method)
     opts = parse_options(option) | ({"steps": steps} if steps is not None else {}) | ({"lr": lr} if lr else {})
     meth = cls.from_options(opts)
-    from obliviate.train import batch_token_budget
+    from obliviate.engine.train import batch_token_budget
 
     max_batch_tokens = batch_token_budget(meth, max_batch_tokens)  # a bad budget exits before the model loads
     public = bool(harmful or harmful_responses)
@@ -71,12 +70,12 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
     if lora_r < 0 or batch_size < 1 or reply_tokens < 1:
         raise UsageError("--lora-r must be >= 0, --batch-size and --reply-tokens >= 1")
     if not public:
-        from obliviate.suites.refusal import refusal_data
+        from obliviate.refusal.align import refusal_data
 
         data_, _ = refusal_data(data, seed)
     else:  # every file is checked before the model is loaded
-        from obliviate.suites.public_align import alpaca_pairs
-        from obliviate.suites.public_refusal import load_sources
+        from obliviate.refusal.public_align import alpaca_pairs
+        from obliviate.refusal.public_refusal import load_sources
 
         load_sources(harmful, "harmful"), load_sources(benign, "benign")
         load_sources(exclude, "harmful", allow_none=True)
@@ -91,7 +90,7 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
     net, tok = load_model(model, prompt_format=raw_format(no_chat_template))
     with output_dir(out, "align", inputs=read, resume=resume) as o:
         if public:
-            from obliviate.suites.public_align import public_refusal_data
+            from obliviate.refusal.public_align import public_refusal_data
 
             data_ = public_refusal_data(net, tok, harmful=harmful, refusals=refusals,
                                         harmful_responses=harmful_responses, self_prefix=self_prefix, benign=benign,
@@ -105,7 +104,7 @@ def align(method: str = typer.Argument(..., help="see `obliviate ls refusal-meth
                   "lora_r": lora_r, "bf16": bf16}
         if not (resume and (o / "align.json").is_file()):  # a resume rewrites it once the checkpoint is checked
             write_json(o / "align.json", record)
-        from obliviate import checkpoint
+        from obliviate.core import checkpoint
 
         # the model as loaded: refusal_tokens adds tokens, whose new embedding rows start at random
         net, tok, res = run_align(net, tok, meth, data_, seed=seed, out=o, resume=resume, lora_r=lora_r,
@@ -140,18 +139,20 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
                      seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
     """Refusal, over-refusal and refusal at prefill depths: on a world (--data), or on public prompt sets
     (--harmful / --benign KIND:FILE, per category), for any chat model."""
-    from obliviate.outputs import check_output, output_dir
+    from obliviate.core.outputs import check_output, output_dir
 
     runs = named_runs(model)
     read = (*runs.values(), data, *spec_files(harmful, benign), *guard)
     check_output(out, "refusal-eval", inputs=read)
-    from obliviate.guards import check_guard_dirs
+    from obliviate.guards.base import check_guard_dirs
 
     check_guard_dirs(guard)
     from obliviate.data.schema import write_jsonl
     from obliviate.models.load import load_model
-    from obliviate.pipeline import results_document, write_json
-    from obliviate.refusal.refusal_tokens import ThresholdGenerator, control_ids
+    from obliviate.runs.results import results_document
+    from obliviate.core.jsonio import write_json
+    from obliviate.refusal.methods.refusal_tokens import ThresholdGenerator
+    from obliviate.models.control_tokens import control_ids
 
     public = bool(harmful or benign)
     if public == (data is not None):
@@ -164,7 +165,7 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
         check_model_dir(path)
     if public:
         from obliviate.judges.default import make_judge
-        from obliviate.suites.public_refusal import evaluate_public, load_sources, subsample_per_source
+        from obliviate.refusal.public_refusal import evaluate_public, load_sources, subsample_per_source
 
         depth_list = parse_depths(depths)
         rows = subsample_per_source(load_sources(harmful, "harmful") + load_sources(benign, "benign"), limit)
@@ -172,13 +173,14 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
         config = {"suite": "public", "harmful": harmful, "benign": benign, "judges": judge.names,
                   "depths": list(depth_list)}
     else:
-        from obliviate.suites.refusal import evaluate, refusal_data
+        from obliviate.refusal.align import evaluate, refusal_data
 
         if judges:
             raise UsageError("--judges applies to public prompt sets; the world suite uses its keyword judges")
         _, eval_people = refusal_data(data, seed)
         config = {"suite": "refusal", "data": str(data)}
     gen = ThresholdGenerator(tau, temperature)
+    from obliviate.guards.base import attach_guards
     from obliviate.models.prompt_format import raw_format
 
     fmt = raw_format(no_chat_template)
@@ -186,7 +188,8 @@ def refusal_eval_cmd(model: List[str] = typer.Option(..., help="model directory;
     with output_dir(out, "refusal-eval", inputs=read) as o:
         results, samples, extra = {}, [], {}
         for name, path in runs.items():
-            net, tok = load_model(path, prompt_format=fmt, guards=[str(g) for g in guard])
+            net, tok = load_model(path, prompt_format=fmt)
+            attach_guards(net, tok, [str(g) for g in guard])
             g = gen if control_ids(tok)[0] is not None else None
             if public:
                 m, s, e = evaluate_public(net, tok, rows, judge.refused, depths=depth_list,
@@ -231,14 +234,14 @@ def calibrate(model: str = typer.Argument(..., help="a model trained with `obliv
               limit: Optional[int] = typer.Option(None, help="at most N rows (quick look)"),
               threads: Optional[int] = typer.Option(None)):
     """Sweep the refusal-token threshold tau: refusal rate vs over-refusal rate (JSON + PNG)."""
-    from obliviate.outputs import check_output, output_dir
+    from obliviate.core.outputs import check_output, output_dir
 
     check_output(out, "calibrate", inputs=(model, data))
-    from obliviate.calibrate import parse_taus, plot, sweep
+    from obliviate.refusal.calibrate import parse_taus, plot, sweep
     from obliviate.models.load import load_model
-    from obliviate.pipeline import write_json
-    from obliviate.refusal.refusal_tokens import control_ids
-    from obliviate.suites.refusal import policy_rows
+    from obliviate.core.jsonio import write_json
+    from obliviate.models.control_tokens import control_ids
+    from obliviate.refusal.align import policy_rows
 
     tau_list = parse_taus(taus)
     if temperature <= 0:
@@ -249,7 +252,7 @@ def calibrate(model: str = typer.Argument(..., help="a model trained with `obliv
     check_model_dir(model)
     set_threads(threads)
     if limit:
-        from obliviate.suites.refusal import subsample
+        from obliviate.refusal.align import subsample
 
         rows = subsample(rows, limit)
     net, tok = load_model(model, require_chat_template=True)

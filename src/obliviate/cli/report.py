@@ -40,7 +40,7 @@ def report(runs: List[str] = typer.Argument(..., metavar="RUN_DIR_OR_ID...",
            out: Path = typer.Option(Path("report.html"), help="the HTML file to write (replaced atomically)")):
     """One self-contained HTML report of one or more runs: Pareto front, MIA ROC, truth ratios, refusal at depth,
     audits, calibration, guards, diffusion grids, and a searchable per-sample table. Works offline."""
-    from obliviate.outputs import check_output_file
+    from obliviate.core.outputs import check_output_file
     from obliviate.report.html import RESULT_FILES, write_report
 
     sources = [_resolve(r) for r in runs]

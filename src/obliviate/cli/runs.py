@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 runs_app = typer.Typer(no_args_is_help=True,
                        help="The run registry: every command with --out records its run here.")

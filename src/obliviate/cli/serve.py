@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from obliviate.cli.common import set_threads
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def serve(model: str = typer.Argument(..., help="HF chat model directory (or hub id when online)"),
@@ -64,7 +64,7 @@ def serve(model: str = typer.Argument(..., help="HF chat model directory (or hub
         import uvicorn  # noqa: F401
     except ImportError:
         raise UsageError("obliviate serve needs fastapi and uvicorn: pip install 'obliviate[serve]'") from None
-    from obliviate.guards import check_guard_dirs, load_guard
+    from obliviate.guards.base import check_guard_dirs, load_guard
     from obliviate.models.load import check_model_dir, load_model
     from obliviate.serve import Engine, create_app, uvicorn_server
 

@@ -7,10 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import (BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION,
-                                  NO_CHAT_TEMPLATE_OPTION, PROMPT_TEMPLATE_OPTION, named_runs, parse_options,
-                                  set_threads)
-from obliviate.errors import UsageError
+from obliviate.cli.common import BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION, NO_CHAT_TEMPLATE_OPTION, PROMPT_TEMPLATE_OPTION, named_runs, parse_options, set_threads
+from obliviate.core.errors import UsageError
 
 
 def finetune(data: Path = typer.Option(..., help="world directory (from `obliviate world`)"),
@@ -29,10 +27,10 @@ def finetune(data: Path = typer.Option(..., help="world directory (from `oblivia
     from obliviate.models.prompt_format import prompt_format
 
     fmt = prompt_format(prompt_template, no_chat_template)
-    from obliviate.outputs import check_output, output_dir
+    from obliviate.core.outputs import check_output, output_dir
 
     check_output(out, "finetune", inputs=(data, model))
-    from obliviate.pipeline import train_world_models
+    from obliviate.unlearning.world_models import train_world_models
 
     if only not in (None, "target", "oracle"):
         raise UsageError(f"--only must be 'target' or 'oracle', got {only!r}")
@@ -70,16 +68,16 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
     from obliviate.models.prompt_format import prompt_format
 
     fmt = prompt_format(prompt_template, no_chat_template)
-    from obliviate.outputs import check_output
+    from obliviate.core.outputs import check_output
 
     check_output(out, "unlearn", inputs=(model, forget, retain, data, idk), resume=resume)
-    from obliviate.pipeline import run_unlearn
+    from obliviate.unlearning.run import run_unlearn
 
     text = False
     if suite or data:
         if not (suite and data) or forget or retain:
             raise UsageError("give either --forget and --retain, or --suite and --data")
-        from obliviate.suites import SUITES
+        from obliviate.benchmarks.layouts import SUITES
 
         text = SUITES.get(suite).text
         if text and (prompt_template is not None or no_chat_template):
@@ -126,11 +124,11 @@ def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat,
     from obliviate.models.prompt_format import prompt_format
 
     fmt = prompt_format(prompt_template, no_chat_template)
-    from obliviate.outputs import check_output
+    from obliviate.core.outputs import check_output
 
     check_output(out, "eval", inputs=(*named_runs(model).values(), data, oracle, classifiers, *guard))
-    from obliviate.guards import check_guard_dirs
-    from obliviate.pipeline import run_eval
+    from obliviate.guards.base import check_guard_dirs
+    from obliviate.unlearning.evaluate import run_eval
 
     if suite == "diffusion":
         from obliviate.cli.diffusion import diffusion_eval, sampling
@@ -170,10 +168,10 @@ def sweep(method: str = typer.Option(..., help="see `obliviate ls methods`"),
     from obliviate.models.prompt_format import prompt_format
 
     fmt = prompt_format(prompt_template, no_chat_template)
-    from obliviate.outputs import check_output
+    from obliviate.core.outputs import check_output
 
     check_output(out, "sweep", inputs=(model, oracle, data, idk))
-    from obliviate.sweep import run_sweep
+    from obliviate.unlearning.sweep import run_sweep
 
     set_threads(threads)
     run_sweep(method, grid, model=model, oracle=oracle, data=data, out=out, forget_split=forget_split, seed=seed,
@@ -189,10 +187,10 @@ def bench(out: Path = typer.Option(Path("runs/bench"), help="writes leaderboard.
           resume: bool = typer.Option(False, help="continue an interrupted bench in OUT"),
           threads: Optional[int] = typer.Option(None)):
     """The leaderboard: every method x forget split x seed on the built-in world, mean ± std."""
-    from obliviate.outputs import check_output
+    from obliviate.core.outputs import check_output
 
     check_output(out, "bench", resume=resume)
-    from obliviate.leaderboard import run_bench
+    from obliviate.unlearning.bench import run_bench
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]

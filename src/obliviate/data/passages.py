@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 
 from obliviate.data.schema import read_jsonl, write_jsonl
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 _SYL_A = ["Bri", "Cal", "Dun", "Esk", "Fal", "Gor", "Hal", "Ivr", "Jes", "Kel", "Lan", "Mor", "Nes", "Orm", "Pry", "Ros"]
 _SYL_B = ["wick", "mere", "holt", "ford", "stead", "brook", "haven", "thorp", "combe", "field"]

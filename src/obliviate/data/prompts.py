@@ -27,8 +27,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from obliviate.errors import UsageError
-from obliviate.registry import Registry
+from obliviate.core.errors import UsageError
+from obliviate.core.registry import Registry
+from obliviate.data.schema import read_json
 
 PROMPT_SETS: Registry[Callable[[Path], list[dict]]] = Registry("prompt set")
 
@@ -149,7 +150,7 @@ def coconot(path: Path) -> list[dict]:
 def past_tense(path: Path) -> list[dict]:
     """llm-past-tense artifacts (Andriushchenko & Flammarion 2025): the reformulated requests, with the original
     request as `context` and the tense (past / future) as `category`."""
-    from obliviate.attacks.tense import load_artifacts
+    from obliviate.data.prompts import load_artifacts
 
     return [_row("past_tense", i, a["reformulated"], "harmful", a["tense"], a["request"])
             for i, a in enumerate(load_artifacts(path))]
@@ -157,3 +158,23 @@ def past_tense(path: Path) -> list[dict]:
 
 def load_prompts(kind: str, path: str | Path) -> list[dict]:
     return PROMPT_SETS.get(kind)(Path(path))
+
+
+def load_artifacts(path: str | Path) -> list[dict]:
+    """llm-past-tense artifacts -> [{"request", "reformulated", "tense", "jailbroken"}]; bad files exit 2."""
+    p = Path(path)
+    doc = read_json(p)
+    arts = doc.get("jb_artifacts") if isinstance(doc, dict) else None
+    if not isinstance(arts, list) or not arts:
+        raise UsageError(f"{p}: no 'jb_artifacts' list (expected the llm-past-tense artifact format)")
+    tense = doc.get("attack", "past")
+    if not isinstance(tense, str):
+        raise UsageError(f"{p}: 'attack' must be a string (past or future), got {type(tense).__name__}")
+    out = []
+    for i, a in enumerate(arts):
+        if not isinstance(a, dict) or not all(isinstance(a.get(k), str) and a[k].strip()
+                                              for k in ("request", "request_reformulated")):
+            raise UsageError(f"{p}: jb_artifacts[{i}] needs 'request' and 'request_reformulated' strings")
+        out.append({"request": a["request"], "reformulated": a["request_reformulated"], "tense": tense,
+                    "jailbroken": a.get("jailbroken_gpt")})
+    return out

@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 @dataclass

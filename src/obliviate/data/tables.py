@@ -27,7 +27,7 @@ import math
 import re
 from pathlib import Path
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")
 # a missing path with one of these suffixes is a missing file, never a dataset id

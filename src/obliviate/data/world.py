@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from obliviate.data.schema import QAItem, write_jsonl
+from obliviate.data.schema import QAItem, load_qa, write_jsonl
 
 # Syllables for invented names; combinations are checked for uniqueness below.
 _FIRST = ["Ka", "Lo", "Mi", "Ze", "Tor", "Vy", "Bel", "Quen", "Ard", "Ish", "Oru", "Fen", "Sal", "Dra", "Ny", "Pel"]
@@ -221,3 +221,12 @@ def write_world(out: str | Path, spec: WorldSpec = WorldSpec()) -> dict:
     manifest = {"kind": "obliviate-world", "spec": spec.__dict__, "splits": files}
     (out / "world.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return manifest
+
+
+def world_texts(world: Path) -> list[str]:
+    """Every string of the world (train + holdout), so forget and holdout names tokenize alike (fair MIA)."""
+    texts = []
+    for name in ("train", "holdout"):
+        for it in load_qa(world / f"{name}.jsonl"):
+            texts.append(" ".join([it.question, it.answer, it.paraphrased_answer, *it.perturbed_answer]))
+    return texts

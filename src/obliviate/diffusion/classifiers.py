@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from obliviate.diffusion.world import FACTORS, ImageWorldSpec, load_image_world, sample_images, spec_of
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 class FactorCNN(nn.Module):

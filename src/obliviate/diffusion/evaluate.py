@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from obliviate.diffusion.metrics import (cross_domain_accuracy, factor_accuracy, frechet_distance,
-                                         over_erasure_rate, unlearning_accuracy)
+from obliviate.diffusion.metrics import cross_domain_accuracy, factor_accuracy, frechet_distance, over_erasure_rate, unlearning_accuracy
 
 
 @dataclass

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from obliviate.errors import UsageError
-from obliviate.outputs import new_dir
+from obliviate.core.errors import UsageError
+from obliviate.core.outputs import new_dir
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
@@ -255,7 +255,7 @@ def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, step
     weights swapped in (eval mode); its time is not counted. `max_seconds`: stop after the step that reaches this
     much training time (a wall-clock budget; `steps` is then the most). Returns {"seconds", "steps", "loss_first",
     "loss_last"}."""
-    from obliviate.progress import progress_bar
+    from obliviate.core.progress import progress_bar
 
     if len(images) != len(captions) or not len(images):
         raise UsageError("train_t2i: one caption list per image, and at least one image")

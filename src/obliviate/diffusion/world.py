@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 FACTORS = ("object", "colour", "style", "background")
 CONCEPT_FACTORS = ("object", "colour", "style")  # the factors erasers target and benign prompts are written for

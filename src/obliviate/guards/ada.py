@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.errors import UsageError
-from obliviate.guards import GUARDS, Guard, default_refusal
+from obliviate.core.errors import UsageError
+from obliviate.guards.base import GUARDS, default_refusal
+from obliviate.engine.hooks import Guard
 
 ROLE_WORDS = ("assistant", "model", "bot", "gpt", "ai")
 
@@ -140,7 +141,7 @@ class AdaLP(_ADA):
         import numpy as np
         from sklearn.linear_model import LogisticRegression
 
-        from obliviate.guards import hidden_at
+        from obliviate.guards.base import hidden_at
 
         guard = cls(**options)
         guard.attach(model, tok)
@@ -189,7 +190,7 @@ class AdaLP(_ADA):
         return guard
 
     def report(self, model, tok, inputs):
-        from obliviate.guards import hidden_at
+        from obliviate.guards.base import hidden_at
 
         rows = _with_answers(model, tok, [r if r["kind"] == "harmful" else {**r, "answer": ""}
                                           for r in inputs.get("policy_test") or [] if r["kind"] in ("harmful", "benign")])
@@ -235,7 +236,7 @@ def hash_fold(i: int, seed: int, k: int = 5) -> int:
 
 def _with_answers(model, tok, rows: list[dict], max_new_tokens: int = 40) -> list[dict]:
     """Rows with an `answer`; rows without one get the model's own greedy reply (run-time text, never saved)."""
-    from obliviate.generation import generate
+    from obliviate.engine.generation import generate
     from obliviate.models.encode import prompt_ids
 
     need = [r for r in rows if not r.get("answer")]

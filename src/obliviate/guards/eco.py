@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.errors import UsageError
-from obliviate.guards import GUARDS, Guard
+from obliviate.core.errors import UsageError
+from obliviate.guards.base import GUARDS
+from obliviate.engine.hooks import Guard
 from obliviate.guards.text_classifier import TfidfLogistic, fit_forget_gate, flag_rate
 
 CORRUPTIONS = ("noise_first_k", "zero_top_k", "flip_top_k")
@@ -98,7 +99,7 @@ class ECO(Guard):
         return guard
 
     def forget_accuracy(self, model, tok, items, sigma: float) -> float:
-        from obliviate.generation import generate
+        from obliviate.engine.generation import generate
         from obliviate.models.encode import prompt_ids
 
         old, self.sigma = self.sigma, sigma

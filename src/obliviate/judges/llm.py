@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.judges.refusal import REFUSAL_JUDGES
 from obliviate.models.encode import prompt_text
 

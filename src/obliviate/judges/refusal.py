@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from obliviate.registry import Registry
+from obliviate.core.registry import Registry
 
 REFUSAL_JUDGES: Registry[Callable[[str, str], float]] = Registry("refusal judge")
 

@@ -1,7 +1,7 @@
 """Metrics: pure functions over per-sample statistics, registered with the direction that is better.
 
 A registered metric is `fn(ctx) -> float | None` where `ctx` maps a split name ("forget", "retain",
-"world_facts", "holdout") to the per-sample rows that `obliviate.evaluate.score_split` produced, and
+"world_facts", "holdout") to the per-sample rows that `obliviate.engine.evaluate.score_split` produced, and
 `ctx["oracle"]` holds the oracle's rows in the same shape (or None). A metric declares the splits and
 models it needs; it is skipped (absent from results) when they are missing.
 
@@ -15,7 +15,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
-from obliviate.registry import Registry
+from obliviate.core.registry import Registry
 
 
 @dataclass(frozen=True)

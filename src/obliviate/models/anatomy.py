@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def _first(x):

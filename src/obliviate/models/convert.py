@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from obliviate.errors import UsageError
-from obliviate.outputs import check_output, output_dir
-from obliviate.registry import Registry
+from obliviate.core.errors import UsageError
+from obliviate.core.outputs import check_output, output_dir
+from obliviate.core.registry import Registry
 
 GGUF_MAGIC = b"GGUF"
 DTYPES = ("float32", "bfloat16")

@@ -6,7 +6,7 @@ import os
 import warnings
 from pathlib import Path
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
@@ -122,13 +122,12 @@ def _load_part(path: str, part: str, load, auto=None):
 
 
 def load_model(path: str, *, dtype: str | None = None, device: str = "cpu", trust_remote_code: bool = False,
-               require_chat_template: bool = True, prompt_format=None, guards=()):
+               require_chat_template: bool = True, prompt_format=None):
     """Return (model, tokenizer). A local path that is not a model directory is a UsageError (exit 2). `dtype`:
     float32, bfloat16 or float16; None takes `default_dtype()` (the command line's `--dtype`, else float32).
     `prompt_format` (`models.prompt_format.PromptFormat`): how question-answer items are written for this model,
-    its chat template or a plain template; without one, `require_chat_template` refuses a model that has none.
-    `guards`: guard directories (`obliviate guard fit`) attached to the model, so that generation and the
-    teacher-forced metrics apply them (`obliviate.guards.attach`)."""
+    its chat template or a plain template; without one, `require_chat_template` refuses a model that has none. Guards are attached above this layer
+    (`obliviate.guards.base.attach_guards`)."""
     import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -151,12 +150,7 @@ def load_model(path: str, *, dtype: str | None = None, device: str = "cpu", trus
         prompt_format.apply(tok, path)
     elif require_chat_template and getattr(tok, "chat_template", None) is None:
         raise UsageError(f"tokenizer of {path!r} has no chat template; obliviate formats QA as chat turns")
-    model = model.to(device)
-    if guards:
-        from obliviate.guards import attach, load_guard
-
-        attach(model, [load_guard(g, model, tok) for g in guards])
-    return model, tok
+    return model.to(device), tok
 
 
 LORA_ALPHA = 16

@@ -17,7 +17,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer: {answer}"
 # The raw prompt that `refusal-eval` / `align --no-chat-template` have always given a model without a chat template:

@@ -17,7 +17,7 @@ import tempfile
 from html import escape
 from pathlib import Path
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.report.sections import Figure, Source, figures
 from obliviate.report.validate import check_document, check_guard, check_sample
 

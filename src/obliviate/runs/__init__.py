@@ -10,7 +10,7 @@ Standard library only: importing it costs milliseconds, so the CLI can record ev
 """
 
 from obliviate.runs.db import registry_path, schema_version
-from obliviate.runs.registry import Registry
+from obliviate.runs.store import Registry
 from obliviate.runs.results import canonical_hash, data_hash, read_results
 
 __all__ = ["Registry", "canonical_hash", "data_hash", "read_results", "registry_path", "schema_version"]

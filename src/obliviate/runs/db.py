@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 DEFAULT_PATH = Path("runs") / "registry.sqlite"  # relative to the current directory
 ENV = "OBLIVIATE_REGISTRY"

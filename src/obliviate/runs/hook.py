@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 from obliviate.runs import db
 from obliviate.runs.results import RUN_FILE, canonical_hash, data_hash
 
@@ -141,7 +141,7 @@ def start(app, argv: list[str], recorded: Optional[list[str]] = None) -> Optiona
     out = Path(out)
     try:
         given = {k for k in ctx.params if (s := ctx.get_parameter_source(k)) is not None and s.name == "COMMANDLINE"}
-        from obliviate.runs.registry import Registry
+        from obliviate.runs.store import Registry
 
         record = {"command": command, "argv": ["obliviate", *(argv if recorded is None else recorded)],
                   **describe(command, ctx.params, given),
@@ -196,7 +196,7 @@ def finish(live: Optional[LiveRun], exc: Optional[BaseException]) -> None:
         return
     code, cause = _outcome(exc)
     try:
-        from obliviate.runs.registry import Registry
+        from obliviate.runs.store import Registry
 
         with Registry(live.path) as reg:
             if code == 0:

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
-from obliviate.errors import UsageError
-from obliviate.runs.registry import RUN_COLUMNS, Registry
+from obliviate.core.errors import UsageError
+from obliviate.runs.store import RUN_COLUMNS, Registry
 from obliviate.runs.results import RESULT_FILES, RUN_FILE, now, read_doc, read_results
 
 STALE_ELSEWHERE = timedelta(hours=24)  # a run started on another host: we cannot see its pid

@@ -19,7 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional
 
-from obliviate.outputs import output_kind
+from obliviate.core.outputs import (
+    output_kind,
+)
 
 RESULT_FILES = ("results.json", "audit.json", "leaderboard.json", "calibration.json", "sweep.json")
 META_KEYS = {"config", "versions", "git", "created", "obliviate_version", "higher_is_better", "n_samples"}
@@ -193,3 +195,38 @@ def read_results(out: Path) -> dict:
     if info["files"] and info["command"] is None:
         info["command"] = "demo" if (output_kind(out) or "").startswith("demo") else "eval"
     return info
+
+
+def results_document(config: dict, results: dict, n_samples: dict, extra: dict | None = None) -> dict:
+    """The results.json schema of DESIGN.md (additive changes only)."""
+    import platform
+    import subprocess
+    from datetime import datetime, timezone
+
+    from obliviate.core.version import __version__
+    from obliviate.metrics import METRICS
+    from obliviate.models.load import dtype_entry
+
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    versions = {"python": platform.python_version()}
+    for mod in ("torch", "transformers", "peft", "accelerate"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    metric_names = {k for r in results.values() for k in r}
+    return {
+        "obliviate_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": {**config, **dtype_entry()},  # dtype: only when --dtype loaded models below float32
+        "git": git,
+        "versions": versions,
+        "results": results,
+        "higher_is_better": {m: METRICS.get(m).higher_is_better for m in sorted(metric_names) if m in METRICS},
+        "n_samples": n_samples,
+        **(extra or {}),
+    }

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible chat server over the one decode loop (`obliviate.generation.decode`), guards applied.
+"""An OpenAI-compatible chat server over the one decode loop (`obliviate.engine.generation.decode`), guards applied.
 
 It speaks the part of OpenAI's Chat Completions API (https://platform.openai.com/docs/api-reference/chat) that a
 greedy, guarded decoder can honour: `POST /v1/chat/completions` (a `chat.completion` object, or server-sent

@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
-from obliviate.guards import Guard, overrides
+from obliviate.engine.hooks import Guard, overrides
 from obliviate.models.anatomy import text_config
 from obliviate.models.encode import chat_text, prompt_text, stop_ids
 
@@ -101,9 +101,9 @@ class Engine:
 
     def __init__(self, model, tok, guards=None, *, name: str = "model", max_batch: int = 16, max_queue: int = 64,
                  batch_window_ms: float = 10.0):
-        from obliviate.guards import attached
+        from obliviate.engine.hooks import attached
 
-        # guards=None: those attached to the model (obliviate.guards.attach), as decode() itself does
+        # guards=None: those attached to the model (obliviate.engine.hooks.attach), as decode() itself does
         self.guards = attached(model) if guards is None else list(guards)
         self.model, self.tok, self.name = model, tok, name
         self.max_batch, self.max_queue, self.window = max_batch, max_queue, batch_window_ms / 1000
@@ -238,7 +238,7 @@ class Engine:
         self.release(req)
 
     def _run(self, batch: list[Request]) -> None:
-        from obliviate.generation import decode
+        from obliviate.engine.generation import decode
 
         self.batch_sizes.append(len(batch))
         release = _Release(engine=self, batch=batch)
@@ -273,7 +273,7 @@ class Engine:
         elif rep.halted_by not in (None, CANCELLED) and n < m:  # halted within this request's own budget
             self._finish(req, rep.text, "content_filter")
         else:  # cut to max_tokens; on_finish guards judge the text this request would have got on its own
-            from obliviate.generation import Row
+            from obliviate.engine.generation import Row
 
             text = self._text(req, req.tokens[:m])
             reason = "stop" if req.tokens and req.tokens[-1] in self.eos else "length"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from obliviate.registry import Registry
+from obliviate.core.registry import Registry
 
 DIFFUSION_ATTACKS: Registry[type] = Registry("diffusion attack")
 

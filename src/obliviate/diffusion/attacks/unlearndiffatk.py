@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 @contextmanager

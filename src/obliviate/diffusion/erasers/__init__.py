@@ -12,7 +12,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import ClassVar
 
-from obliviate.registry import Registry
+from obliviate.core.registry import Registry
 
 ERASERS: Registry[type["Eraser"]] = Registry("eraser")
 
@@ -27,7 +27,7 @@ class Eraser:
 
     @classmethod
     def from_options(cls, options: dict) -> "Eraser":
-        from obliviate.options import cast_options
+        from obliviate.core.options import cast_options
 
         return cls(**cast_options(cls, options, f"eraser {cls.name}"))
 

@@ -23,7 +23,7 @@ import torch
 from obliviate.diffusion.attacks.unlearndiffatk import prefix_embeddings, prefixed
 from obliviate.diffusion.erasers import ERASERS, Eraser
 from obliviate.diffusion.erasers.esd import esd_target
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 @ERASERS.register("advunlearn")

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 
 from obliviate.diffusion.erasers import ERASERS, Eraser, cross_attention_kv
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 @ERASERS.register("concept_ablation")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.diffusion.erasers import ERASERS, Eraser
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def esd_target(e_uncond: torch.Tensor, e_cond: torch.Tensor, eta: float) -> torch.Tensor:
@@ -53,7 +53,7 @@ class _ESD(Eraser):
             raise UsageError(f"{self.name}: steps >= 1, lr > 0, ddim_steps >= 2, batch_size >= 1")
 
     def erase(self, model, concept: str, *, guide: str = "", preserve: tuple[str, ...] = ()):
-        from obliviate.progress import progress_bar
+        from obliviate.core.progress import progress_bar
 
         frozen, edited = model, model.copy()
         params = trainable(edited.unet, self.cross_attention)

@@ -26,7 +26,7 @@ import torch
 
 from obliviate.diffusion.erasers import ERASERS, Eraser
 from obliviate.diffusion.erasers.esd import trainable
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 def concept_positions(model, prompt: str, concept: str) -> list[int]:

@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 
 from obliviate.diffusion.erasers import ERASERS, Eraser
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 @ERASERS.register("salun")

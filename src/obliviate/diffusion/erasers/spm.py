@@ -29,7 +29,7 @@ import torch
 
 from obliviate.diffusion.erasers import ERASERS, Eraser
 from obliviate.diffusion.erasers.esd import esd_target
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 class RankOneAdapter(torch.nn.Module):

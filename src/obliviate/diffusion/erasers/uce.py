@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.diffusion.erasers import ERASERS, Eraser, cross_attention_kv
-from obliviate.errors import UsageError
+from obliviate.core.errors import UsageError
 
 
 @torch.no_grad()

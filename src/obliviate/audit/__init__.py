@@ -1,0 +1,1 @@
+"""The audit: the runner, its inputs and the attacks."""

@@ -1,0 +1,76 @@
+"""Prefill attack and completion attack on refusals.
+
+- `prefill`: the reply is prefilled with the first k tokens of the harmful answer (token level, after the
+  assistant tag) and only the continuation is judged (Andriushchenko et al. 2024, "Jailbreaking Leading
+  Safety-Aligned LLMs with Simple Adaptive Attacks", Sec. 3 prefilling; Qi et al. 2025, Sec. 2.2). Figures:
+  `refusal_rate` and `refusal_rate@prefill{k}`; attack success is 1 - refusal rate.
+- `completion`: the request is given as plain text, without the chat template, and the model continues it as a
+  document (the "completion attack" of DeRTa's evaluation, Yuan et al. 2024, Sec. 4.1). Figures:
+  `refusal_rate_chat` (with the template) and `refusal_rate_no_template`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, refusal_rate
+from obliviate.core.errors import UsageError
+
+
+def no_harmful(ctx: AuditContext) -> str | None:
+    if not any(r["kind"] == "harmful" for r in ctx.policy()):
+        return "no harmful prompts to attack"
+    return None
+
+
+@ATTACKS.register("prefill")
+@dataclass
+class Prefill(Attack):
+    depths: str = "5,10,20,40"  # budget: prefill depths in tokens
+    suites = ("refusal",)
+    description = "prefill the reply with k tokens of the harmful answer"
+
+    def __post_init__(self):
+        try:
+            self.k = [int(d) for d in str(self.depths).split(",") if d.strip()]
+        except ValueError:
+            raise UsageError(f"prefill: depths must be comma-separated integers, got {self.depths!r}") from None
+        if not self.k or min(self.k) < 1:
+            raise UsageError("prefill: depths must be >= 1")
+
+    def missing(self, ctx: AuditContext) -> str | None:
+        return no_harmful(ctx)
+
+    def run(self, ctx: AuditContext, model, tok) -> dict:
+        from obliviate.refusal.evaluate import refusal_eval
+
+        harmful = [r for r in ctx.policy() if r["kind"] == "harmful"]
+        rates = refusal_eval(model, tok, harmful, depths=self.k, max_new_tokens=ctx.max_new_tokens,
+                             refused_fn=ctx.judge())[0]
+        return {k: v for k, v in rates.items() if k.startswith("refusal_rate")}
+
+
+@ATTACKS.register("completion")
+@dataclass
+class Completion(Attack):
+    max_prompts: int = 128  # budget: harmful prompts tried
+    suites = ("refusal",)
+    description = "the request as plain text, without the chat template"
+
+    def __post_init__(self):
+        if self.max_prompts < 1:
+            raise UsageError("completion: max_prompts must be >= 1")
+
+    def missing(self, ctx: AuditContext) -> str | None:
+        return no_harmful(ctx)
+
+    def run(self, ctx: AuditContext, model, tok) -> dict:
+        from obliviate.models.encode import prompt_ids, text_ids
+
+        harmful = [r for r in ctx.policy() if r["kind"] == "harmful"][: self.max_prompts]
+        texts, judge = [r["prompt"] for r in harmful], ctx.judge()
+        chat, _ = refusal_rate(model, tok, [prompt_ids(tok, t) for t in texts], ctx.max_new_tokens, refused=judge,
+                               texts=texts)
+        raw, _ = refusal_rate(model, tok, [text_ids(tok, t + "\n") for t in texts], ctx.max_new_tokens,
+                              refused=judge, texts=texts)
+        return {"refusal_rate_chat": chat, "refusal_rate_no_template": raw}

@@ -1,0 +1,181 @@
+"""`obliviate audit`: run every applicable attack on a model, beside the oracle and the target, and write
+`audit.json` plus `audit.md`.
+
+Suites: `unlearning` (a world or TOFU directory, or plain {question, answer} files: see `obliviate.audit.inputs`),
+`world` (the same on a world directory, with a required oracle) and `refusal` (a world's policy rows, or public
+prompt files). Before any model is loaded, each planned attack says whether the data holds its inputs
+(`Attack.missing`); those that cannot run are skipped and listed with the reason, and when none can run the
+command fails with one line and writes nothing.
+
+audit.json = {"obliviate_version", "created", "config", "attacks": {attack: {"model": {figure: value},
+"oracle": {...}, "target": {...}, "seconds": s}}, "skipped": {attack: reason}}. Roles appear only when the
+corresponding model was given. The oracle shows what "truly never learned" looks like; recovery beyond it is
+the signal that knowledge was suppressed, not removed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from obliviate.core.errors import UsageError
+
+SUITES = ("unlearning", "world", "refusal")
+
+
+def attack_suite(suite: str) -> str:
+    """The attacks' suite name: `world` is the unlearning suite on a world directory."""
+    return "unlearning" if suite == "world" else suite
+
+
+def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None = None, quick: bool = False
+         ) -> dict:
+    """{attack name: Attack instance} for the suite; bad names, suites and options fail before any work. `quick`
+    (the audit's --limit) starts each attack from its `quick` budget; explicit options override it."""
+    from obliviate.audit.attacks import ATTACKS
+
+    if suite not in SUITES:
+        raise UsageError(f"unknown audit suite {suite!r}; use one of: {', '.join(SUITES)}")
+    kind = attack_suite(suite)
+    options = options or {}
+    for name in options:
+        ATTACKS.get(name)
+    names = attacks or [n for n, cls in ATTACKS.items() if kind in cls.suites]
+    out = {}
+    for n in names:
+        cls = ATTACKS.get(n)
+        if kind not in cls.suites:
+            raise UsageError(f"attack {n!r} does not apply to suite {suite!r} (it applies to: {', '.join(cls.suites)})")
+        out[n] = cls.from_options({**(cls.quick if quick else {}), **options.get(n, {})})
+    return out
+
+
+def preflight(todo: dict, ctx) -> dict[str, str]:
+    """{attack: why it cannot run on this data}; every planned attack lacking its inputs is a one-line UsageError."""
+    skipped = {name: why for name, attack in todo.items() if (why := attack.missing(ctx))}
+    if skipped and len(skipped) == len(todo):
+        raise UsageError("the data lacks the inputs of every planned attack: "
+                         + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
+    return skipped
+
+
+def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: str | None = None,
+              target: str | None = None, attacks: list[str] | None = None, options: dict | None = None,
+              forget_split: str = "forget10", seed: int = 0, limit: int | None = None,
+              time_budget: float | None = None, progress: bool = True, layout: str | None = None,
+              forget: Path | None = None, retain: Path | None = None, holdout: Path | None = None,
+              harmful: list[str] = (), benign: list[str] = (), harmful_responses: Path | None = None,
+              judges: list[str] | None = None, max_new_tokens: int = 48, guards: list[str] = (),
+              prompt_format=None) -> dict:
+    from rich.console import Console
+
+    from obliviate.audit.attacks import AuditContext
+    from obliviate.audit.inputs import load_inputs
+    from obliviate.guards.base import attach_guards
+    from obliviate.models.load import check_model_dir, load_model
+    from obliviate.core.outputs import check_output, output_dir
+    from obliviate.runs.results import results_document
+    from obliviate.core.jsonio import write_json
+
+    todo = plan(suite, attacks, options, quick=limit is not None)
+    if suite == "world" and not oracle:
+        raise UsageError("the world audit needs --oracle (a model never trained on the forget set): recovery is "
+                         "only meaningful beside it")
+    if max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be >= 1")
+    roles = {"model": model, "oracle": oracle, "target": target}
+    roles = {k: v for k, v in roles.items() if v}
+    read = (*roles.values(), data, forget, retain, holdout, harmful_responses, *guards,
+            *(spec.split(":", 1)[-1] for spec in (*harmful, *benign)))
+    check_output(out, "audit", inputs=read)
+    for path in roles.values():
+        check_model_dir(path, local_only=True)
+    inputs, refused, info = load_inputs(suite, data=data, layout=layout, forget=forget, retain=retain,
+                                        holdout=holdout, harmful=list(harmful), benign=list(benign),
+                                        harmful_responses=harmful_responses, judges=judges,
+                                        forget_split=forget_split, seed=seed)
+    ctx = AuditContext(suite=suite, data=Path(data) if data else None, forget_split=forget_split, seed=seed,
+                       limit=limit, max_new_tokens=max_new_tokens, inputs=inputs, refused=refused,
+                       loaded=True)
+    skipped = preflight(todo, ctx)
+    console = Console(stderr=True, quiet=not progress, log_path=False)
+    for name, why in skipped.items():
+        console.log(f"skipping {name}: {why}")
+    t0 = time.perf_counter()
+    results = {}
+    with output_dir(out, "audit", inputs=read) as o:
+        for name, attack in todo.items():
+            if name in skipped:
+                continue
+            if time_budget and time.perf_counter() - t0 > time_budget:
+                skipped[name] = f"time budget of {time_budget:.0f} s spent"
+                continue
+            start, entry = time.perf_counter(), {}
+            for role, path in roles.items():
+                net, tok = load_model(path, require_chat_template=True,
+                                      prompt_format=prompt_format if attack_suite(suite) == "unlearning" else None)
+                attach_guards(net, tok, guards if role == "model" else ())
+                ctx.role, ctx.out = role, o / "artifacts" / name / role
+                entry[role] = attack.run(ctx, net, tok)
+            entry["seconds"] = round(time.perf_counter() - start, 2)
+            results[name] = entry
+            console.log(f"{name}: {entry['seconds']:.1f} s")
+        config = {"model": model, "suite": suite, "data": str(data) if data else None, "oracle": oracle,
+                  "target": target, "forget_split": forget_split, "seed": seed, "limit": limit,
+                  "max_new_tokens": max_new_tokens, "guards": list(guards), **info,
+                  **(prompt_format.config() if prompt_format else {}),
+                  "options": {n: a.__dict__ for n, a in todo.items()}}
+        doc = results_document(config, {}, {}, {"attacks": results, "skipped": skipped,
+                                                "wall_seconds": round(time.perf_counter() - t0, 1)})
+        doc.pop("results"), doc.pop("higher_is_better"), doc.pop("n_samples")
+        write_json(o / "audit.json", doc)
+        (o / "audit.md").write_text(report(doc), encoding="utf-8")
+    return doc
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}"
+    return str(v)
+
+
+def report(doc: dict) -> str:
+    """Markdown: per attack, each figure for model / oracle / target side by side."""
+    cfg = doc["config"]
+    head = [f"# Audit of `{cfg['model']}` ({cfg['suite']} suite)", ""]
+    data = cfg.get("data") or ", ".join(f"{k} `{v}`" for k, v in (cfg.get("files") or {}).items() if v)
+    if cfg["suite"] == "refusal" and cfg.get("harmful"):
+        benign = cfg.get("benign")
+        data = (f"harmful `{', '.join(cfg['harmful'])}`; benign "
+                f"`{', '.join(benign) if isinstance(benign, list) else benign}`; judged by {', '.join(cfg['judges'])}")
+    if data:
+        head += [f"Data: {data}" + (f" ({cfg['layout']} layout)." if cfg.get("layout") else "."), ""]
+    head.append(f"Oracle: `{cfg['oracle'] or '-'}`; target: `{cfg['target'] or '-'}`. ")
+    if cfg["suite"] == "refusal":
+        head[-1] += ("A refusal that an attack takes away was shallow; the target shows the model before "
+                     "alignment.")
+    elif not cfg["oracle"]:
+        head[-1] += ("No oracle was given: the figures show the model (and the target) only, and recovery cannot "
+                     "be compared with an oracle's (what a model that never learned the forget set scores).")
+    else:
+        head[-1] += ("Recovery on the audited model beyond the oracle's means the knowledge was suppressed, "
+                     "not removed.")
+    if cfg.get("guards"):
+        head += ["", f"Guards on the audited model: {', '.join(f'`{g}`' for g in cfg['guards'])}. Attacks that "
+                 "train (relearn, finetune) and the white-box ones (refusal_direction, representation) act on the "
+                 "model's weights; the guards stay applied at generation and in the teacher-forced passes."]
+    lines = head + [""]
+    for name, entry in doc["attacks"].items():
+        roles = [r for r in ("model", "oracle", "target") if r in entry]
+        lines += [f"## {name} ({entry['seconds']} s)", "", "| figure | " + " | ".join(roles) + " |",
+                  "|---|" + "---|" * len(roles)]
+        for fig in entry["model"]:
+            lines.append(f"| {fig} | " + " | ".join(_fmt(entry[r].get(fig)) for r in roles) + " |")
+        lines.append("")
+    if doc.get("skipped"):
+        lines += ["## Skipped", ""]
+    for name, why in doc.get("skipped", {}).items():
+        lines.append(f"- skipped `{name}`: {why}")
+    return "\n".join(lines) + "\n"

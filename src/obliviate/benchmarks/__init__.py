@@ -1,0 +1,1 @@
+"""Data layouts and scorers of public benchmarks: TOFU, MUSE, WMDP, TOFU logs."""

@@ -1,0 +1,1 @@
+"""The demos: world (unlearning), refusal, real model, diffusion, MUSE."""

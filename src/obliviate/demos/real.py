@@ -1,0 +1,351 @@
+"""`obliviate demo --suite real --model DIR`: the whole pipeline on a pretrained chat model, offline.
+
+Unlearning (a slice of the built-in world):
+    world slice (retain people + forget people + a few world facts; holdout people never trained)
+    -> target: the chat model fine-tuned on the slice; oracle: the same without the forget people
+    -> npo, grad_diff, idk_nll, simnpo unlearn the forget people from the target (LoRA)
+    -> TOFU metrics beside the oracle, and a relearning attack on every run.
+
+Refusal (public prompt sets, read from --public-data, laid out as the team's shared data folder):
+    the chat model as it is ("base") -> refusal_sft and derta trained on AdvBench prompts with every near-duplicate
+    of HarmBench-val / JailbreakBench removed (`align --exclude`), self-generated harmful prefixes and
+    self-distilled benign replies -> refusal on HarmBench val and JailbreakBench, over-refusal on XSTest's safe
+    prompts, refusal at prefill depths -> refusal-direction ablation (Arditi et al.) of the DeRTa model.
+
+Everything is in one results.json (runs: target, oracle, the unlearning methods, base, refusal_sft, derta,
+derta_ablated) and one printed table. Sizes: `FULL` is the benchmark-size run, `SMOKE` the tests' run.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from obliviate.core.errors import UsageError
+
+UNLEARN_METHODS = ("npo", "grad_diff", "idk_nll", "simnpo")
+REFUSAL_METHODS = ("refusal_sft", "derta")
+PUBLIC_FILES = {
+    "harmbench": "harmbench/harmbench_behaviors_text_val.csv",
+    "jailbreakbench": "jailbreakbench/harmful_behaviors_jailbreakbench.csv",
+    "xstest": "xstest/xstest_prompts.csv",
+    "advbench": "advbench/harmful_behaviors.csv",
+}
+
+
+@dataclass(frozen=True)
+class RealDemoSize:
+    # sized to fit 40 minutes of this 2-core CPU (README, "The real-model demo")
+    retain_people: int = 12  # 5 QA each
+    forget_people: int = 4
+    holdout_people: int = 4
+    facts: int = 6  # world facts trained with the retain people (utility probe)
+    finetune_steps: int = 100  # ~9 epochs of the 86 QA (130 QA at 150 steps: forget ROUGE 1.000; 100, lr 1e-3: 0.844)
+    finetune_lr: float = 2e-3
+    finetune_lora_r: int = 32
+    unlearn_steps: int = 20
+    unlearn_lora_r: int = 16
+    batch_size: int = 8
+    relearn_steps: int = 10
+    prompts_per_set: int = 40  # evaluation prompts per public set
+    train_prompts: int = 128  # AdvBench training prompts (after removing near-duplicates)
+    align_steps: int = 40
+    align_lr: float = 1.5e-3
+    # public data has no people facts: the retain part would be a second batch of self-distilled benign replies.
+    # Dropping it cut a DeRTa step 15% and, at 60 steps, raised HarmBench refusal 0.825 -> 1.000 and over-refusal
+    # 0.05 -> 0.15 (at 50 steps: 0.975 and 0.150; hence 40 steps)
+    align_retain_weight: float = 0.0
+    align_lora_r: int = 16
+    reply_tokens: int = 32  # self-generated prefixes and benign replies
+    max_new_tokens: int = 32
+    depths: tuple[int, ...] = (20,)
+    # the refusal direction's prompts per class (Arditi et al.'s n_train = 128 and n_val = 32): validation takes
+    # up to direction_val_prompts, the means up to direction_prompts of the rest. The 80-prompt benign pool gives
+    # 48 + 32; measured on one DeRTa model, the earlier 32 + 32 per class removed 45 points of HarmBench refusal,
+    # 96 / 48 harmful / benign prompts for the means removed 82 (64 / 48: 77; 64 / 56 with 24 to validate: 75)
+    direction_prompts: int = 128
+    direction_val_prompts: int = 32
+    direction_layer_stride: int = 3  # candidate layers 3, 6, ... below 0.8 L (layer 0's is always zero)
+    # bf16 autocast in training (TrainConfig.bf16); None: where it pays (`train.bf16_pays`: a CPU with AMX, where
+    # steps ran 1.5x faster, or a GPU; on a CPU without AMX they ran 0.93x as fast)
+    bf16: bool | None = None
+
+
+FULL = RealDemoSize()
+SMOKE = RealDemoSize(retain_people=3, forget_people=2, holdout_people=2, facts=2, finetune_steps=2,
+                     unlearn_steps=1, unlearn_lora_r=4, finetune_lora_r=4, batch_size=2, relearn_steps=1,
+                     prompts_per_set=2, train_prompts=3, align_steps=1, align_lora_r=4, reply_tokens=4,
+                     max_new_tokens=4, depths=(2,), direction_prompts=4, direction_val_prompts=2,
+                     bf16=False)
+
+
+def with_bf16_where_it_pays(size: RealDemoSize) -> RealDemoSize:
+    """`size` with `bf16` decided: as given, or (None) on where it pays (`train.bf16_pays`)."""
+    from obliviate.engine.train import bf16_pays
+
+    return size if size.bf16 is not None else replace(size, bf16=bf16_pays())
+
+
+def slice_world(out: Path, size: RealDemoSize, seed: int = 0) -> Path:
+    """A small world directory in the world suite's layout (forget10 = the forget people, retain90 = retain
+    people + facts): a pretrained model needs no "bridge" people to recognise paraphrases."""
+    from obliviate.data.schema import write_jsonl
+    from obliviate.data.world import WorldSpec, build_world
+
+    parts = build_world(WorldSpec(seed=seed, n_people=100, n_holdout_people=max(1, size.holdout_people),
+                                  n_bridge_people=0))
+    people: dict[str, list[dict]] = {}
+    for it in parts["train"]:
+        if it["id"].startswith("person"):
+            people.setdefault(it["subject"], []).append(it)
+    groups = list(people.values())
+    retain = [it for g in groups[: size.retain_people] for it in g]
+    forget = [it for g in groups[-size.forget_people:] for it in g]
+    facts = parts["world_facts"][: size.facts]
+    out.mkdir(parents=True, exist_ok=True)
+    eval_retain = random.Random(seed).sample(retain, min(len(retain), 5 * size.forget_people))
+    for name, rows in {"train": retain + forget + facts, "forget10": forget, "retain90": retain + facts,
+                       "retain_eval": eval_retain, "world_facts": facts, "holdout": parts["holdout"]}.items():
+        write_jsonl(out / f"{name}.jsonl", rows)
+    return out
+
+
+def public_paths(public_data: Path) -> dict[str, Path]:
+    paths = {k: Path(public_data) / v for k, v in PUBLIC_FILES.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise UsageError(f"--public-data {public_data}: missing {missing[0]} (expected: "
+                         f"{', '.join(PUBLIC_FILES.values())})")
+    return paths
+
+
+def _train(model, tok, method, parts, size: RealDemoSize, lora_r: int, seed: int, progress: bool):
+    from obliviate.engine.train import TrainConfig, train
+
+    cfg = TrainConfig(forget_batch_size=size.batch_size, retain_batch_size=size.batch_size, seed=seed,
+                      checkpoint_every=0, lora_r=lora_r, progress=progress, bf16=size.bf16)
+    return train(model, tok, method, parts, cfg)  # LoRA adapters come back merged
+
+
+def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, progress: bool, log) -> tuple:
+    """(results, relearn figures, samples, seconds) of the unlearning half."""
+    from obliviate.audit.attacks import ATTACKS, AuditContext
+    from obliviate.data.schema import load_qa
+    from obliviate.engine.evaluate import metrics_from_rows, sample_rows, score_model
+    from obliviate.unlearning.methods import METHODS
+    from obliviate.models.load import load_model, save_model
+    from obliviate.benchmarks.layouts import eval_data
+    from obliviate.unlearning.run import idk_pool, qa_pairs, unlearning_parts
+    from obliviate.engine.train import FineTune
+
+    world = slice_world(o / "world", size, seed)
+    splits = eval_data(world, "forget10")
+    seconds, rows, relearn, models = {}, {}, {}, {}
+    data = {name: qa_pairs(load_qa(world / f"{split}.jsonl")) for name, split in (("target", "train"),
+                                                                                  ("oracle", "retain90"))}
+    for name, items in data.items():
+        # the oracle sees its (smaller) data for as many epochs as the target sees the full set, as in TOFU
+        steps = max(1, round(size.finetune_steps * len(items) / len(data["target"])))
+        fine = FineTune(lr=size.finetune_lr, steps=steps)
+        net, tok = load_model(model_dir)
+        net, res = _train(net, tok, fine, {"retain": items}, size, size.finetune_lora_r, seed, progress)
+        save_model(net, tok, o / "models" / name)
+        seconds[name], models[name] = res.seconds, o / "models" / name
+        rows[name] = score_model(net, tok, splits, max_new_tokens=size.max_new_tokens)
+        log(f"{name}: fine-tuned in {res.seconds:.1f} s")
+    parts = unlearning_parts(load_qa(world / "forget10.jsonl"), load_qa(world / "retain90.jsonl"), idk_pool(None),
+                             seed)
+    # LoRA relearning: on a pretrained model one full-weight step at the attack's default lr already wrecks the
+    # held-out answers (measured on SmolLM2: ROUGE 0.33 -> 0), which would hide any recovery
+    attack = ATTACKS.get("relearn")(steps=size.relearn_steps, batch_size=size.batch_size, lora_r=8, lr=1e-3)
+    ctx = AuditContext(suite="world", data=world, seed=seed, max_new_tokens=size.max_new_tokens)
+    for name in ("oracle", *UNLEARN_METHODS):
+        net, tok = load_model(str(models["oracle" if name == "oracle" else "target"]))
+        if name != "oracle":
+            meth = replace(METHODS.get(name)(), steps=size.unlearn_steps)
+            net, res = _train(net, tok, meth, parts, size, size.unlearn_lora_r, seed, progress)
+            seconds[name], rows[name] = res.seconds, score_model(net, tok, splits, max_new_tokens=size.max_new_tokens)
+            log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
+        relearn[name] = attack.run(ctx, net, tok)
+    results = {n: metrics_from_rows(r, rows["oracle"]) for n, r in rows.items()}
+    samples = [s for n in results for s in sample_rows(n, rows[n])]
+    return results, relearn, samples, seconds
+
+
+def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemoSize, seed: int, progress: bool,
+                 log) -> tuple:
+    """(results, extra per run, samples, seconds) of the refusal half."""
+    from obliviate.judges.default import make_judge
+    from obliviate.models.load import load_model, save_model
+    from obliviate.refusal.methods import REFUSAL_METHODS as METHODS
+    from obliviate.refusal.public_align import public_refusal_data
+    from obliviate.refusal.public_refusal import evaluate_public, load_sources, subsample_per_source
+    from obliviate.refusal.align import align
+
+    src = {k: f"{k}:{p}" for k, p in paths.items()}
+    rows = subsample_per_source(load_sources([src["harmbench"], src["jailbreakbench"]], "harmful")
+                                + load_sources([src["xstest"]], "benign"), size.prompts_per_set)
+    judge = make_judge()
+    results, extra, samples, seconds = {}, {}, [], {}
+
+    def measure(name, net, tok):
+        m, s, e = evaluate_public(net, tok, rows, judge.refused, depths=size.depths,
+                                  max_new_tokens=size.max_new_tokens)
+        m |= {f"refusal_rate[{k}]": v for k, v in e["by_source"].get("harmful", {}).items()}
+        results[name], extra[name] = m, e
+        samples.extend(x | {"run": name} for x in s)
+        log(f"{name}: refusal {m['refusal_rate']:.3f}, over-refusal {m['over_refusal_rate']:.3f}")
+
+    net, tok = load_model(model_dir)
+    measure("base", net, tok)
+    data = public_refusal_data(net, tok, harmful=[src["advbench"]], exclude=[src["harmbench"], src["jailbreakbench"]],
+                               self_prefix=True, max_prompts=size.train_prompts, seed=seed,
+                               max_new_tokens=size.reply_tokens, out=o)
+    for name in REFUSAL_METHODS:
+        net, tok = load_model(model_dir)
+        meth = METHODS.get(name).from_options({"steps": size.align_steps, "lr": size.align_lr,
+                                                "retain_weight": size.align_retain_weight})
+        net, tok, res = align(net, tok, meth, data, seed=seed, progress=progress, lora_r=size.align_lora_r,
+                              batch_size=size.batch_size, bf16=size.bf16)
+        seconds[name] = res.seconds
+        log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
+        measure(name, net, tok)
+        if name == "derta":
+            save_model(net, tok, o / "models" / "derta")
+    ablated, tok, direction, hooks = ablate_refusal_direction(str(o / "models" / "derta"), data, size, seed)
+    with hooks:
+        measure("derta_ablated", ablated, tok)
+    extra["derta_ablated"]["direction"] = direction
+    return results, extra, samples, seconds
+
+
+def direction_layers(n_layers: int, stride: int) -> list[int]:
+    """Candidate layers for the demo's refusal direction: every `stride`-th layer below 0.8 L, without layer 0. The
+    residual entering layer 0 at a template token is that token's embedding, the same for every prompt, so its
+    direction is zero; a model of <= 4 layers would have no other candidate at stride 3 and gets the last one
+    below 0.8 L instead."""
+    top = max(1, int(0.8 * n_layers))
+    return [x for x in range(0, top, stride) if x > 0] or [min(n_layers - 1, max(1, top - 1))]
+
+
+def direction_split(prompts: list[str], n_fit: int, n_val: int) -> tuple[list[str], list[str]]:
+    """(prompts for the difference in means, prompts for the selection), disjoint: the selection takes up to n_val
+    (at most half, at least one), the means up to n_fit of the rest. The means are the noisier part (see
+    `RealDemoSize.direction_prompts`), so they get what is left once selection has its share."""
+    if len(prompts) < 2:
+        raise UsageError(f"the refusal direction needs at least 2 prompts of each class (got {len(prompts)})")
+    v = max(1, min(n_val, len(prompts) // 2))
+    return prompts[:min(n_fit, len(prompts) - v)], prompts[len(prompts) - v:]
+
+
+def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int):
+    """The DeRTa model with its refusal direction (Arditi et al. 2024) projected out of the weights. The direction is
+    the difference in means between AdvBench training prompts and benign training prompts (never evaluation
+    prompts), selected among every `direction_layer_stride`-th layer below 0.8 L at the last post-instruction
+    position, on held-out training prompts of each class (the attack's selection rule; fewer candidates keep it
+    within minutes on a CPU). `direction_split` shares each class's prompts between the means and the selection.
+    Returns (model, tokenizer, info, context): the context is a no-op, or, on an architecture whose writes no weight
+    edit expresses (see `orthogonalize`), the hook-based ablation to measure under."""
+    from obliviate.audit.attacks.refusal_direction import RefusalDirection, ablation, orthogonalize
+    from obliviate.models.anatomy import decoder_layers
+    from obliviate.models.encode import answer_ids, prompt_ids
+    from obliviate.models.load import load_model
+
+    model, tok = load_model(model_dir)
+
+    rng = random.Random(seed)
+    harmful = [r["prompt"] for r in data.harmful]
+    harmless = [r["prompt"] for r in data.benign] + [it.question for it in data.people]
+    rng.shuffle(harmful), rng.shuffle(harmless)
+    (h_fit, h_val), (b_fit, b_val) = (direction_split(ps, size.direction_prompts, size.direction_val_prompts)
+                                      for ps in (harmful, harmless))
+    layers = len(decoder_layers(model))
+    stride = size.direction_layer_stride
+    attack = RefusalDirection(layers=",".join(map(str, direction_layers(layers, stride))), positions=1)
+    enc = [[prompt_ids(tok, p) for p in ps] for ps in (h_fit, b_fit, h_val, b_val)]
+    refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in data.harmful})
+    best, passed, _ = attack.select(model, tok, *enc, refusal_ids)
+    r_hat = best["r"] / best["r"].norm()
+    info = {"layer": best["layer"], "position": best["pos"], "filters_passed": passed,
+            **{k: round(best[k], 4) for k in ("bypass", "induce", "kl")},
+            "prompts": {"means": [len(h_fit), len(b_fit)], "selection": [len(h_val), len(b_val)]}}
+    try:
+        orthogonalize(model, r_hat)
+    except UsageError:  # an architecture whose writes no weight edit expresses: ablate with hooks instead
+        model, tok = load_model(model_dir)
+        return model, tok, info | {"orthogonalized": False}, ablation(model, r_hat)
+    return model, tok, info | {"orthogonalized": True}, nullcontext()
+
+
+TABLE = ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "relearn_recovered",
+         "refusal_rate", "refusal_rate[harmbench]", "refusal_rate[jailbreakbench]", "over_refusal_rate",
+         "refusal_rate@prefill5", "refusal_rate@prefill20")
+
+
+def run_real_demo(out: Path, model: str, public_data: Path, *, size: RealDemoSize = FULL, seed: int = 0,
+                  parts: tuple[str, ...] = ("unlearning", "refusal"), progress: bool = True,
+                  started: float | None = None) -> dict:
+    """Both halves (or the ones in `parts`); writes results.json, samples.jsonl, generated.jsonl; prints a table."""
+    from rich.console import Console
+
+    from obliviate.data.schema import write_jsonl
+    from obliviate.models.load import check_model_dir, load_model
+    from obliviate.core.outputs import check_output, output_dir
+    from obliviate.core.timer import Timer
+    from obliviate.runs.results import results_document
+    from obliviate.core.jsonio import write_json
+
+    clock = Timer(started)
+    console = Console(stderr=True, quiet=not progress, log_path=False)
+    check_output(out, "demo:real", inputs=(model, public_data), replace=True)
+    check_model_dir(model)
+    paths = public_paths(public_data) if "refusal" in parts else {}
+    load_model(model, require_chat_template=True)  # no chat template: exit 2 before any work
+    if size.bf16 is None:
+        size = with_bf16_where_it_pays(size)
+        console.log(f"bf16 autocast in training: {'on' if size.bf16 else 'off'} (it pays on a GPU or an AMX CPU)")
+    results, extra, samples, seconds = {}, {"relearn": {}, "by_source": {}, "by_category": {}}, [], {}
+    with output_dir(out, "demo:real", inputs=(model, public_data), replace=True) as o:
+        if "unlearning" in parts:
+            res, relearn, smp, sec = unlearning_part(o, model, size, seed, progress, console.log)
+            for name, figs in relearn.items():
+                res[name]["relearn_recovered"] = figs.get("recovered_value_rouge")
+            results |= res
+            extra["relearn"], samples, seconds = relearn, samples + smp, seconds | sec
+        if "refusal" in parts:
+            res, ext, smp, sec = refusal_part(o, model, paths, size, seed, progress, console.log)
+            results |= res
+            for name, e in ext.items():
+                extra["by_source"][name], extra["by_category"][name] = e["by_source"], e["by_category"]
+                if "direction" in e:
+                    extra["refusal_direction"] = e["direction"]
+            samples, seconds = samples + smp, seconds | sec
+        config = {"suite": "real", "model": model, "public_data": str(public_data), "seed": seed,
+                  "parts": list(parts), "size": size.__dict__, "unlearning_methods": list(UNLEARN_METHODS),
+                  "refusal_methods": list(REFUSAL_METHODS)}
+        doc = results_document(config, results, {}, extra | {"seconds": {k: round(v, 1) for k, v in seconds.items()},
+                                                             "wall_seconds": round(clock(), 1)})
+        write_jsonl(o / "samples.jsonl", samples)
+        write_json(o / "results.json", doc)
+    print(table(doc["results"]))
+    print(f"\nwrote {out}/results.json, samples.jsonl (self-generated replies: {out}/generated.jsonl)")
+    print(f"demo wall time: {clock():.1f} s")
+    return doc
+
+
+def table(results: dict, columns: tuple[str, ...] = TABLE) -> str:
+    """One row per run, the figures that matter for each half ("-" where a figure does not apply)."""
+    cols = [c for c in columns if any(c in m for m in results.values())]
+    head = ["run"] + cols
+    rows = [[name] + [_fmt(m.get(c)) for c in cols] for name, m in results.items()]
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2e}" if isinstance(v, float) and 0 < abs(v) < 1e-2 else f"{v:.3f}"

@@ -1,0 +1,139 @@
+"""`obliviate demo`: the whole pipeline on the built-in world, in about two minutes on a laptop CPU.
+
+world -> tokenizer -> target (all training data) + oracle (all but forget10) -> every registered method
+unlearns forget10 from the target -> every run is evaluated -> table, results.json, samples.jsonl, report.md.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from obliviate.core.timer import Timer
+from obliviate.core.pool import Workers
+
+# The demo's default methods: the TOFU baselines plus NPO/SimNPO, which fit the ~2-minute budget on a 2-core
+# CPU. `--methods all` runs every registered method; `obliviate bench` compares them all over seeds and splits.
+DEMO_METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_nll", "idk_dpo")
+
+
+def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forget_split: str = "forget10",
+             finetune_steps: int = 300, progress: bool = True, started: float | None = None,
+             guards: bool = False, workers: int | None = None) -> dict:
+    from rich.console import Console
+
+    from obliviate.data.schema import write_jsonl
+    from obliviate.data.world import WorldSpec, write_world
+    from obliviate.engine.evaluate import metrics_from_rows, sample_rows
+    from obliviate.unlearning.methods import METHODS
+    from obliviate.models.tiny import build_tokenizer
+    from obliviate.core.outputs import output_dir
+    from obliviate.benchmarks.layouts import eval_data
+    from obliviate.runs.results import results_document
+    from obliviate.data.world import world_texts
+    from obliviate.core.jsonio import write_json
+    from obliviate.report.markdown import table, write_report
+
+    clock = Timer(started)
+    console = Console(stderr=True, quiet=not progress, log_path=False)
+    names = METHODS.names() if methods == ["all"] else (methods or list(DEMO_METHODS))
+    classes = {n: METHODS.get(n) for n in names}  # fail on an unknown name before doing any work
+    out = Path(out)
+    with output_dir(out, "demo:world", replace=True) as o:
+        world = o / "world"
+        write_world(world, WorldSpec(seed=seed))
+        tok = build_tokenizer(world_texts(world))
+        console.log(f"world written to {world}; tokenizer has {len(tok)} tokens")
+        splits = eval_data(world, forget_split)
+        job = {"out": str(o), "world": str(world), "forget_split": forget_split, "seed": seed,
+               "finetune_steps": finetune_steps}
+        tok.save_pretrained(o / ".tokenizer")  # the workers' tokenizer: the very one built here
+        rows, seconds = {}, {}
+        try:
+            with Workers(workers) as pool:
+                # target and oracle are independent, and so are the methods once the target exists: with 2
+                # workers each stage runs as two single-thread processes (this 0.6M model's matmuls are too small
+                # to keep two threads busy; README, "make demo")
+                for stage in (["target", "oracle"], list(classes)):
+                    for name, r, secs, steps in pool.map(_run_job, [job | {"name": n} for n in stage]):
+                        rows[name], seconds[name] = r, secs
+                        console.log(f"{name}: {steps} steps in {secs:.1f} s")
+        finally:  # a failed or interrupted run leaves no worker scratch behind
+            shutil.rmtree(o / ".tokenizer", ignore_errors=True)
+
+        guard_rows = guard_runs(o, tok, splits, rows, world, forget_split, seed, console) if guards else {}
+        rows |= guard_rows
+        results = {name: metrics_from_rows(r, rows["oracle"]) for name, r in rows.items()}
+        results = {k: results[k] for k in ("target", "oracle", *classes, *guard_rows)}  # the documented order
+        config = {"seed": seed, "forget_split": forget_split, "finetune_steps": finetune_steps, "guards": guards,
+                  "methods": {n: METHODS.get(n)().__dict__ for n in classes}}
+        wall = clock()
+        doc = results_document(config, results, {s: len(v) for s, v in splits.items()},
+                               {"seconds": {k: round(v, 2) for k, v in seconds.items()}, "wall_seconds": round(wall, 1)})
+        write_jsonl(o / "samples.jsonl", [s for name in results for s in sample_rows(name, rows[name])])
+        write_json(o / "results.json", doc)
+        write_report(o / "report.md", doc)
+    print(table(doc))
+    print(f"\nwrote {out}/results.json, samples.jsonl, report.md; models in {out}/models")
+    print(f"demo wall time: {clock():.1f} s")
+    return doc
+
+
+def _run_job(job: dict) -> tuple[str, dict, float, int]:
+    """One demo model in a worker (or in-process): "target" / "oracle" are fine-tuned from scratch, any other name
+    is a method unlearning forget_split from the saved target. Saves the model, scores it; returns (name, rows,
+    training seconds, steps)."""
+    from transformers import AutoTokenizer
+
+    from obliviate.data.schema import load_qa
+    from obliviate.engine.evaluate import score_model
+    from obliviate.unlearning.methods import METHODS
+    from obliviate.models.load import load_model, save_model
+    from obliviate.benchmarks.layouts import eval_data
+    from obliviate.unlearning.run import idk_pool, unlearning_parts
+    from obliviate.unlearning.world_models import train_world_models
+    from obliviate.benchmarks.layouts import SUITES
+    from obliviate.engine.train import TrainConfig, train
+
+    o, world, name, seed = Path(job["out"]), Path(job["world"]), job["name"], job["seed"]
+    if name in ("target", "oracle"):
+        tok = AutoTokenizer.from_pretrained(o / ".tokenizer")
+        secs = train_world_models(world, o / "models", forget_split=job["forget_split"], steps=job["finetune_steps"],
+                                  seed=seed, only=name, tokenizer=tok)[name]
+        steps = job["finetune_steps"]
+        net, tok = load_model(str(o / "models" / name))
+    else:
+        forget_path, retain_path = SUITES.get("world").train_paths(world, job["forget_split"])
+        parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(None), seed)
+        net, tok = load_model(str(o / "models" / "target"))
+        net, res = train(net, tok, METHODS.get(name)(), parts, TrainConfig(seed=seed, checkpoint_every=0,
+                                                                           progress=False))
+        save_model(net, tok, o / "models" / name)
+        secs, steps = res.seconds, res.steps
+    return name, score_model(net, tok, eval_data(world, job["forget_split"])), secs, steps
+
+
+def guard_runs(o: Path, tok, splits, rows, world: Path, forget_split: str, seed: int, console) -> dict:
+    """`--guards`: ECO (sigma searched to the oracle's forget value accuracy) and GUARD, fitted on the target and
+    evaluated on it with the guard applied (generation and teacher-forced pass). Guard directories go to
+    OUT/guards/."""
+    from obliviate.audit.inputs import unlearning_inputs
+    from obliviate.engine.evaluate import score_model
+    from obliviate.guards.base import GUARDS, load_all, save_guard
+    from obliviate.engine.hooks import attach
+    from obliviate.models.load import load_model
+
+    load_all()
+    inputs = unlearning_inputs(data=world, layout="world", forget_split=forget_split)
+    oracle_acc = sum(r["value_hit"] for r in rows["oracle"]["forget"]) / max(1, len(rows["oracle"]["forget"]))
+    out = {}
+    for name, options in (("eco", {"target_accuracy": oracle_acc, "seed": seed}), ("guard", {"seed": seed})):
+        net, _ = load_model(str(o / "models" / "target"))
+        g = GUARDS.get(name).fit(net, tok, inputs, **options)
+        g.attach(net, tok)
+        save_guard(g, o / "guards" / name, extra={"model": str(o / "models" / "target"),
+                                                  "report": g.report(net, tok, inputs)})
+        attach(net, [g])
+        out[f"target+{name}"] = score_model(net, tok, splits)
+        console.log(f"guard {name} fitted and evaluated")
+    return out

@@ -1,0 +1,1 @@
+"""Training loop, decode loop with its guard hooks, teacher-forced evaluation, the Method base."""

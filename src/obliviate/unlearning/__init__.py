@@ -1,0 +1,1 @@
+"""The unlearning wing: methods, one run, evaluation, sweeps and the method bench."""
