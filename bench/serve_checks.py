@@ -4,7 +4,7 @@ Prints, for a server started in this process: how fast an 8 MB body gets its 413
 chunked with none) and how /health answers meanwhile; a 1.9 MB prompt under the limit (tokenised off the event
 loop); how fast a full queue answers 429; a guard that raises on one request of a batch; a worker thread that dies
 (503); a `Host: evil.example`; 20 slow partial bodies and 20 slow heads against a 2 s read timeout. Every loop is
-bounded; nothing leaves loopback. It prints figures; the assertions live in tests/test_serve_hardening.py.
+bounded; nothing leaves loopback. It prints figures; the assertions live in tests/serve/test_serve_hardening.py.
 """
 
 import http.client

@@ -44,7 +44,7 @@ def audit_concept(erased, original, clf, world: dict, concept: str, attacks: lis
         return (clf.predict(images)[factor] == want).tolist() if len(images) else []
 
     target_rows = concept_splits(world, factor, concept)["target"]
-    rows = SampleConfig(max_prompts=cfg.prompts + 1, seed=cfg.sample.seed).pick(target_rows)
+    rows = SampleConfig(max_prompts=cfg.prompts, seed=cfg.sample.seed).pick(target_rows)
     texts = [r["text"] for r in rows]
     pre = recognised(generate(erased, texts, cfg.sample))
     out = {"concept": concept, "factor": factor, "prompts": texts, "pre_asr": sum(pre) / len(pre), "attacks": {},

@@ -85,7 +85,7 @@ def _shared_prompt_stats(model, groups: list[tuple[list[int], list[list[int]]]],
     pass fills a KV cache; each cache row is repeated once per answer of its group, and every answer of every
     group runs as one batch of continuations. Full details (log-probs, Min-K%++, predictions) for each group's
     first answer, the true one; the others need their loss. Equal to full-sequence passes up to fp32 rounding
-    (tests/test_evaluate.py)."""
+    (tests/engine/test_evaluate.py)."""
     from transformers import DynamicCache
 
     from obliviate.engine.generation import _positions, left_pad

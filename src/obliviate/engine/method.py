@@ -25,7 +25,7 @@ class Method:
     # True when `loss(batch)` is the sum over `needs` of `part_loss(name, batch[name])` and each part's term is a
     # mean over its answer tokens (`nll_loss`; `part_mean(name) == "token"`) or over its items ("item"). Then a
     # part's micro-batches combine exactly, each weighted by its share of the part's tokens or items
-    # (TrainConfig.max_batch_tokens). `tests/test_methods.py` checks the sum on every method that says so
+    # (TrainConfig.max_batch_tokens). `tests/unlearning/test_methods.py` checks the sum on every method that says so
     splits: ClassVar[bool] = False
 
     def __post_init__(self):
