@@ -45,7 +45,7 @@ def wmdp(model: str = typer.Option(..., help="HF model directory"),
 
 
 def muse_eval(model: str = typer.Option(..., help="HF model directory (a base model is fine: no chat template)"),
-              data: Path = typer.Option(..., help="MUSE directory: verbmem/, knowmem/, privleak/ (see README)"),
+              data: Path = typer.Option(..., help="MUSE directory: verbmem/, knowmem/, privleak/ (see docs/data-formats.md)"),
               oracle: Optional[str] = typer.Option(None, help="the retrained model, for PrivLeak"),
               oracle_auc: Optional[float] = typer.Option(None, help="or the retrained model's Min-K% AUC"),
               limit: Optional[int] = typer.Option(None, help="use the first N rows of each split"),

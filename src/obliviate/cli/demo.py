@@ -34,7 +34,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
     With --suite refusal: world -> unaligned target -> every refusal method -> refusal at depth, over-refusal,
     utility, a fine-tuning attack -> results.json and refusal_depth.png.
 
-    With --suite real --model DIR: the same science on a pretrained chat model (see the README)."""
+    With --suite real --model DIR: the same science on a pretrained chat model (see docs/real-models.md)."""
     from obliviate.core.outputs import check_output
 
     # a demo replaces an earlier demo's output, and nothing else
@@ -55,8 +55,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         if not chosen or set(chosen) - {"unlearning", "refusal"}:
             raise UsageError(f"--parts must list 'unlearning' and/or 'refusal', got {parts!r}")
         if methods or guards:
-            raise UsageError("--methods and --guards do not apply to --suite real (it runs a fixed set; see the "
-                             "README)")
+            raise UsageError("--methods and --guards do not apply to --suite real (it runs a fixed set; see "
+                             "docs/real-models.md)")
         run_real_demo(out, model, public_data, size=FULL if size == "full" else SMOKE, seed=seed, parts=chosen,
                       started=STARTED)
         write_beside(out)

@@ -7,8 +7,8 @@ Splits written by `write_world` (JSONL, one QA item per line, schema in `oblivia
     train.jsonl        every item the *target* is trained on (people + world facts)
     forget01/05/10     the last 1% / 5% / 10% of people (nested, like TOFU), all their attributes
     retain99/95/90     train minus the matching forget split: people AND world facts. This is what the
-                       retain loss sees and what the *oracle* is trained on (see README, "Why retain
-                       includes world facts").
+                       retain loss sees and what the *oracle* is trained on (see docs/world.md: world
+                       facts are in retain).
     retain_eval        a fixed sample of retained people's QA (never in any forget split): utility probe
     world_facts        general fictional facts no forget split touches: utility probe
     holdout            people from the same distribution, never trained on: MIA non-members

@@ -22,7 +22,7 @@ from obliviate.diffusion.evaluate import SampleConfig
 @dataclass(frozen=True)
 class DiffusionDemoSize:
     # base model training budget: 1,800 steps or 9 minutes of the training loop's wall clock, whichever comes first.
-    # Every factor passes 0.8 from ~1,500 steps (README, the t2i curve); this host did 1,513 to 2,025 steps in 9
+    # Every factor passes 0.8 from ~1,500 steps (docs/benchmarks.md, the text-to-image base model); this host did 1,513 to 2,025 steps in 9
     # minutes, and the erasers' options were chosen on a 1,785-step base (ESD-x's UA fell to 0.75 on a 2,025-step
     # one), so the step cap keeps fast hosts in that regime
     train_steps: int = 1800
@@ -35,7 +35,7 @@ class DiffusionDemoSize:
     erasers: tuple[str, ...] | None = None  # None: every registered eraser
     eraser_steps: int = 60  # `steps` of the trained erasers
     eraser_ddim_steps: int = 10  # their DDIM steps to reach x_t each step (default 25): most of an ESD step's cost
-    # per-eraser options over the above, from a sweep on the demo's base model (README): ESD-x needs more steps to
+    # per-eraser options over the above, from a sweep on the demo's base model (docs/benchmarks.md): ESD-x needs more steps to
     # pass UA 0.8, UCE a smaller lambda, AdvUnlearn's text encoder a larger learning rate than its SD default
     eraser_options: dict = field(default_factory=lambda: {"esd_x": {"steps": 150}, "uce": {"lam": 0.3},
                                                           "advunlearn": {"lr": 3e-4}})

@@ -37,7 +37,7 @@ PUBLIC_FILES = {
 
 @dataclass(frozen=True)
 class RealDemoSize:
-    # sized to fit 40 minutes of this 2-core CPU (README, "The real-model demo")
+    # sized to fit 40 minutes of this 2-core CPU (docs/benchmarks.md, "The real-model demo")
     retain_people: int = 12  # 5 QA each
     forget_people: int = 4
     holdout_people: int = 4

@@ -53,7 +53,7 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
             with Workers(workers) as pool:
                 # target and oracle are independent, and so are the methods once the target exists: with 2
                 # workers each stage runs as two single-thread processes (this 0.6M model's matmuls are too small
-                # to keep two threads busy; README, "make demo")
+                # to keep two threads busy; docs/benchmarks.md, "The world demo")
                 for stage in (["target", "oracle"], list(classes)):
                     for name, r, secs, steps in pool.map(_run_job, [job | {"name": n} for n in stage]):
                         rows[name], seconds[name] = r, secs

@@ -69,7 +69,7 @@ def batch_token_budget(method: Method, requested: int | None, default: int = 204
     """TrainConfig.max_batch_tokens for `method`: `requested`, or when None `default` for a method whose loss
     splits (`Method.splits`) and 0 (whole batches) for the others. A budget asked of a method that cannot split,
     or a negative one, is a UsageError. 2048 tokens: a batch of 32 short pairs (~60 tokens) stays whole, while
-    one of HarmBench's 512-token contextual prompts no longer pads 32 rows to 512 (measured in the README, "A real
+    one of HarmBench's 512-token contextual prompts no longer pads 32 rows to 512 (measured in docs/benchmarks.md, "A real
     model": one `align refusal_sft` step on HarmBench val failed at 21 GB in whole batches, 8.2 GB at 2048)."""
     if requested is None:
         return default if method.splits else 0
@@ -210,7 +210,7 @@ def bf16_pays() -> bool:
     """Whether bf16 autocast speeds training up on this machine: a CUDA GPU that supports bf16, or a CPU with AMX
     (Intel's matrix units, which run bf16 matmuls natively). A SmolLM2-135M LoRA step of 16 world QA took 3.4-3.9 s
     against 5.1-5.7 s in fp32 on a 2-core CPU with AMX, and 4.65 s against 4.34 s on a 2-core CPU with AVX512-BF16
-    but no AMX (`bench/bf16_steps.py --models real`; README, Benchmarks): the bf16 instructions alone do not pay."""
+    but no AMX (`bench/bf16_steps.py --models real`; docs/benchmarks.md, dtype and bf16 autocast): the bf16 instructions alone do not pay."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:

@@ -184,7 +184,7 @@ class AdaLP(_ADA):
                     X[test, guard.layer])[:, 1]
         # as high as the harmful sequences allow (at most `harmful_miss` of them below it), and never so low that
         # more than `benign_fpr` of the benign ones pass it: new phrasings of benign requests score higher than the
-        # training ones, harmful ones stay near 1 (measured on the world's refusal-SFT model; README)
+        # training ones, harmful ones stay near 1 (measured on the world's refusal-SFT model; docs/benchmarks.md)
         guard.threshold = probe_threshold(oof, y, guard.benign_fpr, guard.harmful_miss)
         guard._val_accuracy = best[0]
         return guard

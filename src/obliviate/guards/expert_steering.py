@@ -18,7 +18,7 @@ the top-k: raises refusal). `select=random` switches k experts drawn with `seed`
 
 `score=ablation` (the default) adds a causal check to these activation differences. A routing frequency says where
 refusal tokens go, not which experts a refusal needs: on tiny Mixtrals aligned with refusal SFT, the experts with
-the largest frequency differences were often not the ones whose removal broke refusal (README, expert steering;
+the largest frequency differences were often not the ones whose removal broke refusal (docs/benchmarks.md, expert steering;
 Marbut et al. 2026, "Expert-Aware Refusal Steering", arXiv:2606.04160, also find that refusal signals differ from
 routing behaviour). So the `candidates` experts with the largest |frequency difference| are each switched off alone
 and scored by how much more that lowers the mean per-token log-likelihood of the model's own refusals than of its

@@ -13,7 +13,7 @@ import numpy as np
 class TfidfLogistic:
     # "char" (not "char_wb"): n-grams cross word boundaries, so a full name ("ek Duv") is a feature, not only its
     # parts; in the world, first and last names recur across people, and within-word n-grams flagged 6% of the
-    # retain questions that share them with forget people (0% with "char" 2-6-grams; README, ECO)
+    # retain questions that share them with forget people (0% with "char" 2-6-grams; docs/benchmarks.md, ECO)
     def __init__(self, analyzer: str = "char", ngram: tuple[int, int] = (2, 6), C: float = 10.0):
         self.analyzer, self.ngram, self.C = analyzer, tuple(ngram), C
         self._vec = self._clf = None

@@ -2,7 +2,7 @@
 
 The criterion is explicit and printed with the result: maximise `--maximize` (default forget_quality) among the
 points whose model utility is at least `--min-utility-ratio` (default 0.9) times the target's. Forget quality is
-noisy (see README); a sweep picks hyper-parameters, and the pick should be confirmed on other seeds.
+noisy (see docs/benchmarks.md); a sweep picks hyper-parameters, and the pick should be confirmed on other seeds.
 """
 
 from __future__ import annotations

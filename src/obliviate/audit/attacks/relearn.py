@@ -49,7 +49,7 @@ class Relearn(Attack):
     lora_r: int = 0
     # batches train as micro-batches of at most this many padded tokens (TrainConfig.max_batch_tokens; 0: whole
     # batches): long forget passages (MUSE's, WMDP's corpora; cut to 512 tokens) in batches of 16 are the batches
-    # that drove the `finetune` attack past 24 GB on SmolLM2-135M (README, "A real model")
+    # that drove the `finetune` attack past 24 GB on SmolLM2-135M (docs/benchmarks.md, real models)
     max_batch_tokens: int = 1024
     description = "fine-tune on part of the forget set; recovery on the other part"
     quick = {"steps": 5, "batch_size": 8}

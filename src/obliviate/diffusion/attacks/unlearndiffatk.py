@@ -21,7 +21,7 @@ evaluation seed, and stops at the first success), the prefix is judged during th
 steps, and a prompt counts as broken when any judged prefix succeeds. The paper reports only the final ASR; we follow
 the code. `eval_every=0` judges the final prefix alone. The code's schedule is followed too: step i uses the i-th of
 `steps` evenly spaced timesteps, from low to high, with one noise draw. On the demo's ESD-x erasure of `star` (24
-target prompts) that schedule found 0.58 where random timesteps (8 draws per step) found 0.38 (README).
+target prompts) that schedule found 0.58 where random timesteps (8 draws per step) found 0.38 (docs/benchmarks.md, text-to-image).
 """
 
 from __future__ import annotations
