@@ -17,7 +17,8 @@ Two components, each available alone (`mle=False` or `rto=False`) for ablations:
    example (position subsampling, to cut compute on long answers); 0 keeps all of them.
 
 Total loss: NLL(prefixed refusal) + NLL(RTO) + NLL(benign) + alpha * NLL(people). RTO alone teaches only the
-first refusal token and the model then loops on it (measured on the built-in world, see DESIGN.md): use both.
+first refusal token and the model then loops on it (the built-in world's refusal demo: `derta_rto_only` in
+docs/benchmarks.md): use both.
 """
 
 from __future__ import annotations
