@@ -6,10 +6,11 @@ github.com/OPTML-Group/Unlearn-Saliency).
    its prompt) with respect to every UNet weight, accumulated over `saliency_batches` batches; the mask keeps the
    weights whose |gradient| is in the top `saliency_share` of all (the reference thresholds at the median, 0.5).
 2. Unlearning with random labelling (Eq. 8, the generation form): only masked weights change, to minimise
-   || eps_theta(x_t, c_random) - eps ||^2 on the concept's images x (so the concept's images get another
-   prompt's prediction: the prompt is relabelled), plus `retain_weight` x the ordinary diffusion loss on retain
-   prompts' images (the paper's beta-weighted retain term). `random` prompts are the `preserve` list, or the
-   guide.
+   || eps_theta(x_t, c) - sg(eps_theta(x_t, c_random)) ||^2 on noisy concept images x_t (the concept's prompt c
+   is made to predict what another prompt predicts on them: the prompt is relabelled; the reference code's
+   `forget_out` against the detached `pseudo_out`, SD/train-scripts/random_label.py), plus `retain_weight` x the
+   ordinary diffusion loss on retain prompts' images (the paper's beta-weighted retain term). `random` prompts
+   are the `preserve` list, or the guide.
 The concept's and retain images are the original model's generations.
 """
 
@@ -52,6 +53,16 @@ class SalUn(Eraser):
         t = torch.randint(0, ddpm.config.num_train_timesteps, (len(idx),), generator=g)
         return torch.nn.functional.mse_loss(model.eps(ddpm.add_noise(x0[idx], noise, t), t, ctx), noise)
 
+    def _relabel_loss(self, model, x0, idx, ctx, ctx_random, g):
+        """|| eps(x_t, c) - sg(eps(x_t, c_random)) ||^2 on noisy images x0[idx] (Eq. 8)."""
+        ddpm = model.ddpm()
+        noise = torch.randn((len(idx), *x0.shape[1:]), generator=g)
+        t = torch.randint(0, ddpm.config.num_train_timesteps, (len(idx),), generator=g)
+        x_t = ddpm.add_noise(x0[idx], noise, t)
+        with torch.no_grad():
+            want = model.eps(x_t, t, ctx_random)
+        return torch.nn.functional.mse_loss(model.eps(x_t, t, ctx), want)
+
     def saliency_mask(self, model, x0, ctx, g) -> dict:
         params = dict(model.unet.named_parameters())
         grads = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -89,7 +100,7 @@ class SalUn(Eraser):
         for step in range(self.steps):
             o = others[step % len(others)]
             idx = torch.randint(0, self.images, (self.batch_size,), generator=g)
-            loss = self._loss(edited, x_f, idx, c_o[o], g)  # random label: the concept's images, another prompt
+            loss = self._relabel_loss(edited, x_f, idx, c_f, c_o[o], g)  # the concept's prompt, another's prediction
             if self.retain_weight > 0:
                 loss = loss + self.retain_weight * self._loss(edited, x_r[o], idx, c_o[o], g)
             opt.zero_grad(set_to_none=True)
