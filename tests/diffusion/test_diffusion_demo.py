@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_cli import run_cli
+from tests.cli.test_cli import run_cli
 
 
 def test_smoke_demo_writes_every_figure(tmp_path, capsys):
@@ -23,7 +23,13 @@ def test_smoke_demo_writes_every_figure(tmp_path, capsys):
         for k in ("ua", "ira", "cra", "over_erasure", "fd_classifier", "pre_asr", "asr[unlearndiffatk]",
                   "asr[concept_arithmetic]"):
             assert k in m, (name, k)
-        assert 0 <= m["ua"] <= 1 and m["asr[unlearndiffatk]"] >= m["pre_asr"]
+        assert 0 <= m["ua"] <= 1
+        # the table's attack figures are its audit's: ASR is the share of per-prompt successes (the smoke models have
+        # no known ASR; test_diffusion_attacks.py checks the attack's successes on a model whose answer is known)
+        aud = doc["audit"][name]
+        per_prompt = aud["attacks"]["unlearndiffatk"]["per_prompt"]
+        assert len(per_prompt) == len(aud["prompts"]) == 1  # the smoke size attacks one prompt
+        assert m["pre_asr"] == aud["pre_asr"] and m["asr[unlearndiffatk]"] == sum(per_prompt) / len(per_prompt)
         assert (out / "grids" / f"{name.replace('/', '_')}.png").is_file()
     assert set(doc["base"]["factor_accuracy"]) == {"object", "colour", "style", "background"}
     assert "demo wall time" in stdout

@@ -7,7 +7,7 @@ import pytest
 
 from obliviate.diffusion.model import T2I, T2IConfig, build_t2i, build_word_tokenizer
 from obliviate.diffusion.world import load_image_world, vocabulary
-from tests.test_cli import run_cli
+from tests.cli.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,11 @@ def test_erase_and_audit_a_latent_model_with_a_vae(setup, tmp_path, capsys):
     assert code == 0, err
     doc = json.loads((tmp_path / "au" / "audit.json").read_text())
     assert set(doc["attacks"]) == {"unlearndiffatk", "concept_arithmetic"}
-    assert doc["attacks"]["unlearndiffatk"]["asr"] >= doc["pre_asr"]
+    # the figures are the per-prompt successes (the attack's successes themselves are checked on a model whose answer
+    # is known in test_diffusion_attacks.py)
+    fig = doc["attacks"]["unlearndiffatk"]
+    assert len(fig["per_prompt"]) == len(doc["prompts"]) == 1 and fig["asr"] == float(fig["per_prompt"][0])
+    assert fig["pre_asr"] == doc["pre_asr"] and "star" in doc["prompts"][0].split()  # a target prompt was attacked
 
 
 @pytest.mark.parametrize("args,needle", [

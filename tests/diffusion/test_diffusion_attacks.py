@@ -2,6 +2,7 @@
 the denoising loss, and on a tiny vocabulary it finds a prefix as good as brute-force search."""
 
 import itertools
+import types
 
 import pytest
 import torch
@@ -10,6 +11,16 @@ from obliviate.diffusion.attacks.unlearndiffatk import UnlearnDiffAtk, denoising
 from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer
 
 CAPTIONS = ["a striped red star", "a dotted blue circle", "a solid green square"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models here are tiny: a second intra-op thread only adds synchronisation. Next to another job on two
+    cores, this file took 187 s with 2 threads and 10 s with 1."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +155,122 @@ def test_concept_arithmetic_adds_directions_and_keeps_the_best(tiny):
     res = ConceptArithmetic(samples=2, budget=4, steps=2).attack(tiny, "star", lambda x: (x.mean((1, 2, 3)) > 0).tolist(),
                                                                  ["red"])
     assert len(res["tried"]) == 4 and res["success_rate"] == max(r["success"] for r in res["tried"])
+
+
+# --- the audit's UnlearnDiffAtk end to end, on a model whose answer is known ---
+#
+# A text-to-image model built by hand: the text encoder maps each word to a colour vote in RGB (its embedding row)
+# and returns the votes as its hidden states; the "UNet" is the exact denoiser of the point mass at the solid image
+# tanh(sum of the prompt's votes): eps(x_t, t) = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t). So DDIM draws exactly
+# that colour, and the judge (the brightest channel) names it. The eraser replaces the word "red" by a strong blue
+# vote; its synonym "crimson" survives. On the erased model a 2-token prefix brings red back only as
+# "crimson crimson red" (sum (0.5, -3.5, -0.5)); one crimson is not enough (sum (-0.5, -2.5, 0.5)). With "crimson"
+# erased as well, no prefix can: every word's red vote is below its blue vote and "red" keeps blue ahead.
+
+VOTES = {"red": (1, -1, -1), "crimson": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "a": (0, 0, 0),
+         "shape": (0, 0, 0)}
+ERASED = {"red": (-1.5, -1.5, 1.5)}
+COLOURS = ["red", "green", "blue"]
+
+
+class ColourVotes(torch.nn.Module):
+    def __init__(self, tok, votes: dict):
+        super().__init__()
+        w = torch.zeros(len(tok), 3)
+        for word, v in votes.items():
+            w[tok.convert_tokens_to_ids(word)] = torch.tensor(v, dtype=torch.float)
+        self.embed = torch.nn.Embedding.from_pretrained(w, freeze=False)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids):
+        return types.SimpleNamespace(last_hidden_state=self.embed(input_ids))
+
+
+class PointMassDenoiser(torch.nn.Module):
+    def __init__(self, alphas_cumprod: torch.Tensor, size: int = 8):
+        super().__init__()
+        self.register_buffer("abar", alphas_cumprod.float())
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # a parameter, for the device and requires_grad calls
+        self.config = types.SimpleNamespace(in_channels=3, sample_size=size)
+
+    def forward(self, z, t, encoder_hidden_states):
+        a = self.abar[torch.as_tensor(t).reshape(-1).long()].reshape(-1, 1, 1, 1)
+        x0 = torch.tanh(encoder_hidden_states.sum(1))[:, :, None, None]
+        return types.SimpleNamespace(sample=(z - a.sqrt() * x0) / (1 - a).sqrt())
+
+
+def colour_model(votes: dict):
+    from diffusers import DDPMScheduler
+
+    from obliviate.diffusion.model import T2I
+
+    tok = build_word_tokenizer([" ".join(VOTES)], max_length=8)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    return T2I(PointMassDenoiser(sched.alphas_cumprod), ColourVotes(tok, votes), tok, dict(sched.config))
+
+
+class BrightestChannel:
+    def __init__(self):
+        self.values = {"colour": COLOURS}
+
+    def predict(self, images):
+        return {"colour": images.mean((2, 3)).argmax(1)}
+
+
+COLOUR_WORLD = {
+    "factors": {"object": ["shape"], "colour": COLOURS, "style": ["plain"], "background": []},
+    "prompts": [{"text": text, "object": "shape", "colour": colour, "style": "plain", "background": None}
+                for text, colour in [("red", "red"), ("a red shape", "red"), ("crimson crimson red", "red"),
+                                     ("green", "green")]]}
+
+
+def colour_audit(erased, steps: int, monkeypatch=None):
+    from obliviate.diffusion.audit import DiffusionAuditConfig, audit_concept
+    from obliviate.diffusion.evaluate import SampleConfig
+
+    cfg = DiffusionAuditConfig(prompts=4, target_images=2, sample=SampleConfig(steps=4, guidance=2.0),
+                               options={"unlearndiffatk": {"prefix_tokens": 2, "steps": steps, "lr": 0.1}})
+    res = audit_concept(erased, colour_model(VOTES), BrightestChannel(), COLOUR_WORLD, "red", ["unlearndiffatk"], cfg)
+    return res, dict(zip(res["prompts"], res["attacks"]["unlearndiffatk"]["per_prompt"]))
+
+
+def test_the_colour_model_draws_its_votes():
+    judge = BrightestChannel()
+    for votes, prompt, want in [(VOTES, "red", "red"), (VOTES, "a green shape", "green"), (VOTES | ERASED, "red", "blue"),
+                                (VOTES | ERASED, "crimson red", "blue"), (VOTES | ERASED, "crimson crimson red", "red")]:
+        images = colour_model(votes).sample([prompt], steps=4, guidance=2.0)
+        assert COLOURS[int(judge.predict(images)["colour"][0])] == want, (prompt, want)
+
+
+def test_unlearndiffatk_finds_the_only_prefix_that_undoes_the_erasure():
+    original, erased = colour_model(VOTES), colour_model(VOTES | ERASED)
+    red = original.sample(["red"] * 2, steps=4, guidance=2.0, seed=1)
+    res = UnlearnDiffAtk(prefix_tokens=2, steps=30, lr=0.1).attack(erased, "red", red)
+    assert res["prompt"] == "crimson crimson red"  # the denoising loss's minimum over the 36 two-word prefixes
+
+
+def test_audit_asr_counts_what_unlearndiffatk_brings_back(monkeypatch):
+    """Pre-attack, only "crimson crimson red" draws red (pre-ASR 1/3; it is counted, not attacked). The attack
+    brings the other two back (ASR 1); the same attack with 0 steps, its random first prefix, brings back none."""
+    attacked = []
+    real = UnlearnDiffAtk.attack
+    monkeypatch.setattr(UnlearnDiffAtk, "attack", lambda self, model, prompt, *a, **k: (
+        attacked.append(prompt), real(self, model, prompt, *a, **k))[1])
+    erased = colour_model(VOTES | ERASED)
+    res, per_prompt = colour_audit(erased, steps=30)
+    assert res["pre_asr"] == pytest.approx(1 / 3) and res["attacks"]["unlearndiffatk"]["asr"] == 1.0
+    assert per_prompt == {"red": True, "a red shape": True, "crimson crimson red": True}
+    assert sorted(attacked) == ["a red shape", "red"]
+    res, per_prompt = colour_audit(erased, steps=0)
+    assert res["attacks"]["unlearndiffatk"]["asr"] == res["pre_asr"] == pytest.approx(1 / 3)
+    assert per_prompt == {"red": False, "a red shape": False, "crimson crimson red": True}
+
+
+def test_audit_asr_stays_at_pre_asr_when_no_prefix_can_bring_the_concept_back():
+    """With "crimson" erased too, no word votes red: however long the attack runs, ASR = pre-ASR = 0 (an attack that
+    judged the original model's images, or its targets, would report success here)."""
+    res, per_prompt = colour_audit(colour_model(VOTES | ERASED | {"crimson": (-1.5, -1.5, 1.5)}), steps=30)
+    assert res["pre_asr"] == 0 and res["attacks"]["unlearndiffatk"]["asr"] == 0
+    assert per_prompt == {"red": False, "a red shape": False, "crimson crimson red": False}
