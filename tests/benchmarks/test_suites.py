@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from obliviate.benchmarks.layouts import SUITES
+from obliviate.runs.schema import validate_results
 from tests.conftest import shared_data
 from tests.cli.test_cli import run_cli
 
@@ -87,6 +88,7 @@ def test_muse_small(tmp_path, capsys):
                               "--finetune-steps", 3], capsys)
     assert code == 0, err
     doc = json.loads((tmp_path / "m" / "muse.json").read_text())
+    assert validate_results(doc) == []
     r = doc["results"]["grad_ascent"]
     for key in ("verbmem_forget", "knowmem_forget", "privleak", "knowmem_retain"):
         assert key in r

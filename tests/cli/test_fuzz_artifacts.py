@@ -161,13 +161,13 @@ def test_registry_reads_results_files(scratch, files):
 @bounded(30)
 @given(data=st.binary(max_size=200) | st.just(b"SQLite format 3\x00") .map(lambda b: b + bytes(200)))
 def test_registry_database(scratch, data):
-    from obliviate.runs import Registry
+    from obliviate.runs import RunStore
 
     f = scratch() / "registry.sqlite"
     f.write_bytes(data)
 
     def read():
-        with Registry.open(f) as reg:
+        with RunStore.open(f) as reg:
             return reg.runs()
     if holds(read) is None:
         assert f.read_bytes() == data  # a registry that cannot be read is left as it was

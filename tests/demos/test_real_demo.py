@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from obliviate.core.errors import UsageError
+from obliviate.runs.schema import validate_results
 
 from tests.conftest import shared_data
 from tests.cli.test_cli import assert_bad_input, run_cli
@@ -32,6 +33,7 @@ def test_real_demo_smoke(real_model_dir, tmp_path, capsys):
                                  "--public-data", shared_data(), "--threads", "2", "--out", out], capsys)
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
+    assert validate_results(doc) == []
     runs = doc["results"]
     assert list(runs) == ["target", "oracle", "npo", "grad_diff", "idk_nll", "simnpo", "base", "refusal_sft",
                           "derta", "derta_ablated"]

@@ -5,6 +5,7 @@ import pytest
 from obliviate.engine.generation import generate
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
+from obliviate.runs.schema import validate_results
 
 
 def test_batched_left_padded_generation_equals_one_by_one(target_dir):
@@ -22,7 +23,9 @@ def test_demo_acceptance(tmp_path):
     from obliviate.demos.world import run_demo
 
     doc = run_demo(tmp_path / "demo", progress=False, guards=True)
-    res = json.loads((tmp_path / "demo" / "results.json").read_text())["results"]
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert validate_results(saved) == []
+    res = saved["results"]
     assert list(res)[:2] == ["target", "oracle"]
     assert res["target"]["forget_rouge"] >= 0.9 and res["target"]["forget_quality"] <= 1e-3
     assert res["oracle"]["forget_quality"] == pytest.approx(1.0)

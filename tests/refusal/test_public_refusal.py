@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from obliviate.core.errors import UsageError
+from obliviate.runs.schema import validate_results
 
 from tests.conftest import shared_data
 from tests.cli.test_cli import assert_bad_input, run_cli
@@ -76,6 +77,7 @@ def test_refusal_eval_public_real_model(real_model_dir, tmp_path, capsys):
                                  "--threads", "2", "--out", out], capsys)
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
+    assert validate_results(doc) == []
     (run,) = doc["results"]
     m = doc["results"][run]
     assert set(m) >= {"refusal_rate", "over_refusal_rate", "refusal_rate@prefill5"}

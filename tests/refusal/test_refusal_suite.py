@@ -5,6 +5,7 @@ import json
 import pytest
 
 from obliviate.models.control_tokens import control_ids
+from obliviate.runs.schema import validate_results
 
 from tests.cli.test_cli import assert_bad_input, run_cli
 
@@ -22,6 +23,7 @@ def demo_doc(tmp_path_factory):
 def test_demo_writes_results_keyed_by_run(demo_doc):
     out, doc = demo_doc
     saved = json.loads((out / "results.json").read_text())
+    assert validate_results(saved) == []
     assert saved["results"] == doc["results"]
     assert list(doc["results"]) == ["target", "refusal_sft", "derta", "refusal_tokens", "refusal_sft+ada_lp",
                                      "refusal_sft+latent", "attack_sft", "attack_token_constrained"]
@@ -72,6 +74,7 @@ def test_align_and_refusal_eval_commands(demo_doc, tmp_path, capsys):
                             "--out", tmp_path / "ev", "--limit", "4", "--max-new-tokens", "6"], capsys)
     assert code == 0, err
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert validate_results(doc) == []
     assert set(doc["results"]) == {"tok", "target"} and "refusal_rate@prefill20" in doc["results"]["tok"]
 
 

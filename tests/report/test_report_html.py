@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from obliviate.runs import Registry
+from obliviate.runs import RunStore
 from tests.cli.test_cli import run_cli
 
 EVIL = "</script><script>alert('pwned')</script><img src=x onerror=alert(1)> & \"$x$\""
@@ -281,7 +281,7 @@ def test_unknown_run_id_exits_2(capsys, tmp_path):
 def test_run_id_resolves_through_the_registry(dirs, tmp_path, capsys, monkeypatch):
     db = tmp_path / "reg.sqlite"
     monkeypatch.setenv("OBLIVIATE_REGISTRY", str(db))
-    with Registry.open(db) as reg:
+    with RunStore.open(db) as reg:
         run_id = reg.insert_run({"command": "demo", "status": "done", "out_dir": str(dirs["refusal"].resolve())})
     code, _, err = run_cli(["report", run_id, "--out", tmp_path / "r.html"], capsys)
     assert code == 0, err

@@ -18,7 +18,7 @@ import typer
 import obliviate.cli.app as app_module
 from obliviate.cli.runs import runs_app
 from obliviate.core.errors import UsageError
-from obliviate.runs import Registry, db
+from obliviate.runs import RunStore, db
 from obliviate.runs.results import RUN_FILE, data_hash, metrics_of, read_results
 from tests.cli.test_cli import run_cli
 
@@ -93,7 +93,7 @@ def runs_json(capsys, *args) -> list[dict]:
 
 def test_schema_created_versioned_and_wal(tmp_path):
     p = tmp_path / "sub" / "r.sqlite"
-    with Registry(p) as reg:
+    with RunStore(p) as reg:
         run_id = reg.insert_run({"command": "eval"}, {"a/b": 1.0}, [("json", "/x/results.json")])
         assert reg.get(run_id[:12])["metrics"] == {"a/b": 1.0}
     con = sqlite3.connect(p)
@@ -110,11 +110,11 @@ def test_older_database_is_upgraded_in_place(tmp_path, monkeypatch):
     con.execute("INSERT INTO notes VALUES ('keep me')")
     con.commit()
     con.close()
-    with Registry(p) as reg:
+    with RunStore(p) as reg:
         run_id = reg.insert_run({"command": "eval", "status": "done"}, {"m": 2.0})
     # a later release adds a column: append a migration, as a real upgrade would
     monkeypatch.setattr(db, "MIGRATIONS", [*db.MIGRATIONS, "ALTER TABLE runs ADD COLUMN note TEXT"])
-    with Registry(p) as reg:
+    with RunStore(p) as reg:
         assert reg.get(run_id)["metrics"] == {"m": 2.0} and reg.get(run_id)["note"] is None
     con = sqlite3.connect(p)
     assert con.execute("PRAGMA user_version").fetchone()[0] == 2
@@ -134,7 +134,7 @@ def _garbage(p: Path):
 
 
 def _truncated(p: Path):
-    with Registry(p) as reg:
+    with RunStore(p) as reg:
         for i in range(100):
             reg.insert_run({"command": "x", "status": "done"}, {f"m{j}": j for j in range(20)})
     con = sqlite3.connect(p)
@@ -151,7 +151,7 @@ def test_bad_database_exits_2_and_is_left_untouched(tmp_path, monkeypatch, capsy
     make(p)
     before = sha(p)
     with pytest.raises(UsageError, match=words):
-        Registry(p)
+        RunStore(p)
     for args in (["runs", "ls"], ["runs", "doctor", "--json"], ["runs", "rebuild", str(tmp_path)]):
         code, out, err = run_cli([*args, "--registry", p], capsys)
         assert code == 2 and out == "", err
@@ -168,12 +168,12 @@ def test_bad_database_exits_2_and_is_left_untouched(tmp_path, monkeypatch, capsy
 
 WRITER = """
 import sys, time
-from obliviate.runs import Registry
+from obliviate.runs import RunStore
 path, tag, t0 = sys.argv[1], sys.argv[2], float(sys.argv[3])
 while time.time() < t0:
     time.sleep(0.005)
 for i in range(50):
-    reg = Registry(path)  # a fresh connection each time, as separate commands would
+    reg = RunStore(path)  # a fresh connection each time, as separate commands would
     run_id = reg.insert_run({"command": "bench", "method": tag})
     reg.record_results(run_id, "/nonexistent")
     reg.update_run(run_id, status="done")
@@ -185,7 +185,7 @@ for i in range(50):
 
 def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     p = tmp_path / "r.sqlite"
-    Registry(p).close()
+    RunStore(p).close()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     t0 = time.time() + 2.0  # both start writing at the same moment, after their imports
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(p), tag, str(t0)], env=env,
@@ -193,7 +193,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-    with Registry(p) as reg:
+    with RunStore(p) as reg:
         runs = reg.runs()
         assert len(runs) == 100 and {r["status"] for r in runs} == {"done"}
         assert sorted(r["method"] for r in runs) == ["a"] * 50 + ["b"] * 50
@@ -374,7 +374,7 @@ def test_missing_registry_reads_as_empty(reg_path, capsys):
 def test_doctor_marks_dead_runs_interrupted(reg_path, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    with Registry(reg_path) as reg:
+    with RunStore(reg_path) as reg:
         gone = reg.insert_run({"command": "eval", "pid": dead.pid, "host": os.uname().nodename})
         alive = reg.insert_run({"command": "eval", "pid": os.getpid(), "host": os.uname().nodename})
         far = reg.insert_run({"command": "eval", "pid": 1, "host": "elsewhere",

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from obliviate.core.errors import UsageError
+from obliviate.runs.schema import validate_results
 from obliviate.unlearning.bench import aggregate
 from obliviate.unlearning.sweep import parse_grid, pick_best
 from tests.cli.test_cli import run_cli
@@ -37,6 +38,7 @@ def test_bench_small(tmp_path, capsys):
                               "--methods", "grad_ascent", "--finetune-steps", 3, "--people", 100], capsys)
     assert code == 0, err
     doc = json.loads((tmp_path / "b" / "leaderboard.json").read_text())
+    assert validate_results(doc) == []
     assert set(doc["leaderboard"]["forget10"]) == {"target", "grad_ascent"}
     assert len(doc["results"]) == 4  # 2 seeds x (target + 1 method)
     assert (tmp_path / "b" / "pareto.png").stat().st_size > 1000

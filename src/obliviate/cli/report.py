@@ -20,13 +20,13 @@ def _resolve(ref: str) -> Path:
     if "/" in ref or "\\" in ref or ref.startswith("."):  # a path, not a run id: say so plainly
         raise UsageError(f"no such run directory: {ref}")
     try:
-        from obliviate.runs import Registry, registry_path
+        from obliviate.runs import RunStore, registry_path
     except ImportError:  # a build without the run registry: only directories can be reported
         raise UsageError(f"no such run directory: {ref}") from None
     db = registry_path(None)
     if db is None or not Path(db).is_file():
         raise UsageError(f"no such run directory: {ref} (and no run registry to look it up as a run id)")
-    with Registry.open(db) as reg:
+    with RunStore.open(db) as reg:
         run = reg.get(ref)  # an unknown id: UsageError with a close match
     out = run.get("out_dir")
     if not out or not Path(out).is_dir():

@@ -29,15 +29,15 @@ def sub_runs(metrics: dict) -> dict[str, dict]:
 
 
 def _open(registry: Optional[Path], create: bool = False):
-    """The open Registry, or None when it does not exist and `create` is False (reading commands)."""
-    from obliviate.runs import Registry, registry_path
+    """The open run store, or None when it does not exist and `create` is False (reading commands)."""
+    from obliviate.runs import RunStore, registry_path
 
     path = registry_path(registry)
     if path is None:
         raise UsageError("the run registry is off (OBLIVIATE_REGISTRY=off); choose one with --registry PATH")
     if not create and not path.exists():
         return None
-    return Registry(path)
+    return RunStore(path)
 
 
 def _echo_json(obj) -> None:

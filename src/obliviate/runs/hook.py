@@ -141,14 +141,14 @@ def start(app, argv: list[str], recorded: Optional[list[str]] = None) -> Optiona
     out = Path(out)
     try:
         given = {k for k in ctx.params if (s := ctx.get_parameter_source(k)) is not None and s.name == "COMMANDLINE"}
-        from obliviate.runs.store import Registry
+        from obliviate.runs.store import RunStore
 
         record = {"command": command, "argv": ["obliviate", *(argv if recorded is None else recorded)],
                   **describe(command, ctx.params, given),
                   "git_commit": _git_commit(), "versions": _versions(), "machine": platform.platform(),
                   "host": socket.gethostname(), "status": "running", "pid": os.getpid(),
                   "out_dir": str(out.resolve())}
-        with Registry(path) as reg:
+        with RunStore(path) as reg:
             run_id = reg.insert_run(record)
         return LiveRun(path, run_id, out, _snapshot(out))
     except Exception as e:  # noqa: BLE001 - a registry problem must not stop the user's command
@@ -196,9 +196,9 @@ def finish(live: Optional[LiveRun], exc: Optional[BaseException]) -> None:
         return
     code, cause = _outcome(exc)
     try:
-        from obliviate.runs.store import Registry
+        from obliviate.runs.store import RunStore
 
-        with Registry(live.path) as reg:
+        with RunStore(live.path) as reg:
             if code == 0:
                 reg.record_results(live.run_id, live.out)
                 reg.finish_run(live.run_id, "done")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from obliviate.core.errors import UsageError
-from obliviate.runs.store import RUN_COLUMNS, Registry
+from obliviate.runs.store import RUN_COLUMNS, RunStore
 from obliviate.runs.results import RESULT_FILES, RUN_FILE, now, read_doc, read_results
 
 STALE_ELSEWHERE = timedelta(hours=24)  # a run started on another host: we cannot see its pid
@@ -55,7 +55,7 @@ def pid_alive(pid: Optional[int], started: Optional[str]) -> bool:
     return True
 
 
-def doctor(reg: Registry) -> dict:
+def doctor(reg: RunStore) -> dict:
     """Mark `running` runs whose process is gone as `interrupted`; report the database's integrity."""
     host = socket.gethostname()
     running = reg.runs(status="running")
@@ -104,7 +104,7 @@ def output_dirs(root: Path) -> list[Path]:
     return found
 
 
-def rebuild(reg: Registry, root: Path) -> dict:
+def rebuild(reg: RunStore, root: Path) -> dict:
     """One run per output directory under `root` that the registry does not hold yet (by id or out_dir)."""
     root = Path(root)
     if not root.is_dir():

@@ -198,7 +198,8 @@ def read_results(out: Path) -> dict:
 
 
 def results_document(config: dict, results: dict, n_samples: dict, extra: dict | None = None) -> dict:
-    """The results.json schema of DESIGN.md (additive changes only)."""
+    """A results.json document: the schema of `obliviate.runs.schema.RESULTS_SCHEMA` (it changes only by addition);
+    `extra` holds the optional sections a command adds (`seconds`, `wall_seconds`, `audit`, ...)."""
     import platform
     import subprocess
     from datetime import datetime, timezone

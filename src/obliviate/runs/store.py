@@ -28,15 +28,16 @@ def new_id(when: Optional[datetime] = None) -> str:
     return when.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-class Registry:
-    """An open registry. `Registry.open()` resolves the path (explicit, $OBLIVIATE_REGISTRY, runs/...)."""
+class RunStore:
+    """The run registry's database, open (named apart from the plugin registries of `obliviate.core.registry`).
+    `RunStore.open()` resolves the path (explicit, $OBLIVIATE_REGISTRY, runs/...)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.con = db.connect(self.path)
 
     @classmethod
-    def open(cls, path: Optional[Union[str, Path]] = None) -> "Registry":
+    def open(cls, path: Optional[Union[str, Path]] = None) -> "RunStore":
         p = db.registry_path(path)
         if p is None:
             raise UsageError(f"the run registry is off ({db.ENV}=off); choose one with --registry PATH")
