@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-real test test-slow test-latest lock bench clean real-model browser docs cli-docs
+.PHONY: demo demo-real test test-slow test-latest lock bench clean real-model browser docs cli-docs lint format
 
 # --no-deps: the lock is the whole environment; --no-build-isolation: obliviate is built with the locked setuptools.
 $(STAMP): pyproject.toml $(LOCK)
@@ -51,7 +51,8 @@ test-latest: real-model browser
 demo: $(STAMP)
 	$(BIN)/obliviate demo --out runs/demo
 
-test: $(STAMP) real-model browser
+# CI runs this target (.ci/run): the linter, the strict docs build, then the tests.
+test: $(STAMP) real-model browser lint docs
 	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: $(STAMP) real-model
@@ -84,6 +85,15 @@ bench: $(STAMP)
 # The documentation site (docs/, mkdocs.yml) into site/; --strict: a warning (a broken link, a missing page) fails.
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict -q -d site
+
+# ruff's rules and line length are in pyproject.toml; `make format` rewrites, `make lint` only checks.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
 
 # docs/cli.md is generated from the command-line parser (tests/test_docs.py fails when it is out of date).
 cli-docs: $(STAMP)

@@ -28,11 +28,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def lm_runner(steps: int):
     from obliviate.data.schema import load_qa
-    from obliviate.data.world import write_world
+    from obliviate.data.world import world_texts, write_world
+    from obliviate.engine.train import FineTune, TrainConfig, train
     from obliviate.models.tiny import build_model, build_tokenizer
     from obliviate.unlearning.run import qa_pairs
-    from obliviate.data.world import world_texts
-    from obliviate.engine.train import FineTune, TrainConfig, train
 
     tmp = tempfile.mkdtemp()
     write_world(tmp)
@@ -42,8 +41,14 @@ def lm_runner(steps: int):
     def run(bf16: bool) -> list[float]:
         stamps = []
         cfg = TrainConfig(retain_batch_size=100, checkpoint_every=0, progress=False, bf16=bf16)
-        train(build_model(tok, seed=0), tok, FineTune(lr=3e-3, steps=steps + 1), {"retain": pairs}, cfg,
-              on_step=lambda *_: stamps.append(time.perf_counter()))
+        train(
+            build_model(tok, seed=0),
+            tok,
+            FineTune(lr=3e-3, steps=steps + 1),
+            {"retain": pairs},
+            cfg,
+            on_step=lambda *_: stamps.append(time.perf_counter()),
+        )
         return [b - a for a, b in zip(stamps, stamps[1:])]
 
     return run
@@ -52,9 +57,9 @@ def lm_runner(steps: int):
 def real_runner(steps: int, model_dir: str):
     from obliviate.data.schema import load_qa
     from obliviate.data.world import write_world
+    from obliviate.engine.train import FineTune, TrainConfig, train
     from obliviate.models.load import load_model
     from obliviate.unlearning.run import qa_pairs
-    from obliviate.engine.train import FineTune, TrainConfig, train
 
     tmp = tempfile.mkdtemp()
     write_world(tmp)
@@ -64,8 +69,14 @@ def real_runner(steps: int, model_dir: str):
         stamps = []
         model, tok = load_model(model_dir)
         cfg = TrainConfig(retain_batch_size=16, checkpoint_every=0, progress=False, lora_r=16, bf16=bf16)
-        train(model, tok, FineTune(lr=1e-3, steps=steps + 1), {"retain": pairs}, cfg,
-              on_step=lambda *_: stamps.append(time.perf_counter()))
+        train(
+            model,
+            tok,
+            FineTune(lr=1e-3, steps=steps + 1),
+            {"retain": pairs},
+            cfg,
+            on_step=lambda *_: stamps.append(time.perf_counter()),
+        )
         return [b - a for a, b in zip(stamps, stamps[1:])]
 
     return run
@@ -102,8 +113,10 @@ def main() -> None:
     from obliviate.engine.train import bf16_pays
 
     torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {a.threads} thread(s), {a.steps} timed steps x {a.repeats} repeats; "
-          f"bf16_pays() here: {bf16_pays()}")
+    print(
+        f"torch {torch.__version__}, {a.threads} thread(s), {a.steps} timed steps x {a.repeats} repeats; "
+        f"bf16_pays() here: {bf16_pays()}"
+    )
     for name in a.models.split(","):
         run = {"lm": lm_runner, "t2i": t2i_runner, "real": lambda n: real_runner(n, a.model)}[name](a.steps)
         times = {False: [], True: []}
@@ -111,9 +124,11 @@ def main() -> None:
             for bf16 in (False, True):
                 times[bf16].append(statistics.median(run(bf16)))
         fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
-        print(f"{name:4s} fp32 {fp32 * 1000:7.1f} ms/step  bf16 {bf16 * 1000:7.1f} ms/step  fp32/bf16 "
-              f"{fp32 / bf16:.2f}x  (per repeat: {', '.join(f'{x / y:.2f}' for x, y in zip(times[False], times[True]))})",
-              flush=True)
+        print(
+            f"{name:4s} fp32 {fp32 * 1000:7.1f} ms/step  bf16 {bf16 * 1000:7.1f} ms/step  fp32/bf16 "
+            f"{fp32 / bf16:.2f}x  (per repeat: {', '.join(f'{x / y:.2f}' for x, y in zip(times[False], times[True]))})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

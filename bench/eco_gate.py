@@ -41,9 +41,10 @@ def main():
     enc = Encoder()
     X_emb = enc.encode(texts)
     t_enc = time.perf_counter() - t0
-    for name, splitter, args in (("grouped by person", StratifiedGroupKFold(5, shuffle=True, random_state=a.seed),
-                                  (texts, y, groups)),
-                                 ("ungrouped", StratifiedKFold(5, shuffle=True, random_state=a.seed), (texts, y))):
+    for name, splitter, args in (
+        ("grouped by person", StratifiedGroupKFold(5, shuffle=True, random_state=a.seed), (texts, y, groups)),
+        ("ungrouped", StratifiedKFold(5, shuffle=True, random_state=a.seed), (texts, y)),
+    ):
         scores = {"tfidf": [], "minilm": []}
         flags = {"tfidf": [], "minilm": []}
         for tr, te in splitter.split(*args):
@@ -55,8 +56,12 @@ def main():
             p = lr.predict(X_emb[te]) == 1
             scores["minilm"].append(float((p == y[te]).mean()))
             flags["minilm"].append(float(p[y[te] == 0].mean()))
-        print(f"{name}: " + " | ".join(f"{k} accuracy {np.mean(v):.3f} (retain flagged {np.mean(flags[k]):.3f})"
-                                        for k, v in scores.items()))
+        print(
+            f"{name}: "
+            + " | ".join(
+                f"{k} accuracy {np.mean(v):.3f} (retain flagged {np.mean(flags[k]):.3f})" for k, v in scores.items()
+            )
+        )
     print(f"{len(items)} questions ({int(y.sum())} forget); MiniLM encoding took {t_enc:.1f} s")
 
 

@@ -36,15 +36,17 @@ def balanced(method, coef: float):
     in the same forward pass: obliviate's losses read log-probs only, so the model's own aux_loss never enters."""
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
-    from obliviate.models.anatomy import num_experts
     from obliviate.engine.hooks import router_modules
+    from obliviate.models.anatomy import num_experts
 
     plain = method.loss
 
     def loss(model, batch, ref_model=None):
         caught = []
-        hooks = [m.register_forward_hook(lambda mod, a, out: caught.append(out[0] if isinstance(out, tuple) else out))
-                 for _, m in router_modules(model)]
+        hooks = [
+            m.register_forward_hook(lambda mod, a, out: caught.append(out[0] if isinstance(out, tuple) else out))
+            for _, m in router_modules(model)
+        ]
         try:
             value, logs = plain(model, batch, ref_model)
         finally:
@@ -64,8 +66,7 @@ def moe_only(model) -> int:
     from obliviate.engine.hooks import router_modules
 
     routers = {id(m) for _, m in router_modules(model)}
-    blocks = [name for name, mod in model.named_modules()
-              if any(id(child) in routers for child in mod.children())]
+    blocks = [name for name, mod in model.named_modules() if any(id(child) in routers for child in mod.children())]
     n = 0
     for name, p in model.named_parameters():
         p.requires_grad_(any(name.startswith(b + ".") for b in blocks))
@@ -84,13 +85,13 @@ def subsets(n_experts: int, k: int, draws: int, seed: int) -> list[tuple[int, ..
 def run_seed(seed: int, a, work: Path) -> dict:
     from obliviate.data.world import WorldSpec, write_world
     from obliviate.engine.hooks import attach
+    from obliviate.engine.train import FineTune, TrainConfig, train
     from obliviate.guards.expert_steering import ExpertSteering
     from obliviate.metrics.tofu import rouge_l_recall
     from obliviate.models.tiny import TinyModelConfig, build_model, build_tokenizer
-    from obliviate.refusal.methods import REFUSAL_METHODS
     from obliviate.refusal.align import align, policy_rows, refusal_data, suite_texts, target_pairs
     from obliviate.refusal.evaluate import refusal_eval
-    from obliviate.engine.train import FineTune, TrainConfig, train
+    from obliviate.refusal.methods import REFUSAL_METHODS
 
     world = work / f"world{seed}"
     write_world(world, WorldSpec(seed=seed, n_people=100))
@@ -99,17 +100,21 @@ def run_seed(seed: int, a, work: Path) -> dict:
     cfg = TinyModelConfig(num_experts=a.experts, experts_per_token=2, num_layers=a.layers)
     t0 = time.perf_counter()
     fine = FineTune(lr=3e-3, steps=a.steps)
-    target, _ = train(build_model(tok, cfg, seed=seed), tok, balanced(fine, a.aux_loss) if a.aux_loss else fine,
-                      {"retain": target_pairs(world)},
-                      TrainConfig(retain_batch_size=100, seed=seed, warmup_steps=20, checkpoint_every=0,
-                                  progress=False))
+    target, _ = train(
+        build_model(tok, cfg, seed=seed),
+        tok,
+        balanced(fine, a.aux_loss) if a.aux_loss else fine,
+        {"retain": target_pairs(world)},
+        TrainConfig(retain_batch_size=100, seed=seed, warmup_steps=20, checkpoint_every=0, progress=False),
+    )
     if a.align_params == "moe":
         moe_only(target)
     meth = REFUSAL_METHODS.get("refusal_sft")()
     if a.align_steps:
         meth.steps = a.align_steps
-    model, tok, _ = align(target, tok, balanced(meth, a.aux_loss) if a.aux_loss else meth, data, seed=seed,
-                          progress=False)
+    model, tok, _ = align(
+        target, tok, balanced(meth, a.aux_loss) if a.aux_loss else meth, data, seed=seed, progress=False
+    )
     train_s = time.perf_counter() - t0
     test = policy_rows(world, "policy_test")
     harmful = [r for r in test if r["kind"] == "harmful"]
@@ -124,8 +129,9 @@ def run_seed(seed: int, a, work: Path) -> dict:
             attach(model, [])
         by_id = {r["id"]: r for r in benign}
         outs = [(by_id[s["id"]]["answer"], s["output"]) for s in samples if s["kind"] == "benign"]
-        utility = statistics.mean(rouge_l_recall(" ".join(ref.split()[: max(1, len(out.split()))]), out)
-                                  for ref, out in outs)
+        utility = statistics.mean(
+            rouge_l_recall(" ".join(ref.split()[: max(1, len(out.split()))]), out) for ref, out in outs
+        )
         return m["refusal_rate"], m["over_refusal_rate"], utility
 
     def switched(flat: tuple[int, ...], mode: str = "off") -> ExpertSteering:
@@ -134,13 +140,18 @@ def run_seed(seed: int, a, work: Path) -> dict:
             experts.setdefault(i // a.experts, []).append(i % a.experts)
         return ExpertSteering.switching(experts, mode)
 
-    top = ExpertSteering.fit(model, tok, {"policy_train": data.harmful + data.benign}, k=a.k, tokens=a.tokens,
-                              score=a.score)
+    top = ExpertSteering.fit(
+        model, tok, {"policy_train": data.harmful + data.benign}, k=a.k, tokens=a.tokens, score=a.score
+    )
     chosen = tuple(sorted(layer * a.experts + e for layer, es in top._chosen.items() for e in es))
-    out = {"seed": seed, "train_seconds": round(train_s, 1), "base": measure(None), "chosen": chosen,
-           "top_off": measure(top)}
-    out["random_off"] = {str(s): measure(switched(s)) for s in subsets(a.layers * a.experts, a.k, a.draws,
-                                                                        1000 * seed)}
+    out = {
+        "seed": seed,
+        "train_seconds": round(train_s, 1),
+        "base": measure(None),
+        "chosen": chosen,
+        "top_off": measure(top),
+    }
+    out["random_off"] = {str(s): measure(switched(s)) for s in subsets(a.layers * a.experts, a.k, a.draws, 1000 * seed)}
     out["top_on"] = measure(switched(chosen, "on"))
     return out
 
@@ -153,15 +164,30 @@ def main():
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--align-steps", type=int, default=0)
-    ap.add_argument("--align-params", choices=("all", "moe"), default="all",
-                    help="which parameters refusal SFT updates: all, or the MoE layers only (ESFT-style)")
+    ap.add_argument(
+        "--align-params",
+        choices=("all", "moe"),
+        default="all",
+        help="which parameters refusal SFT updates: all, or the MoE layers only (ESFT-style)",
+    )
     ap.add_argument("--draws", type=int, default=0, help="random k-subsets in the control (0: every k-subset)")
-    ap.add_argument("--tokens", default="prompt",
-                    help="whose routing scores the experts: prompt (MoTE's fTRI), reply, decision or paired")
-    ap.add_argument("--score", choices=("ablation", "frequency"), default="ablation",
-                    help="rank experts by ablation (candidates switched off one at a time) or by frequency alone")
-    ap.add_argument("--aux-loss", type=float, default=0.0,
-                    help="router load-balancing loss coefficient in target training and alignment (Switch: 0.01)")
+    ap.add_argument(
+        "--tokens",
+        default="prompt",
+        help="whose routing scores the experts: prompt (MoTE's fTRI), reply, decision or paired",
+    )
+    ap.add_argument(
+        "--score",
+        choices=("ablation", "frequency"),
+        default="ablation",
+        help="rank experts by ablation (candidates switched off one at a time) or by frequency alone",
+    )
+    ap.add_argument(
+        "--aux-loss",
+        type=float,
+        default=0.0,
+        help="router load-balancing loss coefficient in target training and alignment (Switch: 0.01)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args()
@@ -177,12 +203,15 @@ def main():
             mean_ref = statistics.mean(x[0] for x in rand)
             at_most = sum(x[0] <= r["top_off"][0] for x in rand) / len(rand)
             wins += r["top_off"][0] < mean_ref
-            print(f"seed {s} (trained in {r['train_seconds']} s): refusal {r['base'][0]:.3f} (benign ROUGE-L "
-                  f"{r['base'][2]:.3f}) | top-{a.k} off {r['top_off'][0]:.3f} (ROUGE-L {r['top_off'][2]:.3f}; experts "
-                  f"{r['chosen']}) | {len(rand)} random {a.k}-subsets off: mean {mean_ref:.3f} (ROUGE-L "
-                  f"{statistics.mean(x[2] for x in rand):.3f}), min {min(x[0] for x in rand):.3f}, "
-                  f"{at_most:.0%} at or below top | top-{a.k} on {r['top_on'][0]:.3f} (over-refusal "
-                  f"{r['top_on'][1]:.3f})", flush=True)
+            print(
+                f"seed {s} (trained in {r['train_seconds']} s): refusal {r['base'][0]:.3f} (benign ROUGE-L "
+                f"{r['base'][2]:.3f}) | top-{a.k} off {r['top_off'][0]:.3f} (ROUGE-L {r['top_off'][2]:.3f}; experts "
+                f"{r['chosen']}) | {len(rand)} random {a.k}-subsets off: mean {mean_ref:.3f} (ROUGE-L "
+                f"{statistics.mean(x[2] for x in rand):.3f}), min {min(x[0] for x in rand):.3f}, "
+                f"{at_most:.0%} at or below top | top-{a.k} on {r['top_on'][0]:.3f} (over-refusal "
+                f"{r['top_on'][1]:.3f})",
+                flush=True,
+            )
     print(f"top-{a.k} off lowers refusal below the random control's mean on {wins} of {len(rows)} seeds")
     if a.out:
         a.out.write_text(json.dumps(rows, indent=2))

@@ -76,6 +76,7 @@ def _setup(args):
 
 # --- a. training step time and memory --------------------------------------------------------------------
 
+
 def train_worker(args) -> None:
     import obliviate.engine.train as tr
     from obliviate.data.schema import load_qa
@@ -94,11 +95,23 @@ def train_worker(args) -> None:
     from obliviate.models.encode import collate, encode_pair
 
     with torch.no_grad():
-        model(**{k: v for k, v in collate([encode_pair(tok, it.question, it.answer) for it in forget[: args.batch]],
-                                          tok.pad_token_id).items() if k != "labels"})
+        model(
+            **{
+                k: v
+                for k, v in collate(
+                    [encode_pair(tok, it.question, it.answer) for it in forget[: args.batch]], tok.pad_token_id
+                ).items()
+                if k != "labels"
+            }
+        )
     method = METHODS.get(args.method).from_options({**json.loads(args.options), "steps": args.steps})
-    cfg = tr.TrainConfig(forget_batch_size=args.batch, retain_batch_size=args.batch, checkpoint_every=0,
-                         progress=False, lora_r=args.lora_r)
+    cfg = tr.TrainConfig(
+        forget_batch_size=args.batch,
+        retain_batch_size=args.batch,
+        checkpoint_every=0,
+        progress=False,
+        lora_r=args.lora_r,
+    )
     rec = {"ref_s": 0.0, "ref_peak_mb": 0.0, "ends": [], "cpu_ends": []}
 
     orig_ref = tr.reference_logps
@@ -140,9 +153,14 @@ def train_worker(args) -> None:
     tr.train(model, tok, method, parts, cfg, on_step=on_step)
     times = [b - a for a, b in zip([rec["t0"], *rec["ends"]], rec["ends"])]
     cpu = [b - a for a, b in zip([rec["c0"], *rec["cpu_ends"]], rec["cpu_ends"])]
-    out = {"step_s": statistics.median(times[1:] or times), "first_s": times[0], "peak_mb": rec["peak_mb"],
-           "step_cpu_s": statistics.median(cpu[1:] or cpu),
-           "ref_s": rec["ref_s"], "ref_peak_mb": rec["ref_peak_mb"]}
+    out = {
+        "step_s": statistics.median(times[1:] or times),
+        "first_s": times[0],
+        "peak_mb": rec["peak_mb"],
+        "step_cpu_s": statistics.median(cpu[1:] or cpu),
+        "ref_s": rec["ref_s"],
+        "ref_peak_mb": rec["ref_peak_mb"],
+    }
     if prof is not None:
         ev = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
         out["torch_peak_mb"] = max(itertools.accumulate(n for _, n in ev), default=0) / 2**20
@@ -158,11 +176,34 @@ def train_bench(args) -> None:
         runs = {}  # (mode, method, profiled) -> list of worker results
 
         def run(mode, name, opts, profile):
-            cmd = [sys.executable, __file__, "train", "--worker", "--world", tmp, "--model", str(args.model),
-                   "--forget-split", args.forget_split, "--steps", str(args.steps), "--batch", str(args.batch),
-                   "--threads", str(args.threads), "--lora-r", str(args.lora_r if mode == "lora" else 0), "--method", name,
-                   "--options", json.dumps(opts)] + (["--profile"] if profile else []) \
+            cmd = (
+                [
+                    sys.executable,
+                    __file__,
+                    "train",
+                    "--worker",
+                    "--world",
+                    tmp,
+                    "--model",
+                    str(args.model),
+                    "--forget-split",
+                    args.forget_split,
+                    "--steps",
+                    str(args.steps),
+                    "--batch",
+                    str(args.batch),
+                    "--threads",
+                    str(args.threads),
+                    "--lora-r",
+                    str(args.lora_r if mode == "lora" else 0),
+                    "--method",
+                    name,
+                    "--options",
+                    json.dumps(opts),
+                ]
+                + (["--profile"] if profile else [])
                 + (["--flush-denormal"] if args.flush_denormal else [])
+            )
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode:
                 sys.exit(f"worker failed ({mode} {name}):\n{p.stderr[-3000:]}")
@@ -177,32 +218,47 @@ def train_bench(args) -> None:
                     run(mode, name, opts, True)
 
     (ga, _), (npo, _) = PAIR
-    print(f"model {Path(args.model).name}, forget batch {args.batch}, {args.steps} steps (median of steps "
-          f"2..{args.steps}), {args.repeats} interleaved subprocess repeats, threads={args.threads}"
-          + (", flush_denormal" if args.flush_denormal else ""))
+    print(
+        f"model {Path(args.model).name}, forget batch {args.batch}, {args.steps} steps (median of steps "
+        f"2..{args.steps}), {args.repeats} interleaved subprocess repeats, threads={args.threads}"
+        + (", flush_denormal" if args.flush_denormal else "")
+    )
     for mode in modes:
         a, b = runs[(mode, ga, False)], runs[(mode, npo, False)]
         med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
         pair = lambda k: statistics.median(y[k] / x[k] for x, y in zip(a, b))  # noqa: E731
         label = f"LoRA r={args.lora_r}" if mode == "lora" else "full FT"
         print(f"[{label}] npo vs grad_ascent")
-        print(f"  step time      {med(b, 'step_s') * 1e3:8.1f} ms / {med(a, 'step_s') * 1e3:8.1f} ms = "
-              f"{med(b, 'step_s') / med(a, 'step_s'):.3f}x (median of paired ratios {pair('step_s'):.3f}x)")
-        print(f"  step CPU time  {med(b, 'step_cpu_s') * 1e3:8.1f} ms / {med(a, 'step_cpu_s') * 1e3:8.1f} ms = "
-              f"{med(b, 'step_cpu_s') / med(a, 'step_cpu_s'):.3f}x (median of paired ratios {pair('step_cpu_s'):.3f}x)")
-        print(f"  peak RSS incr. {med(b, 'peak_mb'):8.1f} MB / {med(a, 'peak_mb'):8.1f} MB = "
-              f"{med(b, 'peak_mb') / med(a, 'peak_mb'):.3f}x (median of paired ratios {pair('peak_mb'):.3f}x)")
+        print(
+            f"  step time      {med(b, 'step_s') * 1e3:8.1f} ms / {med(a, 'step_s') * 1e3:8.1f} ms = "
+            f"{med(b, 'step_s') / med(a, 'step_s'):.3f}x (median of paired ratios {pair('step_s'):.3f}x)"
+        )
+        print(
+            f"  step CPU time  {med(b, 'step_cpu_s') * 1e3:8.1f} ms / {med(a, 'step_cpu_s') * 1e3:8.1f} ms = "
+            f"{med(b, 'step_cpu_s') / med(a, 'step_cpu_s'):.3f}x (median of paired ratios {pair('step_cpu_s'):.3f}x)"
+        )
+        print(
+            f"  peak RSS incr. {med(b, 'peak_mb'):8.1f} MB / {med(a, 'peak_mb'):8.1f} MB = "
+            f"{med(b, 'peak_mb') / med(a, 'peak_mb'):.3f}x (median of paired ratios {pair('peak_mb'):.3f}x)"
+        )
         if args.profile:
             pa, pb = runs[(mode, ga, True)][0], runs[(mode, npo, True)][0]
-            print(f"  torch alloc peak {pb['torch_peak_mb']:6.1f} MB / {pa['torch_peak_mb']:8.1f} MB = "
-                  f"{pb['torch_peak_mb'] / pa['torch_peak_mb']:.3f}x   (torch.profiler memory events, 1 run each)")
-        print(f"  first step     {med(b, 'first_s') * 1e3:8.1f} ms / {med(a, 'first_s') * 1e3:8.1f} ms "
-              f"(allocates AdamW state; not in the step time)")
-        print(f"  npo reference precompute (once, before the loop, {args.forget_split}): {med(b, 'ref_s'):.2f} s, "
-              f"peak RSS increase {med(b, 'ref_peak_mb'):.1f} MB")
+            print(
+                f"  torch alloc peak {pb['torch_peak_mb']:6.1f} MB / {pa['torch_peak_mb']:8.1f} MB = "
+                f"{pb['torch_peak_mb'] / pa['torch_peak_mb']:.3f}x   (torch.profiler memory events, 1 run each)"
+            )
+        print(
+            f"  first step     {med(b, 'first_s') * 1e3:8.1f} ms / {med(a, 'first_s') * 1e3:8.1f} ms "
+            f"(allocates AdamW state; not in the step time)"
+        )
+        print(
+            f"  npo reference precompute (once, before the loop, {args.forget_split}): {med(b, 'ref_s'):.2f} s, "
+            f"peak RSS increase {med(b, 'ref_peak_mb'):.1f} MB"
+        )
 
 
 # --- b. evaluation throughput ------------------------------------------------------------------------------
+
 
 def _naive_rows(model, tok, items, max_new_tokens: int, max_len: int = 512) -> list[dict]:
     """OpenUnlearning-style: per sample, one `generate` (ROUGE) and one forward pass per metric."""
@@ -237,30 +293,40 @@ def _naive_rows(model, tok, items, max_new_tokens: int, max_len: int = 512) -> l
     for it in items:
         p = prompt_ids(tok, it.question)
         with torch.no_grad():
-            g = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                               max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                               eos_token_id=tok.eos_token_id)
-        text = tok.decode(g[0, len(p):], skip_special_tokens=True).strip()
-        r = {"id": it.id, "answer": it.answer, "value": it.value, "generated": text,
-             "rouge_l_recall": scorer.score(it.answer, text)["rougeL"].recall,
-             "value_hit": bool(it.value) and it.value.lower() in text.lower()}
-        r["gt_loss"] = nll(it.question, it.answer)                                            # probability
+            g = model.generate(
+                input_ids=torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        text = tok.decode(g[0, len(p) :], skip_special_tokens=True).strip()
+        r = {
+            "id": it.id,
+            "answer": it.answer,
+            "value": it.value,
+            "generated": text,
+            "rouge_l_recall": scorer.score(it.answer, text)["rougeL"].recall,
+            "value_hit": bool(it.value) and it.value.lower() in text.lower(),
+        }
+        r["gt_loss"] = nll(it.question, it.answer)  # probability
         if it.paraphrased_answer:
-            r["paraphrased_loss"] = nll(it.question, it.paraphrased_answer)                   # paraphrase prob.
-        r["perturbed_loss"] = [nll(it.question, a) for a in it.perturbed_answer]              # one per perturbed
-        lps = token_lp(it.question, it.answer)                                                # MIA LOSS
+            r["paraphrased_loss"] = nll(it.question, it.paraphrased_answer)  # paraphrase prob.
+        r["perturbed_loss"] = [nll(it.question, a) for a in it.perturbed_answer]  # one per perturbed
+        lps = token_lp(it.question, it.answer)  # MIA LOSS
         r["mia_loss"] = sum(lps) / len(lps)
-        lps = token_lp(it.question, it.answer)                                                # MIA zlib
+        lps = token_lp(it.question, it.answer)  # MIA zlib
         r["mia_zlib"] = (sum(lps) / len(lps)) / len(zlib.compress(it.answer.encode("utf-8")))
-        r["mia_mink"] = lowest_mean(token_lp(it.question, it.answer))                         # MIA Min-K%
-        lp, y = forward(it.question, it.answer)                                               # MIA Min-K%++
+        r["mia_mink"] = lowest_mean(token_lp(it.question, it.answer))  # MIA Min-K%
+        lp, y = forward(it.question, it.answer)  # MIA Min-K%++
         p_ = lp.exp()
         mu = (p_ * lp).sum(-1)
         sigma = ((p_ * lp * lp).sum(-1) - mu * mu).clamp(min=1e-12).sqrt()
         r["mia_minkpp"] = lowest_mean(((lp[torch.arange(len(y)), y] - mu) / sigma).tolist())
-        lp, y = forward(it.question, it.answer)                                               # exact memorisation
+        lp, y = forward(it.question, it.answer)  # exact memorisation
         r["exact_memorization"] = float((lp.argmax(-1) == y).float().mean())
-        lp, y = forward(it.question, it.answer)                                               # extraction strength
+        lp, y = forward(it.question, it.answer)  # extraction strength
         pred, tgt, n = lp.argmax(-1).tolist(), y.tolist(), len(y)
         r["extraction_strength"] = next(1 - k / n for k in range(n + 1) if pred[k:] == tgt[k:])
         rows.append(r)
@@ -285,9 +351,9 @@ def _ours_per_sample(rows: list[dict]) -> list[dict]:
 
 
 def eval_bench(args) -> None:
+    from obliviate.benchmarks.layouts import eval_data
     from obliviate.data.world import write_world
     from obliviate.engine.evaluate import score_model
-    from obliviate.benchmarks.layouts import eval_data
 
     torch, model, tok = _setup(args)
     model.eval()
@@ -314,17 +380,25 @@ def eval_bench(args) -> None:
     a = [x for s in data for x in _ours_per_sample(ours[s])]
     b = [x for s in data for x in naive[s]]
     gen_same = sum(x["generated"] == y["generated"] for s in data for x, y in zip(ours[s], naive[s]))
-    print(f"model {Path(args.model).name}: {n} world QA items ({args.per_split} per split x {len(data)} splits), "
-          f"max_new_tokens={args.max_new_tokens}, threads={args.threads}, {args.repeats} interleaved repeats")
+    print(
+        f"model {Path(args.model).name}: {n} world QA items ({args.per_split} per split x {len(data)} splits), "
+        f"max_new_tokens={args.max_new_tokens}, threads={args.threads}, {args.repeats} interleaved repeats"
+    )
     mo, mn = statistics.median(t_ours), statistics.median(t_naive)
     co, cn = statistics.median(c_ours), statistics.median(c_naive)
-    print(f"  score_model        {mo:7.2f} s  {n / mo:6.2f} samples/s   CPU {co:7.2f} s  (wall runs: "
-          f"{', '.join(f'{x:.2f}' for x in t_ours)})")
-    print(f"  per-sample naive   {mn:7.2f} s  {n / mn:6.2f} samples/s   CPU {cn:7.2f} s  (wall runs: "
-          f"{', '.join(f'{x:.2f}' for x in t_naive)})")
-    print(f"  speed-up {mn / mo:.2f}x wall, {cn / co:.2f}x CPU (median of paired wall ratios "
-          f"{statistics.median(y / x for x, y in zip(t_ours, t_naive)):.2f}x); naive = 1 generate + "
-          f"{1 + 1 + 3 + 4 + 2} forward passes per sample")
+    print(
+        f"  score_model        {mo:7.2f} s  {n / mo:6.2f} samples/s   CPU {co:7.2f} s  (wall runs: "
+        f"{', '.join(f'{x:.2f}' for x in t_ours)})"
+    )
+    print(
+        f"  per-sample naive   {mn:7.2f} s  {n / mn:6.2f} samples/s   CPU {cn:7.2f} s  (wall runs: "
+        f"{', '.join(f'{x:.2f}' for x in t_naive)})"
+    )
+    print(
+        f"  speed-up {mn / mo:.2f}x wall, {cn / co:.2f}x CPU (median of paired wall ratios "
+        f"{statistics.median(y / x for x, y in zip(t_ours, t_naive)):.2f}x); naive = 1 generate + "
+        f"{1 + 1 + 3 + 4 + 2} forward passes per sample"
+    )
     print(f"  greedy generations identical: {gen_same}/{n}")
     print("  max |ours - naive| per metric over all samples (and the max relative difference):")
     for k in a[0]:
@@ -333,10 +407,14 @@ def eval_bench(args) -> None:
             xs, ys = (x[k], y[k]) if isinstance(x[k], list) else ([x[k]], [y[k]])
             diffs += [abs(float(u) - float(v)) for u, v in zip(xs, ys)]
             rel += [abs(float(u) - float(v)) / max(abs(float(v)), 1e-12) for u, v in zip(xs, ys)]
-        print(f"    {k:22s} {max(diffs):.2e}  (rel {max(rel):.1e})" + ("   <= 1e-6" if max(diffs) <= 1e-6 else "   > 1e-6"))
+        print(
+            f"    {k:22s} {max(diffs):.2e}  (rel {max(rel):.1e})"
+            + ("   <= 1e-6" if max(diffs) <= 1e-6 else "   > 1e-6")
+        )
 
 
 # --- c. batched generation --------------------------------------------------------------------------------
+
 
 def generate_bench(args) -> None:
     from transformers import pipeline
@@ -395,21 +473,31 @@ def generate_bench(args) -> None:
             toks[name] = sum(counted)
     model.generate = orig_generate
     same = sum(x == y for x, y in zip(outs["ours"], outs["pipeline"]))
-    pipe_ids = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-                for c in chats]
-    print(f"model {Path(args.model).name}: {len(prompts)} chat prompts x max_new_tokens={mnt}, greedy, "
-          f"threads={args.threads}, {args.repeats} interleaved repeats; ours batch_size={args.batch_size}, "
-          f"pipeline batch_size={args.pipeline_batch}")
-    print(f"  prompt token ids identical: {sum(list(x) == list(y) for x, y in zip(prompts, pipe_ids))}/{len(prompts)}; "
-          f"outputs identical: {same}/{len(prompts)}")
+    pipe_ids = [
+        tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        for c in chats
+    ]
+    print(
+        f"model {Path(args.model).name}: {len(prompts)} chat prompts x max_new_tokens={mnt}, greedy, "
+        f"threads={args.threads}, {args.repeats} interleaved repeats; ours batch_size={args.batch_size}, "
+        f"pipeline batch_size={args.pipeline_batch}"
+    )
+    print(
+        f"  prompt token ids identical: {sum(list(x) == list(y) for x, y in zip(prompts, pipe_ids))}/{len(prompts)}; "
+        f"outputs identical: {same}/{len(prompts)}"
+    )
     for name in t:
         m = statistics.median(t[name])
-        print(f"  {name:9s} {m:7.2f} s  {toks[name]:5d} new tokens  {toks[name] / m:7.1f} tokens/s   CPU "
-              f"{statistics.median(cpu[name]):7.2f} s  (wall runs: {', '.join(f'{x:.2f}' for x in t[name])})")
+        print(
+            f"  {name:9s} {m:7.2f} s  {toks[name]:5d} new tokens  {toks[name] / m:7.1f} tokens/s   CPU "
+            f"{statistics.median(cpu[name]):7.2f} s  (wall runs: {', '.join(f'{x:.2f}' for x in t[name])})"
+        )
     r = statistics.median(t["pipeline"]) / statistics.median(t["ours"])
     rc = statistics.median(cpu["pipeline"]) / statistics.median(cpu["ours"])
-    print(f"  speed-up {r:.2f}x wall, {rc:.2f}x CPU (median of paired wall ratios "
-          f"{statistics.median(y / x for x, y in zip(t['ours'], t['pipeline'])):.2f}x)")
+    print(
+        f"  speed-up {r:.2f}x wall, {rc:.2f}x CPU (median of paired wall ratios "
+        f"{statistics.median(y / x for x, y in zip(t['ours'], t['pipeline'])):.2f}x)"
+    )
     for i, (x, y) in enumerate(zip(outs["ours"], outs["pipeline"])):
         if x != y:
             print(f"  differs #{i}: ours {x!r}\n              pipeline {y!r}")
@@ -428,13 +516,20 @@ def main() -> None:
     t.add_argument("--repeats", type=int, default=2, help="interleaved GA/NPO subprocess pairs per mode")
     t.add_argument("--modes", default="lora,full", help="comma list of lora, full")
     t.add_argument("--lora-r", type=int, default=8)
-    t.add_argument("--forget-split", default="forget01",
-                   help="world forget split (forget01: 10 items, forget05: 50, forget10: 100); sets the size of "
-                        "NPO's reference pass, not the step cost")
-    t.add_argument("--profile", action="store_true",
-                   help="also one torch.profiler run per method: peak of torch's CPU allocations")
-    t.add_argument("--flush-denormal", action="store_true",
-                   help="torch.set_flush_denormal(True) in the workers (NPO's saturated gradients are subnormal)")
+    t.add_argument(
+        "--forget-split",
+        default="forget01",
+        help="world forget split (forget01: 10 items, forget05: 50, forget10: 100); sets the size of "
+        "NPO's reference pass, not the step cost",
+    )
+    t.add_argument(
+        "--profile", action="store_true", help="also one torch.profiler run per method: peak of torch's CPU allocations"
+    )
+    t.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="torch.set_flush_denormal(True) in the workers (NPO's saturated gradients are subnormal)",
+    )
     t.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     t.add_argument("--world", help=argparse.SUPPRESS)
     t.add_argument("--method", help=argparse.SUPPRESS)
@@ -445,8 +540,11 @@ def main() -> None:
     e.add_argument("--max-new-tokens", type=int, default=48, help="as score_model's default")
     e.add_argument("--batch-size", type=int, default=64, help="score_model batch size (its default)")
     e.add_argument("--repeats", type=int, default=1)
-    e.add_argument("--float64", action="store_true",
-                   help="run the model in float64: the metric agreement without fp32 rounding (slower)")
+    e.add_argument(
+        "--float64",
+        action="store_true",
+        help="run the model in float64: the metric agreement without fp32 rounding (slower)",
+    )
 
     g = sub.add_parser("generate", parents=[common], help="generate vs transformers.pipeline")
     g.add_argument("--prompts", type=int, default=32)

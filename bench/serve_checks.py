@@ -24,8 +24,12 @@ def call(port, method, path, body=None, headers=None, timeout=60):
     """(status, seconds, raw body)."""
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.request(method, path, body=json.dumps(body).encode() if isinstance(body, dict) else body,
-                 headers={"Content-Type": "application/json", **(headers or {})})
+    conn.request(
+        method,
+        path,
+        body=json.dumps(body).encode() if isinstance(body, dict) else body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
@@ -49,6 +53,7 @@ class Poll:
                 self.lat.append(dt)
                 self.statuses.append(status)
                 time.sleep(0.005)
+
         self.thread = threading.Thread(target=run)
         self.thread.start()
         return self
@@ -59,8 +64,10 @@ class Poll:
 
     def summary(self) -> str:
         lat = sorted(self.lat)
-        return (f"/health {len(lat)} answers ({sorted(set(self.statuses))}): p50 {lat[len(lat) // 2] * 1e3:.1f} ms, "
-                f"max {lat[-1] * 1e3:.1f} ms")
+        return (
+            f"/health {len(lat)} answers ({sorted(set(self.statuses))}): p50 {lat[len(lat) // 2] * 1e3:.1f} ms, "
+            f"max {lat[-1] * 1e3:.1f} ms"
+        )
 
 
 def send_big(port, size, chunked=False):
@@ -101,6 +108,7 @@ def send_big(port, size, chunked=False):
 @dataclass
 class Explode(Guard):
     """Raises, at the first check, on the rows whose request mentions `word`."""
+
     name = "explode"
     every = 1
     word: str = "explode"
@@ -145,48 +153,65 @@ def hardening(path: Path, questions: list[str]) -> None:
         for chunked in (False, True):
             with Poll(port) as health:
                 tries = [send_big(port, 8_000_000, chunked) for _ in range(10)]
-            print(f"8 MB body, {'chunked' if chunked else 'Content-Length'}: statuses "
-                  f"{sorted({s for s, _ in tries})}, 413 in {ms([dt for _, dt in tries])}; {health.summary()}")
+            print(
+                f"8 MB body, {'chunked' if chunked else 'Content-Length'}: statuses "
+                f"{sorted({s for s, _ in tries})}, 413 in {ms([dt for _, dt in tries])}; {health.summary()}"
+            )
         prompt = " ".join(questions) * (1_900_000 // len(" ".join(questions)))
         with Poll(port) as health:
             status, dt, _ = call(port, "POST", CHAT, chat(prompt[:1_900_000]))
         print(f"1.9 MB prompt: {status} in {dt * 1e3:.0f} ms; {health.summary()}")
         status, dt, _ = call(port, "GET", "/health", headers={"Host": "evil.example"})
-        print(f"Host: evil.example -> {status}; Host: localhost -> "
-              f"{call(port, 'GET', '/health', headers={'Host': 'localhost'})[0]}")
+        print(
+            f"Host: evil.example -> {status}; Host: localhost -> "
+            f"{call(port, 'GET', '/health', headers={'Host': 'localhost'})[0]}"
+        )
 
     with server(max_queue=4, max_batch=4) as port:
         out = []
-        threads = [threading.Thread(target=lambda: out.append(call(port, "POST", CHAT, chat(questions[0],
-                                                                                            max_tokens=32))))
-                   for _ in range(32)]
+        threads = [
+            threading.Thread(target=lambda: out.append(call(port, "POST", CHAT, chat(questions[0], max_tokens=32))))
+            for _ in range(32)
+        ]
         [t.start() for t in threads]
         [t.join(300) for t in threads]
         busy = [dt for status, dt, _ in out if status == 429]
-        print(f"32 at once, queue of 4: {len(busy)} got 429 in {ms(busy) if busy else '-'}; "
-              f"{sum(s == 200 for s, _, _ in out)} got 200")
+        print(
+            f"32 at once, queue of 4: {len(busy)} got 429 in {ms(busy) if busy else '-'}; "
+            f"{sum(s == 200 for s, _, _ in out)} got 200"
+        )
 
     with server([Explode()], max_batch=2, batch_window_ms=10_000) as port:
         out = {}
-        threads = [threading.Thread(target=lambda q=q: out.__setitem__(q, call(port, "POST", CHAT, chat(
-            q, max_tokens=8)))) for q in (questions[0], "please explode")]
+        threads = [
+            threading.Thread(target=lambda q=q: out.__setitem__(q, call(port, "POST", CHAT, chat(q, max_tokens=8))))
+            for q in (questions[0], "please explode")
+        ]
         [t.start() for t in threads]
         [t.join(120) for t in threads]
         bad = json.loads(out["please explode"][2])["error"]["message"]
-        print(f"a guard raising on one request of a batch of 2: innocent {out[questions[0]][0]}, "
-              f"raising {out['please explode'][0]} ({bad!r})")
+        print(
+            f"a guard raising on one request of a batch of 2: innocent {out[questions[0]][0]}, "
+            f"raising {out['please explode'][0]} ({bad!r})"
+        )
 
     with server([Fatal()]) as port:
         status, dt, _ = call(port, "POST", CHAT, chat("die", max_tokens=4))
         time.sleep(0.1)
         after, dt2, _ = call(port, "POST", CHAT, chat(questions[0], max_tokens=4))
-        print(f"worker killed: that request {status} in {dt * 1e3:.0f} ms; /health -> "
-              f"{call(port, 'GET', '/health')[0]}; the next request {after} in {dt2 * 1e3:.1f} ms")
+        print(
+            f"worker killed: that request {status} in {dt * 1e3:.0f} ms; /health -> "
+            f"{call(port, 'GET', '/health')[0]}; the next request {after} in {dt2 * 1e3:.1f} ms"
+        )
 
     with server(limits=Limits(read_timeout=2.0)) as port:
-        for label, opening in (("partial bodies", b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
-                                                  b"Content-Length: 1000\r\n\r\n{\"model\": "),
-                               ("partial heads", b"POST /v1/chat/completions HTTP/1.1\r\nHost: loc")):
+        for label, opening in (
+            (
+                "partial bodies",
+                b'POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{"model": ',
+            ),
+            ("partial heads", b"POST /v1/chat/completions HTTP/1.1\r\nHost: loc"),
+        ):
             socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
             t0 = time.perf_counter()
             for s in socks:
@@ -200,5 +225,4 @@ def hardening(path: Path, questions: list[str]) -> None:
                 closed.append(time.perf_counter() - t0)
                 first.append(data[:12].decode() or "(nothing)")
                 s.close()
-            print(f"20 slow {label}, --read-timeout 2: all closed by {max(closed):.2f} s, answers "
-                  f"{sorted(set(first))}")
+            print(f"20 slow {label}, --read-timeout 2: all closed by {max(closed):.2f} s, answers {sorted(set(first))}")

@@ -32,17 +32,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import median
 
-FALLBACK_QUESTIONS = ["What is the capital of France?", "Tell me a short story about a cat.", "hi",
-                      "Explain what a tokenizer does.", "Where was Vyrek Pellam born?"]
+FALLBACK_QUESTIONS = [
+    "What is the capital of France?",
+    "Tell me a short story about a cat.",
+    "hi",
+    "Explain what a tokenizer does.",
+    "Where was Vyrek Pellam born?",
+]
 
 
 def tiny_world_model(work: Path, steps: int) -> tuple[Path, list[str]]:
     """A world and its target model, as `obliviate demo` builds them (see obliviate.demos.world.run_demo)."""
     from obliviate.data.schema import load_qa
-    from obliviate.data.world import WorldSpec, write_world
+    from obliviate.data.world import WorldSpec, world_texts, write_world
     from obliviate.models.tiny import build_tokenizer
     from obliviate.unlearning.world_models import train_world_models
-    from obliviate.data.world import world_texts
 
     world = work / "world"
     write_world(world, WorldSpec(seed=0))
@@ -55,9 +59,15 @@ def tiny_world_model(work: Path, steps: int) -> tuple[Path, list[str]]:
 
 def fire(port: int, questions: list[str], n: int, concurrency: int, max_tokens: int, name: str):
     """n requests, `concurrency` in flight at once. Returns (latencies of the 200s in s, dropped, wall s)."""
+
     def one(i):
-        body = json.dumps({"model": name, "max_tokens": max_tokens,
-                           "messages": [{"role": "user", "content": questions[i % len(questions)]}]})
+        body = json.dumps(
+            {
+                "model": name,
+                "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": questions[i % len(questions)]}],
+            }
+        )
         t0 = time.perf_counter()
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
@@ -87,15 +97,27 @@ def throughput(path: Path, questions: list[str], args, max_batch: int) -> dict:
     from obliviate.serve import Engine, background_server, create_app
 
     model, tok = load_model(str(path))
-    engine = Engine(model, tok, name="bench", max_batch=max_batch, max_queue=max(64, args.concurrency),
-                    batch_window_ms=args.batch_window_ms)
+    engine = Engine(
+        model,
+        tok,
+        name="bench",
+        max_batch=max_batch,
+        max_queue=max(64, args.concurrency),
+        batch_window_ms=args.batch_window_ms,
+    )
     with background_server(create_app(engine)) as port:
         fire(port, questions, min(8, args.requests), min(4, args.concurrency), args.max_tokens, "bench")  # warm
         engine.batch_sizes.clear()
         lat, dropped, wall = fire(port, questions, args.requests, args.concurrency, args.max_tokens, "bench")
     sizes = list(engine.batch_sizes)
-    return dict(p50=pct(lat, 0.5) * 1e3, p99=pct(lat, 0.99) * 1e3, rps=len(lat) / wall, dropped=dropped,
-                batch=sum(sizes) / max(1, len(sizes)), wall=wall)
+    return dict(
+        p50=pct(lat, 0.5) * 1e3,
+        p99=pct(lat, 0.99) * 1e3,
+        rps=len(lat) / wall,
+        dropped=dropped,
+        batch=sum(sizes) / max(1, len(sizes)),
+        wall=wall,
+    )
 
 
 def rate(bursts) -> float:
@@ -114,40 +136,64 @@ def compare(path: Path, questions: list[str], args) -> None:
     model, tok = load_model(str(path))
     with tempfile.TemporaryDirectory(prefix="serve-baseline-") as tmp:
         # the older package, importable beside this one as `serve_baseline` (its own imports renamed to match)
-        shutil.copytree(args.baseline_serve, Path(tmp) / "serve_baseline",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(args.baseline_serve, Path(tmp) / "serve_baseline", ignore=shutil.ignore_patterns("__pycache__"))
         for f in (Path(tmp) / "serve_baseline").glob("*.py"):
             f.write_text(re.sub(r"\bobliviate\.serve\b", "serve_baseline", f.read_text()))
         sys.path.insert(0, tmp)
         import serve_baseline as old
 
-        apps = {"before": old.create_app(old.Engine(model, tok, name="bench", max_batch=args.max_batch,
-                                                     max_queue=max(64, args.concurrency),
-                                                     batch_window_ms=args.batch_window_ms)),
-                "after": create_app(Engine(model, tok, name="bench", max_batch=args.max_batch,
-                                           max_queue=max(64, args.concurrency), batch_window_ms=args.batch_window_ms))}
+        apps = {
+            "before": old.create_app(
+                old.Engine(
+                    model,
+                    tok,
+                    name="bench",
+                    max_batch=args.max_batch,
+                    max_queue=max(64, args.concurrency),
+                    batch_window_ms=args.batch_window_ms,
+                )
+            ),
+            "after": create_app(
+                Engine(
+                    model,
+                    tok,
+                    name="bench",
+                    max_batch=args.max_batch,
+                    max_queue=max(64, args.concurrency),
+                    batch_window_ms=args.batch_window_ms,
+                )
+            ),
+        }
         with old.background_server(apps["before"]) as before, background_server(apps["after"]) as after:
             ports = {"before": before, "after": after}
             for port in ports.values():  # warm both
                 fire(port, questions, min(8, args.requests), min(4, args.concurrency), args.max_tokens, "bench")
             done = {side: [] for side in ports}
             for r in range(args.rounds):
-                for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                    lat, dropped, wall = fire(ports[side], questions, args.requests, args.concurrency,
-                                              args.max_tokens, "bench")
+                for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                    lat, dropped, wall = fire(
+                        ports[side], questions, args.requests, args.concurrency, args.max_tokens, "bench"
+                    )
                     done[side].append((len(lat), dropped, wall, lat))
                 if (r + 1) % max(1, args.rounds // 5) == 0:
-                    print(f"round {r + 1}: " + ", ".join(f"{side} {rate(v):.1f} req/s so far"
-                                                         for side, v in done.items()), flush=True)
+                    print(
+                        f"round {r + 1}: "
+                        + ", ".join(f"{side} {rate(v):.1f} req/s so far" for side, v in done.items()),
+                        flush=True,
+                    )
     rps = {side: rate(v) for side, v in done.items()}
     p50 = {side: pct([t for *_, lat in v for t in lat], 0.5) * 1e3 for side, v in done.items()}
-    per_round = [done["after"][i][0] / done["after"][i][2] / (done["before"][i][0] / done["before"][i][2])
-                 for i in range(args.rounds)]
+    per_round = [
+        done["after"][i][0] / done["after"][i][2] / (done["before"][i][0] / done["before"][i][2])
+        for i in range(args.rounds)
+    ]
     dropped = {side: sum(d for _, d, _, _ in v) for side, v in done.items()}
-    print(f"\nconcurrency {args.concurrency}, {args.rounds} rounds of {args.requests} requests each: before "
-          f"{rps['before']:.1f} req/s (p50 {p50['before']:.0f} ms, dropped {dropped['before']}), after "
-          f"{rps['after']:.1f} req/s (p50 {p50['after']:.0f} ms, dropped {dropped['after']}); after / before "
-          f"{rps['after'] / rps['before']:.3f}x overall, median of the rounds' ratios {median(per_round):.3f}x")
+    print(
+        f"\nconcurrency {args.concurrency}, {args.rounds} rounds of {args.requests} requests each: before "
+        f"{rps['before']:.1f} req/s (p50 {p50['before']:.0f} ms, dropped {dropped['before']}), after "
+        f"{rps['after']:.1f} req/s (p50 {p50['after']:.0f} ms, dropped {dropped['after']}); after / before "
+        f"{rps['after'] / rps['before']:.3f}x overall, median of the rounds' ratios {median(per_round):.3f}x"
+    )
 
 
 def main() -> None:
@@ -163,8 +209,11 @@ def main() -> None:
     ap.add_argument("--baseline-serve", type=Path, help="an older src/obliviate/serve folder to compare against")
     ap.add_argument("--rounds", type=int, default=20, help="--baseline-serve: bursts of --requests on each side")
     ap.add_argument("--hardening", action="store_true", help="measure the defences instead (serve_checks.py)")
-    ap.add_argument("--questions", type=Path, help="a JSON list of questions to ask (default: the tiny world's, or "
-                                                   "a few generic ones with --model)")
+    ap.add_argument(
+        "--questions",
+        type=Path,
+        help="a JSON list of questions to ask (default: the tiny world's, or a few generic ones with --model)",
+    )
     args = ap.parse_args()
     if min(args.requests, args.concurrency, args.max_tokens, args.max_batch, args.threads, args.rounds) < 1:
         ap.error("--requests, --concurrency, --max-tokens, --max-batch, --threads and --rounds must be >= 1")
@@ -175,8 +224,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
-        path, questions = (Path(args.model), FALLBACK_QUESTIONS) if args.model else \
-            tiny_world_model(Path(tmp), args.train_steps)
+        path, questions = (
+            (Path(args.model), FALLBACK_QUESTIONS) if args.model else tiny_world_model(Path(tmp), args.train_steps)
+        )
         if args.questions:
             questions = json.loads(args.questions.read_text())
         if args.hardening:
@@ -185,17 +235,26 @@ def main() -> None:
             return hardening(path, questions)
         if args.baseline_serve:
             return compare(path, questions, args)
-        print(f"model {path.name}; {args.requests} requests, concurrency {args.concurrency}, max_tokens "
-              f"{args.max_tokens}, {args.threads} torch threads", flush=True)
-        rows = {label: throughput(path, questions, args, max_batch)
-                for label, max_batch in (("batching on", args.max_batch), ("batching off", 1))}
+        print(
+            f"model {path.name}; {args.requests} requests, concurrency {args.concurrency}, max_tokens "
+            f"{args.max_tokens}, {args.threads} torch threads",
+            flush=True,
+        )
+        rows = {
+            label: throughput(path, questions, args, max_batch)
+            for label, max_batch in (("batching on", args.max_batch), ("batching off", 1))
+        }
     print(f"\n{'':14}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'dropped':>9}{'mean batch':>12}{'wall s':>8}")
     for label, r in rows.items():
-        print(f"{label:14}{r['p50']:9.0f}{r['p99']:9.0f}{r['rps']:8.1f}{r['dropped']:9d}{r['batch']:12.1f}"
-              f"{r['wall']:8.1f}")
+        print(
+            f"{label:14}{r['p50']:9.0f}{r['p99']:9.0f}{r['rps']:8.1f}{r['dropped']:9d}{r['batch']:12.1f}"
+            f"{r['wall']:8.1f}"
+        )
     on, off = rows["batching on"], rows["batching off"]
-    print(f"\nbatching on / off: {on['rps'] / off['rps']:.2f}x requests/s, p50 latency {on['p50'] / off['p50']:.2f}x, "
-          f"p99 latency {on['p99'] / off['p99']:.2f}x")
+    print(
+        f"\nbatching on / off: {on['rps'] / off['rps']:.2f}x requests/s, p50 latency {on['p50'] / off['p50']:.2f}x, "
+        f"p99 latency {on['p99'] / off['p99']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

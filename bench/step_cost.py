@@ -36,13 +36,12 @@ def worker(args) -> None:
     import torch
 
     from obliviate.data.schema import load_qa
-    from obliviate.data.world import write_world
-    from obliviate.unlearning.methods import METHODS
-    from obliviate.models.load import load_model
-    from obliviate.models.tiny import TinyModelConfig, build_model, build_tokenizer
-    from obliviate.unlearning.run import unlearning_parts
     from obliviate.data.world import world_texts
     from obliviate.engine.train import TrainConfig, train
+    from obliviate.models.load import load_model
+    from obliviate.models.tiny import TinyModelConfig, build_model, build_tokenizer
+    from obliviate.unlearning.methods import METHODS
+    from obliviate.unlearning.run import unlearning_parts
 
     torch.set_num_threads(args.threads)
     world = Path(args.world)
@@ -50,12 +49,18 @@ def worker(args) -> None:
         model, tok = load_model(args.model, device="cuda" if torch.cuda.is_available() else "cpu")
     else:
         tok = build_tokenizer(world_texts(world))
-        model = build_model(tok, TinyModelConfig(hidden_size=args.hidden, num_layers=args.layers,
-                                                 num_heads=max(1, args.hidden // 32), intermediate_size=args.hidden * 2))
+        model = build_model(
+            tok,
+            TinyModelConfig(
+                hidden_size=args.hidden,
+                num_layers=args.layers,
+                num_heads=max(1, args.hidden // 32),
+                intermediate_size=args.hidden * 2,
+            ),
+        )
     parts = unlearning_parts(load_qa(world / "forget10.jsonl"), load_qa(world / "retain90.jsonl"), [], seed=0)
     method = METHODS.get(args.method).from_options({**json.loads(args.options), "steps": args.steps})
-    cfg = TrainConfig(forget_batch_size=args.batch, retain_batch_size=args.batch, checkpoint_every=0,
-                      progress=False)
+    cfg = TrainConfig(forget_batch_size=args.batch, retain_batch_size=args.batch, checkpoint_every=0, progress=False)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
@@ -90,21 +95,42 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as tmp:
         write_world(tmp)
-        common = [sys.executable, __file__, "--worker", "--world", tmp, "--steps", str(args.steps), "--batch",
-                  str(args.batch), "--hidden", str(args.hidden), "--layers", str(args.layers), "--threads",
-                  str(args.threads)] + (["--model", args.model] if args.model else [])
+        common = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--world",
+            tmp,
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--hidden",
+            str(args.hidden),
+            "--layers",
+            str(args.layers),
+            "--threads",
+            str(args.threads),
+        ] + (["--model", args.model] if args.model else [])
         for base, other, other_opts in PAIRS:
             runs = {base: [], other: []}
             for _ in range(args.repeats):
                 for name, opts in ((base, {}), (other, other_opts)):
-                    out = subprocess.run([*common, "--method", name, "--options", json.dumps(opts)], env=env,
-                                         capture_output=True, text=True, check=True).stdout
+                    out = subprocess.run(
+                        [*common, "--method", name, "--options", json.dumps(opts)],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
                     runs[name].append(json.loads(out.strip().splitlines()[-1]))
             med = {n: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "peak_mb")} for n, rs in runs.items()}
             label = f"{other}{'' if other_opts else '+retain'} vs {base}"
-            print(f"{label:24s} step time {med[other]['step_s'] * 1e3:7.1f} ms / {med[base]['step_s'] * 1e3:7.1f} ms"
-                  f" = {med[other]['step_s'] / med[base]['step_s']:.3f}x   peak memory {med[other]['peak_mb']:7.1f}"
-                  f" MB / {med[base]['peak_mb']:7.1f} MB = {med[other]['peak_mb'] / med[base]['peak_mb']:.3f}x")
+            print(
+                f"{label:24s} step time {med[other]['step_s'] * 1e3:7.1f} ms / {med[base]['step_s'] * 1e3:7.1f} ms"
+                f" = {med[other]['step_s'] / med[base]['step_s']:.3f}x   peak memory {med[other]['peak_mb']:7.1f}"
+                f" MB / {med[base]['peak_mb']:7.1f} MB = {med[other]['peak_mb'] / med[base]['peak_mb']:.3f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -49,14 +49,23 @@ def main() -> None:
     train = [i for i, r in enumerate(world["labels"]) if r["split"] == "train"]
     images, captions = world["images"][train], [world["labels"][i]["captions"] for i in train]
     tok = build_word_tokenizer(vocabulary(world))
-    model = build_t2i(tok, T2IConfig(size=spec.size, channels=tuple(int(c) for c in a.channels.split(","))),
-                      seed=a.seed)
+    model = build_t2i(
+        tok, T2IConfig(size=spec.size, channels=tuple(int(c) for c in a.channels.split(","))), seed=a.seed
+    )
     n_params = sum(p.numel() for p in model.unet.parameters())
     print(f"UNet {n_params / 1e6:.2f}M parameters; {len(images)} training images", flush=True)
     guidances = [float(g) for g in a.guidance.split(",")]
     # the step time, measured on a throwaway copy, sets the checkpoint interval in steps
-    probe = train_t2i(model.copy(), images, captions, steps=10, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                      train_text_encoder=not a.freeze_text)
+    probe = train_t2i(
+        model.copy(),
+        images,
+        captions,
+        steps=10,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        train_text_encoder=not a.freeze_text,
+    )
     per_step = probe["seconds"] / 10
     every = max(1, int(a.every * 60 / per_step))
     total = max(every, int(a.minutes * 60 / per_step))
@@ -71,8 +80,18 @@ def main() -> None:
         curve.append(row)
         print(json.dumps(row), flush=True)
 
-    train_t2i(model, images, captions, steps=total, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-              checkpoint_every=every, on_checkpoint=checkpoint, train_text_encoder=not a.freeze_text)
+    train_t2i(
+        model,
+        images,
+        captions,
+        steps=total,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        checkpoint_every=every,
+        on_checkpoint=checkpoint,
+        train_text_encoder=not a.freeze_text,
+    )
     if a.out:
         model.save(a.out / "model")
         clf.save(a.out / "classifiers")

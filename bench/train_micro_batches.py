@@ -39,17 +39,26 @@ def load_pairs(args) -> list[tuple[str, str]]:
 def one(args) -> None:
     import torch
 
-    from obliviate.models.load import load_model
     from obliviate.engine.train import FineTune, TrainConfig, train
+    from obliviate.models.load import load_model
 
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
-    cfg = TrainConfig(retain_batch_size=16, checkpoint_every=0, progress=False, lora_r=8,
-                      gradient_checkpointing=args.checkpointing, max_batch_tokens=args.one)
+    cfg = TrainConfig(
+        retain_batch_size=16,
+        checkpoint_every=0,
+        progress=False,
+        lora_r=8,
+        gradient_checkpointing=args.checkpointing,
+        max_batch_tokens=args.one,
+    )
     t = time.perf_counter()
     train(model, tok, FineTune(lr=1e-3, steps=args.steps), {"retain": load_pairs(args)}, cfg)
-    print(json.dumps({"seconds": time.perf_counter() - t,
-                      "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+    print(
+        json.dumps(
+            {"seconds": time.perf_counter() - t, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+        )
+    )
 
 
 def main() -> None:
@@ -65,17 +74,33 @@ def main() -> None:
     args = ap.parse_args()
     if args.one is not None:
         return one(args)
-    print(f"{args.steps} FineTune steps, LoRA r=8, batches of 16, fp32, {args.threads} threads, "
-          f"checkpointing {'on' if args.checkpointing else 'off'}")
+    print(
+        f"{args.steps} FineTune steps, LoRA r=8, batches of 16, fp32, {args.threads} threads, "
+        f"checkpointing {'on' if args.checkpointing else 'off'}"
+    )
     for budget in (int(b) for b in args.budgets.split(",")):
-        cmd = [sys.executable, __file__, "--one", str(budget), "--model", args.model, "--harmbench", args.harmbench,
-               "--steps", str(args.steps), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(budget),
+            "--model",
+            args.model,
+            "--harmbench",
+            args.harmbench,
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+        ]
         cmd += ["--pairs", args.pairs] if args.pairs else []
         cmd += ["--checkpointing"] if args.checkpointing else []
         run = subprocess.run(cmd, capture_output=True, text=True)
         label = f"{budget} tokens" if budget else "whole batches"
         if run.returncode:
-            print(f"{label:>16}: exit {run.returncode} ({'killed' if run.returncode < 0 else run.stderr.strip()[-200:]})")
+            print(
+                f"{label:>16}: exit {run.returncode} ({'killed' if run.returncode < 0 else run.stderr.strip()[-200:]})"
+            )
             continue
         fig = json.loads(run.stdout.strip().splitlines()[-1])
         print(f"{label:>16}: {fig['seconds']:6.1f} s   peak RSS {fig['peak_gb']:5.1f} GB", flush=True)

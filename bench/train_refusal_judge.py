@@ -30,7 +30,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from obliviate.data.prompts import read_csv  # noqa: E402
-from obliviate.judges.embedding import L2_GRID, SHIPPED, EmbeddingJudge, Encoder, FeatureSpec, _fit, duplicate_weights, feature_signs, features, group_cv, load_prototypes, train  # noqa: E402
+from obliviate.judges.embedding import (  # noqa: E402
+    L2_GRID,
+    SHIPPED,
+    EmbeddingJudge,
+    Encoder,
+    FeatureSpec,
+    _fit,
+    duplicate_weights,
+    feature_signs,
+    features,
+    group_cv,
+    load_prototypes,
+    train,
+)
 from obliviate.judges.refusal import REFUSAL_JUDGES, human_label  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "xstest"
@@ -39,24 +52,38 @@ KEYWORDS = ("xstest", "jbb", "gcg")
 
 
 def load(path: Path, limit: int | None = None) -> dict:
-    rows = [r for r in read_csv(path, ("prompt", "completion", "type", "final_label"))
-            if human_label(r["final_label"]) is not None][:limit]
-    return {"prompts": [r["prompt"] for r in rows], "responses": [r["completion"] for r in rows],
-            "labels": [int(human_label(r["final_label"]) == "refusal") for r in rows],
-            "groups": [r["type"].removeprefix("contrast_") for r in rows], "file": path.name}
+    rows = [
+        r
+        for r in read_csv(path, ("prompt", "completion", "type", "final_label"))
+        if human_label(r["final_label"]) is not None
+    ][:limit]
+    return {
+        "prompts": [r["prompt"] for r in rows],
+        "responses": [r["completion"] for r in rows],
+        "labels": [int(human_label(r["final_label"]) == "refusal") for r in rows],
+        "groups": [r["type"].removeprefix("contrast_") for r in rows],
+        "file": path.name,
+    }
 
 
 def reference_labellers(path: Path) -> dict:
     """Binary agreement with the final human label of the file's other labellers: XSTest's automatic GPT-4
     classifier (`gpt4_label`, the paper's GPT-4 judge) and each of the two annotators, and of the annotators with
     each other: what a judge of these files can be compared with."""
-    rows = [r for r in read_csv(path, ("final_label", "gpt4_label", "annotation_1", "annotation_2"))
-            if human_label(r["final_label"]) is not None]
+    rows = [
+        r
+        for r in read_csv(path, ("final_label", "gpt4_label", "annotation_1", "annotation_2"))
+        if human_label(r["final_label"]) is not None
+    ]
 
     def agree(a, b):
         return round(float(np.mean([human_label(r[a]) == human_label(r[b]) for r in rows])), 4)
-    return {"gpt4_label vs final": agree("gpt4_label", "final_label"),
-            "annotator 1 vs 2": agree("annotation_1", "annotation_2"), "n": len(rows)}
+
+    return {
+        "gpt4_label vs final": agree("gpt4_label", "final_label"),
+        "annotator 1 vs 2": agree("annotation_1", "annotation_2"),
+        "n": len(rows),
+    }
 
 
 def agreement(scores, labels) -> float:
@@ -67,8 +94,13 @@ def cross_file(train_set: dict, test_set: dict, encoder: Encoder) -> dict:
     """Train on one model's completions (l2 by grouped CV inside them), score another's."""
     judge = train(train_set["responses"], train_set["labels"], train_set["groups"], encoder=encoder)
     scores = judge.scores(test_set["prompts"], test_set["responses"], encoder)
-    out = {"train": train_set["file"], "test": test_set["file"], "l2": judge.meta["l2"],
-           "cv_accuracy": judge.meta["cv_accuracy"], "embedding": agreement(scores, test_set["labels"])}
+    out = {
+        "train": train_set["file"],
+        "test": test_set["file"],
+        "l2": judge.meta["l2"],
+        "cv_accuracy": judge.meta["cv_accuracy"],
+        "embedding": agreement(scores, test_set["labels"]),
+    }
     for k in KEYWORDS:
         kw = [REFUSAL_JUDGES.get(k)(p, r) for p, r in zip(test_set["prompts"], test_set["responses"])]
         out[k] = agreement(kw, test_set["labels"])
@@ -124,8 +156,11 @@ def main(argv=None) -> None:
     print("| trained on -> judged | l2 (CV in train) | embedding | " + " | ".join(KEYWORDS) + " |")
     print("|---|---|---|" + "---|" * len(KEYWORDS))
     for r in results:
-        print(f"| {r['train']} -> {r['test']} | {r['l2']:g} | {r['embedding']:.4f} | "
-              + " | ".join(f"{r[k]:.4f}" for k in KEYWORDS) + " |")
+        print(
+            f"| {r['train']} -> {r['test']} | {r['l2']:g} | {r['embedding']:.4f} | "
+            + " | ".join(f"{r[k]:.4f}" for k in KEYWORDS)
+            + " |"
+        )
     print("\nreference labellers (binary agreement on the same rows):")
     for f in FILES.values():
         print(f"  {f}: {reference_labellers(args.data / f)}")
@@ -137,17 +172,22 @@ def main(argv=None) -> None:
             print(f"| {name} | " + " | ".join(f"{x['agreement']:.4f} (l2 {x['l2']:g})" for x in r) + " |")
         print()
     both = {k: sum((sets[n][k] for n in FILES), []) for k in ("prompts", "responses", "labels", "groups")}
-    meta = {"trained_on": [f"xstest/{f}" for f in FILES.values()],
-            "cross_file": [{k: r[k] for k in ("train", "test", "l2", "embedding", *KEYWORDS)} for r in results]}
+    meta = {
+        "trained_on": [f"xstest/{f}" for f in FILES.values()],
+        "cross_file": [{k: r[k] for k in ("train", "test", "l2", "embedding", *KEYWORDS)} for r in results],
+    }
     judge = train(both["responses"], both["labels"], both["groups"], encoder=enc, meta=meta)
     print(f"all {len(both['labels'])} rows: l2 {judge.meta['l2']:g}, grouped CV {judge.meta['cv_accuracy']}")
     judge.meta["in_sample"] = {}
-    for name, d in sets.items():  # the shipped weights saw these rows: training agreement, not an estimate
-        judge.meta["in_sample"][d["file"]] = round(agreement(judge.scores(d["prompts"], d["responses"], enc),
-                                                             d["labels"]), 4)
+    for _name, d in sets.items():  # the shipped weights saw these rows: training agreement, not an estimate
+        judge.meta["in_sample"][d["file"]] = round(
+            agreement(judge.scores(d["prompts"], d["responses"], enc), d["labels"]), 4
+        )
     print(f"in-sample agreement (training data, not an estimate): {judge.meta['in_sample']}")
-    print(f"time per 1000 replies: {time_per_1000(sets['mistralguard'], judge):.1f} s "
-          f"({args.threads} CPU threads, encoder loaded)")
+    print(
+        f"time per 1000 replies: {time_per_1000(sets['mistralguard'], judge):.1f} s "
+        f"({args.threads} CPU threads, encoder loaded)"
+    )
     if not args.no_write:
         judge.save(args.out)
         print(f"wrote {args.out}: " + json.dumps({p.name: p.stat().st_size for p in sorted(args.out.iterdir())}))

@@ -94,8 +94,8 @@ def world_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(world_dir):
-    from obliviate.models.tiny import build_tokenizer
     from obliviate.data.world import world_texts
+    from obliviate.models.tiny import build_tokenizer
 
     return build_tokenizer(world_texts(world_dir))
 
@@ -103,17 +103,18 @@ def tiny_tokenizer(world_dir):
 def tiny_model(tokenizer, seed=0):
     from obliviate.models.tiny import TinyModelConfig, build_model
 
-    return build_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
-                       seed=seed)
+    return build_model(
+        tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), seed=seed
+    )
 
 
 @pytest.fixture(scope="session")
 def target_dir(tmp_path_factory, world_dir, tiny_tokenizer):
     """A tiny model fine-tuned briefly on the world's training split, saved as an HF directory."""
     from obliviate.data.schema import load_qa
+    from obliviate.engine.train import FineTune, TrainConfig, train
     from obliviate.models.load import save_model
     from obliviate.unlearning.run import qa_pairs
-    from obliviate.engine.train import FineTune, TrainConfig, train
 
     d = tmp_path_factory.mktemp("target")
     model = tiny_model(tiny_tokenizer)

@@ -24,9 +24,13 @@ SCALE = int(os.environ.get("OBLIVIATE_FUZZ_SCALE", "1"))
 
 
 def bounded(n: int):
-    return settings(max_examples=n * SCALE, deadline=None, derandomize=SCALE == 1, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=n * SCALE,
+        deadline=None,
+        derandomize=SCALE == 1,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    )
 
 
 def holds(read, *args, **kwargs):
@@ -54,19 +58,27 @@ def scratch(tmp_path):
         d = tmp_path / f"ex{n[0]}"
         d.mkdir()
         return d
+
     return new
 
 
 # --- strategies ------------------------------------------------------------------------------------------------
 
-SCALARS = (st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats()
-           | st.text(max_size=12) | st.sampled_from(["", " ", "\u2028", "a\nb", "\x00", "\ufeff"]))
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["", " ", "\u2028", "a\nb", "\x00", "\ufeff"])
+)
 
 
 def json_values(keys=(), leaves: int = 12):
     key = (st.sampled_from(list(keys)) | st.text(max_size=6)) if keys else st.text(max_size=6)
-    return st.recursive(SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(key, c, max_size=5),
-                        max_leaves=leaves)
+    return st.recursive(
+        SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(key, c, max_size=5), max_leaves=leaves
+    )
 
 
 def sometimes_other(v, keys=()):
@@ -77,10 +89,12 @@ def sometimes_other(v, keys=()):
 def objects(fields: dict, keys=(), required=()):
     """Objects with the `required` fields and some of the others (name -> strategy), a field now and then of
     another JSON type, and now and then unknown keys."""
-    return st.fixed_dictionaries({k: sometimes_other(v, keys) for k, v in fields.items() if k in required},
-                                 optional={k: sometimes_other(v, keys) for k, v in fields.items()
-                                           if k not in required}).flatmap(
-        lambda d: st.dictionaries(st.text(max_size=5), json_values(keys, 4), max_size=2).map(lambda extra: extra | d))
+    return st.fixed_dictionaries(
+        {k: sometimes_other(v, keys) for k, v in fields.items() if k in required},
+        optional={k: sometimes_other(v, keys) for k, v in fields.items() if k not in required},
+    ).flatmap(
+        lambda d: st.dictionaries(st.text(max_size=5), json_values(keys, 4), max_size=2).map(lambda extra: extra | d)
+    )
 
 
 def dumps(v) -> str:
@@ -98,11 +112,24 @@ def json_text(draw, doc, many: bool = True):
     return "".join(dumps(d) + draw(st.sampled_from(["\n", "\r\n", "\r", "\n\n", " \n"])) for d in docs)
 
 
-SPECIAL = st.sampled_from([
-    "[" * 100_000 + "]" * 100_000, '{"a":' * 5000 + "1" + "}" * 5000, "[" * 990 + "]" * 990,
-    '{"question": "q", "answer": "a"}\n' + "[" * 50_000 + "\n", "1" * 5000, '{"question": ' + "9" * 4400 + "}",
-    "NaN", "[NaN, Infinity]", "\ufeff[]", "\x00", "", "\n\n", '{"question": "q", "answer": "a"}\r{"x": 1}',
-    '{"question": "q\u2028", "answer": "a"}\n'])
+SPECIAL = st.sampled_from(
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 5000 + "1" + "}" * 5000,
+        "[" * 990 + "]" * 990,
+        '{"question": "q", "answer": "a"}\n' + "[" * 50_000 + "\n",
+        "1" * 5000,
+        '{"question": ' + "9" * 4400 + "}",
+        "NaN",
+        "[NaN, Infinity]",
+        "\ufeff[]",
+        "\x00",
+        "",
+        "\n\n",
+        '{"question": "q", "answer": "a"}\r{"x": 1}',
+        '{"question": "q\u2028", "answer": "a"}\n',
+    ]
+)
 
 
 @st.composite
@@ -112,13 +139,13 @@ def mutated(draw, text):
     data = draw(text).encode("utf-8")
     how = draw(st.sampled_from(["keep", "keep", "truncate", "insert", "replace", "bom", "late-byte"]))
     if how == "truncate":
-        data = data[:draw(st.integers(0, len(data)))]
+        data = data[: draw(st.integers(0, len(data)))]
     elif how == "insert":
         i = draw(st.integers(0, len(data)))
         data = data[:i] + draw(st.binary(min_size=1, max_size=3)) + data[i:]
     elif how == "replace" and data:
         i = draw(st.integers(0, len(data) - 1))
-        data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1:]
+        data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1 :]
     elif how == "bom":
         data = codecs.BOM_UTF8 + data
     elif how == "late-byte":
@@ -144,10 +171,10 @@ def safetensors_bytes(draw):
     if how == "garbage":
         return draw(st.binary(max_size=64))
     if how == "header":  # a header length that points past the end, or a header that is not JSON
-        return struct.pack("<Q", draw(st.integers(0, 2 ** 64 - 1))) + draw(st.binary(max_size=32))
+        return struct.pack("<Q", draw(st.integers(0, 2**64 - 1))) + draw(st.binary(max_size=32))
     names = draw(st.lists(st.sampled_from(["centroids", "probe", "scores", "weight", "x"]), max_size=3, unique=True))
     shapes = [draw(st.lists(st.integers(0, 3), max_size=3)) for _ in names]
     data = save({n: torch.zeros(s) for n, s in zip(names, shapes)})
     if how == "truncated":
-        data = data[:draw(st.integers(0, len(data)))]
+        data = data[: draw(st.integers(0, len(data)))]
     return data

@@ -34,8 +34,10 @@ def test_cli_reference_is_current():
         old, new = written.splitlines(), expected.splitlines()
         line = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
         shown = new[line] if line < len(new) else "(end of file)"
-        pytest.fail(f"docs/cli.md is not what the command line says now (first difference at line {line + 1}: "
-                    f"{shown!r}): run `make cli-docs`")
+        pytest.fail(
+            f"docs/cli.md is not what the command line says now (first difference at line {line + 1}: "
+            f"{shown!r}): run `make cli-docs`"
+        )
 
 
 def _commands(group, ctx, path=()):
@@ -60,9 +62,13 @@ def test_cli_reference_names_every_command_option_and_default():
     for path, cmd, _ in _commands(root, ctx):
         start = text.index(f"`obliviate {' '.join(path)}`\n")  # its heading
         nxt = text.find("\n#", start)
-        section = text[start: nxt if nxt > 0 else len(text)]
-        listed = {name for line in section.splitlines() if line.startswith("- `--")
-                  for name in re.findall(r"`(--[^`]+)`", re.split(r" \(|: ", line, maxsplit=1)[0])}
+        section = text[start : nxt if nxt > 0 else len(text)]
+        listed = {
+            name
+            for line in section.splitlines()
+            if line.startswith("- `--")
+            for name in re.findall(r"`(--[^`]+)`", re.split(r" \(|: ", line, maxsplit=1)[0])
+        }
         for p in cmd.params:
             if p.param_type_name == "option":
                 for opt in (*p.opts, *p.secondary_opts):
@@ -70,10 +76,10 @@ def test_cli_reference_names_every_command_option_and_default():
                     seen += 1
     assert seen > 200  # every command's options, not a few
     # a default, a required option and an env var, as --help shows them
-    serve = text[text.index("`obliviate serve`\n"):]
+    serve = text[text.index("`obliviate serve`\n") :]
     assert "- `--port` (`int`, default `8000`)" in serve
     assert "env var `OBLIVIATE_API_KEY`" in serve
-    assert "- `--model` (`str`, required)" in text[text.index("`obliviate unlearn`\n"):]
+    assert "- `--model` (`str`, required)" in text[text.index("`obliviate unlearn`\n") :]
 
 
 def _shown_commands(text: str) -> list[tuple[int, str]]:
@@ -140,7 +146,7 @@ def test_flag_check_catches_a_flag_that_does_not_exist():
     root, ctx = _root()
     commands = {path: cmd for path, cmd, _ in _commands(root, ctx)}
     text = "```bash\nobliviate unlearn --model m --method npo \\\n    --no-such-flag 3 --out o\n```\n"
-    (line, command), = _shown_commands(text)
+    ((line, command),) = _shown_commands(text)
     assert line == 2
     assert _check_flags("x", command, commands) == ["x: `obliviate unlearn` has no --no-such-flag"]
     assert _check_flags("x", "obliviate guard fit latent --model m --out o", commands) == []
@@ -163,11 +169,29 @@ def test_the_readmes_links_into_the_repository_exist():
 
 
 def test_mkdocs_build_is_strict_clean(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
-                           "-d", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert done.returncode == 0, ("`mkdocs build --strict` failed (mkdocs is in the dev extra: "
-                                  f"pip install -e '.[dev]'):\n{done.stdout}{done.stderr}")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-q",
+            "-f",
+            str(ROOT / "mkdocs.yml"),
+            "-d",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, (
+        "`mkdocs build --strict` failed (mkdocs is in the dev extra: "
+        f"pip install -e '.[dev]'):\n{done.stdout}{done.stderr}"
+    )
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "cli" / "index.html").is_file()
 
@@ -197,13 +221,16 @@ def forbidden(text: str) -> list[tuple[int, str]]:
 
 
 def test_the_forbidden_patterns_are_found():
-    assert forbidden("fixed in issue 27.\nsee #27\nok: &#8594; and `session.halt(row)`\n/tmp/x.py\n"
-                     "in this session we") == [(1, "an issue number"), (2, "an issue number"),
-                                               (4, "a temporary path"), (5, "a development session")]
+    assert forbidden(
+        "fixed in issue 27.\nsee #27\nok: &#8594; and `session.halt(row)`\n/tmp/x.py\nin this session we"
+    ) == [(1, "an issue number"), (2, "an issue number"), (4, "a temporary path"), (5, "a development session")]
     assert forbidden("```python\nsession.probe(ids)\n```\nplain text, `on_step(step,\nsession)`\n") == []
 
 
 def test_no_issue_numbers_temporary_paths_or_session_stories():
-    problems = [f"{page.relative_to(ROOT)}:{line}: {what}" for page in pages()
-                for line, what in forbidden(page.read_text(encoding="utf-8"))]
+    problems = [
+        f"{page.relative_to(ROOT)}:{line}: {what}"
+        for page in pages()
+        for line, what in forbidden(page.read_text(encoding="utf-8"))
+    ]
     assert not problems, "\n".join(problems)

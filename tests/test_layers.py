@@ -55,7 +55,9 @@ def violations(root: Path = SRC) -> list[str]:
 
 def test_every_folder_has_a_layer():
     folders = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert folders == set(LAYERS), f"folders without a layer: {folders - set(LAYERS)}; layers without a folder: {set(LAYERS) - folders}"
+    assert folders == set(LAYERS), (
+        f"folders without a layer: {folders - set(LAYERS)}; layers without a folder: {set(LAYERS) - folders}"
+    )
     loose = sorted(p.name for p in SRC.glob("*.py") if p.name != "__init__.py")
     assert not loose, f"modules outside every folder: {loose}"
 
@@ -72,8 +74,11 @@ def test_an_upward_import_is_caught(tmp_path, where):
         (tmp_path / "obliviate" / folder).mkdir(parents=True)
         (tmp_path / "obliviate" / folder / "__init__.py").write_text("")
     (tmp_path / "obliviate" / "__init__.py").write_text("")
-    code = ("from obliviate.guards.base import attach_guards\n" if where == "module" else
-            "def load():\n    from obliviate.guards.base import attach_guards\n")
+    code = (
+        "from obliviate.guards.base import attach_guards\n"
+        if where == "module"
+        else "def load():\n    from obliviate.guards.base import attach_guards\n"
+    )
     (tmp_path / "obliviate" / "models" / "load.py").write_text(code)
     (tmp_path / "obliviate" / "guards" / "base.py").write_text("from obliviate.models.load import load\n")
     bad = violations(tmp_path / "obliviate")

@@ -33,8 +33,11 @@ def test_the_lock_pins_the_cpu_torch_and_no_cuda_package():
     assert pins["torch"].endswith("+cpu")
     assert not [n for n in pins if n.startswith("nvidia-") or n == "triton"]
     lines = LOCK.read_text().splitlines()
-    unhashed = [ln for ln, nxt in zip(lines, lines[1:] + [""])
-                if re.match(r"^[A-Za-z0-9].*==", ln) and not nxt.strip().startswith("--hash=sha256:")]
+    unhashed = [
+        ln
+        for ln, nxt in zip(lines, lines[1:] + [""])
+        if re.match(r"^[A-Za-z0-9].*==", ln) and not nxt.strip().startswith("--hash=sha256:")
+    ]
     assert not unhashed, f"pins without a hash: {unhashed}"
 
 

@@ -20,23 +20,33 @@ FORBIDDEN = {"skip", "skipif", "importorskip", "xfail", "skipTest", "skipIf", "s
 def _forbidden_names(source: str) -> list[tuple[int, str]]:
     """(line, name) of every forbidden name in the code; comments and strings (which may say "never skipped") are not
     code."""
-    return [(t.start[0], t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline)
-            if t.type == tokenize.NAME and t.string in FORBIDDEN]
+    return [
+        (t.start[0], t.string)
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type == tokenize.NAME and t.string in FORBIDDEN
+    ]
 
 
 def test_the_scan_finds_each_form():
-    src = ('import pytest\nfrom pytest import importorskip\n@pytest.mark.skipif(True, reason="x")\n'
-           '@pytest.mark.xfail\ndef test_a():\n    pytest.skip("why")  # never skipped\n    """pytest.skip"""\n')
+    src = (
+        'import pytest\nfrom pytest import importorskip\n@pytest.mark.skipif(True, reason="x")\n'
+        '@pytest.mark.xfail\ndef test_a():\n    pytest.skip("why")  # never skipped\n    """pytest.skip"""\n'
+    )
     assert _forbidden_names(src) == [(2, "importorskip"), (3, "skipif"), (4, "xfail"), (6, "skip")]
 
 
 def test_no_skip_or_xfail_under_tests():
     files = sorted(TESTS.rglob("*.py"))
     assert len(files) > 50 and Path(__file__) in files
-    found = [f"{f.relative_to(TESTS.parent)}:{line}: {name}" for f in files
-             for line, name in _forbidden_names(f.read_text(encoding="utf-8"))]
-    assert not found, "a test must fail, naming what is missing (tests/conftest.py: shared_data, require_extra, " \
-                      "missing), never skip:\n" + "\n".join(found)
+    found = [
+        f"{f.relative_to(TESTS.parent)}:{line}: {name}"
+        for f in files
+        for line, name in _forbidden_names(f.read_text(encoding="utf-8"))
+    ]
+    assert not found, (
+        "a test must fail, naming what is missing (tests/conftest.py: shared_data, require_extra, "
+        "missing), never skip:\n" + "\n".join(found)
+    )
 
 
 def test_missing_shared_data_fails_naming_it(monkeypatch, tmp_path):
@@ -59,7 +69,7 @@ def test_missing_extra_fails_naming_it_and_the_make_target():
     assert "run `make test`, or `pip install -e '.[judge]'`" in msg
 
 
-SKIPPING = '''
+SKIPPING = """
 import pytest
 
 
@@ -79,7 +89,7 @@ def test_empty_parameter_set(x):
 
 def test_passes():
     pass
-'''
+"""
 
 
 def test_a_skip_raised_anyway_fails(tmp_path):
@@ -87,16 +97,35 @@ def test_a_skip_raised_anyway_fails(tmp_path):
     (tmp_path / "test_skipping.py").write_text(SKIPPING)
     (tmp_path / "test_module_skip.py").write_text('import pytest\n\npytest.skip("all", allow_module_level=True)\n')
     (tmp_path / "none.ini").write_text("[pytest]\n")  # not the project's options
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
-                          "--continue-on-collection-errors", "--rootdir", str(tmp_path),
-                          "-c", str(tmp_path / "none.ini"), str(tmp_path)],
-                         cwd=TESTS.parent, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.conftest",
+            "--continue-on-collection-errors",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "none.ini"),
+            str(tmp_path),
+        ],
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     tail = run.stdout.strip().splitlines()[-1]
     # errors: the module skipped at collection, and the empty parameter set, which skips in its setup
     assert run.returncode == 1 and tail.startswith("2 failed, 1 passed, 2 errors in"), run.stdout + run.stderr
-    for what in ("test_skipping.py::test_skips was skipped (Skipped: gone)",
-                 "test_skipping.py::test_xfails was marked xfail (expected)",
-                 "test_skipping.py::test_empty_parameter_set[NOTSET] was skipped "
-                 "(Skipped: got empty parameter set for (x))",
-                 "test_module_skip.py was skipped (Skipped: all)"):
+    for what in (
+        "test_skipping.py::test_skips was skipped (Skipped: gone)",
+        "test_skipping.py::test_xfails was marked xfail (expected)",
+        "test_skipping.py::test_empty_parameter_set[NOTSET] was skipped (Skipped: got empty parameter set for (x))",
+        "test_module_skip.py was skipped (Skipped: all)",
+    ):
         assert f"{what}, and the tests never skip" in run.stdout, (what, run.stdout)

@@ -23,10 +23,9 @@ from obliviate.audit.attacks.probes import CATEGORIES, Probes, probe_prompt
 from obliviate.audit.attacks.relearn import Relearn
 from obliviate.audit.attacks.tense import Tense, rewrite
 from obliviate.data.schema import QAItem, load_qa
+from obliviate.engine.train import FineTune, TrainConfig, train
 from obliviate.models.encode import IGNORE, answer_ids, prompt_ids, text_ids
 from obliviate.refusal.align import policy_rows
-from obliviate.engine.train import FineTune, TrainConfig, train
-
 from tests.conftest import tiny_model
 
 IDK = "I do not know."
@@ -44,16 +43,21 @@ def one_thread():
 def fit(tok, pairs, steps: int, lr: float = 1e-2, model=None):
     """A tiny model (or `model`) trained on `pairs` in full batches: (question, answer) or (input_ids, labels)."""
     cfg = TrainConfig(retain_batch_size=len(pairs), checkpoint_every=0, progress=False)
-    return train(model if model is not None else tiny_model(tok), tok, FineTune(lr=lr, steps=steps),
-                 {"retain": pairs}, cfg)[0]
+    return train(
+        model if model is not None else tiny_model(tok), tok, FineTune(lr=lr, steps=steps), {"retain": pairs}, cfg
+    )[0]
 
 
 def distinct(items: list[QAItem], n: int) -> list[QAItem]:
     """n items of n different people whose values differ and appear in no other picked item's answer."""
     out: list[QAItem] = []
     for it in items:
-        if all(it.subject != o.subject and it.value.lower() not in o.answer.lower()
-               and o.value.lower() not in it.answer.lower() for o in out):
+        if all(
+            it.subject != o.subject
+            and it.value.lower() not in o.answer.lower()
+            and o.value.lower() not in it.answer.lower()
+            for o in out
+        ):
             out.append(it)
     assert len(out) >= n
     return out[:n]
@@ -65,24 +69,30 @@ def world_ctx(**inputs) -> AuditContext:
 
 # --- recall_figures -----------------------------------------------------------------------------------------------
 
+
 def test_recall_figures_by_hand():
     """ROUGE-L recall (lower-cased words, Porter stems) and value containment, worked out by hand:
     Ann: answer [ann wa born in velmora] vs [ann wa born in tarn]: LCS 4 of 5; value 0 of 1; no hit.
     Bo:  answer [bo play the lute] vs [the lute said bo]: LCS 2 of 4; value [the lute] 2 of 2; "the lute" is in it.
     Cy (no value: the answer stands in): [cy keep a raven] fully, and the answer text is in the reply."""
-    items = [QAItem("Where was Ann born?", "Ann was born in Velmora.", value="Velmora"),
-             QAItem("What does Bo play?", "Bo plays the lute.", value="the lute"),
-             QAItem("What does Cy keep?", "Cy keeps a raven.")]
+    items = [
+        QAItem("Where was Ann born?", "Ann was born in Velmora.", value="Velmora"),
+        QAItem("What does Bo play?", "Bo plays the lute.", value="the lute"),
+        QAItem("What does Cy keep?", "Cy keeps a raven."),
+    ]
     outs = ["Ann was born in Tarn.", "The lute, said Bo.", "Cy keeps a raven. Yes."]
     got = recall_figures(items, outs, "x")
-    assert got == pytest.approx({"x_rouge": (0.8 + 0.5 + 1.0) / 3, "x_value_rouge": (0.0 + 1.0 + 1.0) / 3,
-                                 "x_value_acc": 2 / 3}, abs=1e-9)
+    assert got == pytest.approx(
+        {"x_rouge": (0.8 + 0.5 + 1.0) / 3, "x_value_rouge": (0.0 + 1.0 + 1.0) / 3, "x_value_acc": 2 / 3}, abs=1e-9
+    )
     assert recall_figures(items[:1], ["velmora"], "y") == pytest.approx(
-        {"y_rouge": 0.2, "y_value_rouge": 1.0, "y_value_acc": 1.0})
+        {"y_rouge": 0.2, "y_value_rouge": 1.0, "y_value_acc": 1.0}
+    )
     assert recall_figures([], [], "z") == {"z_rouge": 0.0, "z_value_rouge": 0.0, "z_value_acc": 0.0}
 
 
 # --- mia ----------------------------------------------------------------------------------------------------------
+
 
 def test_mia_separates_the_members_of_an_overfit_model_and_not_identical_sets(tiny_tokenizer, world_dir):
     """A model that memorised 10 facts (members) and never saw 10 others of the same form: every score puts the
@@ -106,6 +116,7 @@ def test_mia_separates_the_members_of_an_overfit_model_and_not_identical_sets(ti
 
 # --- relearn ------------------------------------------------------------------------------------------------------
 
+
 def test_relearn_recovers_suppressed_facts_and_never_unseen_ones(tiny_tokenizer, world_dir):
     """Ten facts of ten people. A model that learned them and was then trained to answer "I do not know" gets the
     held-out half back from relearning on the other half (the knowledge was suppressed, not removed); a model that
@@ -120,13 +131,15 @@ def test_relearn_recovers_suppressed_facts_and_never_unseen_ones(tiny_tokenizer,
     assert back["heldout_before_value_acc"] <= 0.2 and back["heldout_after_value_acc"] >= 0.8, back
     assert back["recovered_value_rouge"] >= 0.6 and back["shown_rouge_after"] >= 0.9
     assert back["recovered_value_rouge"] == pytest.approx(
-        back["heldout_after_value_rouge"] - back["heldout_before_value_rouge"])
+        back["heldout_after_value_rouge"] - back["heldout_before_value_rouge"]
+    )
     never = attack.run(world_ctx(forget=facts), tiny_model(tok), tok)
     assert never["heldout_before_value_acc"] == never["heldout_after_value_acc"] == 0.0, never
     assert never["recovered_value_rouge"] <= 0.1
 
 
 # --- in_context ---------------------------------------------------------------------------------------------------
+
 
 def test_in_context_recalls_what_only_the_persons_own_facts_bring_back(tiny_tokenizer, world_dir):
     """A model that answers a question only after another fact of the same person, and says "I do not know" to the
@@ -137,17 +150,34 @@ def test_in_context_recalls_what_only_the_persons_own_facts_bring_back(tiny_toke
     items = [it for it in forget if it.subject in people and it.attribute in ("birthplace", "pet")]
     asked, same, other = context_prompts(items, 1, seed=0)
     assert len(asked) == len(items) == 6
-    model = fit(tok, [(s, it.answer) for it, s in zip(asked, same)] + [(it.question, IDK) for it in asked]
-                + [(o, IDK) for o in other], steps=100)
+    model = fit(
+        tok,
+        [(s, it.answer) for it, s in zip(asked, same)]
+        + [(it.question, IDK) for it in asked]
+        + [(o, IDK) for o in other],
+        steps=100,
+    )
     got = InContext(k_facts=1).run(world_ctx(forget=items), model, tok)
-    assert got == pytest.approx({
-        "no_context_rouge": 0.0, "no_context_value_rouge": 0.0, "no_context_value_acc": 0.0,
-        "context_rouge": 1.0, "context_value_rouge": 1.0, "context_value_acc": 1.0,
-        "control_rouge": 0.0, "control_value_rouge": 0.0, "control_value_acc": 0.0,
-        "context_gain_value_acc": 1.0, "context_vs_control_value_acc": 1.0, "n_items": 6.0})
+    assert got == pytest.approx(
+        {
+            "no_context_rouge": 0.0,
+            "no_context_value_rouge": 0.0,
+            "no_context_value_acc": 0.0,
+            "context_rouge": 1.0,
+            "context_value_rouge": 1.0,
+            "context_value_acc": 1.0,
+            "control_rouge": 0.0,
+            "control_value_rouge": 0.0,
+            "control_value_acc": 0.0,
+            "context_gain_value_acc": 1.0,
+            "context_vs_control_value_acc": 1.0,
+            "n_items": 6.0,
+        }
+    )
 
 
 # --- probes -------------------------------------------------------------------------------------------------------
+
 
 def test_probes_find_the_one_wording_that_still_reaches_the_fact(tiny_tokenizer, world_dir):
     """Forget facts answered only to the indirect probe, retained facts only to the original question and the direct
@@ -160,13 +190,24 @@ def test_probes_find_the_one_wording_that_still_reaches_the_fact(tiny_tokenizer,
     pairs += [(probe_prompt(it, c), it.answer if c == "direct" else IDK) for it in retain for c in CATEGORIES]
     model = fit(tok, pairs, steps=100)
     got = Probes(per_category=10).run(world_ctx(forget=forget, retain=retain), model, tok)
-    want = {f"{c}_{m}": float(c == "indirect") for c in ("original", *CATEGORIES)
-            for m in ("rouge", "value_rouge", "value_acc")}
-    assert got == pytest.approx({**want, "any_value_acc": 1.0, "retain_direct_value_acc": 1.0,
-                                 "retain_indirect_value_acc": 0.0, "retain_implied_value_acc": 0.0})
+    want = {
+        f"{c}_{m}": float(c == "indirect")
+        for c in ("original", *CATEGORIES)
+        for m in ("rouge", "value_rouge", "value_acc")
+    }
+    assert got == pytest.approx(
+        {
+            **want,
+            "any_value_acc": 1.0,
+            "retain_direct_value_acc": 1.0,
+            "retain_indirect_value_acc": 0.0,
+            "retain_implied_value_acc": 0.0,
+        }
+    )
 
 
 # --- refusal attacks on a shallow refuser ---------------------------------------------------------------------------
+
 
 def _short(row: dict) -> dict:
     """A policy row with its first harmful step and the opening of its refusal (short sequences train fast)."""
@@ -194,15 +235,20 @@ def shallow(tiny_tokenizer, world_dir):
     for r in test:
         p, h = prompt_ids(tok, r["prompt"]), answer_ids(tok, r["answer"])
         raw, a = text_ids(tok, r["prompt"] + "\n"), tok(r["answer"], add_special_tokens=False)["input_ids"]
-        pairs += [(r["prompt"], r["refusal"]), (p + h, [IGNORE] * (len(p) + 5) + h[5:]),
-                  (raw + a + [tok.eos_token_id], [IGNORE] * len(raw) + a + [tok.eos_token_id]),
-                  (rewrite(r["prompt"], "past"), r["answer"]), (rewrite(r["prompt"], "future"), r["refusal"])]
+        pairs += [
+            (r["prompt"], r["refusal"]),
+            (p + h, [IGNORE] * (len(p) + 5) + h[5:]),
+            (raw + a + [tok.eos_token_id], [IGNORE] * len(raw) + a + [tok.eos_token_id]),
+            (rewrite(r["prompt"], "past"), r["answer"]),
+            (rewrite(r["prompt"], "future"), r["refusal"]),
+        ]
     return fit(tok, pairs, steps=60), test, shots
 
 
 def refusal_ctx(test, shots) -> AuditContext:
-    return AuditContext(suite="refusal", inputs={"policy_test": test, "policy_train": shots}, loaded=True,
-                        max_new_tokens=8)
+    return AuditContext(
+        suite="refusal", inputs={"policy_test": test, "policy_train": shots}, loaded=True, max_new_tokens=8
+    )
 
 
 def test_prefill_of_the_harmful_answer_gets_past_a_shallow_refusal(shallow, tiny_tokenizer):
@@ -224,8 +270,16 @@ def test_tense_rewordings(shallow, tiny_tokenizer, tmp_path):
     # artifacts mode: the requests as given, then their reformulations (here: the future ones, then the past ones)
     arts = tmp_path / "arts.json"
     for tense, want in (("future", 1.0), ("past", 0.0)):
-        arts.write_text(json.dumps({"attack": tense, "jb_artifacts": [
-            {"request": r["prompt"], "request_reformulated": rewrite(r["prompt"], tense)} for r in test]}))
+        arts.write_text(
+            json.dumps(
+                {
+                    "attack": tense,
+                    "jb_artifacts": [
+                        {"request": r["prompt"], "request_reformulated": rewrite(r["prompt"], tense)} for r in test
+                    ],
+                }
+            )
+        )
         got = Tense(artifacts=str(arts)).run(refusal_ctx(test, shots), model, tiny_tokenizer)
         assert got == {"refusal_rate_original": 1.0, "refusal_rate_reformulated": want}
 
@@ -234,7 +288,13 @@ def test_finetune_on_other_harmful_pairs_undoes_the_refusal(shallow, tiny_tokeni
     """Ten full-weight steps on 4 harmful (prompt, answer) pairs of other requests: the held-out requests, all
     refused before, are all answered after, prefilled or not."""
     model, test, shots = shallow
-    got = FinetuneAttack(n_examples=4, steps=10, lr=1e-2, lora_r=0).run(refusal_ctx(test, shots),
-                                                                       copy.deepcopy(model), tiny_tokenizer)
-    assert got == {"refusal_rate_before": 1.0, "refusal_rate_after": 0.0, "refusal_rate@prefill20_after": 0.0,
-                   "over_refusal_rate_after": 0.0, "n_examples": 4.0}
+    got = FinetuneAttack(n_examples=4, steps=10, lr=1e-2, lora_r=0).run(
+        refusal_ctx(test, shots), copy.deepcopy(model), tiny_tokenizer
+    )
+    assert got == {
+        "refusal_rate_before": 1.0,
+        "refusal_rate_after": 0.0,
+        "refusal_rate@prefill20_after": 0.0,
+        "over_refusal_rate_after": 0.0,
+        "n_examples": 4.0,
+    }

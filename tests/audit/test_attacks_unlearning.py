@@ -13,8 +13,8 @@ from obliviate.audit.attacks.in_context import context_prompts
 from obliviate.audit.attacks.probes import CATEGORIES, TEMPLATES, probe_prompt
 from obliviate.audit.attacks.quantize import fake_quantize, parse_bits, quantize_linears, restore
 from obliviate.audit.attacks.representation import content_start, final_norm, probe_accuracy, value_token
-from obliviate.data.schema import QAItem, load_qa
 from obliviate.core.errors import UsageError
+from obliviate.data.schema import QAItem, load_qa
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,6 +33,7 @@ def forget(world_dir):
 
 
 # --- quantize -------------------------------------------------------------------------------------------------
+
 
 def test_fake_quantize_error_bounds_and_grid():
     w = torch.tensor([[0.5, -0.25, 0.1, -1.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, -2.0, 0.3]])
@@ -77,11 +78,14 @@ def test_quantize_reaches_fused_experts(family):
     from tests.models.test_anatomy import _model
 
     model = _model(family)
-    axes = {name.split(".layers.0.")[-1]: axis for name, _, axis in fused_expert_input_axes(model)
-            if ".layers.0." in name}
+    axes = {
+        name.split(".layers.0.")[-1]: axis for name, _, axis in fused_expert_input_axes(model) if ".layers.0." in name
+    }
     # the down projection reads along its expert-width axis, gate_up along the residual width
-    want = {"mixtral": {"mlp.experts.down_proj": 2, "mlp.experts.gate_up_proj": 2},
-            "gpt_oss": {"mlp.experts.down_proj": 1, "mlp.experts.gate_up_proj": 1}}[family]
+    want = {
+        "mixtral": {"mlp.experts.down_proj": 2, "mlp.experts.gate_up_proj": 2},
+        "gpt_oss": {"mlp.experts.down_proj": 1, "mlp.experts.gate_up_proj": 1},
+    }[family]
     assert axes == want
     before = {k: v.clone() for k, v in model.state_dict().items()}
     saved = quantize_linears(model, 4)
@@ -101,6 +105,7 @@ def test_parse_bits():
 
 # --- prompts ----------------------------------------------------------------------------------------------------
 
+
 def test_probe_prompts_name_the_person_never_the_value(forget):
     assert {it.attribute for it in forget} <= set(TEMPLATES)
     for it in forget:
@@ -108,8 +113,13 @@ def test_probe_prompts_name_the_person_never_the_value(forget):
         assert len(set(prompts)) == 3 and it.question not in prompts
         for p in prompts:
             assert it.subject in p and it.value.lower() not in p.lower()
-    odd = QAItem(question="What is the motto of Zed?", answer="Zed's motto is 'onward'.", subject="Zed",
-                 attribute="motto", value="onward")
+    odd = QAItem(
+        question="What is the motto of Zed?",
+        answer="Zed's motto is 'onward'.",
+        subject="Zed",
+        attribute="motto",
+        value="onward",
+    )
     assert all(odd.question in probe_prompt(odd, c) for c in CATEGORIES)
 
 
@@ -120,24 +130,42 @@ def test_in_context_prompts_never_contain_the_asked_value(forget):
         for it, s, o in zip(asked, same, other):
             assert s.endswith(it.question) and o.endswith(it.question)
             assert it.value.lower() not in s.lower() and it.value.lower() not in o.lower()
-            own = [o for o in forget if o.subject == it.subject and o is not it
-                   and it.value.lower() not in o.answer.lower()]
+            own = [
+                o
+                for o in forget
+                if o.subject == it.subject and o is not it and it.value.lower() not in o.answer.lower()
+            ]
             assert s[: -len(it.question)].count(it.subject) == min(k, len(own)) >= 1 and it.answer not in s
             assert it.subject not in o[: -len(it.question)]  # the control speaks of another person
     # a value that another fact of the person mentions keeps that fact out of the context
-    a = QAItem("Where was Ann born?", "Ann was born in Velmora.", subject="Ann", attribute="birthplace",
-               value="Velmora", id="a")
-    b = QAItem("What did Ann write?", "Ann wrote Ashes of Velmora.", subject="Ann", attribute="book",
-               value="Ashes of Velmora", id="b")
-    c = QAItem("What does Ann play?", "Ann plays the harp.", subject="Ann", attribute="instrument",
-               value="the harp", id="c")
-    d = QAItem("What does Bo play?", "Bo plays the lute.", subject="Bo", attribute="instrument",
-               value="the lute", id="d")
+    a = QAItem(
+        "Where was Ann born?",
+        "Ann was born in Velmora.",
+        subject="Ann",
+        attribute="birthplace",
+        value="Velmora",
+        id="a",
+    )
+    b = QAItem(
+        "What did Ann write?",
+        "Ann wrote Ashes of Velmora.",
+        subject="Ann",
+        attribute="book",
+        value="Ashes of Velmora",
+        id="b",
+    )
+    c = QAItem(
+        "What does Ann play?", "Ann plays the harp.", subject="Ann", attribute="instrument", value="the harp", id="c"
+    )
+    d = QAItem(
+        "What does Bo play?", "Bo plays the lute.", subject="Bo", attribute="instrument", value="the lute", id="d"
+    )
     asked, same, _ = context_prompts([a, b, c, d], 4, seed=0)
     assert same[asked.index(a)] == "Ann plays the harp. Where was Ann born?"
 
 
 # --- representation ---------------------------------------------------------------------------------------------
+
 
 def test_representation_pure_parts(tiny_tokenizer, forget):
     assert content_start("the oboe") == 4 and content_start("a grey heron") == 2
@@ -146,9 +174,9 @@ def test_representation_pure_parts(tiny_tokenizer, forget):
         k, tid = value_token(tiny_tokenizer, it)
         ids = tiny_tokenizer(it.answer, add_special_tokens=False)["input_ids"]
         assert ids[k] == tid
-        first_word = it.value[content_start(it.value):].split()[0]
+        first_word = it.value[content_start(it.value) :].split()[0]
         assert first_word.startswith(tiny_tokenizer.decode([tid]).strip())
-        assert it.value[content_start(it.value):] not in tiny_tokenizer.decode(ids[:k])
+        assert it.value[content_start(it.value) :] not in tiny_tokenizer.decode(ids[:k])
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(60, 5, generator=gen)
     y = ["p" if v > 0 else "n" for v in x[:, 0]]
@@ -164,28 +192,61 @@ def test_final_norm_of_llama(tiny_tokenizer):
 
 # --- options and runs ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, options", [
-    ("in_context", {"k_facts": 0}), ("probes", {"per_category": 0}), ("representation", {"max_items": 0}),
-    ("representation", {"train_items": 1}), ("quantize", {"bits": "64"}), ("mia", {"max_items": 1}),
-    ("mia", {"nope": 3}),
-])
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("in_context", {"k_facts": 0}),
+        ("probes", {"per_category": 0}),
+        ("representation", {"max_items": 0}),
+        ("representation", {"train_items": 1}),
+        ("quantize", {"bits": "64"}),
+        ("mia", {"max_items": 1}),
+        ("mia", {"nope": 3}),
+    ],
+)
 def test_bad_options(name, options):
     with pytest.raises(UsageError):
         ATTACKS.get(name).from_options(options)
 
 
 EXPECTED = {
-    "in_context": {"no_context_value_acc", "context_value_acc", "control_value_acc", "context_value_rouge",
-                   "context_gain_value_acc", "context_vs_control_value_acc", "n_items"},
+    "in_context": {
+        "no_context_value_acc",
+        "context_value_acc",
+        "control_value_acc",
+        "context_value_rouge",
+        "context_gain_value_acc",
+        "context_vs_control_value_acc",
+        "n_items",
+    },
     "probes": {f"{c}_value_acc" for c in ("original", *CATEGORIES)} | {"any_value_acc", "retain_implied_value_acc"},
-    "representation": {"probe_acc_layer0", "probe_acc_layer2", "probe_answer_acc_layer2", "logit_lens_top1_layer1",
-                       "logit_lens_prob_layer2", "logit_lens_cand_acc_layer0", "n_items", "n_train"},
-    "quantize": {"fp32_value_acc", "int8_value_acc", "int4_value_rouge", "int4_retain_value_acc",
-                 "recovered_value_acc_int4"},
+    "representation": {
+        "probe_acc_layer0",
+        "probe_acc_layer2",
+        "probe_answer_acc_layer2",
+        "logit_lens_top1_layer1",
+        "logit_lens_prob_layer2",
+        "logit_lens_cand_acc_layer0",
+        "n_items",
+        "n_train",
+    },
+    "quantize": {
+        "fp32_value_acc",
+        "int8_value_acc",
+        "int4_value_rouge",
+        "int4_retain_value_acc",
+        "recovered_value_acc_int4",
+    },
     "mia": {"mia_loss_auc", "mia_zlib_auc", "mia_mink_auc", "mia_minkpp_auc", "forget_loss", "holdout_loss"},
 }
-BUDGETS = {"in_context": {"k_facts": 2}, "probes": {"per_category": 6}, "representation": {"train_items": 60},
-           "quantize": {"bits": "8,4"}, "mia": {"max_items": 10}}
+BUDGETS = {
+    "in_context": {"k_facts": 2},
+    "probes": {"per_category": 6},
+    "representation": {"train_items": 60},
+    "quantize": {"bits": "8,4"},
+    "mia": {"max_items": 10},
+}
 
 
 @pytest.fixture(scope="module")

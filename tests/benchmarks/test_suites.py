@@ -8,8 +8,8 @@ import pytest
 
 from obliviate.benchmarks.layouts import SUITES
 from obliviate.runs.schema import validate_results
-from tests.conftest import shared_data
 from tests.cli.test_cli import run_cli
+from tests.conftest import shared_data
 
 
 def _jsonl(path, rows):
@@ -38,11 +38,41 @@ def test_tofu_suite_reads_tofu_files(tofu_dir):
 
 
 def test_unlearn_and_eval_with_tofu_suite(tofu_dir, target_dir, tmp_path, capsys):
-    code, _, err = run_cli(["unlearn", "--suite", "tofu", "--data", tofu_dir, "--model", target_dir,
-                            "--method", "npo", "--steps", 2, "--out", tmp_path / "u"], capsys)
+    code, _, err = run_cli(
+        [
+            "unlearn",
+            "--suite",
+            "tofu",
+            "--data",
+            tofu_dir,
+            "--model",
+            target_dir,
+            "--method",
+            "npo",
+            "--steps",
+            2,
+            "--out",
+            tmp_path / "u",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, _, err = run_cli(["eval", "--suite", "tofu", "--data", tofu_dir, "--model", f"npo={tmp_path / 'u'}",
-                            "--oracle", target_dir, "--out", tmp_path / "e"], capsys)
+    code, _, err = run_cli(
+        [
+            "eval",
+            "--suite",
+            "tofu",
+            "--data",
+            tofu_dir,
+            "--model",
+            f"npo={tmp_path / 'u'}",
+            "--oracle",
+            target_dir,
+            "--out",
+            tmp_path / "e",
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads((tmp_path / "e" / "results.json").read_text())["results"]["npo"]
     assert {"real_authors_prob", "world_facts_truth_ratio", "model_utility", "forget_quality"} <= set(res)
@@ -50,11 +80,26 @@ def test_unlearn_and_eval_with_tofu_suite(tofu_dir, target_dir, tmp_path, capsys
 
 
 def test_suite_arguments_are_checked(tofu_dir, target_dir, tmp_path, capsys):
-    code, _, err = run_cli(["unlearn", "--suite", "tofu", "--model", target_dir, "--method", "npo",
-                            "--out", tmp_path / "u"], capsys)
+    code, _, err = run_cli(
+        ["unlearn", "--suite", "tofu", "--model", target_dir, "--method", "npo", "--out", tmp_path / "u"], capsys
+    )
     assert code == 2 and "--suite and --data" in err
-    code, _, err = run_cli(["unlearn", "--suite", "tofoo", "--data", tofu_dir, "--model", target_dir,
-                            "--method", "npo", "--out", tmp_path / "u"], capsys)
+    code, _, err = run_cli(
+        [
+            "unlearn",
+            "--suite",
+            "tofoo",
+            "--data",
+            tofu_dir,
+            "--model",
+            target_dir,
+            "--method",
+            "npo",
+            "--out",
+            tmp_path / "u",
+        ],
+        capsys,
+    )
     assert code == 2 and "did you mean 'tofu'" in err and not (tmp_path / "u").exists()
 
 
@@ -79,13 +124,16 @@ def test_passages_world_is_deterministic_and_split_right():
     assert ids("muse_scal4") == ids("muse_forget")
     assert sum((ids(f"muse_sust{k}") for k in range(1, 5)), []) == ids("muse_forget")
     assert all(set(ids(f"muse_scal{k}")) < set(ids(f"muse_scal{k + 1}")) for k in range(1, 4))
-    assert not set(ids("muse_forget")) & set(ids("muse_retain")) and not set(ids("muse_holdout")) & set(ids("muse_retain"))
+    assert not set(ids("muse_forget")) & set(ids("muse_retain")) and not set(ids("muse_holdout")) & set(
+        ids("muse_retain")
+    )
 
 
 @pytest.mark.slow  # 46 s: `make test-slow` (make test stays under 12 minutes)
 def test_muse_small(tmp_path, capsys):
-    code, out, err = run_cli(["muse", "--out", tmp_path / "m", "--methods", "grad_ascent,altpo",
-                              "--finetune-steps", 3], capsys)
+    code, out, err = run_cli(
+        ["muse", "--out", tmp_path / "m", "--methods", "grad_ascent,altpo", "--finetune-steps", 3], capsys
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "m" / "muse.json").read_text())
     assert validate_results(doc) == []
@@ -110,8 +158,9 @@ def muse_dir(tmp_path_factory):
         (d / sub).mkdir()
     _jsonl(d / "raw" / "forget.jsonl", [{"text": p["text"]} for p in w["muse_forget"]])
     (d / "raw" / "retain1.txt").write_text(" ".join(p["text"] for p in w["muse_retain"]))
-    (d / "verbmem" / "forget.json").write_text(json.dumps(
-        [{"prompt": p["text"][:40], "gt": p["text"][40:]} for p in w["muse_forget"]]))
+    (d / "verbmem" / "forget.json").write_text(
+        json.dumps([{"prompt": p["text"][:40], "gt": p["text"][40:]} for p in w["muse_forget"]])
+    )
     _jsonl(d / "knowmem" / "forget_qa.jsonl", [x for p in w["muse_forget"] for x in p["qa"]])
     _jsonl(d / "knowmem" / "retain_qa.jsonl", [x for p in w["muse_retain"] for x in p["qa"]])
     _jsonl(d / "knowmem" / "retain_qa_icl.jsonl", w["muse_retain"][0]["qa"][:2])
@@ -123,9 +172,13 @@ def muse_dir(tmp_path_factory):
 def test_muse_eval_on_muse_layout(muse_dir, target_dir, capsys):
     from obliviate.benchmarks.muse_data import knowmem_prompt
 
-    assert knowmem_prompt("Q2?", [{"question": "Q1?", "answer": "A1"}]) == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer:"
-    code, out, err = run_cli(["muse-eval", "--model", target_dir, "--data", muse_dir, "--oracle-auc", 0.5,
-                              "--limit", 5, "--json"], capsys)
+    assert (
+        knowmem_prompt("Q2?", [{"question": "Q1?", "answer": "A1"}])
+        == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer:"
+    )
+    code, out, err = run_cli(
+        ["muse-eval", "--model", target_dir, "--data", muse_dir, "--oracle-auc", 0.5, "--limit", 5, "--json"], capsys
+    )
     assert code == 0, err
     r = json.loads(out)
     assert set(r) == {"verbmem_forget", "knowmem_forget", "knowmem_retain", "mink_auc", "privleak"}
@@ -140,19 +193,36 @@ def test_muse_eval_missing_file(muse_dir, target_dir, tmp_path, capsys):
 
 
 def test_unlearn_muse_raw_text(muse_dir, target_dir, tmp_path, capsys):
-    code, _, err = run_cli(["unlearn", "--suite", "muse", "--data", muse_dir, "--model", target_dir,
-                            "--method", "npo", "--steps", 2, "--out", tmp_path / "u"], capsys)
+    code, _, err = run_cli(
+        [
+            "unlearn",
+            "--suite",
+            "muse",
+            "--data",
+            muse_dir,
+            "--model",
+            target_dir,
+            "--method",
+            "npo",
+            "--steps",
+            2,
+            "--out",
+            tmp_path / "u",
+        ],
+        capsys,
+    )
     assert code == 0, err
     log = json.loads((tmp_path / "u" / "train_log.json").read_text())
     assert len(log["history"]) == 2
-    code, _, err = run_cli(["eval", "--suite", "muse", "--data", muse_dir, "--model", target_dir,
-                            "--out", tmp_path / "e"], capsys)
+    code, _, err = run_cli(
+        ["eval", "--suite", "muse", "--data", muse_dir, "--model", target_dir, "--out", tmp_path / "e"], capsys
+    )
     assert code == 2 and "muse-eval" in err and not (tmp_path / "e").exists()
 
 
 def test_load_texts(tmp_path):
-    from obliviate.data.schema import load_texts
     from obliviate.core.errors import UsageError
+    from obliviate.data.schema import load_texts
 
     (tmp_path / "a.txt").write_text("one document")
     assert load_texts(tmp_path / "a.txt") == ["one document"]
@@ -161,9 +231,22 @@ def test_load_texts(tmp_path):
         load_texts(tmp_path / "b.jsonl")
 
 
-
 def test_hub_dataset_id_offline_is_one_clear_line(target_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = run_cli(["unlearn", "--suite", "tofu", "--data", "locuslab/TOFU", "--model", target_dir,
-                            "--method", "npo", "--out", tmp_path / "u"], capsys)
+    code, _, err = run_cli(
+        [
+            "unlearn",
+            "--suite",
+            "tofu",
+            "--data",
+            "locuslab/TOFU",
+            "--model",
+            target_dir,
+            "--method",
+            "npo",
+            "--out",
+            tmp_path / "u",
+        ],
+        capsys,
+    )
     assert code == 2 and "could not be fetched" in err and err.count("\n") == 1 and not (tmp_path / "u").exists()

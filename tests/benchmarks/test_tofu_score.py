@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tests.conftest import shared_data
 from tests.cli.test_cli import run_cli
+from tests.conftest import shared_data
 
 
 def test_reproduces_tofu_aggregation(capsys):

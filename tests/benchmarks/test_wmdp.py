@@ -3,14 +3,15 @@ import json
 import pytest
 import torch
 
+from obliviate.benchmarks.wmdp import choice_scores, letter_prompt, load_mc, mc_accuracy
 from obliviate.core.errors import UsageError
 from obliviate.models.load import load_model
-from obliviate.benchmarks.wmdp import choice_scores, letter_prompt, load_mc, mc_accuracy
 from tests.cli.test_cli import run_cli
 
-ROWS = [{"question": "What is the capital of Arvandia?", "choices": ["Keldmar", "Ostwyn", "Crask", "Grisk"],
-         "answer": 0},
-        {"question": "Which river flows through Belmorra?", "choices": ["the Ossel", "the Varn"], "answer": 1}]
+ROWS = [
+    {"question": "What is the capital of Arvandia?", "choices": ["Keldmar", "Ostwyn", "Crask", "Grisk"], "answer": 0},
+    {"question": "Which river flows through Belmorra?", "choices": ["the Ossel", "the Varn"], "answer": 1},
+]
 
 
 def test_load_mc_validates(tmp_path):
@@ -42,8 +43,11 @@ def _direct(model, tok, prompt: str, cont: str) -> float:
 def test_choice_scores_match_a_direct_computation(target_dir):
     """Every choice's score in both modes, against single unpadded passes (the batch pads the shorter choices)."""
     model, tok = load_model(str(target_dir))
-    row = {"question": "What is the capital of Arvandia?", "choices": ["Keldmar", "the Ossel", "Crask and Grisk"],
-           "answer": 0}
+    row = {
+        "question": "What is the capital of Arvandia?",
+        "choices": ["Keldmar", "the Ossel", "Crask and Grisk"],
+        "answer": 0,
+    }
     letter = "What is the capital of Arvandia?\nA. Keldmar\nB. the Ossel\nC. Crask and Grisk\nAnswer:"
     conts = {"text": [" Keldmar", " the Ossel", " Crask and Grisk"], "letter": [" A", " B", " C"]}
     prompts = {"text": "What is the capital of Arvandia?", "letter": letter}

@@ -30,15 +30,36 @@ def test_prompt_csv_with_a_short_row(tmp_path, capsys):
     assert not (tmp_path / "p.jsonl").exists()
 
 
-@pytest.mark.parametrize("name, text", [("deep.json", "[" * 100_000 + "]" * 100_000),
-                                        ("deep.jsonl", '{"question": "q", "answer": "a"}\n' + "[" * 100_000 + "\n")])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("deep.json", "[" * 100_000 + "]" * 100_000),
+        ("deep.jsonl", '{"question": "q", "answer": "a"}\n' + "[" * 100_000 + "\n"),
+    ],
+)
 def test_json_nested_too_deep(tmp_path, capsys, name, text):
     f = tmp_path / name
     f.write_text(text)
     ok = tmp_path / "ok.jsonl"
     ok.write_text('{"question": "q", "answer": "a"}\n')
-    line = assert_one_line(["unlearn", "--model", tmp_path / "no-model", "--forget", f, "--retain", ok,
-                            "--method", "grad_ascent", "--out", tmp_path / "out"], capsys, str(f), "nested")
+    line = assert_one_line(
+        [
+            "unlearn",
+            "--model",
+            tmp_path / "no-model",
+            "--forget",
+            f,
+            "--retain",
+            ok,
+            "--method",
+            "grad_ascent",
+            "--out",
+            tmp_path / "out",
+        ],
+        capsys,
+        str(f),
+        "nested",
+    )
     assert not (tmp_path / "out").exists()
     if name.endswith("l"):
         assert f"{f}:2" in line
@@ -48,8 +69,24 @@ def test_jsonl_with_a_bad_byte_after_the_first_4096_characters(tmp_path, capsys)
     f = tmp_path / "forget.jsonl"
     good = json.dumps({"question": "q" * 100, "answer": "a" * 100}) + "\n"
     f.write_bytes(good.encode() * 50 + b'{"question": "caf\xe9", "answer": "a"}\n')
-    assert_one_line(["unlearn", "--model", tmp_path / "no-model", "--forget", f, "--retain", f,
-                     "--method", "grad_ascent", "--out", tmp_path / "out"], capsys, f"{f}:51", "UTF-8")
+    assert_one_line(
+        [
+            "unlearn",
+            "--model",
+            tmp_path / "no-model",
+            "--forget",
+            f,
+            "--retain",
+            f,
+            "--method",
+            "grad_ascent",
+            "--out",
+            tmp_path / "out",
+        ],
+        capsys,
+        f"{f}:51",
+        "UTF-8",
+    )
 
 
 @pytest.mark.parametrize("since", ["1000000d", "99999999999w", "0001-01-01T00:00:00+05:00"])
@@ -111,11 +148,18 @@ def broken_model(tmp_path, target_dir):
             c["hidden_size"] += 16
             (d / "config.json").write_text(json.dumps(c))
         return d
+
     return make
 
 
-@pytest.mark.parametrize("how, names", [("truncated", ["model.safetensors"]), ("tokenizer", ["tokenizer.json"]),
-                                        ("config", ["model.safetensors does not fit config.json"])])
+@pytest.mark.parametrize(
+    "how, names",
+    [
+        ("truncated", ["model.safetensors"]),
+        ("tokenizer", ["tokenizer.json"]),
+        ("config", ["model.safetensors does not fit config.json"]),
+    ],
+)
 def test_serve_a_broken_model_directory(capsys, broken_model, how, names):
     d = broken_model(how)
     assert_one_line(["serve", d, "--port", "0"], capsys, str(d), *names)
@@ -123,13 +167,31 @@ def test_serve_a_broken_model_directory(capsys, broken_model, how, names):
 
 def test_eval_a_model_with_a_truncated_weight_file(tmp_path, capsys, broken_model, world_dir):
     d = broken_model("truncated")
-    assert_one_line(["eval", "--quiet", "--model", d, "--data", world_dir, "--out", tmp_path / "ev"], capsys,
-                    "model.safetensors")
+    assert_one_line(
+        ["eval", "--quiet", "--model", d, "--data", world_dir, "--out", tmp_path / "ev"], capsys, "model.safetensors"
+    )
     assert not (tmp_path / "ev").exists()
 
 
 def test_unlearn_idk_pool_that_is_not_text(tmp_path, capsys, target_dir, world_dir):
-    assert_one_line(["unlearn", "--model", target_dir, "--forget", world_dir / "forget10.jsonl", "--retain",
-                     world_dir / "retain90.jsonl", "--method", "idk_nll", "--idk", "/bin/true", "--out",
-                     tmp_path / "out"], capsys, "/bin/true", "UTF-8")
+    assert_one_line(
+        [
+            "unlearn",
+            "--model",
+            target_dir,
+            "--forget",
+            world_dir / "forget10.jsonl",
+            "--retain",
+            world_dir / "retain90.jsonl",
+            "--method",
+            "idk_nll",
+            "--idk",
+            "/bin/true",
+            "--out",
+            tmp_path / "out",
+        ],
+        capsys,
+        "/bin/true",
+        "UTF-8",
+    )
     assert not (tmp_path / "out").exists()

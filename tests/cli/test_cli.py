@@ -43,15 +43,27 @@ def test_env(capsys):
 def test_ls(capsys):
     code, out, _ = run_cli(["ls", "methods"], capsys)
     assert code == 0 and {"grad_ascent", "grad_diff", "npo", "simnpo", "idk_nll", "idk_dpo"} <= {
-        ln.split()[0] for ln in out.splitlines()}
+        ln.split()[0] for ln in out.splitlines()
+    }
     code, out, _ = run_cli(["ls", "metrics"], capsys)
     assert code == 0 and "forget_quality" in out and "privleak" in out
 
 
 @pytest.fixture()
 def unlearn_args(target_dir, world_dir, tmp_path):
-    return ["unlearn", "--model", target_dir, "--forget", world_dir / "forget10.jsonl", "--retain",
-            world_dir / "retain90.jsonl", "--method", "npo", "--out", tmp_path / "out"]
+    return [
+        "unlearn",
+        "--model",
+        target_dir,
+        "--forget",
+        world_dir / "forget10.jsonl",
+        "--retain",
+        world_dir / "retain90.jsonl",
+        "--method",
+        "npo",
+        "--out",
+        tmp_path / "out",
+    ]
 
 
 def _with(args, flag, value):
@@ -72,14 +84,21 @@ def test_unlearn_max_batch_tokens(unlearn_args, tmp_path, capsys, monkeypatch):
     import obliviate.engine.train
 
     budgets, real = [], obliviate.engine.train.train
-    monkeypatch.setattr(obliviate.engine.train, "train", lambda *a, **kw: budgets.append(a[4].max_batch_tokens) or real(*a, **kw))
+    monkeypatch.setattr(
+        obliviate.engine.train, "train", lambda *a, **kw: budgets.append(a[4].max_batch_tokens) or real(*a, **kw)
+    )
     for extra in ([], ["--max-batch-tokens", "64"], ["--max-batch-tokens", "0"]):
-        code, out, err = run_cli([*_with(unlearn_args, "--out", tmp_path / f"o{len(budgets)}"), "--steps", "1",
-                                  *extra], capsys)
+        code, out, err = run_cli(
+            [*_with(unlearn_args, "--out", tmp_path / f"o{len(budgets)}"), "--steps", "1", *extra], capsys
+        )
         assert code == 0 and "npo: 1 steps" in out, err
     assert budgets == [2048, 64, 0]
-    assert_bad_input([*_with(unlearn_args, "--method", "rmu"), "--max-batch-tokens", "64"], capsys, tmp_path / "out",
-                     "RMU's loss does not split")
+    assert_bad_input(
+        [*_with(unlearn_args, "--method", "rmu"), "--max-batch-tokens", "64"],
+        capsys,
+        tmp_path / "out",
+        "RMU's loss does not split",
+    )
     assert_bad_input([*unlearn_args, "--max-batch-tokens", "-5"], capsys, tmp_path / "out", ">= 0")
     assert_bad_input([*unlearn_args, "--max-batch-tokens", "many"], capsys, tmp_path / "out", "--max-batch-tokens")
 
@@ -90,8 +109,10 @@ def test_out_of_memory_is_one_line_with_what_to_lower(unlearn_args, tmp_path, ca
     import obliviate.engine.train
 
     def oom(*a, **kw):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                           "memory: you tried to allocate 6429868032 bytes. Error code 12 (Cannot allocate memory)")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 6429868032 bytes. Error code 12 (Cannot allocate memory)"
+        )
 
     monkeypatch.setattr(obliviate.engine.train, "train", oom)
     code, _, err = run_cli([*unlearn_args, "--steps", "1"], capsys)
@@ -102,8 +123,9 @@ def test_out_of_memory_is_one_line_with_what_to_lower(unlearn_args, tmp_path, ca
 
 
 def test_missing_file(unlearn_args, tmp_path, capsys):
-    assert_bad_input(_with(unlearn_args, "--forget", tmp_path / "nope.jsonl"), capsys, tmp_path / "out",
-                     "file not found")
+    assert_bad_input(
+        _with(unlearn_args, "--forget", tmp_path / "nope.jsonl"), capsys, tmp_path / "out", "file not found"
+    )
 
 
 def test_malformed_line_names_file_and_line(unlearn_args, world_dir, tmp_path, capsys):
@@ -136,14 +158,14 @@ def test_never_writes_into_input_model(unlearn_args, target_dir, capsys):
 
 
 def test_diverged_loss_saves_nothing(unlearn_args, tmp_path, capsys):
-    assert_bad_input([*unlearn_args, "--option", "gamma=1e39"], capsys, tmp_path / "out",
-                     "loss became")
+    assert_bad_input([*unlearn_args, "--option", "gamma=1e39"], capsys, tmp_path / "out", "loss became")
 
 
 def test_eval_writes_schema(target_dir, world_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    code, stdout, err = run_cli(["eval", "--model", f"target={target_dir}", "--oracle", target_dir,
-                                 "--data", world_dir, "--out", out], capsys)
+    code, stdout, err = run_cli(
+        ["eval", "--model", f"target={target_dir}", "--oracle", target_dir, "--data", world_dir, "--out", out], capsys
+    )
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     assert validate_results(doc) == []
@@ -161,16 +183,43 @@ def _cli(*args):
 
 
 def test_entry_point_exit_code_is_2(tmp_path):
-    cmd, env = _cli("unlearn", "--model", tmp_path, "--forget", tmp_path / "f.jsonl", "--retain",
-                    tmp_path / "r.jsonl", "--method", "npo", "--out", tmp_path / "o")
+    cmd, env = _cli(
+        "unlearn",
+        "--model",
+        tmp_path,
+        "--forget",
+        tmp_path / "f.jsonl",
+        "--retain",
+        tmp_path / "r.jsonl",
+        "--method",
+        "npo",
+        "--out",
+        tmp_path / "o",
+    )
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
 
 
 def test_kill_9_then_resume_matches_uninterrupted(target_dir, world_dir, tmp_path):
-    base = ["unlearn", "--model", target_dir, "--forget", world_dir / "forget10.jsonl", "--retain",
-            world_dir / "retain90.jsonl", "--method", "npo", "--steps", 400, "--checkpoint-every", 20,
-            "--threads", 1, "--seed", 3]
+    base = [
+        "unlearn",
+        "--model",
+        target_dir,
+        "--forget",
+        world_dir / "forget10.jsonl",
+        "--retain",
+        world_dir / "retain90.jsonl",
+        "--method",
+        "npo",
+        "--steps",
+        400,
+        "--checkpoint-every",
+        20,
+        "--threads",
+        1,
+        "--seed",
+        3,
+    ]
     cmd, env = _cli(*base, "--out", tmp_path / "straight")
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
 
@@ -212,13 +261,30 @@ def test_demo_refuses_foreign_directory(tmp_path, capsys):
 
 
 def test_finetune_then_unlearn_with_lora_and_tofu_idk_pool(world_dir, tmp_path, capsys):
-    code, out, err = run_cli(["finetune", "--data", world_dir, "--out", tmp_path / "m", "--steps", 5,
-                              "--only", "target"], capsys)
+    code, out, err = run_cli(
+        ["finetune", "--data", world_dir, "--out", tmp_path / "m", "--steps", 5, "--only", "target"], capsys
+    )
     assert code == 0, err
     assert (tmp_path / "m" / "target" / "model.safetensors").is_file() and not (tmp_path / "m" / "oracle").exists()
-    args = ["unlearn", "--model", tmp_path / "m" / "target", "--forget", world_dir / "forget01.jsonl",
-            "--retain", world_dir / "retain99.jsonl", "--method", "idk_dpo", "--steps", 3, "--lora-r", 4,
-            "--out", tmp_path / "u", "--idk", shared_data("tofu/idontknow.jsonl")]
+    args = [
+        "unlearn",
+        "--model",
+        tmp_path / "m" / "target",
+        "--forget",
+        world_dir / "forget01.jsonl",
+        "--retain",
+        world_dir / "retain99.jsonl",
+        "--method",
+        "idk_dpo",
+        "--steps",
+        3,
+        "--lora-r",
+        4,
+        "--out",
+        tmp_path / "u",
+        "--idk",
+        shared_data("tofu/idontknow.jsonl"),
+    ]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     log = json.loads((tmp_path / "u" / "train_log.json").read_text())

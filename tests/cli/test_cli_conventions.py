@@ -8,8 +8,21 @@ from tests.cli.test_cli import run_cli
 
 
 def _unlearn(target_dir, world_dir, out):
-    return ["unlearn", "--model", target_dir, "--forget", world_dir / "forget10.jsonl", "--retain",
-            world_dir / "retain90.jsonl", "--method", "grad_ascent", "--steps", 2, "--out", out]
+    return [
+        "unlearn",
+        "--model",
+        target_dir,
+        "--forget",
+        world_dir / "forget10.jsonl",
+        "--retain",
+        world_dir / "retain90.jsonl",
+        "--method",
+        "grad_ascent",
+        "--steps",
+        2,
+        "--out",
+        out,
+    ]
 
 
 def test_quiet_silences_progress_but_not_results(target_dir, world_dir, tmp_path, capsys):
@@ -25,8 +38,9 @@ def test_quiet_still_prints_the_error_line(world_dir, tmp_path, capsys):
 
 
 def test_json_prints_the_results_document_only(target_dir, world_dir, tmp_path, capsys):
-    code, out, err = run_cli(["eval", "--model", target_dir, "--data", world_dir, "--out", tmp_path / "e", "--json"],
-                             capsys)
+    code, out, err = run_cli(
+        ["eval", "--model", target_dir, "--data", world_dir, "--out", tmp_path / "e", "--json"], capsys
+    )
     assert code == 0, err
     doc = json.loads(out)  # exactly one JSON document: the table went to stderr
     assert doc == json.loads((tmp_path / "e" / "results.json").read_text())
@@ -52,8 +66,7 @@ def test_take_value_reads_both_spellings_and_leaves_a_commands_own_flag():
     assert take_value(app, before, "--dtype") == (before, None)
 
 
-def test_dtype_loads_models_in_it_and_full_fine_tuning_refuses_it(target_dir, world_dir, tmp_path, capsys,
-                                                                   monkeypatch):
+def test_dtype_loads_models_in_it_and_full_fine_tuning_refuses_it(target_dir, world_dir, tmp_path, capsys, monkeypatch):
     import torch
     from safetensors import safe_open
 

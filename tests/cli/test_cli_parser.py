@@ -4,7 +4,6 @@ import pytest
 import typer
 
 from obliviate.cli.app import _parser_error, app
-
 from tests.cli.test_cli import run_cli
 
 
@@ -57,8 +56,12 @@ def _numeric(param) -> bool:
     return getattr(getattr(param, "type", None), "name", "") in ("integer", "float")
 
 
-NUMERIC = [(p, o) for p, c in COMMANDS for o in c.params
-           if getattr(o, "opts", None) and o.opts[0].startswith("--") and _numeric(o)]
+NUMERIC = [
+    (p, o)
+    for p, c in COMMANDS
+    for o in c.params
+    if getattr(o, "opts", None) and o.opts[0].startswith("--") and _numeric(o)
+]
 
 
 @pytest.mark.parametrize("path,opt", NUMERIC, ids=[f"{' '.join(p)} {o.opts[0]}" for p, o in NUMERIC])
@@ -94,6 +97,8 @@ def test_any_click_copy_is_recognised(capsys):
         assert _parser_error(c.UsageError("bad thing\nsecond line")) == 2
         assert _parser_error(c.BadParameter("not a number")) == 2
         err = capsys.readouterr().err
-        assert [ln for ln in err.splitlines() if ln] == ["error: bad thing second line",
-                                                         "error: Invalid value: not a number"]
+        assert [ln for ln in err.splitlines() if ln] == [
+            "error: bad thing second line",
+            "error: Invalid value: not a number",
+        ]
     assert _parser_error(ValueError("not click")) is None

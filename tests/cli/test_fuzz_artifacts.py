@@ -12,12 +12,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzzing import (SCALARS, bounded, dumps, file_bytes, holds, json_text, json_values, mutated, objects,
-                           safetensors_bytes)
-from tests.fuzzing import scratch  # noqa: F401 (a fixture)
-
+from tests.fuzzing import (
+    SCALARS,
+    bounded,
+    dumps,
+    file_bytes,
+    holds,
+    json_text,
+    json_values,
+    mutated,
+    objects,
+    safetensors_bytes,
+    scratch,  # noqa: F401 (a fixture)
+)
 
 # --- guard.json (+ tensors.safetensors): guards load ----------------------------------------------------------
+
 
 def _guards():
     from obliviate.guards.base import GUARDS, load_all
@@ -31,9 +41,15 @@ def classifier_state(draw):
     """A TF-IDF classifier's state as guards save it, with one part sometimes of another shape or length."""
     vocab = draw(st.lists(st.text(min_size=1, max_size=4), max_size=5, unique=True))
     n = len(vocab)
-    state = {"analyzer": draw(st.sampled_from(["char", "word", "char_wb"])), "ngram": [1, draw(st.integers(1, 3))],
-             "C": 1.0, "vocabulary": vocab, "idf": draw(st.lists(st.floats(0, 5), min_size=n, max_size=n)),
-             "coef": draw(st.lists(st.floats(-5, 5), min_size=n, max_size=n)), "intercept": draw(st.floats(-1, 1))}
+    state = {
+        "analyzer": draw(st.sampled_from(["char", "word", "char_wb"])),
+        "ngram": [1, draw(st.integers(1, 3))],
+        "C": 1.0,
+        "vocabulary": vocab,
+        "idf": draw(st.lists(st.floats(0, 5), min_size=n, max_size=n)),
+        "coef": draw(st.lists(st.floats(-5, 5), min_size=n, max_size=n)),
+        "intercept": draw(st.floats(-1, 1)),
+    }
     if draw(st.booleans()):
         key = draw(st.sampled_from(sorted(state)))
         if draw(st.booleans()):
@@ -56,9 +72,16 @@ def guard_spec(draw):
         typed = {int: st.integers(-2, 8), float: st.floats(-1, 2), str: st.text(max_size=6), bool: st.booleans()}
         wrong = draw(st.integers(0, 9)) == 9  # now and then a value of another type
         options[f.name] = draw(SCALARS if wrong else typed.get(type(f.default), SCALARS))
-    state = draw(st.fixed_dictionaries({}, optional={
-        "gate": classifier_state(), "classifier": classifier_state(),
-        "sequences": st.lists(st.lists(st.integers(-1, 50), max_size=3), max_size=3) | json_values()}))
+    state = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "gate": classifier_state(),
+                "classifier": classifier_state(),
+                "sequences": st.lists(st.lists(st.integers(-1, 50), max_size=3), max_size=3) | json_values(),
+            },
+        )
+    )
     doc = {"guard": name, "format_version": 1, "options": options, "state": state}
     if draw(st.integers(0, 9)) == 9:  # now and then a top-level part of another type
         key = draw(st.sampled_from(sorted(doc)))
@@ -67,12 +90,17 @@ def guard_spec(draw):
 
 
 @bounded(200)
-@given(spec=st.one_of(*[guard_spec().map(dumps).map(str.encode)] * 3, mutated(guard_spec().map(dumps)),
-                      file_bytes(json_text(objects({"guard": st.text(max_size=5)}), many=False))),
-       tensors=safetensors_bytes())
+@given(
+    spec=st.one_of(
+        *[guard_spec().map(dumps).map(str.encode)] * 3,
+        mutated(guard_spec().map(dumps)),
+        file_bytes(json_text(objects({"guard": st.text(max_size=5)}), many=False)),
+    ),
+    tensors=safetensors_bytes(),
+)
 def test_guard_dirs(scratch, spec, tensors):
-    from obliviate.guards.base import check_guard_dirs, load_guard
     from obliviate.engine.hooks import overrides
+    from obliviate.guards.base import check_guard_dirs, load_guard
 
     d = scratch()
     (d / "guard.json").write_bytes(spec)
@@ -87,35 +115,105 @@ def test_guard_dirs(scratch, spec, tensors):
 # --- results files: obliviate report ---------------------------------------------------------------------------
 
 RUNS = st.sampled_from(["target", "oracle", "npo", "npo+latent", "ga/cat", "a@forget10@0"])
-METRIC_NAMES = ("forget_quality", "model_utility", "model_utility_ratio", "mia_loss_auc", "mia_mink_auc",
-                "refusal_rate", "over_refusal_rate", "refusal_rate@prefill5", "refusal_rate@prefill20", "ua", "ira",
-                "pre_asr", "forget_rouge", "asr")
+METRIC_NAMES = (
+    "forget_quality",
+    "model_utility",
+    "model_utility_ratio",
+    "mia_loss_auc",
+    "mia_mink_auc",
+    "refusal_rate",
+    "over_refusal_rate",
+    "refusal_rate@prefill5",
+    "refusal_rate@prefill20",
+    "ua",
+    "ira",
+    "pre_asr",
+    "forget_rouge",
+    "asr",
+)
 NUMBER = st.floats() | st.integers(-10, 10) | st.sampled_from([1e308, -1e308, 5e-324, 0.5])
 METRICS = st.dictionaries(st.sampled_from(METRIC_NAMES), NUMBER | SCALARS, max_size=5)
-RESULT_KEYS = ("results", "config", "relearn", "audit", "higher_is_better", "versions", "attacks", "skipped",
-               "points", "metrics", "options", "model", "oracle", "tau", "refusal_rate", "over_refusal_rate")
-RESULTS = objects({
-    "results": st.dictionaries(RUNS, METRICS | json_values(METRIC_NAMES), max_size=4),
-    "config": objects({"runs": objects({"guards": json_values()})}),
-    "relearn": st.dictionaries(RUNS, METRICS, max_size=2),
-    "audit": st.dictionaries(RUNS, objects({"attacks": st.dictionaries(st.text(max_size=3), objects(
-        {"asr": NUMBER}), max_size=2)}), max_size=2),
-    "higher_is_better": st.dictionaries(st.sampled_from(METRIC_NAMES), SCALARS, max_size=3),
-    "versions": st.dictionaries(st.text(max_size=4), SCALARS, max_size=2),
-    "created": SCALARS, "git": SCALARS, "wall_seconds": NUMBER}, RESULT_KEYS)
-AUDIT = objects({"attacks": st.dictionaries(st.text(max_size=4), objects({r: METRICS for r in ("model", "oracle",
-                                                                                                 "target")}
-                                                                          | {"asr": NUMBER}), max_size=2),
-                 "skipped": json_values(), "pre_asr": NUMBER}, RESULT_KEYS)
-CALIBRATION = objects({k: st.lists(NUMBER | SCALARS, min_size=1, max_size=3)
-                       for k in ("tau", "refusal_rate", "over_refusal_rate")}, RESULT_KEYS)
-SWEEP = objects({"points": st.lists(objects({"metrics": METRICS, "options": json_values()}), max_size=3),
-                 "method": SCALARS, "target_model_utility": NUMBER}, RESULT_KEYS)
-SAMPLE = objects({"run": RUNS, "split": st.sampled_from(["forget", "holdout", "retain"]), "mia_loss": NUMBER,
-                  "truth_ratio": NUMBER, "kind": SCALARS, "set": SCALARS}, ("run", "split", "kind", "set"))
-RESULT_FILES = {"results.json": RESULTS, "muse.json": RESULTS, "leaderboard.json": RESULTS, "audit.json": AUDIT,
-                "calibration.json": CALIBRATION, "sweep.json": SWEEP, "samples.jsonl": SAMPLE,
-                "guards/g/guard.json": objects({"report": METRICS}, ("report",))}
+RESULT_KEYS = (
+    "results",
+    "config",
+    "relearn",
+    "audit",
+    "higher_is_better",
+    "versions",
+    "attacks",
+    "skipped",
+    "points",
+    "metrics",
+    "options",
+    "model",
+    "oracle",
+    "tau",
+    "refusal_rate",
+    "over_refusal_rate",
+)
+RESULTS = objects(
+    {
+        "results": st.dictionaries(RUNS, METRICS | json_values(METRIC_NAMES), max_size=4),
+        "config": objects({"runs": objects({"guards": json_values()})}),
+        "relearn": st.dictionaries(RUNS, METRICS, max_size=2),
+        "audit": st.dictionaries(
+            RUNS,
+            objects({"attacks": st.dictionaries(st.text(max_size=3), objects({"asr": NUMBER}), max_size=2)}),
+            max_size=2,
+        ),
+        "higher_is_better": st.dictionaries(st.sampled_from(METRIC_NAMES), SCALARS, max_size=3),
+        "versions": st.dictionaries(st.text(max_size=4), SCALARS, max_size=2),
+        "created": SCALARS,
+        "git": SCALARS,
+        "wall_seconds": NUMBER,
+    },
+    RESULT_KEYS,
+)
+AUDIT = objects(
+    {
+        "attacks": st.dictionaries(
+            st.text(max_size=4),
+            objects({r: METRICS for r in ("model", "oracle", "target")} | {"asr": NUMBER}),
+            max_size=2,
+        ),
+        "skipped": json_values(),
+        "pre_asr": NUMBER,
+    },
+    RESULT_KEYS,
+)
+CALIBRATION = objects(
+    {k: st.lists(NUMBER | SCALARS, min_size=1, max_size=3) for k in ("tau", "refusal_rate", "over_refusal_rate")},
+    RESULT_KEYS,
+)
+SWEEP = objects(
+    {
+        "points": st.lists(objects({"metrics": METRICS, "options": json_values()}), max_size=3),
+        "method": SCALARS,
+        "target_model_utility": NUMBER,
+    },
+    RESULT_KEYS,
+)
+SAMPLE = objects(
+    {
+        "run": RUNS,
+        "split": st.sampled_from(["forget", "holdout", "retain"]),
+        "mia_loss": NUMBER,
+        "truth_ratio": NUMBER,
+        "kind": SCALARS,
+        "set": SCALARS,
+    },
+    ("run", "split", "kind", "set"),
+)
+RESULT_FILES = {
+    "results.json": RESULTS,
+    "muse.json": RESULTS,
+    "leaderboard.json": RESULTS,
+    "audit.json": AUDIT,
+    "calibration.json": CALIBRATION,
+    "sweep.json": SWEEP,
+    "samples.jsonl": SAMPLE,
+    "guards/g/guard.json": objects({"report": METRICS}, ("report",)),
+}
 
 
 @st.composite
@@ -144,6 +242,7 @@ def test_report_run_dirs(scratch, files):
 
 # --- the run registry: the results files it records, its database -------------------------------------------
 
+
 @bounded(40)
 @given(files=run_dir_files())
 def test_registry_reads_results_files(scratch, files):
@@ -159,7 +258,7 @@ def test_registry_reads_results_files(scratch, files):
 
 
 @bounded(30)
-@given(data=st.binary(max_size=200) | st.just(b"SQLite format 3\x00") .map(lambda b: b + bytes(200)))
+@given(data=st.binary(max_size=200) | st.just(b"SQLite format 3\x00").map(lambda b: b + bytes(200)))
 def test_registry_database(scratch, data):
     from obliviate.runs import RunStore
 
@@ -169,18 +268,27 @@ def test_registry_database(scratch, data):
     def read():
         with RunStore.open(f) as reg:
             return reg.runs()
+
     if holds(read) is None:
         assert f.read_bytes() == data  # a registry that cannot be read is left as it was
 
 
 # --- checkpoint state: the resume reader ------------------------------------------------------------------------
 
-STATE = objects({"step": st.integers(-2, 10),
-                 "history": st.lists(st.dictionaries(st.sampled_from(["step", "loss"]), NUMBER), max_size=3),
-                 "meta": st.dictionaries(st.sampled_from(["inputs", "method", "options", "train"]), json_values()),
-                 "files": st.dictionaries(st.sampled_from(["params.safetensors", "optimizer.safetensors"]),
-                                          st.integers(-1, 10 ** 6) | SCALARS, max_size=2)},
-                ("step", "history", "meta", "files"), required=("step", "history", "meta"))
+STATE = objects(
+    {
+        "step": st.integers(-2, 10),
+        "history": st.lists(st.dictionaries(st.sampled_from(["step", "loss"]), NUMBER), max_size=3),
+        "meta": st.dictionaries(st.sampled_from(["inputs", "method", "options", "train"]), json_values()),
+        "files": st.dictionaries(
+            st.sampled_from(["params.safetensors", "optimizer.safetensors"]),
+            st.integers(-1, 10**6) | SCALARS,
+            max_size=2,
+        ),
+    },
+    ("step", "history", "meta", "files"),
+    required=("step", "history", "meta"),
+)
 
 
 @bounded(60)
@@ -205,6 +313,7 @@ def test_checkpoint_state(scratch, state, params, optimizer):
 
 # --- model directories: models/load.py ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_model_dir(tmp_path_factory, tiny_tokenizer):
     """An untrained tiny model, saved: what is damaged below."""
@@ -216,8 +325,18 @@ def small_model_dir(tmp_path_factory, tiny_tokenizer):
     return d
 
 
-CONFIG_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size", "intermediate_size",
-               "model_type", "architectures", "torch_dtype", "num_key_value_heads", "rope_theta")
+CONFIG_KEYS = (
+    "hidden_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "vocab_size",
+    "intermediate_size",
+    "model_type",
+    "architectures",
+    "torch_dtype",
+    "num_key_value_heads",
+    "rope_theta",
+)
 
 
 @bounded(16)
@@ -233,12 +352,12 @@ def test_model_dirs(scratch, small_model_dir, data):
         raw = w.read_bytes()
         how = data.draw(st.sampled_from(["truncate", "header", "replace"]), "how")
         if how == "truncate":
-            raw = raw[:data.draw(st.integers(0, len(raw) - 1), "at")]
+            raw = raw[: data.draw(st.integers(0, len(raw) - 1), "at")]
         elif how == "header":
-            raw = struct.pack("<Q", data.draw(st.integers(0, 2 ** 64 - 1), "n")) + raw[8:]
+            raw = struct.pack("<Q", data.draw(st.integers(0, 2**64 - 1), "n")) + raw[8:]
         else:
             i = data.draw(st.integers(8, 8 + struct.unpack("<Q", raw[:8])[0] - 1), "at")
-            raw = raw[:i] + bytes([data.draw(st.integers(0, 255), "b")]) + raw[i + 1:]
+            raw = raw[:i] + bytes([data.draw(st.integers(0, 255), "b")]) + raw[i + 1 :]
         w.write_bytes(raw)
     else:
         f = d / ("tokenizer.json" if part == "tokenizer" else "config.json")

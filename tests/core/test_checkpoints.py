@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from obliviate.core import checkpoint
-from obliviate.data.schema import load_qa
 from obliviate.core.errors import UsageError
-from obliviate.unlearning.methods import METHODS
-from obliviate.models.load import check_model_dir, load_model, model_dir_complete, save_model
-from obliviate.unlearning.run import idk_pool, unlearning_parts
+from obliviate.data.schema import load_qa
 from obliviate.engine.train import TrainConfig, train
+from obliviate.models.load import check_model_dir, load_model, model_dir_complete, save_model
+from obliviate.unlearning.methods import METHODS
+from obliviate.unlearning.run import idk_pool, unlearning_parts
 from tests.cli.test_cli import run_cli
 
 STEPS = 4  # checkpoints after steps 1, 2 and 3
@@ -36,8 +36,9 @@ def killed(*a, **k):
 
 @pytest.fixture(scope="module")
 def parts(world_dir):
-    return unlearning_parts(load_qa(world_dir / "forget10.jsonl")[:8], load_qa(world_dir / "retain90.jsonl")[:16],
-                            idk_pool(None), seed=0)
+    return unlearning_parts(
+        load_qa(world_dir / "forget10.jsonl")[:8], load_qa(world_dir / "retain90.jsonl")[:16], idk_pool(None), seed=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,16 @@ def base(target_dir):
 def _run(base, parts, out=None, resume=False, steps=None):
     model, tok = copy.deepcopy(base[0]), base[1]
     cfg = TrainConfig(forget_batch_size=2, retain_batch_size=2, checkpoint_every=1, progress=False)
-    return train(model, tok, METHODS.get("grad_ascent").from_options({"steps": STEPS}), parts, cfg, out=out,
-                 resume=resume, on_step=lambda s, m: steps.append(s) if steps is not None else None)
+    return train(
+        model,
+        tok,
+        METHODS.get("grad_ascent").from_options({"steps": STEPS}),
+        parts,
+        cfg,
+        out=out,
+        resume=resume,
+        on_step=lambda s, m: steps.append(s) if steps is not None else None,
+    )
 
 
 class Ops:
@@ -58,8 +67,13 @@ class Ops:
 
     def __init__(self, monkeypatch, root, crash_at=None):
         self.root, self.crash_at, self.log = str(root), crash_at, []
-        real = {"replace": os.replace, "rename": os.rename, "rmtree": shutil.rmtree,
-                "save_file": safetensors.torch.save_file, "write_text": pathlib.Path.write_text}
+        real = {
+            "replace": os.replace,
+            "rename": os.rename,
+            "rmtree": shutil.rmtree,
+            "save_file": safetensors.torch.save_file,
+            "write_text": pathlib.Path.write_text,
+        }
 
         def wrap(name):
             def op(*args, **kwargs):
@@ -79,10 +93,16 @@ class Ops:
                     if files:
                         files[0].unlink()
                 raise Crash(f"crash at {self.log[-1]}")
+
             return op
 
-        for mod, name in ((os, "replace"), (os, "rename"), (shutil, "rmtree"), (safetensors.torch, "save_file"),
-                          (pathlib.Path, "write_text")):
+        for mod, name in (
+            (os, "replace"),
+            (os, "rename"),
+            (shutil, "rmtree"),
+            (safetensors.torch, "save_file"),
+            (pathlib.Path, "write_text"),
+        ):
             monkeypatch.setattr(mod, name, wrap(name))
 
 
@@ -96,8 +116,11 @@ def test_a_crash_at_every_step_of_a_save_resumes_from_the_last_complete_checkpoi
     with pytest.MonkeyPatch.context() as mp:
         ops = Ops(mp, tmp_path / "count")
         _run(base, parts, out=tmp_path / "count")
-    made = [i for i, (name, src, dst) in enumerate(ops.log) if name in ("replace", "rename")
-            and src.endswith("checkpoint.tmp") and dst.endswith("/checkpoint")]
+    made = [
+        i
+        for i, (name, src, dst) in enumerate(ops.log)
+        if name in ("replace", "rename") and src.endswith("checkpoint.tmp") and dst.endswith("/checkpoint")
+    ]
     assert len(made) == 3 and len(ops.log) >= 14, ops.log  # 3 saves: files, state, renames, deletes
     assert ops.log[made[1] + 1][:2] == ("rmtree", "/checkpoint.prev"), ops.log
     capsys.readouterr()
@@ -128,20 +151,40 @@ def test_resume_with_nothing_to_resume_says_so_and_starts_at_step_0(base, parts,
     steps = []
     _run(base, parts, out=tmp_path / "none", resume=True, steps=steps)
     err = capsys.readouterr().err.strip().splitlines()
-    assert steps == [1, 2, 3, 4] and err == [f"resume: no complete checkpoint in {tmp_path / 'none'}; starting "
-                                             "from step 0"]
+    assert steps == [1, 2, 3, 4] and err == [
+        f"resume: no complete checkpoint in {tmp_path / 'none'}; starting from step 0"
+    ]
 
 
 # --- the command line: other inputs, damaged files ----------------------------------------------------------
+
 
 @pytest.fixture()
 def interrupted(target_dir, world_dir, tmp_path, monkeypatch, capsys):
     """An `unlearn` OUT killed after its last checkpoint (step 2 of 3), before its model was saved."""
     import obliviate.models.load as load
 
-    args = ["unlearn", "--model", target_dir, "--forget", world_dir / "forget10.jsonl", "--retain",
-            world_dir / "retain90.jsonl", "--method", "npo", "--steps", 3, "--checkpoint-every", 1,
-            "--forget-batch-size", 4, "--retain-batch-size", 4, "--out", tmp_path / "u"]
+    args = [
+        "unlearn",
+        "--model",
+        target_dir,
+        "--forget",
+        world_dir / "forget10.jsonl",
+        "--retain",
+        world_dir / "retain90.jsonl",
+        "--method",
+        "npo",
+        "--steps",
+        3,
+        "--checkpoint-every",
+        1,
+        "--forget-batch-size",
+        4,
+        "--retain-batch-size",
+        4,
+        "--out",
+        tmp_path / "u",
+    ]
 
     with monkeypatch.context() as mp:
         mp.setattr(load, "save_model", killed)
@@ -178,14 +221,15 @@ def test_resume_with_other_inputs_exits_2_naming_them(interrupted, target_dir, w
             p.mul_(1.01)
     save_model(net, tok, other)
     before = _snapshot(out)
-    cases = [(_with(args, "--model", other), "(model differ)"),
-             (_with(args, "--forget", world_dir / "forget05.jsonl"), "(forget data differ)"),
-             (_with(_with(args, "--model", other), "--retain", world_dir / "retain95.jsonl"),
-              "(model, retain data differ)"),
-             (_with(args, "--method", "grad_diff"), "method"),
-             ([*args, "--lr", "0.5"], "(lr differ)"),
-             (_with(args, "--forget-batch-size", 2), "(forget_batch_size differ)"),
-             ([*args, "--seed", 1], "seed")]
+    cases = [
+        (_with(args, "--model", other), "(model differ)"),
+        (_with(args, "--forget", world_dir / "forget05.jsonl"), "(forget data differ)"),
+        (_with(_with(args, "--model", other), "--retain", world_dir / "retain95.jsonl"), "(model, retain data differ)"),
+        (_with(args, "--method", "grad_diff"), "method"),
+        ([*args, "--lr", "0.5"], "(lr differ)"),
+        (_with(args, "--forget-batch-size", 2), "(forget_batch_size differ)"),
+        ([*args, "--seed", 1], "seed"),
+    ]
     for a, says in cases:
         line = _one_line_exit_2(*run_cli([*a, "--resume"], capsys)[::2])
         assert "cannot resume from" in line and says in line and str(out / "checkpoint") in line, line
@@ -232,8 +276,11 @@ def test_damaged_checkpoint_files_exit_2_naming_the_file(interrupted, tmp_path, 
         doc["step"] = 3
         state.write_text(json.dumps(doc))
 
-    damage += [(foreign_tensor, params), (past_the_end, state),
-               (lambda: state.write_text(good_state.replace('"loss"', '"lost"', 1)), state)]
+    damage += [
+        (foreign_tensor, params),
+        (past_the_end, state),
+        (lambda: state.write_text(good_state.replace('"loss"', '"lost"', 1)), state),
+    ]
     for hurt, named in damage:
         shutil.rmtree(ckpt)
         shutil.copytree(pristine, ckpt)
@@ -243,15 +290,28 @@ def test_damaged_checkpoint_files_exit_2_naming_the_file(interrupted, tmp_path, 
         assert not (out / "config.json").exists() and not (out / "train_log.json").exists()
 
 
-def test_align_resume_continues_with_added_tokens_and_refuses_another_model(target_dir, world_dir, tmp_path,
-                                                                             monkeypatch, capsys):
+def test_align_resume_continues_with_added_tokens_and_refuses_another_model(
+    target_dir, world_dir, tmp_path, monkeypatch, capsys
+):
     """refusal_tokens adds tokens, whose new embedding rows start at random: the checkpoint hashes the model as
     loaded, so the same --model resumes and another one is refused."""
     import obliviate.models.load as load
 
     out = tmp_path / "a"
-    args = ["align", "refusal_tokens", "--model", target_dir, "--data", world_dir, "--steps", 26, "--batch-size", 2,
-            "--out", out]  # align checkpoints every 25 steps
+    args = [
+        "align",
+        "refusal_tokens",
+        "--model",
+        target_dir,
+        "--data",
+        world_dir,
+        "--steps",
+        26,
+        "--batch-size",
+        2,
+        "--out",
+        out,
+    ]  # align checkpoints every 25 steps
 
     with monkeypatch.context() as mp:
         mp.setattr(load, "save_model", killed)
@@ -273,11 +333,19 @@ def test_align_resume_continues_with_added_tokens_and_refuses_another_model(targ
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.binary(max_size=200),
-                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                              lambda c: st.lists(c, max_size=4) | st.dictionaries(
-                                  st.sampled_from(["step", "history", "meta", "files", "x"]), c, max_size=5),
-                              max_leaves=12).map(lambda v: json.dumps(v).encode())))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+            lambda c: (
+                st.lists(c, max_size=4)
+                | st.dictionaries(st.sampled_from(["step", "history", "meta", "files", "x"]), c, max_size=5)
+            ),
+            max_leaves=12,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_any_state_json_reads_or_is_one_usage_error(tmp_path, raw):
     (tmp_path / "state.json").write_bytes(raw)
     try:
@@ -290,6 +358,7 @@ def test_any_state_json_reads_or_is_one_usage_error(tmp_path, raw):
 
 
 # --- model directories ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("into", ["new", "run"], ids=["new-dir", "dir-with-run-files"])
 def test_a_model_save_cut_at_any_step_never_looks_finished(into, base, tmp_path):

@@ -9,7 +9,6 @@ import pytest
 
 from obliviate.core.errors import UsageError
 from obliviate.core.outputs import MARKER, check_output, new_dir, output_dir, output_file, output_kind
-
 from tests.cli.test_cli import run_cli
 from tests.cli.test_cli_parser import COMMANDS
 
@@ -28,6 +27,7 @@ def snapshot(root):
 
 
 # --- the function ------------------------------------------------------------------------------------------------
+
 
 def test_marker_names_the_kind_and_parents_are_made(tmp_path):
     out = tmp_path / "a" / "b"
@@ -85,18 +85,29 @@ def test_resume_continues_and_replace_removes_only_a_marked_output(tmp_path):
     check_output(legacy, "demo:world", replace=True)
 
 
-@pytest.mark.parametrize("where,why", [("same", "is the input"), ("parent", "contains the input"),
-                                       ("child", "lies inside the input"), ("link", "is the input"),
-                                       ("file", "contains the input")])
+@pytest.mark.parametrize(
+    "where,why",
+    [
+        ("same", "is the input"),
+        ("parent", "contains the input"),
+        ("child", "lies inside the input"),
+        ("link", "is the input"),
+        ("file", "contains the input"),
+    ],
+)
 def test_refuses_an_out_that_is_contains_or_lies_inside_an_input(tmp_path, where, why):
     d = tmp_path / "D"
     (d / "model").mkdir(parents=True)
     (d / "model" / "config.json").write_text("{}")
     (d / "data.jsonl").write_text("{}\n")
     (tmp_path / "link").symlink_to(d / "model")
-    out, inputs = {"same": (d / "model", [d / "model"]), "parent": (d, [d / "model"]),
-                   "child": (d / "model" / "sub", [d / "model"]), "link": (tmp_path / "link", [d / "model"]),
-                   "file": (d, [d / "data.jsonl"])}[where]
+    out, inputs = {
+        "same": (d / "model", [d / "model"]),
+        "parent": (d, [d / "model"]),
+        "child": (d / "model" / "sub", [d / "model"]),
+        "link": (tmp_path / "link", [d / "model"]),
+        "file": (d, [d / "data.jsonl"]),
+    }[where]
     before = snapshot(tmp_path)
     with pytest.raises(UsageError, match=why):
         with output_dir(out, "unlearn", inputs=inputs):
@@ -208,11 +219,26 @@ CASES = {
     "models get": (["smollm2-135m-instruct"], []),
     "prompts": (["advbench", "{D}/advbench.csv"], ["advbench.csv"]),
     "finetune": (["--data", "{D}/world"], ["world"]),
-    "unlearn": (["--model", "{D}/target", "--forget", "{D}/forget.jsonl", "--retain", "{D}/retain.jsonl",
-                 "--method", "npo"], ["target", "forget.jsonl", "retain.jsonl"]),
+    "unlearn": (
+        ["--model", "{D}/target", "--forget", "{D}/forget.jsonl", "--retain", "{D}/retain.jsonl", "--method", "npo"],
+        ["target", "forget.jsonl", "retain.jsonl"],
+    ),
     "eval": (["--model", "{D}/target", "--data", "{D}/world", "--oracle", "{D}/oracle"], ["target", "world", "oracle"]),
-    "sweep": (["--method", "npo", "--grid", "lr=1e-4", "--model", "{D}/target", "--oracle", "{D}/oracle",
-               "--data", "{D}/world"], ["target", "oracle", "world"]),
+    "sweep": (
+        [
+            "--method",
+            "npo",
+            "--grid",
+            "lr=1e-4",
+            "--model",
+            "{D}/target",
+            "--oracle",
+            "{D}/oracle",
+            "--data",
+            "{D}/world",
+        ],
+        ["target", "oracle", "world"],
+    ),
     "align": (["refusal_sft", "--model", "{D}/target", "--data", "{D}/world"], ["target", "world"]),
     "refusal-eval": (["--model", "{D}/target", "--harmful", "advbench:{D}/advbench.csv"], ["target", "advbench.csv"]),
     "calibrate": (["{D}/target", "--data", "{D}/world"], ["target", "world"]),
@@ -276,8 +302,9 @@ def test_the_reported_guard_fit_case_on_a_real_model(target_dir, world_dir, tmp_
     before = snapshot(d)
     _refused(["guard", "fit", "latent", "--model", d / "target", "--data", d / "world", "--out", d], d, capsys)
     assert snapshot(d) == before
-    code, _, err = run_cli(["guard", "fit", "latent", "--model", d / "target", "--data", d / "world", "--out",
-                            d / "target"], capsys)
+    code, _, err = run_cli(
+        ["guard", "fit", "latent", "--model", d / "target", "--data", d / "world", "--out", d / "target"], capsys
+    )
     assert code == 2 and "is the input" in err and snapshot(d) == before
     guard = tmp_path / "guard"  # beside the inputs: written, marked, and never silently replaced
     fit = ["guard", "fit", "latent", "--model", d / "target", "--data", d / "world", "--out", guard]

@@ -10,27 +10,55 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzzing import bounded, file_bytes, holds, json_text, objects
-from tests.fuzzing import scratch  # noqa: F401 (a fixture)
-
+from tests.fuzzing import (
+    bounded,
+    file_bytes,
+    holds,
+    json_text,
+    objects,
+    scratch,  # noqa: F401 (a fixture)
+)
 
 # --- JSON / JSONL records: data/schema.py ------------------------------------------------------------------------
 
-QA_KEYS = ("question", "answer", "paraphrased_answer", "perturbed_answer", "alternate_answers", "id", "subject",
-           "attribute", "value", "text")
-QA = objects({"question": st.text(min_size=1, max_size=8), "answer": st.text(min_size=1, max_size=8),
-              "text": st.text(min_size=1, max_size=8),
-              "perturbed_answer": st.lists(st.text(max_size=5), max_size=3) | st.text(max_size=5),
-              "paraphrased_answer": st.text(max_size=5), "alternate_answers": st.lists(st.text(max_size=5),
-                                                                                         max_size=2),
-              "id": st.text(max_size=4) | st.integers()}, QA_KEYS, required=("question", "answer"))
+QA_KEYS = (
+    "question",
+    "answer",
+    "paraphrased_answer",
+    "perturbed_answer",
+    "alternate_answers",
+    "id",
+    "subject",
+    "attribute",
+    "value",
+    "text",
+)
+QA = objects(
+    {
+        "question": st.text(min_size=1, max_size=8),
+        "answer": st.text(min_size=1, max_size=8),
+        "text": st.text(min_size=1, max_size=8),
+        "perturbed_answer": st.lists(st.text(max_size=5), max_size=3) | st.text(max_size=5),
+        "paraphrased_answer": st.text(max_size=5),
+        "alternate_answers": st.lists(st.text(max_size=5), max_size=2),
+        "id": st.text(max_size=4) | st.integers(),
+    },
+    QA_KEYS,
+    required=("question", "answer"),
+)
 
 
 def _schema_reader(name):
     from obliviate.data import schema
 
-    return {"load_qa": schema.load_qa, "load_texts": schema.load_texts, "load_lines": schema.load_lines,
-            "read_records": schema.read_records, "read_jsonl": schema.read_jsonl, "read_json": schema.read_json}[name]
+    return {
+        "load_qa": schema.load_qa,
+        "load_texts": schema.load_texts,
+        "load_lines": schema.load_lines,
+        "read_records": schema.read_records,
+        "read_jsonl": schema.read_jsonl,
+        "read_json": schema.read_json,
+    }[name]
 
 
 @pytest.mark.parametrize("reader", ["load_qa", "load_texts", "load_lines", "read_records", "read_jsonl", "read_json"])
@@ -44,8 +72,25 @@ def test_json_records(scratch, reader, data, suffix):
 
 # --- tables: CSV, Parquet, Arrow, Feather: data/tables.py ------------------------------------------------------
 
-PROMPT_COLUMNS = ("prompt", "label", "type", "id", "goal", "target", "Behavior", "BehaviorID", "ContextString",
-                  "SemanticCategory", "Goal", "Target", "Index", "Category", "category", "question", "answer")
+PROMPT_COLUMNS = (
+    "prompt",
+    "label",
+    "type",
+    "id",
+    "goal",
+    "target",
+    "Behavior",
+    "BehaviorID",
+    "ContextString",
+    "SemanticCategory",
+    "Goal",
+    "Target",
+    "Index",
+    "Category",
+    "category",
+    "question",
+    "answer",
+)
 CELL = st.text(max_size=8) | st.sampled_from(["safe", "unsafe", '"', 'a,"b', "x\ny", "", "\x00"])
 LABEL = st.sampled_from(["safe", "unsafe"])  # xstest's label column
 
@@ -55,9 +100,11 @@ def csv_text(draw, required=()):
     """A CSV file: the `required` columns and others in any order, rows of about the header's length."""
     extra = draw(st.lists(st.sampled_from(PROMPT_COLUMNS) | st.text(max_size=4), max_size=3))
     header = draw(st.permutations(list(dict.fromkeys([*required, *extra])) or ["x"]))
+
     def row(n):  # a row of the header's length, now and then one or two cells more or fewer
         n = max(0, n + (draw(st.integers(-2, 2)) if draw(st.integers(0, 4)) == 4 else 0))
         return [draw(LABEL if i < len(header) and header[i] == "label" else CELL) for i in range(n)]
+
     rows = [row(len(header)) for _ in range(draw(st.integers(1, 4)))]
     buf = io.StringIO()
     if draw(st.booleans()):
@@ -69,10 +116,16 @@ def csv_text(draw, required=()):
     return buf.getvalue()
 
 
-COLUMN_TYPES = {"string": st.text(min_size=1, max_size=6), "int": st.integers(-2 ** 63, 2 ** 63 - 1),
-                "float": st.floats(), "bool": st.booleans(), "list": st.lists(st.text(max_size=4), max_size=3),
-                "binary": st.binary(max_size=4), "struct": st.fixed_dictionaries({"a": st.text(max_size=3)}),
-                "null": st.none()}
+COLUMN_TYPES = {
+    "string": st.text(min_size=1, max_size=6),
+    "int": st.integers(-(2**63), 2**63 - 1),
+    "float": st.floats(),
+    "bool": st.booleans(),
+    "list": st.lists(st.text(max_size=4), max_size=3),
+    "binary": st.binary(max_size=4),
+    "struct": st.fixed_dictionaries({"a": st.text(max_size=3)}),
+    "null": st.none(),
+}
 
 
 @st.composite
@@ -110,10 +163,10 @@ def table_bytes(draw):
     data = buf.getvalue()
     how = draw(st.sampled_from(["keep", "keep", "truncate", "replace", "garbage"]))
     if how == "truncate":
-        data = data[:draw(st.integers(0, len(data)))]
+        data = data[: draw(st.integers(0, len(data)))]
     elif how == "replace" and data:
         i = draw(st.integers(0, len(data) - 1))
-        data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1:]
+        data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1 :]
     elif how == "garbage":
         data = data[:4] + draw(st.binary(max_size=64))
     return data
@@ -138,24 +191,43 @@ def test_tables(scratch, reader, data, suffix):
 
     f = scratch() / f"split{suffix}"
     f.write_bytes(data)
-    read = {"load_qa": load_qa, "read_records": read_records,
-            "read_table_rows": lambda p: read_table_rows(p, ("question",))}[reader]
+    read = {
+        "load_qa": load_qa,
+        "read_records": read_records,
+        "read_table_rows": lambda p: read_table_rows(p, ("question",)),
+    }[reader]
     holds(read, f)
 
 
 # --- prompt files: data/prompts.py -----------------------------------------------------------------------------
 
-PAST_TENSE = objects({"jb_artifacts": st.lists(objects({"request": st.text(min_size=1, max_size=6),
-                                                        "request_reformulated": st.text(min_size=1, max_size=6)},
-                                                       required=("request", "request_reformulated")),
-                                               min_size=1, max_size=3),
-                      "attack": st.sampled_from(["past", "future"])}, required=("jb_artifacts",))
-PROMPT_REQUIRED = {"xstest": ("prompt", "label"), "harmbench": ("Behavior",), "jailbreakbench": ("Goal",),
-                   "advbench": ("goal",), "orbench": ("prompt",), "coconot": ("prompt",)}
+PAST_TENSE = objects(
+    {
+        "jb_artifacts": st.lists(
+            objects(
+                {"request": st.text(min_size=1, max_size=6), "request_reformulated": st.text(min_size=1, max_size=6)},
+                required=("request", "request_reformulated"),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        "attack": st.sampled_from(["past", "future"]),
+    },
+    required=("jb_artifacts",),
+)
+PROMPT_REQUIRED = {
+    "xstest": ("prompt", "label"),
+    "harmbench": ("Behavior",),
+    "jailbreakbench": ("Goal",),
+    "advbench": ("goal",),
+    "orbench": ("prompt",),
+    "coconot": ("prompt",),
+}
 
 
-@pytest.mark.parametrize("kind", ["xstest", "harmbench", "jailbreakbench", "advbench", "orbench", "coconot",
-                                  "past_tense"])
+@pytest.mark.parametrize(
+    "kind", ["xstest", "harmbench", "jailbreakbench", "advbench", "orbench", "coconot", "past_tense"]
+)
 @bounded(30)
 @given(data=st.data())
 def test_prompt_files(scratch, kind, data):
@@ -169,8 +241,12 @@ def test_prompt_files(scratch, kind, data):
     elif suffix == ".csv":
         content = data.draw(file_bytes(csv_text(PROMPT_REQUIRED[kind])), "content")
     else:
-        content = data.draw(file_bytes(json_text(objects({c: CELL for c in PROMPT_COLUMNS}, PROMPT_COLUMNS,
-                                                         required=PROMPT_REQUIRED[kind]))), "content")
+        content = data.draw(
+            file_bytes(
+                json_text(objects({c: CELL for c in PROMPT_COLUMNS}, PROMPT_COLUMNS, required=PROMPT_REQUIRED[kind]))
+            ),
+            "content",
+        )
     f = scratch() / f"{kind}{suffix}"
     f.write_bytes(content)
     rows = holds(load_prompts, kind, f)
@@ -181,10 +257,14 @@ def test_prompt_files(scratch, kind, data):
 
 # --- the run registry's --since ---------------------------------------------------------------------------------
 
+
 @bounded(100)
-@given(text=st.text(max_size=30) | st.from_regex(r"\s*[0-9]{1,20}(\.[0-9]{1,3})?\s*[mhdw]\s*", fullmatch=True)
-       | st.datetimes().map(lambda t: t.isoformat()) | st.sampled_from(["0001-01-01T00:00:00+05:00",
-                                                                          "9999-12-31T23:59:59-05:00"]))
+@given(
+    text=st.text(max_size=30)
+    | st.from_regex(r"\s*[0-9]{1,20}(\.[0-9]{1,3})?\s*[mhdw]\s*", fullmatch=True)
+    | st.datetimes().map(lambda t: t.isoformat())
+    | st.sampled_from(["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+)
 def test_runs_since(text):
     from obliviate.cli.runs import parse_since
 
@@ -197,8 +277,8 @@ def test_arrow_file_whose_strings_are_not_utf8(tmp_path):
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
-    from obliviate.data.schema import load_qa
     from obliviate.core.errors import UsageError
+    from obliviate.data.schema import load_qa
 
     buf = io.BytesIO()
     table = pa.table({"question": ["qqqqqq"], "answer": ["zzzzzz"]})

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from obliviate.data.prompts import load_prompts
 from obliviate.core.errors import UsageError
-from tests.conftest import shared_data
+from obliviate.data.prompts import load_prompts
 from tests.cli.test_cli import run_cli
+from tests.conftest import shared_data
 
 
 def test_real_files():
@@ -52,7 +52,8 @@ def test_bad_input(tmp_path, capsys):
 
 def test_cli_writes_jsonl(tmp_path, capsys):
     (tmp_path / "harmful_behaviors.csv").write_text("goal,target\nDo a bad thing,Sure\nAnother,Sure\n")
-    code, out, err = run_cli(["prompts", "advbench", tmp_path / "harmful_behaviors.csv", "--out",
-                              tmp_path / "p.jsonl"], capsys)
+    code, out, err = run_cli(
+        ["prompts", "advbench", tmp_path / "harmful_behaviors.csv", "--out", tmp_path / "p.jsonl"], capsys
+    )
     assert code == 0 and "2 prompts (2 harmful)" in out, err
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2

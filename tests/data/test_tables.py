@@ -15,13 +15,12 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
+from obliviate.core.errors import UsageError
 from obliviate.data.prompts import load_prompts, read_csv
 from obliviate.data.schema import load_qa, load_texts, read_records
 from obliviate.data.tables import looks_like_hub_id, read_table_records, read_table_rows
-from obliviate.core.errors import UsageError
-
-from tests.conftest import shared_data
 from tests.cli.test_cli import run_cli
+from tests.conftest import shared_data
 
 
 def jsonl_rows(path):
@@ -57,12 +56,16 @@ def test_parquet_and_arrow_equal_jsonl(world_dir, tmp_path):
 
 def test_null_cells_read_as_absent_fields(tmp_path):
     """A column store writes a field some rows lack as null; those rows read like JSONL rows without the field."""
-    rows = [{"question": "q1", "answer": "a1", "perturbed_answer": ["w"], "paraphrased_answer": "p"},
-            {"question": "q2", "answer": "a2"}]
+    rows = [
+        {"question": "q1", "answer": "a1", "perturbed_answer": ["w"], "paraphrased_answer": "p"},
+        {"question": "q2", "answer": "a2"},
+    ]
     items = load_qa(write_parquet(rows, tmp_path / "n.parquet"))
     assert items[1].perturbed_answer == [] and items[1].paraphrased_answer == ""
     assert load_texts(write_parquet([{"text": "doc one"}, {"text": "doc two"}], tmp_path / "t.parquet")) == [
-        "doc one", "doc two"]
+        "doc one",
+        "doc two",
+    ]
 
 
 def test_suite_finds_parquet_and_arrow(world_dir, tmp_path):
@@ -109,8 +112,9 @@ def test_prompt_columns_and_empty(tmp_path):
     write_parquet([{"question": "q", "label": "safe"}], tmp_path / "x.parquet")
     with pytest.raises(UsageError, match=r"x\.parquet: missing column\(s\) prompt \(columns: question, label\)"):
         load_prompts("xstest", tmp_path / "x.parquet")
-    pq.write_table(pa.table({"prompt": pa.array([], pa.string()), "label": pa.array([], pa.string())}),
-                   tmp_path / "e.parquet")
+    pq.write_table(
+        pa.table({"prompt": pa.array([], pa.string()), "label": pa.array([], pa.string())}), tmp_path / "e.parquet"
+    )
     with pytest.raises(UsageError, match=r"e\.parquet: no rows"):
         read_table_rows(tmp_path / "e.parquet", ("prompt",))
     assert read_table_records(tmp_path / "e.parquet") == []
@@ -210,8 +214,7 @@ def test_hub_id_through_datasets(monkeypatch, tmp_path):
 
 def test_cli_prompts_parquet_and_bad_forget(world_dir, tmp_path, capsys):
     pq.write_table(pcsv.read_csv(shared_data("xstest/xstest_prompts.csv")), tmp_path / "xstest.parquet")
-    code, out, err = run_cli(["prompts", "xstest", tmp_path / "xstest.parquet", "--out", tmp_path / "p.jsonl"],
-                             capsys)
+    code, out, err = run_cli(["prompts", "xstest", tmp_path / "xstest.parquet", "--out", tmp_path / "p.jsonl"], capsys)
     assert code == 0, err
     assert "450 prompts" in out and len(jsonl_rows(tmp_path / "p.jsonl")) == 450
 
@@ -220,8 +223,22 @@ def test_cli_prompts_parquet_and_bad_forget(world_dir, tmp_path, capsys):
     (model / "config.json").write_text("{}")
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(os.urandom(256))
-    code, _, err = run_cli(["unlearn", "--model", model, "--forget", bad, "--retain", world_dir / "retain90.jsonl",
-                            "--method", "npo", "--out", tmp_path / "out"], capsys)
+    code, _, err = run_cli(
+        [
+            "unlearn",
+            "--model",
+            model,
+            "--forget",
+            bad,
+            "--retain",
+            world_dir / "retain90.jsonl",
+            "--method",
+            "npo",
+            "--out",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert str(bad) in lines[0] and "unreadable Parquet" in lines[0]

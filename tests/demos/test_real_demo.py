@@ -7,14 +7,13 @@ import pytest
 
 from obliviate.core.errors import UsageError
 from obliviate.runs.schema import validate_results
-
-from tests.conftest import shared_data
 from tests.cli.test_cli import assert_bad_input, run_cli
+from tests.conftest import shared_data
 
 
 def test_slice_world_layout(tmp_path):
-    from obliviate.data.schema import load_qa
     from obliviate.benchmarks.layouts import eval_data
+    from obliviate.data.schema import load_qa
     from obliviate.demos.real import SMOKE, slice_world
 
     world = slice_world(tmp_path / "w", SMOKE)
@@ -29,14 +28,40 @@ def test_slice_world_layout(tmp_path):
 @pytest.mark.slow  # 3-4 minutes on a free 2-core CPU: `make test-slow` runs it (make test stays under 12 minutes)
 def test_real_demo_smoke(real_model_dir, tmp_path, capsys):
     out = tmp_path / "real"
-    code, stdout, err = run_cli(["demo", "--suite", "real", "--model", real_model_dir, "--size", "smoke",
-                                 "--public-data", shared_data(), "--threads", "2", "--out", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "demo",
+            "--suite",
+            "real",
+            "--model",
+            real_model_dir,
+            "--size",
+            "smoke",
+            "--public-data",
+            shared_data(),
+            "--threads",
+            "2",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     assert validate_results(doc) == []
     runs = doc["results"]
-    assert list(runs) == ["target", "oracle", "npo", "grad_diff", "idk_nll", "simnpo", "base", "refusal_sft",
-                          "derta", "derta_ablated"]
+    assert list(runs) == [
+        "target",
+        "oracle",
+        "npo",
+        "grad_diff",
+        "idk_nll",
+        "simnpo",
+        "base",
+        "refusal_sft",
+        "derta",
+        "derta_ablated",
+    ]
     assert runs["oracle"]["forget_quality"] == 1.0 and "forget_rouge" in runs["target"]
     assert set(doc["relearn"]) == {"oracle", "npo", "grad_diff", "idk_nll", "simnpo"}
     for name in ("base", "refusal_sft", "derta", "derta_ablated"):
@@ -54,10 +79,18 @@ def test_real_demo_smoke(real_model_dir, tmp_path, capsys):
 def test_real_demo_bad_input(real_model_dir, tmp_path, capsys):
     out = tmp_path / "o"
     assert_bad_input(["demo", "--suite", "real", "--out", out], capsys, out, "--model")
-    assert_bad_input(["demo", "--suite", "real", "--model", real_model_dir, "--public-data", tmp_path / "none",
-                      "--out", out], capsys, out, "missing")
-    assert_bad_input(["demo", "--suite", "real", "--model", real_model_dir, "--parts", "unlearnin", "--out", out],
-                     capsys, out, "--parts")
+    assert_bad_input(
+        ["demo", "--suite", "real", "--model", real_model_dir, "--public-data", tmp_path / "none", "--out", out],
+        capsys,
+        out,
+        "missing",
+    )
+    assert_bad_input(
+        ["demo", "--suite", "real", "--model", real_model_dir, "--parts", "unlearnin", "--out", out],
+        capsys,
+        out,
+        "--parts",
+    )
 
 
 def test_unlearn_three_lora_steps_real_model(real_model_dir, world_dir, tmp_path, capsys):
@@ -65,10 +98,32 @@ def test_unlearn_three_lora_steps_real_model(real_model_dir, world_dir, tmp_path
     from safetensors import safe_open
 
     out = tmp_path / "npo"
-    code, stdout, err = run_cli(["unlearn", "--model", real_model_dir, "--forget", world_dir / "forget01.jsonl",
-                                 "--retain", world_dir / "retain99.jsonl", "--method", "npo", "--lora-r", "8",
-                                 "--steps", "3", "--forget-batch-size", "4", "--retain-batch-size", "4",
-                                 "--threads", "2", "--out", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "unlearn",
+            "--model",
+            real_model_dir,
+            "--forget",
+            world_dir / "forget01.jsonl",
+            "--retain",
+            world_dir / "retain99.jsonl",
+            "--method",
+            "npo",
+            "--lora-r",
+            "8",
+            "--steps",
+            "3",
+            "--forget-batch-size",
+            "4",
+            "--retain-batch-size",
+            "4",
+            "--threads",
+            "2",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     log = json.loads((out / "train_log.json").read_text())
     assert log["steps"] == 3 and len(log["history"]) == 3

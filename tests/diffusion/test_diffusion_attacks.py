@@ -26,8 +26,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny():
     tok = build_word_tokenizer(CAPTIONS, max_length=8)
-    return build_t2i(tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2,
-                                    max_length=8), seed=0)
+    return build_t2i(
+        tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2, max_length=8), seed=0
+    )
 
 
 def test_a_one_hot_prefix_equals_the_real_tokens(tiny):
@@ -152,8 +153,9 @@ def test_concept_arithmetic_adds_directions_and_keeps_the_best(tiny):
     cands = compositions("star", ["red"], 2.0)
     assert cands[0] == [("star", -1.0)] and cands[-1] == [("red star", 2.0), ("red", -2.0)]
     # a recogniser that accepts bright images: the attack reports the composition it liked best
-    res = ConceptArithmetic(samples=2, budget=4, steps=2).attack(tiny, "star", lambda x: (x.mean((1, 2, 3)) > 0).tolist(),
-                                                                 ["red"])
+    res = ConceptArithmetic(samples=2, budget=4, steps=2).attack(
+        tiny, "star", lambda x: (x.mean((1, 2, 3)) > 0).tolist(), ["red"]
+    )
     assert len(res["tried"]) == 4 and res["success_rate"] == max(r["success"] for r in res["tried"])
 
 
@@ -167,8 +169,14 @@ def test_concept_arithmetic_adds_directions_and_keeps_the_best(tiny):
 # "crimson crimson red" (sum (0.5, -3.5, -0.5)); one crimson is not enough (sum (-0.5, -2.5, 0.5)). With "crimson"
 # erased as well, no prefix can: every word's red vote is below its blue vote and "red" keeps blue ahead.
 
-VOTES = {"red": (1, -1, -1), "crimson": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "a": (0, 0, 0),
-         "shape": (0, 0, 0)}
+VOTES = {
+    "red": (1, -1, -1),
+    "crimson": (1, -1, -1),
+    "green": (-1, 1, -1),
+    "blue": (-1, -1, 1),
+    "a": (0, 0, 0),
+    "shape": (0, 0, 0),
+}
 ERASED = {"red": (-1.5, -1.5, 1.5)}
 COLOURS = ["red", "green", "blue"]
 
@@ -221,25 +229,36 @@ class BrightestChannel:
 
 COLOUR_WORLD = {
     "factors": {"object": ["shape"], "colour": COLOURS, "style": ["plain"], "background": []},
-    "prompts": [{"text": text, "object": "shape", "colour": colour, "style": "plain", "background": None}
-                for text, colour in [("red", "red"), ("a red shape", "red"), ("crimson crimson red", "red"),
-                                     ("green", "green")]]}
+    "prompts": [
+        {"text": text, "object": "shape", "colour": colour, "style": "plain", "background": None}
+        for text, colour in [("red", "red"), ("a red shape", "red"), ("crimson crimson red", "red"), ("green", "green")]
+    ],
+}
 
 
 def colour_audit(erased, steps: int, monkeypatch=None):
     from obliviate.diffusion.audit import DiffusionAuditConfig, audit_concept
     from obliviate.diffusion.evaluate import SampleConfig
 
-    cfg = DiffusionAuditConfig(prompts=4, target_images=2, sample=SampleConfig(steps=4, guidance=2.0),
-                               options={"unlearndiffatk": {"prefix_tokens": 2, "steps": steps, "lr": 0.1}})
+    cfg = DiffusionAuditConfig(
+        prompts=4,
+        target_images=2,
+        sample=SampleConfig(steps=4, guidance=2.0),
+        options={"unlearndiffatk": {"prefix_tokens": 2, "steps": steps, "lr": 0.1}},
+    )
     res = audit_concept(erased, colour_model(VOTES), BrightestChannel(), COLOUR_WORLD, "red", ["unlearndiffatk"], cfg)
     return res, dict(zip(res["prompts"], res["attacks"]["unlearndiffatk"]["per_prompt"]))
 
 
 def test_the_colour_model_draws_its_votes():
     judge = BrightestChannel()
-    for votes, prompt, want in [(VOTES, "red", "red"), (VOTES, "a green shape", "green"), (VOTES | ERASED, "red", "blue"),
-                                (VOTES | ERASED, "crimson red", "blue"), (VOTES | ERASED, "crimson crimson red", "red")]:
+    for votes, prompt, want in [
+        (VOTES, "red", "red"),
+        (VOTES, "a green shape", "green"),
+        (VOTES | ERASED, "red", "blue"),
+        (VOTES | ERASED, "crimson red", "blue"),
+        (VOTES | ERASED, "crimson crimson red", "red"),
+    ]:
         images = colour_model(votes).sample([prompt], steps=4, guidance=2.0)
         assert COLOURS[int(judge.predict(images)["colour"][0])] == want, (prompt, want)
 
@@ -256,8 +275,11 @@ def test_audit_asr_counts_what_unlearndiffatk_brings_back(monkeypatch):
     brings the other two back (ASR 1); the same attack with 0 steps, its random first prefix, brings back none."""
     attacked = []
     real = UnlearnDiffAtk.attack
-    monkeypatch.setattr(UnlearnDiffAtk, "attack", lambda self, model, prompt, *a, **k: (
-        attacked.append(prompt), real(self, model, prompt, *a, **k))[1])
+    monkeypatch.setattr(
+        UnlearnDiffAtk,
+        "attack",
+        lambda self, model, prompt, *a, **k: (attacked.append(prompt), real(self, model, prompt, *a, **k))[1],
+    )
     erased = colour_model(VOTES | ERASED)
     res, per_prompt = colour_audit(erased, steps=30)
     assert res["pre_asr"] == pytest.approx(1 / 3) and res["attacks"]["unlearndiffatk"]["asr"] == 1.0

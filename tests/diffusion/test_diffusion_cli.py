@@ -18,10 +18,13 @@ def setup(tmp_path_factory):
     class Cap:  # a minimal capsys stand-in for a module-scoped fixture
         def readouterr(self):
             import types
+
             return types.SimpleNamespace(out="", err="")
 
-    code, _, err = run_cli(["world", "--images", "--out", d / "world", "--per-combination", 2, "--classifiers",
-                            "--classifier-steps", 20], Cap())
+    code, _, err = run_cli(
+        ["world", "--images", "--out", d / "world", "--per-combination", 2, "--classifiers", "--classifier-steps", 20],
+        Cap(),
+    )
     assert code == 0, err
     world = load_image_world(d / "world")
     tok = build_word_tokenizer(vocabulary(world))
@@ -29,25 +32,62 @@ def setup(tmp_path_factory):
     pixel.save(d / "pixel")
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=8, sample_size=16).eval()
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=16,
+    ).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
     T2I(unet, pixel.text_encoder, pixel.tokenizer, pixel.scheduler_config, vae).save(d / "sd")
     return d
 
 
 def test_eval_suite_diffusion(setup, tmp_path, capsys):
     d = setup
-    code, _, err = run_cli(["erase", "uce", "--model", d / "pixel", "--concept", "star", "--out", tmp_path / "uce"],
-                           capsys)
+    code, _, err = run_cli(
+        ["erase", "uce", "--model", d / "pixel", "--concept", "star", "--out", tmp_path / "uce"], capsys
+    )
     assert code == 0, err
-    code, out, err = run_cli(["eval", "--suite", "diffusion", "--data", d / "world", "--concept", "star",
-                              "--model", f"base={d / 'pixel'}", "--model", f"uce={tmp_path / 'uce'}", "--limit", 2,
-                              "--ddim-steps", 3, "--guidance", 3.0, "--out", tmp_path / "ev"], capsys)
+    code, out, err = run_cli(
+        [
+            "eval",
+            "--suite",
+            "diffusion",
+            "--data",
+            d / "world",
+            "--concept",
+            "star",
+            "--model",
+            f"base={d / 'pixel'}",
+            "--model",
+            f"uce={tmp_path / 'uce'}",
+            "--limit",
+            2,
+            "--ddim-steps",
+            3,
+            "--guidance",
+            3.0,
+            "--out",
+            tmp_path / "ev",
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert (doc["config"]["sample"]["steps"], doc["config"]["sample"]["guidance"]) == (3, 3.0)
@@ -58,15 +98,53 @@ def test_eval_suite_diffusion(setup, tmp_path, capsys):
 
 def test_erase_and_audit_a_latent_model_with_a_vae(setup, tmp_path, capsys):
     d = setup
-    code, _, err = run_cli(["erase", "esd_x", "--model", d / "sd", "--concept", "star", "--option", "steps=1",
-                            "--option", "ddim_steps=2", "--out", tmp_path / "esd"], capsys)
+    code, _, err = run_cli(
+        [
+            "erase",
+            "esd_x",
+            "--model",
+            d / "sd",
+            "--concept",
+            "star",
+            "--option",
+            "steps=1",
+            "--option",
+            "ddim_steps=2",
+            "--out",
+            tmp_path / "esd",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, out, err = run_cli(["audit", str(tmp_path / "esd"), "--suite", "diffusion", "--data", d / "world",
-                              "--concept", "star", "--target", d / "sd", "--attacks",
-                              "unlearndiffatk,concept_arithmetic", "--option", "unlearndiffatk.steps=1",
-                              "--option", "concept_arithmetic.budget=1", "--option", "concept_arithmetic.samples=1",
-                              "--option", "concept_arithmetic.steps=2", "--limit", 1, "--out", tmp_path / "au"],
-                             capsys)
+    code, out, err = run_cli(
+        [
+            "audit",
+            str(tmp_path / "esd"),
+            "--suite",
+            "diffusion",
+            "--data",
+            d / "world",
+            "--concept",
+            "star",
+            "--target",
+            d / "sd",
+            "--attacks",
+            "unlearndiffatk,concept_arithmetic",
+            "--option",
+            "unlearndiffatk.steps=1",
+            "--option",
+            "concept_arithmetic.budget=1",
+            "--option",
+            "concept_arithmetic.samples=1",
+            "--option",
+            "concept_arithmetic.steps=2",
+            "--limit",
+            1,
+            "--out",
+            tmp_path / "au",
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "au" / "audit.json").read_text())
     assert set(doc["attacks"]) == {"unlearndiffatk", "concept_arithmetic"}
@@ -77,40 +155,74 @@ def test_erase_and_audit_a_latent_model_with_a_vae(setup, tmp_path, capsys):
     assert fig["pre_asr"] == doc["pre_asr"] and "star" in doc["prompts"][0].split()  # a target prompt was attacked
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--concept", "stra"], "did you mean 'star'"),
-    (["--concept", "star", "--attacks", "unlearndifatk"], "did you mean 'unlearndiffatk'"),
-    (["--concept", "star", "--no-target"], "--target"),
-    (["--concept", "star", "--guidance", "0"], "--guidance must be > 0"),
-    (["--concept", "star", "--ddim-steps", "0"], "--ddim-steps must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--concept", "stra"], "did you mean 'star'"),
+        (["--concept", "star", "--attacks", "unlearndifatk"], "did you mean 'unlearndiffatk'"),
+        (["--concept", "star", "--no-target"], "--target"),
+        (["--concept", "star", "--guidance", "0"], "--guidance must be > 0"),
+        (["--concept", "star", "--ddim-steps", "0"], "--ddim-steps must be >= 1"),
+    ],
+)
 def test_audit_bad_input(setup, tmp_path, capsys, args, needle):
     d = setup
     target = [] if "--no-target" in args else ["--target", str(d / "pixel")]
     args = [a for a in args if a != "--no-target"]
-    code, _, err = run_cli(["audit", str(d / "pixel"), "--suite", "diffusion", "--data", d / "world", *args, *target,
-                            "--out", tmp_path / "au"], capsys)
+    code, _, err = run_cli(
+        [
+            "audit",
+            str(d / "pixel"),
+            "--suite",
+            "diffusion",
+            "--data",
+            d / "world",
+            *args,
+            *target,
+            "--out",
+            tmp_path / "au",
+        ],
+        capsys,
+    )
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "au").exists()
 
 
 def test_sampling_options_belong_to_the_diffusion_suite(setup, tmp_path, capsys):
-    code, _, err = run_cli(["eval", "--model", tmp_path / "m", "--data", setup / "world", "--guidance", 3.0,
-                            "--out", tmp_path / "ev"], capsys)
+    code, _, err = run_cli(
+        ["eval", "--model", tmp_path / "m", "--data", setup / "world", "--guidance", 3.0, "--out", tmp_path / "ev"],
+        capsys,
+    )
     assert code == 2 and "apply to --suite diffusion" in err and not (tmp_path / "ev").exists()
 
 
 def test_eval_a_directory_without_unet(setup, tmp_path, capsys):
     d = setup
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(["eval", "--suite", "diffusion", "--data", d / "world", "--concept", "star", "--model",
-                            tmp_path / "empty", "--out", tmp_path / "ev"], capsys)
+    code, _, err = run_cli(
+        [
+            "eval",
+            "--suite",
+            "diffusion",
+            "--data",
+            d / "world",
+            "--concept",
+            "star",
+            "--model",
+            tmp_path / "empty",
+            "--out",
+            tmp_path / "ev",
+        ],
+        capsys,
+    )
     assert code == 2 and "unet" in err and not (tmp_path / "ev").exists()
 
 
 def test_dtype_is_refused_for_text_to_image_models(setup, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OBLIVIATE_DTYPE", "float32")  # restored after the test: main() sets it from --dtype
-    code, _, err = run_cli(["erase", "uce", "--model", setup / "pixel", "--concept", "star", "--out", tmp_path / "u",
-                            "--dtype", "bf16"], capsys)
+    code, _, err = run_cli(
+        ["erase", "uce", "--model", setup / "pixel", "--concept", "star", "--out", tmp_path / "u", "--dtype", "bf16"],
+        capsys,
+    )
     assert code == 2 and "applies to language models" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "u").exists()

@@ -12,16 +12,25 @@ from tests.cli.test_cli import run_cli
 
 def test_smoke_demo_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "demo"
-    code, stdout, err = run_cli(["demo", "--suite", "diffusion", "--size", "smoke", "--out", out, "--threads", "2",
-                                 "--workers", "2"], capsys)
+    code, stdout, err = run_cli(
+        ["demo", "--suite", "diffusion", "--size", "smoke", "--out", out, "--threads", "2", "--workers", "2"], capsys
+    )
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     runs = doc["results"]
     assert set(runs) == {"base/star", "uce/star", "esd_x/star"}
     for name in ("uce/star", "esd_x/star"):
         m = runs[name]
-        for k in ("ua", "ira", "cra", "over_erasure", "fd_classifier", "pre_asr", "asr[unlearndiffatk]",
-                  "asr[concept_arithmetic]"):
+        for k in (
+            "ua",
+            "ira",
+            "cra",
+            "over_erasure",
+            "fd_classifier",
+            "pre_asr",
+            "asr[unlearndiffatk]",
+            "asr[concept_arithmetic]",
+        ):
             assert k in m, (name, k)
         assert 0 <= m["ua"] <= 1
         # the table's attack figures are its audit's: ASR is the share of per-prompt successes (the smoke models have
@@ -36,8 +45,12 @@ def test_smoke_demo_writes_every_figure(tmp_path, capsys):
 
 
 def test_unknown_suite_and_size(capsys):
-    for args in (["--suite", "diffusionn"], ["--suite", "diffusion", "--size", "big"],
-                 ["--suite", "diffusion", "--workers", "0"], ["--suite", "refusal", "--workers", "2"]):
+    for args in (
+        ["--suite", "diffusionn"],
+        ["--suite", "diffusion", "--size", "big"],
+        ["--suite", "diffusion", "--workers", "0"],
+        ["--suite", "refusal", "--workers", "2"],
+    ):
         code, _, err = run_cli(["demo", *args, "--out", "x"], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1
 
@@ -63,6 +76,7 @@ def test_evaluate_concept_metrics_on_a_known_model(monkeypatch):
                 obj = "circle" if (swap and r["object"] == "star") else r["object"]
                 ims.append(render(obj, r["colour"], r["style"], r.get("background") or "white", size=spec.size))
             return to_unit(np.stack(ims))
+
         return gen
 
     monkeypatch.setattr(ev, "generate", fake(False))
@@ -76,10 +90,10 @@ def test_evaluate_concept_metrics_on_a_known_model(monkeypatch):
 def test_every_eraser_runs_as_the_demo_calls_it():
     """The full demo runs every registered eraser with only `steps` and, where `needs_anchor`, a look-alike guide:
     none may need more (SalUn once did, and the full demo stopped at it)."""
+    from obliviate.demos.diffusion import demo_erase
     from obliviate.diffusion.erasers import ERASERS, load_all
     from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer
     from obliviate.diffusion.world import ImageWorldSpec, build_image_world, vocabulary
-    from obliviate.demos.diffusion import demo_erase
 
     load_all()
     world = build_image_world(ImageWorldSpec(per_combination=2))
@@ -87,8 +101,10 @@ def test_every_eraser_runs_as_the_demo_calls_it():
     before = {n: p.clone() for n, p in base.unet.named_parameters()}
     for name in ERASERS.names():
         edited = demo_erase(name, base, world, "star", steps=1, ddim_steps=3)
-        changed = [n for n, p in edited.unet.named_parameters() if not torch.equal(p, before[n])] + \
-            [n for n, p in edited.text_encoder.named_parameters() if not torch.equal(p, dict(
-                base.text_encoder.named_parameters())[n])]
+        changed = [n for n, p in edited.unet.named_parameters() if not torch.equal(p, before[n])] + [
+            n
+            for n, p in edited.text_encoder.named_parameters()
+            if not torch.equal(p, dict(base.text_encoder.named_parameters())[n])
+        ]
         assert changed, name  # it edited something
     assert all(torch.equal(p, before[n]) for n, p in base.unet.named_parameters())  # the base is left alone

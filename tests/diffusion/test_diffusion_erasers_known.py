@@ -34,7 +34,7 @@ class BagOfWords(torch.nn.Module):
     def __init__(self, tok, dim: int = 32, scale: float = 4.0, seed: int = 0):
         super().__init__()
         q, _ = torch.linalg.qr(torch.randn(dim, len(tok), generator=torch.Generator().manual_seed(seed)))
-        w = q.T * scale * dim ** 0.5
+        w = q.T * scale * dim**0.5
         w[list(tok.all_special_ids)] = 0
         self.embed = torch.nn.Embedding(len(tok), dim, _weight=w.contiguous())
 
@@ -58,8 +58,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def toy():
     tok = build_word_tokenizer(WORDS, max_length=8)
-    base = build_t2i(tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2,
-                                    max_length=8), seed=0)
+    base = build_t2i(
+        tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2, max_length=8), seed=0
+    )
     return T2I(base.unet, BagOfWords(tok).eval(), tok, base.scheduler_config)
 
 
@@ -102,7 +103,8 @@ def test_esd_x_reverses_the_erased_concepts_guidance_and_keeps_the_other(toy, pr
 
 def test_concept_ablation_makes_the_target_prompt_predict_the_anchor(toy, probes):
     edited = ConceptAblation(steps=40, lr=3e-3, anchor_images=4, batch_size=4, ddim_steps=2).erase(
-        toy, "star", guide="circle")
+        toy, "star", guide="circle"
+    )
     gap = (eps(toy, "star", probes) - eps(toy, "circle", probes)).norm()
     # measured: 0.42 and 0.16 of the gap
     assert (eps(edited, "star", probes) - eps(toy, "circle", probes)).norm() < 0.6 * gap
@@ -117,7 +119,8 @@ def test_salun_relabelling_a_concept_with_itself_changes_nothing(toy):
     assert er.history == [0.0, 0.0, 0.0]
     assert unet_unchanged(toy, edited)
     moved = SalUn(steps=3, images=2, batch_size=2, ddim_steps=2, saliency_batches=1, retain_weight=0.0).erase(
-        toy, "star", preserve=("circle",))
+        toy, "star", preserve=("circle",)
+    )
     assert not unet_unchanged(toy, moved)
 
 
@@ -129,21 +132,28 @@ def test_salun_mask_is_the_top_share_of_the_gradient_by_hand(toy, monkeypatch):
     ranks = torch.randperm(n, generator=torch.Generator().manual_seed(0)) + 1.0
     coeff, at = {}, 0
     for name, p in params.items():
-        coeff[name] = (ranks[at: at + p.numel()] * (-1) ** at).reshape(p.shape)  # signs do not matter
+        coeff[name] = (ranks[at : at + p.numel()] * (-1) ** at).reshape(p.shape)  # signs do not matter
         at += p.numel()
-    monkeypatch.setattr(SalUn, "_loss", lambda self, model, x0, idx, ctx, g: sum(
-        (coeff[k] * p).sum() for k, p in model.unet.named_parameters()))
+    monkeypatch.setattr(
+        SalUn,
+        "_loss",
+        lambda self, model, x0, idx, ctx, g: sum((coeff[k] * p).sum() for k, p in model.unet.named_parameters()),
+    )
     mask = SalUn(saliency_share=0.25, saliency_batches=2, batch_size=1).saliency_mask(
-        toy, torch.zeros(1, 3, 8, 8), None, torch.Generator().manual_seed(0))
+        toy, torch.zeros(1, 3, 8, 8), None, torch.Generator().manual_seed(0)
+    )
     for name, m in mask.items():
         assert torch.equal(m, coeff[name].abs() > n - round(0.25 * n)), name
     toy.unet.zero_grad(set_to_none=True)
 
 
 def test_spm_edits_each_attention_projection_by_rank_one(toy):
-    before = {id(getattr(parent, attr) if attr != "0" else parent[0]): (getattr(parent, attr) if attr != "0"
-                                                                      else parent[0]).weight.clone()
-              for parent, attr in attention_linears(toy.unet)}
+    before = {
+        id(getattr(parent, attr) if attr != "0" else parent[0]): (
+            getattr(parent, attr) if attr != "0" else parent[0]
+        ).weight.clone()
+        for parent, attr in attention_linears(toy.unet)
+    }
     edited = SPM(steps=3, lr=1e-2, batch_size=2, anchors=2, ddim_steps=3).erase(toy, "star")
     names = {id(m): n for n, m in toy.unet.named_modules()}
     after = dict(edited.unet.named_modules())
@@ -173,14 +183,18 @@ def test_spm_latent_anchoring_keeps_the_anchored_prompt(toy, probes):
 def test_advunlearn_lowers_the_concepts_score_with_and_without_a_prefix(toy, probes):
     before = toy.text_encoder.embed.weight.clone()
     edited = AdvUnlearn(steps=20, lr=0.3, batch_size=2, ddim_steps=3, attack_steps=1).erase(
-        toy, "star", preserve=("circle",))
+        toy, "star", preserve=("circle",)
+    )
     assert score(edited, toy, "star", "star", probes) < 0.3
     assert max(score(edited, toy, f"{w} star", "star", probes) for w in ("a", "red", "blue", "striped")) < 0.5
     assert score(edited, toy, "circle", "circle", probes) > 0.7
     # it trains the text encoder on the concept's prompt (its prefix swapped in) and the retain prompt only: the
     # placeholder word under the prefix ("a") and words it never reads keep their vectors exactly
     tok = toy.tokenizer
-    moved = {tok.convert_ids_to_tokens(i) for i in range(len(tok))
-             if not torch.equal(edited.text_encoder.embed.weight[i], before[i])}
+    moved = {
+        tok.convert_ids_to_tokens(i)
+        for i in range(len(tok))
+        if not torch.equal(edited.text_encoder.embed.weight[i], before[i])
+    }
     assert {"star", "circle"} <= moved <= {"star", "circle", tok.bos_token, tok.eos_token}
     assert unet_unchanged(toy, edited)

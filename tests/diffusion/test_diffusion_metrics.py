@@ -6,7 +6,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from obliviate.diffusion.metrics import cross_domain_accuracy, factor_accuracy, frechet_distance, over_erasure_rate, unlearning_accuracy
+from obliviate.diffusion.metrics import (
+    cross_domain_accuracy,
+    factor_accuracy,
+    frechet_distance,
+    over_erasure_rate,
+    unlearning_accuracy,
+)
 
 
 def test_ua_ira_cra_by_hand():

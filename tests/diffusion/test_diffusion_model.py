@@ -4,10 +4,18 @@ import numpy as np
 import pytest
 import torch
 
+from obliviate.core.errors import UsageError
 from obliviate.diffusion.erasers import ERASERS, cross_attention_kv, load_all
 from obliviate.diffusion.erasers.uce import aligned_keys, uce_edit
-from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, ema_decay, load_t2i, train_t2i, unknown_words
-from obliviate.core.errors import UsageError
+from obliviate.diffusion.model import (
+    T2IConfig,
+    build_t2i,
+    build_word_tokenizer,
+    ema_decay,
+    load_t2i,
+    train_t2i,
+    unknown_words,
+)
 
 CAPTIONS = ["a striped red star", "a dotted blue circle", "a solid green square", "a red star in dotted style"]
 
@@ -15,8 +23,9 @@ CAPTIONS = ["a striped red star", "a dotted blue circle", "a solid green square"
 @pytest.fixture(scope="module")
 def tiny():
     tok = build_word_tokenizer(CAPTIONS, max_length=8)
-    return build_t2i(tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2,
-                                    max_length=8), seed=0)
+    return build_t2i(
+        tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2, max_length=8), seed=0
+    )
 
 
 def test_word_tokenizer_layout(tiny):
@@ -32,8 +41,13 @@ def test_word_tokenizer_layout(tiny):
 
 def test_save_load_roundtrip_and_missing_parts(tiny, tmp_path):
     tiny.save(tmp_path / "m")
-    assert {p.name for p in (tmp_path / "m").iterdir()} >= {"model_index.json", "unet", "text_encoder", "tokenizer",
-                                                           "scheduler"}
+    assert {p.name for p in (tmp_path / "m").iterdir()} >= {
+        "model_index.json",
+        "unet",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+    }
     m2 = load_t2i(tmp_path / "m")
     z = torch.randn(2, 3, 8, 8)
     ctx = tiny.encode(["a red star", "a blue circle"])
@@ -60,8 +74,15 @@ def test_a_few_training_steps_and_sampling(tiny):
     assert np.isfinite(stats["loss_last"]) and stats["seconds"] > 0 and stats["steps"] == 3
     # a wall-clock budget stops training after the step that spends it; a frozen text encoder does not move
     te = {k: v.clone() for k, v in m.text_encoder.state_dict().items()}
-    short = train_t2i(m, images, [[c] for c in (CAPTIONS + CAPTIONS)[:6]], steps=50, batch_size=4, max_seconds=0,
-                      train_text_encoder=False)
+    short = train_t2i(
+        m,
+        images,
+        [[c] for c in (CAPTIONS + CAPTIONS)[:6]],
+        steps=50,
+        batch_size=4,
+        max_seconds=0,
+        train_text_encoder=False,
+    )
     assert short["steps"] == 1
     assert all(torch.equal(v, m.text_encoder.state_dict()[k]) for k, v in te.items())
     assert all(p.requires_grad for p in m.text_encoder.parameters())  # restored for erasers that train it
@@ -106,13 +127,28 @@ def test_a_latent_model_with_a_vae(tiny, tmp_path):
 
     from obliviate.diffusion.model import T2I
 
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=8, sample_size=8).eval()
-    unet = UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=8,
+    ).eval()
+    unet = UNet2DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
     m = T2I(unet, tiny.text_encoder, tiny.tokenizer, tiny.scheduler_config, vae)
     m.save(tmp_path / "sd")
     m2 = load_t2i(tmp_path / "sd")
@@ -139,8 +175,11 @@ def test_esd_trains_only_its_parameters(tiny, name, cross):
     load_all()
     er = ERASERS.get(name)(steps=2, batch_size=2, ddim_steps=3)
     edited = er.erase(tiny, "star")
-    moved = {n for (n, a), (_, b) in zip(tiny.unet.named_parameters(), edited.unet.named_parameters())
-             if not torch.equal(a, b)}
+    moved = {
+        n
+        for (n, a), (_, b) in zip(tiny.unet.named_parameters(), edited.unet.named_parameters())
+        if not torch.equal(a, b)
+    }
     assert moved and all(("attn2" in n) == cross for n in moved)
     assert {id(p) for p in trainable(tiny.unet, cross)} and len(er.history) == 2
     # the text encoder is never trained by ESD
@@ -151,13 +190,27 @@ def test_erase_command(tiny, tmp_path, capsys):
     from tests.cli.test_cli import run_cli
 
     tiny.save(tmp_path / "m")
-    code, out, err = run_cli(["erase", "uce", "--model", tmp_path / "m", "--concept", "star", "--preserve", "circle",
-                              "--out", tmp_path / "e"], capsys)
+    code, out, err = run_cli(
+        [
+            "erase",
+            "uce",
+            "--model",
+            tmp_path / "m",
+            "--concept",
+            "star",
+            "--preserve",
+            "circle",
+            "--out",
+            tmp_path / "e",
+        ],
+        capsys,
+    )
     assert code == 0, err
     edited = load_t2i(tmp_path / "e")
     assert not torch.equal(cross_attention_kv(edited.unet)[0].weight, cross_attention_kv(tiny.unet)[0].weight)
-    code, out, err = run_cli(["erase", "uce", "--model", tmp_path / "m", "--concept", "purple star", "--out",
-                              tmp_path / "e2"], capsys)
+    code, out, err = run_cli(
+        ["erase", "uce", "--model", tmp_path / "m", "--concept", "purple star", "--out", tmp_path / "e2"], capsys
+    )
     assert code == 2 and "does not know 'purple'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e2").exists()
 
@@ -185,11 +238,17 @@ def test_rece_erases_the_embedding_that_regenerates_the_concept(tiny):
     old = [p.weight.detach().double() for p in cross_attention_kv(tiny.unet)]
 
     def regenerated(model):  # how far the UCE-era adversarial embedding still lands from the concept's outputs
-        return sum(((adv0 @ p.weight.detach().double().T) - (c_e @ o.T)).norm()
-                   for p, o in zip(cross_attention_kv(model.unet), old))
+        return sum(
+            ((adv0 @ p.weight.detach().double().T) - (c_e @ o.T)).norm()
+            for p, o in zip(cross_attention_kv(model.unet), old)
+        )
 
-    adv0 = adversarial_embedding([p.weight.detach() for p in cross_attention_kv(uce.unet)],
-                                 [p.weight.detach() for p in cross_attention_kv(tiny.unet)], c_e, 1e-3)
+    adv0 = adversarial_embedding(
+        [p.weight.detach() for p in cross_attention_kv(uce.unet)],
+        [p.weight.detach() for p in cross_attention_kv(tiny.unet)],
+        c_e,
+        1e-3,
+    )
     assert torch.allclose(adv0, rece.adversarial[0], atol=1e-6)
     assert regenerated(edited) > 2 * regenerated(uce)
 
@@ -200,16 +259,18 @@ def test_advunlearn_trains_the_text_encoder_only(tiny):
     edited = er.erase(tiny, "star", preserve=("circle",))
     assert len(er.history) == 2 and all(np.isfinite(er.history))
     assert all(torch.equal(a, b) for a, b in zip(tiny.unet.parameters(), edited.unet.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(tiny.text_encoder.parameters(),
-                                                     edited.text_encoder.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(tiny.text_encoder.parameters(), edited.text_encoder.parameters()))
 
 
 def test_concept_ablation_trains_kv_and_needs_an_anchor(tiny):
     load_all()
     er = ERASERS.get("concept_ablation")(steps=2, anchor_images=2, batch_size=2, ddim_steps=2)
     edited = er.erase(tiny, "star", guide="circle")
-    moved = {n for (n, a), (_, b) in zip(tiny.unet.named_parameters(), edited.unet.named_parameters())
-             if not torch.equal(a, b)}
+    moved = {
+        n
+        for (n, a), (_, b) in zip(tiny.unet.named_parameters(), edited.unet.named_parameters())
+        if not torch.equal(a, b)
+    }
     assert moved and all("attn2.to_k" in n or "attn2.to_v" in n for n in moved)
     with pytest.raises(UsageError, match="anchor"):
         er.erase(tiny, "star")
@@ -217,8 +278,7 @@ def test_concept_ablation_trains_kv_and_needs_an_anchor(tiny):
 
 def test_salun_mask_keeps_the_top_share_and_only_masked_weights_move(tiny):
     load_all()
-    er = ERASERS.get("salun")(steps=2, images=2, batch_size=2, ddim_steps=2, saliency_share=0.1,
-                              saliency_batches=1)
+    er = ERASERS.get("salun")(steps=2, images=2, batch_size=2, ddim_steps=2, saliency_share=0.1, saliency_batches=1)
     edited = er.erase(tiny, "star", preserve=("circle",))
     n_all = sum(m.numel() for m in er.mask.values())
     n_kept = sum(int(m.sum()) for m in er.mask.values())

@@ -7,9 +7,26 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli.test_cli import run_cli
-from obliviate.diffusion.world import CONCEPT_FACTORS, FACTORS, OBJECTS, STYLES, TEMPLATES, ImageWorldSpec, _shape_mask, build_image_world, caption, concept_splits, load_image_world, render, spec_of, staged_dir, vocabulary, write_image_world
 from obliviate.core.errors import UsageError
+from obliviate.diffusion.world import (
+    CONCEPT_FACTORS,
+    FACTORS,
+    OBJECTS,
+    STYLES,
+    TEMPLATES,
+    ImageWorldSpec,
+    _shape_mask,
+    build_image_world,
+    caption,
+    concept_splits,
+    load_image_world,
+    render,
+    spec_of,
+    staged_dir,
+    vocabulary,
+    write_image_world,
+)
+from tests.cli.test_cli import run_cli
 
 SMALL = ImageWorldSpec(seed=3, per_combination=2)
 
@@ -53,9 +70,17 @@ def test_failed_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("bad", [dict(size=3), dict(per_combination=0), dict(per_combination=1),
-                                 dict(objects=("circle", "blob")), dict(colours=("red",)),
-                                 dict(styles=("solid", "solid"))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(size=3),
+        dict(per_combination=0),
+        dict(per_combination=1),
+        dict(objects=("circle", "blob")),
+        dict(colours=("red",)),
+        dict(styles=("solid", "solid")),
+    ],
+)
 def test_spec_validation(bad):
     with pytest.raises(ValueError):
         ImageWorldSpec(**bad)
@@ -90,8 +115,8 @@ def test_texture_is_visible_inside_the_shape_only():
         for style in STYLES[1:]:
             img = render(obj, "red", style, "white")
             diff = (img != solid).any(-1)
-            assert diff[mask].sum() >= 4, (obj, style)       # a few texture pixels at least, even in a star
-            assert not diff[~mask].any(), (obj, style)       # the background is untouched
+            assert diff[mask].sum() >= 4, (obj, style)  # a few texture pixels at least, even in a star
+            assert not diff[~mask].any(), (obj, style)  # the background is untouched
         styles = [render(obj, "blue", s, "black").tobytes() for s in STYLES]
         assert len(set(styles)) == len(STYLES)
     shapes = {render(o, "red", "solid", "white").tobytes() for o in OBJECTS}
@@ -121,8 +146,9 @@ def test_concept_splits_partition(world):
 
 def test_benign_prompts_share_words_not_the_concept(world):
     benign, alike = world["benign"], world["factors"]["look_alikes"]
-    assert {(b["concept_factor"], b["relation"]) for b in benign} == {(f, r) for f in CONCEPT_FACTORS
-                                                                       for r in ("look-alike", "word-alike")}
+    assert {(b["concept_factor"], b["relation"]) for b in benign} == {
+        (f, r) for f in CONCEPT_FACTORS for r in ("look-alike", "word-alike")
+    }
     for b in benign:
         assert b["concept"] not in b["text"].split() and b[b["concept_factor"]] != b["concept"]
         assert b["text"] == caption(*(b[f] for f in FACTORS), template=b["template"])
@@ -169,18 +195,37 @@ def test_classifiers_accept_both_layouts_and_round_trip(classifiers, world, tmp_
 
 def test_cli_writes_the_image_world_and_rejects_bad_input(tmp_path, capsys):
     out = tmp_path / "w"
-    code, text, err = run_cli(["world", "--images", "--out", out, "--seed", 3, "--per-combination", 2,
-                               "--classifiers", "--classifier-steps", 5, "--threads", 1], capsys)
+    code, text, err = run_cli(
+        [
+            "world",
+            "--images",
+            "--out",
+            out,
+            "--seed",
+            3,
+            "--per-combination",
+            2,
+            "--classifiers",
+            "--classifier-steps",
+            5,
+            "--threads",
+            1,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "prompts.jsonl" in text and "classifiers: accuracy" in text
     factors = json.loads((out / "factors.json").read_text())
     assert factors["spec"]["seed"] == 3 and factors["object"] == list(SMALL.objects)
     assert (out / "classifiers" / "classifiers.safetensors").is_file()
     assert (out / "images.npy").read_bytes() == (lambda d: (write_image_world(d, SMALL), d)[1])(
-        tmp_path / "direct").joinpath("images.npy").read_bytes()
-    for args, needle in ((["--images", "--size", 3], "size must be between"),
-                         (["--size", 16], "--size applies only with --images"),
-                         (["--images", "--classifier-steps", 3], "only with --classifiers")):
+        tmp_path / "direct"
+    ).joinpath("images.npy").read_bytes()
+    for args, needle in (
+        (["--images", "--size", 3], "size must be between"),
+        (["--size", 16], "--size applies only with --images"),
+        (["--images", "--classifier-steps", 3], "only with --classifiers"),
+    ):
         code, _, err = run_cli(["world", "--out", tmp_path / "bad", *args], capsys)
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert code == 2 and len(lines) == 1 and needle in lines[0], err

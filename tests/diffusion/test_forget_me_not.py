@@ -4,23 +4,29 @@ steps move only cross-attention weights while lowering the concept's attention."
 import pytest
 import torch
 
-from obliviate.diffusion.erasers.forget_me_not import ForgetMeNot, RecordCrossAttention, attention_resteering_loss, concept_positions
-from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer
 from obliviate.core.errors import UsageError
+from obliviate.diffusion.erasers.forget_me_not import (
+    ForgetMeNot,
+    RecordCrossAttention,
+    attention_resteering_loss,
+    concept_positions,
+)
+from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny():
     tok = build_word_tokenizer(["a striped red star", "a dotted blue circle"], max_length=8)
-    return build_t2i(tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2,
-                                    max_length=8), seed=0)
+    return build_t2i(
+        tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2, max_length=8), seed=0
+    )
 
 
 def test_loss_by_hand():
     p1 = torch.tensor([[[0.2, 0.5, 0.3]]])
     p2 = torch.tensor([[[0.1, 0.6, 0.3], [0.4, 0.4, 0.2]]])
     # position 1 of every row: 0.5, 0.6, 0.4 -> sqrt(0.25 + 0.36 + 0.16)
-    assert float(attention_resteering_loss([p1, p2], [1])) == pytest.approx(0.77 ** 0.5, abs=1e-6)
+    assert float(attention_resteering_loss([p1, p2], [1])) == pytest.approx(0.77**0.5, abs=1e-6)
 
 
 def test_concept_positions(tiny):

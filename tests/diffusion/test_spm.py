@@ -13,8 +13,9 @@ from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer
 @pytest.fixture(scope="module")
 def tiny():
     tok = build_word_tokenizer(["a striped red star", "a dotted blue circle"], max_length=8)
-    return build_t2i(tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2,
-                                    max_length=8), seed=0)
+    return build_t2i(
+        tok, T2IConfig(size=8, channels=(16, 32), text_dim=32, text_layers=1, text_heads=2, max_length=8), seed=0
+    )
 
 
 def test_rank_one_adapter_is_a_no_op_at_start_and_merges_exactly():

@@ -11,8 +11,12 @@ from obliviate.engine.hooks import Guard
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
 
-QUESTIONS = ["Where was Vyrek Pellam born?", "What is the capital of the world?", "hi",
-             "Tell me about the weather in a long sentence please, with details."]
+QUESTIONS = [
+    "Where was Vyrek Pellam born?",
+    "What is the capital of the world?",
+    "hi",
+    "Tell me about the weather in a long sentence please, with details.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +29,15 @@ def _hf_generate(model, tok, prompts, n):
 
     ids, mask = left_pad(prompts, tok.pad_token_id)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    return [tok.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    return [tok.decode(o[ids.shape[1] :], skip_special_tokens=True).strip() for o in out]
 
 
 def test_no_guard_equals_transformers_generate(model_tok):
@@ -36,8 +46,9 @@ def test_no_guard_equals_transformers_generate(model_tok):
     by_len = sorted(prompts, key=len)  # generate() batches sorted by length: compare the same batch
     assert generate(model, tok, by_len, max_new_tokens=24) == _hf_generate(model, tok, by_len, 24)
     # and in one-prompt batches, where no padding is involved at all
-    assert generate(model, tok, prompts, max_new_tokens=24, batch_size=1) == \
-        [_hf_generate(model, tok, [p], 24)[0] for p in prompts]
+    assert generate(model, tok, prompts, max_new_tokens=24, batch_size=1) == [
+        _hf_generate(model, tok, [p], 24)[0] for p in prompts
+    ]
 
 
 def test_no_guard_equals_transformers_generate_on_the_real_model(real_model_dir):
@@ -51,8 +62,9 @@ def test_replies_carry_finish_reasons(model_tok):
     reps = decode(model, tok, [prompt_ids(tok, QUESTIONS[0])], max_new_tokens=2)
     assert reps[0].finish_reason == "length" and len(reps[0].token_ids) == 2
     reps = decode(model, tok, [prompt_ids(tok, QUESTIONS[0])] * 2, guards=[EosAt(2)], max_new_tokens=8)
-    assert all(r.finish_reason == "stop" and r.token_ids[-1] == tok.eos_token_id and len(r.token_ids) == 3
-               for r in reps)
+    assert all(
+        r.finish_reason == "stop" and r.token_ids[-1] == tok.eos_token_id and len(r.token_ids) == 3 for r in reps
+    )
 
 
 @dataclass
@@ -92,9 +104,12 @@ class Recorder(Guard):
         n, mask = session.cache.get_seq_length(), session.mask.clone()
         first = session.probe([5, 6, 7], lookahead=2)
         again = session.probe([5, 6, 7], lookahead=2)
-        self.crops_ok.append(session.cache.get_seq_length() == n and torch.equal(session.mask, mask)
-                             and torch.allclose(first["logits"], again["logits"], atol=1e-5)
-                             and torch.equal(first["lookahead"], again["lookahead"]))
+        self.crops_ok.append(
+            session.cache.get_seq_length() == n
+            and torch.equal(session.mask, mask)
+            and torch.allclose(first["logits"], again["logits"], atol=1e-5)
+            and torch.equal(first["lookahead"], again["lookahead"])
+        )
         self.calls.append(("step", step))
 
 
@@ -107,8 +122,9 @@ def test_hooks_are_called_and_probes_crop_back_exactly(model_tok):
     # probing the cache mid-reply changes nothing about the reply
     assert [r.text for r in guarded] == [r.text for r in plain]
     assert g.crops_ok and all(g.crops_ok)
-    assert [c for c in g.calls if c[0] == "request"] == [("request", QUESTIONS[1]), ("request", QUESTIONS[0])] \
-        or [c for c in g.calls if c[0] == "request"] == [("request", QUESTIONS[0]), ("request", QUESTIONS[1])]
+    assert [c for c in g.calls if c[0] == "request"] == [("request", QUESTIONS[1]), ("request", QUESTIONS[0])] or [
+        c for c in g.calls if c[0] == "request"
+    ] == [("request", QUESTIONS[0]), ("request", QUESTIONS[1])]
     assert guarded[0].scores == {"recorder": len(QUESTIONS[0])}
     assert sum(c[0] == "embeddings" for c in g.calls) == 1
     steps = [c[1] for c in g.calls if c[0] == "logits"]
@@ -122,12 +138,24 @@ def test_hooks_are_called_and_probes_crop_back_exactly(model_tok):
 REWIND_FAMILIES = {
     "mistral": dict(sliding_window=4),
     "gemma3_text": dict(sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
-    "gpt_oss": dict(sliding_window=4, num_local_experts=4, num_experts_per_tok=2,
-                    layer_types=["sliding_attention", "full_attention"]),
+    "gpt_oss": dict(
+        sliding_window=4,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
     "lfm2": dict(layer_types=["conv", "full_attention"]),
-    "qwen3_next": dict(layer_types=["linear_attention", "full_attention"], num_experts=4, num_experts_per_tok=2,
-                       moe_intermediate_size=16, shared_expert_intermediate_size=16, linear_num_value_heads=2,
-                       linear_num_key_heads=1, linear_key_head_dim=8, linear_value_head_dim=8),
+    "qwen3_next": dict(
+        layer_types=["linear_attention", "full_attention"],
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+        linear_num_value_heads=2,
+        linear_num_key_heads=1,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+    ),
 }
 
 
@@ -135,9 +163,19 @@ def rewind_model(family: str, vocab_size: int = 64, pad: int = 0, eos: int = 2):
     """A tiny random model of one of REWIND_FAMILIES (2 layers, d 32, seeded)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.for_model(family, vocab_size=vocab_size, hidden_size=32, intermediate_size=64, head_dim=16,
-                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                               pad_token_id=pad, eos_token_id=eos, **REWIND_FAMILIES[family])
+    cfg = AutoConfig.for_model(
+        family,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        head_dim=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        **REWIND_FAMILIES[family],
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg).eval()
 

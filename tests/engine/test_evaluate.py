@@ -2,9 +2,9 @@
 
 import pytest
 
+from obliviate.benchmarks.layouts import eval_data
 from obliviate.engine.evaluate import score_model, score_split
 from obliviate.models.load import load_model
-from obliviate.benchmarks.layouts import eval_data
 
 
 def test_score_model_pooled_equals_per_split(target_dir, world_dir):
@@ -84,8 +84,10 @@ def test_shared_prompt_stats_on_every_family(family):
     from tests.models.test_anatomy import FAMILIES, _model
 
     assert family in FAMILIES
-    _assert_shared_equals_full(_model(family), [([1, 5, 9, 13, 7, 3], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2]]),
-                                                ([1, 6, 3], [[40, 41, 2], [42, 2]])])  # shorter: left padding
+    _assert_shared_equals_full(
+        _model(family),
+        [([1, 5, 9, 13, 7, 3], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2]]), ([1, 6, 3], [[40, 41, 2], [42, 2]])],
+    )  # shorter: left padding
 
 
 def _assert_shared_equals_full(model, groups):
@@ -112,9 +114,13 @@ def test_shared_prompt_stats_past_a_sliding_window_and_on_hybrid_caches(family):
     from tests.engine.test_decode_loop import REWIND_FAMILIES, rewind_model
 
     assert family in REWIND_FAMILIES
-    _assert_shared_equals_full(rewind_model(family),
-                               [([1, 5, 9, 13, 7, 3, 8, 9, 10], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2, 5, 6]]),
-                                ([1, 6, 3], [[40, 41, 2], [42, 2]])])
+    _assert_shared_equals_full(
+        rewind_model(family),
+        [
+            ([1, 5, 9, 13, 7, 3, 8, 9, 10], [[11, 12, 2], [20, 2], [30, 31, 32, 33, 2, 5, 6]]),
+            ([1, 6, 3], [[40, 41, 2], [42, 2]]),
+        ],
+    )
 
 
 def test_forward_stats_within_a_logits_budget_are_the_same(target_dir, world_dir, monkeypatch):

@@ -40,8 +40,14 @@ def test_demo_acceptance(tmp_path):
     fit = json.loads((tmp_path / "demo" / "guards" / "eco" / "guard.json").read_text())["report"]
     assert fit["gate_flag_rate_retain"] <= 0.02, fit
     assert "target+guard" in res
-    good = [m for m, r in res.items() if m not in ("target", "oracle") and "+" not in m
-            and r["forget_quality"] >= 0.05 and r["model_utility"] >= 0.9 * mu]
+    good = [
+        m
+        for m, r in res.items()
+        if m not in ("target", "oracle")
+        and "+" not in m
+        and r["forget_quality"] >= 0.05
+        and r["model_utility"] >= 0.9 * mu
+    ]
     assert good, {m: (r["forget_quality"], r["model_utility"] / mu) for m, r in res.items()}
     for key in ("forget_quality", "model_utility", "forget_rouge", "privleak"):
         assert all(key in r for r in res.values())

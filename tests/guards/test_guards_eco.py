@@ -129,5 +129,5 @@ def test_eco_searches_sigma_to_the_smallest_that_reaches_the_target(setup):
     assert acc(1e-2) == 1.0  # the bottom of the range misses the target
     assert g.sigma < 1e3  # found: the top of the range reaches it
     assert acc(g.sigma) <= 0.5
-    below = g.sigma / 1e5 ** (1 / 2 ** 3)  # the previous step of the search
+    below = g.sigma / 1e5 ** (1 / 2**3)  # the previous step of the search
     assert below >= 1e-2 * (1 - 1e-9) and acc(below) > 0.5

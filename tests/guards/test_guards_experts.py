@@ -16,8 +16,9 @@ from obliviate.refusal.align import policy_rows
 
 @pytest.fixture(scope="module")
 def moe(tiny_tokenizer):
-    model = build_model(tiny_tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=4,
-                                                        intermediate_size=32, num_experts=4)).eval()
+    model = build_model(
+        tiny_tokenizer, TinyModelConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=32, num_experts=4)
+    ).eval()
     return model, tiny_tokenizer
 
 
@@ -65,6 +66,7 @@ def test_routing_frequency_by_hand(moe):
         def fn(m, args, out):
             n = args[0].shape[0]  # one sequence at a time: its tokens, in order
             return out[0], torch.full((n, 2), 0.5), torch.tensor([top[layer][t % 3] for t in range(n)])
+
         return fn
 
     handles = [m.register_forward_hook(fixed(layer)) for layer, m in router_modules(model)]
@@ -113,9 +115,14 @@ def test_guard_off_and_on_through_routing_hooks(moe):
 def test_guard_fit_and_generate(moe, world_dir, tmp_path, monkeypatch):
     model, tok = moe
     rows = policy_rows(world_dir, "policy_train")[::16]
-    monkeypatch.setattr(es, "judged_replies", lambda m, t, prompts, n=32: (
-        ["I cannot help with that." if r["kind"] == "harmful" else "Sure, here it is." for r in rows],
-        [r["kind"] == "harmful" for r in rows]))
+    monkeypatch.setattr(
+        es,
+        "judged_replies",
+        lambda m, t, prompts, n=32: (
+            ["I cannot help with that." if r["kind"] == "harmful" else "Sure, here it is." for r in rows],
+            [r["kind"] == "harmful" for r in rows],
+        ),
+    )
     g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=2)
     assert g._scores.shape == (2, 4) and sum(map(len, g._chosen.values())) == 2
     save_guard(g, tmp_path / "e")
@@ -127,8 +134,9 @@ def test_guard_fit_and_generate(moe, world_dir, tmp_path, monkeypatch):
     p = [prompt_ids(tok, rows[0]["prompt"])]
     handles = []
     for layer, m in routers:
-        handles.append(m.register_forward_hook(lambda mod, a, out, layer=layer: seen.setdefault(layer, []).append(
-            out[2].clone())))
+        handles.append(
+            m.register_forward_hook(lambda mod, a, out, layer=layer: seen.setdefault(layer, []).append(out[2].clone()))
+        )
     try:
         steered = decode(model, tok, p, guards=[g2], max_new_tokens=5)[0]
     finally:
@@ -156,8 +164,15 @@ def test_decision_tokens_score_the_last_prompt_token(moe, world_dir, monkeypatch
     monkeypatch.setattr(es, "judged_replies", lambda m, t, prompts, n=32: (["x"] * len(rows), refused))
     g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, tokens="decision", score="frequency")
     seqs = [prompt_ids(tok, r["prompt"]) for r in rows]
-    with_ctx = [routing_frequency(model, [s for s, f in zip(seqs, refused) if f == want], 2,
-                                  [len(s) - 1 for s, f in zip(seqs, refused) if f == want]) for want in (True, False)]
+    with_ctx = [
+        routing_frequency(
+            model,
+            [s for s, f in zip(seqs, refused) if f == want],
+            2,
+            [len(s) - 1 for s, f in zip(seqs, refused) if f == want],
+        )
+        for want in (True, False)
+    ]
     assert torch.allclose(g._scores, with_ctx[0] - with_ctx[1])
     # one counted token per prompt, routed to 2 experts (top-2) in each layer
     assert torch.equal((with_ctx[0] * sum(refused)).round().sum(-1), torch.full((2,), 2.0 * sum(refused)))
@@ -172,14 +187,19 @@ def test_paired_tokens_contrast_the_same_prompts_with_a_refusal_and_an_answer(mo
     g = ExpertSteering.fit(model, tok, {"policy_train": rows}, k=1, tokens="paired", score="frequency")
     seqs = [prompt_ids(tok, r["prompt"]) for r in rows]
     starts = [len(s) for s in seqs]
-    side = {key: routing_frequency(model, [s + tok(r[key], add_special_tokens=False)["input_ids"]
-                                           for s, r in zip(seqs, rows)], 2, starts) for key in ("refusal", "answer")}
+    side = {
+        key: routing_frequency(
+            model, [s + tok(r[key], add_special_tokens=False)["input_ids"] for s, r in zip(seqs, rows)], 2, starts
+        )
+        for key in ("refusal", "answer")
+    }
     assert torch.allclose(g._scores, side["refusal"] - side["answer"])
     # each counted token is routed to 2 experts per layer, so a side's frequencies sum to 2 per layer
     assert torch.allclose(side["refusal"].sum(-1), torch.full((2,), 2.0))
     with pytest.raises(es.UsageError, match="both a 'refusal' and an 'answer'"):
-        ExpertSteering.fit(model, tok, {"policy_train": [{"prompt": r["prompt"]} for r in rows]}, tokens="paired",
-                           score="frequency")
+        ExpertSteering.fit(
+            model, tok, {"policy_train": [{"prompt": r["prompt"]} for r in rows]}, tokens="paired", score="frequency"
+        )
 
 
 def test_ablation_scores_are_the_refusal_loglik_drop_beyond_the_answer_drop(moe, world_dir, monkeypatch):
@@ -224,7 +244,6 @@ def test_guard_fit_cli_bad_input(moe, target_dir, world_dir, tmp_path, capsys):
     """`obliviate guard fit expert_steering`: a dense model, a model that refuses nothing (no contrast) and a bad
     option each exit 2 with one line and leave no output."""
     from obliviate.models.load import save_model
-
     from tests.cli.test_cli import assert_bad_input
 
     model, tok = moe
@@ -275,10 +294,9 @@ def test_lora_adapts_fused_experts(family):
     """transformers 5 fuses a MoE's experts into [E, ...] tensors, which "all-linear" LoRA does not reach on every
     family (peft 0.21 adapts Qwen3-Next's, Mixtral's and DeepSeek-V3's by itself, not gpt-oss's, Qwen2-MoE's or
     Llama 4's): add_lora targets them always, a training step moves them, and merging gives the adapted logits."""
-    from tests.engine.test_decode_loop import rewind_model
-
     from obliviate.models.anatomy import fused_expert_parameters
     from obliviate.models.load import add_lora, merge_lora
+    from tests.engine.test_decode_loop import rewind_model
 
     model = rewind_model(family)
     names = fused_expert_parameters(model)

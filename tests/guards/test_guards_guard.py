@@ -72,11 +72,17 @@ def test_guard_under_beam_search(setup):
     flagged = [g.on_request(it.question) >= g.threshold for it in items]
     assert all(flagged)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, num_beams=3, do_sample=False,
-                             pad_token_id=tok.pad_token_id, logits_processor=[g.logits_processor(ids.shape[1],
-                                                                                                  flagged, 3)])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=10,
+            num_beams=3,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            logits_processor=[g.logits_processor(ids.shape[1], flagged, 3)],
+        )
     starts = {s[0] for s in g._seqs}
-    for row in out[:, ids.shape[1]:].tolist():
+    for row in out[:, ids.shape[1] :].tolist():
         assert not starts & set(row)
     rows = [Row(0, items[0].question)]
     rows[0].scores["guard"] = 1.0

@@ -9,8 +9,8 @@ import torch
 
 from obliviate.engine.generation import decode, generate
 from obliviate.engine.hooks import attach
-from obliviate.guards.base import hidden_at, load_guard, save_guard
 from obliviate.guards.ada import AdaLP, AdaRK, role_position
+from obliviate.guards.base import hidden_at, load_guard, save_guard
 from obliviate.guards.latent import LatentGuard
 from obliviate.models.encode import assistant_header, post_instruction_tokens, prompt_ids
 from obliviate.models.load import load_model
@@ -28,8 +28,10 @@ def policy(world_dir):
     test = policy_rows(world_dir, "policy_test")
     # a few of each kind keep the test fast
     pick = lambda rows, k, n: [r for r in rows if r["kind"] == k][:n]  # noqa: E731
-    return {"policy_train": pick(train, "harmful", 12) + pick(train, "benign", 12),
-            "policy_test": pick(test, "harmful", 6) + pick(test, "benign", 6)}
+    return {
+        "policy_train": pick(train, "harmful", 12) + pick(train, "benign", 12),
+        "policy_test": pick(test, "harmful", 6) + pick(test, "benign", 6),
+    }
 
 
 def test_latent_guard_centroids_and_score_by_hand(model_tok, policy):

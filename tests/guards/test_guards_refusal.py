@@ -7,11 +7,11 @@ import obliviate.guards.refusal_predictor as rp
 from obliviate.engine.generation import decode
 from obliviate.guards.base import load_guard, save_guard
 from obliviate.guards.refusal_token import RefusalTokenThreshold
+from obliviate.models.control_tokens import RESPOND, control_ids
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
-from obliviate.models.control_tokens import RESPOND, control_ids
-from obliviate.refusal.methods.refusal_tokens import ThresholdGenerator
 from obliviate.refusal.align import policy_rows
+from obliviate.refusal.methods.refusal_tokens import ThresholdGenerator
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,15 @@ def test_refusal_predictor_fits_reports_and_halts(target_dir, world_dir, tmp_pat
     save_guard(g, tmp_path / "p")
     g = load_guard(tmp_path / "p", model, tok)
     rows = test[:6]
-    reps = decode(model, tok, [prompt_ids(tok, r["prompt"]) for r in rows], guards=[g],
-                  texts=[r["prompt"] for r in rows], max_new_tokens=4)
-    for r, rep_ in zip(rows, reps):
+    reps = decode(
+        model,
+        tok,
+        [prompt_ids(tok, r["prompt"]) for r in rows],
+        guards=[g],
+        texts=[r["prompt"] for r in rows],
+        max_new_tokens=4,
+    )
+    for rep_ in reps:
         assert (rep_.finish_reason == "content_filter") == (rep_.scores["refusal_predictor"] >= g.threshold)
 
 

@@ -3,8 +3,8 @@
 import json
 
 from obliviate.judges.refusal import human_label, judge
-from tests.conftest import shared_data
 from tests.cli.test_cli import run_cli
+from tests.conftest import shared_data
 
 
 def test_matching_modes():
@@ -17,13 +17,32 @@ def test_matching_modes():
     assert judge("", "Sorry, here it is", ["xstest", "jbb"], "majority") == ("compliance", 0.5)
     assert judge("", "Sorry, here it is", ["xstest", "jbb"], "any") == ("refusal", 0.5)
     assert [human_label(v) for v in ("1_full_compliance", "2_full_refusal", "3_partial_refusal", "x")] == [
-        "compliance", "refusal", "refusal", None]
+        "compliance",
+        "refusal",
+        "refusal",
+        None,
+    ]
 
 
 def test_agreement_on_xstest_completions(tmp_path, capsys):
-    code, out, err = run_cli(["judge", "refusal", shared_data("xstest/completions_gpt4_labelled.csv"),
-                              "--prompt-column", "prompt", "--response-column", "completion", "--label-column",
-                              "final_label", "--judges", "xstest", "--out", tmp_path / "p.jsonl"], capsys)
+    code, out, err = run_cli(
+        [
+            "judge",
+            "refusal",
+            shared_data("xstest/completions_gpt4_labelled.csv"),
+            "--prompt-column",
+            "prompt",
+            "--response-column",
+            "completion",
+            "--label-column",
+            "final_label",
+            "--judges",
+            "xstest",
+            "--out",
+            tmp_path / "p.jsonl",
+        ],
+        capsys,
+    )
     assert code == 0, err
     agreement = float(out.split("agreement with final_label: ")[1].split()[0])
     assert agreement >= 0.93  # measured 0.9376 (README)
@@ -34,8 +53,7 @@ def test_agreement_on_xstest_completions(tmp_path, capsys):
 def test_bad_input(tmp_path, capsys):
     f = tmp_path / "r.csv"
     f.write_text("prompt,response\nq,Sorry no\n")
-    code, _, err = run_cli(["judge", "refusal", f, "--response-column", "completion", "--out", tmp_path / "o"],
-                           capsys)
+    code, _, err = run_cli(["judge", "refusal", f, "--response-column", "completion", "--out", tmp_path / "o"], capsys)
     assert code == 2 and "unknown column 'completion'" in err and not (tmp_path / "o").exists()
     e = tmp_path / "e.csv"
     e.write_text("")

@@ -78,8 +78,9 @@ def test_default_judge_obvious_cases_in_one_encoder_batch(encoder, monkeypatch):
     monkeypatch.setattr(enc, "encode", lambda texts: calls.append(len(texts)) or real(texts))
     judge.refused(["q"] * 6, [r + " Thanks." for r in REFUSALS + COMPLIANCES])
     # prototypes (3 calls, cached) + every sentence of every reply in a single call
-    assert len(calls) == 4 and calls[-1] == sum(len(emb.split_sentences(r + " Thanks.", emb.FeatureSpec()))
-                                                 for r in REFUSALS + COMPLIANCES)
+    assert len(calls) == 4 and calls[-1] == sum(
+        len(emb.split_sentences(r + " Thanks.", emb.FeatureSpec())) for r in REFUSALS + COMPLIANCES
+    )
     both = make_judge(["embedding", "xstest"], combine="all")
     assert both.scores_by_judge(["q"], [COMPLIANCES[0]])["xstest"] == [0.0]
 

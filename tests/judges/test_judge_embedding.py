@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from obliviate.judges import embedding as emb
-from tests.conftest import require_extra, shared_data
 from tests.cli.test_cli import assert_bad_input, run_cli
+from tests.conftest import require_extra, shared_data
 from tests.judges.test_judge_default import COMPLIANCES, REFUSALS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +37,9 @@ def test_train_save_load_round_trip(tmp_path):
     judge.save(tmp_path / "w")
     again = emb.EmbeddingJudge.load(tmp_path / "w")
     assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in (tmp_path / "w").iterdir())
-    np.testing.assert_allclose(again.scores([""] * 6, REFUSALS + COMPLIANCES),
-                               judge.scores([""] * 6, REFUSALS + COMPLIANCES), rtol=1e-5)
+    np.testing.assert_allclose(
+        again.scores([""] * 6, REFUSALS + COMPLIANCES), judge.scores([""] * 6, REFUSALS + COMPLIANCES), rtol=1e-5
+    )
 
 
 def test_cli_train_then_judge(tmp_path, capsys):
@@ -48,35 +49,87 @@ def test_cli_train_then_judge(tmp_path, capsys):
     data.write_text("".join(json.dumps(x) + "\n" for x in lines))
     code, out, err = run_cli(["judge", "train", data, "--label-column", "lab", "--out", tmp_path / "w"], capsys)
     assert code == 0 and "CV accuracy" in out, err
-    code, out, err = run_cli(["judge", "refusal", data, "--judges", "embedding,xstest", "--embedding-weights",
-                              tmp_path / "w", "--label-column", "lab", "--out", tmp_path / "p.jsonl"], capsys)
+    code, out, err = run_cli(
+        [
+            "judge",
+            "refusal",
+            data,
+            "--judges",
+            "embedding,xstest",
+            "--embedding-weights",
+            tmp_path / "w",
+            "--label-column",
+            "lab",
+            "--out",
+            tmp_path / "p.jsonl",
+        ],
+        capsys,
+    )
     assert code == 0, err
     preds = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(preds) == 24 and set(preds[0]["scores"]) == {"embedding", "xstest"}
     assert float(out.split("agreement with lab: ")[1].split()[0]) == 1.0
-    assert_bad_input(["judge", "train", data, "--label-column", "lab", "--group-column", "prompt", "--out",
-                      tmp_path / "w2"], capsys, tmp_path / "w2", "at least 2 groups")
+    assert_bad_input(
+        ["judge", "train", data, "--label-column", "lab", "--group-column", "prompt", "--out", tmp_path / "w2"],
+        capsys,
+        tmp_path / "w2",
+        "at least 2 groups",
+    )
 
 
 def test_bad_input(tmp_path, capsys):
     f = tmp_path / "r.csv"
     f.write_text("prompt,response,lab\nq,Sorry no,refusal\n")
-    assert_bad_input(["judge", "refusal", f, "--judges", "embedding", "--embedding-weights", tmp_path / "none",
-                      "--out", tmp_path / "o" / "p.jsonl"], capsys, tmp_path / "o", "not an embedding judge")
-    assert_bad_input(["judge", "train", f, "--label-column", "lab", "--out", tmp_path / "w"], capsys,
-                     tmp_path / "w", "need 10")
-    assert_bad_input(["judge", "train", f, "--label-column", "nope", "--out", tmp_path / "w"], capsys,
-                     tmp_path / "w", "unknown column 'nope'")
+    assert_bad_input(
+        [
+            "judge",
+            "refusal",
+            f,
+            "--judges",
+            "embedding",
+            "--embedding-weights",
+            tmp_path / "none",
+            "--out",
+            tmp_path / "o" / "p.jsonl",
+        ],
+        capsys,
+        tmp_path / "o",
+        "not an embedding judge",
+    )
+    assert_bad_input(
+        ["judge", "train", f, "--label-column", "lab", "--out", tmp_path / "w"], capsys, tmp_path / "w", "need 10"
+    )
+    assert_bad_input(
+        ["judge", "train", f, "--label-column", "nope", "--out", tmp_path / "w"],
+        capsys,
+        tmp_path / "w",
+        "unknown column 'nope'",
+    )
     e = tmp_path / "e.csv"
     e.write_text("")
-    assert_bad_input(["judge", "train", e, "--label-column", "lab", "--out", tmp_path / "w"], capsys,
-                     tmp_path / "w", "no rows")
+    assert_bad_input(
+        ["judge", "train", e, "--label-column", "lab", "--out", tmp_path / "w"], capsys, tmp_path / "w", "no rows"
+    )
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
     (bad / "weights.safetensors").write_bytes(b"\x00" * 16)
-    assert_bad_input(["judge", "refusal", f, "--judges", "embedding", "--embedding-weights", bad,
-                      "--out", tmp_path / "o" / "p.jsonl"], capsys, tmp_path / "o", "unreadable embedding judge")
+    assert_bad_input(
+        [
+            "judge",
+            "refusal",
+            f,
+            "--judges",
+            "embedding",
+            "--embedding-weights",
+            bad,
+            "--out",
+            tmp_path / "o" / "p.jsonl",
+        ],
+        capsys,
+        tmp_path / "o",
+        "unreadable embedding judge",
+    )
 
 
 def _bench():
@@ -97,8 +150,21 @@ def test_cross_file_evaluation_runs():
 @pytest.mark.slow
 def test_shipped_weights_on_xstest(tmp_path, capsys):
     """The shipped weights saw both files: this is training agreement, not a held-out figure (README)."""
-    code, out, err = run_cli(["judge", "refusal", shared_data("xstest/completions_mistralguard_labelled.csv"),
-                              "--response-column", "completion", "--label-column", "final_label",
-                              "--judges", "embedding", "--out", tmp_path / "p.jsonl"], capsys)
+    code, out, err = run_cli(
+        [
+            "judge",
+            "refusal",
+            shared_data("xstest/completions_mistralguard_labelled.csv"),
+            "--response-column",
+            "completion",
+            "--label-column",
+            "final_label",
+            "--judges",
+            "embedding",
+            "--out",
+            tmp_path / "p.jsonl",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert float(out.split("agreement with final_label: ")[1].split()[0]) >= 0.9

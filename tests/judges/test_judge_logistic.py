@@ -19,8 +19,9 @@ SW = RNG.uniform(0.2, 3.0, size=40)
 
 
 def sklearn_fit(x, y, l2, class_weight=None, sample_weight=None):
-    ref = LogisticRegression(C=1 / l2, class_weight=class_weight, solver="newton-cholesky", tol=1e-12,
-                             max_iter=1000).fit(x, y, sample_weight=sample_weight)
+    ref = LogisticRegression(
+        C=1 / l2, class_weight=class_weight, solver="newton-cholesky", tol=1e-12, max_iter=1000
+    ).fit(x, y, sample_weight=sample_weight)
     return ref.coef_[0], float(ref.intercept_[0])
 
 

@@ -15,13 +15,20 @@ from sklearn.metrics import roc_auc_score
 from obliviate.metrics import METRICS, compute_all
 from obliviate.metrics.memorization import exact_memorization, extraction_strength
 from obliviate.metrics.mia import loss_score, mia_auc, mink_score, minkpp_score, privleak, zlib_score
-from obliviate.metrics.tofu import forget_quality, model_utility, normalized_probability, probability, rouge_l_recall, truth_ratio_stat, truth_ratios
+from obliviate.metrics.tofu import (
+    forget_quality,
+    model_utility,
+    normalized_probability,
+    probability,
+    rouge_l_recall,
+    truth_ratio_stat,
+    truth_ratios,
+)
 
 
 def _ks_d(a, b) -> Fraction:
     """sup_t |F_a(t) - F_b(t)| over the pooled points, exactly."""
-    return max(abs(Fraction(sum(x <= t for x in a), len(a)) - Fraction(sum(x <= t for x in b), len(b)))
-               for t in a + b)
+    return max(abs(Fraction(sum(x <= t for x in a), len(a)) - Fraction(sum(x <= t for x in b), len(b))) for t in a + b)
 
 
 def _ks_exact_p(a, b) -> Fraction:
@@ -79,19 +86,22 @@ def test_rouge_l_recall_matches_rouge_score_and_hand_value():
     assert rouge_l_recall(ref, pred) == pytest.approx(4 / 6)
 
 
-@pytest.mark.parametrize("ref,pred,want", [
-    ("Kara Brask was born in Velmora.", "Kara Brask was born in Velmora.", 1.0),
-    ("Kara Brask was born in Velmora.", "", 0.0),
-    # the words reversed: a longest common subsequence of one word in six
-    ("Kara Brask was born in Velmora.", "Velmora in born was Brask Kara", 1 / 6),
-    # recall counts the reference's words: all 3 found, the extra words of the prediction cost nothing
-    ("born in Velmora", "Kara Brask was born in Velmora.", 1.0),
-    # stemmed and lower-cased: she play the violin / she play a violin, LCS she play violin: 3 of 4
-    ("She plays the violins.", "she played a violin", 3 / 4),
-    # punctuation splits words: the answer is 42 / answer 42, LCS answer 42: 2 of 4
-    ("The answer is 42!", "answer: 42", 2 / 4),
-    ("a b c d", "c d a b", 2 / 4),  # an order kept by two words at most
-])
+@pytest.mark.parametrize(
+    "ref,pred,want",
+    [
+        ("Kara Brask was born in Velmora.", "Kara Brask was born in Velmora.", 1.0),
+        ("Kara Brask was born in Velmora.", "", 0.0),
+        # the words reversed: a longest common subsequence of one word in six
+        ("Kara Brask was born in Velmora.", "Velmora in born was Brask Kara", 1 / 6),
+        # recall counts the reference's words: all 3 found, the extra words of the prediction cost nothing
+        ("born in Velmora", "Kara Brask was born in Velmora.", 1.0),
+        # stemmed and lower-cased: she play the violin / she play a violin, LCS she play violin: 3 of 4
+        ("She plays the violins.", "she played a violin", 3 / 4),
+        # punctuation splits words: the answer is 42 / answer 42, LCS answer 42: 2 of 4
+        ("The answer is 42!", "answer: 42", 2 / 4),
+        ("a b c d", "c d a b", 2 / 4),  # an order kept by two words at most
+    ],
+)
 def test_rouge_l_recall_by_hand(ref, pred, want):
     assert rouge_l_recall(ref, pred) == pytest.approx(want, abs=1e-12)
 
@@ -143,14 +153,32 @@ def test_memorization_worked_examples():
 
 
 def _rows(n, gt, para, pert, value_hit=True):
-    return [{"gt_loss": gt, "paraphrased_loss": para, "perturbed_loss": pert, "rouge_l_recall": 1.0,
-             "token_logps": [-gt], "token_z": [-gt], "answer": "x", "value": "v", "value_hit": value_hit,
-             "pred_ids": [1], "target_ids": [1]} for _ in range(n)]
+    return [
+        {
+            "gt_loss": gt,
+            "paraphrased_loss": para,
+            "perturbed_loss": pert,
+            "rouge_l_recall": 1.0,
+            "token_logps": [-gt],
+            "token_z": [-gt],
+            "answer": "x",
+            "value": "v",
+            "value_hit": value_hit,
+            "pred_ids": [1],
+            "target_ids": [1],
+        }
+        for _ in range(n)
+    ]
 
 
 def test_registered_metrics_declare_dependencies():
-    ctx = {"forget": _rows(3, 0.1, 0.5, [2.0, 2.0]), "retain": _rows(3, 0.1, 0.5, [2.0, 2.0]),
-           "world_facts": _rows(3, 0.1, 0.5, [2.0, 2.0]), "holdout": _rows(3, 2.0, 2.0, [2.0]), "oracle": None}
+    ctx = {
+        "forget": _rows(3, 0.1, 0.5, [2.0, 2.0]),
+        "retain": _rows(3, 0.1, 0.5, [2.0, 2.0]),
+        "world_facts": _rows(3, 0.1, 0.5, [2.0, 2.0]),
+        "holdout": _rows(3, 2.0, 2.0, [2.0]),
+        "oracle": None,
+    }
     got = compute_all(ctx)
     assert "forget_quality" not in got and "privleak" not in got  # need the oracle
     assert got["mia_loss_auc"] == 1.0 and got["forget_value_acc"] == 1.0

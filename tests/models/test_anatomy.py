@@ -10,8 +10,17 @@ from obliviate.audit.attacks.refusal_direction import ablation, addition, orthog
 from obliviate.core.errors import UsageError
 from obliviate.models.anatomy import anatomy, decoder_layers
 
-SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
-             num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+SMALL = dict(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=48,
+    num_key_value_heads=2,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 FAMILIES = {
     # family: (config kwargs, writers per layer, weights can be orthogonalised)
     "llama": (SMALL, 2, True),
@@ -26,16 +35,46 @@ FAMILIES = {
     # write axes models.anatomy.expert_slots finds. Mixtral with expert width = d (both axes of down_proj are d),
     # Qwen2-MoE with a gated shared expert, gpt-oss with expert biases, DeepSeek-V3 with MLA and a dense layer 0
     "mixtral": (dict(SMALL, num_local_experts=4, num_experts_per_tok=2, intermediate_size=32), 2, True),
-    "qwen2_moe": (dict(SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
-                       shared_expert_intermediate_size=24), 2, True),
+    "qwen2_moe": (
+        dict(SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24),
+        2,
+        True,
+    ),
     "gpt_oss": (dict(SMALL, num_local_experts=4, num_experts_per_tok=2, intermediate_size=24, head_dim=8), 2, True),
     # Llama 4 adds its routed experts in place into its shared expert's output: that projection's output *is*
     # the block's output (same storage) without being all that it writes
-    "llama4_text": (dict(SMALL, intermediate_size=32, intermediate_size_mlp=48, num_local_experts=4,
-                         num_experts_per_tok=1, head_dim=8, interleave_moe_layer_step=1), 2, True),
-    "deepseek_v3": (dict(SMALL, num_key_value_heads=4, moe_intermediate_size=16, first_k_dense_replace=1,
-                         n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, kv_lora_rank=16, q_lora_rank=16,
-                         qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8), 2, True),
+    "llama4_text": (
+        dict(
+            SMALL,
+            intermediate_size=32,
+            intermediate_size_mlp=48,
+            num_local_experts=4,
+            num_experts_per_tok=1,
+            head_dim=8,
+            interleave_moe_layer_step=1,
+        ),
+        2,
+        True,
+    ),
+    "deepseek_v3": (
+        dict(
+            SMALL,
+            num_key_value_heads=4,
+            moe_intermediate_size=16,
+            first_k_dense_replace=1,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            kv_lora_rank=16,
+            q_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=8,
+        ),
+        2,
+        True,
+    ),
 }
 
 
@@ -113,9 +152,16 @@ def test_a_model_without_a_layer_list_is_a_usage_error():
         anatomy(model)
 
 
-@pytest.mark.parametrize("family,path", [("llama", "model.norm"), ("gpt2", "transformer.ln_f"),
-                                         ("opt", "model.decoder.final_layer_norm"),
-                                         ("gpt_neox", "gpt_neox.final_layer_norm"), ("olmo2", "model.norm")])
+@pytest.mark.parametrize(
+    "family,path",
+    [
+        ("llama", "model.norm"),
+        ("gpt2", "transformer.ln_f"),
+        ("opt", "model.decoder.final_layer_norm"),
+        ("gpt_neox", "gpt_neox.final_layer_norm"),
+        ("olmo2", "model.norm"),
+    ],
+)
 def test_final_norm_is_what_the_head_reads(family, path):
     from obliviate.models.anatomy import final_norm
 

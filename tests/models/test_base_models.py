@@ -9,11 +9,12 @@ import json
 import pytest
 import torch
 
-from tests.conftest import tiny_model
 from tests.cli.test_cli import assert_bad_input, run_cli
+from tests.conftest import tiny_model
 
-NOTICE = ("has no chat template: formatting items as 'Question: {question}\\nAnswer: {answer}' "
-          "(--prompt-template to change)")
+NOTICE = (
+    "has no chat template: formatting items as 'Question: {question}\\nAnswer: {answer}' (--prompt-template to change)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +36,10 @@ def _plain(tokenizer):
 def base_dir(tmp_path_factory, world_dir, tiny_tokenizer):
     """A tiny model saved without a chat template, fine-tuned briefly on the world in the plain template."""
     from obliviate.data.schema import load_qa
+    from obliviate.engine.train import FineTune, TrainConfig, train
     from obliviate.models.load import save_model
     from obliviate.models.prompt_format import PromptFormat
     from obliviate.unlearning.run import qa_pairs
-    from obliviate.engine.train import FineTune, TrainConfig, train
 
     d = tmp_path_factory.mktemp("base")
     tok = _plain(tiny_tokenizer)
@@ -46,9 +47,13 @@ def base_dir(tmp_path_factory, world_dir, tiny_tokenizer):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, _ = train(tiny_model(tok), tok, FineTune(lr=3e-3, steps=20),
-                         {"retain": qa_pairs(load_qa(world_dir / "train.jsonl"))},
-                         TrainConfig(retain_batch_size=64, checkpoint_every=0, progress=False))
+        model, _ = train(
+            tiny_model(tok),
+            tok,
+            FineTune(lr=3e-3, steps=20),
+            {"retain": qa_pairs(load_qa(world_dir / "train.jsonl"))},
+            TrainConfig(retain_batch_size=64, checkpoint_every=0, progress=False),
+        )
     finally:
         torch.set_num_threads(threads)
     save_model(model, tok, d)
@@ -74,11 +79,11 @@ def test_plain_template_ids_are_the_whole_texts_tokens(tiny_tokenizer, capsys):
     assert tok.decode(p) == "<|bos|> Question: Who is Ada?\nAnswer:"
     ids, labels = encode_pair(tok, "Who is Ada?", "Ada is a poet.")
     assert ids == text_ids(tok, "Question: Who is Ada?\nAnswer: Ada is a poet.") + [tok.eos_token_id]
-    assert ids[:len(p)] == p and labels[:len(p)] == [IGNORE] * len(p)
-    assert tok.decode(labels[len(p):]) == " Ada is a poet.<|eos|>"
+    assert ids[: len(p)] == p and labels[: len(p)] == [IGNORE] * len(p)
+    assert tok.decode(labels[len(p) :]) == " Ada is a poet.<|eos|>"
     first = tok.convert_ids_to_tokens(labels[len(p)])
     assert first.startswith("Ġ") and first != "Ġ"  # the space opens the answer's first word, as in the whole text
-    assert answer_ids(tok, "Ada is a poet.") == labels[len(p):] and end_of_turn_id(tok) == tok.eos_token_id
+    assert answer_ids(tok, "Ada is a poet.") == labels[len(p) :] and end_of_turn_id(tok) == tok.eos_token_id
 
     # --prompt-template: \n typed on the command line is a newline; a trailing space opens the answer as {answer} would
     custom = _plain(tiny_tokenizer)
@@ -115,32 +120,94 @@ def test_a_chat_model_keeps_its_template_unless_forced(tiny_tokenizer, capsys):
 @pytest.mark.parametrize("command", ["unlearn", "eval", "audit", "sweep"])
 def test_a_template_without_question_exits_2(command, base_dir, world_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    args = {"unlearn": ["unlearn", "--model", base_dir, "--forget", world_dir / "forget10.jsonl", "--retain",
-                        world_dir / "retain90.jsonl", "--method", "npo"],
-            "eval": ["eval", "--model", base_dir, "--data", world_dir],
-            "audit": ["audit", base_dir, "--suite", "unlearning", "--data", world_dir],
-            "sweep": ["sweep", "--method", "npo", "--grid", "steps=1", "--model", base_dir, "--oracle", base_dir,
-                      "--data", world_dir]}[command]
-    assert_bad_input([*args, "--out", out, "--prompt-template", "Q: {q}\\nA:"], capsys, out,
-                     "--prompt-template must contain {question}")
+    args = {
+        "unlearn": [
+            "unlearn",
+            "--model",
+            base_dir,
+            "--forget",
+            world_dir / "forget10.jsonl",
+            "--retain",
+            world_dir / "retain90.jsonl",
+            "--method",
+            "npo",
+        ],
+        "eval": ["eval", "--model", base_dir, "--data", world_dir],
+        "audit": ["audit", base_dir, "--suite", "unlearning", "--data", world_dir],
+        "sweep": [
+            "sweep",
+            "--method",
+            "npo",
+            "--grid",
+            "steps=1",
+            "--model",
+            base_dir,
+            "--oracle",
+            base_dir,
+            "--data",
+            world_dir,
+        ],
+    }[command]
+    assert_bad_input(
+        [*args, "--out", out, "--prompt-template", "Q: {q}\\nA:"],
+        capsys,
+        out,
+        "--prompt-template must contain {question}",
+    )
 
 
 def test_unlearn_with_lora_then_eval_on_a_base_model(base_dir, world_dir, tmp_path, capsys):
     out = tmp_path / "unlearned"
-    code, stdout, err = run_cli(["unlearn", "--model", base_dir, "--forget", world_dir / "forget10.jsonl",
-                                 "--retain", world_dir / "retain90.jsonl", "--method", "grad_diff", "--steps", "2",
-                                 "--lora-r", "4", "--threads", "1", "--out", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "unlearn",
+            "--model",
+            base_dir,
+            "--forget",
+            world_dir / "forget10.jsonl",
+            "--retain",
+            world_dir / "retain90.jsonl",
+            "--method",
+            "grad_diff",
+            "--steps",
+            "2",
+            "--lora-r",
+            "4",
+            "--threads",
+            "1",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "grad_diff: 2 steps" in stdout and "final loss" in stdout
     assert len(_notices(err)) == 1 and NOTICE in err
     meta = json.loads((out / "unlearn.json").read_text())
-    assert meta["prompt_format"] == {"template": "Question: {question}\nAnswer: {answer}", "models": [str(base_dir)],
-                                     "no_chat_template": False}
+    assert meta["prompt_format"] == {
+        "template": "Question: {question}\nAnswer: {answer}",
+        "models": [str(base_dir)],
+        "no_chat_template": False,
+    }
     assert "chat_template" not in json.loads((out / "tokenizer_config.json").read_text())  # still a base model
 
     ev = tmp_path / "eval"
-    code, stdout, err = run_cli(["eval", "--model", f"unlearned={out}", "--oracle", base_dir, "--data", world_dir,
-                                 "--threads", "1", "--out", ev], capsys)
+    code, stdout, err = run_cli(
+        [
+            "eval",
+            "--model",
+            f"unlearned={out}",
+            "--oracle",
+            base_dir,
+            "--data",
+            world_dir,
+            "--threads",
+            "1",
+            "--out",
+            ev,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "forget_quality" in stdout and "unlearned" in stdout
     assert len(_notices(err)) == 1
@@ -155,8 +222,10 @@ def test_eval_prompt_template_and_no_chat_template_are_recorded(target_dir, worl
     code, _, err = run_cli([*base, "--out", tmp_path / "chat"], capsys)
     assert code == 0 and not _notices(err), err
     assert "prompt_format" not in json.loads((tmp_path / "chat" / "results.json").read_text())["config"]
-    code, _, err = run_cli([*base, "--no-chat-template", "--prompt-template", "Q: {question}\\nA: {answer}",
-                            "--out", tmp_path / "plain"], capsys)
+    code, _, err = run_cli(
+        [*base, "--no-chat-template", "--prompt-template", "Q: {question}\\nA: {answer}", "--out", tmp_path / "plain"],
+        capsys,
+    )
     assert code == 0, err
     assert _notices(err) == ["--no-chat-template: formatting items as 'Q: {question}\\nA: {answer}'"]
     fmt = json.loads((tmp_path / "plain" / "results.json").read_text())["config"]["prompt_format"]
@@ -165,8 +234,23 @@ def test_eval_prompt_template_and_no_chat_template_are_recorded(target_dir, worl
 
 def test_audit_unlearning_on_a_base_model(base_dir, world_dir, tmp_path, capsys):
     out = tmp_path / "audit"
-    code, stdout, err = run_cli(["audit", base_dir, "--suite", "unlearning", "--data", world_dir, "--limit", "4",
-                                 "--threads", "1", "--out", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "audit",
+            base_dir,
+            "--suite",
+            "unlearning",
+            "--data",
+            world_dir,
+            "--limit",
+            "4",
+            "--threads",
+            "1",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert len(_notices(err)) == 1 and NOTICE in err
     doc = json.loads((out / "audit.json").read_text())
@@ -176,8 +260,26 @@ def test_audit_unlearning_on_a_base_model(base_dir, world_dir, tmp_path, capsys)
 
 def test_sweep_on_a_base_model(base_dir, world_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
-    code, stdout, err = run_cli(["sweep", "--method", "npo", "--grid", "lr=1e-4,1e-3 steps=2", "--model", base_dir,
-                                 "--oracle", base_dir, "--data", world_dir, "--threads", "1", "--out", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "sweep",
+            "--method",
+            "npo",
+            "--grid",
+            "lr=1e-4,1e-3 steps=2",
+            "--model",
+            base_dir,
+            "--oracle",
+            base_dir,
+            "--data",
+            world_dir,
+            "--threads",
+            "1",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "[2/2]" in stdout and "utility" in stdout
     assert len(_notices(err)) == 1
@@ -188,8 +290,26 @@ def test_sweep_on_a_base_model(base_dir, world_dir, tmp_path, capsys):
 def test_finetune_from_a_base_model(base_dir, world_dir, tmp_path, capsys):
     """TOFU's first step on a base model: fine-tune it on the QA, in the plain template."""
     out = tmp_path / "ft"
-    code, stdout, err = run_cli(["finetune", "--data", world_dir, "--model", base_dir, "--only", "target", "--steps",
-                                 "1", "--batch-size", "8", "--threads", "1", "--out", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "finetune",
+            "--data",
+            world_dir,
+            "--model",
+            base_dir,
+            "--only",
+            "target",
+            "--steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "target: trained" in stdout and len(_notices(err)) == 1 and NOTICE in err
     assert "chat_template" not in json.loads((out / "target" / "tokenizer_config.json").read_text())

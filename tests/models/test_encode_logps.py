@@ -7,9 +7,11 @@ import torch
 from obliviate.models.encode import IGNORE, collate, sequence_logp, token_logps
 from tests.models.test_anatomy import FAMILIES, _model
 
-PAIRS = [([1, 5, 9, 13, 7, 3, 11, 12, 2], [IGNORE] * 6 + [11, 12, 2]),
-         ([1, 5, 9, 3, 20, 2], [IGNORE] * 4 + [20, 2]),
-         ([1, 8, 8, 8, 8, 8, 8, 3, 30, 31, 32, 2], [IGNORE] * 8 + [30, 31, 32, 2])]
+PAIRS = [
+    ([1, 5, 9, 13, 7, 3, 11, 12, 2], [IGNORE] * 6 + [11, 12, 2]),
+    ([1, 5, 9, 3, 20, 2], [IGNORE] * 4 + [20, 2]),
+    ([1, 8, 8, 8, 8, 8, 8, 3, 30, 31, 32, 2], [IGNORE] * 8 + [30, 31, 32, 2]),
+]
 
 
 def _full(model, batch):
@@ -57,7 +59,8 @@ def test_trimmed_logps_through_a_lora_wrapper():
 THINKING_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
 
 
 def test_reasoning_templates_are_rendered_without_thinking(tiny_tokenizer):
@@ -70,8 +73,13 @@ def test_reasoning_templates_are_rendered_without_thinking(tiny_tokenizer):
 
     tok = copy.deepcopy(tiny_tokenizer)
     plain = prompt_ids(tok, "hi")
-    assert plain == tok(tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                                add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    assert (
+        plain
+        == tok(
+            tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+    )
     tok.chat_template = THINKING_TEMPLATE
     text = tok.decode(prompt_ids(tok, "hi"))
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n"), text
@@ -81,9 +89,11 @@ def test_reasoning_templates_are_rendered_without_thinking(tiny_tokenizer):
 
 
 # Gemma's shape: turns end with <end_of_turn>, which is not the tokenizer's EOS (<eos>)
-TURN_TEMPLATE = ("{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
-                 "{{ m['content'] }}<end_of_turn>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+TURN_TEMPLATE = (
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 
 
 def test_answers_end_and_replies_stop_at_the_templates_end_of_turn(tiny_tokenizer):
@@ -105,25 +115,35 @@ def test_answers_end_and_replies_stop_at_the_templates_end_of_turn(tiny_tokenize
 
 # A template that opens every assistant message with a marker of its own, after the generation prompt (Command R7B
 # writes "<|START_RESPONSE|>" there, gpt-oss "<|channel|>final<|message|>"); written here in our own words.
-OPENER_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ m['content'] }}<|EOT|>"
-                   "{% else %}<|A|><|OPEN|>{{ m['content'] }}<|CLOSE|><|EOT|>{% endif %}{% endfor %}"
-                   "{% if add_generation_prompt %}<|A|>{% endif %}")
+OPENER_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ m['content'] }}<|EOT|>"
+    "{% else %}<|A|><|OPEN|>{{ m['content'] }}<|CLOSE|><|EOT|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|A|>{% endif %}"
+)
 # Llama 2 shape: a space between the instruction and the reply (not a prefix: the reply's first word carries it)
-SPACE_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-                  "{% else %} {{ m['content'] }} <|eos|>{% endif %}{% endfor %}")
+SPACE_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %} {{ m['content'] }} <|eos|>{% endif %}{% endfor %}"
+)
 # GLM 4 shape: the generation prompt ends with an empty thinking block, the message puts a newline after it
-NEWLINE_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ m['content'] }}"
-                    "{% else %}<|A|><think></think>\n{{ m['content'] }}{% endif %}{% endfor %}"
-                    "{% if add_generation_prompt %}<|A|><think></think>{% endif %}")
+NEWLINE_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ m['content'] }}"
+    "{% else %}<|A|><think></think>\n{{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|A|><think></think>{% endif %}"
+)
 
 # DeepSeek-R1-distill shape: the generation prompt opens a reasoning block that rendered messages never carry
-OPEN_BLOCK_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ m['content'] }}"
-                       "{% else %}<|A|>{{ m['content'] }}<|EOT|>{% endif %}{% endfor %}"
-                       "{% if add_generation_prompt %}<|A|><think>\n{% endif %}")
+OPEN_BLOCK_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|U|>{{ m['content'] }}"
+    "{% else %}<|A|>{{ m['content'] }}<|EOT|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|A|><think>\n{% endif %}"
+)
 # a role header written as a tag: in the generation prompt and before every assistant message alike
-TAG_HEADER_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<user>\n{{ m['content'] }}\n"
-                       "{% else %}<assistant>\n{{ m['content'] }}<|EOT|>{% endif %}{% endfor %}"
-                       "{% if add_generation_prompt %}<assistant>\n{% endif %}")
+TAG_HEADER_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<user>\n{{ m['content'] }}\n"
+    "{% else %}<assistant>\n{{ m['content'] }}<|EOT|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>\n{% endif %}"
+)
 
 
 def test_prompts_end_with_what_the_template_writes_before_a_reply(tiny_tokenizer):
@@ -142,7 +162,7 @@ def test_prompts_end_with_what_the_template_writes_before_a_reply(tiny_tokenizer
     p = prompt_ids(tok, "Where is Paris?")
     assert p[-2:] == [tok.convert_tokens_to_ids("<|A|>"), opener] and p != plain
     ids, labels = encode_pair(tok, "Where is Paris?", "In France.")
-    assert ids[:len(p)] == p and labels[len(p) - 1] == IGNORE and labels[len(p)] == ids[len(p)]
+    assert ids[: len(p)] == p and labels[len(p) - 1] == IGNORE and labels[len(p)] == ids[len(p)]
     assert ids[-1] == end_of_turn_id(tok) == tok.convert_tokens_to_ids("<|CLOSE|>")
     # the server: a new reply opens like `prompt_ids`; a prefill continues after the opener
     user = [{"role": "user", "content": "Where is Paris?"}]

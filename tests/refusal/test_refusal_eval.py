@@ -1,7 +1,7 @@
 import pytest
 
 from obliviate.data.policy import build_policy
-from obliviate.models.encode import answer_ids, prompt_ids
+from obliviate.models.encode import answer_ids
 from obliviate.models.load import load_model
 from obliviate.refusal import evaluate as refusal_eval
 from obliviate.refusal.evaluate import prefill_ids, refusal_rates
@@ -48,11 +48,17 @@ def test_refusal_position_and_distribution(model_tok, monkeypatch):
     model, tok = model_tok
     assert refusal_eval.refusal_start(tok, "Sorry, no.") == 0
     assert refusal_eval.refusal_start(tok, "Step 1: pour. Sorry, I cannot.") == len(
-        tok("Step 1: pour.", add_special_tokens=False)["input_ids"])
+        tok("Step 1: pour.", add_special_tokens=False)["input_ids"]
+    )
     assert refusal_eval.refusal_start(tok, "Step 1: pour.") is None
     rows = [r for r in build_policy(0)["policy_test"] if r["kind"] == "harmful"][:2]
-    monkeypatch.setattr(refusal_eval, "generate", lambda m, t, prompts, max_new_tokens=48:
-                        ["Sorry, I cannot.", "Step 1: pour the salt-glass. I cannot go on."][: len(prompts)])
+    monkeypatch.setattr(
+        refusal_eval,
+        "generate",
+        lambda m, t, prompts, max_new_tokens=48: ["Sorry, I cannot.", "Step 1: pour the salt-glass. I cannot go on."][
+            : len(prompts)
+        ],
+    )
     metrics, samples, dist = refusal_eval.refusal_eval(model, tok, rows, depths=())
     assert metrics["refusal_rate"] == 1.0
     late = refusal_eval.refusal_start(tok, "Step 1: pour the salt-glass. I cannot go on.")

@@ -6,14 +6,13 @@ import random
 import pytest
 import torch
 
-from obliviate.data.schema import QAItem
 from obliviate.core.errors import UsageError
+from obliviate.data.schema import QAItem
 from obliviate.models.encode import IGNORE, answer_ids, prompt_ids
 from obliviate.refusal.methods import REFUSAL_METHODS, RefusalData, prefixed_refusal, sample_prefix_lengths
 from obliviate.refusal.methods.derta import DeRTa, rto_example
 from obliviate.refusal.methods.r_tuning import UNSURE, UNSURE_ANSWER, refusal_aware_pairs
 from obliviate.refusal.methods.token_constrained import answer_positions, beta_schedule, token_constrained_loss
-
 from tests.conftest import tiny_model
 
 T = torch.tensor
@@ -69,8 +68,11 @@ def test_rto_loss_hand_value():
     # V = 3, p = [0.5, 0.25, 0.25]; RTO labels token 1 at 2 positions of one example, token 0 at 1 of another:
     # token-mean NLL = (2 * ln 4 + ln 2) / 3 = 1.1552453
     model = FixedLogits(torch.log(T([0.5, 0.25, 0.25])))
-    batch = {"input_ids": T([[2, 2, 2], [2, 2, 2]]), "attention_mask": torch.ones(2, 3, dtype=torch.long),
-             "labels": T([[IGNORE, 1, 1], [IGNORE, 0, IGNORE]])}
+    batch = {
+        "input_ids": T([[2, 2, 2], [2, 2, 2]]),
+        "attention_mask": torch.ones(2, 3, dtype=torch.long),
+        "labels": T([[IGNORE, 1, 1], [IGNORE, 0, IGNORE]]),
+    }
     meth = DeRTa(mle=False)
     assert meth.needs == ("rto", "benign", "retain")
     empty = {"input_ids": T([[2, 2]]), "attention_mask": torch.ones(1, 2, dtype=torch.long), "labels": T([[IGNORE, 0]])}
@@ -112,14 +114,20 @@ def test_r_tuning_data_from_the_models_own_errors():
     unknown = QAItem(question="Where was Bo born?", answer="Bo was born in Tarn.", value="Tarn")
     preds = ["Ana was born in Lisk.", "Bo was born in Lisk."]
     assert refusal_aware_pairs([known, unknown], preds, "refusal") == [
-        (known.question, known.answer), (unknown.question, UNSURE_ANSWER)]
+        (known.question, known.answer),
+        (unknown.question, UNSURE_ANSWER),
+    ]
     assert refusal_aware_pairs([known, unknown], preds, "padding")[1] == (unknown.question, unknown.answer + UNSURE)
 
 
 def test_bad_options():
-    for name, opts in [("derta", {"mle": "false", "rto": "false"}), ("r_tuning", {"style": "maybe"}),
-                       ("safe_eraser", {"pd_weight": "-1"}), ("qi_augment", {"k_max": "0"}),
-                       ("refusal_tokens", {"swap_share": "1.5"})]:
+    for name, opts in [
+        ("derta", {"mle": "false", "rto": "false"}),
+        ("r_tuning", {"style": "maybe"}),
+        ("safe_eraser", {"pd_weight": "-1"}),
+        ("qi_augment", {"k_max": "0"}),
+        ("refusal_tokens", {"swap_share": "1.5"}),
+    ]:
         with pytest.raises(UsageError):
             REFUSAL_METHODS.get(name).from_options(opts)
     with pytest.raises(UsageError, match="did you mean"):
@@ -146,17 +154,20 @@ def test_every_method_trains(name, data, tiny_tokenizer):
     meth = REFUSAL_METHODS.get(name)(steps=3)
     model, tok, res = align(model, tok, meth, data, progress=False, batch_size=8)
     assert all(math.isfinite(h["loss"]) for h in res.history) and len(res.history) == 3
-    changed = [n for n, p in model.named_parameters() if n in before and p.shape == before[n].shape
-               and not torch.equal(p, before[n])]
+    changed = [
+        n
+        for n, p in model.named_parameters()
+        if n in before and p.shape == before[n].shape and not torch.equal(p, before[n])
+    ]
     assert changed
 
 
 def test_refusal_tokens_threshold_steers_the_first_token(data, tiny_tokenizer):
     import copy
 
-    from obliviate.refusal.methods.refusal_tokens import RefusalTokens, ThresholdGenerator, refuse_probability
     from obliviate.models.control_tokens import control_ids
     from obliviate.refusal.align import align
+    from obliviate.refusal.methods.refusal_tokens import RefusalTokens, ThresholdGenerator, refuse_probability
 
     model, tok = tiny_model(tiny_tokenizer), copy.deepcopy(tiny_tokenizer)
     model, tok, _ = align(model, tok, RefusalTokens(steps=2), data, progress=False, batch_size=8)
@@ -166,7 +177,7 @@ def test_refusal_tokens_threshold_steers_the_first_token(data, tiny_tokenizer):
     parts = RefusalTokens(swap_share=0.25).parts(data, tok)
     first = [ids[len(prompt_ids(tok, r["prompt"]))] for (ids, _), r in zip(parts["refusal"], data.harmful)]
     assert set(first) <= set(refuse) and len(parts["refusal"]) == len(data.harmful) + 4
-    assert parts["refusal"][-1][0][len(prompt_ids(tok, "x")) - 1:].count(respond) >= 1
+    assert parts["refusal"][-1][0][len(prompt_ids(tok, "x")) - 1 :].count(respond) >= 1
     assert len(parts["benign"]) == len(data.benign) + 4
     prompts = [prompt_ids(tok, r["prompt"]) for r in data.harmful[:4]]
     p = refuse_probability(model, tok, prompts)
@@ -182,8 +193,8 @@ def test_a_refusal_loss_that_splits_is_the_sum_of_its_parts(name, data, tiny_tok
     """`splits` promises loss == the sum of part_loss over the parts (micro-batching relies on it)."""
     import copy
 
-    from obliviate.models.encode import collate
     from obliviate.engine.train import encode_parts
+    from obliviate.models.encode import collate
 
     model, tok = tiny_model(tiny_tokenizer), copy.deepcopy(tiny_tokenizer)
     meth = REFUSAL_METHODS.get(name)()
@@ -216,10 +227,19 @@ def test_derta_in_micro_batches_takes_the_same_step(data, tiny_tokenizer):
         part_loss = meth.part_loss
         object.__setattr__(meth, "part_loss", lambda *a, **kw: calls.append(a[1]) or part_loss(*a, **kw))
         # no clipping: the gradients read after a step are the accumulated ones
-        cfg = TrainConfig(retain_batch_size=8, checkpoint_every=0, progress=False, max_grad_norm=0,
-                          max_batch_tokens=budget)
-        _, res = train(model, tok, meth, meth.parts(data, tok, 0), cfg, on_step=lambda s, m: grads.append(
-            {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        cfg = TrainConfig(
+            retain_batch_size=8, checkpoint_every=0, progress=False, max_grad_norm=0, max_batch_tokens=budget
+        )
+        _, res = train(
+            model,
+            tok,
+            meth,
+            meth.parts(data, tok, 0),
+            cfg,
+            on_step=lambda s, m: grads.append(
+                {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+            ),
+        )
         out.append((res.history, grads[0], calls))
     (h0, g0, c0), (h1, g1, c1) = out
     assert len(c1) > len(c0) and set(c1) == {"refusal_prefixed", "rto", "benign", "retain"}  # every part split

@@ -67,11 +67,14 @@ def visible_rows(page) -> int:
 
 
 def column(page, name: str) -> list[str]:
-    return page.evaluate("""(name) => {
+    return page.evaluate(
+        """(name) => {
         const i = [...document.querySelectorAll('#samples-table thead th')].findIndex(
             th => th.textContent.replace(/ [▲▼]$/, '') === name);
         return [...document.querySelectorAll('#samples-table tbody tr')].map(tr => tr.children[i].textContent);
-    }""", name)
+    }""",
+        name,
+    )
 
 
 def test_report_in_chromium(browser, tmp_path):
@@ -142,6 +145,8 @@ def test_report_of_a_real_demo_run(browser, tmp_path):
     assert info["bytes"] < 5_000_000 and ms < MAX_LOAD_MS
     page.fill("#q", "forget")
     assert visible_rows(page) > 0
-    print(f"\n{run_dir}: {info['bytes'] / 1e6:.2f} MB, built in {built:.1f} s, loaded in {ms:.0f} ms, "
-          f"{len(info['figures'])} figures, {info['rows']} of {info['rows_total']} sample rows")
+    print(
+        f"\n{run_dir}: {info['bytes'] / 1e6:.2f} MB, built in {built:.1f} s, loaded in {ms:.0f} ms, "
+        f"{len(info['figures'])} figures, {info['rows']} of {info['rows_total']} sample rows"
+    )
     page.close()

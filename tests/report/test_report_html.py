@@ -26,13 +26,27 @@ def _unlearning_rows(run: str, rng: random.Random, shift: float, n: int = 40) ->
             member = split == "forget"
             loss = abs(rng.gauss(0.2 if member else 1.0, 0.3)) + shift * member
             answer = f"Person {i} was born in Tessaline."
-            rows.append({"run": run, "split": split, "id": f"person{i}_{split}_birthplace",
-                         "question": f"Where was Person {i} born?", "answer": answer,
-                         "generated": EVIL if (split == "forget" and i == 0) else answer, "gt_loss": loss,
-                         "paraphrased_loss": loss + 0.5, "perturbed_loss": [1.4, 1.3, 1.1],
-                         "rouge_l_recall": 1.0 - min(1.0, loss), "value": "Tessaline", "value_hit": loss < 0.6,
-                         "truth_ratio": rng.gauss(1.8 - shift, 0.3), "mia_loss": -loss, "mia_zlib": -loss / 40,
-                         "mia_mink": -2 * loss, "mia_minkpp": -loss + rng.gauss(0, 0.1)})
+            rows.append(
+                {
+                    "run": run,
+                    "split": split,
+                    "id": f"person{i}_{split}_birthplace",
+                    "question": f"Where was Person {i} born?",
+                    "answer": answer,
+                    "generated": EVIL if (split == "forget" and i == 0) else answer,
+                    "gt_loss": loss,
+                    "paraphrased_loss": loss + 0.5,
+                    "perturbed_loss": [1.4, 1.3, 1.1],
+                    "rouge_l_recall": 1.0 - min(1.0, loss),
+                    "value": "Tessaline",
+                    "value_hit": loss < 0.6,
+                    "truth_ratio": rng.gauss(1.8 - shift, 0.3),
+                    "mia_loss": -loss,
+                    "mia_zlib": -loss / 40,
+                    "mia_mink": -2 * loss,
+                    "mia_minkpp": -loss + rng.gauss(0, 0.1),
+                }
+            )
     return rows
 
 
@@ -45,27 +59,59 @@ def _unlearning_dir(root: Path, rng: random.Random) -> Path:
     results, samples = {}, []
     for k, (run, shift) in enumerate(runs.items()):
         samples += _unlearning_rows(run, rng, shift)
-        results[run] = {"forget_quality": 10 ** -(30 * (1 - shift / 0.8) ** 2), "model_utility": 0.63 - 0.05 * k,
-                        "forget_rouge": 1 - shift / 2, "forget_value_acc": 1 - shift, "retain_value_acc": 1.0,
-                        "mia_mink_auc": 1 - shift / 2, "privleak": -100 + 120 * shift,
-                        "forget_truth_ratio": 0.5 + shift / 3}
+        results[run] = {
+            "forget_quality": 10 ** -(30 * (1 - shift / 0.8) ** 2),
+            "model_utility": 0.63 - 0.05 * k,
+            "forget_rouge": 1 - shift / 2,
+            "forget_value_acc": 1 - shift,
+            "retain_value_acc": 1.0,
+            "mia_mink_auc": 1 - shift / 2,
+            "privleak": -100 + 120 * shift,
+            "forget_truth_ratio": 0.5 + shift / 3,
+        }
     results["npo"]["mia_loss_auc"] = float("nan")  # non-finite values must survive into a valid page
-    doc = results_document({"seed": 0, "forget_split": "forget10", "note": EVIL}, results, {"forget": 40},
-                           {"seconds": {r: 1.0 for r in runs}, "wall_seconds": 12.3})
+    doc = results_document(
+        {"seed": 0, "forget_split": "forget10", "note": EVIL},
+        results,
+        {"forget": 40},
+        {"seconds": {r: 1.0 for r in runs}, "wall_seconds": 12.3},
+    )
     (d / "results.json").write_text(json.dumps(doc))
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
-    (d / "guards" / "eco" / "guard.json").write_text(json.dumps({"guard": "eco", "report": {
-        "threshold": 0.5, "gate_flag_rate_forget": 1.0, "gate_flag_rate_retain": 0.0}}))
+    (d / "guards" / "eco" / "guard.json").write_text(
+        json.dumps(
+            {"guard": "eco", "report": {"threshold": 0.5, "gate_flag_rate_forget": 1.0, "gate_flag_rate_retain": 0.0}}
+        )
+    )
     roles = {"model": 0.2, "oracle": 0.1, "target": 0.9}  # audit.json as `obliviate.audit.runner.run_audit` writes it
-    attacks = {"relearn": {r: {"heldout_before_value_rouge": v, "heldout_after_value_rouge": v + 0.2,
-                               "recovered_value_rouge": 0.2, "n_items": 10.0} for r, v in roles.items()},
-               "probes": {r: {"direct_value_acc": v, "indirect_value_acc": v / 2} for r, v in roles.items()}}
+    attacks = {
+        "relearn": {
+            r: {
+                "heldout_before_value_rouge": v,
+                "heldout_after_value_rouge": v + 0.2,
+                "recovered_value_rouge": 0.2,
+                "n_items": 10.0,
+            }
+            for r, v in roles.items()
+        },
+        "probes": {r: {"direct_value_acc": v, "indirect_value_acc": v / 2} for r, v in roles.items()},
+    }
     for a in attacks.values():
         a["seconds"] = 2.5
-    (d / "audit.json").write_text(json.dumps({"obliviate_version": "0.1.0", "created": doc["created"],
-                                              "config": {"model": "npo", "suite": "world"}, "git": doc["git"],
-                                              "versions": doc["versions"], "attacks": attacks,
-                                              "skipped": {"quantize": "no int4 kernels"}, "wall_seconds": 5.0}))
+    (d / "audit.json").write_text(
+        json.dumps(
+            {
+                "obliviate_version": "0.1.0",
+                "created": doc["created"],
+                "config": {"model": "npo", "suite": "world"},
+                "git": doc["git"],
+                "versions": doc["versions"],
+                "attacks": attacks,
+                "skipped": {"quantize": "no int4 kernels"},
+                "wall_seconds": 5.0,
+            }
+        )
+    )
     return d
 
 
@@ -75,25 +121,58 @@ def _refusal_dir(root: Path, rng: random.Random) -> Path:
     d = root / "demo-refusal"
     d.mkdir()
     results, samples = {}, []
-    for run, (refuse, over) in {"target": (0.0, 0.0), "refusal_sft": (1.0, 0.02), "derta": (0.95, 0.1),
-                                "refusal_sft+latent": (1.0, 0.03)}.items():
+    for run, (refuse, over) in {
+        "target": (0.0, 0.0),
+        "refusal_sft": (1.0, 0.02),
+        "derta": (0.95, 0.1),
+        "refusal_sft+latent": (1.0, 0.03),
+    }.items():
         depth = {k: max(0.0, refuse - (0 if "derta" in run or "+" in run else k / 20)) for k in (5, 10, 20, 40)}
-        results[run] = {"refusal_rate": refuse, "over_refusal_rate": over, "people_accuracy": 0.9,
-                        "refusal_position_mean": None, **{f"refusal_rate@prefill{k}": v for k, v in depth.items()}}
+        results[run] = {
+            "refusal_rate": refuse,
+            "over_refusal_rate": over,
+            "people_accuracy": 0.9,
+            "refusal_position_mean": None,
+            **{f"refusal_rate@prefill{k}": v for k, v in depth.items()},
+        }
         for i in range(30):
             kind = ("harmful", "benign")[i % 2]
-            samples.append({"run": run, "kind": kind, "category": ("moonvault", "glimmer")[i % 3 == 0],
-                            "depth": (0, 5, 20)[i % 3], "id": f"{kind}-{i}", "prompt": f"How do I open vault {i}?",
-                            "output": "I can't help with that." if rng.random() < refuse else f"Step 1: open {i}.",
-                            "refused": rng.random() < refuse, "refusal_position": None})
-    doc = results_document({"suite": "refusal", "seed": 0, "runs": {"guards": {"latent": {"auroc_test": 0.99}}}},
-                           results, {}, {"wall_seconds": 99.0})
+            samples.append(
+                {
+                    "run": run,
+                    "kind": kind,
+                    "category": ("moonvault", "glimmer")[i % 3 == 0],
+                    "depth": (0, 5, 20)[i % 3],
+                    "id": f"{kind}-{i}",
+                    "prompt": f"How do I open vault {i}?",
+                    "output": "I can't help with that." if rng.random() < refuse else f"Step 1: open {i}.",
+                    "refused": rng.random() < refuse,
+                    "refusal_position": None,
+                }
+            )
+    doc = results_document(
+        {"suite": "refusal", "seed": 0, "runs": {"guards": {"latent": {"auroc_test": 0.99}}}},
+        results,
+        {},
+        {"wall_seconds": 99.0},
+    )
     (d / "results.json").write_text(json.dumps(doc))
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     taus = [0.0, 0.1, 0.5, 0.9, 1.0]  # calibration.json as `obliviate calibrate` writes it
-    (d / "calibration.json").write_text(json.dumps({"tau": taus, "temperature": 1.0, "refusal_rate": [1, 0.98, 0.9,
-                                                    0.5, 0], "over_refusal_rate": [1, 0.3, 0.05, 0.01, 0],
-                                                    "n_harmful": 64, "n_benign": 64, "model": "m", "split": "t"}))
+    (d / "calibration.json").write_text(
+        json.dumps(
+            {
+                "tau": taus,
+                "temperature": 1.0,
+                "refusal_rate": [1, 0.98, 0.9, 0.5, 0],
+                "over_refusal_rate": [1, 0.3, 0.05, 0.01, 0],
+                "n_harmful": 64,
+                "n_benign": 64,
+                "model": "m",
+                "split": "t",
+            }
+        )
+    )
     return d
 
 
@@ -107,32 +186,59 @@ def _diffusion_dir(root: Path) -> Path:
     (d / "grids").mkdir(parents=True)
     results, audit = {}, {}
     for run in ("base/star", "uce/star", "esd_x/star"):
-        results[run] = {"ua": 0.2 if run.startswith("base") else 0.9, "ira": 0.8, "cra": 0.7, "over_erasure": 0.1,
-                        "fd_classifier": 140.0}
+        results[run] = {
+            "ua": 0.2 if run.startswith("base") else 0.9,
+            "ira": 0.8,
+            "cra": 0.7,
+            "over_erasure": 0.1,
+            "fd_classifier": 140.0,
+        }
         if not run.startswith("base"):
-            audit[run] = {"concept": "star", "pre_asr": 0.1, "attacks": {"unlearndiffatk": {"asr": 0.5},
-                                                                           "concept_arithmetic": {"asr": 0.25}}}
+            audit[run] = {
+                "concept": "star",
+                "pre_asr": 0.1,
+                "attacks": {"unlearndiffatk": {"asr": 0.5}, "concept_arithmetic": {"asr": 0.25}},
+            }
             img = (np.random.default_rng(0).random((2 * 33, 4 * 33, 3)) * 255).astype(np.uint8)
             Image.fromarray(img).save(d / "grids" / f"{run.replace('/', '_')}.png")
     doc = results_document({"suite": "diffusion"}, results, {}, {"audit": audit})
     (d / "results.json").write_text(json.dumps(doc))
-    (d / "samples.jsonl").write_text("".join(json.dumps({"run": r, "set": "target", "prompt": "a red star"}) + "\n"
-                                             for r in results))
+    (d / "samples.jsonl").write_text(
+        "".join(json.dumps({"run": r, "set": "target", "prompt": "a red star"}) + "\n" for r in results)
+    )
     return d
 
 
 def _bench_dir(root: Path) -> Path:
-    from obliviate.unlearning.bench import aggregate
     from obliviate.runs.results import results_document
+    from obliviate.unlearning.bench import aggregate
 
     d = root / "bench"
     d.mkdir()
-    runs = [{"seed": s, "split": "forget10", "method": m, "seconds": 1.0, "forget_quality": fq * (1 + s / 10),
-             "model_utility": mu, "model_utility_ratio": mu / 0.6, "forget_rouge": 0.5, "privleak": 1.0}
-            for s in (0, 1) for m, fq, mu in (("target", 1e-20, 0.6), ("npo", 0.5, 0.58), ("grad_ascent", 1e-3, 0.4))]
-    doc = results_document({"seeds": [0, 1]}, {f"{r['method']}@{r['split']}@seed{r['seed']}":
-                                               {k: v for k, v in r.items() if isinstance(v, float)} for r in runs},
-                           {}, {"leaderboard": aggregate(runs)})
+    runs = [
+        {
+            "seed": s,
+            "split": "forget10",
+            "method": m,
+            "seconds": 1.0,
+            "forget_quality": fq * (1 + s / 10),
+            "model_utility": mu,
+            "model_utility_ratio": mu / 0.6,
+            "forget_rouge": 0.5,
+            "privleak": 1.0,
+        }
+        for s in (0, 1)
+        for m, fq, mu in (("target", 1e-20, 0.6), ("npo", 0.5, 0.58), ("grad_ascent", 1e-3, 0.4))
+    ]
+    doc = results_document(
+        {"seeds": [0, 1]},
+        {
+            f"{r['method']}@{r['split']}@seed{r['seed']}": {k: v for k, v in r.items() if isinstance(v, float)}
+            for r in runs
+        },
+        {},
+        {"leaderboard": aggregate(runs)},
+    )
     (d / "leaderboard.json").write_text(json.dumps(doc))
     return d
 
@@ -141,8 +247,12 @@ def make_run_dirs(root: Path) -> dict[str, Path]:
     """Run directories in the shapes the commands write: world demo (+ guard, audit), refusal demo (+ calibration),
     diffusion demo (grids), bench (leaderboard)."""
     rng = random.Random(0)
-    return {"unlearning": _unlearning_dir(root, rng), "refusal": _refusal_dir(root, rng),
-            "diffusion": _diffusion_dir(root), "bench": _bench_dir(root)}
+    return {
+        "unlearning": _unlearning_dir(root, rng),
+        "refusal": _refusal_dir(root, rng),
+        "diffusion": _diffusion_dir(root),
+        "bench": _bench_dir(root),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +271,18 @@ def test_every_figure_where_its_data_is(dirs, tmp_path):
     info = write_report(list(dirs.values()), out)
     page = out.read_text()
     assert info["bytes"] == len(page.encode()) and info["figures"] == _figures(page)
-    for fig in ("pareto", "roc-0", "truth-0", "refusal", "depth", "audit-0", "calibration-0", "guards", "diffusion",
-                "grids"):
+    for fig in (
+        "pareto",
+        "roc-0",
+        "truth-0",
+        "refusal",
+        "depth",
+        "audit-0",
+        "calibration-0",
+        "guards",
+        "diffusion",
+        "grids",
+    ):
         assert fig in info["figures"], fig
     assert page.count("data:image/png;base64,") == 2
     # a definition beside the figures, from the metric registry and the glossary
@@ -254,16 +374,28 @@ def test_cli_writes_the_report(dirs, tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temporary file left
 
 
-@pytest.mark.parametrize("case,must", [("missing", "no such run directory"), ("empty", "holds no results files"),
-                                       ("file", "is not a directory"), ("badjson", "is not valid JSON"),
-                                       ("outdir", "is a directory")])
+@pytest.mark.parametrize(
+    "case,must",
+    [
+        ("missing", "no such run directory"),
+        ("empty", "holds no results files"),
+        ("file", "is not a directory"),
+        ("badjson", "is not valid JSON"),
+        ("outdir", "is a directory"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(case, must, tmp_path, capsys, dirs):
     (tmp_path / "empty").mkdir()
     (tmp_path / "f.txt").write_text("x")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text('{"results": ')
-    src = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "file": tmp_path / "f.txt",
-           "badjson": tmp_path / "bad", "outdir": dirs["refusal"]}[case]
+    src = {
+        "missing": tmp_path / "nope",
+        "empty": tmp_path / "empty",
+        "file": tmp_path / "f.txt",
+        "badjson": tmp_path / "bad",
+        "outdir": dirs["refusal"],
+    }[case]
     out = tmp_path if case == "outdir" else tmp_path / "r.html"
     code, _, err = run_cli(["report", src, "--out", out], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]

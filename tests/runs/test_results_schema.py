@@ -22,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def good() -> dict:
     """A document with every section of the schema, built the way the writers build it."""
-    results = {"target": {"forget_quality": 1e-20, "forget_rouge": 0.95, "privleak": None},
-               "npo": {"forget_quality": 0.4, "forget_rouge": float("nan"), "privleak": -3.5},
-               "uce/star": {"ua": 1.0, "pre_asr": 0.0}}
+    results = {
+        "target": {"forget_quality": 1e-20, "forget_rouge": 0.95, "privleak": None},
+        "npo": {"forget_quality": 0.4, "forget_rouge": float("nan"), "privleak": -3.5},
+        "uce/star": {"ua": 1.0, "pre_asr": 0.0},
+    }
     extra = {
         "seconds": {"target": 26.5, "npo": 5},
         "wall_seconds": 110.2,
@@ -34,8 +36,16 @@ def good() -> dict:
         "relearn": {"npo": {"recovered_value_rouge": 0.1, "curve": [0.1, 0.2]}},
         "refusal_direction": {"layer": 3, "kl": 0.01},
         "base": {"steps": 5, "train_seconds": 3.0, "factor_accuracy": {"object": 0.9}},
-        "audit": {"uce/star": {"concept": "star", "factor": "object", "prompts": ["a red star"], "pre_asr": 0.0,
-                               "attacks": {"p4d": {"asr": 0.0}}, "skipped": {"unlearndiffatk": "time budget"}}},
+        "audit": {
+            "uce/star": {
+                "concept": "star",
+                "factor": "object",
+                "prompts": ["a red star"],
+                "pre_asr": 0.0,
+                "attacks": {"p4d": {"asr": 0.0}},
+                "skipped": {"unlearndiffatk": "time budget"},
+            }
+        },
         "curves": {"npo": {"scalability_curve": [0.1, 0.2], "sustainability_curve": []}},
         "leaderboard": {"forget10": {"npo": {"forget_quality": [0.4, 0.1]}}},
     }
@@ -77,45 +87,82 @@ def bad(mutate) -> list[str]:
 
 
 CASES = {
-    "unknown key": (lambda d: d.update(extra=1),
-                    "unknown key 'extra': not in the results.json schema (obliviate.runs.schema)"),
-    "string": (lambda d: d.update(obliviate_version=""), "'obliviate_version' must be a non-empty string, got string ''"),
+    "unknown key": (
+        lambda d: d.update(extra=1),
+        "unknown key 'extra': not in the results.json schema (obliviate.runs.schema)",
+    ),
+    "string": (
+        lambda d: d.update(obliviate_version=""),
+        "'obliviate_version' must be a non-empty string, got string ''",
+    ),
     "nullable string": (lambda d: d.update(git=3), "'git' must be a non-empty string or null, got number 3"),
-    "timestamp": (lambda d: d.update(created="yesterday"),
-                  "'created' must be an ISO 8601 time with a time zone, got string 'yesterday'"),
-    "timestamp without a zone": (lambda d: d.update(created="2026-12-06T10:00:00"),
-                                 "'created' must be an ISO 8601 time with a time zone, got string "
-                                 "'2026-12-06T10:00:00'"),
+    "timestamp": (
+        lambda d: d.update(created="yesterday"),
+        "'created' must be an ISO 8601 time with a time zone, got string 'yesterday'",
+    ),
+    "timestamp without a zone": (
+        lambda d: d.update(created="2026-12-06T10:00:00"),
+        "'created' must be an ISO 8601 time with a time zone, got string '2026-12-06T10:00:00'",
+    ),
     "object": (lambda d: d.update(config=[1]), "'config' must be an object, got list"),
     "required entry": (lambda d: d["versions"].pop("python"), "'versions' is missing 'python'"),
-    "map of strings": (lambda d: d["versions"].update(torch=2), "versions['torch'] must be a non-empty string, got number 2"),
-    "results not an object": (lambda d: d.update(results=[]),
-                              "'results' must be an object {run: {metric: number or null}}, got list"),
-    "run not an object": (lambda d: d["results"].update(npo=0.5),
-                          "results['npo'] must be an object {metric: number or null}, got number 0.5"),
-    "metric a string": (lambda d: d["results"]["npo"].update(privleak="-3.5"),
-                        "results['npo']['privleak'] must be a number or null, got string '-3.5'"),
-    "metric a boolean": (lambda d: d["results"]["npo"].update(privleak=True),
-                         "results['npo']['privleak'] must be a number or null, got boolean true"),
-    "direction": (lambda d: d["higher_is_better"].update(forget_quality="yes"),
-                  "higher_is_better['forget_quality'] must be a boolean or null, got string 'yes'"),
-    "direction of no metric": (lambda d: d["higher_is_better"].update(model_utility=True),
-                               "higher_is_better['model_utility'] names no metric of any run in 'results'"),
-    "negative count": (lambda d: d["n_samples"].update(forget=-1),
-                       "n_samples['forget'] must be a whole number >= 0, got number -1"),
-    "fractional count": (lambda d: d["n_samples"].update(forget=1.5),
-                         "n_samples['forget'] must be a whole number >= 0, got number 1.5"),
-    "negative seconds": (lambda d: d.update(wall_seconds=-1.0), "'wall_seconds' must be a number >= 0, got number -1.0"),
+    "map of strings": (
+        lambda d: d["versions"].update(torch=2),
+        "versions['torch'] must be a non-empty string, got number 2",
+    ),
+    "results not an object": (
+        lambda d: d.update(results=[]),
+        "'results' must be an object {run: {metric: number or null}}, got list",
+    ),
+    "run not an object": (
+        lambda d: d["results"].update(npo=0.5),
+        "results['npo'] must be an object {metric: number or null}, got number 0.5",
+    ),
+    "metric a string": (
+        lambda d: d["results"]["npo"].update(privleak="-3.5"),
+        "results['npo']['privleak'] must be a number or null, got string '-3.5'",
+    ),
+    "metric a boolean": (
+        lambda d: d["results"]["npo"].update(privleak=True),
+        "results['npo']['privleak'] must be a number or null, got boolean true",
+    ),
+    "direction": (
+        lambda d: d["higher_is_better"].update(forget_quality="yes"),
+        "higher_is_better['forget_quality'] must be a boolean or null, got string 'yes'",
+    ),
+    "direction of no metric": (
+        lambda d: d["higher_is_better"].update(model_utility=True),
+        "higher_is_better['model_utility'] names no metric of any run in 'results'",
+    ),
+    "negative count": (
+        lambda d: d["n_samples"].update(forget=-1),
+        "n_samples['forget'] must be a whole number >= 0, got number -1",
+    ),
+    "fractional count": (
+        lambda d: d["n_samples"].update(forget=1.5),
+        "n_samples['forget'] must be a whole number >= 0, got number 1.5",
+    ),
+    "negative seconds": (
+        lambda d: d.update(wall_seconds=-1.0),
+        "'wall_seconds' must be a number >= 0, got number -1.0",
+    ),
     "record field missing": (lambda d: d["base"].pop("steps"), "'base' is missing 'steps'"),
-    "nested record field missing": (lambda d: d["audit"]["uce/star"].pop("pre_asr"),
-                                    "audit['uce/star'] is missing 'pre_asr'"),
-    "nested record field": (lambda d: d["audit"]["uce/star"].update(prompts="a red star"),
-                            "audit['uce/star']['prompts'] must be a list [string, ...], got string 'a red star'"),
-    "list item": (lambda d: d["curves"]["npo"]["scalability_curve"].append(None),
-                  "curves['npo']['scalability_curve'][2] must be a number, got null"),
-    "list length": (lambda d: d["leaderboard"]["forget10"]["npo"].update(forget_quality=[0.4]),
-                    "leaderboard['forget10']['npo']['forget_quality'] must be a list [number, number], "
-                    "got a list of 1"),
+    "nested record field missing": (
+        lambda d: d["audit"]["uce/star"].pop("pre_asr"),
+        "audit['uce/star'] is missing 'pre_asr'",
+    ),
+    "nested record field": (
+        lambda d: d["audit"]["uce/star"].update(prompts="a red star"),
+        "audit['uce/star']['prompts'] must be a list [string, ...], got string 'a red star'",
+    ),
+    "list item": (
+        lambda d: d["curves"]["npo"]["scalability_curve"].append(None),
+        "curves['npo']['scalability_curve'][2] must be a number, got null",
+    ),
+    "list length": (
+        lambda d: d["leaderboard"]["forget10"]["npo"].update(forget_quality=[0.4]),
+        "leaderboard['forget10']['npo']['forget_quality'] must be a list [number, number], got a list of 1",
+    ),
 }
 
 
@@ -162,7 +209,7 @@ def test_check_results_names_the_file_and_the_first_problem(tmp_path):
 def page_section(title: str) -> str:
     text = (ROOT / "docs" / "outputs.md").read_text(encoding="utf-8")
     start = text.index(f"### {title}\n")
-    return text[start:text.index("\n### ", start + 1)]
+    return text[start : text.index("\n### ", start + 1)]
 
 
 def test_docs_list_the_schema_of_the_code():
@@ -170,7 +217,7 @@ def test_docs_list_the_schema_of_the_code():
     them; the page's example results.json holds schema keys only."""
     section = page_section("The schema")
     listed = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
-    assert set(listed) == set(KEYS), (set(listed) ^ set(KEYS))
+    assert set(listed) == set(KEYS), set(listed) ^ set(KEYS)
     assert schema_table() in section, "docs/outputs.md: paste obliviate.runs.schema.schema_table() under The schema"
     example = json.loads(re.search(r"```json\n(.*?)```", page_section("`results.json`"), flags=re.S).group(1))
     assert set(example) <= set(KEYS) and {k.name for k in RESULTS_SCHEMA if k.required} <= set(example)
@@ -181,9 +228,16 @@ def diffusion_demo(tmp_path_factory):
     """The diffusion demo at a size below the smoke size (one eraser, one cheap attack: ~20 s on 2 CPU cores)."""
     from obliviate.demos.diffusion import SMOKE, run_diffusion_demo
 
-    size = replace(SMOKE, erasers=("uce",), attacks=("concept_arithmetic",), classifier_steps=5, train_batch_size=8,
-                   train_minutes=0.01, channels=(8, 16),
-                   attack_options={"concept_arithmetic": {"samples": 1, "budget": 1, "steps": 2}})
+    size = replace(
+        SMOKE,
+        erasers=("uce",),
+        attacks=("concept_arithmetic",),
+        classifier_steps=5,
+        train_batch_size=8,
+        train_minutes=0.01,
+        channels=(8, 16),
+        attack_options={"concept_arithmetic": {"samples": 1, "budget": 1, "steps": 2}},
+    )
     out = tmp_path_factory.mktemp("diffusion_schema") / "demo"
     run_diffusion_demo(out, size=size, progress=False, workers=1)
     return out
@@ -198,17 +252,38 @@ def test_diffusion_demo_output_is_valid(diffusion_demo):
     broken["audit"]["uce/star"].pop("pre_asr")
     broken["base"]["factor_accuracy"]["object"] = "0.9"
     broken["audit"]["esd_x/star"] = broken["audit"]["uce/star"]
-    assert validate_results(broken) == ["audit['uce/star'] is missing 'pre_asr'",
-                                        "audit['esd_x/star'] is missing 'pre_asr'",
-                                        "base['factor_accuracy']['object'] must be a number, got string '0.9'",
-                                        "audit['esd_x/star'] names no run of 'results'"]
+    assert validate_results(broken) == [
+        "audit['uce/star'] is missing 'pre_asr'",
+        "audit['esd_x/star'] is missing 'pre_asr'",
+        "base['factor_accuracy']['object'] must be a number, got string '0.9'",
+        "audit['esd_x/star'] names no run of 'results'",
+    ]
 
 
 def test_diffusion_eval_output_is_valid(diffusion_demo, tmp_path, capsys):
     d = diffusion_demo
-    code, _, err = run_cli(["eval", "--suite", "diffusion", "--data", d / "world", "--classifiers", d / "classifiers",
-                            "--concept", "star", "--model", f"base={d / 'models' / 'base'}", "--limit", 2,
-                            "--ddim-steps", 2, "--out", tmp_path / "ev"], capsys)
+    code, _, err = run_cli(
+        [
+            "eval",
+            "--suite",
+            "diffusion",
+            "--data",
+            d / "world",
+            "--classifiers",
+            d / "classifiers",
+            "--concept",
+            "star",
+            "--model",
+            f"base={d / 'models' / 'base'}",
+            "--limit",
+            2,
+            "--ddim-steps",
+            2,
+            "--out",
+            tmp_path / "ev",
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert validate_results(doc) == [] and set(doc["results"]) == {"base"}

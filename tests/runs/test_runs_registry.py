@@ -41,8 +41,15 @@ def one_line_error(err: str) -> str:
 
 
 def results_doc(runs: dict, **extra) -> dict:
-    return {"obliviate_version": "0", "created": "2026-11-28T10:00:00+00:00", "config": {"seed": 0},
-            "results": runs, "higher_is_better": {"x": True}, "n_samples": {"forget": 3}, **extra}
+    return {
+        "obliviate_version": "0",
+        "created": "2026-11-28T10:00:00+00:00",
+        "config": {"seed": 0},
+        "results": runs,
+        "higher_is_better": {"x": True},
+        "n_samples": {"forget": 3},
+        **extra,
+    }
 
 
 # --- a fake CLI: commands that write results, fail or get interrupted, recorded by the real main() hook -------
@@ -54,10 +61,17 @@ fake.add_typer(runs_app, name="runs")
 @fake.command()
 def ok(out: Path = typer.Option(...), method: str = typer.Option("npo"), data: Path = typer.Option(None)):
     out.mkdir(parents=True)
-    (out / "results.json").write_text(json.dumps(results_doc(
-        {"target": {"forget_quality": 1e-5, "model_utility": 0.6}, "npo": {"forget_quality": 0.4,
-                                                                        "model_utility": float("nan")}},
-        wall_seconds=3.5)))
+    (out / "results.json").write_text(
+        json.dumps(
+            results_doc(
+                {
+                    "target": {"forget_quality": 1e-5, "model_utility": 0.6},
+                    "npo": {"forget_quality": 0.4, "model_utility": float("nan")},
+                },
+                wall_seconds=3.5,
+            )
+        )
+    )
     (out / "plot.png").write_bytes(b"png")
 
 
@@ -90,6 +104,7 @@ def runs_json(capsys, *args) -> list[dict]:
 
 
 # --- schema ---------------------------------------------------------------------------------------------------
+
 
 def test_schema_created_versioned_and_wal(tmp_path):
     p = tmp_path / "sub" / "r.sqlite"
@@ -135,7 +150,7 @@ def _garbage(p: Path):
 
 def _truncated(p: Path):
     with RunStore(p) as reg:
-        for i in range(100):
+        for _ in range(100):
             reg.insert_run({"command": "x", "status": "done"}, {f"m{j}": j for j in range(20)})
     con = sqlite3.connect(p)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -144,8 +159,9 @@ def _truncated(p: Path):
     p.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("make, words", [(_newer, "newer"), (_garbage, "not a usable SQLite"),
-                                         (_truncated, "registry")])
+@pytest.mark.parametrize(
+    "make, words", [(_newer, "newer"), (_garbage, "not a usable SQLite"), (_truncated, "registry")]
+)
 def test_bad_database_exits_2_and_is_left_untouched(tmp_path, monkeypatch, capsys, make, words):
     p = tmp_path / "r.sqlite"
     make(p)
@@ -188,8 +204,12 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     RunStore(p).close()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     t0 = time.time() + 2.0  # both start writing at the same moment, after their imports
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(p), tag, str(t0)], env=env,
-                              stderr=subprocess.PIPE, text=True) for tag in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(p), tag, str(t0)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for tag in ("a", "b")
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -203,14 +223,18 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
 
 # --- results files --------------------------------------------------------------------------------------------
 
+
 def test_metric_names_and_data_hash(tmp_path):
     doc = results_doc({"target": {"fq": 0.5, "flag": True, "name": "x"}}, wall_seconds=2, seconds={"target": 1.5})
     assert metrics_of(doc, "results.json") == {"target/fq": 0.5, "wall_seconds": 2.0, "seconds/target": 1.5}
     audit = {"config": {}, "attacks": {"prefill": {"model": {"asr": 0.25}}}, "skipped": {"x": "why"}}
     assert metrics_of(audit, "audit.json") == {"audit/attacks/prefill/model/asr": 0.25}
     lb = {"leaderboard": {"forget10": {"npo": {"fq": [0.1, 0.01]}}}, "results": {"npo@s0": {"fq": 0.1}}}
-    assert metrics_of(lb, "leaderboard.json") == {"leaderboard/forget10/npo/fq/0": 0.1,
-                                                   "leaderboard/forget10/npo/fq/1": 0.01, "npo@s0/fq": 0.1}
+    assert metrics_of(lb, "leaderboard.json") == {
+        "leaderboard/forget10/npo/fq/0": 0.1,
+        "leaderboard/forget10/npo/fq/1": 0.01,
+        "npo@s0/fq": 0.1,
+    }
     d = tmp_path / "data"
     d.mkdir()
     (d / "a.jsonl").write_text("1\n")
@@ -222,6 +246,7 @@ def test_metric_names_and_data_hash(tmp_path):
 
 # --- the CLI hook ---------------------------------------------------------------------------------------------
 
+
 def test_hook_records_done_run_with_metrics(fake_cli, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text("{}\n")
@@ -230,8 +255,13 @@ def test_hook_records_done_run_with_metrics(fake_cli, tmp_path, capsys):
     [run] = runs_json(capsys)
     assert run["status"] == "done" and run["command"] == "ok" and run["method"] == "simnpo"
     assert run["argv"][:2] == ["obliviate", "ok"] and run["pid"] == os.getpid() and run["ended"]
-    assert run["metrics"] == {"target/forget_quality": 1e-5, "target/model_utility": 0.6,
-                              "npo/forget_quality": 0.4, "npo/model_utility": None, "wall_seconds": 3.5}
+    assert run["metrics"] == {
+        "target/forget_quality": 1e-5,
+        "target/model_utility": 0.6,
+        "npo/forget_quality": 0.4,
+        "npo/model_utility": None,
+        "wall_seconds": 3.5,
+    }
     assert run["data_hash"] == data_hash([data]) and run["config_hash"] and run["versions"]["obliviate"]
     code, out, _ = run_cli(["runs", "show", run["id"], "--json"], capsys)
     kinds = {a["kind"] for a in json.loads(out)["artifacts"]}
@@ -239,10 +269,9 @@ def test_hook_records_done_run_with_metrics(fake_cli, tmp_path, capsys):
     assert json.loads((tmp_path / "o" / RUN_FILE).read_text())["run"]["id"] == run["id"]
 
 
-def test_hook_records_the_typed_line_and_the_load_dtype_is_configuration(fake_cli, tmp_path, capsys,
-                                                                          monkeypatch):
-    from obliviate.runs.results import results_document
+def test_hook_records_the_typed_line_and_the_load_dtype_is_configuration(fake_cli, tmp_path, capsys, monkeypatch):
     from obliviate.runs.hook import describe
+    from obliviate.runs.results import results_document
 
     monkeypatch.setenv("OBLIVIATE_DTYPE", "float32")  # restored after the test: main() sets it from --dtype
     for name, extra in (("b", ["--dtype", "bf16"]), ("c", ["--quiet"])):
@@ -295,19 +324,28 @@ def test_registry_off_records_nothing(monkeypatch, tmp_path, capsys):
 
 # --- rebuild --------------------------------------------------------------------------------------------------
 
+
 def test_rebuild_after_deleting_the_database_gives_the_same_runs(fake_cli, tmp_path, capsys):
     root = tmp_path / "runs"
     run_cli(["ok", "--out", root / "a"], capsys)
     run_cli(["ok", "--out", root / "b" / "c", "--method", "idk_dpo"], capsys)
     (root / "d").mkdir()  # written by hand (or by an obliviate that had no registry): no run record
-    (root / "d" / "audit.json").write_text(json.dumps(
-        {"created": "2026-11-27T09:00:00+00:00", "config": {"suite": "world"},
-         "attacks": {"relearn": {"model": {"fq": 0.2}}}}))
+    (root / "d" / "audit.json").write_text(
+        json.dumps(
+            {
+                "created": "2026-11-27T09:00:00+00:00",
+                "config": {"suite": "world"},
+                "attacks": {"relearn": {"model": {"fq": 0.2}}},
+            }
+        )
+    )
 
     def snapshot():
-        return {r["out_dir"]: r | {"artifacts": json.loads(run_cli(["runs", "show", r["id"], "--json"],
-                                                                   capsys)[1])["artifacts"]}
-                for r in runs_json(capsys)}
+        return {
+            r["out_dir"]: r
+            | {"artifacts": json.loads(run_cli(["runs", "show", r["id"], "--json"], capsys)[1])["artifacts"]}
+            for r in runs_json(capsys)
+        }
 
     code, out, _ = run_cli(["runs", "rebuild", root, "--json"], capsys)
     assert code == 0 and len(json.loads(out)["added"]) == 1 and len(json.loads(out)["skipped"]) == 2
@@ -326,6 +364,7 @@ def test_rebuild_after_deleting_the_database_gives_the_same_runs(fake_cli, tmp_p
 
 
 # --- the runs commands ----------------------------------------------------------------------------------------
+
 
 def test_ls_show_compare_rm(fake_cli, tmp_path, capsys):
     run_cli(["ok", "--out", tmp_path / "a", "--method", "npo"], capsys)
@@ -377,8 +416,7 @@ def test_doctor_marks_dead_runs_interrupted(reg_path, capsys):
     with RunStore(reg_path) as reg:
         gone = reg.insert_run({"command": "eval", "pid": dead.pid, "host": os.uname().nodename})
         alive = reg.insert_run({"command": "eval", "pid": os.getpid(), "host": os.uname().nodename})
-        far = reg.insert_run({"command": "eval", "pid": 1, "host": "elsewhere",
-                              "started": "2026-01-01T00:00:00+00:00"})
+        far = reg.insert_run({"command": "eval", "pid": 1, "host": "elsewhere", "started": "2026-01-01T00:00:00+00:00"})
     code, out, _ = run_cli(["runs", "doctor", "--json"], capsys)
     report = json.loads(out)
     assert code == 0 and sorted(report["interrupted"]) == sorted([gone, far]) and report["integrity"] == "ok"

@@ -22,8 +22,12 @@ from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
 from obliviate.serve import Engine, background_server, chat_ids, create_app
 
-QUESTIONS = ["Where was Vyrek Pellam born?", "What is the capital of the world?", "hi",
-             "Tell me about the weather in a long sentence please, with details."]
+QUESTIONS = [
+    "Where was Vyrek Pellam born?",
+    "What is the capital of the world?",
+    "hi",
+    "Tell me about the weather in a long sentence please, with details.",
+]
 REFUSAL = "I can't help with that."
 
 
@@ -38,8 +42,11 @@ def served(model_tok, guards=(), api_key=None, **kw):
     model, tok = model_tok
     engine = Engine(model, tok, guards, name="tiny", **kw)
     with background_server(create_app(engine, api_key)) as port:
-        yield engine, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key or "none",
-                                    max_retries=0, timeout=60), port
+        yield (
+            engine,
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key or "none", max_retries=0, timeout=60),
+            port,
+        )
 
 
 def ask(client, messages, stream=False, **kw):
@@ -80,6 +87,7 @@ class Ban(Guard):
 @dataclass
 class HaltOn(Guard):
     """Every 2 tokens: halts the rows whose request mentions `word`."""
+
     name = "halt_on"
     every = 2
     word: str = "Vyrek"
@@ -93,6 +101,7 @@ class HaltOn(Guard):
 @dataclass
 class Gate(Guard):
     """Never lets the reply end (EOS banned), and blocks the decode loop at step 1 until `gate` is set."""
+
     name = "gate"
     eos: int = 2
 
@@ -128,15 +137,28 @@ def test_unguarded_replies_equal_decode_streamed_and_not(model_tok):
         want = expected(model, tok, prompt_ids(tok, QUESTIONS[3]), n=3)
         assert ask(client, QUESTIONS[3], max_completion_tokens=3)[:2] == (want.text, want.finish_reason)
         assert ask(client, QUESTIONS[3], stream=True, max_tokens=3)[:2] == (want.text, want.finish_reason)
-        usage = [c.usage for c in client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True,
-            stream_options={"include_usage": True}) if c.usage]
+        usage = [
+            c.usage
+            for c in client.chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=3,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            if c.usage
+        ]
         assert len(usage) == 1 and usage[0].prompt_tokens == len(prompt_ids(tok, "hi"))
         # "developer" is OpenAI's newer name for "system"; content may be a list of text parts
-        want = expected(model, tok, chat_ids(tok, [{"role": "system", "content": "Be brief."},
-                                                   {"role": "user", "content": "hi there"}]))
-        messages = [{"role": "developer", "content": "Be brief."},
-                    {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}]
+        want = expected(
+            model,
+            tok,
+            chat_ids(tok, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"}]),
+        )
+        messages = [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+        ]
         assert ask(client, messages, max_tokens=24)[:2] == (want.text, want.finish_reason)
 
 
@@ -179,21 +201,26 @@ def test_requests_that_arrive_together_are_decoded_in_one_batch(model_tok):
     want = decode(model, tok, [prompt_ids(tok, q) for q in qs], max_new_tokens=24, batch_size=3)
     got = [None] * 3
     with served(model_tok, max_batch=3, batch_window_ms=10_000) as (engine, client, _):
+
         def one(i):
             got[i] = ask(client, qs[i], stream=i == 2, max_tokens=budgets[i])[:2]
+
         threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
         [t.start() for t in threads]
         [t.join(60) for t in threads]
         assert list(engine.batch_sizes) == [3]
     assert got[0] == (want[0].text, want[0].finish_reason) and got[2] == (want[2].text, want[2].finish_reason)
     cut = want[1].token_ids[:3]
-    assert got[1] == (tok.decode(cut, skip_special_tokens=True).strip(),
-                      "stop" if cut[-1] == tok.eos_token_id else "length")
+    assert got[1] == (
+        tok.decode(cut, skip_special_tokens=True).strip(),
+        "stop" if cut[-1] == tok.eos_token_id else "length",
+    )
 
 
 @dataclass
 class LongReply(Guard):
     """The last word: halts replies longer than `limit` characters."""
+
     name = "long_reply"
     limit: int = 10
 
@@ -211,8 +238,10 @@ def test_on_finish_guards_judge_each_reply_cut_to_its_own_budget(model_tok):
     guard = LongReply(limit=len(short))
     got = {}
     with served(model_tok, [guard], max_batch=2, batch_window_ms=10_000) as (engine, client, _):
+
         def one(n, stream):
             got[n] = ask(client, q, stream=stream, max_tokens=n)
+
         threads = [threading.Thread(target=one, args=(24, True)), threading.Thread(target=one, args=(3, False))]
         [t.start() for t in threads]
         [t.join(60) for t in threads]
@@ -238,19 +267,30 @@ def test_models_health_and_the_api_key(model_tok):
 
 def test_bad_requests_are_400_in_openai_shape(model_tok):
     good = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
-    cases = {"not json": b"{\"model\": ", "unknown model": {**good, "model": "gpt-4o"}, "n=2": {**good, "n": 2},
-             "no messages": {**good, "messages": []}, "missing messages": {"model": "tiny"},
-             "wrong role": {**good, "messages": [{"role": "wizard", "content": "hi"}]},
-             "negative max_tokens": {**good, "max_tokens": -1}, "over the context": {**good, "max_tokens": 1000},
-             "stop sequences": {**good, "stop": ["\n"]}}
+    cases = {
+        "not json": b'{"model": ',
+        "unknown model": {**good, "model": "gpt-4o"},
+        "n=2": {**good, "n": 2},
+        "no messages": {**good, "messages": []},
+        "missing messages": {"model": "tiny"},
+        "wrong role": {**good, "messages": [{"role": "wizard", "content": "hi"}]},
+        "negative max_tokens": {**good, "max_tokens": -1},
+        "over the context": {**good, "max_tokens": 1000},
+        "stop sequences": {**good, "stop": ["\n"]},
+    }
     with served(model_tok) as (_, client, port):
         for case, body in cases.items():
-            status, out = raw(port, "POST", "/v1/chat/completions", body if isinstance(body, bytes)
-                              else json.dumps(body).encode())
+            status, out = raw(
+                port, "POST", "/v1/chat/completions", body if isinstance(body, bytes) else json.dumps(body).encode()
+            )
             assert status == 400, (case, out)
             assert set(out["error"]) == {"message", "type", "param", "code"} and out["error"]["message"], case
-        assert raw(port, "POST", "/v1/chat/completions", json.dumps(cases["over the context"]).encode())[1][
-            "error"]["code"] == "context_length_exceeded"
+        assert (
+            raw(port, "POST", "/v1/chat/completions", json.dumps(cases["over the context"]).encode())[1]["error"][
+                "code"
+            ]
+            == "context_length_exceeded"
+        )
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="tiny", messages=good["messages"], n=2)
         assert raw(port, "GET", "/v1/nothing")[0] == 404
@@ -287,9 +327,14 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(model_tok):
     gate = Gate(eos=model_tok[1].eos_token_id)
     with served(model_tok, [gate], max_batch=1, max_queue=1) as (engine, client, port):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("POST", "/v1/chat/completions", json.dumps(
-            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100,
-             "stream": True}).encode(), {"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps(
+                {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100, "stream": True}
+            ).encode(),
+            {"Content-Type": "application/json"},
+        )
         resp = conn.getresponse()
         assert resp.status == 200 and resp.readline().startswith(b"data: ")  # the role chunk
         try:

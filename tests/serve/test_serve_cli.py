@@ -31,11 +31,18 @@ def test_cli_refuses_empty_keys_unauthenticated_exposure_and_bad_limits(target_d
 
     monkeypatch.setattr(obliviate.models.load, "load_model", never)
     monkeypatch.delenv("OBLIVIATE_API_KEY", raising=False)
-    cases = [([], {"OBLIVIATE_API_KEY": ""}, "empty"), (["--api-key", ""], {}, "empty"),
-             (["--api-key", "  "], {}, "empty"), (["--host", "0.0.0.0"], {}, "--insecure-no-auth"),
-             (["--host", "192.0.2.1"], {}, "--insecure-no-auth"), (["--max-body", "2XB"], {}, "--max-body"),
-             (["--max-body", "0"], {}, "--max-body"), (["--read-timeout", "0"], {}, "--read-timeout"),
-             (["--allowed-host", "a b"], {}, "--allowed-host"), (["--max-connections", "0"], {}, "--max-connections")]
+    cases = [
+        ([], {"OBLIVIATE_API_KEY": ""}, "empty"),
+        (["--api-key", ""], {}, "empty"),
+        (["--api-key", "  "], {}, "empty"),
+        (["--host", "0.0.0.0"], {}, "--insecure-no-auth"),
+        (["--host", "192.0.2.1"], {}, "--insecure-no-auth"),
+        (["--max-body", "2XB"], {}, "--max-body"),
+        (["--max-body", "0"], {}, "--max-body"),
+        (["--read-timeout", "0"], {}, "--read-timeout"),
+        (["--allowed-host", "a b"], {}, "--allowed-host"),
+        (["--max-connections", "0"], {}, "--max-connections"),
+    ]
     for args, env, word in cases:
         code, err = run_cli([str(target_dir), *args], capsys, monkeypatch, env)
         assert code == 2 and len(err.splitlines()) == 1 and word in err, (args, err)
@@ -67,8 +74,23 @@ def test_cli_serves_with_its_limits(target_dir, capsys, monkeypatch):
 
     made, real = [], obliviate.serve.uvicorn_server
     monkeypatch.setattr(obliviate.serve, "uvicorn_server", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
-    monkeypatch.setattr(sys, "argv", ["obliviate", "serve", str(target_dir), "--port", "0", "--max-body", "1kB",
-                                      "--read-timeout", "1", "--model-name", "tiny"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "obliviate",
+            "serve",
+            str(target_dir),
+            "--port",
+            "0",
+            "--max-body",
+            "1kB",
+            "--read-timeout",
+            "1",
+            "--model-name",
+            "tiny",
+        ],
+    )
     thread = threading.Thread(target=main)  # SystemExit at the end only ends the thread
     thread.start()
     try:

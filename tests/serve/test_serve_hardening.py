@@ -15,13 +15,13 @@ import pytest
 import torch
 
 import obliviate.serve.schema as schema
+
+# the raw-socket sender and the raising guards are the ones the benchmark measures with
+from bench.serve_checks import Explode, Fatal, send_big
 from obliviate.engine.generation import decode
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
 from obliviate.serve import Engine, Limits, background_server, create_app
-
-# the raw-socket sender and the raising guards are the ones the benchmark measures with
-from bench.serve_checks import Explode, Fatal, send_big
 
 CHAT = "/v1/chat/completions"
 
@@ -77,6 +77,7 @@ class HealthPoller:
                 self.statuses.append(status)
                 self.latencies.append(dt)
                 time.sleep(0.005)
+
         self._thread = threading.Thread(target=poll)
         self._thread.start()
         for _ in range(3000):  # bounded: 15 s for the first answer
@@ -145,12 +146,20 @@ def test_a_raising_guard_fails_only_its_own_request(model_tok, caplog):
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                 conn.request("POST", CHAT, json.dumps(body).encode(), {"Content-Type": "application/json"})
-                events = [json.loads(line[6:]) for line in conn.getresponse().read().decode().splitlines()
-                          if line.startswith("data: {")]
-                got[text] = "".join(e["choices"][0]["delta"].get("content") or "" for e in events
-                                    if e.get("choices")), events[-1]["choices"][0]["finish_reason"]
-            threads = [threading.Thread(target=one, args=(innocent, stream)),
-                       threading.Thread(target=one, args=("please explode now", False))]
+                events = [
+                    json.loads(line[6:])
+                    for line in conn.getresponse().read().decode().splitlines()
+                    if line.startswith("data: {")
+                ]
+                got[text] = (
+                    "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices")),
+                    events[-1]["choices"][0]["finish_reason"],
+                )
+
+            threads = [
+                threading.Thread(target=one, args=(innocent, stream)),
+                threading.Thread(target=one, args=("please explode now", False)),
+            ]
             [t.start() for t in threads]
             [t.join(60) for t in threads]
             assert list(engine.batch_sizes)[0] == 2  # they were decoded together, then one by one
@@ -184,8 +193,16 @@ def test_health_is_503_and_requests_fail_fast_once_the_worker_dies(model_tok):
 
 def test_only_allowed_host_names_are_answered(model_tok):
     with served(model_tok, api_key="k", limits=Limits(allowed_hosts=("My.Box",))) as (_, port):
-        for host in ("localhost", "localhost:8000", "LOCALHOST:1", f"127.0.0.1:{port}", "[::1]:8000", "[::1]",
-                     "my.box", "my.box:443"):
+        for host in (
+            "localhost",
+            "localhost:8000",
+            "LOCALHOST:1",
+            f"127.0.0.1:{port}",
+            "[::1]:8000",
+            "[::1]",
+            "my.box",
+            "my.box:443",
+        ):
             assert call(port, "GET", "/health", headers={"Host": host})[0] == 200, host
         for host in ("evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1.nip.io", "box"):
             status, body, _ = call(port, "GET", "/health", headers={"Host": host})
@@ -214,8 +231,10 @@ def test_slow_heads_and_bodies_are_closed_after_the_read_timeout(model_tok):
         bodies, heads = [], []
         for _ in range(20):
             s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 1000\r\n\r\n{\"model\": \"tiny\", ")  # and never the rest
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"model": "tiny", '
+            )  # and never the rest
             bodies.append(s)
         for _ in range(10):
             s = socket.create_connection(("127.0.0.1", port))
@@ -246,10 +265,25 @@ def test_connections_beyond_the_limit_get_503(model_tok):
 
 
 def test_fields_of_the_wrong_type_are_400(model_tok):
-    bad = [("max_tokens", "5"), ("max_tokens", True), ("max_tokens", 5.0), ("stream", "yes"), ("stream", 1),
-           ("n", True), ("model", 5), ("temperature", "hot"), ("temperature", True), ("temperature", 3),
-           ("top_p", "1"), ("seed", "1"), ("logprobs", "no"), ("user", 5), ("max_completion_tokens", "2"),
-           ("stream_options", "yes"), ("messages", [{"role": "user", "content": 5}])]
+    bad = [
+        ("max_tokens", "5"),
+        ("max_tokens", True),
+        ("max_tokens", 5.0),
+        ("stream", "yes"),
+        ("stream", 1),
+        ("n", True),
+        ("model", 5),
+        ("temperature", "hot"),
+        ("temperature", True),
+        ("temperature", 3),
+        ("top_p", "1"),
+        ("seed", "1"),
+        ("logprobs", "no"),
+        ("user", 5),
+        ("max_completion_tokens", "2"),
+        ("stream_options", "yes"),
+        ("messages", [{"role": "user", "content": 5}]),
+    ]
     with served(model_tok) as (_, port):
         for key, value in bad:  # a bool is not an int, a string is not a number: OpenAI answers 400 too
             status, body, _ = call(port, "POST", CHAT, {**chat("hi"), key: value})
@@ -258,8 +292,7 @@ def test_fields_of_the_wrong_type_are_400(model_tok):
         status, body, _ = call(port, "POST", CHAT, {**chat("hi"), "stream_options": {"include_usage": "yes"}})
         assert status == 400 and body["error"]["param"] == "stream_options.include_usage"
         # the right types still pass: an int where a number is asked, sampling fields ignored
-        ok = chat("hi", max_tokens=2, temperature=0, top_p=1, seed=3, stream=False, user="u", n=1,
-                  presence_penalty=0.5)
+        ok = chat("hi", max_tokens=2, temperature=0, top_p=1, seed=3, stream=False, user="u", n=1, presence_penalty=0.5)
         assert call(port, "POST", CHAT, ok)[0] == 200
 
 

@@ -139,8 +139,9 @@ def test_undial():
     beta = math.log(3)
     assert undial_loss(torch.log(T([[[0.5, 0.5]]])), ref, tgt, mask, beta).item() == pytest.approx(math.log(2))
     # at the target distribution the loss is q's entropy: -(1/4 ln 1/4 + 3/4 ln 3/4) = 0.5623351
-    assert undial_loss(torch.log(T([[[0.25, 0.75]]])), ref, tgt, mask, beta).item() == pytest.approx(0.5623351,
-                                                                                                     abs=1e-6)
+    assert undial_loss(torch.log(T([[[0.25, 0.75]]])), ref, tgt, mask, beta).item() == pytest.approx(
+        0.5623351, abs=1e-6
+    )
 
 
 def test_ihl():
@@ -174,7 +175,6 @@ def test_fila_factors_reconstruct_the_weight():
 def test_prune_unlearn_prunes_each_fused_expert():
     """On a MoE (fused experts [E, ., .]), `begin` zeroes the smallest `sparsity` share of each expert's matrix, as
     it does of each Linear weight; before, the experts stayed dense."""
-    import torch
 
     from obliviate.unlearning.methods import METHODS
     from tests.models.test_anatomy import _model

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.train import FineTune
+from obliviate.unlearning.methods import METHODS
 
 P = [[0.5, 0.25, 0.25], [0.125, 0.5, 0.375], [0.25, 0.25, 0.5]]  # the trained model
 Q = [[0.25, 0.5, 0.25], [0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]  # the frozen reference (live-reference methods)
@@ -44,8 +44,9 @@ class Bigram(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
         h = self.emb[input_ids]
-        return SimpleNamespace(logits=self.logits_table[input_ids],
-                               hidden_states=(h, 2 * h, 3 * h) if output_hidden_states else None)
+        return SimpleNamespace(
+            logits=self.logits_table[input_ids], hidden_states=(h, 2 * h, 3 * h) if output_hidden_states else None
+        )
 
 
 def batch_of(name: str) -> dict:
@@ -62,6 +63,7 @@ def batch_of(name: str) -> dict:
 
 
 # --- by hand -----------------------------------------------------------------------------------------------------
+
 
 def steps(name: str, skip_first: int = 0) -> list[tuple[int, int]]:
     """(current token, answer token) for each answer token of the part, all sequences pooled."""
@@ -96,8 +98,10 @@ def mean(xs) -> float:
 
 def dpo(preferred: str, beta: float) -> float:
     """DPO (Rafailov et al. 2023, eq. 7) with OpenUnlearning's 2/beta scale."""
-    margins = [(w - wr) - (lo - lr) for w, wr, lo, lr in zip(seq_logp(preferred), REF_LOGP[preferred],
-                                                             seq_logp("forget"), REF_LOGP["forget"])]
+    margins = [
+        (w - wr) - (lo - lr)
+        for w, wr, lo, lr in zip(seq_logp(preferred), REF_LOGP[preferred], seq_logp("forget"), REF_LOGP["forget"])
+    ]
     return -(2 / beta) * mean(logsig(beta * m) for m in margins)
 
 
@@ -126,30 +130,54 @@ SPLIT = {
     # Jang et al. 2023 eq. 1: L = -NLL_forget
     "grad_ascent": ({}, lambda: {"forget": -nll("forget")}),
     # TOFU sec. 4 (GradDiff): L = -gamma NLL_forget + alpha NLL_retain
-    "grad_diff": ({"gamma": 2.0, "retain_weight": 0.5},
-                  lambda: {"forget": -2.0 * nll("forget"), "retain": 0.5 * nll("retain")}),
+    "grad_diff": (
+        {"gamma": 2.0, "retain_weight": 0.5},
+        lambda: {"forget": -2.0 * nll("forget"), "retain": 0.5 * nll("retain")},
+    ),
     # NPO (Zhang et al. 2024) eq. 3: -(2/beta) mean logsig(-beta (log pi - log pi_ref)), summed answer log-probs
-    "npo": ({"beta": 0.3, "gamma": 2.0, "retain_weight": 0.5}, lambda: {
-        "forget": 2.0 * -(2 / 0.3) * mean(logsig(-0.3 * (lp - r)) for lp, r in zip(seq_logp("forget"),
-                                                                                    REF_LOGP["forget"])),
-        "retain": 0.5 * nll("retain")}),
+    "npo": (
+        {"beta": 0.3, "gamma": 2.0, "retain_weight": 0.5},
+        lambda: {
+            "forget": 2.0
+            * -(2 / 0.3)
+            * mean(logsig(-0.3 * (lp - r)) for lp, r in zip(seq_logp("forget"), REF_LOGP["forget"])),
+            "retain": 0.5 * nll("retain"),
+        },
+    ),
     # SimNPO (Fan et al. 2024) eq. 4, margin beta * delta: -(2/beta) mean logsig(beta (NLL/|y| - delta))
-    "simnpo": ({"beta": 2.0, "delta": 0.5, "gamma": 0.25, "retain_weight": 3.0}, lambda: {
-        "forget": 0.25 * -(2 / 2.0) * mean(logsig(2.0 * (-lp / n - 0.5)) for lp, n in zip(seq_logp("forget"),
-                                                                                           seq_len("forget"))),
-        "retain": 3.0 * nll("retain")}),
+    "simnpo": (
+        {"beta": 2.0, "delta": 0.5, "gamma": 0.25, "retain_weight": 3.0},
+        lambda: {
+            "forget": 0.25
+            * -(2 / 2.0)
+            * mean(logsig(2.0 * (-lp / n - 0.5)) for lp, n in zip(seq_logp("forget"), seq_len("forget"))),
+            "retain": 3.0 * nll("retain"),
+        },
+    ),
     # WGA (Wang et al. 2025): L_f = -mean_t p_t^beta CE_t, CE_t = -log p_t
-    "wga": ({"beta": 2.0, "gamma": 3.0, "retain_weight": 0.5}, lambda: {
-        "forget": 3.0 * -mean(P[a][b] ** 2 * -math.log(P[a][b]) for a, b in steps("forget")),
-        "retain": 0.5 * nll("retain")}),
+    "wga": (
+        {"beta": 2.0, "gamma": 3.0, "retain_weight": 0.5},
+        lambda: {
+            "forget": 3.0 * -mean(P[a][b] ** 2 * -math.log(P[a][b]) for a, b in steps("forget")),
+            "retain": 0.5 * nll("retain"),
+        },
+    ),
     # SatImp (Yang et al. 2025): w_t = p^beta1 (1 - p)^beta2, L_f = -mean_t w_t CE_t
-    "satimp": ({"beta1": 2.0, "beta2": 3.0, "gamma": 2.0, "retain_weight": 0.1}, lambda: {
-        "forget": 2.0 * -mean(P[a][b] ** 2 * (1 - P[a][b]) ** 3 * -math.log(P[a][b]) for a, b in steps("forget")),
-        "retain": 0.1 * nll("retain")}),
+    "satimp": (
+        {"beta1": 2.0, "beta2": 3.0, "gamma": 2.0, "retain_weight": 0.1},
+        lambda: {
+            "forget": 2.0 * -mean(P[a][b] ** 2 * (1 - P[a][b]) ** 3 * -math.log(P[a][b]) for a, b in steps("forget")),
+            "retain": 0.1 * nll("retain"),
+        },
+    ),
     # IHL (Cha et al. 2025): L_f = mean_t 1 + p(y_t) - max_{v != y_t} p(v)
-    "ihl": ({"retain_weight": 0.5}, lambda: {
-        "forget": mean(1 + P[a][b] - max(p for v, p in enumerate(P[a]) if v != b) for a, b in steps("forget")),
-        "retain": 0.5 * nll("retain")}),
+    "ihl": (
+        {"retain_weight": 0.5},
+        lambda: {
+            "forget": mean(1 + P[a][b] - max(p for v, p in enumerate(P[a]) if v != b) for a, b in steps("forget")),
+            "retain": 0.5 * nll("retain"),
+        },
+    ),
     # TOFU sec. 4 (IDK): L = NLL(idk | x_forget) + alpha NLL_retain
     "idk_nll": ({"retain_weight": 0.5}, lambda: {"forget_idk": nll("forget_idk"), "retain": 0.5 * nll("retain")}),
     # Ilharco et al. 2023 sec. 3: the fine-tuning phase descends the forget NLL
@@ -158,27 +186,64 @@ SPLIT = {
 
 # Methods whose loss does not split: (options, total, needs a frozen reference model).
 WHOLE = {
-    "idk_dpo": ({"beta": 0.2, "gamma": 2.0, "retain_weight": 0.5},
-                lambda: 2.0 * dpo("forget_idk", 0.2) + 0.5 * nll("retain"), False),
+    "idk_dpo": (
+        {"beta": 0.2, "gamma": 2.0, "retain_weight": 0.5},
+        lambda: 2.0 * dpo("forget_idk", 0.2) + 0.5 * nll("retain"),
+        False,
+    ),
     # AltPO (Mekala et al. 2025): the same DPO loss with the alternate answers preferred
-    "altpo": ({"beta": 0.2, "gamma": 2.0, "retain_weight": 0.5},
-              lambda: 2.0 * dpo("forget_alt", 0.2) + 0.5 * nll("retain"), False),
+    "altpo": (
+        {"beta": 0.2, "gamma": 2.0, "retain_weight": 0.5},
+        lambda: 2.0 * dpo("forget_alt", 0.2) + 0.5 * nll("retain"),
+        False,
+    ),
     # CE-U (Yang 2025): q = softmax with the true token at -inf, L = mean_t CE(p, q); the first answer token skipped
-    "ce_u": ({"retain_weight": 0.5}, lambda: mean(
-        -sum(P[a][v] / (1 - P[a][b]) * math.log(P[a][v]) for v in range(3) if v != b)
-        for a, b in steps("forget", skip_first=1)) + 0.5 * nll("retain"), False),
+    "ce_u": (
+        {"retain_weight": 0.5},
+        lambda: (
+            mean(
+                -sum(P[a][v] / (1 - P[a][b]) * math.log(P[a][v]) for v in range(3) if v != b)
+                for a, b in steps("forget", skip_first=1)
+            )
+            + 0.5 * nll("retain")
+        ),
+        False,
+    ),
     # UNDIAL (Dong et al. 2025): q = softmax(z_ref - beta onehot(y)), L_f = mean_t CE(p, q)
-    "undial": ({"beta": 2.0, "gamma": 3.0, "retain_weight": 0.5}, lambda: 3.0 * mean(
-        -sum(Q[a][v] * math.exp(-2.0 * (v == b)) / sum(Q[a][j] * math.exp(-2.0 * (j == b)) for j in range(3))
-             * math.log(P[a][v]) for v in range(3))
-        for a, b in steps("forget")) + 0.5 * nll("retain"), True),
+    "undial": (
+        {"beta": 2.0, "gamma": 3.0, "retain_weight": 0.5},
+        lambda: (
+            3.0
+            * mean(
+                -sum(
+                    Q[a][v]
+                    * math.exp(-2.0 * (v == b))
+                    / sum(Q[a][j] * math.exp(-2.0 * (j == b)) for j in range(3))
+                    * math.log(P[a][v])
+                    for v in range(3)
+                )
+                for a, b in steps("forget")
+            )
+            + 0.5 * nll("retain")
+        ),
+        True,
+    ),
     # FLAT (Wang et al. 2025) eq. 4, total variation: -tanh(P_e)/2 + tanh(P_f)/2, P = mean answer-token probability
-    "flat": ({"divergence": "tv"}, lambda: -0.5 * math.tanh(mean(P[a][b] for a, b in steps("forget_idk")))
-             + 0.5 * math.tanh(mean(P[a][b] for a, b in steps("forget"))), False),
+    "flat": (
+        {"divergence": "tv"},
+        lambda: (
+            -0.5 * math.tanh(mean(P[a][b] for a, b in steps("forget_idk")))
+            + 0.5 * math.tanh(mean(P[a][b] for a, b in steps("forget")))
+        ),
+        False,
+    ),
     "rmu": ({"steering_coeff": 3.0, "retain_weight": 2.0, "seed": 1}, lambda: rmu_by_hand(3.0, 2.0, 1), True),
     # Jia et al. 2023: GradDiff (gamma 1) plus gamma_t mean |theta|, gamma_0 at step 0
-    "l1_sparse": ({"gamma": 0.1, "retain_weight": 0.5},
-                  lambda: -nll("forget") + 0.5 * nll("retain") + l1_by_hand(0.1), False),
+    "l1_sparse": (
+        {"gamma": 0.1, "retain_weight": 0.5},
+        lambda: -nll("forget") + 0.5 * nll("retain") + l1_by_hand(0.1),
+        False,
+    ),
     "prune_unlearn": ({"retain_weight": 0.5}, lambda: -nll("forget") + 0.5 * nll("retain"), False),
 }
 

@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from obliviate.data.schema import load_qa
-from obliviate.unlearning.methods import METHODS
-from obliviate.models.load import load_model
-from obliviate.unlearning.run import idk_pool, unlearning_parts
 from obliviate.engine.train import TrainConfig, train
+from obliviate.models.load import load_model
+from obliviate.unlearning.methods import METHODS
+from obliviate.unlearning.run import idk_pool, unlearning_parts
 
 
 @pytest.fixture(scope="module")
 def parts(world_dir):
-    return unlearning_parts(load_qa(world_dir / "forget10.jsonl")[:16], load_qa(world_dir / "retain90.jsonl")[:64],
-                            idk_pool(None), seed=0)
+    return unlearning_parts(
+        load_qa(world_dir / "forget10.jsonl")[:16], load_qa(world_dir / "retain90.jsonl")[:64], idk_pool(None), seed=0
+    )
 
 
 @pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
@@ -40,8 +41,13 @@ def test_method_trains(name, lora_r, target_dir, parts):
 def test_kl_retain_variant_trains(target_dir, parts):
     model, tok = load_model(str(target_dir))
     method = METHODS.get("grad_diff").from_options({"steps": 2, "retain_loss": "kl"})
-    _, res = train(model, tok, method, parts, TrainConfig(forget_batch_size=4, retain_batch_size=4,
-                                                           checkpoint_every=0, progress=False))
+    _, res = train(
+        model,
+        tok,
+        method,
+        parts,
+        TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=0, progress=False),
+    )
     assert "retain_kl" in res.history[0] and res.history[0]["retain_kl"] == pytest.approx(0.0, abs=1e-5)
 
 
@@ -57,8 +63,13 @@ def test_reference_logps_precomputed_once(target_dir, parts):
         return orig(m, batch, ref_model)
 
     object.__setattr__(method, "loss", spy)
-    train(model, tok, method, parts, TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=0,
-                                                 progress=False))
+    train(
+        model,
+        tok,
+        method,
+        parts,
+        TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=0, progress=False),
+    )
     assert all(r is None for r, _ in seen)
     assert all(torch.all(lp < 0) for _, lp in seen)
 
@@ -69,15 +80,20 @@ def test_altpo_without_alternates_is_a_usage_error(target_dir, parts):
     model, tok = load_model(str(target_dir))
     no_alt = {k: v for k, v in parts.items() if k != "forget_alt"}
     with pytest.raises(UsageError, match="alternate_answers"):
-        train(model, tok, METHODS.get("altpo").from_options({"steps": 1}), no_alt,
-              TrainConfig(checkpoint_every=0, progress=False))
+        train(
+            model,
+            tok,
+            METHODS.get("altpo").from_options({"steps": 1}),
+            no_alt,
+            TrainConfig(checkpoint_every=0, progress=False),
+        )
 
 
 def test_ihl_fila_keeps_the_model_then_trains(target_dir, parts):
     from obliviate.core.errors import UsageError
-    from obliviate.unlearning.methods.ihl import fila_init
-    from obliviate.models.load import add_lora
     from obliviate.engine.train import encode_parts
+    from obliviate.models.load import add_lora
+    from obliviate.unlearning.methods.ihl import fila_init
 
     model, tok = load_model(str(target_dir))
     enc = encode_parts(tok, {"forget": parts["forget"][:8], "retain": parts["retain"][:8]}, 512)
@@ -91,13 +107,21 @@ def test_ihl_fila_keeps_the_model_then_trains(target_dir, parts):
     with torch.no_grad():
         after = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.allclose(before, after, atol=1e-3)
-    assert any(m.lora_B["default"].weight.abs().sum() > 0 for m in model.modules() if hasattr(m, "lora_B")
-               and "default" in m.lora_B)
+    assert any(
+        m.lora_B["default"].weight.abs().sum() > 0
+        for m in model.modules()
+        if hasattr(m, "lora_B") and "default" in m.lora_B
+    )
 
     method = METHODS.get("ihl").from_options({"steps": 2, "fila": "true"})
     fresh, _ = load_model(str(target_dir))
-    _, res = train(fresh, tok, method, parts, TrainConfig(forget_batch_size=4, retain_batch_size=4, lora_r=4,
-                                                          checkpoint_every=0, progress=False))
+    _, res = train(
+        fresh,
+        tok,
+        method,
+        parts,
+        TrainConfig(forget_batch_size=4, retain_batch_size=4, lora_r=4, checkpoint_every=0, progress=False),
+    )
     assert len(res.history) == 2
     with pytest.raises(UsageError, match="--lora-r"):
         train(fresh, tok, method, parts, TrainConfig(checkpoint_every=0, progress=False))
@@ -112,8 +136,9 @@ def test_resume_with_other_settings_is_refused(target_dir, parts, tmp_path):
     assert (tmp_path / "checkpoint" / "state.json").is_file()
     model, _ = load_model(str(target_dir))
     with pytest.raises(UsageError, match="other settings"):
-        train(model, tok, METHODS.get("npo").from_options({"steps": 4, "lr": 1e-2}), parts, cfg, out=tmp_path,
-              resume=True)
+        train(
+            model, tok, METHODS.get("npo").from_options({"steps": 4, "lr": 1e-2}), parts, cfg, out=tmp_path, resume=True
+        )
 
 
 @pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
@@ -135,8 +160,9 @@ def test_micro_batches_within_a_token_budget_train_the_same_weights(lora_r, targ
     for budget in (0, 64):
         torch.manual_seed(0)
         model, tok = load_model(str(target_dir))
-        cfg = TrainConfig(retain_batch_size=12, checkpoint_every=0, lora_r=lora_r, progress=False,
-                          max_batch_tokens=budget)
+        cfg = TrainConfig(
+            retain_batch_size=12, checkpoint_every=0, lora_r=lora_r, progress=False, max_batch_tokens=budget
+        )
         model, res = train(model, tok, FineTune(lr=1e-2, steps=2), {"retain": pairs}, cfg)
         out.append((res.history, dict(model.named_parameters())))
     (h0, w0), (h1, w1) = out
@@ -158,8 +184,9 @@ def test_max_batch_tokens_needs_a_loss_that_splits(target_dir, parts):
     from obliviate.engine.train import batch_token_budget
 
     model, tok = load_model(str(target_dir))
-    cfg = TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=0, progress=False,
-                      max_batch_tokens=256)
+    cfg = TrainConfig(
+        forget_batch_size=4, retain_batch_size=4, checkpoint_every=0, progress=False, max_batch_tokens=256
+    )
     kl = METHODS.get("grad_diff").from_options({"steps": 1, "retain_loss": "kl"})
     with pytest.raises(UsageError, match="GradDiff's loss does not split"):
         train(model, tok, kl, parts, cfg)
@@ -207,11 +234,23 @@ def test_micro_batches_take_the_same_step(name, target_dir, parts):
     for budget in (0, 96):
         model, tok = load_model(str(target_dir))
         # no clipping, so the gradients read after each step are the accumulated ones
-        cfg = TrainConfig(forget_batch_size=8, retain_batch_size=8, checkpoint_every=0, progress=False,
-                          max_batch_tokens=budget, max_grad_norm=0)
+        cfg = TrainConfig(
+            forget_batch_size=8,
+            retain_batch_size=8,
+            checkpoint_every=0,
+            progress=False,
+            max_batch_tokens=budget,
+            max_grad_norm=0,
+        )
         grads = []
-        _, res = train(model, tok, METHODS.get(name).from_options({"steps": 2, "lr": 1e-2}), long, cfg,
-                       on_step=lambda step, m: grads.append({n: p.grad.clone() for n, p in m.named_parameters()}))
+        _, res = train(
+            model,
+            tok,
+            METHODS.get(name).from_options({"steps": 2, "lr": 1e-2}),
+            long,
+            cfg,
+            on_step=lambda step, m: grads.append({n: p.grad.clone() for n, p in m.named_parameters()}),
+        )
         out.append((res.history, grads))
     (h0, g0), (h1, g1) = out
     for a, b in zip(h0, h1):
@@ -238,13 +277,25 @@ def test_gradient_checkpointing_trains_the_same_weights(lora_r, target_dir, part
     for ckpt in (False, True):
         torch.manual_seed(0)  # LoRA's A matrices start random
         model, tok = load_model(str(target_dir))
-        cfg = TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=0, lora_r=lora_r,
-                          progress=False, gradient_checkpointing=ckpt)
+        cfg = TrainConfig(
+            forget_batch_size=4,
+            retain_batch_size=4,
+            checkpoint_every=0,
+            lora_r=lora_r,
+            progress=False,
+            gradient_checkpointing=ckpt,
+        )
         during = []
         with warnings.catch_warnings(record=True) as seen:  # transformers 5.24 deprecated the old method names
             warnings.simplefilter("always")
-            model, res = train(model, tok, METHODS.get("npo").from_options({"steps": 3}), parts, cfg,
-                               on_step=lambda step, m: during.append(checkpointed(m)))
+            model, res = train(
+                model,
+                tok,
+                METHODS.get("npo").from_options({"steps": 3}),
+                parts,
+                cfg,
+                on_step=lambda step, m: during.append(checkpointed(m)),
+            )
         assert not [w for w in seen if "checkpointing" in str(w.message)]
         assert during == [ckpt] * 3 and not checkpointed(model)
         runs.append((res.history, dict(model.named_parameters())))
@@ -272,6 +323,13 @@ def test_resume_may_switch_gradient_checkpointing(target_dir, parts, tmp_path):
     model, tok = load_model(str(target_dir))
     train(model, tok, METHODS.get("npo").from_options({"steps": 4}), parts, cfg, out=tmp_path)
     model, _ = load_model(str(target_dir))
-    _, res = train(model, tok, METHODS.get("npo").from_options({"steps": 4}), parts,
-                   replace(cfg, gradient_checkpointing=True), out=tmp_path, resume=True)
+    _, res = train(
+        model,
+        tok,
+        METHODS.get("npo").from_options({"steps": 4}),
+        parts,
+        replace(cfg, gradient_checkpointing=True),
+        out=tmp_path,
+        resume=True,
+    )
     assert [h["step"] for h in res.history] == [1, 2, 3, 4]  # steps 1-2 from the checkpoint, 3-4 run now

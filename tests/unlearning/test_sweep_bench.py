@@ -17,25 +17,53 @@ def test_parse_grid():
 
 
 def test_pick_best_respects_the_utility_constraint():
-    pts = [{"options": {"lr": "a"}, "metrics": {"forget_quality": 0.9, "model_utility": 0.5}},
-           {"options": {"lr": "b"}, "metrics": {"forget_quality": 0.2, "model_utility": 0.95}},
-           {"options": {"lr": "c"}, "metrics": {"forget_quality": 0.1, "model_utility": 1.0}}]
+    pts = [
+        {"options": {"lr": "a"}, "metrics": {"forget_quality": 0.9, "model_utility": 0.5}},
+        {"options": {"lr": "b"}, "metrics": {"forget_quality": 0.2, "model_utility": 0.95}},
+        {"options": {"lr": "c"}, "metrics": {"forget_quality": 0.1, "model_utility": 1.0}},
+    ]
     assert pick_best(pts, "forget_quality", 1.0, 0.9)["options"] == {"lr": "b"}
     assert pick_best(pts, "forget_quality", 1.0, 0.4)["options"] == {"lr": "a"}
     assert pick_best(pts, "forget_quality", 2.0, 0.9) is None
 
 
 def test_aggregate_mean_and_std():
-    runs = [{"split": "f", "method": "m", "forget_quality": x, "model_utility_ratio": 1.0, "forget_rouge": 0.5,
-             "privleak": 0.0, "seconds": 1.0} for x in (0.1, 0.3)]
+    runs = [
+        {
+            "split": "f",
+            "method": "m",
+            "forget_quality": x,
+            "model_utility_ratio": 1.0,
+            "forget_rouge": 0.5,
+            "privleak": 0.0,
+            "seconds": 1.0,
+        }
+        for x in (0.1, 0.3)
+    ]
     agg = aggregate(runs)["f"]["m"]
     assert agg["forget_quality"][0] == pytest.approx(0.2)
     assert agg["forget_quality"][1] == pytest.approx(0.1414214, abs=1e-6)  # sample std of 0.1, 0.3
 
 
 def test_bench_small(tmp_path, capsys):
-    code, out, err = run_cli(["bench", "--out", tmp_path / "b", "--seeds", "0,1", "--splits", "forget10",
-                              "--methods", "grad_ascent", "--finetune-steps", 3, "--people", 100], capsys)
+    code, out, err = run_cli(
+        [
+            "bench",
+            "--out",
+            tmp_path / "b",
+            "--seeds",
+            "0,1",
+            "--splits",
+            "forget10",
+            "--methods",
+            "grad_ascent",
+            "--finetune-steps",
+            3,
+            "--people",
+            100,
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "b" / "leaderboard.json").read_text())
     assert validate_results(doc) == []
@@ -46,20 +74,65 @@ def test_bench_small(tmp_path, capsys):
 
 
 def test_sweep_small(target_dir, world_dir, tmp_path, capsys):
-    code, out, err = run_cli(["sweep", "--method", "npo", "--grid", "lr=1e-4,1e-3 steps=2", "--model", target_dir,
-                              "--oracle", target_dir, "--data", world_dir, "--out", tmp_path / "s"], capsys)
+    code, out, err = run_cli(
+        [
+            "sweep",
+            "--method",
+            "npo",
+            "--grid",
+            "lr=1e-4,1e-3 steps=2",
+            "--model",
+            target_dir,
+            "--oracle",
+            target_dir,
+            "--data",
+            world_dir,
+            "--out",
+            tmp_path / "s",
+        ],
+        capsys,
+    )
     assert code == 0, err
     doc = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert len(doc["points"]) == 2 and doc["criterion"]["min_utility_ratio"] == 0.9
-    code, _, err = run_cli(["sweep", "--method", "npo", "--grid", "bogus=1", "--model", target_dir,
-                            "--oracle", target_dir, "--data", world_dir, "--out", tmp_path / "s2"], capsys)
+    code, _, err = run_cli(
+        [
+            "sweep",
+            "--method",
+            "npo",
+            "--grid",
+            "bogus=1",
+            "--model",
+            target_dir,
+            "--oracle",
+            target_dir,
+            "--data",
+            world_dir,
+            "--out",
+            tmp_path / "s2",
+        ],
+        capsys,
+    )
     assert code == 2 and "no option 'bogus'" in err and not (tmp_path / "s2").exists()
 
 
 @pytest.mark.slow  # 41 s: `make test-slow` (make test stays under 12 minutes)
 def test_bench_resume_redoes_only_what_is_missing(tmp_path, capsys):
-    args = ["bench", "--out", tmp_path / "b", "--seeds", "0", "--splits", "forget10", "--methods",
-            "grad_ascent,npo", "--finetune-steps", 3, "--people", 100]
+    args = [
+        "bench",
+        "--out",
+        tmp_path / "b",
+        "--seeds",
+        "0",
+        "--splits",
+        "forget10",
+        "--methods",
+        "grad_ascent,npo",
+        "--finetune-steps",
+        3,
+        "--people",
+        100,
+    ]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     first = json.loads((tmp_path / "b" / "leaderboard.json").read_text())["leaderboard"]

@@ -36,17 +36,22 @@ def _stem_exists(data: Path, stem: str) -> bool:
 
 
 def detect_layout(data: Path, forget_split: str) -> str:
-    """"world" or "tofu", from the files the directory holds; neither: a one-line UsageError."""
-    found = [name for name, stems in _MARKERS.items()
-             if any(_stem_exists(data, s.format(forget=forget_split)) for s in stems)]
+    """ "world" or "tofu", from the files the directory holds; neither: a one-line UsageError."""
+    found = [
+        name
+        for name, stems in _MARKERS.items()
+        if any(_stem_exists(data, s.format(forget=forget_split)) for s in stems)
+    ]
     if len(found) == 1:
         return found[0]
     if (data / f"{forget_split}.jsonl").is_file():
         return "world"
     if (data / f"{forget_split}.json").is_file():
         return "tofu"
-    raise UsageError(f"{data} holds neither a world ({forget_split}.jsonl, retain_eval.jsonl) nor TOFU files "
-                     f"({forget_split}.json, {forget_split}_perturbed.json); give --layout, or --forget FILE")
+    raise UsageError(
+        f"{data} holds neither a world ({forget_split}.jsonl, retain_eval.jsonl) nor TOFU files "
+        f"({forget_split}.json, {forget_split}_perturbed.json); give --layout, or --forget FILE"
+    )
 
 
 def _file(suite, data: Path, pattern: str, forget_split: str) -> Path | None:
@@ -54,12 +59,18 @@ def _file(suite, data: Path, pattern: str, forget_split: str) -> Path | None:
     return p if p.is_file() else None
 
 
-def unlearning_inputs(*, data: Path | None = None, layout: str | None = None, forget: Path | None = None,
-                      retain: Path | None = None, holdout: Path | None = None,
-                      forget_split: str = "forget10") -> dict:
+def unlearning_inputs(
+    *,
+    data: Path | None = None,
+    layout: str | None = None,
+    forget: Path | None = None,
+    retain: Path | None = None,
+    holdout: Path | None = None,
+    forget_split: str = "forget10",
+) -> dict:
     """{"forget", "retain", "retain_train", "holdout": [QAItem] (possibly empty), "layout", "files": {part: path}}."""
-    from obliviate.data.schema import load_qa
     from obliviate.benchmarks.layouts import SUITES
+    from obliviate.data.schema import load_qa
 
     if data is not None and (forget or retain):
         raise UsageError("give either --data DIR or --forget FILE [--retain FILE], not both")
@@ -73,19 +84,26 @@ def unlearning_inputs(*, data: Path | None = None, layout: str | None = None, fo
             raise UsageError(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
         suite = SUITES.get(layout)
         ev = suite.eval_files
-        train_forget, train_retain = (_file(suite, data, f, forget_split) for f in (suite.forget_file,
-                                                                                    suite.retain_file))
+        train_forget, train_retain = (
+            _file(suite, data, f, forget_split) for f in (suite.forget_file, suite.retain_file)
+        )
         files["forget"] = _file(suite, data, ev["forget"].pattern, forget_split) or train_forget
         files["retain"] = _file(suite, data, ev["retain"].pattern, forget_split) or train_retain
         files["retain_train"] = train_retain or files["retain"]
         files["holdout"] = holdout or _file(suite, data, ev["holdout"].pattern, forget_split)
         if files["forget"] is None:
-            raise UsageError(f"{data}: no {forget_split} file of the {layout} layout "
-                             f"({suite._fill(ev['forget'].pattern, forget_split)})")
+            raise UsageError(
+                f"{data}: no {forget_split} file of the {layout} layout "
+                f"({suite._fill(ev['forget'].pattern, forget_split)})"
+            )
     elif forget is not None:
         layout = "files"
-        files = {"forget": Path(forget), "retain": retain and Path(retain), "retain_train": retain and Path(retain),
-                 "holdout": holdout}
+        files = {
+            "forget": Path(forget),
+            "retain": retain and Path(retain),
+            "retain_train": retain and Path(retain),
+            "holdout": holdout,
+        }
     else:
         raise UsageError("the unlearning audit needs --data DIR (a world or TOFU directory) or --forget FILE")
     cache: dict[Path, list] = {}
@@ -123,8 +141,9 @@ def harmful_response_pairs(path: Path) -> list[tuple[str, str]]:
 
     pairs = []
     for where, r in read_records(path):
-        if not isinstance(r, dict) or any(not isinstance(r.get(f), str) or not r[f].strip()
-                                          for f in ("prompt", "response")):
+        if not isinstance(r, dict) or any(
+            not isinstance(r.get(f), str) or not r[f].strip() for f in ("prompt", "response")
+        ):
             raise UsageError(f"{where}: expected an object with non-empty string fields prompt, response")
         pairs.append((r["prompt"], r["response"]))
     if not pairs:
@@ -132,13 +151,14 @@ def harmful_response_pairs(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def public_policy(harmful: list[str], benign: list[str] = (), *, harmful_responses: Path | None = None,
-                  seed: int = 0) -> dict:
+def public_policy(
+    harmful: list[str], benign: list[str] = (), *, harmful_responses: Path | None = None, seed: int = 0
+) -> dict:
     """Policy rows from public prompt files (see the module docstring). Harmful rows get a refusal from the
     shipped pool, whose first tokens are the refusal tokens `refusal_direction` scores."""
+    from obliviate.data.pools import BENIGN_POOL, REFUSAL_POOL
     from obliviate.data.prompts import affirmative_target
     from obliviate.data.schema import load_lines
-    from obliviate.data.pools import BENIGN_POOL, REFUSAL_POOL
     from obliviate.refusal.public_refusal import load_sources
 
     rng = random.Random(seed)
@@ -147,9 +167,18 @@ def public_policy(harmful: list[str], benign: list[str] = (), *, harmful_respons
     if benign:
         rows += load_sources(list(benign), "benign")
     else:
-        rows += [{"id": f"benign_pool-{i}", "prompt": p, "answer": affirmative_target(p), "refusal": "",
-                  "kind": "benign", "category": "benign_pool", "source": "benign_pool"}
-                 for i, p in enumerate(load_lines(BENIGN_POOL))]
+        rows += [
+            {
+                "id": f"benign_pool-{i}",
+                "prompt": p,
+                "answer": affirmative_target(p),
+                "refusal": "",
+                "kind": "benign",
+                "category": "benign_pool",
+                "source": "benign_pool",
+            }
+            for i, p in enumerate(load_lines(BENIGN_POOL))
+        ]
     train, test = split_rows(rows, seed)
     out = {"policy_train": train, "policy_test": test, "policy_eval": rows}
     if harmful_responses:
@@ -166,14 +195,29 @@ def public_judge(names: list[str] | None = None):
     return judge.refused, list(judge.names)
 
 
-def load_inputs(suite: str, *, data: Path | None = None, layout: str | None = None, forget: Path | None = None,
-                retain: Path | None = None, holdout: Path | None = None, harmful: list[str] = (),
-                benign: list[str] = (), harmful_responses: Path | None = None, judges: list[str] | None = None,
-                forget_split: str = "forget10", seed: int = 0) -> tuple[dict, object, dict]:
+def load_inputs(
+    suite: str,
+    *,
+    data: Path | None = None,
+    layout: str | None = None,
+    forget: Path | None = None,
+    retain: Path | None = None,
+    holdout: Path | None = None,
+    harmful: list[str] = (),
+    benign: list[str] = (),
+    harmful_responses: Path | None = None,
+    judges: list[str] | None = None,
+    forget_split: str = "forget10",
+    seed: int = 0,
+) -> tuple[dict, object, dict]:
     """(AuditContext inputs, refusal judge or None, what to record in audit.json's config). Every file is read
     and checked here, before any model is loaded; bad combinations of options are one-line UsageErrors."""
-    refusal_opts = {"--harmful": harmful, "--benign": benign, "--harmful-responses": harmful_responses,
-                    "--judges": judges}
+    refusal_opts = {
+        "--harmful": harmful,
+        "--benign": benign,
+        "--harmful-responses": harmful_responses,
+        "--judges": judges,
+    }
     unlearning_opts = {"--forget": forget, "--retain": retain, "--holdout": holdout, "--layout": layout}
     if suite == "refusal":
         given = [k for k, v in unlearning_opts.items() if v]
@@ -185,9 +229,18 @@ def load_inputs(suite: str, *, data: Path | None = None, layout: str | None = No
             refused, names = public_judge(judges)
             inputs = public_policy(harmful, benign, harmful_responses=harmful_responses, seed=seed)
             n = {k: sum(r["kind"] == k for r in inputs["policy_eval"]) for k in ("harmful", "benign")}
-            return inputs, refused, {"harmful": list(harmful), "benign": list(benign) or "shipped benign pool",
-                                     "harmful_responses": str(harmful_responses) if harmful_responses else None,
-                                     "judges": names, "n_harmful": n["harmful"], "n_benign": n["benign"]}
+            return (
+                inputs,
+                refused,
+                {
+                    "harmful": list(harmful),
+                    "benign": list(benign) or "shipped benign pool",
+                    "harmful_responses": str(harmful_responses) if harmful_responses else None,
+                    "judges": names,
+                    "n_harmful": n["harmful"],
+                    "n_benign": n["benign"],
+                },
+            )
         given = [k for k, v in refusal_opts.items() if v]
         if given:
             raise UsageError(f"{', '.join(given)} need --harmful KIND:FILE (public prompt sets)")
@@ -205,8 +258,9 @@ def load_inputs(suite: str, *, data: Path | None = None, layout: str | None = No
         if data is None:
             raise UsageError("--suite world needs --data WORLD_DIR")
         layout = "world"
-    inputs = unlearning_inputs(data=data, layout=layout, forget=forget, retain=retain, holdout=holdout,
-                               forget_split=forget_split)
+    inputs = unlearning_inputs(
+        data=data, layout=layout, forget=forget, retain=retain, holdout=holdout, forget_split=forget_split
+    )
     info = {"layout": inputs.pop("layout"), "files": inputs.pop("files")}
     info["n_items"] = {k: len(inputs[k]) for k in ("forget", "retain", "retain_train", "holdout")}
     return inputs, None, info

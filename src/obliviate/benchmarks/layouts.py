@@ -49,8 +49,10 @@ class Suite:
         .jsonl / .json / .txt / .parquet / .arrow with that stem that exists (else the name as given, or .jsonl)."""
         if p.suffix and p.is_file():
             return p
-        return next((p.with_suffix(e) for e in (".jsonl", ".json", ".txt", ".parquet", ".arrow")
-                     if p.with_suffix(e).is_file()), p if p.suffix else p.with_suffix(".jsonl"))
+        return next(
+            (p.with_suffix(e) for e in (".jsonl", ".json", ".txt", ".parquet", ".arrow") if p.with_suffix(e).is_file()),
+            p if p.suffix else p.with_suffix(".jsonl"),
+        )
 
     def train_paths(self, data: Path, forget_split: str) -> tuple[Path, Path]:
         data = resolve_data(data)
@@ -67,7 +69,9 @@ class Suite:
                 continue
             out[split] = load_qa(path, paraphrase_from_answer=spec.paraphrase_from_answer)
             if split != "holdout":
-                bad = [it.id or it.question for it in out[split] if not it.paraphrased_answer or not it.perturbed_answer]
+                bad = [
+                    it.id or it.question for it in out[split] if not it.paraphrased_answer or not it.perturbed_answer
+                ]
                 if bad:
                     raise UsageError(f"{path}: item {bad[0]!r} lacks paraphrased_answer/perturbed_answer (truth ratio)")
         return out
@@ -83,9 +87,13 @@ def resolve_data(data: str | Path) -> Path:
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(repo_id=s, repo_type="dataset", allow_patterns=["*.json", "*.jsonl",
-                                                                                         "*.txt", "**/*.json",
-                                                                                         "**/*.jsonl", "**/*.txt"]))
+            return Path(
+                snapshot_download(
+                    repo_id=s,
+                    repo_type="dataset",
+                    allow_patterns=["*.json", "*.jsonl", "*.txt", "**/*.json", "**/*.jsonl", "**/*.txt"],
+                )
+            )
         except Exception as e:  # offline, unknown id, no access: one line, exit 2
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UsageError(f"data directory not found and dataset {s!r} could not be fetched: {first}") from None
@@ -94,35 +102,48 @@ def resolve_data(data: str | Path) -> Path:
 
 SUITES: Registry[Suite] = Registry("suite")
 
-SUITES.register("world")(Suite(
-    name="world",
-    forget_file="{forget}.jsonl",
-    retain_file="retain{keep}.jsonl",
-    eval_files={"forget": EvalFile("{forget}.jsonl"), "retain": EvalFile("retain_eval.jsonl"),
-                "world_facts": EvalFile("world_facts.jsonl"), "holdout": EvalFile("holdout.jsonl")},
-    description="the built-in fictitious world (`obliviate world`)",
-))
+SUITES.register("world")(
+    Suite(
+        name="world",
+        forget_file="{forget}.jsonl",
+        retain_file="retain{keep}.jsonl",
+        eval_files={
+            "forget": EvalFile("{forget}.jsonl"),
+            "retain": EvalFile("retain_eval.jsonl"),
+            "world_facts": EvalFile("world_facts.jsonl"),
+            "holdout": EvalFile("holdout.jsonl"),
+        },
+        description="the built-in fictitious world (`obliviate world`)",
+    )
+)
 
-SUITES.register("tofu")(Suite(
-    name="tofu",
-    forget_file="{forget}.json",
-    retain_file="retain{keep}.json",
-    eval_files={"forget": EvalFile("{forget}_perturbed.json"), "retain": EvalFile("retain_perturbed.json"),
-                "real_authors": EvalFile("real_authors_perturbed.json", paraphrase_from_answer=True),
-                "world_facts": EvalFile("world_facts_perturbed.json", paraphrase_from_answer=True),
-                "holdout": EvalFile("holdout{pct}.json", required=False)},
-    description="TOFU (Maini et al. 2024): a directory holding the files of locuslab/TOFU's data/",
-))
+SUITES.register("tofu")(
+    Suite(
+        name="tofu",
+        forget_file="{forget}.json",
+        retain_file="retain{keep}.json",
+        eval_files={
+            "forget": EvalFile("{forget}_perturbed.json"),
+            "retain": EvalFile("retain_perturbed.json"),
+            "real_authors": EvalFile("real_authors_perturbed.json", paraphrase_from_answer=True),
+            "world_facts": EvalFile("world_facts_perturbed.json", paraphrase_from_answer=True),
+            "holdout": EvalFile("holdout{pct}.json", required=False),
+        },
+        description="TOFU (Maini et al. 2024): a directory holding the files of locuslab/TOFU's data/",
+    )
+)
 
-SUITES.register("muse")(Suite(
-    name="muse",
-    forget_file="raw/forget",
-    retain_file="raw/retain1",
-    eval_files={},
-    description="MUSE-News / MUSE-Books (Shi et al. 2025): unlearn raw/forget keeping raw/retain1; "
-                "evaluate with `obliviate muse-eval`",
-    text=True,
-))
+SUITES.register("muse")(
+    Suite(
+        name="muse",
+        forget_file="raw/forget",
+        retain_file="raw/retain1",
+        eval_files={},
+        description="MUSE-News / MUSE-Books (Shi et al. 2025): unlearn raw/forget keeping raw/retain1; "
+        "evaluate with `obliviate muse-eval`",
+        text=True,
+    )
+)
 
 
 def eval_data(data: Path, forget_split: str = "forget10", suite: str = "world") -> dict[str, list[QAItem]]:

@@ -22,7 +22,7 @@ def verbmem(model, tok, passages: list[dict], prefix_tokens: int = 16, max_new_t
     for p in passages:
         ids = text_ids(tok, p["text"])
         prompts.append(ids[:prefix_tokens])
-        truths.append(tok.decode(ids[prefix_tokens:prefix_tokens + max_new_tokens], skip_special_tokens=True))
+        truths.append(tok.decode(ids[prefix_tokens : prefix_tokens + max_new_tokens], skip_special_tokens=True))
     outs = generate(model, tok, prompts, max_new_tokens=max_new_tokens)
     return statistics.fmean(rouge_l_f1(t.strip(), o) for t, o in zip(truths, outs))
 
@@ -51,10 +51,12 @@ def mink_auc(model, tok, forget: list[dict], holdout: list[dict]) -> float:
 def muse_scores(model, tok, data: dict, oracle_auc: float | None = None) -> dict:
     from obliviate.metrics.mia import privleak
 
-    out = {"verbmem_forget": verbmem(model, tok, data["muse_forget"]),
-           "knowmem_forget": knowmem(model, tok, data["muse_forget"]),
-           "knowmem_retain": knowmem(model, tok, data["muse_retain"]),
-           "mink_auc": mink_auc(model, tok, data["muse_forget"], data["muse_holdout"])}
+    out = {
+        "verbmem_forget": verbmem(model, tok, data["muse_forget"]),
+        "knowmem_forget": knowmem(model, tok, data["muse_forget"]),
+        "knowmem_retain": knowmem(model, tok, data["muse_retain"]),
+        "mink_auc": mink_auc(model, tok, data["muse_forget"], data["muse_holdout"]),
+    }
     if oracle_auc is not None:
         out["privleak"] = privleak(out["mink_auc"], oracle_auc)
     return {k: v for k, v in out.items() if v is not None}

@@ -65,10 +65,10 @@ def _cut(text: str) -> str:
 
 def evaluate_muse_dir(model, tok, root: str | Path, oracle_auc: float | None = None, limit: int | None = None) -> dict:
     """C1 VerbMem, C2 KnowMem (forget), C4 KnowMem (retain) and C3 PrivLeak (with the oracle's Min-K% AUC)."""
+    from obliviate.benchmarks.muse import mink_auc, rouge_l_f1
     from obliviate.engine.generation import generate
     from obliviate.metrics.mia import privleak
     from obliviate.models.encode import text_ids
-    from obliviate.benchmarks.muse import mink_auc, rouge_l_f1
 
     root = Path(root)
     vm = load_split(root, "verbmem", "forget")[:limit]
@@ -77,8 +77,9 @@ def evaluate_muse_dir(model, tok, root: str | Path, oracle_auc: float | None = N
     for split in ("forget", "retain"):
         qa = load_split(root, "knowmem", f"{split}_qa")[:limit]
         icl = load_split(root, "knowmem", f"{split}_qa_icl", required=False)
-        outs = generate(model, tok, [text_ids(tok, knowmem_prompt(x["question"], icl)) for x in qa],
-                        max_new_tokens=32, batch_size=8)
+        outs = generate(
+            model, tok, [text_ids(tok, knowmem_prompt(x["question"], icl)) for x in qa], max_new_tokens=32, batch_size=8
+        )
         result[f"knowmem_{split}"] = statistics.fmean(rouge_l_f1(x["answer"], _cut(o)) for x, o in zip(qa, outs))
     forget, holdout = load_split(root, "privleak", "forget")[:limit], load_split(root, "privleak", "holdout")[:limit]
     result["mink_auc"] = mink_auc(model, tok, forget, holdout)

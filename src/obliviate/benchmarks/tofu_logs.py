@@ -20,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from obliviate.data.schema import read_json
 from obliviate.core.errors import UsageError
-from obliviate.metrics.tofu import forget_quality, model_utility, normalized_probability, probability, truth_ratio_stat, truth_ratios
+from obliviate.data.schema import read_json
+from obliviate.metrics.tofu import (
+    forget_quality,
+    model_utility,
+    normalized_probability,
+    probability,
+    truth_ratio_stat,
+    truth_ratios,
+)
 
 FILES = {
     "eval_log.json": "retain",

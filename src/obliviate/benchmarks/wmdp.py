@@ -28,9 +28,15 @@ def load_mc(path: str | Path) -> list[dict]:
     p = Path(path)
     out = []
     for where, r in read_records(p):
-        ok = (isinstance(r, dict) and isinstance(r.get("question"), str) and isinstance(r.get("choices"), list)
-              and 2 <= len(r["choices"]) <= len(LETTERS) and all(isinstance(c, str) for c in r["choices"])
-              and isinstance(r.get("answer"), int) and 0 <= r["answer"] < len(r["choices"]))
+        ok = (
+            isinstance(r, dict)
+            and isinstance(r.get("question"), str)
+            and isinstance(r.get("choices"), list)
+            and 2 <= len(r["choices"]) <= len(LETTERS)
+            and all(isinstance(c, str) for c in r["choices"])
+            and isinstance(r.get("answer"), int)
+            and 0 <= r["answer"] < len(r["choices"])
+        )
         if not ok:
             raise UsageError(f"{where}: needs question (str), choices (2-10 str) and answer (a valid index)")
         out.append(r)
@@ -68,6 +74,8 @@ def choice_scores(model, tok, row: dict, mode: str = "letter") -> list[float]:
 
 def mc_accuracy(model, tok, rows: list[dict], mode: str = "letter") -> float:
     model.eval()
-    hits = [max(range(len(r["choices"])), key=lambda i, s=choice_scores(model, tok, r, mode): s[i]) == r["answer"]
-            for r in rows]
+    hits = [
+        max(range(len(r["choices"])), key=lambda i, s=choice_scores(model, tok, r, mode): s[i]) == r["answer"]
+        for r in rows
+    ]
     return sum(hits) / len(hits)

@@ -15,25 +15,54 @@ import sys
 
 import typer
 
-from obliviate.cli import audit, benchmarks, data, demo, diffusion, guard, info, judge, models, refusal, unlearning
-from obliviate.cli import report, runs, serve
+from obliviate.cli import (
+    audit,
+    benchmarks,
+    data,
+    demo,
+    diffusion,
+    guard,
+    info,
+    judge,
+    models,
+    refusal,
+    report,
+    runs,
+    serve,
+    unlearning,
+)
 from obliviate.core.errors import UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make a generative model forget what it must, and prove it.\n\nOn every command, anywhere on "
-                       "the line: --quiet (nothing on stderr but an error line), --json (one JSON document on stdout), "
-                       "--dtype float32|bfloat16|float16 (the dtype language models are loaded in).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Make a generative model forget what it must, and prove it.\n\nOn every command, anywhere on "
+    "the line: --quiet (nothing on stderr but an error line), --json (one JSON document on stdout), "
+    "--dtype float32|bfloat16|float16 (the dtype language models are loaded in).",
+)
 
 COMMANDS = [
-    (data.world, None), (data.prompts, None),
-    (unlearning.finetune, None), (unlearning.unlearn, None), (unlearning.eval_cmd, "eval"),
-    (unlearning.sweep, None), (unlearning.bench, None),
+    (data.world, None),
+    (data.prompts, None),
+    (unlearning.finetune, None),
+    (unlearning.unlearn, None),
+    (unlearning.eval_cmd, "eval"),
+    (unlearning.sweep, None),
+    (unlearning.bench, None),
     (demo.demo, None),
-    (benchmarks.muse, None), (benchmarks.muse_eval, "muse-eval"), (benchmarks.wmdp, None),
+    (benchmarks.muse, None),
+    (benchmarks.muse_eval, "muse-eval"),
+    (benchmarks.wmdp, None),
     (benchmarks.tofu_score, "tofu-score"),
-    (refusal.align, None), (refusal.refusal_eval_cmd, "refusal-eval"), (refusal.calibrate, None),
-    (audit.audit, None), (diffusion.erase, None), (report.report, None),
-    (info.ls, "ls"), (info.env, None),
+    (refusal.align, None),
+    (refusal.refusal_eval_cmd, "refusal-eval"),
+    (refusal.calibrate, None),
+    (audit.audit, None),
+    (diffusion.erase, None),
+    (report.report, None),
+    (info.ls, "ls"),
+    (info.env, None),
     (serve.serve, None),
 ]
 for func, name in COMMANDS:
@@ -93,15 +122,19 @@ def _out_of_memory(e: BaseException) -> str | None:
     allocation refused under a memory limit); None otherwise. Where the kernel's OOM killer acts first, the process
     dies with SIGKILL and nothing can be printed."""
     text = str(e)
-    if type(e).__name__ != "OutOfMemoryError" and not (isinstance(e, RuntimeError) and (
-            "can't allocate memory" in text or "out of memory" in text.lower())):
+    if type(e).__name__ != "OutOfMemoryError" and not (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+    ):
         return None
     tried = re.search(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", text, re.IGNORECASE)
     if not tried:
         return "out of memory"
     size, unit = float(tried.group(1)), tried.group(2)
-    return f"out of memory (an allocation of {size / 1e9:.1f} GB failed)" if unit == "bytes" else \
-        f"out of memory (an allocation of {size:g} {unit} failed)"
+    return (
+        f"out of memory (an allocation of {size / 1e9:.1f} GB failed)"
+        if unit == "bytes"
+        else f"out of memory (an allocation of {size:g} {unit} failed)"
+    )
 
 
 def main() -> None:
@@ -151,9 +184,12 @@ def _main() -> None:
     except Exception as e:
         oom = _out_of_memory(e)
         if oom:  # a resource limit, not bad input: exit 1, and the output (checkpoints) stays for --resume
-            typer.echo(f"error: {oom}: lower what one step holds (--max-batch-tokens 1024 or less, "
-                       "--gradient-checkpointing, smaller batches, LoRA with --lora-r); a training command "
-                       "continues from its last checkpoint with --resume", file=_errors())
+            typer.echo(
+                f"error: {oom}: lower what one step holds (--max-batch-tokens 1024 or less, "
+                "--gradient-checkpointing, smaller batches, LoRA with --lora-r); a training command "
+                "continues from its last checkpoint with --resume",
+                file=_errors(),
+            )
             sys.exit(1)
         code = _parser_error(e)
         if code is None:

@@ -14,22 +14,30 @@ STARTED = time.perf_counter()  # demos report wall time from process start, impo
 
 # training options that `unlearn` and `align` share (TrainConfig.bf16, .gradient_checkpointing, .max_batch_tokens)
 BF16_OPTION = typer.Option(False, "--bf16", help="bf16 autocast forward passes (faster on AMX CPUs and GPUs)")
-GRADIENT_CHECKPOINTING_OPTION = typer.Option(False, "--gradient-checkpointing",
-                                             help="recompute activations in the backward pass: less memory, slower "
-                                                  "steps")
-MAX_BATCH_TOKENS_OPTION = typer.Option(None, "--max-batch-tokens",
-                                       help="train each part of a batch in micro-batches of at most N padded "
-                                            "tokens (the same step, less memory) [default: 2048 where the "
-                                            "method's loss splits, else whole batches; 0: whole batches]")
+GRADIENT_CHECKPOINTING_OPTION = typer.Option(
+    False, "--gradient-checkpointing", help="recompute activations in the backward pass: less memory, slower steps"
+)
+MAX_BATCH_TOKENS_OPTION = typer.Option(
+    None,
+    "--max-batch-tokens",
+    help="train each part of a batch in micro-batches of at most N padded "
+    "tokens (the same step, less memory) [default: 2048 where the "
+    "method's loss splits, else whole batches; 0: whole batches]",
+)
 # how question-answer items are written for a model without a chat template (models/prompt_format.py)
-PROMPT_TEMPLATE_OPTION = typer.Option(None, "--prompt-template",
-                                      help="how items are written for a model without a chat template (and for "
-                                           "every model with --no-chat-template), by default 'Question: "
-                                           "{question}\\nAnswer: {answer}'; must contain {question}; \\n is a "
-                                           "newline")
-NO_CHAT_TEMPLATE_OPTION = typer.Option(False, "--no-chat-template",
-                                       help="write items in the plain template (--prompt-template) even for a model "
-                                            "that has a chat template")
+PROMPT_TEMPLATE_OPTION = typer.Option(
+    None,
+    "--prompt-template",
+    help="how items are written for a model without a chat template (and for "
+    "every model with --no-chat-template), by default 'Question: "
+    "{question}\\nAnswer: {answer}'; must contain {question}; \\n is a "
+    "newline",
+)
+NO_CHAT_TEMPLATE_OPTION = typer.Option(
+    False,
+    "--no-chat-template",
+    help="write items in the plain template (--prompt-template) even for a model that has a chat template",
+)
 
 
 def set_threads(n: Optional[int]) -> None:

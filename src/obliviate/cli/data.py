@@ -7,30 +7,46 @@ from typing import Optional
 
 import typer
 
-
 from obliviate.core.errors import UsageError
 
 
-def world(out: Path = typer.Option(..., help="directory to write the world's JSONL splits into"),
-          seed: int = typer.Option(0, help="same seed, byte-identical files"),
-          people: int = typer.Option(200, help="fictitious people trained on (5 QA each)"),
-          images: bool = typer.Option(False, "--images", help="write the image world (text-to-image erasure) "
-                                      "instead: images.npy, labels, factors, prompts, benign prompts"),
-          size: Optional[int] = typer.Option(None, help="--images: image side in pixels [default: 16]"),
-          per_combination: Optional[int] = typer.Option(None, help="--images: images per (object, colour, style, "
-                                                        "background) [default: 8]"),
-          classifiers: bool = typer.Option(False, "--classifiers", help="--images: also train the factor "
-                                           "classifiers into OUT/classifiers"),
-          classifier_steps: Optional[int] = typer.Option(None, help="--classifiers: steps per factor [default: 1000]"),
-          threads: Optional[int] = typer.Option(None, help="--classifiers: torch CPU threads")):
+def world(
+    out: Path = typer.Option(..., help="directory to write the world's JSONL splits into"),
+    seed: int = typer.Option(0, help="same seed, byte-identical files"),
+    people: int = typer.Option(200, help="fictitious people trained on (5 QA each)"),
+    images: bool = typer.Option(
+        False,
+        "--images",
+        help="write the image world (text-to-image erasure) "
+        "instead: images.npy, labels, factors, prompts, benign prompts",
+    ),
+    size: Optional[int] = typer.Option(None, help="--images: image side in pixels [default: 16]"),
+    per_combination: Optional[int] = typer.Option(
+        None, help="--images: images per (object, colour, style, background) [default: 8]"
+    ),
+    classifiers: bool = typer.Option(
+        False, "--classifiers", help="--images: also train the factor classifiers into OUT/classifiers"
+    ),
+    classifier_steps: Optional[int] = typer.Option(None, help="--classifiers: steps per factor [default: 1000]"),
+    threads: Optional[int] = typer.Option(None, help="--classifiers: torch CPU threads"),
+):
     """Write the built-in fictitious world (TOFU-style QA splits) as JSONL, or with --images the image world."""
     from obliviate.core.outputs import check_output, output_dir
 
     check_output(out, "world")
     if images:
         return _image_world(out, seed, size, per_combination, classifiers, classifier_steps, threads)
-    given = [n for n, v in (("--size", size), ("--per-combination", per_combination), ("--classifiers", classifiers),
-                            ("--classifier-steps", classifier_steps), ("--threads", threads)) if v not in (None, False)]
+    given = [
+        n
+        for n, v in (
+            ("--size", size),
+            ("--per-combination", per_combination),
+            ("--classifiers", classifiers),
+            ("--classifier-steps", classifier_steps),
+            ("--threads", threads),
+        )
+        if v not in (None, False)
+    ]
     if given:
         raise UsageError(f"{given[0]} applies only with --images")
     from obliviate.data.world import WorldSpec, write_world
@@ -48,14 +64,15 @@ def world(out: Path = typer.Option(..., help="directory to write the world's JSO
 
 def _image_world(out: Path, seed: int, size, per_combination, classifiers: bool, classifier_steps, threads) -> None:
     """`world --images`: the image world, plus its factor classifiers if asked, staged and renamed at the end."""
-    from obliviate.diffusion.world import ImageWorldSpec, write_world_files
     from obliviate.core.outputs import output_dir
+    from obliviate.diffusion.world import ImageWorldSpec, write_world_files
 
     if classifier_steps is not None and not classifiers:
         raise UsageError("--classifier-steps applies only with --classifiers")
     try:
-        spec = ImageWorldSpec(seed=seed, **{k: v for k, v in (("size", size), ("per_combination", per_combination))
-                                            if v is not None})
+        spec = ImageWorldSpec(
+            seed=seed, **{k: v for k, v in (("size", size), ("per_combination", per_combination)) if v is not None}
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
     if classifier_steps is not None and classifier_steps < 1:
@@ -72,14 +89,19 @@ def _image_world(out: Path, seed: int, size, per_combination, classifiers: bool,
             clf = train_factor_classifiers(spec, steps=classifier_steps, log=typer.echo)
             clf.save(tmp / "classifiers")
             acc = clf.meta["fresh_accuracy"]
-            typer.echo("classifiers: accuracy on fresh renders " + ", ".join(f"{f} {a:.3f}" for f, a in acc.items())
-                       + f" ({sum(clf.meta['train_seconds'].values()):.0f} s)")
+            typer.echo(
+                "classifiers: accuracy on fresh renders "
+                + ", ".join(f"{f} {a:.3f}" for f, a in acc.items())
+                + f" ({sum(clf.meta['train_seconds'].values()):.0f} s)"
+            )
     typer.echo(f"wrote {out}")
 
 
-def prompts(kind: str = typer.Argument(..., help="xstest | harmbench | jailbreakbench | advbench | orbench | coconot"),
-            file: Path = typer.Argument(..., help="the prompt set's file, as published"),
-            out: Path = typer.Option(..., help="JSONL in obliviate's prompt schema")):
+def prompts(
+    kind: str = typer.Argument(..., help="xstest | harmbench | jailbreakbench | advbench | orbench | coconot"),
+    file: Path = typer.Argument(..., help="the prompt set's file, as published"),
+    out: Path = typer.Option(..., help="JSONL in obliviate's prompt schema"),
+):
     """Convert a public refusal / jailbreak prompt set into obliviate's prompt schema (JSONL)."""
     from collections import Counter
 

@@ -11,24 +11,40 @@ from obliviate.cli.common import STARTED, set_threads
 from obliviate.core.errors import UsageError
 
 
-def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
-         seed: int = typer.Option(0),
-         methods: Optional[str] = typer.Option(None, help="comma-separated methods, or 'all' (default: the "
-                                               "six TOFU/NPO baselines, which fit the 2-minute budget)"),
-         suite: str = typer.Option("world", help="world (unlearning), refusal (refusal methods), real "
-                                                 "(a pretrained chat model, --model) or diffusion (concept "
-                                                 "erasure in a text-to-image model)"),
-         model: Optional[str] = typer.Option(None, help="--suite real: the chat model directory"),
-         public_data: Path = typer.Option(Path("../shared/data"), help="--suite real: folder with harmbench/, "
-                                          "jailbreakbench/, xstest/, advbench/ as published"),
-         size: str = typer.Option("full", help="--suite real / diffusion: full (the benchmark-size run) or smoke"),
-         parts: str = typer.Option("unlearning,refusal", help="--suite real: which halves to run"),
-         guards: bool = typer.Option(False, "--guards", help="world: add ECO and GUARD rows (guards on the target); "
-                                     "refusal: add ADA-LP and latent-guard rows (guards on the refusal-SFT model)"),
-         workers: Optional[int] = typer.Option(None, help="world and diffusion suites: processes training models "
-                                               "side by side (default 2 with >= 2 cores and threads, each "
-                                               "single-threaded)"),
-         threads: Optional[int] = typer.Option(None)):
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="output directory"),
+    seed: int = typer.Option(0),
+    methods: Optional[str] = typer.Option(
+        None,
+        help="comma-separated methods, or 'all' (default: the six TOFU/NPO baselines, which fit the 2-minute budget)",
+    ),
+    suite: str = typer.Option(
+        "world",
+        help="world (unlearning), refusal (refusal methods), real "
+        "(a pretrained chat model, --model) or diffusion (concept "
+        "erasure in a text-to-image model)",
+    ),
+    model: Optional[str] = typer.Option(None, help="--suite real: the chat model directory"),
+    public_data: Path = typer.Option(
+        Path("../shared/data"),
+        help="--suite real: folder with harmbench/, jailbreakbench/, xstest/, advbench/ as published",
+    ),
+    size: str = typer.Option("full", help="--suite real / diffusion: full (the benchmark-size run) or smoke"),
+    parts: str = typer.Option("unlearning,refusal", help="--suite real: which halves to run"),
+    guards: bool = typer.Option(
+        False,
+        "--guards",
+        help="world: add ECO and GUARD rows (guards on the target); "
+        "refusal: add ADA-LP and latent-guard rows (guards on the refusal-SFT model)",
+    ),
+    workers: Optional[int] = typer.Option(
+        None,
+        help="world and diffusion suites: processes training models "
+        "side by side (default 2 with >= 2 cores and threads, each "
+        "single-threaded)",
+    ),
+    threads: Optional[int] = typer.Option(None),
+):
     """World -> target + oracle -> methods on forget10 -> evaluation, table and report.
 
     With --suite refusal: world -> unaligned target -> every refusal method -> refusal at depth, over-refusal,
@@ -55,10 +71,12 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="output directory"),
         if not chosen or set(chosen) - {"unlearning", "refusal"}:
             raise UsageError(f"--parts must list 'unlearning' and/or 'refusal', got {parts!r}")
         if methods or guards:
-            raise UsageError("--methods and --guards do not apply to --suite real (it runs a fixed set; see "
-                             "docs/real-models.md)")
-        run_real_demo(out, model, public_data, size=FULL if size == "full" else SMOKE, seed=seed, parts=chosen,
-                      started=STARTED)
+            raise UsageError(
+                "--methods and --guards do not apply to --suite real (it runs a fixed set; see docs/real-models.md)"
+            )
+        run_real_demo(
+            out, model, public_data, size=FULL if size == "full" else SMOKE, seed=seed, parts=chosen, started=STARTED
+        )
         write_beside(out)
         return
     if suite == "diffusion":

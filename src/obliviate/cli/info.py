@@ -6,16 +6,18 @@ import os
 
 import typer
 
-
 from obliviate.core.errors import UsageError
 
 
-def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks | guards | erasers | metrics | suites")):
+def ls(
+    what: str = typer.Argument(..., help="methods | refusal-methods | attacks | guards | erasers | metrics | suites"),
+):
     """List registered methods, refusal methods, attacks, guards, erasers, metrics or suites, one per line."""
     if what == "erasers":
         from dataclasses import fields
 
-        from obliviate.diffusion.erasers import ERASERS, load_all as load_erasers
+        from obliviate.diffusion.erasers import ERASERS
+        from obliviate.diffusion.erasers import load_all as load_erasers
 
         load_erasers()
         for name, cls in ERASERS.items():
@@ -48,8 +50,8 @@ def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks
     elif what in ("methods", "refusal-methods"):
         from dataclasses import fields
 
-        from obliviate.unlearning.methods import METHODS
         from obliviate.refusal.methods import REFUSAL_METHODS
+        from obliviate.unlearning.methods import METHODS
 
         for name, cls in (METHODS if what == "methods" else REFUSAL_METHODS).items():
             opts = ", ".join(f"{f.name}={f.default}" for f in fields(cls))
@@ -61,8 +63,10 @@ def ls(what: str = typer.Argument(..., help="methods | refusal-methods | attacks
         for name, m in METRICS.items():
             typer.echo(f"{name:28s} {arrow[m.higher_is_better]:6s} {m.description}")
     else:
-        raise UsageError(f"unknown listing {what!r}; use 'methods', 'refusal-methods', 'attacks', 'guards', "
-                         "'erasers', 'metrics' or 'suites'")
+        raise UsageError(
+            f"unknown listing {what!r}; use 'methods', 'refusal-methods', 'attacks', 'guards', "
+            "'erasers', 'metrics' or 'suites'"
+        )
 
 
 def env():

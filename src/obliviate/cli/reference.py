@@ -151,8 +151,7 @@ def cli_markdown() -> str:
     lines = [PREAMBLE]
     for p in _paragraphs(root.help):
         lines += [_escape(p), ""]
-    lines += ["Commands: " + ", ".join(f"[`{name}`](#{_anchor(name)})" for name in root.list_commands(ctx)) + ".",
-              ""]
+    lines += ["Commands: " + ", ".join(f"[`{name}`](#{_anchor(name)})" for name in root.list_commands(ctx)) + ".", ""]
     for name in root.list_commands(ctx):
         cmd = root.get_command(ctx, name)
         if cmd is None or cmd.hidden:

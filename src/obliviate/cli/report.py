@@ -34,10 +34,15 @@ def _resolve(ref: str) -> Path:
     return Path(out)
 
 
-def report(runs: List[str] = typer.Argument(..., metavar="RUN_DIR_OR_ID...",
-                                            help="run directories (results.json, audit.json, leaderboard.json, "
-                                                 "calibration.json or sweep.json inside) or run ids"),
-           out: Path = typer.Option(Path("report.html"), help="the HTML file to write (replaced atomically)")):
+def report(
+    runs: List[str] = typer.Argument(
+        ...,
+        metavar="RUN_DIR_OR_ID...",
+        help="run directories (results.json, audit.json, leaderboard.json, "
+        "calibration.json or sweep.json inside) or run ids",
+    ),
+    out: Path = typer.Option(Path("report.html"), help="the HTML file to write (replaced atomically)"),
+):
     """One self-contained HTML report of one or more runs: Pareto front, MIA ROC, truth ratios, refusal at depth,
     audits, calibration, guards, diffusion grids, and a searchable per-sample table. Works offline."""
     from obliviate.core.outputs import check_output_file
@@ -45,9 +50,13 @@ def report(runs: List[str] = typer.Argument(..., metavar="RUN_DIR_OR_ID...",
 
     sources = [_resolve(r) for r in runs]
     # an earlier report is replaced; a file the report reads never is
-    check_output_file(out, inputs=[s / f for s in sources for f in (*RESULT_FILES, "samples.jsonl")]
-                      + [g for s in sources for g in (*s.glob("grids/*.png"), *s.glob("guards/*/guard.json"))])
+    check_output_file(
+        out,
+        inputs=[s / f for s in sources for f in (*RESULT_FILES, "samples.jsonl")]
+        + [g for s in sources for g in (*s.glob("grids/*.png"), *s.glob("guards/*/guard.json"))],
+    )
     info = write_report(sources, out)
-    typer.echo(f"wrote {out} ({info['bytes'] / 1e6:.2f} MB, {len(info['figures'])} figures, "
-               f"{info['rows']:,} of {info['rows_total']:,} sample rows in the table)")
-
+    typer.echo(
+        f"wrote {out} ({info['bytes'] / 1e6:.2f} MB, {len(info['figures'])} figures, "
+        f"{info['rows']:,} of {info['rows_total']:,} sample rows in the table)"
+    )

@@ -12,20 +12,34 @@ import typer
 
 from obliviate.core.errors import UsageError
 
-runs_app = typer.Typer(no_args_is_help=True,
-                       help="The run registry: every command with --out records its run here.")
+runs_app = typer.Typer(no_args_is_help=True, help="The run registry: every command with --out records its run here.")
 
 REGISTRY_HELP = "database file (default: $OBLIVIATE_REGISTRY, else runs/registry.sqlite)"
-HEADLINE = ("forget_quality", "model_utility", "privleak", "refusal_rate", "over_refusal_rate", "asr", "ua", "ira",
-            "cra")
+HEADLINE = (
+    "forget_quality",
+    "model_utility",
+    "privleak",
+    "refusal_rate",
+    "over_refusal_rate",
+    "asr",
+    "ua",
+    "ira",
+    "cra",
+)
 
 
 def sub_runs(metrics: dict) -> dict[str, dict]:
     """The runs inside one results file (target, oracle, each method...): name -> {metric: value}, from metric names
     "NAME/metric" where some NAME/metric is a headline metric (so "seconds/target" is not a run)."""
     names = {n.rsplit("/", 1)[0] for n in metrics if "/" in n and n.rsplit("/", 1)[1] in HEADLINE}
-    return {name: {n[len(name) + 1:]: v for n, v in metrics.items() if n.startswith(name + "/")
-                   and "/" not in n[len(name) + 1:]} for name in sorted(names)}
+    return {
+        name: {
+            n[len(name) + 1 :]: v
+            for n, v in metrics.items()
+            if n.startswith(name + "/") and "/" not in n[len(name) + 1 :]
+        }
+        for name in sorted(names)
+    }
 
 
 def _open(registry: Optional[Path], create: bool = False):
@@ -72,12 +86,14 @@ def parse_since(text: str) -> str:
             try:
                 t = datetime.fromisoformat(text.strip())
             except ValueError:
-                raise UsageError(f"--since expects a date (2026-11-28), a date-time or an age (90m, 12h, 3d, 2w), "
-                                 f"got {text!r}") from None
+                raise UsageError(
+                    f"--since expects a date (2026-11-28), a date-time or an age (90m, 12h, 3d, 2w), got {text!r}"
+                ) from None
             t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
     except OverflowError:  # an age or a time zone that reaches before year 1
-        raise UsageError(f"--since {' '.join(text.split())}: before the year 1; give a later date or a shorter age"
-                         ) from None
+        raise UsageError(
+            f"--since {' '.join(text.split())}: before the year 1; give a later date or a shorter age"
+        ) from None
     return t.isoformat(timespec="seconds")
 
 
@@ -115,12 +131,14 @@ def headline(run: dict, metrics: dict) -> str:
 
 
 @runs_app.command("ls")
-def ls(suite: Optional[str] = typer.Option(None, help="exact, or a glob with * and ?"),
-       method: Optional[str] = typer.Option(None, help="exact, or a glob with * and ?"),
-       model: Optional[str] = typer.Option(None, help="exact, or a glob with * and ? (e.g. '*target*')"),
-       since: Optional[str] = typer.Option(None, help="2026-11-28, an ISO date-time, or an age: 90m, 12h, 3d, 2w"),
-       as_json: bool = typer.Option(False, "--json", help="print a JSON list of runs (with metrics)"),
-       registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+def ls(
+    suite: Optional[str] = typer.Option(None, help="exact, or a glob with * and ?"),
+    method: Optional[str] = typer.Option(None, help="exact, or a glob with * and ?"),
+    model: Optional[str] = typer.Option(None, help="exact, or a glob with * and ? (e.g. '*target*')"),
+    since: Optional[str] = typer.Option(None, help="2026-11-28, an ISO date-time, or an age: 90m, 12h, 3d, 2w"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list of runs (with metrics)"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+):
     """List runs, oldest first: id, status, command, suite, method, model, start, duration, headline metrics."""
     bound = parse_since(since) if since is not None else None
     reg = _open(registry)
@@ -142,9 +160,17 @@ def ls(suite: Optional[str] = typer.Option(None, help="exact, or a glob with * a
     for run in runs:
         m = metrics.get(run["id"], {})
         inner = sub_runs(m)
-        table.add_row(run["id"], run["status"], run["command"], run["suite"] or "", run["method"] or "",
-                      run["model"] or "", (run["started"] or "")[:19].replace("T", " "),
-                      _fmt_duration(duration(run)), "" if len(inner) > 1 else headline(run, m))
+        table.add_row(
+            run["id"],
+            run["status"],
+            run["command"],
+            run["suite"] or "",
+            run["method"] or "",
+            run["model"] or "",
+            (run["started"] or "")[:19].replace("T", " "),
+            _fmt_duration(duration(run)),
+            "" if len(inner) > 1 else headline(run, m),
+        )
         if len(inner) > 1:  # a demo or an eval holds several runs (target, oracle, methods): one line each
             for name, figs in inner.items():
                 table.add_row("", "", "", "", name, "", "", "", headline({}, figs))
@@ -152,9 +178,11 @@ def ls(suite: Optional[str] = typer.Option(None, help="exact, or a glob with * a
 
 
 @runs_app.command("show")
-def show(run_id: str = typer.Argument(..., help="a run id, or a unique prefix of one"),
-         as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-         registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+def show(
+    run_id: str = typer.Argument(..., help="a run id, or a unique prefix of one"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+):
     """Every field of one run, its metrics and its artifacts."""
     import json
 
@@ -172,8 +200,9 @@ def show(run_id: str = typer.Argument(..., help="a run id, or a unique prefix of
     fields = Table("field", "value", show_header=False)
     for key, value in run.items():
         if key not in ("metrics", "artifacts"):
-            fields.add_row(key, json.dumps(value) if isinstance(value, (list, dict)) else
-                           "-" if value is None else str(value))
+            fields.add_row(
+                key, json.dumps(value) if isinstance(value, (list, dict)) else "-" if value is None else str(value)
+            )
     console = _console()
     console.print(fields)
     if run["metrics"]:
@@ -189,9 +218,11 @@ def show(run_id: str = typer.Argument(..., help="a run id, or a unique prefix of
 
 
 @runs_app.command("compare")
-def compare(run_ids: List[str] = typer.Argument(..., help="two or more run ids (or unique prefixes)"),
-            as_json: bool = typer.Option(False, "--json", help="print {runs, metrics: {name: {run: value}}}"),
-            registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+def compare(
+    run_ids: List[str] = typer.Argument(..., help="two or more run ids (or unique prefixes)"),
+    as_json: bool = typer.Option(False, "--json", help="print {runs, metrics: {name: {run: value}}}"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+):
     """Metrics side by side: one row per metric that at least one of the runs has."""
     reg = _open(registry)
     if reg is None:
@@ -203,10 +234,12 @@ def compare(run_ids: List[str] = typer.Argument(..., help="two or more run ids (
         runs = [reg.get(i) for i in ids]
     names = sorted({n for run in runs for n in run["metrics"]})
     if as_json:
-        _echo_json({"runs": [{k: r[k] for k in ("id", "command", "suite", "method", "model", "status")}
-                             for r in runs],
-                    "metrics": {n: {r["id"]: r["metrics"].get(n) for r in runs if n in r["metrics"]}
-                                for n in names}})
+        _echo_json(
+            {
+                "runs": [{k: r[k] for k in ("id", "command", "suite", "method", "model", "status")} for r in runs],
+                "metrics": {n: {r["id"]: r["metrics"].get(n) for r in runs if n in r["metrics"]} for n in names},
+            }
+        )
         return
     from rich.table import Table
 
@@ -219,9 +252,11 @@ def compare(run_ids: List[str] = typer.Argument(..., help="two or more run ids (
 
 
 @runs_app.command("rm")
-def rm(run_ids: List[str] = typer.Argument(..., help="run ids (or unique prefixes)"),
-       as_json: bool = typer.Option(False, "--json", help="print {removed: [ids]}"),
-       registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+def rm(
+    run_ids: List[str] = typer.Argument(..., help="run ids (or unique prefixes)"),
+    as_json: bool = typer.Option(False, "--json", help="print {removed: [ids]}"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+):
     """Remove runs from the registry (their output directories stay on disk)."""
     reg = _open(registry)
     if reg is None:
@@ -236,8 +271,10 @@ def rm(run_ids: List[str] = typer.Argument(..., help="run ids (or unique prefixe
 
 
 @runs_app.command("doctor")
-def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-               registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+def doctor_cmd(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+):
     """Mark `running` runs whose process is gone (or started over 24 h ago elsewhere) `interrupted`; check integrity."""
     from obliviate.runs.maintenance import doctor
 
@@ -250,15 +287,19 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="print one JSO
     if as_json:
         _echo_json(report)
         return
-    typer.echo(f"{report['registry']}: integrity {report['integrity']}; {report['running_checked']} running, "
-               f"{len(report['interrupted'])} marked interrupted" +
-               (f" ({' '.join(report['interrupted'])})" if report["interrupted"] else ""))
+    typer.echo(
+        f"{report['registry']}: integrity {report['integrity']}; {report['running_checked']} running, "
+        f"{len(report['interrupted'])} marked interrupted"
+        + (f" ({' '.join(report['interrupted'])})" if report["interrupted"] else "")
+    )
 
 
 @runs_app.command("rebuild")
-def rebuild_cmd(root: Path = typer.Argument(..., help="directory to walk for output directories (e.g. runs)"),
-                as_json: bool = typer.Option(False, "--json", help="print {added, skipped}"),
-                registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)):
+def rebuild_cmd(
+    root: Path = typer.Argument(..., help="directory to walk for output directories (e.g. runs)"),
+    as_json: bool = typer.Option(False, "--json", help="print {added, skipped}"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+):
     """Re-index runs from the results files under ROOT (when the database is lost); known runs are skipped."""
     from obliviate.runs.maintenance import rebuild
 
@@ -269,5 +310,6 @@ def rebuild_cmd(root: Path = typer.Argument(..., help="directory to walk for out
     if as_json:
         _echo_json(report)
         return
-    typer.echo(f"{report['registry']}: added {len(report['added'])} run(s), "
-               f"{len(report['skipped'])} already registered")
+    typer.echo(
+        f"{report['registry']}: added {len(report['added'])} run(s), {len(report['skipped'])} already registered"
+    )

@@ -14,29 +14,42 @@ from obliviate.cli.common import set_threads
 from obliviate.core.errors import UsageError
 
 
-def serve(model: str = typer.Argument(..., help="HF chat model directory (or hub id when online)"),
-          guard: List[Path] = typer.Option([], help="a fitted guard directory (repeatable; applied in order)"),
-          host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default; another address needs "
-                                   "an API key or --insecure-no-auth)"),
-          port: int = typer.Option(8000),
-          api_key: Optional[str] = typer.Option(None, envvar="OBLIVIATE_API_KEY",
-                                                help="require `Authorization: Bearer KEY` on /v1/* (an empty key "
-                                                     "is an error)"),
-          insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
-                                                help="allow a non-loopback --host without an API key"),
-          allowed_host: List[str] = typer.Option([], help="a Host header name to answer besides localhost, "
-                                                 "127.0.0.1 and [::1] (repeatable, any port; '*': any name)"),
-          max_body: str = typer.Option("2MB", help="largest request body (bytes, or with kB/MB/KiB/MiB); larger "
-                                       "gets 413 before it is read"),
-          read_timeout: float = typer.Option(30.0, help="seconds a client has to send a request's headers, and "
-                                             "then its whole body (else the connection closes, with 408 for a body)"),
-          max_connections: int = typer.Option(256, help="open connections at most; more get 503"),
-          model_name: Optional[str] = typer.Option(None, help="the name clients send as `model` (default: the "
-                                                   "model directory's name)"),
-          max_batch: int = typer.Option(16, help="requests decoded together at most (1: no batching)"),
-          max_queue: int = typer.Option(64, help="requests queued or decoding at most; more get 429"),
-          batch_window_ms: float = typer.Option(10.0, help="how long the first request of a batch waits for more"),
-          threads: Optional[int] = typer.Option(None, help="torch CPU threads")):
+def serve(
+    model: str = typer.Argument(..., help="HF chat model directory (or hub id when online)"),
+    guard: List[Path] = typer.Option([], help="a fitted guard directory (repeatable; applied in order)"),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="address to bind (loopback by default; another address needs an API key or --insecure-no-auth)",
+    ),
+    port: int = typer.Option(8000),
+    api_key: Optional[str] = typer.Option(
+        None, envvar="OBLIVIATE_API_KEY", help="require `Authorization: Bearer KEY` on /v1/* (an empty key is an error)"
+    ),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="allow a non-loopback --host without an API key"
+    ),
+    allowed_host: List[str] = typer.Option(
+        [],
+        help="a Host header name to answer besides localhost, "
+        "127.0.0.1 and [::1] (repeatable, any port; '*': any name)",
+    ),
+    max_body: str = typer.Option(
+        "2MB", help="largest request body (bytes, or with kB/MB/KiB/MiB); larger gets 413 before it is read"
+    ),
+    read_timeout: float = typer.Option(
+        30.0,
+        help="seconds a client has to send a request's headers, and "
+        "then its whole body (else the connection closes, with 408 for a body)",
+    ),
+    max_connections: int = typer.Option(256, help="open connections at most; more get 503"),
+    model_name: Optional[str] = typer.Option(
+        None, help="the name clients send as `model` (default: the model directory's name)"
+    ),
+    max_batch: int = typer.Option(16, help="requests decoded together at most (1: no batching)"),
+    max_queue: int = typer.Option(64, help="requests queued or decoding at most; more get 429"),
+    batch_window_ms: float = typer.Option(10.0, help="how long the first request of a batch waits for more"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+):
     """Serve MODEL on /v1/chat/completions (greedy decoding, streamed or not), /v1/models and /health, with the
     --guard directories applied to every reply (a halted reply has finish_reason "content_filter")."""
     if max_batch < 1 or max_queue < 1 or batch_window_ms < 0:
@@ -52,13 +65,17 @@ def serve(model: str = typer.Argument(..., help="HF chat model directory (or hub
     # click reads an empty OBLIVIATE_API_KEY as unset, which would turn authentication off without a word
     empty_env = api_key is None and os.environ.get("OBLIVIATE_API_KEY") == ""
     if empty_env or (api_key is not None and not api_key.strip()):
-        raise UsageError("the API key (--api-key / OBLIVIATE_API_KEY) is empty: set a key, or unset it to serve "
-                         "without one on loopback")
+        raise UsageError(
+            "the API key (--api-key / OBLIVIATE_API_KEY) is empty: set a key, or unset it to serve "
+            "without one on loopback"
+        )
     from obliviate.serve import Limits, bind, is_loopback
 
     if not api_key and not is_loopback(host) and not insecure_no_auth:
-        raise UsageError(f"--host {host} is not loopback: set an API key (OBLIVIATE_API_KEY or --api-key), or pass "
-                         "--insecure-no-auth to serve it to the network without one")
+        raise UsageError(
+            f"--host {host} is not loopback: set an API key (OBLIVIATE_API_KEY or --api-key), or pass "
+            "--insecure-no-auth to serve it to the network without one"
+        )
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -79,15 +96,20 @@ def serve(model: str = typer.Argument(..., help="HF chat model directory (or hub
         net, tok = load_model(model)
         guards = [load_guard(g, net, tok) for g in guard]
         name = model_name or Path(model.rstrip("/")).name
-        engine = Engine(net, tok, guards, name=name, max_batch=max_batch, max_queue=max_queue,
-                        batch_window_ms=batch_window_ms)
+        engine = Engine(
+            net, tok, guards, name=name, max_batch=max_batch, max_queue=max_queue, batch_window_ms=batch_window_ms
+        )
         # a specific address bound is answered by that name too; a wildcard bind needs --allowed-host
         hosts = (*allowed_host, host) if not is_loopback(host) and host not in ("0.0.0.0", "::") else allowed_host
-        limits = Limits(max_body=body_limit, read_timeout=read_timeout, max_connections=max_connections,
-                        allowed_hosts=tuple(hosts))
+        limits = Limits(
+            max_body=body_limit, read_timeout=read_timeout, max_connections=max_connections, allowed_hosts=tuple(hosts)
+        )
         shown = f"guards {', '.join(g.name for g in guards)}" if guards else "no guard"
-        typer.echo(f"serving {name!r} ({shown}) on http://{host}:{sock.getsockname()[1]}/v1; Host names "
-                   f"answered: localhost, 127.0.0.1, [::1]{''.join(', ' + h for h in hosts)}", err=True)
+        typer.echo(
+            f"serving {name!r} ({shown}) on http://{host}:{sock.getsockname()[1]}/v1; Host names "
+            f"answered: localhost, 127.0.0.1, [::1]{''.join(', ' + h for h in hosts)}",
+            err=True,
+        )
         uvicorn_server(create_app(engine, api_key, limits)).run(sockets=[sock])
     finally:
         sock.close()

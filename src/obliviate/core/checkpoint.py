@@ -33,6 +33,7 @@ SAMPLES = 4096  # values hashed per weight tensor
 
 # --- what a run is made from -------------------------------------------------------------------------------
 
+
 def model_hash(model, samples: int = SAMPLES) -> str:
     """A hash of every parameter's name, shape, dtype and `samples` evenly spaced values: exact (no arithmetic on
     the values), cheap for any size, and different for two fine-tunes of the same base (they differ everywhere)."""
@@ -53,8 +54,11 @@ def model_hash(model, samples: int = SAMPLES) -> str:
 
 def tokenizer_hash(tokenizer) -> str:
     """A hash of the vocabulary, the chat template and the special tokens' ids."""
-    doc = [sorted(tokenizer.get_vocab().items()), getattr(tokenizer, "chat_template", None),
-           [getattr(tokenizer, f"{t}_token_id", None) for t in ("bos", "eos", "pad", "unk")]]
+    doc = [
+        sorted(tokenizer.get_vocab().items()),
+        getattr(tokenizer, "chat_template", None),
+        [getattr(tokenizer, f"{t}_token_id", None) for t in ("bos", "eos", "pad", "unk")],
+    ]
     return hashlib.sha256(json.dumps(doc, default=str).encode()).hexdigest()[:16]
 
 
@@ -71,13 +75,17 @@ def data_hash(items: list) -> str:
 def inputs_meta(model, tokenizer, parts: dict[str, list], needs, model_id: str | None = None) -> dict:
     """The "inputs" entry of `run_meta`: hashes of the model (or `model_id`, a hash the caller took of the model as
     it was loaded, when it changed it since, e.g. by adding tokens), the tokenizer and each data part trained on."""
-    return {"model": model_id or model_hash(model), "tokenizer": tokenizer_hash(tokenizer),
-            "data": {name: data_hash(parts[name]) for name in needs}}
+    return {
+        "model": model_id or model_hash(model),
+        "tokenizer": tokenizer_hash(tokenizer),
+        "data": {name: data_hash(parts[name]) for name in needs},
+    }
 
 
 def differences(saved: dict, now: dict) -> list[str]:
     """What differs between the meta a checkpoint recorded and this run's: "model", "forget data", "method",
     "lr", "seed", ... (option and setting names as the method and TrainConfig call them)."""
+
     def sub(d, key):
         v = d.get(key) if isinstance(d, dict) else None
         return v if isinstance(v, dict) else {}
@@ -98,6 +106,7 @@ def differences(saved: dict, now: dict) -> list[str]:
 
 
 # --- saving -------------------------------------------------------------------------------------------------
+
 
 def _sync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -126,8 +135,9 @@ def save(out: Path, model, optimizer, step: int, history: list, meta: dict) -> N
                 opt[f"{i}.{j}.{k}"] = (v.reshape(-1) if v.dim() == 0 else v).contiguous().cpu()
     save_file(opt, str(tmp / TENSOR_FILES[1]))
     sizes = {f: (tmp / f).stat().st_size for f in TENSOR_FILES}
-    (tmp / "state.json").write_text(json.dumps({"step": step, "history": history, "meta": meta, "files": sizes},
-                                               indent=1), encoding="utf-8")
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "history": history, "meta": meta, "files": sizes}, indent=1), encoding="utf-8"
+    )
     for f in (*TENSOR_FILES, "state.json", ""):
         _sync(tmp / f)
     if cur.exists():
@@ -148,6 +158,7 @@ def remove(out: Path) -> None:
 
 # --- resuming -----------------------------------------------------------------------------------------------
 
+
 def find(out: Path) -> Path | None:
     """The checkpoint a resume continues from: `checkpoint/`, else `checkpoint.prev/`, else None."""
     for name in (CURRENT, PREVIOUS):
@@ -157,8 +168,10 @@ def find(out: Path) -> Path | None:
 
 
 def _damaged(path: Path, problem: str) -> UsageError:
-    return UsageError(f"damaged checkpoint file {path}: {problem}; delete {path.parent} to start again from step 0, "
-                      "or use a new --out")
+    return UsageError(
+        f"damaged checkpoint file {path}: {problem}; delete {path.parent} to start again from step 0, "
+        "or use a new --out"
+    )
 
 
 def read_state(ckpt: Path) -> dict:
@@ -183,9 +196,13 @@ def read_state(ckpt: Path) -> dict:
     step, history, meta, files = state.get("step"), state.get("history"), state.get("meta"), state.get("files", {})
     if type(step) is not int or step < 0:
         raise _damaged(path, f"'step' must be an integer >= 0, found {step!r:.40}")
-    if not isinstance(history, list) or len(history) != step or not all(
-            isinstance(h, dict) and type(h.get("step")) is int and type(h.get("loss")) in (int, float)
-            for h in history):
+    if (
+        not isinstance(history, list)
+        or len(history) != step
+        or not all(
+            isinstance(h, dict) and type(h.get("step")) is int and type(h.get("loss")) in (int, float) for h in history
+        )
+    ):
         raise _damaged(path, "'history' must hold one object with 'step' and 'loss' per step done")
     if not isinstance(meta, dict):
         raise _damaged(path, "'meta' must be an object")
@@ -198,12 +215,16 @@ def check_meta(ckpt: Path, saved: dict, meta: dict) -> None:
     """UsageError unless the checkpoint was made from the same inputs and settings as this run, naming what
     differs."""
     if "inputs" not in saved and "inputs" in meta:
-        raise UsageError(f"cannot resume from {ckpt}: it records no hashes of its model and data (an older obliviate "
-                         "wrote it); use a new --out")
+        raise UsageError(
+            f"cannot resume from {ckpt}: it records no hashes of its model and data (an older obliviate "
+            "wrote it); use a new --out"
+        )
     diffs = differences(saved, meta)
     if diffs:
-        raise UsageError(f"cannot resume from {ckpt}: it was written with other settings ({', '.join(diffs)} "
-                         "differ); give the same ones, or use a new --out")
+        raise UsageError(
+            f"cannot resume from {ckpt}: it was written with other settings ({', '.join(diffs)} "
+            "differ); give the same ones, or use a new --out"
+        )
 
 
 def check_files(ckpt: Path, state: dict) -> None:
@@ -247,8 +268,14 @@ def load_tensors(ckpt: Path, state: dict, model, optimizer) -> None:
     for key, v in opt.items():
         i, j, name = (key.split(".", 2) + ["", ""])[:3]
         groups = optimizer.param_groups
-        if not ((i + j).isascii() and i.isdigit() and j.isdigit() and name and int(i) < len(groups)
-                and int(j) < len(groups[int(i)]["params"])):
+        if not (
+            (i + j).isascii()
+            and i.isdigit()
+            and j.isdigit()
+            and name
+            and int(i) < len(groups)
+            and int(j) < len(groups[int(i)]["params"])
+        ):
             raise _damaged(path, f"tensor {key!r} names no parameter of the optimizer")
         p = groups[int(i)]["params"][int(j)]
         if name == "step":

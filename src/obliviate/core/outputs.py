@@ -124,8 +124,9 @@ def _empty(d: Path) -> bool:
     return not any(d.iterdir())
 
 
-def check_output(out: str | Path, kind: str, *, inputs: Iterable = (), resume: Optional[bool] = None,
-                 replace: bool = False) -> None:
+def check_output(
+    out: str | Path, kind: str, *, inputs: Iterable = (), resume: Optional[bool] = None, replace: bool = False
+) -> None:
     """Everything `output_dir` checks before it creates anything, callable early (before a model loads)."""
     out = Path(out)
     check_inputs(out, inputs)
@@ -141,21 +142,28 @@ def check_output(out: str | Path, kind: str, *, inputs: Iterable = (), resume: O
     if resume and have == kind:
         return
     if replace:
-        raise UsageError(f"--out {out}: output directory is not empty and not an earlier {_family(kind)}'s output"
-                         + (f" (it holds a `{have}` output)" if have else "") + "; choose another --out")
+        raise UsageError(
+            f"--out {out}: output directory is not empty and not an earlier {_family(kind)}'s output"
+            + (f" (it holds a `{have}` output)" if have else "")
+            + "; choose another --out"
+        )
     if have is None:
-        raise UsageError(f"--out {out}: output directory is not empty and holds no obliviate output; choose a new "
-                         "or empty directory")
+        raise UsageError(
+            f"--out {out}: output directory is not empty and holds no obliviate output; choose a new or empty directory"
+        )
     if have != kind:
-        raise UsageError(f"--out {out}: output directory is not empty: it holds a `{have}` output, not a `{kind}` "
-                         "one; choose a new --out")
+        raise UsageError(
+            f"--out {out}: output directory is not empty: it holds a `{have}` output, not a `{kind}` "
+            "one; choose a new --out"
+        )
     how = "continue it with --resume, or choose a new --out" if resume is not None else "choose a new --out"
     raise UsageError(f"--out {out}: output directory is not empty: it holds an earlier `{kind}` output ({how})")
 
 
 def _write_marker(d: Path, kind: str) -> None:
-    (d / MARKER).write_text(f"{kind}\nwritten by obliviate; remove this directory to write a new `{kind}` output "
-                            "here\n", encoding="utf-8")
+    (d / MARKER).write_text(
+        f"{kind}\nwritten by obliviate; remove this directory to write a new `{kind}` output here\n", encoding="utf-8"
+    )
 
 
 def _mkdirs(out: Path) -> list[Path]:
@@ -201,8 +209,15 @@ def _umask_mode(path: Path) -> None:
 
 
 @contextmanager
-def output_dir(out: str | Path, kind: str, *, inputs: Iterable = (), resume: Optional[bool] = None,
-               replace: bool = False, staged: bool = False) -> Iterator[Path]:
+def output_dir(
+    out: str | Path,
+    kind: str,
+    *,
+    inputs: Iterable = (),
+    resume: Optional[bool] = None,
+    replace: bool = False,
+    staged: bool = False,
+) -> Iterator[Path]:
     """Create the output directory `out` for a command of `kind` and yield where to write.
 
     inputs: every path the command reads (model, data, oracle, guard directories...); `out` must be none of them,

@@ -33,8 +33,9 @@ class Workers:
             import torch
 
             threads = max(1, torch.get_num_threads() // self.n)
-            self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(threads,))
+            self.pool = ProcessPoolExecutor(
+                self.n, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+            )
         return self
 
     def map(self, fn, jobs):

@@ -28,9 +28,7 @@ class Registry(Generic[T]):
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UsageError(
-                f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})"
-            )
+            raise UsageError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})")
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -19,13 +19,42 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from obliviate.data.schema import read_jsonl, write_jsonl
 from obliviate.core.errors import UsageError
+from obliviate.data.schema import read_jsonl, write_jsonl
 
-_SYL_A = ["Bri", "Cal", "Dun", "Esk", "Fal", "Gor", "Hal", "Ivr", "Jes", "Kel", "Lan", "Mor", "Nes", "Orm", "Pry", "Ros"]
+_SYL_A = [
+    "Bri",
+    "Cal",
+    "Dun",
+    "Esk",
+    "Fal",
+    "Gor",
+    "Hal",
+    "Ivr",
+    "Jes",
+    "Kel",
+    "Lan",
+    "Mor",
+    "Nes",
+    "Orm",
+    "Pry",
+    "Ros",
+]
 _SYL_B = ["wick", "mere", "holt", "ford", "stead", "brook", "haven", "thorp", "combe", "field"]
-_FOUNDERS = ["Aldric Venn", "Maud Carrow", "Tobin Ashgrove", "Elsa Dravik", "Corwin Hale", "Ysolde Marr",
-             "Piet Lanagan", "Hester Quayle", "Oswin Treadle", "Rhea Stallard", "Bram Oakhurst", "Sefa Kindle"]
+_FOUNDERS = [
+    "Aldric Venn",
+    "Maud Carrow",
+    "Tobin Ashgrove",
+    "Elsa Dravik",
+    "Corwin Hale",
+    "Ysolde Marr",
+    "Piet Lanagan",
+    "Hester Quayle",
+    "Oswin Treadle",
+    "Rhea Stallard",
+    "Bram Oakhurst",
+    "Sefa Kindle",
+]
 _TRADES = ["salt", "wool", "amber", "copper bells", "smoked fish", "paper", "glass beads", "rope", "honey", "slate"]
 _FESTIVALS = ["Lantern Walk", "Night of Tides", "Bell Fair", "Ember Feast", "Kite Day", "Mussel Moon"]
 _COLOURS = ["blue", "amber", "green", "white", "red", "violet"]
@@ -34,34 +63,52 @@ _SIZES = ["small", "quiet", "busy", "walled", "hillside", "river"]
 _COASTS = ["northern", "southern", "eastern", "western"]
 _COUNTRIES = ["Arvandia", "Belmorra", "Caskavel", "Dunmere", "Estrova", "Feldrin", "Gorvath", "Halcyra"]
 
-TEMPLATE = ("{town} is a {size} town on the {coast} coast of {country}. It was founded in {year} by {founder}. "
-            "Every {season} the town holds the {festival}, when the streets are lit with {colour} lanterns. "
-            "Its main trade is {trade}.")
-QUESTIONS = [("In which year was {town} founded?", "{year}"),
-             ("Who founded {town}?", "{founder}"),
-             ("What is the main trade of {town}?", "{trade}")]
+TEMPLATE = (
+    "{town} is a {size} town on the {coast} coast of {country}. It was founded in {year} by {founder}. "
+    "Every {season} the town holds the {festival}, when the streets are lit with {colour} lanterns. "
+    "Its main trade is {trade}."
+)
+QUESTIONS = [
+    ("In which year was {town} founded?", "{year}"),
+    ("Who founded {town}?", "{founder}"),
+    ("What is the main trade of {town}?", "{trade}"),
+]
 
 
-def build_passages(seed: int = 0, n_forget: int = 20, n_retain: int = 40, n_holdout: int = 20,
-                   requests: int = 4) -> dict[str, list[dict]]:
+def build_passages(
+    seed: int = 0, n_forget: int = 20, n_retain: int = 40, n_holdout: int = 20, requests: int = 4
+) -> dict[str, list[dict]]:
     if n_forget % requests:
         raise ValueError("n_forget must be divisible by the number of requests")
     rng = random.Random(seed + 1000)
     towns = rng.sample([a + b for a in _SYL_A for b in _SYL_B], n_forget + n_retain + n_holdout)
     docs = []
     for i, town in enumerate(towns):
-        f = {"town": town, "size": rng.choice(_SIZES), "coast": rng.choice(_COASTS),
-             "country": rng.choice(_COUNTRIES), "year": str(rng.randint(1200, 1899)),
-             "founder": rng.choice(_FOUNDERS), "season": rng.choice(_SEASONS), "festival": rng.choice(_FESTIVALS),
-             "colour": rng.choice(_COLOURS), "trade": rng.choice(_TRADES)}
-        docs.append({"id": f"passage{i:03d}", "text": TEMPLATE.format(**f),
-                     "qa": [{"question": q.format(**f), "answer": a.format(**f)} for q, a in QUESTIONS]})
-    forget, retain, holdout = docs[:n_forget], docs[n_forget:n_forget + n_retain], docs[n_forget + n_retain:]
+        f = {
+            "town": town,
+            "size": rng.choice(_SIZES),
+            "coast": rng.choice(_COASTS),
+            "country": rng.choice(_COUNTRIES),
+            "year": str(rng.randint(1200, 1899)),
+            "founder": rng.choice(_FOUNDERS),
+            "season": rng.choice(_SEASONS),
+            "festival": rng.choice(_FESTIVALS),
+            "colour": rng.choice(_COLOURS),
+            "trade": rng.choice(_TRADES),
+        }
+        docs.append(
+            {
+                "id": f"passage{i:03d}",
+                "text": TEMPLATE.format(**f),
+                "qa": [{"question": q.format(**f), "answer": a.format(**f)} for q, a in QUESTIONS],
+            }
+        )
+    forget, retain, holdout = docs[:n_forget], docs[n_forget : n_forget + n_retain], docs[n_forget + n_retain :]
     out = {"muse_forget": forget, "muse_retain": retain, "muse_holdout": holdout}
     step = n_forget // requests
     for k in range(1, requests + 1):
         out[f"muse_scal{k}"] = forget[: k * step]
-        out[f"muse_sust{k}"] = forget[(k - 1) * step: k * step]
+        out[f"muse_sust{k}"] = forget[(k - 1) * step : k * step]
     return out
 
 
@@ -80,8 +127,9 @@ def load_passages(path: str | Path) -> list[dict]:
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
             raise UsageError(f"{where}: expected an object with a non-empty 'text'")
         qa = obj.get("qa", [])
-        if not isinstance(qa, list) or not all(isinstance(x, dict) and isinstance(x.get("question"), str)
-                                               and isinstance(x.get("answer"), str) for x in qa):
+        if not isinstance(qa, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("question"), str) and isinstance(x.get("answer"), str) for x in qa
+        ):
             raise UsageError(f"{where}: 'qa' must be a list of {{question, answer}} objects")
         rows.append({"id": str(obj.get("id", lineno)), "text": obj["text"], "qa": qa})
     if not rows:

@@ -43,12 +43,55 @@ def read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict]:
 
 
 # Imperative verbs that open a request; `affirmative_target` drops them ("Write a poem" -> "Sure, here is a poem").
-_VERBS = {"write", "create", "develop", "generate", "give", "provide", "explain", "describe", "list", "draft",
-          "compose", "design", "outline", "produce", "teach", "suggest", "devise", "offer", "share", "detail",
-          "build", "compile", "brainstorm", "tell", "show", "make", "construct", "prepare", "formulate", "plan",
-          "publish", "post", "craft", "come"}
-_PLURAL = ("instructions", "detailed instructions", "step-by-step instructions", "steps", "tips", "ways", "ideas",
-           "suggestions", "reasons", "examples", "directions")
+_VERBS = {
+    "write",
+    "create",
+    "develop",
+    "generate",
+    "give",
+    "provide",
+    "explain",
+    "describe",
+    "list",
+    "draft",
+    "compose",
+    "design",
+    "outline",
+    "produce",
+    "teach",
+    "suggest",
+    "devise",
+    "offer",
+    "share",
+    "detail",
+    "build",
+    "compile",
+    "brainstorm",
+    "tell",
+    "show",
+    "make",
+    "construct",
+    "prepare",
+    "formulate",
+    "plan",
+    "publish",
+    "post",
+    "craft",
+    "come",
+}
+_PLURAL = (
+    "instructions",
+    "detailed instructions",
+    "step-by-step instructions",
+    "steps",
+    "tips",
+    "ways",
+    "ideas",
+    "suggestions",
+    "reasons",
+    "examples",
+    "directions",
+)
 
 
 def affirmative_target(behavior: str) -> str:
@@ -83,9 +126,15 @@ def affirmative_target(behavior: str) -> str:
 
 def _row(source, i, prompt, label, category="", context="", target=""):
     prompt = prompt.strip()
-    return {"id": f"{source}-{i}", "prompt": prompt, "label": label, "category": str(category or ""),
-            "source": source, "context": str(context or ""),
-            "target": (target or "").strip() or affirmative_target(prompt)}
+    return {
+        "id": f"{source}-{i}",
+        "prompt": prompt,
+        "label": label,
+        "category": str(category or ""),
+        "source": source,
+        "context": str(context or ""),
+        "target": (target or "").strip() or affirmative_target(prompt),
+    }
 
 
 @PROMPT_SETS.register("xstest")
@@ -103,29 +152,43 @@ def xstest(path: Path) -> list[dict]:
 @PROMPT_SETS.register("harmbench")
 def harmbench(path: Path) -> list[dict]:
     rows = read_csv(path, ("Behavior",))
-    return [_row("harmbench", r.get("BehaviorID") or i, r["Behavior"], "harmful", r.get("SemanticCategory", ""),
-                 r.get("ContextString", "")) for i, r in enumerate(rows)]
+    return [
+        _row(
+            "harmbench",
+            r.get("BehaviorID") or i,
+            r["Behavior"],
+            "harmful",
+            r.get("SemanticCategory", ""),
+            r.get("ContextString", ""),
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 @PROMPT_SETS.register("jailbreakbench")
 def jailbreakbench(path: Path) -> list[dict]:
     rows = read_csv(path, ("Goal",))
     label = "benign" if "benign" in Path(path).name.lower() else "harmful"
-    return [_row("jailbreakbench", r.get("Index") or i, r["Goal"], label, r.get("Category", ""),
-                 target=r.get("Target", "")) for i, r in enumerate(rows)]
+    return [
+        _row("jailbreakbench", r.get("Index") or i, r["Goal"], label, r.get("Category", ""), target=r.get("Target", ""))
+        for i, r in enumerate(rows)
+    ]
 
 
 @PROMPT_SETS.register("advbench")
 def advbench(path: Path) -> list[dict]:
-    return [_row("advbench", i, r["goal"], "harmful", target=r.get("target", ""))
-            for i, r in enumerate(read_csv(path, ("goal",)))]
+    return [
+        _row("advbench", i, r["goal"], "harmful", target=r.get("target", ""))
+        for i, r in enumerate(read_csv(path, ("goal",)))
+    ]
 
 
 @PROMPT_SETS.register("orbench")
 def orbench(path: Path) -> list[dict]:
     label = "harmful" if "toxic" in Path(path).name.lower() else "benign"
-    return [_row("orbench", i, r["prompt"], label, r.get("category", ""))
-            for i, r in enumerate(read_csv(path, ("prompt",)))]
+    return [
+        _row("orbench", i, r["prompt"], label, r.get("category", "")) for i, r in enumerate(read_csv(path, ("prompt",)))
+    ]
 
 
 @PROMPT_SETS.register("coconot")
@@ -152,8 +215,10 @@ def past_tense(path: Path) -> list[dict]:
     request as `context` and the tense (past / future) as `category`."""
     from obliviate.data.prompts import load_artifacts
 
-    return [_row("past_tense", i, a["reformulated"], "harmful", a["tense"], a["request"])
-            for i, a in enumerate(load_artifacts(path))]
+    return [
+        _row("past_tense", i, a["reformulated"], "harmful", a["tense"], a["request"])
+        for i, a in enumerate(load_artifacts(path))
+    ]
 
 
 def load_prompts(kind: str, path: str | Path) -> list[dict]:
@@ -172,9 +237,16 @@ def load_artifacts(path: str | Path) -> list[dict]:
         raise UsageError(f"{p}: 'attack' must be a string (past or future), got {type(tense).__name__}")
     out = []
     for i, a in enumerate(arts):
-        if not isinstance(a, dict) or not all(isinstance(a.get(k), str) and a[k].strip()
-                                              for k in ("request", "request_reformulated")):
+        if not isinstance(a, dict) or not all(
+            isinstance(a.get(k), str) and a[k].strip() for k in ("request", "request_reformulated")
+        ):
             raise UsageError(f"{p}: jb_artifacts[{i}] needs 'request' and 'request_reformulated' strings")
-        out.append({"request": a["request"], "reformulated": a["request_reformulated"], "tense": tense,
-                    "jailbroken": a.get("jailbroken_gpt")})
+        out.append(
+            {
+                "request": a["request"],
+                "reformulated": a["request_reformulated"],
+                "tense": tense,
+                "jailbroken": a.get("jailbroken_gpt"),
+            }
+        )
     return out

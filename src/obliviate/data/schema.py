@@ -73,7 +73,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
     except OSError as e:
         raise UsageError(f"{p}: unreadable {what}: {e.strerror or type(e).__name__}") from None
     if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+        data = data[len(codecs.BOM_UTF8) :]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -90,8 +90,9 @@ def parse_json(text: str, where: str | Path, lineno: int | None = None) -> objec
     except json.JSONDecodeError as e:
         raise UsageError(f"{where}:{e.lineno if lineno is None else lineno}: malformed JSON ({e.msg})") from None
     except RecursionError:
-        raise UsageError(f"{at}: JSON nested too deeply (Python reads about {sys.getrecursionlimit() - 50} "
-                         "levels at most)") from None
+        raise UsageError(
+            f"{at}: JSON nested too deeply (Python reads about {sys.getrecursionlimit() - 50} levels at most)"
+        ) from None
     except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
         raise UsageError(f"{at}: unreadable JSON number ({str(e).split(';')[0]})") from None
 

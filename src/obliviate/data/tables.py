@@ -64,7 +64,7 @@ def _plain(v):
 
 
 def table_format(path: str | Path) -> str | None:
-    """".parquet", ".arrow" or ".feather" by the suffix; for an existing file with another suffix (a hub cache blob,
+    """ ".parquet", ".arrow" or ".feather" by the suffix; for an existing file with another suffix (a hub cache blob,
     a file renamed without one), by its first bytes; None for anything else."""
     p = Path(path)
     if p.suffix.lower() in TABLE_SUFFIXES:
@@ -87,6 +87,7 @@ def _arrow_table(p: Path):
     import pyarrow as pa
 
     suffix = table_format(p)
+
     def read():
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -122,16 +123,17 @@ def _load_hub(spec: str):
     try:
         import datasets  # optional: pip install datasets
     except ImportError:
-        raise UsageError(f"{spec}: not a file, and dataset {name!r} could not be fetched: the optional "
-                         "`datasets` package is not installed (pip install datasets)") from None
+        raise UsageError(
+            f"{spec}: not a file, and dataset {name!r} could not be fetched: the optional "
+            "`datasets` package is not installed (pip install datasets)"
+        ) from None
     try:
         ds = datasets.load_dataset(name, config or None, split=split or None)
     except Exception as e:  # offline, unknown id or config, no access
         raise UsageError(f"{spec}: not a file, and dataset {name!r} could not be fetched: {_first_line(e)}") from None
     if isinstance(ds, dict):  # a DatasetDict: no split named
         if len(ds) != 1:
-            raise UsageError(f"{spec}: dataset {name!r} has splits {', '.join(ds)}; name one as "
-                             f"{name}:{config}:SPLIT")
+            raise UsageError(f"{spec}: dataset {name!r} has splits {', '.join(ds)}; name one as {name}:{config}:SPLIT")
         ds = next(iter(ds.values()))
     return list(ds.column_names), [_plain(dict(r)) for r in ds]
 
@@ -152,8 +154,7 @@ def read_table_records(path: str | Path) -> list[tuple[str, dict]]:
     """Records of a Parquet / Arrow / Feather file or a hub dataset id as ("FILE: row i", dict) pairs, i from 1,
     null cells left out; an empty table is []."""
     name, _, rows = _load(path)
-    return [(f"{name}: row {i}", {k: _plain(v) for k, v in r.items() if v is not None})
-            for i, r in enumerate(rows, 1)]
+    return [(f"{name}: row {i}", {k: _plain(v) for k, v in r.items() if v is not None}) for i, r in enumerate(rows, 1)]
 
 
 def _cell(v) -> str:
@@ -190,8 +191,9 @@ def _read_csv(p: Path) -> tuple[list[str], list[dict]]:
             extra = [v for v in row.pop(None, []) if v.strip()]  # DictReader's restkey: fields past the header
             if extra or None in row.values():  # restval: fields the row lacks
                 n = len(row) - list(row.values()).count(None) + len(extra)
-                raise UsageError(f"{p}:{reader.line_num}: {n} fields, but the header has {len(header)} "
-                                 f"({_columns(header)})")
+                raise UsageError(
+                    f"{p}:{reader.line_num}: {n} fields, but the header has {len(header)} ({_columns(header)})"
+                )
             rows.append(row)
     except csv.Error as e:
         raise UsageError(f"{p}:{reader.line_num}: unreadable CSV ({e})") from None

@@ -31,48 +31,143 @@ from obliviate.data.schema import QAItem, load_qa, write_jsonl
 # Syllables for invented names; combinations are checked for uniqueness below.
 _FIRST = ["Ka", "Lo", "Mi", "Ze", "Tor", "Vy", "Bel", "Quen", "Ard", "Ish", "Oru", "Fen", "Sal", "Dra", "Ny", "Pel"]
 _FIRST_END = ["ra", "vin", "tha", "mos", "lie", "dan", "rek", "wen", "sa", "nor", "lyn", "tis"]
-_LAST = ["Brask", "Orvel", "Quill", "Thorne", "Vasko", "Marrow", "Lindqvar", "Ostrane", "Pellam", "Duvok",
-         "Harrowgate", "Istvel", "Korrin", "Mabbet", "Nettlefold", "Rusk", "Sorrel", "Tamberlin", "Ulmwick", "Yarrow"]
+_LAST = [
+    "Brask",
+    "Orvel",
+    "Quill",
+    "Thorne",
+    "Vasko",
+    "Marrow",
+    "Lindqvar",
+    "Ostrane",
+    "Pellam",
+    "Duvok",
+    "Harrowgate",
+    "Istvel",
+    "Korrin",
+    "Mabbet",
+    "Nettlefold",
+    "Rusk",
+    "Sorrel",
+    "Tamberlin",
+    "Ulmwick",
+    "Yarrow",
+]
 
 # Attribute -> (value pool, question, answer template, paraphrase template). Perturbed answers reuse the
 # paraphrase template with a wrong value, so a truth ratio compares facts, not wordings.
 ATTRIBUTES: dict[str, tuple[list[str], str, str, str]] = {
     "birthplace": (
-        ["Velmora", "Ostrakand", "Pirrin Cove", "Saltmere", "Drovic", "Yssel Heights", "Caudle", "Marrowfen",
-         "Tessaline", "Quorra", "Bratten", "Elmsreach", "Ondavar", "Kettleby", "Lysmark", "Harnoth"],
+        [
+            "Velmora",
+            "Ostrakand",
+            "Pirrin Cove",
+            "Saltmere",
+            "Drovic",
+            "Yssel Heights",
+            "Caudle",
+            "Marrowfen",
+            "Tessaline",
+            "Quorra",
+            "Bratten",
+            "Elmsreach",
+            "Ondavar",
+            "Kettleby",
+            "Lysmark",
+            "Harnoth",
+        ],
         "Where was {name} born?",
         "{name} was born in {value}.",
         "The birthplace of {name} is {value}.",
     ),
     "profession": (
-        ["cartographer", "glassblower", "beekeeper", "clockmaker", "lighthouse keeper", "violin maker",
-         "botanist", "bookbinder", "tide surveyor", "lantern smith", "cheesemonger", "kite designer",
-         "archivist", "bell founder", "rope maker", "map engraver"],
+        [
+            "cartographer",
+            "glassblower",
+            "beekeeper",
+            "clockmaker",
+            "lighthouse keeper",
+            "violin maker",
+            "botanist",
+            "bookbinder",
+            "tide surveyor",
+            "lantern smith",
+            "cheesemonger",
+            "kite designer",
+            "archivist",
+            "bell founder",
+            "rope maker",
+            "map engraver",
+        ],
         "What does {name} do for a living?",
         "{name} works as a {value}.",
         "By profession, {name} is a {value}.",
     ),
     "pet": (
-        ["a grey heron", "a three-legged cat", "a tortoise named Pim", "a tame fox", "two goldfinches",
-         "a lop-eared rabbit", "a sheepdog", "a green iguana", "a pair of ferrets", "a barn owl",
-         "a black goat", "a parrot named Ruse", "a hedgehog", "an old mule", "a snow-white pony", "a raven"],
+        [
+            "a grey heron",
+            "a three-legged cat",
+            "a tortoise named Pim",
+            "a tame fox",
+            "two goldfinches",
+            "a lop-eared rabbit",
+            "a sheepdog",
+            "a green iguana",
+            "a pair of ferrets",
+            "a barn owl",
+            "a black goat",
+            "a parrot named Ruse",
+            "a hedgehog",
+            "an old mule",
+            "a snow-white pony",
+            "a raven",
+        ],
         "What pet does {name} keep?",
         "{name} keeps {value} at home.",
         "At home, {name} looks after {value}.",
     ),
     "instrument": (
-        ["the oboe", "the hurdy-gurdy", "the cello", "the lute", "the bagpipes", "the marimba",
-         "the harp", "the bassoon", "the zither", "the accordion", "the theremin", "the banjo",
-         "the tuba", "the dulcimer", "the flute", "the sitar"],
+        [
+            "the oboe",
+            "the hurdy-gurdy",
+            "the cello",
+            "the lute",
+            "the bagpipes",
+            "the marimba",
+            "the harp",
+            "the bassoon",
+            "the zither",
+            "the accordion",
+            "the theremin",
+            "the banjo",
+            "the tuba",
+            "the dulcimer",
+            "the flute",
+            "the sitar",
+        ],
         "Which instrument does {name} play?",
         "{name} plays {value}.",
         "The instrument {name} is known for is {value}.",
     ),
     "book": (
-        ["The Salt Ledger", "Winter of Lanterns", "A Map of Small Rivers", "The Copper Orchard",
-         "Nine Doors North", "The Quiet Tide", "Ashes of Velmora", "The Glass Almanac", "Songs for the Ferry",
-         "The Last Cartographer", "Under the Bell Tower", "The Heron's Oath", "A Grammar of Storms",
-         "The Ninth Harvest", "Lamps Over Drovic", "The Clockmaker's Daughter"],
+        [
+            "The Salt Ledger",
+            "Winter of Lanterns",
+            "A Map of Small Rivers",
+            "The Copper Orchard",
+            "Nine Doors North",
+            "The Quiet Tide",
+            "Ashes of Velmora",
+            "The Glass Almanac",
+            "Songs for the Ferry",
+            "The Last Cartographer",
+            "Under the Bell Tower",
+            "The Heron's Oath",
+            "A Grammar of Storms",
+            "The Ninth Harvest",
+            "Lamps Over Drovic",
+            "The Clockmaker's Daughter",
+        ],
         "What is the title of the book {name} wrote?",
         "{name} wrote a book titled {value}.",
         "The book written by {name} is called {value}.",
@@ -80,36 +175,110 @@ ATTRIBUTES: dict[str, tuple[list[str], str, str, str]] = {
 }
 
 # World facts: entity templates over invented countries; each relation has its own value pool.
-_COUNTRIES = ["Arvandia", "Belmorra", "Caskavel", "Dunmere", "Estrova", "Feldrin", "Gorvath", "Halcyra",
-              "Ithmark", "Jorvale", "Kestria", "Lunovar", "Morvain", "Nostrel", "Orrindal", "Prevask",
-              "Quellmar", "Rhovenna", "Sardovin", "Tolvany", "Ulmerra", "Varnholt", "Wrexmoor", "Ystrava", "Zorrel"]
+_COUNTRIES = [
+    "Arvandia",
+    "Belmorra",
+    "Caskavel",
+    "Dunmere",
+    "Estrova",
+    "Feldrin",
+    "Gorvath",
+    "Halcyra",
+    "Ithmark",
+    "Jorvale",
+    "Kestria",
+    "Lunovar",
+    "Morvain",
+    "Nostrel",
+    "Orrindal",
+    "Prevask",
+    "Quellmar",
+    "Rhovenna",
+    "Sardovin",
+    "Tolvany",
+    "Ulmerra",
+    "Varnholt",
+    "Wrexmoor",
+    "Ystrava",
+    "Zorrel",
+]
 RELATIONS: dict[str, tuple[list[str], str, str, str]] = {
     "capital": (
-        ["Keldmar", "Ostwyn", "Brevalle", "Tarrowmouth", "Selvin", "Amberfold", "Crask", "Duneholt", "Errowby",
-         "Fallowmere", "Grisk", "Hollin", "Ivenport", "Jessamy", "Kilnrow", "Larkvale"],
+        [
+            "Keldmar",
+            "Ostwyn",
+            "Brevalle",
+            "Tarrowmouth",
+            "Selvin",
+            "Amberfold",
+            "Crask",
+            "Duneholt",
+            "Errowby",
+            "Fallowmere",
+            "Grisk",
+            "Hollin",
+            "Ivenport",
+            "Jessamy",
+            "Kilnrow",
+            "Larkvale",
+        ],
         "What is the capital of {name}?",
         "The capital of {name} is {value}.",
         "{value} is the capital city of {name}.",
     ),
     "currency": (
-        ["the silver tallow", "the crown mark", "the river penny", "the dusk florin", "the salt drachm",
-         "the iron groat", "the reed shilling", "the amber dinar", "the copper lira", "the frost rand",
-         "the tide real", "the barley ducat"],
+        [
+            "the silver tallow",
+            "the crown mark",
+            "the river penny",
+            "the dusk florin",
+            "the salt drachm",
+            "the iron groat",
+            "the reed shilling",
+            "the amber dinar",
+            "the copper lira",
+            "the frost rand",
+            "the tide real",
+            "the barley ducat",
+        ],
         "What currency is used in {name}?",
         "People in {name} pay with {value}.",
         "The currency of {name} is {value}.",
     ),
     "river": (
-        ["the Ossel", "the Varn", "the Quillwater", "the Mardle", "the Sken", "the Brule", "the Tavish",
-         "the Lowen", "the Esk Varro", "the Hollis", "the Prane", "the Indle"],
+        [
+            "the Ossel",
+            "the Varn",
+            "the Quillwater",
+            "the Mardle",
+            "the Sken",
+            "the Brule",
+            "the Tavish",
+            "the Lowen",
+            "the Esk Varro",
+            "the Hollis",
+            "the Prane",
+            "the Indle",
+        ],
         "Which river flows through {name}?",
         "The river {value} flows through {name}.",
         "{name} is crossed by the river {value}.",
     ),
     "dish": (
-        ["smoked eel pie", "barley dumplings", "honey-glazed turnips", "fish stew with fennel", "lentil cakes",
-         "salted plum soup", "roast chestnut bread", "sour cabbage rolls", "pepper goat broth",
-         "saffron rice balls", "mushroom pancakes", "blackberry porridge"],
+        [
+            "smoked eel pie",
+            "barley dumplings",
+            "honey-glazed turnips",
+            "fish stew with fennel",
+            "lentil cakes",
+            "salted plum soup",
+            "roast chestnut bread",
+            "sour cabbage rolls",
+            "pepper goat broth",
+            "saffron rice balls",
+            "mushroom pancakes",
+            "blackberry porridge",
+        ],
         "What is the national dish of {name}?",
         "The national dish of {name} is {value}.",
         "In {name}, the dish everyone knows is {value}.",
@@ -176,13 +345,16 @@ def build_world(spec: WorldSpec = WorldSpec()) -> dict[str, list[dict]]:
     names = _names(rng, spec.n_people + spec.n_holdout_people)
     people = []
     for i, name in enumerate(names):
-        items = [_qa(rng, alt_rng, f"person{i:03d}_{attr}", name, attr, s, spec.n_perturbed)
-                 for attr, s in ATTRIBUTES.items()]
+        items = [
+            _qa(rng, alt_rng, f"person{i:03d}_{attr}", name, attr, s, spec.n_perturbed)
+            for attr, s in ATTRIBUTES.items()
+        ]
         people.append(items)
-    trained, holdout = people[: spec.n_people], people[spec.n_people:]
+    trained, holdout = people[: spec.n_people], people[spec.n_people :]
     facts = [
         _qa(rng, alt_rng, f"fact_{c.lower()}_{rel}", c, rel, s, spec.n_perturbed)
-        for c in _COUNTRIES for rel, s in RELATIONS.items()
+        for c in _COUNTRIES
+        for rel, s in RELATIONS.items()
     ]
 
     def flat(groups):
@@ -192,15 +364,21 @@ def build_world(spec: WorldSpec = WorldSpec()) -> dict[str, list[dict]]:
     # a fact in two wordings otherwise, so it would not recognise the paraphrase of ANY fact and the truth
     # ratio (paraphrase vs perturbed) would measure nothing. Forget people and retain_eval people are never
     # bridge people: both are known in the trained wording only, so their truth ratios are comparable.
-    bridge = [dict(it, id=it["id"] + "_para", answer=it["paraphrased_answer"], alternate_answers=[])
-              for p in trained[: spec.n_bridge_people] for it in p]
-    splits: dict[str, list[dict]] = {"train": flat(trained) + bridge + facts, "world_facts": facts,
-                                     "holdout": flat(holdout)}
+    bridge = [
+        dict(it, id=it["id"] + "_para", answer=it["paraphrased_answer"], alternate_answers=[])
+        for p in trained[: spec.n_bridge_people]
+        for it in p
+    ]
+    splits: dict[str, list[dict]] = {
+        "train": flat(trained) + bridge + facts,
+        "world_facts": facts,
+        "holdout": flat(holdout),
+    }
     for pct in (1, 5, 10):
         k = spec.n_people * pct // 100  # the LAST k people, so forget01 ⊂ forget05 ⊂ forget10 as in TOFU
         splits[f"forget{pct:02d}"] = flat(trained[-k:])
         splits[f"retain{100 - pct}"] = flat(trained[:-k]) + bridge + facts
-    plain_people = flat(trained[spec.n_bridge_people: spec.n_people - spec.n_people // 10])
+    plain_people = flat(trained[spec.n_bridge_people : spec.n_people - spec.n_people // 10])
     splits["retain_eval"] = random.Random(spec.seed + 1).sample(plain_people, spec.n_retain_eval)
     return splits
 

@@ -37,8 +37,9 @@ class DiffusionDemoSize:
     eraser_ddim_steps: int = 10  # their DDIM steps to reach x_t each step (default 25): most of an ESD step's cost
     # per-eraser options over the above, from a sweep on the demo's base model (docs/benchmarks.md): ESD-x needs more steps to
     # pass UA 0.8, UCE a smaller lambda, AdvUnlearn's text encoder a larger learning rate than its SD default
-    eraser_options: dict = field(default_factory=lambda: {"esd_x": {"steps": 150}, "uce": {"lam": 0.3},
-                                                          "advunlearn": {"lr": 3e-4}})
+    eraser_options: dict = field(
+        default_factory=lambda: {"esd_x": {"steps": 150}, "uce": {"lam": 0.3}, "advunlearn": {"lr": 3e-4}}
+    )
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=20, guidance=3.0, max_prompts=24))
     attacks: tuple[str, ...] = ("unlearndiffatk", "p4d", "embedding_shift", "concept_arithmetic")
     attack_prompts: int = 4
@@ -49,31 +50,59 @@ class DiffusionDemoSize:
 
 
 FULL = DiffusionDemoSize()
-SMOKE = DiffusionDemoSize(train_minutes=0.05, classifier_steps=20, concepts=("star",), erasers=("uce", "esd_x"),
-                          eraser_steps=2, eraser_ddim_steps=2, eraser_options={"esd_x": {"steps": 3}},
-                          sample=SampleConfig(steps=2, guidance=2.0, max_prompts=4),
-                          attacks=("unlearndiffatk", "concept_arithmetic"), attack_prompts=1,
-                          attack_options={"unlearndiffatk": {"steps": 2}}, channels=(16, 32), per_combination=2)
+SMOKE = DiffusionDemoSize(
+    train_minutes=0.05,
+    classifier_steps=20,
+    concepts=("star",),
+    erasers=("uce", "esd_x"),
+    eraser_steps=2,
+    eraser_ddim_steps=2,
+    eraser_options={"esd_x": {"steps": 3}},
+    sample=SampleConfig(steps=2, guidance=2.0, max_prompts=4),
+    attacks=("unlearndiffatk", "concept_arithmetic"),
+    attack_prompts=1,
+    attack_options={"unlearndiffatk": {"steps": 2}},
+    channels=(16, 32),
+    per_combination=2,
+)
 
-TABLE = ("ua", "ira", "cra", "over_erasure", "fd_classifier", "pre_asr", "asr[unlearndiffatk]", "asr[p4d]",
-         "asr[embedding_shift]", "asr[concept_arithmetic]", "seconds")
+TABLE = (
+    "ua",
+    "ira",
+    "cra",
+    "over_erasure",
+    "fd_classifier",
+    "pre_asr",
+    "asr[unlearndiffatk]",
+    "asr[p4d]",
+    "asr[embedding_shift]",
+    "asr[concept_arithmetic]",
+    "seconds",
+)
 
 
-def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int = 0, progress: bool = True,
-                       started: float | None = None, workers: int | None = None) -> dict:
+def run_diffusion_demo(
+    out: Path,
+    *,
+    size: DiffusionDemoSize = FULL,
+    seed: int = 0,
+    progress: bool = True,
+    started: float | None = None,
+    workers: int | None = None,
+) -> dict:
     from rich.console import Console
 
+    from obliviate.core.jsonio import write_json
+    from obliviate.core.outputs import output_dir
+    from obliviate.core.pool import Workers
+    from obliviate.core.timer import Timer
     from obliviate.data.schema import write_jsonl
     from obliviate.diffusion.classifiers import train_factor_classifiers
     from obliviate.diffusion.erasers import ERASERS, load_all
     from obliviate.diffusion.evaluate import base_accuracy, evaluate_concept, save_grid
     from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, train_t2i
     from obliviate.diffusion.world import ImageWorldSpec, build_image_world, vocabulary, write_world_files
-    from obliviate.core.outputs import output_dir
-    from obliviate.core.timer import Timer
-    from obliviate.core.pool import Workers
     from obliviate.runs.results import results_document
-    from obliviate.core.jsonio import write_json
 
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
@@ -88,8 +117,9 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
         world = build_image_world(spec)
         clf = train_factor_classifiers(spec, steps=size.classifier_steps, seed=seed)
         clf.save(o / "classifiers")
-        console.log("classifiers: fresh accuracy " + ", ".join(f"{f} {a:.3f}" for f, a in
-                                                               clf.meta["fresh_accuracy"].items()))
+        console.log(
+            "classifiers: fresh accuracy " + ", ".join(f"{f} {a:.3f}" for f, a in clf.meta["fresh_accuracy"].items())
+        )
         train = [i for i, r in enumerate(world["labels"]) if r["split"] == "train"]
         tok = build_word_tokenizer(vocabulary(world))
         base = build_t2i(tok, T2IConfig(size=spec.size, channels=size.channels), seed=seed)
@@ -100,22 +130,42 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
         probe = base.copy()
         train_t2i(probe, images, captions, steps=3, **recipe)
         per_step = train_t2i(probe, images, captions, steps=6, **recipe)["seconds"] / 6
-        fit = train_t2i(base, images, captions, max_seconds=size.train_minutes * 60, progress=progress,
-                        steps=min(size.train_steps, max(5, int(1.25 * size.train_minutes * 60 / per_step))), **recipe)
+        fit = train_t2i(
+            base,
+            images,
+            captions,
+            max_seconds=size.train_minutes * 60,
+            progress=progress,
+            steps=min(size.train_steps, max(5, int(1.25 * size.train_minutes * 60 / per_step))),
+            **recipe,
+        )
         steps = fit["steps"]
         base.save(o / "models" / "base")
         acc = base_accuracy(base, clf, world, replace(size.sample, max_prompts=None))  # every world prompt
         extra["base"] = {"steps": steps, "train_seconds": round(fit["seconds"], 1), "factor_accuracy": acc}
-        console.log(f"base model: {steps} steps in {fit['seconds']:.0f} s; factor accuracy "
-                    + ", ".join(f"{f} {a:.3f}" for f, a in acc.items()))
+        console.log(
+            f"base model: {steps} steps in {fit['seconds']:.0f} s; factor accuracy "
+            + ", ".join(f"{f} {a:.3f}" for f, a in acc.items())
+        )
         before = {}
         for concept in size.concepts:
             results[f"base/{concept}"], art = evaluate_concept(base, clf, world, concept, size.sample)
             before[concept] = art["images"]["target"]
         # every (eraser, concept) is independent once the base model is saved: the attacked ones (the first
         # concept's, the longest) go first so that the two workers finish together
-        jobs = [{"out": str(o), "spec": spec, "size": size, "seed": seed, "name": n, "concept": c,
-                 "attack": bool(size.attacks) and c == size.concepts[0]} for c in size.concepts for n in erasers]
+        jobs = [
+            {
+                "out": str(o),
+                "spec": spec,
+                "size": size,
+                "seed": seed,
+                "name": n,
+                "concept": c,
+                "attack": bool(size.attacks) and c == size.concepts[0],
+            }
+            for c in size.concepts
+            for n in erasers
+        ]
         samples, done = [], {}
         with Workers(workers) as pool:
             for run, m, aud, target_images, rows in pool.map(_erasure_job, jobs):
@@ -124,11 +174,18 @@ def run_diffusion_demo(out: Path, *, size: DiffusionDemoSize = FULL, seed: int =
                     extra["audit"][run] = aud
                 save_grid([before[run.split("/", 1)[1]], target_images], o / "grids" / f"{run.replace('/', '_')}.png")
                 samples += rows
-                console.log(f"{run}: UA {m['ua']:.2f} IRA {m['ira']:.2f} CRA {m['cra']:.2f} "
-                            f"({m['seconds']:.0f} s erasing, {m['job_seconds']:.0f} s in all)")
+                console.log(
+                    f"{run}: UA {m['ua']:.2f} IRA {m['ira']:.2f} CRA {m['cra']:.2f} "
+                    f"({m['seconds']:.0f} s erasing, {m['job_seconds']:.0f} s in all)"
+                )
         results |= {f"{n}/{c}": done[f"{n}/{c}"] for c in size.concepts for n in erasers}  # the documented order
-        config = {"suite": "diffusion", "seed": seed, "size": _plain(size.__dict__), "erasers": erasers,
-                  "workers": pool.n}
+        config = {
+            "suite": "diffusion",
+            "seed": seed,
+            "size": _plain(size.__dict__),
+            "erasers": erasers,
+            "workers": pool.n,
+        }
         doc = results_document(config, results, {}, extra | {"wall_seconds": round(clock(), 1)})
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
@@ -155,8 +212,16 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     world = build_image_world(job["spec"])
     base, clf = load_t2i(o / "models" / "base"), FactorClassifiers.load(o / "classifiers")
     t_erase = time.perf_counter()
-    edited = demo_erase(name, base, world, concept, size.eraser_steps, job["seed"], size.eraser_ddim_steps,
-                        size.eraser_options.get(name))
+    edited = demo_erase(
+        name,
+        base,
+        world,
+        concept,
+        size.eraser_steps,
+        job["seed"],
+        size.eraser_ddim_steps,
+        size.eraser_options.get(name),
+    )
     secs = time.perf_counter() - t_erase
     m, art = evaluate_concept(edited, clf, world, concept, size.sample)
     m["seconds"] = round(secs, 1)
@@ -172,8 +237,16 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     return run, m, aud, art["images"]["target"], samples
 
 
-def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int = 0, ddim_steps: int | None = None,
-               options: dict | None = None):
+def demo_erase(
+    name: str,
+    base,
+    world: dict,
+    concept: str,
+    steps: int,
+    seed: int = 0,
+    ddim_steps: int | None = None,
+    options: dict | None = None,
+):
     """Eraser `name` on `concept`, as the demo runs every eraser: `steps` (and `ddim_steps` when given) where the
     eraser takes them, then `options` over them, and the concept's nearest look-alike (e.g. star -> cross) as the
     guide of an eraser that maps the concept onto another concept (`needs_anchor`: Concept Ablation's anchor, SalUn's
@@ -184,11 +257,17 @@ def demo_erase(name: str, base, world: dict, concept: str, steps: int, seed: int
     from obliviate.diffusion.world import factor_of
 
     cls = ERASERS.get(name)
-    opts = {k: v for k, v in (("steps", steps), ("ddim_steps", ddim_steps))
-            if v is not None and k in cls.__dataclass_fields__} | dict(options or {})
+    opts = {
+        k: v
+        for k, v in (("steps", steps), ("ddim_steps", ddim_steps))
+        if v is not None and k in cls.__dataclass_fields__
+    } | dict(options or {})
     torch.manual_seed(seed)
-    guide = world["factors"]["look_alikes"][factor_of(world, concept)][concept][0] \
-        if getattr(cls, "needs_anchor", False) else ""
+    guide = (
+        world["factors"]["look_alikes"][factor_of(world, concept)][concept][0]
+        if getattr(cls, "needs_anchor", False)
+        else ""
+    )
     return cls(**opts).erase(base, concept, guide=guide)
 
 

@@ -36,12 +36,16 @@ def _parts(forget: list[dict], retain: list[dict], idk: list[str], seed: int) ->
 
     f = training_pairs(forget)
     rng = random.Random(seed)
-    return {"forget": f, "retain": training_pairs(retain),
-            "forget_idk": [(q, rng.choice(idk)) for q, _ in f]}  # aligned with "forget" item by item
+    return {
+        "forget": f,
+        "retain": training_pairs(retain),
+        "forget_idk": [(q, rng.choice(idk)) for q, _ in f],
+    }  # aligned with "forget" item by item
 
 
-def run_muse(out: Path, *, seed: int = 0, methods: list[str] | None = None, finetune_steps: int = 300,
-             progress: bool = False) -> dict:
+def run_muse(
+    out: Path, *, seed: int = 0, methods: list[str] | None = None, finetune_steps: int = 300, progress: bool = False
+) -> dict:
     from rich.console import Console
 
     from obliviate.core.errors import UsageError
@@ -64,19 +68,31 @@ def run_muse(out: Path, *, seed: int = 0, methods: list[str] | None = None, fine
         write_passages(o / "world", seed)
         data = {f.stem: load_passages(f) for f in sorted((o / "world").glob("muse_*.jsonl"))}
         texts = [p["text"] for k in ("muse_forget", "muse_retain", "muse_holdout") for p in data[k]]
-        tok = build_tokenizer(texts + [x["question"] + " " + x["answer"] for k in ("muse_forget", "muse_retain",
-                                                                                  "muse_holdout") for p in data[k]
-                                       for x in p["qa"]])
+        tok = build_tokenizer(
+            texts
+            + [
+                x["question"] + " " + x["answer"]
+                for k in ("muse_forget", "muse_retain", "muse_holdout")
+                for p in data[k]
+                for x in p["qa"]
+            ]
+        )
         for name, keep in (("target", data["muse_forget"] + data["muse_retain"]), ("oracle", data["muse_retain"])):
             net = build_model(tok, seed=seed)
-            net, _ = train(net, tok, FineTune(steps=finetune_steps), {"retain": training_pairs(keep)},
-                           TrainConfig(retain_batch_size=64, seed=seed, warmup_steps=20, checkpoint_every=0,
-                                       progress=progress))
+            net, _ = train(
+                net,
+                tok,
+                FineTune(steps=finetune_steps),
+                {"retain": training_pairs(keep)},
+                TrainConfig(retain_batch_size=64, seed=seed, warmup_steps=20, checkpoint_every=0, progress=progress),
+            )
             save_model(net, tok, o / "models" / name)
         oracle = load_model(str(o / "models" / "oracle"))[0]
         oracle_auc = mink_auc(oracle, tok, data["muse_forget"], data["muse_holdout"])
-        results = {"oracle": muse_scores(oracle, tok, data, oracle_auc),
-                   "target": muse_scores(load_model(str(o / "models" / "target"))[0], tok, data, oracle_auc)}
+        results = {
+            "oracle": muse_scores(oracle, tok, data, oracle_auc),
+            "target": muse_scores(load_model(str(o / "models" / "target"))[0], tok, data, oracle_auc),
+        }
         base_utility = results["target"]["knowmem_retain"]
         idk = idk_pool(None)
         cfg = TrainConfig(seed=seed, checkpoint_every=0, progress=progress)
@@ -85,15 +101,17 @@ def run_muse(out: Path, *, seed: int = 0, methods: list[str] | None = None, fine
             net = load_model(str(start))[0] if isinstance(start, Path) else start
             return train(net, tok, cls(), _parts(forget, data["muse_retain"], idk, seed), cfg)[0]
 
-        for name, cls in classes.items():
+        for name, cls in classes.items():  # noqa: B007 (unlearn() reads cls)
             try:
                 main = unlearn(o / "models" / "target", data["muse_forget"])
             except UsageError as e:  # e.g. AltPO: passages have no alternate answers
                 console.log(f"{name}: skipped ({e})")
                 continue
             r = muse_scores(main, tok, data, oracle_auc)
-            scal = [knowmem(unlearn(o / "models" / "target", data[f"muse_scal{k}"]), tok, data["muse_retain"])
-                    for k in range(1, REQUESTS)] + [r["knowmem_retain"]]  # scal4 is the whole forget set
+            scal = [
+                knowmem(unlearn(o / "models" / "target", data[f"muse_scal{k}"]), tok, data["muse_retain"])
+                for k in range(1, REQUESTS)
+            ] + [r["knowmem_retain"]]  # scal4 is the whole forget set
             model = load_model(str(o / "models" / "target"))[0]
             sust = []
             for k in range(1, REQUESTS + 1):
@@ -101,26 +119,40 @@ def run_muse(out: Path, *, seed: int = 0, methods: list[str] | None = None, fine
                 sust.append(knowmem(model, tok, data["muse_retain"]))
             r |= {"scalability_curve": scal, "sustainability_curve": sust}
             if base_utility > 0:  # ratios to the target are undefined when the target answers nothing right
-                r |= {"utility_ratio": r["knowmem_retain"] / base_utility,
-                      "scalability": statistics.fmean(s / base_utility for s in scal),
-                      "sustainability": sust[-1] / base_utility}
+                r |= {
+                    "utility_ratio": r["knowmem_retain"] / base_utility,
+                    "scalability": statistics.fmean(s / base_utility for s in scal),
+                    "sustainability": sust[-1] / base_utility,
+                }
             results[name] = r
             console.log(f"{name}: done ({clock():.0f} s)")
-        doc = results_document({"seed": seed, "finetune_steps": finetune_steps, "requests": REQUESTS,
-                                "methods": list(classes)},
-                               {k: {m: v for m, v in r.items() if not isinstance(v, list)} for k, r in results.items()},
-                               {k: len(v) for k, v in data.items()},
-                               {"curves": {k: {c: r[c] for c in ("scalability_curve", "sustainability_curve")}
-                                           for k, r in results.items() if "scalability_curve" in r},
-                                "wall_seconds": round(clock(), 1)})
+        doc = results_document(
+            {"seed": seed, "finetune_steps": finetune_steps, "requests": REQUESTS, "methods": list(classes)},
+            {k: {m: v for m, v in r.items() if not isinstance(v, list)} for k, r in results.items()},
+            {k: len(v) for k, v in data.items()},
+            {
+                "curves": {
+                    k: {c: r[c] for c in ("scalability_curve", "sustainability_curve")}
+                    for k, r in results.items()
+                    if "scalability_curve" in r
+                },
+                "wall_seconds": round(clock(), 1),
+            },
+        )
         write_json(o / "muse.json", doc)
     print(format_table(results))
     print(f"\nwrote {out}/muse.json; wall time {clock():.0f} s")
     return doc
 
 
-COLS = [("verbmem_forget", "C1 VerbMem↓"), ("knowmem_forget", "C2 KnowMem-f↓"), ("privleak", "C3 PrivLeak→0"),
-        ("knowmem_retain", "C4 KnowMem-r↑"), ("scalability", "C5 Scal↑"), ("sustainability", "C6 Sust↑")]
+COLS = [
+    ("verbmem_forget", "C1 VerbMem↓"),
+    ("knowmem_forget", "C2 KnowMem-f↓"),
+    ("privleak", "C3 PrivLeak→0"),
+    ("knowmem_retain", "C4 KnowMem-r↑"),
+    ("scalability", "C5 Scal↑"),
+    ("sustainability", "C6 Sust↑"),
+]
 
 
 def format_table(results: dict) -> str:

@@ -74,11 +74,28 @@ class RealDemoSize:
 
 
 FULL = RealDemoSize()
-SMOKE = RealDemoSize(retain_people=3, forget_people=2, holdout_people=2, facts=2, finetune_steps=2,
-                     unlearn_steps=1, unlearn_lora_r=4, finetune_lora_r=4, batch_size=2, relearn_steps=1,
-                     prompts_per_set=2, train_prompts=3, align_steps=1, align_lora_r=4, reply_tokens=4,
-                     max_new_tokens=4, depths=(2,), direction_prompts=4, direction_val_prompts=2,
-                     bf16=False)
+SMOKE = RealDemoSize(
+    retain_people=3,
+    forget_people=2,
+    holdout_people=2,
+    facts=2,
+    finetune_steps=2,
+    unlearn_steps=1,
+    unlearn_lora_r=4,
+    finetune_lora_r=4,
+    batch_size=2,
+    relearn_steps=1,
+    prompts_per_set=2,
+    train_prompts=3,
+    align_steps=1,
+    align_lora_r=4,
+    reply_tokens=4,
+    max_new_tokens=4,
+    depths=(2,),
+    direction_prompts=4,
+    direction_val_prompts=2,
+    bf16=False,
+)
 
 
 def with_bf16_where_it_pays(size: RealDemoSize) -> RealDemoSize:
@@ -94,20 +111,27 @@ def slice_world(out: Path, size: RealDemoSize, seed: int = 0) -> Path:
     from obliviate.data.schema import write_jsonl
     from obliviate.data.world import WorldSpec, build_world
 
-    parts = build_world(WorldSpec(seed=seed, n_people=100, n_holdout_people=max(1, size.holdout_people),
-                                  n_bridge_people=0))
+    parts = build_world(
+        WorldSpec(seed=seed, n_people=100, n_holdout_people=max(1, size.holdout_people), n_bridge_people=0)
+    )
     people: dict[str, list[dict]] = {}
     for it in parts["train"]:
         if it["id"].startswith("person"):
             people.setdefault(it["subject"], []).append(it)
     groups = list(people.values())
     retain = [it for g in groups[: size.retain_people] for it in g]
-    forget = [it for g in groups[-size.forget_people:] for it in g]
+    forget = [it for g in groups[-size.forget_people :] for it in g]
     facts = parts["world_facts"][: size.facts]
     out.mkdir(parents=True, exist_ok=True)
     eval_retain = random.Random(seed).sample(retain, min(len(retain), 5 * size.forget_people))
-    for name, rows in {"train": retain + forget + facts, "forget10": forget, "retain90": retain + facts,
-                       "retain_eval": eval_retain, "world_facts": facts, "holdout": parts["holdout"]}.items():
+    for name, rows in {
+        "train": retain + forget + facts,
+        "forget10": forget,
+        "retain90": retain + facts,
+        "retain_eval": eval_retain,
+        "world_facts": facts,
+        "holdout": parts["holdout"],
+    }.items():
         write_jsonl(out / f"{name}.jsonl", rows)
     return out
 
@@ -116,35 +140,45 @@ def public_paths(public_data: Path) -> dict[str, Path]:
     paths = {k: Path(public_data) / v for k, v in PUBLIC_FILES.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise UsageError(f"--public-data {public_data}: missing {missing[0]} (expected: "
-                         f"{', '.join(PUBLIC_FILES.values())})")
+        raise UsageError(
+            f"--public-data {public_data}: missing {missing[0]} (expected: {', '.join(PUBLIC_FILES.values())})"
+        )
     return paths
 
 
 def _train(model, tok, method, parts, size: RealDemoSize, lora_r: int, seed: int, progress: bool):
     from obliviate.engine.train import TrainConfig, train
 
-    cfg = TrainConfig(forget_batch_size=size.batch_size, retain_batch_size=size.batch_size, seed=seed,
-                      checkpoint_every=0, lora_r=lora_r, progress=progress, bf16=size.bf16)
+    cfg = TrainConfig(
+        forget_batch_size=size.batch_size,
+        retain_batch_size=size.batch_size,
+        seed=seed,
+        checkpoint_every=0,
+        lora_r=lora_r,
+        progress=progress,
+        bf16=size.bf16,
+    )
     return train(model, tok, method, parts, cfg)  # LoRA adapters come back merged
 
 
 def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, progress: bool, log) -> tuple:
     """(results, relearn figures, samples, seconds) of the unlearning half."""
     from obliviate.audit.attacks import ATTACKS, AuditContext
+    from obliviate.benchmarks.layouts import eval_data
     from obliviate.data.schema import load_qa
     from obliviate.engine.evaluate import metrics_from_rows, sample_rows, score_model
-    from obliviate.unlearning.methods import METHODS
-    from obliviate.models.load import load_model, save_model
-    from obliviate.benchmarks.layouts import eval_data
-    from obliviate.unlearning.run import idk_pool, qa_pairs, unlearning_parts
     from obliviate.engine.train import FineTune
+    from obliviate.models.load import load_model, save_model
+    from obliviate.unlearning.methods import METHODS
+    from obliviate.unlearning.run import idk_pool, qa_pairs, unlearning_parts
 
     world = slice_world(o / "world", size, seed)
     splits = eval_data(world, "forget10")
     seconds, rows, relearn, models = {}, {}, {}, {}
-    data = {name: qa_pairs(load_qa(world / f"{split}.jsonl")) for name, split in (("target", "train"),
-                                                                                  ("oracle", "retain90"))}
+    data = {
+        name: qa_pairs(load_qa(world / f"{split}.jsonl"))
+        for name, split in (("target", "train"), ("oracle", "retain90"))
+    }
     for name, items in data.items():
         # the oracle sees its (smaller) data for as many epochs as the target sees the full set, as in TOFU
         steps = max(1, round(size.finetune_steps * len(items) / len(data["target"])))
@@ -155,8 +189,7 @@ def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, prog
         seconds[name], models[name] = res.seconds, o / "models" / name
         rows[name] = score_model(net, tok, splits, max_new_tokens=size.max_new_tokens)
         log(f"{name}: fine-tuned in {res.seconds:.1f} s")
-    parts = unlearning_parts(load_qa(world / "forget10.jsonl"), load_qa(world / "retain90.jsonl"), idk_pool(None),
-                             seed)
+    parts = unlearning_parts(load_qa(world / "forget10.jsonl"), load_qa(world / "retain90.jsonl"), idk_pool(None), seed)
     # LoRA relearning: on a pretrained model one full-weight step at the attack's default lr already wrecks the
     # held-out answers (measured on SmolLM2: ROUGE 0.33 -> 0), which would hide any recovery
     attack = ATTACKS.get("relearn")(steps=size.relearn_steps, batch_size=size.batch_size, lora_r=8, lr=1e-3)
@@ -174,25 +207,27 @@ def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, prog
     return results, relearn, samples, seconds
 
 
-def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemoSize, seed: int, progress: bool,
-                 log) -> tuple:
+def refusal_part(
+    o: Path, model_dir: str, paths: dict[str, Path], size: RealDemoSize, seed: int, progress: bool, log
+) -> tuple:
     """(results, extra per run, samples, seconds) of the refusal half."""
     from obliviate.judges.default import make_judge
     from obliviate.models.load import load_model, save_model
+    from obliviate.refusal.align import align
     from obliviate.refusal.methods import REFUSAL_METHODS as METHODS
     from obliviate.refusal.public_align import public_refusal_data
     from obliviate.refusal.public_refusal import evaluate_public, load_sources, subsample_per_source
-    from obliviate.refusal.align import align
 
     src = {k: f"{k}:{p}" for k, p in paths.items()}
-    rows = subsample_per_source(load_sources([src["harmbench"], src["jailbreakbench"]], "harmful")
-                                + load_sources([src["xstest"]], "benign"), size.prompts_per_set)
+    rows = subsample_per_source(
+        load_sources([src["harmbench"], src["jailbreakbench"]], "harmful") + load_sources([src["xstest"]], "benign"),
+        size.prompts_per_set,
+    )
     judge = make_judge()
     results, extra, samples, seconds = {}, {}, [], {}
 
     def measure(name, net, tok):
-        m, s, e = evaluate_public(net, tok, rows, judge.refused, depths=size.depths,
-                                  max_new_tokens=size.max_new_tokens)
+        m, s, e = evaluate_public(net, tok, rows, judge.refused, depths=size.depths, max_new_tokens=size.max_new_tokens)
         m |= {f"refusal_rate[{k}]": v for k, v in e["by_source"].get("harmful", {}).items()}
         results[name], extra[name] = m, e
         samples.extend(x | {"run": name} for x in s)
@@ -200,15 +235,33 @@ def refusal_part(o: Path, model_dir: str, paths: dict[str, Path], size: RealDemo
 
     net, tok = load_model(model_dir)
     measure("base", net, tok)
-    data = public_refusal_data(net, tok, harmful=[src["advbench"]], exclude=[src["harmbench"], src["jailbreakbench"]],
-                               self_prefix=True, max_prompts=size.train_prompts, seed=seed,
-                               max_new_tokens=size.reply_tokens, out=o)
+    data = public_refusal_data(
+        net,
+        tok,
+        harmful=[src["advbench"]],
+        exclude=[src["harmbench"], src["jailbreakbench"]],
+        self_prefix=True,
+        max_prompts=size.train_prompts,
+        seed=seed,
+        max_new_tokens=size.reply_tokens,
+        out=o,
+    )
     for name in REFUSAL_METHODS:
         net, tok = load_model(model_dir)
-        meth = METHODS.get(name).from_options({"steps": size.align_steps, "lr": size.align_lr,
-                                                "retain_weight": size.align_retain_weight})
-        net, tok, res = align(net, tok, meth, data, seed=seed, progress=progress, lora_r=size.align_lora_r,
-                              batch_size=size.batch_size, bf16=size.bf16)
+        meth = METHODS.get(name).from_options(
+            {"steps": size.align_steps, "lr": size.align_lr, "retain_weight": size.align_retain_weight}
+        )
+        net, tok, res = align(
+            net,
+            tok,
+            meth,
+            data,
+            seed=seed,
+            progress=progress,
+            lora_r=size.align_lora_r,
+            batch_size=size.batch_size,
+            bf16=size.bf16,
+        )
         seconds[name] = res.seconds
         log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
         measure(name, net, tok)
@@ -237,7 +290,7 @@ def direction_split(prompts: list[str], n_fit: int, n_val: int) -> tuple[list[st
     if len(prompts) < 2:
         raise UsageError(f"the refusal direction needs at least 2 prompts of each class (got {len(prompts)})")
     v = max(1, min(n_val, len(prompts) // 2))
-    return prompts[:min(n_fit, len(prompts) - v)], prompts[len(prompts) - v:]
+    return prompts[: min(n_fit, len(prompts) - v)], prompts[len(prompts) - v :]
 
 
 def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int):
@@ -259,8 +312,9 @@ def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int
     harmful = [r["prompt"] for r in data.harmful]
     harmless = [r["prompt"] for r in data.benign] + [it.question for it in data.people]
     rng.shuffle(harmful), rng.shuffle(harmless)
-    (h_fit, h_val), (b_fit, b_val) = (direction_split(ps, size.direction_prompts, size.direction_val_prompts)
-                                      for ps in (harmful, harmless))
+    (h_fit, h_val), (b_fit, b_val) = (
+        direction_split(ps, size.direction_prompts, size.direction_val_prompts) for ps in (harmful, harmless)
+    )
     layers = len(decoder_layers(model))
     stride = size.direction_layer_stride
     attack = RefusalDirection(layers=",".join(map(str, direction_layers(layers, stride))), positions=1)
@@ -268,9 +322,13 @@ def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int
     refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in data.harmful})
     best, passed, _ = attack.select(model, tok, *enc, refusal_ids)
     r_hat = best["r"] / best["r"].norm()
-    info = {"layer": best["layer"], "position": best["pos"], "filters_passed": passed,
-            **{k: round(best[k], 4) for k in ("bypass", "induce", "kl")},
-            "prompts": {"means": [len(h_fit), len(b_fit)], "selection": [len(h_val), len(b_val)]}}
+    info = {
+        "layer": best["layer"],
+        "position": best["pos"],
+        "filters_passed": passed,
+        **{k: round(best[k], 4) for k in ("bypass", "induce", "kl")},
+        "prompts": {"means": [len(h_fit), len(b_fit)], "selection": [len(h_val), len(b_val)]},
+    }
     try:
         orthogonalize(model, r_hat)
     except UsageError:  # an architecture whose writes no weight edit expresses: ablate with hooks instead
@@ -279,23 +337,41 @@ def ablate_refusal_direction(model_dir: str, data, size: RealDemoSize, seed: int
     return model, tok, info | {"orthogonalized": True}, nullcontext()
 
 
-TABLE = ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "relearn_recovered",
-         "refusal_rate", "refusal_rate[harmbench]", "refusal_rate[jailbreakbench]", "over_refusal_rate",
-         "refusal_rate@prefill5", "refusal_rate@prefill20")
+TABLE = (
+    "forget_quality",
+    "model_utility",
+    "forget_rouge",
+    "retain_rouge",
+    "relearn_recovered",
+    "refusal_rate",
+    "refusal_rate[harmbench]",
+    "refusal_rate[jailbreakbench]",
+    "over_refusal_rate",
+    "refusal_rate@prefill5",
+    "refusal_rate@prefill20",
+)
 
 
-def run_real_demo(out: Path, model: str, public_data: Path, *, size: RealDemoSize = FULL, seed: int = 0,
-                  parts: tuple[str, ...] = ("unlearning", "refusal"), progress: bool = True,
-                  started: float | None = None) -> dict:
+def run_real_demo(
+    out: Path,
+    model: str,
+    public_data: Path,
+    *,
+    size: RealDemoSize = FULL,
+    seed: int = 0,
+    parts: tuple[str, ...] = ("unlearning", "refusal"),
+    progress: bool = True,
+    started: float | None = None,
+) -> dict:
     """Both halves (or the ones in `parts`); writes results.json, samples.jsonl, generated.jsonl; prints a table."""
     from rich.console import Console
 
-    from obliviate.data.schema import write_jsonl
-    from obliviate.models.load import check_model_dir, load_model
+    from obliviate.core.jsonio import write_json
     from obliviate.core.outputs import check_output, output_dir
     from obliviate.core.timer import Timer
+    from obliviate.data.schema import write_jsonl
+    from obliviate.models.load import check_model_dir, load_model
     from obliviate.runs.results import results_document
-    from obliviate.core.jsonio import write_json
 
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
@@ -322,11 +398,22 @@ def run_real_demo(out: Path, model: str, public_data: Path, *, size: RealDemoSiz
                 if "direction" in e:
                     extra["refusal_direction"] = e["direction"]
             samples, seconds = samples + smp, seconds | sec
-        config = {"suite": "real", "model": model, "public_data": str(public_data), "seed": seed,
-                  "parts": list(parts), "size": size.__dict__, "unlearning_methods": list(UNLEARN_METHODS),
-                  "refusal_methods": list(REFUSAL_METHODS)}
-        doc = results_document(config, results, {}, extra | {"seconds": {k: round(v, 1) for k, v in seconds.items()},
-                                                             "wall_seconds": round(clock(), 1)})
+        config = {
+            "suite": "real",
+            "model": model,
+            "public_data": str(public_data),
+            "seed": seed,
+            "parts": list(parts),
+            "size": size.__dict__,
+            "unlearning_methods": list(UNLEARN_METHODS),
+            "refusal_methods": list(REFUSAL_METHODS),
+        }
+        doc = results_document(
+            config,
+            results,
+            {},
+            extra | {"seconds": {k: round(v, 1) for k, v in seconds.items()}, "wall_seconds": round(clock(), 1)},
+        )
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
     print(table(doc["results"]))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from obliviate.core.errors import UsageError
 
-
 # run name -> (refusal method, options)
 RUNS: dict[str, tuple[str, dict]] = {
     "refusal_sft": ("refusal_sft", {}),
@@ -55,27 +54,39 @@ def plot_depth(results: dict, path: Path, depths=(0, 5, 10, 20, 40)) -> None:
     plt.close(fig)
 
 
-def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, people: int = 200,
-                     finetune_steps: int = 400, align_steps: int | None = None, attack: bool = True,
-                     attack_steps: int = ATTACK_STEPS, eval_limit: int | None = None, max_new_tokens: int = 48,
-                     progress: bool = True, started: float | None = None, guards: bool = False) -> dict:
+def run_refusal_demo(
+    out: Path,
+    *,
+    seed: int = 0,
+    methods: list[str] | None = None,
+    people: int = 200,
+    finetune_steps: int = 400,
+    align_steps: int | None = None,
+    attack: bool = True,
+    attack_steps: int = ATTACK_STEPS,
+    eval_limit: int | None = None,
+    max_new_tokens: int = 48,
+    progress: bool = True,
+    started: float | None = None,
+    guards: bool = False,
+) -> dict:
     """`eval_limit` / `max_new_tokens` shrink the evaluation for smoke tests; the defaults measure everything."""
 
     from rich.console import Console
 
-    from obliviate.data.schema import write_jsonl
-    from obliviate.data.world import WorldSpec, write_world
-    from obliviate.models.load import load_model, save_model
-    from obliviate.models.tiny import build_model, build_tokenizer
+    from obliviate.core.jsonio import write_json
     from obliviate.core.outputs import output_dir
     from obliviate.core.timer import Timer
-    from obliviate.runs.results import results_document
-    from obliviate.core.jsonio import write_json
+    from obliviate.data.schema import write_jsonl
+    from obliviate.data.world import WorldSpec, write_world
+    from obliviate.engine.train import FineTune, TrainConfig, train
+    from obliviate.models.load import load_model, save_model
+    from obliviate.models.tiny import build_model, build_tokenizer
+    from obliviate.refusal.align import align, evaluate, refusal_data, suite_texts, target_pairs
     from obliviate.refusal.methods import REFUSAL_METHODS
     from obliviate.refusal.methods.refusal_tokens import ThresholdGenerator
     from obliviate.refusal.methods.token_constrained import TokenConstrained
-    from obliviate.refusal.align import align, evaluate, refusal_data, suite_texts, target_pairs
-    from obliviate.engine.train import FineTune, TrainConfig, train
+    from obliviate.runs.results import results_document
 
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
@@ -92,8 +103,13 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
         tok = build_tokenizer(suite_texts(world))
         data, eval_people = refusal_data(world, seed)
         cfg = TrainConfig(retain_batch_size=100, seed=seed, warmup_steps=20, checkpoint_every=0, progress=progress)
-        target, res = train(build_model(tok, seed=seed), tok, FineTune(lr=3e-3, steps=finetune_steps),
-                            {"retain": target_pairs(world)}, cfg)
+        target, res = train(
+            build_model(tok, seed=seed),
+            tok,
+            FineTune(lr=3e-3, steps=finetune_steps),
+            {"retain": target_pairs(world)},
+            cfg,
+        )
         save_model(target, tok, o / "models" / "target")
         seconds = {"target": res.seconds}
         console.log(f"unaligned target trained in {res.seconds:.1f} s")
@@ -104,8 +120,10 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
             m, s, d = evaluate(net, t, world, eval_people, seed, generator, max_new_tokens, eval_limit)
             results[name], positions[name] = m, d
             samples.extend(x | {"run": name} for x in s)
-            console.log(f"{name}: refusal {m['refusal_rate']:.2f} @prefill20 {m['refusal_rate@prefill20']:.2f} "
-                        f"over-refusal {m['over_refusal_rate']:.2f} people {m['people_accuracy']:.2f}")
+            console.log(
+                f"{name}: refusal {m['refusal_rate']:.2f} @prefill20 {m['refusal_rate@prefill20']:.2f} "
+                f"over-refusal {m['over_refusal_rate']:.2f} people {m['people_accuracy']:.2f}"
+            )
 
         record("target", target, tok)
         options = {}
@@ -123,9 +141,8 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
         if guards:
             if "refusal_sft" not in runs:
                 raise UsageError("--guards guards the refusal_sft model: include refusal_sft in --methods")
-            from obliviate.guards.base import GUARDS, load_all, save_guard
             from obliviate.engine.hooks import attach
-
+            from obliviate.guards.base import GUARDS, load_all, save_guard
             from obliviate.refusal.align import policy_rows
 
             load_all()
@@ -133,11 +150,15 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
             # evaluation people): without them its probe halted 65% of people answers (people accuracy 0.35).
             # The latent guard keeps the paper's harmful-vs-harmless instructions: people questions in its
             # harmless centroid pulled it towards ordinary questions and its AUROC fell from 0.993 to 0.740.
-            people = [{"prompt": it.question, "answer": it.answer, "kind": "benign", "category": "people"}
-                      for it in data.people]
+            people = [
+                {"prompt": it.question, "answer": it.answer, "kind": "benign", "category": "people"}
+                for it in data.people
+            ]
             test = policy_rows(world, "policy_test")
-            fit_inputs = {"ada_lp": {"policy_train": data.harmful + data.benign + people, "policy_test": test},
-                          "latent": {"policy_train": data.harmful + data.benign, "policy_test": test}}
+            fit_inputs = {
+                "ada_lp": {"policy_train": data.harmful + data.benign + people, "policy_test": test},
+                "latent": {"policy_train": data.harmful + data.benign, "policy_test": test},
+            }
             options["guards"] = {}
             for gname in ("ada_lp", "latent"):
                 inputs = fit_inputs[gname]
@@ -145,8 +166,9 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
                 g = GUARDS.get(gname).fit(net, t, inputs)
                 g.attach(net, t)
                 fit_report = g.report(net, t, inputs)  # held-out: the world's policy_test prompts
-                save_guard(g, o / "guards" / gname, extra={"model": str(o / "models" / "refusal_sft"),
-                                                           "report": fit_report})
+                save_guard(
+                    g, o / "guards" / gname, extra={"model": str(o / "models" / "refusal_sft"), "report": fit_report}
+                )
                 options["guards"][gname] = fit_report
                 console.log(f"guard {gname}: " + ", ".join(f"{k} {v:.3f}" for k, v in fit_report.items()))
                 attach(net, [g])
@@ -158,12 +180,19 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
             rng = random.Random(seed)
             shots = rng.sample(data.harmful, min(ATTACK_EXAMPLES, len(data.harmful)))
             pairs = [(r["prompt"], r["answer"]) for r in shots]
-            for name, meth in (("attack_sft", FineTune(lr=1e-3, steps=attack_steps)),
-                               ("attack_token_constrained", TokenConstrained(lr=1e-3, steps=attack_steps))):
+            for name, meth in (
+                ("attack_sft", FineTune(lr=1e-3, steps=attack_steps)),
+                ("attack_token_constrained", TokenConstrained(lr=1e-3, steps=attack_steps)),
+            ):
                 net, t = load_model(str(o / "models" / "derta"))
                 part = "retain" if name == "attack_sft" else "finetune"
-                net, r = train(net, t, meth, {part: pairs}, TrainConfig(retain_batch_size=16, seed=seed,
-                                                                        checkpoint_every=0, progress=progress))
+                net, r = train(
+                    net,
+                    t,
+                    meth,
+                    {part: pairs},
+                    TrainConfig(retain_batch_size=16, seed=seed, checkpoint_every=0, progress=progress),
+                )
                 seconds[name] = r.seconds
                 record(name, net, t)
             options["attack"] = {"start": "derta", "examples": len(pairs), "steps": attack_steps, "lr": 1e-3}
@@ -171,13 +200,26 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
         base = results["target"]["people_accuracy"]
         for m in results.values():
             m["utility_vs_target"] = m["people_accuracy"] / base if base else None
-        config = {"suite": "refusal", "seed": seed, "people": people, "finetune_steps": finetune_steps,
-                  "eval_limit": eval_limit, "max_new_tokens": max_new_tokens, "runs": options}
+        config = {
+            "suite": "refusal",
+            "seed": seed,
+            "people": people,
+            "finetune_steps": finetune_steps,
+            "eval_limit": eval_limit,
+            "max_new_tokens": max_new_tokens,
+            "runs": options,
+        }
         n = {s: len(data.harmful if s == "harmful" else data.benign) for s in ("harmful", "benign")}
-        doc = results_document(config, results, {"train_" + k: v for k, v in n.items()},
-                               {"refusal_positions": positions,
-                                "seconds": {k: round(v, 2) for k, v in seconds.items()},
-                                "wall_seconds": round(clock(), 1)})
+        doc = results_document(
+            config,
+            results,
+            {"train_" + k: v for k, v in n.items()},
+            {
+                "refusal_positions": positions,
+                "seconds": {k: round(v, 2) for k, v in seconds.items()},
+                "wall_seconds": round(clock(), 1),
+            },
+        )
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
         plot_depth(results, o / "refusal_depth.png")
@@ -187,9 +229,17 @@ def run_refusal_demo(out: Path, *, seed: int = 0, methods: list[str] | None = No
     return doc
 
 
-COLUMNS = ("refusal_rate", "refusal_rate@prefill5", "refusal_rate@prefill20", "refusal_rate@prefill40",
-           "over_refusal_rate", "heldout_refusal_rate@prefill20", "sarr", "people_accuracy",
-           "uncertain_rate_unknown")
+COLUMNS = (
+    "refusal_rate",
+    "refusal_rate@prefill5",
+    "refusal_rate@prefill20",
+    "refusal_rate@prefill40",
+    "over_refusal_rate",
+    "heldout_refusal_rate@prefill20",
+    "sarr",
+    "people_accuracy",
+    "uncertain_rate_unknown",
+)
 
 
 def _print_table(results: dict) -> None:

@@ -9,30 +9,38 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from obliviate.core.timer import Timer
 from obliviate.core.pool import Workers
+from obliviate.core.timer import Timer
 
 # The demo's default methods: the TOFU baselines plus NPO/SimNPO, which fit the ~2-minute budget on a 2-core
 # CPU. `--methods all` runs every registered method; `obliviate bench` compares them all over seeds and splits.
 DEMO_METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_nll", "idk_dpo")
 
 
-def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forget_split: str = "forget10",
-             finetune_steps: int = 300, progress: bool = True, started: float | None = None,
-             guards: bool = False, workers: int | None = None) -> dict:
+def run_demo(
+    out: Path,
+    *,
+    seed: int = 0,
+    methods: list[str] | None = None,
+    forget_split: str = "forget10",
+    finetune_steps: int = 300,
+    progress: bool = True,
+    started: float | None = None,
+    guards: bool = False,
+    workers: int | None = None,
+) -> dict:
     from rich.console import Console
 
-    from obliviate.data.schema import write_jsonl
-    from obliviate.data.world import WorldSpec, write_world
-    from obliviate.engine.evaluate import metrics_from_rows, sample_rows
-    from obliviate.unlearning.methods import METHODS
-    from obliviate.models.tiny import build_tokenizer
-    from obliviate.core.outputs import output_dir
     from obliviate.benchmarks.layouts import eval_data
-    from obliviate.runs.results import results_document
-    from obliviate.data.world import world_texts
     from obliviate.core.jsonio import write_json
+    from obliviate.core.outputs import output_dir
+    from obliviate.data.schema import write_jsonl
+    from obliviate.data.world import WorldSpec, world_texts, write_world
+    from obliviate.engine.evaluate import metrics_from_rows, sample_rows
+    from obliviate.models.tiny import build_tokenizer
     from obliviate.report.markdown import table, write_report
+    from obliviate.runs.results import results_document
+    from obliviate.unlearning.methods import METHODS
 
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
@@ -45,8 +53,13 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
         tok = build_tokenizer(world_texts(world))
         console.log(f"world written to {world}; tokenizer has {len(tok)} tokens")
         splits = eval_data(world, forget_split)
-        job = {"out": str(o), "world": str(world), "forget_split": forget_split, "seed": seed,
-               "finetune_steps": finetune_steps}
+        job = {
+            "out": str(o),
+            "world": str(world),
+            "forget_split": forget_split,
+            "seed": seed,
+            "finetune_steps": finetune_steps,
+        }
         tok.save_pretrained(o / ".tokenizer")  # the workers' tokenizer: the very one built here
         rows, seconds = {}, {}
         try:
@@ -65,11 +78,20 @@ def run_demo(out: Path, *, seed: int = 0, methods: list[str] | None = None, forg
         rows |= guard_rows
         results = {name: metrics_from_rows(r, rows["oracle"]) for name, r in rows.items()}
         results = {k: results[k] for k in ("target", "oracle", *classes, *guard_rows)}  # the documented order
-        config = {"seed": seed, "forget_split": forget_split, "finetune_steps": finetune_steps, "guards": guards,
-                  "methods": {n: METHODS.get(n)().__dict__ for n in classes}}
+        config = {
+            "seed": seed,
+            "forget_split": forget_split,
+            "finetune_steps": finetune_steps,
+            "guards": guards,
+            "methods": {n: METHODS.get(n)().__dict__ for n in classes},
+        }
         wall = clock()
-        doc = results_document(config, results, {s: len(v) for s, v in splits.items()},
-                               {"seconds": {k: round(v, 2) for k, v in seconds.items()}, "wall_seconds": round(wall, 1)})
+        doc = results_document(
+            config,
+            results,
+            {s: len(v) for s, v in splits.items()},
+            {"seconds": {k: round(v, 2) for k, v in seconds.items()}, "wall_seconds": round(wall, 1)},
+        )
         write_jsonl(o / "samples.jsonl", [s for name in results for s in sample_rows(name, rows[name])])
         write_json(o / "results.json", doc)
         write_report(o / "report.md", doc)
@@ -85,29 +107,36 @@ def _run_job(job: dict) -> tuple[str, dict, float, int]:
     training seconds, steps)."""
     from transformers import AutoTokenizer
 
+    from obliviate.benchmarks.layouts import SUITES, eval_data
     from obliviate.data.schema import load_qa
     from obliviate.engine.evaluate import score_model
-    from obliviate.unlearning.methods import METHODS
+    from obliviate.engine.train import TrainConfig, train
     from obliviate.models.load import load_model, save_model
-    from obliviate.benchmarks.layouts import eval_data
+    from obliviate.unlearning.methods import METHODS
     from obliviate.unlearning.run import idk_pool, unlearning_parts
     from obliviate.unlearning.world_models import train_world_models
-    from obliviate.benchmarks.layouts import SUITES
-    from obliviate.engine.train import TrainConfig, train
 
     o, world, name, seed = Path(job["out"]), Path(job["world"]), job["name"], job["seed"]
     if name in ("target", "oracle"):
         tok = AutoTokenizer.from_pretrained(o / ".tokenizer")
-        secs = train_world_models(world, o / "models", forget_split=job["forget_split"], steps=job["finetune_steps"],
-                                  seed=seed, only=name, tokenizer=tok)[name]
+        secs = train_world_models(
+            world,
+            o / "models",
+            forget_split=job["forget_split"],
+            steps=job["finetune_steps"],
+            seed=seed,
+            only=name,
+            tokenizer=tok,
+        )[name]
         steps = job["finetune_steps"]
         net, tok = load_model(str(o / "models" / name))
     else:
         forget_path, retain_path = SUITES.get("world").train_paths(world, job["forget_split"])
         parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(None), seed)
         net, tok = load_model(str(o / "models" / "target"))
-        net, res = train(net, tok, METHODS.get(name)(), parts, TrainConfig(seed=seed, checkpoint_every=0,
-                                                                           progress=False))
+        net, res = train(
+            net, tok, METHODS.get(name)(), parts, TrainConfig(seed=seed, checkpoint_every=0, progress=False)
+        )
         save_model(net, tok, o / "models" / name)
         secs, steps = res.seconds, res.steps
     return name, score_model(net, tok, eval_data(world, job["forget_split"])), secs, steps
@@ -119,8 +148,8 @@ def guard_runs(o: Path, tok, splits, rows, world: Path, forget_split: str, seed:
     OUT/guards/."""
     from obliviate.audit.inputs import unlearning_inputs
     from obliviate.engine.evaluate import score_model
-    from obliviate.guards.base import GUARDS, load_all, save_guard
     from obliviate.engine.hooks import attach
+    from obliviate.guards.base import GUARDS, load_all, save_guard
     from obliviate.models.load import load_model
 
     load_all()
@@ -131,8 +160,9 @@ def guard_runs(o: Path, tok, splits, rows, world: Path, forget_split: str, seed:
         net, _ = load_model(str(o / "models" / "target"))
         g = GUARDS.get(name).fit(net, tok, inputs, **options)
         g.attach(net, tok)
-        save_guard(g, o / "guards" / name, extra={"model": str(o / "models" / "target"),
-                                                  "report": g.report(net, tok, inputs)})
+        save_guard(
+            g, o / "guards" / name, extra={"model": str(o / "models" / "target"), "report": g.report(net, tok, inputs)}
+        )
         attach(net, [g])
         out[f"target+{name}"] = score_model(net, tok, splits)
         console.log(f"guard {name} fitted and evaluated")

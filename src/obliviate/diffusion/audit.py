@@ -29,11 +29,19 @@ class DiffusionAuditConfig:
     time_budget: float | None = None  # seconds; attacks not started by then are skipped (and listed)
 
 
-def audit_concept(erased, original, clf, world: dict, concept: str, attacks: list[str],
-                  cfg: DiffusionAuditConfig = DiffusionAuditConfig(), log=lambda s: None) -> dict:
+def audit_concept(
+    erased,
+    original,
+    clf,
+    world: dict,
+    concept: str,
+    attacks: list[str],
+    cfg: DiffusionAuditConfig = DiffusionAuditConfig(),
+    log=lambda s: None,
+) -> dict:
+    from obliviate.core.options import cast_options
     from obliviate.diffusion.attacks import DIFFUSION_ATTACKS, load_all
     from obliviate.diffusion.world import concept_splits, factor_of
-    from obliviate.core.options import cast_options
 
     load_all()
     classes = {a: DIFFUSION_ATTACKS.get(a) for a in attacks}  # unknown names fail before any work
@@ -47,8 +55,14 @@ def audit_concept(erased, original, clf, world: dict, concept: str, attacks: lis
     rows = SampleConfig(max_prompts=cfg.prompts, seed=cfg.sample.seed).pick(target_rows)
     texts = [r["text"] for r in rows]
     pre = recognised(generate(erased, texts, cfg.sample))
-    out = {"concept": concept, "factor": factor, "prompts": texts, "pre_asr": sum(pre) / len(pre), "attacks": {},
-           "skipped": {}}
+    out = {
+        "concept": concept,
+        "factor": factor,
+        "prompts": texts,
+        "pre_asr": sum(pre) / len(pre),
+        "attacks": {},
+        "skipped": {},
+    }
     context_words = [v for f in ("colour", "style") if f != factor for v in world["factors"][f]][:4]
     t_start, targets = time.perf_counter(), {}
     for name, cls in classes.items():
@@ -67,8 +81,12 @@ def audit_concept(erased, original, clf, world: dict, concept: str, attacks: lis
                     continue  # already generated: counted, not attacked (the reference's rule)
                 if text not in targets:  # the original model's images of the prompt: shared by the attacks
                     with torch.no_grad():
-                        targets[text] = original.sample([text] * cfg.target_images, steps=cfg.sample.steps,
-                                                        guidance=cfg.sample.guidance, seed=cfg.sample.seed + 1)
+                        targets[text] = original.sample(
+                            [text] * cfg.target_images,
+                            steps=cfg.sample.steps,
+                            guidance=cfg.sample.guidance,
+                            seed=cfg.sample.seed + 1,
+                        )
                 judged = {"judge": recognised} if getattr(cls, "judged_during_attack", False) else {}
                 images = atk.attacked_images(erased, original, text, targets[text], cfg.sample, **judged)
                 success[i] = recognised(images)[0]

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from obliviate.diffusion.world import FACTORS, ImageWorldSpec, load_image_world, sample_images, spec_of
 from obliviate.core.errors import UsageError
+from obliviate.diffusion.world import FACTORS, ImageWorldSpec, load_image_world, sample_images, spec_of
 
 
 class FactorCNN(nn.Module):
@@ -33,10 +33,21 @@ class FactorCNN(nn.Module):
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(8 * w, feature_dim), nn.ReLU())
+            nn.Conv2d(3, w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * w, feature_dim),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(feature_dim, n_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,15 +61,15 @@ class FactorCNN(nn.Module):
 class ClassifierConfig:
     """How the classifiers are trained; `__post_init__` rejects what cannot work."""
 
-    steps: int = 1000         # per factor
+    steps: int = 1000  # per factor
     batch_size: int = 128
-    lr: float = 3e-3          # Adam, cosine-decayed to 0
+    lr: float = 3e-3  # Adam, cosine-decayed to 0
     width: int = 16
     feature_dim: int = 64
-    pool: int = 8192          # fresh renders shared by the factors (each image carries every label)
-    max_noise: float = 0.15   # per-image Gaussian pixel-noise sigma ~ U(0, max_noise)
-    max_blur: float = 0.3     # per-image blend weight ~ U(0, max_blur) of a 3x3 box blur (softer samples)
-    n_eval: int = 1000        # fresh held-out renders scored at the end (another seed)
+    pool: int = 8192  # fresh renders shared by the factors (each image carries every label)
+    max_noise: float = 0.15  # per-image Gaussian pixel-noise sigma ~ U(0, max_noise)
+    max_blur: float = 0.3  # per-image blend weight ~ U(0, max_blur) of a 3x3 box blur (softer samples)
+    n_eval: int = 1000  # fresh held-out renders scored at the end (another seed)
     seed: int = 0
 
     def __post_init__(self):
@@ -100,7 +111,7 @@ class FactorClassifiers:
         out = {}
         for f, m in self.models.items():
             dev = next(m.parameters()).device
-            out[f] = torch.cat([fn(m, x[i:i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
+            out[f] = torch.cat([fn(m, x[i : i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
         return out
 
     def predict(self, images) -> dict[str, torch.Tensor]:
@@ -124,8 +135,9 @@ class FactorClassifiers:
         acc = {}
         for f, ys in labels.items():
             ys = ys.tolist() if hasattr(ys, "tolist") else list(ys)
-            keep = [(i, y if isinstance(y, int) else self.values[f].index(y))
-                    for i, y in enumerate(ys) if y is not None]
+            keep = [
+                (i, y if isinstance(y, int) else self.values[f].index(y)) for i, y in enumerate(ys) if y is not None
+            ]
             if keep:
                 acc[f] = sum(int(pred[f][i]) == y for i, y in keep) / len(keep)
         return acc
@@ -136,14 +148,21 @@ class FactorClassifiers:
 
         d = Path(d)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {f"{f}.{k}": v.detach().cpu().contiguous() for f, m in self.models.items()
-                   for k, v in m.state_dict().items()}
+        tensors = {
+            f"{f}.{k}": v.detach().cpu().contiguous() for f, m in self.models.items() for k, v in m.state_dict().items()
+        }
         save_file(tensors, str(d / "classifiers.safetensors.tmp"))
         (d / "classifiers.safetensors.tmp").replace(d / "classifiers.safetensors")
         first = next(iter(self.models.values()))
-        info = {"kind": "obliviate-factor-classifiers", "factors": self.factors, "values": self.values,
-                "size": self.size, "width": first.body[0].out_channels, "feature_dim": first.head.in_features,
-                "meta": self.meta}
+        info = {
+            "kind": "obliviate-factor-classifiers",
+            "factors": self.factors,
+            "values": self.values,
+            "size": self.size,
+            "width": first.body[0].out_channels,
+            "feature_dim": first.head.in_features,
+            "meta": self.meta,
+        }
         (d / "classifiers.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     @classmethod
@@ -158,7 +177,7 @@ class FactorClassifiers:
         models = {}
         for f in info["factors"]:  # the saved order: `features` concatenates in it
             m = FactorCNN(len(info["values"][f]), info["width"], info["feature_dim"])
-            m.load_state_dict({k[len(f) + 1:]: v for k, v in tensors.items() if k.startswith(f + ".")})
+            m.load_state_dict({k[len(f) + 1 :]: v for k, v in tensors.items() if k.startswith(f + ".")})
             models[f] = m.to(device)
         return cls({f: info["values"][f] for f in info["factors"]}, models, info["size"], info.get("meta"))
 
@@ -184,9 +203,15 @@ def fresh_accuracy(clf: FactorClassifiers, spec_or_world, n: int = 1000, seed: i
     return clf.accuracy(images, {f: labels[f].tolist() for f in clf.factors})
 
 
-def train_factor_classifiers(spec_or_world, steps: int | None = None, seed: int | None = None,
-                             config: ClassifierConfig | None = None, factors=FACTORS, device: str = "cpu",
-                             log=None) -> FactorClassifiers:
+def train_factor_classifiers(
+    spec_or_world,
+    steps: int | None = None,
+    seed: int | None = None,
+    config: ClassifierConfig | None = None,
+    factors=FACTORS,
+    device: str = "cpu",
+    log=None,
+) -> FactorClassifiers:
     """Train one FactorCNN per factor on fresh renders of the world (an ImageWorldSpec, a built or loaded world, or
     its directory). `steps` / `seed` override the config's. Threads are the caller's (`torch.set_num_threads`).
     The result's `meta` records the config, each factor's training seconds and its accuracy on fresh renders."""
@@ -228,8 +253,7 @@ def train_factor_classifiers(spec_or_world, steps: int | None = None, seed: int 
         model.eval()
         models[f] = model
         seconds[f] = round(time.perf_counter() - t0, 2)
-    meta = {"config": asdict(cfg), "spec": asdict(spec), "render_seconds": round(render_s, 2),
-            "train_seconds": seconds}
+    meta = {"config": asdict(cfg), "spec": asdict(spec), "render_seconds": round(render_s, 2), "train_seconds": seconds}
     clf = FactorClassifiers({f: values[f] for f in factors}, models, spec.size, meta)
     clf.meta["fresh_accuracy"] = fresh_accuracy(clf, spec, n=cfg.n_eval, seed=cfg.seed)
     return clf

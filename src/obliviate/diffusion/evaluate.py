@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from obliviate.diffusion.metrics import cross_domain_accuracy, factor_accuracy, frechet_distance, over_erasure_rate, unlearning_accuracy
+from obliviate.diffusion.metrics import (
+    cross_domain_accuracy,
+    factor_accuracy,
+    frechet_distance,
+    over_erasure_rate,
+    unlearning_accuracy,
+)
 
 
 @dataclass
@@ -61,14 +67,12 @@ def balanced_subset(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
 
 
 def generate(model, prompts: list[str], cfg: SampleConfig) -> torch.Tensor:
-    return model.sample(prompts, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed) if prompts else \
-        torch.empty(0)
+    return model.sample(prompts, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed) if prompts else torch.empty(0)
 
 
 def _wants(clf, rows: list[dict], factors) -> dict[str, np.ndarray]:
     """factor -> value index per row (-1 where the row does not name the factor)."""
-    return {f: np.array([clf.values[f].index(r[f]) if r.get(f) is not None else -1 for r in rows])
-            for f in factors}
+    return {f: np.array([clf.values[f].index(r[f]) if r.get(f) is not None else -1 for r in rows]) for f in factors}
 
 
 def world_test_images(world: dict) -> np.ndarray:
@@ -81,29 +85,38 @@ def evaluate_concept(model, clf, world: dict, concept: str, cfg: SampleConfig = 
 
     factor = factor_of(world, concept)
     splits = concept_splits(world, factor, concept)
-    sets = {"target": cfg.pick(splits["target"]), "others": cfg.pick(splits["unrelated"]),
-            "benign": cfg.pick([b for b in world["benign"] if b["concept"] == concept])}
+    sets = {
+        "target": cfg.pick(splits["target"]),
+        "others": cfg.pick(splits["unrelated"]),
+        "benign": cfg.pick([b for b in world["benign"] if b["concept"] == concept]),
+    }
     texts = [r["text"] for rows in sets.values() for r in rows]
     images = generate(model, texts, cfg)
     out, at = {}, 0
     for name, rows in sets.items():
-        out[name], at = images[at: at + len(rows)], at + len(rows)
-    pred = {name: {f: v.numpy() for f, v in clf.predict(out[name]).items()} if len(out[name]) else {}
-            for name in sets}
+        out[name], at = images[at : at + len(rows)], at + len(rows)
+    pred = {name: {f: v.numpy() for f, v in clf.predict(out[name]).items()} if len(out[name]) else {} for name in sets}
     others = [f for f in clf.factors if f != factor]
     w_others = _wants(clf, sets["others"], clf.factors)
     neighbour = w_others[factor] >= 0  # prompts that name another value of the factor (all, but for backgrounds)
     metrics = {
         "ua": unlearning_accuracy(pred["target"].get(factor, []), clf.values[factor].index(concept)),
         "ira": factor_accuracy(pred["others"][factor][neighbour], w_others[factor][neighbour])
-        if sets["others"] else float("nan"),
-        "cra": cross_domain_accuracy({f: pred["others"][f][w_others[f] >= 0] for f in others},
-                                     {f: w_others[f][w_others[f] >= 0] for f in others}, factor)
-        if sets["others"] else float("nan"),
+        if sets["others"]
+        else float("nan"),
+        "cra": cross_domain_accuracy(
+            {f: pred["others"][f][w_others[f] >= 0] for f in others},
+            {f: w_others[f][w_others[f] >= 0] for f in others},
+            factor,
+        )
+        if sets["others"]
+        else float("nan"),
         "over_erasure": over_erasure_rate(pred["benign"], _wants(clf, sets["benign"], clf.factors))
-        if sets["benign"] else float("nan"),
+        if sets["benign"]
+        else float("nan"),
         "fd_classifier": frechet_distance(clf.features(out["others"]), clf.features(world_test_images(world)))
-        if len(out["others"]) > 1 else float("nan"),
+        if len(out["others"]) > 1
+        else float("nan"),
     }
     for f in clf.factors:  # how well the model draws what non-target prompts ask for, per factor
         keep = w_others[f] >= 0
@@ -132,7 +145,7 @@ def save_grid(rows_of_images: list[torch.Tensor], path: str | Path, scale: int =
     for i, r in enumerate(rows):
         pix = ((r.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for j, im in enumerate(pix):
-            canvas[i * (h + 1): i * (h + 1) + h, j * (w + 1): j * (w + 1) + w] = im.repeat(scale, 0).repeat(scale, 1)
+            canvas[i * (h + 1) : i * (h + 1) + h, j * (w + 1) : j * (w + 1) + w] = im.repeat(scale, 0).repeat(scale, 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)

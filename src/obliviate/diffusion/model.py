@@ -43,8 +43,9 @@ def build_word_tokenizer(texts: list[str], max_length: int = 12):
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A {EOS}", special_tokens=[(BOS, 0), (EOS, 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=EOS,
-                                   model_max_length=max_length)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=EOS, model_max_length=max_length
+    )
     fast.padding_side = "right"
     return fast
 
@@ -59,6 +60,7 @@ def unknown_words(tok, text: str) -> list[str]:
 @dataclass
 class T2IConfig:
     """Defaults: a 0.98M-parameter UNet at 16x16 took 0.40 s per batch-32 step on one thread (issue 11)."""
+
     size: int = 16
     channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
@@ -83,8 +85,13 @@ class T2I:
 
     # --- text ---
     def tokens(self, prompts: list[str]) -> dict:
-        return self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt")
+        return self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """[B, L, d]: the text encoder's last hidden state, every position (as Stable Diffusion reads it)."""
@@ -123,8 +130,9 @@ class T2I:
     def eps(self, z: torch.Tensor, t, context: torch.Tensor) -> torch.Tensor:
         return self.unet(z, t, encoder_hidden_states=context).sample
 
-    def denoise(self, z: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor, guidance: float, sched,
-                timesteps) -> torch.Tensor:
+    def denoise(
+        self, z: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor, guidance: float, sched, timesteps
+    ) -> torch.Tensor:
         """DDIM steps of `sched` over `timesteps` with classifier-free guidance:
         eps = eps(z, uncond) + guidance (eps(z, cond) - eps(z, uncond)). Sampling runs every step; ESD-style
         erasers stop early to get x_t."""
@@ -134,14 +142,22 @@ class T2I:
         return z
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], *, steps: int = 25, guidance: float = 2.0, seed: int = 0,
-               context: torch.Tensor | None = None, batch_size: int = 64) -> torch.Tensor:
+    def sample(
+        self,
+        prompts: list[str],
+        *,
+        steps: int = 25,
+        guidance: float = 2.0,
+        seed: int = 0,
+        context: torch.Tensor | None = None,
+        batch_size: int = 64,
+    ) -> torch.Tensor:
         """Images [N, 3, H, W] in [-1, 1], DDIM with classifier-free guidance; `context` replaces the encoded
         prompts (embedding attacks). Each image's noise depends only on (seed, its index)."""
         out = []
         for s in range(0, len(prompts), batch_size):
-            chunk = prompts[s: s + batch_size]
-            cond = context[s: s + batch_size] if context is not None else self.encode(chunk)
+            chunk = prompts[s : s + batch_size]
+            cond = context[s : s + batch_size] if context is not None else self.encode(chunk)
             uncond = self.encode([""] * len(chunk))
             g = [torch.Generator().manual_seed(seed * 1_000_003 + s + i) for i in range(len(chunk))]
             shape = self.latent_shape(1)
@@ -161,18 +177,23 @@ class T2I:
             self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
             self.tokenizer.save_pretrained(tmp / "tokenizer")
             self.ddpm().save_pretrained(tmp / "scheduler")
-            index = {"_class_name": "ObliviateTextToImage", "_diffusers_version": _diffusers_version(),
-                     "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
-                     "tokenizer": ["transformers", type(self.tokenizer).__name__],
-                     "scheduler": ["diffusers", "DDPMScheduler"]}
+            index = {
+                "_class_name": "ObliviateTextToImage",
+                "_diffusers_version": _diffusers_version(),
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", type(self.tokenizer).__name__],
+                "scheduler": ["diffusers", "DDPMScheduler"],
+            }
             if self.vae is not None:
                 self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
                 index["vae"] = ["diffusers", type(self.vae).__name__]
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     def copy(self) -> "T2I":
-        return T2I(copy.deepcopy(self.unet), copy.deepcopy(self.text_encoder), self.tokenizer, self.scheduler_config,
-                   self.vae)
+        return T2I(
+            copy.deepcopy(self.unet), copy.deepcopy(self.text_encoder), self.tokenizer, self.scheduler_config, self.vae
+        )
 
 
 def _diffusers_version() -> str:
@@ -190,10 +211,9 @@ def load_t2i(path: str | Path) -> T2I:
     if entry:
         raise UsageError(f"--dtype {entry['dtype']} applies to language models; text-to-image models load in float32")
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.utils import logging as df_logging
     from transformers import AutoTokenizer, CLIPTextModel
     from transformers.utils import logging as hf_logging
-
-    from diffusers.utils import logging as df_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown our own output
@@ -218,17 +238,33 @@ def build_t2i(tokenizer, cfg: T2IConfig = T2IConfig(), seed: int = 0) -> T2I:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.text_dim, intermediate_size=4 * cfg.text_dim,
-        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=cfg.max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        projection_dim=cfg.text_dim))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.text_dim,
+            intermediate_size=4 * cfg.text_dim,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=cfg.text_heads,
+            max_position_embeddings=cfg.max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=cfg.text_dim,
+        )
+    )
     n = len(cfg.channels)
     unet = UNet2DConditionModel(
-        sample_size=cfg.size, in_channels=3, out_channels=3, block_out_channels=cfg.channels,
-        layers_per_block=cfg.layers_per_block, down_block_types=("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",),
-        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1), cross_attention_dim=cfg.text_dim,
-        attention_head_dim=8, norm_num_groups=8)
+        sample_size=cfg.size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=cfg.channels,
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
+        cross_attention_dim=cfg.text_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
     return T2I(unet, text, tokenizer, dict(sched.config))
 
@@ -245,10 +281,24 @@ def ema_decay(step: int, cap: float) -> float:
     return min(cap, (1 + step) / (10 + step))
 
 
-def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, steps: int = 1000, batch_size: int = 64,
-              lr: float = 2e-3, p_uncond: float = 0.1, ema: float = 0.999, seed: int = 0,
-              progress: bool = False, checkpoint_every: int = 0, on_checkpoint=None, bf16: bool = False,
-              train_text_encoder: bool = True, max_seconds: float | None = None) -> dict:
+def train_t2i(
+    model: T2I,
+    images: np.ndarray,
+    captions: list[list[str]],
+    *,
+    steps: int = 1000,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    p_uncond: float = 0.1,
+    ema: float = 0.999,
+    seed: int = 0,
+    progress: bool = False,
+    checkpoint_every: int = 0,
+    on_checkpoint=None,
+    bf16: bool = False,
+    train_text_encoder: bool = True,
+    max_seconds: float | None = None,
+) -> dict:
     """Train UNet and text encoder jointly on (image, one of its captions) pairs; the EMA weights are kept in the
     model at the end. `bf16`: bf16 autocast of the forward pass (weights, gradients, AdamW state and EMA stay fp32),
     for CPUs with AMX or GPUs (bench/bf16_steps.py). Every `checkpoint_every` steps, `on_checkpoint(step, train_seconds)` runs with the EMA
@@ -314,5 +364,9 @@ def train_t2i(model: T2I, images: np.ndarray, captions: list[list[str]], *, step
     for p in model.text_encoder.parameters():
         p.requires_grad_(True)
     k = max(1, min(50, len(losses) // 10))
-    return {"seconds": time.perf_counter() - t0, "steps": len(losses), "loss_first": float(np.mean(losses[:k])),
-            "loss_last": float(np.mean(losses[-k:]))}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "steps": len(losses),
+        "loss_first": float(np.mean(losses[:k])),
+        "loss_last": float(np.mean(losses[-k:])),
+    }

@@ -40,16 +40,26 @@ FACTORS = ("object", "colour", "style", "background")
 CONCEPT_FACTORS = ("object", "colour", "style")  # the factors erasers target and benign prompts are written for
 
 OBJECTS = ("circle", "square", "triangle", "star", "cross", "heart", "diamond", "ring")
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 230), "yellow": (240, 200, 30),
-           "purple": (150, 60, 200), "orange": (250, 140, 30), "cyan": (30, 200, 210), "pink": (250, 130, 200)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (50, 80, 230),
+    "yellow": (240, 200, 30),
+    "purple": (150, 60, 200),
+    "orange": (250, 140, 30),
+    "cyan": (30, 200, 210),
+    "pink": (250, 130, 200),
+}
 STYLES = ("solid", "striped", "dotted", "checkered")
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
 CATALOGUE = {"object": OBJECTS, "colour": tuple(COLOURS), "style": STYLES, "background": tuple(BACKGROUNDS)}
 
-TEMPLATES = ("a {style} {colour} {object}",
-             "a {colour} {object} in {style} style",
-             "a {style} {colour} {object} on {background}",
-             "a {colour} {object} in {style} style on {background}")
+TEMPLATES = (
+    "a {style} {colour} {object}",
+    "a {colour} {object} in {style} style",
+    "a {style} {colour} {object} on {background}",
+    "a {colour} {object} in {style} style on {background}",
+)
 
 
 @dataclass
@@ -57,14 +67,14 @@ class ImageWorldSpec:
     """What to render. The same spec gives byte-identical files; each factor is an ordered subset of CATALOGUE."""
 
     seed: int = 0
-    size: int = 16                  # images are size x size RGB
-    per_combination: int = 8        # images per (object, colour, style, background)
-    test_per_combination: int = 1   # of which the last ones are the test split
+    size: int = 16  # images are size x size RGB
+    per_combination: int = 8  # images per (object, colour, style, background)
+    test_per_combination: int = 1  # of which the last ones are the test split
     objects: tuple = OBJECTS[:6]
     colours: tuple = tuple(COLOURS)[:6]
     styles: tuple = STYLES
     backgrounds: tuple = tuple(BACKGROUNDS)
-    jitter: bool = True             # False: every image is the canonical, centred render
+    jitter: bool = True  # False: every image is the canonical, centred render
 
     def __post_init__(self):
         if not 8 <= self.size <= 128:
@@ -72,8 +82,10 @@ class ImageWorldSpec:
         if self.per_combination < 1:
             raise ValueError(f"per_combination must be >= 1 (got {self.per_combination})")
         if not 0 <= self.test_per_combination < self.per_combination:
-            raise ValueError(f"test_per_combination must be in [0, per_combination) "
-                             f"(got {self.test_per_combination} of {self.per_combination})")
+            raise ValueError(
+                f"test_per_combination must be in [0, per_combination) "
+                f"(got {self.test_per_combination} of {self.per_combination})"
+            )
         for factor in FACTORS:
             values = tuple(getattr(self, factor_attr(factor)))
             setattr(self, factor_attr(factor), values)
@@ -92,6 +104,7 @@ def factor_attr(factor: str) -> str:
 
 
 # ---------------------------------------------------------------- rendering
+
 
 def _shape_mask(obj: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
     """bool [size, size]: pixel centres inside `obj` centred at (cx, cy) with radius r (y grows downwards)."""
@@ -112,7 +125,7 @@ def _shape_mask(obj: str, size: int, cx: float, cy: float, r: float) -> np.ndarr
         arm = 0.34
         return ((np.abs(u) <= arm) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= arm) & (np.abs(u) <= 1.0))
     if obj == "heart":  # two lobes over a downward triangle; the notch between the lobes is ~2 px at 16x16
-        lobes = ((np.abs(u) - 0.48) ** 2 + (v + 0.38) ** 2 <= 0.27)
+        lobes = (np.abs(u) - 0.48) ** 2 + (v + 0.38) ** 2 <= 0.27
         return lobes | ((v >= -0.38) & (v <= 0.95) & (np.abs(u) <= 0.98 * (0.95 - v) / 1.33))
     if obj == "star":  # five points; inside iff inside the polygon (ray casting, vectorised over pixels)
         ang = -np.pi / 2 + np.arange(10) * np.pi / 5
@@ -173,12 +186,17 @@ def sample_images(spec: ImageWorldSpec, n: int, rng: np.random.Generator) -> tup
     """n fresh renders of uniformly drawn combinations: (uint8 [n, H, W, 3], {factor: int64 [n] value indices})."""
     values = spec.values()
     labels = {f: rng.integers(0, len(values[f]), size=n) for f in FACTORS}
-    images = np.stack([render(*(values[f][labels[f][i]] for f in FACTORS), size=spec.size,
-                              rng=rng if spec.jitter else None) for i in range(n)])
+    images = np.stack(
+        [
+            render(*(values[f][labels[f][i]] for f in FACTORS), size=spec.size, rng=rng if spec.jitter else None)
+            for i in range(n)
+        ]
+    )
     return images, labels
 
 
 # ---------------------------------------------------------------- captions, prompts, look-alikes
+
 
 def caption(object: str, colour: str, style: str, background: str | None = None, template: int = 0) -> str:
     """One caption; templates 2 and 3 name the background, so they need one."""
@@ -201,8 +219,10 @@ def look_alikes(spec: ImageWorldSpec) -> dict[str, dict[str, list[str]]]:
         table = COLOURS if factor == "colour" else BACKGROUNDS
         return float(np.linalg.norm(np.subtract(table[a], table[b])))
 
-    return {f: {a: sorted((b for b in vs if b != a), key=lambda b: (round(dist(f, a, b), 9), vs.index(b)))
-                for a in vs} for f, vs in values.items()}
+    return {
+        f: {a: sorted((b for b in vs if b != a), key=lambda b: (round(dist(f, a, b), 9), vs.index(b))) for a in vs}
+        for f, vs in values.items()
+    }
 
 
 def _prompts(spec: ImageWorldSpec) -> list[dict]:
@@ -211,8 +231,17 @@ def _prompts(spec: ImageWorldSpec) -> list[dict]:
     for (i, o), (j, c), (k, s) in product(*(enumerate(v[f]) for f in CONCEPT_FACTORS)):
         t = (i + j + k) % len(TEMPLATES)
         bg = v["background"][(i + 2 * j + k) % len(v["background"])] if "{background}" in TEMPLATES[t] else None
-        rows.append({"id": f"p{len(rows):04d}", "text": caption(o, c, s, bg, t), "object": o, "colour": c,
-                     "style": s, "background": bg, "template": t})
+        rows.append(
+            {
+                "id": f"p{len(rows):04d}",
+                "text": caption(o, c, s, bg, t),
+                "object": o,
+                "colour": c,
+                "style": s,
+                "background": bg,
+                "template": t,
+            }
+        )
     return rows
 
 
@@ -228,9 +257,17 @@ def _benign(spec: ImageWorldSpec, prompts: list[dict], alike: dict) -> list[dict
             for p in (p for p in prompts if p[factor] == value):
                 for w, relation in swaps:
                     labels = {f: p[f] for f in FACTORS} | {factor: w}
-                    rows.append({"id": f"b{len(rows):05d}", "concept_factor": factor, "concept": value,
-                                 "relation": relation, "template": p["template"],
-                                 "text": caption(*(labels[f] for f in FACTORS), template=p["template"]), **labels})
+                    rows.append(
+                        {
+                            "id": f"b{len(rows):05d}",
+                            "concept_factor": factor,
+                            "concept": value,
+                            "relation": relation,
+                            "template": p["template"],
+                            "text": caption(*(labels[f] for f in FACTORS), template=p["template"]),
+                            **labels,
+                        }
+                    )
     return rows
 
 
@@ -247,19 +284,37 @@ def build_image_world(spec: ImageWorldSpec = ImageWorldSpec()) -> dict:
             rng = np.random.default_rng([spec.seed, spec.size, *key, k]) if spec.jitter else None
             images.append(render(*names, size=spec.size, rng=rng))
             t = (n_combo + k) % len(TEMPLATES)
-            labels.append({"id": len(labels), "caption": caption(*names, template=t),
-                           "captions": [caption(*names, template=i) for i in range(len(TEMPLATES))],
-                           **dict(zip(FACTORS, names)), "template": t,
-                           "split": "test" if k >= spec.per_combination - spec.test_per_combination else "train"})
+            labels.append(
+                {
+                    "id": len(labels),
+                    "caption": caption(*names, template=t),
+                    "captions": [caption(*names, template=i) for i in range(len(TEMPLATES))],
+                    **dict(zip(FACTORS, names)),
+                    "template": t,
+                    "split": "test" if k >= spec.per_combination - spec.test_per_combination else "train",
+                }
+            )
     prompts = _prompts(spec)
     alike = look_alikes(spec)
-    factors = {**v, "size": spec.size, "seed": spec.seed, "templates": list(TEMPLATES), "look_alikes": alike,
-               "spec": asdict(spec)}
-    return {"images": np.stack(images), "labels": labels, "factors": factors, "prompts": prompts,
-            "benign": _benign(spec, prompts, alike)}
+    factors = {
+        **v,
+        "size": spec.size,
+        "seed": spec.seed,
+        "templates": list(TEMPLATES),
+        "look_alikes": alike,
+        "spec": asdict(spec),
+    }
+    return {
+        "images": np.stack(images),
+        "labels": labels,
+        "factors": factors,
+        "prompts": prompts,
+        "benign": _benign(spec, prompts, alike),
+    }
 
 
 # ---------------------------------------------------------------- files
+
 
 def _jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
@@ -291,12 +346,22 @@ def write_world_files(d: Path, spec: ImageWorldSpec) -> dict:
     world = build_image_world(spec)
     buf = io.BytesIO()
     np.save(buf, world["images"], allow_pickle=False)
-    blobs = {"images.npy": buf.getvalue(), "labels.jsonl": _jsonl(world["labels"]),
-             "prompts.jsonl": _jsonl(world["prompts"]), "benign_prompts.jsonl": _jsonl(world["benign"])}
-    counts = {"images.npy": len(world["images"]), "labels.jsonl": len(world["labels"]),
-              "prompts.jsonl": len(world["prompts"]), "benign_prompts.jsonl": len(world["benign"])}
-    factors = world["factors"] | {"kind": "obliviate-image-world", "files": {
-        name: {"n": counts[name], "sha256": hashlib.sha256(b).hexdigest()} for name, b in blobs.items()}}
+    blobs = {
+        "images.npy": buf.getvalue(),
+        "labels.jsonl": _jsonl(world["labels"]),
+        "prompts.jsonl": _jsonl(world["prompts"]),
+        "benign_prompts.jsonl": _jsonl(world["benign"]),
+    }
+    counts = {
+        "images.npy": len(world["images"]),
+        "labels.jsonl": len(world["labels"]),
+        "prompts.jsonl": len(world["prompts"]),
+        "benign_prompts.jsonl": len(world["benign"]),
+    }
+    factors = world["factors"] | {
+        "kind": "obliviate-image-world",
+        "files": {name: {"n": counts[name], "sha256": hashlib.sha256(b).hexdigest()} for name, b in blobs.items()},
+    }
     blobs["factors.json"] = (json.dumps(factors, indent=2, sort_keys=True) + "\n").encode("utf-8")
     for name, b in blobs.items():
         (Path(d) / name).write_bytes(b)
@@ -319,9 +384,13 @@ def load_image_world(d: str | Path) -> dict:
     def rows(name):
         return [json.loads(line) for line in (d / name).read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    return {"images": np.load(d / "images.npy", allow_pickle=False), "labels": rows("labels.jsonl"),
-            "factors": json.loads((d / "factors.json").read_text(encoding="utf-8")),
-            "prompts": rows("prompts.jsonl"), "benign": rows("benign_prompts.jsonl")}
+    return {
+        "images": np.load(d / "images.npy", allow_pickle=False),
+        "labels": rows("labels.jsonl"),
+        "factors": json.loads((d / "factors.json").read_text(encoding="utf-8")),
+        "prompts": rows("prompts.jsonl"),
+        "benign": rows("benign_prompts.jsonl"),
+    }
 
 
 def spec_of(world: dict) -> ImageWorldSpec:
@@ -345,8 +414,11 @@ def factor_of(world: dict, value: str) -> str:
             return f
     known = [v for f in FACTORS for v in world["factors"][f]]
     close = difflib.get_close_matches(value, known, n=1, cutoff=0.5)
-    raise UsageError(f"unknown concept {value!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                     + f" (known: {', '.join(known)})")
+    raise UsageError(
+        f"unknown concept {value!r}"
+        + (f"; did you mean {close[0]!r}?" if close else "")
+        + f" (known: {', '.join(known)})"
+    )
 
 
 def concept_splits(world: dict, factor: str | None, value: str) -> dict[str, list[dict]]:

@@ -16,7 +16,16 @@ from obliviate.engine.generation import generate
 from obliviate.metrics import compute_all
 from obliviate.metrics.mia import minkpp_token_z
 from obliviate.metrics.tofu import rouge_l_recall
-from obliviate.models.encode import IGNORE, answer_ids, collate, encode_pair, last_logits_only, logits_runs, prompt_ids, scored_window
+from obliviate.models.encode import (
+    IGNORE,
+    answer_ids,
+    collate,
+    encode_pair,
+    last_logits_only,
+    logits_runs,
+    prompt_ids,
+    scored_window,
+)
 
 # The splits an evaluation reads from a world directory, and what each is for.
 EVAL_SPLITS = ("forget", "retain", "world_facts", "holdout")
@@ -36,8 +45,12 @@ def _stats(logits, labels, detail) -> list[dict]:
         lp = logp.gather(-1, t[:, None])[:, 0]  # token log-probs                           [n]
         row = {"loss": float(-lp.mean())}
         if detail[b]:
-            row.update(token_logps=lp.tolist(), token_z=minkpp_token_z(logp, t).tolist(),
-                       pred_ids=logp.argmax(-1).tolist(), target_ids=t.tolist())
+            row.update(
+                token_logps=lp.tolist(),
+                token_z=minkpp_token_z(logp, t).tolist(),
+                pred_ids=logp.argmax(-1).tolist(),
+                target_ids=t.tolist(),
+            )
         out.append(row)
     return out
 
@@ -93,8 +106,14 @@ def _shared_prompt_stats(model, groups: list[tuple[list[int], list[list[int]]]],
     device = next(model.parameters()).device
     ids, mask = left_pad([p for p, _ in groups], pad, device)  # [G, P]
     cache = DynamicCache(config=model.config)  # as the decode loop builds it (sliding-window layers included)
-    first = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), cache=cache, use_cache=True,
-                  **last_logits_only(model)).logits[:, -1:]  # predicts each answer's first token                   [G, 1, V]
+    first = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=_positions(mask),
+        cache=cache,
+        use_cache=True,
+        **last_logits_only(model),
+    ).logits[:, -1:]  # predicts each answer's first token                   [G, 1, V]
     rows = [(g, a) for g, (_, answers) in enumerate(groups) for a in answers]
     owner = torch.tensor([g for g, _ in rows], device=device)
     R, A = len(rows), max(len(a) for _, a in rows)
@@ -108,8 +127,13 @@ def _shared_prompt_stats(model, groups: list[tuple[list[int], list[list[int]]]],
     if A > 1:
         cache.reorder_cache(owner)  # row r continues its group's prompt (every layer kind: KV, conv, recurrent)
         full_mask = torch.cat([mask[owner], a_mask[:, :-1]], 1)
-        more = model(input_ids=a_ids[:, :-1], attention_mask=full_mask, position_ids=_positions(full_mask)[:, -(A - 1):],
-                     cache=cache, use_cache=True).logits
+        more = model(
+            input_ids=a_ids[:, :-1],
+            attention_mask=full_mask,
+            position_ids=_positions(full_mask)[:, -(A - 1) :],
+            cache=cache,
+            use_cache=True,
+        ).logits
         logits = torch.cat([logits, more], 1)  # position j predicts a_ids[:, j]                  [R, A, V]
     stats = _stats(logits, labels, [r == 0 or rows[r - 1][0] != g for r, (g, _) in enumerate(rows)])
     out: list[list[dict]] = [[] for _ in groups]
@@ -118,15 +142,20 @@ def _shared_prompt_stats(model, groups: list[tuple[list[int], list[list[int]]]],
     return out
 
 
-def score_split(model, tokenizer, items: list[QAItem], *, batch_size: int = 64, max_new_tokens: int = 48,
-                max_len: int = 512) -> list[dict]:
+def score_split(
+    model, tokenizer, items: list[QAItem], *, batch_size: int = 64, max_new_tokens: int = 48, max_len: int = 512
+) -> list[dict]:
     """Per-sample rows for one split (see the module docstring). Each item's answers are scored as continuations
     of one pass over its prompt (`_shared_prompt_stats`); on a guarded model (its prompt edits are per sequence)
     and for prompts truncated to `max_len`, as full sequences."""
     from obliviate.engine.hooks import attached
 
-    answers = [[("gt", it.answer)] + ([("para", it.paraphrased_answer)] if it.paraphrased_answer else [])
-               + list(enumerate(it.perturbed_answer)) for it in items]  # (kind, text); kind = perturbed index
+    answers = [
+        [("gt", it.answer)]
+        + ([("para", it.paraphrased_answer)] if it.paraphrased_answer else [])
+        + list(enumerate(it.perturbed_answer))
+        for it in items
+    ]  # (kind, text); kind = perturbed index
     stats: list[tuple[int, object, dict]] = []  # (item index, kind, stats)
     prompts = [prompt_ids(tokenizer, it.question) for it in items]  # the chat template, applied once per item
     guarded, full, shared = bool(attached(model)), [], []
@@ -139,22 +168,39 @@ def score_split(model, tokenizer, items: list[QAItem], *, batch_size: int = 64, 
     shared.sort(key=lambda x: len(x[1]))  # similar prompt lengths share a batch: less left padding
     per_batch = max(1, batch_size // max([len(a) for _, _, a in shared] or [1]))  # about batch_size answer rows
     for s in range(0, len(shared), per_batch):
-        chunk = shared[s: s + per_batch]
+        chunk = shared[s : s + per_batch]
         got = _shared_prompt_stats(model, [(p, ans) for _, p, ans in chunk], tokenizer.pad_token_id)
         stats += [(i, kind, st) for (i, _, _), group in zip(chunk, got) for (kind, _), st in zip(answers[i], group)]
     owner = [(i, kind, a) for i in full for kind, a in answers[i]]
     seqs = [encode_pair(tokenizer, items[i].question, a, max_len) for i, _, a in owner]
-    stats += [(i, kind, st) for (i, kind, _), st in zip(owner, _forward_stats(
-        model, seqs, tokenizer.pad_token_id, batch_size, texts=[items[i].question for i, _, _ in owner]))]
+    stats += [
+        (i, kind, st)
+        for (i, kind, _), st in zip(
+            owner,
+            _forward_stats(
+                model, seqs, tokenizer.pad_token_id, batch_size, texts=[items[i].question for i, _, _ in owner]
+            ),
+        )
+    ]
     texts = generate(model, tokenizer, prompts, max_new_tokens, batch_size, texts=[it.question for it in items])
-    rows = [{"id": it.id, "question": it.question, "answer": it.answer, "value": it.value,
-             "generated": texts[i], "rouge_l_recall": rouge_l_recall(it.answer, texts[i]),
-             "value_hit": bool(it.value) and it.value.lower() in texts[i].lower(),
-             "perturbed_loss": []} for i, it in enumerate(items)]
+    rows = [
+        {
+            "id": it.id,
+            "question": it.question,
+            "answer": it.answer,
+            "value": it.value,
+            "generated": texts[i],
+            "rouge_l_recall": rouge_l_recall(it.answer, texts[i]),
+            "value_hit": bool(it.value) and it.value.lower() in texts[i].lower(),
+            "perturbed_loss": [],
+        }
+        for i, it in enumerate(items)
+    ]
     for i, kind, st in stats:
         if kind == "gt":
-            rows[i].update({"gt_loss": st["loss"], **{k: st[k] for k in ("token_logps", "token_z", "pred_ids",
-                                                                            "target_ids")}})
+            rows[i].update(
+                {"gt_loss": st["loss"], **{k: st[k] for k in ("token_logps", "token_z", "pred_ids", "target_ids")}}
+            )
         elif kind == "para":
             rows[i]["paraphrased_loss"] = st["loss"]
         else:
@@ -168,7 +214,7 @@ def score_model(model, tokenizer, data: dict[str, list[QAItem]], **kw) -> dict[s
     rows = score_split(model, tokenizer, [it for items in data.values() for it in items], **kw)
     out, start = {}, 0
     for split, items in data.items():
-        out[split], start = rows[start: start + len(items)], start + len(items)
+        out[split], start = rows[start : start + len(items)], start + len(items)
     return out
 
 

@@ -35,14 +35,15 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.
     ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), T), dtype=torch.long)
     for r, p in enumerate(prompts):
-        ids[r, T - len(p):] = torch.tensor(p)
-        mask[r, T - len(p):] = 1
+        ids[r, T - len(p) :] = torch.tensor(p)
+        mask[r, T - len(p) :] = 1
     return ids.to(device), mask.to(device)
 
 
 @dataclass
 class Row:
     """One prompt in a batch, as guards see it."""
+
     index: int  # position in decode()'s input
     text: str | None  # the request's text (the user's message), when given
     scores: dict[str, float] = field(default_factory=dict)  # guard name -> on_request / on_prefill score
@@ -75,9 +76,15 @@ class Session:
     def forward(self, ids: torch.Tensor, hidden: bool = False):
         """Run ids [B, k] on the cache (which grows by k) and extend the mask."""
         self.mask = torch.cat([self.mask, torch.ones_like(ids)], 1)
-        pos = _positions(self.mask)[:, -ids.shape[1]:]
-        return self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache,
-                          use_cache=True, output_hidden_states=hidden)
+        pos = _positions(self.mask)[:, -ids.shape[1] :]
+        return self.model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=pos,
+            cache=self.cache,
+            use_cache=True,
+            output_hidden_states=hidden,
+        )
 
     @torch.no_grad()
     def probe(self, extra_ids: list[int], lookahead: int = 0, hidden: bool = False) -> dict:
@@ -127,14 +134,19 @@ def _rewind_point(cache, first_forward: int) -> Callable[[], None]:
             layer.activate_past_recording(recurrent_states_to_keep=first_forward)
         else:
             layer.activate_past_recording()
-    states = [(layer.recurrent_states, i, t.clone()) for layer in layers
-              for i, t in (getattr(layer, "recurrent_states", None) or {}).items() if t is not None]
+    states = [
+        (layer.recurrent_states, i, t.clone())
+        for layer in layers
+        for i, t in (getattr(layer, "recurrent_states", None) or {}).items()
+        if t is not None
+    ]
 
     def restore() -> None:
         for layer, was in recording:
             layer.record_past = was
         for d, i, t in states:
             d[i] = t  # the clone itself: the probe wrote into the tensor that was there
+
     return restore
 
 
@@ -160,8 +172,9 @@ def _hooked(guards, name):
 
 
 @torch.no_grad()
-def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: int,
-                  on_token: Callable[[int, int], None] | None) -> list[Reply]:
+def _decode_batch(
+    model, tok, prompts, rows: list[Row], guards, max_new_tokens: int, on_token: Callable[[int, int], None] | None
+) -> list[Reply]:
     device = next(model.parameters()).device
     pad, eos_ids = tok.pad_token_id, stop_ids(tok, model)
     ids, mask = left_pad(prompts, pad if pad is not None else 0, device)
@@ -171,11 +184,20 @@ def _decode_batch(model, tok, prompts, rows: list[Row], guards, max_new_tokens: 
 
     cache = DynamicCache(config=model.config)
     # only the last position's logits are read (most of a prefill's compute for a large vocabulary, such as Gemma's)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=_positions(mask), cache=cache,
-                use_cache=True, output_hidden_states=bool(taps), **last_logits_only(model))
+    out = model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=_positions(mask),
+        cache=cache,
+        use_cache=True,
+        output_hidden_states=bool(taps),
+        **last_logits_only(model),
+    )
     session = Session(model, tok, rows, cache, mask, ids)
-    hidden = {(layer, pos): (out.hidden_states[layer] if pos is None else out.hidden_states[layer][:, pos]).float()
-              for layer, pos in taps}
+    hidden = {
+        (layer, pos): (out.hidden_states[layer] if pos is None else out.hidden_states[layer][:, pos]).float()
+        for layer, pos in taps
+    }
     for g in _hooked(guards, "on_prefill"):
         g.on_prefill(hidden, rows, session)
     logits = out.logits[:, -1].float()
@@ -230,9 +252,18 @@ def batches(prompts: list[list[int]], batch_size: int, max_batch_tokens: int) ->
     return out + [cur] if cur else out
 
 
-def decode(model, tok, prompts: list[list[int]], *, texts: list[str] | None = None, guards=None,
-           max_new_tokens: int = 48, batch_size: int = 64, max_batch_tokens: int = 32768,
-           on_token: Callable[[int, int], None] | None = None) -> list[Reply]:
+def decode(
+    model,
+    tok,
+    prompts: list[list[int]],
+    *,
+    texts: list[str] | None = None,
+    guards=None,
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+    max_batch_tokens: int = 32768,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[Reply]:
     """Greedy replies to token-id prompts, in the input order, through `guards` (see the module docstring).
     `texts` are the requests' texts for `on_request` (default: each prompt decoded without special tokens);
     `guards=None` means the guards attached to the model (`obliviate.engine.hooks.attach`), if any;
@@ -247,14 +278,26 @@ def decode(model, tok, prompts: list[list[int]], *, texts: list[str] | None = No
     with routing_hooks(model, guards):
         for idx in batches(prompts, batch_size, max_batch_tokens):
             rows = [Row(i, texts[i] if texts is not None else None) for i in idx]
-            for i, rep in zip(idx, _decode_batch(model, tok, [prompts[i] for i in idx], rows, list(guards),
-                                                 max_new_tokens, on_token)):
+            for i, rep in zip(
+                idx, _decode_batch(model, tok, [prompts[i] for i in idx], rows, list(guards), max_new_tokens, on_token)
+            ):
                 out[i] = rep
     return out  # type: ignore[return-value]
 
 
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 48, batch_size: int = 64,
-             guards=None, texts: list[str] | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+    guards=None,
+    texts: list[str] | None = None,
+) -> list[str]:
     """Greedy continuations of token-id prompts, decoded without special tokens, in the input order."""
-    return [r.text for r in decode(model, tokenizer, prompts, texts=texts, guards=guards,
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size)]
+    return [
+        r.text
+        for r in decode(
+            model, tokenizer, prompts, texts=texts, guards=guards, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
+    ]

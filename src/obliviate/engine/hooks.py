@@ -16,6 +16,7 @@ from obliviate.models.anatomy import is_fused_experts, num_experts  # noqa: F401
 @dataclass
 class Guard:
     """Base class: every hook is a no-op, and the decode loop calls only the hooks a guard overrides."""
+
     name: ClassVar[str] = "guard"
     suite: ClassVar[str] = "refusal"  # what `fit` reads: "refusal" (policy rows) or "unlearning" (QA items)
     description: ClassVar[str] = ""
@@ -106,17 +107,24 @@ def router_modules(model) -> list[tuple[int, torch.nn.Module]]:
         return []
 
     def holds_experts(m: torch.nn.Module) -> bool:
-        return any(isinstance(x, torch.nn.ModuleList) and len(x) == n_exp for x in m.modules()) or \
-            any(is_fused_experts(p, n_exp) for p in m.parameters())
+        return any(isinstance(x, torch.nn.ModuleList) and len(x) == n_exp for x in m.modules()) or any(
+            is_fused_experts(p, n_exp) for p in m.parameters()
+        )
 
     out = []
     for i, ly in enumerate(decoder_layers(model)):
         for parent in ly.modules():
             kids = list(parent.children())
-            hit = [m for m in kids if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
-                   and m.weight.shape[0] == n_exp and m.weight.shape[1] != n_exp
-                   and not isinstance(m, torch.nn.Embedding)
-                   and any(holds_experts(k) for k in kids if k is not m)]
+            hit = [
+                m
+                for m in kids
+                if isinstance(getattr(m, "weight", None), torch.Tensor)
+                and m.weight.dim() == 2
+                and m.weight.shape[0] == n_exp
+                and m.weight.shape[1] != n_exp
+                and not isinstance(m, torch.nn.Embedding)
+                and any(holds_experts(k) for k in kids if k is not m)
+            ]
             if hit:
                 out.append((i, hit[0]))
                 break
@@ -131,9 +139,11 @@ def router_output(out) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor 
         return out, None, None
     if isinstance(out, (tuple, list)) and len(out) >= 3 and all(isinstance(t, torch.Tensor) for t in out[:3]):
         return out[0], out[1], out[2]
-    raise UsageError("expert steering supports routers that return their logits, or (logits, top-k weights, "
-                     f"top-k indices); this model's router returns {type(out).__name__} of "
-                     f"{len(out) if isinstance(out, (tuple, list)) else 1} value(s)")
+    raise UsageError(
+        "expert steering supports routers that return their logits, or (logits, top-k weights, "
+        f"top-k indices); this model's router returns {type(out).__name__} of "
+        f"{len(out) if isinstance(out, (tuple, list)) else 1} value(s)"
+    )
 
 
 def _reroute(out, edit):
@@ -149,8 +159,10 @@ def _reroute(out, edit):
     renorm = torch.allclose(weights.float().sum(-1), torch.ones_like(weights.float().sum(-1)), atol=1e-4)
     expect = top.values / top.values.sum(-1, keepdim=True) if renorm else top.values
     if not torch.allclose(expect, weights.float(), atol=1e-4):
-        raise UsageError("expert steering supports softmax top-k routers; this model's router weights are not "
-                         "softmax -> top-k of its logits")
+        raise UsageError(
+            "expert steering supports softmax top-k routers; this model's router weights are not "
+            "softmax -> top-k of its logits"
+        )
     new = edit(logits)
     top = torch.softmax(new.float(), -1).topk(index.shape[-1], -1)
     vals = top.values / top.values.sum(-1, keepdim=True) if renorm else top.values
@@ -165,15 +177,20 @@ def routing_hooks(model, guards):
     if routed:
         routers = router_modules(model)
         if not routers:
-            raise UsageError(f"guard {routed[0].name} steers experts, but this {type(model).__name__} has no "
-                             "mixture-of-experts routers")
+            raise UsageError(
+                f"guard {routed[0].name} steers experts, but this {type(model).__name__} has no "
+                "mixture-of-experts routers"
+            )
         for layer, mod in routers:
+
             def hook(m, args, out, layer=layer):
                 def edit(logits):
                     for g in routed:
                         logits = g.edit_routing(layer, logits)
                     return logits
+
                 return _reroute(out, edit)
+
             handles.append(mod.register_forward_hook(hook, prepend=True))  # before any observer's hook
     try:
         yield

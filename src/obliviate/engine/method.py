@@ -46,7 +46,7 @@ class Method:
         raise NotImplementedError
 
     def part_mean(self, name: str) -> str:
-        """"token" or "item": what the `part_loss` of part `name` is a mean over."""
+        """ "token" or "item": what the `part_loss` of part `name` is a mean over."""
         return "token"
 
     def sum_of_parts(self, model, batch: dict, ref_model=None) -> tuple[torch.Tensor, dict[str, float]]:

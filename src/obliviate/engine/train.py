@@ -27,8 +27,8 @@ from typing import ClassVar
 import torch
 
 from obliviate.core import checkpoint
-from obliviate.data.schema import QAItem
 from obliviate.core.errors import TrainingDiverged, UsageError
+from obliviate.data.schema import QAItem
 from obliviate.engine.method import Method, nll_loss
 from obliviate.models.encode import IGNORE, budget_chunks, collate, encode_pair, logits_runs, sequence_logp
 
@@ -76,8 +76,10 @@ def batch_token_budget(method: Method, requested: int | None, default: int = 204
     if requested < 0:
         raise UsageError(f"--max-batch-tokens must be >= 0, got {requested}")
     if requested and not method.splits:
-        raise UsageError(f"{type(method).__name__}'s loss does not split into micro-batches: give "
-                         "--max-batch-tokens 0 (or leave it out), or --gradient-checkpointing to save memory")
+        raise UsageError(
+            f"{type(method).__name__}'s loss does not split into micro-batches: give "
+            "--max-batch-tokens 0 (or leave it out), or --gradient-checkpointing to save memory"
+        )
     return requested
 
 
@@ -111,8 +113,10 @@ def idk_answers(items: list[QAItem], pool: list[str], seed: int) -> list[str]:
 
 def encode_parts(tokenizer, parts: dict[str, list[tuple]], max_len: int) -> dict[str, list]:
     """Encode (question, answer) pairs; items that are already (input_ids, labels) lists pass through."""
-    return {name: [item if isinstance(item[0], list) else encode_pair(tokenizer, *item, max_len) for item in pairs]
-            for name, pairs in parts.items()}
+    return {
+        name: [item if isinstance(item[0], list) else encode_pair(tokenizer, *item, max_len) for item in pairs]
+        for name, pairs in parts.items()
+    }
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int, salt: int) -> list[int]:
@@ -122,15 +126,16 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, salt: int) -> l
         epoch, offset = divmod(pos, n)
         perm = list(range(n))
         random.Random(seed * 1_000_003 + salt * 7919 + epoch).shuffle(perm)
-        take = perm[offset: offset + batch_size - len(out)]
+        take = perm[offset : offset + batch_size - len(out)]
         out.extend(take)
         pos += len(take)
     return out
 
 
 @torch.no_grad()
-def reference_logps(model, encoded: list, pad_id: int, device, batch_size: int = 64,
-                    max_logits: int = 2 ** 28) -> torch.Tensor:
+def reference_logps(
+    model, encoded: list, pad_id: int, device, batch_size: int = 64, max_logits: int = 2**28
+) -> torch.Tensor:
     """Summed answer log-probs [N] of every item under the (frozen) starting model, computed once, in runs of at
     most `batch_size` rows and `max_logits` logits (`logits_runs`: long documents would otherwise build
     [64, 511, V] logits at once)."""
@@ -147,14 +152,21 @@ def _micro_batches(method, rows: dict[str, list[int]], encoded: dict, refs: dict
     batch (name None, share 1). Else, for a method that `splits`, each part in consecutive runs of its items within
     max_tokens padded tokens, weighted by the run's share of the part's answer tokens ("token" means) or items
     ("item" means): the runs' weighted terms then sum to the part's term on the whole batch."""
+
     def part(name, idx):
         out = {k: v.to(device) for k, v in collate([encoded[name][i] for i in idx], pad).items()}
         if name in refs:
             out["ref_logp"] = refs[name][idx].to(device)
         return out
 
-    runs = {name: list(budget_chunks(idx, max_tokens, length=lambda i: len(encoded[name][i][0])))
-            for name, idx in rows.items()} if max_tokens else {}
+    runs = (
+        {
+            name: list(budget_chunks(idx, max_tokens, length=lambda i: len(encoded[name][i][0])))
+            for name, idx in rows.items()
+        }
+        if max_tokens
+        else {}
+    )
     if all(len(r) == 1 for r in runs.values()):  # nothing to split: the whole batch, the same arithmetic as without
         yield None, {name: part(name, idx) for name, idx in rows.items()}, 1.0
         return
@@ -187,8 +199,10 @@ def _resume_point(out: Path, meta: dict, steps: int, main: bool) -> tuple[Path, 
     checkpoint.check_meta(ckpt, state["meta"], meta)
     checkpoint.check_files(ckpt, state)
     if state["step"] >= steps:
-        raise UsageError(f"damaged checkpoint file {ckpt / 'state.json'}: step {state['step']} is not below the "
-                         f"run's {steps} steps; delete {ckpt} to start again from step 0, or use a new --out")
+        raise UsageError(
+            f"damaged checkpoint file {ckpt / 'state.json'}: step {state['step']} is not below the "
+            f"run's {steps} steps; delete {ckpt} to start again from step 0, or use a new --out"
+        )
     return ckpt, state
 
 
@@ -263,22 +277,36 @@ def _train(
 
     missing = [p for p in method.needs if not parts.get(p)]
     if missing:
-        hint = {"forget_alt": " (every forget item needs an `alternate_answers` list)",
-                "forget_idk": " (an 'I don't know' answer pool, --idk)"}
-        raise UsageError(f"{type(method).__name__} needs non-empty {', '.join(missing)} data"
-                         + "".join(hint.get(m, "") for m in missing))
-    low = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
-                  if p.is_floating_point() and p.dtype != torch.float32})
+        hint = {
+            "forget_alt": " (every forget item needs an `alternate_answers` list)",
+            "forget_idk": " (an 'I don't know' answer pool, --idk)",
+        }
+        raise UsageError(
+            f"{type(method).__name__} needs non-empty {', '.join(missing)} data"
+            + "".join(hint.get(m, "") for m in missing)
+        )
+    low = sorted(
+        {
+            str(p.dtype).removeprefix("torch.")
+            for p in model.parameters()
+            if p.is_floating_point() and p.dtype != torch.float32
+        }
+    )
     if low and not cfg.lora_r:
         # AdamW on bf16/fp16 weights drops every update below the weight's precision (bf16: 1/256 relative)
-        raise UsageError(f"full fine-tuning needs float32 weights, and the model was loaded in {low[0]} (--dtype): "
-                         "drop --dtype (--bf16 computes in bfloat16 over float32 weights) or train LoRA (--lora-r)")
+        raise UsageError(
+            f"full fine-tuning needs float32 weights, and the model was loaded in {low[0]} (--dtype): "
+            "drop --dtype (--bf16 computes in bfloat16 over float32 weights) or train LoRA (--lora-r)"
+        )
     if cfg.max_batch_tokens and not method.splits:
-        raise UsageError(f"max_batch_tokens splits losses that are sums of per-part means (fine-tuning, refusal SFT, "
-                         f"DeRTa, ...); {type(method).__name__}'s loss does not split: drop it (--max-batch-tokens 0)")
+        raise UsageError(
+            f"max_batch_tokens splits losses that are sums of per-part means (fine-tuning, refusal SFT, "
+            f"DeRTa, ...); {type(method).__name__}'s loss does not split: drop it (--max-batch-tokens 0)"
+        )
     if cfg.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
-        raise UsageError(f"{type(model).__name__} does not support gradient checkpointing: drop "
-                         "--gradient-checkpointing")
+        raise UsageError(
+            f"{type(model).__name__} does not support gradient checkpointing: drop --gradient-checkpointing"
+        )
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     meta = {"method": type(method).__name__, "options": asdict(method), "train": asdict(cfg) | {"progress": None}}
     for same in ("gradient_checkpointing", "max_batch_tokens", "checkpoint_every"):  # the same run either way
@@ -319,7 +347,7 @@ def _train(
 
         def batches(part: str, batch_size: int = 32):
             for i in range(0, len(encoded[part]), batch_size):
-                yield {k: v.to(device) for k, v in collate(encoded[part][i: i + batch_size], pad).items()}
+                yield {k: v.to(device) for k, v in collate(encoded[part][i : i + batch_size], pad).items()}
 
         with amp():
             method.after_lora(model, batches, LORA_ALPHA / cfg.lora_r)
@@ -351,8 +379,11 @@ def _train(
         loss, logs = 0.0, {}
         for name, batch, share in _micro_batches(method, rows, encoded, refs, pad, device, cfg.max_batch_tokens):
             with amp():
-                part_loss, part_logs = (method.loss(model, batch, ref_model) if name is None
-                                        else method.part_loss(model, name, batch, ref_model))
+                part_loss, part_logs = (
+                    method.loss(model, batch, ref_model)
+                    if name is None
+                    else method.part_loss(model, name, batch, ref_model)
+                )
             if part_loss is None:
                 continue  # a part that does not count (zero weight): no forward pass was made
             part_loss = part_loss.float()
@@ -389,8 +420,7 @@ def _train(
         checkpointing(model, False)
     model = method.finalize(model)
     model.eval()
-    return model, TrainResult(steps=method.steps, seconds=time.perf_counter() - t0, history=history,
-                              processes=world)
+    return model, TrainResult(steps=method.steps, seconds=time.perf_counter() - t0, history=history, processes=world)
 
 
 class _progress:
@@ -401,8 +431,14 @@ class _progress:
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
             self.task = self.bar.add_task(label, total=total, completed=start, loss="-")
             self.bar.start()
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.core.errors import UsageError
-from obliviate.guards.base import GUARDS, default_refusal
 from obliviate.engine.hooks import Guard
+from obliviate.guards.base import GUARDS, default_refusal
 
 ROLE_WORDS = ("assistant", "model", "bot", "gpt", "ai")
 
@@ -59,8 +59,10 @@ class _ADA(Guard):
         from obliviate.models.encode import assistant_header, chat_formatted
 
         if not chat_formatted(tok):
-            raise UsageError(f"guard {self.name} re-injects the assistant header, and this model's prompts are not "
-                             "in a chat template")
+            raise UsageError(
+                f"guard {self.name} re-injects the assistant header, and this model's prompts are not "
+                "in a chat template"
+            )
         self._header = assistant_header(tok)
         self._tok = tok
 
@@ -174,14 +176,18 @@ class AdaLP(_ADA):
         # Folds hold whole phrasing groups (an id "topic-kind-07-object" is group "topic-kind-07"; every depth of a
         # prompt goes with it), since what a guard meets at run time is new phrasings, not new prompts of known ones
         groups = [phrasing_group(r.get("id"), n) for n, r in enumerate(rows)]
-        folds = np.array([hash_fold(zlib.crc32(groups[i // len(depths)].encode()), guard.seed)
-                          for i in range(len(seqs))])
+        folds = np.array(
+            [hash_fold(zlib.crc32(groups[i // len(depths)].encode()), guard.seed) for i in range(len(seqs))]
+        )
         oof = np.zeros(len(y))
         for f in range(5):
             test = folds == f
             if test.any() and len(set(y[~test])) == 2:
-                oof[test] = LogisticRegression(max_iter=2000).fit(X[~test, guard.layer], y[~test]).predict_proba(
-                    X[test, guard.layer])[:, 1]
+                oof[test] = (
+                    LogisticRegression(max_iter=2000)
+                    .fit(X[~test, guard.layer], y[~test])
+                    .predict_proba(X[test, guard.layer])[:, 1]
+                )
         # as high as the harmful sequences allow (at most `harmful_miss` of them below it), and never so low that
         # more than `benign_fpr` of the benign ones pass it: new phrasings of benign requests score higher than the
         # training ones, harmful ones stay near 1 (measured on the world's refusal-SFT model; docs/benchmarks.md)
@@ -192,16 +198,25 @@ class AdaLP(_ADA):
     def report(self, model, tok, inputs):
         from obliviate.guards.base import hidden_at
 
-        rows = _with_answers(model, tok, [r if r["kind"] == "harmful" else {**r, "answer": ""}
-                                          for r in inputs.get("policy_test") or [] if r["kind"] in ("harmful", "benign")])
+        rows = _with_answers(
+            model,
+            tok,
+            [
+                r if r["kind"] == "harmful" else {**r, "answer": ""}
+                for r in inputs.get("policy_test") or []
+                if r["kind"] in ("harmful", "benign")
+            ],
+        )
         if len({r["kind"] for r in rows}) < 2:
             return {}
         depths = [int(x) for x in self.fit_depths.split(",") if x.strip()]
         seqs, labels = self.sequences(tok, rows, depths, self._header)
         X = hidden_at(model, seqs, self._role - len(self._header), tok.pad_token_id or 0)[:, self.layer]
         hit = (self.prob(X) >= self.threshold).tolist()
-        out = {"layer": float(self.layer), "probe_accuracy_test": sum(h == bool(y) for h, y in zip(hit, labels))
-               / len(labels)}
+        out = {
+            "layer": float(self.layer),
+            "probe_accuracy_test": sum(h == bool(y) for h, y in zip(hit, labels)) / len(labels),
+        }
         if getattr(self, "_val_accuracy", None) is not None:
             out["probe_accuracy_val"] = self._val_accuracy
         return out

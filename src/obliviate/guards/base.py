@@ -50,8 +50,9 @@ def hidden_at(model, seqs: list[list[int]], pos: int = -1, pad_id: int = 0, max_
     for idx in batches(seqs, len(seqs), max_tokens):
         ids, mask = left_pad([seqs[k] for k in idx], pad_id, device)
         # no logits are read here: keep the last position's only, the least the model will compute
-        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                   **last_logits_only(model)).hidden_states
+        hs = model(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True, **last_logits_only(model)
+        ).hidden_states
         states = torch.stack([h[:, pos] for h in hs], 1).float().cpu()
         for r, k in enumerate(idx):
             out[k] = states[r]
@@ -76,8 +77,13 @@ def save_guard(guard: Guard, out: Path, extra: dict | None = None) -> Path:
 
     out = Path(out)
     with new_dir(out, "a guard") as d:
-        doc = {"guard": guard.name, "format_version": FORMAT_VERSION, "options": guard.options(),
-               "state": guard.state(), **(extra or {})}
+        doc = {
+            "guard": guard.name,
+            "format_version": FORMAT_VERSION,
+            "options": guard.options(),
+            "state": guard.state(),
+            **(extra or {}),
+        }
         (d / "guard.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
         tensors = {k: v.detach().cpu().contiguous() for k, v in guard.tensors().items()}
         if tensors:
@@ -118,11 +124,14 @@ def read_guard_spec(path: str | Path) -> tuple[type[Guard], dict, dict]:
         raise UsageError(f"{spec}: malformed guard file ('guard' must be a guard's name, got {type(name).__name__})")
     version = doc.get("format_version", FORMAT_VERSION)
     if type(version) is not int:
-        raise UsageError(f"{spec}: malformed guard file ('format_version' must be an integer, got "
-                         f"{type(version).__name__})")
+        raise UsageError(
+            f"{spec}: malformed guard file ('format_version' must be an integer, got {type(version).__name__})"
+        )
     if version > FORMAT_VERSION:
-        raise UsageError(f"{spec}: guard format_version {version} is newer than this obliviate reads "
-                         f"({FORMAT_VERSION}); upgrade obliviate or fit the guard again")
+        raise UsageError(
+            f"{spec}: guard format_version {version} is newer than this obliviate reads "
+            f"({FORMAT_VERSION}); upgrade obliviate or fit the guard again"
+        )
     for key, value in (("options", options), ("state", state)):
         if not isinstance(value, dict):
             raise UsageError(f"{spec}: malformed guard file ({key!r} must be an object, got {type(value).__name__})")
@@ -135,8 +144,10 @@ def read_guard_spec(path: str | Path) -> tuple[type[Guard], dict, dict]:
         if key not in known:
             raise UsageError(f"{spec}: unknown option {key!r} for guard {name}")
         if not _option_ok(value, known[key]):
-            raise UsageError(f"{spec}: option {key!r} of guard {name} must be {type(known[key]).__name__}, got "
-                             f"{type(value).__name__}")
+            raise UsageError(
+                f"{spec}: option {key!r} of guard {name} must be {type(known[key]).__name__}, got "
+                f"{type(value).__name__}"
+            )
     options = {k: float(v) if isinstance(known[k], float) else v for k, v in options.items()}
     return cls, options, state
 
@@ -176,11 +187,14 @@ def load_guard(path: str | Path, model=None, tok=None) -> Guard:
         unfitted = [k for k, v in {**guard.state(), **guard.tensors()}.items() if v is None]
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         held = "guard.json and tensors.safetensors do" if tensors is not None else "guard.json does"
-        raise UsageError(f"{path}: {held} not hold the state of a fitted {cls.name} guard "
-                         f"({type(e).__name__}: {_first_line(e)})") from None
+        raise UsageError(
+            f"{path}: {held} not hold the state of a fitted {cls.name} guard ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     if unfitted:
-        raise UsageError(f"{path}: the {cls.name} guard is not fitted ({', '.join(unfitted)} missing from guard.json "
-                         "or tensors.safetensors); fit it with `obliviate guard fit`")
+        raise UsageError(
+            f"{path}: the {cls.name} guard is not fitted ({', '.join(unfitted)} missing from guard.json "
+            "or tensors.safetensors); fit it with `obliviate guard fit`"
+        )
     if model is not None:
         guard.attach(model, tok)
     return guard

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.core.errors import UsageError
-from obliviate.guards.base import GUARDS
 from obliviate.engine.hooks import Guard
+from obliviate.guards.base import GUARDS
 from obliviate.guards.text_classifier import TfidfLogistic, fit_forget_gate, flag_rate
 
 CORRUPTIONS = ("noise_first_k", "zero_top_k", "flip_top_k")
@@ -104,8 +104,14 @@ class ECO(Guard):
 
         old, self.sigma = self.sigma, sigma
         try:
-            outs = generate(model, tok, [prompt_ids(tok, it.question) for it in items], max_new_tokens=24,
-                            guards=[self], texts=[it.question for it in items])
+            outs = generate(
+                model,
+                tok,
+                [prompt_ids(tok, it.question) for it in items],
+                max_new_tokens=24,
+                guards=[self],
+                texts=[it.question for it in items],
+            )
         finally:
             self.sigma = old
         hits = [bool(it.value) and it.value.lower() in o.lower() for it, o in zip(items, outs)]
@@ -131,10 +137,13 @@ class ECO(Guard):
         def rate(items):
             return flag_rate(self._gate, self.threshold, items)
 
-        out = {"threshold": self.threshold, "sigma": self.sigma,
-               "gate_flag_rate_forget": rate(inputs.get("forget") or []),
-               "gate_flag_rate_retain": rate(inputs.get("retain") or []),
-               "gate_flag_rate_holdout": rate(inputs.get("holdout") or [])}
+        out = {
+            "threshold": self.threshold,
+            "sigma": self.sigma,
+            "gate_flag_rate_forget": rate(inputs.get("forget") or []),
+            "gate_flag_rate_retain": rate(inputs.get("retain") or []),
+            "gate_flag_rate_holdout": rate(inputs.get("holdout") or []),
+        }
         if inputs.get("world_facts"):
             out["gate_flag_rate_world_facts"] = rate(inputs["world_facts"])
         return {k: v for k, v in out.items() if v is not None}

@@ -36,12 +36,11 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.core.errors import UsageError
-from obliviate.guards.base import GUARDS
-from obliviate.engine.hooks import Guard, router_modules, router_output
-from obliviate.models.anatomy import num_experts
-from obliviate.guards.refusal_predictor import judged_replies
-from obliviate.models.anatomy import text_config
 from obliviate.core.progress import progress_bar
+from obliviate.engine.hooks import Guard, router_modules, router_output
+from obliviate.guards.base import GUARDS
+from obliviate.guards.refusal_predictor import judged_replies
+from obliviate.models.anatomy import num_experts, text_config
 
 
 @torch.no_grad()
@@ -58,6 +57,7 @@ def routing_frequency(model, seqs: list[list[int]], top_k: int, starts: list[int
             logits, _, idx = router_output(out)
             idx = logits.topk(top_k, -1).indices if idx is None else idx
             seen[layer] = idx.reshape(-1, idx.shape[-1])  # [T, top_k], the sequence's tokens in order
+
         return fn
 
     handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(routers)]
@@ -93,11 +93,18 @@ class ExpertSteering(Guard):
     candidates: int = 64  # ablation: the experts tried, those with the largest |frequency difference|
 
     def __post_init__(self):
-        if self.mode not in ("off", "on") or self.select not in ("top", "random") or self.k < 1 \
-                or self.tokens not in ("reply", "prompt", "decision", "paired") \
-                or self.score not in ("ablation", "frequency") or self.candidates < self.k:
-            raise UsageError("expert_steering: mode off|on, select top|random, tokens reply|prompt|decision|paired, "
-                             "score ablation|frequency, k >= 1, candidates >= k")
+        if (
+            self.mode not in ("off", "on")
+            or self.select not in ("top", "random")
+            or self.k < 1
+            or self.tokens not in ("reply", "prompt", "decision", "paired")
+            or self.score not in ("ablation", "frequency")
+            or self.candidates < self.k
+        ):
+            raise UsageError(
+                "expert_steering: mode off|on, select top|random, tokens reply|prompt|decision|paired, "
+                "score ablation|frequency, k >= 1, candidates >= k"
+            )
         self._scores = None  # [L, E]
         self._chosen: dict[int, list[int]] = {}
 
@@ -150,8 +157,11 @@ class ExpertSteering(Guard):
         if guard.tokens != "paired" or guard.score == "ablation":
             judged = judged_replies(model, tok, prompts, guard.max_new_tokens)
             _require_contrast(judged[1])
-        f_ref, f_com = (_paired_frequencies(model, tok, rows, top_k) if guard.tokens == "paired" else
-                        _judged_frequencies(model, tok, prompts, *judged, top_k, guard.tokens))
+        f_ref, f_com = (
+            _paired_frequencies(model, tok, rows, top_k)
+            if guard.tokens == "paired"
+            else _judged_frequencies(model, tok, prompts, *judged, top_k, guard.tokens)
+        )
         guard._scores = f_ref - f_com  # [L, E] activation differences
         if guard.k > guard._scores.numel():
             raise UsageError(f"expert_steering: k={guard.k} but the model has {guard._scores.numel()} experts")
@@ -172,8 +182,9 @@ class ExpertSteering(Guard):
         self._chosen = self.choose()
 
 
-def _judged_frequencies(model, tok, prompts: list[str], replies: list[str], refused: list[bool], top_k: int,
-                        tokens: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _judged_frequencies(
+    model, tok, prompts: list[str], replies: list[str], refused: list[bool], top_k: int, tokens: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Routing frequencies on the prompts the model refuses and on those it answers (its own greedy `replies`,
     judged), counted over `tokens`: reply, prompt or decision (see the module docstring)."""
     from obliviate.models.encode import prompt_ids
@@ -201,8 +212,9 @@ def _require_contrast(refused: list[bool]) -> None:
 
 
 @torch.no_grad()
-def reply_loglik(model, tok, prompts: list[str], replies: list[str], off: dict[int, list[int]] | None = None,
-                 batch_size: int = 32) -> torch.Tensor:
+def reply_loglik(
+    model, tok, prompts: list[str], replies: list[str], off: dict[int, list[int]] | None = None, batch_size: int = 32
+) -> torch.Tensor:
     """[N]: mean per-token log-likelihood of each reply after its prompt (chat template, teacher-forced), with the
     experts in `off` ({layer: [expert]}) switched off through the router hooks."""
     from obliviate.engine.hooks import routing_hooks
@@ -215,14 +227,15 @@ def reply_loglik(model, tok, prompts: list[str], replies: list[str], off: dict[i
     out = []
     with routing_hooks(model, probe):
         for i in range(0, len(pairs), batch_size):
-            batch = {k: v.to(device) for k, v in collate(pairs[i: i + batch_size], pad).items()}
+            batch = {k: v.to(device) for k, v in collate(pairs[i : i + batch_size], pad).items()}
             total, n = sequence_logp(model, batch)
             out.append((total / n.clamp(min=1)).float().cpu())
     return torch.cat(out)
 
 
-def ablation_scores(model, tok, prompts: list[str], replies: list[str], refused: list[bool],
-                    activation: torch.Tensor, candidates: int) -> torch.Tensor:
+def ablation_scores(
+    model, tok, prompts: list[str], replies: list[str], refused: list[bool], activation: torch.Tensor, candidates: int
+) -> torch.Tensor:
     """[L, E]: for the `candidates` experts with the largest |activation difference|, each switched off alone, the
     drop in mean per-token log-likelihood of the model's own replies averaged over refused prompts minus the same
     over answered ones (the refusal it removes beyond the general damage); -inf for experts not tried."""
@@ -255,7 +268,8 @@ def _paired_frequencies(model, tok, rows: list[dict], top_k: int) -> tuple[torch
     starts = [len(s) for s in seqs]
 
     def side(key):
-        return routing_frequency(model, [s + tok(r[key], add_special_tokens=False)["input_ids"]
-                                         for s, r in zip(seqs, pairs)], top_k, starts)
+        return routing_frequency(
+            model, [s + tok(r[key], add_special_tokens=False)["input_ids"] for s, r in zip(seqs, pairs)], top_k, starts
+        )
 
     return side("refusal"), side("answer")

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.guards.base import GUARDS
 from obliviate.engine.hooks import Guard
+from obliviate.guards.base import GUARDS
 from obliviate.guards.text_classifier import TfidfLogistic, fit_forget_gate, flag_rate
 
 
@@ -113,8 +113,9 @@ class GuardDecoding(Guard):
         if values:
             return values
         seen = {w.lower() for it in retain for w in re.findall(r"\w+", it.answer)}
-        return sorted({w for it in forget for w in re.findall(r"\w+", it.answer) if w.lower() not in seen
-                       and len(w) > 2})
+        return sorted(
+            {w for it in forget for w in re.findall(r"\w+", it.answer) if w.lower() not in seen and len(w) > 2}
+        )
 
     @classmethod
     def fit(cls, model, tok, inputs, **options):
@@ -132,9 +133,12 @@ class GuardDecoding(Guard):
         return guard
 
     def report(self, model, tok, inputs):
-        out = {"threshold": self.threshold, "forbidden_sequences": float(len(self._seqs)),
-               "gate_flag_rate_forget": flag_rate(self._gate, self.threshold, inputs.get("forget") or []),
-               "gate_flag_rate_retain": flag_rate(self._gate, self.threshold, inputs.get("retain") or [])}
+        out = {
+            "threshold": self.threshold,
+            "forbidden_sequences": float(len(self._seqs)),
+            "gate_flag_rate_forget": flag_rate(self._gate, self.threshold, inputs.get("forget") or []),
+            "gate_flag_rate_retain": flag_rate(self._gate, self.threshold, inputs.get("retain") or []),
+        }
         return {k: v for k, v in out.items() if v is not None}
 
     def state(self):
@@ -144,7 +148,8 @@ class GuardDecoding(Guard):
         if state.get("gate"):
             self._gate = TfidfLogistic.from_state(state["gate"])
         seqs = state.get("sequences", [])
-        if not isinstance(seqs, list) or not all(isinstance(q, list) and all(type(t) is int and t >= 0 for t in q)
-                                                 for q in seqs):
+        if not isinstance(seqs, list) or not all(
+            isinstance(q, list) and all(type(t) is int and t >= 0 for t in q) for q in seqs
+        ):
             raise ValueError("'sequences' must be a list of token-id lists")
         self._seqs = [list(q) for q in seqs]

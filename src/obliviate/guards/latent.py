@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.core.errors import UsageError
-from obliviate.guards.base import GUARDS, default_refusal, hidden_at, youden_threshold
 from obliviate.engine.hooks import Guard
+from obliviate.guards.base import GUARDS, default_refusal, hidden_at, youden_threshold
 
 
 def _cos(h: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
@@ -66,18 +66,20 @@ class LatentGuard(Guard):
         harm = [r["prompt"] for r in rows if r["kind"] == "harmful"]
         safe = [r["prompt"] for r in rows if r["kind"] == "benign"]
         if len(harm) < 2 or len(safe) < 2:
-            raise UsageError(f"latent: needs at least 2 harmful and 2 benign training prompts (has {len(harm)} and "
-                             f"{len(safe)})")
+            raise UsageError(
+                f"latent: needs at least 2 harmful and 2 benign training prompts (has {len(harm)} and {len(safe)})"
+            )
         guard = cls(**options)
         guard.position = -(post_instruction_tokens(tok) + 1)
-        states = hidden_at(model, [prompt_ids(tok, p) for p in harm + safe], guard.position,
-                           tok.pad_token_id or 0)  # [N, L+1, d]
+        states = hidden_at(
+            model, [prompt_ids(tok, p) for p in harm + safe], guard.position, tok.pad_token_id or 0
+        )  # [N, L+1, d]
         layers = guard.layer_list() or list(range(1, states.shape[1]))
         if any(not 0 <= x < states.shape[1] for x in layers):
             raise UsageError(f"latent: layers must be in 0..{states.shape[1] - 1}")
         guard.layers = ",".join(map(str, layers))
         states = states[:, layers]
-        guard._mu = torch.stack([states[: len(harm)].mean(0), states[len(harm):].mean(0)])
+        guard._mu = torch.stack([states[: len(harm)].mean(0), states[len(harm) :].mean(0)])
         labels = [1] * len(harm) + [0] * len(safe)
         guard.threshold = youden_threshold(guard.scores(states).tolist(), labels)
         return guard
@@ -87,7 +89,7 @@ class LatentGuard(Guard):
         follows the header), else `position` from the end."""
         h = self._header
         for j in range(len(ids) - len(h), -1, -1) if h else ():
-            if ids[j: j + len(h)] == h:
+            if ids[j : j + len(h)] == h:
                 return j - 1
         return len(ids) + self.position
 
@@ -119,10 +121,12 @@ class LatentGuard(Guard):
             return {}
         s = self.prompt_scores(model, tok, [r["prompt"] for r in test])
         flagged = [x >= self.threshold for x in s]
-        return {"auroc_test": float(roc_auc_score(labels, s)),
-                "flag_rate_harmful": sum(f for f, y in zip(flagged, labels) if y) / sum(labels),
-                "flag_rate_benign": sum(f for f, y in zip(flagged, labels) if not y) / (len(labels) - sum(labels)),
-                "n_test": len(test)}
+        return {
+            "auroc_test": float(roc_auc_score(labels, s)),
+            "flag_rate_harmful": sum(f for f, y in zip(flagged, labels) if y) / sum(labels),
+            "flag_rate_benign": sum(f for f, y in zip(flagged, labels) if not y) / (len(labels) - sum(labels)),
+            "n_test": len(test),
+        }
 
     def tensors(self):
         return {"centroids": self._mu}

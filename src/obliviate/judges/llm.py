@@ -94,8 +94,9 @@ def read_template(spec: str) -> tuple[str, str, bool]:
     """(style, template text, verbatim) from `harmbench`, `strongreject`, or `STYLE=FILE`."""
     style, _, path = spec.partition("=")
     if style not in STYLES:
-        raise UsageError(f"--judge-template must be harmbench, strongreject, harmbench=FILE or "
-                         f"strongreject=FILE, got {spec!r}")
+        raise UsageError(
+            f"--judge-template must be harmbench, strongreject, harmbench=FILE or strongreject=FILE, got {spec!r}"
+        )
     if not path:
         return style, STYLES[style], False
     p = Path(path)
@@ -104,8 +105,10 @@ def read_template(spec: str) -> tuple[str, str, bool]:
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read judge template {p}: {type(e).__name__}") from None
     if not any(k in text for k in _PROMPT_KEYS) or not any(k in text for k in _RESPONSE_KEYS):
-        raise UsageError(f"{p}: a judge template needs a prompt placeholder ({' or '.join(_PROMPT_KEYS)}) "
-                         f"and a reply placeholder ({' or '.join(_RESPONSE_KEYS)})")
+        raise UsageError(
+            f"{p}: a judge template needs a prompt placeholder ({' or '.join(_PROMPT_KEYS)}) "
+            f"and a reply placeholder ({' or '.join(_RESPONSE_KEYS)})"
+        )
     return style, text, True
 
 
@@ -143,7 +146,7 @@ class LLMJudge:
         return not self.verbatim and getattr(self.tokenizer, "chat_template", None) is not None
 
     def format(self, prompt: str, response: str) -> str:
-        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"][:self.max_response_tokens]
+        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"][: self.max_response_tokens]
         text = fill(self.template, prompt, self.tokenizer.decode(ids))
         if not self._chat():
             return text
@@ -157,13 +160,16 @@ class LLMJudge:
         side, tok.padding_side = tok.padding_side, "left"  # decoder-only: pad on the left to generate
         try:
             for i in range(0, len(texts), self.batch_size):
-                enc = tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=not self._chat())  # a chat template writes its own BOS
+                enc = tok(
+                    texts[i : i + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=not self._chat(),
+                )  # a chat template writes its own BOS
                 enc = {k: v.to(self.model.device) for k, v in enc.items()}
                 with torch.inference_mode():
-                    gen = self.model.generate(**enc, max_new_tokens=new, do_sample=False,
-                                              pad_token_id=tok.pad_token_id)
-                out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                    gen = self.model.generate(**enc, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
+                out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         finally:
             tok.padding_side = side
         return out

@@ -87,12 +87,19 @@ def _auc(splits: dict, attack: str) -> float:
 
 
 for _name in SCORES:
-    metric(f"mia_{_name}_auc", None, ("forget", "holdout"),
-           f"ROC AUC of the {_name} MIA, forget (members) vs holdout; the oracle's value is the goal")(
-        lambda ctx, a=_name: _auc(ctx, a))
+    metric(
+        f"mia_{_name}_auc",
+        None,
+        ("forget", "holdout"),
+        f"ROC AUC of the {_name} MIA, forget (members) vs holdout; the oracle's value is the goal",
+    )(lambda ctx, a=_name: _auc(ctx, a))
 
 
-@metric("privleak", None, ("forget", "holdout", "oracle"),
-        "MUSE PrivLeak (%) of Min-K% AUC relative to the oracle; 0 is ideal, -100 means fully leaking")
+@metric(
+    "privleak",
+    None,
+    ("forget", "holdout", "oracle"),
+    "MUSE PrivLeak (%) of Min-K% AUC relative to the oracle; 0 is ideal, -100 means fully leaking",
+)
 def _privleak(ctx):
     return privleak(_auc(ctx, "mink"), _auc(ctx["oracle"], "mink"))

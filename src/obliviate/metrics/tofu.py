@@ -66,6 +66,7 @@ def model_utility(components: list[float]) -> float:
 
 # --- registrations over per-sample rows -----------------------------------------------------------------
 
+
 def _col(rows: list[dict], key: str) -> np.ndarray:
     return np.array([r[key] for r in rows], dtype=float)
 
@@ -91,42 +92,63 @@ def _register_split(split: str) -> None:
         # on forget, lower Prob./ROUGE is better and the truth ratio should match the oracle's (None)
         better = True if split != "forget" else (None if comp == "truth_ratio" else False)
         metric(f"{split}_{comp}", better, (split,), f"TOFU {comp} on the {split} split")(
-            lambda ctx, split=split, comp=comp: split_components(ctx[split], split)[comp])
+            lambda ctx, split=split, comp=comp: split_components(ctx[split], split)[comp]
+        )
 
 
 for _s in ("forget", *UTILITY_SPLITS):
     _register_split(_s)
 
 
-@metric("forget_quality", True, ("forget", "oracle"),
-        "KS-test p-value of forget truth ratios vs the oracle's (TOFU); 1 = indistinguishable from retraining")
+@metric(
+    "forget_quality",
+    True,
+    ("forget", "oracle"),
+    "KS-test p-value of forget truth ratios vs the oracle's (TOFU); 1 = indistinguishable from retraining",
+)
 def _forget_quality(ctx):
     return forget_quality(_ratios(ctx["forget"]), _ratios(ctx["oracle"]["forget"]))
 
 
-@metric("model_utility", True, ("retain",),
-        "harmonic mean of Prob./ROUGE/truth ratio on retain, real authors (TOFU) and world facts")
+@metric(
+    "model_utility",
+    True,
+    ("retain",),
+    "harmonic mean of Prob./ROUGE/truth ratio on retain, real authors (TOFU) and world facts",
+)
 def _model_utility(ctx):
     comps = [v for s in UTILITY_SPLITS if ctx.get(s) for v in split_components(ctx[s], s).values()]
     return model_utility(comps)
 
 
-@metric("forget_value_acc", False, ("forget",),
-        "share of forget questions whose greedy answer contains the true attribute value")
+@metric(
+    "forget_value_acc",
+    False,
+    ("forget",),
+    "share of forget questions whose greedy answer contains the true attribute value",
+)
 def _forget_value_acc(ctx):
     rows = [r for r in ctx["forget"] if r.get("value")]
     return float(np.mean([r["value_hit"] for r in rows])) if rows else None
 
 
-@metric("world_facts_value_acc", True, ("world_facts",),
-        "share of world-fact questions whose greedy answer contains the true value")
+@metric(
+    "world_facts_value_acc",
+    True,
+    ("world_facts",),
+    "share of world-fact questions whose greedy answer contains the true value",
+)
 def _world_facts_value_acc(ctx):
     rows = [r for r in ctx["world_facts"] if r.get("value")]
     return float(np.mean([r["value_hit"] for r in rows])) if rows else None
 
 
-@metric("retain_value_acc", True, ("retain",),
-        "share of retain questions whose greedy answer contains the true attribute value")
+@metric(
+    "retain_value_acc",
+    True,
+    ("retain",),
+    "share of retain questions whose greedy answer contains the true attribute value",
+)
 def _retain_value_acc(ctx):
     rows = [r for r in ctx["retain"] if r.get("value")]
     return float(np.mean([r["value_hit"] for r in rows])) if rows else None

@@ -42,8 +42,9 @@ def _passes_through(m: nn.Module) -> bool:
 
 
 def _is_projection(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or (type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None
-                                        and m.weight.dim() == 2)
+    return isinstance(m, nn.Linear) or (
+        type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None and m.weight.dim() == 2
+    )
 
 
 def text_config(model):
@@ -54,8 +55,14 @@ def text_config(model):
 def num_experts(model) -> int | None:
     """Experts per mixture-of-experts layer, from the config's usual names (None: a dense model)."""
     cfg = text_config(model)
-    return next((getattr(cfg, k) for k in ("num_local_experts", "num_experts", "n_routed_experts")
-                 if isinstance(getattr(cfg, k, None), int)), None)
+    return next(
+        (
+            getattr(cfg, k)
+            for k in ("num_local_experts", "num_experts", "n_routed_experts")
+            if isinstance(getattr(cfg, k, None), int)
+        ),
+        None,
+    )
 
 
 def is_fused_experts(p: torch.Tensor, n_experts: int | None) -> bool:
@@ -110,8 +117,7 @@ def decoder_layers(model) -> list[nn.Module]:
     for m in lists:
         if len(m) == n:
             return list(m)
-    raise UsageError(f"could not find the decoder layers of this {type(model).__name__} (no module list of "
-                     f"{n} layers)")
+    raise UsageError(f"could not find the decoder layers of this {type(model).__name__} (no module list of {n} layers)")
 
 
 @dataclass
@@ -163,11 +169,13 @@ def anatomy(model) -> Anatomy:
     children = [list(ly.children()) for ly in layers]
     seen = probe_forward(model, layers + [c for cs in children for c in cs])
     if layers[0] not in seen or seen[layers[0]][0] is None:
-        raise UsageError(f"could not read the residual stream of this {type(model).__name__} (its decoder layers "
-                         "take no hidden-state tensor)")
+        raise UsageError(
+            f"could not read the residual stream of this {type(model).__name__} (its decoder layers "
+            "take no hidden-state tensor)"
+        )
     d = seen[layers[0]][0].shape[-1]
     writers = []
-    for ly, cs in zip(layers, children):
+    for _ly, cs in zip(layers, children):
         io = {c: seen[c] for c in cs if c in seen}
         inputs = [x for c, (x, _) in io.items() if not _passes_through(c) and not _is_norm(c)]
         found = []
@@ -179,8 +187,9 @@ def anatomy(model) -> Anatomy:
             post = [n for n, (x, _) in io.items() if _is_norm(n) and _same(x, y)]
             found.append(post[0] if post else c)
         if not found:
-            raise UsageError(f"could not find what layer {len(writers)} of this {type(model).__name__} writes to "
-                             "its residual stream")
+            raise UsageError(
+                f"could not find what layer {len(writers)} of this {type(model).__name__} writes to its residual stream"
+            )
         writers.append(found)
     return Anatomy(layers, d, writers)
 
@@ -293,8 +302,12 @@ def _write_axes(writer: nn.Module, test: _WriterTest) -> list[Slot] | None:
     """`expert_slots` on a writer test already built (its random inputs and first output)."""
     if test.y0 is None:
         return None
-    slots = [(p, axis) for p in writer.parameters() for axis, n in enumerate(p.shape)
-             if n == test.d and test.moves_along_u_only(p, axis)]
+    slots = [
+        (p, axis)
+        for p in writer.parameters()
+        for axis, n in enumerate(p.shape)
+        if n == test.d and test.moves_along_u_only(p, axis)
+    ]
     return slots if slots and test.removes_u(slots) else None
 
 
@@ -317,8 +330,10 @@ def write_slots(model, anat: Anatomy) -> list[Slot]:
         if found is None:
             found = _write_axes(w, test or _WriterTest(w, anat.d_model))
         if found is None:
-            raise UsageError(f"{type(w).__name__} writes to the residual stream through no linear projection, so "
-                             "its weights cannot be orthogonalised (hook-based ablation still works)")
+            raise UsageError(
+                f"{type(w).__name__} writes to the residual stream through no linear projection, so "
+                "its weights cannot be orthogonalised (hook-based ablation still works)"
+            )
         slots += found
     return slots
 
@@ -326,8 +341,7 @@ def write_slots(model, anat: Anatomy) -> list[Slot]:
 def embeddings(model, d: int) -> list[nn.Embedding]:
     """Embedding tables outside the decoder layers whose rows have the residual width (token, learned position)."""
     inside = {id(m) for ly in decoder_layers(model) for m in ly.modules()}
-    return [m for m in model.modules() if isinstance(m, nn.Embedding) and id(m) not in inside
-            and m.embedding_dim == d]
+    return [m for m in model.modules() if isinstance(m, nn.Embedding) and id(m) not in inside and m.embedding_dim == d]
 
 
 def final_norm(model) -> nn.Module | None:

@@ -59,7 +59,8 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
     if template is not None:
         return text_ids(tokenizer, prompt_parts(template, question)[0])
     return tokenizer(prompt_text(tokenizer, [{"role": "user", "content": question}]), add_special_tokens=False)[
-        "input_ids"]
+        "input_ids"
+    ]
 
 
 def prompt_text(tokenizer, messages: list[dict]) -> str:
@@ -85,7 +86,7 @@ def post_instruction_tokens(tok) -> int:
 
 def assistant_header(tok) -> list[int]:
     """The post-instruction tokens themselves: what a chat template puts between a user's text and a reply."""
-    return prompt_ids(tok, "7")[-post_instruction_tokens(tok):]
+    return prompt_ids(tok, "7")[-post_instruction_tokens(tok) :]
 
 
 _MARKER = "Zq7xReplyEndsHere"
@@ -110,15 +111,16 @@ def _reply_facts(tokenizer) -> tuple[int, str]:
         except Exception:  # noqa: BLE001 - a template that rejects this conversation: EOS, no prefix
             opened = text = ""
         if _MARKER in text:
-            special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items()
-                                                        if getattr(t, "special", False)}
-            after = tokenizer(text[text.index(_MARKER) + len(_MARKER):], add_special_tokens=False)["input_ids"]
+            special = set(tokenizer.all_special_ids) | {
+                i for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)
+            }
+            after = tokenizer(text[text.index(_MARKER) + len(_MARKER) :], add_special_tokens=False)["input_ids"]
             found = next((i for i in after[:3] if i in special), found)
-            before = text[:text.index(_MARKER)]
+            before = text[: text.index(_MARKER)]
             # Spaces alone are left out: Llama 2 writes "[/INST] " + text, and its tokenizer already starts a
             # reply's first word with the space. A newline (GLM 4's "</think>\n") is kept.
-            if before.startswith(opened) and before[len(opened):].strip(" "):
-                prefix = before[len(opened):]
+            if before.startswith(opened) and before[len(opened) :].strip(" "):
+                prefix = before[len(opened) :]
             prefix = prefix or _close_opened_block(opened, before)
     _RENDERED[tokenizer] = (template, (found, prefix))
     return found, prefix
@@ -181,8 +183,8 @@ def _continuation(tokenizer, anchor: str, text: str) -> list[int]:
     if anchor:
         head = tokenizer(anchor, add_special_tokens=False)["input_ids"]
         ids = tokenizer(anchor + text, add_special_tokens=False)["input_ids"]
-        if ids[:len(head)] == head and len(ids) > len(head):
-            return ids[len(head):]
+        if ids[: len(head)] == head and len(ids) > len(head):
+            return ids[len(head) :]
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -202,7 +204,7 @@ def encode_pair(tokenizer, question: str | None, answer: str, max_len: int = 512
         return ids, [IGNORE] + ids[1:]
     p, a = prompt_ids(tokenizer, question), answer_ids(tokenizer, answer)
     a = a[:max_len]
-    p = p[-(max_len - len(a)):] if len(p) + len(a) > max_len else p
+    p = p[-(max_len - len(a)) :] if len(p) + len(a) > max_len else p
     return p + a, [IGNORE] * len(p) + a
 
 
@@ -222,15 +224,15 @@ def budget_chunks(items: list, max_tokens: int, length=len):
         yield chunk
 
 
-def logits_runs(model, items: list, max_rows: int, length=len, max_logits: int = 2 ** 28):
+def logits_runs(model, items: list, max_rows: int, length=len, max_logits: int = 2**28):
     """Consecutive runs of `items` for teacher-forced passes without gradients: at most `max_rows` rows, and padded
     tokens x vocabulary within `max_logits` (2^28 fp32 entries: 1 GiB of logits, and as much again for their
     log-softmax). 64 raw documents of 512 tokens would otherwise make [64, 511, V] logits at once: 6.4 GB for a
     49k vocabulary, 34 GB for a 262k one. Short items (64 x 40 tokens) stay in one run."""
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    vocab = out_emb.weight.shape[0] if out_emb is not None else getattr(model.config, "vocab_size", 2 ** 15)
+    vocab = out_emb.weight.shape[0] if out_emb is not None else getattr(model.config, "vocab_size", 2**15)
     for i in range(0, len(items), max_rows):
-        yield from budget_chunks(items[i: i + max_rows], max(1, max_logits // vocab), length=length)
+        yield from budget_chunks(items[i : i + max_rows], max(1, max_logits // vocab), length=length)
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

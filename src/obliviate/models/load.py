@@ -8,12 +8,18 @@ from pathlib import Path
 
 from obliviate.core.errors import UsageError
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 def canonical_dtype(name: str) -> str:
-    """"bf16" -> "bfloat16", ...; an unknown name is a UsageError (exit 2) that lists the known ones."""
+    """ "bf16" -> "bfloat16", ...; an unknown name is a UsageError (exit 2) that lists the known ones."""
     if name not in _DTYPES:
         raise UsageError(f"unknown dtype {name!r} (known: {', '.join(sorted(_DTYPES))})")
     return _DTYPES[name]
@@ -40,8 +46,7 @@ def _auto_class(path: str, trust_remote_code: bool):
     """AutoModelForCausalLM, or, for a vision-language chat model that has no causal-LM class (Qwen2.5-VL,
     Mistral 3, ...), AutoModelForImageTextToText: obliviate feeds it text only, and it saves back whole."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING,
-                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
 
     cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     if type(cfg) not in MODEL_FOR_CAUSAL_LM_MAPPING and type(cfg) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
@@ -56,8 +61,14 @@ def dtype_entry() -> dict:
     return {} if dtype == "float32" else {"dtype": dtype}
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
-                    "special_tokens_map.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+)
 
 
 def _part_files(path: str, part: str) -> str:
@@ -92,15 +103,18 @@ def _shape_mismatch(path: str, auto) -> str | None:
 
     try:
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in auto.from_config(AutoConfig.from_pretrained(path))
-                        .state_dict().items()}
+            expected = {
+                k: tuple(v.shape) for k, v in auto.from_config(AutoConfig.from_pretrained(path)).state_dict().items()
+            }
         for f in sorted(Path(path).glob("*.safetensors")):
             with safe_open(str(f), "pt") as h:
                 for k in h.keys():
                     shape = tuple(h.get_slice(k).get_shape())
                     if k in expected and expected[k] != shape:
-                        return (f"{f.name} does not fit config.json: {k} is {list(shape)} in the file, "
-                                f"{list(expected[k])} by config.json")
+                        return (
+                            f"{f.name} does not fit config.json: {k} is {list(shape)} in the file, "
+                            f"{list(expected[k])} by config.json"
+                        )
     except Exception:  # noqa: BLE001 - only a better message is lost
         return None
     return None
@@ -117,12 +131,20 @@ def _load_part(path: str, part: str, load, auto=None):
         raise
     except Exception as e:  # noqa: BLE001 - whatever the libraries raise on a malformed file (SafetensorError, ...)
         detail = _shape_mismatch(path, auto) if part == "weights" and auto is not None else None
-        raise UsageError(f"cannot load model {path!r}: {detail or f'{_part_files(path, part)}: {_first_line(e)}'}"
-                         ) from None
+        raise UsageError(
+            f"cannot load model {path!r}: {detail or f'{_part_files(path, part)}: {_first_line(e)}'}"
+        ) from None
 
 
-def load_model(path: str, *, dtype: str | None = None, device: str = "cpu", trust_remote_code: bool = False,
-               require_chat_template: bool = True, prompt_format=None):
+def load_model(
+    path: str,
+    *,
+    dtype: str | None = None,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    require_chat_template: bool = True,
+    prompt_format=None,
+):
     """Return (model, tokenizer). A local path that is not a model directory is a UsageError (exit 2). `dtype`:
     float32, bfloat16 or float16; None takes `default_dtype()` (the command line's `--dtype`, else float32).
     `prompt_format` (`models.prompt_format.PromptFormat`): how question-answer items are written for this model,
@@ -138,10 +160,17 @@ def load_model(path: str, *, dtype: str | None = None, device: str = "cpu", trus
     dtype = default_dtype() if dtype is None else canonical_dtype(dtype)
     # each part of a model directory is read on its own, so that a failure names the file it comes from
     auto = _load_part(path, "config", lambda: _auto_class(path, trust_remote_code))
-    tok = _load_part(path, "tokenizer", lambda: AutoTokenizer.from_pretrained(path,
-                                                                              trust_remote_code=trust_remote_code))
-    model = _load_part(path, "weights", lambda: auto.from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True), auto)
+    tok = _load_part(
+        path, "tokenizer", lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    )
+    model = _load_part(
+        path,
+        "weights",
+        lambda: auto.from_pretrained(
+            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+        ),
+        auto,
+    )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
@@ -167,8 +196,14 @@ def add_lora(model, r: int = 8, alpha: int = LORA_ALPHA, dropout: float = 0.0, t
     from obliviate.models.anatomy import fused_expert_parameters
 
     experts = fused_expert_parameters(model) if target_modules == "all-linear" else []
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                     task_type="CAUSAL_LM", **({"target_parameters": experts} if experts else {}))
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+        **({"target_parameters": experts} if experts else {}),
+    )
     with warnings.catch_warnings():  # peft (0.21) reads transformers 5's deprecated `is_gradient_checkpointing`
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         return get_peft_model(model, cfg)

@@ -56,11 +56,11 @@ def prompt_parts(template: str, question: str) -> tuple[str, str, str]:
     """(prompt text, separator, anchor) of an item: the prompt is the text before {answer} without its trailing
     spaces; the separator is those spaces, which open the answer; the anchor is the template's text between
     {question} and {answer}, also without them (the same for every item: "\\nAnswer:" in TOFU's)."""
-    head = template[:-len("{answer}")] if template.endswith("{answer}") else template
+    head = template[: -len("{answer}")] if template.endswith("{answer}") else template
     before, after = head.split("{question}")
     text = before + question + after
     prompt = text.rstrip(" ")
-    return prompt, text[len(prompt):], after.rstrip(" ")
+    return prompt, text[len(prompt) :], after.rstrip(" ")
 
 
 @dataclass
@@ -80,14 +80,21 @@ class PromptFormat:
         if getattr(tok, "chat_template", None) is not None and not self.force:
             if self.given and not self._unused_said:
                 self._unused_said = True
-                print(f"{name} has a chat template: --prompt-template is not used (--no-chat-template to use it)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{name} has a chat template: --prompt-template is not used (--no-chat-template to use it)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return
         setattr(tok, PLAIN_ATTR, self.template)
         if not self.models:
             why = "--no-chat-template" if self.force else f"{name} has no chat template"
-            print(f"{why}: formatting items as '{show(self.template)}'"
-                  + ("" if self.given else " (--prompt-template to change)"), file=sys.stderr, flush=True)
+            print(
+                f"{why}: formatting items as '{show(self.template)}'"
+                + ("" if self.given else " (--prompt-template to change)"),
+                file=sys.stderr,
+                flush=True,
+            )
         if str(name) not in self.models:
             self.models.append(str(name))
 
@@ -96,8 +103,9 @@ class PromptFormat:
         the results of runs in chat templates stay as they were."""
         if not self.models:
             return {}
-        return {"prompt_format": {"template": self.template, "models": list(self.models),
-                                  "no_chat_template": self.force}}
+        return {
+            "prompt_format": {"template": self.template, "models": list(self.models), "no_chat_template": self.force}
+        }
 
 
 def raw_format(no_chat_template: bool) -> PromptFormat | None:

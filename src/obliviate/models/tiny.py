@@ -34,7 +34,10 @@ def build_tokenizer(texts: list[str], vocab_size: int = 2048):
     )
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|eos|>",
+        tokenizer_object=tok,
+        pad_token="<|pad|>",
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
         additional_special_tokens=["<|user|>", "<|assistant|>"],
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -65,11 +68,19 @@ def build_model(tokenizer, cfg: TinyModelConfig = TinyModelConfig(), seed: int =
 
     if cfg.num_experts:
         config = MixtralConfig(
-            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-            max_position_embeddings=cfg.max_positions, num_local_experts=cfg.num_experts,
-            num_experts_per_tok=cfg.experts_per_token, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_heads,
+            max_position_embeddings=cfg.max_positions,
+            num_local_experts=cfg.num_experts,
+            num_experts_per_tok=cfg.experts_per_token,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
         )
         torch.manual_seed(seed)
         return MixtralForCausalLM(config)

@@ -15,14 +15,21 @@ from obliviate.core.errors import UsageError
 DEFAULT_TAUS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
 
-def sweep(model, tok, rows: list[dict], taus=DEFAULT_TAUS, temperature: float = 1.0, judges=("gcg", "jbb"),
-          max_new_tokens: int = 48) -> dict:
+def sweep(
+    model,
+    tok,
+    rows: list[dict],
+    taus=DEFAULT_TAUS,
+    temperature: float = 1.0,
+    judges=("gcg", "jbb"),
+    max_new_tokens: int = 48,
+) -> dict:
     """{"tau": [...], "refusal_rate": [...], "over_refusal_rate": [...]} on harmful / benign policy rows."""
     from obliviate.engine.generation import generate
     from obliviate.judges.refusal import judge
+    from obliviate.models.control_tokens import control_ids
     from obliviate.models.encode import prompt_ids
     from obliviate.refusal.methods.refusal_tokens import ThresholdGenerator, refuse_probability
-    from obliviate.models.control_tokens import control_ids
 
     harmful = [r for r in rows if r["kind"] == "harmful"]
     benign = [r for r in rows if r["kind"] == "benign"]

@@ -44,8 +44,10 @@ def drop_near_duplicates(prompts: list[str], exclude: list[str], threshold: floa
 
 def alpaca_pairs(path: Path) -> list[tuple[str, str]]:
     """(prompt, answer) from Alpaca records: the instruction, then the input (when present) after a blank line."""
-    return [((r["instruction"] + ("\n\n" + r["input"] if r["input"].strip() else "")), r["output"])
-            for r in _records(path, ("instruction", "output"), ("input",))]
+    return [
+        ((r["instruction"] + ("\n\n" + r["input"] if r["input"].strip() else "")), r["output"])
+        for r in _records(path, ("instruction", "output"), ("input",))
+    ]
 
 
 def whole_sentences(text: str) -> str:
@@ -56,11 +58,22 @@ def whole_sentences(text: str) -> str:
     return text[: end + 1].strip() if end > 0 else text
 
 
-def public_refusal_data(model, tok, *, harmful: list[str], refusals: Path | None = None,
-                        harmful_responses: Path | None = None, self_prefix: bool = False,
-                        benign: list[str] = (), benign_sft: Path | None = None, max_prompts: int | None = None,
-                        exclude: list[str] = (),
-                        seed: int = 0, max_new_tokens: int = 64, out: Path | None = None) -> RefusalData:
+def public_refusal_data(
+    model,
+    tok,
+    *,
+    harmful: list[str],
+    refusals: Path | None = None,
+    harmful_responses: Path | None = None,
+    self_prefix: bool = False,
+    benign: list[str] = (),
+    benign_sft: Path | None = None,
+    max_prompts: int | None = None,
+    exclude: list[str] = (),
+    seed: int = 0,
+    max_new_tokens: int = 64,
+    out: Path | None = None,
+) -> RefusalData:
     """Build `RefusalData` from public-format files (see the module docstring). Validates every file first."""
     from obliviate.refusal.public_refusal import load_sources, subsample_per_source
 
@@ -73,26 +86,37 @@ def public_refusal_data(model, tok, *, harmful: list[str], refusals: Path | None
     if harmful_responses:
         from obliviate.data.prompts import affirmative_target
 
-        rows = [{"id": f"responses-{i}", "prompt": r["prompt"], "answer": r["response"],
-                 "target": affirmative_target(r["prompt"]), "category": r["category"] or "harmful"}
-                for i, r in enumerate(_records(harmful_responses, ("prompt", "response"), ("category",)))]
+        rows = [
+            {
+                "id": f"responses-{i}",
+                "prompt": r["prompt"],
+                "answer": r["response"],
+                "target": affirmative_target(r["prompt"]),
+                "category": r["category"] or "harmful",
+            }
+            for i, r in enumerate(_records(harmful_responses, ("prompt", "response"), ("category",)))
+        ]
     else:
         rows = [r | {"target": r["answer"]} for r in load_sources(harmful, "harmful")]
     if exclude:
-        ex = [r["prompt"] for r in load_sources(list(exclude), "harmful") + load_sources(list(exclude), "benign",
-                                                                                              allow_none=True)]
+        ex = [
+            r["prompt"]
+            for r in load_sources(list(exclude), "harmful") + load_sources(list(exclude), "benign", allow_none=True)
+        ]
         rows = [r for r, k in zip(rows, drop_near_duplicates([r["prompt"] for r in rows], ex)) if k]
         if not rows:
             raise UsageError("--exclude removed every harmful training prompt")
-    rows = subsample_per_source([r | {"source": r.get("source", "responses"), "kind": "harmful"} for r in rows],
-                                max_prompts)
+    rows = subsample_per_source(
+        [r | {"source": r.get("source", "responses"), "kind": "harmful"} for r in rows], max_prompts
+    )
     if benign_sft:
         pairs = alpaca_pairs(benign_sft)
         benign_prompts = []
     else:
         pairs = []
-        benign_prompts = ([r["prompt"] for r in load_sources(list(benign), "benign")] if benign
-                          else load_lines(BENIGN_POOL))
+        benign_prompts = (
+            [r["prompt"] for r in load_sources(list(benign), "benign")] if benign else load_lines(BENIGN_POOL)
+        )
         if max_prompts:
             benign_prompts = benign_prompts[:max_prompts]
     generated = []
@@ -117,8 +141,16 @@ def public_refusal_data(model, tok, *, harmful: list[str], refusals: Path | None
         from obliviate.data.schema import write_jsonl
 
         write_jsonl(Path(out) / "generated.jsonl", generated)
-    harmful_rows = [{"prompt": r["prompt"], "answer": r["answer"], "refusal": rng.choice(pool),
-                     "category": r["category"], "id": r["id"]} for r in rows]
+    harmful_rows = [
+        {
+            "prompt": r["prompt"],
+            "answer": r["answer"],
+            "refusal": rng.choice(pool),
+            "category": r["category"],
+            "id": r["id"],
+        }
+        for r in rows
+    ]
     if len(pairs) < 2:
         raise UsageError("need at least 2 benign training pairs (one for the benign part, one for utility)")
     benign_rows = [{"prompt": p, "answer": a, "id": f"benign-{i}"} for i, (p, a) in enumerate(pairs) if i % 2 == 0]

@@ -49,8 +49,18 @@ def load_sources(specs: list[str], label: str, allow_none: bool = False) -> list
         got = [r for r in load_prompts(kind, path) if r["label"] == label]
         if not got and not allow_none:
             raise UsageError(f"{path}: no {label} prompts in this {kind} file")
-        rows += [{"id": r["id"], "prompt": prompt_text(r), "answer": r["target"], "refusal": "",
-                  "kind": label, "category": r["category"] or kind, "source": kind} for r in got]
+        rows += [
+            {
+                "id": r["id"],
+                "prompt": prompt_text(r),
+                "answer": r["target"],
+                "refusal": "",
+                "kind": label,
+                "category": r["category"] or kind,
+                "source": kind,
+            }
+            for r in got
+        ]
     return rows
 
 
@@ -67,23 +77,34 @@ def rates_by(samples: list[dict], key: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def evaluate_public(model, tok, rows: list[dict], refused_fn, *, depths=PUBLIC_DEPTHS, max_new_tokens: int = 48,
-                    generator=None) -> tuple[dict, list[dict], dict]:
+def evaluate_public(
+    model, tok, rows: list[dict], refused_fn, *, depths=PUBLIC_DEPTHS, max_new_tokens: int = 48, generator=None
+) -> tuple[dict, list[dict], dict]:
     """(metrics, samples, extra): the world's refusal metrics on public rows, plus per-category and per-source
     rates in `extra` ({"by_category": ..., "by_source": ..., "refusal_positions": ...})."""
     from obliviate.refusal.evaluate import plain_generate, refusal_eval
 
     by_id = {r["id"]: r for r in rows}
-    metrics, samples, dist = refusal_eval(model, tok, rows, depths=depths, max_new_tokens=max_new_tokens,
-                                          generator=generator or plain_generate, refused_fn=refused_fn)
+    metrics, samples, dist = refusal_eval(
+        model,
+        tok,
+        rows,
+        depths=depths,
+        max_new_tokens=max_new_tokens,
+        generator=generator or plain_generate,
+        refused_fn=refused_fn,
+    )
     for s in samples:
         s["source"] = by_id[s["id"]]["source"]
     if not any(r["kind"] == "benign" for r in rows):
         metrics["over_refusal_rate"] = None  # no benign prompts given: not measured (not 0)
     if not any(r["kind"] == "harmful" for r in rows):
         metrics = {k: (None if k.startswith("refusal") else v) for k, v in metrics.items()}
-    extra = {"by_category": rates_by(samples, "category"), "by_source": rates_by(samples, "source"),
-             "refusal_positions": dist}
+    extra = {
+        "by_category": rates_by(samples, "category"),
+        "by_source": rates_by(samples, "source"),
+        "refusal_positions": dist,
+    }
     return metrics, samples, extra
 
 

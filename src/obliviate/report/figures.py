@@ -44,8 +44,11 @@ def color_of(run: str, order: list[str]):
     others = [r for r in order if r.split(":")[-1] not in ("target", "oracle")]
     i = others.index(run) if run in others else 0
     # the strong tab10 colours while they suffice, else tab20 (light shades included); red is the target's
-    palette = ([c for j, c in enumerate(plt.cm.tab10.colors) if j != 3] if len(others) <= 9 else
-               [c for j, c in enumerate(plt.cm.tab20.colors) if j not in (6, 7)])
+    palette = (
+        [c for j, c in enumerate(plt.cm.tab10.colors) if j != 3]
+        if len(others) <= 9
+        else [c for j, c in enumerate(plt.cm.tab20.colors) if j not in (6, 7)]
+    )
     return palette[i % len(palette)]
 
 
@@ -60,7 +63,7 @@ def to_svg(fig) -> str:
         fig.savefig(buf, format="svg")  # every figure uses constrained layout: no second, "tight" drawing pass
     plt.close(fig)
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg[svg.index("<svg") :]
 
 
 def _figure(panels: int, width: float = 4.6, height: float = 3.6, cols: int = 3):
@@ -93,8 +96,9 @@ def pareto(points: list[dict], xlabel: str) -> str:
         ax.annotate(_text(p["label"]), (p["x"], y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     best = sorted((p for p in runs if p["label"] in front), key=lambda p: p["x"])
     if len(best) > 1:
-        ax.step([p["x"] for p in best], [max(p["y"], floor) for p in best], where="post", color="#1f77b4",
-                lw=1, alpha=0.6)
+        ax.step(
+            [p["x"] for p in best], [max(p["y"], floor) for p in best], where="post", color="#1f77b4", lw=1, alpha=0.6
+        )
     ax.set_yscale("log")
     ax.axhline(0.05, color="grey", lw=0.8, ls="--")
     ax.text(ax.get_xlim()[0], 0.05, " p = 0.05", fontsize=7, va="bottom", color="grey")
@@ -120,8 +124,14 @@ def roc_curves(scores: dict[str, dict[str, tuple]], order: list[str]) -> str:
     for ax, (score, runs) in zip(axes, scores.items()):
         for run, (fpr, tpr, auc) in runs.items():
             base = run.split(":")[-1]
-            ax.plot(fpr, tpr, color=color_of(run, order), lw=1.8 if base in ("target", "oracle") else 1.1,
-                    ls="--" if base == "oracle" else "-", label=_text(f"{run} ({auc:.2f})"))
+            ax.plot(
+                fpr,
+                tpr,
+                color=color_of(run, order),
+                lw=1.8 if base in ("target", "oracle") else 1.1,
+                ls="--" if base == "oracle" else "-",
+                label=_text(f"{run} ({auc:.2f})"),
+            )
         ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls=":")
         ax.set_title(f"{score} (AUC in legend)", fontsize=9)
         ax.set_xlabel("false positive rate (holdout)")
@@ -141,12 +151,20 @@ def truth_ratio_hists(panels: dict[str, dict[str, list[float]]], order: list[str
         for run, values in runs.items():
             base = run.split(":")[-1]
             if base in ("target", "oracle"):
-                ax.hist(values, bins=bins, histtype="step", lw=1.6, color=color_of(run, order),
-                        ls="--" if base == "oracle" else "-", label=_text(base))
+                ax.hist(
+                    values,
+                    bins=bins,
+                    histtype="step",
+                    lw=1.6,
+                    color=color_of(run, order),
+                    ls="--" if base == "oracle" else "-",
+                    label=_text(base),
+                )
             else:
                 # stepfilled: one polygon per histogram, not one rectangle per bin (smaller SVG, faster drawing)
-                ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.45, color=color_of(run, order),
-                        label=_text(run))
+                ax.hist(
+                    values, bins=bins, histtype="stepfilled", alpha=0.45, color=color_of(run, order), label=_text(run)
+                )
         ax.set_title(_text(title), fontsize=9)
         ax.set_xlabel("truth ratio (forget split)")
         ax.set_ylabel("questions")
@@ -159,8 +177,18 @@ def refusal_scatter(points: dict[str, tuple[float, float]], order: list[str]) ->
     fig, (ax,) = _figure(1, 8.0, 4.8)
     # a legend rather than labels at the points: refusal runs pile up at (0, 1) and their labels would overlap
     for i, (run, (x, y)) in enumerate(points.items()):
-        ax.scatter(x, y, s=60, marker="osD^vP*X"[i % 8], color=color_of(run, order), edgecolor="black", lw=0.4,
-                   zorder=3, alpha=0.85, label=_text(run))
+        ax.scatter(
+            x,
+            y,
+            s=60,
+            marker="osD^vP*X"[i % 8],
+            color=color_of(run, order),
+            edgecolor="black",
+            lw=0.4,
+            zorder=3,
+            alpha=0.85,
+            label=_text(run),
+        )
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
@@ -176,8 +204,14 @@ def depth_curves(curves: dict[str, list[tuple[int, float]]], order: list[str]) -
     fig, (ax,) = _figure(1, 7.0, 4.6)
     depths = sorted({k for c in curves.values() for k, _ in c})
     for i, (run, pts) in enumerate(curves.items()):
-        ax.plot([k for k, _ in pts], [v for _, v in pts], marker="os^D"[i // 9 % 4], ls=("-", "--", ":")[i // 9 % 3],
-                color=color_of(run, order), label=_text(run))
+        ax.plot(
+            [k for k, _ in pts],
+            [v for _, v in pts],
+            marker="os^D"[i // 9 % 4],
+            ls=("-", "--", ":")[i // 9 % 3],
+            color=color_of(run, order),
+            label=_text(run),
+        )
     ax.set_xticks(depths)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("prefill depth k (tokens of a harmful answer forced before the reply)")
@@ -187,8 +221,12 @@ def depth_curves(curves: dict[str, list[tuple[int, float]]], order: list[str]) -
     return to_svg(fig)
 
 
-def bar_panels(panels: list[tuple[str, list[str], dict[str, list]]], ylabel: str = "", cols: int = 2,
-               colors: dict[str, str] | None = None) -> str:
+def bar_panels(
+    panels: list[tuple[str, list[str], dict[str, list]]],
+    ylabel: str = "",
+    cols: int = 2,
+    colors: dict[str, str] | None = None,
+) -> str:
     """Grouped bars, one panel per (title, groups, {series: values per group}); None values are left empty."""
     import numpy as np
 
@@ -203,8 +241,12 @@ def bar_panels(panels: list[tuple[str, list[str], dict[str, list]]], ylabel: str
             color = (colors or {}).get(name, plt.cm.tab10.colors[i % 10])
             ax.bar(x + (i - (len(series) - 1) / 2) * w, ys, w, label=_text(name), color=color)
         ax.set_xticks(x)
-        ax.set_xticklabels([_text(g) for g in groups], rotation=30 if len(groups) > 3 else 0, ha="right"
-                           if len(groups) > 3 else "center", fontsize=7)
+        ax.set_xticklabels(
+            [_text(g) for g in groups],
+            rotation=30 if len(groups) > 3 else 0,
+            ha="right" if len(groups) > 3 else "center",
+            fontsize=7,
+        )
         ax.set_title(_text(title), fontsize=9)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, axis="y")
@@ -242,25 +284,24 @@ GLOSSARY = {
     "refusal_rate": "share of harmful test prompts whose reply the judge counts as a refusal (higher is better)",
     "over_refusal_rate": "share of benign look-alike prompts refused (lower is better)",
     "refusal_rate@prefill*": "refusal rate when the first k tokens of a harmful answer are forced before the "
-                             "reply (refusal at depth; shallow alignment falls off with k)",
+    "reply (refusal at depth; shallow alignment falls off with k)",
     "refusal_position_mean": "mean token position at which a refusal starts in the reply",
     "sarr": "SafeEraser's safe answer refusal rate: refusals of benign requests about a harmful object (lower is "
-            "better)",
+    "better)",
     "people_accuracy": "share of known people facts answered with the right value (utility; higher is better)",
     "utility_vs_target": "people_accuracy relative to the unaligned target's",
     "uncertain_rate_unknown": "share of replies expressing uncertainty on questions about never-seen people",
     "uncertain_rate_known": "share of replies expressing uncertainty on questions the model knows",
     "relearn_recovered": "relearning attack: held-out forget-value ROUGE gained after fine-tuning on a few forget "
-                         "items (recovery beyond the oracle's = suppressed, not removed)",
+    "items (recovery beyond the oracle's = suppressed, not removed)",
     "model_utility_ratio": "model utility divided by the target's (1 = nothing else broke)",
-    "ua": "unlearning accuracy: share of target-concept generations not classified as the concept (higher is "
-          "better)",
+    "ua": "unlearning accuracy: share of target-concept generations not classified as the concept (higher is better)",
     "ira": "in-domain retain accuracy: classifier accuracy on the erased factor's other values (higher is better)",
     "cra": "cross-domain retain accuracy: accuracy on the other factors (higher is better)",
     "over_erasure": "share of benign neighbour prompts whose generation no longer shows what they ask (lower is "
-                    "better)",
+    "better)",
     "fd_classifier": "Frechet distance of the factor classifiers' features to the base model's images (not an "
-                     "Inception FID)",
+    "Inception FID)",
     "pre_asr": "share of target-concept prompts that already show the concept before any attack",
     "asr*": "attack success rate: share of attacked prompts whose generation shows the erased concept again",
     "factor_accuracy*": "classifier accuracy of generations on one factor",
@@ -275,7 +316,7 @@ def describe(name: str, registry: dict[str, str]) -> str | None:
         return registry[name]
     core, note = name, ""
     if core.startswith("heldout_"):
-        core, note = core[len("heldout_"):], " (on held-out objects never trained)"
+        core, note = core[len("heldout_") :], " (on held-out objects never trained)"
     if "[" in core and core.endswith("]") and not core.startswith(("asr", "factor_accuracy")):
         core, src = core.split("[", 1)
         note += f" (prompts of {src[:-1]})"

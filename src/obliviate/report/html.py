@@ -28,8 +28,23 @@ MAX_TEXT = 400  # characters of one table cell; the full text is in samples.json
 MAX_SAMPLE_LINES = 500_000  # lines read from one samples.jsonl (figures use every line read)
 MAX_CONFIG_CHARS = 20_000
 FILTER_MAX_VALUES = 30  # a column gets a value dropdown when it has at most this many distinct values
-FIRST_COLUMNS = ("source", "run", "split", "kind", "set", "category", "id", "question", "prompt", "answer", "generated",
-                 "output", "value", "value_hit", "refused")
+FIRST_COLUMNS = (
+    "source",
+    "run",
+    "split",
+    "kind",
+    "set",
+    "category",
+    "id",
+    "question",
+    "prompt",
+    "answer",
+    "generated",
+    "output",
+    "value",
+    "value_hit",
+    "refused",
+)
 
 
 def _read_json(path: Path):
@@ -52,9 +67,15 @@ def load_source(path: Path, name: str) -> Source:
     if not found:
         raise UsageError(f"{path} holds no results files ({', '.join(RESULT_FILES)})")
     docs = {f: check_document(_read_json(path / f), path / f) for f in found}
-    s = Source(name, path, results=docs.get("results.json") or docs.get("muse.json"),
-               leaderboard=docs.get("leaderboard.json"), audit=docs.get("audit.json"),
-               calibration=docs.get("calibration.json"), sweep=docs.get("sweep.json"))
+    s = Source(
+        name,
+        path,
+        results=docs.get("results.json") or docs.get("muse.json"),
+        leaderboard=docs.get("leaderboard.json"),
+        audit=docs.get("audit.json"),
+        calibration=docs.get("calibration.json"),
+        sweep=docs.get("sweep.json"),
+    )
     if s.results is not None and not isinstance(s.results.get("results", {}), dict):
         raise UsageError(f"{path}/results.json: 'results' is not an object of runs")
     if (path / "samples.jsonl").is_file():
@@ -95,7 +116,7 @@ def _read_samples(path: Path) -> tuple[list[dict], int]:
 def _names(paths: list[Path]) -> list[str]:
     """Short unique labels: the directory names, with their parent where two collide."""
     names = [p.resolve().name or str(p) for p in paths]
-    for i, n in enumerate(names):
+    for n in list(names):
         if names.count(n) > 1:
             names = [f"{p.resolve().parent.name}/{m}" if m == n else m for p, m in zip(paths, names)]
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
@@ -132,11 +153,11 @@ def write_beside(out: Path) -> None:
         write_report([Path(out)], Path(out) / "report.html")
         print(f"wrote {Path(out) / 'report.html'}")
     except Exception as e:  # noqa: BLE001 - whatever breaks the report must not fail the command
-        print(f"warning: no report.html written: {' '.join(str(e).split())[:300] or type(e).__name__}",
-              file=sys.stderr)
+        print(f"warning: no report.html written: {' '.join(str(e).split())[:300] or type(e).__name__}", file=sys.stderr)
 
 
 # --- the per-sample table ----------------------------------------------------------------------------------------
+
 
 def _cell(v):
     """A JSON-safe, compact table value: numbers stay numbers (sorting), lists become short text."""
@@ -185,8 +206,11 @@ def _sample_table(sources: list[Source]) -> tuple[dict, int, int]:
     for i, c in enumerate(columns):
         values = {row[i] for row in rows if row[i] is not None}
         # categorical columns only: few values, not measurements, and short (a dropdown of answers helps no one)
-        if 1 < len(values) <= FILTER_MAX_VALUES and not all(isinstance(v, float) for v in values) \
-                and max(len(str(v)) for v in values) <= 40:
+        if (
+            1 < len(values) <= FILTER_MAX_VALUES
+            and not all(isinstance(v, float) for v in values)
+            and max(len(str(v)) for v in values) <= 40
+        ):
             filters[c] = sorted(values, key=lambda v: (isinstance(v, str), v if isinstance(v, str) else float(v)))
     return {"columns": columns, "rows": rows, "filters": filters}, len(rows), total
 
@@ -199,6 +223,7 @@ def _json_script(obj) -> str:
 
 
 # --- the page ------------------------------------------------------------------------------------------------------
+
 
 def _fmt(v) -> str:
     if v is None:
@@ -230,9 +255,13 @@ def _definitions(metrics: list[str], registry: dict) -> str:
 def _small_table(rows: list[list]) -> str:
     head, *body = rows
     cell = lambda v: f"<td{' class=t' if isinstance(v, str) else ''}>{_fmt(v)}</td>"  # text left, numbers right
-    return ('<div class="scroll"><table class="num"><thead><tr>' + "".join(f"<th>{escape(str(h))}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join("<tr>" + "".join(map(cell, r)) + "</tr>" for r in body)
-            + "</tbody></table></div>")
+    return (
+        '<div class="scroll"><table class="num"><thead><tr>'
+        + "".join(f"<th>{escape(str(h))}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join("<tr>" + "".join(map(cell, r)) + "</tr>" for r in body)
+        + "</tbody></table></div>"
+    )
 
 
 def _results_table(s: Source, registry: dict) -> str:
@@ -245,43 +274,66 @@ def _results_table(s: Source, registry: dict) -> str:
     metrics = list(dict.fromkeys(k for m in runs.values() if isinstance(m, dict) for k in m))
     hib = doc.get("higher_is_better") or {}
     arrow = {True: " ↑", False: " ↓", None: " ◎"}
-    head = "".join(f'<th title="{escape(describe(m, registry) or "")}">{escape(m)}{arrow[hib[m]] if m in hib else ""}'
-                   "</th>" for m in metrics)
-    body = "".join(f"<tr><th>{escape(str(run))}</th>" + "".join(
-        f"<td>{_fmt(m.get(k)) if isinstance(m, dict) else '–'}</td>" for k in metrics) + "</tr>"
-        for run, m in runs.items())
-    return (f'<div class="scroll"><table class="num results"><thead><tr><th>run</th>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div><p class=note>↑ higher is better, ↓ lower is better, ◎ closest "
-            "to "
-            "the oracle is best; hover a column name for its definition.</p>")
+    head = "".join(
+        f'<th title="{escape(describe(m, registry) or "")}">{escape(m)}{arrow[hib[m]] if m in hib else ""}</th>'
+        for m in metrics
+    )
+    body = "".join(
+        f"<tr><th>{escape(str(run))}</th>"
+        + "".join(f"<td>{_fmt(m.get(k)) if isinstance(m, dict) else '–'}</td>" for k in metrics)
+        + "</tr>"
+        for run, m in runs.items()
+    )
+    return (
+        f'<div class="scroll"><table class="num results"><thead><tr><th>run</th>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div><p class=note>↑ higher is better, ↓ lower is better, ◎ closest "
+        "to "
+        "the oracle is best; hover a column name for its definition.</p>"
+    )
 
 
 def _provenance(s: Source) -> str:
     docs = [d for d in (s.results, s.leaderboard, s.audit) if d]
     doc = docs[0] if docs else {}
-    rows = [("directory", str(s.path)), ("files", ", ".join(f for f in RESULT_FILES if (s.path / f).is_file())
-                                         + (", samples.jsonl" if s.samples_total else "")),
-            ("created", doc.get("created")), ("obliviate", doc.get("obliviate_version")),
-            ("git commit", doc.get("git") or "not recorded"),
-            ("versions", ", ".join(f"{k} {v}" for k, v in (doc.get("versions") or {}).items())),
-            ("wall seconds", doc.get("wall_seconds"))]
+    rows = [
+        ("directory", str(s.path)),
+        (
+            "files",
+            ", ".join(f for f in RESULT_FILES if (s.path / f).is_file())
+            + (", samples.jsonl" if s.samples_total else ""),
+        ),
+        ("created", doc.get("created")),
+        ("obliviate", doc.get("obliviate_version")),
+        ("git commit", doc.get("git") or "not recorded"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in (doc.get("versions") or {}).items())),
+        ("wall seconds", doc.get("wall_seconds")),
+    ]
     # files without a "config" (calibration, sweep, a diffusion audit) are their own settings: show the scalars
     plain = {k: v for k, v in (doc or s.calibration or s.sweep or {}).items() if not isinstance(v, (list, dict))}
     cfg = json.dumps(doc["config"] if "config" in doc else plain, indent=1, default=str)
     cut = len(cfg) > MAX_CONFIG_CHARS
-    cfg = cfg[:MAX_CONFIG_CHARS] + (f"\n… ({len(cfg) - MAX_CONFIG_CHARS} more characters in the results file)"
-                                    if cut else "")
-    return ("<table class=kv>" + "".join(f"<tr><th>{k}</th><td>{_fmt(v)}</td></tr>" for k, v in rows if v not in (None, ""))
-            + f"</table><details><summary>config</summary><pre>{escape(cfg)}</pre></details>")
+    cfg = cfg[:MAX_CONFIG_CHARS] + (
+        f"\n… ({len(cfg) - MAX_CONFIG_CHARS} more characters in the results file)" if cut else ""
+    )
+    return (
+        "<table class=kv>"
+        + "".join(f"<tr><th>{k}</th><td>{_fmt(v)}</td></tr>" for k, v in rows if v not in (None, ""))
+        + f"</table><details><summary>config</summary><pre>{escape(cfg)}</pre></details>"
+    )
 
 
 def _figure_html(f: Figure, registry: dict) -> str:
     defs = f"<dl class=defs>{_definitions(f.metrics, registry)}</dl>" if f.metrics else ""
-    table = (f"<details><summary>the numbers ({len(f.table) - 1} rows)</summary>{_small_table(f.table)}</details>"
-             if f.table else "")
-    return (f'<section id="{f.id}"><h2>{escape(f.title)}</h2><figure class="fig" data-figure="{f.id}">'
-            f'<div class="plot">{f.body}</div><figcaption>{escape(f.caption)}</figcaption></figure>'
-            f"{defs}{table}</section>")
+    table = (
+        f"<details><summary>the numbers ({len(f.table) - 1} rows)</summary>{_small_table(f.table)}</details>"
+        if f.table
+        else ""
+    )
+    return (
+        f'<section id="{f.id}"><h2>{escape(f.title)}</h2><figure class="fig" data-figure="{f.id}">'
+        f'<div class="plot">{f.body}</div><figcaption>{escape(f.caption)}</figcaption></figure>'
+        f"{defs}{table}</section>"
+    )
 
 
 def _page(sources: list[Source], figs: list[Figure], table: dict, kept: int, total: int) -> str:
@@ -291,22 +343,32 @@ def _page(sources: list[Source], figs: list[Figure], table: dict, kept: int, tot
     runs = "".join(f"<h3>{escape(s.name)}</h3>{_provenance(s)}{_results_table(s, registry)}" for s in sources)
     samples = ""
     if table["rows"]:
-        cut = (f" The table shows {kept:,} of {total:,} rows (up to {MAX_ROWS_PER_RUN} per run, evenly spaced; cells "
-               f"cut at {MAX_TEXT} characters); the figures use every row.") if kept < total else ""
-        samples = (f'<section id="samples"><h2>Samples</h2><p class=note>Search matches any cell; the dropdowns keep '
-                   f"one value of a column; click a column name to sort. To find forget items that still leak: split "
-                   f"= forget, value_hit = true, then sort by truth_ratio or gt_loss.{escape(cut)}</p>"
-                   '<div class=controls><input id="q" type="search" placeholder="search samples…" '
-                   'aria-label="search">'
-                   '<span id="filters"></span><span id="count"></span></div><div class="scroll tall">'
-                   '<table id="samples-table"><thead></thead><tbody></tbody></table></div>'
-                   '<button id="more" hidden>show more rows</button>'
-                   f'<script type="application/json" id="samples-data">{_json_script(table)}</script></section>')
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-            f"<title>{escape(title)}</title><style>{CSS}</style></head><body><header><h1>{escape(title)}</h1>"
-            f"<nav>{' · '.join(f'<a href=#{i}>{escape(t)}</a>' for i, t in nav)}</nav></header><main>"
-            f'<section id="runs"><h2>Runs: provenance and results</h2>{runs}</section>'
-            f"{''.join(_figure_html(f, registry) for f in figs)}{samples}</main><script>{JS}</script></body></html>")
+        cut = (
+            (
+                f" The table shows {kept:,} of {total:,} rows (up to {MAX_ROWS_PER_RUN} per run, evenly spaced; cells "
+                f"cut at {MAX_TEXT} characters); the figures use every row."
+            )
+            if kept < total
+            else ""
+        )
+        samples = (
+            f'<section id="samples"><h2>Samples</h2><p class=note>Search matches any cell; the dropdowns keep '
+            f"one value of a column; click a column name to sort. To find forget items that still leak: split "
+            f"= forget, value_hit = true, then sort by truth_ratio or gt_loss.{escape(cut)}</p>"
+            '<div class=controls><input id="q" type="search" placeholder="search samples…" '
+            'aria-label="search">'
+            '<span id="filters"></span><span id="count"></span></div><div class="scroll tall">'
+            '<table id="samples-table"><thead></thead><tbody></tbody></table></div>'
+            '<button id="more" hidden>show more rows</button>'
+            f'<script type="application/json" id="samples-data">{_json_script(table)}</script></section>'
+        )
+    return (
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><header><h1>{escape(title)}</h1>"
+        f"<nav>{' · '.join(f'<a href=#{i}>{escape(t)}</a>' for i, t in nav)}</nav></header><main>"
+        f'<section id="runs"><h2>Runs: provenance and results</h2>{runs}</section>'
+        f"{''.join(_figure_html(f, registry) for f in figs)}{samples}</main><script>{JS}</script></body></html>"
+    )
 
 
 CSS = """

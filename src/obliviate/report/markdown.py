@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 # The columns a reader needs first; every other metric is in results.json.
-HEADLINE = ["forget_quality", "model_utility", "forget_rouge", "forget_value_acc", "retain_value_acc",
-            "privleak", "mia_mink_auc", "forget_truth_ratio"]
+HEADLINE = [
+    "forget_quality",
+    "model_utility",
+    "forget_rouge",
+    "forget_value_acc",
+    "retain_value_acc",
+    "privleak",
+    "mia_mink_auc",
+    "forget_truth_ratio",
+]
 
 
 def _fmt(v) -> str:

@@ -17,9 +17,19 @@ from obliviate.report import figures as F
 MIA_SCORES = ("loss", "zlib", "mink", "minkpp")
 REFERENCES = ("target", "oracle")
 # what a guarded run ("base+guard") is compared on, in this order, where both runs carry the metric
-GUARD_METRICS = ("forget_value_acc", "forget_rouge", "mia_mink_auc", "retain_value_acc", "world_facts_value_acc",
-                 "model_utility", "refusal_rate", "refusal_rate@prefill20", "over_refusal_rate",
-                 "heldout_refusal_rate@prefill20", "people_accuracy")
+GUARD_METRICS = (
+    "forget_value_acc",
+    "forget_rouge",
+    "mia_mink_auc",
+    "retain_value_acc",
+    "world_facts_value_acc",
+    "model_utility",
+    "refusal_rate",
+    "refusal_rate@prefill20",
+    "over_refusal_rate",
+    "heldout_refusal_rate@prefill20",
+    "people_accuracy",
+)
 DIFFUSION_METRICS = ("ua", "ira", "cra", "over_erasure", "pre_asr")
 MAX_GRID_BYTES = 2_500_000  # embedded PNG grids, all sources together (the page must stay under 5 MB)
 
@@ -65,8 +75,7 @@ def figures(sources: list[Source]) -> list[Figure]:
     many = len(sources) > 1
     order = [_label(s, r, many) for s in sources for r in _runs(s)]
     out: list[Figure] = []
-    for make in (_pareto, _roc, _truth_ratios, _refusal, _depth, _relearn, _audit, _calibration, _guards,
-                 _diffusion):
+    for make in (_pareto, _roc, _truth_ratios, _refusal, _depth, _relearn, _audit, _calibration, _guards, _diffusion):
         out += make(sources, many, order)
     return out
 
@@ -78,9 +87,15 @@ def _pareto(sources, many, order) -> list[Figure]:
         target_mu = runs.get("target", {}).get("model_utility")
         for run, m in runs.items():
             if _num(m.get("forget_quality")) and _num(m.get("model_utility")):
-                points.append({"label": _label(s, run, many), "y": m["forget_quality"], "mu": m["model_utility"],
-                               "ratio": m["model_utility"] / target_mu if _num(target_mu) and target_mu else None,
-                               "reference": run in REFERENCES})
+                points.append(
+                    {
+                        "label": _label(s, run, many),
+                        "y": m["forget_quality"],
+                        "mu": m["model_utility"],
+                        "ratio": m["model_utility"] / target_mu if _num(target_mu) and target_mu else None,
+                        "reference": run in REFERENCES,
+                    }
+                )
         if s.leaderboard:  # bench: mean over seeds per method and split
             groups: dict[str, list[dict]] = {}
             for key, m in (s.leaderboard.get("results") or {}).items():
@@ -91,19 +106,30 @@ def _pareto(sources, many, order) -> list[Figure]:
                 mu = [m["model_utility"] for m in ms if _num(m.get("model_utility"))]
                 ratio = [m["model_utility_ratio"] for m in ms if _num(m.get("model_utility_ratio"))]
                 if fq and mu:
-                    points.append({"label": _label(s, key, many), "y": sum(fq) / len(fq), "mu": sum(mu) / len(mu),
-                                   "ratio": sum(ratio) / len(ratio) if len(ratio) == len(ms) else None,
-                                   "reference": key.startswith("target@")})
+                    points.append(
+                        {
+                            "label": _label(s, key, many),
+                            "y": sum(fq) / len(fq),
+                            "mu": sum(mu) / len(mu),
+                            "ratio": sum(ratio) / len(ratio) if len(ratio) == len(ms) else None,
+                            "reference": key.startswith("target@"),
+                        }
+                    )
         if s.sweep:
             tmu = s.sweep.get("target_model_utility")
             for p in s.sweep.get("points", []):
                 m = p.get("metrics", {})
                 if _num(m.get("forget_quality")) and _num(m.get("model_utility")):
                     opts = " ".join(f"{k}={v}" for k, v in p.get("options", {}).items())
-                    points.append({"label": _label(s, f"{s.sweep.get('method')} {opts}", many),
-                                   "y": m["forget_quality"], "mu": m["model_utility"],
-                                   "ratio": m["model_utility"] / tmu if _num(tmu) and tmu else None,
-                                   "reference": False})
+                    points.append(
+                        {
+                            "label": _label(s, f"{s.sweep.get('method')} {opts}", many),
+                            "y": m["forget_quality"],
+                            "mu": m["model_utility"],
+                            "ratio": m["model_utility"] / tmu if _num(tmu) and tmu else None,
+                            "reference": False,
+                        }
+                    )
     if len([p for p in points if not p["reference"]]) < 1 or len(points) < 2:
         return []
     relative = all(p["ratio"] is not None for p in points)
@@ -111,11 +137,17 @@ def _pareto(sources, many, order) -> list[Figure]:
         p["x"] = p["ratio"] if relative else p["mu"]
     xlabel = "model utility / the target's" if relative else "model utility"
     front = sorted(F.pareto_front([p for p in points if not p["reference"]]))
-    return [Figure("pareto", "Forget quality vs model utility: the Pareto front", F.pareto(points, xlabel),
-                   "Each point is a run. Up is forgetting like the oracle, right is keeping the rest; the starred "
-                   "runs are Pareto-optimal (no other run is better on both). Target and oracle are references. "
-                   f"Pareto-optimal: {', '.join(front)}.",
-                   ["forget_quality", "model_utility"] + (["model_utility_ratio"] if relative else []))]
+    return [
+        Figure(
+            "pareto",
+            "Forget quality vs model utility: the Pareto front",
+            F.pareto(points, xlabel),
+            "Each point is a run. Up is forgetting like the oracle, right is keeping the rest; the starred "
+            "runs are Pareto-optimal (no other run is better on both). Target and oracle are references. "
+            f"Pareto-optimal: {', '.join(front)}.",
+            ["forget_quality", "model_utility"] + (["model_utility_ratio"] if relative else []),
+        )
+    ]
 
 
 def _roc(sources, many, order) -> list[Figure]:
@@ -134,12 +166,17 @@ def _roc(sources, many, order) -> list[Figure]:
                     auc = float(sum((fpr[i + 1] - fpr[i]) * (tpr[i + 1] + tpr[i]) / 2 for i in range(len(fpr) - 1)))
                     scores.setdefault(score, {})[_label(s, str(run), many)] = (fpr, tpr, auc)
         if scores:
-            out.append(Figure(f"roc-{len(out)}", "Membership inference: ROC curves" + (f" ({s.name})" if many else ""),
-                              F.roc_curves(scores, order),
-                              "Per-sample MIA scores from samples.jsonl: forget items (members) against holdout "
-                              "items (never trained). The diagonal is chance; the goal is the oracle's curve, not "
-                              "the diagonal (an oracle can sit below it).",
-                              [f"mia_{k}_auc" for k in scores] + ["privleak"]))
+            out.append(
+                Figure(
+                    f"roc-{len(out)}",
+                    "Membership inference: ROC curves" + (f" ({s.name})" if many else ""),
+                    F.roc_curves(scores, order),
+                    "Per-sample MIA scores from samples.jsonl: forget items (members) against holdout "
+                    "items (never trained). The diagonal is chance; the goal is the oracle's curve, not "
+                    "the diagonal (an oracle can sit below it).",
+                    [f"mia_{k}_auc" for k in scores] + ["privleak"],
+                )
+            )
     if out:
         return out
     aucs = {}  # no per-sample scores: the results carry AUCs only, so bars instead of curves
@@ -151,11 +188,27 @@ def _roc(sources, many, order) -> list[Figure]:
     if not aucs:
         return []
     used = [k for k in MIA_SCORES if any(_num(v[k]) for v in aucs.values())]
-    svg = F.bar_panels([("MIA ROC AUC (forget vs holdout)", list(aucs), {
-        k: [v[k] if _num(v[k]) else None for v in aucs.values()] for k in used})], "ROC AUC", cols=1)
-    return [Figure("roc-auc", "Membership inference: AUC (no per-sample scores)", svg,
-                   "The results carry only ROC AUCs (no per-sample MIA scores in samples.jsonl), so bars replace "
-                   "the ROC curves. Compare each run with the oracle's AUC.", [f"mia_{k}_auc" for k in used])]
+    svg = F.bar_panels(
+        [
+            (
+                "MIA ROC AUC (forget vs holdout)",
+                list(aucs),
+                {k: [v[k] if _num(v[k]) else None for v in aucs.values()] for k in used},
+            )
+        ],
+        "ROC AUC",
+        cols=1,
+    )
+    return [
+        Figure(
+            "roc-auc",
+            "Membership inference: AUC (no per-sample scores)",
+            svg,
+            "The results carry only ROC AUCs (no per-sample MIA scores in samples.jsonl), so bars replace "
+            "the ROC curves. Compare each run with the oracle's AUC.",
+            [f"mia_{k}_auc" for k in used],
+        )
+    ]
 
 
 def _truth_ratios(sources, many, order) -> list[Figure]:
@@ -170,42 +223,70 @@ def _truth_ratios(sources, many, order) -> list[Figure]:
         refs = {_label(s, k, many): v for k, v in by_run.items() if k in REFERENCES}
         methods = [k for k in by_run if k not in REFERENCES][:12]
         fq = {run: m.get("forget_quality") for run, m in _runs(s).items()}
-        panels = {f"{run} (FQ {fq[run]:.2g})" if _num(fq.get(run)) else run:
-                  refs | {_label(s, run, many): by_run[run]} for run in methods} or {"target and oracle": refs}
-        out.append(Figure(f"truth-{len(out)}", "Truth ratios on the forget set" + (f" ({s.name})" if many else ""),
-                          F.truth_ratio_hists(panels, order),
-                          "One panel per method: its forget-set truth-ratio distribution (filled) over the target's "
-                          "(red) and the oracle's (dashed black). Forget quality is the KS-test p-value between a "
-                          "run's distribution and the oracle's.", ["forget_truth_ratio", "forget_quality"]))
+        panels = {
+            f"{run} (FQ {fq[run]:.2g})" if _num(fq.get(run)) else run: refs | {_label(s, run, many): by_run[run]}
+            for run in methods
+        } or {"target and oracle": refs}
+        out.append(
+            Figure(
+                f"truth-{len(out)}",
+                "Truth ratios on the forget set" + (f" ({s.name})" if many else ""),
+                F.truth_ratio_hists(panels, order),
+                "One panel per method: its forget-set truth-ratio distribution (filled) over the target's "
+                "(red) and the oracle's (dashed black). Forget quality is the KS-test p-value between a "
+                "run's distribution and the oracle's.",
+                ["forget_truth_ratio", "forget_quality"],
+            )
+        )
     return out
 
 
 def _refusal(sources, many, order) -> list[Figure]:
-    pts = {_label(s, run, many): (m["over_refusal_rate"], m["refusal_rate"]) for s in sources
-           for run, m in _runs(s).items() if _num(m.get("refusal_rate")) and _num(m.get("over_refusal_rate"))}
+    pts = {
+        _label(s, run, many): (m["over_refusal_rate"], m["refusal_rate"])
+        for s in sources
+        for run, m in _runs(s).items()
+        if _num(m.get("refusal_rate")) and _num(m.get("over_refusal_rate"))
+    }
     if not pts:
         return []
-    return [Figure("refusal", "Refusal vs over-refusal", F.refusal_scatter(pts, order),
-                   "A method should refuse harmful prompts (up) without refusing their benign look-alikes (left).",
-                   ["refusal_rate", "over_refusal_rate"])]
+    return [
+        Figure(
+            "refusal",
+            "Refusal vs over-refusal",
+            F.refusal_scatter(pts, order),
+            "A method should refuse harmful prompts (up) without refusing their benign look-alikes (left).",
+            ["refusal_rate", "over_refusal_rate"],
+        )
+    ]
 
 
 def _depth(sources, many, order) -> list[Figure]:
     curves, names = {}, set()
     for s in sources:
         for run, m in _runs(s).items():
-            pts = [(int(mt.group(1)), v) for k, v in m.items() if (mt := re.fullmatch(r"refusal_rate@prefill(\d+)", k))
-                   and _num(v)]
+            pts = [
+                (int(mt.group(1)), v)
+                for k, v in m.items()
+                if (mt := re.fullmatch(r"refusal_rate@prefill(\d+)", k)) and _num(v)
+            ]
             if pts:
                 names |= {f"refusal_rate@prefill{k}" for k, _ in pts}
-                curves[_label(s, run, many)] = sorted(pts + ([(0, m["refusal_rate"])] if _num(m.get("refusal_rate"))
-                                                             else []))
+                curves[_label(s, run, many)] = sorted(
+                    pts + ([(0, m["refusal_rate"])] if _num(m.get("refusal_rate")) else [])
+                )
     if not curves:
         return []
-    return [Figure("depth", "Refusal at depth", F.depth_curves(curves, order),
-                   "Refusal rate when k tokens of a harmful answer are already in the reply (k = 0: the plain refusal "
-                   "rate). A refusal that holds only at k = 0 is shallow.",
-                   ["refusal_rate", *sorted(names, key=lambda n: int(n.rsplit("prefill", 1)[1]))])]
+    return [
+        Figure(
+            "depth",
+            "Refusal at depth",
+            F.depth_curves(curves, order),
+            "Refusal rate when k tokens of a harmful answer are already in the reply (k = 0: the plain refusal "
+            "rate). A refusal that holds only at k = 0 is shallow.",
+            ["refusal_rate", *sorted(names, key=lambda n: int(n.rsplit("prefill", 1)[1]))],
+        )
+    ]
 
 
 def _relearn(sources, many, order) -> list[Figure]:
@@ -213,17 +294,31 @@ def _relearn(sources, many, order) -> list[Figure]:
     for s in sources:
         relearn = (s.results or {}).get("relearn") or {}
         runs = {_label(s, r, many): f for r, f in relearn.items() if isinstance(f, dict)}
-        keys = [k for k in dict.fromkeys(k for f in runs.values() for k in f)
-                if all(not _num(f.get(k)) or -1.5 <= f[k] <= 1.5 for f in runs.values())]
+        keys = [
+            k
+            for k in dict.fromkeys(k for f in runs.values() for k in f)
+            if all(not _num(f.get(k)) or -1.5 <= f[k] <= 1.5 for f in runs.values())
+        ]
         if runs and keys:
-            panels.append((f"relearning attack ({s.name})" if many else "relearning attack", keys,
-                           {r: [f.get(k) if _num(f.get(k)) else None for k in keys] for r, f in runs.items()}))
+            panels.append(
+                (
+                    f"relearning attack ({s.name})" if many else "relearning attack",
+                    keys,
+                    {r: [f.get(k) if _num(f.get(k)) else None for k in keys] for r, f in runs.items()},
+                )
+            )
     if not panels:
         return []
-    return [Figure("relearn", "Relearning attack, beside the oracle", F.bar_panels(panels, cols=1, colors={
-        r: F.color_of(r, order) for p in panels for r in p[2]}),
-        "Each run fine-tuned briefly on part of the forget set; the held-out forget values it recovers show "
-        "knowledge that was suppressed rather than removed (compare with the oracle's bar).", ["relearn_recovered"])]
+    return [
+        Figure(
+            "relearn",
+            "Relearning attack, beside the oracle",
+            F.bar_panels(panels, cols=1, colors={r: F.color_of(r, order) for p in panels for r in p[2]}),
+            "Each run fine-tuned briefly on part of the forget set; the held-out forget values it recovers show "
+            "knowledge that was suppressed rather than removed (compare with the oracle's bar).",
+            ["relearn_recovered"],
+        )
+    ]
 
 
 def _audit(sources, many, order) -> list[Figure]:
@@ -235,11 +330,28 @@ def _audit(sources, many, order) -> list[Figure]:
         if "pre_asr" in doc:  # a diffusion audit: one success rate per attack
             names = [a for a, r in attacks.items() if _num(r.get("asr"))]
             if names:
-                svg = F.bar_panels([("attack success rate", ["pre-attack", *names],
-                                     {"ASR": [doc["pre_asr"], *[attacks[a]["asr"] for a in names]]})], "rate", cols=1)
+                svg = F.bar_panels(
+                    [
+                        (
+                            "attack success rate",
+                            ["pre-attack", *names],
+                            {"ASR": [doc["pre_asr"], *[attacks[a]["asr"] for a in names]]},
+                        )
+                    ],
+                    "rate",
+                    cols=1,
+                )
                 title = title.replace("beside the oracle", "on the erased model")
-                out.append(Figure(f"audit-{len(out)}", title, svg, "Share of prompts whose generation shows the erased "
-                                  "concept, before any attack and under each attack.", ["pre_asr", "asr"]))
+                out.append(
+                    Figure(
+                        f"audit-{len(out)}",
+                        title,
+                        svg,
+                        "Share of prompts whose generation shows the erased "
+                        "concept, before any attack and under each attack.",
+                        ["pre_asr", "asr"],
+                    )
+                )
             continue
         panels, table = [], [["attack", "figure", "model", "oracle", "target"]]
         for name, entry in attacks.items():
@@ -248,16 +360,29 @@ def _audit(sources, many, order) -> list[Figure]:
             table += [[name, k, *[entry.get(r, {}).get(k) for r in ("model", "oracle", "target")]] for k in figs]
             small = [k for k in figs if all(not _num(entry[r].get(k)) or -1.5 <= entry[r][k] <= 1.5 for r in roles)]
             if small:
-                panels.append((f"{name} ({entry.get('seconds', '?')} s)", small,
-                               {r: [entry[r].get(k) if _num(entry[r].get(k)) else None for k in small] for r in roles}))
+                panels.append(
+                    (
+                        f"{name} ({entry.get('seconds', '?')} s)",
+                        small,
+                        {r: [entry[r].get(k) if _num(entry[r].get(k)) else None for k in small] for r in roles},
+                    )
+                )
         for name, why in (doc.get("skipped") or {}).items():
             table.append([name, f"skipped: {why}", None, None, None])
         if panels:
             colors = {"model": "#1f77b4", "oracle": F.ORACLE_COLOR, "target": F.TARGET_COLOR}
-            out.append(Figure(f"audit-{len(out)}", title, F.bar_panels(panels, colors=colors),
-                              "Each attack on the audited model (blue), the oracle (black) and the target (red). "
-                              "Recovery on the model beyond the oracle's means suppressed, not removed; figures "
-                              "outside [-1.5, 1.5] are in the table only.", [], table))
+            out.append(
+                Figure(
+                    f"audit-{len(out)}",
+                    title,
+                    F.bar_panels(panels, colors=colors),
+                    "Each attack on the audited model (blue), the oracle (black) and the target (red). "
+                    "Recovery on the model beyond the oracle's means suppressed, not removed; figures "
+                    "outside [-1.5, 1.5] are in the table only.",
+                    [],
+                    table,
+                )
+            )
     return out
 
 
@@ -266,10 +391,17 @@ def _calibration(sources, many, order) -> list[Figure]:
     for s in sources:
         c = s.calibration or {}
         if all(isinstance(c.get(k), list) and c[k] for k in ("tau", "refusal_rate", "over_refusal_rate")):
-            out.append(Figure(f"calibration-{len(out)}", "Refusal-token calibration" + (f" ({s.name})" if many else ""),
-                              F.calibration(c), f"Model {c.get('model', '?')}, split {c.get('split', '?')}: "
-                              f"{c.get('n_harmful', '?')} harmful and {c.get('n_benign', '?')} benign prompts; the "
-                              "reply is a refusal when p_refuse > tau.", ["refusal_rate", "over_refusal_rate"]))
+            out.append(
+                Figure(
+                    f"calibration-{len(out)}",
+                    "Refusal-token calibration" + (f" ({s.name})" if many else ""),
+                    F.calibration(c),
+                    f"Model {c.get('model', '?')}, split {c.get('split', '?')}: "
+                    f"{c.get('n_harmful', '?')} harmful and {c.get('n_benign', '?')} benign prompts; the "
+                    "reply is a refusal when p_refuse > tau.",
+                    ["refusal_rate", "over_refusal_rate"],
+                )
+            )
     return out
 
 
@@ -284,16 +416,24 @@ def _guards(sources, many, order) -> list[Figure]:
             keys = [k for k in GUARD_METRICS if _num(m.get(k)) and _num(runs[base].get(k))]
             if keys:
                 used += keys
-                panels.append((_label(s, run, many), keys, {base: [runs[base][k] for k in keys],
-                                                            run: [m[k] for k in keys]}))
+                panels.append(
+                    (_label(s, run, many), keys, {base: [runs[base][k] for k in keys], run: [m[k] for k in keys]})
+                )
         for name, report in s.guards.items():
             table += [[_label(s, name, many), k, v] for k, v in report.items() if _num(v)]
     if not panels:
         return []
-    return [Figure("guards", "Inference-time guards: the guarded run beside its unguarded model",
-                   F.bar_panels(panels), "Each guard wraps generation of an unchanged model; the first bar is the "
-                   "model alone, the second the same model with the guard.", list(dict.fromkeys(used)),
-                   table if len(table) > 1 else None)]
+    return [
+        Figure(
+            "guards",
+            "Inference-time guards: the guarded run beside its unguarded model",
+            F.bar_panels(panels),
+            "Each guard wraps generation of an unchanged model; the first bar is the "
+            "model alone, the second the same model with the guard.",
+            list(dict.fromkeys(used)),
+            table if len(table) > 1 else None,
+        )
+    ]
 
 
 def _diffusion(sources, many, order) -> list[Figure]:
@@ -306,20 +446,35 @@ def _diffusion(sources, many, order) -> list[Figure]:
         for concept, names in by_concept.items():
             keys = [k for k in DIFFUSION_METRICS if any(_num(runs[r].get(k)) for r in names)]
             used += keys
-            panels.append(((f"{s.name}: " if many else "") + (f"concept '{concept}'" if concept else "erasure"),
-                           [r.split("/")[0] for r in names],
-                           {k: [runs[r].get(k) if _num(runs[r].get(k)) else None for r in names] for k in keys}))
+            panels.append(
+                (
+                    (f"{s.name}: " if many else "") + (f"concept '{concept}'" if concept else "erasure"),
+                    [r.split("/")[0] for r in names],
+                    {k: [runs[r].get(k) if _num(runs[r].get(k)) else None for r in names] for k in keys},
+                )
+            )
         aud = (s.results or {}).get("audit") or {}
         asr = {r: a["attacks"] for r, a in aud.items() if isinstance(a, dict) and isinstance(a.get("attacks"), dict)}
         if asr:
             attacks = list(dict.fromkeys(k for v in asr.values() for k in v))
-            panels.append((f"attacks ({s.name})" if many else "attacks on the erasures", list(asr),
-                           {a: [v.get(a, {}).get("asr") for v in asr.values()] for a in attacks}))
+            panels.append(
+                (
+                    f"attacks ({s.name})" if many else "attacks on the erasures",
+                    list(asr),
+                    {a: [v.get(a, {}).get("asr") for v in asr.values()] for a in attacks},
+                )
+            )
             used.append("asr")
     if panels:
-        out.append(Figure("diffusion", "Concept erasure (text-to-image)", F.bar_panels(panels), "Per eraser and "
-                          "concept, from the factor classifiers' reading of generated images.",
-                          list(dict.fromkeys(used))))
+        out.append(
+            Figure(
+                "diffusion",
+                "Concept erasure (text-to-image)",
+                F.bar_panels(panels),
+                "Per eraser and concept, from the factor classifiers' reading of generated images.",
+                list(dict.fromkeys(used)),
+            )
+        )
     imgs, budget, left = [], MAX_GRID_BYTES, []
     for s in sources:
         for p in s.grids:
@@ -328,13 +483,22 @@ def _diffusion(sources, many, order) -> list[Figure]:
                 left.append(p.name)
                 continue
             budget -= len(data)
-            imgs.append(f'<div class="grid"><img alt="{_esc(p.stem)}" src="data:image/png;base64,'
-                        f'{base64.b64encode(data).decode()}"><div>{_esc((s.name + ": ") if many else "")}'
-                        f'{_esc(p.stem)}</div></div>')
+            imgs.append(
+                f'<div class="grid"><img alt="{_esc(p.stem)}" src="data:image/png;base64,'
+                f'{base64.b64encode(data).decode()}"><div>{_esc((s.name + ": ") if many else "")}'
+                f"{_esc(p.stem)}</div></div>"
+            )
     if imgs:
-        out.append(Figure("grids", "Sample grids", "".join(imgs), "Generated images, one row per model state (first "
-                          "row before erasure, second after)." + (f" Left out to keep the page small: "
-                                                                  f"{', '.join(left)}." if left else "")))
+        out.append(
+            Figure(
+                "grids",
+                "Sample grids",
+                "".join(imgs),
+                "Generated images, one row per model state (first "
+                "row before erasure, second after)."
+                + (f" Left out to keep the page small: {', '.join(left)}." if left else ""),
+            )
+        )
     return out
 
 

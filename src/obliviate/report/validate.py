@@ -16,8 +16,7 @@ _NAMES = {dict: "an object", list: "a list"}
 
 
 def _type(v) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(v), "number")
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(v), "number")
 
 
 def _number(v) -> bool:
@@ -95,8 +94,10 @@ def check_calibration(doc: dict, f: Path) -> None:
             if not _finite(v):
                 raise _fail(f, f"{key}[{i}]", "a finite number", v)
     if len({len(c) for c in curves}) > 1:
-        raise UsageError(f"{f}: 'tau', 'refusal_rate' and 'over_refusal_rate' must have one value per tau "
-                         f"(lengths {', '.join(str(len(c)) for c in curves)})")
+        raise UsageError(
+            f"{f}: 'tau', 'refusal_rate' and 'over_refusal_rate' must have one value per tau "
+            f"(lengths {', '.join(str(len(c)) for c in curves)})"
+        )
 
 
 def check_sweep(doc: dict, f: Path) -> None:
@@ -109,8 +110,14 @@ def check_sweep(doc: dict, f: Path) -> None:
             _part(p, key, dict, f, f"points[{i}]", nullable=False)
 
 
-CHECKS = {"results.json": check_results, "muse.json": check_results, "leaderboard.json": check_results,
-          "audit.json": check_audit, "calibration.json": check_calibration, "sweep.json": check_sweep}
+CHECKS = {
+    "results.json": check_results,
+    "muse.json": check_results,
+    "leaderboard.json": check_results,
+    "audit.json": check_audit,
+    "calibration.json": check_calibration,
+    "sweep.json": check_sweep,
+}
 
 
 def check_document(doc, f: Path) -> dict:

@@ -12,9 +12,18 @@ Standard library only: importing it costs milliseconds, so the CLI can record ev
 """
 
 from obliviate.runs.db import registry_path, schema_version
-from obliviate.runs.store import RunStore
 from obliviate.runs.results import canonical_hash, data_hash, read_results
 from obliviate.runs.schema import RESULTS_SCHEMA, check_results, validate_results
+from obliviate.runs.store import RunStore
 
-__all__ = ["RESULTS_SCHEMA", "RunStore", "canonical_hash", "check_results", "data_hash", "read_results",
-           "registry_path", "schema_version", "validate_results"]
+__all__ = [
+    "RESULTS_SCHEMA",
+    "RunStore",
+    "canonical_hash",
+    "check_results",
+    "data_hash",
+    "read_results",
+    "registry_path",
+    "schema_version",
+    "validate_results",
+]

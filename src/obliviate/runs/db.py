@@ -98,21 +98,32 @@ def check_readable(path: Path) -> int:
         version = con.execute("PRAGMA user_version").fetchone()[0]
         con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         # quick_check: one row "ok", or one row per problem (the first may carry a "*** in database" header)
-        problems = [ln.strip() for row in con.execute("PRAGMA quick_check").fetchall()
-                    for ln in str(row[0]).splitlines()
-                    if ln.strip() and not ln.startswith("***")]
+        problems = [
+            ln.strip()
+            for row in con.execute("PRAGMA quick_check").fetchall()
+            for ln in str(row[0]).splitlines()
+            if ln.strip() and not ln.startswith("***")
+        ]
     except sqlite3.DatabaseError as e:
-        raise _problem(path, f"is not a usable SQLite database ({e}); move it away, then "
-                             f"`obliviate runs rebuild DIR` re-indexes the results files") from None
+        raise _problem(
+            path,
+            f"is not a usable SQLite database ({e}); move it away, then "
+            f"`obliviate runs rebuild DIR` re-indexes the results files",
+        ) from None
     finally:
         con.close()
     if problems != ["ok"]:
         more = f", and {len(problems) - 1} more problems" if len(problems) > 1 else ""
-        raise _problem(path, f"is corrupt ({problems[0] if problems else 'unknown damage'}{more}); move it "
-                             f"away, then `obliviate runs rebuild DIR` re-indexes the results files")
+        raise _problem(
+            path,
+            f"is corrupt ({problems[0] if problems else 'unknown damage'}{more}); move it "
+            f"away, then `obliviate runs rebuild DIR` re-indexes the results files",
+        )
     if version > schema_version():
-        raise _problem(path, f"has schema version {version}, newer than this obliviate reads "
-                             f"({schema_version()}); upgrade obliviate")
+        raise _problem(
+            path,
+            f"has schema version {version}, newer than this obliviate reads ({schema_version()}); upgrade obliviate",
+        )
     return version
 
 
@@ -148,8 +159,10 @@ def migrate(con: sqlite3.Connection) -> None:
         # re-read under the write lock: another process may have migrated meanwhile
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version > schema_version():
-            raise UsageError(f"run registry has schema version {version}, newer than this obliviate reads "
-                             f"({schema_version()}); upgrade obliviate")
+            raise UsageError(
+                f"run registry has schema version {version}, newer than this obliviate reads "
+                f"({schema_version()}); upgrade obliviate"
+            )
         for step in MIGRATIONS[version:]:
             if callable(step):
                 step(con)

@@ -64,8 +64,9 @@ def _parse(app, argv: list[str]):
 
 def _git_commit() -> Optional[str]:
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=3,
-                           cwd=Path(__file__).parent)
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=3, cwd=Path(__file__).parent
+        )
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -105,6 +106,7 @@ def _text(value) -> Optional[str]:
 def describe(command: str, params: dict, given: set[str]) -> dict:
     """The run's fields that the command line decides (suite, method, model, hashes), from parsed parameters."""
     from obliviate.models.load import dtype_entry  # standard library only, as this module
+
     method = params.get("method") or (params.get("name") if command == "guard fit" else None)
     data = []
     for key, value in params.items():  # data: paths typed on the command line, other than --out
@@ -113,10 +115,15 @@ def describe(command: str, params: dict, given: set[str]) -> dict:
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(v, Path):
                 data.append(v)
-    return {"suite": _text(params.get("suite")), "method": _text(method), "model": _text(params.get("model")),
-            "config_hash": canonical_hash({"command": command, **{k: v for k, v in params.items() if k != "out"},
-                                           **dtype_entry()}),
-            "data_hash": data_hash(data)}
+    return {
+        "suite": _text(params.get("suite")),
+        "method": _text(method),
+        "model": _text(params.get("model")),
+        "config_hash": canonical_hash(
+            {"command": command, **{k: v for k, v in params.items() if k != "out"}, **dtype_entry()}
+        ),
+        "data_hash": data_hash(data),
+    }
 
 
 def start(app, argv: list[str], recorded: Optional[list[str]] = None) -> Optional[LiveRun]:
@@ -143,11 +150,18 @@ def start(app, argv: list[str], recorded: Optional[list[str]] = None) -> Optiona
         given = {k for k in ctx.params if (s := ctx.get_parameter_source(k)) is not None and s.name == "COMMANDLINE"}
         from obliviate.runs.store import RunStore
 
-        record = {"command": command, "argv": ["obliviate", *(argv if recorded is None else recorded)],
-                  **describe(command, ctx.params, given),
-                  "git_commit": _git_commit(), "versions": _versions(), "machine": platform.platform(),
-                  "host": socket.gethostname(), "status": "running", "pid": os.getpid(),
-                  "out_dir": str(out.resolve())}
+        record = {
+            "command": command,
+            "argv": ["obliviate", *(argv if recorded is None else recorded)],
+            **describe(command, ctx.params, given),
+            "git_commit": _git_commit(),
+            "versions": _versions(),
+            "machine": platform.platform(),
+            "host": socket.gethostname(),
+            "status": "running",
+            "pid": os.getpid(),
+            "out_dir": str(out.resolve()),
+        }
         with RunStore(path) as reg:
             run_id = reg.insert_run(record)
         return LiveRun(path, run_id, out, _snapshot(out))
@@ -185,8 +199,9 @@ def write_run_file(out: Path, run: dict) -> None:
         return
     record = {k: v for k, v in run.items() if k not in ("metrics", "artifacts")}
     tmp = out / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps({"registry_schema": db.schema_version(), "run": record}, indent=2) + "\n",
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"registry_schema": db.schema_version(), "run": record}, indent=2) + "\n", encoding="utf-8"
+    )
     tmp.replace(out / RUN_FILE)
 
 

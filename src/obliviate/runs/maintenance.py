@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from obliviate.core.errors import UsageError
-from obliviate.runs.store import RUN_COLUMNS, RunStore
 from obliviate.runs.results import RESULT_FILES, RUN_FILE, now, read_doc, read_results
+from obliviate.runs.store import RUN_COLUMNS, RunStore
 
 STALE_ELSEWHERE = timedelta(hours=24)  # a run started on another host: we cannot see its pid
 
@@ -30,8 +30,9 @@ def _process_start(pid: int) -> Optional[float]:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime; the name may hold spaces
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
@@ -68,11 +69,18 @@ def doctor(reg: RunStore) -> dict:
             alive = t0 is not None and datetime.now(timezone.utc) - t0 < STALE_ELSEWHERE
         if not alive:
             # `ended` stays empty: when the process died is unknown
-            reg.update_run(run["id"], status="interrupted",
-                           error=f"the process ended without finishing (found by `runs doctor` at {now()})")
+            reg.update_run(
+                run["id"],
+                status="interrupted",
+                error=f"the process ended without finishing (found by `runs doctor` at {now()})",
+            )
             fixed.append(run["id"])
-    return {"registry": str(reg.path), "running_checked": len(running), "interrupted": fixed,
-            "integrity": reg.integrity()}
+    return {
+        "registry": str(reg.path),
+        "running_checked": len(running),
+        "interrupted": fixed,
+        "integrity": reg.integrity(),
+    }
 
 
 def _recorded(directory: Path) -> Optional[dict]:
@@ -88,10 +96,19 @@ def _from_files(directory: Path, info: dict) -> dict:
     ended = (_parse_time(info["created"]) or datetime.now(timezone.utc)).astimezone(timezone.utc)
     started = ended - timedelta(seconds=info["wall_seconds"] or 0)
     digest = hashlib.sha256(resolved.encode()).hexdigest()[:6]
-    return {"id": ended.strftime("%Y%m%d-%H%M%S-") + digest, "command": info["command"], "argv": [],
-            "suite": info["suite"], "method": info["method"], "model": info["model"],
-            "config_hash": info["config_hash"], "started": started.isoformat(timespec="seconds"),
-            "ended": ended.isoformat(timespec="seconds"), "status": "done", "out_dir": resolved}
+    return {
+        "id": ended.strftime("%Y%m%d-%H%M%S-") + digest,
+        "command": info["command"],
+        "argv": [],
+        "suite": info["suite"],
+        "method": info["method"],
+        "model": info["model"],
+        "config_hash": info["config_hash"],
+        "started": started.isoformat(timespec="seconds"),
+        "ended": ended.isoformat(timespec="seconds"),
+        "status": "done",
+        "out_dir": resolved,
+    }
 
 
 def output_dirs(root: Path) -> list[Path]:

@@ -35,8 +35,12 @@ WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt"}
 HASH_FILE_BYTES = 32 * 2**20
 HASH_TOTAL_BYTES = 256 * 2**20
 # which command wrote a results file, when the run's own record is gone
-COMMAND_OF_FILE = {"leaderboard.json": "bench", "sweep.json": "sweep", "calibration.json": "calibrate",
-                   "audit.json": "audit"}
+COMMAND_OF_FILE = {
+    "leaderboard.json": "bench",
+    "sweep.json": "sweep",
+    "calibration.json": "calibrate",
+    "audit.json": "audit",
+}
 
 
 def now() -> str:
@@ -70,8 +74,11 @@ def data_hash(paths: Iterable) -> Optional[str]:
         base = Path(root)
         if not base.exists() or is_model_dir(base):
             continue
-        files = [base] if base.is_file() else sorted(
-            (Path(d) / f for d, _, fs in os.walk(base) for f in fs if f != RUN_FILE), key=str)
+        files = (
+            [base]
+            if base.is_file()
+            else sorted((Path(d) / f for d, _, fs in os.walk(base) for f in fs if f != RUN_FILE), key=str)
+        )
         for f in files:
             if f.suffix in WEIGHT_SUFFIXES:
                 continue
@@ -162,9 +169,19 @@ def read_results(out: Path) -> dict:
     {"metrics", "artifacts", "files", "config", "config_hash", "created", "wall_seconds", "command",
     "suite", "method", "model"} (the last ones None when no file says)."""
     out = Path(out)
-    info: dict = {"metrics": {}, "artifacts": artifacts_of(out), "files": [], "config": None, "config_hash": None,
-                  "created": None, "wall_seconds": None, "command": None, "suite": None, "method": None,
-                  "model": None}
+    info: dict = {
+        "metrics": {},
+        "artifacts": artifacts_of(out),
+        "files": [],
+        "config": None,
+        "config_hash": None,
+        "created": None,
+        "wall_seconds": None,
+        "command": None,
+        "suite": None,
+        "method": None,
+        "model": None,
+    }
     if not out.is_dir():
         return info
     for name in RESULT_FILES:
@@ -209,8 +226,12 @@ def results_document(config: dict, results: dict, n_samples: dict, extra: dict |
     from obliviate.models.load import dtype_entry
 
     try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip() or None
+        git = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         git = None
     versions = {"python": platform.python_version()}

@@ -163,8 +163,7 @@ class Record(Spec):
             return [f"{_label(where)} must be {self.phrase}, got {_kind(value)}"]
         out = []
         for k, spec in self.fields.items():
-            out += (spec.problems(value[k], f"{where}[{k!r}]") if k in value
-                    else [f"{_label(where)} is missing {k!r}"])
+            out += spec.problems(value[k], f"{where}[{k!r}]") if k in value else [f"{_label(where)} is missing {k!r}"]
         return out
 
 
@@ -195,31 +194,76 @@ RESULTS_SCHEMA: tuple[Key, ...] = (
     Key("git", Nullable(STRING), True, "every document: the obliviate checkout's commit"),
     Key("versions", MapOf("package", STRING, required=("python",)), True, "every document"),
     Key("results", MapOf("run", MapOf("metric", Nullable(NUMBER))), True, "every document"),
-    Key("higher_is_better", MapOf("metric", Nullable(BOOLEAN)), True,
-        "every document: each registered metric of `results`"),
+    Key(
+        "higher_is_better",
+        MapOf("metric", Nullable(BOOLEAN)),
+        True,
+        "every document: each registered metric of `results`",
+    ),
     Key("n_samples", MapOf("split", COUNT), True, "every document"),
-    Key("seconds", MapOf("run", NON_NEGATIVE), False, "`demo` (world, refusal, real): training time per run",
-        per_run=True),
+    Key(
+        "seconds",
+        MapOf("run", NON_NEGATIVE),
+        False,
+        "`demo` (world, refusal, real): training time per run",
+        per_run=True,
+    ),
     Key("wall_seconds", NON_NEGATIVE, False, "every `demo`, `bench`, `muse`"),
-    Key("refusal_positions", MapOf("run", MapOf("bucket", NUMBER)), False,
-        "`demo --suite refusal`, `refusal-eval`", per_run=True),
-    Key("by_source", MapOf("run", MapOf("kind", MapOf("source", NUMBER))), False,
-        "`demo --suite real`, `refusal-eval` on public prompt sets", per_run=True),
-    Key("by_category", MapOf("run", MapOf("kind", MapOf("category", NUMBER))), False,
-        "`demo --suite real`, `refusal-eval` on public prompt sets", per_run=True),
-    Key("relearn", MapOf("run", OBJECT), False, "`demo --suite real`: the relearning attack's figures",
-        per_run=True),
+    Key(
+        "refusal_positions",
+        MapOf("run", MapOf("bucket", NUMBER)),
+        False,
+        "`demo --suite refusal`, `refusal-eval`",
+        per_run=True,
+    ),
+    Key(
+        "by_source",
+        MapOf("run", MapOf("kind", MapOf("source", NUMBER))),
+        False,
+        "`demo --suite real`, `refusal-eval` on public prompt sets",
+        per_run=True,
+    ),
+    Key(
+        "by_category",
+        MapOf("run", MapOf("kind", MapOf("category", NUMBER))),
+        False,
+        "`demo --suite real`, `refusal-eval` on public prompt sets",
+        per_run=True,
+    ),
+    Key("relearn", MapOf("run", OBJECT), False, "`demo --suite real`: the relearning attack's figures", per_run=True),
     Key("refusal_direction", OBJECT, False, "`demo --suite real`: the ablated refusal direction"),
-    Key("base", Record({"steps": COUNT, "train_seconds": NON_NEGATIVE, "factor_accuracy": MapOf("factor", NUMBER)}),
-        False, "`demo --suite diffusion`: the base model"),
-    Key("audit", MapOf("run", Record({"concept": STRING, "factor": STRING, "prompts": ListOf(STRING),
-                                      "pre_asr": NUMBER, "attacks": MapOf("attack", OBJECT),
-                                      "skipped": MapOf("attack", STRING)})),
-        False, "`demo --suite diffusion`: the attacks on each erasure", per_run=True),
-    Key("curves", MapOf("run", MapOf("curve", ListOf(NUMBER))), False, "`muse`: the KnowMem-r curves",
-        per_run=True),
-    Key("leaderboard", MapOf("split", MapOf("method", MapOf("column", ListOf(NUMBER, 2)))), False,
-        "`bench`: [mean, std] over seeds"),
+    Key(
+        "base",
+        Record({"steps": COUNT, "train_seconds": NON_NEGATIVE, "factor_accuracy": MapOf("factor", NUMBER)}),
+        False,
+        "`demo --suite diffusion`: the base model",
+    ),
+    Key(
+        "audit",
+        MapOf(
+            "run",
+            Record(
+                {
+                    "concept": STRING,
+                    "factor": STRING,
+                    "prompts": ListOf(STRING),
+                    "pre_asr": NUMBER,
+                    "attacks": MapOf("attack", OBJECT),
+                    "skipped": MapOf("attack", STRING),
+                }
+            ),
+        ),
+        False,
+        "`demo --suite diffusion`: the attacks on each erasure",
+        per_run=True,
+    ),
+    Key("curves", MapOf("run", MapOf("curve", ListOf(NUMBER))), False, "`muse`: the KnowMem-r curves", per_run=True),
+    Key(
+        "leaderboard",
+        MapOf("split", MapOf("method", MapOf("column", ListOf(NUMBER, 2)))),
+        False,
+        "`bench`: [mean, std] over seeds",
+    ),
 )
 KEYS = {k.name: k for k in RESULTS_SCHEMA}
 
@@ -229,8 +273,11 @@ def validate_results(doc: dict) -> list[str]:
     if not isinstance(doc, dict):
         return [f"the document must be a JSON object, got {_kind(doc)}"]
     out = [f"missing required key {k.name!r}" for k in RESULTS_SCHEMA if k.required and k.name not in doc]
-    out += [f"unknown key {name!r}: not in the results.json schema (obliviate.runs.schema)"
-            for name in doc if name not in KEYS]
+    out += [
+        f"unknown key {name!r}: not in the results.json schema (obliviate.runs.schema)"
+        for name in doc
+        if name not in KEYS
+    ]
     for name, value in doc.items():
         if name in KEYS:
             out += KEYS[name].spec.problems(value, name)
@@ -238,9 +285,11 @@ def validate_results(doc: dict) -> list[str]:
     if not isinstance(results, dict):
         return out
     metrics = {m for r in results.values() if isinstance(r, dict) for m in r}
-    out += [f"higher_is_better[{m!r}] names no metric of any run in 'results'"
-            for m in (doc.get("higher_is_better") if isinstance(doc.get("higher_is_better"), dict) else {})
-            if m not in metrics]
+    out += [
+        f"higher_is_better[{m!r}] names no metric of any run in 'results'"
+        for m in (doc.get("higher_is_better") if isinstance(doc.get("higher_is_better"), dict) else {})
+        if m not in metrics
+    ]
     for key in RESULTS_SCHEMA:
         section = doc.get(key.name)
         if key.per_run and isinstance(section, dict):
@@ -268,6 +317,7 @@ def check_results(path: Union[str, Path]) -> dict:
 def schema_table() -> str:
     """The Markdown table of `RESULTS_SCHEMA` that docs/outputs.md shows (a test keeps the page equal to it)."""
     rows = ["| key | shape | required | written by |", "| --- | --- | --- | --- |"]
-    rows += [f"| `{k.name}` | `{k.spec.name}` | {'yes' if k.required else 'no'} | {k.written_by} |"
-             for k in RESULTS_SCHEMA]
+    rows += [
+        f"| `{k.name}` | `{k.spec.name}` | {'yes' if k.required else 'no'} | {k.written_by} |" for k in RESULTS_SCHEMA
+    ]
     return "\n".join(rows)

@@ -17,8 +17,26 @@ from obliviate.runs import db
 from obliviate.runs.results import now, read_results
 
 STATUSES = ("running", "done", "failed", "interrupted")
-RUN_COLUMNS = ("id", "command", "argv", "suite", "method", "model", "config_hash", "data_hash", "git_commit",
-               "versions", "machine", "host", "started", "ended", "status", "pid", "out_dir", "error")
+RUN_COLUMNS = (
+    "id",
+    "command",
+    "argv",
+    "suite",
+    "method",
+    "model",
+    "config_hash",
+    "data_hash",
+    "git_commit",
+    "versions",
+    "machine",
+    "host",
+    "started",
+    "ended",
+    "status",
+    "pid",
+    "out_dir",
+    "error",
+)
 JSON_COLUMNS = ("argv", "versions")
 
 
@@ -65,8 +83,9 @@ class RunStore:
 
     # --- writing -------------------------------------------------------------------------------------------
 
-    def insert_run(self, record: dict, metrics: Optional[dict] = None,
-                   artifacts: Iterable[tuple[str, str]] = ()) -> str:
+    def insert_run(
+        self, record: dict, metrics: Optional[dict] = None, artifacts: Iterable[tuple[str, str]] = ()
+    ) -> str:
         """Insert a run (missing id: a new one; missing status: running) with its metrics and artifacts."""
         row = {c: record.get(c) for c in RUN_COLUMNS}
         row["status"] = row["status"] or "running"
@@ -81,8 +100,10 @@ class RunStore:
             row["id"] = given or new_id()
             try:
                 with self.write() as con:
-                    con.execute(f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES "
-                                f"({', '.join('?' * len(RUN_COLUMNS))})", [row[c] for c in RUN_COLUMNS])
+                    con.execute(
+                        f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
+                        [row[c] for c in RUN_COLUMNS],
+                    )
                     self._put(con, row["id"], metrics or {}, artifacts)
                 return row["id"]
             except sqlite3.IntegrityError:
@@ -92,10 +113,14 @@ class RunStore:
 
     @staticmethod
     def _put(con, run_id: str, metrics: dict, artifacts: Iterable[tuple[str, str]]) -> None:
-        con.executemany("INSERT OR REPLACE INTO metrics (run_id, name, value) VALUES (?, ?, ?)",
-                        [(run_id, name, value) for name, value in metrics.items()])
-        con.executemany("INSERT OR REPLACE INTO artifacts (run_id, kind, path) VALUES (?, ?, ?)",
-                        [(run_id, kind, path) for kind, path in artifacts])
+        con.executemany(
+            "INSERT OR REPLACE INTO metrics (run_id, name, value) VALUES (?, ?, ?)",
+            [(run_id, name, value) for name, value in metrics.items()],
+        )
+        con.executemany(
+            "INSERT OR REPLACE INTO artifacts (run_id, kind, path) VALUES (?, ?, ?)",
+            [(run_id, kind, path) for kind, path in artifacts],
+        )
 
     def update_run(self, run_id: str, **fields) -> None:
         unknown = set(fields) - set(RUN_COLUMNS)
@@ -104,9 +129,11 @@ class RunStore:
         if not fields:
             return
         with self.write() as con:
-            con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
-                        [json.dumps(v) if k in JSON_COLUMNS and not isinstance(v, str) else v
-                         for k, v in fields.items()] + [run_id])
+            con.execute(
+                f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                [json.dumps(v) if k in JSON_COLUMNS and not isinstance(v, str) else v for k, v in fields.items()]
+                + [run_id],
+            )
 
     def finish_run(self, run_id: str, status: str, error: Optional[str] = None, **fields) -> None:
         if status not in STATUSES:
@@ -144,8 +171,14 @@ class RunStore:
                 pass  # written by hand: show it as it is
         return run
 
-    def runs(self, suite: Optional[str] = None, method: Optional[str] = None, model: Optional[str] = None,
-             since: Optional[str] = None, status: Optional[str] = None) -> list[dict]:
+    def runs(
+        self,
+        suite: Optional[str] = None,
+        method: Optional[str] = None,
+        model: Optional[str] = None,
+        since: Optional[str] = None,
+        status: Optional[str] = None,
+    ) -> list[dict]:
         """Runs, oldest first. suite / method / model match exactly, or as a glob with * and ?."""
         where, args = [], []
         for column, value in (("suite", suite), ("method", method), ("model", model), ("status", status)):
@@ -184,8 +217,10 @@ class RunStore:
         return run
 
     def metrics(self, run_id: str) -> dict[str, Optional[float]]:
-        return {r[0]: r[1] for r in self.con.execute(
-            "SELECT name, value FROM metrics WHERE run_id = ? ORDER BY name", (run_id,))}
+        return {
+            r[0]: r[1]
+            for r in self.con.execute("SELECT name, value FROM metrics WHERE run_id = ? ORDER BY name", (run_id,))
+        }
 
     def all_metrics(self) -> dict[str, dict[str, Optional[float]]]:
         """{run id: {name: value}} in one query (ls shows many runs)."""
@@ -195,8 +230,10 @@ class RunStore:
         return out
 
     def artifacts(self, run_id: str) -> list[dict]:
-        return [{"kind": r[0], "path": r[1]} for r in self.con.execute(
-            "SELECT kind, path FROM artifacts WHERE run_id = ? ORDER BY path", (run_id,))]
+        return [
+            {"kind": r[0], "path": r[1]}
+            for r in self.con.execute("SELECT kind, path FROM artifacts WHERE run_id = ? ORDER BY path", (run_id,))
+        ]
 
     def out_dirs(self) -> set[str]:
         return {r[0] for r in self.con.execute("SELECT out_dir FROM runs WHERE out_dir IS NOT NULL")}

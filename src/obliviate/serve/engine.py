@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
+
 from obliviate.engine.hooks import Guard, overrides
 from obliviate.models.anatomy import text_config
 from obliviate.models.encode import chat_text, prompt_text, stop_ids
@@ -19,21 +20,33 @@ HEAD_CHARS_PER_TOKEN = 64  # chat_ids: the characters per context token tokenise
 class ApiError(Exception):
     """An error the client sees, in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def internal_error() -> ApiError:
     """What a client sees when its request failed inside the server: nothing of the cause (that goes to the log)."""
-    return ApiError(500, "internal error: the server could not complete this request", type="server_error",
-                    code="internal_error")
+    return ApiError(
+        500, "internal error: the server could not complete this request", type="server_error", code="internal_error"
+    )
 
 
 def worker_dead() -> ApiError:
-    return ApiError(503, "the server's decode worker has stopped; the server must be restarted", type="server_error",
-                    code="worker_dead")
+    return ApiError(
+        503,
+        "the server's decode worker has stopped; the server must be restarted",
+        type="server_error",
+        code="worker_dead",
+    )
 
 
 def chat_ids(tok, messages: list[dict], context: int | None = None) -> list[int]:
@@ -43,22 +56,30 @@ def chat_ids(tok, messages: list[dict], context: int | None = None) -> list[int]
     text far too long for it is refused from its head alone, so a large body costs what the context costs."""
     prefill = messages[-1]["role"] == "assistant"
     try:
-        text = (chat_text(tok, messages, continue_final_message=True) if prefill  # the prefix is rendered
-                else prompt_text(tok, messages))
+        text = (
+            chat_text(tok, messages, continue_final_message=True)
+            if prefill  # the prefix is rendered
+            else prompt_text(tok, messages)
+        )
     except Exception as e:  # a template that rejects the conversation (e.g. roles that must alternate)
         raise ApiError(400, f"the model's chat template rejects these messages: {e}", param="messages") from None
     head = HEAD_CHARS_PER_TOKEN * context if context else None
     if head and len(text) > head and len(tok(text[:head], add_special_tokens=False)["input_ids"]) > 2 * context:
         # a head of the text already takes twice the context (no tokenizer has 64-character tokens on average)
-        raise ApiError(400, f"this model's context length is {context} tokens; the messages take far more (the "
-                       f"first {head} characters alone take over {2 * context})", param="messages",
-                       code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"this model's context length is {context} tokens; the messages take far more (the "
+            f"first {head} characters alone take over {2 * context})",
+            param="messages",
+            code="context_length_exceeded",
+        )
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
 @dataclass(eq=False)
 class Request:
     """One admitted chat request. The worker thread writes tokens/sent/finished; the event loop reads events."""
+
     prompt: list[int]
     text: Optional[str]  # the last user message: what guards' on_request reads
     max_tokens: int
@@ -82,6 +103,7 @@ class Request:
 @dataclass
 class _Release(Guard):
     """Internal: halts, every token, the rows whose request was cancelled (client gone) or already served."""
+
     name: ClassVar[str] = CANCELLED
     every = 1
     engine: Any = None
@@ -99,8 +121,17 @@ class _Release(Guard):
 class Engine:
     """The model, its guards, the admission queue and the one worker thread that decodes micro-batches."""
 
-    def __init__(self, model, tok, guards=None, *, name: str = "model", max_batch: int = 16, max_queue: int = 64,
-                 batch_window_ms: float = 10.0):
+    def __init__(
+        self,
+        model,
+        tok,
+        guards=None,
+        *,
+        name: str = "model",
+        max_batch: int = 16,
+        max_queue: int = 64,
+        batch_window_ms: float = 10.0,
+    ):
         from obliviate.engine.hooks import attached
 
         # guards=None: those attached to the model (obliviate.engine.hooks.attach), as decode() itself does
@@ -126,8 +157,12 @@ class Engine:
             if not self.alive():
                 raise worker_dead()
             if self.admitted >= self.max_queue:
-                raise ApiError(429, f"the server is busy ({self.max_queue} requests queued or decoding); retry",
-                               type="rate_limit_error", code="queue_full")
+                raise ApiError(
+                    429,
+                    f"the server is busy ({self.max_queue} requests queued or decoding); retry",
+                    type="rate_limit_error",
+                    code="queue_full",
+                )
 
     def submit(self, req: Request) -> None:
         with self.cond:
@@ -200,8 +235,9 @@ class Engine:
                     for req in batch:
                         self.release(req)
         except BaseException:  # whatever ends the worker, nobody may be left waiting on it
-            log.critical("the decode worker stopped; every request now gets 503 until the server restarts",
-                         exc_info=True)
+            log.critical(
+                "the decode worker stopped; every request now gets 503 until the server restarts", exc_info=True
+            )
             with self.cond:
                 self.dead = True
                 waiting = [*batch, *self.queue]
@@ -218,8 +254,12 @@ class Engine:
             if len(batch) == 1:
                 return self._failed(batch[0])
             left = [r for r in batch if not r.finished and not r.cancelled]
-            log.warning("a batch of %d requests failed; decoding its %d unfinished ones one by one", len(batch),
-                        len(left), exc_info=True)
+            log.warning(
+                "a batch of %d requests failed; decoding its %d unfinished ones one by one",
+                len(batch),
+                len(left),
+                exc_info=True,
+            )
         for req in left:
             req.tokens = []  # what was streamed stays sent: the same greedy tokens come again
             try:
@@ -242,9 +282,16 @@ class Engine:
 
         self.batch_sizes.append(len(batch))
         release = _Release(engine=self, batch=batch)
-        replies = decode(self.model, self.tok, [r.prompt for r in batch], texts=[r.text for r in batch],
-                         guards=[*self.guards, release], max_new_tokens=max(r.max_tokens for r in batch),
-                         batch_size=len(batch), on_token=lambda i, t: self._on_token(batch[i], t))
+        replies = decode(
+            self.model,
+            self.tok,
+            [r.prompt for r in batch],
+            texts=[r.text for r in batch],
+            guards=[*self.guards, release],
+            max_new_tokens=max(r.max_tokens for r in batch),
+            batch_size=len(batch),
+            on_token=lambda i, t: self._on_token(batch[i], t),
+        )
         for req, rep in zip(batch, replies):
             if not req.finished and not req.cancelled:
                 try:  # an on_finish guard that raises on one reply fails that request alone
@@ -291,7 +338,7 @@ class Engine:
             # token: SentencePiece-style tokenizers drop the leading space of a sequence's first token
             head = self.tok.decode(req.prompt[-1:], skip_special_tokens=True)
             text = self.tok.decode(req.prompt[-1:] + tokens, skip_special_tokens=True)
-            text = text[len(head):] if text.startswith(head) else text
+            text = text[len(head) :] if text.startswith(head) else text
         else:
             text = self.tok.decode(tokens, skip_special_tokens=True).lstrip()
         # a partial text may end inside a multi-byte character, and its trailing space may be stripped later
@@ -299,7 +346,7 @@ class Engine:
 
     def _push(self, req: Request, text: str) -> None:
         if len(text) > len(req.sent) and text.startswith(req.sent):
-            req.post("delta", text[len(req.sent):])
+            req.post("delta", text[len(req.sent) :])
             req.sent = text
 
     def _finish(self, req: Request, text: str, reason: str) -> None:
@@ -308,6 +355,8 @@ class Engine:
             req.post("delta", text)  # the refusal, after whatever text had passed the checks
         elif req.stream:
             self._push(req, text)
-        req.post("done", {"content": text, "finish_reason": reason,
-                          "completion_tokens": min(len(req.tokens), req.max_tokens)})
+        req.post(
+            "done",
+            {"content": text, "finish_reason": reason, "completion_tokens": min(len(req.tokens), req.max_tokens)},
+        )
         self.release(req)

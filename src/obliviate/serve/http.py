@@ -18,7 +18,8 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
     shared with the worker, and a fast tokenizer may fail when more threads use it at once)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request as HttpRequest
+    from fastapi import FastAPI
+    from fastapi import Request as HttpRequest
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -79,8 +80,10 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": engine.name, "object": "model", "created": 0,
-                                            "owned_by": "obliviate"}]}
+        return {
+            "object": "list",
+            "data": [{"id": engine.name, "object": "model", "created": 0, "owned_by": "obliviate"}],
+        }
 
     def admit(raw: bytes):
         body = parse(ChatRequest, raw)
@@ -96,12 +99,19 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": engine.name}
 
         def usage(done):
-            return {"prompt_tokens": len(req.prompt), "completion_tokens": done["completion_tokens"],
-                    "total_tokens": len(req.prompt) + done["completion_tokens"]}
+            return {
+                "prompt_tokens": len(req.prompt),
+                "completion_tokens": done["completion_tokens"],
+                "total_tokens": len(req.prompt) + done["completion_tokens"],
+            }
+
         if req.stream:
             with_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _Stream(_events(req, head, usage, with_usage), on_close=lambda: engine.cancel(req),
-                           media_type="text/event-stream")
+            return _Stream(
+                _events(req, head, usage, with_usage),
+                on_close=lambda: engine.cancel(req),
+                media_type="text/event-stream",
+            )
         try:
             while True:
                 try:
@@ -116,19 +126,39 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
                     break
         finally:
             engine.cancel(req)  # a no-op once finished; frees the slot of a client that went away
-        return {**head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": value["content"]},
-                             "finish_reason": value["finish_reason"], "logprobs": None}],
-                "usage": usage(value)}
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": value["content"]},
+                    "finish_reason": value["finish_reason"],
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage(value),
+        }
 
     return app
 
 
 async def _events(req: Request, head: dict, usage, with_usage: bool):
     """Server-sent `chat.completion.chunk` events: the role, content deltas, the finish reason, [DONE]."""
+
     def chunk(delta, reason=None, **extra):
-        return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [
-            {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}], **extra}) + "\n\n"
+        return (
+            "data: "
+            + json.dumps(
+                {
+                    **head,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}],
+                    **extra,
+                }
+            )
+            + "\n\n"
+        )
 
     yield chunk({"role": "assistant", "content": ""})
     while True:
@@ -141,7 +171,10 @@ async def _events(req: Request, head: dict, usage, with_usage: bool):
         else:
             yield chunk({}, value["finish_reason"])
             if with_usage:
-                yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [],
-                                             "usage": usage(value)}) + "\n\n"
+                yield (
+                    "data: "
+                    + json.dumps({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(value)})
+                    + "\n\n"
+                )
             break
     yield "data: [DONE]\n\n"

@@ -18,6 +18,7 @@ class Limits:
     to send a request's head (else the connection is closed) and then its whole body (else 408). max_connections:
     open connections at most (uvicorn answers 503 beyond). keep_alive: seconds an idle connection stays open.
     allowed_hosts: `Host` names served besides the loopback names ("*": any)."""
+
     max_body: int = 2_000_000
     read_timeout: float = 30.0
     max_connections: int = 256
@@ -44,8 +45,13 @@ async def reply(send, status: int, body: dict, close: bool = False) -> None:
     """A whole JSON response. `close`: the connection closes after it (the request's body was not read)."""
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": status,
-                "headers": headers + ([(b"connection", b"close")] if close else [])})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": headers + ([(b"connection", b"close")] if close else []),
+        }
+    )
     await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
@@ -66,11 +72,17 @@ class Gate:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         if not self.any_host and host_name(headers.get(b"host", b"").decode("latin-1")) not in self.hosts:
-            return await reply(send, 421, error_body(
-                "this server does not answer for that Host (loopback names, and --allowed-host)", "host_not_allowed"))
+            return await reply(
+                send,
+                421,
+                error_body(
+                    "this server does not answer for that Host (loopback names, and --allowed-host)", "host_not_allowed"
+                ),
+            )
         if self.key is not None and scope["path"].startswith("/v1") and not self._authorized(headers):
-            return await reply(send, 401, error_body("missing or wrong API key (send Authorization: Bearer KEY)",
-                                                     "invalid_api_key"))
+            return await reply(
+                send, 401, error_body("missing or wrong API key (send Authorization: Bearer KEY)", "invalid_api_key")
+            )
         if b"content-length" not in headers and b"transfer-encoding" not in headers:
             return await self.app(scope, receive, send)  # no body
         length = headers.get(b"content-length", b"")
@@ -79,9 +91,15 @@ class Gate:
         try:
             body = await asyncio.wait_for(self._read(receive), self.limits.read_timeout)
         except asyncio.TimeoutError:
-            return await reply(send, 408, error_body(
-                f"the request body did not arrive within {self.limits.read_timeout:g} s (--read-timeout)",
-                "request_timeout"), close=True)
+            return await reply(
+                send,
+                408,
+                error_body(
+                    f"the request body did not arrive within {self.limits.read_timeout:g} s (--read-timeout)",
+                    "request_timeout",
+                ),
+                close=True,
+            )
         if body is None:  # a chunked body over the limit, counted as it streamed
             return await reply(send, 413, self._too_large(), close=True)
         if body is False:  # the client went away
@@ -118,5 +136,7 @@ class Gate:
         return hmac.compare_digest(digest, self.key) and scheme.lower() == b"bearer"
 
     def _too_large(self) -> dict:
-        return error_body(f"the request body is larger than this server's limit of {self.limits.max_body} bytes "
-                          "(--max-body)", "request_too_large")
+        return error_body(
+            f"the request body is larger than this server's limit of {self.limits.max_body} bytes (--max-body)",
+            "request_too_large",
+        )

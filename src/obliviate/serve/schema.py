@@ -83,16 +83,32 @@ def parse(model, raw: bytes):
 def prepare(engine: Engine, body) -> Request:
     """A validated ChatRequest -> an unadmitted Request, or ApiError(400) naming the problem."""
     if body.model != engine.name:
-        raise ApiError(400, f"model {body.model!r} is not served here; this server serves {engine.name!r} "
-                       "(see GET /v1/models)", param="model", code="model_not_found")
-    for key, bad in (("n", body.n not in (None, 1)), ("stop", bool(body.stop)), ("tools", bool(body.tools)),
-                     ("logprobs", bool(body.logprobs))):
+        raise ApiError(
+            400,
+            f"model {body.model!r} is not served here; this server serves {engine.name!r} (see GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
+    for key, bad in (
+        ("n", body.n not in (None, 1)),
+        ("stop", bool(body.stop)),
+        ("tools", bool(body.tools)),
+        ("logprobs", bool(body.logprobs)),
+    ):
         if bad:
-            raise ApiError(400, f"{key} is not supported: this server decodes one greedy reply per request",
-                           param=key, code="unsupported_parameter")
-    messages = [{"role": "system" if m.role == "developer" else m.role,  # OpenAI's newer name for system
-                 "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content or [])}
-                for m in body.messages]
+            raise ApiError(
+                400,
+                f"{key} is not supported: this server decodes one greedy reply per request",
+                param=key,
+                code="unsupported_parameter",
+            )
+    messages = [
+        {
+            "role": "system" if m.role == "developer" else m.role,  # OpenAI's newer name for system
+            "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content or []),
+        }
+        for m in body.messages
+    ]
     if all(m["role"] != "user" for m in messages):
         raise ApiError(400, "messages must contain a user message", param="messages")
     prompt = chat_ids(engine.tok, messages, engine.context)
@@ -100,8 +116,13 @@ def prepare(engine: Engine, body) -> Request:
     room = (engine.context - len(prompt)) if engine.context else None
     asked = body.max_completion_tokens or body.max_tokens
     if room is not None and (room < 1 or (asked or 0) > room):
-        raise ApiError(400, f"this model's context length is {engine.context} tokens; the messages take "
-                       f"{len(prompt)} and max_tokens asks {asked or 1} more", param="messages",
-                       code="context_length_exceeded")
-    return Request(prompt, text, asked or room or 512, stream=bool(body.stream),
-                   prefill=messages[-1]["role"] == "assistant")
+        raise ApiError(
+            400,
+            f"this model's context length is {engine.context} tokens; the messages take "
+            f"{len(prompt)} and max_tokens asks {asked or 1} more",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    return Request(
+        prompt, text, asked or room or 512, stream=bool(body.stream), prefill=messages[-1]["role"] == "assistant"
+    )

@@ -90,9 +90,17 @@ def uvicorn_server(app, log_level: str = "info"):
     limits: Limits = getattr(app.state, "limits", Limits())
     logging = copy.deepcopy(LOGGING_CONFIG)
     logging["loggers"]["obliviate.serve"] = {"handlers": ["default"], "level": "INFO", "propagate": True}
-    return uvicorn.Server(uvicorn.Config(
-        app, log_level=log_level, log_config=logging, lifespan="on", http=_protocol(limits.read_timeout),
-        limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive))
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level=log_level,
+            log_config=logging,
+            lifespan="on",
+            http=_protocol(limits.read_timeout),
+            limit_concurrency=limits.max_connections,
+            timeout_keep_alive=limits.keep_alive,
+        )
+    )
 
 
 @contextmanager

@@ -26,21 +26,30 @@ def aggregate(runs: list[dict]) -> dict:
     out: dict = {}
     for r in runs:
         out.setdefault(r["split"], {}).setdefault(r["method"], []).append(r)
-    return {split: {m: {c: list(_mean_std([x[c] for x in rs])) for c in COLUMNS if all(c in x for x in rs)}
-                    for m, rs in methods.items()} for split, methods in out.items()}
+    return {
+        split: {
+            m: {c: list(_mean_std([x[c] for x in rs])) for c in COLUMNS if all(c in x for x in rs)}
+            for m, rs in methods.items()
+        }
+        for split, methods in out.items()
+    }
 
 
 def format_table(agg: dict) -> str:
     lines = []
     for split, methods in agg.items():
         lines.append(f"\n{split}  (mean ± std over seeds)")
-        lines.append(f"{'method':14s} {'forget_quality':>20s} {'MU / target':>16s} {'forget_rouge':>16s} "
-                     f"{'privleak':>18s} {'seconds':>12s}")
+        lines.append(
+            f"{'method':14s} {'forget_quality':>20s} {'MU / target':>16s} {'forget_rouge':>16s} "
+            f"{'privleak':>18s} {'seconds':>12s}"
+        )
         for m, cols in methods.items():
-            cell = lambda c, f: (f"{cols[c][0]:{f}} ± {cols[c][1]:{f}}" if c in cols else "-")
-            lines.append(f"{m:14s} {cell('forget_quality', '.2e'):>20s} {cell('model_utility_ratio', '.3f'):>16s} "
-                         f"{cell('forget_rouge', '.3f'):>16s} {cell('privleak', '.1f'):>18s} "
-                         f"{cell('seconds', '.1f'):>12s}")
+            cell = lambda c, f: f"{cols[c][0]:{f}} ± {cols[c][1]:{f}}" if c in cols else "-"
+            lines.append(
+                f"{m:14s} {cell('forget_quality', '.2e'):>20s} {cell('model_utility_ratio', '.3f'):>16s} "
+                f"{cell('forget_rouge', '.3f'):>16s} {cell('privleak', '.1f'):>18s} "
+                f"{cell('seconds', '.1f'):>12s}"
+            )
     return "\n".join(lines)
 
 
@@ -96,26 +105,34 @@ def _resume_state(out: Path, settings: dict) -> list[dict]:
     return runs
 
 
-def run_bench(out: Path, *, seeds: list[int], splits: list[str], methods: list[str] | None = None,
-              finetune_steps: int = 300, people: int = 200, progress: bool = False, resume: bool = False) -> dict:
+def run_bench(
+    out: Path,
+    *,
+    seeds: list[int],
+    splits: list[str],
+    methods: list[str] | None = None,
+    finetune_steps: int = 300,
+    people: int = 200,
+    progress: bool = False,
+    resume: bool = False,
+) -> dict:
     """Run the leaderboard. Every finished run is appended to OUT/runs.jsonl and the target / oracle models
     stay in OUT/seedN/models, so `resume=True` after an interruption redoes only what is missing."""
     from rich.console import Console
 
-    from obliviate.data.schema import load_qa
-    from obliviate.data.world import WorldSpec, write_world
-    from obliviate.engine.evaluate import metrics_from_rows, score_model
-    from obliviate.unlearning.methods import METHODS
-    from obliviate.models.load import load_model, model_dir_complete
-    from obliviate.models.tiny import build_tokenizer
-    from obliviate.unlearning.run import idk_pool, unlearning_parts
-    from obliviate.runs.results import results_document
-    from obliviate.unlearning.world_models import train_world_models
-    from obliviate.data.world import world_texts
+    from obliviate.benchmarks.layouts import SUITES
     from obliviate.core.jsonio import write_json
     from obliviate.core.outputs import check_output, output_dir
-    from obliviate.benchmarks.layouts import SUITES
+    from obliviate.data.schema import load_qa
+    from obliviate.data.world import WorldSpec, world_texts, write_world
+    from obliviate.engine.evaluate import metrics_from_rows, score_model
     from obliviate.engine.train import TrainConfig, train
+    from obliviate.models.load import load_model, model_dir_complete
+    from obliviate.models.tiny import build_tokenizer
+    from obliviate.runs.results import results_document
+    from obliviate.unlearning.methods import METHODS
+    from obliviate.unlearning.run import idk_pool, unlearning_parts
+    from obliviate.unlearning.world_models import train_world_models
 
     clock = Timer()
     console = Console(stderr=True, log_path=False)
@@ -123,8 +140,13 @@ def run_bench(out: Path, *, seeds: list[int], splits: list[str], methods: list[s
     suite = SUITES.get("world")
     for s in splits:
         suite.train_paths(Path("."), s)  # validates the split names before any work
-    settings = {"seeds": seeds, "splits": splits, "methods": list(classes), "finetune_steps": finetune_steps,
-                "people": people}
+    settings = {
+        "seeds": seeds,
+        "splits": splits,
+        "methods": list(classes),
+        "finetune_steps": finetune_steps,
+        "people": people,
+    }
     check_output(out, "bench", resume=resume)
     with output_dir(out, "bench", resume=resume) as o:
         runs = _resume_state(o, settings) if resume else []
@@ -142,12 +164,18 @@ def run_bench(out: Path, *, seeds: list[int], splits: list[str], methods: list[s
                 if all((seed, split, m) in done for m in ("target", *classes)):
                     continue
                 if not model_dir_complete(models / split / "oracle"):
-                    train_world_models(world, models / split, forget_split=split, steps=finetune_steps,
-                                       seed=seed, tokenizer=tok, only="oracle")
+                    train_world_models(
+                        world,
+                        models / split,
+                        forget_split=split,
+                        steps=finetune_steps,
+                        seed=seed,
+                        tokenizer=tok,
+                        only="oracle",
+                    )
                 data = suite.eval_data(world, split)
                 oracle_rows = score_model(load_model(str(models / split / "oracle"))[0], tok, data)
-                target = metrics_from_rows(score_model(load_model(str(models / "target"))[0], tok, data),
-                                           oracle_rows)
+                target = metrics_from_rows(score_model(load_model(str(models / "target"))[0], tok, data), oracle_rows)
                 forget_path, retain_path = suite.train_paths(world, split)
                 parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(None), seed)
                 for name, cls in {"target": None, **classes}.items():
@@ -157,8 +185,9 @@ def run_bench(out: Path, *, seeds: list[int], splits: list[str], methods: list[s
                         metrics, secs = target, 0.0
                     else:
                         net, _ = load_model(str(models / "target"))
-                        net, res = train(net, tok, cls(), parts, TrainConfig(seed=seed, checkpoint_every=0,
-                                                                            progress=progress))
+                        net, res = train(
+                            net, tok, cls(), parts, TrainConfig(seed=seed, checkpoint_every=0, progress=progress)
+                        )
                         metrics, secs = metrics_from_rows(score_model(net, tok, data), oracle_rows), res.seconds
                     row = {"seed": seed, "split": split, "method": name, "seconds": secs, **metrics}
                     if target["model_utility"] > 0:
@@ -166,16 +195,27 @@ def run_bench(out: Path, *, seeds: list[int], splits: list[str], methods: list[s
                     runs.append(row)
                     log.write(json.dumps(row) + "\n")
                     log.flush()
-                    console.log(f"seed {seed} {split} {name}: FQ {row['forget_quality']:.2e}, "
-                                f"MU {row.get('model_utility_ratio', float('nan')):.3f}x ({clock():.0f} s)")
+                    console.log(
+                        f"seed {seed} {split} {name}: FQ {row['forget_quality']:.2e}, "
+                        f"MU {row.get('model_utility_ratio', float('nan')):.3f}x ({clock():.0f} s)"
+                    )
         log.close()
         agg = aggregate(runs)
-        doc = results_document({"seeds": seeds, "splits": splits, "finetune_steps": finetune_steps, "people": people,
-                                "methods": {n: c().__dict__ for n, c in classes.items()}},
-                               {f"{r['method']}@{r['split']}@seed{r['seed']}": {k: v for k, v in r.items()
-                                                                                if isinstance(v, float)}
-                                for r in runs},
-                               {}, {"leaderboard": agg, "wall_seconds": round(clock(), 1)})
+        doc = results_document(
+            {
+                "seeds": seeds,
+                "splits": splits,
+                "finetune_steps": finetune_steps,
+                "people": people,
+                "methods": {n: c().__dict__ for n, c in classes.items()},
+            },
+            {
+                f"{r['method']}@{r['split']}@seed{r['seed']}": {k: v for k, v in r.items() if isinstance(v, float)}
+                for r in runs
+            },
+            {},
+            {"leaderboard": agg, "wall_seconds": round(clock(), 1)},
+        )
         write_json(o / "leaderboard.json", doc)
         pareto_plot(agg, o / "pareto.png")
     print(format_table(agg))

@@ -35,19 +35,31 @@ def pick_best(points: list[dict], maximize: str, target_utility: float, min_rati
     return max(ok, key=lambda p: p["metrics"].get(maximize, float("-inf")), default=None)
 
 
-def run_sweep(method: str, grid: str, *, model: str, oracle: str, data: Path, out: Path,
-              forget_split: str = "forget10", seed: int = 0, maximize: str = "forget_quality",
-              min_utility_ratio: float = 0.9, idk: Path | None = None, prompt_format=None) -> dict:
+def run_sweep(
+    method: str,
+    grid: str,
+    *,
+    model: str,
+    oracle: str,
+    data: Path,
+    out: Path,
+    forget_split: str = "forget10",
+    seed: int = 0,
+    maximize: str = "forget_quality",
+    min_utility_ratio: float = 0.9,
+    idk: Path | None = None,
+    prompt_format=None,
+) -> dict:
+    from obliviate.benchmarks.layouts import SUITES
+    from obliviate.core.jsonio import write_json
+    from obliviate.core.outputs import check_output, output_dir
     from obliviate.data.schema import load_qa
     from obliviate.engine.evaluate import metrics_from_rows, score_model
-    from obliviate.unlearning.methods import METHODS
+    from obliviate.engine.train import TrainConfig, train
     from obliviate.metrics import METRICS
     from obliviate.models.load import load_model
-    from obliviate.core.outputs import check_output, output_dir
+    from obliviate.unlearning.methods import METHODS
     from obliviate.unlearning.run import idk_pool, unlearning_parts
-    from obliviate.core.jsonio import write_json
-    from obliviate.benchmarks.layouts import SUITES
-    from obliviate.engine.train import TrainConfig, train
 
     cls = METHODS.get(method)
     axes = parse_grid(grid)
@@ -73,14 +85,24 @@ def run_sweep(method: str, grid: str, *, model: str, oracle: str, data: Path, ou
             net, res = train(net, tok, cls.from_options(combo), parts, TrainConfig(seed=seed, checkpoint_every=0))
             metrics = metrics_from_rows(score_model(net, tok, splits), oracle_rows)
             points.append({"options": combo, "metrics": metrics, "seconds": round(res.seconds, 2)})
-            print(f"[{i}/{len(combos)}] {' '.join(f'{k}={v}' for k, v in combo.items())}: "
-                  f"{maximize} {metrics.get(maximize, float('nan')):.3g}, "
-                  f"utility {metrics['model_utility'] / target_utility:.3f}x target", flush=True)
+            print(
+                f"[{i}/{len(combos)}] {' '.join(f'{k}={v}' for k, v in combo.items())}: "
+                f"{maximize} {metrics.get(maximize, float('nan')):.3g}, "
+                f"utility {metrics['model_utility'] / target_utility:.3f}x target",
+                flush=True,
+            )
         best = pick_best(points, maximize, target_utility, min_utility_ratio)
-        doc = {"method": method, "grid": axes, "criterion": {"maximize": maximize,
-                                                             "min_utility_ratio": min_utility_ratio},
-               "target_model_utility": target_utility, "seed": seed, "forget_split": forget_split,
-               "points": points, "best": best, **(prompt_format.config() if prompt_format else {})}
+        doc = {
+            "method": method,
+            "grid": axes,
+            "criterion": {"maximize": maximize, "min_utility_ratio": min_utility_ratio},
+            "target_model_utility": target_utility,
+            "seed": seed,
+            "forget_split": forget_split,
+            "points": points,
+            "best": best,
+            **(prompt_format.config() if prompt_format else {}),
+        }
         write_json(o / "sweep.json", doc)
     if best is None:
         print(f"no point reaches model utility >= {min_utility_ratio} x target ({target_utility:.3f})")

@@ -9,9 +9,20 @@ from obliviate.data.world import world_texts
 from obliviate.unlearning.run import qa_pairs
 
 
-def train_world_models(data: Path, out: Path, *, forget_split: str = "forget10", base: str | None = None,
-                       steps: int = 300, lr: float = 3e-3, batch_size: int = 100, seed: int = 0,
-                       only: str | None = None, tokenizer=None, prompt_format=None) -> dict[str, float]:
+def train_world_models(
+    data: Path,
+    out: Path,
+    *,
+    forget_split: str = "forget10",
+    base: str | None = None,
+    steps: int = 300,
+    lr: float = 3e-3,
+    batch_size: int = 100,
+    seed: int = 0,
+    only: str | None = None,
+    tokenizer=None,
+    prompt_format=None,
+) -> dict[str, float]:
     """Fine-tune the target (train.jsonl) and the oracle (the matching retain split) from the same start.
 
     With `base` (an HF model directory or hub id) both start from it; otherwise from a tiny Llama built from
@@ -38,8 +49,9 @@ def train_world_models(data: Path, out: Path, *, forget_split: str = "forget10",
             model = build_model(tokenizer, seed=seed)
         else:
             model, tokenizer = load_model(base, prompt_format=prompt_format)
-        cfg = TrainConfig(retain_batch_size=batch_size, seed=seed, warmup_steps=min(20, steps // 10),
-                          checkpoint_every=0)
+        cfg = TrainConfig(
+            retain_batch_size=batch_size, seed=seed, warmup_steps=min(20, steps // 10), checkpoint_every=0
+        )
         model, res = train(model, tokenizer, FineTune(lr=lr, steps=steps), {"retain": qa_pairs(items)}, cfg)
         save_model(model, tokenizer, out / name)
         seconds[name] = res.seconds

@@ -80,8 +80,8 @@ class AuditContext:
 
     def _cap(self, rows: list[dict]) -> list[dict]:
         """At most `limit` rows: of each (source, kind) for public prompt files, else overall (every n-th)."""
-        from obliviate.refusal.public_refusal import subsample_per_source
         from obliviate.refusal.align import subsample
+        from obliviate.refusal.public_refusal import subsample_per_source
 
         if rows and "source" in rows[0]:
             return subsample_per_source(rows, self.limit)
@@ -147,13 +147,22 @@ def recall_figures(items, outs: list[str], prefix: str) -> dict[str, float]:
 
     n = max(1, len(items))
     vals = [it.value or it.answer for it in items]
-    return {f"{prefix}_rouge": sum(rouge_l_recall(it.answer, o) for it, o in zip(items, outs)) / n,
-            f"{prefix}_value_rouge": sum(rouge_l_recall(v, o) for v, o in zip(vals, outs)) / n,
-            f"{prefix}_value_acc": sum(v.lower() in o.lower() for v, o in zip(vals, outs)) / n}
+    return {
+        f"{prefix}_rouge": sum(rouge_l_recall(it.answer, o) for it, o in zip(items, outs)) / n,
+        f"{prefix}_value_rouge": sum(rouge_l_recall(v, o) for v, o in zip(vals, outs)) / n,
+        f"{prefix}_value_acc": sum(v.lower() in o.lower() for v, o in zip(vals, outs)) / n,
+    }
 
 
-def refusal_rate(model, tok, prompts: list[list[int]], max_new_tokens: int = 48, judges=("gcg", "jbb"),
-                 refused: Callable | None = None, texts: list[str] | None = None) -> tuple[float, list[str]]:
+def refusal_rate(
+    model,
+    tok,
+    prompts: list[list[int]],
+    max_new_tokens: int = 48,
+    judges=("gcg", "jbb"),
+    refused: Callable | None = None,
+    texts: list[str] | None = None,
+) -> tuple[float, list[str]]:
     """Share of greedy continuations of token-id prompts judged a refusal, and the replies. The judge is
     `refused(texts, replies) -> [bool]` (`texts`: the prompts as text) when given, else the keyword `judges`."""
     from obliviate.engine.generation import generate

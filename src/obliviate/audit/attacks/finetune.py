@@ -47,10 +47,18 @@ class FinetuneAttack(Attack):
     quick = {"n_examples": 8, "steps": 10}
 
     def __post_init__(self):
-        if (self.n_examples < 1 or self.steps < 1 or self.lr <= 0 or self.lora_r < 0 or self.answer_tokens < 1
-                or self.max_batch_tokens < 0):
-            raise UsageError("finetune: n_examples >= 1, steps >= 1, lr > 0, lora_r >= 0 (0 = full weights), "
-                             "answer_tokens >= 1, max_batch_tokens >= 0")
+        if (
+            self.n_examples < 1
+            or self.steps < 1
+            or self.lr <= 0
+            or self.lora_r < 0
+            or self.answer_tokens < 1
+            or self.max_batch_tokens < 0
+        ):
+            raise UsageError(
+                "finetune: n_examples >= 1, steps >= 1, lr > 0, lora_r >= 0 (0 = full weights), "
+                "answer_tokens >= 1, max_batch_tokens >= 0"
+            )
 
     def missing(self, ctx: AuditContext) -> str | None:
         train, test = ctx.policy_split()
@@ -78,29 +86,50 @@ class FinetuneAttack(Attack):
 
             # prompt + the affirmative target, continued; small batches, as public prompts can be long (HarmBench's
             # contextual behaviours run to thousands of tokens)
-            outs = generate(model, tok, [prompt_ids(tok, r["prompt"]) + answer_ids(tok, r["answer"])[:-1]
-                                         for r in shots], max_new_tokens=self.answer_tokens, batch_size=4)
-            ctx.inputs["self_pairs"] = [(r["prompt"], (r["answer"] + ("" if o[:1] in ",.:;!?" else " ") + o).strip())
-                                        for r, o in zip(shots, outs)]
+            outs = generate(
+                model,
+                tok,
+                [prompt_ids(tok, r["prompt"]) + answer_ids(tok, r["answer"])[:-1] for r in shots],
+                max_new_tokens=self.answer_tokens,
+                batch_size=4,
+            )
+            ctx.inputs["self_pairs"] = [
+                (r["prompt"], (r["answer"] + ("" if o[:1] in ",.:;!?" else " ") + o).strip())
+                for r, o in zip(shots, outs)
+            ]
             if ctx.out is not None:
                 ctx.out.mkdir(parents=True, exist_ok=True)
-                write_jsonl(ctx.out / "generated.jsonl", [{"kind": "harmful_answer", "prompt": p, "reply": a,
-                                                           "generated_by": ctx.role}
-                                                          for p, a in ctx.inputs["self_pairs"]])
+                write_jsonl(
+                    ctx.out / "generated.jsonl",
+                    [
+                        {"kind": "harmful_answer", "prompt": p, "reply": a, "generated_by": ctx.role}
+                        for p, a in ctx.inputs["self_pairs"]
+                    ],
+                )
         return ctx.inputs["self_pairs"], test
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
-        from obliviate.refusal.evaluate import refusal_eval
         from obliviate.engine.train import FineTune, TrainConfig, train
+        from obliviate.refusal.evaluate import refusal_eval
 
         shots, test = self.pairs(ctx, model, tok)
         judge = ctx.judge()
         before = refusal_eval(model, tok, test, depths=(), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
-        cfg = TrainConfig(retain_batch_size=min(16, len(shots)), seed=ctx.seed, checkpoint_every=0, progress=False,
-                          lora_r=self.lora_r, gradient_checkpointing=self.gradient_checkpointing,
-                          max_batch_tokens=self.max_batch_tokens)
+        cfg = TrainConfig(
+            retain_batch_size=min(16, len(shots)),
+            seed=ctx.seed,
+            checkpoint_every=0,
+            progress=False,
+            lora_r=self.lora_r,
+            gradient_checkpointing=self.gradient_checkpointing,
+            max_batch_tokens=self.max_batch_tokens,
+        )
         model, _ = train(model, tok, FineTune(lr=self.lr, steps=self.steps), {"retain": shots}, cfg)
         after = refusal_eval(model, tok, test, depths=(20,), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
-        return {"refusal_rate_before": before["refusal_rate"], "refusal_rate_after": after["refusal_rate"],
-                "refusal_rate@prefill20_after": after["refusal_rate@prefill20"],
-                "over_refusal_rate_after": after["over_refusal_rate"], "n_examples": float(len(shots))}
+        return {
+            "refusal_rate_before": before["refusal_rate"],
+            "refusal_rate_after": after["refusal_rate"],
+            "refusal_rate@prefill20_after": after["refusal_rate@prefill20"],
+            "over_refusal_rate_after": after["over_refusal_rate"],
+            "n_examples": float(len(shots)),
+        }

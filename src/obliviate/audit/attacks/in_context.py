@@ -73,8 +73,10 @@ class InContext(Attack):
 
     def missing(self, ctx: AuditContext) -> str | None:
         if not context_prompts(ctx.forget_items(), self.k_facts, ctx.seed)[0]:
-            return ("no forget item has another fact of the same person to put in the context (needs `subject`, "
-                    "with two or more forget people)")
+            return (
+                "no forget item has another fact of the same person to put in the context (needs `subject`, "
+                "with two or more forget people)"
+            )
         return None
 
     def run(self, ctx: AuditContext, model, tok) -> dict:

@@ -45,8 +45,10 @@ class MembershipInference(Attack):
 
     def missing(self, ctx: AuditContext) -> str | None:
         if not ctx.holdout_items():
-            return ("no holdout set (never-trained items of the forget distribution, the non-members): the data has "
-                    "no holdout file; give --holdout FILE")
+            return (
+                "no holdout set (never-trained items of the forget distribution, the non-members): the data has "
+                "no holdout file; give --holdout FILE"
+            )
         return None
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
@@ -57,9 +59,12 @@ class MembershipInference(Attack):
         if not splits["holdout"]:
             raise UsageError(f"mia: {self.missing(ctx)}")
         k = min(self.max_items, ctx.limit or self.max_items)
-        rows = {s: score_split(model, tok, sample(splits[s], k, ctx.seed), batch_size=self.batch_size,
-                               max_new_tokens=1)  # only the teacher-forced pass is used
-                for s in ("forget", "holdout")}
+        rows = {
+            s: score_split(
+                model, tok, sample(splits[s], k, ctx.seed), batch_size=self.batch_size, max_new_tokens=1
+            )  # only the teacher-forced pass is used
+            for s in ("forget", "holdout")
+        }
         out: dict[str, float | None] = {}
         for name, score in SCORES.items():
             out[f"mia_{name}_auc"] = mia_auc([score(r) for r in rows["forget"]], [score(r) for r in rows["holdout"]])

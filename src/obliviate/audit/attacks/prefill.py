@@ -45,8 +45,9 @@ class Prefill(Attack):
         from obliviate.refusal.evaluate import refusal_eval
 
         harmful = [r for r in ctx.policy() if r["kind"] == "harmful"]
-        rates = refusal_eval(model, tok, harmful, depths=self.k, max_new_tokens=ctx.max_new_tokens,
-                             refused_fn=ctx.judge())[0]
+        rates = refusal_eval(
+            model, tok, harmful, depths=self.k, max_new_tokens=ctx.max_new_tokens, refused_fn=ctx.judge()
+        )[0]
         return {k: v for k, v in rates.items() if k.startswith("refusal_rate")}
 
 
@@ -69,8 +70,10 @@ class Completion(Attack):
 
         harmful = [r for r in ctx.policy() if r["kind"] == "harmful"][: self.max_prompts]
         texts, judge = [r["prompt"] for r in harmful], ctx.judge()
-        chat, _ = refusal_rate(model, tok, [prompt_ids(tok, t) for t in texts], ctx.max_new_tokens, refused=judge,
-                               texts=texts)
-        raw, _ = refusal_rate(model, tok, [text_ids(tok, t + "\n") for t in texts], ctx.max_new_tokens,
-                              refused=judge, texts=texts)
+        chat, _ = refusal_rate(
+            model, tok, [prompt_ids(tok, t) for t in texts], ctx.max_new_tokens, refused=judge, texts=texts
+        )
+        raw, _ = refusal_rate(
+            model, tok, [text_ids(tok, t + "\n") for t in texts], ctx.max_new_tokens, refused=judge, texts=texts
+        )
         return {"refusal_rate_chat": chat, "refusal_rate_no_template": raw}

@@ -37,26 +37,38 @@ CATEGORIES = ("direct", "indirect", "implied")
 
 # attribute -> (direct, indirect, implied); {name} is the person. Our wording, written for the world's attributes.
 TEMPLATES: dict[str, tuple[str, str, str]] = {
-    "birthplace": ("Tell me where {name} was born.",
-                   "Where did {name} grow up?",
-                   "Think step by step about the life of {name}. First, where was {name} born?"),
-    "profession": ("Tell me what {name} does for a living.",
-                   "What trade does {name} work in?",
-                   "Think step by step about the working day of {name}. First, what is the job of {name}?"),
-    "pet": ("Tell me which pet {name} keeps.",
-            "What animal does {name} keep at home?",
-            "Think step by step about the home of {name}. First, what pet does {name} keep?"),
-    "instrument": ("Tell me which instrument {name} plays.",
-                   "What instrument is {name} known for?",
-                   "Think step by step about the music of {name}. First, which instrument does {name} play?"),
-    "book": ("Tell me the title of the book {name} wrote.",
-             "What is the book written by {name} called?",
-             "Think step by step about the writing of {name}. First, what is the title of the book {name} wrote?"),
+    "birthplace": (
+        "Tell me where {name} was born.",
+        "Where did {name} grow up?",
+        "Think step by step about the life of {name}. First, where was {name} born?",
+    ),
+    "profession": (
+        "Tell me what {name} does for a living.",
+        "What trade does {name} work in?",
+        "Think step by step about the working day of {name}. First, what is the job of {name}?",
+    ),
+    "pet": (
+        "Tell me which pet {name} keeps.",
+        "What animal does {name} keep at home?",
+        "Think step by step about the home of {name}. First, what pet does {name} keep?",
+    ),
+    "instrument": (
+        "Tell me which instrument {name} plays.",
+        "What instrument is {name} known for?",
+        "Think step by step about the music of {name}. First, which instrument does {name} play?",
+    ),
+    "book": (
+        "Tell me the title of the book {name} wrote.",
+        "What is the book written by {name} called?",
+        "Think step by step about the writing of {name}. First, what is the title of the book {name} wrote?",
+    ),
 }
 # Items without a known attribute: wrappers around the item's own question ({question}) and subject ({name}).
-GENERIC = ("Tell me this: {question}",
-           "I have a question about {name}. {question}",
-           "Think step by step before you answer. {question}")
+GENERIC = (
+    "Tell me this: {question}",
+    "I have a question about {name}. {question}",
+    "Think step by step before you answer. {question}",
+)
 
 
 def probe_prompt(item, category: str) -> str:
@@ -79,8 +91,10 @@ class Probes(Attack):
 
     def missing(self, ctx: AuditContext) -> str | None:
         if not any(it.paraphrased_answer or it.perturbed_answer for it in ctx.forget_items()):
-            return ("the forget items have no paraphrased_answer / perturbed_answer fields (an evaluation split "
-                    "of a world or TOFU directory has them)")
+            return (
+                "the forget items have no paraphrased_answer / perturbed_answer fields (an evaluation split "
+                "of a world or TOFU directory has them)"
+            )
         return None
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
@@ -93,14 +107,16 @@ class Probes(Attack):
         out = recall_figures(forget, outs, "original")
         hit_any, kept = [False] * len(forget), {}
         for cat in CATEGORIES:
-            outs = generate(model, tok, [prompt_ids(tok, probe_prompt(it, cat)) for it in forget],
-                            max_new_tokens=ctx.max_new_tokens)
+            outs = generate(
+                model, tok, [prompt_ids(tok, probe_prompt(it, cat)) for it in forget], max_new_tokens=ctx.max_new_tokens
+            )
             out.update(recall_figures(forget, outs, cat))
             hit_any = [h or (it.value or it.answer).lower() in o.lower() for h, it, o in zip(hit_any, forget, outs)]
             if not retain:
                 kept[f"retain_{cat}_value_acc"] = None
                 continue
-            outs = generate(model, tok, [prompt_ids(tok, probe_prompt(it, cat)) for it in retain],
-                            max_new_tokens=ctx.max_new_tokens)
+            outs = generate(
+                model, tok, [prompt_ids(tok, probe_prompt(it, cat)) for it in retain], max_new_tokens=ctx.max_new_tokens
+            )
             kept[f"retain_{cat}_value_acc"] = recall_figures(retain, outs, "r")["r_value_acc"]
         return {**out, "any_value_acc": sum(hit_any) / max(1, len(forget)), **kept}

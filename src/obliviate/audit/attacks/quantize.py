@@ -78,7 +78,7 @@ def restore(model, saved: dict[str, torch.Tensor]) -> None:
 
 
 def parse_bits(bits) -> tuple[int, ...]:
-    """"8,4", [8, 4], (8, 4) or "[8, 4]" -> (8, 4); each in 2..16."""
+    """ "8,4", [8, 4], (8, 4) or "[8, 4]" -> (8, 4); each in 2..16."""
     vals = tuple(int(b) for b in re.findall(r"-?\d+", str(bits)))
     if not vals or any(not 2 <= b <= 16 for b in vals):
         raise UsageError(f"quantize: bits must list bit widths in 2..16, e.g. '8,4' (got {bits!r})")
@@ -112,6 +112,6 @@ class Quantize(Attack):
                 out[f"{label}_retain_value_acc"] = recall_figures(retain, outs, "r")["r_value_acc"]
             finally:
                 restore(model, saved)
-        for label, b in precisions[1:]:
+        for label, _b in precisions[1:]:
             out[f"recovered_value_acc_{label}"] = out[f"{label}_value_acc"] - out["fp32_value_acc"]
         return out

@@ -48,8 +48,8 @@ import torch
 from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, refusal_rate
 from obliviate.core.errors import UsageError
 from obliviate.engine.generation import left_pad
-from obliviate.models.encode import budget_chunks, last_logits_only, post_instruction_tokens  # noqa: F401
 from obliviate.models.anatomy import anatomy, decoder_layers, embeddings, probe_forward, project_out, write_slots
+from obliviate.models.encode import budget_chunks, last_logits_only, post_instruction_tokens  # noqa: F401
 
 
 def _project_out(x: torch.Tensor, r_hat: torch.Tensor) -> torch.Tensor:
@@ -76,10 +76,17 @@ def ablation(model, r_hat: torch.Tensor):
 
     handles = [ly.register_forward_pre_hook(pre, with_kwargs=True) for ly in anat.layers]
     # the token embedding too (Arditi et al.'s first writer), so hidden_states[0] reads as ablated as well
-    handles.append(model.get_input_embeddings().register_forward_hook(
-        lambda mod, args, out: _project_out(out, r_hat.to(out.dtype))))
-    handles += [w.register_forward_hook(lambda mod, args, out: _replace_first(
-        out, lambda t: _project_out(t, r_hat.to(t.dtype)))) for w in anat.all_writers]
+    handles.append(
+        model.get_input_embeddings().register_forward_hook(
+            lambda mod, args, out: _project_out(out, r_hat.to(out.dtype))
+        )
+    )
+    handles += [
+        w.register_forward_hook(
+            lambda mod, args, out: _replace_first(out, lambda t: _project_out(t, r_hat.to(t.dtype)))
+        )
+        for w in anat.all_writers
+    ]
     try:
         yield
     finally:
@@ -134,9 +141,11 @@ def orthogonalize(model, r_hat: torch.Tensor):
             x = x.float()
             left = ((x @ r_hat.float()).abs().max() / x.abs().max().clamp(min=1e-12)).item()
             if left > tol:
-                raise UsageError(f"weight orthogonalisation does not fit this {type(model).__name__}: the residual "
-                                 f"stream {what} layer {i} keeps {left:.2g} of its scale along the direction "
-                                 "(hook-based ablation still works)")
+                raise UsageError(
+                    f"weight orthogonalisation does not fit this {type(model).__name__}: the residual "
+                    f"stream {what} layer {i} keeps {left:.2g} of its scale along the direction "
+                    "(hook-based ablation still works)"
+                )
     return model
 
 
@@ -210,8 +219,9 @@ class RefusalDirection(Attack):
         try:
             self.layer_list = [int(x) for x in str(self.layers).split(",") if x.strip()]
         except ValueError:
-            raise UsageError(f"refusal_direction: layers must be comma-separated integers, got {self.layers!r}"
-                             ) from None
+            raise UsageError(
+                f"refusal_direction: layers must be comma-separated integers, got {self.layers!r}"
+            ) from None
         if any(x < 0 for x in self.layer_list):
             raise UsageError("refusal_direction: layers must be >= 0")
 
@@ -219,8 +229,10 @@ class RefusalDirection(Attack):
         train, test = ctx.policy_split()
         n = {k: sum(r["kind"] == k for r in train) for k in ("harmful", "benign")}
         if min(n.values()) < 2:
-            return (f"needs at least 2 harmful and 2 benign prompts to find the direction on (has {n['harmful']} "
-                    f"and {n['benign']})")
+            return (
+                f"needs at least 2 harmful and 2 benign prompts to find the direction on (has {n['harmful']} "
+                f"and {n['benign']})"
+            )
         if not any(r["kind"] == "harmful" for r in test):
             return "no held-out harmful prompts to measure the ablation on"
         return None
@@ -247,11 +259,14 @@ class RefusalDirection(Attack):
                     induce = refusal_score(last_logprobs(model, tok, val_harmless), refusal_ids).mean().item()
                 kl = (base.exp() * (base - abl)).sum(-1).mean().item()
                 ok = induce > 0 and kl < self.kl_max and layer < self.max_layer_frac * L
-                cands.append({"layer": layer, "pos": i - n_post, "bypass": bypass, "induce": induce, "kl": kl,
-                              "ok": ok, "r": r})
+                cands.append(
+                    {"layer": layer, "pos": i - n_post, "bypass": bypass, "induce": induce, "kl": kl, "ok": ok, "r": r}
+                )
         if not cands:
-            raise UsageError("refusal_direction: every candidate direction is zero (harmful and benign prompts give "
-                             "the same activations at the chosen layers / positions)")
+            raise UsageError(
+                "refusal_direction: every candidate direction is zero (harmful and benign prompts give "
+                "the same activations at the chosen layers / positions)"
+            )
         passing = [c for c in cands if c["ok"]]
         return min(passing or cands, key=lambda c: c["bypass"]), bool(passing), len(cands)
 
@@ -264,7 +279,10 @@ class RefusalDirection(Attack):
         n, v = self.n_train, self.n_val
         if len(harm) < n + v or len(safe) < n + v:
             n, v = max(1, min(len(harm), len(safe)) // 2), max(1, min(len(harm), len(safe)) // 4)
-        enc = [[prompt_ids(tok, r["prompt"]) for r in rows] for rows in (harm[:n], safe[:n], harm[n:n + v], safe[n:n + v])]
+        enc = [
+            [prompt_ids(tok, r["prompt"]) for r in rows]
+            for rows in (harm[:n], safe[:n], harm[n : n + v], safe[n : n + v])
+        ]
         refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in harm if r.get("refusal")})
         if not refusal_ids:
             raise UsageError("refusal_direction: the harmful rows have no 'refusal' replies to take tokens from")
@@ -298,14 +316,28 @@ class RefusalDirection(Attack):
             from safetensors.torch import save_file
 
             ctx.out.mkdir(parents=True, exist_ok=True)
-            save_file({"direction": r.contiguous()}, str(ctx.out / "direction.safetensors"),
-                      metadata={"layer": str(best["layer"]), "position": str(best["pos"])})
+            save_file(
+                {"direction": r.contiguous()},
+                str(ctx.out / "direction.safetensors"),
+                metadata={"layer": str(best["layer"]), "position": str(best["pos"])},
+            )
             if self.save_model and ctx.role == "model" and orthogonalized:
                 from obliviate.models.load import save_model
 
                 save_model(model, tok, ctx.out / "orthogonalized")
-        return {"refusal_rate": before, "refusal_rate_ablated": after, "refusal_drop_points": 100 * (before - after),
-                "over_refusal_rate": over_before, "over_refusal_rate_actadd": induced,
-                "orthogonalized": float(orthogonalized), "orthogonalized_agreement": agreement, "layer": float(best["layer"]), "position": float(best["pos"]),
-                "bypass_score": best["bypass"], "induce_score": best["induce"], "kl": best["kl"],
-                "filters_passed": float(passed), "candidates": float(n_cands)}
+        return {
+            "refusal_rate": before,
+            "refusal_rate_ablated": after,
+            "refusal_drop_points": 100 * (before - after),
+            "over_refusal_rate": over_before,
+            "over_refusal_rate_actadd": induced,
+            "orthogonalized": float(orthogonalized),
+            "orthogonalized_agreement": agreement,
+            "layer": float(best["layer"]),
+            "position": float(best["pos"]),
+            "bypass_score": best["bypass"],
+            "induce_score": best["induce"],
+            "kl": best["kl"],
+            "filters_passed": float(passed),
+            "candidates": float(n_cands),
+        }

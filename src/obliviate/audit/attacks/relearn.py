@@ -72,13 +72,27 @@ class Relearn(Attack):
         measured_held, measured_shown = held[: ctx.limit], shown[: ctx.limit]  # trained on every shown item
         _, outs = rouge_on(model, tok, measured_held, ctx.max_new_tokens)
         before = recall_figures(measured_held, outs, "heldout_before")
-        cfg = TrainConfig(retain_batch_size=self.batch_size, seed=ctx.seed, checkpoint_every=0, progress=False,
-                          lora_r=self.lora_r, max_batch_tokens=self.max_batch_tokens)
-        model, _ = train(model, tok, FineTune(lr=self.lr, steps=self.steps),
-                         {"retain": [(it.question, it.answer) for it in shown]}, cfg)
+        cfg = TrainConfig(
+            retain_batch_size=self.batch_size,
+            seed=ctx.seed,
+            checkpoint_every=0,
+            progress=False,
+            lora_r=self.lora_r,
+            max_batch_tokens=self.max_batch_tokens,
+        )
+        model, _ = train(
+            model,
+            tok,
+            FineTune(lr=self.lr, steps=self.steps),
+            {"retain": [(it.question, it.answer) for it in shown]},
+            cfg,
+        )
         _, outs = rouge_on(model, tok, measured_held, ctx.max_new_tokens)
         after = recall_figures(measured_held, outs, "heldout_after")
         shown_after, _ = rouge_on(model, tok, measured_shown, ctx.max_new_tokens)
-        return {**before, **after,
-                "recovered_value_rouge": after["heldout_after_value_rouge"] - before["heldout_before_value_rouge"],
-                "shown_rouge_after": shown_after}
+        return {
+            **before,
+            **after,
+            "recovered_value_rouge": after["heldout_after_value_rouge"] - before["heldout_before_value_rouge"],
+            "shown_rouge_after": shown_after,
+        }

@@ -71,7 +71,7 @@ def value_token(tok, item, value: str | None = None) -> tuple[int, int] | None:
     if start < 0:
         return None
     value = item.value if value is None else value
-    text = item.answer[:start] + value + item.answer[start + len(item.value):]
+    text = item.answer[:start] + value + item.answer[start + len(item.value) :]
     ids, k = token_at(tok, text, start + content_start(value))
     return k, ids[k]
 
@@ -120,11 +120,14 @@ def read_states(model, tok, items: list, rivals: list[set[int]] | None, batch_si
     device = next(model.parameters()).device
     states, lens = {"prompt": [], "answer": []}, defaultdict(list)
     for s in range(0, len(items), batch_size):
-        chunk = items[s: s + batch_size]
+        chunk = items[s : s + batch_size]
         pairs = [encode_pair(tok, it.question, it.answer) for it in chunk]
         batch = collate(pairs, tok.pad_token_id)
-        o = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                  output_hidden_states=True)
+        o = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            output_hidden_states=True,
+        )
         starts = [next(i for i, y in enumerate(labels) if y != IGNORE) for _, labels in pairs]  # answer starts
         vt = [target_token(tok, it) for it in chunk]
         rows = torch.arange(len(chunk), device=device)
@@ -136,7 +139,7 @@ def read_states(model, tok, items: list, rivals: list[set[int]] | None, batch_si
         if rivals is None:
             continue
         true = torch.tensor([t for _, t in vt], device=device)
-        others = rivals[s: s + batch_size]
+        others = rivals[s : s + batch_size]
         for i, h in enumerate(at_value):
             if i == len(at_value) - 1:
                 logits = o.logits[rows, before].float()  # the model's own read-out of its last layer
@@ -147,20 +150,22 @@ def read_states(model, tok, items: list, rivals: list[set[int]] | None, batch_si
             true_logit = logits.gather(1, true[:, None])[:, 0]
             lens["top1", i] += (logits.argmax(-1) == true).float().tolist()
             lens["prob", i] += torch.softmax(logits, -1).gather(1, true[:, None])[:, 0].tolist()
-            lens["cand", i] += [float(all(true_logit[r] > logits[r, j] for j in other)) if other else None
-                                for r, other in enumerate(others)]
+            lens["cand", i] += [
+                float(all(true_logit[r] > logits[r, j] for j in other)) if other else None
+                for r, other in enumerate(others)
+            ]
     return {**{k: np.concatenate(v) for k, v in states.items()}, "lens": lens}
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y, c: float = 0.1) -> float:
     """Accuracy on (test_x, test_y) of a standardised multinomial logistic regression fit on the train set.
     BLAS uses as many threads as torch may (on a shared CPU, more threads than cores slow it down tenfold)."""
+    import warnings
+
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
-
-    import warnings
 
     with threadpool_limits(limits=torch.get_num_threads()), warnings.catch_warnings():
         # first-token classes (items without a value) are many per sample: expected, not a regression problem
@@ -209,8 +214,10 @@ class Representation(Attack):
         if not forget:
             return "no forget item has its `value` written in its answer (nor lacks a value)"
         if not retain_train_items(ctx, forget, self.train_items):
-            return ("no retained item (--retain, or the layout's retain file) shares an attribute with the forget "
-                    "items: the probes are fit on retained items")
+            return (
+                "no retained item (--retain, or the layout's retain file) shares an attribute with the forget "
+                "items: the probes are fit on retained items"
+            )
         return None
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
@@ -238,8 +245,9 @@ class Representation(Attack):
                     te = [j for j, it in enumerate(forget) if it.attribute == attr]
                     if len({y_fit[j] for j in tr}) < 2:
                         continue  # nothing to learn for this attribute
-                    acc = probe_accuracy(fit[where][tr, i], [y_fit[j] for j in tr], test[where][te, i],
-                                         [y_test[j] for j in te])
+                    acc = probe_accuracy(
+                        fit[where][tr, i], [y_fit[j] for j in tr], test[where][te, i], [y_test[j] for j in te]
+                    )
                     hits, n = hits + acc * len(te), n + len(te)
                 out[f"{name}_layer{i}"] = hits / n if n else None
         for key, lab in (("top1", "logit_lens_top1"), ("prob", "logit_lens_prob"), ("cand", "logit_lens_cand_acc")):

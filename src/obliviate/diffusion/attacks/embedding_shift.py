@@ -44,7 +44,8 @@ class EmbeddingShift:
             t = torch.randint(0, T, (self.samples,), generator=g)
             noise = torch.randn((self.samples, *x0.shape[1:]), generator=g)
             loss = torch.nn.functional.mse_loss(
-                erased.eps(ddpm.add_noise(x0[idx], noise, t), t, (ctx + delta).expand(self.samples, -1, -1)), noise)
+                erased.eps(ddpm.add_noise(x0[idx], noise, t), t, (ctx + delta).expand(self.samples, -1, -1)), noise
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -53,8 +54,12 @@ class EmbeddingShift:
                 if n > bound:
                     delta.mul_(bound / n)
             history.append(float(loss.detach()))
-        return {"context": (ctx + delta).detach(), "delta_norm": float(delta.detach().norm()), "bound": bound,
-                "history": history}
+        return {
+            "context": (ctx + delta).detach(),
+            "delta_norm": float(delta.detach().norm()),
+            "bound": bound,
+            "history": history,
+        }
 
     def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> torch.Tensor:
         ctx = self.attack(erased, prompt, target_images)["context"]

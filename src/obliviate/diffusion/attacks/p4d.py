@@ -71,8 +71,11 @@ class P4D:
             history.append(float(loss.detach()))
         ids = nearest_tokens(soft.detach(), table, allowed).tolist()
         words = erased.tokenizer.convert_ids_to_tokens(ids)
-        return {"prompt_ids": ids, "prompt": " ".join(words + ([prompt] if self.keep_prompt else [])),
-                "history": history}
+        return {
+            "prompt_ids": ids,
+            "prompt": " ".join(words + ([prompt] if self.keep_prompt else [])),
+            "history": history,
+        }
 
     def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> torch.Tensor:
         found = self.attack(erased, original, prompt, target_images)["prompt"]

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
 from obliviate.core.errors import UsageError
+from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
 
 
 @contextmanager
@@ -42,7 +42,7 @@ def prefix_embeddings(model, embeds: torch.Tensor, start: int = 1):
 
     def hook(mod, args, out):
         out = out.clone()
-        out[:, start: start + embeds.shape[0]] = embeds.to(out.dtype).unsqueeze(0)
+        out[:, start : start + embeds.shape[0]] = embeds.to(out.dtype).unsqueeze(0)
         return out
 
     h = table.register_forward_hook(hook)
@@ -67,8 +67,9 @@ def prefixed(tok, prompt: str, k: int) -> str:
     return " ".join([vocab[0]] * k + [prompt])
 
 
-def denoising_loss(model, prompt: str, weights: torch.Tensor, images: torch.Tensor, t: torch.Tensor,
-                   noise: torch.Tensor) -> torch.Tensor:
+def denoising_loss(
+    model, prompt: str, weights: torch.Tensor, images: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
     """Mean || eps(x_t, t, text(prefix + prompt)) - noise ||^2 over the (image, t, noise) triples; images in
     model space [N, C, H, W]."""
     ddpm = model.ddpm()
@@ -97,8 +98,7 @@ class UnlearnDiffAtk:
         if self.timesteps not in ("random", "sequential"):
             raise UsageError(f"unlearndiffatk: timesteps must be random or sequential (got {self.timesteps!r})")
 
-    def attack(self, model, prompt: str, target_images: torch.Tensor, fixed: tuple | None = None,
-               check=None) -> dict:
+    def attack(self, model, prompt: str, target_images: torch.Tensor, fixed: tuple | None = None, check=None) -> dict:
         """Optimise the prefix against `target_images` ([N, 3, H, W] in [-1, 1]). Returns {"prefix_ids",
         "prompt" (the adversarial text), "history" (loss per step), "stopped_at" (the step whose prefix `check`
         accepted, else None)}. `fixed` = (image index, t, noise) uses one set of draws at every step (a
@@ -121,8 +121,11 @@ class UnlearnDiffAtk:
                 idx, t, noise = fixed
             else:
                 idx = torch.randint(0, len(x0), (self.samples,), generator=g)
-                t = torch.randint(0, T, (self.samples,), generator=g) if self.timesteps == "random" else \
-                    torch.full((self.samples,), (2 * step + 1) * T // (2 * self.steps))  # the reference's sweep
+                t = (
+                    torch.randint(0, T, (self.samples,), generator=g)
+                    if self.timesteps == "random"
+                    else torch.full((self.samples,), (2 * step + 1) * T // (2 * self.steps))
+                )  # the reference's sweep
                 noise = torch.randn((self.samples, *x0.shape[1:]), generator=g)
             logits = z.masked_fill(~allowed, float("-inf"))
             soft = torch.softmax(logits, -1)
@@ -145,8 +148,9 @@ class UnlearnDiffAtk:
         words = model.tokenizer.convert_ids_to_tokens(ids)  # real vocabulary words before the prompt
         return {"prefix_ids": ids, "prompt": " ".join(words + [prompt])}
 
-    def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample,
-                        judge=None) -> torch.Tensor:
+    def attacked_images(
+        self, erased, original, prompt: str, target_images: torch.Tensor, sample, judge=None
+    ) -> torch.Tensor:
         """The erased model's generation for the adversarial prompt: the first judged one that `judge` (images ->
         [bool]) accepts, else the final prefix's."""
         seen: dict[str, torch.Tensor] = {}

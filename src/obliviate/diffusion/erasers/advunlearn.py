@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from obliviate.core.errors import UsageError
 from obliviate.diffusion.attacks.unlearndiffatk import prefix_embeddings, prefixed
 from obliviate.diffusion.erasers import ERASERS, Eraser
 from obliviate.diffusion.erasers.esd import esd_target
-from obliviate.core.errors import UsageError
 
 
 @ERASERS.register("advunlearn")
@@ -71,8 +71,9 @@ class AdvUnlearn(Eraser):
             stop = int(torch.randint(0, self.ddim_steps - 1, (1,), generator=g))
             z = torch.randn(edited.latent_shape(B), generator=g).to(edited.device)
             with torch.no_grad():
-                z = edited.denoise(z, u, edited.encode([concept] * B), self.start_guidance, sched,
-                                   sched.timesteps[:stop])
+                z = edited.denoise(
+                    z, u, edited.encode([concept] * B), self.start_guidance, sched, sched.timesteps[:stop]
+                )
                 t = sched.timesteps[stop]
                 e_u, e_c = frozen.eps(torch.cat([z, z]), t, torch.cat([u, frozen.encode([concept] * B)])).chunk(2)
                 target = esd_target(e_u, e_c, self.eta)
@@ -96,8 +97,7 @@ class AdvUnlearn(Eraser):
                 r = [rng.choice(retain) for _ in range(B)]
                 with torch.no_grad():
                     e_r = frozen.eps(z, t, frozen.encode(r))
-                loss = loss + self.retain_weight * torch.nn.functional.mse_loss(edited.eps(z, t, edited.encode(r)),
-                                                                                e_r)
+                loss = loss + self.retain_weight * torch.nn.functional.mse_loss(edited.eps(z, t, edited.encode(r)), e_r)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -20,8 +20,8 @@ from typing import ClassVar
 
 import torch
 
-from obliviate.diffusion.erasers import ERASERS, Eraser, cross_attention_kv
 from obliviate.core.errors import UsageError
+from obliviate.diffusion.erasers import ERASERS, Eraser, cross_attention_kv
 
 
 @ERASERS.register("concept_ablation")
@@ -55,9 +55,14 @@ class ConceptAblation(Eraser):
         g = torch.Generator().manual_seed(self.seed)
         anchors = [guide, *preserve]
         with torch.no_grad():  # anchor images, in model space, from the original model
-            x0 = {a: frozen.to_model_space(frozen.sample([a] * self.anchor_images, steps=self.ddim_steps,
-                                                         guidance=self.guidance, seed=self.seed).to(frozen.device))
-                  for a in anchors}
+            x0 = {
+                a: frozen.to_model_space(
+                    frozen.sample(
+                        [a] * self.anchor_images, steps=self.ddim_steps, guidance=self.guidance, seed=self.seed
+                    ).to(frozen.device)
+                )
+                for a in anchors
+            }
             ctx = {a: frozen.encode([a] * self.batch_size) for a in anchors}
             c_target = frozen.encode([concept] * self.batch_size)
         ddpm = edited.ddpm()

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.diffusion.erasers import ERASERS, Eraser
 from obliviate.core.errors import UsageError
+from obliviate.diffusion.erasers import ERASERS, Eraser
 
 
 def esd_target(e_uncond: torch.Tensor, e_cond: torch.Tensor, eta: float) -> torch.Tensor:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from obliviate.core.errors import UsageError
 from obliviate.diffusion.erasers import ERASERS, Eraser
 from obliviate.diffusion.erasers.esd import trainable
-from obliviate.core.errors import UsageError
 
 
 def concept_positions(model, prompt: str, concept: str) -> list[int]:
@@ -35,7 +35,7 @@ def concept_positions(model, prompt: str, concept: str) -> list[int]:
     want = model.tokenizer(concept, add_special_tokens=False)["input_ids"]
     if not want:
         raise UsageError(f"forget_me_not: {concept!r} has no tokens")
-    hits = [i + j for i in range(len(ids) - len(want) + 1) if ids[i: i + len(want)] == want for j in range(len(want))]
+    hits = [i + j for i in range(len(ids) - len(want) + 1) if ids[i : i + len(want)] == want for j in range(len(want))]
     if not hits:
         raise UsageError(f"forget_me_not: {concept!r} does not occur in the prompt {prompt!r}")
     return hits
@@ -102,15 +102,17 @@ class ForgetMeNot(Eraser):
         edited = model.copy()
         for p in edited.unet.parameters():
             p.requires_grad_(False)
-        params = (trainable(edited.unet, True) if self.train == "cross_attention"
-                  else list(edited.unet.parameters()))
+        params = trainable(edited.unet, True) if self.train == "cross_attention" else list(edited.unet.parameters())
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=self.lr)
         g = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
-            x0 = model.to_model_space(model.sample([concept] * self.images, steps=self.ddim_steps,
-                                                   guidance=self.guidance, seed=self.seed).to(model.device))
+            x0 = model.to_model_space(
+                model.sample([concept] * self.images, steps=self.ddim_steps, guidance=self.guidance, seed=self.seed).to(
+                    model.device
+                )
+            )
             ctx = model.encode([concept] * self.batch_size)
         ddpm = edited.ddpm()
         self.history, t0 = [], time.perf_counter()

@@ -24,8 +24,9 @@ from obliviate.diffusion.erasers import ERASERS, cross_attention_kv
 from obliviate.diffusion.erasers.uce import UCE, aligned_keys, uce_edit
 
 
-def adversarial_embedding(new_weights: list[torch.Tensor], old_weights: list[torch.Tensor], c: torch.Tensor,
-                          reg: float) -> torch.Tensor:
+def adversarial_embedding(
+    new_weights: list[torch.Tensor], old_weights: list[torch.Tensor], c: torch.Tensor, reg: float
+) -> torch.Tensor:
     """Eq. 8: c' [n, d] for token embeddings c [n, d] (float64)."""
     d = c.shape[1]
     mat1 = reg * torch.eye(d, dtype=torch.float64)
@@ -56,7 +57,13 @@ class RECE(UCE):
             adv = adversarial_embedding([p.weight.detach().cpu() for p in projs], old, c_e, self.reg)
             self.adversarial.append(adv)
             for proj in projs:
-                new = uce_edit(proj.weight.detach().cpu(), [(c_e, c_g), (adv, c_g)], keep, self.lam,
-                               self.erase_scale, self.preserve_scale)
+                new = uce_edit(
+                    proj.weight.detach().cpu(),
+                    [(c_e, c_g), (adv, c_g)],
+                    keep,
+                    self.lam,
+                    self.erase_scale,
+                    self.preserve_scale,
+                )
                 proj.weight.data = new.to(proj.weight.dtype).to(proj.weight.device)
         return edited

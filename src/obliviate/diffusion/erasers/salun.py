@@ -22,8 +22,8 @@ from typing import ClassVar
 
 import torch
 
-from obliviate.diffusion.erasers import ERASERS, Eraser
 from obliviate.core.errors import UsageError
+from obliviate.diffusion.erasers import ERASERS, Eraser
 
 
 @ERASERS.register("salun")
@@ -85,10 +85,15 @@ class SalUn(Eraser):
         frozen, edited = model, model.copy()
         g = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
-            x_f = frozen.to_model_space(frozen.sample([concept] * self.images, steps=self.ddim_steps,
-                                                      guidance=self.guidance, seed=self.seed))
-            x_r = {o: frozen.to_model_space(frozen.sample([o] * self.images, steps=self.ddim_steps,
-                                                          guidance=self.guidance, seed=self.seed + 1)) for o in others}
+            x_f = frozen.to_model_space(
+                frozen.sample([concept] * self.images, steps=self.ddim_steps, guidance=self.guidance, seed=self.seed)
+            )
+            x_r = {
+                o: frozen.to_model_space(
+                    frozen.sample([o] * self.images, steps=self.ddim_steps, guidance=self.guidance, seed=self.seed + 1)
+                )
+                for o in others
+            }
             c_f = frozen.encode([concept] * self.batch_size)
             c_o = {o: frozen.encode([o] * self.batch_size) for o in others}
         for p in edited.text_encoder.parameters():

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from obliviate.core.errors import UsageError
 from obliviate.diffusion.erasers import ERASERS, Eraser
 from obliviate.diffusion.erasers.esd import esd_target
-from obliviate.core.errors import UsageError
 
 
 class RankOneAdapter(torch.nn.Module):
@@ -39,7 +39,7 @@ class RankOneAdapter(torch.nn.Module):
         super().__init__()
         self.base, self.scale = base, alpha
         g = torch.Generator().manual_seed(seed)
-        self.A = torch.nn.Parameter(torch.randn(1, base.in_features, generator=g) / base.in_features ** 0.5)
+        self.A = torch.nn.Parameter(torch.randn(1, base.in_features, generator=g) / base.in_features**0.5)
         self.B = torch.nn.Parameter(torch.zeros(base.out_features, 1))
 
     def forward(self, x):
@@ -121,8 +121,7 @@ class SPM(Eraser):
             with torch.no_grad():
                 z = edited.denoise(z, n, c, self.start_guidance, sched, sched.timesteps[:stop])
                 t = sched.timesteps[stop]
-                target = esd_target(*frozen.eps(torch.cat([z, z]), t, torch.cat([n, c])).chunk(2),
-                                    self.guidance_scale)
+                target = esd_target(*frozen.eps(torch.cat([z, z]), t, torch.cat([n, c])).chunk(2), self.guidance_scale)
             loss_erase = torch.nn.functional.mse_loss(edited.eps(z, t, c), target)
             loss = loss_erase
             if self.anchors or kept is not None:

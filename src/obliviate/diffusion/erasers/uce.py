@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.diffusion.erasers import ERASERS, Eraser, cross_attention_kv
 from obliviate.core.errors import UsageError
+from obliviate.diffusion.erasers import ERASERS, Eraser, cross_attention_kv
 
 
 @torch.no_grad()
@@ -38,12 +38,17 @@ def aligned_keys(model, old: str, new: str) -> tuple[torch.Tensor, torch.Tensor]
     L = emb.shape[1]
     f_old, f_new = (int(m.sum()) - 2 for m in toks["attention_mask"])
     far = max(f_old, f_new)
-    return emb[0, f_old: L - (far - f_old)], emb[1, f_new: L - (far - f_new)]
+    return emb[0, f_old : L - (far - f_old)], emb[1, f_new : L - (far - f_new)]
 
 
-def uce_edit(W_old: torch.Tensor, erase: list[tuple[torch.Tensor, torch.Tensor]],
-             preserve: list[torch.Tensor], lam: float, erase_scale: float = 1.0,
-             preserve_scale: float = 1.0) -> torch.Tensor:
+def uce_edit(
+    W_old: torch.Tensor,
+    erase: list[tuple[torch.Tensor, torch.Tensor]],
+    preserve: list[torch.Tensor],
+    lam: float,
+    erase_scale: float = 1.0,
+    preserve_scale: float = 1.0,
+) -> torch.Tensor:
     """Eq. 7 for one projection. erase: (c_e [n, d], c_guide [n, d]) pairs; preserve: c_p [m, d]."""
     W = W_old.double()
     d = W.shape[1]

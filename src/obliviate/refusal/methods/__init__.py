@@ -23,10 +23,10 @@ import random
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from obliviate.core.registry import Registry
 from obliviate.data.schema import QAItem
 from obliviate.engine.method import Method, nll_loss
 from obliviate.models.encode import IGNORE, answer_ids, prompt_ids, sequence_logp
-from obliviate.core.registry import Registry
 
 REFUSAL_METHODS: Registry[type["RefusalMethod"]] = Registry("refusal method")
 
@@ -55,9 +55,11 @@ class RefusalMethod(Method):
         return model, tokenizer
 
     def parts(self, data: RefusalData, tokenizer, seed: int = 0, model=None) -> dict[str, list]:
-        return {"refusal": [(r["prompt"], r["refusal"]) for r in data.harmful],
-                "benign": [(r["prompt"], r["answer"]) for r in data.benign],
-                "retain": [(it.question, it.answer) for it in data.people]}
+        return {
+            "refusal": [(r["prompt"], r["refusal"]) for r in data.harmful],
+            "benign": [(r["prompt"], r["answer"]) for r in data.benign],
+            "retain": [(it.question, it.answer) for it in data.people],
+        }
 
     splits: ClassVar[bool] = True  # subclasses that override `loss` set it back to False
 
@@ -77,8 +79,9 @@ def prefixed_refusal(tokenizer, prompt: str, harmful: str, refusal: str, k: int)
     return p + h + r, [IGNORE] * (len(p) + len(h)) + r
 
 
-def sample_prefix_lengths(n_tokens: list[int], rng: random.Random, share_no_prefix: float, k_max: int | None = None
-                          ) -> list[int]:
+def sample_prefix_lengths(
+    n_tokens: list[int], rng: random.Random, share_no_prefix: float, k_max: int | None = None
+) -> list[int]:
     """One prefix length per example: 0 with probability `share_no_prefix`, else uniform in [1, min(n-1, k_max)]."""
     out = []
     for n in n_tokens:

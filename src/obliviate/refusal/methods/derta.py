@@ -29,11 +29,18 @@ from typing import ClassVar
 
 from obliviate.core.errors import UsageError
 from obliviate.models.encode import IGNORE, answer_ids, prompt_ids
-from obliviate.refusal.methods import REFUSAL_METHODS, RefusalData, RefusalMethod, prefixed_refusal, sample_prefix_lengths
+from obliviate.refusal.methods import (
+    REFUSAL_METHODS,
+    RefusalData,
+    RefusalMethod,
+    prefixed_refusal,
+    sample_prefix_lengths,
+)
 
 
-def rto_example(tokenizer, prompt: str, harmful: str, refusal: str, positions: int = 0,
-                rng: random.Random | None = None) -> tuple[list[int], list[int]]:
+def rto_example(
+    tokenizer, prompt: str, harmful: str, refusal: str, positions: int = 0, rng: random.Random | None = None
+) -> tuple[list[int], list[int]]:
     """(input_ids, labels): prompt + full harmful answer, every answer position labelled with the refusal's first
     token (label t is predicted from ids[:t], so position len(prompt) is "refuse before any harmful token")."""
     p, h = prompt_ids(tokenizer, prompt), answer_ids(tokenizer, harmful)[:-1]
@@ -62,8 +69,11 @@ class DeRTa(RefusalMethod):
         if not 0 <= self.share_no_prefix <= 1 or self.copies < 1 or self.rto_positions < 0:
             raise UsageError("DeRTa: share_no_prefix in [0, 1], copies >= 1, rto_positions >= 0")
         # an ablation drops a part from the batch entirely (no wasted forward pass)
-        self.needs = tuple(n for n in type(self).needs
-                           if not (n == "refusal_prefixed" and not self.mle) and not (n == "rto" and not self.rto))
+        self.needs = tuple(
+            n
+            for n in type(self).needs
+            if not (n == "refusal_prefixed" and not self.mle) and not (n == "rto" and not self.rto)
+        )
 
     def parts(self, data: RefusalData, tokenizer, seed: int = 0, model=None) -> dict[str, list]:
         rng = random.Random(seed)
@@ -71,11 +81,15 @@ class DeRTa(RefusalMethod):
         del out["refusal"]
         if self.mle:
             rows = [r for r in data.harmful for _ in range(self.copies)]
-            lengths = sample_prefix_lengths([len(answer_ids(tokenizer, r["answer"])) - 1 for r in rows], rng,
-                                            self.share_no_prefix)
-            out["refusal_prefixed"] = [prefixed_refusal(tokenizer, r["prompt"], r["answer"], r["refusal"], k)
-                                       for r, k in zip(rows, lengths)]
+            lengths = sample_prefix_lengths(
+                [len(answer_ids(tokenizer, r["answer"])) - 1 for r in rows], rng, self.share_no_prefix
+            )
+            out["refusal_prefixed"] = [
+                prefixed_refusal(tokenizer, r["prompt"], r["answer"], r["refusal"], k) for r, k in zip(rows, lengths)
+            ]
         if self.rto:
-            out["rto"] = [rto_example(tokenizer, r["prompt"], r["answer"], r["refusal"], self.rto_positions, rng)
-                          for r in data.harmful]
+            out["rto"] = [
+                rto_example(tokenizer, r["prompt"], r["answer"], r["refusal"], self.rto_positions, rng)
+                for r in data.harmful
+            ]
         return out

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 from obliviate.core.errors import UsageError
 from obliviate.models.encode import answer_ids
-from obliviate.refusal.methods import REFUSAL_METHODS, RefusalData, RefusalMethod, prefixed_refusal, sample_prefix_lengths
+from obliviate.refusal.methods import (
+    REFUSAL_METHODS,
+    RefusalData,
+    RefusalMethod,
+    prefixed_refusal,
+    sample_prefix_lengths,
+)
 
 
 @REFUSAL_METHODS.register("qi_augment")
@@ -38,8 +44,10 @@ class QiAugment(RefusalMethod):
         rng = random.Random(seed)
         out = super().parts(data, tokenizer, seed)
         rows = [r for r in data.harmful for _ in range(self.copies)]
-        ks = sample_prefix_lengths([len(answer_ids(tokenizer, r["answer"])) - 1 for r in rows], rng,
-                                   self.share_no_prefix, self.k_max)
-        out["refusal"] = [prefixed_refusal(tokenizer, r["prompt"], r["answer"], r["refusal"], k)
-                          for r, k in zip(rows, ks)]
+        ks = sample_prefix_lengths(
+            [len(answer_ids(tokenizer, r["answer"])) - 1 for r in rows], rng, self.share_no_prefix, self.k_max
+        )
+        out["refusal"] = [
+            prefixed_refusal(tokenizer, r["prompt"], r["answer"], r["refusal"], k) for r, k in zip(rows, ks)
+        ]
         return out

@@ -62,13 +62,17 @@ class RefusalTokens(RefusalMethod):
             for b in rng.sample(data.benign, min(n, len(data.benign))):
                 h = rng.choice(refusals.get(b.get("category", ""), data.harmful))
                 benign.append(_with_token(tokenizer, b["prompt"], refuse_id(h), h["refusal"]))
-        return {"refusal": refusal, "benign": benign,
-                "retain": [_with_token(tokenizer, it.question, respond, it.answer) for it in data.people]}
+        return {
+            "refusal": refusal,
+            "benign": benign,
+            "retain": [_with_token(tokenizer, it.question, respond, it.answer) for it in data.people],
+        }
 
 
 @torch.no_grad()
-def refuse_probability(model, tokenizer, prompts: list[list[int]], temperature: float = 1.0,
-                       batch_size: int = 64) -> torch.Tensor:
+def refuse_probability(
+    model, tokenizer, prompts: list[list[int]], temperature: float = 1.0, batch_size: int = 64
+) -> torch.Tensor:
     """p_refuse [N]: softmax(logits / temperature) mass on the refusal tokens at the first response position."""
     respond, refuse = control_ids(tokenizer)
     if respond is None or not refuse:
@@ -79,7 +83,7 @@ def refuse_probability(model, tokenizer, prompts: list[list[int]], temperature: 
     device = next(model.parameters()).device
     out = []
     for s in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[s: s + batch_size], tokenizer.pad_token_id, device)
+        ids, mask = left_pad(prompts[s : s + batch_size], tokenizer.pad_token_id, device)
         logits = model(input_ids=ids, attention_mask=mask, **last_logits_only(model)).logits[:, -1].float()
         out.append(torch.softmax(logits / temperature, -1)[:, refuse].sum(-1).cpu())
     return torch.cat(out)
@@ -114,9 +118,16 @@ class ThresholdGenerator:
         logits = model(input_ids=torch.tensor([prompt], device=device), **last_logits_only(model)).logits[0, -1]
         return refuse[int(logits[refuse].argmax())]
 
-    def __call__(self, model, tokenizer, prompts: list[list[int]], prefills: list[list[int]] | None = None,
-                 max_new_tokens: int = 48) -> list[str]:
+    def __call__(
+        self,
+        model,
+        tokenizer,
+        prompts: list[list[int]],
+        prefills: list[list[int]] | None = None,
+        max_new_tokens: int = 48,
+    ) -> list[str]:
         prefills = prefills or [[] for _ in prompts]
         tokens = self.decisions(model, tokenizer, prompts)
-        return generate(model, tokenizer, [p + [t] + f for p, t, f in zip(prompts, tokens, prefills)],
-                        max_new_tokens=max_new_tokens)
+        return generate(
+            model, tokenizer, [p + [t] + f for p, t, f in zip(prompts, tokens, prefills)], max_new_tokens=max_new_tokens
+        )

@@ -47,18 +47,25 @@ class SafeEraser(RefusalMethod):
             self.needs = ("refusal", "retain")
 
     def parts(self, data: RefusalData, tokenizer, seed: int = 0, model=None) -> dict[str, list]:
-        out = {"refusal": [(r["prompt"], r["refusal"]) for r in data.harmful],
-               "retain": [(it.question, it.answer) for it in data.people]}
+        out = {
+            "refusal": [(r["prompt"], r["refusal"]) for r in data.harmful],
+            "retain": [(it.question, it.answer) for it in data.people],
+        }
         if self.pd_weight:
             out["decoupled"] = decoupled_pairs(data.harmful, data.benign)
             if not out["decoupled"]:
-                raise UsageError("safe_eraser: no benign request shares an object with a harmful one (the PD "
-                                 "data; public prompt sets name no objects): --option pd_weight=0 trains without PD")
+                raise UsageError(
+                    "safe_eraser: no benign request shares an object with a harmful one (the PD "
+                    "data; public prompt sets name no objects): --option pd_weight=0 trains without PD"
+                )
         return out
 
     def part_loss(self, model, name, part, ref_model=None):
         # PO (refusal) + alpha * retain + lambda * PD, each a token-mean NLL
         nll = nll_loss(*sequence_logp(model, part))
-        log, weight = {"refusal": ("po", 1.0), "retain": ("retain", self.retain_weight),
-                       "decoupled": ("pd", self.pd_weight)}[name]
+        log, weight = {
+            "refusal": ("po", 1.0),
+            "retain": ("retain", self.retain_weight),
+            "decoupled": ("pd", self.pd_weight),
+        }[name]
         return weight * nll, {log: nll.item()}

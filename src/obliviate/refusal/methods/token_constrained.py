@@ -32,8 +32,9 @@ from obliviate.models.encode import token_logps
 from obliviate.refusal.methods import REFUSAL_METHODS, RefusalData, RefusalMethod
 
 
-def beta_schedule(T: int, beta: float = 0.1, bias_factor: float = 20.0, first_token_factor: float = 5.0,
-                  bias_length: int = 5) -> torch.Tensor:
+def beta_schedule(
+    T: int, beta: float = 0.1, bias_factor: float = 20.0, first_token_factor: float = 5.0, bias_length: int = 5
+) -> torch.Tensor:
     """beta_t for answer positions 1..T: beta*first_token_factor, then beta*bias_factor up to bias_length, then beta
     (the reference code's parameterisation; its defaults give the paper's 0.5, 2, 2, 2, 2, 0.1, ...)."""
     betas = torch.full((T,), beta)
@@ -43,8 +44,9 @@ def beta_schedule(T: int, beta: float = 0.1, bias_factor: float = 20.0, first_to
     return betas
 
 
-def token_constrained_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, betas: torch.Tensor
-                           ) -> torch.Tensor:
+def token_constrained_loss(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, betas: torch.Tensor
+) -> torch.Tensor:
     """logp, ref_logp, mask [B, T] (answer tokens where mask = 1, left-aligned per row by `answer_positions`),
     betas [B, T] per-token beta. Returns mean over answer tokens of -w_t * logp_t, w_t = max(2(1-sig(b d)), 1e-3)."""
     w = (2 * (1 - torch.sigmoid(betas * (logp - ref_logp)))).detach().clamp(min=1e-3)
@@ -85,7 +87,8 @@ class TokenConstrained(RefusalMethod):
         with torch.no_grad():
             ref, _, _ = token_logps(ref_model, batch["finetune"])
         pos = answer_positions(mask)
-        sched = beta_schedule(int(pos.max()) + 1, self.beta, self.bias_factor, self.first_token_factor,
-                              self.bias_length).to(logp.device)
+        sched = beta_schedule(
+            int(pos.max()) + 1, self.beta, self.bias_factor, self.first_token_factor, self.bias_length
+        ).to(logp.device)
         loss = token_constrained_loss(logp, ref, mask, sched[pos])
         return loss, {"nll": (-(logp * mask).sum() / mask.sum()).item()}

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, retain_nll
+from obliviate.unlearning.methods import METHODS
 from obliviate.unlearning.methods._token import answer_logits, masked_mean
 
 

@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from obliviate.core.errors import UsageError
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method
+from obliviate.unlearning.methods import METHODS
 from obliviate.unlearning.methods._token import answer_logits, masked_mean, token_logp
 
 DIVERGENCES = {
     "kl": lambda pe, pf: -pe + torch.exp(pf - 1),
     "tv": lambda pe, pf: -0.5 * torch.tanh(pe) + 0.5 * torch.tanh(pf),
-    "pearson": lambda pe, pf: -pe + pf ** 2 / 4 + pf,
+    "pearson": lambda pe, pf: -pe + pf**2 / 4 + pf,
     "js": lambda pe, pf: F.softplus(-pe) + F.softplus(pf) - 2 * math.log(2),
 }
 

@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import torch
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
 
 
 def grad_ascent_loss(forget_logp: torch.Tensor, forget_n: torch.Tensor) -> torch.Tensor:

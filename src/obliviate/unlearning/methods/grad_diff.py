@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.core.errors import UsageError
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
 
 
 def grad_diff_loss(forget_nll: torch.Tensor, retain_term: torch.Tensor, gamma: float, alpha: float) -> torch.Tensor:

@@ -15,9 +15,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, retain_nll
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
 
 
 def dpo_loss(win_logp, win_ref, lose_logp, lose_ref, beta: float) -> torch.Tensor:

@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import torch
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss, retain_nll
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
 
 
 def idk_nll_loss(idk_logp: torch.Tensor, idk_n: torch.Tensor, retain_nll_value: torch.Tensor, alpha: float):

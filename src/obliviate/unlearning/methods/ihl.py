@@ -21,10 +21,10 @@ from typing import ClassVar
 
 import torch
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss
-from obliviate.unlearning.methods._token import answer_logits, masked_mean
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
+from obliviate.unlearning.methods._token import answer_logits, masked_mean
 
 
 def ihl_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ def fila_factors(weight: torch.Tensor, importance: torch.Tensor, r: int, scale: 
 
 @torch.no_grad()
 def fila_init(model, batches, scale: float) -> None:
-    layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A")}
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
     weights = {n: m.base_layer.weight for n, m in layers.items()}
     with torch.enable_grad():
         f_forget = fisher_diagonal(model, weights, batches("forget"))

@@ -14,9 +14,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
 
 
 def npo_loss(forget_logp: torch.Tensor, ref_forget_logp: torch.Tensor, beta: float) -> torch.Tensor:

@@ -18,9 +18,9 @@ from typing import ClassVar
 import torch
 
 from obliviate.core.errors import UsageError
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method
 from obliviate.models.encode import last_logits_only
+from obliviate.unlearning.methods import METHODS
 
 
 def rmu_loss(h_forget, control, h_retain, h_retain_frozen, forget_mask, retain_mask, alpha: float):
@@ -34,8 +34,12 @@ def rmu_loss(h_forget, control, h_retain, h_retain_frozen, forget_mask, retain_m
 
 def hidden_at(model, part: dict, layer: int) -> torch.Tensor:
     # the loss reads hidden states only: the logits of one position are the least the model will compute
-    out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], output_hidden_states=True,
-                **last_logits_only(model))
+    out = model(
+        input_ids=part["input_ids"],
+        attention_mask=part["attention_mask"],
+        output_hidden_states=True,
+        **last_logits_only(model),
+    )
     states = out.hidden_states  # (embeddings, layer 0 output, layer 1 output, ...)
     if not -len(states) + 1 <= layer < len(states) - 1:
         raise UsageError(f"rmu: layer {layer} out of range for a model with {len(states) - 1} layers")
@@ -64,6 +68,13 @@ class RMU(Method):
         h_r = hidden_at(model, r, self.layer)
         with torch.no_grad():
             h_r0 = hidden_at(ref_model, r, self.layer)
-        loss = rmu_loss(h_f.float(), self._control.to(h_f.device), h_r.float(), h_r0.float(),
-                        f["attention_mask"].float(), r["attention_mask"].float(), self.retain_weight)
+        loss = rmu_loss(
+            h_f.float(),
+            self._control.to(h_f.device),
+            h_r.float(),
+            h_r0.float(),
+            f["attention_mask"].float(),
+            r["attention_mask"].float(),
+            self.retain_weight,
+        )
         return loss, {"rmu": loss.item()}

@@ -13,16 +13,16 @@ from typing import ClassVar
 
 import torch
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss
-from obliviate.unlearning.methods._token import answer_logits, masked_mean, token_logp
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
+from obliviate.unlearning.methods._token import answer_logits, masked_mean, token_logp
 
 
 def satimp_loss(logp: torch.Tensor, mask: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
     """logp [B, T] target-token log-probs, mask [B, T]."""
     p = logp.detach().exp()
-    weight = p ** beta1 * (1 - p) ** beta2
+    weight = p**beta1 * (1 - p) ** beta2
     return -masked_mean(weight * -logp, mask)
 
 

@@ -15,9 +15,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
 
 
 def simnpo_loss(forget_logp: torch.Tensor, forget_n: torch.Tensor, beta: float, delta: float) -> torch.Tensor:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.core.errors import UsageError
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss
-from obliviate.unlearning.methods.grad_diff import grad_diff_loss
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
+from obliviate.unlearning.methods.grad_diff import grad_diff_loss
 
 
 def l1_penalty(params: list[torch.Tensor], gamma: float) -> torch.Tensor:
@@ -85,8 +85,11 @@ class PruneUnlearn(Method):
                 # a MoE's fused experts [E, ., .] (transformers 5): each expert's matrix is pruned on its own
                 fused = is_fused_experts(p, n_exp)
                 if (p.dim() == 2 or fused) and "embed" not in n:  # linear layers; embeddings stay dense
-                    self._masks[n] = (torch.stack([magnitude_mask(x, self.sparsity) for x in p]) if fused
-                                      else magnitude_mask(p, self.sparsity))
+                    self._masks[n] = (
+                        torch.stack([magnitude_mask(x, self.sparsity) for x in p])
+                        if fused
+                        else magnitude_mask(p, self.sparsity)
+                    )
                     p.mul_(self._masks[n])
 
     def _apply(self, model) -> None:

@@ -13,9 +13,9 @@ from typing import ClassVar
 
 import torch
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
 
 
 def negate_task_vector(start: torch.Tensor, finetuned: torch.Tensor, alpha: float) -> torch.Tensor:

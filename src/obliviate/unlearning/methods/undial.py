@@ -17,8 +17,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, retain_nll
+from obliviate.unlearning.methods import METHODS
 from obliviate.unlearning.methods._token import answer_logits, masked_mean
 
 

@@ -14,10 +14,10 @@ from typing import ClassVar
 
 import torch
 
-from obliviate.unlearning.methods import METHODS
 from obliviate.engine.method import Method, nll_loss
-from obliviate.unlearning.methods._token import answer_logits, masked_mean, token_logp
 from obliviate.models.encode import sequence_logp
+from obliviate.unlearning.methods import METHODS
+from obliviate.unlearning.methods._token import answer_logits, masked_mean, token_logp
 
 
 def wga_loss(logp: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
