@@ -28,8 +28,7 @@ def attack_suite(suite: str) -> str:
     return "unlearning" if suite == "world" else suite
 
 
-def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None = None, quick: bool = False
-         ) -> dict:
+def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None = None, quick: bool = False) -> dict:
     """{attack name: Attack instance} for the suite; bad names, suites and options fail before any work. `quick`
     (the audit's --limit) starts each attack from its `quick` budget; explicit options override it."""
     from obliviate.audit.attacks import ATTACKS
@@ -54,49 +53,117 @@ def preflight(todo: dict, ctx) -> dict[str, str]:
     """{attack: why it cannot run on this data}; every planned attack lacking its inputs is a one-line UsageError."""
     skipped = {name: why for name, attack in todo.items() if (why := attack.missing(ctx))}
     if skipped and len(skipped) == len(todo):
-        raise UsageError("the data lacks the inputs of every planned attack: "
-                         + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
+        raise UsageError(
+            "the data lacks the inputs of every planned attack: "
+            + "; ".join(f"{n}: {why}" for n, why in skipped.items())
+        )
     return skipped
 
 
-def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: str | None = None,
-              target: str | None = None, attacks: list[str] | None = None, options: dict | None = None,
-              forget_split: str = "forget10", seed: int = 0, limit: int | None = None,
-              time_budget: float | None = None, progress: bool = True, layout: str | None = None,
-              forget: Path | None = None, retain: Path | None = None, holdout: Path | None = None,
-              harmful: list[str] = (), benign: list[str] = (), harmful_responses: Path | None = None,
-              judges: list[str] | None = None, max_new_tokens: int = 48, guards: list[str] = (),
-              prompt_format=None) -> dict:
+def run_audit(
+    model: str,
+    suite: str,
+    data: Path | None,
+    out: Path,
+    *,
+    oracle: str | None = None,
+    target: str | None = None,
+    attacks: list[str] | None = None,
+    options: dict | None = None,
+    forget_split: str = "forget10",
+    seed: int = 0,
+    limit: int | None = None,
+    time_budget: float | None = None,
+    progress: bool = True,
+    layout: str | None = None,
+    forget: Path | None = None,
+    retain: Path | None = None,
+    holdout: Path | None = None,
+    harmful: list[str] = (),
+    benign: list[str] = (),
+    harmful_responses: Path | None = None,
+    judges: list[str] | None = None,
+    max_new_tokens: int = 48,
+    guards: list[str] = (),
+    prompt_format=None,
+) -> dict:
+    """Attack `model` with every applicable attack (or `attacks`), beside the oracle and the target when given:
+    what `obliviate audit` runs for the text suites, and `obliviate.run_audit`.
+
+    Args:
+        model: the HF model directory to audit; `oracle` one never trained on the forget set (required by the
+            `world` suite), `target` the model before unlearning / alignment.
+        suite: "unlearning" (a world or TOFU directory `data`, with `layout`, or `forget` / `retain` /
+            `holdout` question-answer files), "world" (a world directory, with an oracle) or "refusal" (a world,
+            or public prompt files: `harmful` / `benign` KIND:FILE specs, `harmful_responses`, `judges`).
+        out: the audit directory (refused if it holds anything else).
+        attacks: a subset of attack names (`obliviate ls attacks`); `options` {attack: {key: value}}.
+        limit: at most N rows per evaluation set, each attack starting from its quick budget (a quick look).
+        time_budget: seconds; attacks not started by then are skipped and listed.
+        guards: guard directories applied to the audited model (not the oracle or target).
+        prompt_format: how question-answer items are written (`obliviate.models.prompt_format`).
+
+    Planned attacks whose inputs the data lacks are skipped with the reason (none runnable: a UsageError).
+    Writes OUT/audit.json (config, attacks {attack: {role: {figure: value}, "seconds"}}, skipped, wall_seconds),
+    OUT/audit.md (the same as tables, `report`) and OUT/artifacts/. Returns the audit.json document."""
     from rich.console import Console
 
     from obliviate.audit.attacks import AuditContext
     from obliviate.audit.inputs import load_inputs
+    from obliviate.core.jsonio import write_json
+    from obliviate.core.outputs import check_output, output_dir
     from obliviate.guards.base import attach_guards
     from obliviate.models.load import check_model_dir, load_model
-    from obliviate.core.outputs import check_output, output_dir
     from obliviate.runs.results import results_document
-    from obliviate.core.jsonio import write_json
 
     todo = plan(suite, attacks, options, quick=limit is not None)
     if suite == "world" and not oracle:
-        raise UsageError("the world audit needs --oracle (a model never trained on the forget set): recovery is "
-                         "only meaningful beside it")
+        raise UsageError(
+            "the world audit needs --oracle (a model never trained on the forget set): recovery is "
+            "only meaningful beside it"
+        )
     if max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be >= 1")
     roles = {"model": model, "oracle": oracle, "target": target}
     roles = {k: v for k, v in roles.items() if v}
-    read = (*roles.values(), data, forget, retain, holdout, harmful_responses, *guards,
-            *(spec.split(":", 1)[-1] for spec in (*harmful, *benign)))
+    read = (
+        *roles.values(),
+        data,
+        forget,
+        retain,
+        holdout,
+        harmful_responses,
+        *guards,
+        *(spec.split(":", 1)[-1] for spec in (*harmful, *benign)),
+    )
     check_output(out, "audit", inputs=read)
     for path in roles.values():
         check_model_dir(path, local_only=True)
-    inputs, refused, info = load_inputs(suite, data=data, layout=layout, forget=forget, retain=retain,
-                                        holdout=holdout, harmful=list(harmful), benign=list(benign),
-                                        harmful_responses=harmful_responses, judges=judges,
-                                        forget_split=forget_split, seed=seed)
-    ctx = AuditContext(suite=suite, data=Path(data) if data else None, forget_split=forget_split, seed=seed,
-                       limit=limit, max_new_tokens=max_new_tokens, inputs=inputs, refused=refused,
-                       loaded=True)
+    inputs, refused, info = load_inputs(
+        suite,
+        data=data,
+        layout=layout,
+        forget=forget,
+        retain=retain,
+        holdout=holdout,
+        harmful=list(harmful),
+        benign=list(benign),
+        harmful_responses=harmful_responses,
+        judges=judges,
+        forget_split=forget_split,
+        seed=seed,
+    )
+    ctx = AuditContext(
+        suite=suite,
+        data=Path(data) if data else None,
+        forget_split=forget_split,
+        seed=seed,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        inputs=inputs,
+        refused=refused,
+        loaded=True,
+    )
     skipped = preflight(todo, ctx)
     console = Console(stderr=True, quiet=not progress, log_path=False)
     for name, why in skipped.items():
@@ -112,21 +179,35 @@ def run_audit(model: str, suite: str, data: Path | None, out: Path, *, oracle: s
                 continue
             start, entry = time.perf_counter(), {}
             for role, path in roles.items():
-                net, tok = load_model(path, require_chat_template=True,
-                                      prompt_format=prompt_format if attack_suite(suite) == "unlearning" else None)
+                net, tok = load_model(
+                    path,
+                    require_chat_template=True,
+                    prompt_format=prompt_format if attack_suite(suite) == "unlearning" else None,
+                )
                 attach_guards(net, tok, guards if role == "model" else ())
                 ctx.role, ctx.out = role, o / "artifacts" / name / role
                 entry[role] = attack.run(ctx, net, tok)
             entry["seconds"] = round(time.perf_counter() - start, 2)
             results[name] = entry
             console.log(f"{name}: {entry['seconds']:.1f} s")
-        config = {"model": model, "suite": suite, "data": str(data) if data else None, "oracle": oracle,
-                  "target": target, "forget_split": forget_split, "seed": seed, "limit": limit,
-                  "max_new_tokens": max_new_tokens, "guards": list(guards), **info,
-                  **(prompt_format.config() if prompt_format else {}),
-                  "options": {n: a.__dict__ for n, a in todo.items()}}
-        doc = results_document(config, {}, {}, {"attacks": results, "skipped": skipped,
-                                                "wall_seconds": round(time.perf_counter() - t0, 1)})
+        config = {
+            "model": model,
+            "suite": suite,
+            "data": str(data) if data else None,
+            "oracle": oracle,
+            "target": target,
+            "forget_split": forget_split,
+            "seed": seed,
+            "limit": limit,
+            "max_new_tokens": max_new_tokens,
+            "guards": list(guards),
+            **info,
+            **(prompt_format.config() if prompt_format else {}),
+            "options": {n: a.__dict__ for n, a in todo.items()},
+        }
+        doc = results_document(
+            config, {}, {}, {"attacks": results, "skipped": skipped, "wall_seconds": round(time.perf_counter() - t0, 1)}
+        )
         doc.pop("results"), doc.pop("higher_is_better"), doc.pop("n_samples")
         write_json(o / "audit.json", doc)
         (o / "audit.md").write_text(report(doc), encoding="utf-8")
@@ -148,29 +229,38 @@ def report(doc: dict) -> str:
     data = cfg.get("data") or ", ".join(f"{k} `{v}`" for k, v in (cfg.get("files") or {}).items() if v)
     if cfg["suite"] == "refusal" and cfg.get("harmful"):
         benign = cfg.get("benign")
-        data = (f"harmful `{', '.join(cfg['harmful'])}`; benign "
-                f"`{', '.join(benign) if isinstance(benign, list) else benign}`; judged by {', '.join(cfg['judges'])}")
+        data = (
+            f"harmful `{', '.join(cfg['harmful'])}`; benign "
+            f"`{', '.join(benign) if isinstance(benign, list) else benign}`; judged by {', '.join(cfg['judges'])}"
+        )
     if data:
         head += [f"Data: {data}" + (f" ({cfg['layout']} layout)." if cfg.get("layout") else "."), ""]
     head.append(f"Oracle: `{cfg['oracle'] or '-'}`; target: `{cfg['target'] or '-'}`. ")
     if cfg["suite"] == "refusal":
-        head[-1] += ("A refusal that an attack takes away was shallow; the target shows the model before "
-                     "alignment.")
+        head[-1] += "A refusal that an attack takes away was shallow; the target shows the model before alignment."
     elif not cfg["oracle"]:
-        head[-1] += ("No oracle was given: the figures show the model (and the target) only, and recovery cannot "
-                     "be compared with an oracle's (what a model that never learned the forget set scores).")
+        head[-1] += (
+            "No oracle was given: the figures show the model (and the target) only, and recovery cannot "
+            "be compared with an oracle's (what a model that never learned the forget set scores)."
+        )
     else:
-        head[-1] += ("Recovery on the audited model beyond the oracle's means the knowledge was suppressed, "
-                     "not removed.")
+        head[-1] += "Recovery on the audited model beyond the oracle's means the knowledge was suppressed, not removed."
     if cfg.get("guards"):
-        head += ["", f"Guards on the audited model: {', '.join(f'`{g}`' for g in cfg['guards'])}. Attacks that "
-                 "train (relearn, finetune) and the white-box ones (refusal_direction, representation) act on the "
-                 "model's weights; the guards stay applied at generation and in the teacher-forced passes."]
+        head += [
+            "",
+            f"Guards on the audited model: {', '.join(f'`{g}`' for g in cfg['guards'])}. Attacks that "
+            "train (relearn, finetune) and the white-box ones (refusal_direction, representation) act on the "
+            "model's weights; the guards stay applied at generation and in the teacher-forced passes.",
+        ]
     lines = head + [""]
     for name, entry in doc["attacks"].items():
         roles = [r for r in ("model", "oracle", "target") if r in entry]
-        lines += [f"## {name} ({entry['seconds']} s)", "", "| figure | " + " | ".join(roles) + " |",
-                  "|---|" + "---|" * len(roles)]
+        lines += [
+            f"## {name} ({entry['seconds']} s)",
+            "",
+            "| figure | " + " | ".join(roles) + " |",
+            "|---|" + "---|" * len(roles),
+        ]
         for fig in entry["model"]:
             lines.append(f"| {fig} | " + " | ".join(_fmt(entry[r].get(fig)) for r in roles) + " |")
         lines.append("")

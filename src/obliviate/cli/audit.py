@@ -23,51 +23,72 @@ def _attack_options(options: list[str]) -> dict[str, dict]:
     return out
 
 
-def audit(model: str = typer.Argument(..., help="the model to audit (HF directory)"),
-          suite: str = typer.Option(..., help="unlearning (a world / TOFU directory or QA files), world (a world "
-                                              "directory, with --oracle), refusal (a world, or public prompt files) "
-                                              "or diffusion (an erased text-to-image model, --target, --concept)"),
-          concept: Optional[str] = typer.Option(None, help="diffusion: the erased concept word"),
-          classifiers: Optional[Path] = typer.Option(None, help="diffusion: factor classifiers (default: "
-                                                                "DATA/classifiers)"),
-          out: Path = typer.Option(..., help="writes audit.json, audit.md and artifacts/"),
-          data: Optional[Path] = typer.Option(None, help="a data directory: a world (`obliviate world`) or, for "
-                                                         "--suite unlearning, a TOFU directory"),
-          layout: Optional[str] = typer.Option(None, help="unlearning: the directory's layout, world or tofu "
-                                                          "(default: told from its files)"),
-          forget: Optional[Path] = typer.Option(None, help="unlearning: {question, answer} records to have been "
-                                                           "forgotten (JSONL, JSON, Parquet, Arrow)"),
-          retain: Optional[Path] = typer.Option(None, help="unlearning: records to have been kept"),
-          holdout: Optional[Path] = typer.Option(None, help="unlearning: records never trained on (the non-members "
-                                                            "of mia; replaces the directory's holdout file)"),
-          harmful: List[str] = typer.Option([], help="refusal: KIND:FILE of prompts to refuse (repeatable), e.g. "
-                                                     "harmbench:harmbench_behaviors_text_val.csv"),
-          benign: List[str] = typer.Option([], help="refusal: KIND:FILE of prompts to answer (repeatable; default: "
-                                                    "the shipped benign pool)"),
-          harmful_responses: Optional[Path] = typer.Option(None, help="refusal: BeaverTails-like prompt/response "
-                                                                      "records for finetune (default: the model's "
-                                                                      "own replies after each affirmative target)"),
-          judges: Optional[str] = typer.Option(None, help="refusal on public prompts: comma-separated judges "
-                                                          "(default: the strongest installed)"),
-          oracle: Optional[str] = typer.Option(None, help="model never trained on the forget set (required for "
-                                                          "the world suite)"),
-          target: Optional[str] = typer.Option(None, help="the model before unlearning / alignment"),
-          attacks: Optional[str] = typer.Option(None, help="comma-separated subset (default: every applicable)"),
-          option: List[str] = typer.Option([], help="attack option ATTACK.KEY=VALUE (repeatable)"),
-          forget_split: str = typer.Option("forget10"),
-          limit: Optional[int] = typer.Option(None, help="at most N rows per evaluation set (quick look)"),
-          ddim_steps: Optional[int] = typer.Option(None, help="diffusion: DDIM steps per image [default: 25]"),
-          guidance: Optional[float] = typer.Option(None, help="diffusion: classifier-free guidance scale "
-                                                              "[default: 2.0]"),
-          max_new_tokens: int = typer.Option(48, help="reply length generated and judged"),
-          time_budget: Optional[float] = typer.Option(None, help="seconds; attacks not started by then are "
-                                                                 "skipped and listed"),
-          guard: List[Path] = typer.Option([], "--guard", help="a guard directory (`obliviate guard fit`) on the "
-                                           "audited model: attacks that train run on its weights with the guard "
-                                           "still applied at generation (repeatable)"),
-          prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
-          no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
-          seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
+def audit(
+    model: str = typer.Argument(..., help="the model to audit (HF directory)"),
+    suite: str = typer.Option(
+        ...,
+        help="unlearning (a world / TOFU directory or QA files), world (a world "
+        "directory, with --oracle), refusal (a world, or public prompt files) "
+        "or diffusion (an erased text-to-image model, --target, --concept)",
+    ),
+    concept: Optional[str] = typer.Option(None, help="diffusion: the erased concept word"),
+    classifiers: Optional[Path] = typer.Option(None, help="diffusion: factor classifiers (default: DATA/classifiers)"),
+    out: Path = typer.Option(..., help="writes audit.json, audit.md and artifacts/"),
+    data: Optional[Path] = typer.Option(
+        None, help="a data directory: a world (`obliviate world`) or, for --suite unlearning, a TOFU directory"
+    ),
+    layout: Optional[str] = typer.Option(
+        None, help="unlearning: the directory's layout, world or tofu (default: told from its files)"
+    ),
+    forget: Optional[Path] = typer.Option(
+        None, help="unlearning: {question, answer} records to have been forgotten (JSONL, JSON, Parquet, Arrow)"
+    ),
+    retain: Optional[Path] = typer.Option(None, help="unlearning: records to have been kept"),
+    holdout: Optional[Path] = typer.Option(
+        None,
+        help="unlearning: records never trained on (the non-members of mia; replaces the directory's holdout file)",
+    ),
+    harmful: List[str] = typer.Option(
+        [], help="refusal: KIND:FILE of prompts to refuse (repeatable), e.g. harmbench:harmbench_behaviors_text_val.csv"
+    ),
+    benign: List[str] = typer.Option(
+        [], help="refusal: KIND:FILE of prompts to answer (repeatable; default: the shipped benign pool)"
+    ),
+    harmful_responses: Optional[Path] = typer.Option(
+        None,
+        help="refusal: BeaverTails-like prompt/response "
+        "records for finetune (default: the model's "
+        "own replies after each affirmative target)",
+    ),
+    judges: Optional[str] = typer.Option(
+        None, help="refusal on public prompts: comma-separated judges (default: the strongest installed)"
+    ),
+    oracle: Optional[str] = typer.Option(
+        None, help="model never trained on the forget set (required for the world suite)"
+    ),
+    target: Optional[str] = typer.Option(None, help="the model before unlearning / alignment"),
+    attacks: Optional[str] = typer.Option(None, help="comma-separated subset (default: every applicable)"),
+    option: List[str] = typer.Option([], help="attack option ATTACK.KEY=VALUE (repeatable)"),
+    forget_split: str = typer.Option("forget10"),
+    limit: Optional[int] = typer.Option(None, help="at most N rows per evaluation set (quick look)"),
+    ddim_steps: Optional[int] = typer.Option(None, help="diffusion: DDIM steps per image [default: 25]"),
+    guidance: Optional[float] = typer.Option(None, help="diffusion: classifier-free guidance scale [default: 2.0]"),
+    max_new_tokens: int = typer.Option(48, help="reply length generated and judged"),
+    time_budget: Optional[float] = typer.Option(
+        None, help="seconds; attacks not started by then are skipped and listed"
+    ),
+    guard: List[Path] = typer.Option(
+        [],
+        "--guard",
+        help="a guard directory (`obliviate guard fit`) on the "
+        "audited model: attacks that train run on its weights with the guard "
+        "still applied at generation (repeatable)",
+    ),
+    prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+    no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None),
+):
     """Attack MODEL to tell removed from suppressed knowledge, and real refusals from shallow ones."""
     from obliviate.models.prompt_format import prompt_format
 
@@ -76,11 +97,26 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
         raise UsageError("--prompt-template and --no-chat-template apply to --suite unlearning and world")
     from obliviate.core.outputs import check_output
 
-    check_output(out, "audit", inputs=(model, data, oracle, target, forget, retain, holdout, classifiers,
-                                       harmful_responses, *spec_files(harmful, benign), *guard))
+    check_output(
+        out,
+        "audit",
+        inputs=(
+            model,
+            data,
+            oracle,
+            target,
+            forget,
+            retain,
+            holdout,
+            classifiers,
+            harmful_responses,
+            *spec_files(harmful, benign),
+            *guard,
+        ),
+    )
     from obliviate.audit.runner import report, run_audit
-    from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
     from obliviate.guards.base import check_guard_dirs
+    from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
 
     check_guard_dirs(guard)
     if limit is not None and limit < 1:
@@ -89,25 +125,54 @@ def audit(model: str = typer.Argument(..., help="the model to audit (HF director
         from obliviate.cli.diffusion import diffusion_audit, sampling
 
         if data is None:
-            raise UsageError("--suite diffusion needs --data: an image world (`obliviate world --images "
-                             "--classifiers`)")
+            raise UsageError(
+                "--suite diffusion needs --data: an image world (`obliviate world --images --classifiers`)"
+            )
         set_threads(threads)
-        diffusion_audit(model, target, data, concept, classifiers, out,
-                        [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
-                        _attack_options(option),
-                        prompts=limit or 4, time_budget=time_budget, seed=seed, **sampling(ddim_steps, guidance))
+        diffusion_audit(
+            model,
+            target,
+            data,
+            concept,
+            classifiers,
+            out,
+            [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
+            _attack_options(option),
+            prompts=limit or 4,
+            time_budget=time_budget,
+            seed=seed,
+            **sampling(ddim_steps, guidance),
+        )
         write_beside(out)
         return
     if concept or classifiers or ddim_steps is not None or guidance is not None:
         raise UsageError("--concept, --classifiers, --ddim-steps and --guidance apply to --suite diffusion")
     set_threads(threads)
-    doc = run_audit(model, suite, data, out, oracle=oracle, target=target,
-                    attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
-                    options=_attack_options(option), forget_split=forget_split, seed=seed, limit=limit,
-                    time_budget=time_budget, layout=layout, forget=forget, retain=retain, holdout=holdout,
-                    harmful=harmful, benign=benign, harmful_responses=harmful_responses,
-                    judges=[j.strip() for j in judges.split(",") if j.strip()] if judges else None,
-                    max_new_tokens=max_new_tokens, guards=[str(g) for g in guard], prompt_format=fmt)
+    doc = run_audit(
+        model,
+        suite,
+        data,
+        out,
+        oracle=oracle,
+        target=target,
+        attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
+        options=_attack_options(option),
+        forget_split=forget_split,
+        seed=seed,
+        limit=limit,
+        time_budget=time_budget,
+        layout=layout,
+        forget=forget,
+        retain=retain,
+        holdout=holdout,
+        harmful=harmful,
+        benign=benign,
+        harmful_responses=harmful_responses,
+        judges=[j.strip() for j in judges.split(",") if j.strip()] if judges else None,
+        max_new_tokens=max_new_tokens,
+        guards=[str(g) for g in guard],
+        prompt_format=fmt,
+    )
     typer.echo(report(doc))
     typer.echo(f"wrote {out}/audit.json, audit.md ({doc['wall_seconds']} s)")
     write_beside(out)

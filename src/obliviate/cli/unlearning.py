@@ -7,22 +7,33 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import BF16_OPTION, GRADIENT_CHECKPOINTING_OPTION, MAX_BATCH_TOKENS_OPTION, NO_CHAT_TEMPLATE_OPTION, PROMPT_TEMPLATE_OPTION, named_runs, parse_options, set_threads
+from obliviate.cli.common import (
+    BF16_OPTION,
+    GRADIENT_CHECKPOINTING_OPTION,
+    MAX_BATCH_TOKENS_OPTION,
+    NO_CHAT_TEMPLATE_OPTION,
+    PROMPT_TEMPLATE_OPTION,
+    named_runs,
+    parse_options,
+    set_threads,
+)
 from obliviate.core.errors import UsageError
 
 
-def finetune(data: Path = typer.Option(..., help="world directory (from `obliviate world`)"),
-             out: Path = typer.Option(..., help="writes OUT/target and OUT/oracle (HF model directories)"),
-             forget_split: str = typer.Option("forget10", help="the split the oracle never sees"),
-             model: Optional[str] = typer.Option(None, help="start from this HF model instead of a tiny one"),
-             steps: int = typer.Option(300, help="optimiser steps per model"),
-             lr: float = typer.Option(3e-3, help="peak learning rate"),
-             batch_size: int = typer.Option(100),
-             only: Optional[str] = typer.Option(None, help="train only 'target' or 'oracle'"),
-             prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
-             no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
-             seed: int = typer.Option(0),
-             threads: Optional[int] = typer.Option(None, help="torch CPU threads")):
+def finetune(
+    data: Path = typer.Option(..., help="world directory (from `obliviate world`)"),
+    out: Path = typer.Option(..., help="writes OUT/target and OUT/oracle (HF model directories)"),
+    forget_split: str = typer.Option("forget10", help="the split the oracle never sees"),
+    model: Optional[str] = typer.Option(None, help="start from this HF model instead of a tiny one"),
+    steps: int = typer.Option(300, help="optimiser steps per model"),
+    lr: float = typer.Option(3e-3, help="peak learning rate"),
+    batch_size: int = typer.Option(100),
+    only: Optional[str] = typer.Option(None, help="train only 'target' or 'oracle'"),
+    prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+    no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+):
     """Train the target (all training data) and the oracle (everything but the forget split)."""
     from obliviate.models.prompt_format import prompt_format
 
@@ -36,34 +47,47 @@ def finetune(data: Path = typer.Option(..., help="world directory (from `oblivia
         raise UsageError(f"--only must be 'target' or 'oracle', got {only!r}")
     set_threads(threads)
     with output_dir(out, "finetune", inputs=(data, model)) as o:
-        for name, secs in train_world_models(data, o, forget_split=forget_split, base=model, steps=steps, lr=lr,
-                                             batch_size=batch_size, seed=seed, only=only,
-                                             prompt_format=fmt).items():
+        for name, secs in train_world_models(
+            data,
+            o,
+            forget_split=forget_split,
+            base=model,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            only=only,
+            prompt_format=fmt,
+        ).items():
             typer.echo(f"{name}: trained in {secs:.1f} s -> {o / name}")
 
 
-def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id when online) to unlearn from"),
-            forget: Optional[Path] = typer.Option(None, help="forget split (JSONL or TOFU .json)"),
-            retain: Optional[Path] = typer.Option(None, help="retain split (JSONL or TOFU .json)"),
-            suite: Optional[str] = typer.Option(None, help="instead of --forget/--retain: take them from --data"),
-            data: Optional[Path] = typer.Option(None, help="data directory of --suite (world, tofu or muse)"),
-            forget_split: str = typer.Option("forget10", help="with --suite: forget01 / forget05 / forget10"),
-            method: str = typer.Option(..., help="see `obliviate ls methods`"),
-            out: Path = typer.Option(..., help="output model directory (never the input's)"),
-            resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
-            steps: Optional[int] = typer.Option(None, help="override the method's tuned step count"),
-            lr: Optional[float] = typer.Option(None, help="override the method's tuned learning rate"),
-            option: List[str] = typer.Option([], help="method option KEY=VALUE (repeatable), e.g. beta=0.2"),
-            forget_batch_size: int = typer.Option(32), retain_batch_size: int = typer.Option(32),
-            checkpoint_every: int = typer.Option(25, help="steps between checkpoints; 0 disables"),
-            lora_r: int = typer.Option(0, help="> 0: train LoRA adapters of this rank, merged on save"),
-            idk: Optional[Path] = typer.Option(None, help="'I don't know' answer pool (one per line)"),
-            bf16: bool = BF16_OPTION,
-            gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
-            max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS_OPTION,
-            prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
-            no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
-            seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None)):
+def unlearn(
+    model: str = typer.Option(..., help="HF model directory (or hub id when online) to unlearn from"),
+    forget: Optional[Path] = typer.Option(None, help="forget split (JSONL or TOFU .json)"),
+    retain: Optional[Path] = typer.Option(None, help="retain split (JSONL or TOFU .json)"),
+    suite: Optional[str] = typer.Option(None, help="instead of --forget/--retain: take them from --data"),
+    data: Optional[Path] = typer.Option(None, help="data directory of --suite (world, tofu or muse)"),
+    forget_split: str = typer.Option("forget10", help="with --suite: forget01 / forget05 / forget10"),
+    method: str = typer.Option(..., help="see `obliviate ls methods`"),
+    out: Path = typer.Option(..., help="output model directory (never the input's)"),
+    resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
+    steps: Optional[int] = typer.Option(None, help="override the method's tuned step count"),
+    lr: Optional[float] = typer.Option(None, help="override the method's tuned learning rate"),
+    option: List[str] = typer.Option([], help="method option KEY=VALUE (repeatable), e.g. beta=0.2"),
+    forget_batch_size: int = typer.Option(32),
+    retain_batch_size: int = typer.Option(32),
+    checkpoint_every: int = typer.Option(25, help="steps between checkpoints; 0 disables"),
+    lora_r: int = typer.Option(0, help="> 0: train LoRA adapters of this rank, merged on save"),
+    idk: Optional[Path] = typer.Option(None, help="'I don't know' answer pool (one per line)"),
+    bf16: bool = BF16_OPTION,
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING_OPTION,
+    max_batch_tokens: Optional[int] = MAX_BATCH_TOKENS_OPTION,
+    prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+    no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None),
+):
     """Unlearn FORGET from MODEL while keeping RETAIN, with one registered method."""
     from obliviate.models.prompt_format import prompt_format
 
@@ -81,8 +105,10 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
 
         text = SUITES.get(suite).text
         if text and (prompt_template is not None or no_chat_template):
-            raise UsageError(f"--prompt-template and --no-chat-template apply to question-answer data, not to the "
-                             f"raw documents of --suite {suite}")
+            raise UsageError(
+                f"--prompt-template and --no-chat-template apply to question-answer data, not to the "
+                f"raw documents of --suite {suite}"
+            )
         forget, retain = SUITES.get(suite).train_paths(data, forget_split)
     elif not (forget and retain):
         raise UsageError("give --forget and --retain (or --suite and --data)")
@@ -92,34 +118,53 @@ def unlearn(model: str = typer.Option(..., help="HF model directory (or hub id w
     if lr is not None:
         opts["lr"] = lr
     set_threads(threads)
-    res = run_unlearn(model, forget, retain, method, out, options=opts, resume=resume, seed=seed, idk=idk,
-                      forget_batch_size=forget_batch_size, retain_batch_size=retain_batch_size,
-                      checkpoint_every=checkpoint_every, lora_r=lora_r, text=text, bf16=bf16,
-                      gradient_checkpointing=gradient_checkpointing, max_batch_tokens=max_batch_tokens,
-                      prompt_format=fmt)
-    typer.echo(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.history[-1]['loss']:.4f} "
-               f"-> {out}")
+    res = run_unlearn(
+        model,
+        forget,
+        retain,
+        method,
+        out,
+        options=opts,
+        resume=resume,
+        seed=seed,
+        idk=idk,
+        forget_batch_size=forget_batch_size,
+        retain_batch_size=retain_batch_size,
+        checkpoint_every=checkpoint_every,
+        lora_r=lora_r,
+        text=text,
+        bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing,
+        max_batch_tokens=max_batch_tokens,
+        prompt_format=fmt,
+    )
+    typer.echo(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.history[-1]['loss']:.4f} -> {out}")
 
 
-def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat, or NAME=DIR to name runs"),
-             data: Path = typer.Option(..., help="world-shaped data directory"),
-             out: Path = typer.Option(..., help="writes results.json, samples.jsonl, report.md"),
-             oracle: Optional[str] = typer.Option(None, help="oracle model directory (forget quality, privleak)"),
-             forget_split: str = typer.Option("forget10"),
-             suite: str = typer.Option("world", help="how to read --data: world, tofu, or diffusion (an image "
-                                                     "world; MODEL is a text-to-image directory)"),
-             concept: Optional[str] = typer.Option(None, help="diffusion: the erased concept word"),
-             classifiers: Optional[Path] = typer.Option(None, help="diffusion: factor classifiers (default: "
-                                                                   "DATA/classifiers)"),
-             limit: Optional[int] = typer.Option(None, help="diffusion: at most N prompts per prompt set"),
-             ddim_steps: Optional[int] = typer.Option(None, help="diffusion: DDIM steps per image [default: 25]"),
-             guidance: Optional[float] = typer.Option(None, help="diffusion: classifier-free guidance scale "
-                                                                 "[default: 2.0]"),
-             guard: List[Path] = typer.Option([], "--guard", help="a guard directory (`obliviate guard fit`) "
-                                              "applied to the evaluated models, not the oracle (repeatable)"),
-             prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
-             no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
-             threads: Optional[int] = typer.Option(None)):
+def eval_cmd(
+    model: List[str] = typer.Option(..., help="model directory; repeat, or NAME=DIR to name runs"),
+    data: Path = typer.Option(..., help="world-shaped data directory"),
+    out: Path = typer.Option(..., help="writes results.json, samples.jsonl, report.md"),
+    oracle: Optional[str] = typer.Option(None, help="oracle model directory (forget quality, privleak)"),
+    forget_split: str = typer.Option("forget10"),
+    suite: str = typer.Option(
+        "world",
+        help="how to read --data: world, tofu, or diffusion (an image world; MODEL is a text-to-image directory)",
+    ),
+    concept: Optional[str] = typer.Option(None, help="diffusion: the erased concept word"),
+    classifiers: Optional[Path] = typer.Option(None, help="diffusion: factor classifiers (default: DATA/classifiers)"),
+    limit: Optional[int] = typer.Option(None, help="diffusion: at most N prompts per prompt set"),
+    ddim_steps: Optional[int] = typer.Option(None, help="diffusion: DDIM steps per image [default: 25]"),
+    guidance: Optional[float] = typer.Option(None, help="diffusion: classifier-free guidance scale [default: 2.0]"),
+    guard: List[Path] = typer.Option(
+        [],
+        "--guard",
+        help="a guard directory (`obliviate guard fit`) applied to the evaluated models, not the oracle (repeatable)",
+    ),
+    prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+    no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
+    threads: Optional[int] = typer.Option(None),
+):
     """Evaluate models on the forget / retain / world-facts / holdout splits."""
     from obliviate.models.prompt_format import prompt_format
 
@@ -134,36 +179,49 @@ def eval_cmd(model: List[str] = typer.Option(..., help="model directory; repeat,
         from obliviate.cli.diffusion import diffusion_eval, sampling
 
         if oracle or guard or prompt_template is not None or no_chat_template:
-            raise UsageError("--oracle, --guard, --prompt-template and --no-chat-template do not apply to --suite "
-                             "diffusion")
+            raise UsageError(
+                "--oracle, --guard, --prompt-template and --no-chat-template do not apply to --suite diffusion"
+            )
         set_threads(threads)
-        diffusion_eval(named_runs(model), data, concept, classifiers, out, limit=limit,
-                       **sampling(ddim_steps, guidance))
+        diffusion_eval(
+            named_runs(model), data, concept, classifiers, out, limit=limit, **sampling(ddim_steps, guidance)
+        )
         return
     if concept or classifiers or limit or ddim_steps is not None or guidance is not None:
         raise UsageError("--concept, --classifiers, --limit, --ddim-steps and --guidance apply to --suite diffusion")
     check_guard_dirs(guard)
     set_threads(threads)
-    doc = run_eval(named_runs(model), data, out, oracle=oracle, forget_split=forget_split, suite=suite,
-                   guards=[str(g) for g in guard], prompt_format=fmt)
+    doc = run_eval(
+        named_runs(model),
+        data,
+        out,
+        oracle=oracle,
+        forget_split=forget_split,
+        suite=suite,
+        guards=[str(g) for g in guard],
+        prompt_format=fmt,
+    )
     from obliviate.report.markdown import table
 
     typer.echo(table(doc))
 
 
-def sweep(method: str = typer.Option(..., help="see `obliviate ls methods`"),
-          grid: str = typer.Option(..., help="space-separated KEY=V1,V2,... e.g. 'lr=1e-4,3e-4 beta=0.05,0.1'"),
-          model: str = typer.Option(..., help="the target model directory"),
-          oracle: str = typer.Option(..., help="the oracle model directory"),
-          data: Path = typer.Option(..., help="world directory"),
-          out: Path = typer.Option(..., help="writes OUT/sweep.json"),
-          forget_split: str = typer.Option("forget10"),
-          maximize: str = typer.Option("forget_quality", help="metric to maximise"),
-          min_utility_ratio: float = typer.Option(0.9, help="constraint: utility >= this x the target's"),
-          idk: Optional[Path] = typer.Option(None), seed: int = typer.Option(0),
-          prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
-          no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
-          threads: Optional[int] = typer.Option(None)):
+def sweep(
+    method: str = typer.Option(..., help="see `obliviate ls methods`"),
+    grid: str = typer.Option(..., help="space-separated KEY=V1,V2,... e.g. 'lr=1e-4,3e-4 beta=0.05,0.1'"),
+    model: str = typer.Option(..., help="the target model directory"),
+    oracle: str = typer.Option(..., help="the oracle model directory"),
+    data: Path = typer.Option(..., help="world directory"),
+    out: Path = typer.Option(..., help="writes OUT/sweep.json"),
+    forget_split: str = typer.Option("forget10"),
+    maximize: str = typer.Option("forget_quality", help="metric to maximise"),
+    min_utility_ratio: float = typer.Option(0.9, help="constraint: utility >= this x the target's"),
+    idk: Optional[Path] = typer.Option(None),
+    seed: int = typer.Option(0),
+    prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
+    no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
+    threads: Optional[int] = typer.Option(None),
+):
     """Grid-search one method's options; pick the best point by an explicit criterion."""
     from obliviate.models.prompt_format import prompt_format
 
@@ -174,18 +232,32 @@ def sweep(method: str = typer.Option(..., help="see `obliviate ls methods`"),
     from obliviate.unlearning.sweep import run_sweep
 
     set_threads(threads)
-    run_sweep(method, grid, model=model, oracle=oracle, data=data, out=out, forget_split=forget_split, seed=seed,
-              maximize=maximize, min_utility_ratio=min_utility_ratio, idk=idk, prompt_format=fmt)
+    run_sweep(
+        method,
+        grid,
+        model=model,
+        oracle=oracle,
+        data=data,
+        out=out,
+        forget_split=forget_split,
+        seed=seed,
+        maximize=maximize,
+        min_utility_ratio=min_utility_ratio,
+        idk=idk,
+        prompt_format=fmt,
+    )
 
 
-def bench(out: Path = typer.Option(Path("runs/bench"), help="writes leaderboard.json and pareto.png"),
-          seeds: str = typer.Option("0,1", help="comma-separated seeds (a fresh world and models per seed)"),
-          splits: str = typer.Option("forget01,forget05,forget10"),
-          methods: Optional[str] = typer.Option(None, help="comma-separated subset (default: all)"),
-          finetune_steps: int = typer.Option(300, help="steps to train each target / oracle"),
-          people: int = typer.Option(200, help="people in each seed's world"),
-          resume: bool = typer.Option(False, help="continue an interrupted bench in OUT"),
-          threads: Optional[int] = typer.Option(None)):
+def bench(
+    out: Path = typer.Option(Path("runs/bench"), help="writes leaderboard.json and pareto.png"),
+    seeds: str = typer.Option("0,1", help="comma-separated seeds (a fresh world and models per seed)"),
+    splits: str = typer.Option("forget01,forget05,forget10"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated subset (default: all)"),
+    finetune_steps: int = typer.Option(300, help="steps to train each target / oracle"),
+    people: int = typer.Option(200, help="people in each seed's world"),
+    resume: bool = typer.Option(False, help="continue an interrupted bench in OUT"),
+    threads: Optional[int] = typer.Option(None),
+):
     """The leaderboard: every method x forget split x seed on the built-in world, mean ± std."""
     from obliviate.core.outputs import check_output
 
@@ -199,9 +271,15 @@ def bench(out: Path = typer.Option(Path("runs/bench"), help="writes leaderboard.
     if not seed_list:
         raise UsageError("--seeds is empty")
     set_threads(threads)
-    run_bench(out, seeds=seed_list, splits=[s.strip() for s in splits.split(",") if s.strip()],
-              methods=methods.split(",") if methods else None, finetune_steps=finetune_steps, people=people,
-              resume=resume)
+    run_bench(
+        out,
+        seeds=seed_list,
+        splits=[s.strip() for s in splits.split(",") if s.strip()],
+        methods=methods.split(",") if methods else None,
+        finetune_steps=finetune_steps,
+        people=people,
+        resume=resume,
+    )
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
 
     write_beside(out)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from obliviate.data.schema import QAItem, load_qa, read_jsonl
 from obliviate.core.errors import UsageError
+from obliviate.data.schema import QAItem, load_qa, read_jsonl
 from obliviate.refusal.methods import RefusalData
 
 EVAL_PEOPLE = 200  # known people facts used for utility (fixed sample)
@@ -51,7 +51,9 @@ def split_unknown(world: Path, seed: int) -> tuple[list[QAItem], list[QAItem]]:
     people = sorted({it.subject for it in holdout})
     random.Random(seed).shuffle(people)
     train_people = set(people[: len(people) // 2])
-    return [it for it in holdout if it.subject in train_people], [it for it in holdout if it.subject not in train_people]
+    return [it for it in holdout if it.subject in train_people], [
+        it for it in holdout if it.subject not in train_people
+    ]
 
 
 def refusal_data(world: Path, seed: int = 0) -> tuple[RefusalData, list[QAItem]]:
@@ -63,9 +65,13 @@ def refusal_data(world: Path, seed: int = 0) -> tuple[RefusalData, list[QAItem]]
     rng.shuffle(order)
     eval_people = [people[i] for i in order[:EVAL_PEOPLE]]
     unknown_train, _ = split_unknown(world, seed)
-    data = RefusalData(harmful=[r for r in rows if r["kind"] == "harmful"],
-                       benign=[r for r in rows if r["kind"] == "benign"],
-                       people=people, unknown=unknown_train, eval_ids={it.id for it in eval_people})
+    data = RefusalData(
+        harmful=[r for r in rows if r["kind"] == "harmful"],
+        benign=[r for r in rows if r["kind"] == "benign"],
+        people=people,
+        unknown=unknown_train,
+        eval_ids={it.id for it in eval_people},
+    )
     return data, eval_people
 
 
@@ -94,20 +100,34 @@ def subsample(rows: list, limit: int | None) -> list:
     return [rows[int(i * step)] for i in range(limit)]
 
 
-def evaluate(model, tok, world: Path, eval_people: list[QAItem], seed: int = 0, generator=None,
-             max_new_tokens: int = 48, limit: int | None = None) -> tuple[dict, list[dict], dict]:
+def evaluate(
+    model,
+    tok,
+    world: Path,
+    eval_people: list[QAItem],
+    seed: int = 0,
+    generator=None,
+    max_new_tokens: int = 48,
+    limit: int | None = None,
+) -> tuple[dict, list[dict], dict]:
     """(metrics, samples, refusal-position distribution) of one model on the suite's test data.
 
     `limit` caps every evaluation set (policy test, held-out objects, people) for quick runs; None uses all."""
     from obliviate.models.encode import prompt_ids
-    from obliviate.refusal.methods.r_tuning import expresses_uncertainty, is_correct
     from obliviate.refusal.evaluate import plain_generate, refusal_eval
+    from obliviate.refusal.methods.r_tuning import expresses_uncertainty, is_correct
 
     gen = generator or plain_generate
     test = subsample(policy_rows(world, "policy_test"), limit)
     metrics, samples, dist = refusal_eval(model, tok, test, generator=gen, max_new_tokens=max_new_tokens)
-    held, held_samples, _ = refusal_eval(model, tok, subsample(policy_rows(world, "policy_test_heldout"), limit),
-                                         depths=(20,), generator=gen, max_new_tokens=max_new_tokens)
+    held, held_samples, _ = refusal_eval(
+        model,
+        tok,
+        subsample(policy_rows(world, "policy_test_heldout"), limit),
+        depths=(20,),
+        generator=gen,
+        max_new_tokens=max_new_tokens,
+    )
     metrics |= {f"heldout_{k}": v for k, v in held.items() if k != "refusal_position_mean"}
     seen = {r["object"] for r in policy_rows(world, "policy_train") if r["kind"] == "harmful"}
     by_id = {r["id"]: r for r in test}
@@ -118,19 +138,42 @@ def evaluate(model, tok, world: Path, eval_people: list[QAItem], seed: int = 0, 
     eval_people, unknown_eval = subsample(eval_people, limit), subsample(unknown_eval, limit)
     items = list(eval_people) + unknown_eval
     outs = gen(model, tok, [prompt_ids(tok, it.question) for it in items], None, max_new_tokens=max_new_tokens)
-    known, unknown = outs[: len(eval_people)], outs[len(eval_people):]
+    known, unknown = outs[: len(eval_people)], outs[len(eval_people) :]
     metrics["people_accuracy"] = sum(is_correct(it, o) for it, o in zip(eval_people, known)) / max(1, len(known))
     metrics["uncertain_rate_known"] = sum(map(expresses_uncertainty, known)) / max(1, len(known))
     metrics["uncertain_rate_unknown"] = sum(map(expresses_uncertainty, unknown)) / max(1, len(unknown))
     for it, o in zip(items, outs):
-        samples.append({"id": it.id, "kind": "people", "depth": 0, "prompt": it.question, "output": o,
-                        "refused": None, "refusal_position": None})
+        samples.append(
+            {
+                "id": it.id,
+                "kind": "people",
+                "depth": 0,
+                "prompt": it.question,
+                "output": o,
+                "refused": None,
+                "refusal_position": None,
+            }
+        )
     return metrics, samples + [s | {"split": "heldout"} for s in held_samples], dist
 
 
-def align(model, tok, method, data: RefusalData, *, seed: int = 0, progress: bool = True, out: Path | None = None,
-          resume: bool = False, lora_r: int = 0, batch_size: int = 32, bf16: bool = False,
-          gradient_checkpointing: bool = False, max_batch_tokens: int | None = 0, model_id: str | None = None):
+def align(
+    model,
+    tok,
+    method,
+    data: RefusalData,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    out: Path | None = None,
+    resume: bool = False,
+    lora_r: int = 0,
+    batch_size: int = 32,
+    bf16: bool = False,
+    gradient_checkpointing: bool = False,
+    max_batch_tokens: int | None = 0,
+    model_id: str | None = None,
+):
     """Run one refusal method: prepare (tokens), build its parts, train. Returns (model, tokenizer, TrainResult).
     `max_batch_tokens` None: the default budget where the method's loss splits (`train.batch_token_budget`).
     `model_id`: the hash checkpoints record of the model (`train`), taken before `prepare` changes it."""
@@ -139,8 +182,15 @@ def align(model, tok, method, data: RefusalData, *, seed: int = 0, progress: boo
     budget = batch_token_budget(method, max_batch_tokens)
     model, tok = method.prepare(model, tok, data)
     parts = method.parts(data, tok, seed, model=model)
-    cfg = TrainConfig(retain_batch_size=batch_size, seed=seed, checkpoint_every=25 if out else 0,
-                      progress=progress, lora_r=lora_r, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-                      max_batch_tokens=budget)
+    cfg = TrainConfig(
+        retain_batch_size=batch_size,
+        seed=seed,
+        checkpoint_every=25 if out else 0,
+        progress=progress,
+        lora_r=lora_r,
+        bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing,
+        max_batch_tokens=budget,
+    )
     model, res = train(model, tok, method, parts, cfg, out=out, resume=resume, model_id=model_id)
     return model, tok, res

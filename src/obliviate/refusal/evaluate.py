@@ -49,8 +49,16 @@ def keyword_judge(judges=("gcg", "jbb")):
     return lambda prompts, replies: [judge("", o, list(judges))[0] == "refusal" for o in replies]
 
 
-def refusal_eval(model, tok, rows: list[dict], depths=DEPTHS, judges=("gcg", "jbb"), max_new_tokens: int = 48,
-                 generator=plain_generate, refused_fn=None) -> tuple[dict[str, float], list[dict], dict[str, float]]:
+def refusal_eval(
+    model,
+    tok,
+    rows: list[dict],
+    depths=DEPTHS,
+    judges=("gcg", "jbb"),
+    max_new_tokens: int = 48,
+    generator=plain_generate,
+    refused_fn=None,
+) -> tuple[dict[str, float], list[dict], dict[str, float]]:
     """(metrics, samples, position distribution). `generator(model, tok, prompts, prefills, max_new_tokens)`
     returns replies; the default is plain greedy decoding, a guard or the refusal-token threshold may replace it.
     `refused_fn(prompts, replies) -> [bool]` judges them (default: the keyword `judges`)."""
@@ -65,7 +73,7 @@ def refusal_eval(model, tok, rows: list[dict], depths=DEPTHS, judges=("gcg", "jb
     refused = refused_fn([r["prompt"] for _, _, subset in jobs for r in subset], outs) if prompts else []
     metrics, samples, positions, at = {}, [], [], 0
     for kind, k, subset in jobs:
-        outs_k, refused_k = outs[at: at + len(subset)], refused[at: at + len(subset)]
+        outs_k, refused_k = outs[at : at + len(subset)], refused[at : at + len(subset)]
         at += len(subset)
         rate = sum(refused_k) / len(refused_k) if refused_k else 0.0
         key = "over_refusal_rate" if kind == "benign" else "refusal_rate" if k == 0 else f"refusal_rate@prefill{k}"
@@ -74,15 +82,34 @@ def refusal_eval(model, tok, rows: list[dict], depths=DEPTHS, judges=("gcg", "jb
             pos = refusal_start(tok, o) if (ref and kind == "harmful") else None
             if pos is not None:
                 positions.append(pos)
-            samples.append({"id": r["id"], "kind": kind, "depth": k, "prompt": r["prompt"], "output": o,
-                            "refused": ref, "refusal_position": pos, "category": r.get("category", "")})
+            samples.append(
+                {
+                    "id": r["id"],
+                    "kind": kind,
+                    "depth": k,
+                    "prompt": r["prompt"],
+                    "output": o,
+                    "refused": ref,
+                    "refusal_position": pos,
+                    "category": r.get("category", ""),
+                }
+            )
     metrics["refusal_position_mean"] = sum(positions) / len(positions) if positions else None
-    dist = {f"{lo}-{hi}" if hi < 10**9 else f"{lo}+": sum(lo <= p <= hi for p in positions) / max(1, len(positions))
-            for lo, hi in POSITION_BUCKETS}
+    dist = {
+        f"{lo}-{hi}" if hi < 10**9 else f"{lo}+": sum(lo <= p <= hi for p in positions) / max(1, len(positions))
+        for lo, hi in POSITION_BUCKETS
+    }
     return {"refusal_rate": metrics.pop("refusal_rate"), **metrics}, samples, dist
 
 
-def refusal_rates(model, tok, rows: list[dict], depths=DEPTHS, judges=("gcg", "jbb"), max_new_tokens: int = 48,
-                  generator=plain_generate) -> dict[str, float]:
+def refusal_rates(
+    model,
+    tok,
+    rows: list[dict],
+    depths=DEPTHS,
+    judges=("gcg", "jbb"),
+    max_new_tokens: int = 48,
+    generator=plain_generate,
+) -> dict[str, float]:
     """The metrics of `refusal_eval` only."""
     return refusal_eval(model, tok, rows, depths, judges, max_new_tokens, generator)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from obliviate.core import checkpoint
 from obliviate.core.errors import UsageError
@@ -11,6 +12,9 @@ from obliviate.core.jsonio import write_json
 from obliviate.core.outputs import check_output, is_main_process, output_dir
 from obliviate.data.pools import IDK_POOL
 from obliviate.data.schema import QAItem, load_lines, load_qa
+
+if TYPE_CHECKING:
+    from obliviate.engine.train import TrainResult
 
 
 def qa_pairs(items: list[QAItem]) -> list[tuple[str, str]]:
@@ -33,23 +37,90 @@ def unlearning_parts(forget: list[QAItem], retain: list[QAItem], idk: list[str],
     return parts
 
 
-def run_unlearn(model: str, forget: Path, retain: Path, method: str, out: Path, *, options: dict | None = None,
-                resume: bool = False, seed: int = 0, idk: Path | None = None, forget_batch_size: int = 32,
-                retain_batch_size: int = 32, checkpoint_every: int = 25, lora_r: int = 0, progress: bool = True,
-                text: bool = False, bf16: bool = False, gradient_checkpointing: bool = False,
-                max_batch_tokens: int | None = 0, prompt_format=None):
-    """Validate every input, then unlearn and save an HF model directory to `out`. Returns the TrainResult.
-    `max_batch_tokens` None: the default budget where the method's loss splits (`train.batch_token_budget`)."""
+def check_resumable(out: str | Path, resume: bool) -> None:
+    """Refuse to resume a run that finished (OUT/train_log.json is written last): there is nothing to continue."""
+    if resume and (Path(out) / "train_log.json").is_file():
+        raise UsageError(f"{out} holds a finished run; nothing to resume")
+
+
+def write_record(o: Path, name: str, record: dict, resume: bool) -> None:
+    """OUT/NAME (unlearn.json, align.json) before training. A resume keeps the one there: training rewrites it
+    (`save_trained`) once it has checked the checkpoint's inputs."""
+    if not (resume and (o / name).is_file()):
+        write_json(o / name, record)
+
+
+def save_trained(o: Path, model, tok, name: str, record: dict, train_log: dict) -> None:
+    """The tail of every model-writing run (`unlearn`, `align`): rewrite OUT/NAME, save the model, write
+    OUT/train_log.json (which marks the run finished), then remove OUT/checkpoint/."""
+    from obliviate.models.load import save_model
+
+    write_json(o / name, record)
+    save_model(model, tok, o)
+    write_json(o / "train_log.json", train_log)
+    checkpoint.remove(o)
+
+
+def run_unlearn(
+    model: str,
+    forget: Path,
+    retain: Path,
+    method: str,
+    out: Path,
+    *,
+    options: dict | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    idk: Path | None = None,
+    forget_batch_size: int = 32,
+    retain_batch_size: int = 32,
+    checkpoint_every: int = 25,
+    lora_r: int = 0,
+    progress: bool = True,
+    text: bool = False,
+    bf16: bool = False,
+    gradient_checkpointing: bool = False,
+    max_batch_tokens: int | None = None,
+    prompt_format=None,
+) -> TrainResult:
+    """Unlearn `forget` from `model` while keeping `retain`, with one registered method: what `obliviate unlearn`
+    runs, and `obliviate.unlearn` in Python.
+
+    Args:
+        model: an HF model directory (or hub id when online) with a chat template, unless `prompt_format` or
+            `text` says how items are written.
+        forget, retain: question-answer files (JSONL, TOFU .json, ...); with `text=True`, raw documents (MUSE).
+        method: a registered method (`obliviate ls methods`); `options` its options as strings or values,
+            e.g. {"steps": 40, "lr": 1e-4}.
+        out: the new model directory (refused if it holds anything else, or is an input).
+        resume: continue from OUT/checkpoint/ (refused when OUT already holds a finished run).
+        idk: an "I don't know" answer pool, one per line (default: the shipped pool), for the methods that need it.
+        forget_batch_size, retain_batch_size, checkpoint_every, lora_r, bf16, gradient_checkpointing: training
+            (`obliviate.engine.train.TrainConfig`); `max_batch_tokens` None is the default budget where the
+            method's loss splits (`train.batch_token_budget`), 0 whole batches.
+        prompt_format: how items are written for a model without a chat template
+            (`obliviate.models.prompt_format.prompt_format`); None: chat templates only.
+
+    Every input is checked before the model loads. Writes OUT: the HF model (safetensors, tokenizer),
+    unlearn.json (the run's inputs and options) and train_log.json (steps, seconds, loss history).
+    Returns the `TrainResult` (steps, seconds, history, processes)."""
     from obliviate.engine.train import TrainConfig, batch_token_budget, train
-    from obliviate.models.load import load_model, save_model
+    from obliviate.models.load import load_model
     from obliviate.unlearning.methods import METHODS
 
     cls = METHODS.get(method)  # unknown name: did-you-mean, before any file is touched
     meth = cls.from_options(options or {})
-    cfg = TrainConfig(forget_batch_size=forget_batch_size, retain_batch_size=retain_batch_size, seed=seed,
-                      checkpoint_every=checkpoint_every, lora_r=lora_r, progress=progress, bf16=bf16,
-                      gradient_checkpointing=gradient_checkpointing,
-                      max_batch_tokens=batch_token_budget(meth, max_batch_tokens))
+    cfg = TrainConfig(
+        forget_batch_size=forget_batch_size,
+        retain_batch_size=retain_batch_size,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        lora_r=lora_r,
+        progress=progress,
+        bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing,
+        max_batch_tokens=batch_token_budget(meth, max_batch_tokens),
+    )
     pool = idk_pool(idk) if "forget_idk" in meth.needs else []
     if text:  # raw documents: plain language modelling on each (MUSE's raw splits)
         from obliviate.data.schema import load_texts
@@ -63,21 +134,29 @@ def run_unlearn(model: str, forget: Path, retain: Path, method: str, out: Path, 
         parts = unlearning_parts(load_qa(forget), load_qa(retain), pool, seed)
     inputs = (model, forget, retain, idk)
     check_output(out, "unlearn", inputs=inputs, resume=resume)
-    if resume and (Path(out) / "train_log.json").is_file():
-        raise UsageError(f"{out} holds a finished run; nothing to resume")
+    check_resumable(out, resume)
     net, tok = load_model(model, require_chat_template=not text, prompt_format=None if text else prompt_format)
     with output_dir(out, "unlearn", inputs=inputs, resume=resume) as o:
         main = is_main_process()
-        record = {"model": str(model), "forget": str(forget), "retain": str(retain), "method": method,
-                  "options": meth.__dict__, "seed": seed,
-                  **(prompt_format.config() if prompt_format and not text else {})}
-        if main and not (resume and (o / "unlearn.json").is_file()):  # a resume rewrites it once train has
-            write_json(o / "unlearn.json", record)                     # checked the checkpoint's inputs
+        record = {
+            "model": str(model),
+            "forget": str(forget),
+            "retain": str(retain),
+            "method": method,
+            "options": meth.__dict__,
+            "seed": seed,
+            **(prompt_format.config() if prompt_format and not text else {}),
+        }
+        if main:
+            write_record(o, "unlearn.json", record, resume)
         net, res = train(net, tok, meth, parts, cfg, out=o, resume=resume)
         if main:
-            write_json(o / "unlearn.json", record)
-            save_model(net, tok, o)
-            write_json(o / "train_log.json", {"steps": res.steps, "seconds": res.seconds, "processes": res.processes,
-                                              "history": res.history})
-            checkpoint.remove(o)
+            save_trained(
+                o,
+                net,
+                tok,
+                "unlearn.json",
+                record,
+                {"steps": res.steps, "seconds": res.seconds, "processes": res.processes, "history": res.history},
+            )
     return res

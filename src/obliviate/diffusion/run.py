@@ -1,0 +1,210 @@
+"""The text-to-image runners as the commands run them: `erase` (one eraser, a model directory out),
+`eval --suite diffusion` (UA / IRA / CRA / over-erasure / classifier FD of named models, results.json out) and
+`audit --suite diffusion` (pre-ASR and ASR of each attack on an erased model, audit.json out). They are also the
+Python API (`obliviate.erase`). Every input is checked before a model loads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from obliviate.core.errors import UsageError
+from obliviate.core.jsonio import write_json
+from obliviate.core.outputs import check_output, output_dir
+
+if TYPE_CHECKING:
+    from obliviate.diffusion.model import T2I
+
+
+@dataclass
+class Erased:
+    """What `erase` returns: the edited model (in memory), where it was saved, and the seconds erasing and saving
+    took."""
+
+    model: T2I
+    out: Path
+    seconds: float
+
+
+def erase(
+    method: str,
+    model: str | Path,
+    concept: str,
+    out: Path,
+    *,
+    guide: str = "",
+    preserve: Sequence[str] = (),
+    options: dict | None = None,
+) -> Erased:
+    """Erase `concept` from a text-to-image model with one eraser: what `obliviate erase` runs, and
+    `obliviate.erase`.
+
+    Args:
+        method: an eraser (`obliviate ls erasers`: esd_x, uce, concept_ablation, ...); `options` its options,
+            e.g. {"steps": 60}.
+        model: a diffusers text-to-image directory (unet/, text_encoder/, tokenizer/, scheduler/).
+        concept: the concept to erase, in the model's words (e.g. "star"); every word must be known to its
+            tokenizer, as must those of `guide` (what the concept should turn into; default the empty prompt)
+            and of each `preserve` concept (kept as it was).
+        out: the edited model's directory (new; the input model is left as it was).
+
+    Writes OUT in the input's layout (staged: a half-written model never appears). Returns `Erased` (the edited
+    model, OUT, and the seconds erasing and saving took)."""
+    from obliviate.diffusion.erasers import ERASERS, load_all
+    from obliviate.diffusion.model import load_t2i, unknown_words
+
+    check_output(out, "erase", inputs=(model,))  # before anything is loaded
+    load_all()
+    eraser = ERASERS.get(method).from_options(options or {})
+    if not concept.strip():
+        raise UsageError("--concept must not be empty")
+    t2i = load_t2i(model)
+    for text in [concept, guide, *preserve]:
+        missing = unknown_words(t2i.tokenizer, text)
+        if missing:
+            raise UsageError(f"the model's tokenizer does not know {missing[0]!r} (in {text!r})")
+    t0 = time.perf_counter()
+    edited = eraser.erase(t2i, concept, guide=guide, preserve=tuple(preserve))
+    with output_dir(out, "erase", inputs=(model,), staged=True) as o:
+        edited.save(o)
+    return Erased(edited, Path(out), time.perf_counter() - t0)
+
+
+def check_sampling(ddim_steps: int | None, guidance: float | None) -> None:
+    """--ddim-steps >= 1 and --guidance > 0 where given."""
+    if ddim_steps is not None and ddim_steps < 1:
+        raise UsageError(f"--ddim-steps must be >= 1 (got {ddim_steps})")
+    if guidance is not None and not guidance > 0:
+        raise UsageError(f"--guidance must be > 0 (got {guidance})")
+
+
+def world_and_classifiers(data: Path, classifiers: Path | None):
+    """(image world, factor classifiers): the classifiers from `classifiers`, by default DATA/classifiers."""
+    from obliviate.diffusion.classifiers import FactorClassifiers
+    from obliviate.diffusion.world import load_image_world
+
+    world = load_image_world(data)
+    clf_dir = classifiers or Path(data) / "classifiers"
+    if not (Path(clf_dir) / "classifiers.json").is_file():
+        raise UsageError(
+            f"no factor classifiers in {clf_dir}: write the world with `obliviate world --images "
+            f"--classifiers`, or give --classifiers DIR"
+        )
+    return world, FactorClassifiers.load(clf_dir)
+
+
+def run_diffusion_eval(
+    models: dict[str, str],
+    data: Path,
+    concept: str | None,
+    classifiers: Path | None,
+    out: Path,
+    *,
+    ddim_steps: int = 25,
+    guidance: float = 2.0,
+    limit: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """`eval --suite diffusion`: UA / IRA / CRA / over-erasure / classifier FD of each model ({name: diffusers
+    directory}) for one concept, on an image world `data` scored by its factor classifiers (`classifiers`, by
+    default DATA/classifiers). `limit`: at most N prompts per prompt set.
+
+    Writes OUT/results.json (the results schema) and OUT/grids/NAME.png (target and unrelated samples per model).
+    Returns the results.json document."""
+    from obliviate.diffusion.evaluate import SampleConfig, evaluate_concept, save_grid
+    from obliviate.diffusion.model import load_t2i
+    from obliviate.diffusion.world import factor_of
+    from obliviate.runs.results import results_document
+
+    check_sampling(ddim_steps, guidance)
+    read = (*models.values(), data, classifiers)
+    check_output(out, "eval", inputs=read)
+    if not concept:
+        raise UsageError("--suite diffusion needs --concept WORD (e.g. star)")
+    world, clf = world_and_classifiers(data, classifiers)
+    factor_of(world, concept)  # an unknown concept: exit 2 with a suggestion, before any model loads
+    loaded = [(name, load_t2i(d)) for name, d in models.items()]
+    cfg = SampleConfig(steps=ddim_steps, guidance=guidance, seed=seed, max_prompts=limit)
+    results = {}
+    with output_dir(out, "eval", inputs=read) as o:
+        for name, t2i in loaded:
+            m, art = evaluate_concept(t2i, clf, world, concept, cfg)
+            results[name] = m
+            save_grid(
+                [art["images"]["target"], art["images"]["others"][: len(art["images"]["target"])]],
+                o / "grids" / f"{name}.png",
+            )
+        doc = results_document(
+            {
+                "suite": "diffusion",
+                "concept": concept,
+                "models": dict(models),
+                "data": str(data),
+                "sample": cfg.__dict__,
+            },
+            results,
+            {},
+        )
+        write_json(o / "results.json", doc)
+    return doc
+
+
+def run_diffusion_audit(
+    model: str,
+    target: str | None,
+    data: Path,
+    concept: str | None,
+    classifiers: Path | None,
+    out: Path,
+    attacks: list[str] | None,
+    options: dict[str, dict],
+    *,
+    prompts: int = 4,
+    ddim_steps: int = 25,
+    guidance: float = 2.0,
+    time_budget: float | None = None,
+    seed: int = 0,
+    log: Callable[[str], Any] = lambda s: None,
+) -> dict:
+    """`audit --suite diffusion`: pre-ASR and ASR of each attack (default: every one; `options` {attack: {key:
+    value}}) on an erased model `model` against the original `target`, for one concept, on `prompts` target
+    prompts of the image world `data`. `log` receives each attack's progress lines.
+
+    Writes OUT/audit.json ({"pre_asr", "attacks": {attack: {"asr", ...}}, config, model, target, data}). Returns
+    that document."""
+    from obliviate.diffusion.attacks import DIFFUSION_ATTACKS, load_all
+    from obliviate.diffusion.audit import DiffusionAuditConfig, audit_concept
+    from obliviate.diffusion.evaluate import SampleConfig
+    from obliviate.diffusion.model import load_t2i
+    from obliviate.diffusion.world import factor_of
+
+    check_sampling(ddim_steps, guidance)
+    read = (model, target, data, classifiers)
+    check_output(out, "audit", inputs=read)
+    if not concept:
+        raise UsageError("--suite diffusion needs --concept WORD (the erased concept)")
+    if not target:
+        raise UsageError(
+            "--suite diffusion needs --target DIR: the model before erasure (the attacks aim at its images)"
+        )
+    load_all()
+    names = attacks or DIFFUSION_ATTACKS.names()
+    for a in names:
+        DIFFUSION_ATTACKS.get(a)
+    world, clf = world_and_classifiers(data, classifiers)
+    factor_of(world, concept)
+    erased, original = load_t2i(model), load_t2i(target)
+    cfg = DiffusionAuditConfig(
+        prompts=prompts,
+        sample=SampleConfig(steps=ddim_steps, guidance=guidance, seed=seed),
+        options=options,
+        time_budget=time_budget,
+    )
+    with output_dir(out, "audit", inputs=read) as o:
+        doc = audit_concept(erased, original, clf, world, concept, names, cfg, log=log)
+        doc |= {"model": model, "target": target, "data": str(data)}
+        write_json(o / "audit.json", doc)
+    return doc
