@@ -18,6 +18,7 @@ def test_batched_left_padded_generation_equals_one_by_one(target_dir):
     assert batched == single
 
 
+@pytest.mark.slow  # the whole world demo (about 170 s): `make test-slow`, and `make demo` itself
 def test_demo_acceptance(tmp_path):
     """The demo on the default world: the figures the README promises (about 2 minutes)."""
     from obliviate.demos.world import run_demo

@@ -203,6 +203,7 @@ def test_align_public_bad_input(real_model_dir, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow  # every refusal method on the real model (about 45 s)
 def test_every_refusal_method_runs_with_lora_on_the_real_model(real_model_dir, world_dir):
     """One LoRA step of each registered refusal method on the real chat model (world policy data)."""
     import torch
