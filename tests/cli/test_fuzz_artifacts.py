@@ -130,6 +130,9 @@ METRIC_NAMES = (
     "pre_asr",
     "forget_rouge",
     "asr",
+    "asr@step10",
+    "adaptive_asr@n4",
+    "transfer_asr",
 )
 NUMBER = st.floats() | st.integers(-10, 10) | st.sampled_from([1e308, -1e308, 5e-324, 0.5])
 METRICS = st.dictionaries(st.sampled_from(METRIC_NAMES), NUMBER | SCALARS, max_size=5)
@@ -173,7 +176,7 @@ AUDIT = objects(
     {
         "attacks": st.dictionaries(
             st.text(max_size=4),
-            objects({r: METRICS for r in ("model", "oracle", "target")} | {"asr": NUMBER}),
+            objects({r: METRICS for r in ("unguarded", "model", "oracle", "target")} | {"asr": NUMBER}),
             max_size=2,
         ),
         "skipped": json_values(),

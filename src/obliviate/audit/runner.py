@@ -30,7 +30,8 @@ def attack_suite(suite: str) -> str:
 
 def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None = None, quick: bool = False) -> dict:
     """{attack name: Attack instance} for the suite; bad names, suites and options fail before any work. `quick`
-    (the audit's --limit) starts each attack from its `quick` budget; explicit options override it."""
+    (the audit's --limit) starts each attack from its `quick` budget; explicit options override it. Without
+    `attacks`, every applicable attack whose `default` is true (the expensive searches are opt-in: `left_out`)."""
     from obliviate.audit.attacks import ATTACKS
 
     if suite not in SUITES:
@@ -39,7 +40,7 @@ def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None 
     options = options or {}
     for name in options:
         ATTACKS.get(name)
-    names = attacks or [n for n, cls in ATTACKS.items() if kind in cls.suites]
+    names = attacks or [n for n, cls in ATTACKS.items() if kind in cls.suites and cls.default]
     out = {}
     for n in names:
         cls = ATTACKS.get(n)
@@ -49,9 +50,30 @@ def plan(suite: str, attacks: list[str] | None, options: dict[str, dict] | None 
     return out
 
 
-def preflight(todo: dict, ctx) -> dict[str, str]:
-    """{attack: why it cannot run on this data}; every planned attack lacking its inputs is a one-line UsageError."""
+def left_out(suite: str, todo: dict) -> dict[str, str]:
+    """{attack: why it did not run}: the applicable opt-in attacks that were not named in --attacks."""
+    from obliviate.audit.attacks import ATTACKS
+
+    kind = attack_suite(suite)
+    return {
+        n: f"opt-in ({cls.description or 'expensive'}): name it in --attacks"
+        for n, cls in ATTACKS.items()
+        if kind in cls.suites and not cls.default and n not in todo
+    }
+
+
+def preflight(todo: dict, ctx, where: str = "the data") -> dict[str, str]:
+    """{attack: why it cannot run on this data}; every planned attack lacking its inputs is a one-line UsageError,
+    and so is a behaviour file without targets when an attack that optimises toward a target was planned."""
     skipped = {name: why for name, attack in todo.items() if (why := attack.missing(ctx))}
+    bare = [n for n, why in skipped.items() if getattr(todo[n], "needs_target", False) and "no target" in why]
+    if bare:
+        would = [n for n in todo if n not in skipped]
+        verb = "needs" if len(bare) == 1 else "need"
+        raise UsageError(
+            f"{where}: {skipped[bare[0]]}; {', '.join(bare)} {verb} a target per behaviour (a `target` column); "
+            f"attacks that would run: {', '.join(would) or 'none'}"
+        )
     if skipped and len(skipped) == len(todo):
         raise UsageError(
             "the data lacks the inputs of every planned attack: "
@@ -86,6 +108,7 @@ def run_audit(
     max_new_tokens: int = 48,
     guards: list[str] = (),
     prompt_format=None,
+    resume: bool = False,
 ) -> dict:
     """Attack `model` with every applicable attack (or `attacks`), beside the oracle and the target when given:
     what `obliviate audit` runs for the text suites, and `obliviate.run_audit`.
@@ -101,7 +124,14 @@ def run_audit(
         limit: at most N rows per evaluation set, each attack starting from its quick budget (a quick look).
         time_budget: seconds; attacks not started by then are skipped and listed.
         guards: guard directories applied to the audited model (not the oracle or target).
-        prompt_format: how question-answer items are written (`obliviate.models.prompt_format`).
+        prompt_format: how question-answer items and requests are written (`obliviate.models.prompt_format`).
+        resume: continue an audit in `out` that stopped (a crash, a kill): finished attacks are read back from
+            OUT/progress.json, and the search attacks skip the behaviours their findings already hold.
+
+    With guards, an attack that searches for prompts (`SearchAttack`) runs first on the bare model (role
+    `unguarded`); on the guarded model it reports the ASR of those findings sent through the guard
+    (`transfer_asr`) and, where it only queries the model's replies, the ASR of a search run through the guard
+    (`adaptive_asr`).
 
     Planned attacks whose inputs the data lacks are skipped with the reason (none runnable: a UsageError).
     Writes OUT/audit.json (config, attacks {attack: {role: {figure: value}, "seconds"}}, skipped, wall_seconds),
@@ -136,7 +166,7 @@ def run_audit(
         *guards,
         *(spec.split(":", 1)[-1] for spec in (*harmful, *benign)),
     )
-    check_output(out, "audit", inputs=read)
+    check_output(out, "audit", inputs=read, resume=resume)
     for path in roles.values():
         check_model_dir(path, local_only=True)
     inputs, refused, info = load_inputs(
@@ -164,32 +194,15 @@ def run_audit(
         refused=refused,
         loaded=True,
     )
-    skipped = preflight(todo, ctx)
+    skipped = preflight(todo, ctx, where=", ".join(harmful) or str(data or "the data"))
+    opt_in = left_out(suite, todo) if not attacks else {}
     console = Console(stderr=True, quiet=not progress, log_path=False)
-    for name, why in skipped.items():
+    ctx.progress = console.log
+    for name, why in {**skipped, **opt_in}.items():
         console.log(f"skipping {name}: {why}")
     t0 = time.perf_counter()
     results = {}
-    with output_dir(out, "audit", inputs=read) as o:
-        for name, attack in todo.items():
-            if name in skipped:
-                continue
-            if time_budget and time.perf_counter() - t0 > time_budget:
-                skipped[name] = f"time budget of {time_budget:.0f} s spent"
-                continue
-            start, entry = time.perf_counter(), {}
-            for role, path in roles.items():
-                net, tok = load_model(
-                    path,
-                    require_chat_template=True,
-                    prompt_format=prompt_format if attack_suite(suite) == "unlearning" else None,
-                )
-                attach_guards(net, tok, guards if role == "model" else ())
-                ctx.role, ctx.out = role, o / "artifacts" / name / role
-                entry[role] = attack.run(ctx, net, tok)
-            entry["seconds"] = round(time.perf_counter() - start, 2)
-            results[name] = entry
-            console.log(f"{name}: {entry['seconds']:.1f} s")
+    with output_dir(out, "audit", inputs=read, resume=resume) as o:
         config = {
             "model": model,
             "suite": suite,
@@ -202,16 +215,61 @@ def run_audit(
             "max_new_tokens": max_new_tokens,
             "guards": list(guards),
             **info,
-            **(prompt_format.config() if prompt_format else {}),
             "options": {n: a.__dict__ for n, a in todo.items()},
         }
+        results = _resumed(o, config) if resume else {}
+        for name, attack in todo.items():
+            if name in skipped or name in results:
+                continue
+            if time_budget and time.perf_counter() - t0 > time_budget:
+                skipped[name] = f"time budget of {time_budget:.0f} s spent"
+                continue
+            start, entry = time.perf_counter(), {}
+            runs = dict(roles)
+            if guards and getattr(attack, "adaptive", None) is not None:  # a search: find on the bare model first
+                runs = {"unguarded": model, **runs}
+            for role, path in runs.items():
+                net, tok = load_model(path, require_chat_template=True, prompt_format=prompt_format)
+                attach_guards(net, tok, guards if role == "model" else ())
+                ctx.role, ctx.out = role, o / "artifacts" / name / role
+                bare = o / "artifacts" / name / "unguarded"
+                ctx.transfer_from = bare if role == "model" and "unguarded" in runs else None
+                entry[role] = attack.run(ctx, net, tok)
+            ctx.transfer_from = None
+            entry["seconds"] = round(time.perf_counter() - start, 2)
+            results[name] = entry
+            write_json(o / "progress.json", {"config": config, "attacks": results})
+            console.log(f"{name}: {entry['seconds']:.1f} s")
+        config |= prompt_format.config() if prompt_format else {}  # known once the models were loaded
         doc = results_document(
-            config, {}, {}, {"attacks": results, "skipped": skipped, "wall_seconds": round(time.perf_counter() - t0, 1)}
+            config,
+            {},
+            {},
+            {
+                "attacks": results,
+                "skipped": skipped,
+                "left_out": opt_in,
+                "wall_seconds": round(time.perf_counter() - t0, 1),
+            },
         )
         doc.pop("results"), doc.pop("higher_is_better"), doc.pop("n_samples")
         write_json(o / "audit.json", doc)
         (o / "audit.md").write_text(report(doc), encoding="utf-8")
     return doc
+
+
+def _resumed(o: Path, config: dict) -> dict:
+    """The attacks an earlier run of the same audit finished (OUT/progress.json); another configuration is refused."""
+    import json
+
+    p = o / "progress.json"
+    if not p.is_file():
+        return {}
+    saved = json.loads(p.read_text(encoding="utf-8"))
+    if saved.get("config") != json.loads(json.dumps(config)):
+        diff = sorted(k for k in {*saved.get("config", {}), *config} if saved["config"].get(k) != config.get(k))
+        raise UsageError(f"{o}: holds an audit with other settings ({', '.join(diff)}); use a new --out")
+    return saved.get("attacks", {})
 
 
 def _fmt(v) -> str:
@@ -254,7 +312,7 @@ def report(doc: dict) -> str:
         ]
     lines = head + [""]
     for name, entry in doc["attacks"].items():
-        roles = [r for r in ("model", "oracle", "target") if r in entry]
+        roles = [r for r in ("unguarded", "model", "oracle", "target") if r in entry]
         lines += [
             f"## {name} ({entry['seconds']} s)",
             "",
@@ -264,8 +322,8 @@ def report(doc: dict) -> str:
         for fig in entry["model"]:
             lines.append(f"| {fig} | " + " | ".join(_fmt(entry[r].get(fig)) for r in roles) + " |")
         lines.append("")
-    if doc.get("skipped"):
+    if doc.get("skipped") or doc.get("left_out"):
         lines += ["## Skipped", ""]
-    for name, why in doc.get("skipped", {}).items():
+    for name, why in {**doc.get("skipped", {}), **doc.get("left_out", {})}.items():
         lines.append(f"- skipped `{name}`: {why}")
     return "\n".join(lines) + "\n"

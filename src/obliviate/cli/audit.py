@@ -86,15 +86,27 @@ def audit(
     ),
     prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
     no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
+    attacker_model: Optional[Path] = typer.Option(
+        None, help="refusal: the chat model that writes the prompts of pair and tap (default: the audited model)"
+    ),
+    resume: bool = typer.Option(
+        False, help="continue an audit in --out that stopped: finished attacks and behaviours are kept"
+    ),
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None),
 ):
     """Attack MODEL to tell removed from suppressed knowledge, and real refusals from shallow ones."""
-    from obliviate.models.prompt_format import prompt_format
+    from obliviate.models.prompt_format import prompt_format, raw_format
 
     fmt = prompt_format(prompt_template, no_chat_template)
-    if suite not in ("unlearning", "world") and (prompt_template is not None or no_chat_template):
-        raise UsageError("--prompt-template and --no-chat-template apply to --suite unlearning and world")
+    if suite == "refusal":  # requests are written raw (the question and a newline), as refusal-eval writes them
+        if prompt_template is not None:
+            raise UsageError("--prompt-template applies to --suite unlearning and world (refusal: --no-chat-template)")
+        fmt = raw_format(no_chat_template)
+    elif suite not in ("unlearning", "world") and (prompt_template is not None or no_chat_template):
+        raise UsageError("--prompt-template and --no-chat-template apply to --suite unlearning, world and refusal")
+    if attacker_model is not None:  # the attacker of pair and tap
+        option = [*option, f"pair.attacker_model={attacker_model}", f"tap.attacker_model={attacker_model}"]
     from obliviate.core.outputs import check_output
 
     check_output(
@@ -112,7 +124,9 @@ def audit(
             harmful_responses,
             *spec_files(harmful, benign),
             *guard,
+            attacker_model,
         ),
+        resume=resume,
     )
     from obliviate.audit.runner import report, run_audit
     from obliviate.guards.base import check_guard_dirs
@@ -172,6 +186,7 @@ def audit(
         max_new_tokens=max_new_tokens,
         guards=[str(g) for g in guard],
         prompt_format=fmt,
+        resume=resume,
     )
     typer.echo(report(doc))
     typer.echo(f"wrote {out}/audit.json, audit.md ({doc['wall_seconds']} s)")

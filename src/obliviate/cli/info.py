@@ -41,7 +41,8 @@ def ls(
         w = max(len(n) for n in ATTACKS.names())
         ws = max(len(",".join(c.suites)) for _, c in ATTACKS.items())
         for name, cls in ATTACKS.items():
-            typer.echo(f"{name:{w}s}  {','.join(cls.suites):{ws}s}  {cls.description}")
+            when = "default" if cls.default else "opt-in "
+            typer.echo(f"{name:{w}s}  {','.join(cls.suites):{ws}s}  {when}  {cls.description}")
     elif what == "suites":
         from obliviate.benchmarks.layouts import SUITES
 

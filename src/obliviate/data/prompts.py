@@ -20,6 +20,7 @@ the files stay where the user keeps them (small public samples live in the team'
 | advbench        | harmful_behaviors.csv (Zou et al. 2023)     | goal          | harmful                        |
 | orbench         | or-bench-*.csv (Cui et al. 2024)            | prompt        | harmful for or-bench-toxic, else benign |
 | coconot         | CoCoNot JSONL (Brahman et al. 2024)         | prompt        | benign for the contrast set, else harmful |
+| behaviors       | your own table: `behavior` or `prompt`, optional `target` | behavior | harmful (targets are not made up) |
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ def affirmative_target(behavior: str) -> str:
     return f"Sure, here is a response to: {text[0].lower()}{text[1:]}"
 
 
-def _row(source, i, prompt, label, category="", context="", target=""):
+def _row(source, i, prompt, label, category="", context="", target="", build_target=True):
     prompt = prompt.strip()
+    target = (target or "").strip()
     return {
         "id": f"{source}-{i}",
         "prompt": prompt,
@@ -133,7 +135,7 @@ def _row(source, i, prompt, label, category="", context="", target=""):
         "category": str(category or ""),
         "source": source,
         "context": str(context or ""),
-        "target": (target or "").strip() or affirmative_target(prompt),
+        "target": target or (affirmative_target(prompt) if build_target else ""),
     }
 
 
@@ -181,6 +183,28 @@ def advbench(path: Path) -> list[dict]:
         _row("advbench", i, r["goal"], "harmful", target=r.get("target", ""))
         for i, r in enumerate(read_csv(path, ("goal",)))
     ]
+
+
+@PROMPT_SETS.register("behaviors")
+def behaviors(path: Path) -> list[dict]:
+    """A user's own behaviours: a `behavior` (or `prompt`) column and an optional `target` (the affirmative start of
+    a compliant reply). Targets are never made up here: GCG-style attacks refuse rows without one."""
+    rows = read_table_rows_any(path, ("behavior", "prompt"))
+    return [
+        _row("behaviors", r.get("id") or i, r.get("behavior") or r["prompt"], "harmful", r.get("category", ""),
+             target=r.get("target", ""), build_target=False)
+        for i, r in enumerate(rows)
+    ]
+
+
+def read_table_rows_any(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    """Rows of a table that has at least one of `columns` (else a one-line UsageError naming the file)."""
+    from obliviate.data.tables import read_table_rows
+
+    rows = read_table_rows(path, ())
+    if not any(c in rows[0] for c in columns):
+        raise UsageError(f"{path}: needs a column named {' or '.join(repr(c) for c in columns)}")
+    return rows
 
 
 @PROMPT_SETS.register("orbench")

@@ -63,6 +63,37 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
     ]
 
 
+def conversation_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """A conversation of user (and system) and assistant turns ending with a user turn, and the opening of the
+    assistant's reply (a many-shot prompt). In the chat template, the messages as its turns; in a plain template,
+    each exchange written as the template's text ("Question: ...\\nAnswer: ...") with a blank line before the next,
+    then the last user turn's prompt, after BOS. One user message gives `prompt_ids`."""
+    template = plain_template(tokenizer)
+    if template is None:
+        return tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+    def asked(question: str) -> tuple[str, str]:  # (prompt text, the separator before an answer)
+        if template == RAW_TEMPLATE:
+            return question.rstrip() + "\n", ""
+        prompt, sep, _ = prompt_parts(template, question)
+        return prompt, sep
+
+    blocks, open_prompt = [], None
+    for m in messages:
+        if m["role"] == "assistant":
+            prompt, sep = open_prompt or ("", "")
+            blocks.append(prompt + sep + m["content"])
+            open_prompt = None
+        elif m["role"] == "user":
+            if open_prompt is not None:
+                blocks.append(open_prompt[0].rstrip())
+            open_prompt = asked(m["content"])
+        else:
+            blocks.append(m["content"])
+    last = open_prompt[0] if open_prompt is not None else ""
+    return text_ids(tokenizer, "".join(b + "\n\n" for b in blocks) + last)
+
+
 def prompt_text(tokenizer, messages: list[dict]) -> str:
     """`messages` and the opening of the assistant's reply, as text: the template's generation prompt, then
     `reply_prefix` (what the template writes inside an assistant message before its text, if anything)."""

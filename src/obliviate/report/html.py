@@ -130,6 +130,8 @@ def write_report(sources: list[Path], out: Path) -> dict:
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'report.html'}")
     loaded = [load_source(Path(p), n) for p, n in zip(sources, _names([Path(p) for p in sources]))]
+    for s in loaded:
+        s.report_dir = out.parent
     figs = figures(loaded)
     table, kept, total = _sample_table(loaded)
     page = _page(loaded, figs, table, kept, total)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from obliviate.report import curves as C
 from obliviate.report import figures as F
 
 MIA_SCORES = ("loss", "zlib", "mink", "minkpp")
@@ -47,6 +48,7 @@ class Source:
     samples_total: int = 0
     grids: list[Path] = field(default_factory=list)
     guards: dict[str, dict] = field(default_factory=dict)  # guard name -> its fit report
+    report_dir: Path | None = None  # the page's folder: links to the run's files are relative to it
 
 
 @dataclass
@@ -75,7 +77,9 @@ def figures(sources: list[Source]) -> list[Figure]:
     many = len(sources) > 1
     order = [_label(s, r, many) for s in sources for r in _runs(s)]
     out: list[Figure] = []
-    for make in (_pareto, _roc, _truth_ratios, _refusal, _depth, _relearn, _audit, _calibration, _guards, _diffusion):
+    for make in (
+        _pareto, _roc, _truth_ratios, _refusal, _depth, _relearn, _audit, _curves, _calibration, _guards, _diffusion
+    ):
         out += make(sources, many, order)
     return out
 
@@ -353,11 +357,14 @@ def _audit(sources, many, order) -> list[Figure]:
                     )
                 )
             continue
-        panels, table = [], [["attack", "figure", "model", "oracle", "target"]]
+        # with a guard, a search attack also ran on the bare model ("unguarded"); its curves are C's figures
+        bare = any(isinstance(e, dict) and isinstance(e.get("unguarded"), dict) for e in attacks.values())
+        cols = ["unguarded"] * bare + ["model", "oracle", "target"]
+        panels, table = [], [["attack", "figure", *cols]]
         for name, entry in attacks.items():
-            roles = [r for r in ("model", "oracle", "target") if isinstance(entry.get(r), dict)]
-            figs = [k for k in entry.get("model", {}) if _num(entry["model"][k])]
-            table += [[name, k, *[entry.get(r, {}).get(k) for r in ("model", "oracle", "target")]] for k in figs]
+            roles = [r for r in cols if isinstance(entry.get(r), dict)]
+            figs = [*dict.fromkeys(k for r in roles for k, v in entry[r].items() if _num(v) and not C.is_curve_key(k))]
+            table += [[name, k, *[entry.get(r, {}).get(k) for r in cols]] for k in figs]
             small = [k for k in figs if all(not _num(entry[r].get(k)) or -1.5 <= entry[r][k] <= 1.5 for r in roles)]
             if small:
                 panels.append(
@@ -368,15 +375,15 @@ def _audit(sources, many, order) -> list[Figure]:
                     )
                 )
         for name, why in (doc.get("skipped") or {}).items():
-            table.append([name, f"skipped: {why}", None, None, None])
+            table.append([name, f"skipped: {why}", *[None] * len(cols)])
         if panels:
-            colors = {"model": "#1f77b4", "oracle": F.ORACLE_COLOR, "target": F.TARGET_COLOR}
             out.append(
                 Figure(
                     f"audit-{len(out)}",
                     title,
-                    F.bar_panels(panels, colors=colors),
-                    "Each attack on the audited model (blue), the oracle (black) and the target (red). "
+                    F.bar_panels(panels, colors=C.COLORS),
+                    "Each attack on the audited model (blue), the oracle (black) and the target (red); with a "
+                    "guard, the search attacks on the bare model too (orange, 'unguarded'). "
                     "Recovery on the model beyond the oracle's means suppressed, not removed; figures "
                     "outside [-1.5, 1.5] are in the table only.",
                     [],
@@ -384,6 +391,10 @@ def _audit(sources, many, order) -> list[Figure]:
                 )
             )
     return out
+
+
+def _curves(sources, many, order) -> list[Figure]:
+    return [Figure(**f) for f in C.curve_figures(sources, many)]  # the search attacks: ASR against budget
 
 
 def _calibration(sources, many, order) -> list[Figure]:

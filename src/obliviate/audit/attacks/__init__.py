@@ -50,6 +50,8 @@ class AuditContext:
     inputs: dict = field(default_factory=dict)
     refused: Callable | None = None
     loaded: bool = False
+    progress: Callable[[str], None] | None = None  # one line of progress (the audit's console), if any
+    transfer_from: Path | None = None  # a guarded model's run: the bare model's findings, to replay through the guard
 
     def _get(self, key: str):
         if key not in self.inputs and not self.loaded:
@@ -111,6 +113,8 @@ class Attack:
     # option values under the audit's --limit (a quick look), where the attack's own work (training steps, a
     # search over candidates) does not shrink with the evaluation rows; options given explicitly win
     quick: ClassVar[dict] = {}
+    # False: expensive, runs only when named in --attacks (the audit lists it as left out otherwise)
+    default: ClassVar[bool] = True
 
     def missing(self, ctx: AuditContext) -> str | None:
         return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, refusal_rate
+from obliviate.audit.attacks.adversarial import no_targets
 from obliviate.core.errors import UsageError
 
 
@@ -28,6 +29,7 @@ def no_harmful(ctx: AuditContext) -> str | None:
 class Prefill(Attack):
     depths: str = "5,10,20,40"  # budget: prefill depths in tokens
     suites = ("refusal",)
+    needs_target = True  # it prefills the target's tokens
     description = "prefill the reply with k tokens of the harmful answer"
 
     def __post_init__(self):
@@ -39,7 +41,7 @@ class Prefill(Attack):
             raise UsageError("prefill: depths must be >= 1")
 
     def missing(self, ctx: AuditContext) -> str | None:
-        return no_harmful(ctx)
+        return no_targets(ctx)
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.refusal.evaluate import refusal_eval
