@@ -1,7 +1,8 @@
 """The one decode loop: batched greedy decoding over a KV cache, with the hooks inference-time guards use.
 
 `decode(model, tok, prompts, guards=...)` returns one `Reply` per prompt; `generate(...)` is its text-only form,
-and with no guard it returns what `model.generate(do_sample=False)` returns (test). Per batch (prompts sorted by
+and with no guard it returns what `model.generate(do_sample=False)` returns (test). `sampling=Sampling(...)`
+(`engine.sampling`) draws each token from the logits the guards leave instead of taking their argmax. Per batch (prompts sorted by
 length, left-padded, so position -1 is every row's next-token position):
 
     on_request(text)                      every guard scores the request's text -> Reply.scores[guard]
@@ -26,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from obliviate.engine.sampling import Sampling, pick
 from obliviate.models.encode import last_logits_only, stop_ids
 
 
@@ -173,7 +175,14 @@ def _hooked(guards, name):
 
 @torch.no_grad()
 def _decode_batch(
-    model, tok, prompts, rows: list[Row], guards, max_new_tokens: int, on_token: Callable[[int, int], None] | None
+    model,
+    tok,
+    prompts,
+    rows: list[Row],
+    guards,
+    max_new_tokens: int,
+    on_token: Callable[[int, int], None] | None,
+    choose: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[Reply]:
     device = next(model.parameters()).device
     pad, eos_ids = tok.pad_token_id, stop_ids(tok, model)
@@ -208,7 +217,7 @@ def _decode_batch(
     for step in range(max_new_tokens):
         for g in _hooked(guards, "process_logits"):
             logits = g.process_logits(step, gen, logits, rows)
-        nxt = logits.argmax(-1)
+        nxt = logits.argmax(-1) if choose is None else choose(logits)
         live = ~done & session.active.to(device)
         nxt = torch.where(live, nxt, torch.full_like(nxt, pad if pad is not None else 0))
         gen = torch.cat([gen, nxt[:, None]], 1)
@@ -263,13 +272,19 @@ def decode(
     batch_size: int = 64,
     max_batch_tokens: int = 32768,
     on_token: Callable[[int, int], None] | None = None,
+    sampling: Sampling | None = None,
 ) -> list[Reply]:
     """Greedy replies to token-id prompts, in the input order, through `guards` (see the module docstring).
     `texts` are the requests' texts for `on_request` (default: each prompt decoded without special tokens);
     `guards=None` means the guards attached to the model (`obliviate.engine.hooks.attach`), if any;
-    `on_token(index, token_id)` sees every token as decoded."""
+    `on_token(index, token_id)` sees every token as decoded; `sampling` draws tokens instead (one seeded generator
+    for the whole call)."""
     from obliviate.engine.hooks import attached, routing_hooks
 
+    choose = None
+    if sampling is not None:
+        generator = sampling.generator(next(model.parameters()).device)
+        choose = lambda logits: pick(logits, sampling, generator)  # noqa: E731
     guards = attached(model) if guards is None else list(guards)
     if guards and texts is None:
         texts = [tok.decode(p, skip_special_tokens=True) for p in prompts]
@@ -278,8 +293,9 @@ def decode(
     with routing_hooks(model, guards):
         for idx in batches(prompts, batch_size, max_batch_tokens):
             rows = [Row(i, texts[i] if texts is not None else None) for i in idx]
+            batch = [prompts[i] for i in idx]
             for i, rep in zip(
-                idx, _decode_batch(model, tok, [prompts[i] for i in idx], rows, list(guards), max_new_tokens, on_token)
+                idx, _decode_batch(model, tok, batch, rows, list(guards), max_new_tokens, on_token, choose)
             ):
                 out[i] = rep
     return out  # type: ignore[return-value]
@@ -293,11 +309,20 @@ def generate(
     batch_size: int = 64,
     guards=None,
     texts: list[str] | None = None,
+    sampling: Sampling | None = None,
 ) -> list[str]:
-    """Greedy continuations of token-id prompts, decoded without special tokens, in the input order."""
+    """Greedy (or, with `sampling`, sampled) continuations of token-id prompts, decoded without special tokens, in
+    the input order."""
     return [
         r.text
         for r in decode(
-            model, tokenizer, prompts, texts=texts, guards=guards, max_new_tokens=max_new_tokens, batch_size=batch_size
+            model,
+            tokenizer,
+            prompts,
+            texts=texts,
+            guards=guards,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            sampling=sampling,
         )
     ]

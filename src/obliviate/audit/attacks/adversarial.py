@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from obliviate.audit.attacks import Attack, AuditContext
+from obliviate.audit.attacks import ATTACKS, Attack, AuditContext
 from obliviate.core.errors import UsageError
 
 MARK = "\x00SUFFIX\x00"  # stands where the suffix goes while the template is rendered (no template writes it)
@@ -414,8 +414,13 @@ class SearchAttack(Attack):
         """Subclasses validate their budgets here (called by __post_init__)."""
 
     def __post_init__(self):
-        check_budget(type(self).__name__.lower(), behaviours=self.behaviours)
+        check_budget(self.name(), behaviours=self.behaviours)
         self.check()
+
+    @classmethod
+    def name(cls) -> str:
+        """The attack's registered name (what --attacks and --option use)."""
+        return next((n for n, c in ATTACKS.items() if c is cls), cls.__name__.lower())
 
     def missing(self, ctx: AuditContext) -> str | None:
         if self.replay:
