@@ -1,4 +1,5 @@
-"""`obliviate guard fit NAME`: fit an inference-time guard's learned parts and save them as a guard directory."""
+"""`obliviate guard fit NAME`: fit an inference-time guard's learned parts and save them as a guard directory;
+`obliviate guard certify DIR`: erase-and-check's certified accuracy, false positives and time per prompt."""
 
 from __future__ import annotations
 
@@ -51,3 +52,25 @@ def fit(
         + (", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()) or "fitted")
     )
     typer.echo(f"wrote {out}")
+
+
+@guard_app.command("certify")
+def certify(
+    guard: Path = typer.Argument(..., help="an erase_check guard directory (`guard fit erase_check`)"),
+    data: Optional[Path] = typer.Option(None, help="a world directory (its held-out policy_test)"),
+    harmful: List[str] = typer.Option([], help="KIND:FILE harmful prompts (repeatable; their held-out half)"),
+    benign: List[str] = typer.Option([], help="KIND:FILE safe prompts (repeatable; their held-out half)"),
+    limit: Optional[int] = typer.Option(None, help="at most this many prompts of each source and kind"),
+    option: List[str] = typer.Option([], help="guard option KEY=VALUE to measure under (mode, d, variant, ...)"),
+    seed: int = typer.Option(0, help="the seed of the train/held-out split (as given to `guard fit`)"),
+    threads: Optional[int] = typer.Option(None),
+):
+    """Erase-and-check's certified accuracy on harmful prompts (its filter's accuracy on the clean ones), its
+    false-positive rate on safe prompts, and seconds and filter calls per prompt."""
+    from obliviate.audit.guard_certify import certify_guard
+
+    set_threads(threads)
+    report = certify_guard(
+        guard, data=data, harmful=harmful, benign=benign, limit=limit, options=parse_options(option), seed=seed
+    )
+    typer.echo("erase_check: " + ", ".join(f"{k} {v:.4g}" for k, v in report.items()))
