@@ -277,7 +277,9 @@ def replies(model, tok, requests: list, max_new_tokens: int) -> list[str]:
     from obliviate.models.encode import conversation_ids, prompt_ids
 
     ids = [conversation_ids(tok, r) if isinstance(r, list) else prompt_ids(tok, r) for r in requests]
-    return generate(model, tok, ids, max_new_tokens=max_new_tokens)
+    # a guard that reads the request (`on_request`) sees the user's text, not the template around it
+    texts = [r[-1]["content"] if isinstance(r, list) else r for r in requests]
+    return generate(model, tok, ids, max_new_tokens=max_new_tokens, texts=texts)
 
 
 def succeeded(ctx: AuditContext, model, tok, requests: list[str], originals: list[str] | None = None):
