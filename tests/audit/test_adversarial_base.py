@@ -148,3 +148,23 @@ def test_default_audit_lists_the_opt_in_attacks_and_raw_requests(target_dir, wor
     doc = json.loads((tmp_path / "aud2" / "audit.json").read_text())
     assert "gcg" in doc["left_out"] and "name it in --attacks" in doc["left_out"]["gcg"]
     assert "gcg" not in doc["attacks"] and "gcg" not in doc["skipped"]
+
+
+def test_resume_keeps_finished_attacks_and_refuses_other_settings(target_dir, world_dir, tmp_path, capsys):
+    out = tmp_path / "aud"
+    args = ["audit", target_dir, "--suite", "refusal", "--data", world_dir, "--attacks", "templates,completion"]
+    args += ["--limit", "4", "--option", "templates.templates=2", "--max-new-tokens", "8", "--out", out]
+    assert run_cli(args, capsys)[0] == 0
+    first = json.loads((out / "audit.json").read_text())
+    # a crash after the first attack: progress.json holds it, and its findings stay
+    progress = json.loads((out / "progress.json").read_text())
+    progress["attacks"].pop("completion")
+    (out / "progress.json").write_text(json.dumps(progress))
+    (out / "audit.json").unlink()
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0, err
+    again = json.loads((out / "audit.json").read_text())
+    assert again["attacks"]["templates"] == first["attacks"]["templates"]  # read back, not run again
+    assert again["attacks"]["completion"]["model"] == first["attacks"]["completion"]["model"]
+    code, _, err = run_cli([*args[:-1], out, "--option", "templates.templates=3", "--resume"], capsys)
+    assert code == 2 and "holds an audit with other settings (options)" in err

@@ -197,3 +197,32 @@ def test_audit_guard_refuses_flagged_requests_before_generation(guard, target_di
     flags = [guard.check_text(p).flagged for p in asked]
     # the tiny target never refuses by itself: the refusals are the guard's, one per flagged request
     assert sum(flags) > 0 and rates["refusal_rate_chat"] == pytest.approx(sum(flags) / len(flags))
+
+
+def test_searches_transfer_and_adapt_through_the_guard(guard, target_dir, world_dir, tmp_path, capsys):
+    """With --guard, a search runs on the bare model first; on the guarded model its findings are replayed through
+    the guard (transfer_asr) and, for a search that only needs replies, searched again through it (adaptive_*)."""
+    g = tmp_path / "g"
+    save_guard(guard, g)
+    out = tmp_path / "audit"
+    opts = ["templates.behaviours=3", "templates.templates=2", "gcg.behaviours=2", "gcg.steps=1"]
+    opts += ["gcg.search_width=8", "gcg.topk=8", "gcg.check_every=1"]
+    code, _, err = run_cli(
+        ["audit", target_dir, "--suite", "refusal", "--data", world_dir, "--out", out, "--guard", g]
+        + ["--attacks", "templates,gcg", "--limit", "8", "--max-new-tokens", "8"]
+        + [x for o in opts for x in ("--option", o)],
+        capsys,
+    )
+    assert code == 0, err
+    doc = json.loads((out / "audit.json").read_text())
+    for name in ("templates", "gcg"):
+        entry = doc["attacks"][name]
+        assert {"unguarded", "model"} <= set(entry)
+        lines = (out / "artifacts" / name / "unguarded" / "findings.jsonl").read_text().splitlines()
+        found = [json.loads(line) for line in lines]
+        assert found and all(r["success"] for r in found)  # the tiny target complies by itself
+        # so a found prompt breaks the guarded model exactly when the guard lets it through
+        through = [not guard.check_text(r["adversarial"]).flagged for r in found]
+        assert entry["model"]["transfer_asr"] == pytest.approx(sum(through) / len(through))
+    assert "adaptive_asr" in doc["attacks"]["templates"]["model"]
+    assert not any(k.startswith("adaptive_") for k in doc["attacks"]["gcg"]["model"])  # white-box: transfer only
