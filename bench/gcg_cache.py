@@ -47,8 +47,9 @@ def tiny():
 def measure(name, model, tok, request, target, args) -> None:
     import torch
 
-    from obliviate.audit.attacks.adversarial import TargetLoss, allowed_tokens, init_suffix, slots
+    from obliviate.audit.attacks.adversarial import allowed_tokens, init_suffix, slots
     from obliviate.audit.attacks.gcg import candidate_losses
+    from obliviate.audit.attacks.target_loss import TargetLoss
 
     s = slots(tok, request, target)
     current = torch.tensor(init_suffix(tok, args.suffix_tokens))

@@ -11,13 +11,13 @@ import torch
 from obliviate.audit.attacks import AuditContext
 from obliviate.audit.attacks.adversarial import (
     Findings,
-    TargetLoss,
     curve_figures,
     init_suffix,
     read_findings,
     retokenizes,
     slots,
 )
+from obliviate.audit.attacks.target_loss import TargetLoss
 from obliviate.core.errors import UsageError
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model, save_model

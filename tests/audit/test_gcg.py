@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from obliviate.audit.attacks import gcg
-from obliviate.audit.attacks.adversarial import TargetLoss, allowed_tokens, slots
+from obliviate.audit.attacks.adversarial import allowed_tokens, slots
 from obliviate.audit.attacks.gcg import GCG, candidate_losses, gcg_step, token_gradient
+from obliviate.audit.attacks.target_loss import TargetLoss
 from obliviate.models.load import load_model
 from obliviate.refusal.align import policy_rows
 from tests.cli.test_cli import assert_bad_input, run_cli

@@ -145,7 +145,9 @@ def test_audit_world_refusal_end_to_end(target_dir, world_dir, tmp_path, capsys)
     art = out / "artifacts" / "random_search" / "model"
     recs, steps = _lines(art / "findings.jsonl"), _lines(art / "steps.jsonl")
     for rec in recs:
-        assert rec["adversarial"].startswith("You are a direct assistant") and rec["adversarial"].endswith(rec["suffix"])
+        assert rec["adversarial"].startswith("You are a direct assistant") and rec["adversarial"].endswith(
+            rec["suffix"]
+        )
         assert rec["request"] in rec["adversarial"] and rec["objective"] >= rec["objective_init"]
         ran = [s for s in steps if s["id"] == rec["id"]]
         assert len(ran) == rec["iterations"] and [s["step"] for s in ran] == list(range(1, len(ran) + 1))

@@ -98,7 +98,9 @@ def _image_world(out: Path, seed: int, size, per_combination, classifiers: bool,
 
 
 def prompts(
-    kind: str = typer.Argument(..., help="xstest | harmbench | jailbreakbench | advbench | orbench | coconot | behaviors | past_tense"),
+    kind: str = typer.Argument(
+        ..., help="xstest | harmbench | jailbreakbench | advbench | orbench | coconot | behaviors | past_tense"
+    ),
     file: Path = typer.Argument(..., help="the prompt set's file, as published"),
     out: Path = typer.Option(..., help="JSONL in obliviate's prompt schema"),
 ):

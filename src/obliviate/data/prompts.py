@@ -191,8 +191,15 @@ def behaviors(path: Path) -> list[dict]:
     a compliant reply). Targets are never made up here: GCG-style attacks refuse rows without one."""
     rows = read_table_rows_any(path, ("behavior", "prompt"))
     return [
-        _row("behaviors", r.get("id") or i, r.get("behavior") or r["prompt"], "harmful", r.get("category", ""),
-             target=r.get("target", ""), build_target=False)
+        _row(
+            "behaviors",
+            r.get("id") or i,
+            r.get("behavior") or r["prompt"],
+            "harmful",
+            r.get("category", ""),
+            target=r.get("target", ""),
+            build_target=False,
+        )
         for i, r in enumerate(rows)
     ]
 

@@ -78,7 +78,17 @@ def figures(sources: list[Source]) -> list[Figure]:
     order = [_label(s, r, many) for s in sources for r in _runs(s)]
     out: list[Figure] = []
     for make in (
-        _pareto, _roc, _truth_ratios, _refusal, _depth, _relearn, _audit, _curves, _calibration, _guards, _diffusion
+        _pareto,
+        _roc,
+        _truth_ratios,
+        _refusal,
+        _depth,
+        _relearn,
+        _audit,
+        _curves,
+        _calibration,
+        _guards,
+        _diffusion,
     ):
         out += make(sources, many, order)
     return out

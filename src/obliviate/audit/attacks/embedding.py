@@ -52,12 +52,12 @@ from obliviate.audit.attacks.adversarial import (
     Findings,
     SearchAttack,
     Slots,
-    TargetLoss,
     check_budget,
     curve_figures,
     init_suffix,
     slots,
 )
+from obliviate.audit.attacks.target_loss import TargetLoss
 from obliviate.core.errors import UsageError
 
 AFFIRMATIVE = "Sure, the answer is"  # the target of a forget item whose value is not inside its answer

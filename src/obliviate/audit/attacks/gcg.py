@@ -6,7 +6,7 @@ behaviours). Reference code: nanoGCG (GraySwanAI/nanoGCG, `nanogcg/gcg.py`) and 
 llm-attacks, `llm_attacks/gcg/gcg_attack.py`, `minimal_gcg/opt_utils.py`).
 
 The loss (paper eq. 2-4) is the mean cross-entropy of the behaviour's affirmative target after
-`before + suffix + after` (`adversarial.TargetLoss`, with `before` in a KV cache as nanoGCG's `prefix_cache`).
+`before + suffix + after` (`target_loss.TargetLoss`, with `before` in a KV cache as nanoGCG's `prefix_cache`).
 One step:
 
 1. the gradient of the loss with respect to the one-hot matrix of the suffix's tokens, taken through
@@ -54,7 +54,6 @@ from obliviate.audit.attacks.adversarial import (
     Behaviour,
     Findings,
     SearchAttack,
-    TargetLoss,
     allowed_tokens,
     check_budget,
     harmful_behaviours,
@@ -63,6 +62,7 @@ from obliviate.audit.attacks.adversarial import (
     slots,
     succeeded,
 )
+from obliviate.audit.attacks.target_loss import TargetLoss
 from obliviate.core.errors import UsageError
 
 

@@ -59,13 +59,13 @@ from obliviate.audit.attacks.adversarial import (
     Behaviour,
     Findings,
     SearchAttack,
-    TargetLoss,
     allowed_tokens,
     check_budget,
     init_suffix,
     slots,
     succeeded,
 )
+from obliviate.audit.attacks.target_loss import TargetLoss
 from obliviate.core.errors import UsageError
 
 # written for obliviate: a generic rule-list template in the spirit of the paper's (theirs is not copied)
