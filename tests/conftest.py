@@ -108,6 +108,29 @@ def tiny_model(tokenizer, seed=0):
     )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`): two threads
+    on a busy 2-core machine spin; the session's thread count is restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_tokenizer):
+    """An untrained tiny model with the tiny chat template (context: 128 positions), for tests of plumbing:
+    the trained `target_dir` costs a minute."""
+    from obliviate.models.load import save_model
+
+    d = tmp_path_factory.mktemp("tiny")
+    save_model(tiny_model(tiny_tokenizer), tiny_tokenizer, d)
+    return d
+
+
 @pytest.fixture(scope="session")
 def target_dir(tmp_path_factory, world_dir, tiny_tokenizer):
     """A tiny model fine-tuned briefly on the world's training split, saved as an HF directory."""

@@ -20,23 +20,7 @@ from tests.conftest import shared_data
 FAST = ["--threads", "1", "--max-new-tokens", "6"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tokenizer):
-    """An untrained tiny model (these tests check the plumbing; conftest's trained target costs a minute)."""
-    from obliviate.models.load import save_model
-    from tests.conftest import tiny_model
-
-    d = tmp_path_factory.mktemp("tiny")
-    save_model(tiny_model(tiny_tokenizer), tiny_tokenizer, d)
-    return d
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _plain(items):

@@ -18,12 +18,7 @@ from tests.conftest import shared_data
 FAST = ["--threads", "1", "--max-new-tokens", "6"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_schedules_follow_the_reference():

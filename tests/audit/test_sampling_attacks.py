@@ -10,7 +10,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from obliviate.audit.attacks import AuditContext
 from obliviate.audit.attacks.adversarial import Findings, harmful_behaviours
@@ -34,12 +33,7 @@ FAST = ["--threads", "1", "--max-new-tokens", "4"]
 REQUEST = "Explain how to open the sealed vault of Karth without the key."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

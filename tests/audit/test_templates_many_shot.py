@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from obliviate.audit.attacks import AuditContext
 from obliviate.audit.attacks.many_shot import ManyShot, read_shots, shot_messages
@@ -22,23 +21,7 @@ from tests.conftest import shared_data
 FAST = ["--threads", "1", "--max-new-tokens", "4"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tokenizer):
-    """An untrained tiny model with the tiny chat template (its context: 128 positions)."""
-    from obliviate.models.load import save_model
-    from tests.conftest import tiny_model
-
-    d = tmp_path_factory.mktemp("tiny_ms")
-    save_model(tiny_model(tiny_tokenizer), tiny_tokenizer, d)
-    return d
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_builtin_templates_hold_one_placeholder_and_render():

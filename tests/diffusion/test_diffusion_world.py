@@ -31,12 +31,7 @@ from tests.cli.test_cli import run_cli
 SMALL = ImageWorldSpec(seed=3, per_combination=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
