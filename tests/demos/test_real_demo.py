@@ -91,6 +91,31 @@ def test_real_demo_bad_input(real_model_dir, tmp_path, capsys):
         out,
         "--parts",
     )
+    assert_bad_input(
+        ["demo", "--suite", "real", "--model", real_model_dir, "--attacks", "gcgg", "--out", out], capsys, out, "gcg"
+    )
+    assert_bad_input(
+        ["demo", "--suite", "real", "--model", real_model_dir, "--parts", "unlearning", "--attacks", "gcg"]
+        + ["--out", out],
+        capsys,
+        out,
+        "--parts",
+    )
+    assert_bad_input(["demo", "--attacks", "gcg", "--out", out], capsys, out, "--suite real")
+
+
+@pytest.mark.slow  # about 2 minutes: the refusal half at smoke size, then an opt-in attack on its DeRTa model
+def test_real_demo_runs_named_attacks_on_the_derta_model(real_model_dir, tmp_path, capsys):
+    out = tmp_path / "real"
+    args = ["demo", "--suite", "real", "--model", real_model_dir, "--size", "smoke", "--parts", "refusal"]
+    args += ["--public-data", shared_data(), "--attacks", "templates", "--option", "templates.templates=1"]
+    code, stdout, err = run_cli([*args, "--threads", "2", "--out", out], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    assert validate_results(doc) == []
+    figs = doc["attacks"]["derta"]["templates"]
+    assert 0 <= figs["asr"] <= 1 and figs["seconds"] > 0
+    assert (out / "audit" / "audit.json").is_file() and "derta under templates" in stdout
 
 
 def test_unlearn_three_lora_steps_real_model(real_model_dir, world_dir, tmp_path, capsys):

@@ -175,6 +175,9 @@ def test_guard_fit_and_certify_cli(target_dir, world_dir, tmp_path, capsys):
     assert 0 <= float(figures["fpr_safe"]) <= 1 and float(figures["seconds_per_prompt_safe"]) > 0
     assert_bad_input([*args, "--out", tmp_path / "b", "--option", "d=-1"], capsys, tmp_path / "b", "d must be >= 0")
     assert_bad_input([*args, "--out", tmp_path / "b", "--option", "mode=x"], capsys, tmp_path / "b", "unknown mode")
+    # options are checked when the guard is built, before the model or the data is read
+    bare = ["guard", "fit", "erase_check", "--model", tmp_path / "no-model", "--harmful", harmful]
+    assert_bad_input([*bare, "--out", tmp_path / "b", "--option", "d=-1"], capsys, tmp_path / "b", "d must be >= 0")
     assert_bad_input(
         ["guard", "certify", g, "--harmful", harmful, "--option", "mode=x"], capsys, tmp_path / "b", "mode"
     )

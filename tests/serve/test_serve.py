@@ -270,13 +270,25 @@ def test_bad_requests_are_400_in_openai_shape(model_tok):
     cases = {
         "not json": b'{"model": ',
         "unknown model": {**good, "model": "gpt-4o"},
-        "n=2": {**good, "n": 2},
+        "n=0": {**good, "n": 0},
+        "n over the queue": {**good, "n": 65},
+        "tools": {**good, "tools": [{"type": "function", "function": {"name": "f"}}]},
+        "top_logprobs without logprobs": {**good, "top_logprobs": 2},
+        "top_logprobs over 20": {**good, "logprobs": True, "top_logprobs": 21},
+        "continue without an assistant message": {**good, "continue_final_message": True},
+        "continue and a new turn": {
+            **good,
+            "messages": [*good["messages"], {"role": "assistant", "content": "Sure"}],
+            "continue_final_message": True,
+            "add_generation_prompt": True,
+        },
         "no messages": {**good, "messages": []},
         "missing messages": {"model": "tiny"},
         "wrong role": {**good, "messages": [{"role": "wizard", "content": "hi"}]},
         "negative max_tokens": {**good, "max_tokens": -1},
         "over the context": {**good, "max_tokens": 1000},
-        "stop sequences": {**good, "stop": ["\n"]},
+        "an empty stop string": {**good, "stop": [""]},
+        "17 stop strings": {**good, "stop": [str(i) for i in range(17)]},
     }
     with served(model_tok) as (_, client, port):
         for case, body in cases.items():
@@ -292,7 +304,7 @@ def test_bad_requests_are_400_in_openai_shape(model_tok):
             == "context_length_exceeded"
         )
         with pytest.raises(openai.BadRequestError):
-            client.chat.completions.create(model="tiny", messages=good["messages"], n=2)
+            client.chat.completions.create(model="tiny", messages=good["messages"], n=0)
         assert raw(port, "GET", "/v1/nothing")[0] == 404
 
 

@@ -47,6 +47,7 @@ def fit_guard(
     read = (model, data, forget, retain, *(spec.split(":", 1)[-1] for spec in (*harmful, *benign)))
     check_output(out, "guard", inputs=read)  # before anything is read or loaded
     cls, opts = make_guard(name, options or {})
+    cls(**opts)  # a guard checks its options when built: a bad one fails here, before the model loads
     check_model_dir(model)
     if cls.suite == "refusal":
         inputs, _, info = load_inputs("refusal", data=data, harmful=harmful, benign=benign, seed=seed)

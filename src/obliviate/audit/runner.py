@@ -109,6 +109,7 @@ def run_audit(
     guards: list[str] = (),
     prompt_format=None,
     resume: bool = False,
+    harm_judge=None,
 ) -> dict:
     """Attack `model` with every applicable attack (or `attacks`), beside the oracle and the target when given:
     what `obliviate audit` runs for the text suites, and `obliviate.run_audit`.
@@ -125,6 +126,10 @@ def run_audit(
         time_budget: seconds; attacks not started by then are skipped and listed.
         guards: guard directories applied to the audited model (not the oracle or target).
         prompt_format: how question-answer items and requests are written (`obliviate.models.prompt_format`).
+        harm_judge: a harm judge (`obliviate.judges.harm.make_harm_judge`): the search attacks add their ASR as
+            "harmful by the harm judge" (`harmful_asr`, `direct_harmful_asr`, `harm_score`, and with its labels the
+            Rogan-Gladen corrected rate); the judge is named in config["harm_judge"], its measured agreement in
+            audit.json's "harm_judge_agreement".
         resume: continue an audit in `out` that stopped (a crash, a kill): finished attacks are read back from
             OUT/progress.json, and the search attacks skip the behaviours their findings already hold.
 
@@ -141,7 +146,7 @@ def run_audit(
     from obliviate.audit.attacks import AuditContext
     from obliviate.audit.inputs import load_inputs
     from obliviate.core.jsonio import write_json
-    from obliviate.core.outputs import check_output, output_dir
+    from obliviate.core.outputs import check_output, output_dir, output_kind
     from obliviate.guards.base import attach_guards
     from obliviate.models.load import check_model_dir, load_model
     from obliviate.runs.results import results_document
@@ -167,6 +172,8 @@ def run_audit(
         *(spec.split(":", 1)[-1] for spec in (*harmful, *benign)),
     )
     check_output(out, "audit", inputs=read, resume=resume)
+    if resume and output_kind(out) != "audit":
+        raise UsageError(f"--out {out}: holds no audit to resume; drop --resume to start one there")
     for path in roles.values():
         check_model_dir(path, local_only=True)
     inputs, refused, info = load_inputs(
@@ -193,6 +200,7 @@ def run_audit(
         inputs=inputs,
         refused=refused,
         loaded=True,
+        harm=harm_judge,
     )
     skipped = preflight(todo, ctx, where=", ".join(harmful) or str(data or "the data"))
     opt_in = left_out(suite, todo) if not attacks else {}
@@ -215,6 +223,7 @@ def run_audit(
             "max_new_tokens": max_new_tokens,
             "guards": list(guards),
             **info,
+            **({"harm_judge": harm_judge.describe()} if harm_judge is not None else {}),
             "options": {n: a.__dict__ for n, a in todo.items()},
         }
         results = _resumed(o, config) if resume else {}
@@ -241,6 +250,7 @@ def run_audit(
             write_json(o / "progress.json", {"config": config, "attacks": results})
             console.log(f"{name}: {entry['seconds']:.1f} s")
         config |= prompt_format.config() if prompt_format else {}  # known once the models were loaded
+        cal = harm_judge.calibration() if harm_judge is not None else None  # the judge on its labels, once
         doc = results_document(
             config,
             {},
@@ -250,6 +260,7 @@ def run_audit(
                 "skipped": skipped,
                 "left_out": opt_in,
                 "wall_seconds": round(time.perf_counter() - t0, 1),
+                **({"harm_judge_agreement": cal["agreement"]} if cal else {}),
             },
         )
         doc.pop("results"), doc.pop("higher_is_better"), doc.pop("n_samples")
@@ -293,6 +304,12 @@ def report(doc: dict) -> str:
         )
     if data:
         head += [f"Data: {data}" + (f" ({cfg['layout']} layout)." if cfg.get("layout") else "."), ""]
+    if cfg.get("harm_judge"):
+        hj, agree = cfg["harm_judge"], doc.get("harm_judge_agreement") or {}
+        measured = (
+            f"; agreement with `{hj['labels']}`: {_fmt(agree.get('agreement'))} (n={agree.get('n')})" if agree else ""
+        )
+        head += [f"Harm judge: {hj['name']} on `{hj['model']}`{measured}.", ""]
     head.append(f"Oracle: `{cfg['oracle'] or '-'}`; target: `{cfg['target'] or '-'}`. ")
     if cfg["suite"] == "refusal":
         head[-1] += "A refusal that an attack takes away was shallow; the target shows the model before alignment."

@@ -7,20 +7,20 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import NO_CHAT_TEMPLATE_OPTION, PROMPT_TEMPLATE_OPTION, set_threads, spec_files
+from obliviate.cli.common import (
+    HARM_JUDGE_API_KEY_ENV_OPTION,
+    HARM_JUDGE_LABEL_ROWS_OPTION,
+    HARM_JUDGE_LABELS_OPTION,
+    HARM_JUDGE_MODEL_OPTION,
+    HARM_JUDGE_OPTION,
+    HARM_JUDGE_SERVED_MODEL_OPTION,
+    NO_CHAT_TEMPLATE_OPTION,
+    PROMPT_TEMPLATE_OPTION,
+    attack_options,
+    set_threads,
+    spec_files,
+)
 from obliviate.core.errors import UsageError
-
-
-def _attack_options(options: list[str]) -> dict[str, dict]:
-    """ATTACK.KEY=VALUE -> {attack: {key: value}}."""
-    out: dict[str, dict] = {}
-    for o in options:
-        if "=" not in o or "." not in o.split("=", 1)[0]:
-            raise UsageError(f"--option expects ATTACK.KEY=VALUE (e.g. relearn.steps=40), got {o!r}")
-        key, value = o.split("=", 1)
-        attack, name = key.split(".", 1)
-        out.setdefault(attack.strip(), {})[name.strip()] = value.strip()
-    return out
 
 
 def audit(
@@ -92,6 +92,12 @@ def audit(
     resume: bool = typer.Option(
         False, help="continue an audit in --out that stopped: finished attacks and behaviours are kept"
     ),
+    harm_judge: Optional[str] = HARM_JUDGE_OPTION,
+    harm_judge_model: Optional[str] = HARM_JUDGE_MODEL_OPTION,
+    harm_judge_served_model: Optional[str] = HARM_JUDGE_SERVED_MODEL_OPTION,
+    harm_judge_api_key_env: Optional[str] = HARM_JUDGE_API_KEY_ENV_OPTION,
+    harm_judge_labels: Optional[Path] = HARM_JUDGE_LABELS_OPTION,
+    harm_judge_label_rows: Optional[int] = HARM_JUDGE_LABEL_ROWS_OPTION,
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None),
 ):
@@ -135,6 +141,18 @@ def audit(
     check_guard_dirs(guard)
     if limit is not None and limit < 1:
         raise UsageError("--limit must be >= 1")
+    if harm_judge is not None and suite != "refusal":
+        raise UsageError("--harm-judge applies to --suite refusal")
+    from obliviate.judges.harm import harm_judge_option
+
+    harm = harm_judge_option(
+        harm_judge,
+        harm_judge_model,
+        harm_judge_served_model,
+        harm_judge_api_key_env,
+        harm_judge_labels,
+        harm_judge_label_rows,
+    )
     if suite == "diffusion":
         from obliviate.cli.diffusion import diffusion_audit, sampling
 
@@ -151,7 +169,7 @@ def audit(
             classifiers,
             out,
             [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
-            _attack_options(option),
+            attack_options(option),
             prompts=limit or 4,
             time_budget=time_budget,
             seed=seed,
@@ -170,7 +188,7 @@ def audit(
         oracle=oracle,
         target=target,
         attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
-        options=_attack_options(option),
+        options=attack_options(option),
         forget_split=forget_split,
         seed=seed,
         limit=limit,
@@ -187,6 +205,7 @@ def audit(
         guards=[str(g) for g in guard],
         prompt_format=fmt,
         resume=resume,
+        harm_judge=harm,
     )
     typer.echo(report(doc))
     typer.echo(f"wrote {out}/audit.json, audit.md ({doc['wall_seconds']} s)")

@@ -5,12 +5,47 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 import typer
 
 from obliviate.core.errors import UsageError
 
 STARTED = time.perf_counter()  # demos report wall time from process start, imports included
+
+# options of a model named `openai:URL` (an OpenAI-compatible endpoint, `obliviate.models.remote`)
+SERVED_MODEL_OPTION = typer.Option(
+    None, help="openai:URL models: the served model's name (default: the one model the endpoint lists)"
+)
+API_KEY_ENV_OPTION = typer.Option(
+    None, help="openai:URL models: the environment variable holding the API key (never the key itself)"
+)
+CONCURRENCY_OPTION = typer.Option(4, help="openai:URL models: requests in flight at once")
+
+# the harm judge (`obliviate.judges.harm`): `refusal-eval` and `audit` share them
+HARM_JUDGE_OPTION = typer.Option(
+    None, help="add a harm verdict to the refusal one: strongreject or harmbench (judge model: --harm-judge-model)"
+)
+HARM_JUDGE_MODEL_OPTION = typer.Option(None, help="the harm judge's model: a local model directory or openai:URL")
+HARM_JUDGE_SERVED_MODEL_OPTION = typer.Option(None, help="an openai:URL harm judge: the served model's name")
+HARM_JUDGE_API_KEY_ENV_OPTION = typer.Option(
+    None, help="an openai:URL harm judge: the environment variable holding its API key"
+)
+HARM_JUDGE_LABELS_OPTION = typer.Option(
+    None,
+    help="human-labelled replies (an XSTest completions CSV: prompt, completion, final_label): report the harm "
+    "judge's agreement and the rate corrected for its errors (Rogan-Gladen)",
+)
+HARM_JUDGE_LABEL_ROWS_OPTION = typer.Option(None, help="judge at most N rows of --harm-judge-labels (every n-th)")
+
+# sampled replies (`engine.sampling.sampling_for`): `refusal-eval`, `eval` and `audit` share them
+SAMPLES_OPTION = typer.Option(
+    1,
+    help="replies per prompt; N > 1 samples them (temperature 1.0 unless --temperature) and adds the worst case over "
+    "a prompt's N replies (refusal_rate@all{N}, over_refusal_rate@any{N}, ...@any{N})",
+)
+TEMPERATURE_OPTION = typer.Option(None, help="sample replies at this temperature (> 0) [default: greedy decoding]")
+TOP_P_OPTION = typer.Option(None, help="sample replies from this nucleus mass in (0, 1] [default: greedy decoding]")
 
 # training options that `unlearn` and `align` share (TrainConfig.bf16, .gradient_checkpointing, .max_batch_tokens)
 BF16_OPTION = typer.Option(False, "--bf16", help="bf16 autocast forward passes (faster on AMX CPUs and GPUs)")
@@ -61,16 +96,31 @@ def parse_options(options: list[str]) -> dict:
     return out
 
 
+def attack_options(options: list[str]) -> dict[str, dict]:
+    """ATTACK.KEY=VALUE -> {attack: {key: value}}."""
+    out: dict[str, dict] = {}
+    for o in options:
+        if "=" not in o or "." not in o.split("=", 1)[0]:
+            raise UsageError(f"--option expects ATTACK.KEY=VALUE (e.g. relearn.steps=40), got {o!r}")
+        key, value = o.split("=", 1)
+        attack, name = key.split(".", 1)
+        out.setdefault(attack.strip(), {})[name.strip()] = value.strip()
+    return out
+
+
 def spec_files(*groups: list[str]) -> list[str]:
     """The FILE of each repeated `KIND:FILE` option value (what the command reads), for the output checks."""
     return [spec.split(":", 1)[-1] for group in groups for spec in group]
 
 
 def named_runs(models: list[str]) -> dict[str, str]:
-    """Repeated `--model DIR` or `--model NAME=DIR` -> {name: path}; a bare directory is named after itself."""
+    """Repeated `--model DIR` or `--model NAME=DIR` -> {name: path}; a bare directory is named after itself, a bare
+    endpoint (`openai:URL`) after its host and port."""
     runs = {}
     for m in models:
         name, path = m.split("=", 1) if "=" in m and not Path(m).exists() else (Path(m).name, m)
+        if path == m and m.startswith("openai:"):
+            name = urlparse(m[len("openai:") :]).netloc or m
         if name in runs:
             raise UsageError(f"two models are named {name!r}; name them with NAME=DIR")
         runs[name] = path

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import STARTED, set_threads
+from obliviate.cli.common import STARTED, attack_options, set_threads
 from obliviate.core.errors import UsageError
 
 
@@ -43,6 +43,12 @@ def demo(
         "side by side (default 2 with >= 2 cores and threads, each "
         "single-threaded)",
     ),
+    attacks: Optional[str] = typer.Option(
+        None,
+        help="--suite real: audit attacks to run on the DeRTa model after the refusal half (e.g. "
+        "random_search,gcg: the opt-in prompt searches), with their time reported",
+    ),
+    option: List[str] = typer.Option([], help="--suite real with --attacks: attack option ATTACK.KEY=VALUE"),
     threads: Optional[int] = typer.Option(None),
 ):
     """World -> target + oracle -> methods on forget10 -> evaluation, table and report.
@@ -75,7 +81,15 @@ def demo(
                 "--methods and --guards do not apply to --suite real (it runs a fixed set; see docs/real-models.md)"
             )
         run_real_demo(
-            out, model, public_data, size=FULL if size == "full" else SMOKE, seed=seed, parts=chosen, started=STARTED
+            out,
+            model,
+            public_data,
+            size=FULL if size == "full" else SMOKE,
+            seed=seed,
+            parts=chosen,
+            started=STARTED,
+            attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else (),
+            attack_options=attack_options(option),
         )
         write_beside(out)
         return
@@ -89,6 +103,8 @@ def demo(
         run_diffusion_demo(out, size=FULL if size == "full" else SMOKE, seed=seed, started=STARTED, workers=workers)
         write_beside(out)
         return
+    if attacks or option:
+        raise UsageError("--attacks and --option apply to --suite real")
     if model or size != "full":
         raise UsageError("--model and --size apply to --suite real and diffusion")
     meths = methods.split(",") if methods else None

@@ -8,9 +8,21 @@ from typing import List, Optional
 import typer
 
 from obliviate.cli.common import (
+    API_KEY_ENV_OPTION,
     BF16_OPTION,
+    CONCURRENCY_OPTION,
     GRADIENT_CHECKPOINTING_OPTION,
+    HARM_JUDGE_API_KEY_ENV_OPTION,
+    HARM_JUDGE_LABEL_ROWS_OPTION,
+    HARM_JUDGE_LABELS_OPTION,
+    HARM_JUDGE_MODEL_OPTION,
+    HARM_JUDGE_OPTION,
+    HARM_JUDGE_SERVED_MODEL_OPTION,
     MAX_BATCH_TOKENS_OPTION,
+    SAMPLES_OPTION,
+    SERVED_MODEL_OPTION,
+    TEMPERATURE_OPTION,
+    TOP_P_OPTION,
     named_runs,
     parse_options,
     set_threads,
@@ -93,7 +105,9 @@ def align(
 
 
 def refusal_eval_cmd(
-    model: List[str] = typer.Option(..., help="model directory; repeat, or NAME=DIR to name runs"),
+    model: List[str] = typer.Option(
+        ..., help="model directory or openai:URL (an endpoint, URL ending in /v1); repeat, or NAME=DIR to name runs"
+    ),
     out: Path = typer.Option(..., help="writes results.json and samples.jsonl"),
     data: Optional[Path] = typer.Option(None, help="a world directory (policy_test*.jsonl, ...)"),
     harmful: List[str] = typer.Option(
@@ -113,22 +127,48 @@ def refusal_eval_cmd(
         help="raw prompts (the question and a newline), for a model with or without a chat template",
     ),
     tau: float = typer.Option(0.5, help="refusal-token models: refuse when p_refuse > tau"),
-    temperature: float = typer.Option(1.0, help="refusal-token models: softmax temperature"),
+    tau_temperature: float = typer.Option(1.0, help="refusal-token models: softmax temperature of p_refuse"),
     limit: Optional[int] = typer.Option(None, help="at most N rows per evaluation set (quick look)"),
     max_new_tokens: int = typer.Option(48, help="reply length judged"),
+    samples: int = SAMPLES_OPTION,
+    temperature: Optional[float] = TEMPERATURE_OPTION,
+    top_p: Optional[float] = TOP_P_OPTION,
     guard: List[Path] = typer.Option(
         [],
         "--guard",
         help="a guard directory (`obliviate guard fit`) applied to every model at generation (repeatable)",
     ),
-    seed: int = typer.Option(0),
+    served_model: Optional[str] = SERVED_MODEL_OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV_OPTION,
+    concurrency: int = CONCURRENCY_OPTION,
+    tokenizer: Optional[Path] = typer.Option(
+        None,
+        help="openai:URL models: the served model's tokenizer directory, to send the first k answer tokens as a "
+        "prefill (without it, prefill depths are skipped)",
+    ),
+    harm_judge: Optional[str] = HARM_JUDGE_OPTION,
+    harm_judge_model: Optional[str] = HARM_JUDGE_MODEL_OPTION,
+    harm_judge_served_model: Optional[str] = HARM_JUDGE_SERVED_MODEL_OPTION,
+    harm_judge_api_key_env: Optional[str] = HARM_JUDGE_API_KEY_ENV_OPTION,
+    harm_judge_labels: Optional[Path] = HARM_JUDGE_LABELS_OPTION,
+    harm_judge_label_rows: Optional[int] = HARM_JUDGE_LABEL_ROWS_OPTION,
+    seed: int = typer.Option(0, help="the world's split, and the seed of reply j: seed + j when sampling"),
     threads: Optional[int] = typer.Option(None),
 ):
     """Refusal, over-refusal and refusal at prefill depths: on a world (--data), or on public prompt sets
-    (--harmful / --benign KIND:FILE, per category), for any chat model."""
+    (--harmful / --benign KIND:FILE, per category), for any chat model, local or served (openai:URL)."""
     runs = named_runs(model)
+    from obliviate.judges.harm import harm_judge_option
     from obliviate.refusal.run import run_refusal_eval
 
+    harm = harm_judge_option(
+        harm_judge,
+        harm_judge_model,
+        harm_judge_served_model,
+        harm_judge_api_key_env,
+        harm_judge_labels,
+        harm_judge_label_rows,
+    )
     set_threads(threads)
     run_refusal_eval(
         runs,
@@ -140,12 +180,20 @@ def refusal_eval_cmd(
         depths=depths,
         no_chat_template=no_chat_template,
         tau=tau,
+        tau_temperature=tau_temperature,
+        samples=samples,
         temperature=temperature,
+        top_p=top_p,
         limit=limit,
         max_new_tokens=max_new_tokens,
         guards=guard,
         seed=seed,
         log=typer.echo,
+        served_model=served_model,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        tokenizer=tokenizer,
+        harm_judge=harm,
     )
     typer.echo(f"wrote {out}/results.json, samples.jsonl")
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns

@@ -219,19 +219,30 @@ def show(
 
 @runs_app.command("compare")
 def compare(
-    run_ids: List[str] = typer.Argument(..., help="two or more run ids (or unique prefixes)"),
-    as_json: bool = typer.Option(False, "--json", help="print {runs, metrics: {name: {run: value}}}"),
+    run_ids: List[str] = typer.Argument(
+        ..., help="two or more run ids (or unique prefixes); ID:RUN picks one run inside a results file"
+    ),
+    alpha: float = typer.Option(0.05, help="significance level of the paired tests (two runs only)"),
+    as_json: bool = typer.Option(False, "--json", help="print {runs, metrics: {name: {run: value}}, paired}"),
     registry: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
 ):
-    """Metrics side by side: one row per metric that at least one of the runs has."""
+    """Metrics side by side: one row per metric that at least one of the runs has. With two runs evaluated on the
+    same prompts, a paired test per figure says whether their difference is beyond noise (exact McNemar on
+    one yes/no sample per prompt, else Wilcoxon signed-rank on per-prompt values)."""
+    if not 0 < alpha < 1:
+        raise UsageError(f"--alpha must be between 0 and 1, got {alpha:g}")
     reg = _open(registry)
     if reg is None:
         raise UsageError("no runs to compare: the run registry does not exist yet")
+    refs = [(r.split(":", 1) + [None])[:2] for r in run_ids]
     with reg:
-        ids = list(dict.fromkeys(reg.resolve(r) for r in run_ids))  # resolved first: one bad id, no output
-        if len(ids) < 2:
+        resolved = [(reg.resolve(i), sub or None) for i, sub in refs]  # resolved first: one bad id, no output
+        resolved = list(dict.fromkeys(resolved))
+        if len(resolved) < 2:
             raise UsageError("runs compare needs at least two different run ids")
+        ids = list(dict.fromkeys(i for i, _ in resolved))
         runs = [reg.get(i) for i in ids]
+    paired = _paired(resolved, {r["id"]: r for r in runs}, alpha) if len(resolved) == 2 else None
     names = sorted({n for run in runs for n in run["metrics"]})
     if as_json:
         _echo_json(
@@ -239,6 +250,7 @@ def compare(
                 "runs": [{k: r[k] for k in ("id", "command", "suite", "method", "model", "status")} for r in runs],
                 "metrics": {n: {r["id"]: r["metrics"].get(n) for r in runs if n in r["metrics"]} for n in names},
             }
+            | ({"paired": paired} if paired is not None else {})
         )
         return
     from rich.table import Table
@@ -246,9 +258,72 @@ def compare(
     table = Table("metric", *(f"{r['id']}\n{r['command']} {r['method'] or ''}".rstrip() for r in runs))
     for n in names:
         table.add_row(n, *(_fmt(r["metrics"][n]) if n in r["metrics"] else "" for r in runs))
-    _console().print(table)
+    console = _console()
+    console.print(table)
     if not names:
         typer.echo("none of these runs has metrics")
+    if paired is not None:
+        _print_paired(console, paired)
+
+
+def _paired(refs: list[tuple[str, Optional[str]]], runs: dict[str, dict], alpha: float) -> dict:
+    """The paired tests of two runs from their samples.jsonl files (a note instead where a run has none)."""
+    from obliviate.runs.paired import paired_tests, read_samples
+
+    (a, sub_a), (b, sub_b) = refs
+    label = lambda i, sub: f"{i}:{sub}" if sub else i
+    head = {"a": label(a, sub_a), "b": label(b, sub_b), "alpha": alpha}
+    rows = []
+    for i in (a, b):
+        out_dir = runs[i].get("out_dir")
+        path = Path(out_dir) / "samples.jsonl" if out_dir else None
+        if path is None or not path.is_file():
+            return head | {"rows": [], "note": f"run {i} has no samples.jsonl (per-prompt outcomes): no paired test"}
+        rows.append(read_samples(path))
+    return head | paired_tests(rows[0], rows[1], sub_a, sub_b, alpha)
+
+
+def _print_paired(console, paired: dict) -> None:
+    from rich.table import Table
+
+    title = f"paired tests on the same prompts: A = {paired['a']}, B = {paired['b']}"
+    if not paired["rows"]:
+        typer.echo(f"{title}\n{paired['note']}")
+        return
+    table = Table("run", "figure", "A", "B", "prompts", "test", "p", "verdict", title=title)
+    for r in paired["rows"]:
+        runs = r["run_a"] if r["run_a"] == r["run_b"] else f"{r['run_a']} / {r['run_b']}"
+        matched = f"{r['n']} matched" + (
+            f" ({r['only_a']} only in A, {r['only_b']} only in B)" if r["only_a"] or r["only_b"] else ""
+        )
+        if r["test"] is None:
+            table.add_row(runs, r["figure"], "", "", matched, "", "", r["verdict"])
+            continue
+        detail = (
+            f"{r['discordant'][0]} vs {r['discordant'][1]} discordant"
+            if "discordant" in r
+            else f"N = {r['samples_a']} / {r['samples_b']} per prompt, {r['nonzero']} differ"
+        )
+        table.add_row(
+            runs,
+            r["figure"],
+            _fmt(r["a"]),
+            _fmt(r["b"]),
+            matched,
+            f"{r['test']}; {detail}",
+            f"{r['p']:.3g}",
+            r["verdict"],
+        )
+    console.print(table)
+    from obliviate.runs.paired import TESTS
+
+    notes = [paired["note"]] if paired["note"] else []
+    notes += [f"{t}: {TESTS[t]}" for t in dict.fromkeys(r["test"] for r in paired["rows"]) if t in TESTS]
+    notes.append(
+        f"A and B are the figures on the matched prompts; two-sided tests at alpha {paired['alpha']:g}, one per "
+        "row (with many rows, some 'beyond noise' verdicts are expected by chance alone)"
+    )
+    typer.echo("\n".join(notes))
 
 
 @runs_app.command("rm")

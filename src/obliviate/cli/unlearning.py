@@ -13,6 +13,9 @@ from obliviate.cli.common import (
     MAX_BATCH_TOKENS_OPTION,
     NO_CHAT_TEMPLATE_OPTION,
     PROMPT_TEMPLATE_OPTION,
+    SAMPLES_OPTION,
+    TEMPERATURE_OPTION,
+    TOP_P_OPTION,
     named_runs,
     parse_options,
     set_threads,
@@ -163,6 +166,10 @@ def eval_cmd(
     ),
     prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
     no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
+    samples: int = SAMPLES_OPTION,
+    temperature: Optional[float] = TEMPERATURE_OPTION,
+    top_p: Optional[float] = TOP_P_OPTION,
+    seed: int = typer.Option(0, help="sampled answers: answer j is drawn with seed + j"),
     threads: Optional[int] = typer.Option(None),
 ):
     """Evaluate models on the forget / retain / world-facts / holdout splits."""
@@ -182,6 +189,8 @@ def eval_cmd(
             raise UsageError(
                 "--oracle, --guard, --prompt-template and --no-chat-template do not apply to --suite diffusion"
             )
+        if samples != 1 or temperature is not None or top_p is not None or seed:
+            raise UsageError("--samples, --temperature, --top-p and --seed do not apply to --suite diffusion")
         set_threads(threads)
         diffusion_eval(
             named_runs(model), data, concept, classifiers, out, limit=limit, **sampling(ddim_steps, guidance)
@@ -200,6 +209,10 @@ def eval_cmd(
         suite=suite,
         guards=[str(g) for g in guard],
         prompt_format=fmt,
+        samples=samples,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
     )
     from obliviate.report.markdown import table
 

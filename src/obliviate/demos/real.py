@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from obliviate.audit.runner import plan, run_audit
 from obliviate.core.errors import UsageError
 
 UNLEARN_METHODS = ("npo", "grad_diff", "idk_nll", "simnpo")
@@ -274,6 +275,30 @@ def refusal_part(
     return results, extra, samples, seconds
 
 
+def attack_part(
+    o: Path, paths: dict[str, Path], attacks: tuple[str, ...], options: dict | None, size, seed: int, progress: bool
+) -> dict:
+    """{attack: figures on the DeRTa model + seconds}: `obliviate audit --suite refusal` with the named attacks on
+    HarmBench-val (the searches take its first behaviours), XSTest's safe prompts beside them, the audit's own
+    judge; the audit directory is OUT/audit."""
+    doc = run_audit(
+        str(o / "models" / "derta"),
+        "refusal",
+        None,
+        o / "audit",
+        attacks=list(attacks),
+        options=options,
+        seed=seed,
+        progress=progress,
+        harmful=[f"harmbench:{paths['harmbench']}"],
+        benign=[f"xstest:{paths['xstest']}"],
+        max_new_tokens=size.max_new_tokens,
+    )
+    return {
+        name: {**entry["model"], "seconds": entry["seconds"]} for name, entry in doc["attacks"].items()
+    } | {name: {"skipped": why} for name, why in doc.get("skipped", {}).items()}
+
+
 def direction_layers(n_layers: int, stride: int) -> list[int]:
     """Candidate layers for the demo's refusal direction: every `stride`-th layer below 0.8 L, without layer 0. The
     residual entering layer 0 at a template token is that token's embedding, the same for every prompt, so its
@@ -362,8 +387,12 @@ def run_real_demo(
     parts: tuple[str, ...] = ("unlearning", "refusal"),
     progress: bool = True,
     started: float | None = None,
+    attacks: tuple[str, ...] = (),
+    attack_options: dict | None = None,
 ) -> dict:
-    """Both halves (or the ones in `parts`); writes results.json, samples.jsonl, generated.jsonl; prints a table."""
+    """Both halves (or the ones in `parts`); writes results.json, samples.jsonl, generated.jsonl; prints a table.
+    `attacks`: audit attacks (e.g. the opt-in prompt searches) run on the DeRTa model after the refusal half, with
+    `attack_options` {attack: {key: value}}; their figures and wall time go in results.json `attacks`."""
     from rich.console import Console
 
     from obliviate.core.jsonio import write_json
@@ -378,6 +407,10 @@ def run_real_demo(
     check_output(out, "demo:real", inputs=(model, public_data), replace=True)
     check_model_dir(model)
     paths = public_paths(public_data) if "refusal" in parts else {}
+    if attacks:
+        if "refusal" not in parts:
+            raise UsageError("--attacks runs on the refusal half's DeRTa model: add 'refusal' to --parts")
+        plan("refusal", list(attacks), attack_options)  # unknown attacks and options fail before any work
     load_model(model, require_chat_template=True)  # no chat template: exit 2 before any work
     if size.bf16 is None:
         size = with_bf16_where_it_pays(size)
@@ -398,6 +431,8 @@ def run_real_demo(
                 if "direction" in e:
                     extra["refusal_direction"] = e["direction"]
             samples, seconds = samples + smp, seconds | sec
+            if attacks:
+                extra["attacks"] = {"derta": attack_part(o, paths, attacks, attack_options, size, seed, progress)}
         config = {
             "suite": "real",
             "model": model,
@@ -417,6 +452,9 @@ def run_real_demo(
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
     print(table(doc["results"]))
+    for name, figs in doc.get("attacks", {}).get("derta", {}).items():
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in figs.items() if not isinstance(v, (dict, list)))
+        print(f"derta under {name}: {shown}")
     print(f"\nwrote {out}/results.json, samples.jsonl (self-generated replies: {out}/generated.jsonl)")
     print(f"demo wall time: {clock():.1f} s")
     return doc

@@ -143,12 +143,31 @@ def _shared_prompt_stats(model, groups: list[tuple[list[int], list[list[int]]]],
 
 
 def score_split(
-    model, tokenizer, items: list[QAItem], *, batch_size: int = 64, max_new_tokens: int = 48, max_len: int = 512
+    model,
+    tokenizer,
+    items: list[QAItem],
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int = 48,
+    max_len: int = 512,
+    samples: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
 ) -> list[dict]:
     """Per-sample rows for one split (see the module docstring). Each item's answers are scored as continuations
     of one pass over its prompt (`_shared_prompt_stats`); on a guarded model (its prompt edits are per sequence)
-    and for prompts truncated to `max_len`, as full sequences."""
+    and for prompts truncated to `max_len`, as full sequences.
+
+    `samples` N > 1, `temperature` or `top_p` sample the generated answers (`engine.sampling.sampling_for`),
+    answer j with seed `seed + j`; with N > 1 a row's "generated" and "value_hit" are lists of N and its
+    "rouge_l_recall" their mean (the teacher-forced figures do not depend on decoding)."""
+    from dataclasses import replace
+
     from obliviate.engine.hooks import attached
+    from obliviate.engine.sampling import sampling_for
+
+    sampling = sampling_for(samples, temperature, top_p, seed)
 
     answers = [
         [("gt", it.answer)]
@@ -182,20 +201,36 @@ def score_split(
             ),
         )
     ]
-    texts = generate(model, tokenizer, prompts, max_new_tokens, batch_size, texts=[it.question for it in items])
-    rows = [
-        {
-            "id": it.id,
-            "question": it.question,
-            "answer": it.answer,
-            "value": it.value,
-            "generated": texts[i],
-            "rouge_l_recall": rouge_l_recall(it.answer, texts[i]),
-            "value_hit": bool(it.value) and it.value.lower() in texts[i].lower(),
-            "perturbed_loss": [],
-        }
-        for i, it in enumerate(items)
+    asked = [it.question for it in items]
+    draws = [  # draws[j][i]: answer j to item i
+        generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            batch_size,
+            texts=asked,
+            sampling=replace(sampling, seed=sampling.seed + j) if sampling is not None else None,
+        )
+        for j in range(samples)
     ]
+    rows = []
+    for i, it in enumerate(items):
+        got = [d[i] for d in draws]
+        hits = [bool(it.value) and it.value.lower() in g.lower() for g in got]
+        rouge = [rouge_l_recall(it.answer, g) for g in got]
+        rows.append(
+            {
+                "id": it.id,
+                "question": it.question,
+                "answer": it.answer,
+                "value": it.value,
+                "generated": got[0] if samples == 1 else got,
+                "rouge_l_recall": rouge[0] if samples == 1 else sum(rouge) / samples,
+                "value_hit": hits[0] if samples == 1 else hits,
+                "perturbed_loss": [],
+            }
+        )
     for i, kind, st in stats:
         if kind == "gt":
             rows[i].update(

@@ -65,3 +65,17 @@ def pick(logits: "torch.Tensor", sampling: Sampling, generator: "torch.Generator
     warped = filtered(logits / sampling.temperature, sampling.top_k, sampling.top_p)
     probs = warped.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sampling_for(
+    samples: int = 1, temperature: float | None = None, top_p: float | None = None, seed: int = 0
+) -> Sampling | None:
+    """The `Sampling` of an evaluation's `--samples N --temperature T --top-p P --seed S`: None (greedy) when N is 1
+    and neither T nor P is given; otherwise T (default 1.0) and P (default 1.0). N must be a whole number >= 1."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise UsageError(f"--samples must be a whole number >= 1 (1: one greedy reply), got {samples!r}")
+    if samples == 1 and temperature is None and top_p is None:
+        return None
+    return Sampling(
+        temperature=1.0 if temperature is None else temperature, top_p=1.0 if top_p is None else top_p, seed=seed
+    )

@@ -109,17 +109,30 @@ def evaluate(
     generator=None,
     max_new_tokens: int = 48,
     limit: int | None = None,
+    samples: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
 ) -> tuple[dict, list[dict], dict]:
     """(metrics, samples, refusal-position distribution) of one model on the suite's test data.
 
-    `limit` caps every evaluation set (policy test, held-out objects, people) for quick runs; None uses all."""
+    `limit` caps every evaluation set (policy test, held-out objects, people) for quick runs; None uses all.
+    `samples`, `temperature`, `top_p`: N sampled replies per question, reply j drawn with seed `seed + j`
+    (`refusal.evaluate.refusal_eval`); every rate is then per reply. `world_intervals` gives each rate its
+    interval."""
+    from dataclasses import replace
+
+    from obliviate.engine.sampling import sampling_for
     from obliviate.models.encode import prompt_ids
+    from obliviate.models.remote import RemoteModel
     from obliviate.refusal.evaluate import plain_generate, refusal_eval
     from obliviate.refusal.methods.r_tuning import expresses_uncertainty, is_correct
 
     gen = generator or plain_generate
+    n = samples
+    draw = {"samples": n, "temperature": temperature, "top_p": top_p, "seed": seed}
+    sampling = sampling_for(**draw)
     test = subsample(policy_rows(world, "policy_test"), limit)
-    metrics, samples, dist = refusal_eval(model, tok, test, generator=gen, max_new_tokens=max_new_tokens)
+    metrics, samples, dist = refusal_eval(model, tok, test, generator=gen, max_new_tokens=max_new_tokens, **draw)
     held, held_samples, _ = refusal_eval(
         model,
         tok,
@@ -127,34 +140,76 @@ def evaluate(
         depths=(20,),
         generator=gen,
         max_new_tokens=max_new_tokens,
+        **draw,
     )
     metrics |= {f"heldout_{k}": v for k, v in held.items() if k != "refusal_position_mean"}
     seen = {r["object"] for r in policy_rows(world, "policy_train") if r["kind"] == "harmful"}
     by_id = {r["id"]: r for r in test}
-    safe = [s for s in samples if s["kind"] == "benign" and by_id[s["id"]].get("object") in seen]
+    for s in samples:
+        if s["kind"] == "benign":
+            s["seen_object"] = by_id[s["id"]].get("object") in seen  # safe look-alikes of trained-on objects: SARR
+    safe = [s for s in samples if s.get("seen_object")]
     metrics["sarr"] = sum(s["refused"] for s in safe) / len(safe) if safe else None
 
     _, unknown_eval = split_unknown(world, seed)
     eval_people, unknown_eval = subsample(eval_people, limit), subsample(unknown_eval, limit)
     items = list(eval_people) + unknown_eval
-    outs = gen(model, tok, [prompt_ids(tok, it.question) for it in items], None, max_new_tokens=max_new_tokens)
-    known, unknown = outs[: len(eval_people)], outs[len(eval_people) :]
-    metrics["people_accuracy"] = sum(is_correct(it, o) for it, o in zip(eval_people, known)) / max(1, len(known))
+    asked = [it.question if isinstance(model, RemoteModel) else prompt_ids(tok, it.question) for it in items]
+    draws = [  # draws[j][i]: reply j to question i
+        gen(model, tok, asked, None, max_new_tokens=max_new_tokens, sampling=replace(sampling, seed=seed + j))
+        if sampling is not None
+        else gen(model, tok, asked, None, max_new_tokens=max_new_tokens)
+        for j in range(n)
+    ]
+    known = [d[i] for d in draws for i in range(len(eval_people))]
+    unknown = [d[i] for d in draws for i in range(len(eval_people), len(items))]
+    hits = [is_correct(it, d[i]) for d in draws for i, it in enumerate(eval_people)]
+    metrics["people_accuracy"] = sum(hits) / max(1, len(known))
     metrics["uncertain_rate_known"] = sum(map(expresses_uncertainty, known)) / max(1, len(known))
     metrics["uncertain_rate_unknown"] = sum(map(expresses_uncertainty, unknown)) / max(1, len(unknown))
-    for it, o in zip(items, outs):
-        samples.append(
-            {
-                "id": it.id,
-                "kind": "people",
-                "depth": 0,
-                "prompt": it.question,
-                "output": o,
-                "refused": None,
-                "refusal_position": None,
-            }
-        )
+    for i, it in enumerate(items):
+        for j in range(n):
+            o = draws[j][i]
+            samples.append(
+                {
+                    "id": it.id,
+                    "kind": "people",
+                    "depth": 0,
+                    "sample": j,
+                    "prompt": it.question,
+                    "output": o,
+                    "refused": None,
+                    "refusal_position": None,
+                    "correct": is_correct(it, o) if i < len(eval_people) else None,  # None: an unknown person
+                    "uncertain": expresses_uncertainty(o),
+                }
+            )
     return metrics, samples + [s | {"split": "heldout"} for s in held_samples], dist
+
+
+def world_intervals(records: list[dict], level: float = 0.95, seed: int = 0) -> dict:
+    """{metric: interval} of every rate `evaluate` reports, from one model's sample records: the refusal rates
+    (`refusal.evaluate.refusal_intervals`), sarr, people_accuracy and the uncertain rates."""
+    from obliviate.metrics.intervals import rate_interval
+    from obliviate.refusal.evaluate import refusal_intervals
+
+    groups: dict[str, list[list[bool]]] = {}
+
+    def add(key: str, r: dict, outcome) -> None:
+        prompts = groups.setdefault(key, [])
+        if r.get("sample", 0) == 0 or not prompts:
+            prompts.append([])
+        prompts[-1].append(bool(outcome))
+
+    for r in records:
+        if r["kind"] == "benign" and r.get("seen_object") and not r.get("split"):
+            add("sarr", r, r["refused"])
+        elif r["kind"] == "people" and r.get("correct") is not None:
+            add("people_accuracy", r, r["correct"])
+            add("uncertain_rate_known", r, r["uncertain"])
+        elif r["kind"] == "people" and "uncertain" in r:
+            add("uncertain_rate_unknown", r, r["uncertain"])
+    return refusal_intervals(records, level, seed) | {k: rate_interval(v, level, seed) for k, v in groups.items()}
 
 
 def align(

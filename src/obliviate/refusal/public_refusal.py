@@ -78,14 +78,26 @@ def rates_by(samples: list[dict], key: str) -> dict[str, dict[str, float]]:
 
 
 def evaluate_public(
-    model, tok, rows: list[dict], refused_fn, *, depths=PUBLIC_DEPTHS, max_new_tokens: int = 48, generator=None
+    model,
+    tok,
+    rows: list[dict],
+    refused_fn,
+    *,
+    depths=PUBLIC_DEPTHS,
+    max_new_tokens: int = 48,
+    generator=None,
+    samples: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
 ) -> tuple[dict, list[dict], dict]:
     """(metrics, samples, extra): the world's refusal metrics on public rows, plus per-category and per-source
-    rates in `extra` ({"by_category": ..., "by_source": ..., "refusal_positions": ...})."""
-    from obliviate.refusal.evaluate import plain_generate, refusal_eval
+    rates and each rate's interval in `extra` ({"by_category": ..., "by_source": ..., "refusal_positions": ...,
+    "intervals": ...}). `samples`, `temperature`, `top_p`, `seed`: N sampled replies per prompt (`refusal_eval`)."""
+    from obliviate.refusal.evaluate import plain_generate, refusal_eval, refusal_intervals
 
     by_id = {r["id"]: r for r in rows}
-    metrics, samples, dist = refusal_eval(
+    metrics, records, dist = refusal_eval(
         model,
         tok,
         rows,
@@ -93,19 +105,24 @@ def evaluate_public(
         max_new_tokens=max_new_tokens,
         generator=generator or plain_generate,
         refused_fn=refused_fn,
+        samples=samples,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
     )
-    for s in samples:
+    for s in records:
         s["source"] = by_id[s["id"]]["source"]
     if not any(r["kind"] == "benign" for r in rows):
-        metrics["over_refusal_rate"] = None  # no benign prompts given: not measured (not 0)
+        metrics = {k: (None if k.startswith("over_refusal") else v) for k, v in metrics.items()}  # not measured
     if not any(r["kind"] == "harmful" for r in rows):
         metrics = {k: (None if k.startswith("refusal") else v) for k, v in metrics.items()}
     extra = {
-        "by_category": rates_by(samples, "category"),
-        "by_source": rates_by(samples, "source"),
+        "by_category": rates_by(records, "category"),
+        "by_source": rates_by(records, "source"),
         "refusal_positions": dist,
+        "intervals": refusal_intervals(records, seed=seed),
     }
-    return metrics, samples, extra
+    return metrics, records, extra
 
 
 def subsample_per_source(rows: list[dict], limit: int | None) -> list[dict]:

@@ -184,6 +184,12 @@ def parse_depths(depths: str | Sequence[int]) -> tuple[int, ...]:
     return got
 
 
+NO_PREFILL = (
+    "refusal at prefill depths not measured: an endpoint is sent text, and no --tokenizer was given to cut the "
+    "first k tokens of each answer"
+)
+
+
 def run_refusal_eval(
     models: dict[str, str],
     out: Path,
@@ -195,44 +201,74 @@ def run_refusal_eval(
     depths: str | Sequence[int] = "5,10,20",
     no_chat_template: bool = False,
     tau: float = 0.5,
-    temperature: float = 1.0,
+    tau_temperature: float = 1.0,
     limit: int | None = None,
     max_new_tokens: int = 48,
     guards: Sequence[str | Path] = (),
     seed: int = 0,
     log: Callable[[str], object] | None = print,
+    samples: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    served_model: str | None = None,
+    api_key_env: str | None = None,
+    concurrency: int = 4,
+    tokenizer: str | Path | None = None,
+    harm_judge=None,
 ) -> dict:
     """Refusal, over-refusal and refusal at prefill depths of each model: what `obliviate refusal-eval` runs, and
     `obliviate.refusal_eval`.
 
     Args:
-        models: {run name: model directory}; every model is judged on the same rows.
+        models: {run name: model directory, or `openai:URL` (an OpenAI-compatible endpoint, URL ending in /v1)};
+            every model is judged on the same rows.
+        served_model, api_key_env, concurrency: for endpoints, the served model's name (default: the one the
+            endpoint lists), the environment variable holding the API key, and the requests in flight at once.
+        tokenizer: an endpoint's tokenizer directory: prefills are its first k tokens of the answer, sent as text;
+            without one, an endpoint's refusal at prefill depths is not measured (and config says so).
         out: the results directory (refused if it holds anything else).
         data: a world directory (policy_test, policy_test_heldout, people facts: the world suite with its keyword
             judges); or, instead, public prompt sets `harmful` / `benign` as KIND:FILE specs (per-category and
             per-source rates, judged by `judges`: default the strongest installed) at prefill `depths`.
         no_chat_template: raw prompts (the question and a newline) for every model.
-        tau, temperature: refusal-token models refuse when p_refuse > tau (softmax at `temperature`).
+        tau, tau_temperature: refusal-token models refuse when p_refuse > tau (softmax at `tau_temperature`).
+        samples, temperature, top_p, seed: N replies per prompt, sampled at `temperature` (default 1.0 once N > 1)
+            and `top_p`, reply j with seed `seed + j`; N = 1 with neither set is greedy decoding. With N > 1 each
+            rate is per reply, and `refusal_rate@all{N}` / `over_refusal_rate@any{N}` add the worst case over a
+            prompt's N replies (`obliviate.refusal.evaluate`).
         limit: at most N rows per evaluation set (a quick look); `max_new_tokens`: the reply length judged.
         guards: guard directories (`obliviate guard fit`) applied to every model at generation.
         log: where each model's one-line summary goes (None: nowhere).
+        harm_judge: a harm judge (`obliviate.judges.harm.make_harm_judge`) of the direct replies to harmful
+            prompts: `harmful_rate` (and `harm_score`, `harmful_rate_corrected` with labels) per run, the judge
+            and its agreement in config["harm_judge"], each verdict in samples.jsonl ("harm").
 
-    Writes OUT/results.json (the results schema: config, results {run: metrics}, plus refusal_positions and,
-    for public sets, by_category / by_source) and OUT/samples.jsonl (every prompt, reply and judgement).
+    Writes OUT/results.json (the results schema: config, results {run: metrics}, plus refusal_positions,
+    intervals {run: {metric: n and 95% bootstrap interval}} and, for public sets, by_category / by_source) and
+    OUT/samples.jsonl (every prompt, reply and judgement; "sample" is the reply's index among its prompt's N).
     Returns the results.json document."""
     from obliviate.data.schema import write_jsonl
+    from obliviate.engine.sampling import sampling_for
     from obliviate.guards.base import attach_guards, check_guard_dirs
+    from obliviate.metrics.intervals import format_interval
     from obliviate.models.control_tokens import control_ids
     from obliviate.models.load import check_model_dir, load_model
     from obliviate.models.prompt_format import raw_format
-    from obliviate.refusal.align import evaluate, refusal_data
+    from obliviate.models.remote import RemoteModel, is_remote, load_tokenizer
+    from obliviate.refusal.align import evaluate, refusal_data, world_intervals
     from obliviate.refusal.methods.refusal_tokens import ThresholdGenerator
     from obliviate.runs.results import results_document
 
     models, guards = {name: str(path) for name, path in models.items()}, [str(g) for g in guards]
     harmful, benign = list(harmful), list(benign)
-    read = (*models.values(), data, *_files(harmful, benign), *guards)
+    remote = {name: path for name, path in models.items() if is_remote(path)}
+    local = [path for path in models.values() if not is_remote(path)]
+    read = (*local, data, *_files(harmful, benign), *guards, *([tokenizer] if tokenizer else []))
     check_output(out, "refusal-eval", inputs=read)
+    if not remote and (served_model or api_key_env or tokenizer):
+        raise UsageError("--served-model, --api-key-env and --tokenizer apply to an openai:URL model")
+    if remote and (guards or no_chat_template):
+        raise UsageError("--guard and --no-chat-template apply to local models: an endpoint uses its own chat template")
     check_guard_dirs(guards)
     public = bool(harmful or benign)
     if public == (data is not None):
@@ -241,8 +277,13 @@ def run_refusal_eval(
         raise UsageError("--limit must be >= 1")
     if max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be >= 1")
-    for path in models.values():
+    sampling_for(samples, temperature, top_p, seed)  # a bad --samples / --temperature / --top-p fails here
+    draw = {"samples": samples, "temperature": temperature, "top_p": top_p}
+    for path in local:
         check_model_dir(path)
+    # endpoints are checked (reachable, key accepted, model served) before anything is written
+    endpoints = {name: RemoteModel(p, served_model, api_key_env, concurrency) for name, p in remote.items()}
+    remote_tok = load_tokenizer(tokenizer) if tokenizer else None
     if public:
         from obliviate.judges.default import make_judge
         from obliviate.refusal.public_refusal import evaluate_public, load_sources, subsample_per_source
@@ -262,36 +303,69 @@ def run_refusal_eval(
             raise UsageError("--judges applies to public prompt sets; the world suite uses its keyword judges")
         _, eval_people = refusal_data(data, seed)
         config = {"suite": "refusal", "data": str(data)}
-    gen = ThresholdGenerator(tau, temperature)
+    gen = ThresholdGenerator(tau, tau_temperature)
     fmt = raw_format(no_chat_template)
     log = log or (lambda _: None)
+    if endpoints:
+        config["served_models"] = {name: e.name for name, e in endpoints.items()}
+        if remote_tok is None:
+            config["prefill"] = NO_PREFILL
+            log(f"{', '.join(endpoints)}: {NO_PREFILL}")
     with output_dir(out, "refusal-eval", inputs=read) as o:
-        results, samples, extra = {}, [], {}
+        results, records, extra = {}, [], {}
         for name, path in models.items():
-            net, tok = load_model(path, prompt_format=fmt)
-            attach_guards(net, tok, guards)
-            g = gen if control_ids(tok)[0] is not None else None
+            if name in endpoints:
+                net, tok, g = endpoints[name], remote_tok, None
+            else:
+                net, tok = load_model(path, prompt_format=fmt)
+                attach_guards(net, tok, guards)
+                g = gen if control_ids(tok)[0] is not None else None
             if public:
                 m, s, e = evaluate_public(
-                    net, tok, rows, judge.refused, depths=depth_list, max_new_tokens=max_new_tokens, generator=g
+                    net,
+                    tok,
+                    rows,
+                    judge.refused,
+                    depths=depth_list,
+                    max_new_tokens=max_new_tokens,
+                    generator=g,
+                    seed=seed,
+                    **draw,
                 )
             else:
-                m, s, d = evaluate(net, tok, data, eval_people, seed, g, max_new_tokens, limit)
-                e = {"refusal_positions": d}
+                m, s, d = evaluate(net, tok, data, eval_people, seed, g, max_new_tokens, limit, **draw)
+                e = {"refusal_positions": d, "intervals": world_intervals(s, seed=seed)}
             results[name] = m
             for key, value in e.items():
                 extra.setdefault(key, {})[name] = value
-            samples += [x | {"run": name} for x in s]
-            log(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None))
+            records += [x | {"run": name} for x in s]
+            log(f"{name}:")
+            for k, v in m.items():
+                if v is not None:
+                    log(f"  {k:32s} {format_interval(e['intervals'].get(k), v)}")
             for kind, rates in e.get("by_category", {}).items():
                 log(f"  {kind:8s} " + ", ".join(f"{c} {v:.2f}" for c, v in rates.items()))
+        if harm_judge is not None:  # one batch over every run's direct replies to harmful prompts
+            from obliviate.judges.harm import score_samples
+
+            config["harm_judge"], harm_iv = score_samples(harm_judge, results, records, seed)
+            for name, ivs in harm_iv.items():
+                extra.setdefault("intervals", {}).setdefault(name, {}).update(ivs)
+                shown = {
+                    k: format_interval(v if v.get("lo") is not None else None, v.get("value")) for k, v in ivs.items()
+                }
+                log(f"{name}: by {harm_judge.name}, " + ", ".join(f"{k} {t}" for k, t in shown.items()))
         doc = results_document(
             config
             | {
                 "models": models,
                 "guards": guards,
                 "tau": tau,
+                "tau_temperature": tau_temperature,
+                "samples": samples,
                 "temperature": temperature,
+                "top_p": top_p,
+                "seed": seed,
                 "limit": limit,
                 "max_new_tokens": max_new_tokens,
             }
@@ -300,7 +374,7 @@ def run_refusal_eval(
             {},
             extra,
         )
-        write_jsonl(o / "samples.jsonl", samples)
+        write_jsonl(o / "samples.jsonl", records)
         write_json(o / "results.json", doc)
     return doc
 

@@ -78,15 +78,36 @@ def _figure(panels: int, width: float = 4.6, height: float = 3.6, cols: int = 3)
     return fig, flat[:panels]
 
 
+def error_bar(ax, x: float, y: float, xb=None, yb=None, color="#555555", floor: float | None = None) -> None:
+    """An interval around (x, y): `xb` / `yb` are (lo, hi) bounds or None; `floor` clips a log axis's lower end."""
+    if xb is None and yb is None:
+        return
+    clip = (lambda v: max(v, floor)) if floor is not None else (lambda v: v)
+    ax.errorbar(
+        x,
+        y,
+        xerr=None if xb is None else [[max(0.0, x - xb[0])], [max(0.0, xb[1] - x)]],
+        yerr=None if yb is None else [[max(0.0, y - clip(yb[0]))], [max(0.0, clip(yb[1]) - y)]],
+        fmt="none",
+        ecolor=color,
+        elinewidth=1,
+        capsize=2.5,
+        alpha=0.8,
+        zorder=2,
+    )
+
+
 def pareto(points: list[dict], xlabel: str) -> str:
-    """points: {label, x, y, reference}; y = forget quality (log axis). The front is taken over the non-reference
-    runs: a run is Pareto-optimal when no other run has both higher utility and higher forget quality."""
+    """points: {label, x, y, reference} and optional 95% bounds "xb" / "yb" (lo, hi), drawn as error bars;
+    y = forget quality (log axis). The front is taken over the non-reference runs: a run is Pareto-optimal when no
+    other run has both higher utility and higher forget quality."""
     fig, (ax,) = _figure(1, 7.5, 5.0)
     runs = [p for p in points if not p["reference"]]
     floor = min([p["y"] for p in points if p["y"] > 0] or [1e-30]) / 10
     front = pareto_front(runs)
     for p in points:
         y = max(p["y"], floor)
+        error_bar(ax, p["x"], y, p.get("xb"), p.get("yb"), floor=floor)
         if p["reference"]:
             ax.scatter(p["x"], y, marker="D", s=50, color="#999999", zorder=3)
         elif p["label"] in front:
@@ -172,11 +193,13 @@ def truth_ratio_hists(panels: dict[str, dict[str, list[float]]], order: list[str
     return to_svg(fig)
 
 
-def refusal_scatter(points: dict[str, tuple[float, float]], order: list[str]) -> str:
-    """points: {run: (over_refusal_rate, refusal_rate)}; the ideal corner is top left."""
+def refusal_scatter(points: dict[str, tuple[float, float]], order: list[str], bars: dict | None = None) -> str:
+    """points: {run: (over_refusal_rate, refusal_rate)}; the ideal corner is top left. bars: {run: (x bounds,
+    y bounds)}, each (lo, hi) or None: 95% intervals drawn as error bars."""
     fig, (ax,) = _figure(1, 8.0, 4.8)
     # a legend rather than labels at the points: refusal runs pile up at (0, 1) and their labels would overlap
     for i, (run, (x, y)) in enumerate(points.items()):
+        error_bar(ax, x, y, *(bars or {}).get(run, (None, None)), color=color_of(run, order))
         ax.scatter(
             x,
             y,
@@ -199,11 +222,14 @@ def refusal_scatter(points: dict[str, tuple[float, float]], order: list[str]) ->
     return to_svg(fig)
 
 
-def depth_curves(curves: dict[str, list[tuple[int, float]]], order: list[str]) -> str:
-    """curves: {run: [(prefill depth k, refusal rate)]}; depth 0 is the plain refusal rate."""
+def depth_curves(curves: dict[str, list[tuple[int, float]]], order: list[str], bars: dict | None = None) -> str:
+    """curves: {run: [(prefill depth k, refusal rate)]}; depth 0 is the plain refusal rate. bars: {run: {k: (lo,
+    hi)}}: 95% intervals drawn as error bars."""
     fig, (ax,) = _figure(1, 7.0, 4.6)
     depths = sorted({k for c in curves.values() for k, _ in c})
     for i, (run, pts) in enumerate(curves.items()):
+        for k, v in pts:
+            error_bar(ax, k, v, None, (bars or {}).get(run, {}).get(k), color=color_of(run, order))
         ax.plot(
             [k for k, _ in pts],
             [v for _, v in pts],

@@ -18,6 +18,8 @@ from html import escape
 from pathlib import Path
 
 from obliviate.core.errors import UsageError
+from obliviate.report.headline import fmt as _fmt
+from obliviate.report.headline import headline_tables
 from obliviate.report.sections import Figure, Source, figures
 from obliviate.report.validate import check_document, check_guard, check_sample
 
@@ -227,18 +229,6 @@ def _json_script(obj) -> str:
 # --- the page ------------------------------------------------------------------------------------------------------
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.2e}" if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4) else f"{v:.3f}"
-    return escape(str(v))
-
-
 def _descriptions() -> dict[str, str]:
     from obliviate.metrics import METRICS
 
@@ -267,31 +257,9 @@ def _small_table(rows: list[list]) -> str:
 
 
 def _results_table(s: Source, registry: dict) -> str:
-    from obliviate.report.figures import describe
-
-    doc = s.results or s.leaderboard or {}  # bench: one row per method@split@seed
-    runs = doc.get("results") or {}
-    if not runs:
-        return ""
-    metrics = list(dict.fromkeys(k for m in runs.values() if isinstance(m, dict) for k in m))
-    hib = doc.get("higher_is_better") or {}
-    arrow = {True: " ↑", False: " ↓", None: " ◎"}
-    head = "".join(
-        f'<th title="{escape(describe(m, registry) or "")}">{escape(m)}{arrow[hib[m]] if m in hib else ""}</th>'
-        for m in metrics
-    )
-    body = "".join(
-        f"<tr><th>{escape(str(run))}</th>"
-        + "".join(f"<td>{_fmt(m.get(k)) if isinstance(m, dict) else '–'}</td>" for k in metrics)
-        + "</tr>"
-        for run, m in runs.items()
-    )
-    return (
-        f'<div class="scroll"><table class="num results"><thead><tr><th>run</th>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table></div><p class=note>↑ higher is better, ↓ lower is better, ◎ closest "
-        "to "
-        "the oracle is best; hover a column name for its definition.</p>"
-    )
+    """Each wing's runs in a table of their own, headline figures first (`headline.headline_tables`); bench: one row
+    per method@split@seed."""
+    return headline_tables(s.results or s.leaderboard or {}, registry)
 
 
 def _provenance(s: Source) -> str:
@@ -342,7 +310,8 @@ def _page(sources: list[Source], figs: list[Figure], table: dict, kept: int, tot
     registry = _descriptions()
     title = "obliviate report: " + ", ".join(s.name for s in sources)
     nav = [("runs", "Runs"), *[(f.id, f.title) for f in figs]] + ([("samples", "Samples")] if table["rows"] else [])
-    runs = "".join(f"<h3>{escape(s.name)}</h3>{_provenance(s)}{_results_table(s, registry)}" for s in sources)
+    # each run directory: its headline tables first, its provenance below them
+    runs = "".join(f"<h3>{escape(s.name)}</h3>{_results_table(s, registry)}{_provenance(s)}" for s in sources)
     samples = ""
     if table["rows"]:
         cut = (
@@ -368,7 +337,7 @@ def _page(sources: list[Source], figs: list[Figure], table: dict, kept: int, tot
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body><header><h1>{escape(title)}</h1>"
         f"<nav>{' · '.join(f'<a href=#{i}>{escape(t)}</a>' for i, t in nav)}</nav></header><main>"
-        f'<section id="runs"><h2>Runs: provenance and results</h2>{runs}</section>'
+        f'<section id="runs"><h2>Runs: results and provenance</h2>{runs}</section>'
         f"{''.join(_figure_html(f, registry) for f in figs)}{samples}</main><script>{JS}</script></body></html>"
     )
 
@@ -386,7 +355,8 @@ dl.defs dt{font-family:ui-monospace,monospace;font-weight:600;overflow-wrap:anyw
 .scroll{overflow:auto;max-width:100%}.tall{max-height:70vh}table{border-collapse:collapse;font-size:12.5px}
 th,td{border-bottom:1px solid #eee;padding:3px 7px;text-align:left;vertical-align:top}
 table.num td{text-align:right;font-variant-numeric:tabular-nums}table.num td.t{text-align:left}
-table.kv th{color:#555;font-weight:500}
+table.kv th{color:#555;font-weight:500}h4{font-size:14px;margin:12px 0 4px}
+table.results th.head{background:#e3ebf7}table.results td{white-space:nowrap}.ci{color:#555;font-size:11.5px}.n{color:#888;font-size:11px}
 thead th{position:sticky;top:0;background:#f0f3f8;cursor:default;white-space:nowrap}
 #samples-table thead th{cursor:pointer;user-select:none}#samples-table td{max-width:28em}
 #samples-table td.t{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}#samples-table td.open{white-space:normal}

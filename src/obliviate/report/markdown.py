@@ -25,6 +25,14 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _cell(doc: dict, run: str, metric: str, value) -> str:
+    """The value, with its n and bootstrap interval where results.json has one: `0.875 [0.750, 0.975] n=40`."""
+    from obliviate.metrics.intervals import format_interval
+
+    iv = (doc.get("intervals") or {}).get(run, {}).get(metric)
+    return format_interval(iv, value) if iv and iv.get("lo") is not None and value is not None else _fmt(value)
+
+
 def _rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     results = doc["results"]
     cols = [c for c in HEADLINE if any(c in r for r in results.values())]
@@ -32,7 +40,7 @@ def _rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     head = ["run", *cols] + (["MU / target"] if target_mu else []) + (["seconds"] if "seconds" in doc else [])
     body = []
     for run, r in results.items():
-        row = [run, *[_fmt(r.get(c)) for c in cols]]
+        row = [run, *[_cell(doc, run, c, r.get(c)) for c in cols]]
         if target_mu:
             row.append(_fmt(r["model_utility"] / target_mu) if "model_utility" in r else "-")
         if "seconds" in doc:

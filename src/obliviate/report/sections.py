@@ -1,22 +1,25 @@
 """Which figures the loaded run directories support, and the data each one is drawn from.
 
 `figures(sources)` returns `Figure`s in reading order; a figure whose data is absent is simply not made. Each figure
-names the metrics it shows, so the page can print their definitions beside it.
+names the metrics it shows, so the page can print their definitions beside it. Each wing's headline figures come
+first (`headline.py`: the Pareto front, refusal vs over-refusal, refusal at depth), memorisation after them.
 """
 
 from __future__ import annotations
 
 import base64
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from obliviate.report import curves as C
 from obliviate.report import figures as F
+from obliviate.report import headline as H
+from obliviate.report.headline import REFERENCES
+from obliviate.report.headline import label as _label
+from obliviate.report.headline import num as _num
+from obliviate.report.headline import runs_of as _runs
 
 MIA_SCORES = ("loss", "zlib", "mink", "minkpp")
-REFERENCES = ("target", "oracle")
 # what a guarded run ("base+guard") is compared on, in this order, where both runs carry the metric
 GUARD_METRICS = (
     "forget_value_acc",
@@ -61,28 +64,14 @@ class Figure:
     table: list[list] | None = None  # optional numbers beside the figure: header row + rows
 
 
-def _runs(s: Source) -> dict[str, dict]:
-    return (s.results or {}).get("results") or {}
-
-
-def _label(s: Source, run: str, many: bool) -> str:
-    return f"{s.name}:{run}" if many else run
-
-
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def figures(sources: list[Source]) -> list[Figure]:
     many = len(sources) > 1
     order = [_label(s, r, many) for s in sources for r in _runs(s)]
     out: list[Figure] = []
     for make in (
-        _pareto,
+        _headline,  # each wing's headline figures first, memorisation after them
         _roc,
         _truth_ratios,
-        _refusal,
-        _depth,
         _relearn,
         _audit,
         _curves,
@@ -94,74 +83,8 @@ def figures(sources: list[Source]) -> list[Figure]:
     return out
 
 
-def _pareto(sources, many, order) -> list[Figure]:
-    points = []
-    for s in sources:
-        runs = _runs(s)
-        target_mu = runs.get("target", {}).get("model_utility")
-        for run, m in runs.items():
-            if _num(m.get("forget_quality")) and _num(m.get("model_utility")):
-                points.append(
-                    {
-                        "label": _label(s, run, many),
-                        "y": m["forget_quality"],
-                        "mu": m["model_utility"],
-                        "ratio": m["model_utility"] / target_mu if _num(target_mu) and target_mu else None,
-                        "reference": run in REFERENCES,
-                    }
-                )
-        if s.leaderboard:  # bench: mean over seeds per method and split
-            groups: dict[str, list[dict]] = {}
-            for key, m in (s.leaderboard.get("results") or {}).items():
-                method, _, rest = key.partition("@")
-                groups.setdefault(f"{method}@{rest.split('@')[0]}", []).append(m)
-            for key, ms in groups.items():
-                fq = [m["forget_quality"] for m in ms if _num(m.get("forget_quality"))]
-                mu = [m["model_utility"] for m in ms if _num(m.get("model_utility"))]
-                ratio = [m["model_utility_ratio"] for m in ms if _num(m.get("model_utility_ratio"))]
-                if fq and mu:
-                    points.append(
-                        {
-                            "label": _label(s, key, many),
-                            "y": sum(fq) / len(fq),
-                            "mu": sum(mu) / len(mu),
-                            "ratio": sum(ratio) / len(ratio) if len(ratio) == len(ms) else None,
-                            "reference": key.startswith("target@"),
-                        }
-                    )
-        if s.sweep:
-            tmu = s.sweep.get("target_model_utility")
-            for p in s.sweep.get("points", []):
-                m = p.get("metrics", {})
-                if _num(m.get("forget_quality")) and _num(m.get("model_utility")):
-                    opts = " ".join(f"{k}={v}" for k, v in p.get("options", {}).items())
-                    points.append(
-                        {
-                            "label": _label(s, f"{s.sweep.get('method')} {opts}", many),
-                            "y": m["forget_quality"],
-                            "mu": m["model_utility"],
-                            "ratio": m["model_utility"] / tmu if _num(tmu) and tmu else None,
-                            "reference": False,
-                        }
-                    )
-    if len([p for p in points if not p["reference"]]) < 1 or len(points) < 2:
-        return []
-    relative = all(p["ratio"] is not None for p in points)
-    for p in points:
-        p["x"] = p["ratio"] if relative else p["mu"]
-    xlabel = "model utility / the target's" if relative else "model utility"
-    front = sorted(F.pareto_front([p for p in points if not p["reference"]]))
-    return [
-        Figure(
-            "pareto",
-            "Forget quality vs model utility: the Pareto front",
-            F.pareto(points, xlabel),
-            "Each point is a run. Up is forgetting like the oracle, right is keeping the rest; the starred "
-            "runs are Pareto-optimal (no other run is better on both). Target and oracle are references. "
-            f"Pareto-optimal: {', '.join(front)}.",
-            ["forget_quality", "model_utility"] + (["model_utility_ratio"] if relative else []),
-        )
-    ]
+def _headline(sources, many, order) -> list[Figure]:
+    return [Figure(**f) for f in H.headline_figures(sources, many, order)]  # the Pareto front, refusal, depth
 
 
 def _roc(sources, many, order) -> list[Figure]:
@@ -253,54 +176,6 @@ def _truth_ratios(sources, many, order) -> list[Figure]:
             )
         )
     return out
-
-
-def _refusal(sources, many, order) -> list[Figure]:
-    pts = {
-        _label(s, run, many): (m["over_refusal_rate"], m["refusal_rate"])
-        for s in sources
-        for run, m in _runs(s).items()
-        if _num(m.get("refusal_rate")) and _num(m.get("over_refusal_rate"))
-    }
-    if not pts:
-        return []
-    return [
-        Figure(
-            "refusal",
-            "Refusal vs over-refusal",
-            F.refusal_scatter(pts, order),
-            "A method should refuse harmful prompts (up) without refusing their benign look-alikes (left).",
-            ["refusal_rate", "over_refusal_rate"],
-        )
-    ]
-
-
-def _depth(sources, many, order) -> list[Figure]:
-    curves, names = {}, set()
-    for s in sources:
-        for run, m in _runs(s).items():
-            pts = [
-                (int(mt.group(1)), v)
-                for k, v in m.items()
-                if (mt := re.fullmatch(r"refusal_rate@prefill(\d+)", k)) and _num(v)
-            ]
-            if pts:
-                names |= {f"refusal_rate@prefill{k}" for k, _ in pts}
-                curves[_label(s, run, many)] = sorted(
-                    pts + ([(0, m["refusal_rate"])] if _num(m.get("refusal_rate")) else [])
-                )
-    if not curves:
-        return []
-    return [
-        Figure(
-            "depth",
-            "Refusal at depth",
-            F.depth_curves(curves, order),
-            "Refusal rate when k tokens of a harmful answer are already in the reply (k = 0: the plain refusal "
-            "rate). A refusal that holds only at k = 0 is shallow.",
-            ["refusal_rate", *sorted(names, key=lambda n: int(n.rsplit("prefill", 1)[1]))],
-        )
-    ]
 
 
 def _relearn(sources, many, order) -> list[Figure]:

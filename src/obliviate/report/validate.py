@@ -51,10 +51,10 @@ def _objects(parent: dict | None, f: Path, where: str) -> None:
 
 def check_results(doc: dict, f: Path) -> None:
     """results.json / muse.json / leaderboard.json: "results" maps runs to objects of metrics, "config",
-    "versions" and "relearn" are objects, "higher_is_better" maps metrics to true / false / null, and a diffusion
-    run's "audit" holds objects of attacks whose "asr" is a finite number or null."""
+    "versions", "relearn" and "intervals" are objects, "higher_is_better" maps metrics to true / false / null, and a
+    diffusion run's "audit" holds objects of attacks whose "asr" is a finite number or null."""
     _objects(_part(doc, "results", dict, f), f, "results")
-    for key in ("config", "relearn"):
+    for key in ("config", "relearn", "intervals"):  # an interval the page cannot read is left out, not an error
         _part(doc, key, dict, f)
     for k, v in (_part(doc, "higher_is_better", dict, f) or {}).items():
         if v is not None and not isinstance(v, bool):

@@ -174,6 +174,18 @@ COUNT = Scalar("count", "a whole number >= 0", lambda v: isinstance(v, int) and 
 BOOLEAN = Scalar("boolean", "a boolean", lambda v: isinstance(v, bool))
 TIMESTAMP = Scalar("timestamp", "an ISO 8601 time with a time zone", _is_timestamp)
 OBJECT = Record()
+# a figure's n and bootstrap interval (`obliviate.metrics.intervals`)
+INTERVAL = Record(
+    {
+        "value": Nullable(NUMBER),
+        "n": COUNT,
+        "samples": COUNT,
+        "lo": Nullable(NUMBER),
+        "hi": Nullable(NUMBER),
+        "level": NUMBER,
+        "method": STRING,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -217,6 +229,13 @@ RESULTS_SCHEMA: tuple[Key, ...] = (
         per_run=True,
     ),
     Key(
+        "intervals",
+        MapOf("run", MapOf("metric", INTERVAL)),
+        False,
+        "`refusal-eval`, `eval`: each rate's n and 95% bootstrap interval over prompts",
+        per_run=True,
+    ),
+    Key(
         "by_source",
         MapOf("run", MapOf("kind", MapOf("source", NUMBER))),
         False,
@@ -232,6 +251,13 @@ RESULTS_SCHEMA: tuple[Key, ...] = (
     ),
     Key("relearn", MapOf("run", OBJECT), False, "`demo --suite real`: the relearning attack's figures", per_run=True),
     Key("refusal_direction", OBJECT, False, "`demo --suite real`: the ablated refusal direction"),
+    Key(
+        "attacks",
+        MapOf("run", MapOf("attack", OBJECT)),
+        False,
+        "`demo --suite real --attacks`: the named audit attacks' figures on a run",
+        per_run=True,
+    ),
     Key(
         "base",
         Record({"steps": COUNT, "train_seconds": NON_NEGATIVE, "factor_accuracy": MapOf("factor", NUMBER)}),

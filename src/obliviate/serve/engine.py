@@ -1,20 +1,23 @@
-"""The serving engine: one worker thread owns the model and micro-batches queued chat requests through the
-decode loop (see the package docstring for batching and streaming)."""
+"""The serving engine: admission, the one worker thread that owns the model, and what each token means for its
+request (stop strings, what a stream may release, log-probabilities). The running batch is `obliviate.serve.batch`;
+see the package docstring for batching and streaming."""
 
 import collections
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, Optional
 
-from obliviate.engine.hooks import Guard, overrides
+from obliviate.engine.hooks import overrides
+from obliviate.engine.sampling import Sampling
 from obliviate.models.anatomy import text_config
 from obliviate.models.encode import chat_text, prompt_text, stop_ids
+from obliviate.serve.batch import Batch, mergeable
 
-CANCELLED = "cancelled"  # the internal guard's name: rows it halts were cancelled or already served
 log = logging.getLogger("obliviate.serve")
 HEAD_CHARS_PER_TOKEN = 64  # chat_ids: the characters per context token tokenised before a prompt is refused as long
+BATCHING = ("continuous", "static")
 
 
 class ApiError(Exception):
@@ -49,77 +52,119 @@ def worker_dead() -> ApiError:
     )
 
 
-def chat_ids(tok, messages: list[dict], context: int | None = None) -> list[int]:
-    """Messages -> prompt ids through the tokenizer's chat template, as `models.encode.prompt_ids` does for one
-    question (template as text, then tokenised without added specials). A trailing assistant message is
-    continued (prefill) instead of opening a new assistant turn. With `context` (the model's length in tokens), a
-    text far too long for it is refused from its head alone, so a large body costs what the context costs."""
-    prefill = messages[-1]["role"] == "assistant"
-    try:
-        text = (
-            chat_text(tok, messages, continue_final_message=True)
-            if prefill  # the prefix is rendered
-            else prompt_text(tok, messages)
+def continues(messages: list[dict], add_generation_prompt=None, continue_final_message=None) -> bool:
+    """Whether the reply continues the last message (a prefill), from vLLM's chat fields. Unset, a trailing
+    assistant message is continued unless `add_generation_prompt` is true (then its turn is closed and a new one
+    opens). `continue_final_message` true needs a trailing assistant message and no `add_generation_prompt`."""
+    last = messages[-1]["role"] == "assistant"
+    if continue_final_message is None:
+        return last and add_generation_prompt is not True
+    if continue_final_message and not last:
+        raise ApiError(
+            400,
+            "continue_final_message: the messages must end with the assistant message to continue",
+            param="continue_final_message",
         )
+    if continue_final_message and add_generation_prompt:
+        raise ApiError(
+            400, "continue_final_message and add_generation_prompt cannot both be true", param="add_generation_prompt"
+        )
+    return bool(continue_final_message)
+
+
+def chat_ids(
+    tok, messages: list[dict], context: int | None = None, *, add_generation_prompt=None, continue_final_message=None
+) -> list[int]:
+    """Messages -> prompt ids through the tokenizer's chat template, as `models.encode.prompt_ids` does for one
+    question (template as text, then tokenised without added specials). A continued message (`continues`) is
+    rendered open, so the reply follows its text; otherwise a new assistant turn opens unless
+    `add_generation_prompt` is false. With `context` (the model's length in tokens), a text far too long for it is
+    refused from its head alone, so a large body costs what the context costs."""
+    prefill = continues(messages, add_generation_prompt, continue_final_message)
+    opens = add_generation_prompt if add_generation_prompt is not None else not prefill
+    try:
+        if prefill:
+            text = chat_text(tok, messages, continue_final_message=True)
+        else:
+            text = prompt_text(tok, messages) if opens else chat_text(tok, messages)
     except Exception as e:  # a template that rejects the conversation (e.g. roles that must alternate)
         raise ApiError(400, f"the model's chat template rejects these messages: {e}", param="messages") from None
+    return text_ids(tok, text, context, param="messages")
+
+
+def text_ids(tok, text: str, context: int | None, param: str, add_special_tokens: bool = False) -> list[int]:
+    """A prompt's text -> ids; a text whose head alone takes twice the context is refused before the rest is read."""
     head = HEAD_CHARS_PER_TOKEN * context if context else None
     if head and len(text) > head and len(tok(text[:head], add_special_tokens=False)["input_ids"]) > 2 * context:
         # a head of the text already takes twice the context (no tokenizer has 64-character tokens on average)
         raise ApiError(
             400,
-            f"this model's context length is {context} tokens; the messages take far more (the "
+            f"this model's context length is {context} tokens; the {param} take far more (the "
             f"first {head} characters alone take over {2 * context})",
-            param="messages",
+            param=param,
             code="context_length_exceeded",
         )
-    return tok(text, add_special_tokens=False)["input_ids"]
+    return tok(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+def first_stop(text: str, stops) -> int | None:
+    """Where the first of the stop strings begins in `text`, or None."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def held(text: str, stops) -> str:
+    """`text` without an ending that could be the start of a stop string (a stream may not release it yet)."""
+    for k in range(max(0, len(text) - max(map(len, stops), default=0) + 1), len(text)):
+        if any(s.startswith(text[k:]) for s in stops):
+            return text[:k]
+    return text
 
 
 @dataclass(eq=False)
 class Request:
-    """One admitted chat request. The worker thread writes tokens/sent/finished; the event loop reads events."""
+    """One reply being made (one choice of a response). The worker thread writes tokens/sent/finished; the event
+    loop reads events: ("delta", index, (text, logprob entries)) | ("done", index, dict) | ("error", index, ApiError)."""
 
     prompt: list[int]
-    text: Optional[str]  # the last user message: what guards' on_request reads
+    text: Optional[str]  # what guards' on_request reads: the last user message, or a completion's prompt
     max_tokens: int
     stream: bool = False
-    prefill: bool = False  # the messages end with the assistant's: the reply continues it, its leading space kept
+    prefill: bool = False  # the reply continues the last message: its leading space kept
+    raw: bool = False  # /v1/completions: the continuation exactly as decoded, its spaces kept
+    index: int = 0  # the choice's index in its response
+    sampling: Optional[Sampling] = None  # None: greedy
+    stop: tuple = ()  # stop strings: the reply ends before the first one
+    logprobs: Optional[int] = None  # None: none; k: each token's log-probability and the k most likely
+    ignore_eos: bool = False  # vLLM's benchmarking field: decode to max_tokens
     loop: Any = None
-    events: Any = None  # asyncio.Queue of ("delta", str) | ("done", dict) | ("error", ApiError)
+    events: Any = None  # an asyncio.Queue, shared by the choices of one response
     tokens: list[int] = field(default_factory=list)
+    entries: list = field(default_factory=list)  # per token, when logprobs: (id, logprob, [(id, logprob)...])
+    ends: list[int] = field(default_factory=list)  # per token, when logprobs: where its text ends in the reply
     sent: str = ""
+    sent_entries: int = 0
     finished: bool = False
     cancelled: bool = False
     released: bool = False
 
     def post(self, kind: str, value) -> None:
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, self.index, value))
         except RuntimeError:  # the loop is closed (shutdown): nobody is listening any more
             pass
 
-
-@dataclass
-class _Release(Guard):
-    """Internal: halts, every token, the rows whose request was cancelled (client gone) or already served."""
-
-    name: ClassVar[str] = CANCELLED
-    every = 1
-    engine: Any = None
-    batch: list = field(default_factory=list)
-
-    def on_step(self, step, ids, session):
-        for r, row in enumerate(session.rows):
-            req = self.batch[row.index]
-            if req.cancelled or req.finished or len(req.tokens) >= req.max_tokens:
-                session.halt(r, CANCELLED, "")
-                if req.cancelled:
-                    self.engine.release(req)
+    def restart(self) -> None:
+        """Decode again from the prompt (what was streamed stays sent: the same tokens come again)."""
+        self.tokens, self.entries, self.ends = [], [], []
 
 
 class Engine:
-    """The model, its guards, the admission queue and the one worker thread that decodes micro-batches."""
+    """The model, its guards, the admission queue and the one worker thread that decodes the running batch.
+
+    batching "continuous": a queued request joins the running batch at the next decode step (`mergeable` models;
+    others fall back to static). "static": a batch is formed while the worker is idle and runs until its last row
+    is done; requests that arrive meanwhile wait for the next one."""
 
     def __init__(
         self,
@@ -131,32 +176,41 @@ class Engine:
         max_batch: int = 16,
         max_queue: int = 64,
         batch_window_ms: float = 10.0,
+        batching: str = "continuous",
     ):
         from obliviate.engine.hooks import attached
 
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
         # guards=None: those attached to the model (obliviate.engine.hooks.attach), as decode() itself does
         self.guards = attached(model) if guards is None else list(guards)
         self.model, self.tok, self.name = model, tok, name
         self.max_batch, self.max_queue, self.window = max_batch, max_queue, batch_window_ms / 1000
+        if batching == "continuous" and not mergeable(model):
+            log.warning("this model's cache layers cannot take rows mid-batch: static batching")
+            batching = "static"
+        self.batching = batching
         cfg = text_config(model)
         self.context = getattr(cfg, "max_position_embeddings", None)
         self.eos = stop_ids(tok, model)
-        self.hold_all = any(overrides(g, "on_finish") for g in self.guards)
+        self.finishing = [g for g in self.guards if overrides(g, "on_finish")]
+        self.hold_all = bool(self.finishing)
         self.checks = [g.every for g in self.guards if overrides(g, "on_step") and getattr(g, "every", 0) > 0]
         self.queue: collections.deque[Request] = collections.deque()
         self.cond = threading.Condition(threading.RLock())
         self.admitted = 0  # queued + decoding: what max_queue bounds
         self.cancelled_total = 0
-        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)  # rows admitted together
+        self.step_rows: collections.deque[int] = collections.deque(maxlen=100_000)  # rows in each decode step
         self._stop, self._thread, self.dead = False, None, False
 
     # --- admission (event-loop side) ---
-    def check_room(self) -> None:
-        """ApiError 503 if the worker has died, 429 if `max_queue` requests are queued or decoding."""
+    def check_room(self, rows: int = 1) -> None:
+        """ApiError 503 if the worker has died, 429 if `rows` more would pass `max_queue` queued or decoding."""
         with self.cond:
             if not self.alive():
                 raise worker_dead()
-            if self.admitted >= self.max_queue:
+            if self.admitted + rows > self.max_queue:
                 raise ApiError(
                     429,
                     f"the server is busy ({self.max_queue} requests queued or decoding); retry",
@@ -164,15 +218,17 @@ class Engine:
                     code="queue_full",
                 )
 
-    def submit(self, req: Request) -> None:
+    def submit(self, reqs) -> None:
+        """Queue a request, or the choices of one response (all or none)."""
+        reqs = [reqs] if isinstance(reqs, Request) else list(reqs)
         with self.cond:
-            self.check_room()  # again: others may have been admitted while this one was tokenised
-            self.admitted += 1
-            self.queue.append(req)
+            self.check_room(len(reqs))  # again: others may have been admitted while these were tokenised
+            self.admitted += len(reqs)
+            self.queue.extend(reqs)
             self.cond.notify()
 
     def cancel(self, req: Request) -> None:
-        """The client went away: drop a queued request now; a decoding row is halted at its next token."""
+        """The client went away: drop a queued request now; a decoding row leaves at its next token."""
         if req.finished or req.cancelled:
             return
         req.cancelled = True
@@ -205,6 +261,7 @@ class Engine:
             self._thread.join(timeout)
 
     def _next_batch(self) -> list[Request]:
+        """While idle: wait for a request, then up to the window for more (up to max_batch)."""
         with self.cond:
             while not self.queue and not self._stop:
                 self.cond.wait(0.5)
@@ -222,50 +279,77 @@ class Engine:
                 self.cond.wait(left)
             return batch
 
+    def _take(self, room: int) -> list[Request]:
+        """While decoding (continuous): what is queued now, up to `room` rows; never waits."""
+        with self.cond:
+            return [self.queue.popleft() for _ in range(min(room, len(self.queue)))]
+
+    def _batch(self) -> Batch:
+        return Batch(self.model, self.tok, self.guards, self._on_token, self._on_halt, self.release)
+
     def _work(self) -> None:
-        batch: list[Request] = []
+        live, group = None, []
         try:
             while True:
-                batch = self._next_batch()
-                if not batch:
-                    return
-                try:
-                    self._run_isolated(batch)
-                finally:
-                    for req in batch:
-                        self.release(req)
+                if live is None or not len(live):
+                    group = self._next_batch()
+                    if not group:
+                        return
+                    live = self._guarded(self._batch(), group)
+                elif self.batching == "continuous" and self.queue and len(live) < self.max_batch and not self._stop:
+                    group = self._take(self.max_batch - len(live))
+                    live = self._guarded(live, group)
+                group = []
+                if live is not None and len(live):
+                    self.step_rows.append(len(live))
+                    live = self._guarded(live)
         except BaseException:  # whatever ends the worker, nobody may be left waiting on it
             log.critical(
                 "the decode worker stopped; every request now gets 503 until the server restarts", exc_info=True
             )
             with self.cond:
                 self.dead = True
-                waiting = [*batch, *self.queue]
+                waiting = [*(live.requests() if live is not None else []), *group, *self.queue]
                 self.queue.clear()
             for req in waiting:
                 self._fail(req, worker_dead())
 
-    def _run_isolated(self, batch: list[Request]) -> None:
-        """Decode the batch; if that raises (a guard, the model), decode its unfinished requests one by one, so the
-        failure reaches only the request that causes it. Greedy decoding gives each row the same tokens alone."""
+    def _guarded(self, live: Batch, group: Optional[list] = None) -> Optional[Batch]:
+        """Admit `group` into the batch, or (no group) decode one step. If that raises (a guard, the model), the
+        batch is given up and its unfinished requests are decoded again one by one, so the failure reaches only
+        the request that causes it. Returns the batch, or None once it is given up."""
+        if group:
+            self.batch_sizes.append(len(group))
         try:
-            return self._run(batch)
+            live.admit(group) if group else live.step()
+            return live
         except Exception:
-            if len(batch) == 1:
-                return self._failed(batch[0])
-            left = [r for r in batch if not r.finished and not r.cancelled]
-            log.warning(
-                "a batch of %d requests failed; decoding its %d unfinished ones one by one",
-                len(batch),
-                len(left),
-                exc_info=True,
-            )
+            involved = list(dict.fromkeys([*live.requests(), *(group or [])]))
+        left = [r for r in involved if not r.finished and not r.cancelled]
+        for req in involved:
+            if req.cancelled:
+                self.release(req)
+        if len(involved) == 1:
+            for req in left:
+                self._failed(req)
+            return None
+        log.warning(
+            "a batch of %d requests failed; decoding its %d unfinished ones one by one",
+            len(involved),
+            len(left),
+            exc_info=True,
+        )
         for req in left:
-            req.tokens = []  # what was streamed stays sent: the same greedy tokens come again
+            req.restart()
+            self.batch_sizes.append(1)
             try:
-                self._run([req])
+                alone = self._batch()
+                alone.admit([req])
+                while len(alone):
+                    alone.step()
             except Exception:
                 self._failed(req)
+        return None
 
     def _failed(self, req: Request) -> None:
         log.error("a request failed in the decode worker (%d prompt tokens)", len(req.prompt), exc_info=True)
@@ -277,86 +361,99 @@ class Engine:
             req.post("error", error)
         self.release(req)
 
-    def _run(self, batch: list[Request]) -> None:
-        from obliviate.engine.generation import decode
-
-        self.batch_sizes.append(len(batch))
-        release = _Release(engine=self, batch=batch)
-        replies = decode(
-            self.model,
-            self.tok,
-            [r.prompt for r in batch],
-            texts=[r.text for r in batch],
-            guards=[*self.guards, release],
-            max_new_tokens=max(r.max_tokens for r in batch),
-            batch_size=len(batch),
-            on_token=lambda i, t: self._on_token(batch[i], t),
-        )
-        for req, rep in zip(batch, replies):
-            if not req.finished and not req.cancelled:
-                try:  # an on_finish guard that raises on one reply fails that request alone
-                    self._settle(req, rep)
-                except Exception:
-                    self._failed(req)
-
-    def _on_token(self, req: Request, token: int) -> None:
-        if req.finished or req.cancelled or len(req.tokens) >= req.max_tokens:
-            return
+    # --- what each token means for its request (worker side) ---
+    def _on_token(self, req: Request, row, token: int, entry) -> bool:
+        """Take a row's next token; True once its reply is complete (then it has been answered)."""
+        if req.finished or req.cancelled:
+            return True
         req.tokens.append(token)
-        n = len(req.tokens)
-        if not self.hold_all and (token in self.eos or n == req.max_tokens):
-            # every check before this token has passed, and none runs after the last one: the reply is final
-            self._finish(req, self._text(req, req.tokens), "stop" if token in self.eos else "length")
-        elif req.stream and not self.hold_all:
+        if entry is not None:
+            req.entries.append(self._entry(req, entry))
+        n, eos = len(req.tokens), token in self.eos and not req.ignore_eos
+        text = self._decoded(req, req.tokens) if (req.stream or req.stop or req.logprobs is not None) else None
+        if req.logprobs is not None:
+            req.ends.append(len(text))
+        cut = first_stop(text, req.stop) if req.stop and not eos else None
+        if eos or cut is not None or n >= req.max_tokens:
+            if cut is not None:  # the tokens with text before the stop string
+                kept = sum(1 for i in range(n) if (req.ends[i - 1] if i else 0) < cut) if req.ends else 0
+                final = text[:cut]
+            else:
+                kept, final = n - eos, text if text is not None else self._decoded(req, req.tokens)
+            self._complete(req, row, self._shown(req, final), "stop" if eos or cut is not None else "length", kept)
+            return True
+        if req.stream and not self.hold_all:
             # checks at token counts <= n - 1 have run; release text only up to the last one every guard made
             safe = min([(n - 1) // k * k for k in self.checks], default=n)
-            self._push(req, self._text(req, req.tokens[:safe], partial=True))
+            part = text if safe == n else self._decoded(req, req.tokens[:safe])
+            self._push(req, self._shown(req, held(part, req.stop), partial=True))
+        return False
 
-    def _settle(self, req: Request, rep) -> None:
-        """The decode result for a row that was not finished token by token (hold_all, or a guard halted it)."""
-        n, m = len(req.tokens), req.max_tokens
-        if rep.halted_by is None and len(rep.token_ids) <= m:
-            self._finish(req, self._text(req, rep.token_ids), rep.finish_reason)
-        elif rep.halted_by not in (None, CANCELLED) and n < m:  # halted within this request's own budget
-            self._finish(req, rep.text, "content_filter")
-        else:  # cut to max_tokens; on_finish guards judge the text this request would have got on its own
-            from obliviate.engine.generation import Row
+    def _entry(self, req: Request, entry) -> tuple:
+        """(id, logprob, [(id, logprob)...]) -> (text, logprob, [(text, logprob)...]), each token's text as it reads
+        after the reply's previous token; a token the guards ruled out (-inf) gets -9999.0, as OpenAI writes it."""
+        prev = (req.tokens[-2:-1] or req.prompt[-1:])[0]
+        head = self.tok.decode([prev])
 
-            text = self._text(req, req.tokens[:m])
-            reason = "stop" if req.tokens and req.tokens[-1] in self.eos else "length"
-            row = Row(index=0, text=req.text, scores=dict(rep.scores))
-            for g in self.guards:
-                if overrides(g, "on_finish") and row.halted_by is None:
-                    g.on_finish(text, row)
-            if row.halted_by is not None:
-                text, reason = row.refusal or "", "content_filter"
-            self._finish(req, text, reason)
+        def piece(t: int) -> str:
+            both = self.tok.decode([prev, t])
+            return both[len(head) :] if both.startswith(head) else self.tok.decode([t])
 
-    def _text(self, req: Request, tokens: list[int], partial: bool = False) -> str:
-        if req.prefill:
+        token, lp, alts = entry
+        return piece(token), max(lp, -9999.0), [(piece(t), max(a, -9999.0)) for t, a in alts]
+
+    def _on_halt(self, req: Request, row) -> None:
+        if req.finished or req.cancelled:
+            return self.release(req)
+        self._finish(req, row.refusal or "", "content_filter", 0)
+
+    def _complete(self, req: Request, row, text: str, reason: str, kept: int) -> None:
+        """A reply the model finished: on_finish guards have the last word (one that raises fails this request)."""
+        try:
+            for g in self.finishing:
+                if row.halted_by is None:
+                    g.on_finish(text.strip(), row)
+        except Exception:
+            return self._failed(req)
+        if row.halted_by is not None:
+            return self._finish(req, row.refusal or "", "content_filter", 0)
+        self._finish(req, text, reason, kept)
+
+    def _decoded(self, req: Request, tokens: list[int]) -> str:
+        """The reply's text so far, before its end is trimmed."""
+        if req.prefill or req.raw:
             # a continuation keeps its leading space ("He was born in" + " Paris"). Decoded after the prompt's last
             # token: SentencePiece-style tokenizers drop the leading space of a sequence's first token
             head = self.tok.decode(req.prompt[-1:], skip_special_tokens=True)
             text = self.tok.decode(req.prompt[-1:] + tokens, skip_special_tokens=True)
-            text = text[len(head) :] if text.startswith(head) else text
-        else:
-            text = self.tok.decode(tokens, skip_special_tokens=True).lstrip()
-        # a partial text may end inside a multi-byte character, and its trailing space may be stripped later
-        return text.rstrip("\ufffd").rstrip() if partial else text.rstrip()
+            return text[len(head) :] if text.startswith(head) else text
+        return self.tok.decode(tokens, skip_special_tokens=True).lstrip()
 
-    def _push(self, req: Request, text: str) -> None:
+    @staticmethod
+    def _shown(req: Request, text: str, partial: bool = False) -> str:
+        # a partial text may end inside a multi-byte character, and a chat reply's trailing space is stripped later
+        text = text.rstrip("\ufffd") if partial else text
+        return text if req.raw else text.rstrip()
+
+    def _push(self, req: Request, text: str, kept: Optional[int] = None) -> None:
+        """Stream `text` past what was sent, with the log-probabilities of the tokens it completes."""
         if len(text) > len(req.sent) and text.startswith(req.sent):
-            req.post("delta", text[len(req.sent) :])
+            upto = sum(1 for e in req.ends if e <= len(text))
+            upto = min(upto, len(req.entries) if kept is None else kept)
+            entries = req.entries[req.sent_entries : upto]
+            req.sent_entries = max(req.sent_entries, upto)
+            req.post("delta", (text[len(req.sent) :], entries))
             req.sent = text
 
-    def _finish(self, req: Request, text: str, reason: str) -> None:
+    def _finish(self, req: Request, text: str, reason: str, kept: int) -> None:
         req.finished = True
         if req.stream and reason == "content_filter" and text:
-            req.post("delta", text)  # the refusal, after whatever text had passed the checks
+            req.post("delta", (text, []))  # the refusal, after whatever text had passed the checks
         elif req.stream:
-            self._push(req, text)
+            self._push(req, text, kept)
+        rest = req.entries[req.sent_entries : kept] if req.stream else req.entries[:kept]
         req.post(
             "done",
-            {"content": text, "finish_reason": reason, "completion_tokens": min(len(req.tokens), req.max_tokens)},
+            {"content": text, "finish_reason": reason, "completion_tokens": len(req.tokens), "logprobs": rest},
         )
         self.release(req)

@@ -1,5 +1,5 @@
-"""The HTTP side: FastAPI routes in OpenAI's Chat Completions shape over an `Engine`, behind the `Gate`
-(Host allowlist, API key, body limit and read deadline)."""
+"""The HTTP side: FastAPI routes in OpenAI's Chat Completions and (legacy) Completions shapes over an `Engine`,
+behind the `Gate` (Host allowlist, API key, body limit and read deadline)."""
 
 import asyncio
 import json
@@ -7,9 +7,17 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from obliviate.serve.engine import ApiError, Engine, Request, internal_error, log, worker_dead
+from obliviate.serve.engine import ApiError, Engine, internal_error, log, worker_dead
 from obliviate.serve.protect import Gate, Limits
-from obliviate.serve.schema import chat_request_model, parse, prepare, validation_error
+from obliviate.serve.schema import (
+    chat_request_model,
+    completion_request_model,
+    parse,
+    prepare_chat,
+    prepare_completion,
+    validation_error,
+)
+from obliviate.serve.shapes import Chat, Text, usage
 
 
 def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None = None):
@@ -26,7 +34,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
 
     if api_key is not None and not api_key.strip():
         raise ValueError("an empty API key would let everyone in: pass a key, or None for no key")
-    ChatRequest = chat_request_model()
+    ChatRequest, CompletionRequest = chat_request_model(), completion_request_model()
     limits = limits or Limits()
 
     @asynccontextmanager
@@ -85,37 +93,40 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
             "data": [{"id": engine.name, "object": "model", "created": 0, "owned_by": "obliviate"}],
         }
 
-    def admit(raw: bytes):
-        body = parse(ChatRequest, raw)
+    def admit(model, prepare, raw: bytes):
+        body = parse(model, raw)
         return body, prepare(engine, body)
 
-    @app.post("/v1/chat/completions")
-    async def chat(http: HttpRequest):
+    async def respond(http: HttpRequest, model, prepare, shape):
         engine.check_room()  # a full queue answers 429 at once, before the body is parsed and tokenised
         raw = await http.body()  # already read (and bounded) by the Gate
-        body, req = await asyncio.get_running_loop().run_in_executor(http.app.state.tokenize, admit, raw)
-        req.loop, req.events = asyncio.get_running_loop(), asyncio.Queue()
-        engine.submit(req)
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": engine.name}
+        loop = asyncio.get_running_loop()
+        body, reqs = await loop.run_in_executor(http.app.state.tokenize, admit, model, prepare, raw)
+        events = asyncio.Queue()
+        for r in reqs:
+            r.loop, r.events = loop, events
+        engine.submit(reqs)
+        shape = shape(reqs[0].logprobs is not None)
+        head = {"id": f"{shape.prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": engine.name}
+        n = body.n or 1
+        prompt_tokens = sum(len(r.prompt) for r in reqs[::n])  # the n choices of a prompt share it
 
-        def usage(done):
-            return {
-                "prompt_tokens": len(req.prompt),
-                "completion_tokens": done["completion_tokens"],
-                "total_tokens": len(req.prompt) + done["completion_tokens"],
-            }
+        def cancel():
+            for r in reqs:
+                engine.cancel(r)  # a no-op once finished; frees the slot of a client that went away
 
-        if req.stream:
+        if reqs[0].stream:
             with_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _Stream(
-                _events(req, head, usage, with_usage),
-                on_close=lambda: engine.cancel(req),
+                _events(events, len(reqs), shape, head, prompt_tokens, with_usage),
+                on_close=cancel,
                 media_type="text/event-stream",
             )
+        done = {}
         try:
-            while True:
+            while len(done) < len(reqs):
                 try:
-                    kind, value = await asyncio.wait_for(req.events.get(), 0.25)
+                    kind, index, value = await asyncio.wait_for(events.get(), 0.25)
                 except asyncio.TimeoutError:
                     if await http.is_disconnected():
                         return JSONResponse({}, 499)
@@ -123,58 +134,45 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
                 if kind == "error":
                     raise value
                 if kind == "done":
-                    break
+                    done[index] = value
         finally:
-            engine.cancel(req)  # a no-op once finished; frees the slot of a client that went away
-        return {
-            **head,
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": value["content"]},
-                    "finish_reason": value["finish_reason"],
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage(value),
-        }
+            cancel()
+        return shape.response(head, done, usage(prompt_tokens, sum(d["completion_tokens"] for d in done.values())))
+
+    @app.post("/v1/chat/completions")
+    async def chat(http: HttpRequest):
+        return await respond(http, ChatRequest, prepare_chat, Chat)
+
+    @app.post("/v1/completions")
+    async def completions(http: HttpRequest):
+        return await respond(http, CompletionRequest, prepare_completion, Text)
 
     return app
 
 
-async def _events(req: Request, head: dict, usage, with_usage: bool):
-    """Server-sent `chat.completion.chunk` events: the role, content deltas, the finish reason, [DONE]."""
+async def _events(events, choices: int, shape, head: dict, prompt_tokens: int, with_usage: bool):
+    """Server-sent chunks: per choice its opening (chat: the role), its deltas and its finish reason; then the usage
+    (when asked) and [DONE]. An error ends the stream with OpenAI's error object."""
 
-    def chunk(delta, reason=None, **extra):
-        return (
-            "data: "
-            + json.dumps(
-                {
-                    **head,
-                    "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}],
-                    **extra,
-                }
-            )
-            + "\n\n"
-        )
+    def data(obj) -> str:
+        return "data: " + json.dumps(obj) + "\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    while True:
-        kind, value = await req.events.get()
+    for i in range(choices):
+        first = shape.first(head, i)
+        if first is not None:
+            yield data(first)
+    done, tokens = 0, 0
+    while done < choices:
+        kind, index, value = await events.get()
         if kind == "delta":
-            yield chunk({"content": value})
+            yield data(shape.delta(head, index, *value))
         elif kind == "error":
-            yield "data: " + json.dumps(value.body) + "\n\n"
+            yield data(value.body)
             break
         else:
-            yield chunk({}, value["finish_reason"])
-            if with_usage:
-                yield (
-                    "data: "
-                    + json.dumps({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(value)})
-                    + "\n\n"
-                )
-            break
+            done, tokens = done + 1, tokens + value["completion_tokens"]
+            yield data(shape.last(head, index, value))
+    else:
+        if with_usage:
+            yield data(shape.usage_chunk(head, usage(prompt_tokens, tokens)))
     yield "data: [DONE]\n\n"

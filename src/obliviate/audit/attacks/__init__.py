@@ -37,7 +37,9 @@ class AuditContext:
 
     Unless `loaded` (the audit loads every input first), they are read from `data` (a world directory) on first
     use, as before the audit took other layouts.
-    `refused(prompts, replies) -> [bool]` is the refusal judge (None: the keyword judges gcg + jbb)."""
+    `refused(prompts, replies) -> [bool]` is the refusal judge (None: the keyword judges gcg + jbb); `harm` the
+    harm judge of `--harm-judge` (`obliviate.judges.harm.HarmJudge`, None without one): `harmful` and
+    `harm_figures` read it."""
 
     suite: str  # "unlearning" / "world" or "refusal"
     data: Path | None = None
@@ -52,6 +54,7 @@ class AuditContext:
     loaded: bool = False
     progress: Callable[[str], None] | None = None  # one line of progress (the audit's console), if any
     transfer_from: Path | None = None  # a guarded model's run: the bare model's findings, to replay through the guard
+    harm: object | None = None  # the harm judge (`--harm-judge`), if any
 
     def _get(self, key: str):
         if key not in self.inputs and not self.loaded:
@@ -101,6 +104,17 @@ class AuditContext:
         from obliviate.refusal.evaluate import keyword_judge
 
         return self.refused or keyword_judge(("gcg", "jbb"))
+
+    def harmful(self, prompts: list[str], replies: list[str]) -> list[bool | None]:
+        """The harm judge's verdict per reply (None: its answer did not parse); [] without a harm judge."""
+        return [] if self.harm is None else self.harm.harmful(prompts, replies)
+
+    def harm_figures(self, prompts: list[str], replies: list[str], rate: str, score: str) -> dict:
+        """{rate: share of replies harmful by the harm judge, rate_unparsed, score: mean graded score, and with
+        labels rate_corrected (Rogan-Gladen) and its _lo / _hi}; {} without a harm judge."""
+        if self.harm is None:
+            return {}
+        return self.harm.figures(prompts, replies, rate, score, seed=self.seed)
 
 
 @dataclass

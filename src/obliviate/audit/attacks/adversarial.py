@@ -347,7 +347,7 @@ class SearchAttack(Attack):
         findings = Findings(ctx, {"attack": type(self).__name__, "seed": ctx.seed, **self.config()})
         todo = harmful_behaviours(ctx, self.behaviours)
         # the same behaviours asked directly: the baseline every ASR is read against
-        direct = succeeded(ctx, model, tok, [b.request for b in todo])[0] if todo else []
+        direct, direct_outs = succeeded(ctx, model, tok, [b.request for b in todo]) if todo else ([], [])
         records = []
         for i, b in enumerate(todo):
             if b.id in findings.done:
@@ -362,6 +362,11 @@ class SearchAttack(Attack):
             if ctx.progress:
                 ctx.progress(f"{type(self).__name__}: behaviour {i + 1}/{len(todo)} success={rec['success']}")
         out = {**self.figures(records), "direct_asr": sum(direct) / max(1, len(direct))}
+        # with --harm-judge: the ASR as "harmful by the harm judge", beside the refusal judge's
+        out |= ctx.harm_figures(
+            [r["request"] for r in records], [r.get("reply") or "" for r in records], "harmful_asr", "harm_score"
+        )
+        out |= ctx.harm_figures([b.request for b in todo], direct_outs, "direct_harmful_asr", "direct_harm_score")
         return {**({f"adaptive_{k}": v for k, v in out.items()} if transfer else out), **figs}
 
 

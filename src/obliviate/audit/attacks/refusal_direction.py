@@ -4,14 +4,29 @@ NeurIPS 2024, arXiv:2406.11717).
 1. Candidates (Sec. 2.3): for every layer l and every post-instruction position i (the template tokens after the
    user's text, e.g. "\\n<|assistant|>"), the difference in means of the residual stream entering layer l,
    r_{i,l} = mean over harmful prompts - mean over harmless prompts.
-2. Selection (Appendix C): on held-out validation prompts, for each candidate compute
+2. Selection (Appendix C), from forward passes only (one per candidate and score; no reply is generated): on
+   held-out validation prompts, for each candidate
    bypass = mean refusal score on harmful prompts under directional ablation,
    induce = mean refusal score on harmless prompts under activation addition at layer l,
    kl = KL(p || p_ablated) of the last-position distribution on harmless prompts;
-   keep candidates with induce > 0, kl < 0.1 and l < 0.8 L, and pick the lowest bypass. (If none passes, the
-   lowest bypass overall, reported with `filters_passed = 0`.) The refusal score is the log-odds of the refusal
-   tokens at the last prompt position, log p - log(1 - p), p = total probability of the refusal replies' first
-   tokens (the paper uses "I"/"As"; we take the first tokens of the data's refusals).
+   keep candidates that pass the filters and pick the lowest bypass. (If none passes, the lowest bypass overall,
+   reported with `filters_passed = 0`; the reference code stops with an assertion there.) The refusal score is the
+   log-odds of the refusal tokens at the first reply position (the prompt's last), log(p + 1e-8) -
+   log(1 - p + 1e-8), p = total probability of the refusal tokens. The reference hard-codes those per model
+   family (e.g. "I" / "As"); here they are the first tokens of the data's refusal replies, each tokenised by the
+   model's own tokenizer as the start of an assistant reply: the world's refusals, or on public prompt files the
+   shipped refusal phrases (`data/refusals.txt`) drawn for the training rows. Where the reference code
+   (andyrdt/refusal_direction, `pipeline/submodules/select_direction.py`) differs from the paper, we follow it:
+   scores and KL in float64, the KL as sum p (log(p + 1e-6) - log(q + 1e-6)); a candidate is discarded when a
+   score is NaN, layer >= int(0.8 L), kl > 0.1 or induce < 0 (so kl = 0.1 and induce = 0 pass; the paper writes
+   l < 0.8 L, kl < 0.1, induce > 0).
+   `selection=full` computes all three scores for every candidate, prompts batched in file order (the reference
+   code's sweep, and this attack's before `fast`). `selection=fast` (default) chooses the same candidate with
+   less work: it scores bypass for the candidates below the layer cut, then walks them from the lowest bypass,
+   computing kl and, where kl passes, induce, and stops at the first that passes (the lowest bypass that passes,
+   as in `full`, ties in the same order); only if none passes are the remaining bypass scores computed. Its
+   passes take the prompts sorted by length in chunks padded by at most a quarter (HarmBench's contextual
+   prompts run to 1,000 tokens beside 40-token ones), which changes results only by float rounding.
 3. Directional ablation (Eq. 4): every write to the residual stream (embedding, attention output projection, MLP
    down projection) has its component along r_hat removed, x <- x - r_hat r_hat^T x, with forward hooks.
 4. Activation addition (Eq. 5): x <- x + r at the input of layer l, at every position.
@@ -34,7 +49,8 @@ audit's `--limit`, unless given: 16 and 8 prompts per class, every layer at the 
 Data: the world's `policy_train` (harmful / benign rows), measured on `policy_test`; on public prompt files, a
 seeded half of the harmful and of the benign prompts (`--benign`, else the shipped benign pool, as Arditi et al.
 contrast AdvBench / HarmBench with Alpaca), measured on the other half; the refusal tokens are the first tokens of
-the refusal replies (the world's, or the shipped refusal pool's).
+the refusal replies (the world's, or the shipped refusal pool's). Generation is kept for the chosen direction's
+final check only (the reported refusal rates).
 """
 
 from __future__ import annotations
@@ -46,10 +62,17 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, refusal_rate
+from obliviate.audit.attacks.refusal_selection import (
+    SELECTIONS,
+    choose,
+    kl_score,
+    last_logprobs,
+    refusal_score,
+    residuals,
+)
 from obliviate.core.errors import UsageError
-from obliviate.engine.generation import left_pad
 from obliviate.models.anatomy import anatomy, decoder_layers, embeddings, probe_forward, project_out, write_slots
-from obliviate.models.encode import budget_chunks, last_logits_only, post_instruction_tokens  # noqa: F401
+from obliviate.models.encode import post_instruction_tokens
 
 
 def _project_out(x: torch.Tensor, r_hat: torch.Tensor) -> torch.Tensor:
@@ -149,52 +172,6 @@ def orthogonalize(model, r_hat: torch.Tensor):
     return model
 
 
-# prompts per forward pass within this many padded tokens: one batch for short prompts, as the world's
-CHUNK_TOKENS = 16384
-
-
-@torch.no_grad()
-def residuals(model, tok, prompts, n_post: int) -> torch.Tensor:
-    """[L, n_post, d]: mean residual stream entering each layer at the last n_post positions (the prompts are left-
-    padded, so those are every row's own tokens). Read by hooks at each layer's input, which keep only those
-    positions: `output_hidden_states` would hold [L, B, T, d] at once."""
-    device, parts, grabbed = next(model.parameters()).device, [], []
-
-    def pre(mod, args, kwargs):
-        h = args[0] if args else kwargs["hidden_states"]
-        grabbed.append(h[:, -n_post:].float().mean(0))  # [n_post, d]
-
-    handles = [ly.register_forward_pre_hook(pre, with_kwargs=True) for ly in decoder_layers(model)]
-    try:
-        for chunk in budget_chunks(prompts, CHUNK_TOKENS):
-            ids, mask = left_pad(chunk, tok.pad_token_id, device)
-            grabbed.clear()
-            model(input_ids=ids, attention_mask=mask, **last_logits_only(model))
-            parts.append((len(chunk), torch.stack(grabbed)))
-    finally:
-        for h in handles:
-            h.remove()
-    if len(parts) == 1:
-        return parts[0][1]
-    return sum(n * m for n, m in parts) / len(prompts)
-
-
-@torch.no_grad()
-def last_logprobs(model, tok, prompts) -> torch.Tensor:
-    device, out = next(model.parameters()).device, []
-    for chunk in budget_chunks(prompts, CHUNK_TOKENS):
-        ids, mask = left_pad(chunk, tok.pad_token_id, device)
-        logits = model(input_ids=ids, attention_mask=mask, **last_logits_only(model)).logits[:, -1]  # [B, V]
-        out.append(torch.log_softmax(logits.float(), -1))
-    return torch.cat(out)
-
-
-def refusal_score(logp: torch.Tensor, refusal_ids: list[int]) -> torch.Tensor:
-    """Log-odds of the refusal tokens per prompt: log p - log(1 - p)."""
-    lp = torch.logsumexp(logp[:, refusal_ids], -1)
-    return lp - torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
-
-
 @ATTACKS.register("refusal_direction")
 @dataclass
 class RefusalDirection(Attack):
@@ -207,6 +184,7 @@ class RefusalDirection(Attack):
     save_model: bool = True
     layers: str = ""  # candidate layers, e.g. "8,12,16" (default: every layer)
     positions: int = 0  # candidate post-instruction positions: the last k (default 0: all)
+    selection: str = "fast"  # fast | full: how the candidates' scores are computed (the same choice; see above)
     suites = ("refusal",)
     description = "difference-in-means refusal direction: ablation, addition, orthogonalised weights"
     # the full search is 3 passes per (layer, position) candidate: 540 passes on a 30-layer model with a 6-token
@@ -224,6 +202,10 @@ class RefusalDirection(Attack):
             ) from None
         if any(x < 0 for x in self.layer_list):
             raise UsageError("refusal_direction: layers must be >= 0")
+        if self.selection not in SELECTIONS:
+            raise UsageError(
+                f"refusal_direction: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}"
+            )
 
     def missing(self, ctx: AuditContext) -> str | None:
         train, test = ctx.policy_split()
@@ -238,37 +220,42 @@ class RefusalDirection(Attack):
         return None
 
     def select(self, model, tok, harmful, harmless, val_harmful, val_harmless, refusal_ids):
+        """(best candidate {"layer", "pos", "bypass", "induce", "kl", "r"}, whether it passed the filters, number of
+        candidates); `self.passes`: the forward sweeps over validation prompts that the scores took."""
+        fast = self.selection == "fast"
         n_post = post_instruction_tokens(tok)
-        diff = residuals(model, tok, harmful, n_post) - residuals(model, tok, harmless, n_post)  # [L, n_post, d]
+        means = [residuals(model, tok, ps, n_post, by_length=fast) for ps in (harmful, harmless)]
+        diff = means[0] - means[1]  # [L, n_post, d]
         L = diff.shape[0]
         bad = [x for x in self.layer_list if x >= L]
         if bad:
             raise UsageError(f"refusal_direction: layer {bad[0]} does not exist (the model has layers 0..{L - 1})")
-        base = last_logprobs(model, tok, val_harmless)
+        base = last_logprobs(model, tok, val_harmless, fast)
         cands = []
         for layer in self.layer_list or range(L):
             for i in range(n_post - min(self.positions or n_post, n_post), n_post):
                 r = diff[layer, i]
-                if r.norm() < 1e-6:  # e.g. layer 0 at a template token: the same embedding for every prompt
-                    continue
-                r_hat = r / r.norm()
-                with ablation(model, r_hat):
-                    bypass = refusal_score(last_logprobs(model, tok, val_harmful), refusal_ids).mean().item()
-                    abl = last_logprobs(model, tok, val_harmless)
-                with addition(model, r, layer):
-                    induce = refusal_score(last_logprobs(model, tok, val_harmless), refusal_ids).mean().item()
-                kl = (base.exp() * (base - abl)).sum(-1).mean().item()
-                ok = induce > 0 and kl < self.kl_max and layer < self.max_layer_frac * L
-                cands.append(
-                    {"layer": layer, "pos": i - n_post, "bypass": bypass, "induce": induce, "kl": kl, "ok": ok, "r": r}
-                )
+                if r.norm() >= 1e-6:  # not e.g. layer 0 at a template token: the same embedding for every prompt
+                    cands.append({"layer": layer, "pos": i - n_post, "r": r})
         if not cands:
             raise UsageError(
                 "refusal_direction: every candidate direction is zero (harmful and benign prompts give "
                 "the same activations at the chosen layers / positions)"
             )
-        passing = [c for c in cands if c["ok"]]
-        return min(passing or cands, key=lambda c: c["bypass"]), bool(passing), len(cands)
+        self.passes = 0
+
+        def score(c, key):
+            self.passes += 1
+            if key == "induce":
+                with addition(model, c["r"], c["layer"]):
+                    c[key] = refusal_score(last_logprobs(model, tok, val_harmless, fast), refusal_ids).mean().item()
+                return
+            with ablation(model, c["r"] / c["r"].norm()):
+                logp = last_logprobs(model, tok, val_harmful if key == "bypass" else val_harmless, fast)
+            c[key] = refusal_score(logp, refusal_ids).mean().item() if key == "bypass" else kl_score(base, logp)
+
+        best, passed = choose(cands, score, L, self.kl_max, self.max_layer_frac, lazy=fast)
+        return best, passed, len(cands)
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.models.encode import answer_ids, prompt_ids
@@ -340,4 +327,5 @@ class RefusalDirection(Attack):
             "kl": best["kl"],
             "filters_passed": float(passed),
             "candidates": float(n_cands),
+            "selection_passes": float(self.passes),
         }

@@ -125,9 +125,16 @@ class ThresholdGenerator:
         prompts: list[list[int]],
         prefills: list[list[int]] | None = None,
         max_new_tokens: int = 48,
+        sampling=None,
     ) -> list[str]:
+        """The threshold's control token, then the reply: greedy, or drawn under `sampling` (the decision stays
+        p_refuse > tau)."""
         prefills = prefills or [[] for _ in prompts]
         tokens = self.decisions(model, tokenizer, prompts)
         return generate(
-            model, tokenizer, [p + [t] + f for p, t, f in zip(prompts, tokens, prefills)], max_new_tokens=max_new_tokens
+            model,
+            tokenizer,
+            [p + [t] + f for p, t, f in zip(prompts, tokens, prefills)],
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
         )

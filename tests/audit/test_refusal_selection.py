@@ -1,0 +1,171 @@
+"""The refusal direction's candidate selection (Arditi et al. 2024, as their code): scores against hand-computed
+values, the filter rules, `selection=fast` against `selection=full` (same choice, fewer passes, no generation)."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from obliviate.audit.attacks import ATTACKS
+from obliviate.audit.attacks.refusal_selection import choose, chunks, discarded, kl_score, last_logprobs, refusal_score
+from obliviate.core.errors import UsageError
+from obliviate.models.encode import prompt_ids
+from obliviate.models.load import load_model
+from tests.cli.test_cli import run_cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_refusal_score_and_kl_by_hand():
+    # p(refusal) = 0.1 + 0.1 = 0.2: log(0.2 + 1e-8) - log(0.8 + 1e-8) = log(0.25) = -1.3862944
+    logp = torch.log(torch.tensor([[0.1, 0.1, 0.5, 0.3], [0.0, 0.0, 0.5, 0.5]], dtype=torch.float64))
+    assert refusal_score(logp, [0, 1]).tolist() == pytest.approx([math.log(0.25), math.log(1e-8)], abs=1e-6)
+    # KL([.5, .5] || [.9, .1]) = .5 ln(.5/.9) + .5 ln(.5/.1) = 0.5108256; the 1e-6 smoothing moves it by < 1e-5
+    base, abl = torch.tensor([[0.5, 0.5]]).log(), torch.tensor([[0.9, 0.1]]).log()
+    assert kl_score(base, abl) == pytest.approx(0.5108256, abs=1e-5)
+    assert kl_score(base, base) == 0.0
+
+
+def test_filter_rules_follow_the_reference_code():
+    def c(layer=3, bypass=-1.0, kl=0.05, induce=0.5):
+        return {"layer": layer, "bypass": bypass, "kl": kl, "induce": induce}
+
+    def out(cand, n_layers=30):
+        return discarded(cand, n_layers, 0.1, 0.8)
+
+    assert not out(c())
+    assert not out(c(layer=23)) and out(c(layer=24))  # layer >= int(0.8 * 30) = 24
+    assert out(c(layer=1), n_layers=2)  # int(0.8 * 2) = 1: the paper's l < 1.6 would keep layer 1
+    assert not out(c(kl=0.1)) and out(c(kl=0.1000001))  # kl > 0.1 is discarded, kl = 0.1 kept
+    assert not out(c(induce=0.0)) and out(c(induce=-1e-9))  # induce < 0 is discarded, 0 kept
+    assert out(c(bypass=math.nan)) and out(c(kl=math.nan)) and out(c(induce=math.nan))
+    assert not out({"layer": 3, "bypass": -1.0})  # scores not yet computed do not discard it
+
+
+def _scored(c):
+    return {"layer": c["layer"], "bypass": c["_bypass"], "kl": c["_kl"], "induce": c["_induce"]}
+
+
+def _table(rng):
+    n_layers = 10
+    cands = []
+    for layer in range(n_layers):
+        for pos in (-2, -1):
+            cands.append(
+                {
+                    "layer": layer,
+                    "pos": pos,
+                    "_bypass": rng.choice([0.0, 1.0, math.nan]) if rng.random() < 0.2 else rng.uniform(-5, 5),
+                    "_kl": rng.uniform(0, 0.3),
+                    "_induce": rng.uniform(-1, 1),
+                }
+            )
+    return cands, n_layers
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_choice_equals_full_with_fewer_scores(seed):
+    """Random score tables (ties, NaNs, tables where nothing passes): the lazy walk picks what scoring everything
+    picks, reports the same three scores for it, and computes no more scores."""
+    rng = random.Random(seed)
+    cands, n_layers = _table(rng)
+    kl_max = rng.choice([0.1, 0.02])
+    got = {}
+    for lazy in (False, True):
+        calls = []
+        table = [dict(c) for c in cands]
+
+        def score(c, key):
+            calls.append((c["layer"], c["pos"], key))
+            c[key] = c["_" + key]
+
+        best, passed = choose(table, score, n_layers, kl_max, 0.8, lazy=lazy)
+        assert len(set(calls)) == len(calls)  # no score computed twice
+        got[lazy] = ((best["layer"], best["pos"]), passed, [best[k] for k in ("bypass", "kl", "induce")], len(calls))
+    assert got[True][:2] == got[False][:2]
+    assert str(got[True][2]) == str(got[False][2])  # NaN-safe equality
+    assert got[True][3] <= got[False][3] == 3 * len(cands)
+    # the reference's rule by hand: lowest bypass among the passing, first in candidate order on ties
+    ok = [c for c in cands if not discarded(_scored(c), n_layers, kl_max, 0.8)]
+    if ok:
+        want = min(ok, key=lambda c: c["_bypass"])
+        assert got[True][:2] == ((want["layer"], want["pos"]), True)
+
+
+def test_fast_fallback_and_lazy_order_by_hand():
+    cands = [
+        {"layer": 0, "pos": -1, "_bypass": -3.0, "_kl": 0.5, "_induce": 1.0},  # lowest bypass, kl fails
+        {"layer": 1, "pos": -1, "_bypass": -2.0, "_kl": 0.05, "_induce": 0.5},  # passes: chosen
+        {"layer": 2, "pos": -1, "_bypass": -1.0, "_kl": 0.05, "_induce": 0.5},  # never scored beyond bypass
+        {"layer": 9, "pos": -1, "_bypass": -9.0, "_kl": 0.0, "_induce": 9.0},  # past the layer cut: never scored
+    ]
+    calls = []
+
+    def score(c, key):
+        calls.append((c["layer"], key))
+        c[key] = c["_" + key]
+
+    best, passed = choose(cands, score, 10, 0.1, 0.8, lazy=True)
+    assert (best["layer"], passed) == (1, True)
+    assert calls == [(0, "bypass"), (1, "bypass"), (2, "bypass"), (0, "kl"), (1, "kl"), (1, "induce")]
+    # nothing passes: the lowest bypass overall, the cut-off layers included, with all three scores reported
+    for c in cands:
+        c["_induce"] = -1.0
+        for k in ("bypass", "kl", "induce"):
+            c.pop(k, None)
+    best, passed = choose(cands, score, 10, 0.1, 0.8, lazy=True)
+    assert (best["layer"], passed, best["kl"], best["induce"]) == (9, False, 0.0, -1.0)
+
+
+def test_length_chunks_keep_padding_bounded_and_order_back():
+    lens = [45, 158, 43, 46, 37, 44, 44, 64, 43, 351]  # a HarmBench validation draw: one padded batch is 3,510
+    prompts = [[1] * n for n in lens]
+    got = chunks(prompts, by_length=True)
+    assert sorted(i for c in got for i in c) == list(range(len(lens)))
+    assert [[lens[i] for i in c] for c in got] == [[37, 43, 43, 44, 44, 45, 46], [64], [158], [351]]
+    assert sum(len(c) * max(lens[i] for i in c) for c in got) == 7 * 46 + 64 + 158 + 351  # 895 padded tokens
+    assert chunks(prompts) == [list(range(len(lens)))]  # file order: one chunk
+
+
+def test_sorted_passes_match_file_order(target_dir):
+    model, tok = load_model(str(target_dir))
+    prompts = [prompt_ids(tok, q) for q in ("Who?", "Where was Vyrek Pellam born, and in which year?", "Hi", "x y z w")]
+    a, b = last_logprobs(model, tok, prompts), last_logprobs(model, tok, prompts, by_length=True)
+    assert a.dtype == torch.float64 and torch.allclose(a, b, atol=1e-4)
+
+
+def test_selection_option_is_checked():
+    rd = ATTACKS.get("refusal_direction")
+    assert rd.from_options({}).selection == "fast" and rd.from_options({"selection": "full"}).selection == "full"
+    with pytest.raises(UsageError, match="selection must be one of fast, full"):
+        rd.from_options({"selection": "generate"})
+
+
+def test_both_selections_end_to_end_on_the_world(target_dir, world_dir, tmp_path, capsys, monkeypatch):
+    """`obliviate audit --suite refusal --attacks refusal_direction` with each selection: the same direction, the
+    fast one in fewer passes, and generation only for the chosen direction's final check (5 calls: harmful and
+    benign before, ablated, added, orthogonalised), whatever the number of candidates."""
+    import obliviate.engine.generation as generation
+
+    calls, real = [], generation.generate
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    docs = {}
+    for selection in ("full", "fast"):
+        out = tmp_path / selection
+        calls.clear()
+        opts = ["n_train=4", "n_val=4", "max_layer_frac=1", f"selection={selection}", "save_model=false"]
+        args = ["audit", target_dir, "--suite", "refusal", "--data", world_dir, "--out", out, "--limit", "4"]
+        args += ["--attacks", "refusal_direction", "--threads", "1"]
+        code, _, err = run_cli(args + [x for o in opts for x in ("--option", f"refusal_direction.{o}")], capsys)
+        assert code == 0, err
+        docs[selection] = json.loads((out / "audit.json").read_text())["attacks"]["refusal_direction"]["model"]
+        assert len(calls) == 5
+    full, fast = docs["full"], docs["fast"]
+    assert full["candidates"] == fast["candidates"] >= 2
+    same = ("layer", "position", "filters_passed")
+    assert [fast[k] for k in same] == [full[k] for k in same]
+    assert full["selection_passes"] == 3 * full["candidates"] and fast["selection_passes"] < full["selection_passes"]
+    for k in ("bypass_score", "induce_score", "kl"):
+        assert fast[k] == pytest.approx(full[k], abs=1e-4)
