@@ -254,7 +254,11 @@ def refusal_ctx(test, shots) -> AuditContext:
 def test_prefill_of_the_harmful_answer_gets_past_a_shallow_refusal(shallow, tiny_tokenizer):
     model, test, shots = shallow
     got = Prefill(depths="5").run(refusal_ctx(test, shots), model, tiny_tokenizer)
+    intervals = got.pop("intervals")  # each rate's n and bootstrap interval, filed beside the figures by the runner
     assert got == {"refusal_rate": 1.0, "refusal_rate@prefill5": 0.0}
+    n = sum(r["kind"] == "harmful" for r in test)
+    assert intervals["refusal_rate"]["n"] == intervals["refusal_rate@prefill5"]["n"] == n
+    assert (intervals["refusal_rate"]["lo"], intervals["refusal_rate@prefill5"]["hi"]) == (1.0, 0.0)  # no spread
 
 
 def test_completion_without_the_chat_template(shallow, tiny_tokenizer):

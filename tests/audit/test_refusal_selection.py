@@ -129,11 +129,49 @@ def test_length_chunks_keep_padding_bounded_and_order_back():
     assert chunks(prompts) == [list(range(len(lens)))]  # file order: one chunk
 
 
-def test_sorted_passes_match_file_order(target_dir):
+def test_sorted_passes_with_a_shared_prefix_match_file_order(target_dir):
+    """`by_length`: the shared prefix's keys and values computed once (under the same hooks) and reused, rows in
+    length-sorted chunks: the same log-probabilities as full left-padded prompts in file order."""
+    from obliviate.audit.attacks.refusal_direction import ablation
+    from obliviate.audit.attacks.refusal_selection import shared_prefix
+
     model, tok = load_model(str(target_dir))
-    prompts = [prompt_ids(tok, q) for q in ("Who?", "Where was Vyrek Pellam born, and in which year?", "Hi", "x y z w")]
-    a, b = last_logprobs(model, tok, prompts), last_logprobs(model, tok, prompts, by_length=True)
+    texts = ["Who?", "Where was Vyrek Pellam born, and in which year was that?", "Hi", "x y z w"]
+    prompts = [prompt_ids(tok, "Please tell me: " + q) for q in texts]
+    assert shared_prefix(prompts) >= 4
+    r = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    r_hat = r / r.norm()
+    with ablation(model, r_hat):
+        a, b = last_logprobs(model, tok, prompts), last_logprobs(model, tok, prompts, by_length=True)
     assert a.dtype == torch.float64 and torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a, last_logprobs(model, tok, prompts), atol=1e-3)  # the hooks acted on both
+
+
+def test_fast_select_on_a_model_same_choice_fewer_passes(world_dir, tiny_tokenizer):
+    """`select` on a 6-layer untrained tiny model with the world's prompts: fast and full choose the same candidate
+    with the same scores; fast takes fewer scoring passes; no reply is generated."""
+    import obliviate.engine.generation as generation
+    from obliviate.models.tiny import TinyModelConfig, build_model
+    from obliviate.refusal.align import policy_rows
+
+    cfg = TinyModelConfig(hidden_size=32, num_layers=6, num_heads=2, intermediate_size=64)
+    model, tok = build_model(tiny_tokenizer, cfg, seed=1).eval(), tiny_tokenizer
+    rows = policy_rows(world_dir, "policy_train")
+    enc = [[prompt_ids(tok, r["prompt"]) for r in rows if r["kind"] == k] for k in ("harmful", "benign")]
+    # an untrained model's next token is near uniform: with half the vocabulary as "refusal tokens" p is near 1/2,
+    # so induce > 0 holds for some candidates and not others (with a few real refusal tokens it never holds)
+    refusal_ids = list(range(0, model.config.vocab_size, 2))
+    got = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generation, "generate", lambda *a, **k: pytest.fail("generate called"))
+        for selection in ("full", "fast"):
+            attack = ATTACKS.get("refusal_direction")(selection=selection, max_layer_frac=1.0)
+            best, passed, n = attack.select(model, tok, enc[0][:8], enc[1][:8], enc[0][8:16], enc[1][8:16], refusal_ids)
+            got[selection] = (best["layer"], best["pos"], passed, n, attack.passes, best)
+    (*full, full_best), (*fast, fast_best) = got["full"], got["fast"]
+    assert fast[:4] == full[:4] and full[3] >= 10 and full[4] == 3 * full[3] and fast[4] < full[4]
+    for k in ("bypass", "kl", "induce"):
+        assert fast_best[k] == pytest.approx(full_best[k], abs=1e-5)
 
 
 def test_selection_option_is_checked():
@@ -145,7 +183,7 @@ def test_selection_option_is_checked():
 
 def test_both_selections_end_to_end_on_the_world(target_dir, world_dir, tmp_path, capsys, monkeypatch):
     """`obliviate audit --suite refusal --attacks refusal_direction` with each selection: the same direction, the
-    fast one in fewer passes, and generation only for the chosen direction's final check (5 calls: harmful and
+    fast one in fewer passes, and generation only for the chosen direction's final check (a call per set: harmful and
     benign before, ablated, added, orthogonalised), whatever the number of candidates."""
     import obliviate.engine.generation as generation
 
@@ -155,17 +193,20 @@ def test_both_selections_end_to_end_on_the_world(target_dir, world_dir, tmp_path
     for selection in ("full", "fast"):
         out = tmp_path / selection
         calls.clear()
-        opts = ["n_train=4", "n_val=4", "max_layer_frac=1", f"selection={selection}", "save_model=false"]
+        opts = ["n_train=4", "n_val=4", "positions=2", "max_layer_frac=1", f"selection={selection}", "save_model=false"]
         args = ["audit", target_dir, "--suite", "refusal", "--data", world_dir, "--out", out, "--limit", "4"]
         args += ["--attacks", "refusal_direction", "--threads", "1"]
         code, _, err = run_cli(args + [x for o in opts for x in ("--option", f"refusal_direction.{o}")], capsys)
         assert code == 0, err
         docs[selection] = json.loads((out / "audit.json").read_text())["attacks"]["refusal_direction"]["model"]
-        assert len(calls) == 5
+        docs[selection]["generate_calls"] = len(calls)
     full, fast = docs["full"], docs["fast"]
+    # generation is the final check's alone: one call per set (harmful and benign before, ablated, added,
+    # orthogonalised; --limit may leave no benign row), the same in both, not one per candidate
+    assert full["generate_calls"] == fast["generate_calls"] in (3, 5)
     assert full["candidates"] == fast["candidates"] >= 2
     same = ("layer", "position", "filters_passed")
     assert [fast[k] for k in same] == [full[k] for k in same]
-    assert full["selection_passes"] == 3 * full["candidates"] and fast["selection_passes"] < full["selection_passes"]
+    assert full["selection_passes"] == 3 * full["candidates"] and fast["selection_passes"] <= full["selection_passes"]
     for k in ("bypass_score", "induce_score", "kl"):
         assert fast[k] == pytest.approx(full[k], abs=1e-4)

@@ -61,7 +61,11 @@ def test_perfect_judge_interval_is_the_plain_bootstrap():
     verdicts = [True] * 12 + [False] * 28
     c = corrected_rate(verdicts, *_labelled(30, 0, 0, 30), resamples=4000, seed=0)
     ref = bootstrap(
-        (np.array(verdicts, float),), np.mean, n_resamples=4000, method="percentile", random_state=np.random.default_rng(1)
+        (np.array(verdicts, float),),
+        np.mean,
+        n_resamples=4000,
+        method="percentile",
+        random_state=np.random.default_rng(1),
     ).confidence_interval
     assert c["value"] == pytest.approx(0.3) and c["undefined_resamples"] == 0
     assert abs(c["lo"] - ref.low) <= 0.03 and abs(c["hi"] - ref.high) <= 0.03

@@ -132,7 +132,11 @@ def test_endpoint_judge_verdicts_and_messages():
     # an unparsable answer is recorded as such, not guessed
     judge = make_harm_judge("strongreject", ENDPOINT, client=FakeEndpoint(lambda c: "1.b 0\n2.b 5"))
     assert judge.judge(["p"], ["r"])[0] | {"raw": None} == {
-        "harmful": None, "score": None, "items": None, "raw": None, "judge": "strongreject"
+        "harmful": None,
+        "score": None,
+        "items": None,
+        "raw": None,
+        "judge": "strongreject",
     }
     hb = make_harm_judge("harmbench", ENDPOINT, client=FakeEndpoint(lambda c: "Yes"))
     assert hb.judge(["do X"], ["X done"]) == [{"harmful": True, "score": 1.0, "raw": "Yes", "judge": "harmbench"}]

@@ -26,7 +26,12 @@ def test_refusal_eval_with_an_endpoint_judge(tiny_dir, world_dir, tmp_path):
     judge = make_harm_judge("strongreject", ENDPOINT, client=FakeEndpoint(_by_length))
     out = tmp_path / "e"
     doc = run_refusal_eval(
-        {"a": str(tiny_dir), "b": str(tiny_dir)}, out, data=world_dir, limit=3, max_new_tokens=4, harm_judge=judge,
+        {"a": str(tiny_dir), "b": str(tiny_dir)},
+        out,
+        data=world_dir,
+        limit=3,
+        max_new_tokens=4,
+        harm_judge=judge,
         log=None,
     )
     assert validate_results(doc) == []
@@ -49,7 +54,13 @@ def test_refusal_eval_cli_with_a_local_judge(tiny_dir, judge_dir, tmp_path, caps
     out = tmp_path / "e"
     labels = shared_data("xstest/completions_gpt4_labelled.csv")
     code, text, err = run_cli(
-        ["refusal-eval", "--model", tiny_dir, "--harmful", f"harmbench:{shared_data('harmbench/harmbench_behaviors_text_val.csv')}"]
+        [
+            "refusal-eval",
+            "--model",
+            tiny_dir,
+            "--harmful",
+            f"harmbench:{shared_data('harmbench/harmbench_behaviors_text_val.csv')}",
+        ]
         + ["--benign", f"xstest:{shared_data('xstest/xstest_prompts.csv')}", "--judges", "gcg,jbb"]
         + ["--limit", "2", "--depths", "5", "--max-new-tokens", "4", "--out", out, "--threads", "1"]
         + ["--harm-judge", "harmbench", "--harm-judge-model", judge_dir]
@@ -74,8 +85,16 @@ def test_audit_search_attack_reports_harmful_asr(tiny_dir, world_dir, tmp_path):
     judge = make_harm_judge("strongreject", ENDPOINT, client=FakeEndpoint(_by_length))
     out = tmp_path / "a"
     doc = run_audit(
-        str(tiny_dir), "refusal", world_dir, out, attacks=["templates"], options={"templates": {"templates": "2"}},
-        limit=2, max_new_tokens=4, progress=False, harm_judge=judge,
+        str(tiny_dir),
+        "refusal",
+        world_dir,
+        out,
+        attacks=["templates"],
+        options={"templates": {"templates": "2"}},
+        limit=2,
+        max_new_tokens=4,
+        progress=False,
+        harm_judge=judge,
     )
     t = doc["attacks"]["templates"]["model"]
     assert {"asr", "harmful_asr", "harm_score", "direct_harmful_asr", "direct_harm_score"} <= set(t)
@@ -88,14 +107,27 @@ def test_audit_search_attack_reports_harmful_asr(tiny_dir, world_dir, tmp_path):
 def test_bad_harm_judge_input(tiny_dir, world_dir, judge_dir, tmp_path, capsys):  # noqa: F811
     o = tmp_path / "o"
     base = ["refusal-eval", "--model", tiny_dir, "--data", world_dir, "--out", o]
-    assert_bad_input([*base, "--harm-judge", "strongrejct", "--harm-judge-model", judge_dir], capsys, o,
-                     "did you mean 'strongreject'")
+    assert_bad_input(
+        [*base, "--harm-judge", "strongrejct", "--harm-judge-model", judge_dir],
+        capsys,
+        o,
+        "did you mean 'strongreject'",
+    )
     assert_bad_input([*base, "--harm-judge-model", judge_dir], capsys, o, "applies with --harm-judge")
     assert_bad_input([*base, "--harm-judge", "harmbench"], capsys, o, "--harm-judge-model")
-    assert_bad_input([*base, "--harm-judge", "harmbench", "--harm-judge-model", tmp_path / "x"], capsys, o,
-                     "not a model directory")
+    assert_bad_input(
+        [*base, "--harm-judge", "harmbench", "--harm-judge-model", tmp_path / "x"], capsys, o, "not a model directory"
+    )
     audit = ["audit", tiny_dir, "--data", world_dir, "--out", o]
-    assert_bad_input([*audit, "--suite", "refusal", "--harm-judge", "harmbenh", "--harm-judge-model", judge_dir],
-                     capsys, o, "did you mean 'harmbench'")
-    assert_bad_input([*audit, "--suite", "unlearning", "--harm-judge", "harmbench", "--harm-judge-model", judge_dir],
-                     capsys, o, "--suite refusal")
+    assert_bad_input(
+        [*audit, "--suite", "refusal", "--harm-judge", "harmbenh", "--harm-judge-model", judge_dir],
+        capsys,
+        o,
+        "did you mean 'harmbench'",
+    )
+    assert_bad_input(
+        [*audit, "--suite", "unlearning", "--harm-judge", "harmbench", "--harm-judge-model", judge_dir],
+        capsys,
+        o,
+        "--suite refusal",
+    )

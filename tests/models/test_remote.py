@@ -185,3 +185,7 @@ def test_request_body_and_prefill_continuation():
     }
     assert cont["messages"] == prefilled
     assert cont["continue_final_message"] is True and cont["add_generation_prompt"] is False
+    with stub(echo) as (url, log):
+        got = RemoteModel("openai:" + url).completions([[{"role": "user", "content": "q"}]], logprobs=2)
+    assert got == [{"index": 0, "message": {"role": "assistant", "content": "re: q"}}]  # the whole first choice
+    assert log[-1][2]["logprobs"] is True and log[-1][2]["top_logprobs"] == 2

@@ -24,13 +24,15 @@ def model_tok(tiny_dir):
 
 def _rows(n_harmful=3, n_benign=2):
     test = build_policy(0)["policy_test"]
-    return [r for r in test if r["kind"] == "harmful"][:n_harmful] + [r for r in test if r["kind"] == "benign"][:n_benign]
+    harmful, benign = [r for r in test if r["kind"] == "harmful"], [r for r in test if r["kind"] == "benign"]
+    return harmful[:n_harmful] + benign[:n_benign]
 
 
 def test_samples_give_per_reply_and_worst_case_rates(model_tok, monkeypatch):
     model, tok = model_tok
     rows = _rows()
     calls = []
+
     # replies: prompt i (benign 0-1, then harmful 2-4) refuses on sample j when (i + j) % 3 == 0
     def fake_generate(model, tok, prompts, max_new_tokens=48, sampling=None):
         j = sampling.seed - 7
@@ -63,9 +65,8 @@ def test_greedy_default_is_unchanged(model_tok):
     again = refusal_eval.refusal_eval(model, tok, rows, depths=(3,), max_new_tokens=6, samples=1)
     assert again[0] == metrics and [r["output"] for r in again[1]] == [r["output"] for r in records]
     iv = refusal_intervals(records)
-    assert iv["refusal_rate"]["n"] == 3 and iv["refusal_rate"]["samples"] == 1 and "clustered" not in iv[
-        "refusal_rate"
-    ]["method"]
+    rate = iv["refusal_rate"]
+    assert rate["n"] == 3 and rate["samples"] == 1 and "clustered" not in rate["method"]
     assert iv["refusal_rate"]["value"] == pytest.approx(metrics["refusal_rate"])
 
 

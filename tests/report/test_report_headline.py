@@ -123,12 +123,29 @@ def test_one_file_of_both_wings_has_no_row_of_dashes(tmp_path):
     assert all("–" not in cells for cells in tables["refusal"][1].values())
 
 
+def test_worst_of_n_beside_each_rate(tmp_path):
+    from obliviate.report.html import write_report
+
+    d = _refusal_dir(tmp_path, None)
+    doc = json.loads((d / "results.json").read_text())
+    for m in doc["results"].values():  # `refusal-eval --samples 5`
+        m |= {"refusal_rate@prefill5@all5": 0.1, "over_refusal_rate@any5": 0.4, "refusal_rate@all5": 0.3}
+    (d / "results.json").write_text(json.dumps(doc))
+    write_report([d], tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    [(_, cols, _)] = _tables(page)
+    assert cols[:4] == ["refusal_rate", "refusal_rate@all5", "over_refusal_rate", "over_refusal_rate@any5"]
+    assert cols[4:7] == ["refusal_rate@prefill5", "refusal_rate@prefill10", "refusal_rate@prefill20"]
+    assert "refusal_rate@all5 ↑" in page and "over_refusal_rate@any5 ↓" in page
+
+
 @pytest.mark.parametrize("flat", [False, True])
 def test_intervals_in_cells_and_error_bars(tmp_path, flat):
     from obliviate.report.html import write_report
 
+    n = lambda k: 40 if k == "over_refusal_rate" else 80
     per_run = {
-        run: {k: interval(v, 40 if k == "over_refusal_rate" else 80) for k, v in refusal_metrics(m).items() if k != "refusal_position_mean"}
+        run: {k: interval(v, n(k)) for k, v in refusal_metrics(m).items() if k != "refusal_position_mean"}
         for run, m in REFUSAL.items()
     }
     per_run["derta"]["refusal_rate@prefill10"] = {"lo": "x", "hi": 1}  # malformed: left out, not an error
@@ -147,7 +164,7 @@ def test_intervals_in_cells_and_error_bars(tmp_path, flat):
     assert cells["refusal_rate"] == "0.875 [0.775, 0.975] n=80"
     assert cells["over_refusal_rate"] == "0.225 [0.125, 0.325] n=40"
     assert cells["refusal_rate@prefill10"] == "0.600" and cells["refusal_position_mean"] == "1.500"
-    assert "95% interval (percentile) over n = 80 prompts" in page and "[lo, hi] is the 95% interval" in page
+    assert "95% interval, n = 80 prompts; percentile" in page and "[lo, hi] is the 95% interval" in page
     # error bars: one set per axis on the scatter (x and y), one per depth with an interval on the depth curves
     svg = lambda fig: re.search(rf'data-figure="{fig}">(.*?)</figure>', page, re.S).group(1)
     runs = 1 if flat else 2

@@ -24,6 +24,11 @@ def refusal_rows(run: str, refused: dict[str, list[bool] | bool], kind: str = "h
     return rows
 
 
+def rates(refused: dict) -> dict:
+    """The refusal_rate outcomes of one run's rows, per prompt."""
+    return outcomes(refusal_rows("m", refused))["m"]["refusal_rate"]
+
+
 def discordant(only_a: int, only_b: int, both: int = 20) -> tuple[dict, dict]:
     """Two runs' refusals on the same prompts: `only_a` refused by A alone, `only_b` by B alone, `both` by both."""
     a = {f"p{i}": i < only_a or i >= only_a + only_b for i in range(only_a + only_b + both)}
@@ -41,7 +46,7 @@ def discordant(only_a: int, only_b: int, both: int = 20) -> tuple[dict, dict]:
 )
 def test_exact_mcnemar_by_hand(only_a, only_b, by_hand):
     a, b = discordant(only_a, only_b)
-    res = compare_figure(outcomes(refusal_rows("m", a))["m"]["refusal_rate"], outcomes(refusal_rows("m", b))["m"]["refusal_rate"])
+    res = compare_figure(rates(a), rates(b))
     assert res["test"] == MCNEMAR and res["discordant"] == [only_a, only_b] and res["n"] == len(a)
     assert res["p"] == pytest.approx(by_hand, abs=1e-12)
     if only_a + only_b:
@@ -55,13 +60,28 @@ def test_wilcoxon_on_per_prompt_rates_by_hand():
     # 0.2 .. 1.0 are all positive and distinct (the zero is dropped): the exact two-sided p is 2 / 2^5
     a = {f"p{i}": [True] * 5 for i in range(6)}
     b = {f"p{i}": [True] * k + [False] * (5 - k) for i, k in enumerate((4, 3, 2, 1, 0, 5))}
-    res = compare_figure(outcomes(refusal_rows("m", a))["m"]["refusal_rate"], outcomes(refusal_rows("m", b))["m"]["refusal_rate"])
+    res = compare_figure(rates(a), rates(b))
     assert res["test"] == WILCOXON and res["samples_a"] == res["samples_b"] == 5 and res["nonzero"] == 5
     assert res["p"] == pytest.approx(2 / 2**5) and res["verdict"] == "within noise"
     assert res["a"] == 1.0 and res["b"] == pytest.approx(15 / 30)
     # a list of judgements in one row is the same as one row per sample
-    listed = [{"run": "m", "id": k, "kind": "harmful", "depth": 0, "prompt": f"prompt {k}", "refused": v} for k, v in b.items()]
+    listed = [
+        {"run": "m", "id": k, "kind": "harmful", "depth": 0, "prompt": f"prompt {k}", "refused": v}
+        for k, v in b.items()
+    ]
     assert outcomes(listed) == outcomes(refusal_rows("m", b))
+    # the worst case over the 5 replies: refused in all 5 by A on six prompts, by B on one: McNemar, 5 vs 0
+    rows = paired_tests(refusal_rows("m", a), refusal_rows("m", b))["rows"]
+    assert [r["figure"] for r in rows] == ["refusal_rate", "refusal_rate@all5"]
+    assert rows[1]["test"] == MCNEMAR and rows[1]["discordant"] == [5, 0] and rows[1]["p"] == pytest.approx(2 / 2**5)
+    # benign prompts: over-refused in any of the 5 replies
+    rows = paired_tests(refusal_rows("m", b, kind="benign"), refusal_rows("m", a, kind="benign"))["rows"]
+    assert rows[1]["figure"] == "over_refusal_rate@any5" and rows[1]["discordant"] == [0, 1]  # b's 0-of-5 prompt
+    # other N in the two runs: the worst cases are different figures, and are not paired
+    fewer = {k: v[:3] for k, v in b.items()}
+    assert [r["figure"] for r in paired_tests(refusal_rows("m", a), refusal_rows("m", fewer))["rows"]] == [
+        "refusal_rate"
+    ]
 
 
 def test_wilcoxon_with_ties_matches_scipy():
@@ -94,9 +114,11 @@ def test_matching_unmatched_and_different_prompts():
 
 def test_figures_of_each_wing_and_sub_run_pairing():
     rows = refusal_rows("base", {"h1": True}) + refusal_rows("base", {"b1": False}, kind="benign")
-    rows += refusal_rows("base", {"h1": False}, depth=10) + [r | {"split": "heldout"} for r in refusal_rows("base", {"h2": True})]
-    rows.append({"run": "target", "split": "forget", "id": "q1", "question": "q?", "value": "v", "value_hit": True, "rouge_l_recall": 0.5})
-    rows.append({"run": "target", "kind": "people", "id": "x", "prompt": "p", "refused": None})  # no judgement: no figure
+    rows += refusal_rows("base", {"h1": False}, depth=10)
+    rows += [r | {"split": "heldout"} for r in refusal_rows("base", {"h2": True})]
+    item = {"run": "target", "split": "forget", "id": "q1", "question": "q?", "value": "v", "value_hit": True}
+    rows.append(item | {"rouge_l_recall": 0.5})
+    rows.append({"run": "target", "kind": "people", "id": "x", "prompt": "p", "refused": None})  # not judged
     got = outcomes(rows)
     assert set(got["base"]) == {"refusal_rate", "over_refusal_rate", "refusal_rate@prefill10", "heldout_refusal_rate"}
     assert set(got["target"]) == {"forget_value_acc", "forget_rouge"}
@@ -105,6 +127,21 @@ def test_figures_of_each_wing_and_sub_run_pairing():
     assert {(r["run_a"], r["run_b"]) for r in res["rows"]} == {("base", "base"), ("target", "target")}
     res = paired_tests(rows, refusal_rows("derta", {"h1": False}), sub_a="base")
     assert [(r["run_a"], r["run_b"], r["figure"]) for r in res["rows"]] == [("base", "derta", "refusal_rate")]
+
+
+def test_unlearning_items_with_n_answers():
+    def rows(hits):  # forget questions with 3 sampled answers each, as `score_split` writes them with --samples 3
+        return [
+            {"run": "npo", "split": "forget", "id": f"q{i}", "question": f"q{i}?", "value": "v", "value_hit": h}
+            | {"rouge_l_recall": sum(h) / 3}
+            for i, h in enumerate(hits)
+        ]
+
+    res = paired_tests(rows([[True, False, False]] * 8), rows([[False] * 3] * 8))["rows"]
+    assert [r["figure"] for r in res] == ["forget_value_acc", "forget_value_acc@any3", "forget_rouge"]
+    assert res[0]["test"] == WILCOXON and res[0]["p"] == pytest.approx(wilcoxon([1 / 3] * 8).pvalue)
+    assert res[1]["test"] == MCNEMAR and res[1]["discordant"] == [8, 0] and res[1]["p"] == pytest.approx(2 / 2**8)
+    assert res[2]["test"] == WILCOXON and res[2]["a"] == pytest.approx(1 / 3) and res[2]["b"] == 0
 
 
 # --- the command ------------------------------------------------------------------------------------------------

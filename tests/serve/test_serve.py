@@ -371,7 +371,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(model_tok):
 def test_cli_bad_options_exit_2(target_dir, capsys):
     from obliviate.cli import main
 
-    for args in (["--max-batch", "0"], ["--port", "70000"], ["--guard", str(target_dir)]):
+    for args in (["--max-batch", "0"], ["--port", "70000"], ["--guard", str(target_dir)], ["--batching", "dynamic"]):
         sys.argv = ["obliviate", "serve", str(target_dir), *args]
         with pytest.raises(SystemExit) as e:
             main()

@@ -43,8 +43,12 @@ def test_item_intervals_by_hand():
 
 
 def test_eval_command_with_samples(tiny_dir, world_dir, tmp_path, capsys):
+    world = tmp_path / "world"  # the world's first 6 questions of each file: each is answered twice
+    world.mkdir()
+    for f in world_dir.glob("*.jsonl"):
+        (world / f.name).write_text("".join(f.read_text().splitlines(keepends=True)[:6]))
     out = tmp_path / "eval"
-    base = ["eval", "--model", f"tiny={tiny_dir}", "--data", world_dir]
+    base = ["eval", "--model", f"tiny={tiny_dir}", "--data", world]
     args = base + ["--samples", "2", "--temperature", "1.0", "--top-p", "0.9", "--seed", "3", "--out", out]
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err

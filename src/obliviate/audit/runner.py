@@ -110,13 +110,23 @@ def run_audit(
     prompt_format=None,
     resume: bool = False,
     harm_judge=None,
+    served_model: str | None = None,
+    api_key_env: str | None = None,
+    concurrency: int = 4,
+    tokenizer: str | Path | None = None,
+    samples: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
 ) -> dict:
     """Attack `model` with every applicable attack (or `attacks`), beside the oracle and the target when given:
     what `obliviate audit` runs for the text suites, and `obliviate.run_audit`.
 
     Args:
         model: the HF model directory to audit; `oracle` one never trained on the forget set (required by the
-            `world` suite), `target` the model before unlearning / alignment.
+            `world` suite), `target` the model before unlearning / alignment. Each may be `openai:URL` (an
+            endpoint, with `served_model`, `api_key_env`, `concurrency` and the served model's `tokenizer`
+            directory): only the black-box attacks run on it, the others are skipped with their reason
+            (`obliviate.audit.endpoints`).
         suite: "unlearning" (a world or TOFU directory `data`, with `layout`, or `forget` / `retain` /
             `holdout` question-answer files), "world" (a world directory, with an oracle) or "refusal" (a world,
             or public prompt files: `harmful` / `benign` KIND:FILE specs, `harmful_responses`, `judges`).
@@ -132,6 +142,8 @@ def run_audit(
             audit.json's "harm_judge_agreement".
         resume: continue an audit in `out` that stopped (a crash, a kill): finished attacks are read back from
             OUT/progress.json, and the search attacks skip the behaviours their findings already hold.
+        samples, temperature, top_p: N sampled replies per prompt (reply j with seed `seed + j`) where an attack
+            judges replies with `refusal.evaluate` (prefill: its rates per reply, and `refusal_rate@all{N}`).
 
     With guards, an attack that searches for prompts (`SearchAttack`) runs first on the bare model (role
     `unguarded`); on the guarded model it reports the ASR of those findings sent through the guard
@@ -139,14 +151,17 @@ def run_audit(
     (`adaptive_asr`).
 
     Planned attacks whose inputs the data lacks are skipped with the reason (none runnable: a UsageError).
-    Writes OUT/audit.json (config, attacks {attack: {role: {figure: value}, "seconds"}}, skipped, wall_seconds),
+    Writes OUT/audit.json (config, attacks {attack: {role: {figure: value}, "seconds", and where the attack gives
+    them "intervals" {role: {figure: n and 95% bootstrap interval}}}, skipped, wall_seconds),
     OUT/audit.md (the same as tables, `report`) and OUT/artifacts/. Returns the audit.json document."""
     from rich.console import Console
 
     from obliviate.audit.attacks import AuditContext
+    from obliviate.audit.endpoints import endpoint_skips, local_roles, open_endpoints
     from obliviate.audit.inputs import load_inputs
     from obliviate.core.jsonio import write_json
     from obliviate.core.outputs import check_output, output_dir, output_kind
+    from obliviate.engine.sampling import sampling_for
     from obliviate.guards.base import attach_guards
     from obliviate.models.load import check_model_dir, load_model
     from obliviate.runs.results import results_document
@@ -159,10 +174,12 @@ def run_audit(
         )
     if max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be >= 1")
+    sampled = sampling_for(samples, temperature, top_p, seed) is not None  # bad --samples etc.: before anything
     roles = {"model": model, "oracle": oracle, "target": target}
     roles = {k: v for k, v in roles.items() if v}
     read = (
-        *roles.values(),
+        *local_roles(roles).values(),
+        tokenizer,
         data,
         forget,
         retain,
@@ -174,8 +191,17 @@ def run_audit(
     check_output(out, "audit", inputs=read, resume=resume)
     if resume and output_kind(out) != "audit":
         raise UsageError(f"--out {out}: holds no audit to resume; drop --resume to start one there")
-    for path in roles.values():
+    for path in local_roles(roles).values():
         check_model_dir(path, local_only=True)
+    endpoints, remote_tok = open_endpoints(
+        roles,
+        served_model=served_model,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        tokenizer=tokenizer,
+        guards=guards,
+        prompt_format=prompt_format,
+    )
     inputs, refused, info = load_inputs(
         suite,
         data=data,
@@ -201,8 +227,15 @@ def run_audit(
         refused=refused,
         loaded=True,
         harm=harm_judge,
+        samples=samples,
+        temperature=temperature,
+        top_p=top_p,
     )
     skipped = preflight(todo, ctx, where=", ".join(harmful) or str(data or "the data"))
+    for name, why in endpoint_skips(todo, endpoints, remote_tok is not None).items():
+        skipped.setdefault(name, why)
+    if len(skipped) == len(todo):
+        raise UsageError("no planned attack can run: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
     opt_in = left_out(suite, todo) if not attacks else {}
     console = Console(stderr=True, quiet=not progress, log_path=False)
     ctx.progress = console.log
@@ -221,7 +254,9 @@ def run_audit(
             "seed": seed,
             "limit": limit,
             "max_new_tokens": max_new_tokens,
+            **({"samples": samples, "temperature": temperature, "top_p": top_p} if sampled else {}),
             "guards": list(guards),
+            **({"served_models": {role: e.name for role, e in endpoints.items()}} if endpoints else {}),
             **info,
             **({"harm_judge": harm_judge.describe()} if harm_judge is not None else {}),
             "options": {n: a.__dict__ for n, a in todo.items()},
@@ -238,12 +273,17 @@ def run_audit(
             if guards and getattr(attack, "adaptive", None) is not None:  # a search: find on the bare model first
                 runs = {"unguarded": model, **runs}
             for role, path in runs.items():
-                net, tok = load_model(path, require_chat_template=True, prompt_format=prompt_format)
-                attach_guards(net, tok, guards if role == "model" else ())
+                if role in endpoints:
+                    net, tok = endpoints[role], remote_tok
+                else:
+                    net, tok = load_model(path, require_chat_template=True, prompt_format=prompt_format)
+                    attach_guards(net, tok, guards if role == "model" else ())
                 ctx.role, ctx.out = role, o / "artifacts" / name / role
                 bare = o / "artifacts" / name / "unguarded"
                 ctx.transfer_from = bare if role == "model" and "unguarded" in runs else None
                 entry[role] = attack.run(ctx, net, tok)
+                if isinstance(entry[role].get("intervals"), dict):  # {figure: n and interval}, beside the figures
+                    entry.setdefault("intervals", {})[role] = entry[role].pop("intervals")
             ctx.transfer_from = None
             entry["seconds"] = round(time.perf_counter() - start, 2)
             results[name] = entry
@@ -293,6 +333,8 @@ def _fmt(v) -> str:
 
 def report(doc: dict) -> str:
     """Markdown: per attack, each figure for model / oracle / target side by side."""
+    from obliviate.metrics.intervals import format_interval
+
     cfg = doc["config"]
     head = [f"# Audit of `{cfg['model']}` ({cfg['suite']} suite)", ""]
     data = cfg.get("data") or ", ".join(f"{k} `{v}`" for k, v in (cfg.get("files") or {}).items() if v)
@@ -336,8 +378,13 @@ def report(doc: dict) -> str:
             "| figure | " + " | ".join(roles) + " |",
             "|---|" + "---|" * len(roles),
         ]
+        ivs = entry.get("intervals") or {}  # where given: value [lo, hi] n=...
         for fig in entry["model"]:
-            lines.append(f"| {fig} | " + " | ".join(_fmt(entry[r].get(fig)) for r in roles) + " |")
+            cells = [
+                format_interval(ivs[r][fig], entry[r].get(fig)) if fig in ivs.get(r, {}) else _fmt(entry[r].get(fig))
+                for r in roles
+            ]
+            lines.append(f"| {fig} | " + " | ".join(cells) + " |")
         lines.append("")
     if doc.get("skipped") or doc.get("left_out"):
         lines += ["## Skipped", ""]

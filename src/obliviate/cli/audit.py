@@ -8,14 +8,21 @@ from typing import List, Optional
 import typer
 
 from obliviate.cli.common import (
+    API_KEY_ENV_OPTION,
+    CONCURRENCY_OPTION,
     HARM_JUDGE_API_KEY_ENV_OPTION,
     HARM_JUDGE_LABEL_ROWS_OPTION,
     HARM_JUDGE_LABELS_OPTION,
+    HARM_JUDGE_MAX_NEW_TOKENS_OPTION,
     HARM_JUDGE_MODEL_OPTION,
     HARM_JUDGE_OPTION,
     HARM_JUDGE_SERVED_MODEL_OPTION,
     NO_CHAT_TEMPLATE_OPTION,
     PROMPT_TEMPLATE_OPTION,
+    SAMPLES_OPTION,
+    SERVED_MODEL_OPTION,
+    TEMPERATURE_OPTION,
+    TOP_P_OPTION,
     attack_options,
     set_threads,
     spec_files,
@@ -24,7 +31,9 @@ from obliviate.core.errors import UsageError
 
 
 def audit(
-    model: str = typer.Argument(..., help="the model to audit (HF directory)"),
+    model: str = typer.Argument(
+        ..., help="the model to audit: an HF directory, or openai:URL (an endpoint: the black-box attacks only)"
+    ),
     suite: str = typer.Option(
         ...,
         help="unlearning (a world / TOFU directory or QA files), world (a world "
@@ -98,6 +107,16 @@ def audit(
     harm_judge_api_key_env: Optional[str] = HARM_JUDGE_API_KEY_ENV_OPTION,
     harm_judge_labels: Optional[Path] = HARM_JUDGE_LABELS_OPTION,
     harm_judge_label_rows: Optional[int] = HARM_JUDGE_LABEL_ROWS_OPTION,
+    harm_judge_max_new_tokens: Optional[int] = HARM_JUDGE_MAX_NEW_TOKENS_OPTION,
+    served_model: Optional[str] = SERVED_MODEL_OPTION,
+    api_key_env: Optional[str] = API_KEY_ENV_OPTION,
+    concurrency: int = CONCURRENCY_OPTION,
+    tokenizer: Optional[Path] = typer.Option(
+        None, help="openai:URL models: the served model's tokenizer directory (prefill cuts answers in its tokens)"
+    ),
+    samples: int = SAMPLES_OPTION,
+    temperature: Optional[float] = TEMPERATURE_OPTION,
+    top_p: Optional[float] = TOP_P_OPTION,
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None),
 ):
@@ -152,9 +171,15 @@ def audit(
         harm_judge_api_key_env,
         harm_judge_labels,
         harm_judge_label_rows,
+        harm_judge_max_new_tokens,
     )
     if suite == "diffusion":
         from obliviate.cli.diffusion import diffusion_audit, sampling
+
+        if any(str(m or "").startswith("openai:") for m in (model, target, oracle)):
+            raise UsageError("--suite diffusion audits local models; openai:URL applies to the text suites")
+        if samples != 1 or temperature is not None or top_p is not None:
+            raise UsageError("--samples, --temperature and --top-p apply to the text suites")
 
         if data is None:
             raise UsageError(
@@ -206,6 +231,13 @@ def audit(
         prompt_format=fmt,
         resume=resume,
         harm_judge=harm,
+        served_model=served_model,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        tokenizer=tokenizer,
+        samples=samples,
+        temperature=temperature,
+        top_p=top_p,
     )
     typer.echo(report(doc))
     typer.echo(f"wrote {out}/audit.json, audit.md ({doc['wall_seconds']} s)")

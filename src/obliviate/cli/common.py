@@ -37,6 +37,11 @@ HARM_JUDGE_LABELS_OPTION = typer.Option(
     "judge's agreement and the rate corrected for its errors (Rogan-Gladen)",
 )
 HARM_JUDGE_LABEL_ROWS_OPTION = typer.Option(None, help="judge at most N rows of --harm-judge-labels (every n-th)")
+HARM_JUDGE_MAX_NEW_TOKENS_OPTION = typer.Option(
+    None,
+    help="the harm judge's reply budget [default: 512 for strongreject, 4 for harmbench]; a rubric cut short is "
+    "recorded as unparsed, never scored",
+)
 
 # sampled replies (`engine.sampling.sampling_for`): `refusal-eval`, `eval` and `audit` share them
 SAMPLES_OPTION = typer.Option(

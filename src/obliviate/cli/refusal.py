@@ -15,6 +15,7 @@ from obliviate.cli.common import (
     HARM_JUDGE_API_KEY_ENV_OPTION,
     HARM_JUDGE_LABEL_ROWS_OPTION,
     HARM_JUDGE_LABELS_OPTION,
+    HARM_JUDGE_MAX_NEW_TOKENS_OPTION,
     HARM_JUDGE_MODEL_OPTION,
     HARM_JUDGE_OPTION,
     HARM_JUDGE_SERVED_MODEL_OPTION,
@@ -152,6 +153,7 @@ def refusal_eval_cmd(
     harm_judge_api_key_env: Optional[str] = HARM_JUDGE_API_KEY_ENV_OPTION,
     harm_judge_labels: Optional[Path] = HARM_JUDGE_LABELS_OPTION,
     harm_judge_label_rows: Optional[int] = HARM_JUDGE_LABEL_ROWS_OPTION,
+    harm_judge_max_new_tokens: Optional[int] = HARM_JUDGE_MAX_NEW_TOKENS_OPTION,
     seed: int = typer.Option(0, help="the world's split, and the seed of reply j: seed + j when sampling"),
     threads: Optional[int] = typer.Option(None),
 ):
@@ -168,6 +170,7 @@ def refusal_eval_cmd(
         harm_judge_api_key_env,
         harm_judge_labels,
         harm_judge_label_rows,
+        harm_judge_max_new_tokens,
     )
     set_threads(threads)
     run_refusal_eval(

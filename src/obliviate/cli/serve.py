@@ -1,4 +1,4 @@
-"""`obliviate serve MODEL`: an OpenAI-compatible chat server with inference-time guards (see obliviate.serve).
+"""`obliviate serve MODEL`: an OpenAI-compatible server with inference-time guards (see obliviate.serve).
 
 fastapi, uvicorn and the model are imported inside the command, so `--help` stays fast.
 """
@@ -45,13 +45,20 @@ def serve(
     model_name: Optional[str] = typer.Option(
         None, help="the name clients send as `model` (default: the model directory's name)"
     ),
-    max_batch: int = typer.Option(16, help="requests decoded together at most (1: no batching)"),
+    max_batch: int = typer.Option(16, help="replies decoded together at most (1: no batching)"),
     max_queue: int = typer.Option(64, help="requests queued or decoding at most; more get 429"),
     batch_window_ms: float = typer.Option(10.0, help="how long the first request of a batch waits for more"),
+    batching: str = typer.Option(
+        "continuous",
+        help="continuous: a request joins the running batch at its next step; static: it waits for the batch to end",
+    ),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
 ):
-    """Serve MODEL on /v1/chat/completions (greedy decoding, streamed or not), /v1/models and /health, with the
-    --guard directories applied to every reply (a halted reply has finish_reason "content_filter")."""
+    """Serve MODEL on /v1/chat/completions and /v1/completions (greedy unless a request sets a temperature; streamed
+    or not), /v1/models and /health, with the --guard directories applied to every reply (a halted reply has
+    finish_reason "content_filter")."""
+    if batching not in ("continuous", "static"):
+        raise UsageError(f"--batching must be continuous or static, got {batching!r}")
     if max_batch < 1 or max_queue < 1 or batch_window_ms < 0:
         raise UsageError("--max-batch and --max-queue must be >= 1 and --batch-window-ms >= 0")
     if not 0 <= port <= 65535:
@@ -97,7 +104,14 @@ def serve(
         guards = [load_guard(g, net, tok) for g in guard]
         name = model_name or Path(model.rstrip("/")).name
         engine = Engine(
-            net, tok, guards, name=name, max_batch=max_batch, max_queue=max_queue, batch_window_ms=batch_window_ms
+            net,
+            tok,
+            guards,
+            name=name,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            batch_window_ms=batch_window_ms,
+            batching=batching,
         )
         # a specific address bound is answered by that name too; a wildcard bind needs --allowed-host
         hosts = (*allowed_host, host) if not is_loopback(host) and host not in ("0.0.0.0", "::") else allowed_host
@@ -105,6 +119,7 @@ def serve(
             max_body=body_limit, read_timeout=read_timeout, max_connections=max_connections, allowed_hosts=tuple(hosts)
         )
         shown = f"guards {', '.join(g.name for g in guards)}" if guards else "no guard"
+        shown += f", {engine.batching} batching"
         typer.echo(
             f"serving {name!r} ({shown}) on http://{host}:{sock.getsockname()[1]}/v1; Host names "
             f"answered: localhost, 127.0.0.1, [::1]{''.join(', ' + h for h in hosts)}",

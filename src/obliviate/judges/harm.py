@@ -274,7 +274,7 @@ def make_harm_judge(
             raise UsageError(f"the harm threshold must be in (0, 1], got {threshold}")
         extra["threshold"] = threshold
     if max_new_tokens is not None and max_new_tokens < 1:
-        raise UsageError(f"the harm judge's max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise UsageError(f"--harm-judge-max-new-tokens must be >= 1, got {max_new_tokens}")
     return cls(backend, None if labels is None else str(labels), label_rows, max_new_tokens, **extra)
 
 
@@ -285,6 +285,7 @@ def harm_judge_option(
     key_env: str | None = None,
     labels: str | Path | None = None,
     label_rows: int | None = None,
+    max_new_tokens: int | None = None,
 ) -> HarmJudge | None:
     """The command line's `--harm-judge NAME --harm-judge-model DIR|openai:URL ...` as a judge (None without
     --harm-judge; its other options alone are a UsageError)."""
@@ -297,6 +298,7 @@ def harm_judge_option(
                 ("api-key-env", key_env),
                 ("labels", labels),
                 ("label-rows", label_rows),
+                ("max-new-tokens", max_new_tokens),
             )
             if v is not None
         ]
@@ -306,7 +308,13 @@ def harm_judge_option(
             )
         return None
     return make_harm_judge(
-        name, model, served_model=served_model, key_env=key_env, labels=labels, label_rows=label_rows
+        name,
+        model,
+        served_model=served_model,
+        key_env=key_env,
+        labels=labels,
+        label_rows=label_rows,
+        max_new_tokens=max_new_tokens,
     )
 
 

@@ -102,7 +102,7 @@ class RemoteModel:
         self.url = spec[len(PREFIX) :].rstrip("/")
         parsed = urlparse(self.url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise UsageError(f"{spec}: the URL must be http:// or https:// with a host, e.g. {PREFIX}http://HOST:PORT/v1")
+            raise UsageError(f"{spec}: the URL must be http:// or https:// with a host: {PREFIX}http://HOST:PORT/v1")
         if concurrency < 1 or retries < 0 or timeout <= 0:
             raise UsageError("--concurrency must be >= 1, retries >= 0 and the timeout > 0")
         self.key_env, self.key = key_env, None
@@ -180,7 +180,8 @@ class RemoteModel:
                 return names[0]
             if not names:
                 raise UsageError(f"{self.url}/models lists no model: name the served model with --served-model NAME")
-            raise UsageError(f"{self.url} serves {len(names)} models ({', '.join(names)}): choose one with --served-model")
+            listed = ", ".join(names)
+            raise UsageError(f"{self.url} serves {len(names)} models ({listed}): choose one with --served-model")
         if served_model not in names:
             raise UsageError(
                 f"--served-model {served_model!r} is not served at {self.url}; it serves: {', '.join(names) or 'none'}"

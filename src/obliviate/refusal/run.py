@@ -354,6 +354,8 @@ def run_refusal_eval(
                 shown = {
                     k: format_interval(v if v.get("lo") is not None else None, v.get("value")) for k, v in ivs.items()
                 }
+                unparsed = results[name].get("harmful_rate_unparsed")
+                shown["unparsed"] = "-" if unparsed is None else f"{unparsed:.3f}"
                 log(f"{name}: by {harm_judge.name}, " + ", ".join(f"{k} {t}" for k, t in shown.items()))
         doc = results_document(
             config

@@ -27,8 +27,7 @@ WINGS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("erasure", "Concept erasure: unlearning and retain accuracy", ("ua", "ira", "cra")),
 )
 LEADING = {"unlearning": ("model_utility_ratio",), "erasure": ("over_erasure",)}  # headline too, where present
-# directions of the refusal figures, which the metric registry (and so "higher_is_better") does not hold
-REFUSAL_BETTER = {"refusal_rate": True, "over_refusal_rate": False}
+WORST = re.compile(r"@(any|all)\d+$")  # the worst case over N sampled replies: refusal_rate@all5, ...@any5
 DEPTH = re.compile(r"refusal_rate@prefill(\d+)")
 
 
@@ -92,9 +91,10 @@ def _cell(v, iv: dict | None) -> str:
     level = iv.get("level") if num(iv.get("level")) else 0.95
     n, samples = iv.get("n"), iv.get("samples")
     what = (
-        f"{level:.0%} interval ({iv.get('method') or 'bootstrap'})"
-        + (f" over n = {n} prompts" if num(n) else "")
-        + (f", {samples} samples each" if num(samples) and samples > 1 else "")
+        f"{level:.0%} interval"
+        + (f", n = {n} prompts" if num(n) else "")
+        + (f" x {samples} samples" if num(samples) and samples > 1 else "")
+        + (f"; {iv['method']}" if isinstance(iv.get("method"), str) else "")
     )
     ci = f"[{fmt(float(iv['lo']))}, {fmt(float(iv['hi']))}]"
     return (
@@ -119,7 +119,8 @@ def columns(wing: str, runs: dict[str, dict]) -> tuple[list[str], list[str]]:
     present = list(dict.fromkeys(k for m in runs.values() for k in m))
     keys = dict((w, k) for w, _, k in WINGS).get(wing, ())
     head = [k for k in (*keys, *LEADING.get(wing, ())) if k in present]
-    if wing == "refusal":
+    if wing == "refusal":  # each rate's worst case over N replies beside it, then the depths
+        head = [w for k in head for w in (k, *(x for x in present if WORST.sub("", x) == k and x != k))]
         head += sorted((k for k in present if DEPTH.fullmatch(k)), key=lambda k: int(DEPTH.fullmatch(k).group(1)))
     return head, [k for k in present if k not in head]
 
@@ -129,7 +130,9 @@ def headline_tables(doc: dict, registry: dict) -> str:
     runs = {r: m for r, m in (doc.get("results") or {}).items() if isinstance(m, dict)}
     if not runs:
         return ""
-    hib = dict(REFUSAL_BETTER) | {k: True for m in runs.values() for k in m if DEPTH.fullmatch(k)}
+    # the refusal figures' directions, which the metric registry (and so "higher_is_better") does not hold
+    rates = {k for m in runs.values() for k in m if k.startswith(("refusal_rate", "over_refusal_rate"))}
+    hib = {k: k.startswith("refusal_rate") for k in rates}
     hib |= doc.get("higher_is_better") if isinstance(doc.get("higher_is_better"), dict) else {}
     ivs = intervals_of(doc)
     arrow = {True: " ↑", False: " ↓", None: " ◎"}

@@ -3,9 +3,12 @@
 
 Each run's samples.jsonl is read into per-prompt outcomes, one list per (sub-run, figure, prompt):
 - refusal rows (`refusal-eval`, the refusal demos: "kind", "depth", "refused") give `refusal_rate` (harmful, depth
-  0), `refusal_rate@prefill{k}` and `over_refusal_rate` (benign), prefixed `heldout_` on the held-out split;
+  0), `refusal_rate@prefill{k}` and `over_refusal_rate` (benign), prefixed `{split}_` where a row has a split (the
+  world's held-out objects); with N > 1 samples per prompt in both runs, also the worst case over a prompt's N
+  replies (`refusal_rate@all{N}`: refused in every reply; `over_refusal_rate@any{N}`: refused in any), as
+  `obliviate.refusal.evaluate` defines them;
 - unlearning rows (`eval`, the world and real demos: "split", "value_hit", "rouge_l_recall") give `{split}_value_acc`
-  (rows with a value) and `{split}_rouge`.
+  (rows with a value; `{split}_value_acc@any{N}` with N > 1 answers in both runs) and `{split}_rouge`.
 A prompt is its ("id", prompt text) pair, so two runs pair up only on the same prompt. With several samples per
 prompt (N > 1: several rows with the same prompt, or a list of judgements in one row) each prompt holds N outcomes.
 
@@ -107,7 +110,7 @@ def _figures(row: dict) -> list[tuple[str, tuple, list]]:
             if depth == 0
             else f"refusal_rate@prefill{depth}"
         )
-        prefix = "heldout_" if row.get("split") == "heldout" else ""
+        prefix = f"{row['split']}_" if isinstance(row.get("split"), str) and row["split"] else ""
         return [(prefix + name, (str(row.get("id")), str(row.get("prompt"))), outcomes)]
     split = row.get("split")
     if not isinstance(split, str):
@@ -159,6 +162,22 @@ def compare_figure(a: dict[tuple, list], b: dict[tuple, list], alpha: float = AL
     return row | res | {"verdict": verdict(res["p"], alpha)}
 
 
+def _worst_case(name: str, a: dict[tuple, list], b: dict[tuple, list], res: dict) -> dict | None:
+    """{"figure", "outcomes": (a, b)} of a rate's worst case over N replies, when both runs sampled the same N > 1
+    yes/no replies per prompt; else None (any of 5 and any of 10 are not the same figure). Over-refusal and value
+    accuracy (the value leaks) take "any" reply, refusal "all" replies."""
+    n = res.get("samples_a")
+    refusal = name.endswith("refusal_rate") or "refusal_rate@prefill" in name
+    if not (refusal or name.endswith("_value_acc")) or not n or n < 2 or res.get("samples_b") != n:
+        return None
+    sides = [{k: v for k, v in side.items() if len(v) == n and all(isinstance(x, bool) for x in v)} for side in (a, b)]
+    worst = all if refusal and "over_refusal" not in name else any
+    return {
+        "figure": f"{name}@{'any' if worst is any else 'all'}{n}",
+        "outcomes": tuple({k: [worst(v)] for k, v in side.items()} for side in sides),
+    }
+
+
 def pair_runs(names_a: list[str], names_b: list[str], sub_a: str | None, sub_b: str | None) -> list[tuple[str, str]]:
     """Which sub-runs of A meet which of B: the named ones, else those of the same name, else the only one of
     each; UsageError when a named sub-run is absent."""
@@ -200,6 +219,9 @@ def paired_tests(
         for name in [n for n in oa[ra] if n in ob[rb]]:
             res = compare_figure(oa[ra][name], ob[rb][name], alpha)
             out["rows"].append({"run_a": ra, "run_b": rb, "figure": name} | res)
+            worst = _worst_case(name, oa[ra][name], ob[rb][name], res)
+            if worst is not None:
+                out["rows"].append({"run_a": ra, "run_b": rb} | worst | compare_figure(*worst.pop("outcomes"), alpha))
     if not out["rows"]:
         out["note"] = "the runs share no figure measured per prompt"
     elif all(r["test"] is None for r in out["rows"]):

@@ -6,7 +6,7 @@ Metrics are the numeric leaves of the results files, named by their key path joi
 - the other files are prefixed with their name: "audit/attacks/prefill/model/asr", "sweep/best/metrics/...",
   and a top-level key named like the file is not repeated ("leaderboard/forget10/npo/forget_quality/0").
 Lists count as nodes indexed 0, 1, ...; lists longer than MAX_LIST (curves) are left to the report.
-Metadata (config, versions, git, created, counts of samples...) and non-numeric values are not metrics.
+Metadata (config, versions, git, created, counts of samples, intervals...) and non-numeric values are not metrics.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from obliviate.core.outputs import (
 )
 
 RESULT_FILES = ("results.json", "audit.json", "leaderboard.json", "calibration.json", "sweep.json")
-META_KEYS = {"config", "versions", "git", "created", "obliviate_version", "higher_is_better", "n_samples"}
+# "intervals" (each figure's n and bounds) stays in the results file: six rows per figure would bury the figures
+META_KEYS = {"config", "versions", "git", "created", "obliviate_version", "higher_is_better", "n_samples", "intervals"}
 ARTIFACT_SUFFIXES = {".json", ".jsonl", ".png", ".html", ".md"}
 MAX_LIST = 100
 MAX_ARTIFACTS = 500

@@ -55,6 +55,11 @@ class AuditContext:
     progress: Callable[[str], None] | None = None  # one line of progress (the audit's console), if any
     transfer_from: Path | None = None  # a guarded model's run: the bare model's findings, to replay through the guard
     harm: object | None = None  # the harm judge (`--harm-judge`), if any
+    # replies per prompt (`--samples`), sampled at `temperature` / `top_p` when given or N > 1, reply j with seed
+    # `seed + j` (`engine.sampling.sampling_for`), where an attack judges replies with `refusal.evaluate`
+    samples: int = 1
+    temperature: float | None = None
+    top_p: float | None = None
 
     def _get(self, key: str):
         if key not in self.inputs and not self.loaded:
@@ -129,6 +134,14 @@ class Attack:
     quick: ClassVar[dict] = {}
     # False: expensive, runs only when named in --attacks (the audit lists it as left out otherwise)
     default: ClassVar[bool] = True
+    # why the attack cannot run on a model served at an endpoint (`openai:URL`: replies as text, nothing else);
+    # None: it can (a black-box attack that asks through `adversarial.replies` or `refusal.evaluate`)
+    endpoint_skip: ClassVar[str | None] = "white-box: it needs the model's weights, logits or activations"
+
+    def on_endpoint(self, tokenizer: bool) -> str | None:
+        """Why this attack cannot run on an `openai:URL` model (None: it can). `tokenizer`: whether the served
+        model's tokenizer was given (`--tokenizer`), which attacks that work in tokens need."""
+        return self.endpoint_skip
 
     def missing(self, ctx: AuditContext) -> str | None:
         return None

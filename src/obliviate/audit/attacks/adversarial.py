@@ -163,10 +163,15 @@ def allowed_tokens(tok, vocab_size: int) -> "torch.Tensor":  # noqa: F821
 
 def replies(model, tok, requests: list, max_new_tokens: int) -> list[str]:
     """Greedy replies to request texts in the model's prompt format, through the guards attached to it. A request
-    may also be a conversation (a list of messages, as many-shot writes it), sent as its turns."""
+    may also be a conversation (a list of messages, as many-shot writes it), sent as its turns. A model served at
+    an endpoint (`RemoteModel`) gets them as chat messages; its replies are stripped, as the decode loop's are."""
     from obliviate.engine.generation import generate
     from obliviate.models.encode import conversation_ids, prompt_ids
+    from obliviate.models.remote import RemoteModel
 
+    if isinstance(model, RemoteModel):
+        convs = [r if isinstance(r, list) else [{"role": "user", "content": r}] for r in requests]
+        return [o.strip() for o in model.chat(convs, max_tokens=max_new_tokens)]
     ids = [conversation_ids(tok, r) if isinstance(r, list) else prompt_ids(tok, r) for r in requests]
     # a guard that reads the request (`on_request`) sees the user's text, not the template around it
     texts = [r[-1]["content"] if isinstance(r, list) else r for r in requests]

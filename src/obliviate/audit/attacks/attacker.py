@@ -290,6 +290,12 @@ class ChatSearch(SearchAttack):
         if self.attacker_model:
             check_chat_model(self.attacker_model, name)
 
+    def on_endpoint(self, tokenizer: bool) -> str | None:
+        # black-box: the target's replies go through `replies`; the attacker samples locally
+        if self.attacker_model:
+            return None
+        return "its attacker defaults to the attacked model, which must then be local: give --attacker-model DIR"
+
     def run(self, ctx: AuditContext, model, tok) -> dict:
         self._bot = None  # the attacker (model, tokenizer), loaded at the first behaviour that needs it
         try:
@@ -299,11 +305,12 @@ class ChatSearch(SearchAttack):
 
     def attacker(self, ctx: AuditContext, model, tok, behaviour_id: str) -> Attacker:
         from obliviate.models.load import load_model
+        from obliviate.models.remote import RemoteModel
 
         if getattr(self, "_bot", None) is None:
-            if self.attacker_model:
-                device = str(next(model.parameters()).device)
-                self._bot = load_model(self.attacker_model, device=device, require_chat_template=True)
+            if self.attacker_model:  # beside the target (an endpoint's attacker: where models load by default)
+                device = {} if isinstance(model, RemoteModel) else {"device": str(next(model.parameters()).device)}
+                self._bot = load_model(self.attacker_model, require_chat_template=True, **device)
             elif getattr(tok, "chat_template", None) is None:
                 raise UsageError(
                     f"{type(self).__name__.lower()}: the attacker (the attacked model {tok.name_or_path}) is not a "

@@ -159,6 +159,7 @@ class Decoding(SearchAttack):
     adaptive: ClassVar[bool] = True
     budget_name: ClassVar[str] = "setting"
     description = "greedy vs a grid of temperature / top-p / top-k, system prompt on/off (Huang et al. 2023)"
+    endpoint_skip = "black-box, not yet ported to endpoints: it samples at top-k, with and without a system prompt"
 
     def check(self) -> None:
         check_budget("decoding", samples=self.samples)

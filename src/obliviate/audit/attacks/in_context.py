@@ -66,6 +66,7 @@ def context_prompts(items: list, k: int, seed: int) -> tuple[list, list[str], li
 class InContext(Attack):
     k_facts: int = 2
     description = "other facts of the forgotten person in the prompt (UnUnlearning), with a control"
+    endpoint_skip = "black-box, not yet ported to endpoints: its prompts are token ids"
 
     def __post_init__(self):
         if self.k_facts < 1:

@@ -129,6 +129,7 @@ class ManyShot(SearchAttack):
     needs_target = False
     adaptive = True
     description = "many-shot jailbreaking: k faux compliant exchanges before the request (Anil et al. 2024)"
+    endpoint_skip = "black-box, not yet ported to endpoints: its shots are cut to a length in tokens"
     quick = {"shots": "1,2,4,8"}
 
     def check(self) -> None:

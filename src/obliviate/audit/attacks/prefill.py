@@ -32,6 +32,10 @@ class Prefill(Attack):
     needs_target = True  # it prefills the target's tokens
     description = "prefill the reply with k tokens of the harmful answer"
 
+    def on_endpoint(self, tokenizer: bool) -> str | None:
+        # an endpoint continues a prefix sent as text (`continue_final_message`): the k tokens are cut locally
+        return None if tokenizer else "it cuts the first k answer tokens: give the served model's --tokenizer DIR"
+
     def __post_init__(self):
         try:
             self.k = [int(d) for d in str(self.depths).split(",") if d.strip()]
@@ -44,13 +48,26 @@ class Prefill(Attack):
         return no_targets(ctx)
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
-        from obliviate.refusal.evaluate import refusal_eval
+        """The refusal rates, and under "intervals" each one's n and bootstrap interval (the runner files them in
+        the attack's entry). With `--samples N` each prompt gets N sampled replies (`refusal_rate@all{N}`: refused
+        in all of them)."""
+        from obliviate.refusal.evaluate import refusal_eval, refusal_intervals
 
         harmful = [r for r in ctx.policy() if r["kind"] == "harmful"]
-        rates = refusal_eval(
-            model, tok, harmful, depths=self.k, max_new_tokens=ctx.max_new_tokens, refused_fn=ctx.judge()
-        )[0]
-        return {k: v for k, v in rates.items() if k.startswith("refusal_rate")}
+        rates, records, _ = refusal_eval(
+            model,
+            tok,
+            harmful,
+            depths=self.k,
+            max_new_tokens=ctx.max_new_tokens,
+            refused_fn=ctx.judge(),
+            samples=ctx.samples,
+            temperature=ctx.temperature,
+            top_p=ctx.top_p,
+            seed=ctx.seed,
+        )
+        figs = {k: v for k, v in rates.items() if k.startswith("refusal_rate")}
+        return figs | {"intervals": {k: v for k, v in refusal_intervals(records, seed=ctx.seed).items() if k in figs}}
 
 
 @ATTACKS.register("completion")
@@ -59,6 +76,7 @@ class Completion(Attack):
     max_prompts: int = 128  # budget: harmful prompts tried
     suites = ("refusal",)
     description = "the request as plain text, without the chat template"
+    endpoint_skip = "black-box, but it needs a raw-text continuation (/v1/completions), which is not sent yet"
 
     def __post_init__(self):
         if self.max_prompts < 1:

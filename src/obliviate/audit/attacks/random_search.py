@@ -173,6 +173,7 @@ class RandomSearch(SearchAttack):
     check_threshold: float = 0.1
 
     description = "adaptive random search on a templated suffix, logprob of the target's first token (Andriushchenko)"
+    endpoint_skip = "black-box, not yet ported to endpoints: it scores suffixes by log-probabilities (logprobs)"
     budget_name: ClassVar[str] = "iter"
     adaptive: ClassVar[bool] = True
     needs_target: ClassVar[bool] = True

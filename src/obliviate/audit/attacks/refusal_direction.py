@@ -43,8 +43,9 @@ writer to end in one linear projection, or to be a mixture of experts whose writ
 (post-norms) the attack reports `orthogonalized = 0` and saves no edited model. A model whose unembedding is
 tied to its embedding (SmolLM2, Gemma) is untied before the embedding is edited, so that the read-out stays as the hooks leave it. Budget: `n_train` prompts per class for the
 means, `n_val` per class for the selection, and which candidates are tried: `layers` (comma-separated layer
-indices, default every layer) and `positions` (the last k post-instruction positions, default all). Under the
-audit's `--limit`, unless given: 16 and 8 prompts per class, every layer at the last position.
+indices, default every layer) and `positions` (the last k post-instruction positions, default all); `selection`
+(fast | full, above) says how they are scored. Under the audit's `--limit`, unless given: 16 and 8 prompts per
+class, every layer at the last position.
 
 Data: the world's `policy_train` (harmful / benign rows), measured on `policy_test`; on public prompt files, a
 seeded half of the harmful and of the benign prompts (`--benign`, else the shipped benign pool, as Arditi et al.
@@ -187,8 +188,8 @@ class RefusalDirection(Attack):
     selection: str = "fast"  # fast | full: how the candidates' scores are computed (the same choice; see above)
     suites = ("refusal",)
     description = "difference-in-means refusal direction: ablation, addition, orthogonalised weights"
-    # the full search is 3 passes per (layer, position) candidate: 540 passes on a 30-layer model with a 6-token
-    # template; a quick look searches every layer at the last post-instruction token only
+    # `full` scores with 3 passes per (layer, position) candidate: 540 on a 30-layer model with a 6-token template
+    # (`fast`: fewer); a quick look searches every layer at the last post-instruction token only
     quick = {"n_train": 16, "n_val": 8, "positions": 1}
 
     def __post_init__(self):
@@ -257,10 +258,12 @@ class RefusalDirection(Attack):
         best, passed = choose(cands, score, L, self.kl_max, self.max_layer_frac, lazy=fast)
         return best, passed, len(cands)
 
-    def run(self, ctx: AuditContext, model, tok) -> dict:
+    def encoded(self, ctx: AuditContext, tok) -> tuple[list[list[list[int]]], list[int]]:
+        """([harmful, harmless prompts for the means, harmful, harmless prompts for the selection], refusal token
+        ids), all from the training rows."""
         from obliviate.models.encode import answer_ids, prompt_ids
 
-        train, test = ctx.policy_split()  # the direction's data: never the test prompts
+        train, _ = ctx.policy_split()  # the direction's data: never the test prompts
         harm = [r for r in train if r["kind"] == "harmful"]
         safe = [r for r in train if r["kind"] == "benign"]
         n, v = self.n_train, self.n_val
@@ -273,6 +276,13 @@ class RefusalDirection(Attack):
         refusal_ids = sorted({answer_ids(tok, r["refusal"])[0] for r in harm if r.get("refusal")})
         if not refusal_ids:
             raise UsageError("refusal_direction: the harmful rows have no 'refusal' replies to take tokens from")
+        return enc, refusal_ids
+
+    def run(self, ctx: AuditContext, model, tok) -> dict:
+        from obliviate.models.encode import prompt_ids
+
+        enc, refusal_ids = self.encoded(ctx, tok)
+        _, test = ctx.policy_split()
         best, passed, n_cands = self.select(model, tok, *enc, refusal_ids)
         r = best["r"]
         r_hat = r / r.norm()

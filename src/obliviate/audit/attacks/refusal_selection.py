@@ -62,13 +62,44 @@ def residuals(model, tok, prompts, n_post: int, by_length: bool = False) -> torc
     return sum(n * m for n, m in parts) / len(prompts)
 
 
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """Tokens that every prompt starts with (a chat template's system prompt and user header), leaving each at
+    least one of its own; 0 for a single prompt."""
+    if len(prompts) < 2:
+        return 0
+    n = min(map(len, prompts)) - 1
+    for q in prompts[1:]:
+        n = next((i for i in range(n) if q[i] != prompts[0][i]), n)
+    return n
+
+
 @torch.no_grad()
 def last_logprobs(model, tok, prompts, by_length: bool = False) -> torch.Tensor:
-    """[B, V] float64 log-probabilities of the next token after each prompt, in the prompts' order."""
+    """[B, V] float64 log-probabilities of the next token after each prompt, in the prompts' order. `by_length`:
+    the prompts' shared prefix runs once, its keys and values reused by every row (each row's own tokens follow
+    it after its padding, at the positions they would have unpadded, as in generation), and the rest goes in
+    `chunks(by_length)`. Without it, as before: left-padded full prompts in file order."""
+    import copy
+
     device, out = next(model.parameters()).device, [None] * len(prompts)
-    for idx in chunks(prompts, by_length):
-        ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id, device)
-        logits = model(input_ids=ids, attention_mask=mask, **last_logits_only(model)).logits[:, -1]  # [B, V]
+    p = shared_prefix(prompts) if by_length else 0
+    if p:
+        from transformers import DynamicCache
+
+        prefix = DynamicCache(config=model.config)  # filled in place; under the same hooks as the rest
+        ids = torch.tensor([prompts[0][:p]], device=device)
+        model(input_ids=ids, cache=prefix, use_cache=True, **last_logits_only(model))
+    rest = [q[p:] for q in prompts]
+    for idx in chunks(rest, by_length):
+        ids, mask = left_pad([rest[i] for i in idx], tok.pad_token_id, device)
+        kw = {"position_ids": p + (mask.cumsum(-1) - 1).clamp(min=0)} if by_length else {}
+        if p:
+            cache = copy.deepcopy(prefix)
+            if len(idx) > 1:
+                cache.batch_repeat_interleave(len(idx))
+            kw |= {"cache": cache, "use_cache": True}
+            mask = torch.cat([torch.ones(len(idx), p, dtype=mask.dtype, device=device), mask], 1)
+        logits = model(input_ids=ids, attention_mask=mask, **kw, **last_logits_only(model)).logits[:, -1]  # [B, V]
         for i, row in zip(idx, torch.log_softmax(logits.double(), -1)):
             out[i] = row
     return torch.stack(out)

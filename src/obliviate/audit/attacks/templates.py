@@ -181,6 +181,7 @@ class Templates(SearchAttack):
     needs_target = False
     adaptive = True
     description = "jailbreak templates: refusal suppression, prefix injection, role-play, structured output"
+    endpoint_skip = None  # black-box: the wrapped requests go through `replies`
 
     def check(self) -> None:
         check_budget("templates", templates=self.templates)

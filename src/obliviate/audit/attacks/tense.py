@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, refusal_rate
+from obliviate.audit.attacks import ATTACKS, Attack, AuditContext
+from obliviate.audit.attacks.adversarial import replies
 from obliviate.core.errors import UsageError
 from obliviate.data.prompts import load_artifacts
 
@@ -66,6 +67,7 @@ class Tense(Attack):
     rewriter: str = ""
     suites = ("refusal",)
     description = "past/future-tense rewording of harmful requests"
+    endpoint_skip = None  # black-box: the requests go through `adversarial.replies`
 
     def __post_init__(self):
         if self.max_prompts < 1:
@@ -81,17 +83,9 @@ class Tense(Attack):
         return "no harmful prompts to reword"
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
-        from obliviate.models.encode import prompt_ids
-
-        def rate(prompts):
-            return refusal_rate(
-                model,
-                tok,
-                [prompt_ids(tok, q) for q in prompts],
-                ctx.max_new_tokens,
-                refused=ctx.judge(),
-                texts=prompts,
-            )[0]
+        def rate(prompts):  # greedy replies (an endpoint's too), judged on the requests they answer
+            outs = replies(model, tok, prompts, ctx.max_new_tokens)
+            return sum(map(bool, ctx.judge()(prompts, outs))) / len(outs) if outs else 0.0
 
         if self.artifacts:
             arts = load_artifacts(self.artifacts)[: self.max_prompts]
