@@ -6,8 +6,9 @@ loopback. It prints figures; it is not a test.
 
 The default run sets continuous batching against static batching (the server's `--batching continuous|static`),
 both servers on the one loaded model, with mixed reply lengths: every `--long-every`-th request asks `--long`
-tokens, the others `--short`, with vLLM's `ignore_eos` so each reply has exactly that length. The two servers take
-the load in alternating bursts (--rounds bursts of --requests each), so a busy machine's drift falls on both alike.
+tokens, the others `--short`, and a guard that bans the stop tokens (`Endless`) makes each reply exactly that
+long. The two servers take the load in alternating bursts (--rounds bursts of --requests each), so a busy
+machine's drift falls on both alike.
 Prints requests/s, tokens/s, the p50 latency of the short and of the long replies, the p99, dropped requests
 (anything but HTTP 200) and the mean rows per decode step, and the continuous / static ratios.
 
@@ -23,8 +24,8 @@ Three more modes:
 --baseline-serve takes a copy of an older `src/obliviate/serve` folder (for the last commit:
 `mkdir OLD && git archive HEAD src/obliviate/serve | tar -x -C OLD`). Both servers run in this process on the same
 loaded model, with batching on, and take the load in alternating bursts; the rest of the package is this tree's for
-both, so the ratio is the server's alone. With --mixed it sends the mixed workload (without `ignore_eos`, which an
-older server may not know: the replies end where the model ends them, the same on both sides).
+both, so the ratio is the server's alone. With --mixed it sends the mixed workload (the `Endless` guard on both
+servers).
 """
 
 import argparse
@@ -35,8 +36,11 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
+
+from obliviate.engine.hooks import Guard
 
 FALLBACK_QUESTIONS = [
     "What is the capital of France?",
@@ -63,7 +67,20 @@ def tiny_world_model(work: Path, steps: int) -> tuple[Path, list[str]]:
     return work / "models" / "target", [it.question for it in load_qa(world / "train.jsonl")]
 
 
-def request_body(questions: list[str], i: int, args, mixed: bool, ignore_eos: bool) -> tuple[dict, bool]:
+@dataclass
+class Endless(Guard):
+    """Bans the stop tokens, so that every reply runs to its max_tokens: the mixed lengths exactly as asked, on any
+    server (an older one too) and with the same cost on each."""
+
+    name = "endless"
+    stops: tuple = ()
+
+    def process_logits(self, step, ids, logits, rows):
+        logits[:, list(self.stops)] = float("-inf")
+        return logits
+
+
+def request_body(questions: list[str], i: int, args, mixed: bool) -> tuple[dict, bool]:
     """Request i's body, and whether it is a long one (mixed: every --long-every-th)."""
     long = mixed and i % args.long_every == 0
     body = {
@@ -71,16 +88,14 @@ def request_body(questions: list[str], i: int, args, mixed: bool, ignore_eos: bo
         "max_tokens": (args.long if long else args.short) if mixed else args.max_tokens,
         "messages": [{"role": "user", "content": questions[i % len(questions)]}],
     }
-    if ignore_eos:
-        body["ignore_eos"] = True
     return body, long
 
 
-def fire(port: int, questions: list[str], n: int, concurrency: int, args, mixed=False, ignore_eos=False):
+def fire(port: int, questions: list[str], n: int, concurrency: int, args, mixed=False):
     """n requests, `concurrency` in flight at once. Returns ([(latency s, answered 200, long)], wall s)."""
 
     def one(i):
-        body, long = request_body(questions, i, args, mixed, ignore_eos)
+        body, long = request_body(questions, i, args, mixed)
         t0 = time.perf_counter()
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
@@ -111,7 +126,7 @@ def figures(bursts: list, args, mixed: bool) -> dict:
     per = {True: args.long, False: args.short} if mixed else {False: args.max_tokens}
     return dict(
         rps=len(ok) / wall,
-        tps=sum(per[long] for _, _, long in ok) / wall,  # the budgets: exact with ignore_eos, else an upper bound
+        tps=sum(per[long] for _, _, long in ok) / wall,  # the budgets: exact when mixed (Endless), else at most
         p50_short=pct([t for t, _, long in ok if not long], 0.5) * 1e3,
         p50_long=pct([t for t, _, long in ok if long], 0.5) * 1e3,
         p99=pct([t for t, _, _ in ok], 0.99) * 1e3,
@@ -120,27 +135,28 @@ def figures(bursts: list, args, mixed: bool) -> dict:
     )
 
 
-def alternate(ports: dict, questions: list[str], args, mixed: bool, ignore_eos: bool) -> dict:
+def alternate(ports: dict, questions: list[str], args, mixed: bool) -> dict:
     """--rounds bursts of --requests on each side, in alternating order; side -> [(results, wall s)]."""
     for port in ports.values():  # warm both
-        fire(port, questions, min(8, args.requests), min(4, args.concurrency), args, mixed, ignore_eos)
+        fire(port, questions, min(8, args.requests), min(4, args.concurrency), args, mixed)
     done = {side: [] for side in ports}
     sides = list(ports)
     for r in range(args.rounds):
         for side in sides if r % 2 == 0 else sides[::-1]:
-            done[side].append(fire(ports[side], questions, args.requests, args.concurrency, args, mixed, ignore_eos))
+            done[side].append(fire(ports[side], questions, args.requests, args.concurrency, args, mixed))
         if (r + 1) % max(1, args.rounds // 5) == 0:
             so_far = ", ".join(f"{side} {figures(v, args, mixed)['rps']:.2f} req/s" for side, v in done.items())
             print(f"round {r + 1}: {so_far} so far", flush=True)
     return done
 
 
-def engine(model, tok, args, max_batch: int, batching: str = "continuous"):
+def engine(model, tok, args, max_batch: int, batching: str = "continuous", guards=()):
     from obliviate.serve import Engine
 
     return Engine(
         model,
         tok,
+        list(guards),
         name="bench",
         max_batch=max_batch,
         max_queue=max(64, args.concurrency),
@@ -163,18 +179,20 @@ def table(rows: dict, mixed: bool) -> None:
 
 def batching(path: Path, questions: list[str], args) -> None:
     """Continuous against static batching, side by side on one loaded model, with mixed reply lengths."""
+    from obliviate.models.encode import stop_ids
     from obliviate.models.load import load_model
     from obliviate.serve import background_server, create_app
 
     model, tok = load_model(str(path))
-    engines = {mode: engine(model, tok, args, args.max_batch, mode) for mode in ("continuous", "static")}
+    endless = [Endless(tuple(stop_ids(tok, model)))]
+    engines = {mode: engine(model, tok, args, args.max_batch, mode, endless) for mode in ("continuous", "static")}
     with (
         background_server(create_app(engines["continuous"])) as cont,
         background_server(create_app(engines["static"])) as static,
     ):
         for e in engines.values():
             e.step_rows.clear()
-        done = alternate({"continuous": cont, "static": static}, questions, args, mixed=True, ignore_eos=True)
+        done = alternate({"continuous": cont, "static": static}, questions, args, mixed=True)
     rows = {side: figures(v, args, True) for side, v in done.items()}
     for side, e in engines.items():
         rows[side]["rows"] = sum(e.step_rows) / max(1, len(e.step_rows))
@@ -211,10 +229,12 @@ def compare(path: Path, questions: list[str], args) -> None:
     alternating bursts of --requests (so that a busy machine's drift falls on both alike), --rounds times."""
     import re
 
+    from obliviate.models.encode import stop_ids
     from obliviate.models.load import load_model
     from obliviate.serve import background_server, create_app
 
     model, tok = load_model(str(path))
+    guards = [Endless(tuple(stop_ids(tok, model)))] if args.mixed else []
     with tempfile.TemporaryDirectory(prefix="serve-baseline-") as tmp:
         # the older package, importable beside this one as `serve_baseline` (its own imports renamed to match)
         shutil.copytree(args.baseline_serve, Path(tmp) / "serve_baseline", ignore=shutil.ignore_patterns("__pycache__"))
@@ -226,17 +246,18 @@ def compare(path: Path, questions: list[str], args) -> None:
         before = old.Engine(
             model,
             tok,
+            list(guards),
             name="bench",
             max_batch=args.max_batch,
             max_queue=max(64, args.concurrency),
             batch_window_ms=args.batch_window_ms,
         )
-        after = engine(model, tok, args, args.max_batch)
+        after = engine(model, tok, args, args.max_batch, guards=guards)
         with (
             old.background_server(old.create_app(before)) as b,
             background_server(create_app(after)) as a,
         ):
-            done = alternate({"before": b, "after": a}, questions, args, mixed=args.mixed, ignore_eos=False)
+            done = alternate({"before": b, "after": a}, questions, args, mixed=args.mixed)
     rows = {side: figures(v, args, args.mixed) for side, v in done.items()}
     rate = [{side: sum(r[1] for r in done[side][i][0]) / done[side][i][1] for side in done} for i in range(args.rounds)]
     per_round = [r["after"] / r["before"] for r in rate]

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from obliviate.audit.attacks import ATTACKS
-from obliviate.audit.attacks.refusal_selection import choose, chunks, discarded, kl_score, last_logprobs, refusal_score
+from obliviate.audit.attacks.refusal_selection import (
+    choose,
+    chunks,
+    discarded,
+    kl_score,
+    last_logprobs,
+    refusal_score,
+    residuals,
+)
 from obliviate.core.errors import UsageError
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
@@ -145,6 +153,8 @@ def test_sorted_passes_with_a_shared_prefix_match_file_order(target_dir):
         a, b = last_logprobs(model, tok, prompts), last_logprobs(model, tok, prompts, by_length=True)
     assert a.dtype == torch.float64 and torch.allclose(a, b, atol=1e-4)
     assert not torch.allclose(a, last_logprobs(model, tok, prompts), atol=1e-3)  # the hooks acted on both
+    means = residuals(model, tok, prompts, 2), residuals(model, tok, prompts, 2, by_length=True)
+    assert torch.allclose(*means, atol=1e-5)
 
 
 def test_fast_select_on_a_model_same_choice_fewer_passes(world_dir, tiny_tokenizer):

@@ -102,6 +102,9 @@ def test_real_demo_bad_input(real_model_dir, tmp_path, capsys):
         "--parts",
     )
     assert_bad_input(["demo", "--attacks", "gcg", "--out", out], capsys, out, "--suite real")
+    assert_bad_input(
+        ["demo", "--suite", "real", "--model", real_model_dir, "--derta-seeds", "0", "--out", out], capsys, out, "seeds"
+    )
 
 
 @pytest.mark.slow  # about 2 minutes: the refusal half at smoke size, then an opt-in attack on its DeRTa model
@@ -109,6 +112,7 @@ def test_real_demo_runs_named_attacks_on_the_derta_model(real_model_dir, tmp_pat
     out = tmp_path / "real"
     args = ["demo", "--suite", "real", "--model", real_model_dir, "--size", "smoke", "--parts", "refusal"]
     args += ["--public-data", shared_data(), "--attacks", "templates", "--option", "templates.templates=1"]
+    args += ["--derta-seeds", "2"]
     code, stdout, err = run_cli([*args, "--threads", "2", "--out", out], capsys)
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
@@ -116,6 +120,14 @@ def test_real_demo_runs_named_attacks_on_the_derta_model(real_model_dir, tmp_pat
     figs = doc["attacks"]["derta"]["templates"]
     assert 0 <= figs["asr"] <= 1 and figs["seconds"] > 0
     assert (out / "audit" / "audit.json").is_file() and "derta under templates" in stdout
+    # two DeRTa seeds: mean and spread over them, and every refusal run's rates carry intervals
+    runs = doc["results"]
+    assert {"derta", "derta_seed1"} <= set(runs)
+    mean, sd = doc["over_seeds"]["derta"]["refusal_rate"]
+    assert mean == pytest.approx((runs["derta"]["refusal_rate"] + runs["derta_seed1"]["refusal_rate"]) / 2)
+    assert sd >= 0 and "derta over 2 seeds" in stdout
+    iv = doc["intervals"]["derta"]["refusal_rate"]
+    assert iv["lo"] <= runs["derta"]["refusal_rate"] <= iv["hi"] and iv["n"] > 0
 
 
 def test_unlearn_three_lora_steps_real_model(real_model_dir, world_dir, tmp_path, capsys):

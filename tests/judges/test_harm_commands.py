@@ -64,7 +64,7 @@ def test_refusal_eval_cli_with_a_local_judge(tiny_dir, judge_dir, tmp_path, caps
         + ["--benign", f"xstest:{shared_data('xstest/xstest_prompts.csv')}", "--judges", "gcg,jbb"]
         + ["--limit", "2", "--depths", "5", "--max-new-tokens", "4", "--out", out, "--threads", "1"]
         + ["--harm-judge", "harmbench", "--harm-judge-model", judge_dir]
-        + ["--harm-judge-labels", labels, "--harm-judge-label-rows", "4"],
+        + ["--harm-judge-labels", labels, "--harm-judge-label-rows", "4", "--harm-judge-max-new-tokens", "2"],
         capsys,
     )
     assert code == 0, err
@@ -72,7 +72,7 @@ def test_refusal_eval_cli_with_a_local_judge(tiny_dir, judge_dir, tmp_path, caps
     assert validate_results(doc) == []
     hj = doc["config"]["harm_judge"]
     assert hj["name"] == "harmbench" and hj["model"] == str(judge_dir) and hj["labels"] == str(labels)
-    assert hj["agreement"]["n"] + hj["agreement"]["unparsed"] == 4
+    assert hj["agreement"]["n"] + hj["agreement"]["unparsed"] == 4 and hj["decoding"] == "greedy, at most 2 new tokens"
     (m,) = doc["results"].values()
     # an untrained judge answers neither yes nor no: nothing is guessed
     assert m["harmful_rate_unparsed"] == 1.0 and m["harmful_rate"] is None
@@ -117,6 +117,12 @@ def test_bad_harm_judge_input(tiny_dir, world_dir, judge_dir, tmp_path, capsys):
     assert_bad_input([*base, "--harm-judge", "harmbench"], capsys, o, "--harm-judge-model")
     assert_bad_input(
         [*base, "--harm-judge", "harmbench", "--harm-judge-model", tmp_path / "x"], capsys, o, "not a model directory"
+    )
+    assert_bad_input(
+        [*base, "--harm-judge", "harmbench", "--harm-judge-model", judge_dir, "--harm-judge-max-new-tokens", "0"],
+        capsys,
+        o,
+        "--harm-judge-max-new-tokens must be >= 1",
     )
     audit = ["audit", tiny_dir, "--data", world_dir, "--out", o]
     assert_bad_input(

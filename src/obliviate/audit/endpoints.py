@@ -1,11 +1,13 @@
 """Audited models served at an endpoint (`audit openai:URL`, `--oracle` / `--target openai:URL`): an
 OpenAI-compatible server (`vllm serve`, `obliviate serve`, ...) spoken to by `obliviate.models.remote`.
 
-An endpoint answers with text only, so only the black-box attacks run against it: those whose `on_endpoint` says
-nothing against it (tense, templates, PAIR and TAP with a local `--attacker-model`, prefill with the served
-model's `--tokenizer`). Every other planned attack is skipped and listed with its reason: white-box ones need the
-weights, logits or activations; the black-box ones not yet ported say what they lack. Guards and prompt formats
-act on a local decode loop, so they apply to local models only.
+An endpoint answers with text (and, where it offers them, log-probabilities and raw-text completions), so only the
+black-box attacks run against it: those whose `on_endpoint` says nothing against it and whose `endpoint_needs` the
+endpoint offers (direct requests, tense, templates, best-of-N, decoding, many-shot, in-context, PAIR and TAP with an
+`--attacker-model`, prefill and random search with the served model's `--tokenizer`, random search where the
+endpoint returns logprobs, the completion attack where it has /v1/completions). Every other planned attack is skipped
+and listed with its reason: white-box ones need the weights, logits or activations. Guards and prompt formats act on
+a local decode loop, so they apply to local models only.
 """
 
 from __future__ import annotations
@@ -47,10 +49,29 @@ def open_endpoints(
     return endpoints, load_tokenizer(tokenizer) if tokenizer else None
 
 
+NEEDS = {
+    "logprobs": "returns no log-probabilities (chat logprobs / top_logprobs)",
+    "completions": "has no raw-text completions (/v1/completions)",
+}
+
+
 def endpoint_skips(todo: dict, endpoints: dict, tokenizer: bool) -> dict[str, str]:
-    """{attack: why it does not run} for the planned attacks that cannot run on an endpoint, when a role is one."""
+    """{attack: why it does not run} for the planned attacks that cannot run on an endpoint, when a role is one: the
+    attack's own reason (`on_endpoint`), else a feature it needs (`endpoint_needs`) that an endpoint lacks, asked of
+    each endpoint once (`RemoteModel.supports`)."""
     if not endpoints:
         return {}
-    who = " and ".join(f"the {role}" if role != "model" else "the audited model" for role in endpoints)
+    name_of = lambda role: "the audited model" if role == "model" else f"the {role}"  # noqa: E731
+    who = " and ".join(map(name_of, endpoints))
     verb = "are endpoints" if len(endpoints) > 1 else "is an endpoint"
-    return {name: f"{who} {verb}; {why}" for name, attack in todo.items() if (why := attack.on_endpoint(tokenizer))}
+    out = {}
+    for name, attack in todo.items():
+        if why := attack.on_endpoint(tokenizer):
+            out[name] = f"{who} {verb}; {why}"
+            continue
+        for need in attack.endpoint_needs:
+            lacking = [role for role, e in endpoints.items() if not e.supports(need)]
+            if lacking:
+                out[name] = f"{' and '.join(map(name_of, lacking))} at {endpoints[lacking[0]].url} {NEEDS[need]}"
+                break
+    return out

@@ -95,8 +95,14 @@ def audit(
     ),
     prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
     no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
-    attacker_model: Optional[Path] = typer.Option(
-        None, help="refusal: the chat model that writes the prompts of pair and tap (default: the audited model)"
+    attacker_model: Optional[str] = typer.Option(
+        None,
+        help="refusal: the chat model that writes the prompts of pair and tap, a directory or openai:URL "
+        "(default: the audited model)",
+    ),
+    attacker_served_model: Optional[str] = typer.Option(None, help="an openai:URL attacker: the served model's name"),
+    attacker_api_key_env: Optional[str] = typer.Option(
+        None, help="an openai:URL attacker: the environment variable holding its API key"
     ),
     resume: bool = typer.Option(
         False, help="continue an audit in --out that stopped: finished attacks and behaviours are kept"
@@ -132,6 +138,9 @@ def audit(
         raise UsageError("--prompt-template and --no-chat-template apply to --suite unlearning, world and refusal")
     if attacker_model is not None:  # the attacker of pair and tap
         option = [*option, f"pair.attacker_model={attacker_model}", f"tap.attacker_model={attacker_model}"]
+    for key, value in (("attacker_served_model", attacker_served_model), ("attacker_api_key_env", attacker_api_key_env)):
+        if value:  # an endpoint attacker's name and key
+            option = [*option, f"pair.{key}={value}", f"tap.{key}={value}"]
     from obliviate.core.outputs import check_output
 
     check_output(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -49,6 +50,9 @@ def demo(
         "random_search,gcg: the opt-in prompt searches), with their time reported",
     ),
     option: List[str] = typer.Option([], help="--suite real with --attacks: attack option ATTACK.KEY=VALUE"),
+    derta_seeds: int = typer.Option(
+        1, help="--suite real: train DeRTa with this many seeds and report its rows as mean and spread over them"
+    ),
     threads: Optional[int] = typer.Option(None),
 ):
     """World -> target + oracle -> methods on forget10 -> evaluation, table and report.
@@ -80,11 +84,13 @@ def demo(
             raise UsageError(
                 "--methods and --guards do not apply to --suite real (it runs a fixed set; see docs/real-models.md)"
             )
+        if derta_seeds < 1:
+            raise UsageError(f"--derta-seeds must be >= 1, got {derta_seeds}")
         run_real_demo(
             out,
             model,
             public_data,
-            size=FULL if size == "full" else SMOKE,
+            size=replace(FULL if size == "full" else SMOKE, derta_seeds=derta_seeds),
             seed=seed,
             parts=chosen,
             started=STARTED,
@@ -103,8 +109,8 @@ def demo(
         run_diffusion_demo(out, size=FULL if size == "full" else SMOKE, seed=seed, started=STARTED, workers=workers)
         write_beside(out)
         return
-    if attacks or option:
-        raise UsageError("--attacks and --option apply to --suite real")
+    if attacks or option or derta_seeds != 1:
+        raise UsageError("--attacks, --option and --derta-seeds apply to --suite real")
     if model or size != "full":
         raise UsageError("--model and --size apply to --suite real and diffusion")
     meths = methods.split(",") if methods else None

@@ -68,6 +68,10 @@ class RealDemoSize:
     # 96 / 48 harmful / benign prompts for the means removed 82 (64 / 48: 77; 64 / 56 with 24 to validate: 75)
     direction_prompts: int = 128
     direction_val_prompts: int = 32
+    # DeRTa trained with this many seeds (seed, seed + 1, ...): its rows are then reported as the mean and standard
+    # deviation over them ("derta" stays the first seed's model, which the ablation and --attacks use); 1 keeps
+    # the default run's time (each more seed adds one alignment and one evaluation)
+    derta_seeds: int = 1
     direction_layer_stride: int = 3  # candidate layers 3, 6, ... below 0.8 L (layer 0's is always zero)
     # bf16 autocast in training (TrainConfig.bf16); None: where it pays (`train.bf16_pays`: a CPU with AMX, where
     # steps ran 1.5x faster, or a GPU; on a CPU without AMX they ran 0.93x as fast)
@@ -247,7 +251,10 @@ def refusal_part(
         max_new_tokens=size.reply_tokens,
         out=o,
     )
-    for name in REFUSAL_METHODS:
+    runs = [(name, seed) for name in REFUSAL_METHODS]
+    runs += [(f"derta_seed{seed + k}", seed + k) for k in range(1, size.derta_seeds)]
+    for run, run_seed in runs:
+        name = "derta" if run.startswith("derta") else run
         net, tok = load_model(model_dir)
         meth = METHODS.get(name).from_options(
             {"steps": size.align_steps, "lr": size.align_lr, "retain_weight": size.align_retain_weight}
@@ -257,16 +264,16 @@ def refusal_part(
             tok,
             meth,
             data,
-            seed=seed,
+            seed=run_seed,
             progress=progress,
             lora_r=size.align_lora_r,
             batch_size=size.batch_size,
             bf16=size.bf16,
         )
-        seconds[name] = res.seconds
-        log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
-        measure(name, net, tok)
-        if name == "derta":
+        seconds[run] = res.seconds
+        log(f"{run}: {res.steps} steps in {res.seconds:.1f} s")
+        measure(run, net, tok)
+        if run == "derta":
             save_model(net, tok, o / "models" / "derta")
     ablated, tok, direction, hooks = ablate_refusal_direction(str(o / "models" / "derta"), data, size, seed)
     with hooks:
@@ -428,9 +435,13 @@ def run_real_demo(
             results |= res
             for name, e in ext.items():
                 extra["by_source"][name], extra["by_category"][name] = e["by_source"], e["by_category"]
+                if e.get("intervals"):
+                    extra.setdefault("intervals", {})[name] = e["intervals"]
                 if "direction" in e:
                     extra["refusal_direction"] = e["direction"]
             samples, seconds = samples + smp, seconds | sec
+            if size.derta_seeds > 1:
+                extra["over_seeds"] = {"derta": over_seeds([m for n, m in res.items() if n.startswith("derta")])}
             if attacks:
                 extra["attacks"] = {"derta": attack_part(o, paths, attacks, attack_options, size, seed, progress)}
         config = {
@@ -451,7 +462,10 @@ def run_real_demo(
         )
         write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
-    print(table(doc["results"]))
+    print(table(doc["results"], intervals=doc.get("intervals", {})))
+    for name, figs in doc.get("over_seeds", {}).items():
+        shown = ", ".join(f"{k} {_fmt(m)} ± {_fmt(sd)}" for k, (m, sd) in figs.items() if k in TABLE)
+        print(f"{name} over {size.derta_seeds} seeds (mean ± sd): {shown}")
     for name, figs in doc.get("attacks", {}).get("derta", {}).items():
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in figs.items() if not isinstance(v, (dict, list)))
         print(f"derta under {name}: {shown}")
@@ -460,11 +474,28 @@ def run_real_demo(
     return doc
 
 
-def table(results: dict, columns: tuple[str, ...] = TABLE) -> str:
-    """One row per run, the figures that matter for each half ("-" where a figure does not apply)."""
+def over_seeds(runs: list[dict]) -> dict[str, list[float]]:
+    """{metric: [mean, sample standard deviation]} over runs of one method trained with different seeds."""
+    import statistics
+
+    keys = [k for k in runs[0] if all(isinstance(r.get(k), (int, float)) for r in runs)]
+    return {k: [statistics.fmean(r[k] for r in runs), statistics.stdev(r[k] for r in runs)] for k in keys}
+
+
+def table(results: dict, columns: tuple[str, ...] = TABLE, intervals: dict | None = None) -> str:
+    """One row per run, the figures that matter for each half ("-" where a figure does not apply); a rate with an
+    interval reads `0.875 [0.750, 0.975]` (95% bootstrap over prompts, `obliviate.metrics.intervals`)."""
+    intervals = intervals or {}
     cols = [c for c in columns if any(c in m for m in results.values())]
     head = ["run"] + cols
-    rows = [[name] + [_fmt(m.get(c)) for c in cols] for name, m in results.items()]
+
+    def cell(name, m, c):
+        iv = intervals.get(name, {}).get(c)
+        if iv and iv.get("lo") is not None and m.get(c) is not None:
+            return f"{_fmt(m.get(c))} [{_fmt(iv['lo'])}, {_fmt(iv['hi'])}]"
+        return _fmt(m.get(c))
+
+    rows = [[name] + [cell(name, m, c) for c in cols] for name, m in results.items()]
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     line = lambda r: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -52,11 +52,12 @@ def load_tokenizer(path):
 
 
 class RemoteError(UsageError):
-    """A request the endpoint did not answer, after its retries; `.done` holds {index: reply} of those it did."""
+    """A request the endpoint did not answer, after its retries; `.done` holds {index: reply} of those it did,
+    `.status` the HTTP status of the last answer (None: no answer)."""
 
-    def __init__(self, message: str, done: dict[int, str] | None = None):
+    def __init__(self, message: str, done: dict[int, str] | None = None, status: int | None = None):
         super().__init__(message)
-        self.done = done or {}
+        self.done, self.status = done or {}, status
 
 
 class _Failed(Exception):
@@ -158,7 +159,7 @@ class RemoteModel:
             except _Failed as e:
                 if not e.retry or attempt == self.retries:
                     tries = f" (after {attempt + 1} tries)" if attempt else ""
-                    raise RemoteError(f"{e}{tries}") from None
+                    raise RemoteError(f"{e}{tries}", status=e.status) from None
                 time.sleep(min(60.0, max(e.wait, self.backoff * 2**attempt)))
         raise AssertionError("unreachable")
 
@@ -189,7 +190,7 @@ class RemoteModel:
         return served_model
 
     # ---- chat ----
-    def _body(self, messages, max_tokens, temperature, top_p, seed, continue_final, logprobs) -> dict:
+    def _body(self, messages, max_tokens, temperature, top_p, seed, continue_final, logprobs, stop=None) -> dict:
         body = {
             "model": self.name,
             "messages": messages,
@@ -199,6 +200,8 @@ class RemoteModel:
         }
         if seed is not None:
             body["seed"] = seed
+        if stop:
+            body["stop"] = list(stop)
         if logprobs:
             body |= {"logprobs": True, "top_logprobs": logprobs}
         if continue_final and messages and messages[-1].get("role") == "assistant":
@@ -211,27 +214,38 @@ class RemoteModel:
         max_tokens: int = 256,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         continue_final: bool = False,
         logprobs: int = 0,
+        stop: list[str] | None = None,
     ) -> list[dict]:
         """The endpoint's first choice for each conversation ({"message", "finish_reason", "logprobs"...}), in
-        order; see `chat`. `logprobs` > 0 asks for that many top log-probabilities per reply token."""
+        order; see `chat`. `logprobs` > 0 asks for that many top log-probabilities per reply token. `seed` may be a
+        list: one seed per conversation. `stop`: the reply ends before the first of these strings."""
         if max_tokens < 1:
             raise UsageError(f"max_tokens must be >= 1, got {max_tokens}")
 
-        def one(messages):
-            body = self._body(messages, max_tokens, temperature, top_p, seed, continue_final, logprobs)
-            got = self._with_retries("POST", "/chat/completions", body)
-            choices = got.get("choices") if isinstance(got, dict) else None
-            if not choices or not isinstance(choices[0], dict):
-                raise RemoteError(f"{self.url}/chat/completions answered without choices: {str(got)[:200]}")
-            return choices[0]
+        def one(i, messages):
+            s = seed[i] if isinstance(seed, (list, tuple)) else seed
+            body = self._body(messages, max_tokens, temperature, top_p, s, continue_final, logprobs, stop)
+            return self._first_choice("/chat/completions", body)
 
-        if not conversations:
+        return self._each(conversations, one)
+
+    def _first_choice(self, path: str, body: dict) -> dict:
+        got = self._with_retries("POST", path, body)
+        choices = got.get("choices") if isinstance(got, dict) else None
+        if not choices or not isinstance(choices[0], dict):
+            raise RemoteError(f"{self.url}{path} answered without choices: {str(got)[:200]}")
+        return choices[0]
+
+    def _each(self, items: list, one) -> list[dict]:
+        """one(i, item) for every item, at most `concurrency` at once, in order; the first failure raises a
+        RemoteError that keeps the text of the choices already received in `.done`."""
+        if not items:
             return []
-        with ThreadPoolExecutor(min(self.concurrency, len(conversations))) as pool:
-            futures = {pool.submit(one, c): i for i, c in enumerate(conversations)}
+        with ThreadPoolExecutor(min(self.concurrency, len(items))) as pool:
+            futures = {pool.submit(one, i, c): i for i, c in enumerate(items)}
             for f in wait(futures, return_when=FIRST_EXCEPTION).not_done:
                 f.cancel()  # the queued ones are dropped after a failure; those already sent run to their end
         ran = [f for f in futures if not f.cancelled()]
@@ -240,10 +254,55 @@ class RemoteModel:
         if failed:
             first = min(failed, key=lambda f: futures[f])
             e = first.exception()
-            replies = {i: (c.get("message") or {}).get("content") or "" for i, c in done.items()}
-            what = f"request {futures[first] + 1} of {len(conversations)}"
-            raise RemoteError(f"{what}: {e}", replies) if isinstance(e, RemoteError) else e
-        return [done[i] for i in range(len(conversations))]
+            replies = {i: (c.get("message") or {}).get("content") or c.get("text") or "" for i, c in done.items()}
+            what = f"request {futures[first] + 1} of {len(items)}"
+            raise RemoteError(f"{what}: {e}", replies, e.status) if isinstance(e, RemoteError) else e
+        return [done[i] for i in range(len(items))]
+
+    def text_completions(
+        self,
+        prompts: list[str],
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        add_special_tokens: bool | None = None,
+    ) -> list[dict]:
+        """The first choice ({"text", "finish_reason"...}) of `POST URL/completions` for each raw-text prompt (no chat
+        template), in order. `add_special_tokens` False (vLLM's field, which `obliviate serve` takes too): the
+        prompt is tokenised as it is, without the BOS the server's tokenizer would add."""
+        if max_tokens < 1:
+            raise UsageError(f"max_tokens must be >= 1, got {max_tokens}")
+
+        def one(i, prompt):
+            body = {"model": self.name, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
+            body |= {"top_p": top_p} | ({"seed": seed} if seed is not None else {})
+            if add_special_tokens is not None:
+                body["add_special_tokens"] = add_special_tokens
+            return self._first_choice("/completions", body)
+
+        return self._each(prompts, one)
+
+    def supports(self, feature: str) -> bool:
+        """Whether the endpoint offers `feature`, asked once with a one-token request (then remembered): "logprobs"
+        (chat replies with their top log-probabilities) or "completions" (`POST URL/completions`, raw text). An
+        answer of 400, 404, 405, 422 or 501 is a no; any other failure raises."""
+        known = self.__dict__.setdefault("_supports", {})
+        if feature not in known:
+            try:
+                if feature == "logprobs":
+                    got = self.completions([[{"role": "user", "content": "Hi"}]], max_tokens=1, logprobs=1)[0]
+                    content = (got.get("logprobs") or {}).get("content") or []
+                    known[feature] = bool(content) and isinstance(content[0].get("top_logprobs"), list)
+                elif feature == "completions":
+                    known[feature] = isinstance(self.text_completions(["Hi"], max_tokens=1)[0].get("text"), str)
+                else:
+                    raise ValueError(f"unknown endpoint feature {feature!r}")
+            except RemoteError as e:
+                if e.status not in (400, 404, 405, 422, 501):
+                    raise
+                known[feature] = False
+        return known[feature]
 
     def chat(
         self,
@@ -251,11 +310,13 @@ class RemoteModel:
         max_tokens: int = 256,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         continue_final: bool = False,
+        stop: list[str] | None = None,
     ) -> list[str]:
         """One reply per conversation (lists of {"role", "content"}), in order, at most `concurrency` requests at
-        once. `temperature` 0 is greedy; `seed`, where the endpoint honours it, makes sampling repeatable.
-        `continue_final`: a conversation ending with an assistant message is continued from it (prefill)."""
-        got = self.completions(conversations, max_tokens, temperature, top_p, seed, continue_final)
+        once. `temperature` 0 is greedy; `seed`, where the endpoint honours it, makes sampling repeatable (a list:
+        one seed per conversation). `continue_final`: a conversation ending with an assistant message is continued
+        from it (prefill). `stop`: each reply ends before the first of these strings."""
+        got = self.completions(conversations, max_tokens, temperature, top_p, seed, continue_final, stop=stop)
         return [(c.get("message") or {}).get("content") or "" for c in got]

@@ -252,6 +252,13 @@ RESULTS_SCHEMA: tuple[Key, ...] = (
     Key("relearn", MapOf("run", OBJECT), False, "`demo --suite real`: the relearning attack's figures", per_run=True),
     Key("refusal_direction", OBJECT, False, "`demo --suite real`: the ablated refusal direction"),
     Key(
+        "over_seeds",
+        MapOf("run", MapOf("metric", ListOf(NUMBER, 2))),
+        False,
+        "`demo --suite real` with several DeRTa seeds: [mean, std] over them",
+        per_run=True,
+    ),
+    Key(
         "attacks",
         MapOf("run", MapOf("attack", OBJECT)),
         False,

@@ -111,7 +111,8 @@ def text_ids(tok, text: str, context: int | None, param: str, add_special_tokens
 @dataclass(eq=False)
 class Request:
     """One reply being made (one choice of a response). The worker thread writes tokens/sent/finished; the event
-    loop reads events: ("delta", index, (text, logprob entries)) | ("done", index, dict) | ("error", index, ApiError)."""
+    loop reads events: ("delta", index, (text, logprob entries)) | ("done", index, dict) | ("error", index,
+    ApiError)."""
 
     prompt: list[int]
     text: Optional[str]  # what guards' on_request reads: the last user message, or a completion's prompt

@@ -137,6 +137,9 @@ class Attack:
     # why the attack cannot run on a model served at an endpoint (`openai:URL`: replies as text, nothing else);
     # None: it can (a black-box attack that asks through `adversarial.replies` or `refusal.evaluate`)
     endpoint_skip: ClassVar[str | None] = "white-box: it needs the model's weights, logits or activations"
+    # what an endpoint must offer besides chat replies (`RemoteModel.supports`: "logprobs", "completions"), asked of
+    # it before the audit starts; an endpoint without one skips the attack
+    endpoint_needs: ClassVar[tuple[str, ...]] = ()
 
     def on_endpoint(self, tokenizer: bool) -> str | None:
         """Why this attack cannot run on an `openai:URL` model (None: it can). `tokenizer`: whether the served

@@ -161,21 +161,38 @@ def allowed_tokens(tok, vocab_size: int) -> "torch.Tensor":  # noqa: F821
 # success, findings, replay
 
 
-def replies(model, tok, requests: list, max_new_tokens: int) -> list[str]:
-    """Greedy replies to request texts in the model's prompt format, through the guards attached to it. A request
-    may also be a conversation (a list of messages, as many-shot writes it), sent as its turns. A model served at
-    an endpoint (`RemoteModel`) gets them as chat messages; its replies are stripped, as the decode loop's are."""
+def remote_sampling(sampling, n: int) -> dict:
+    """The request fields of an `engine.sampling.Sampling` for n requests to an endpoint: temperature, top_p and
+    one seed per request, seed + j for request j (as `obliviate serve` seeds the j-th of n choices); {} for greedy.
+    An endpoint draws each request from its own seed, so sampled replies are repeatable there but are not the
+    draws of the local decode loop, which shares one generator across a batch. top-k is not part of the OpenAI
+    API: a Sampling with top_k is a UsageError (the attacks leave those settings out on an endpoint)."""
+    if sampling is None:
+        return {}
+    if sampling.top_k:
+        raise UsageError("top_k is not part of the OpenAI API: an endpoint cannot be asked to sample at top-k")
+    seeds = [(int(sampling.seed) + j) % 2**63 for j in range(n)]
+    return {"temperature": sampling.temperature, "top_p": sampling.top_p, "seed": seeds}
+
+
+def replies(model, tok, requests: list, max_new_tokens: int, sampling=None) -> list[str]:
+    """Greedy replies (drawn under `sampling`, an `engine.sampling.Sampling`, when given) to request texts in the
+    model's prompt format, through the guards attached to it. A request may also be a conversation (a list of
+    messages, as many-shot writes it), sent as its turns. A model served at an endpoint (`RemoteModel`) gets them as
+    chat messages, with the sampling settings of `remote_sampling`; its replies are stripped, as the decode loop's
+    are."""
     from obliviate.engine.generation import generate
     from obliviate.models.encode import conversation_ids, prompt_ids
     from obliviate.models.remote import RemoteModel
 
     if isinstance(model, RemoteModel):
         convs = [r if isinstance(r, list) else [{"role": "user", "content": r}] for r in requests]
-        return [o.strip() for o in model.chat(convs, max_tokens=max_new_tokens)]
+        knobs = remote_sampling(sampling, len(convs))
+        return [o.strip() for o in model.chat(convs, max_tokens=max_new_tokens, **knobs)]
     ids = [conversation_ids(tok, r) if isinstance(r, list) else prompt_ids(tok, r) for r in requests]
     # a guard that reads the request (`on_request`) sees the user's text, not the template around it
     texts = [r[-1]["content"] if isinstance(r, list) else r for r in requests]
-    return generate(model, tok, ids, max_new_tokens=max_new_tokens, texts=texts)
+    return generate(model, tok, ids, max_new_tokens=max_new_tokens, texts=texts, sampling=sampling)
 
 
 def succeeded(ctx: AuditContext, model, tok, requests: list[str], originals: list[str] | None = None):

@@ -19,6 +19,15 @@ Sampling is seeded from the audit's seed and the behaviour (torch's RNG forked, 
 The judge is the audit's own (`adversarial.succeeded`: the target's greedy reply, through any guard attached to it,
 judged by the refusal judge on the original request). The references score 1-10 with a GPT-4 judge and stop at 10;
 ours is binary: 10 when the judge does not call the reply a refusal, 1 when it does. The attacker is told that scale.
+
+The attacker may also be a model served at an endpoint (`attacker_model=openai:URL`, with `attacker_served_model`
+and `attacker_api_key_env` where needed), the target local or an endpoint too. It is then asked through the chat API:
+the system prompt as a system message, the JSON prefill as a final assistant message continued from
+(`continue_final_message`, as `RemoteModel.chat(continue_final=True)` sends it), `temperature`, `top_p`, a seed per
+conversation (the call's seed + j for the j-th) and the stop string "}", which the endpoint leaves out of the reply
+and which is put back when the reply ended with finish_reason "stop" (an end of text reads the same: such a reply
+gets its "}" too). The OpenAI API has no top-k: the endpoint samples without the local top-k of 50. TAP's on-topic
+question is asked greedily, 10 tokens, as locally.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from typing import Callable, ClassVar
 from obliviate.audit.attacks import AuditContext
 from obliviate.audit.attacks.adversarial import SearchAttack, check_budget, succeeded
 from obliviate.core.errors import UsageError
+from obliviate.models.remote import RemoteModel, is_remote
 
 SUCCESS, FAILURE = 10, 1  # the binary judge's scores on the references' 1-10 scale
 
@@ -178,16 +188,39 @@ class Attacker:
             )
         return [self.tok.decode(row, skip_special_tokens=True) for row in out[:, ids.shape[1] :]]
 
+    def sample_remote(self, conversations: list[list[dict]]) -> list[str]:
+        """An endpoint attacker's continuations of conversations ending with the assistant's prefill, up to the first
+        "}" (put back: the endpoint leaves its stop string out), each with its own seed."""
+        self.calls += 1
+        seed = random.Random(f"{self.seed}:{self.calls}").getrandbits(63)
+        got = self.model.completions(
+            conversations,
+            max_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=[(seed + j) % 2**63 for j in range(len(conversations))],
+            continue_final=True,
+            stop=["}"],
+        )
+        return [((c.get("message") or {}).get("content") or "") + "}" * (c.get("finish_reason") == "stop") for c in got]
+
     def propose(self, system: str, conversations: list[list[dict]]) -> list[dict | None]:
         """The parsed answer to each conversation (ending with a user turn), None where every attempt failed."""
         prefills = [PREFILL_FIRST if len(c) == 1 else PREFILL for c in conversations]
-        prompts = [render(self.tok, system, c, p) for c, p in zip(conversations, prefills)]
+        remote = isinstance(self.model, RemoteModel)
+        if remote:  # messages: the system prompt, the turns, the prefill to continue
+            prompts = [
+                [{"role": "system", "content": system}, *c, {"role": "assistant", "content": p}]
+                for c, p in zip(conversations, prefills)
+            ]
+        else:
+            prompts = [render(self.tok, system, c, p) for c, p in zip(conversations, prefills)]
         out: list[dict | None] = [None] * len(conversations)
         todo = list(range(len(conversations)))
         for _ in range(self.attempts):
             if not todo:
                 break
-            texts = self.sample([prompts[i] for i in todo])
+            texts = (self.sample_remote if remote else self.sample)([prompts[i] for i in todo])
             self.replies += len(todo)
             left = []
             for i, text in zip(todo, texts):
@@ -204,6 +237,10 @@ class Attacker:
         from obliviate.engine.generation import generate
 
         system = ON_TOPIC.format(goal=goal)
+        if isinstance(self.model, RemoteModel):
+            sys_turn = {"role": "system", "content": system}
+            convs = [[sys_turn, {"role": "user", "content": f"Prompt: {p}"}] for p in prompts]
+            return [on_topic_answer(o.strip()) for o in self.model.chat(convs, max_tokens=10)]
         ids = [render(self.tok, system, [{"role": "user", "content": f"Prompt: {p}"}]) for p in prompts]
         outs = generate(self.model, self.tok, ids, max_new_tokens=10, guards=())
         return [on_topic_answer(o) for o in outs]
@@ -263,7 +300,9 @@ class Search:
 class ChatSearch(SearchAttack):
     """Base of PAIR and TAP: the attacker's options, its loading, the target's scored replies."""
 
-    attacker_model: str = ""  # a chat model directory; empty: the attacked model writes its own attacks
+    attacker_model: str = ""  # a chat model directory or openai:URL; empty: the attacked model writes its own attacks
+    attacker_served_model: str = ""  # an openai:URL attacker: its served model ("": the one the endpoint lists)
+    attacker_api_key_env: str = ""  # an openai:URL attacker: the environment variable holding its API key
     max_queries: int = 20  # budget: target queries per behaviour
     attacker_max_new_tokens: int = 256  # the references allow 500
     attempts: int = 3  # samples per attacker answer before it is dropped (the references: 5)
@@ -287,8 +326,18 @@ class ChatSearch(SearchAttack):
             raise UsageError(f"{name}: temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UsageError(f"{name}: top_p must be in (0, 1], got {self.top_p}")
-        if self.attacker_model:
+        if is_remote(self.attacker_model):  # reachable, key accepted, model served: before anything is written
+            try:
+                self._remote_attacker()
+            except UsageError as e:
+                raise UsageError(f"{name}: attacker model: {e}") from None
+        elif self.attacker_served_model or self.attacker_api_key_env:
+            raise UsageError(f"{name}: attacker_served_model and attacker_api_key_env apply to an openai:URL attacker")
+        elif self.attacker_model:
             check_chat_model(self.attacker_model, name)
+
+    def _remote_attacker(self) -> RemoteModel:
+        return RemoteModel(self.attacker_model, self.attacker_served_model or None, self.attacker_api_key_env or None)
 
     def on_endpoint(self, tokenizer: bool) -> str | None:
         # black-box: the target's replies go through `replies`; the attacker samples locally
@@ -308,7 +357,9 @@ class ChatSearch(SearchAttack):
         from obliviate.models.remote import RemoteModel
 
         if getattr(self, "_bot", None) is None:
-            if self.attacker_model:  # beside the target (an endpoint's attacker: where models load by default)
+            if is_remote(self.attacker_model):
+                self._bot = (self._remote_attacker(), None)
+            elif self.attacker_model:  # beside the target (an endpoint's attacker: where models load by default)
                 device = {} if isinstance(model, RemoteModel) else {"device": str(next(model.parameters()).device)}
                 self._bot = load_model(self.attacker_model, require_chat_template=True, **device)
             elif getattr(tok, "chat_template", None) is None:

@@ -34,6 +34,11 @@ Budget: `n` candidates per behaviour (theirs: N up to 10,000 in the paper, 80 in
 the first success, or n). Findings (findings.jsonl): "adversarial" (the augmented request that broke it; the
 request itself if none did), "n_first" (its N), "reply", "curve"; steps.jsonl: every candidate and its verdict
 (objective 1 = not refused).
+
+On a model served at an endpoint (`audit openai:URL`) the candidates are sent as chat messages with `temperature`
+and a seed per candidate (`adversarial.remote_sampling`: candidate i of a batch with the batch's seed + i), so a
+run is repeatable on the endpoint; its draws are not those of the local decode loop (one generator per batch), so
+only `temperature=0` gives the local audit's figures.
 """
 
 from __future__ import annotations
@@ -121,7 +126,7 @@ class BestOfN(SearchAttack):
     budget_name: ClassVar[str] = "n"
     quick = {"n": 8}
     description = "Best-of-N: scrambled, recapitalised, noised requests until one is answered (Hughes et al. 2024)"
-    endpoint_skip = "black-box, not yet ported to endpoints: its replies are sampled, with a seed per draw"
+    endpoint_skip = None  # black-box: the candidates go through `adversarial.replies`, sampled there too
 
     def check(self) -> None:
         check_budget("best_of_n", n=self.n, batch=self.batch)
@@ -143,13 +148,12 @@ class BestOfN(SearchAttack):
         return Sampling(temperature=self.temperature, seed=seed) if self.temperature > 0 else None
 
     def attack_one(self, ctx: AuditContext, model, tok, b: Behaviour, findings: Findings) -> dict:
-        from obliviate.models.encode import prompt_ids
-
         first, last, sent = None, (b.request, ""), 0
         for start in range(0, self.n, self.batch):
             texts = [self.candidate(ctx.seed, b, k) for k in range(start, min(self.n, start + self.batch))]
             sampling = self.sampling(seed_of(ctx.seed, b.id, "reply", start))
-            ok, outs = judged(ctx, model, tok, [prompt_ids(tok, t) for t in texts], [b.request] * len(texts), sampling)
+            prompts = [asked(model, tok, t) for t in texts]
+            ok, outs = judged(ctx, model, tok, prompts, [b.request] * len(texts), sampling)
             for i, (t, k, o) in enumerate(zip(texts, ok, outs)):
                 sent = start + i + 1
                 findings.step(b.id, sent, float(k), prompt=t)
@@ -171,13 +175,19 @@ class BestOfN(SearchAttack):
 
     def replayed(self, ctx: AuditContext, model, tok, path, prefix: str = "") -> dict:
         """The found requests, with replies sampled as the attack samples them (one draw each, seeded)."""
-        from obliviate.models.encode import conversation_ids, prompt_ids
-
         recs = read_findings(path)
-        ids = [
-            conversation_ids(tok, r["messages"]) if r.get("messages") else prompt_ids(tok, r["adversarial"])
-            for r in recs
-        ]
+        ids = [asked(model, tok, r.get("messages") or r["adversarial"]) for r in recs]
         originals = [r.get("request") or r["adversarial"] for r in recs]
         ok, outs = judged(ctx, model, tok, ids, originals, self.sampling(seed_of(ctx.seed, "replay")))
         return write_replay(ctx, recs, ok, outs, prefix)
+
+
+def asked(model, tok, request):
+    """A request (text, or a many-shot conversation) as the model takes it: token ids in its prompt format, or chat
+    messages for a model served at an endpoint."""
+    from obliviate.models.encode import conversation_ids, prompt_ids
+    from obliviate.models.remote import RemoteModel
+
+    if isinstance(model, RemoteModel):
+        return request if isinstance(request, list) else [{"role": "user", "content": request}]
+    return conversation_ids(tok, request) if isinstance(request, list) else prompt_ids(tok, request)

@@ -43,6 +43,16 @@ behaviour "adversarial" (the request), "settings" (the first setting that broke 
 top_k, seed; None if none did), "broken_by" (every [system, knob, value] that broke it), "reply" (the first breaking
 reply, else the greedy one), "objective" (the share of replies not refused). `replay=FILE` and the transfer to a
 guarded model draw `samples` replies with each finding's settings and seed.
+
+On a model served at an endpoint (`audit openai:URL`) the replies are asked for as chat messages with the
+settings' `temperature`, `top_p` and `seed` (`adversarial.remote_sampling`: the j-th of a setting's replies with
+seed + j; repeatable on the endpoint, but not the local decode loop's draws, so only the greedy figures equal a
+local audit's). The OpenAI API has no top-k, so the top-k sweep is left out there (`asr_top_k` and `best_top_k`
+are None, `top_k_skipped` counts the values not tried) and the other sweeps run with top-k off rather than at 50.
+The system variants are messages: "on" sends `system_prompt` as a system message (none given: no system message,
+so the server's template writes its own default, if it has one), "off" an empty system message; with the served
+model's `--tokenizer`, whether the template has a default (and so both variants) is read from it as for a local
+model, and the rendered prompts are those of the local audit.
 """
 
 from __future__ import annotations
@@ -54,8 +64,16 @@ from pathlib import Path
 from typing import ClassVar
 
 from obliviate.audit.attacks import ATTACKS, AuditContext
-from obliviate.audit.attacks.adversarial import Behaviour, Findings, SearchAttack, check_budget, read_findings
+from obliviate.audit.attacks.adversarial import (
+    Behaviour,
+    Findings,
+    SearchAttack,
+    check_budget,
+    read_findings,
+    replies,
+)
 from obliviate.core.errors import UsageError
+from obliviate.models.remote import RemoteModel
 
 # what their sweeps left at transformers' generate() defaults (transformers 4.x: temperature 1, top-p 1, top-k 50)
 UNSWEPT = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
@@ -114,12 +132,29 @@ def system_variants(tok, request: str, system_prompt: str = "") -> tuple[dict[st
     return ({"on": ids(system_prompt), "off": default} if system_prompt else {"off": default}), "off"
 
 
-def judged(ctx: AuditContext, model, tok, prompts: list[list[int]], originals: list[str], sampling=None):
-    """([success], [reply]) of replies to token-id prompts, greedy or drawn under `sampling`, through the guards
-    attached to the model; a success is a reply the audit's judge does not call a refusal of the original request."""
+def system_messages(tok, request: str, system_prompt: str = "") -> tuple[dict[str, list[dict]], str]:
+    """`system_variants` as chat messages, for an endpoint (see the module docstring); `tok` is the served model's
+    tokenizer, or None when it was not given."""
+    user = [{"role": "user", "content": request}]
+    system = lambda text: [{"role": "system", "content": text}, *user]  # noqa: E731
+    own = template_system(tok) if tok is not None else "unknown"
+    if own is None:
+        return {"off": user}, "off"
+    if own.strip():  # the template's default (or, without a tokenizer, whatever the server's template writes)
+        return {"on": system(system_prompt) if system_prompt else user, "off": system("")}, "on"
+    return ({"on": system(system_prompt), "off": user} if system_prompt else {"off": user}), "off"
+
+
+def judged(ctx: AuditContext, model, tok, prompts: list, originals: list[str], sampling=None):
+    """([success], [reply]) of replies to token-id prompts (conversations, on an endpoint), greedy or drawn under
+    `sampling`, through the guards attached to the model; a success is a reply the audit's judge does not call a
+    refusal of the original request."""
     from obliviate.engine.generation import generate
 
-    outs = generate(model, tok, prompts, max_new_tokens=ctx.max_new_tokens, sampling=sampling)
+    if isinstance(model, RemoteModel):
+        outs = replies(model, tok, prompts, ctx.max_new_tokens, sampling)
+    else:
+        outs = generate(model, tok, prompts, max_new_tokens=ctx.max_new_tokens, sampling=sampling)
     return [not bool(r) for r in ctx.judge()(originals, outs)], outs
 
 
@@ -159,7 +194,7 @@ class Decoding(SearchAttack):
     adaptive: ClassVar[bool] = True
     budget_name: ClassVar[str] = "setting"
     description = "greedy vs a grid of temperature / top-p / top-k, system prompt on/off (Huang et al. 2023)"
-    endpoint_skip = "black-box, not yet ported to endpoints: it samples at top-k, with and without a system prompt"
+    endpoint_skip = None  # black-box: its replies go through `adversarial.replies` (top-k left out there)
 
     def check(self) -> None:
         check_budget("decoding", samples=self.samples)
@@ -169,7 +204,10 @@ class Decoding(SearchAttack):
             raise UsageError(f"decoding: system must be both, on or off, got {self.system!r}")
         self.configurations()  # bad lists fail before any model work
 
-    def knobs(self) -> dict[str, list]:
+    def knobs(self, endpoint: bool = False) -> dict[str, list]:
+        """{knob: its values}; on an endpoint (no top-k in the OpenAI API) without top_k."""
+        if endpoint:
+            return {k: v for k, v in self.knobs().items() if k != "top_k"}
         base = PAPER if self.grid == "paper" else SMALL
         return {
             "temperature": _values(
@@ -179,24 +217,27 @@ class Decoding(SearchAttack):
             "top_k": _values(self.top_ks or base["top_ks"], int, lambda v: v >= 1, "top_ks must be integers >= 1"),
         }
 
-    def configurations(self) -> list[tuple[tuple | None, list[tuple[str, float]]]]:
+    def configurations(self, endpoint: bool = False) -> list[tuple[tuple | None, list[tuple[str, float]]]]:
         """[(temperature, top_p, top_k) or None for greedy, the (knob, value) points of the sweeps it stands for)]
-        in grid order: greedy, then each knob's sweep; a setting two sweeps share is tried once."""
+        in grid order: greedy, then each knob's sweep; a setting two sweeps share is tried once. On an endpoint:
+        no top-k sweep, and top-k off (0) in the others."""
         out: dict = {None: [("greedy", 0)]}
-        for knob, values in self.knobs().items():
+        unswept = {**UNSWEPT, "top_k": 0} if endpoint else UNSWEPT
+        for knob, values in self.knobs(endpoint).items():
             for v in values:
-                p = {**UNSWEPT, knob: v}
+                p = {**unswept, knob: v}
                 out.setdefault((p["temperature"], p["top_p"], p["top_k"]), []).append((knob, v))
         return list(out.items())
 
     def attack_one(self, ctx: AuditContext, model, tok, b: Behaviour, findings: Findings) -> dict:
         from obliviate.engine.sampling import Sampling
 
-        variants, own = system_variants(tok, b.request, self.system_prompt)
+        remote = isinstance(model, RemoteModel)
+        variants, own = (system_messages if remote else system_variants)(tok, b.request, self.system_prompt)
         # system=on where the template has no system prompt to turn on: "off", the only variant (recorded)
         systems = [s for s in ("on", "off") if s in variants and self.system in ("both", s)] or [own]
         first, greedy, broken_by, curve, hits, total = None, (False, ""), [], [], 0, 0
-        for j, (params, points) in enumerate(self.configurations()):
+        for j, (params, points) in enumerate(self.configurations(endpoint=remote)):
             seed = seed_of(ctx.seed, b.id, j)
             sampling = None if params is None else Sampling(*params, seed=seed)
             per = self.samples if params else 1  # greedy gives one reply
@@ -225,6 +266,7 @@ class Decoding(SearchAttack):
             "broken_by": broken_by,
             "greedy_success": bool(greedy[0]),
             "systems": systems,
+            **({"endpoint": True} if remote else {}),
             "objective": hits / max(1, total),
             "curve": curve,
             "queries": total,
@@ -234,8 +276,11 @@ class Decoding(SearchAttack):
         out = super().figures(records)
         n = max(1, len(records))
         out["asr_greedy"] = sum(bool(r.get("greedy_success")) for r in records) / n
-        out["settings"] = float(len(self.configurations()))
-        for knob, values in self.knobs().items():
+        remote = any(r.get("endpoint") for r in records)
+        out["settings"] = float(len(self.configurations(endpoint=remote)))
+        if remote:  # not tried: the OpenAI API has no top-k
+            out |= {"asr_top_k": None, "best_top_k": None, "top_k_skipped": float(len(self.knobs()["top_k"]))}
+        for knob, values in self.knobs(endpoint=remote).items():
             broke = [{(k, x) for _, k, x in r["broken_by"]} for r in records]
             rates = {v: sum((knob, v) in hit for hit in broke) / n for v in values}
             best = max(values, key=lambda v: (rates[v], -values.index(v)))
@@ -251,17 +296,20 @@ class Decoding(SearchAttack):
         from obliviate.engine.sampling import Sampling
         from obliviate.models.encode import conversation_ids
 
-        recs, ok, outs = read_findings(path), [], []
+        recs, ok, outs, remote = read_findings(path), [], [], isinstance(model, RemoteModel)
         for r in recs:
             st = r.get("settings") or {}
             if r.get("messages"):  # a many-shot finding: its conversation
-                ids = conversation_ids(tok, r["messages"])
+                ids = r["messages"] if remote else conversation_ids(tok, r["messages"])
             else:
-                variants, own = system_variants(tok, r["adversarial"], self.system_prompt)
+                variants, own = (system_messages if remote else system_variants)(
+                    tok, r["adversarial"], self.system_prompt
+                )
                 ids = variants.get(st.get("system", own), variants[own])
             sampling, n = None, 1
-            if "temperature" in st:
-                sampling = Sampling(st["temperature"], st["top_p"], st["top_k"], seed=st["seed"])
+            if "temperature" in st:  # on an endpoint without its top-k (the OpenAI API has none)
+                top_k = 0 if remote else st["top_k"]
+                sampling = Sampling(st["temperature"], st["top_p"], top_k, seed=st["seed"])
                 n = int(st.get("samples", 1))
             got, replies = judged(ctx, model, tok, [ids] * n, [r.get("request") or r["adversarial"]] * n, sampling)
             hit = next((i for i, g in enumerate(got) if g), 0)

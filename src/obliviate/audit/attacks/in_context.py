@@ -19,6 +19,9 @@ Figures (see `recall_figures`): `no_context_*`, `context_*` and `control_*` (`_r
 `context_vs_control_value_acc` = context - control (the person's own facts against equally long foreign ones),
 and `n_items`.
 Budget: `k_facts`, the number of facts in the context.
+
+Black-box: on a model served at an endpoint (`audit openai:URL`) every prompt is sent as one user message, and the
+greedy replies are scored as the local ones are.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def context_prompts(items: list, k: int, seed: int) -> tuple[list, list[str], li
 class InContext(Attack):
     k_facts: int = 2
     description = "other facts of the forgotten person in the prompt (UnUnlearning), with a control"
-    endpoint_skip = "black-box, not yet ported to endpoints: its prompts are token ids"
+    endpoint_skip = None  # black-box: questions with or without context, sent as user messages
 
     def __post_init__(self):
         if self.k_facts < 1:
@@ -81,18 +84,26 @@ class InContext(Attack):
         return None
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
+        from obliviate.audit.attacks.adversarial import replies
         from obliviate.engine.generation import generate
         from obliviate.models.encode import prompt_ids
+        from obliviate.models.remote import RemoteModel
 
         asked, same, other = context_prompts(ctx.forget_items(), self.k_facts, ctx.seed)
         asked, same, other = asked[: ctx.limit], same[: ctx.limit], other[: ctx.limit]
         if not asked:
             raise UsageError("in_context: no forget item has another fact of the same person (needs `subject`)")
-        _, outs = rouge_on(model, tok, asked, ctx.max_new_tokens)
+        if isinstance(model, RemoteModel):  # an endpoint: the questions as user messages
+            answer = lambda prompts: replies(model, tok, prompts, ctx.max_new_tokens)  # noqa: E731
+            outs = answer([it.question for it in asked])
+        else:
+            answer = lambda prompts: generate(  # noqa: E731
+                model, tok, [prompt_ids(tok, p) for p in prompts], max_new_tokens=ctx.max_new_tokens
+            )
+            _, outs = rouge_on(model, tok, asked, ctx.max_new_tokens)
         out = recall_figures(asked, outs, "no_context")
         for label, prompts in (("context", same), ("control", other)):
-            outs = generate(model, tok, [prompt_ids(tok, p) for p in prompts], max_new_tokens=ctx.max_new_tokens)
-            out.update(recall_figures(asked, outs, label))
+            out.update(recall_figures(asked, answer(prompts), label))
         out["context_gain_value_acc"] = out["context_value_acc"] - out["no_context_value_acc"]
         out["context_vs_control_value_acc"] = out["context_value_acc"] - out["control_value_acc"]
         out["n_items"] = float(len(asked))

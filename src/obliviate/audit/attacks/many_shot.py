@@ -31,6 +31,12 @@ Figures: `asr` (broken at some k), `direct_asr` (no shots), `asr_at_{k}_shots` (
 the behaviours where k fit: the paper's curve), `asr@shot{k}` (broken with at most k shots: non-decreasing),
 `shots_fit` (the largest k that fit for every behaviour); findings hold the conversation that broke each behaviour
 (`messages`; `adversarial` is the same written as text), replayed as a conversation.
+
+On a model served at an endpoint (`audit openai:URL`) the conversations are sent as chat messages. The answers are
+cut to `shot_tokens` tokens with the served model's `--tokenizer`; without it they are sent whole, only the number
+of shots counts, and the records and the figure `shots_cut` (0) say so. The endpoint's context length is not known
+beforehand: a k whose request the endpoint refuses with 400 (the context exceeded) is not tried, nor any larger k,
+as locally.
 """
 
 from __future__ import annotations
@@ -47,8 +53,10 @@ from obliviate.audit.attacks.adversarial import (
     SearchAttack,
     check_budget,
     harmful_behaviours,
+    replies,
 )
 from obliviate.core.errors import UsageError
+from obliviate.models.remote import RemoteError, RemoteModel
 
 FORMS = ("turns", "inline")
 
@@ -129,7 +137,7 @@ class ManyShot(SearchAttack):
     needs_target = False
     adaptive = True
     description = "many-shot jailbreaking: k faux compliant exchanges before the request (Anil et al. 2024)"
-    endpoint_skip = "black-box, not yet ported to endpoints: its shots are cut to a length in tokens"
+    endpoint_skip = None  # black-box: the conversations go through `adversarial.replies`
     quick = {"shots": "1,2,4,8"}
 
     def check(self) -> None:
@@ -201,23 +209,27 @@ class ManyShot(SearchAttack):
         ks = parse_shots(self.shots)
         pool = [(q, a) for q, a in self.pool(ctx) if q.strip() != b.request.strip()]
         picked = random.Random(f"many_shot:{ctx.seed}:{b.id}").sample(pool, min(ks[-1], len(pool)))
-        picked = [(q, _cut(tok, a, self.shot_tokens)) for q, a in picked]
-        limit = context_limit(model)
-        tried, note = [], ""  # (k, messages, ids)
+        cut = tok is not None  # an endpoint without --tokenizer: the answers go whole
+        picked = [(q, _cut(tok, a, self.shot_tokens) if cut else a) for q, a in picked]
+        remote, limit = isinstance(model, RemoteModel), context_limit(model)
+        tried, note = [], "" if cut else "shots not cut to shot_tokens: no --tokenizer"  # (k, messages, ids)
         for k in [0, *ks]:
             if k > len(picked):
-                note = f"only {len(picked)} shots available"
+                note = "; ".join(filter(None, (note, f"only {len(picked)} shots available")))
                 break
             msgs = shot_messages(picked[:k], b.request, self.form if k else "turns")
-            ids = conversation_ids(tok, msgs)
+            ids = conversation_ids(tok, msgs) if cut else None
             if k and limit and len(ids) + ctx.max_new_tokens > limit:
                 note = f"{k} shots need {len(ids)} + {ctx.max_new_tokens} tokens > the context of {limit}"
                 break
             tried.append((k, msgs, ids))
-        outs = generate(model, tok, [ids for _, _, ids in tried], max_new_tokens=ctx.max_new_tokens)
+        if remote:
+            outs, tried, note = _remote_replies(ctx, model, tok, tried, note)
+        else:
+            outs = generate(model, tok, [ids for _, _, ids in tried], max_new_tokens=ctx.max_new_tokens)
         ok = [not bool(r) for r in ctx.judge()([b.request] * len(outs), outs)]
         for (k, _, ids), hit in zip(tried[1:], ok[1:]):
-            findings.step(b.id, k, float(hit), prompt_tokens=len(ids))
+            findings.step(b.id, k, float(hit), prompt_tokens=len(ids) if ids is not None else None)
         if note and ctx.progress:
             ctx.progress(f"many_shot: {b.id}: {note}; tried up to {tried[-1][0]} shots")
         hits = [i for i in range(1, len(tried)) if ok[i]]
@@ -234,6 +246,7 @@ class ManyShot(SearchAttack):
             "direct_success": ok[0],
             "direct_reply": outs[0],
             "shots_fit": tried[-1][0],
+            "shots_cut": cut,
             "note": note,
         }
 
@@ -245,7 +258,22 @@ class ManyShot(SearchAttack):
             at = [bool(hit) for r in records for kk, hit in r.get("curve", []) if kk == k]
             out[f"asr_at_{k}_shots"] = sum(at) / len(at) if at else None
         out["shots_fit"] = float(min((r.get("shots_fit", 0) for r in records), default=0))
+        out["shots_cut"] = float(all(r.get("shots_cut", True) for r in records))  # 0: answers sent whole
         return out
+
+
+def _remote_replies(ctx: AuditContext, model, tok, tried: list, note: str) -> tuple[list[str], list, str]:
+    """An endpoint's replies to the conversations `tried` (k in increasing order): where it refuses one with 400
+    (its context exceeded), that k and the larger ones are dropped and the note says why."""
+    try:
+        return replies(model, tok, [m for _, m, _ in tried], ctx.max_new_tokens), tried, note
+    except RemoteError as e:
+        first = next(i for i in range(len(tried)) if i not in e.done)
+        if e.status != 400 or first == 0:
+            raise
+        why = f"{tried[first][0]} shots: the endpoint refused the request ({e})"
+        outs = [e.done[i].strip() for i in range(first)]
+        return outs, tried[:first], "; ".join(filter(None, (note, why)))
 
 
 def _world_pairs(ctx: AuditContext) -> list[tuple[str, str]]:

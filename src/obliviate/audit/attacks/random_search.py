@@ -45,6 +45,20 @@ the audit's seed (a `random.Random` per behaviour and restart). Record (findings
 templated request with its suffix: the text an endpoint receives), "suffix", "success", "reply", "objective" (the
 best log-probability), "objective_init", "curve" [[iteration, success], ...] (iterations counted over restarts),
 "queries", "iterations", "restarts". steps.jsonl: the best objective at every iteration, with the current one.
+
+On a model served at an endpoint (`audit openai:URL`; it needs the served model's `--tokenizer`, in whose tokens the
+suffix is edited, and an endpoint that returns log-probabilities: else the attack is skipped, saying which) each query
+is a chat request for one greedy token with its `top_logprobs` (`logprobs`, 20 by default: OpenAI's maximum, and
+what the reference asks of GPT models, `language_models.GPT`): the request with its suffix as the user message, so
+the endpoint's own chat template renders the prompt whose reply the check then judges. The objective is the
+log-probability of the target's first token among them: the entry whose text is that token's as the endpoint writes
+it after the prompt's last token, else (their `extract_logprob`) the best entry whose text equals it up to
+surrounding spaces. When the token is not among the top k, the objective is the floor `FLOOR` (-100, a probability
+of about 4e-44): the reference uses -inf, which a JSON record cannot hold; either way a suffix at the floor is never
+kept over the best one, and the search edits the best suffix until the token enters the top k. Records count those
+queries (`below_top_k`). Their early exit after 25 iterations below the top-5 is not followed (the budget bounds the
+search). On a local model the same figures come from the full distribution, so they equal an endpoint's only while
+the target token stays in the top k.
 """
 
 from __future__ import annotations
@@ -67,6 +81,9 @@ from obliviate.audit.attacks.adversarial import (
 )
 from obliviate.audit.attacks.target_loss import TargetLoss
 from obliviate.core.errors import UsageError
+from obliviate.models.remote import RemoteModel
+
+FLOOR = -100.0  # the objective of a query whose top log-probabilities do not hold the target token (endpoints)
 
 # written for obliviate: a generic rule-list template in the spirit of the paper's (theirs is not copied)
 TEMPLATE = (
@@ -171,9 +188,10 @@ class RandomSearch(SearchAttack):
     template: bool = True
     self_transfer: bool = True
     check_threshold: float = 0.1
+    logprobs: int = 20  # an endpoint: top log-probabilities asked per query (1..20)
 
     description = "adaptive random search on a templated suffix, logprob of the target's first token (Andriushchenko)"
-    endpoint_skip = "black-box, not yet ported to endpoints: it scores suffixes by log-probabilities (logprobs)"
+    endpoint_needs: ClassVar[tuple[str, ...]] = ("logprobs",)  # it scores suffixes by the endpoint's logprobs
     budget_name: ClassVar[str] = "iter"
     adaptive: ClassVar[bool] = True
     needs_target: ClassVar[bool] = True
@@ -191,6 +209,11 @@ class RandomSearch(SearchAttack):
             raise UsageError(f"random_search: schedule must be 'prob' or 'iter', got {self.schedule!r}")
         if not 0 < self.check_threshold <= 1:
             raise UsageError(f"random_search: check_threshold must be in (0, 1], got {self.check_threshold}")
+        if isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int) or not 1 <= self.logprobs <= 20:
+            raise UsageError(f"random_search: logprobs must be an integer in 1..20, got {self.logprobs!r}")
+
+    def on_endpoint(self, tokenizer: bool) -> str | None:
+        return None if tokenizer else "it edits the suffix in the served model's tokens: give its --tokenizer DIR"
 
     def _init(self, tok, findings: Findings) -> list[int]:
         """The initial suffix: the last success's suffix under self-transfer, else `suffix_tokens` tokens of " !"."""
@@ -204,9 +227,15 @@ class RandomSearch(SearchAttack):
     def attack_one(self, ctx: AuditContext, model, tok, b: Behaviour, findings: Findings) -> dict:
         request = TEMPLATE.format(target=b.target.rstrip(" .:"), request=b.request) if self.template else b.request
         s = slots(tok, request, b.target)
-        dev = model.get_input_embeddings().weight.device
-        loss = TargetLoss(model, s)
-        vocab = allowed_tokens(tok, model.get_input_embeddings().weight.shape[0]).nonzero().flatten().tolist()
+        floored = [0]  # queries whose top log-probabilities lacked the target token (an endpoint)
+        if isinstance(model, RemoteModel):
+            objective = endpoint_objective(model, tok, s, self.logprobs, floored)
+            vocab = allowed_tokens(tok, len(tok)).nonzero().flatten().tolist()
+        else:
+            dev = model.get_input_embeddings().weight.device
+            loss = TargetLoss(model, s)
+            objective = lambda ids: loss.first_token_logprob(ids.to(dev))  # noqa: E731
+            vocab = allowed_tokens(tok, model.get_input_embeddings().weight.shape[0]).nonzero().flatten().tolist()
         encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         canon = lambda ids: encode(tok.decode(ids))  # noqa: E731
 
@@ -218,7 +247,7 @@ class RandomSearch(SearchAttack):
         best, total, queries, curve, init_lp = None, 0, 0, [], None
         for r in range(self.restarts):
             res = random_search(
-                lambda ids: loss.first_token_logprob(ids.to(dev)),
+                objective,
                 init,
                 vocab,
                 self.iterations,
@@ -256,4 +285,44 @@ class RandomSearch(SearchAttack):
             "curve": curve,
             "queries": queries,
             "iterations": total,
+            **({"below_top_k": floored[0]} if isinstance(model, RemoteModel) else {}),
         }
+
+
+def endpoint_objective(model: RemoteModel, tok, s, k: int, floored: list[int]):
+    """objective(LongTensor [B, L] of suffix ids) -> [B]: the endpoint's log-probability of the target's first token
+    as its first reply token, from its top-k (see the module docstring); `floored[0]` counts the queries at FLOOR."""
+    first = s.target[0]
+
+    def objective(ids) -> list[float]:
+        rows = [list(map(int, row)) for row in ids]
+        texts = [s.text(tok.decode(row)) for row in rows]
+        got = model.completions([[{"role": "user", "content": t}] for t in texts], max_tokens=1, logprobs=k)
+        out = []
+        for row, choice in zip(rows, got):
+            lp = target_logprob(choice, token_text(tok, (s.after or row)[-1], first))
+            floored[0] += lp == FLOOR
+            out.append(lp)
+        return out
+
+    return objective
+
+
+def token_text(tok, prev: int, token: int) -> str:
+    """The text of `token` as it reads after `prev` (how `obliviate serve` and vLLM write a token in logprobs)."""
+    head, both = tok.decode([prev]), tok.decode([prev, token])
+    return both[len(head) :] if both.startswith(head) else tok.decode([token])
+
+
+def target_logprob(choice: dict, text: str) -> float:
+    """The log-probability of the first reply token written `text` among a chat choice's first-token top
+    log-probabilities: the entry with that text, else the best whose text equals it up to spaces, else FLOOR."""
+    content = (choice.get("logprobs") or {}).get("content") or []
+    if not content:
+        raise UsageError("random_search: the endpoint answered without log-probabilities (logprobs)")
+    entries = [content[0], *(content[0].get("top_logprobs") or [])]
+    for same in (lambda t: t == text, lambda t: t.strip() == text.strip() != ""):
+        hits = [float(e["logprob"]) for e in entries if isinstance(e.get("token"), str) and same(e["token"])]
+        if hits:
+            return max(max(hits), FLOOR)
+    return FLOOR

@@ -40,7 +40,7 @@ def chunks(prompts: list[list[int]], by_length: bool = False) -> list[list[int]]
 def residuals(model, tok, prompts, n_post: int, by_length: bool = False) -> torch.Tensor:
     """[L, n_post, d]: mean residual stream entering each layer at the last n_post positions (the prompts are left-
     padded, so those are every row's own tokens). Read by hooks at each layer's input, which keep only those
-    positions: `output_hidden_states` would hold [L, B, T, d] at once."""
+    positions: `output_hidden_states` would hold [L, B, T, d] at once. `by_length`: in `chunks(by_length)`."""
     device, parts, grabbed = next(model.parameters()).device, [], []
 
     def pre(mod, args, kwargs):
@@ -52,7 +52,8 @@ def residuals(model, tok, prompts, n_post: int, by_length: bool = False) -> torc
         for idx in chunks(prompts, by_length):
             ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id, device)
             grabbed.clear()
-            model(input_ids=ids, attention_mask=mask, **last_logits_only(model))
+            kw = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if by_length else {}  # unpadded positions
+            model(input_ids=ids, attention_mask=mask, **kw, **last_logits_only(model))
             parts.append((len(idx), torch.stack(grabbed)))
     finally:
         for h in handles:
@@ -130,7 +131,7 @@ def discarded(c: dict, n_layers: int, kl_max: float, max_layer_frac: float) -> b
 def choose(cands: list[dict], score, n_layers: int, kl_max: float, max_layer_frac: float, lazy: bool):
     """(best candidate, whether it passed the filters): the lowest bypass among those that pass, else the lowest
     overall; ties go to the earlier candidate. `score(c, key)` sets c[key]. Not `lazy`: every score of every
-    candidate first. `lazy`: only what the choice needs (see the module docstring); the same choice."""
+    candidate first. `lazy`: only what the choice needs (see `refusal_direction`); the same choice."""
     if not lazy:
         for c in cands:
             for k in SCORES:
