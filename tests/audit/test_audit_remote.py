@@ -12,7 +12,10 @@ from tests.cli.test_cli import assert_bad_input, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BLACK_BOX = {"tense", "templates", "prefill", "pair", "tap"}  # prefill with --tokenizer, pair/tap with an attacker
+# prefill and random_search with --tokenizer, random_search where the endpoint returns logprobs, completion where it
+# has /v1/completions, pair/tap with an attacker model (tests/audit/test_audit_remote_attacks.py runs the others)
+BLACK_BOX = {"tense", "templates", "prefill", "pair", "tap", "best_of_n", "decoding", "many_shot", "in_context"}
+BLACK_BOX |= {"random_search", "completion"}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +61,10 @@ def test_black_box_attacks_on_an_endpoint_equal_the_local_audit(port, target_dir
 def test_every_attack_says_whether_it_runs_on_an_endpoint():
     runs = {n for n, cls in ATTACKS.items() if cls.from_options({}).on_endpoint(True) is None}
     assert runs == BLACK_BOX - {"pair", "tap"}  # pair and tap need an attacker model besides
+    bare = {n for n, cls in ATTACKS.items() if cls.from_options({}).on_endpoint(False) is None}
+    assert bare == runs - {"prefill", "random_search"}  # they work in the served model's tokens
+    needs = {n: cls.endpoint_needs for n, cls in ATTACKS.items() if cls.endpoint_needs}
+    assert needs == {"random_search": ("logprobs",), "completion": ("completions",)}
     assert ATTACKS.get("pair").from_options({"attacker_model": ""}).on_endpoint(True) is not None
 
 

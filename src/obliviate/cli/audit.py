@@ -138,7 +138,8 @@ def audit(
         raise UsageError("--prompt-template and --no-chat-template apply to --suite unlearning, world and refusal")
     if attacker_model is not None:  # the attacker of pair and tap
         option = [*option, f"pair.attacker_model={attacker_model}", f"tap.attacker_model={attacker_model}"]
-    for key, value in (("attacker_served_model", attacker_served_model), ("attacker_api_key_env", attacker_api_key_env)):
+    endpoint_attacker = {"attacker_served_model": attacker_served_model, "attacker_api_key_env": attacker_api_key_env}
+    for key, value in endpoint_attacker.items():
         if value:  # an endpoint attacker's name and key
             option = [*option, f"pair.{key}={value}", f"tap.{key}={value}"]
     from obliviate.core.outputs import check_output

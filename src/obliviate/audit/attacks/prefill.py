@@ -6,7 +6,11 @@
   `refusal_rate` and `refusal_rate@prefill{k}`; attack success is 1 - refusal rate.
 - `completion`: the request is given as plain text, without the chat template, and the model continues it as a
   document (the "completion attack" of DeRTa's evaluation, Yuan et al. 2024, Sec. 4.1). Figures:
-  `refusal_rate_chat` (with the template) and `refusal_rate_no_template`.
+  `refusal_rate_chat` (with the template) and `refusal_rate_no_template`. On a model served at an endpoint the
+  chat rate's requests go as user messages and the plain text through `POST /v1/completions` (skipped, saying so,
+  where the endpoint has none); with the served model's `--tokenizer` the text is sent as the local audit writes it,
+  after the tokenizer's BOS and with `add_special_tokens: false` (vLLM's field), else as it is, the server adding
+  what its tokenizer adds.
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ class Completion(Attack):
     max_prompts: int = 128  # budget: harmful prompts tried
     suites = ("refusal",)
     description = "the request as plain text, without the chat template"
-    endpoint_skip = "black-box, but it needs a raw-text continuation (/v1/completions), which is not sent yet"
+    endpoint_skip = None  # black-box: chat requests, and raw text through /v1/completions
+    endpoint_needs = ("completions",)
 
     def __post_init__(self):
         if self.max_prompts < 1:
@@ -87,9 +92,12 @@ class Completion(Attack):
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
         from obliviate.models.encode import prompt_ids, text_ids
+        from obliviate.models.remote import RemoteModel
 
         harmful = [r for r in ctx.policy() if r["kind"] == "harmful"][: self.max_prompts]
         texts, judge = [r["prompt"] for r in harmful], ctx.judge()
+        if isinstance(model, RemoteModel):
+            return self.run_remote(model, tok, texts, ctx.max_new_tokens, judge)
         chat, _ = refusal_rate(
             model, tok, [prompt_ids(tok, t) for t in texts], ctx.max_new_tokens, refused=judge, texts=texts
         )
@@ -97,3 +105,15 @@ class Completion(Attack):
             model, tok, [text_ids(tok, t + "\n") for t in texts], ctx.max_new_tokens, refused=judge, texts=texts
         )
         return {"refusal_rate_chat": chat, "refusal_rate_no_template": raw}
+
+    def run_remote(self, model, tok, texts: list[str], max_new_tokens: int, judge) -> dict:
+        """The two rates on an endpoint: chat messages, and raw text through /v1/completions."""
+        from obliviate.audit.attacks.adversarial import replies
+
+        rate = lambda outs: sum(map(bool, judge(texts, outs))) / max(1, len(outs))  # noqa: E731
+        chat = replies(model, tok, texts, max_new_tokens)
+        bos = tok.bos_token if tok is not None and tok.bos_token_id is not None else None
+        prompts = [(bos or "") + t + "\n" for t in texts]
+        got = model.text_completions(prompts, max_new_tokens, add_special_tokens=False if tok is not None else None)
+        raw = [(c.get("text") or "").strip() for c in got]
+        return {"refusal_rate_chat": rate(chat), "refusal_rate_no_template": rate(raw)}
