@@ -173,7 +173,7 @@ def test_unlearn_three_lora_steps_real_model(real_model_dir, world_dir, tmp_path
 
 
 def test_direction_split_gives_the_means_what_selection_leaves():
-    from obliviate.demos.real import direction_split
+    from obliviate.demos.real_direction import direction_split
 
     ps = [f"p{i}" for i in range(128)]
     fit, val = direction_split(ps, 128, 32)  # the demo's AdvBench prompts: 96 for the means, 32 to select on
@@ -186,7 +186,7 @@ def test_direction_split_gives_the_means_what_selection_leaves():
 
 
 def test_direction_layers_skip_layer_zero():
-    from obliviate.demos.real import direction_layers
+    from obliviate.demos.real_direction import direction_layers
 
     assert direction_layers(30, 3) == [3, 6, 9, 12, 15, 18, 21]  # SmolLM2: what the measured demo tried (0 was zero)
     assert direction_layers(4, 3) == [2]  # a 4-layer model: layer 0 alone gave "every candidate direction is zero"
