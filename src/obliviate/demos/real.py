@@ -301,9 +301,9 @@ def attack_part(
         benign=[f"xstest:{paths['xstest']}"],
         max_new_tokens=size.max_new_tokens,
     )
-    return {
-        name: {**entry["model"], "seconds": entry["seconds"]} for name, entry in doc["attacks"].items()
-    } | {name: {"skipped": why} for name, why in doc.get("skipped", {}).items()}
+    return {name: {**entry["model"], "seconds": entry["seconds"]} for name, entry in doc["attacks"].items()} | {
+        name: {"skipped": why} for name, why in doc.get("skipped", {}).items()
+    }
 
 
 TABLE = (
