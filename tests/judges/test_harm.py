@@ -221,3 +221,9 @@ def test_bad_names_and_options(tmp_path):
     with pytest.raises(UsageError, match="--harm-judge-model applies with --harm-judge"):
         harm_judge_option(None, "x")
     assert harm_judge_option(None) is None
+
+
+def test_an_unset_key_variable_names_the_judge_option(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_JUDGE_KEY", raising=False)
+    with pytest.raises(UsageError, match="--harm-judge-api-key-env NO_SUCH_JUDGE_KEY: the environment variable"):
+        make_harm_judge("strongreject", "openai:http://127.0.0.1:9/v1", key_env="NO_SUCH_JUDGE_KEY")

@@ -252,7 +252,11 @@ def make_harm_judge(
         raise UsageError(f"--harm-judge {name} needs --harm-judge-model: a judge model directory or openai:URL")
     model = str(model)
     if is_remote(model):
-        backend = RemoteBackend(client or RemoteModel(model, served_model=served_model, key_env=key_env), model)
+        backend = RemoteBackend(
+            client
+            or RemoteModel(model, served_model=served_model, key_env=key_env, key_flag="--harm-judge-api-key-env"),
+            model,
+        )
     else:
         if served_model or key_env:
             raise UsageError(

@@ -97,6 +97,7 @@ class RemoteModel:
         timeout: float = 60.0,
         retries: int = 3,
         backoff: float = 1.0,
+        key_flag: str = "--api-key-env",  # the option that named key_env, for the error lines
     ):
         if not is_remote(spec):
             raise UsageError(f"a remote model is {PREFIX}URL (e.g. {PREFIX}http://127.0.0.1:8000/v1), got {spec!r}")
@@ -106,11 +107,11 @@ class RemoteModel:
             raise UsageError(f"{spec}: the URL must be http:// or https:// with a host: {PREFIX}http://HOST:PORT/v1")
         if concurrency < 1 or retries < 0 or timeout <= 0:
             raise UsageError("--concurrency must be >= 1, retries >= 0 and the timeout > 0")
-        self.key_env, self.key = key_env, None
+        self.key_env, self.key, self.key_flag = key_env, None, key_flag
         if key_env:
             self.key = os.environ.get(key_env)
             if not self.key:
-                raise UsageError(f"--api-key-env {key_env}: the environment variable {key_env} is not set (or empty)")
+                raise UsageError(f"{key_flag} {key_env}: the environment variable {key_env} is not set (or empty)")
         self.spec, self.concurrency, self.timeout, self.retries, self.backoff = (
             spec,
             concurrency,
@@ -139,7 +140,7 @@ class RemoteModel:
                 how = (
                     f"the key in ${self.key_env} was refused"
                     if self.key_env
-                    else "it needs an API key: name the environment variable holding it with --api-key-env VAR"
+                    else f"it needs an API key: name the environment variable holding it with {self.key_flag} VAR"
                 )
                 raise UsageError(f"{self.url} answered {status} ({_error_text(e)}): {how}") from None
             after = e.headers.get("Retry-After", "") if e.headers else ""

@@ -337,7 +337,12 @@ class ChatSearch(SearchAttack):
             check_chat_model(self.attacker_model, name)
 
     def _remote_attacker(self) -> RemoteModel:
-        return RemoteModel(self.attacker_model, self.attacker_served_model or None, self.attacker_api_key_env or None)
+        return RemoteModel(
+            self.attacker_model,
+            self.attacker_served_model or None,
+            self.attacker_api_key_env or None,
+            key_flag="--attacker-api-key-env",
+        )
 
     def on_endpoint(self, tokenizer: bool) -> str | None:
         # black-box: the target's replies go through `replies`; the attacker samples locally
