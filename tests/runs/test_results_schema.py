@@ -48,6 +48,21 @@ def good() -> dict:
         },
         "curves": {"npo": {"scalability_curve": [0.1, 0.2], "sustainability_curve": []}},
         "leaderboard": {"forget10": {"npo": {"forget_quality": [0.4, 0.1]}}},
+        "intervals": {
+            "npo": {
+                "forget_rouge": {
+                    "value": 0.5,
+                    "n": 40,
+                    "samples": 1,
+                    "lo": 0.35,
+                    "hi": 0.65,
+                    "level": 0.95,
+                    "method": "percentile bootstrap over prompts",
+                }
+            }
+        },
+        "over_seeds": {"npo": {"forget_quality": [0.4, 0.1]}},
+        "attacks": {"npo": {"templates": {"asr": 0.5, "seconds": 3.0}}},
     }
     return results_document({"seed": 0}, results, {"forget": 40, "retain": 0}, extra)
 
