@@ -155,3 +155,14 @@ def real_model_dir():
     if not (d / "config.json").is_file():
         missing(f"real model {d}", "run `make real-model`")
     return d
+
+
+@pytest.fixture(scope="session")
+def target_port(target_dir):
+    """The port of `obliviate serve` of the tiny target on loopback, for the tests that audit an endpoint."""
+    from obliviate.models.load import load_model
+    from obliviate.serve import Engine, background_server, create_app
+
+    model, tok = load_model(str(target_dir))
+    with background_server(create_app(Engine(model, tok, name="tiny"))) as p:
+        yield p

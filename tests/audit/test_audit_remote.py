@@ -6,8 +6,6 @@ import json
 import pytest
 
 from obliviate.audit.attacks import ATTACKS
-from obliviate.models.load import load_model
-from obliviate.serve import Engine, background_server, create_app
 from tests.cli.test_cli import assert_bad_input, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -18,13 +16,6 @@ BLACK_BOX = {"tense", "templates", "prefill", "pair", "tap", "best_of_n", "decod
 BLACK_BOX |= {"random_search", "completion"}
 
 
-@pytest.fixture(scope="module")
-def port(target_dir):
-    model, tok = load_model(str(target_dir))
-    with background_server(create_app(Engine(model, tok, name="tiny"))) as p:
-        yield p
-
-
 def audit(capsys, out, model, world_dir, attacks, *extra):
     args = ["audit", model, "--suite", "refusal", "--data", world_dir, "--attacks", attacks, "--limit", "3"]
     args += ["--option", "templates.templates=2", "--option", "prefill.depths=3,6", "--max-new-tokens", "8"]
@@ -33,8 +24,8 @@ def audit(capsys, out, model, world_dir, attacks, *extra):
     return json.loads((out / "audit.json").read_text())
 
 
-def test_black_box_attacks_on_an_endpoint_equal_the_local_audit(port, target_dir, world_dir, tmp_path, capsys):
-    url = f"openai:http://127.0.0.1:{port}/v1"
+def test_black_box_attacks_on_an_endpoint_equal_the_local_audit(target_port, target_dir, world_dir, tmp_path, capsys):
+    url = f"openai:http://127.0.0.1:{target_port}/v1"
     attacks = "tense,templates,prefill,gcg"
     local = audit(capsys, tmp_path / "local", target_dir, world_dir, attacks)
     remote = audit(capsys, tmp_path / "remote", url, world_dir, attacks, "--tokenizer", target_dir)
@@ -68,8 +59,8 @@ def test_every_attack_says_whether_it_runs_on_an_endpoint():
     assert ATTACKS.get("pair").from_options({"attacker_model": ""}).on_endpoint(True) is not None
 
 
-def test_bad_endpoint_audits_are_one_line(port, world_dir, tmp_path, capsys):
-    url = f"openai:http://127.0.0.1:{port}/v1"
+def test_bad_endpoint_audits_are_one_line(target_port, world_dir, tmp_path, capsys):
+    url = f"openai:http://127.0.0.1:{target_port}/v1"
     base = ["audit", url, "--suite", "refusal", "--data", world_dir, "--out", tmp_path / "o"]
     assert_bad_input([*base, "--attacks", "gcg"], capsys, tmp_path / "o", "gcg: the audited model is an endpoint")
     assert_bad_input([*base, "--served-model", "nope"], capsys, tmp_path / "o", "it serves: tiny")

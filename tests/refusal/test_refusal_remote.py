@@ -6,18 +6,9 @@ import json
 
 import pytest
 
-from obliviate.models.load import load_model
-from obliviate.serve import Engine, background_server, create_app
 from tests.cli.test_cli import assert_bad_input, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def port(target_dir):
-    model, tok = load_model(str(target_dir))
-    with background_server(create_app(Engine(model, tok, name="tiny"))) as p:
-        yield p
 
 
 def refusal_eval(capsys, out, model, world_dir, *extra):
@@ -28,8 +19,8 @@ def refusal_eval(capsys, out, model, world_dir, *extra):
     return json.loads((out / "results.json").read_text()), samples, stdout
 
 
-def test_remote_refusal_eval_equals_the_local_run(port, target_dir, world_dir, tmp_path, capsys):
-    url = f"openai:http://127.0.0.1:{port}/v1"
+def test_remote_refusal_eval_equals_the_local_run(target_port, target_dir, world_dir, tmp_path, capsys):
+    url = f"openai:http://127.0.0.1:{target_port}/v1"
     local, local_samples, _ = refusal_eval(capsys, tmp_path / "local", f"m={target_dir}", world_dir)
     remote, remote_samples, said = refusal_eval(
         capsys, tmp_path / "remote", f"m={url}", world_dir, "--served-model", "tiny", "--tokenizer", target_dir
@@ -42,7 +33,7 @@ def test_remote_refusal_eval_equals_the_local_run(port, target_dir, world_dir, t
 
     # without a tokenizer: the same figures less the prefill depths, and one line saying so
     bare, bare_samples, said = refusal_eval(capsys, tmp_path / "bare", url, world_dir)
-    run = f"127.0.0.1:{port}"  # a bare endpoint is named after its host and port
+    run = f"127.0.0.1:{target_port}"  # a bare endpoint is named after its host and target_port
     assert bare["config"]["served_models"] == {run: "tiny"}  # the one model the endpoint lists
     assert "refusal at prefill depths not measured" in bare["config"]["prefill"]
     assert sum("prefill depths not measured" in line for line in said.splitlines()) == 1
@@ -53,8 +44,8 @@ def test_remote_refusal_eval_equals_the_local_run(port, target_dir, world_dir, t
     assert [s["output"] for s in bare_samples] == [s["output"] for s in local_samples if s["depth"] == 0]
 
 
-def test_bad_endpoints_are_one_line(port, world_dir, tmp_path, capsys, monkeypatch):
-    url = f"openai:http://127.0.0.1:{port}/v1"
+def test_bad_endpoints_are_one_line(target_port, world_dir, tmp_path, capsys, monkeypatch):
+    url = f"openai:http://127.0.0.1:{target_port}/v1"
     base = ["refusal-eval", "--data", world_dir, "--out", tmp_path / "o"]
     assert_bad_input([*base, "--model", url, "--served-model", "gpt-x"], capsys, tmp_path / "o", "it serves: tiny")
     closed = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
