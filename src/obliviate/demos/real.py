@@ -378,7 +378,8 @@ def run_real_demo(
                     extra["refusal_direction"] = e["direction"]
             samples, seconds = samples + smp, seconds | sec
             if size.derta_seeds > 1:
-                extra["over_seeds"] = {"derta": over_seeds([m for n, m in res.items() if n.startswith("derta")])}
+                seeded = [m for n, m in res.items() if n == "derta" or n.startswith("derta_seed")]  # not derta_ablated
+                extra["over_seeds"] = {"derta": over_seeds(seeded)}
             if attacks:
                 extra["attacks"] = {"derta": attack_part(o, paths, attacks, attack_options, size, seed, progress)}
         config = {
