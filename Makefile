@@ -31,7 +31,7 @@ LOCK_VENV := .venv-lock
 lock:
 	test -x $(LOCK_VENV)/bin/python || $(PY) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install -q pip==$(PIP_VERSION) pip-tools==7.7.0
-	$(LOCK_VENV)/bin/pip-compile -q --upgrade --extra dev --extra serve --extra judge --generate-hashes \
+	$(LOCK_VENV)/bin/pip-compile -q --upgrade --extra dev --extra serve --extra judge --extra dp --extra utility --generate-hashes \
 	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -c constraints-torch.txt \
 	  -o $(LOCK) pyproject.toml
 
