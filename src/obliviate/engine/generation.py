@@ -167,6 +167,35 @@ def prefill_embeddings(model, guards, ids: torch.Tensor, editable: torch.Tensor,
     return embeds
 
 
+def prefill(model, tok, guards, ids: torch.Tensor, mask: torch.Tensor, rows: list[Row], taps) -> tuple:
+    """Run left-padded prompts ids/mask [B, T] through the model on a fresh KV cache, with the guards' prefill hooks
+    (`on_request`, `edit_embeddings`; then `on_prefill` with the hidden states at `taps`, {(layer, pos)}).
+    Returns (the Session over that cache, the last position's logits [B, V] in fp32). `decode` and the server's
+    continuous batch (`serve/batch.py`) both start a batch here."""
+    from transformers import DynamicCache
+
+    embeds = prefill_embeddings(model, guards, ids, mask, rows)
+    cache = DynamicCache(config=model.config)
+    # only the last position's logits are read (most of a prefill's compute for a large vocabulary, such as Gemma's)
+    out = model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=_positions(mask),
+        cache=cache,
+        use_cache=True,
+        output_hidden_states=bool(taps),
+        **last_logits_only(model),
+    )
+    session = Session(model, tok, rows, cache, mask, ids)
+    hidden = {
+        (layer, pos): (out.hidden_states[layer] if pos is None else out.hidden_states[layer][:, pos]).float()
+        for layer, pos in taps
+    }
+    for g in _hooked(guards, "on_prefill"):
+        g.on_prefill(hidden, rows, session)
+    return session, out.logits[:, -1].float()
+
+
 def _hooked(guards, name):
     from obliviate.engine.hooks import overrides
 
@@ -187,29 +216,8 @@ def _decode_batch(
     device = next(model.parameters()).device
     pad, eos_ids = tok.pad_token_id, stop_ids(tok, model)
     ids, mask = left_pad(prompts, pad if pad is not None else 0, device)
-    embeds = prefill_embeddings(model, guards, ids, mask, rows)
     taps = {t for g in _hooked(guards, "taps") for t in g.taps()}
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    # only the last position's logits are read (most of a prefill's compute for a large vocabulary, such as Gemma's)
-    out = model(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=_positions(mask),
-        cache=cache,
-        use_cache=True,
-        output_hidden_states=bool(taps),
-        **last_logits_only(model),
-    )
-    session = Session(model, tok, rows, cache, mask, ids)
-    hidden = {
-        (layer, pos): (out.hidden_states[layer] if pos is None else out.hidden_states[layer][:, pos]).float()
-        for layer, pos in taps
-    }
-    for g in _hooked(guards, "on_prefill"):
-        g.on_prefill(hidden, rows, session)
-    logits = out.logits[:, -1].float()
+    session, logits = prefill(model, tok, guards, ids, mask, rows, taps)
     gen = torch.empty(len(rows), 0, dtype=torch.long, device=device)
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
     lengths = torch.zeros(len(rows), dtype=torch.long, device=device)  # tokens generated while live (EOS included)

@@ -29,10 +29,9 @@ from typing import Any, Callable
 
 import torch
 
-from obliviate.engine.generation import Row, Session, left_pad, prefill_embeddings
+from obliviate.engine.generation import Row, Session, left_pad, prefill
 from obliviate.engine.hooks import overrides, routing_hooks
 from obliviate.engine.sampling import pick
-from obliviate.models.encode import last_logits_only
 
 
 def mergeable(model) -> bool:
@@ -41,11 +40,6 @@ def mergeable(model) -> bool:
     from transformers.cache_utils import DynamicLayer
 
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids from a left-padded mask (pads get 0), as `decode` builds them."""
-    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
 def _hooked(guards, name):
@@ -135,29 +129,9 @@ class Batch:
         rows = [Row(next(self._row_ids), r.text) for r in reqs]
         prompts = [r.prompt for r in reqs]
         ids, mask = left_pad(prompts, self.pad, self.device)
-        from transformers import DynamicCache
-
         with routing_hooks(model, self.guards):
-            embeds = prefill_embeddings(model, self.guards, ids, mask, rows)
-            cache = DynamicCache(config=model.config)
-            out = model(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=positions(mask),
-                cache=cache,
-                use_cache=True,
-                output_hidden_states=bool(self.taps),
-                **last_logits_only(model),
-            )
-            session = Session(model, self.tok, rows, cache, mask, ids)
-            session.prompts = prompts
-            hidden = {
-                (layer, pos): (out.hidden_states[layer] if pos is None else out.hidden_states[layer][:, pos]).float()
-                for layer, pos in self.taps
-            }
-            for g in _hooked(self.guards, "on_prefill"):
-                g.on_prefill(hidden, rows, session)
-        logits = out.logits[:, -1].float()
+            session, logits = prefill(model, self.tok, self.guards, ids, mask, rows, self.taps)
+        session.prompts = prompts
         slots = [
             Slot(r, row, [], r.sampling.generator(self.device) if r.sampling is not None else None)
             for r, row in zip(reqs, rows)
