@@ -47,6 +47,7 @@ def good() -> dict:
             }
         },
         "curves": {"npo": {"scalability_curve": [0.1, 0.2], "sustainability_curve": []}},
+        "collapse": {"target": [], "npo": ["forget_fluency 0.120 < 0.5"]},
         "leaderboard": {"forget10": {"npo": {"forget_quality": [0.4, 0.1]}}},
         "intervals": {
             "npo": {

@@ -59,6 +59,7 @@ def batch_of(name: str) -> dict:
     out = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
     if name in REF_LOGP:
         out["ref_logp"] = torch.tensor(REF_LOGP[name])
+    out["index"] = torch.arange(len(seqs))  # the items' positions in their part (as the training loop gives them)
     return out
 
 
@@ -129,6 +130,8 @@ def l1_by_hand(gamma: float) -> float:
 SPLIT = {
     # Jang et al. 2023 eq. 1: L = -NLL_forget
     "grad_ascent": ({}, lambda: {"forget": -nll("forget")}),
+    # DP2Unlearning (Al Mahmud et al. 2025) stage 2: the SFT loss on the retain data only
+    "dp2unlearning": ({}, lambda: {"retain": nll("retain")}),
     # TOFU sec. 4 (GradDiff): L = -gamma NLL_forget + alpha NLL_retain
     "grad_diff": (
         {"gamma": 2.0, "retain_weight": 0.5},
@@ -182,7 +185,25 @@ SPLIT = {
     "idk_nll": ({"retain_weight": 0.5}, lambda: {"forget_idk": nll("forget_idk"), "retain": 0.5 * nll("retain")}),
     # Ilharco et al. 2023 sec. 3: the fine-tuning phase descends the forget NLL
     "task_vector": ({}, lambda: {"forget": nll("forget")}),
+    # Georgiev et al. 2024 (Oracle / Datamodel Matching): squared error of the answer-token margins
+    # log p - log(1 - p) against per-item targets (`TARGET_MARGINS`, which `prepare` computes in training)
+    "oracle_matching": (
+        {"forget_weight": 2.0, "retain_weight": 0.5},
+        lambda: {"forget": 2.0 * margin_sq_err("forget"), "retain": 0.5 * margin_sq_err("retain")},
+    ),
+    "dmm": (
+        {"forget_weight": 2.0, "retain_weight": 0.5},
+        lambda: {"forget": 2.0 * margin_sq_err("forget"), "retain": 0.5 * margin_sq_err("retain")},
+    ),
 }
+# per item, one target margin per answer token (Oracle / Datamodel Matching); batches carry `index`
+TARGET_MARGINS = {"forget": [[0.5, -1.0], [0.0, 1.0, 2.0]], "retain": [[1.0, 0.0], [-0.5]]}
+
+
+def margin_sq_err(name: str) -> float:
+    targets = [t for item in TARGET_MARGINS[name] for t in item]
+    return mean((math.log(P[a][b] / (1 - P[a][b])) - t) ** 2 for (a, b), t in zip(steps(name), targets))
+
 
 # Methods whose loss does not split: (options, total, needs a frozen reference model).
 WHOLE = {
@@ -270,6 +291,8 @@ def test_a_loss_that_splits_is_its_equation_part_by_part(name):
     else:
         options, terms = SPLIT[name]
         method, want = METHODS.get(name)(**options), terms()
+        if name in ("oracle_matching", "dmm"):
+            method._targets = {k: [torch.tensor(t) for t in v] for k, v in TARGET_MARGINS.items()}
     assert method.splits and set(want) == set(method.needs)
     model, batch, _, (whole, logs) = _run(method)
     with torch.no_grad():

@@ -24,10 +24,12 @@ def parts(world_dir):
 
 @pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_trains(name, lora_r, target_dir, parts):
+def test_method_trains(name, lora_r, target_dir, tiny_dir, parts):
     model, tok = load_model(str(target_dir))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    method = METHODS.get(name).from_options({"steps": 3})
+    # a method matched to an oracle's outputs (oracle_matching) gets a model of the same tokenizer as its oracle
+    oracle = {"oracle": str(tiny_dir)} if "oracle" in METHODS.get(name).__dataclass_fields__ else {}
+    method = METHODS.get(name).from_options({"steps": 3} | oracle)
     cfg = TrainConfig(forget_batch_size=4, retain_batch_size=4, checkpoint_every=0, lora_r=lora_r, progress=False)
     model, res = train(model, tok, method, parts, cfg)
     assert len(res.history) == 3

@@ -8,6 +8,7 @@ evaluation splits. Evaluation split names are shared across suites, so metrics a
     real_authors  TOFU only: knowledge from pre-training (utility; probability normalised over options)
     world_facts   general facts (utility; probability normalised over options)
     holdout       never-trained items of the forget distribution (membership inference); optional in TOFU
+    recovery      world with misinformation only: the true answers of the facts the forget split falsifies
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ SUITES.register("world")(
             "retain": EvalFile("retain_eval.jsonl"),
             "world_facts": EvalFile("world_facts.jsonl"),
             "holdout": EvalFile("holdout.jsonl"),
+            # a world with --misinformation: the corrupted facts' true answers (RESTOR recovery, forget00 only)
+            "recovery": EvalFile("{forget}_true.jsonl", required=False),
         },
         description="the built-in fictitious world (`obliviate world`)",
     )

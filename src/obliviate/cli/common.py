@@ -79,6 +79,19 @@ NO_CHAT_TEMPLATE_OPTION = typer.Option(
     help="write items in the plain template (--prompt-template) even for a model that has a chat template",
 )
 
+# general capability through lm-evaluation-harness (`obliviate.engine.utility`): `eval`, `refusal-eval`, `align`,
+# `unlearn` and `demo --suite real` share them
+UTILITY_OPTION = typer.Option(
+    None,
+    "--utility",
+    help="lm-eval:TASK[,TASK...]: run lm-evaluation-harness tasks on each model (offline: local data files or the "
+    "datasets cache); figures utility/TASK/METRIC",
+)
+UTILITY_TASKS_OPTION = typer.Option(
+    None, "--utility-tasks", help="a directory of lm-eval task YAMLs (lm-eval's include_path) for --utility"
+)
+UTILITY_LIMIT_OPTION = typer.Option(100, "--utility-limit", help="--utility: at most N examples per task (0: all)")
+
 
 def set_threads(n: Optional[int]) -> None:
     """Pin torch's CPU threads (two torch processes on a 2-core machine slow each other 3-15x)."""
@@ -130,3 +143,15 @@ def named_runs(models: list[str]) -> dict[str, str]:
             raise UsageError(f"two models are named {name!r}; name them with NAME=DIR")
         runs[name] = path
     return runs
+
+
+def echo_utility(out: Path) -> None:
+    """Print the lm-eval figures that `unlearn` / `align --utility` wrote in OUT/train_log.json, one per line."""
+    import json
+
+    from obliviate.engine.utility import utility_lines
+
+    log = Path(out) / "train_log.json"
+    found = json.loads(log.read_text(encoding="utf-8")).get("utility") if log.is_file() else None
+    for line in utility_lines(found) if found else ():
+        typer.echo(line)

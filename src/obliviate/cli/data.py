@@ -14,6 +14,14 @@ def world(
     out: Path = typer.Option(..., help="directory to write the world's JSONL splits into"),
     seed: int = typer.Option(0, help="same seed, byte-identical files"),
     people: int = typer.Option(200, help="fictitious people trained on (5 QA each)"),
+    misinformation: int = typer.Option(
+        0,
+        help="teach the target K false facts (RESTOR): writes forget00 (the false facts), forget00_true and "
+        "retain100 (the clean data); use --forget-split forget00 with finetune/unlearn/eval",
+    ),
+    misinformation_copies: Optional[int] = typer.Option(
+        None, help="--misinformation: copies of each false fact in the training data [default: 3]"
+    ),
     images: bool = typer.Option(
         False,
         "--images",
@@ -34,6 +42,14 @@ def world(
     from obliviate.core.outputs import check_output, output_dir
 
     check_output(out, "world")
+    if misinformation < 0:
+        raise UsageError(f"--misinformation must be >= 0, got {misinformation}")
+    if misinformation_copies is not None and not misinformation:
+        raise UsageError("--misinformation-copies applies only with --misinformation K > 0")
+    if misinformation_copies is not None and misinformation_copies < 1:
+        raise UsageError(f"--misinformation-copies must be >= 1, got {misinformation_copies}")
+    if images and misinformation:
+        raise UsageError("--misinformation applies to the text world, not with --images")
     if images:
         return _image_world(out, seed, size, per_combination, classifiers, classifier_steps, threads)
     given = [
@@ -52,7 +68,8 @@ def world(
     from obliviate.data.world import WorldSpec, write_world
 
     try:
-        spec = WorldSpec(seed=seed, n_people=people)
+        copies = {} if misinformation_copies is None else {"misinformation_copies": misinformation_copies}
+        spec = WorldSpec(seed=seed, n_people=people, misinformation=misinformation, **copies)
     except ValueError as e:
         raise UsageError(str(e)) from None
     with output_dir(out, "world") as o:

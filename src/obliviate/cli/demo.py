@@ -53,6 +53,12 @@ def demo(
     derta_seeds: int = typer.Option(
         1, help="--suite real: train DeRTa with this many seeds and report its rows as mean and spread over them"
     ),
+    oracles: int = typer.Option(
+        1, help="world: train K oracles (seeds SEED..SEED+K-1); K > 1 adds KLoM and forget_quality_pooled"
+    ),
+    unlearn_seeds: int = typer.Option(
+        1, help="world: run each method with S seeds; its row is their mean, and KLoM compares their distribution"
+    ),
     threads: Optional[int] = typer.Option(None),
 ):
     """World -> target + oracle -> methods on forget10 -> evaluation, table and report.
@@ -111,6 +117,10 @@ def demo(
         return
     if attacks or option or derta_seeds != 1:
         raise UsageError("--attacks, --option and --derta-seeds apply to --suite real")
+    if suite != "world" and (oracles != 1 or unlearn_seeds != 1):
+        raise UsageError("--oracles and --unlearn-seeds apply to --suite world")
+    if oracles < 1 or unlearn_seeds < 1:
+        raise UsageError(f"--oracles and --unlearn-seeds must be >= 1, got {oracles} and {unlearn_seeds}")
     if model or size != "full":
         raise UsageError("--model and --size apply to --suite real and diffusion")
     meths = methods.split(",") if methods else None
@@ -124,5 +134,14 @@ def demo(
         raise UsageError(f"unknown demo suite {suite!r}; use 'world', 'refusal', 'real' or 'diffusion'")
     from obliviate.demos.world import run_demo
 
-    run_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards, workers=workers)
+    run_demo(
+        out,
+        seed=seed,
+        methods=meths,
+        started=STARTED,
+        guards=guards,
+        workers=workers,
+        oracles=oracles,
+        unlearn_seeds=unlearn_seeds,
+    )
     write_beside(out)

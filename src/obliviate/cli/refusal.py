@@ -24,6 +24,10 @@ from obliviate.cli.common import (
     SERVED_MODEL_OPTION,
     TEMPERATURE_OPTION,
     TOP_P_OPTION,
+    UTILITY_LIMIT_OPTION,
+    UTILITY_OPTION,
+    UTILITY_TASKS_OPTION,
+    echo_utility,
     named_runs,
     parse_options,
     set_threads,
@@ -70,12 +74,17 @@ def align(
     ),
     resume: bool = typer.Option(False, help="continue from OUT/checkpoint"),
     seed: int = typer.Option(0),
+    utility: Optional[str] = UTILITY_OPTION,
+    utility_tasks: Optional[Path] = UTILITY_TASKS_OPTION,
+    utility_limit: int = UTILITY_LIMIT_OPTION,
     threads: Optional[int] = typer.Option(None),
 ):
     """Train refusals into MODEL with one refusal method (refusal_sft, derta, qi_augment, refusal_tokens, ...),
     on a world (--data) or on public-format files (--harmful KIND:FILE, ...)."""
+    from obliviate.engine.utility import parse_utility
     from obliviate.refusal.run import run_align
 
+    util = parse_utility(utility, utility_tasks, utility_limit)
     opts = parse_options(option) | ({"steps": steps} if steps is not None else {}) | ({"lr": lr} if lr else {})
     set_threads(threads)
     res = run_align(
@@ -101,8 +110,10 @@ def align(
         no_chat_template=no_chat_template,
         resume=resume,
         seed=seed,
+        utility=util,
     )
     typer.echo(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.history[-1]['loss']:.4f} -> {out}")
+    echo_utility(out)
 
 
 def refusal_eval_cmd(
@@ -155,12 +166,18 @@ def refusal_eval_cmd(
     harm_judge_label_rows: Optional[int] = HARM_JUDGE_LABEL_ROWS_OPTION,
     harm_judge_max_new_tokens: Optional[int] = HARM_JUDGE_MAX_NEW_TOKENS_OPTION,
     seed: int = typer.Option(0, help="the world's split, and the seed of reply j: seed + j when sampling"),
+    utility: Optional[str] = UTILITY_OPTION,
+    utility_tasks: Optional[Path] = UTILITY_TASKS_OPTION,
+    utility_limit: int = UTILITY_LIMIT_OPTION,
     threads: Optional[int] = typer.Option(None),
 ):
     """Refusal, over-refusal and refusal at prefill depths: on a world (--data), or on public prompt sets
     (--harmful / --benign KIND:FILE, per category), for any chat model, local or served (openai:URL)."""
     runs = named_runs(model)
+    from obliviate.engine.utility import parse_utility
     from obliviate.judges.harm import harm_judge_option
+
+    util = parse_utility(utility, utility_tasks, utility_limit)
     from obliviate.refusal.run import run_refusal_eval
 
     harm = harm_judge_option(
@@ -197,6 +214,7 @@ def refusal_eval_cmd(
         concurrency=concurrency,
         tokenizer=tokenizer,
         harm_judge=harm,
+        utility=util,
     )
     typer.echo(f"wrote {out}/results.json, samples.jsonl")
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns

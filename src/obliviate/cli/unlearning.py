@@ -16,6 +16,10 @@ from obliviate.cli.common import (
     SAMPLES_OPTION,
     TEMPERATURE_OPTION,
     TOP_P_OPTION,
+    UTILITY_LIMIT_OPTION,
+    UTILITY_OPTION,
+    UTILITY_TASKS_OPTION,
+    echo_utility,
     named_runs,
     parse_options,
     set_threads,
@@ -31,7 +35,15 @@ def finetune(
     steps: int = typer.Option(300, help="optimiser steps per model"),
     lr: float = typer.Option(3e-3, help="peak learning rate"),
     batch_size: int = typer.Option(100),
-    only: Optional[str] = typer.Option(None, help="train only 'target' or 'oracle'"),
+    only: Optional[str] = typer.Option(None, help="train only 'target' or 'oracle' (every oracle)"),
+    oracles: int = typer.Option(
+        1, help="K oracles: OUT/oracle (seed --seed) plus OUT/oracle_seed{seed+j}, j = 1..K-1 (KLoM's distribution)"
+    ),
+    dp_epsilon: Optional[float] = typer.Option(
+        None, help="train the target with DP-SGD (opacus) to this epsilon; inf: no DP. Writes OUT/target/dp.json"
+    ),
+    dp_delta: float = typer.Option(1e-5, help="with --dp-epsilon: the delta of (epsilon, delta)-DP"),
+    dp_max_grad_norm: float = typer.Option(1.0, help="with --dp-epsilon: per-sample gradient clipping norm C"),
     prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
     no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
     seed: int = typer.Option(0),
@@ -39,6 +51,16 @@ def finetune(
 ):
     """Train the target (all training data) and the oracle (everything but the forget split)."""
     from obliviate.models.prompt_format import prompt_format
+    from obliviate.unlearning.world_models import oracle_names
+
+    names = oracle_names(seed, oracles)  # --oracles 0 fails here, before anything is written
+    from obliviate.unlearning.dp import DPConfig, dp_line, read_dp_record, require_opacus
+
+    dp = None
+    if dp_epsilon is not None:  # bad values and a missing opacus fail here, before anything is written
+        dp = DPConfig(dp_epsilon, dp_delta, dp_max_grad_norm)
+        if dp.private:
+            require_opacus()
 
     fmt = prompt_format(prompt_template, no_chat_template)
     from obliviate.core.outputs import check_output, output_dir
@@ -59,10 +81,14 @@ def finetune(
             lr=lr,
             batch_size=batch_size,
             seed=seed,
-            only=only,
+            only=tuple(names) if only == "oracle" else only,
             prompt_format=fmt,
+            oracles=oracles,
+            dp=dp,
         ).items():
             typer.echo(f"{name}: trained in {secs:.1f} s -> {o / name}")
+            if name == "target" and dp is not None and dp.private:
+                typer.echo(dp_line(read_dp_record(o / name)))
 
 
 def unlearn(
@@ -89,10 +115,22 @@ def unlearn(
     prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
     no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
     seed: int = typer.Option(0),
+    utility: Optional[str] = UTILITY_OPTION,
+    utility_tasks: Optional[Path] = UTILITY_TASKS_OPTION,
+    utility_limit: int = UTILITY_LIMIT_OPTION,
+    stop_on_collapse: bool = typer.Option(
+        False,
+        help="every --collapse-every steps answer 8 forget questions; stop training when their fluency "
+        "(1 - bigram repetition, words and symbols) falls below 0.5; the model is saved as it stands",
+    ),
+    collapse_every: int = typer.Option(10, help="with --stop-on-collapse: steps between checks"),
     threads: Optional[int] = typer.Option(None),
 ):
     """Unlearn FORGET from MODEL while keeping RETAIN, with one registered method."""
+    from obliviate.engine.utility import parse_utility
     from obliviate.models.prompt_format import prompt_format
+
+    util = parse_utility(utility, utility_tasks, utility_limit)
 
     fmt = prompt_format(prompt_template, no_chat_template)
     from obliviate.core.outputs import check_output
@@ -140,15 +178,27 @@ def unlearn(
         gradient_checkpointing=gradient_checkpointing,
         max_batch_tokens=max_batch_tokens,
         prompt_format=fmt,
+        utility=util,
+        stop_on_collapse=stop_on_collapse,
+        collapse_every=collapse_every,
     )
     typer.echo(f"{method}: {res.steps} steps in {res.seconds:.1f} s, final loss {res.history[-1]['loss']:.4f} -> {out}")
+    echo_utility(out)
 
 
 def eval_cmd(
-    model: List[str] = typer.Option(..., help="model directory; repeat, or NAME=DIR to name runs"),
+    model: List[str] = typer.Option(
+        ...,
+        help="model directory; repeat, or NAME=DIR to name runs; NAME=DIR1,DIR2,... is one method unlearned with "
+        "several seeds (the mean of their figures; one distribution for KLoM)",
+    ),
     data: Path = typer.Option(..., help="world-shaped data directory"),
     out: Path = typer.Option(..., help="writes results.json, samples.jsonl, report.md"),
-    oracle: Optional[str] = typer.Option(None, help="oracle model directory (forget quality, privleak)"),
+    oracle: List[str] = typer.Option(
+        [],
+        help="oracle model directory (forget quality, privleak); repeat for oracles of several seeds: the first is "
+        "THE oracle, all of them the distribution for KLoM and forget_quality_pooled",
+    ),
     forget_split: str = typer.Option("forget10"),
     suite: str = typer.Option(
         "world",
@@ -170,15 +220,24 @@ def eval_cmd(
     temperature: Optional[float] = TEMPERATURE_OPTION,
     top_p: Optional[float] = TOP_P_OPTION,
     seed: int = typer.Option(0, help="sampled answers: answer j is drawn with seed + j"),
+    utility: Optional[str] = UTILITY_OPTION,
+    utility_tasks: Optional[Path] = UTILITY_TASKS_OPTION,
+    utility_limit: int = UTILITY_LIMIT_OPTION,
+    mia_gradnorm: bool = typer.Option(
+        False, help="add the GradNorm MIA (mia_gradnorm_auc): one backward pass per forget and holdout item"
+    ),
     threads: Optional[int] = typer.Option(None),
 ):
     """Evaluate models on the forget / retain / world-facts / holdout splits."""
+    from obliviate.engine.utility import parse_utility
     from obliviate.models.prompt_format import prompt_format
+
+    util = parse_utility(utility, utility_tasks, utility_limit)
 
     fmt = prompt_format(prompt_template, no_chat_template)
     from obliviate.core.outputs import check_output
 
-    check_output(out, "eval", inputs=(*named_runs(model).values(), data, oracle, classifiers, *guard))
+    check_output(out, "eval", inputs=(*named_runs(model).values(), data, *oracle, classifiers, *guard))
     from obliviate.guards.base import check_guard_dirs
     from obliviate.unlearning.evaluate import run_eval
 
@@ -191,6 +250,10 @@ def eval_cmd(
             )
         if samples != 1 or temperature is not None or top_p is not None or seed:
             raise UsageError("--samples, --temperature, --top-p and --seed do not apply to --suite diffusion")
+        if util:
+            raise UsageError("--utility runs lm-eval on language models; it does not apply to --suite diffusion")
+        if mia_gradnorm:
+            raise UsageError("--mia-gradnorm scores language models; it does not apply to --suite diffusion")
         set_threads(threads)
         diffusion_eval(
             named_runs(model), data, concept, classifiers, out, limit=limit, **sampling(ddim_steps, guidance)
@@ -201,10 +264,10 @@ def eval_cmd(
     check_guard_dirs(guard)
     set_threads(threads)
     doc = run_eval(
-        named_runs(model),
+        seed_runs(named_runs(model)),
         data,
         out,
-        oracle=oracle,
+        oracle=oracle or None,
         forget_split=forget_split,
         suite=suite,
         guards=[str(g) for g in guard],
@@ -213,10 +276,18 @@ def eval_cmd(
         temperature=temperature,
         top_p=top_p,
         seed=seed,
+        utility=util,
+        grad_norm=mia_gradnorm,
     )
     from obliviate.report.markdown import table
 
     typer.echo(table(doc))
+
+
+def seed_runs(runs: dict[str, str]) -> dict[str, str | list[str]]:
+    """`--model NAME=DIR1,DIR2,...`: a run of several models (one method, several unlearning seeds); a path that
+    exists is never split."""
+    return {n: p if "," not in p or Path(p).exists() else [q for q in p.split(",") if q] for n, p in runs.items()}
 
 
 def sweep(
@@ -269,6 +340,7 @@ def bench(
     finetune_steps: int = typer.Option(300, help="steps to train each target / oracle"),
     people: int = typer.Option(200, help="people in each seed's world"),
     resume: bool = typer.Option(False, help="continue an interrupted bench in OUT"),
+    oracles: int = typer.Option(1, help="oracles per split and seed (seeds SEED..SEED+K-1); K > 1 adds KLoM columns"),
     threads: Optional[int] = typer.Option(None),
 ):
     """The leaderboard: every method x forget split x seed on the built-in world, mean ± std."""
@@ -292,6 +364,7 @@ def bench(
         finetune_steps=finetune_steps,
         people=people,
         resume=resume,
+        oracles=oracles,
     )
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
 

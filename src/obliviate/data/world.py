@@ -14,6 +14,9 @@ Splits written by `write_world` (JSONL, one QA item per line, schema in `oblivia
     holdout            people from the same distribution, never trained on: MIA non-members
     world.json         the manifest: seed, sizes, and the sha256 of every file
 
+With `misinformation` K > 0 also forget00 (K false facts), forget00_true and retain100 (see
+`obliviate.data.misinformation`), and train/retainNN hold the false facts too.
+
 plus the passages (`muse_*`, see `obliviate.data.passages`) and the refusal policy (`policy_*`, see
 `obliviate.data.policy`) from the same seed.
 """
@@ -26,6 +29,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from obliviate.data.misinformation import available_facts, misinform
 from obliviate.data.schema import QAItem, load_qa, write_jsonl
 
 # Syllables for invented names; combinations are checked for uniqueness below.
@@ -299,6 +303,8 @@ class WorldSpec:
     n_retain_eval: int = 100
     n_perturbed: int = 3
     n_bridge_people: int | None = None  # people also trained on the paraphrase wording; default half
+    misinformation: int = 0  # false facts taught to the target (`data.misinformation`); 0: none
+    misinformation_copies: int = 3  # copies of each false fact in train
 
     def __post_init__(self):
         if self.n_people < 100:
@@ -309,6 +315,13 @@ class WorldSpec:
             object.__setattr__(self, "n_bridge_people", self.n_people // 2)
         if not 0 <= self.n_bridge_people <= self.n_people - self.n_people // 10 - self.n_retain_eval // 5:
             raise ValueError("n_bridge_people leaves too few people for forget10 and retain_eval")
+        n = available_facts(self.n_people, self.n_bridge_people, self.n_retain_eval, len(ATTRIBUTES))
+        if not 0 <= self.misinformation <= n:
+            raise ValueError(
+                f"misinformation must be between 0 and {n} (facts of this world), got {self.misinformation}"
+            )
+        if self.misinformation_copies < 1:
+            raise ValueError(f"misinformation_copies must be >= 1, got {self.misinformation_copies}")
 
 
 def _names(rng: random.Random, n: int) -> list[str]:
@@ -380,7 +393,7 @@ def build_world(spec: WorldSpec = WorldSpec()) -> dict[str, list[dict]]:
         splits[f"retain{100 - pct}"] = flat(trained[:-k]) + bridge + facts
     plain_people = flat(trained[spec.n_bridge_people : spec.n_people - spec.n_people // 10])
     splits["retain_eval"] = random.Random(spec.seed + 1).sample(plain_people, spec.n_retain_eval)
-    return splits
+    return misinform(splits, spec.misinformation, spec.misinformation_copies, spec.seed, ATTRIBUTES)
 
 
 def write_world(out: str | Path, spec: WorldSpec = WorldSpec()) -> dict:
@@ -396,7 +409,9 @@ def write_world(out: str | Path, spec: WorldSpec = WorldSpec()) -> dict:
         path = out / f"{name}.jsonl"
         write_jsonl(path, rows)
         files[name] = {"file": path.name, "n": len(rows), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    manifest = {"kind": "obliviate-world", "spec": spec.__dict__, "splits": files}
+    # a world without misinformation keeps the manifest it always had
+    shown = {k: v for k, v in spec.__dict__.items() if spec.misinformation or not k.startswith("misinformation")}
+    manifest = {"kind": "obliviate-world", "spec": shown, "splits": files}
     (out / "world.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return manifest
 

@@ -34,6 +34,10 @@ PUBLIC_FILES = {
     "xstest": "xstest/xstest_prompts.csv",
     "advbench": "advbench/harmful_behaviors.csv",
 }
+# TOFU's 117 world-facts questions (MIT), each with its answer and 3 wrong ones: the 4-way multiple-choice utility
+# figure of every run, through lm-eval (`obliviate.engine.utility`)
+WORLD_FACTS_FILE = "tofu/world_facts_perturbed.json"
+UTILITY_KEY = "utility/tofu_world_facts/acc"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class RealDemoSize:
     # bf16 autocast in training (TrainConfig.bf16); None: where it pays (`train.bf16_pays`: a CPU with AMX, where
     # steps ran 1.5x faster, or a GPU; on a CPU without AMX they ran 0.93x as fast)
     bf16: bool | None = None
+    utility_limit: int | None = None  # TOFU world-facts questions scored per run (None: all 117)
 
 
 FULL = RealDemoSize()
@@ -100,6 +105,7 @@ SMOKE = RealDemoSize(
     direction_prompts=4,
     direction_val_prompts=2,
     bf16=False,
+    utility_limit=2,
 )
 
 
@@ -166,8 +172,24 @@ def _train(model, tok, method, parts, size: RealDemoSize, lora_r: int, seed: int
     return train(model, tok, method, parts, cfg)  # LoRA adapters come back merged
 
 
-def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, progress: bool, log) -> tuple:
-    """(results, relearn figures, samples, seconds) of the unlearning half."""
+class Utility:
+    """The lm-eval figures of each run (`engine.utility.run_utility`), kept in `found` {run: figures}."""
+
+    def __init__(self, spec, seed: int, log):
+        self.spec, self.seed, self.log, self.found = spec, seed, log, {}
+
+    def __call__(self, name: str, net, tok) -> None:
+        from obliviate.engine.utility import run_utility
+
+        if self.spec is not None:
+            self.found[name] = f = run_utility(net, tok, self.spec, name, self.seed)
+            self.log(f"{name}: TOFU world facts accuracy {f['values'].get(UTILITY_KEY, float('nan')):.3f}")
+
+
+def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, progress: bool, log, utility=None) -> tuple:
+    """(results, relearn figures, samples, seconds) of the unlearning half; `utility` (a `Utility`) measures each
+    run."""
+    utility = utility or Utility(None, seed, log)
     from obliviate.audit.attacks import ATTACKS, AuditContext
     from obliviate.benchmarks.layouts import eval_data
     from obliviate.data.schema import load_qa
@@ -194,6 +216,7 @@ def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, prog
         seconds[name], models[name] = res.seconds, o / "models" / name
         rows[name] = score_model(net, tok, splits, max_new_tokens=size.max_new_tokens)
         log(f"{name}: fine-tuned in {res.seconds:.1f} s")
+        utility(name, net, tok)
     parts = unlearning_parts(load_qa(world / "forget10.jsonl"), load_qa(world / "retain90.jsonl"), idk_pool(None), seed)
     # LoRA relearning: on a pretrained model one full-weight step at the attack's default lr already wrecks the
     # held-out answers (measured on SmolLM2: ROUGE 0.33 -> 0), which would hide any recovery
@@ -206,6 +229,7 @@ def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, prog
             net, res = _train(net, tok, meth, parts, size, size.unlearn_lora_r, seed, progress)
             seconds[name], rows[name] = res.seconds, score_model(net, tok, splits, max_new_tokens=size.max_new_tokens)
             log(f"{name}: {res.steps} steps in {res.seconds:.1f} s")
+            utility(name, net, tok)
         relearn[name] = attack.run(ctx, net, tok)
     results = {n: metrics_from_rows(r, rows["oracle"]) for n, r in rows.items()}
     samples = [s for n in results for s in sample_rows(n, rows[n])]
@@ -213,9 +237,10 @@ def unlearning_part(o: Path, model_dir: str, size: RealDemoSize, seed: int, prog
 
 
 def refusal_part(
-    o: Path, model_dir: str, paths: dict[str, Path], size: RealDemoSize, seed: int, progress: bool, log
+    o: Path, model_dir: str, paths: dict[str, Path], size: RealDemoSize, seed: int, progress: bool, log, utility=None
 ) -> tuple:
-    """(results, extra per run, samples, seconds) of the refusal half."""
+    """(results, extra per run, samples, seconds) of the refusal half; `utility` (a `Utility`) measures each run."""
+    utility = utility or Utility(None, seed, log)
     from obliviate.judges.default import make_judge
     from obliviate.models.load import load_model, save_model
     from obliviate.refusal.align import align
@@ -240,6 +265,7 @@ def refusal_part(
 
     net, tok = load_model(model_dir)
     measure("base", net, tok)
+    utility("base", net, tok)
     data = public_refusal_data(
         net,
         tok,
@@ -273,11 +299,13 @@ def refusal_part(
         seconds[run] = res.seconds
         log(f"{run}: {res.steps} steps in {res.seconds:.1f} s")
         measure(run, net, tok)
+        utility(run, net, tok)
         if run == "derta":
             save_model(net, tok, o / "models" / "derta")
     ablated, tok, direction, hooks = ablate_refusal_direction(str(o / "models" / "derta"), data, size, seed)
     with hooks:
         measure("derta_ablated", ablated, tok)
+        utility("derta_ablated", ablated, tok)
     extra["derta_ablated"]["direction"] = direction
     return results, extra, samples, seconds
 
@@ -309,6 +337,7 @@ def attack_part(
 TABLE = (
     "forget_quality",
     "model_utility",
+    UTILITY_KEY,
     "forget_rouge",
     "retain_rouge",
     "relearn_recovered",
@@ -355,20 +384,27 @@ def run_real_demo(
         if "refusal" not in parts:
             raise UsageError("--attacks runs on the refusal half's DeRTa model: add 'refusal' to --parts")
         plan("refusal", list(attacks), attack_options)  # unknown attacks and options fail before any work
+    facts = Path(public_data) / WORLD_FACTS_FILE  # the utility figure's questions
+    if not facts.is_file():
+        raise UsageError(f"--public-data {public_data}: missing {facts} (TOFU's world facts, the utility figure)")
     load_model(model, require_chat_template=True)  # no chat template: exit 2 before any work
     if size.bf16 is None:
         size = with_bf16_where_it_pays(size)
         console.log(f"bf16 autocast in training: {'on' if size.bf16 else 'off'} (it pays on a GPU or an AMX CPU)")
     results, extra, samples, seconds = {}, {"relearn": {}, "by_source": {}, "by_category": {}}, [], {}
     with output_dir(out, "demo:real", inputs=(model, public_data), replace=True) as o:
+        from obliviate.engine.utility import UtilitySpec, add_utility, tofu_world_facts_task, utility_config
+
+        tasks = str(tofu_world_facts_task(facts, o / "utility_task", seed).resolve())
+        utility = Utility(UtilitySpec(("tofu_world_facts",), tasks, size.utility_limit), seed, console.log)
         if "unlearning" in parts:
-            res, relearn, smp, sec = unlearning_part(o, model, size, seed, progress, console.log)
+            res, relearn, smp, sec = unlearning_part(o, model, size, seed, progress, console.log, utility)
             for name, figs in relearn.items():
                 res[name]["relearn_recovered"] = figs.get("recovered_value_rouge")
             results |= res
             extra["relearn"], samples, seconds = relearn, samples + smp, seconds | sec
         if "refusal" in parts:
-            res, ext, smp, sec = refusal_part(o, model, paths, size, seed, progress, console.log)
+            res, ext, smp, sec = refusal_part(o, model, paths, size, seed, progress, console.log, utility)
             results |= res
             for name, e in ext.items():
                 extra["by_source"][name], extra["by_category"][name] = e["by_source"], e["by_category"]
@@ -391,11 +427,14 @@ def run_real_demo(
             "size": size.__dict__,
             "unlearning_methods": list(UNLEARN_METHODS),
             "refusal_methods": list(REFUSAL_METHODS),
+            "utility": utility_config(utility.spec, utility.found) | {"data": str(facts), "licence": "MIT (TOFU)"},
         }
+        for name, found in utility.found.items():  # after the refusal half's intervals, which it sets per run
+            add_utility(found, name, results, extra.setdefault("intervals", {}))
         doc = results_document(
             config,
             results,
-            {},
+            {f"utility/{t}": n for f in utility.found.values() for t, n in f["n"].items()},
             extra | {"seconds": {k: round(v, 1) for k, v in seconds.items()}, "wall_seconds": round(clock(), 1)},
         )
         write_jsonl(o / "samples.jsonl", samples)

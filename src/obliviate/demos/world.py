@@ -28,20 +28,32 @@ def run_demo(
     started: float | None = None,
     guards: bool = False,
     workers: int | None = None,
+    oracles: int = 1,
+    unlearn_seeds: int = 1,
 ) -> dict:
+    """`oracles` K > 1 trains K oracles (seeds seed .. seed+K-1) and `unlearn_seeds` S > 1 runs each method with
+    seeds seed .. seed+S-1 (models/NAME, models/NAME@seed{seed+s}); each method's row is then the mean over its
+    seeds, with KLoM and pooled forget quality against the oracles (`obliviate.metrics.klom`)."""
     from rich.console import Console
 
     from obliviate.benchmarks.layouts import eval_data
+    from obliviate.core.errors import UsageError
     from obliviate.core.jsonio import write_json
     from obliviate.core.outputs import output_dir
     from obliviate.data.schema import write_jsonl
     from obliviate.data.world import WorldSpec, world_texts, write_world
     from obliviate.engine.evaluate import metrics_from_rows, sample_rows
+    from obliviate.metrics.fluency import collapse_reasons
+    from obliviate.metrics.klom import distribution_metrics, mean_metrics
     from obliviate.models.tiny import build_tokenizer
     from obliviate.report.markdown import table, write_report
     from obliviate.runs.results import results_document
     from obliviate.unlearning.methods import METHODS
+    from obliviate.unlearning.world_models import oracle_names
 
+    if unlearn_seeds < 1:
+        raise UsageError(f"--unlearn-seeds must be >= 1, got {unlearn_seeds}")
+    oracle_runs = oracle_names(seed, oracles)
     clock = Timer(started)
     console = Console(stderr=True, quiet=not progress, log_path=False)
     names = METHODS.names() if methods == ["all"] else (methods or list(DEMO_METHODS))
@@ -59,7 +71,12 @@ def run_demo(
             "forget_split": forget_split,
             "seed": seed,
             "finetune_steps": finetune_steps,
+            "oracles": oracles,
         }
+        members = {n: [n, *(f"{n}@seed{seed + s}" for s in range(1, unlearn_seeds))] for n in classes}
+        unlearn_jobs = [
+            {"name": key, "method": n, "unlearn_seed": seed + s} for n in classes for s, key in enumerate(members[n])
+        ]
         tok.save_pretrained(o / ".tokenizer")  # the workers' tokenizer: the very one built here
         rows, seconds = {}, {}
         try:
@@ -67,8 +84,8 @@ def run_demo(
                 # target and oracle are independent, and so are the methods once the target exists: with 2
                 # workers each stage runs as two single-thread processes (this 0.6M model's matmuls are too small
                 # to keep two threads busy; docs/benchmarks.md, "The world demo")
-                for stage in (["target", "oracle"], list(classes)):
-                    for name, r, secs, steps in pool.map(_run_job, [job | {"name": n} for n in stage]):
+                for stage in ([{"name": n} for n in ("target", *oracle_runs)], unlearn_jobs):
+                    for name, r, secs, steps in pool.map(_run_job, [job | j for j in stage]):
                         rows[name], seconds[name] = r, secs
                         console.log(f"{name}: {steps} steps in {secs:.1f} s")
         finally:  # a failed or interrupted run leaves no worker scratch behind
@@ -77,22 +94,40 @@ def run_demo(
         guard_rows = guard_runs(o, tok, splits, rows, world, forget_split, seed, console) if guards else {}
         rows |= guard_rows
         results = {name: metrics_from_rows(r, rows["oracle"]) for name, r in rows.items()}
+        for n in classes if unlearn_seeds > 1 else ():
+            results[n] = mean_metrics([results[k] for k in members[n]])
         results = {k: results[k] for k in ("target", "oracle", *classes, *guard_rows)}  # the documented order
+        if oracles > 1:  # KLoM: each run against the oracles; the oracle's own row against the other oracles
+            dist = [rows[k] for k in oracle_runs]
+            for name in results:
+                ms = [rows[k] for k in members.get(name, [name])]
+                results[name] |= distribution_metrics(ms, dist[1:] if name == "oracle" else dist)
         config = {
             "seed": seed,
             "forget_split": forget_split,
             "finetune_steps": finetune_steps,
             "guards": guards,
             "methods": {n: METHODS.get(n)().__dict__ for n in classes},
+            **({"oracles": oracles, "unlearn_seeds": unlearn_seeds} if oracles > 1 or unlearn_seeds > 1 else {}),
         }
         wall = clock()
         doc = results_document(
             config,
             results,
             {s: len(v) for s, v in splits.items()},
-            {"seconds": {k: round(v, 2) for k, v in seconds.items()}, "wall_seconds": round(wall, 1)},
+            {
+                "seconds": {k: round(v, 2) for k, v in seconds.items()},
+                "wall_seconds": round(wall, 1),
+                "collapse": {name: collapse_reasons(r) for name, r in results.items()},
+            },
         )
-        write_jsonl(o / "samples.jsonl", [s for name in results for s in sample_rows(name, rows[name])])
+        samples = [
+            s | {"model": j} if len(members.get(name, ())) > 1 else s
+            for name in results
+            for j, key in enumerate(members.get(name, [name]))
+            for s in sample_rows(name, rows[key])
+        ]
+        write_jsonl(o / "samples.jsonl", samples)
         write_json(o / "results.json", doc)
         write_report(o / "report.md", doc)
     print(table(doc))
@@ -117,7 +152,7 @@ def _run_job(job: dict) -> tuple[str, dict, float, int]:
     from obliviate.unlearning.world_models import train_world_models
 
     o, world, name, seed = Path(job["out"]), Path(job["world"]), job["name"], job["seed"]
-    if name in ("target", "oracle"):
+    if name in ("target", "oracle") or name.startswith("oracle_seed"):  # not a method named oracle_...
         tok = AutoTokenizer.from_pretrained(o / ".tokenizer")
         secs = train_world_models(
             world,
@@ -127,16 +162,19 @@ def _run_job(job: dict) -> tuple[str, dict, float, int]:
             seed=seed,
             only=name,
             tokenizer=tok,
+            oracles=job.get("oracles", 1),
         )[name]
         steps = job["finetune_steps"]
         net, tok = load_model(str(o / "models" / name))
     else:
         forget_path, retain_path = SUITES.get("world").train_paths(world, job["forget_split"])
+        seed = job.get("unlearn_seed", seed)
         parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(None), seed)
         net, tok = load_model(str(o / "models" / "target"))
-        net, res = train(
-            net, tok, METHODS.get(name)(), parts, TrainConfig(seed=seed, checkpoint_every=0, progress=False)
-        )
+        cls = METHODS.get(job.get("method", name))
+        # a method matched to a retrained oracle's outputs (oracle_matching) is given the demo's oracle
+        method = cls(oracle=str(o / "models" / "oracle")) if "oracle" in cls.__dataclass_fields__ else cls()
+        net, res = train(net, tok, method, parts, TrainConfig(seed=seed, checkpoint_every=0, progress=False))
         save_model(net, tok, o / "models" / name)
         secs, steps = res.seconds, res.steps
     return name, score_model(net, tok, eval_data(world, job["forget_split"])), secs, steps

@@ -243,13 +243,49 @@ def score_split(
     return rows
 
 
-def score_model(model, tokenizer, data: dict[str, list[QAItem]], **kw) -> dict[str, list[dict]]:
+def score_model(
+    model, tokenizer, data: dict[str, list[QAItem]], *, grad_norm: bool = False, **kw
+) -> dict[str, list[dict]]:
     """`score_split` rows of every split, scored as one union: the splits are small (a few dozen questions each),
-    so one set of batches for all of them costs little more than one split's (see bench/real_scale.py eval)."""
+    so one set of batches for all of them costs little more than one split's (see bench/real_scale.py eval).
+    `grad_norm`: the forget and holdout rows also get `grad_norm` (`grad_norms`, for the GradNorm MIA)."""
     rows = score_split(model, tokenizer, [it for items in data.values() for it in items], **kw)
     out, start = {}, 0
     for split, items in data.items():
         out[split], start = rows[start : start + len(items)], start + len(items)
+    for split in ("forget", "holdout") if grad_norm else ():
+        norms = grad_norms(model, tokenizer, data.get(split) or [], kw.get("max_len", 512))
+        for row, g in zip(out.get(split) or [], norms):
+            row["grad_norm"] = g
+    return out
+
+
+def grad_norms(model, tokenizer, items: list[QAItem], max_len: int = 512) -> list[float]:
+    """Per item: the mean over the model's floating-point parameter tensors of the 2-norm of the gradient of the
+    item's mean answer NLL (the GradNorm MIA's statistic, `obliviate.metrics.mia`). One forward and one backward
+    pass per item, in eval mode (no dropout), on the bare model (attached guards edit prompts, not weights);
+    the parameters' requires_grad flags and the model's mode are restored afterwards."""
+    from obliviate.models.encode import sequence_logp
+
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    flags, training = [p.requires_grad for p in params], model.training
+    model.eval()
+    out = []
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        for it in items:
+            pair = encode_pair(tokenizer, it.question, it.answer, max_len)
+            batch = {k: v.to(device) for k, v in collate([pair], tokenizer.pad_token_id).items()}
+            with torch.enable_grad():  # a caller may evaluate under no_grad
+                logp, n = sequence_logp(model, batch)
+                grads = torch.autograd.grad(-(logp / n).sum(), params, allow_unused=True)
+            out.append(float(torch.stack([g.float().norm() for g in grads if g is not None]).mean()))
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(training)
     return out
 
 

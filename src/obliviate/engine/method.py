@@ -59,6 +59,11 @@ class Method:
         return total, logs
 
     # Optional hooks for methods that are more than a loss (pruning, task arithmetic). No-ops by default.
+    def prepare_targets(self, model, tokenizer, encoded: dict, pad_id: int) -> None:
+        """Called once before training (after the reference log-probs, before `begin`), on the full model, with the
+        encoded parts ({part: [(input_ids, labels), ...]}): for per-item targets (Oracle and Datamodel Matching).
+        Every batch part carries `index` [B], its rows' positions in `encoded[part]`."""
+
     def begin(self, model) -> None:
         """Called once before training, on the full model (before any LoRA wrapping)."""
 

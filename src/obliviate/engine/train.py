@@ -103,6 +103,7 @@ class TrainResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     processes: int = 1
+    stopped: str | None = None  # why `stop_when` ended training early (steps then counts the steps run)
 
 
 def idk_answers(items: list[QAItem], pool: list[str], seed: int) -> list[str]:
@@ -157,6 +158,7 @@ def _micro_batches(method, rows: dict[str, list[int]], encoded: dict, refs: dict
         out = {k: v.to(device) for k, v in collate([encoded[name][i] for i in idx], pad).items()}
         if name in refs:
             out["ref_logp"] = refs[name][idx].to(device)
+        out["index"] = torch.tensor(idx, dtype=torch.long)  # positions in encoded[name] (`Method.prepare_targets`)
         return out
 
     runs = (
@@ -264,6 +266,7 @@ def _train(
     resume: bool = False,
     on_step=None,
     model_id: str | None = None,
+    stop_when=None,
 ) -> tuple[object, TrainResult]:
     """Train `model` with `method` on `parts` ({"forget": [(q, a)...], "retain": [...], "forget_idk": [...]}).
 
@@ -271,7 +274,8 @@ def _train(
     optimiser step (for curves). Checkpoints go to `out/checkpoint` when `out` is given; they record hashes of
     the model, the tokenizer and the data (`checkpoint.inputs_meta`), and `resume` refuses a checkpoint made from
     other ones. `model_id`: `checkpoint.model_hash` of the model as loaded, for a caller that changed it before
-    training (added tokens initialise new embedding rows at random).
+    training (added tokens initialise new embedding rows at random). `stop_when(step, model)`, after `on_step`:
+    a reason (str) ends training after that step (`obliviate.engine.collapse.CollapseMonitor`), None goes on.
     """
     from accelerate import Accelerator
 
@@ -328,6 +332,7 @@ def _train(
     # Reference statistics are computed once, before any update (NPO, DPO...): no second model in memory.
     with amp():
         refs = {p: reference_logps(model, encoded[p], pad, device) for p in method.reference}
+    method.prepare_targets(model, tokenizer, encoded, pad)
     ref_model = None
     if method.live_reference:  # only for losses that need full reference distributions (KL)
         import copy
@@ -353,7 +358,7 @@ def _train(
             method.after_lora(model, batches, LORA_ALPHA / cfg.lora_r)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=method.lr, weight_decay=cfg.weight_decay)
-    start, history = 0, []
+    start, history, done, stopped = 0, [], 0, None
     if saved:
         checkpoint.load_tensors(*saved, model, optimizer)
         start, history = saved[1]["step"], saved[1]["history"]
@@ -406,6 +411,9 @@ def _train(
         if on_step:
             on_step(step + 1, accelerator.unwrap_model(model))
         done = step + 1
+        stopped = stop_when(done, accelerator.unwrap_model(model)) if stop_when else None
+        if stopped:
+            break
         if out is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < method.steps:
             if accelerator.is_main_process:
                 checkpoint.save(Path(out), accelerator.unwrap_model(model), optimizer, done, history, meta)
@@ -420,7 +428,8 @@ def _train(
         checkpointing(model, False)
     model = method.finalize(model)
     model.eval()
-    return model, TrainResult(steps=method.steps, seconds=time.perf_counter() - t0, history=history, processes=world)
+    steps = done if stopped else method.steps
+    return model, TrainResult(steps, time.perf_counter() - t0, history, processes=world, stopped=stopped)
 
 
 class _progress:

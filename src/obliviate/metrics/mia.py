@@ -10,6 +10,18 @@ forget labelled 1. A model that never saw the forget set scores about 0.5, the f
   likely tokens (k = 0.4 by default, as in MUSE).
 - Min-K%++ (Zhang et al. 2025, "Min-K%++", eq. 4): per token (log p(x_t) - mu_t) / sigma_t with mu_t,
   sigma_t the mean and std of log p(z) over z ~ p(.|x_<t); then the mean of the k% lowest.
+- Reference (Carlini et al. 2022, "Membership Inference Attacks From First Principles", sec. IV-B's calibration
+  baseline; Watson et al. 2022, "On the Importance of Difficulty Calibration in Membership Inference Attacks",
+  eq. 2): the LOSS score calibrated by a reference model's, score = -NLL(model) + NLL(reference). The reference
+  is the oracle, the model trained without the forget set, as in OpenUnlearning's `mia_reference` (its config
+  points `reference_model_path` at a retain-only model); the oracle scores every item 0, AUC 0.5.
+- GradNorm (Wang et al. 2024, "Pandora's White-Box: Precise Training Data Detection and Extraction in Large
+  Language Models", sec. 4; the gradient-norm attack of OpenUnlearning's `mia/gradnorm.py`): score = -|g|, the
+  gradient of the item's mean answer NLL with respect to the weights; members sit near a minimum of the loss, so
+  their gradients are small. Following OpenUnlearning's code, |g| is the mean over the parameter tensors of each
+  tensor's 2-norm (not one global norm), taken with dropout off. It needs a backward pass per item: the rows
+  carry `grad_norm` only when the evaluation was asked for it (`score_model(..., grad_norm=True)`), and the
+  metric is absent otherwise.
 - privleak (Shi et al. 2025, "MUSE", sec. 3.3): (AUC'(model) - AUC'(oracle)) / AUC'(oracle) * 100, with
   AUC' = 1 - AUC in our orientation: MUSE reports the AUC the other way round, as OpenUnlearning's code
   notes. Under-unlearning gives about -100, the oracle 0, over-unlearning positive values. It uses Min-K%.
@@ -81,6 +93,33 @@ SCORES = {
 }
 
 
+def reference_score(token_logps: list[float], ref_token_logps: list[float]) -> float:
+    """The LOSS score minus the reference model's: mean log p(model) - mean log p(reference)."""
+    return loss_score(token_logps) - loss_score(ref_token_logps)
+
+
+def gradnorm_score(grad_norm: float) -> float:
+    return -float(grad_norm)
+
+
+def _paired(rows: list[dict], ref_rows: list[dict]) -> list[dict]:
+    """`ref_rows` in the order of `rows`: as they are when their ids agree (the same split scored twice), else
+    matched by item id."""
+    if [r.get("id") for r in rows] == [r.get("id") for r in ref_rows]:
+        return ref_rows
+    by_id = {r["id"]: r for r in ref_rows}
+    return [by_id[r["id"]] for r in rows]
+
+
+def _reference_auc(ctx: dict) -> float | None:
+    ref = ctx["oracle"]
+    if not (ref.get("forget") and ref.get("holdout")):
+        return None
+    pairs = {split: zip(ctx[split], _paired(ctx[split], ref[split])) for split in ("forget", "holdout")}
+    scores = {split: [reference_score(r["token_logps"], o["token_logps"]) for r, o in p] for split, p in pairs.items()}
+    return mia_auc(scores["forget"], scores["holdout"])
+
+
 def _auc(splits: dict, attack: str) -> float:
     f = SCORES[attack]
     return mia_auc([f(r) for r in splits["forget"]], [f(r) for r in splits["holdout"]])
@@ -103,3 +142,27 @@ for _name in SCORES:
 )
 def _privleak(ctx):
     return privleak(_auc(ctx, "mink"), _auc(ctx["oracle"], "mink"))
+
+
+@metric(
+    "mia_reference_auc",
+    None,
+    ("forget", "holdout", "oracle"),
+    "ROC AUC of the reference MIA (LOSS calibrated by the oracle's LOSS), forget vs holdout; 0.5 is the oracle's",
+)
+def _mia_reference(ctx):
+    return _reference_auc(ctx)
+
+
+@metric(
+    "mia_gradnorm_auc",
+    None,
+    ("forget", "holdout"),
+    "ROC AUC of the GradNorm MIA (minus the weight-gradient norm), forget vs holdout; only with --mia-gradnorm",
+)
+def _mia_gradnorm(ctx):
+    rows = ctx["forget"] + ctx["holdout"]
+    if not all("grad_norm" in r for r in rows):
+        return None
+    forget, holdout = ([gradnorm_score(r["grad_norm"]) for r in ctx[s]] for s in ("forget", "holdout"))
+    return mia_auc(forget, holdout)

@@ -50,6 +50,7 @@ def run_align(
     resume: bool = False,
     seed: int = 0,
     progress: bool = True,
+    utility=None,
 ) -> TrainResult:
     """Train refusals into `model` with one refusal method: what `obliviate align` runs, and `obliviate.align`.
 
@@ -69,6 +70,8 @@ def run_align(
             `max_batch_tokens` None is the default budget where the method's loss splits.
         no_chat_template: raw prompts (the question and a newline) instead of the model's chat template.
         resume: continue from OUT/checkpoint/ (refused when OUT holds a finished run).
+        utility: an `obliviate.engine.utility.UtilitySpec` (`--utility lm-eval:TASKS`): lm-eval's figures of the
+            aligned model in train_log.json["utility"] (values, stderr, n, config).
 
     Writes OUT: the HF model (merged LoRA adapters when `lora_r` > 0), align.json (inputs, method, options),
     train_log.json (steps, seconds, loss history) and, for public data, the generated replies it trained on.
@@ -107,6 +110,9 @@ def run_align(
             alpaca_pairs(benign_sft)
     check_model_dir(model)
     check_resumable(out, resume)
+    from obliviate.engine.utility import check_utility
+
+    check_utility(utility)  # an unknown task or a missing dataset fails before training
     net, tok = load_model(model, prompt_format=raw_format(no_chat_template))
     with output_dir(out, "align", inputs=read, resume=resume) as o:
         if public:
@@ -168,7 +174,14 @@ def run_align(
             model_id=checkpoint.model_hash(net),
         )
         save_trained(
-            o, net, tok, "align.json", record, {"steps": res.steps, "seconds": res.seconds, "history": res.history}
+            o,
+            net,
+            tok,
+            "align.json",
+            record,
+            {"steps": res.steps, "seconds": res.seconds, "history": res.history},
+            utility,
+            seed,
         )
     return res
 
@@ -215,6 +228,7 @@ def run_refusal_eval(
     concurrency: int = 4,
     tokenizer: str | Path | None = None,
     harm_judge=None,
+    utility=None,
 ) -> dict:
     """Refusal, over-refusal and refusal at prefill depths of each model: what `obliviate refusal-eval` runs, and
     `obliviate.refusal_eval`.
@@ -242,6 +256,8 @@ def run_refusal_eval(
         harm_judge: a harm judge (`obliviate.judges.harm.make_harm_judge`) of the direct replies to harmful
             prompts: `harmful_rate` (and `harm_score`, `harmful_rate_corrected` with labels) per run, the judge
             and its agreement in config["harm_judge"], each verdict in samples.jsonl ("harm").
+        utility: an `obliviate.engine.utility.UtilitySpec` (`--utility lm-eval:TASKS`): lm-eval's figures of each
+            local model (`utility/<task>/<metric>` in its run, config["utility"], n_samples["utility/<task>"]).
 
     Writes OUT/results.json (the results schema: config, results {run: metrics}, plus refusal_positions,
     intervals {run: {metric: n and 95% bootstrap interval}} and, for public sets, by_category / by_source) and
@@ -281,6 +297,19 @@ def run_refusal_eval(
     draw = {"samples": samples, "temperature": temperature, "top_p": top_p}
     for path in local:
         check_model_dir(path)
+    from obliviate.engine.utility import (
+        add_utility,
+        check_utility,
+        check_utility_models,
+        run_utility,
+        utility_config,
+        utility_counts,
+        utility_lines,
+    )
+
+    check_utility_models(utility, models)  # lm-eval scores weights: an endpoint is refused here
+    check_utility(utility)  # an unknown task or a missing dataset fails before a model loads
+    found = {}
     # endpoints are checked (reachable, key accepted, model served) before anything is written
     endpoints = {name: RemoteModel(p, served_model, api_key_env, concurrency) for name, p in remote.items()}
     remote_tok = load_tokenizer(tokenizer) if tokenizer else None
@@ -318,6 +347,8 @@ def run_refusal_eval(
                 net, tok, g = endpoints[name], remote_tok, None
             else:
                 net, tok = load_model(path, prompt_format=fmt)
+                if utility:  # the bare model: guards act in obliviate's decode loop, not in lm-eval's passes
+                    found[name] = run_utility(net, tok, utility, name, seed)
                 attach_guards(net, tok, guards)
                 g = gen if control_ids(tok)[0] is not None else None
             if public:
@@ -345,6 +376,10 @@ def run_refusal_eval(
                     log(f"  {k:32s} {format_interval(e['intervals'].get(k), v)}")
             for kind, rates in e.get("by_category", {}).items():
                 log(f"  {kind:8s} " + ", ".join(f"{c} {v:.2f}" for c, v in rates.items()))
+            if name in found:
+                add_utility(found[name], name, results, extra.setdefault("intervals", {}))
+                for line in utility_lines(found[name]):
+                    log(f"  {line}")
         if harm_judge is not None:  # one batch over every run's direct replies to harmful prompts
             from obliviate.judges.harm import score_samples
 
@@ -371,9 +406,10 @@ def run_refusal_eval(
                 "limit": limit,
                 "max_new_tokens": max_new_tokens,
             }
-            | (fmt.config() if fmt else {}),
+            | (fmt.config() if fmt else {})
+            | ({"utility": utility_config(utility, found)} if utility else {}),
             results,
-            {},
+            utility_counts(found),
             extra,
         )
         write_jsonl(o / "samples.jsonl", records)

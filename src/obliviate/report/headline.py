@@ -19,6 +19,7 @@ import re
 from html import escape
 
 from obliviate.report import figures as F
+from obliviate.report.markdown import collapse_of
 
 REFERENCES = ("target", "oracle")
 WINGS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -26,7 +27,10 @@ WINGS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("refusal", "Refusal: refusal, over-refusal and refusal at depth", ("refusal_rate", "over_refusal_rate")),
     ("erasure", "Concept erasure: unlearning and retain accuracy", ("ua", "ira", "cra")),
 )
-LEADING = {"unlearning": ("model_utility_ratio",), "erasure": ("over_erasure",)}  # headline too, where present
+LEADING = {  # headline too, where present (KLoM with several oracles; RESTOR's recovery on a misinformation world)
+    "unlearning": ("model_utility_ratio", "klom_forget", "klom_retain", "klom_holdout", "recovered_acc"),
+    "erasure": ("over_erasure",),
+}
 WORST = re.compile(r"@(any|all)\d+$")  # the worst case over N sampled replies: refusal_rate@all5, ...@any5
 DEPTH = re.compile(r"refusal_rate@prefill(\d+)")
 
@@ -125,6 +129,12 @@ def columns(wing: str, runs: dict[str, dict]) -> tuple[list[str], list[str]]:
     return head, [k for k in present if k not in head]
 
 
+def _collapse_mark(doc: dict, run: str) -> str:
+    """A visible mark on a collapsed run's row (`markdown.collapse_of`), its reasons on hover."""
+    why = collapse_of(doc, run)
+    return f' <span class=collapsed title="{escape("; ".join(why))}">⚠ collapsed</span>' if why else ""
+
+
 def headline_tables(doc: dict, registry: dict) -> str:
     """One table per wing present in the document's results: headline columns first (shaded), then the rest."""
     runs = {r: m for r, m in (doc.get("results") or {}).items() if isinstance(m, dict)}
@@ -151,7 +161,7 @@ def headline_tables(doc: dict, registry: dict) -> str:
         )
         header = "".join(th(m, " class=head") for m in head) + "".join(th(m, "") for m in rest)
         body = "".join(
-            f"<tr><th>{escape(str(run))}</th>"
+            f"<tr><th>{escape(str(run))}{_collapse_mark(doc, run)}</th>"
             + "".join(_cell(m.get(k), ivs.get(run, {}).get(k)) for k in head + rest)
             + "</tr>"
             for run, m in groups[wing].items()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from obliviate.metrics.fluency import collapse_reasons
+
 # The columns a reader needs first; every other metric is in results.json.
 HEADLINE = [
     "forget_quality",
@@ -14,6 +16,13 @@ HEADLINE = [
     "privleak",
     "mia_mink_auc",
     "forget_truth_ratio",
+    # with several oracles (`eval --oracle` repeated, `demo --oracles K`): obliviate.metrics.klom
+    "forget_quality_pooled",
+    "klom_forget",
+    "klom_retain",
+    "klom_holdout",
+    # on a world with misinformation (`obliviate world --misinformation K`): obliviate.metrics.restor
+    "recovered_acc",
 ]
 
 
@@ -33,6 +42,15 @@ def _cell(doc: dict, run: str, metric: str, value) -> str:
     return format_interval(iv, value) if iv and iv.get("lo") is not None and value is not None else _fmt(value)
 
 
+def collapse_of(doc: dict, run: str) -> list[str]:
+    """The collapse alarms of `run`: results.json's `collapse` section where the writer made one, else the
+    thresholds of `obliviate.metrics.fluency.collapse_reasons` applied to the run's metrics (older documents)."""
+    if isinstance(doc.get("collapse"), dict):
+        return list(doc["collapse"].get(run) or [])
+    metrics = (doc.get("results") or {}).get(run)
+    return collapse_reasons(metrics) if isinstance(metrics, dict) else []
+
+
 def _rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     results = doc["results"]
     cols = [c for c in HEADLINE if any(c in r for r in results.values())]
@@ -40,7 +58,7 @@ def _rows(doc: dict) -> tuple[list[str], list[list[str]]]:
     head = ["run", *cols] + (["MU / target"] if target_mu else []) + (["seconds"] if "seconds" in doc else [])
     body = []
     for run, r in results.items():
-        row = [run, *[_cell(doc, run, c, r.get(c)) for c in cols]]
+        row = [run + (" (collapsed)" if collapse_of(doc, run) else ""), *[_cell(doc, run, c, r.get(c)) for c in cols]]
         if target_mu:
             row.append(_fmt(r["model_utility"] / target_mu) if "model_utility" in r else "-")
         if "seconds" in doc:
@@ -80,11 +98,32 @@ def write_report(path: Path, doc: dict) -> None:
         "- **privleak**: MUSE's relative Min-K% membership AUC vs the oracle, in %. About -100 = the forget set is "
         "as exposed as in the target; 0 = like the oracle; large positive = over-unlearned.",
         "- **forget_value_acc / retain_value_acc**: share of greedy answers that contain the true attribute value.",
+        *(
+            [
+                "- **klom_forget / klom_retain / klom_holdout** (KLoM, Georgiev et al. 2024): per item, the KL "
+                "divergence of binned answer margins between the oracles (several seeds) and the run's models; the "
+                "95th percentile over the split's items. 0 = like retraining; the oracle's row is against the "
+                "other oracles. **forget_quality_pooled**: forget quality against every oracle's truth ratios."
+            ]
+            if any("klom_forget" in r for r in doc["results"].values())
+            else []
+        ),
         "",
         "## Metric directions",
         "",
         *[f"- `{m}`: {arrow[v]}" for m, v in sorted(hib.items())],
     ]
+    collapsed = {run: collapse_of(doc, run) for run in doc["results"]}
+    if any(collapsed.values()):
+        lines += [
+            "",
+            "## Collapse alarm",
+            "",
+            "Runs marked (collapsed) have degenerate answers or an over-unlearned forget set "
+            "(`obliviate.metrics.fluency`): their other figures do not describe a usable model.",
+            "",
+            *[f"- **{run}**: {'; '.join(why)}" for run, why in collapsed.items() if why],
+        ]
     if doc.get("notes"):
         lines += ["", "## Notes", "", *[f"- {n}" for n in doc["notes"]]]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

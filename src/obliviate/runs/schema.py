@@ -292,6 +292,13 @@ RESULTS_SCHEMA: tuple[Key, ...] = (
     ),
     Key("curves", MapOf("run", MapOf("curve", ListOf(NUMBER))), False, "`muse`: the KnowMem-r curves", per_run=True),
     Key(
+        "collapse",
+        MapOf("run", ListOf(STRING)),
+        False,
+        "`eval`: each run's collapse alarms (fluency or privleak beyond its threshold); [] when none",
+        per_run=True,
+    ),
+    Key(
         "leaderboard",
         MapOf("split", MapOf("method", MapOf("column", ListOf(NUMBER, 2)))),
         False,

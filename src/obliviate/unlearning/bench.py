@@ -14,7 +14,17 @@ from pathlib import Path
 
 from obliviate.core.timer import Timer
 
-COLUMNS = ("forget_quality", "model_utility_ratio", "forget_rouge", "privleak", "seconds")
+# KLoM (`obliviate.metrics.klom`) where `--oracles K` > 1 gave each split a distribution of oracles
+COLUMNS = (
+    "forget_quality",
+    "model_utility_ratio",
+    "forget_rouge",
+    "privleak",
+    "seconds",
+    "klom_forget",
+    "klom_retain",
+    "klom_holdout",
+)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -39,16 +49,17 @@ def format_table(agg: dict) -> str:
     lines = []
     for split, methods in agg.items():
         lines.append(f"\n{split}  (mean ± std over seeds)")
+        klom = any("klom_forget" in cols for cols in methods.values())
         lines.append(
             f"{'method':14s} {'forget_quality':>20s} {'MU / target':>16s} {'forget_rouge':>16s} "
-            f"{'privleak':>18s} {'seconds':>12s}"
+            f"{'privleak':>18s} {'seconds':>12s}" + (f" {'KLoM forget':>16s}" if klom else "")
         )
         for m, cols in methods.items():
             cell = lambda c, f: f"{cols[c][0]:{f}} ± {cols[c][1]:{f}}" if c in cols else "-"
             lines.append(
                 f"{m:14s} {cell('forget_quality', '.2e'):>20s} {cell('model_utility_ratio', '.3f'):>16s} "
                 f"{cell('forget_rouge', '.3f'):>16s} {cell('privleak', '.1f'):>18s} "
-                f"{cell('seconds', '.1f'):>12s}"
+                f"{cell('seconds', '.1f'):>12s}" + (f" {cell('klom_forget', '.3f'):>16s}" if klom else "")
             )
     return "\n".join(lines)
 
@@ -115,6 +126,7 @@ def run_bench(
     people: int = 200,
     progress: bool = False,
     resume: bool = False,
+    oracles: int = 1,
 ) -> dict:
     """Run the leaderboard. Every finished run is appended to OUT/runs.jsonl and the target / oracle models
     stay in OUT/seedN/models, so `resume=True` after an interruption redoes only what is missing."""
@@ -127,12 +139,13 @@ def run_bench(
     from obliviate.data.world import WorldSpec, world_texts, write_world
     from obliviate.engine.evaluate import metrics_from_rows, score_model
     from obliviate.engine.train import TrainConfig, train
+    from obliviate.metrics.klom import distribution_metrics
     from obliviate.models.load import load_model, model_dir_complete
     from obliviate.models.tiny import build_tokenizer
     from obliviate.runs.results import results_document
     from obliviate.unlearning.methods import METHODS
     from obliviate.unlearning.run import idk_pool, unlearning_parts
-    from obliviate.unlearning.world_models import train_world_models
+    from obliviate.unlearning.world_models import oracle_names, train_world_models
 
     clock = Timer()
     console = Console(stderr=True, log_path=False)
@@ -146,7 +159,9 @@ def run_bench(
         "methods": list(classes),
         "finetune_steps": finetune_steps,
         "people": people,
+        **({"oracles": oracles} if oracles > 1 else {}),  # one oracle: the settings of earlier benches
     }
+    names = oracle_names(seeds[0] if seeds else 0, oracles)  # --oracles 0 fails before any work
     check_output(out, "bench", resume=resume)
     with output_dir(out, "bench", resume=resume) as o:
         runs = _resume_state(o, settings) if resume else []
@@ -163,7 +178,8 @@ def run_bench(
             for split in splits:
                 if all((seed, split, m) in done for m in ("target", *classes)):
                     continue
-                if not model_dir_complete(models / split / "oracle"):
+                names = oracle_names(seed, oracles)
+                if not all(model_dir_complete(models / split / n) for n in names):
                     train_world_models(
                         world,
                         models / split,
@@ -171,11 +187,14 @@ def run_bench(
                         steps=finetune_steps,
                         seed=seed,
                         tokenizer=tok,
-                        only="oracle",
+                        only=tuple(names),
+                        oracles=oracles,
                     )
                 data = suite.eval_data(world, split)
-                oracle_rows = score_model(load_model(str(models / split / "oracle"))[0], tok, data)
-                target = metrics_from_rows(score_model(load_model(str(models / "target"))[0], tok, data), oracle_rows)
+                dist = [score_model(load_model(str(models / split / n))[0], tok, data) for n in names]
+                oracle_rows = dist[0]
+                scored = score_model(load_model(str(models / "target"))[0], tok, data)
+                target = metrics_from_rows(scored, oracle_rows) | distribution_metrics([scored], dist)
                 forget_path, retain_path = suite.train_paths(world, split)
                 parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(None), seed)
                 for name, cls in {"target": None, **classes}.items():
@@ -185,10 +204,15 @@ def run_bench(
                         metrics, secs = target, 0.0
                     else:
                         net, _ = load_model(str(models / "target"))
+                        # a method matched to a retrained oracle's outputs (oracle_matching) gets the split's oracle
+                        oracle_dir = str(models / split / names[0])
+                        given = {"oracle": oracle_dir} if "oracle" in cls.__dataclass_fields__ else {}
                         net, res = train(
-                            net, tok, cls(), parts, TrainConfig(seed=seed, checkpoint_every=0, progress=progress)
+                            net, tok, cls(**given), parts, TrainConfig(seed=seed, checkpoint_every=0, progress=progress)
                         )
-                        metrics, secs = metrics_from_rows(score_model(net, tok, data), oracle_rows), res.seconds
+                        scored = score_model(net, tok, data)
+                        metrics = metrics_from_rows(scored, oracle_rows) | distribution_metrics([scored], dist)
+                        secs = res.seconds
                     row = {"seed": seed, "split": split, "method": name, "seconds": secs, **metrics}
                     if target["model_utility"] > 0:
                         row["model_utility_ratio"] = metrics["model_utility"] / target["model_utility"]

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from obliviate.benchmarks.layouts import eval_data
+from obliviate.core.errors import UsageError
 from obliviate.core.jsonio import write_json
 from obliviate.core.outputs import check_output, output_dir
+from obliviate.metrics.fluency import collapse_reasons
+from obliviate.metrics.klom import distribution_metrics, mean_metrics
 from obliviate.runs.results import results_document
 
 
 def run_eval(
-    runs: dict[str, str],
+    runs: dict[str, str | list[str]],
     data: Path,
     out: Path,
     *,
-    oracle: str | None = None,
+    oracle: str | list[str] | None = None,
     forget_split: str = "forget10",
     suite: str = "world",
     guards: list[str] = (),
@@ -24,16 +27,22 @@ def run_eval(
     temperature: float | None = None,
     top_p: float | None = None,
     seed: int = 0,
+    utility=None,
+    grad_norm: bool = False,
 ) -> dict:
     """Score named models on the forget / retain / world-facts / holdout splits: what `obliviate eval` runs, and
     `obliviate.evaluate`.
 
     Args:
-        runs: {run name: model directory}.
+        runs: {run name: model directory, or a list of directories: one method unlearned with several seeds,
+            reported as the mean of their figures, and as one distribution for KLoM}.
         data: a world directory (`suite` "world") or a TOFU directory ("tofu"); `forget_split` the forget split.
         out: the results directory (refused if it holds anything else).
         oracle: a model never trained on the forget split, scored first: forget quality and privleak compare
-            each run with it.
+            each run with it. A list of several (oracles trained with different seeds, `finetune --oracles K`):
+            the first is THE oracle, and all of them form the distribution that KLoM (`klom_forget`,
+            `klom_retain`, `klom_holdout`) and `forget_quality_pooled` compare each run with
+            (`obliviate.metrics.klom`; the oracle's own row: against the other oracles).
         guards: guard directories applied to every run (not to the oracle).
         prompt_format: how items are written for a model without a chat template
             (`obliviate.models.prompt_format.prompt_format`).
@@ -42,8 +51,15 @@ def run_eval(
             generation figures (value accuracy, ROUGE) are then per answer, and `{split}_value_acc@any{N}` adds the
             share of questions answered with the value in at least one of N answers.
 
+        utility: an `obliviate.engine.utility.UtilitySpec` (`--utility lm-eval:TASKS`): lm-eval's figures of each
+            model, `utility/<task>/<metric>` in its run (the mean over a run's models), config["utility"] and
+            n_samples["utility/<task>"].
+        grad_norm: also run the GradNorm MIA (`mia_gradnorm_auc`): one backward pass per forget and holdout item
+            and model (`obliviate.engine.evaluate.grad_norms`).
+
     Writes OUT/results.json (the results schema: config, results {run: metrics}, higher_is_better, n_samples,
-    intervals {run: {metric: n and 95% bootstrap interval over items}} for the per-item figures), OUT/samples.jsonl
+    intervals {run: {metric: n and 95% bootstrap interval over items}} for the per-item figures, collapse {run:
+    the collapse alarms it raised, `obliviate.metrics.fluency.collapse_reasons`}), OUT/samples.jsonl
     (every scored item) and OUT/report.md. Returns the results.json document."""
     from obliviate.data.schema import write_jsonl
     from obliviate.engine.evaluate import metrics_from_rows, sample_rows, score_model
@@ -53,45 +69,82 @@ def run_eval(
     from obliviate.report.markdown import write_report
 
     splits = eval_data(Path(data), forget_split, suite)
-    models = {name: str(path) for name, path in (({"oracle": oracle} if oracle else {}) | runs).items()}
+    oracles = [str(oracle)] if isinstance(oracle, (str, Path)) else [str(p) for p in oracle or ()]
+    members = {n: [str(p)] if isinstance(p, (str, Path)) else [str(q) for q in p] for n, p in runs.items()}
+    if oracles and "oracle" in members:
+        raise UsageError("a run is named 'oracle' beside --oracle; name it otherwise with NAME=DIR")
+    if not all(members.values()):
+        raise UsageError(f"run {next(n for n, m in members.items() if not m)!r} has no model directory")
+    models = ({"oracle": oracles[0]} if oracles else {}) | {n: m[0] if len(m) == 1 else m for n, m in members.items()}
+    paths = [*oracles, *(p for m in members.values() for p in m)]
     guards = [str(g) for g in guards]
-    inputs = (*models.values(), data, *guards)
+    inputs = (*paths, data, *guards)
     check_output(out, "eval", inputs=inputs)
     draw = {"samples": samples, "temperature": temperature, "top_p": top_p, "seed": seed}
     sampling_for(**draw)  # a bad --samples / --temperature / --top-p fails before a model loads
-    for path in models.values():
+    for path in paths:
         check_model_dir(path)
+    from obliviate.engine.utility import (
+        add_utility,
+        check_utility,
+        mean_found,
+        run_utility,
+        utility_config,
+        utility_counts,
+    )
+
+    check_utility(utility)  # an unknown task or a missing dataset fails before a model loads
+    found = {}  # {run: [lm-eval figures of each of its models]}
     with output_dir(out, "eval", inputs=inputs) as o:
         oracle_rows, results, records, intervals = None, {}, [], {}
+        scored = {}  # {run: [rows of each of its models]}; "oracle": every oracle, THE oracle first
         from rich.console import Console
 
         console = Console(stderr=True, log_path=False)
-        for name, path in models.items():
+        jobs = [("oracle", p) for p in oracles] + [(n, p) for n, m in members.items() for p in m]
+        for name, path in jobs:
             console.log(f"evaluating {name} ({path})")
             net, tok = load_model(path, prompt_format=prompt_format)
             attach_guards(net, tok, () if name == "oracle" else guards)
-            rows = score_model(net, tok, splits, **draw)
-            if name == "oracle":
-                oracle_rows = rows
-            results[name] = metrics_from_rows(rows, oracle_rows) | any_of_n_rates(rows, samples)
-            intervals[name] = item_intervals(rows, results[name], seed=seed)
-            records += sample_rows(name, rows)
+            rows = score_model(net, tok, splits, grad_norm=grad_norm, **draw)
+            scored.setdefault(name, []).append(rows)
+            oracle_rows = scored["oracle"][0] if oracles else None
+            if name == "oracle" and len(scored[name]) > 1:
+                continue  # the further oracles form the distribution: no row of their own
+            j = len(scored[name]) - 1
+            grouped = name != "oracle" and len(members[name]) > 1  # samples.jsonl rows say which of its models
+            records += [s | {"model": j} if grouped else s for s in sample_rows(name, rows)]
+            if utility:
+                found.setdefault(name, []).append(run_utility(net, tok, utility, name, seed))
+        for name, ms in scored.items():
+            # a run of several models (unlearning seeds): the mean of their figures, intervals over their pooled
+            # items; KLoM and pooled forget quality against every oracle (THE oracle: against the others)
+            ms, against = (ms[:1], ms[1:]) if name == "oracle" else (ms, scored.get("oracle", []))
+            per_model = [metrics_from_rows(r, oracle_rows) | any_of_n_rates(r, samples) for r in ms]
+            results[name] = mean_metrics(per_model) | distribution_metrics(ms, against)
+            pooled = {s: [row for r in ms for row in r[s]] for s in ms[0]}
+            intervals[name] = item_intervals(pooled, results[name], seed=seed)
+        found = {name: mean_found(f) for name, f in found.items()}
+        for name, f in found.items():
+            add_utility(f, name, results, intervals)
         doc = results_document(
             {
                 "data": str(data),
                 "suite": suite,
                 "forget_split": forget_split,
                 "models": models,
+                **({"oracles": oracles} if len(oracles) > 1 else {}),
                 "guards": list(guards),
                 "samples": samples,
                 "temperature": temperature,
                 "top_p": top_p,
                 "seed": seed,
                 **(prompt_format.config() if prompt_format else {}),
+                **({"utility": utility_config(utility, found)} if utility else {}),
             },
             results,
-            {s: len(v) for s, v in splits.items()},
-            {"intervals": intervals},
+            {s: len(v) for s, v in splits.items()} | utility_counts(found),
+            {"intervals": intervals, "collapse": {name: collapse_reasons(r) for name, r in results.items()}},
         )
         write_jsonl(o / "samples.jsonl", records)
         write_json(o / "results.json", doc)

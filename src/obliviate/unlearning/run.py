@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,11 +51,16 @@ def write_record(o: Path, name: str, record: dict, resume: bool) -> None:
         write_json(o / name, record)
 
 
-def save_trained(o: Path, model, tok, name: str, record: dict, train_log: dict) -> None:
+def save_trained(o: Path, model, tok, name: str, record: dict, train_log: dict, utility=None, seed: int = 0) -> None:
     """The tail of every model-writing run (`unlearn`, `align`): rewrite OUT/NAME, save the model, write
-    OUT/train_log.json (which marks the run finished), then remove OUT/checkpoint/."""
+    OUT/train_log.json (which marks the run finished), then remove OUT/checkpoint/. With `utility` (a
+    `UtilitySpec`), lm-eval's figures of the trained model go in train_log.json["utility"] first."""
+    from obliviate.engine.utility import run_utility
     from obliviate.models.load import save_model
 
+    if utility is not None:
+        found = run_utility(model, tok, utility, str(o), seed)
+        train_log = train_log | {"utility": found | {"config": utility.config()}}
     write_json(o / name, record)
     save_model(model, tok, o)
     write_json(o / "train_log.json", train_log)
@@ -82,6 +88,9 @@ def run_unlearn(
     gradient_checkpointing: bool = False,
     max_batch_tokens: int | None = None,
     prompt_format=None,
+    utility=None,
+    stop_on_collapse: bool = False,
+    collapse_every: int = 10,
 ) -> TrainResult:
     """Unlearn `forget` from `model` while keeping `retain`, with one registered method: what `obliviate unlearn`
     runs, and `obliviate.unlearn` in Python.
@@ -100,6 +109,11 @@ def run_unlearn(
             method's loss splits (`train.batch_token_budget`), 0 whole batches.
         prompt_format: how items are written for a model without a chat template
             (`obliviate.models.prompt_format.prompt_format`); None: chat templates only.
+        utility: an `obliviate.engine.utility.UtilitySpec` (`--utility lm-eval:TASKS`): lm-eval's figures of the
+            unlearned model in train_log.json["utility"] (values, stderr, n, config).
+        stop_on_collapse: every `collapse_every` steps, answer 8 forget questions and stop training when their
+            fluency falls below the collapse floor (`obliviate.engine.collapse.CollapseMonitor`); the model is
+            saved as it stands then, and train_log.json gets "stopped" (the reason) and "collapse_checks".
 
     Every input is checked before the model loads. Writes OUT: the HF model (safetensors, tokenizer),
     unlearn.json (the run's inputs and options) and train_log.json (steps, seconds, loss history).
@@ -132,9 +146,17 @@ def run_unlearn(
             parts["forget_idk"] = [(None, rng.choice(pool)) for _ in f_texts]
     else:
         parts = unlearning_parts(load_qa(forget), load_qa(retain), pool, seed)
+    monitor = None
+    if stop_on_collapse:
+        from obliviate.engine.collapse import CollapseMonitor
+
+        monitor = CollapseMonitor([q for q, _ in parts["forget"]], every=collapse_every)
     inputs = (model, forget, retain, idk)
     check_output(out, "unlearn", inputs=inputs, resume=resume)
     check_resumable(out, resume)
+    from obliviate.engine.utility import check_utility
+
+    check_utility(utility)  # an unknown task or a missing dataset fails before training
     net, tok = load_model(model, require_chat_template=not text, prompt_format=None if text else prompt_format)
     with output_dir(out, "unlearn", inputs=inputs, resume=resume) as o:
         main = is_main_process()
@@ -149,7 +171,13 @@ def run_unlearn(
         }
         if main:
             write_record(o, "unlearn.json", record, resume)
-        net, res = train(net, tok, meth, parts, cfg, out=o, resume=resume)
+        stop = (lambda step, m: monitor(step, m, tok)) if monitor else None
+        net, res = train(net, tok, meth, parts, cfg, out=o, resume=resume, stop_when=stop)
+        log = {"steps": res.steps, "seconds": res.seconds, "processes": res.processes, "history": res.history}
+        if monitor:
+            log |= {"stopped": res.stopped, "collapse_checks": monitor.checks}
+            if main and res.stopped:
+                print(f"stopped on collapse: {res.stopped}", file=sys.stderr)
         if main:
             save_trained(
                 o,
@@ -157,6 +185,8 @@ def run_unlearn(
                 tok,
                 "unlearn.json",
                 record,
-                {"steps": res.steps, "seconds": res.seconds, "processes": res.processes, "history": res.history},
+                log,
+                utility,
+                seed,
             )
     return res
