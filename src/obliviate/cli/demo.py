@@ -8,7 +8,14 @@ from typing import List, Optional
 
 import typer
 
-from obliviate.cli.common import STARTED, attack_options, set_threads
+from obliviate.cli.common import (
+    STARTED,
+    UTILITY_LIMIT_OPTION,
+    UTILITY_OPTION,
+    UTILITY_TASKS_OPTION,
+    attack_options,
+    set_threads,
+)
 from obliviate.core.errors import UsageError
 
 
@@ -59,6 +66,9 @@ def demo(
     unlearn_seeds: int = typer.Option(
         1, help="world: run each method with S seeds; its row is their mean, and KLoM compares their distribution"
     ),
+    utility: Optional[str] = UTILITY_OPTION,
+    utility_tasks: Optional[Path] = UTILITY_TASKS_OPTION,
+    utility_limit: int = UTILITY_LIMIT_OPTION,
     threads: Optional[int] = typer.Option(None),
 ):
     """World -> target + oracle -> methods on forget10 -> evaluation, table and report.
@@ -74,6 +84,13 @@ def demo(
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
 
     set_threads(threads)
+    if utility and suite not in ("world", "refusal"):
+        raise UsageError(
+            "--utility applies to --suite world and refusal (the real demo always reports TOFU's world-facts figure)"
+        )
+    from obliviate.engine.utility import parse_utility
+
+    util = parse_utility(utility, utility_tasks, utility_limit)
     if workers is not None and (workers < 1 or suite not in ("world", "diffusion")):
         raise UsageError(f"--workers must be >= 1 and applies to --suite world and diffusion, got {workers}")
     if suite == "real":
@@ -127,7 +144,7 @@ def demo(
     if suite == "refusal":
         from obliviate.demos.refusal import run_refusal_demo
 
-        run_refusal_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards)
+        run_refusal_demo(out, seed=seed, methods=meths, started=STARTED, guards=guards, utility=util)
         write_beside(out)
         return
     if suite != "world":
@@ -143,5 +160,6 @@ def demo(
         workers=workers,
         oracles=oracles,
         unlearn_seeds=unlearn_seeds,
+        utility=util,
     )
     write_beside(out)

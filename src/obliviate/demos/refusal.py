@@ -69,8 +69,11 @@ def run_refusal_demo(
     progress: bool = True,
     started: float | None = None,
     guards: bool = False,
+    utility=None,
 ) -> dict:
-    """`eval_limit` / `max_new_tokens` shrink the evaluation for smoke tests; the defaults measure everything."""
+    """`eval_limit` / `max_new_tokens` shrink the evaluation for smoke tests; the defaults measure everything.
+    `utility` (an `obliviate.engine.utility.UtilitySpec`, `--utility lm-eval:TASKS`): lm-eval's figures of every run,
+    guards attached, as `utility/<task>/<metric>`."""
 
     from rich.console import Console
 
@@ -80,6 +83,7 @@ def run_refusal_demo(
     from obliviate.data.schema import write_jsonl
     from obliviate.data.world import WorldSpec, write_world
     from obliviate.engine.train import FineTune, TrainConfig, train
+    from obliviate.engine.utility import add_utility, check_utility, run_utility, utility_config, utility_counts
     from obliviate.models.load import load_model, save_model
     from obliviate.models.tiny import build_model, build_tokenizer
     from obliviate.refusal.align import align, evaluate, refusal_data, suite_texts, target_pairs
@@ -95,6 +99,7 @@ def run_refusal_demo(
         if m != "all":
             REFUSAL_METHODS.get(m)  # did-you-mean before any work
             runs[m] = (m, {})
+    check_utility(utility)  # an unknown task or a missing dataset fails before any training
     out = Path(out)
     with output_dir(out, "demo:refusal", replace=True) as o:
         world = o / "world"
@@ -114,12 +119,14 @@ def run_refusal_demo(
         seconds = {"target": res.seconds}
         console.log(f"unaligned target trained in {res.seconds:.1f} s")
 
-        results, samples, positions = {}, [], {}
+        results, samples, positions, found = {}, [], {}, {}
 
         def record(name, net, t, generator=None):
             m, s, d = evaluate(net, t, world, eval_people, seed, generator, max_new_tokens, eval_limit)
             results[name], positions[name] = m, d
             samples.extend(x | {"run": name} for x in s)
+            if utility:
+                found[name] = run_utility(net, t, utility, name, seed)
             console.log(
                 f"{name}: refusal {m['refusal_rate']:.2f} @prefill20 {m['refusal_rate@prefill20']:.2f} "
                 f"over-refusal {m['over_refusal_rate']:.2f} people {m['people_accuracy']:.2f}"
@@ -208,13 +215,18 @@ def run_refusal_demo(
             "eval_limit": eval_limit,
             "max_new_tokens": max_new_tokens,
             "runs": options,
+            **({"utility": utility_config(utility, found)} if utility else {}),
         }
+        intervals = {}
+        for name, f in found.items():
+            add_utility(f, name, results, intervals)
         n = {s: len(data.harmful if s == "harmful" else data.benign) for s in ("harmful", "benign")}
         doc = results_document(
             config,
             results,
-            {"train_" + k: v for k, v in n.items()},
+            {"train_" + k: v for k, v in n.items()} | utility_counts(found),
             {
+                **({"intervals": intervals} if intervals else {}),
                 "refusal_positions": positions,
                 "seconds": {k: round(v, 2) for k, v in seconds.items()},
                 "wall_seconds": round(clock(), 1),

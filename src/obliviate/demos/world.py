@@ -30,10 +30,13 @@ def run_demo(
     workers: int | None = None,
     oracles: int = 1,
     unlearn_seeds: int = 1,
+    utility=None,
 ) -> dict:
     """`oracles` K > 1 trains K oracles (seeds seed .. seed+K-1) and `unlearn_seeds` S > 1 runs each method with
     seeds seed .. seed+S-1 (models/NAME, models/NAME@seed{seed+s}); each method's row is then the mean over its
-    seeds, with KLoM and pooled forget quality against the oracles (`obliviate.metrics.klom`)."""
+    seeds, with KLoM and pooled forget quality against the oracles (`obliviate.metrics.klom`). `utility` (an
+    `obliviate.engine.utility.UtilitySpec`): lm-eval's figures of every trained model (a method's mean over its
+    seeds; not the guard rows), as `utility/<task>/<metric>`."""
     from rich.console import Console
 
     from obliviate.benchmarks.layouts import eval_data
@@ -43,8 +46,17 @@ def run_demo(
     from obliviate.data.schema import write_jsonl
     from obliviate.data.world import WorldSpec, world_texts, write_world
     from obliviate.engine.evaluate import metrics_from_rows, sample_rows
+    from obliviate.engine.utility import (
+        add_utility,
+        check_utility,
+        mean_found,
+        run_utility,
+        utility_config,
+        utility_counts,
+    )
     from obliviate.metrics.fluency import collapse_reasons
     from obliviate.metrics.klom import distribution_metrics, mean_metrics
+    from obliviate.models.load import load_model
     from obliviate.models.tiny import build_tokenizer
     from obliviate.report.markdown import table, write_report
     from obliviate.runs.results import results_document
@@ -58,6 +70,7 @@ def run_demo(
     console = Console(stderr=True, quiet=not progress, log_path=False)
     names = METHODS.names() if methods == ["all"] else (methods or list(DEMO_METHODS))
     classes = {n: METHODS.get(n) for n in names}  # fail on an unknown name before doing any work
+    check_utility(utility)
     out = Path(out)
     with output_dir(out, "demo:world", replace=True) as o:
         world = o / "world"
@@ -96,12 +109,21 @@ def run_demo(
         results = {name: metrics_from_rows(r, rows["oracle"]) for name, r in rows.items()}
         for n in classes if unlearn_seeds > 1 else ():
             results[n] = mean_metrics([results[k] for k in members[n]])
+            seconds[n] = sum(seconds.pop(k) for k in members[n]) / len(members[n])  # a run's seconds: the mean
         results = {k: results[k] for k in ("target", "oracle", *classes, *guard_rows)}  # the documented order
         if oracles > 1:  # KLoM: each run against the oracles; the oracle's own row against the other oracles
             dist = [rows[k] for k in oracle_runs]
             for name in results:
                 ms = [rows[k] for k in members.get(name, [name])]
                 results[name] |= distribution_metrics(ms, dist[1:] if name == "oracle" else dist)
+        found, intervals = {}, {}
+        for name in results if utility else ():
+            if name in guard_rows:
+                continue
+            keys = [*(members.get(name) or [name])]
+            found[name] = mean_found([run_utility(*load_model(str(o / "models" / k)), utility, k, seed) for k in keys])
+            add_utility(found[name], name, results, intervals)
+            console.log(f"{name}: utility " + ", ".join(f"{k} {v:.3f}" for k, v in found[name]["values"].items()))
         config = {
             "seed": seed,
             "forget_split": forget_split,
@@ -109,13 +131,15 @@ def run_demo(
             "guards": guards,
             "methods": {n: METHODS.get(n)().__dict__ for n in classes},
             **({"oracles": oracles, "unlearn_seeds": unlearn_seeds} if oracles > 1 or unlearn_seeds > 1 else {}),
+            **({"utility": utility_config(utility, found)} if utility else {}),
         }
         wall = clock()
         doc = results_document(
             config,
             results,
-            {s: len(v) for s, v in splits.items()},
+            {s: len(v) for s, v in splits.items()} | utility_counts(found),
             {
+                **({"intervals": intervals} if intervals else {}),
                 "seconds": {k: round(v, 2) for k, v in seconds.items()},
                 "wall_seconds": round(wall, 1),
                 "collapse": {name: collapse_reasons(r) for name, r in results.items()},

@@ -24,8 +24,10 @@ The collapse alarm (`collapse_reasons`) reads a run's metrics and names what is 
   oracle's Min-K% AUC near 0.5, privleak 50 means the model's own member AUC fell to 0.25: the forget set is now
   recognisable by its absence. OpenUnlearning's users report privleak 5,215 and MIA AUC 2e-5 after default
   settings; MUSE counts |privleak| within a few % as a match with retraining.
-  Not on a RESTOR world (the metrics hold `recovered_acc`): there the forget set is misinformation that the oracle
-  contradicts, so the oracle's AUC is far from 0.5 and privleak's ratio measures the correction, not collapse.
+  Not on a RESTOR world (the metrics hold `recovered_acc`): there the forget set is false values of facts that the
+  model keeps knowing, and a model that unlearns them well finds them less likely than the holdout's unseen facts,
+  which is privleak > 0 without any collapse (world, 50 false facts: NPO recovers 68% of the true answers, keeps
+  retain value accuracy 0.96 and has privleak 69; docs/evidence.md).
 """
 
 from __future__ import annotations

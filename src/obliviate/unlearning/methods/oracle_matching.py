@@ -34,6 +34,7 @@ from obliviate.core.errors import UsageError
 from obliviate.engine.method import Method
 from obliviate.metrics.margins import token_margins_torch
 from obliviate.models.encode import token_logps
+from obliviate.models.load import load_model
 from obliviate.unlearning.attribution import token_margin_targets
 from obliviate.unlearning.methods import METHODS
 
@@ -103,8 +104,6 @@ class OracleMatching(MarginMatching):
             )
 
     def prepare_targets(self, model, tokenizer, encoded, pad_id):
-        from obliviate.models.load import load_model
-
         self.require_oracle()
         oracle, oracle_tok = load_model(self.oracle, require_chat_template=False)
         if oracle_tok.get_vocab() != tokenizer.get_vocab():
