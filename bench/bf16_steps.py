@@ -110,7 +110,7 @@ def main() -> None:
 
     import torch
 
-    from obliviate.engine.train import bf16_pays
+    from obliviate.engine.numerics import bf16_pays
 
     torch.set_num_threads(a.threads)
     print(

@@ -199,7 +199,7 @@ def test_bf16_autocast_only_where_it_pays(monkeypatch):
     import torch
 
     from obliviate.demos.real import FULL, SMOKE, with_bf16_where_it_pays
-    from obliviate.engine.train import bf16_pays
+    from obliviate.engine.numerics import bf16_pays
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for amx in (True, False):

@@ -233,7 +233,7 @@ def calibrate(
     threads: Optional[int] = typer.Option(None),
 ):
     """Sweep the refusal-token threshold tau: refusal rate vs over-refusal rate (JSON + PNG)."""
-    from obliviate.refusal.run import run_calibrate
+    from obliviate.refusal.calibrate import run_calibrate
 
     set_threads(threads)
     curve = run_calibrate(model, data, out, split=split, taus=taus, temperature=temperature, limit=limit)

@@ -111,7 +111,7 @@ SMOKE = RealDemoSize(
 
 def with_bf16_where_it_pays(size: RealDemoSize) -> RealDemoSize:
     """`size` with `bf16` decided: as given, or (None) on where it pays (`train.bf16_pays`)."""
-    from obliviate.engine.train import bf16_pays
+    from obliviate.engine.numerics import bf16_pays
 
     return size if size.bf16 is not None else replace(size, bf16=bf16_pays())
 

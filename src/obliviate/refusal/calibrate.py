@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from obliviate.core.errors import UsageError
+from obliviate.core.jsonio import write_json
+from obliviate.core.outputs import check_output, output_dir
 
 DEFAULT_TAUS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
@@ -89,3 +91,43 @@ def parse_taus(text: str | None) -> tuple[float, ...]:
     if not taus or not all(0 <= t <= 1 for t in taus):
         raise UsageError("--taus must be numbers in [0, 1]")
     return taus
+
+
+def run_calibrate(
+    model: str,
+    data: Path,
+    out: Path,
+    *,
+    split: str = "policy_test",
+    taus: str | None = None,
+    temperature: float = 1.0,
+    limit: int | None = None,
+) -> dict:
+    """Sweep the refusal-token threshold tau of a model trained with `refusal_tokens`: what `obliviate calibrate`
+    runs. `taus`: comma-separated thresholds in [0, 1] (default `refusal.calibrate.DEFAULT_TAUS`); rows: the
+    world's `split` (harmful and benign), at most `limit` of them.
+
+    Writes OUT/calibration.json ({"tau", "refusal_rate", "over_refusal_rate", "model", "split"}) and
+    OUT/calibration.png. Returns the calibration.json document."""
+    from obliviate.models.control_tokens import control_ids
+    from obliviate.models.load import check_model_dir, load_model
+    from obliviate.refusal.align import policy_rows, subsample
+
+    check_output(out, "calibrate", inputs=(model, data))
+    tau_list = parse_taus(taus)
+    if temperature <= 0:
+        raise UsageError(f"--temperature must be > 0, got {temperature}")
+    if limit is not None and limit < 1:
+        raise UsageError("--limit must be >= 1")
+    rows = policy_rows(data, split)
+    check_model_dir(model)
+    if limit:
+        rows = subsample(rows, limit)
+    net, tok = load_model(model, require_chat_template=True)
+    if control_ids(tok)[0] is None:
+        raise UsageError(f"{model} has no refusal tokens; train one with `obliviate align refusal_tokens`")
+    with output_dir(out, "calibrate", inputs=(model, data)) as o:
+        curve = sweep(net, tok, rows, tau_list, temperature) | {"model": model, "split": split}
+        write_json(o / "calibration.json", curve)
+        plot(curve, o / "calibration.png")
+    return curve

@@ -166,7 +166,7 @@ def dp_train(
     trained model (eval mode) and its record: the accountant's epsilon, delta, sigma, q, steps, ..."""
     import torch
 
-    from obliviate.engine.train import _lr_at, flush_denormal
+    from obliviate.engine.numerics import flush_denormal, lr_at
     from obliviate.models.encode import collate, encode_pair
 
     require_opacus()
@@ -193,7 +193,7 @@ def dp_train(
                 if done == steps:
                     break
                 for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(done, lr, warmup_steps, steps)
+                    group["lr"] = lr_at(done, lr, warmup_steps, steps)
                 optimizer.zero_grad(set_to_none=True)
                 if len(idx):
                     batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad).items()}
