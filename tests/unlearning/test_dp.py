@@ -12,32 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from obliviate.cli import main
 from obliviate.data.schema import load_qa
 from obliviate.unlearning.run import qa_pairs
+from tests.cli.test_cli import assert_bad_input, run_cli
 from tests.conftest import require_extra, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _cli(args, capsys):
-    sys.argv = ["obliviate", *map(str, args)]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
-def _one_line_exit_2(args, capsys, out, must_contain):
-    code, _, err = _cli(args, capsys)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert must_contain in lines[0], lines[0]
-    assert not out.exists()
 
 
 def _grads(model):
@@ -104,7 +84,7 @@ def test_finetune_dp_epsilon_writes_and_prints_the_accountants_epsilon(world_dir
     require_extra("opacus", "dp")
     out = tmp_path / "m"
     args = ["finetune", "--data", world_dir, "--out", out, "--only", "target", "--steps", "3", "--batch-size", "40"]
-    code, stdout, err = _cli([*args, "--dp-epsilon", "2", "--dp-delta", "1e-6", "--threads", "1"], capsys)
+    code, stdout, err = run_cli([*args, "--dp-epsilon", "2", "--dp-delta", "1e-6", "--threads", "1"], capsys)
     assert code == 0, err
     rec = json.loads((out / "target" / "dp.json").read_text())
     n = len(load_qa(world_dir / "train.jsonl"))
@@ -117,7 +97,7 @@ def test_finetune_dp_epsilon_writes_and_prints_the_accountants_epsilon(world_dir
 def test_dp_epsilon_without_opacus_names_the_extra(world_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "opacus", None)  # `import opacus` now raises ImportError
     out = tmp_path / "m"
-    _one_line_exit_2(
+    assert_bad_input(
         ["finetune", "--data", world_dir, "--out", out, "--dp-epsilon", "8"], capsys, out, "pip install 'obliviate[dp]'"
     )
 
@@ -136,7 +116,7 @@ def test_dp_epsilon_without_opacus_names_the_extra(world_dir, tmp_path, capsys, 
 )
 def test_bad_dp_values_exit_2(world_dir, tmp_path, capsys, flags, flag):
     out = tmp_path / "m"
-    _one_line_exit_2(["finetune", "--data", world_dir, "--out", out, *flags], capsys, out, flag)
+    assert_bad_input(["finetune", "--data", world_dir, "--out", out, *flags], capsys, out, flag)
 
 
 def test_dp2unlearning_trains_on_retain_only(world_dir, target_dir, tiny_tokenizer):
