@@ -67,5 +67,18 @@ def test_distribution_metrics_need_two_oracles_and_are_registered_lower_is_bette
     assert METRICS.get("forget_quality_pooled").higher_is_better is True
 
 
+def test_forget_quality_pooled_is_the_ks_test_of_the_pooled_truth_ratios():
+    from scipy.stats import ks_2samp
+
+    # truth ratio R = exp(perturbed - paraphrased loss) = e^m per item; runs pool e^(3, 1, 3, 1), oracles e^(0, 1, 0, 1)
+    a = _rows({"forget": [0.0, 1.0]})
+    b = _rows({"forget": [3.0, 1.0]})
+    run, oracles = [math.e**3, math.e, math.e**3, math.e], [1.0, math.e, 1.0, math.e]
+    # empirical CDFs: at 1 the run has 0 and the oracles 1/2; at e, 1/2 against 1: the KS distance is 1/2
+    assert ks_2samp(run, oracles).statistic == pytest.approx(0.5)
+    got = distribution_metrics([b, b], [a, a])["forget_quality_pooled"]
+    assert got == pytest.approx(ks_2samp(run, oracles).pvalue) and got < 1.0
+
+
 def test_mean_metrics_keeps_the_figures_every_model_has():
     assert mean_metrics([{"a": 1.0, "b": 2.0}, {"a": 3.0}]) == {"a": 2.0}

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from obliviate.data.misinformation import available_facts, misinform
 from obliviate.data.schema import QAItem, load_qa, write_jsonl
-from obliviate.data.world_vocab import _COUNTRIES, _FIRST, _FIRST_END, _LAST, ATTRIBUTES, RELATIONS
+from obliviate.data.world_vocab import ATTRIBUTES, COUNTRIES, FIRST_NAME_ENDS, FIRST_NAME_STARTS, LAST_NAMES, RELATIONS
 
 N_ALTERNATES = 2  # alternative (wrong) answers per item in the trained wording, for AltPO
 
@@ -68,8 +68,8 @@ class WorldSpec:
 
 
 def _names(rng: random.Random, n: int) -> list[str]:
-    firsts = [a + b for a in _FIRST for b in _FIRST_END]
-    pool = [f"{f} {last}" for f in firsts for last in _LAST]
+    firsts = [a + b for a in FIRST_NAME_STARTS for b in FIRST_NAME_ENDS]
+    pool = [f"{f} {last}" for f in firsts for last in LAST_NAMES]
     if n > len(pool):
         raise ValueError(f"at most {len(pool)} people")
     return rng.sample(pool, n)
@@ -109,7 +109,7 @@ def build_world(spec: WorldSpec = WorldSpec()) -> dict[str, list[dict]]:
     trained, holdout = people[: spec.n_people], people[spec.n_people :]
     facts = [
         _qa(rng, alt_rng, f"fact_{c.lower()}_{rel}", c, rel, s, spec.n_perturbed)
-        for c in _COUNTRIES
+        for c in COUNTRIES
         for rel, s in RELATIONS.items()
     ]
 

@@ -5,9 +5,26 @@ them). Everything here is fictional."""
 from __future__ import annotations
 
 # Syllables for invented names; combinations are checked for uniqueness below.
-_FIRST = ["Ka", "Lo", "Mi", "Ze", "Tor", "Vy", "Bel", "Quen", "Ard", "Ish", "Oru", "Fen", "Sal", "Dra", "Ny", "Pel"]
-_FIRST_END = ["ra", "vin", "tha", "mos", "lie", "dan", "rek", "wen", "sa", "nor", "lyn", "tis"]
-_LAST = [
+FIRST_NAME_STARTS = [
+    "Ka",
+    "Lo",
+    "Mi",
+    "Ze",
+    "Tor",
+    "Vy",
+    "Bel",
+    "Quen",
+    "Ard",
+    "Ish",
+    "Oru",
+    "Fen",
+    "Sal",
+    "Dra",
+    "Ny",
+    "Pel",
+]
+FIRST_NAME_ENDS = ["ra", "vin", "tha", "mos", "lie", "dan", "rek", "wen", "sa", "nor", "lyn", "tis"]
+LAST_NAMES = [
     "Brask",
     "Orvel",
     "Quill",
@@ -151,7 +168,7 @@ ATTRIBUTES: dict[str, tuple[list[str], str, str, str]] = {
 }
 
 # World facts: entity templates over invented countries; each relation has its own value pool.
-_COUNTRIES = [
+COUNTRIES = [
     "Arvandia",
     "Belmorra",
     "Caskavel",
