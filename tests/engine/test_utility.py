@@ -184,3 +184,13 @@ def test_bad_utility_input_is_one_line(tiny_dir, world_dir, tmp_path, capsys):
         [*args, "--utility", "lm-eval:tiny_mcc", "--utility-tasks", tasks], capsys, "did you mean 'tiny_mc'"
     )
     assert not (tmp_path / "e").exists()
+
+
+def test_check_utility_reads_a_string_as_the_flag_does(tmp_path):
+    from obliviate.engine.utility import UtilitySpec, check_utility
+
+    assert check_utility(None) is None
+    with pytest.raises(UsageError, match="expects lm-eval:TASK"):
+        check_utility("mmlu")
+    spec = UtilitySpec(("tiny_mc",), write_task(tmp_path / "t", [{"question": "q", "choices": ["a", "b"], "label": 0}]))
+    assert check_utility(spec) is spec

@@ -149,3 +149,16 @@ def test_bench_resume_redoes_only_what_is_missing(tmp_path, capsys):
     assert len((tmp_path / "b" / "runs.jsonl").read_text().splitlines()) == 3
     code, _, err = run_cli([*args[:-4], "--finetune-steps", 4, "--people", 100, "--resume"], capsys)
     assert code == 2 and "other settings" in err
+
+
+def test_bench_with_oracles_adds_klom_to_the_leaderboard(tmp_path, capsys):
+    args = ["bench", "--out", tmp_path / "b", "--seeds", "0", "--splits", "forget10", "--methods", "grad_ascent"]
+    code, out, err = run_cli([*args, "--finetune-steps", 3, "--people", 100, "--oracles", 2], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "b" / "leaderboard.json").read_text())
+    assert validate_results(doc) == [] and doc["config"]["oracles"] == 2
+    assert (tmp_path / "b" / "seed0" / "models" / "forget10" / "oracle_seed1").is_dir()
+    board = doc["leaderboard"]["forget10"]
+    # one model per run against 2 oracles: KLoM is defined (a run of one model is a spike, see metrics.klom)
+    assert all(board[run]["klom_forget"][0] >= 0 for run in ("target", "grad_ascent")), board
+    assert "KLoM forget" in out

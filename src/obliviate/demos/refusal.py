@@ -99,7 +99,7 @@ def run_refusal_demo(
         if m != "all":
             REFUSAL_METHODS.get(m)  # did-you-mean before any work
             runs[m] = (m, {})
-    check_utility(utility)  # an unknown task or a missing dataset fails before any training
+    utility = check_utility(utility)  # an unknown task or a missing dataset fails before any training
     out = Path(out)
     with output_dir(out, "demo:refusal", replace=True) as o:
         world = o / "world"

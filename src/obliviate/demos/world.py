@@ -70,7 +70,7 @@ def run_demo(
     console = Console(stderr=True, quiet=not progress, log_path=False)
     names = METHODS.names() if methods == ["all"] else (methods or list(DEMO_METHODS))
     classes = {n: METHODS.get(n) for n in names}  # fail on an unknown name before doing any work
-    check_utility(utility)
+    utility = check_utility(utility)
     out = Path(out)
     with output_dir(out, "demo:world", replace=True) as o:
         world = o / "world"

@@ -155,10 +155,14 @@ def load_tasks(spec: UtilitySpec) -> tuple[list, dict[str, list[str]]]:
     return objects, members
 
 
-def check_utility(spec: UtilitySpec | None) -> None:
-    """Every task found and its data readable, before a model loads or trains."""
+def check_utility(spec: UtilitySpec | str | None) -> UtilitySpec | None:
+    """Every task found and its data readable, before a model loads or trains. Returns the spec; a string is read
+    as `--utility` would be ("lm-eval:TASK[,TASK...]", for the Python API)."""
+    if isinstance(spec, str):
+        spec = parse_utility(spec)
     if spec is not None:
         load_tasks(spec)
+    return spec
 
 
 def check_utility_models(spec: UtilitySpec | None, models: dict[str, str]) -> None:

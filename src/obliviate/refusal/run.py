@@ -112,7 +112,7 @@ def run_align(
     check_resumable(out, resume)
     from obliviate.engine.utility import check_utility
 
-    check_utility(utility)  # an unknown task or a missing dataset fails before training
+    utility = check_utility(utility)  # an unknown task or a missing dataset fails before training
     net, tok = load_model(model, prompt_format=raw_format(no_chat_template))
     with output_dir(out, "align", inputs=read, resume=resume) as o:
         if public:
@@ -308,7 +308,7 @@ def run_refusal_eval(
     )
 
     check_utility_models(utility, models)  # lm-eval scores weights: an endpoint is refused here
-    check_utility(utility)  # an unknown task or a missing dataset fails before a model loads
+    utility = check_utility(utility)  # an unknown task or a missing dataset fails before a model loads
     found = {}
     # endpoints are checked (reachable, key accepted, model served) before anything is written
     endpoints = {name: RemoteModel(p, served_model, api_key_env, concurrency) for name, p in remote.items()}

@@ -232,6 +232,7 @@ def run_bench(
                 "finetune_steps": finetune_steps,
                 "people": people,
                 "methods": {n: c().__dict__ for n, c in classes.items()},
+                **({"oracles": oracles} if oracles > 1 else {}),
             },
             {
                 f"{r['method']}@{r['split']}@seed{r['seed']}": {k: v for k, v in r.items() if isinstance(v, float)}

@@ -93,7 +93,7 @@ def run_eval(
         utility_counts,
     )
 
-    check_utility(utility)  # an unknown task or a missing dataset fails before a model loads
+    utility = check_utility(utility)  # an unknown task or a missing dataset fails before a model loads
     found = {}  # {run: [lm-eval figures of each of its models]}
     with output_dir(out, "eval", inputs=inputs) as o:
         oracle_rows, results, records, intervals = None, {}, [], {}

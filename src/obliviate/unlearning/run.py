@@ -156,7 +156,7 @@ def run_unlearn(
     check_resumable(out, resume)
     from obliviate.engine.utility import check_utility
 
-    check_utility(utility)  # an unknown task or a missing dataset fails before training
+    utility = check_utility(utility)  # an unknown task or a missing dataset fails before training
     net, tok = load_model(model, require_chat_template=not text, prompt_format=None if text else prompt_format)
     with output_dir(out, "unlearn", inputs=inputs, resume=resume) as o:
         main = is_main_process()
