@@ -80,7 +80,7 @@ NO_CHAT_TEMPLATE_OPTION = typer.Option(
 )
 
 # general capability through lm-evaluation-harness (`obliviate.engine.utility`): `eval`, `refusal-eval`, `align`,
-# `unlearn` and `demo --suite real` share them
+# `unlearn` and `demo` (world and refusal suites) share them
 UTILITY_OPTION = typer.Option(
     None,
     "--utility",

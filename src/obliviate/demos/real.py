@@ -393,10 +393,16 @@ def run_real_demo(
         console.log(f"bf16 autocast in training: {'on' if size.bf16 else 'off'} (it pays on a GPU or an AMX CPU)")
     results, extra, samples, seconds = {}, {"relearn": {}, "by_source": {}, "by_category": {}}, [], {}
     with output_dir(out, "demo:real", inputs=(model, public_data), replace=True) as o:
-        from obliviate.engine.utility import UtilitySpec, add_utility, tofu_world_facts_task, utility_config
+        from obliviate.engine.utility import (
+            WORLD_FACTS_TASK,
+            UtilitySpec,
+            add_utility,
+            tofu_world_facts_task,
+            utility_config,
+        )
 
         tasks = str(tofu_world_facts_task(facts, o / "utility_task", seed).resolve())
-        utility = Utility(UtilitySpec(("tofu_world_facts",), tasks, size.utility_limit), seed, console.log)
+        utility = Utility(UtilitySpec((WORLD_FACTS_TASK,), tasks, size.utility_limit), seed, console.log)
         if "unlearning" in parts:
             res, relearn, smp, sec = unlearning_part(o, model, size, seed, progress, console.log, utility)
             for name, figs in relearn.items():

@@ -45,7 +45,7 @@ def run_demo(
     from obliviate.core.outputs import output_dir
     from obliviate.data.schema import write_jsonl
     from obliviate.data.world import WorldSpec, world_texts, write_world
-    from obliviate.engine.evaluate import metrics_from_rows, sample_rows
+    from obliviate.engine.evaluate import run_metrics, sample_rows
     from obliviate.engine.utility import (
         add_utility,
         check_utility,
@@ -55,7 +55,6 @@ def run_demo(
         utility_counts,
     )
     from obliviate.metrics.fluency import collapse_reasons
-    from obliviate.metrics.klom import distribution_metrics, mean_metrics
     from obliviate.models.load import load_model
     from obliviate.models.tiny import build_tokenizer
     from obliviate.report.markdown import table, write_report
@@ -106,21 +105,22 @@ def run_demo(
 
         guard_rows = guard_runs(o, tok, splits, rows, world, forget_split, seed, console) if guards else {}
         rows |= guard_rows
-        results = {name: metrics_from_rows(r, rows["oracle"]) for name, r in rows.items()}
+        # a run of several seeds: the mean of its models' figures; KLoM against the oracles (with several), the
+        # oracle's own row against the other oracles
+        dist = [rows[k] for k in oracle_runs]
+        results = {
+            name: run_metrics(
+                [rows[k] for k in members.get(name, [name])], rows["oracle"], dist[1:] if name == "oracle" else dist
+            )
+            for name in ("target", "oracle", *classes, *guard_rows)  # the documented order
+        }
         for n in classes if unlearn_seeds > 1 else ():
-            results[n] = mean_metrics([results[k] for k in members[n]])
             seconds[n] = sum(seconds.pop(k) for k in members[n]) / len(members[n])  # a run's seconds: the mean
-        results = {k: results[k] for k in ("target", "oracle", *classes, *guard_rows)}  # the documented order
-        if oracles > 1:  # KLoM: each run against the oracles; the oracle's own row against the other oracles
-            dist = [rows[k] for k in oracle_runs]
-            for name in results:
-                ms = [rows[k] for k in members.get(name, [name])]
-                results[name] |= distribution_metrics(ms, dist[1:] if name == "oracle" else dist)
         found, intervals = {}, {}
         for name in results if utility else ():
             if name in guard_rows:
                 continue
-            keys = [*(members.get(name) or [name])]
+            keys = members.get(name, [name])
             found[name] = mean_found([run_utility(*load_model(str(o / "models" / k)), utility, k, seed) for k in keys])
             add_utility(found[name], name, results, intervals)
             console.log(f"{name}: utility " + ", ".join(f"{k} {v:.3f}" for k, v in found[name]["values"].items()))
@@ -171,7 +171,7 @@ def _run_job(job: dict) -> tuple[str, dict, float, int]:
     from obliviate.engine.evaluate import score_model
     from obliviate.engine.train import TrainConfig, train
     from obliviate.models.load import load_model, save_model
-    from obliviate.unlearning.methods import METHODS
+    from obliviate.unlearning.methods import METHODS, with_oracle
     from obliviate.unlearning.run import idk_pool, unlearning_parts
     from obliviate.unlearning.world_models import train_world_models
 
@@ -195,9 +195,7 @@ def _run_job(job: dict) -> tuple[str, dict, float, int]:
         seed = job.get("unlearn_seed", seed)
         parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(None), seed)
         net, tok = load_model(str(o / "models" / "target"))
-        cls = METHODS.get(job.get("method", name))
-        # a method matched to a retrained oracle's outputs (oracle_matching) is given the demo's oracle
-        method = cls(oracle=str(o / "models" / "oracle")) if "oracle" in cls.__dataclass_fields__ else cls()
+        method = with_oracle(METHODS.get(job.get("method", name)), str(o / "models" / "oracle"))
         net, res = train(net, tok, method, parts, TrainConfig(seed=seed, checkpoint_every=0, progress=False))
         save_model(net, tok, o / "models" / name)
         secs, steps = res.seconds, res.steps

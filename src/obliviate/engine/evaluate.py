@@ -14,6 +14,7 @@ import torch
 from obliviate.data.schema import QAItem
 from obliviate.engine.generation import generate
 from obliviate.metrics import compute_all
+from obliviate.metrics.klom import distribution_metrics, mean_metrics
 from obliviate.metrics.mia import minkpp_token_z
 from obliviate.metrics.tofu import rouge_l_recall
 from obliviate.models.encode import (
@@ -25,6 +26,7 @@ from obliviate.models.encode import (
     logits_runs,
     prompt_ids,
     scored_window,
+    sequence_logp,
 )
 
 # The splits an evaluation reads from a world directory, and what each is for.
@@ -265,8 +267,6 @@ def grad_norms(model, tokenizer, items: list[QAItem], max_len: int = 512) -> lis
     item's mean answer NLL (the GradNorm MIA's statistic, `obliviate.metrics.mia`). One forward and one backward
     pass per item, in eval mode (no dropout), on the bare model (attached guards edit prompts, not weights);
     the parameters' requires_grad flags and the model's mode are restored afterwards."""
-    from obliviate.models.encode import sequence_logp
-
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.is_floating_point()]
     flags, training = [p.requires_grad for p in params], model.training
@@ -291,6 +291,14 @@ def grad_norms(model, tokenizer, items: list[QAItem], max_len: int = 512) -> lis
 
 def metrics_from_rows(rows: dict[str, list[dict]], oracle_rows: dict[str, list[dict]] | None = None) -> dict:
     return compute_all({**rows, "oracle": oracle_rows})
+
+
+def run_metrics(models: list[dict], oracle_rows: dict | None, oracles: list[dict], extra=None) -> dict:
+    """One run's figures from the rows of its models (one per unlearning seed): the mean over its models of
+    `metrics_from_rows` (and of `extra(rows)`, when given), with KLoM and pooled forget quality against the rows
+    of `oracles` (`obliviate.metrics.klom`; none with fewer than 2). `eval`, the world demo and the leaderboard."""
+    per_model = [metrics_from_rows(r, oracle_rows) | (extra(r) if extra else {}) for r in models]
+    return mean_metrics(per_model) | distribution_metrics(models, oracles)
 
 
 # Token-level fields stay in memory; samples.jsonl keeps one readable summary per item.

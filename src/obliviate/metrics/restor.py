@@ -19,18 +19,7 @@ With N sampled answers per question (`eval --samples N`) both are the share of r
 from __future__ import annotations
 
 from obliviate.metrics import metric
-
-
-def value_accuracy(rows: list[dict]) -> float | None:
-    """Share of generated answers that contain their row's value (rows without a value are skipped); a row with N
-    sampled answers counts N times. None when no row has a value."""
-    hits = [
-        h
-        for r in rows
-        if r.get("value")
-        for h in (r["value_hit"] if isinstance(r["value_hit"], list) else [r["value_hit"]])
-    ]
-    return sum(map(bool, hits)) / len(hits) if hits else None
+from obliviate.metrics.tofu import value_accuracy
 
 
 @metric(

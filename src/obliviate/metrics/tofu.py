@@ -121,6 +121,13 @@ def _model_utility(ctx):
     return model_utility(comps)
 
 
+def value_accuracy(rows: list[dict]) -> float | None:
+    """Share of generated answers that contain their row's value (rows without a value are skipped); a row with N
+    sampled answers ("value_hit" a list of N) counts N times. None when no row has a value."""
+    hits = [r["value_hit"] for r in rows if r.get("value")]
+    return float(np.mean(hits)) if hits else None
+
+
 @metric(
     "forget_value_acc",
     False,
@@ -128,8 +135,7 @@ def _model_utility(ctx):
     "share of forget questions whose greedy answer contains the true attribute value",
 )
 def _forget_value_acc(ctx):
-    rows = [r for r in ctx["forget"] if r.get("value")]
-    return float(np.mean([r["value_hit"] for r in rows])) if rows else None
+    return value_accuracy(ctx["forget"])
 
 
 @metric(
@@ -139,8 +145,7 @@ def _forget_value_acc(ctx):
     "share of world-fact questions whose greedy answer contains the true value",
 )
 def _world_facts_value_acc(ctx):
-    rows = [r for r in ctx["world_facts"] if r.get("value")]
-    return float(np.mean([r["value_hit"] for r in rows])) if rows else None
+    return value_accuracy(ctx["world_facts"])
 
 
 @metric(
@@ -150,5 +155,4 @@ def _world_facts_value_acc(ctx):
     "share of retain questions whose greedy answer contains the true attribute value",
 )
 def _retain_value_acc(ctx):
-    rows = [r for r in ctx["retain"] if r.get("value")]
-    return float(np.mean([r["value_hit"] for r in rows])) if rows else None
+    return value_accuracy(ctx["retain"])

@@ -137,13 +137,12 @@ def run_bench(
     from obliviate.core.outputs import check_output, output_dir
     from obliviate.data.schema import load_qa
     from obliviate.data.world import WorldSpec, world_texts, write_world
-    from obliviate.engine.evaluate import metrics_from_rows, score_model
+    from obliviate.engine.evaluate import run_metrics, score_model
     from obliviate.engine.train import TrainConfig, train
-    from obliviate.metrics.klom import distribution_metrics
     from obliviate.models.load import load_model, model_dir_complete
     from obliviate.models.tiny import build_tokenizer
     from obliviate.runs.results import results_document
-    from obliviate.unlearning.methods import METHODS
+    from obliviate.unlearning.methods import METHODS, with_oracle
     from obliviate.unlearning.run import idk_pool, unlearning_parts
     from obliviate.unlearning.world_models import oracle_names, train_world_models
 
@@ -193,8 +192,7 @@ def run_bench(
                 data = suite.eval_data(world, split)
                 dist = [score_model(load_model(str(models / split / n))[0], tok, data) for n in names]
                 oracle_rows = dist[0]
-                scored = score_model(load_model(str(models / "target"))[0], tok, data)
-                target = metrics_from_rows(scored, oracle_rows) | distribution_metrics([scored], dist)
+                target = run_metrics([score_model(load_model(str(models / "target"))[0], tok, data)], oracle_rows, dist)
                 forget_path, retain_path = suite.train_paths(world, split)
                 parts = unlearning_parts(load_qa(forget_path), load_qa(retain_path), idk_pool(None), seed)
                 for name, cls in {"target": None, **classes}.items():
@@ -204,15 +202,11 @@ def run_bench(
                         metrics, secs = target, 0.0
                     else:
                         net, _ = load_model(str(models / "target"))
-                        # a method matched to a retrained oracle's outputs (oracle_matching) gets the split's oracle
-                        oracle_dir = str(models / split / names[0])
-                        given = {"oracle": oracle_dir} if "oracle" in cls.__dataclass_fields__ else {}
+                        method = with_oracle(cls, str(models / split / names[0]))
                         net, res = train(
-                            net, tok, cls(**given), parts, TrainConfig(seed=seed, checkpoint_every=0, progress=progress)
+                            net, tok, method, parts, TrainConfig(seed=seed, checkpoint_every=0, progress=progress)
                         )
-                        scored = score_model(net, tok, data)
-                        metrics = metrics_from_rows(scored, oracle_rows) | distribution_metrics([scored], dist)
-                        secs = res.seconds
+                        metrics, secs = run_metrics([score_model(net, tok, data)], oracle_rows, dist), res.seconds
                     row = {"seed": seed, "split": split, "method": name, "seconds": secs, **metrics}
                     if target["model_utility"] > 0:
                         row["model_utility_ratio"] = metrics["model_utility"] / target["model_utility"]

@@ -9,7 +9,6 @@ from obliviate.core.errors import UsageError
 from obliviate.core.jsonio import write_json
 from obliviate.core.outputs import check_output, output_dir
 from obliviate.metrics.fluency import collapse_reasons
-from obliviate.metrics.klom import distribution_metrics, mean_metrics
 from obliviate.runs.results import results_document
 
 
@@ -62,7 +61,7 @@ def run_eval(
     the collapse alarms it raised, `obliviate.metrics.fluency.collapse_reasons`}), OUT/samples.jsonl
     (every scored item) and OUT/report.md. Returns the results.json document."""
     from obliviate.data.schema import write_jsonl
-    from obliviate.engine.evaluate import metrics_from_rows, sample_rows, score_model
+    from obliviate.engine.evaluate import run_metrics, sample_rows, score_model
     from obliviate.engine.sampling import sampling_for
     from obliviate.guards.base import attach_guards
     from obliviate.models.load import check_model_dir, load_model
@@ -96,7 +95,7 @@ def run_eval(
     utility = check_utility(utility)  # an unknown task or a missing dataset fails before a model loads
     found = {}  # {run: [lm-eval figures of each of its models]}
     with output_dir(out, "eval", inputs=inputs) as o:
-        oracle_rows, results, records, intervals = None, {}, [], {}
+        results, records, intervals = {}, [], {}
         scored = {}  # {run: [rows of each of its models]}; "oracle": every oracle, THE oracle first
         from rich.console import Console
 
@@ -108,7 +107,6 @@ def run_eval(
             attach_guards(net, tok, () if name == "oracle" else guards)
             rows = score_model(net, tok, splits, grad_norm=grad_norm, **draw)
             scored.setdefault(name, []).append(rows)
-            oracle_rows = scored["oracle"][0] if oracles else None
             if name == "oracle" and len(scored[name]) > 1:
                 continue  # the further oracles form the distribution: no row of their own
             j = len(scored[name]) - 1
@@ -116,12 +114,12 @@ def run_eval(
             records += [s | {"model": j} if grouped else s for s in sample_rows(name, rows)]
             if utility:
                 found.setdefault(name, []).append(run_utility(net, tok, utility, name, seed))
+        oracle_rows = scored["oracle"][0] if oracles else None
         for name, ms in scored.items():
             # a run of several models (unlearning seeds): the mean of their figures, intervals over their pooled
             # items; KLoM and pooled forget quality against every oracle (THE oracle: against the others)
             ms, against = (ms[:1], ms[1:]) if name == "oracle" else (ms, scored.get("oracle", []))
-            per_model = [metrics_from_rows(r, oracle_rows) | any_of_n_rates(r, samples) for r in ms]
-            results[name] = mean_metrics(per_model) | distribution_metrics(ms, against)
+            results[name] = run_metrics(ms, oracle_rows, against, lambda r: any_of_n_rates(r, samples))
             pooled = {s: [row for r in ms for row in r[s]] for s in ms[0]}
             intervals[name] = item_intervals(pooled, results[name], seed=seed)
         found = {name: mean_found(f) for name, f in found.items()}

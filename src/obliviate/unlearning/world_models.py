@@ -45,8 +45,9 @@ def train_world_models(
     data = Path(data)
     _, retain_path = SUITES.get("world").train_paths(data, forget_split)
     retain = load_qa(retain_path)
-    splits = {"target": load_qa(data / "train.jsonl")} | {name: retain for name in oracle_names(seed, oracles)}
-    seeds = {"target": seed} | dict(zip(oracle_names(seed, oracles), range(seed, seed + oracles)))
+    names = oracle_names(seed, oracles)
+    splits = {"target": load_qa(data / "train.jsonl")} | {name: retain for name in names}
+    seeds = {"target": seed} | dict(zip(names, range(seed, seed + oracles)))
     only = (only,) if isinstance(only, str) else only
     if base is None and tokenizer is None:
         tokenizer = build_tokenizer(world_texts(data))

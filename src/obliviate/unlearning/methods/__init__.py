@@ -26,6 +26,12 @@ from obliviate.engine.method import Method
 METHODS: Registry[type[Method]] = Registry("method")
 
 
+def with_oracle(cls: type[Method], oracle: str) -> Method:
+    """`cls` with its defaults; a method matched to a retrained oracle's outputs (it has an `oracle` option:
+    `oracle_matching`) is given `oracle`, the directory of the oracle that the caller trained (world demo, bench)."""
+    return cls(oracle=oracle) if "oracle" in cls.__dataclass_fields__ else cls()
+
+
 def load_all() -> None:
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")
