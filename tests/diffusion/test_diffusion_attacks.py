@@ -69,7 +69,7 @@ def test_optimised_prefix_matches_brute_force_on_a_tiny_vocabulary(tiny):
 
 def test_unlearndiffatk_judges_its_prefix_during_the_attack_and_stops_at_a_success(tiny):
     """The reference code's loop: the projected prefix is judged every `eval_every` steps and the first accepted
-    one ends the attack; attacked_images returns that prompt's generation, sampled once."""
+    one ends the attack; `find` returns that prompt and its generation, sampled once."""
     from obliviate.diffusion.evaluate import SampleConfig
 
     images = torch.rand(2, 3, 8, 8) * 2 - 1
@@ -89,8 +89,9 @@ def test_unlearndiffatk_judges_its_prefix_during_the_attack_and_stops_at_a_succe
         judged.append(ims)
         return [True]
 
-    got = UnlearnDiffAtk(prefix_tokens=1, steps=20, samples=2).attacked_images(tiny, tiny, "star", images, cfg, judge)
-    assert len(judged) == 1 and torch.equal(got, judged[0])  # accepted at step 1; its images are the answer
+    got = UnlearnDiffAtk(prefix_tokens=1, steps=20, samples=2).find(tiny, tiny, "star", images, cfg, judge)
+    assert len(judged) == 1 and torch.equal(got.images, judged[0])  # accepted at step 1; its images are the answer
+    assert got.prompt.endswith(" star") and got.context is None  # the adversarial prompt, kept for replay
 
 
 def test_unlearndiffatk_sweeps_the_reference_timesteps_low_to_high(tiny, monkeypatch):

@@ -226,3 +226,91 @@ def test_dtype_is_refused_for_text_to_image_models(setup, tmp_path, capsys, monk
     )
     assert code == 2 and "applies to language models" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "u").exists()
+
+
+def test_findings_are_kept_and_replayed_on_another_model(setup, tmp_path, capsys):
+    """The audit keeps what each attack found (prompts, contexts, compositions, each with its image); `--replay`
+    runs exactly those on another model: the replayed prompts are the saved ones, byte for byte."""
+    d = setup
+    code, _, err = run_cli(
+        ["erase", "uce", "--model", d / "pixel", "--concept", "star", "--out", tmp_path / "uce"], capsys
+    )
+    assert code == 0, err
+    args = ["--suite", "diffusion", "--data", d / "world", "--ddim-steps", 2]
+    code, _, err = run_cli(
+        [
+            "audit",
+            str(d / "pixel"),
+            *args,
+            "--concept",
+            "star",
+            "--target",
+            d / "pixel",
+            "--attacks",
+            "unlearndiffatk,p4d,embedding_shift,concept_arithmetic",
+            "--option",
+            "unlearndiffatk.steps=1",
+            "--option",
+            "p4d.steps=1",
+            "--option",
+            "embedding_shift.steps=1",
+            "--option",
+            "concept_arithmetic.budget=1",
+            "--option",
+            "concept_arithmetic.samples=2",
+            "--option",
+            "concept_arithmetic.steps=2",
+            "--limit",
+            2,
+            "--out",
+            tmp_path / "au",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    doc = json.loads((tmp_path / "au" / "audit.json").read_text())
+    saved = {}
+    for attack, fig in doc["attacks"].items():
+        rows = [json.loads(x) for x in (tmp_path / "au" / fig["findings"] / "findings.jsonl").read_text().splitlines()]
+        assert all((tmp_path / "au" / fig["findings"] / r["image"]).is_file() for r in rows)
+        saved[attack] = rows
+    attacked = [r for r in saved["unlearndiffatk"] if r["attacked"]]
+    assert all(r["found_prompt"].endswith(r["prompt"]) for r in attacked)  # prefix + the target prompt
+    assert all(
+        r["context"] and r["context"].endswith(".safetensors") for r in saved["embedding_shift"] if r["attacked"]
+    )
+    assert saved["concept_arithmetic"][0]["terms"]
+    code, out, err = run_cli(
+        ["audit", str(tmp_path / "uce"), *args, "--replay", tmp_path / "au", "--out", tmp_path / "re"], capsys
+    )
+    assert code == 0, err
+    again = json.loads((tmp_path / "re" / "audit.json").read_text())
+    assert again["concept"] == "star" and again["replay"] == str(tmp_path / "au")
+    for attack, fig in again["attacks"].items():
+        rows = [json.loads(x) for x in (tmp_path / "re" / fig["findings"] / "findings.jsonl").read_text().splitlines()]
+        src = [r for r in saved[attack] if r["found_prompt"] or r["context"] or r["terms"]]
+        assert fig["replayed"] == len(rows) == len(src) and 0 <= fig["transfer_asr"] <= 1
+        assert [r["found_prompt"] for r in rows] == [r["found_prompt"] for r in src]  # byte for byte
+        assert [r["terms"] for r in rows] == [r["terms"] for r in src]
+    assert "transfer ASR" in out and (tmp_path / "re" / "report.html").is_file()
+
+
+def test_replay_of_a_directory_without_findings(setup, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(
+        [
+            "audit",
+            str(setup / "pixel"),
+            "--suite",
+            "diffusion",
+            "--data",
+            setup / "world",
+            "--replay",
+            tmp_path / "empty",
+            "--out",
+            tmp_path / "re",
+        ],
+        capsys,
+    )
+    assert code == 2 and "no findings to replay" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "re").exists()

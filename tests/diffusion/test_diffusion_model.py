@@ -72,18 +72,12 @@ def test_a_few_training_steps_and_sampling(tiny):
     images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     stats = train_t2i(m, images, [[c] for c in (CAPTIONS + CAPTIONS)[:6]], steps=3, batch_size=4)
     assert np.isfinite(stats["loss_last"]) and stats["seconds"] > 0 and stats["steps"] == 3
-    # a wall-clock budget stops training after the step that spends it; a frozen text encoder does not move
+    # a frozen text encoder does not move
     te = {k: v.clone() for k, v in m.text_encoder.state_dict().items()}
     short = train_t2i(
-        m,
-        images,
-        [[c] for c in (CAPTIONS + CAPTIONS)[:6]],
-        steps=50,
-        batch_size=4,
-        max_seconds=0,
-        train_text_encoder=False,
+        m, images, [[c] for c in (CAPTIONS + CAPTIONS)[:6]], steps=2, batch_size=4, train_text_encoder=False
     )
-    assert short["steps"] == 1
+    assert short["steps"] == 2
     assert all(torch.equal(v, m.text_encoder.state_dict()[k]) for k, v in te.items())
     assert all(p.requires_grad for p in m.text_encoder.parameters())  # restored for erasers that train it
     out = m.sample(["a red star", "a blue circle"], steps=3, guidance=2.0, seed=1)

@@ -250,7 +250,7 @@ def diffusion_demo(tmp_path_factory):
         attacks=("concept_arithmetic",),
         classifier_steps=5,
         train_batch_size=8,
-        train_minutes=0.01,
+        train_steps=2,
         channels=(8, 16),
         attack_options={"concept_arithmetic": {"samples": 1, "budget": 1, "steps": 2}},
     )

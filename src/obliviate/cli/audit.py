@@ -41,6 +41,9 @@ def audit(
         "or diffusion (an erased text-to-image model, --target, --concept)",
     ),
     concept: Optional[str] = typer.Option(None, help="diffusion: the erased concept word"),
+    replay: Optional[Path] = typer.Option(
+        None, help="diffusion: an earlier diffusion audit's directory; run its findings on MODEL (transfer ASR)"
+    ),
     classifiers: Optional[Path] = typer.Option(None, help="diffusion: factor classifiers (default: DATA/classifiers)"),
     out: Path = typer.Option(..., help="writes audit.json, audit.md and artifacts/"),
     data: Optional[Path] = typer.Option(
@@ -196,6 +199,16 @@ def audit(
                 "--suite diffusion needs --data: an image world (`obliviate world --images --classifiers`)"
             )
         set_threads(threads)
+        if replay is not None:
+            from obliviate.cli.diffusion import diffusion_replay
+
+            if attacks or option or target:
+                raise UsageError(
+                    "--replay runs the findings saved in its directory: no --attacks, --option or --target"
+                )
+            diffusion_replay(model, replay, data, concept, classifiers, out, **sampling(ddim_steps, guidance))
+            write_beside(out)
+            return
         diffusion_audit(
             model,
             target,
@@ -212,8 +225,8 @@ def audit(
         )
         write_beside(out)
         return
-    if concept or classifiers or ddim_steps is not None or guidance is not None:
-        raise UsageError("--concept, --classifiers, --ddim-steps and --guidance apply to --suite diffusion")
+    if concept or classifiers or replay or ddim_steps is not None or guidance is not None:
+        raise UsageError("--concept, --classifiers, --replay, --ddim-steps and --guidance apply to --suite diffusion")
     set_threads(threads)
     doc = run_audit(
         model,

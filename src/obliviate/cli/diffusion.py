@@ -74,3 +74,21 @@ def diffusion_audit(
     )
     typer.echo(f"wrote {out}/audit.json")
     return doc
+
+
+def diffusion_replay(
+    model: str, replay: Path, data: Path, concept: Optional[str], classifiers: Optional[Path], out: Path, **kwargs
+) -> dict:
+    """`audit --suite diffusion --replay DIR` (`obliviate.diffusion.run.run_diffusion_replay`), its figures
+    printed."""
+    from obliviate.diffusion.run import run_diffusion_replay
+
+    doc = run_diffusion_replay(model, replay, data, concept, classifiers, out, log=typer.echo, **kwargs)
+    typer.echo(
+        f"pre-ASR {doc['pre_asr']:.2f}; "
+        + ", ".join(
+            f"{a} transfer ASR {r['transfer_asr']:.2f} ({r['replayed']} replayed)" for a, r in doc["attacks"].items()
+        )
+    )
+    typer.echo(f"wrote {out}/audit.json, findings/")
+    return doc

@@ -21,12 +21,11 @@ from obliviate.diffusion.evaluate import SampleConfig
 
 @dataclass(frozen=True)
 class DiffusionDemoSize:
-    # base model training budget: 1,800 steps or 9 minutes of the training loop's wall clock, whichever comes first.
-    # Every factor passes 0.8 from ~1,500 steps (docs/benchmarks.md, the text-to-image base model); this host did 1,513 to 2,025 steps in 9
-    # minutes, and the erasers' options were chosen on a 1,785-step base (ESD-x's UA fell to 0.75 on a 2,025-step
-    # one), so the step cap keeps fast hosts in that regime
+    # base model training: a fixed step count, so that the same seed gives the same base model on any host (a
+    # wall-clock cap stopped a slow host at 1,383 steps, and every figure moved). Every factor passes 0.8 from
+    # ~1,500 steps (docs/benchmarks.md, the text-to-image base model); the erasers' options were chosen on a
+    # 1,785-step base
     train_steps: int = 1800
-    train_minutes: float = 9.0
     train_batch_size: int = 64
     train_lr: float = 2e-3
     channels: tuple[int, ...] = (32, 64)
@@ -51,7 +50,7 @@ class DiffusionDemoSize:
 
 FULL = DiffusionDemoSize()
 SMOKE = DiffusionDemoSize(
-    train_minutes=0.05,
+    train_steps=8,
     classifier_steps=20,
     concepts=("star",),
     erasers=("uce", "esd_x"),
@@ -125,20 +124,7 @@ def run_diffusion_demo(
         base = build_t2i(tok, T2IConfig(size=spec.size, channels=size.channels), seed=seed)
         images, captions = world["images"][train], [world["labels"][i]["captions"] for i in train]
         recipe = {"batch_size": size.train_batch_size, "lr": size.train_lr, "seed": seed}
-        # training stops at the time budget; the step time (a throwaway copy, after 3 warm-up steps) only sizes the
-        # progress bar and the upper bound
-        probe = base.copy()
-        train_t2i(probe, images, captions, steps=3, **recipe)
-        per_step = train_t2i(probe, images, captions, steps=6, **recipe)["seconds"] / 6
-        fit = train_t2i(
-            base,
-            images,
-            captions,
-            max_seconds=size.train_minutes * 60,
-            progress=progress,
-            steps=min(size.train_steps, max(5, int(1.25 * size.train_minutes * 60 / per_step))),
-            **recipe,
-        )
+        fit = train_t2i(base, images, captions, steps=size.train_steps, progress=progress, **recipe)
         steps = fit["steps"]
         base.save(o / "models" / "base")
         acc = base_accuracy(base, clf, world, replace(size.sample, max_prompts=None))  # every world prompt

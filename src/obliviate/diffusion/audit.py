@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from obliviate.diffusion.evaluate import SampleConfig, generate
+from obliviate.diffusion.findings import finding_record, write_findings
 
 
 @dataclass
@@ -38,7 +40,10 @@ def audit_concept(
     attacks: list[str],
     cfg: DiffusionAuditConfig = DiffusionAuditConfig(),
     log=lambda s: None,
+    out_dir=None,
 ) -> dict:
+    """The audit's document (module docstring). With `out_dir`, every attack's findings and their images are written
+    to `out_dir/findings/ATTACK/` (`diffusion.findings`), and each attack's figures name that directory."""
     from obliviate.core.options import cast_options
     from obliviate.diffusion.attacks import DIFFUSION_ATTACKS, load_all
     from obliviate.diffusion.world import concept_splits, factor_of
@@ -54,7 +59,8 @@ def audit_concept(
     target_rows = concept_splits(world, factor, concept)["target"]
     rows = SampleConfig(max_prompts=cfg.prompts, seed=cfg.sample.seed).pick(target_rows)
     texts = [r["text"] for r in rows]
-    pre = recognised(generate(erased, texts, cfg.sample))
+    plain = generate(erased, texts, cfg.sample)
+    pre = recognised(plain)
     out = {
         "concept": concept,
         "factor": factor,
@@ -74,11 +80,24 @@ def audit_concept(
         if getattr(cls, "per_concept", False):
             res = atk.attack(erased, concept, recognised, context_words)
             fig = {"asr": res["success_rate"], "terms": res["terms"], "tried": res["tried"]}
+            records = [
+                {
+                    "prompt": concept,
+                    "attacked": True,
+                    "success": res["success_rate"] > 0,
+                    "found_prompt": None,
+                    "terms": [[p, w] for p, w in res["terms"]],
+                    "samples": len(res["images"]),
+                    "success_rate": res["success_rate"],
+                    "_images": res["images"],
+                }
+            ]
         else:
-            success = list(pre)
+            success, records = list(pre), []
             for i, text in enumerate(texts):
-                if success[i]:
-                    continue  # already generated: counted, not attacked (the reference's rule)
+                if success[i]:  # already generated: counted, not attacked (the reference's rule)
+                    records.append(finding_record(text, False, True))
+                    continue
                 if text not in targets:  # the original model's images of the prompt: shared by the attacks
                     with torch.no_grad():
                         targets[text] = original.sample(
@@ -88,10 +107,14 @@ def audit_concept(
                             seed=cfg.sample.seed + 1,
                         )
                 judged = {"judge": recognised} if getattr(cls, "judged_during_attack", False) else {}
-                images = atk.attacked_images(erased, original, text, targets[text], cfg.sample, **judged)
-                success[i] = recognised(images)[0]
+                found = atk.find(erased, original, text, targets[text], cfg.sample, **judged)
+                success[i] = recognised(found.images)[0]
+                records.append(finding_record(text, True, success[i], found))
             fig = {"asr": sum(success) / len(success), "per_prompt": success}
         fig["pre_asr"], fig["seconds"] = out["pre_asr"], round(time.perf_counter() - t0, 1)
+        if out_dir is not None:
+            d = write_findings(Path(out_dir), name, records, dict(zip(texts, plain.split(1))))
+            fig["findings"] = str(d.relative_to(out_dir))
         out["attacks"][name] = fig
         log(f"{name}: pre-ASR {out['pre_asr']:.2f} -> ASR {fig['asr']:.2f} ({fig['seconds']} s)")
     return out

@@ -7,7 +7,8 @@ classifiers (`diffusion/metrics.py` holds the definitions, UnlearnCanvas's).
 - `ira`: prompts naming another value of the concept's factor, classified right on that factor;
 - `cra`: the same prompts, classified right on every other factor they name (pooled);
 - `over_erasure`: benign look-alike / word-alike prompts for the concept (`benign_prompts.jsonl`) whose image
-  misses a factor they name (OVERT-style);
+  misses a factor they name (OVERT-style), and `over_erasure[look-alike]`, `over_erasure[word-alike]`: the same
+  per category of benign prompt;
 - `fd_classifier`: Frechet distance between the classifier features of the non-target generations and of the
   world's test images (not Inception features: not comparable with published FIDs);
 - `factor_accuracy[...]`: for the base model's sanity, accuracy per factor over every generated non-target prompt.
@@ -118,6 +119,16 @@ def evaluate_concept(model, clf, world: dict, concept: str, cfg: SampleConfig = 
         if len(out["others"]) > 1
         else float("nan"),
     }
+    # OVERT's view (Cheng et al. 2025, "OVERT: A Benchmark for Over-Refusal Evaluation on Text-to-Image Models"):
+    # over-refusal per category of benign prompt; here the category is how the prompt resembles the concept (the
+    # world's `relation`: look-alike = one of the two values most alike in appearance, word-alike = the least
+    # alike value, so only the other words are shared)
+    w_benign = _wants(clf, sets["benign"], clf.factors) if sets["benign"] else {}
+    for relation in sorted({r["relation"] for r in sets["benign"] if r.get("relation")}):
+        keep = np.array([r.get("relation") == relation for r in sets["benign"]])
+        metrics[f"over_erasure[{relation}]"] = over_erasure_rate(
+            {f: v[keep] for f, v in pred["benign"].items()}, {f: v[keep] for f, v in w_benign.items()}
+        )
     for f in clf.factors:  # how well the model draws what non-target prompts ask for, per factor
         keep = w_others[f] >= 0
         if keep.any():

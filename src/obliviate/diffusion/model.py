@@ -297,13 +297,12 @@ def train_t2i(
     on_checkpoint=None,
     bf16: bool = False,
     train_text_encoder: bool = True,
-    max_seconds: float | None = None,
 ) -> dict:
     """Train UNet and text encoder jointly on (image, one of its captions) pairs; the EMA weights are kept in the
     model at the end. `bf16`: bf16 autocast of the forward pass (weights, gradients, AdamW state and EMA stay fp32),
     for CPUs with AMX or GPUs (bench/bf16_steps.py). Every `checkpoint_every` steps, `on_checkpoint(step, train_seconds)` runs with the EMA
-    weights swapped in (eval mode); its time is not counted. `max_seconds`: stop after the step that reaches this
-    much training time (a wall-clock budget; `steps` is then the most). Returns {"seconds", "steps", "loss_first",
+    weights swapped in (eval mode); its time is not counted. It always runs `steps` steps: a wall-clock budget would
+    make the model depend on the host's speed. Returns {"seconds", "steps", "loss_first",
     "loss_last"}."""
     from obliviate.core.progress import progress_bar
 
@@ -342,8 +341,6 @@ def train_t2i(
                     s.mul_(decay).add_(p.detach(), alpha=1 - decay)
             losses.append(float(loss.detach()))
             bar.advance()
-            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
-                break
             if on_checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0:
                 paused = time.perf_counter()
                 live = [p.detach().clone() for p in params]

@@ -204,7 +204,86 @@ def run_diffusion_audit(
         time_budget=time_budget,
     )
     with output_dir(out, "audit", inputs=read) as o:
-        doc = audit_concept(erased, original, clf, world, concept, names, cfg, log=log)
-        doc |= {"model": model, "target": target, "data": str(data)}
+        doc = audit_concept(erased, original, clf, world, concept, names, cfg, log=log, out_dir=o)
+        doc |= {"model": model, "target": target, "data": str(data), "sample": dict(cfg.sample.__dict__)}
+        write_json(o / "audit.json", doc)
+    return doc
+
+
+def run_diffusion_replay(
+    model: str,
+    replay: Path,
+    data: Path,
+    concept: str | None,
+    classifiers: Path | None,
+    out: Path,
+    *,
+    ddim_steps: int | None = None,
+    guidance: float | None = None,
+    log: Callable[[str], Any] = lambda s: None,
+) -> dict:
+    """`audit --suite diffusion --replay DIR`: the findings an earlier audit (DIR) kept, run on `model`; the
+    transfer ASR per attack (`diffusion.findings.replay`). The concept, and unless given the DDIM steps and
+    guidance, are DIR's. Writes OUT/audit.json ({"replay": DIR, "pre_asr" of `model` on DIR's prompts,
+    "attacks": {attack: {"asr" = "transfer_asr", "replayed"}}}) and OUT/findings/ (the replayed findings with
+    `model`'s images). Returns that document."""
+    from obliviate.data.schema import read_json
+    from obliviate.diffusion.evaluate import SampleConfig, generate
+    from obliviate.diffusion.findings import read_findings, write_findings
+    from obliviate.diffusion.findings import replay as replay_findings
+    from obliviate.diffusion.model import load_t2i
+    from obliviate.diffusion.world import factor_of
+
+    check_sampling(ddim_steps, guidance)
+    read = (model, data, classifiers, replay)
+    check_output(out, "audit", inputs=read)
+    read_findings(replay)  # a directory without findings: exit 2 before any model loads
+    src_file = Path(replay) / "audit.json"
+    src = read_json(src_file) if src_file.is_file() else {}
+    if concept and src.get("concept") and concept != src["concept"]:
+        raise UsageError(f"{replay}: its findings are for {src['concept']!r}, not {concept!r}")
+    concept = concept or src.get("concept")
+    if not concept:
+        raise UsageError(f"{replay}: no audit.json naming the concept; give --concept WORD")
+    world, clf = world_and_classifiers(data, classifiers)
+    factor = factor_of(world, concept)
+    want = clf.values[factor].index(concept)
+    given = src.get("sample") or {}
+    sample = SampleConfig(
+        steps=ddim_steps or given.get("steps", 25),
+        guidance=guidance or given.get("guidance", 2.0),
+        seed=given.get("seed", 0),
+    )
+
+    def recognised(images) -> list[bool]:
+        return (clf.predict(images)[factor] == want).tolist() if len(images) else []
+
+    t2i = load_t2i(model)
+    texts = src.get("prompts") or []
+    pre = recognised(generate(t2i, texts, sample)) if texts else []
+    with output_dir(out, "audit", inputs=read) as o:
+        found = replay_findings(t2i, Path(replay), recognised, sample, log=log)
+        attacks = {}
+        for name, r in found.items():
+            d = write_findings(o, name, r["records"], {})
+            attacks[name] = {
+                "asr": r["transfer_asr"],
+                "transfer_asr": r["transfer_asr"],
+                "replayed": r["replayed"],
+                "findings": str(d.relative_to(o)),
+            }
+        doc = {
+            "concept": concept,
+            "factor": factor,
+            "prompts": texts,
+            "pre_asr": sum(pre) / len(pre) if pre else float("nan"),
+            "attacks": attacks,
+            "skipped": {},
+            "replay": str(replay),
+            "replayed_from": src.get("model"),
+            "model": model,
+            "data": str(data),
+            "sample": dict(sample.__dict__),
+        }
         write_json(o / "audit.json", doc)
     return doc

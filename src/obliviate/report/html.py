@@ -350,6 +350,7 @@ section{background:#fff;border:1px solid #e2e2e2;border-radius:6px;padding:8px 1
 h2{font-size:17px;margin:8px 0}h3{font-size:15px;margin:14px 0 6px}.note,figcaption{color:#555;font-size:13px}
 .plot svg{max-width:100%;height:auto}.plot{overflow-x:auto}.grid{display:inline-block;margin:6px;font-size:12px}
 .grid img{image-rendering:pixelated;max-width:100%;border:1px solid #ddd}
+.findings img{image-rendering:pixelated;height:64px}.findings td{font-size:12px;padding:2px 6px;vertical-align:middle}
 dl.defs{display:grid;grid-template-columns:fit-content(30em) 1fr;gap:2px 12px;font-size:13px;margin:8px 0}
 dl.defs dt{font-family:ui-monospace,monospace;font-weight:600;overflow-wrap:anywhere}dl.defs dd{margin:0;color:#333}
 .scroll{overflow:auto;max-width:100%}.tall{max-height:70vh}table{border-collapse:collapse;font-size:12.5px}

@@ -7,11 +7,11 @@ first (`headline.py`: the Pareto front, refusal vs over-refusal, refusal at dept
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from obliviate.report import curves as C
+from obliviate.report import diffusion as D
 from obliviate.report import figures as F
 from obliviate.report import headline as H
 from obliviate.report.headline import REFERENCES
@@ -34,8 +34,6 @@ GUARD_METRICS = (
     "heldout_refusal_rate@prefill20",
     "people_accuracy",
 )
-DIFFUSION_METRICS = ("ua", "ira", "cra", "over_erasure", "pre_asr")
-MAX_GRID_BYTES = 2_500_000  # embedded PNG grids, all sources together (the page must stay under 5 MB)
 
 
 @dataclass
@@ -81,6 +79,10 @@ def figures(sources: list[Source]) -> list[Figure]:
     ):
         out += make(sources, many, order)
     return out
+
+
+def _diffusion(sources, many, order) -> list[Figure]:
+    return [Figure(**f) for f in D.diffusion_figures(sources, many)]  # erasure, trade-off, findings, grids
 
 
 def _headline(sources, many, order) -> list[Figure]:
@@ -330,72 +332,6 @@ def _guards(sources, many, order) -> list[Figure]:
             table if len(table) > 1 else None,
         )
     ]
-
-
-def _diffusion(sources, many, order) -> list[Figure]:
-    out, panels, used = [], [], []
-    for s in sources:
-        runs = {r: m for r, m in _runs(s).items() if _num(m.get("ua"))}
-        by_concept: dict[str, list[str]] = {}
-        for r in runs:
-            by_concept.setdefault(r.split("/")[-1] if "/" in r else "", []).append(r)
-        for concept, names in by_concept.items():
-            keys = [k for k in DIFFUSION_METRICS if any(_num(runs[r].get(k)) for r in names)]
-            used += keys
-            panels.append(
-                (
-                    (f"{s.name}: " if many else "") + (f"concept '{concept}'" if concept else "erasure"),
-                    [r.split("/")[0] for r in names],
-                    {k: [runs[r].get(k) if _num(runs[r].get(k)) else None for r in names] for k in keys},
-                )
-            )
-        aud = (s.results or {}).get("audit") or {}
-        asr = {r: a["attacks"] for r, a in aud.items() if isinstance(a, dict) and isinstance(a.get("attacks"), dict)}
-        if asr:
-            attacks = list(dict.fromkeys(k for v in asr.values() for k in v))
-            panels.append(
-                (
-                    f"attacks ({s.name})" if many else "attacks on the erasures",
-                    list(asr),
-                    {a: [v.get(a, {}).get("asr") for v in asr.values()] for a in attacks},
-                )
-            )
-            used.append("asr")
-    if panels:
-        out.append(
-            Figure(
-                "diffusion",
-                "Concept erasure (text-to-image)",
-                F.bar_panels(panels),
-                "Per eraser and concept, from the factor classifiers' reading of generated images.",
-                list(dict.fromkeys(used)),
-            )
-        )
-    imgs, budget, left = [], MAX_GRID_BYTES, []
-    for s in sources:
-        for p in s.grids:
-            data = p.read_bytes()
-            if len(data) > budget:
-                left.append(p.name)
-                continue
-            budget -= len(data)
-            imgs.append(
-                f'<div class="grid"><img alt="{_esc(p.stem)}" src="data:image/png;base64,'
-                f'{base64.b64encode(data).decode()}"><div>{_esc((s.name + ": ") if many else "")}'
-                f"{_esc(p.stem)}</div></div>"
-            )
-    if imgs:
-        out.append(
-            Figure(
-                "grids",
-                "Sample grids",
-                "".join(imgs),
-                "Generated images, one row per model state (first "
-                "row before erasure, second after)."
-                + (f" Left out to keep the page small: {', '.join(left)}." if left else ""),
-            )
-        )
-    return out
 
 
 def _esc(s: str) -> str:

@@ -72,6 +72,11 @@ class ConceptArithmetic:
         for terms in compositions(concept, list(context_words), self.guidance)[: self.budget]:
             imgs = composed_sample(model, terms, self.samples, steps=self.steps, seed=self.seed)
             hits = list(recognised(imgs))
-            tried.append({"terms": terms, "success": sum(hits) / len(hits)})
+            tried.append({"terms": terms, "success": sum(hits) / len(hits), "images": imgs})
         best = max(tried, key=lambda r: r["success"])
-        return {"terms": best["terms"], "success_rate": best["success"], "tried": tried}
+        return {
+            "terms": best["terms"],
+            "success_rate": best["success"],
+            "images": best["images"],
+            "tried": [{k: v for k, v in r.items() if k != "images"} for r in tried],
+        }

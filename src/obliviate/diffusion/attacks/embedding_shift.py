@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
+from obliviate.diffusion.attacks import DIFFUSION_ATTACKS, Finding
 
 
 @DIFFUSION_ATTACKS.register("embedding_shift")
@@ -61,6 +61,7 @@ class EmbeddingShift:
             "history": history,
         }
 
-    def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> torch.Tensor:
+    def find(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> Finding:
         ctx = self.attack(erased, prompt, target_images)["context"]
-        return erased.sample([prompt], context=ctx, steps=sample.steps, guidance=sample.guidance, seed=sample.seed)
+        images = erased.sample([prompt], context=ctx, steps=sample.steps, guidance=sample.guidance, seed=sample.seed)
+        return Finding(images=images, context=ctx)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
+from obliviate.diffusion.attacks import DIFFUSION_ATTACKS, Finding
 from obliviate.diffusion.attacks.unlearndiffatk import prefix_embeddings, prefixed
 
 
@@ -77,6 +77,7 @@ class P4D:
             "history": history,
         }
 
-    def attacked_images(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> torch.Tensor:
+    def find(self, erased, original, prompt: str, target_images: torch.Tensor, sample) -> Finding:
         found = self.attack(erased, original, prompt, target_images)["prompt"]
-        return erased.sample([found], steps=sample.steps, guidance=sample.guidance, seed=sample.seed)
+        images = erased.sample([found], steps=sample.steps, guidance=sample.guidance, seed=sample.seed)
+        return Finding(images=images, prompt=found)

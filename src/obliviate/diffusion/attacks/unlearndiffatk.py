@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from obliviate.core.errors import UsageError
-from obliviate.diffusion.attacks import DIFFUSION_ATTACKS
+from obliviate.diffusion.attacks import DIFFUSION_ATTACKS, Finding
 
 
 @contextmanager
@@ -92,7 +92,7 @@ class UnlearnDiffAtk:
     timesteps: str = "sequential"
     eval_every: int = 1  # judge the prefix every this many steps, stop at a success (the reference: every step)
     seed: int = 0
-    judged_during_attack = True  # the audit passes its judge to attacked_images
+    judged_during_attack = True  # the audit passes its judge to find
 
     def __post_init__(self):
         if self.timesteps not in ("random", "sequential"):
@@ -148,11 +148,9 @@ class UnlearnDiffAtk:
         words = model.tokenizer.convert_ids_to_tokens(ids)  # real vocabulary words before the prompt
         return {"prefix_ids": ids, "prompt": " ".join(words + [prompt])}
 
-    def attacked_images(
-        self, erased, original, prompt: str, target_images: torch.Tensor, sample, judge=None
-    ) -> torch.Tensor:
-        """The erased model's generation for the adversarial prompt: the first judged one that `judge` (images ->
-        [bool]) accepts, else the final prefix's."""
+    def find(self, erased, original, prompt: str, target_images: torch.Tensor, sample, judge=None) -> Finding:
+        """The adversarial prompt and the erased model's generation for it: the first judged one that `judge`
+        (images -> [bool]) accepts, else the final prefix's."""
         seen: dict[str, torch.Tensor] = {}
 
         def generate(text: str) -> torch.Tensor:
@@ -161,4 +159,5 @@ class UnlearnDiffAtk:
             return seen[text]
 
         check = (lambda text: bool(judge(generate(text))[0])) if judge is not None else None
-        return generate(self.attack(erased, prompt, target_images, check=check)["prompt"])
+        found = self.attack(erased, prompt, target_images, check=check)["prompt"]
+        return Finding(images=generate(found), prompt=found)
