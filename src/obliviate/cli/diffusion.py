@@ -8,25 +8,59 @@ from typing import List, Optional
 import typer
 
 from obliviate.cli.common import parse_options, set_threads
+from obliviate.core.errors import UsageError
 
 
 def erase(
     method: str = typer.Argument(..., help="eraser name (`obliviate ls erasers`)"),
     model: Path = typer.Option(..., help="a diffusers text-to-image directory (unet/, text_encoder/, ...)"),
-    concept: str = typer.Option(..., help="the concept to erase, in the model's words, e.g. 'star'"),
+    concept: List[str] = typer.Option(
+        ..., help="a concept to erase, in the model's words, e.g. 'star' (repeatable: several in one run)"
+    ),
     out: Path = typer.Option(..., help="the edited model's directory"),
     guide: str = typer.Option("", help="what the concept should turn into (default: the empty prompt)"),
     preserve: List[str] = typer.Option([], help="a concept to keep as it was (repeatable)"),
     option: List[str] = typer.Option([], help="eraser option KEY=VALUE (repeatable)"),
+    sequential: bool = typer.Option(
+        False, help="the concepts are requests applied one after another, scored after each (needs --data)"
+    ),
+    data: Optional[Path] = typer.Option(
+        None, help="an image world: score the erased model on it (UA per concept, IRA, CRA) into OUT/requests.json"
+    ),
+    classifiers: Optional[Path] = typer.Option(
+        None, help="with --data: factor classifiers (default: DATA/classifiers)"
+    ),
+    limit: int = typer.Option(24, help="with --data: at most N prompts per scored set"),
+    ddim_steps: Optional[int] = typer.Option(None, help="with --data: DDIM steps per image [default: 25]"),
+    guidance: Optional[float] = typer.Option(None, help="with --data: classifier-free guidance scale [default: 2.0]"),
     threads: Optional[int] = typer.Option(None),
 ):
-    """Erase CONCEPT with METHOD and save the edited model to OUT (same layout as the input)."""
+    """Erase CONCEPT (or several) with METHOD and save the edited model to OUT (same layout as the input)."""
+    from obliviate.diffusion.requests import requests_table
     from obliviate.diffusion.run import erase as run_erase
 
     options = parse_options(option)
     set_threads(threads)
-    done = run_erase(method, model, concept, out, guide=guide, preserve=preserve, options=options)
-    typer.echo(f"{method}: erased {concept!r} in {done.seconds:.1f} s; wrote {out}")
+    if data is None and (classifiers or ddim_steps is not None or guidance is not None):
+        raise UsageError("--classifiers, --ddim-steps and --guidance score the erased model: give --data")
+    done = run_erase(
+        method,
+        model,
+        concept,
+        out,
+        guide=guide,
+        preserve=preserve,
+        options=options,
+        sequential=sequential,
+        data=data,
+        classifiers=classifiers,
+        limit=limit,
+        log=typer.echo,
+        **sampling(ddim_steps, guidance),
+    )
+    if done.scores:
+        typer.echo(requests_table(done.scores, list(concept)))
+    typer.echo(f"{method}: erased {', '.join(map(repr, concept))} in {done.seconds:.1f} s; wrote {out}")
 
 
 def sampling(ddim_steps: Optional[int], guidance: Optional[float]) -> dict:

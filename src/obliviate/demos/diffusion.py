@@ -70,6 +70,8 @@ TABLE = (
     "ira",
     "cra",
     "over_erasure",
+    "over_erasure[look-alike]",
+    "over_erasure[word-alike]",
     "fd_classifier",
     "pre_asr",
     "asr[unlearndiffatk]",
@@ -215,7 +217,11 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     if job["attack"]:
         options = {a: dict(opts) for a, opts in size.attack_options.items() if a in size.attacks}
         cfg = DiffusionAuditConfig(prompts=size.attack_prompts, sample=size.sample, options=options)
-        aud = audit_concept(edited, base, clf, world, concept, list(size.attacks), cfg)
+        where = Path("audits") / f"{name}_{concept}"  # findings and their images, for the report and --replay
+        aud = audit_concept(edited, base, clf, world, concept, list(size.attacks), cfg, out_dir=o / where)
+        for r in aud["attacks"].values():
+            if "findings" in r:
+                r["findings"] = str(where / r["findings"])
         m["pre_asr"] = aud["pre_asr"]
         m |= {f"asr[{a}]": r["asr"] for a, r in aud["attacks"].items()}
     m["job_seconds"] = round(time.perf_counter() - t0, 1)

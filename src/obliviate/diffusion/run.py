@@ -27,50 +27,109 @@ class Erased:
     model: T2I
     out: Path
     seconds: float
+    scores: list[dict] | None = None  # with `data`: the score rows (`diffusion.requests`), before and after
 
 
 def erase(
     method: str,
     model: str | Path,
-    concept: str,
+    concept: str | Sequence[str],
     out: Path,
     *,
     guide: str = "",
     preserve: Sequence[str] = (),
     options: dict | None = None,
+    sequential: bool = False,
+    data: Path | None = None,
+    classifiers: Path | None = None,
+    limit: int | None = 24,
+    ddim_steps: int = 25,
+    guidance: float = 2.0,
+    log: Callable[[str], Any] = lambda s: None,
 ) -> Erased:
-    """Erase `concept` from a text-to-image model with one eraser: what `obliviate erase` runs, and
+    """Erase `concept` (or several) from a text-to-image model with one eraser: what `obliviate erase` runs, and
     `obliviate.erase`.
 
     Args:
         method: an eraser (`obliviate ls erasers`: esd_x, uce, concept_ablation, ...); `options` its options,
             e.g. {"steps": 60}.
         model: a diffusers text-to-image directory (unet/, text_encoder/, tokenizer/, scheduler/).
-        concept: the concept to erase, in the model's words (e.g. "star"); every word must be known to its
-            tokenizer, as must those of `guide` (what the concept should turn into; default the empty prompt)
-            and of each `preserve` concept (kept as it was).
+        concept: the concept to erase, in the model's words (e.g. "star"), or a list of them (UCE edits them in
+            one closed form, the others erase them one after another: `diffusion.requests`); every word must be
+            known to its tokenizer, as must those of `guide` (what the concept should turn into; default the empty
+            prompt) and of each `preserve` concept (kept as it was).
         out: the edited model's directory (new; the input model is left as it was).
+        data: an image world (with classifiers, or `classifiers`): the erased model is then scored on it
+            (`diffusion.requests.score_erased`: UA per concept, IRA, CRA; `limit` prompts per set, `ddim_steps`,
+            `guidance`) into OUT/requests.json; with `sequential`, the concepts are separate requests applied
+            one after another and the model is scored before and after each, as UnlearnCanvas does.
 
     Writes OUT in the input's layout (staged: a half-written model never appears). Returns `Erased` (the edited
-    model, OUT, and the seconds erasing and saving took)."""
-    from obliviate.diffusion.erasers import ERASERS, load_all
+    model, OUT, the seconds erasing and saving took, and the score rows when `data` was given)."""
+    from obliviate.diffusion.erasers import ERASERS, Eraser, load_all
+    from obliviate.diffusion.evaluate import SampleConfig
     from obliviate.diffusion.model import load_t2i, unknown_words
+    from obliviate.diffusion.requests import check_concepts, score_erased
+    from obliviate.diffusion.requests import sequential as run_sequential
 
-    check_output(out, "erase", inputs=(model,))  # before anything is loaded
+    concepts = check_concepts([concept] if isinstance(concept, str) else list(concept))
+    if sequential and data is None:
+        raise UsageError("--sequential scores the model after each request: give --data (an image world)")
+    check_sampling(ddim_steps, guidance)
+    read = (model, data, classifiers)
+    check_output(out, "erase", inputs=read)  # before anything is loaded
     load_all()
     eraser = ERASERS.get(method).from_options(options or {})
-    if not concept.strip():
-        raise UsageError("--concept must not be empty")
+    world = clf = None
+    if data is not None:
+        from obliviate.diffusion.world import factor_of
+
+        world, clf = world_and_classifiers(data, classifiers)
+        for c in concepts:
+            factor_of(world, c)  # a concept the world does not know: exit 2 with the closest
     t2i = load_t2i(model)
-    for text in [concept, guide, *preserve]:
+    for text in [*concepts, guide, *preserve]:
         missing = unknown_words(t2i.tokenizer, text)
         if missing:
-            raise UsageError(f"the model's tokenizer does not know {missing[0]!r} (in {text!r})")
-    t0 = time.perf_counter()
-    edited = eraser.erase(t2i, concept, guide=guide, preserve=tuple(preserve))
-    with output_dir(out, "erase", inputs=(model,), staged=True) as o:
+            import difflib
+
+            vocab = [w for w in t2i.tokenizer.get_vocab() if w not in t2i.tokenizer.all_special_tokens]
+            close = difflib.get_close_matches(missing[0], vocab, n=1, cutoff=0.5)
+            raise UsageError(
+                f"the model's tokenizer does not know {missing[0]!r} (in {text!r})"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+            )
+    sample = SampleConfig(steps=ddim_steps, guidance=guidance, max_prompts=limit)
+    t0, rows = time.perf_counter(), None
+    if sequential:
+        edited, rows = run_sequential(
+            eraser, t2i, concepts, clf, world, sample, guide=guide, preserve=preserve, log=log
+        )
+    else:
+        edited = eraser.erase_many(t2i, concepts, guide=guide, preserve=tuple(preserve))
+        seconds = round(time.perf_counter() - t0, 1)
+        if data is not None:
+            rows = [
+                {"request": 0, "concept": None, "seconds": 0.0, **score_erased(t2i, clf, world, concepts, sample)},
+                {"request": len(concepts), "concept": "+".join(concepts), "seconds": seconds}
+                | score_erased(edited, clf, world, concepts, sample),
+            ]
+    seconds = time.perf_counter() - t0
+    with output_dir(out, "erase", inputs=read, staged=True) as o:
         edited.save(o)
-    return Erased(edited, Path(out), time.perf_counter() - t0)
+        if rows is not None:
+            write_json(
+                o / "requests.json",
+                {
+                    "method": method,
+                    "concepts": concepts,
+                    "sequential": sequential,
+                    "joint": type(eraser).erase_many is not Eraser.erase_many,
+                    "sample": dict(sample.__dict__),
+                    "rows": rows,
+                },
+            )
+    return Erased(edited, Path(out), seconds, rows)
 
 
 def check_sampling(ddim_steps: int | None, guidance: float | None) -> None:

@@ -1,6 +1,7 @@
 """Concept erasers for text-to-image diffusion models, one file each, registered by name (`obliviate ls
 erasers`). An eraser is a dataclass whose `erase(model, concept, guide=..., preserve=...)` returns the edited
-`obliviate.diffusion.model.T2I` (a copy: the input model is left as it was).
+`obliviate.diffusion.model.T2I` (a copy: the input model is left as it was); `erase_many(model, concepts, ...)`
+erases several (by default one after another; UCE in one closed form).
 
 To add an eraser: create `diffusion/erasers/my_eraser.py` with a `@ERASERS.register("my_eraser")` dataclass.
 """
@@ -24,6 +25,13 @@ class Eraser:
 
     def erase(self, model, concept: str, *, guide: str = "", preserve: tuple[str, ...] = ()):
         raise NotImplementedError
+
+    def erase_many(self, model, concepts: list[str], *, guide: str = "", preserve: tuple[str, ...] = ()):
+        """Several concepts: one after another, each erased from the model the previous one left. An eraser whose
+        paper defines a joint edit overrides this (UCE)."""
+        for c in concepts:
+            model = self.erase(model, c, guide=guide, preserve=preserve)
+        return model
 
     @classmethod
     def from_options(cls, options: dict) -> "Eraser":

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.diffusion.erasers import ERASERS, cross_attention_kv
+from obliviate.diffusion.erasers import ERASERS, Eraser, cross_attention_kv
 from obliviate.diffusion.erasers.uce import UCE, aligned_keys, uce_edit
 
 
@@ -45,6 +45,7 @@ class RECE(UCE):
     description = "UCE, then closed-form adversarial embeddings erased in turn (Gong et al. 2024)"
     epochs: int = 1
     reg: float = 1e-3
+    erase_many = Eraser.erase_many  # its paper erases one concept: several run one after another
 
     def erase(self, model, concept: str, *, guide: str = "", preserve: tuple[str, ...] = ()):
         edited = super().erase(model, concept, guide=guide, preserve=preserve)

@@ -78,8 +78,16 @@ class UCE(Eraser):
             raise UsageError("uce: lam must be > 0 (or preserve terms must be given)")
 
     def erase(self, model, concept: str, *, guide: str = "", preserve: tuple[str, ...] = ()):
+        return self.edit(model, [concept], guide, preserve)
+
+    def erase_many(self, model, concepts: list[str], *, guide: str = "", preserve: tuple[str, ...] = ()):
+        """Every concept in one closed form: Eq. 7's sums run over all of them, each mapped onto the guide, as the
+        reference code's `edit_model` does with lists of old and new texts."""
+        return self.edit(model, concepts, guide, preserve)
+
+    def edit(self, model, concepts: list[str], guide: str, preserve) -> object:
         edited = model.copy()
-        erase = [aligned_keys(edited, concept, guide)]
+        erase = [aligned_keys(edited, c, guide) for c in concepts]
         keep = [aligned_keys(edited, p, p)[0] for p in preserve]
         for proj in cross_attention_kv(edited.unet):
             new = uce_edit(proj.weight.detach().cpu(), erase, keep, self.lam, self.erase_scale, self.preserve_scale)
