@@ -94,7 +94,7 @@ def audit(
         "--guard",
         help="a guard directory (`obliviate guard fit`) on the "
         "audited model: attacks that train run on its weights with the guard "
-        "still applied at generation (repeatable)",
+        "still applied at generation (repeatable); diffusion: gog or gog:MAPPING.json (Guardians of Generation)",
     ),
     prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
     no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
@@ -161,7 +161,7 @@ def audit(
             classifiers,
             harmful_responses,
             *spec_files(harmful, benign),
-            *guard,
+            *([] if suite == "diffusion" else guard),  # the diffusion suite's guard is a spec (gog[:MAPPING])
             attacker_model,
         ),
         resume=resume,
@@ -170,7 +170,8 @@ def audit(
     from obliviate.guards.base import check_guard_dirs
     from obliviate.report.html import write_beside  # OUT/report.html; a failed report only warns
 
-    check_guard_dirs(guard)
+    if suite != "diffusion":
+        check_guard_dirs(guard)
     if limit is not None and limit < 1:
         raise UsageError("--limit must be >= 1")
     if harm_judge is not None and suite != "refusal":
@@ -198,6 +199,8 @@ def audit(
             raise UsageError(
                 "--suite diffusion needs --data: an image world (`obliviate world --images --classifiers`)"
             )
+        if len(guard) > 1:
+            raise UsageError("--suite diffusion takes one --guard (gog, or gog:MAPPING.json)")
         set_threads(threads)
         if replay is not None:
             from obliviate.cli.diffusion import diffusion_replay
@@ -206,7 +209,16 @@ def audit(
                 raise UsageError(
                     "--replay runs the findings saved in its directory: no --attacks, --option or --target"
                 )
-            diffusion_replay(model, replay, data, concept, classifiers, out, **sampling(ddim_steps, guidance))
+            diffusion_replay(
+                model,
+                replay,
+                data,
+                concept,
+                classifiers,
+                out,
+                guard=str(guard[0]) if guard else None,
+                **sampling(ddim_steps, guidance),
+            )
             write_beside(out)
             return
         diffusion_audit(
@@ -220,6 +232,7 @@ def audit(
             attack_options(option),
             prompts=limit or 4,
             time_budget=time_budget,
+            guard=str(guard[0]) if guard else None,
             seed=seed,
             **sampling(ddim_steps, guidance),
         )

@@ -212,7 +212,8 @@ def eval_cmd(
     guard: List[Path] = typer.Option(
         [],
         "--guard",
-        help="a guard directory (`obliviate guard fit`) applied to the evaluated models, not the oracle (repeatable)",
+        help="a guard directory (`obliviate guard fit`) applied to the evaluated models, not the oracle (repeatable); "
+        "diffusion: gog or gog:MAPPING.json (Guardians of Generation), each model also scored guarded as NAME+gog",
     ),
     prompt_template: Optional[str] = PROMPT_TEMPLATE_OPTION,
     no_chat_template: bool = NO_CHAT_TEMPLATE_OPTION,
@@ -237,17 +238,18 @@ def eval_cmd(
     fmt = prompt_format(prompt_template, no_chat_template)
     from obliviate.core.outputs import check_output
 
-    check_output(out, "eval", inputs=(*named_runs(model).values(), data, *oracle, classifiers, *guard))
+    guard_dirs = [] if suite == "diffusion" else guard  # the diffusion suite's guard is a spec (gog[:MAPPING])
+    check_output(out, "eval", inputs=(*named_runs(model).values(), data, *oracle, classifiers, *guard_dirs))
     from obliviate.guards.base import check_guard_dirs
     from obliviate.unlearning.evaluate import run_eval
 
     if suite == "diffusion":
         from obliviate.cli.diffusion import diffusion_eval, sampling
 
-        if oracle or guard or prompt_template is not None or no_chat_template:
-            raise UsageError(
-                "--oracle, --guard, --prompt-template and --no-chat-template do not apply to --suite diffusion"
-            )
+        if oracle or prompt_template is not None or no_chat_template:
+            raise UsageError("--oracle, --prompt-template and --no-chat-template do not apply to --suite diffusion")
+        if len(guard) > 1:
+            raise UsageError("--suite diffusion takes one --guard (gog, or gog:MAPPING.json)")
         if samples != 1 or temperature is not None or top_p is not None or seed:
             raise UsageError("--samples, --temperature, --top-p and --seed do not apply to --suite diffusion")
         if util:
@@ -256,7 +258,14 @@ def eval_cmd(
             raise UsageError("--mia-gradnorm scores language models; it does not apply to --suite diffusion")
         set_threads(threads)
         diffusion_eval(
-            named_runs(model), data, concept, classifiers, out, limit=limit, **sampling(ddim_steps, guidance)
+            named_runs(model),
+            data,
+            concept,
+            classifiers,
+            out,
+            limit=limit,
+            guard=str(guard[0]) if guard else None,
+            **sampling(ddim_steps, guidance),
         )
         return
     if concept or classifiers or limit or ddim_steps is not None or guidance is not None:

@@ -32,6 +32,7 @@ class DiffusionDemoSize:
     classifier_steps: int = 600
     concepts: tuple[str, ...] = ("star", "red", "striped")  # one object, one colour, one style
     erasers: tuple[str, ...] | None = None  # None: every registered eraser
+    guards: tuple[str, ...] = ("gog",)  # inference-time guards on the base model, scored and attacked as the erasers
     eraser_steps: int = 60  # `steps` of the trained erasers
     eraser_ddim_steps: int = 10  # their DDIM steps to reach x_t each step (default 25): most of an ESD step's cost
     # per-eraser options over the above, from a sweep on the demo's base model (docs/benchmarks.md): ESD-x needs more steps to
@@ -54,6 +55,7 @@ SMOKE = DiffusionDemoSize(
     classifier_steps=20,
     concepts=("star",),
     erasers=("uce", "esd_x"),
+    guards=(),
     eraser_steps=2,
     eraser_ddim_steps=2,
     eraser_options={"esd_x": {"steps": 3}},
@@ -152,7 +154,7 @@ def run_diffusion_demo(
                 "attack": bool(size.attacks) and c == size.concepts[0],
             }
             for c in size.concepts
-            for n in erasers
+            for n in (*erasers, *size.guards)
         ]
         samples, done = [], {}
         with Workers(workers) as pool:
@@ -166,7 +168,7 @@ def run_diffusion_demo(
                     f"{run}: UA {m['ua']:.2f} IRA {m['ira']:.2f} CRA {m['cra']:.2f} "
                     f"({m['seconds']:.0f} s erasing, {m['job_seconds']:.0f} s in all)"
                 )
-        results |= {f"{n}/{c}": done[f"{n}/{c}"] for c in size.concepts for n in erasers}  # the documented order
+        results |= {f"{n}/{c}": done[f"{n}/{c}"] for c in size.concepts for n in (*erasers, *size.guards)}
         config = {
             "suite": "diffusion",
             "seed": seed,
@@ -191,6 +193,7 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     from obliviate.diffusion.classifiers import FactorClassifiers
     from obliviate.diffusion.erasers import load_all
     from obliviate.diffusion.evaluate import evaluate_concept
+    from obliviate.diffusion.guard import parse_guard
     from obliviate.diffusion.model import load_t2i
     from obliviate.diffusion.world import build_image_world
 
@@ -200,16 +203,19 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     world = build_image_world(job["spec"])
     base, clf = load_t2i(o / "models" / "base"), FactorClassifiers.load(o / "classifiers")
     t_erase = time.perf_counter()
-    edited = demo_erase(
-        name,
-        base,
-        world,
-        concept,
-        size.eraser_steps,
-        job["seed"],
-        size.eraser_ddim_steps,
-        size.eraser_options.get(name),
-    )
+    if name in size.guards:  # the only guard: Guardians of Generation, on the base model's unchanged weights
+        edited = parse_guard(name).guard(base, [concept], world)
+    else:
+        edited = demo_erase(
+            name,
+            base,
+            world,
+            concept,
+            size.eraser_steps,
+            job["seed"],
+            size.eraser_ddim_steps,
+            size.eraser_options.get(name),
+        )
     secs = time.perf_counter() - t_erase
     m, art = evaluate_concept(edited, clf, world, concept, size.sample)
     m["seconds"] = round(secs, 1)

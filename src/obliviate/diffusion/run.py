@@ -132,6 +132,13 @@ def erase(
     return Erased(edited, Path(out), seconds, rows)
 
 
+def _guard(spec: str | None):
+    """The `--guard` of the diffusion suite, parsed (None without one)."""
+    from obliviate.diffusion.guard import parse_guard
+
+    return parse_guard(spec) if spec else None
+
+
 def check_sampling(ddim_steps: int | None, guidance: float | None) -> None:
     """--ddim-steps >= 1 and --guidance > 0 where given."""
     if ddim_steps is not None and ddim_steps < 1:
@@ -166,10 +173,12 @@ def run_diffusion_eval(
     guidance: float = 2.0,
     limit: int | None = None,
     seed: int = 0,
+    guard: str | None = None,
 ) -> dict:
     """`eval --suite diffusion`: UA / IRA / CRA / over-erasure / classifier FD of each model ({name: diffusers
     directory}) for one concept, on an image world `data` scored by its factor classifiers (`classifiers`, by
-    default DATA/classifiers). `limit`: at most N prompts per prompt set.
+    default DATA/classifiers). `limit`: at most N prompts per prompt set. `guard` ("gog" or "gog:MAPPING.json",
+    `diffusion.guard`): each model is also scored guarded against the concept, as NAME+gog.
 
     Writes OUT/results.json (the results schema) and OUT/grids/NAME.png (target and unrelated samples per model).
     Returns the results.json document."""
@@ -185,7 +194,10 @@ def run_diffusion_eval(
         raise UsageError("--suite diffusion needs --concept WORD (e.g. star)")
     world, clf = world_and_classifiers(data, classifiers)
     factor_of(world, concept)  # an unknown concept: exit 2 with a suggestion, before any model loads
+    gog = _guard(guard)
     loaded = [(name, load_t2i(d)) for name, d in models.items()]
+    if gog is not None:
+        loaded += [(f"{name}+gog", gog.guard(t2i, [concept], world)) for name, t2i in loaded]
     cfg = SampleConfig(steps=ddim_steps, guidance=guidance, seed=seed, max_prompts=limit)
     results = {}
     with output_dir(out, "eval", inputs=read) as o:
@@ -202,6 +214,7 @@ def run_diffusion_eval(
                 "concept": concept,
                 "models": dict(models),
                 "data": str(data),
+                "guard": guard,
                 "sample": cfg.__dict__,
             },
             results,
@@ -226,11 +239,13 @@ def run_diffusion_audit(
     guidance: float = 2.0,
     time_budget: float | None = None,
     seed: int = 0,
+    guard: str | None = None,
     log: Callable[[str], Any] = lambda s: None,
 ) -> dict:
     """`audit --suite diffusion`: pre-ASR and ASR of each attack (default: every one; `options` {attack: {key:
     value}}) on an erased model `model` against the original `target`, for one concept, on `prompts` target
-    prompts of the image world `data`. `log` receives each attack's progress lines.
+    prompts of the image world `data`; with `guard` ("gog" or "gog:MAPPING.json") on `model` guarded against the
+    concept, so the guard meets the same attacks as the erasers. `log` receives each attack's progress lines.
 
     Writes OUT/audit.json ({"pre_asr", "attacks": {attack: {"asr", ...}}, config, model, target, data}). Returns
     that document."""
@@ -255,7 +270,10 @@ def run_diffusion_audit(
         DIFFUSION_ATTACKS.get(a)
     world, clf = world_and_classifiers(data, classifiers)
     factor_of(world, concept)
+    gog = _guard(guard)
     erased, original = load_t2i(model), load_t2i(target)
+    if gog is not None:
+        erased = gog.guard(erased, [concept], world)
     cfg = DiffusionAuditConfig(
         prompts=prompts,
         sample=SampleConfig(steps=ddim_steps, guidance=guidance, seed=seed),
@@ -264,7 +282,13 @@ def run_diffusion_audit(
     )
     with output_dir(out, "audit", inputs=read) as o:
         doc = audit_concept(erased, original, clf, world, concept, names, cfg, log=log, out_dir=o)
-        doc |= {"model": model, "target": target, "data": str(data), "sample": dict(cfg.sample.__dict__)}
+        doc |= {
+            "model": model,
+            "target": target,
+            "data": str(data),
+            "sample": dict(cfg.sample.__dict__),
+            "guard": guard,
+        }
         write_json(o / "audit.json", doc)
     return doc
 
@@ -279,9 +303,10 @@ def run_diffusion_replay(
     *,
     ddim_steps: int | None = None,
     guidance: float | None = None,
+    guard: str | None = None,
     log: Callable[[str], Any] = lambda s: None,
 ) -> dict:
-    """`audit --suite diffusion --replay DIR`: the findings an earlier audit (DIR) kept, run on `model`; the
+    """`audit --suite diffusion --replay DIR` (with `guard`: on `model` guarded, as in `run_diffusion_audit`): the findings an earlier audit (DIR) kept, run on `model`; the
     transfer ASR per attack (`diffusion.findings.replay`). The concept, and unless given the DDIM steps and
     guidance, are DIR's. Writes OUT/audit.json ({"replay": DIR, "pre_asr" of `model` on DIR's prompts,
     "attacks": {attack: {"asr" = "transfer_asr", "replayed"}}}) and OUT/findings/ (the replayed findings with
@@ -318,6 +343,8 @@ def run_diffusion_replay(
         return (clf.predict(images)[factor] == want).tolist() if len(images) else []
 
     t2i = load_t2i(model)
+    if guard:
+        t2i = _guard(guard).guard(t2i, [concept], world)
     texts = src.get("prompts") or []
     pre = recognised(generate(t2i, texts, sample)) if texts else []
     with output_dir(out, "audit", inputs=read) as o:
@@ -343,6 +370,7 @@ def run_diffusion_replay(
             "model": model,
             "data": str(data),
             "sample": dict(sample.__dict__),
+            "guard": guard,
         }
         write_json(o / "audit.json", doc)
     return doc
