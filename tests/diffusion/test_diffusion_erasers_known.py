@@ -29,7 +29,8 @@ WORDS = ["a striped red star", "a dotted blue circle"]
 
 class BagOfWords(torch.nn.Module):
     """A text encoder whose last hidden state is the token embeddings themselves: orthogonal word vectors, zero
-    special tokens."""
+    special tokens, read through one linear layer that starts as the identity (the encoder's "layers", which
+    AdvUnlearn trains: it leaves the token embeddings alone, as its reference code does)."""
 
     def __init__(self, tok, dim: int = 32, scale: float = 4.0, seed: int = 0):
         super().__init__()
@@ -37,12 +38,15 @@ class BagOfWords(torch.nn.Module):
         w = q.T * scale * dim**0.5
         w[list(tok.all_special_ids)] = 0
         self.embed = torch.nn.Embedding(len(tok), dim, _weight=w.contiguous())
+        self.layer = torch.nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():
+            self.layer.weight.copy_(torch.eye(dim))
 
     def get_input_embeddings(self):
         return self.embed
 
     def forward(self, input_ids):
-        return types.SimpleNamespace(last_hidden_state=self.embed(input_ids))
+        return types.SimpleNamespace(last_hidden_state=self.layer(self.embed(input_ids)))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -182,19 +186,14 @@ def test_spm_latent_anchoring_keeps_the_anchored_prompt(toy, probes):
 
 def test_advunlearn_lowers_the_concepts_score_with_and_without_a_prefix(toy, probes):
     before = toy.text_encoder.embed.weight.clone()
-    edited = AdvUnlearn(steps=20, lr=0.3, batch_size=2, ddim_steps=3, attack_steps=1).erase(
-        toy, "star", preserve=("circle",)
+    er = AdvUnlearn(
+        steps=20, warmup=4, lr=0.05, batch_size=2, ddim_steps=3, attack_steps=2, attack_lr=0.05, retain_weight=1
     )
+    edited = er.erase(toy, "star", preserve=("circle",))
     assert score(edited, toy, "star", "star", probes) < 0.3
     assert max(score(edited, toy, f"{w} star", "star", probes) for w in ("a", "red", "blue", "striped")) < 0.5
     assert score(edited, toy, "circle", "circle", probes) > 0.7
-    # it trains the text encoder on the concept's prompt (its prefix swapped in) and the retain prompt only: the
-    # placeholder word under the prefix ("a") and words it never reads keep their vectors exactly
-    tok = toy.tokenizer
-    moved = {
-        tok.convert_ids_to_tokens(i)
-        for i in range(len(tok))
-        if not torch.equal(edited.text_encoder.embed.weight[i], before[i])
-    }
-    assert {"star", "circle"} <= moved <= {"star", "circle", tok.bos_token, tok.eos_token}
+    # the reference's text_encoder_full: the encoder's layers train, the token embeddings do not
+    assert torch.equal(edited.text_encoder.embed.weight, before)
+    assert not torch.equal(edited.text_encoder.layer.weight, toy.text_encoder.layer.weight)
     assert unet_unchanged(toy, edited)

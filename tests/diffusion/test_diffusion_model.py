@@ -256,6 +256,38 @@ def test_advunlearn_trains_the_text_encoder_only(tiny):
     assert any(not torch.equal(a, b) for a, b in zip(tiny.text_encoder.parameters(), edited.text_encoder.parameters()))
 
 
+def test_advunlearn_follows_its_reference_loop(tiny, monkeypatch):
+    """The reference's text_encoder_full (every encoder layer and the final norm, no embeddings), its warm-up
+    without the attack, and its inner attack's quirks: the embedding returned is the one the last step scored."""
+    from obliviate.diffusion.erasers.advunlearn import AdvUnlearn, text_encoder_layers
+
+    names = {id(p): n for n, p in tiny.text_encoder.named_parameters()}
+    enc = [names[id(p)] for p in text_encoder_layers(tiny.text_encoder, "encoder")]
+    assert enc and not any("embeddings" in n for n in enc) and any("final_layer_norm" in n for n in enc)
+    assert len(text_encoder_layers(tiny.text_encoder, "all")) == len(names)
+    calls = []
+    real = AdvUnlearn.attack
+
+    def spy(self, *a):
+        calls.append(a[-1])
+        return real(self, *a)
+
+    monkeypatch.setattr(AdvUnlearn, "attack", spy)
+    er = AdvUnlearn(steps=3, warmup=2, batch_size=1, ddim_steps=3, attack_steps=1, retain_batch=2)
+    edited = er.erase(tiny, "star", preserve=("a dotted blue circle",))
+    assert len(calls) == 1 and len(er.history) == 3  # the attack runs after the warm-up only
+    emb_before = tiny.text_encoder.get_input_embeddings().weight
+    assert torch.equal(edited.text_encoder.get_input_embeddings().weight, emb_before)
+    g = torch.Generator().manual_seed(0)
+    u, c = tiny.encode([""]), tiny.encode(["star"])
+    init = emb_before[:1].detach()
+    one = AdvUnlearn(batch_size=1, ddim_steps=3, attack_steps=1).attack(tiny, tiny, "a star", c, u, g, init)
+    assert torch.equal(one, init)  # one step: scored before its update, which is not used
+    two = AdvUnlearn(batch_size=1, ddim_steps=3, attack_steps=2, attack_lr=0.1, attack_method="fast_at")
+    moved = two.attack(tiny, tiny, "a star", c, u, g, init)
+    assert torch.allclose((moved - init).abs(), torch.full_like(init, 0.1), atol=1e-5)  # Adam's first step: lr
+
+
 def test_concept_ablation_trains_kv_and_needs_an_anchor(tiny):
     load_all()
     er = ERASERS.get("concept_ablation")(steps=2, anchor_images=2, batch_size=2, ddim_steps=2)

@@ -261,12 +261,20 @@ def demo_erase(
         if v is not None and k in cls.__dataclass_fields__
     } | dict(options or {})
     torch.manual_seed(seed)
+    # an eraser that retains on prompts (AdvUnlearn's regulariser, SFD's remaining classes) gets the world's
+    # prompts, as text only: the ones that do not name the concept
+    factor = factor_of(world, concept)
+    preserve = (
+        tuple(r["text"] for r in world["prompts"] if r[factor] != concept)
+        if getattr(cls, "retain_prompts", False)
+        else ()
+    )
     guide = (
         world["factors"]["look_alikes"][factor_of(world, concept)][concept][0]
         if getattr(cls, "needs_anchor", False)
         else ""
     )
-    return cls(**opts).erase(base, concept, guide=guide)
+    return cls(**opts).erase(base, concept, guide=guide, preserve=preserve)
 
 
 def _mkdir(p: Path) -> Path:
