@@ -114,7 +114,10 @@ class FinetuneAttack(Attack):
 
         shots, test = self.pairs(ctx, model, tok)
         judge = ctx.judge()
-        before = refusal_eval(model, tok, test, depths=(), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
+        # before: the harmful rows alone (only its refusal rate is reported; the benign rows' replies before
+        # training would be generated for nothing: on XSTest's 250 safe prompts, most of this step's time)
+        harmful = [r for r in test if r["kind"] == "harmful"]
+        before = refusal_eval(model, tok, harmful, depths=(), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
         cfg = TrainConfig(
             retain_batch_size=min(16, len(shots)),
             seed=ctx.seed,
