@@ -64,7 +64,9 @@ class GuardedT2I(T2I):
     """A T2I sharing `model`'s components (no copy, no weight changed), guarded as the module docstring says."""
 
     def __init__(self, model: T2I, swaps: dict[str, str], alpha: float, away: float):
-        super().__init__(model.unet, model.text_encoder, model.tokenizer, model.scheduler_config, model.vae)
+        super().__init__(
+            model.unet, model.text_encoder, model.tokenizer, model.scheduler_config, model.vae, model.one_step_t
+        )
         self.swaps, self.alpha, self.away = dict(swaps), alpha, away
 
     def flagged(self, prompt: str) -> str | None:

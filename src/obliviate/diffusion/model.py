@@ -79,9 +79,12 @@ class T2IConfig:
 class T2I:
     """The components of a text-to-image model, and what obliviate does with them."""
 
-    def __init__(self, unet, text_encoder, tokenizer, scheduler_config: dict, vae=None):
+    def __init__(self, unet, text_encoder, tokenizer, scheduler_config: dict, vae=None, one_step_t: int | None = None):
         self.unet, self.text_encoder, self.tokenizer, self.vae = unet, text_encoder, tokenizer, vae
         self.scheduler_config = dict(scheduler_config)
+        # a one-step generator (Score Forgetting Distillation): its UNet maps noise at this timestep straight to an
+        # image, and `sample` takes that one step (saved as one_step.json beside model_index.json)
+        self.one_step_t = one_step_t
 
     # --- text ---
     def tokens(self, prompts: list[str]) -> dict:
@@ -153,7 +156,8 @@ class T2I:
         batch_size: int = 64,
     ) -> torch.Tensor:
         """Images [N, 3, H, W] in [-1, 1], DDIM with classifier-free guidance; `context` replaces the encoded
-        prompts (embedding attacks). Each image's noise depends only on (seed, its index)."""
+        prompts (embedding attacks). Each image's noise depends only on (seed, its index). A one-step generator
+        (`one_step_t`) takes its one step instead: `steps` and `guidance` do not apply."""
         out = []
         for s in range(0, len(prompts), batch_size):
             chunk = prompts[s : s + batch_size]
@@ -162,11 +166,23 @@ class T2I:
             g = [torch.Generator().manual_seed(seed * 1_000_003 + s + i) for i in range(len(chunk))]
             shape = self.latent_shape(1)
             z = torch.cat([torch.randn(shape, generator=gi) for gi in g]).to(self.device)
+            if self.one_step_t is not None:
+                out.append(self.to_pixels(self.one_step(z, cond)).cpu())
+                continue
             sched = self.ddim()
             sched.set_timesteps(steps)
             z = self.denoise(z, uncond, cond, guidance, sched, sched.timesteps)
             out.append(self.to_pixels(z).cpu())
         return torch.cat(out)
+
+    def one_step(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The one-step generator's output for noise z: x_t = sqrt(1 - abar_t) z at t = `one_step_t` (the image
+        part of x_t is zero), then x0 = (x_t - sqrt(1 - abar_t) eps(x_t, t, cond)) / sqrt(abar_t), as SFD's DDPM
+        code generates."""
+        abar = self.ddpm().alphas_cumprod[self.one_step_t].to(z.device)
+        x_t = (1 - abar).sqrt() * z
+        t = torch.full((len(z),), self.one_step_t, device=z.device)
+        return (x_t - (1 - abar).sqrt() * self.eps(x_t, t, cond)) / abar.sqrt()
 
     # --- persistence ---
     def save(self, out: Path) -> None:
@@ -189,10 +205,17 @@ class T2I:
                 self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
                 index["vae"] = ["diffusers", type(self.vae).__name__]
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            if self.one_step_t is not None:
+                (tmp / "one_step.json").write_text(json.dumps({"timestep": self.one_step_t}) + "\n")
 
     def copy(self) -> "T2I":
         return T2I(
-            copy.deepcopy(self.unet), copy.deepcopy(self.text_encoder), self.tokenizer, self.scheduler_config, self.vae
+            copy.deepcopy(self.unet),
+            copy.deepcopy(self.text_encoder),
+            self.tokenizer,
+            self.scheduler_config,
+            self.vae,
+            self.one_step_t,
         )
 
 
@@ -230,7 +253,8 @@ def load_t2i(path: str | Path) -> T2I:
     tok = AutoTokenizer.from_pretrained(path / "tokenizer")
     sched = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True).eval() if (path / "vae").is_dir() else None
-    return T2I(unet, text, tok, sched, vae)
+    one = json.loads((path / "one_step.json").read_text())["timestep"] if (path / "one_step.json").is_file() else None
+    return T2I(unet, text, tok, sched, vae, one)
 
 
 def build_t2i(tokenizer, cfg: T2IConfig = T2IConfig(), seed: int = 0) -> T2I:
