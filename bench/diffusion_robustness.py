@@ -77,7 +77,7 @@ def main() -> None:
     for o in a.option:
         key, _, value = o.partition("=")
         eraser, _, k = key.partition(".")
-        extra.setdefault(eraser, {}) |= cast_options(ERASERS.get(eraser), {k: value}, f"eraser {eraser}")
+        extra.setdefault(eraser, {}).update(cast_options(ERASERS.get(eraser), {k: value}, f"eraser {eraser}"))
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         base = base_for(seed, a.demo, a.out, size, world, print)
