@@ -6,7 +6,8 @@
 
 The image world and its classifiers are the demo's (`--demo`, a `demo --suite diffusion` output); the base model of
 seed 0 is the demo's, and the other seeds' are trained with the demo's recipe and step count (saved under
-OUT/base-seedS, reused when present). Each eraser runs as the demo runs it (`demo_erase`: its steps, DDIM steps and
+OUT/base-seedS, reused when present; `--fresh-base` trains seed 0's too, `--base-only` stops at the bases'
+accuracies: how far the thread count moves them). Each eraser runs as the demo runs it (`demo_erase`: its steps, DDIM steps and
 per-eraser options, with `--option ERASER.KEY=VALUE` over them), then UA / IRA / CRA on `--prompts` prompts per set
 and UnlearnDiffAtk (its reference defaults) on `--prompts` target prompts: pre-ASR and ASR. Prints one line per
 (seed, eraser), then mean and standard deviation over the seeds; writes OUT/LABEL.json. Figures, not a test.
@@ -22,11 +23,11 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def base_for(seed: int, demo: Path, out: Path, size, world, log):
+def base_for(seed: int, demo: Path, out: Path, size, world, log, fresh: bool = False):
     from obliviate.diffusion.model import T2IConfig, build_t2i, build_word_tokenizer, load_t2i, train_t2i
     from obliviate.diffusion.world import vocabulary
 
-    if seed == 0 and (demo / "models" / "base").is_dir():
+    if seed == 0 and (demo / "models" / "base").is_dir() and not fresh:
         return load_t2i(demo / "models" / "base")
     d = out / f"base-seed{seed}"
     if d.is_dir():
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--option", action="append", default=[], help="ERASER.KEY=VALUE over the demo's options")
     ap.add_argument("--label", default="robustness")
+    ap.add_argument("--fresh-base", action="store_true", help="train seed 0's base too (the demo's is not reused)")
+    ap.add_argument("--base-only", action="store_true", help="train / load the bases, print their accuracy, stop")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
 
@@ -80,8 +83,11 @@ def main() -> None:
         extra.setdefault(eraser, {}).update(cast_options(ERASERS.get(eraser), {k: value}, f"eraser {eraser}"))
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
-        base = base_for(seed, a.demo, a.out, size, world, print)
+        base = base_for(seed, a.demo, a.out, size, world, print, a.fresh_base)
         acc = base_accuracy(base, clf, world, replace(size.sample, max_prompts=None))
+        if a.base_only:
+            print(f"seed {seed} base ({a.threads} threads): accuracy {acc}", flush=True)
+            continue
         m0, _ = evaluate_concept(base, clf, world, a.concept, sample)
         print(f"seed {seed} base: accuracy {acc}; IRA {m0['ira']:.3f} CRA {m0['cra']:.3f}", flush=True)
         for name in a.erasers.split(","):
