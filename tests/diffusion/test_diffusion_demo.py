@@ -40,6 +40,10 @@ def test_smoke_demo_writes_every_figure(tmp_path, capsys):
         per_prompt = aud["attacks"]["unlearndiffatk"]["per_prompt"]
         assert len(per_prompt) == len(aud["prompts"]) == 1  # the smoke size attacks one prompt
         assert m["pre_asr"] == aud["pre_asr"] and m["asr[unlearndiffatk]"] == sum(per_prompt) / len(per_prompt)
+        for attack, fig in aud["attacks"].items():  # what each attack found, kept with its image
+            rows = (out / fig["findings"] / "findings.jsonl").read_text().splitlines()
+            assert rows and all((out / fig["findings"] / json.loads(r)["image"]).is_file() for r in rows), attack
+        assert {"over_erasure[look-alike]", "over_erasure[word-alike]"} <= set(m)
         assert (out / "grids" / f"{name.replace('/', '_')}.png").is_file()
     assert set(doc["base"]["factor_accuracy"]) == {"object", "colour", "style", "background"}
     assert "demo wall time" in stdout
