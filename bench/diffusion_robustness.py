@@ -93,8 +93,9 @@ def main() -> None:
         for name in a.erasers.split(","):
             opts = dict(size.eraser_options.get(name, {})) | extra.get(name, {})
             t0 = time.perf_counter()
+            seeded = {"seed": seed} if "seed" in ERASERS.get(name).__dataclass_fields__ else {}
             edited = demo_erase(
-                name, base, world, a.concept, size.eraser_steps, seed, size.eraser_ddim_steps, opts | {"seed": seed}
+                name, base, world, a.concept, size.eraser_steps, seed, size.eraser_ddim_steps, opts | seeded
             )
             secs = time.perf_counter() - t0
             m, _ = evaluate_concept(edited, clf, world, a.concept, sample)
