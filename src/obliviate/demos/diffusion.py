@@ -189,6 +189,7 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
     """One eraser on one concept, in a worker (or in-process): erase the saved base model, evaluate, and attack the
     erasure when `job["attack"]`. Returns (run, metrics, audit or None, the erased model's target images, sample
     rows)."""
+    from obliviate.core.jsonio import write_json
     from obliviate.diffusion.audit import DiffusionAuditConfig, audit_concept
     from obliviate.diffusion.classifiers import FactorClassifiers
     from obliviate.diffusion.erasers import load_all
@@ -225,6 +226,7 @@ def _erasure_job(job: dict) -> tuple[str, dict, dict | None, object, list[dict]]
         cfg = DiffusionAuditConfig(prompts=size.attack_prompts, sample=size.sample, options=options)
         where = Path("audits") / f"{name}_{concept}"  # findings and their images, for the report and --replay
         aud = audit_concept(edited, base, clf, world, concept, list(size.attacks), cfg, out_dir=o / where)
+        write_json(o / where / "audit.json", aud | {"model": name, "sample": dict(size.sample.__dict__)})  # --replay
         for r in aud["attacks"].values():
             if "findings" in r:
                 r["findings"] = str(where / r["findings"])

@@ -345,7 +345,11 @@ def run_diffusion_replay(
     t2i = load_t2i(model)
     if guard:
         t2i = _guard(guard).guard(t2i, [concept], world)
-    texts = src.get("prompts") or []
+    found = read_findings(replay)
+    # the prompts the findings were made for (DIR's audit.json lists them; else the per-prompt findings name them)
+    texts = src.get("prompts") or list(
+        dict.fromkeys(r["prompt"] for rs in found.values() for r in rs if not r.get("terms"))
+    )
     pre = recognised(generate(t2i, texts, sample)) if texts else []
     with output_dir(out, "audit", inputs=read) as o:
         found = replay_findings(t2i, Path(replay), recognised, sample, log=log)
