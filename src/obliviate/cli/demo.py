@@ -24,7 +24,8 @@ def demo(
     seed: int = typer.Option(0),
     methods: Optional[str] = typer.Option(
         None,
-        help="comma-separated methods, or 'all' (default: the six TOFU/NPO baselines, which fit the 2-minute budget)",
+        help="comma-separated methods, or 'all' (default: the six TOFU/NPO baselines, which fit the 2-minute budget); "
+        "diffusion: the erasers and guards to run (default: every one but the opt-in sfd)",
     ),
     suite: str = typer.Option(
         "world",
@@ -123,13 +124,23 @@ def demo(
         write_beside(out)
         return
     if suite == "diffusion":
+        from dataclasses import replace
+
         from obliviate.demos.diffusion import FULL, SMOKE, run_diffusion_demo
 
         if size not in ("full", "smoke"):
             raise UsageError(f"--size must be 'full' or 'smoke', got {size!r}")
-        if methods or guards or model:
-            raise UsageError("--methods, --guards and --model do not apply to --suite diffusion")
-        run_diffusion_demo(out, size=FULL if size == "full" else SMOKE, seed=seed, started=STARTED, workers=workers)
+        if guards or model:
+            raise UsageError("--guards and --model do not apply to --suite diffusion")
+        chosen = FULL if size == "full" else SMOKE
+        if methods:  # the erasers (and guards) to run, e.g. uce,esd_x,sfd (the default leaves out the opt-in sfd)
+            names = [m.strip() for m in methods.split(",") if m.strip()]
+            chosen = replace(
+                chosen,
+                erasers=tuple(n for n in names if n not in ("gog",)),
+                guards=tuple(n for n in names if n == "gog"),
+            )
+        run_diffusion_demo(out, size=chosen, seed=seed, started=STARTED, workers=workers)
         write_beside(out)
         return
     if attacks or option or derta_seeds != 1:
