@@ -124,8 +124,6 @@ def demo(
         write_beside(out)
         return
     if suite == "diffusion":
-        from dataclasses import replace
-
         from obliviate.demos.diffusion import FULL, SMOKE, run_diffusion_demo
 
         if size not in ("full", "smoke"):
