@@ -113,3 +113,22 @@ def test_every_eraser_runs_as_the_demo_calls_it():
         ]
         assert changed, name  # it edited something
     assert all(torch.equal(p, before[n]) for n, p in base.unet.named_parameters())  # the base is left alone
+
+
+def test_demo_methods_name_its_erasers_and_the_guard(tmp_path, capsys):
+    """`--methods` picks the erasers and the guard; the guard's row changes no weight and is attacked like the
+    erasers (its audit is on disk for --replay)."""
+    out = tmp_path / "demo"
+    code, _, err = run_cli(
+        ["demo", "--suite", "diffusion", "--size", "smoke", "--methods", "uce,gog", "--out", out, "--workers", "1"],
+        capsys,
+    )
+    assert code == 0, err
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["results"]) == {"base/star", "uce/star", "gog/star"}
+    assert doc["results"]["gog/star"]["seconds"] == 0.0 and "asr[unlearndiffatk]" in doc["results"]["gog/star"]
+    assert (out / "audits" / "gog_star" / "audit.json").is_file()
+    code, _, err = run_cli(
+        ["demo", "--suite", "diffusion", "--size", "smoke", "--methods", "uec", "--out", out], capsys
+    )
+    assert code == 2 and "did you mean 'uce'" in err
