@@ -99,6 +99,7 @@ def evaluate_concept(model, clf, world: dict, concept: str, cfg: SampleConfig = 
     pred = {name: {f: v.numpy() for f, v in clf.predict(out[name]).items()} if len(out[name]) else {} for name in sets}
     others = [f for f in clf.factors if f != factor]
     w_others = _wants(clf, sets["others"], clf.factors)
+    w_benign = _wants(clf, sets["benign"], clf.factors)
     neighbour = w_others[factor] >= 0  # prompts that name another value of the factor (all, but for backgrounds)
     metrics = {
         "ua": unlearning_accuracy(pred["target"].get(factor, []), clf.values[factor].index(concept)),
@@ -112,9 +113,7 @@ def evaluate_concept(model, clf, world: dict, concept: str, cfg: SampleConfig = 
         )
         if sets["others"]
         else float("nan"),
-        "over_erasure": over_erasure_rate(pred["benign"], _wants(clf, sets["benign"], clf.factors))
-        if sets["benign"]
-        else float("nan"),
+        "over_erasure": over_erasure_rate(pred["benign"], w_benign) if sets["benign"] else float("nan"),
         "fd_classifier": frechet_distance(clf.features(out["others"]), clf.features(world_test_images(world)))
         if len(out["others"]) > 1
         else float("nan"),
@@ -123,7 +122,6 @@ def evaluate_concept(model, clf, world: dict, concept: str, cfg: SampleConfig = 
     # over-refusal per category of benign prompt; here the category is how the prompt resembles the concept (the
     # world's `relation`: look-alike = one of the two values most alike in appearance, word-alike = the least
     # alike value, so only the other words are shared)
-    w_benign = _wants(clf, sets["benign"], clf.factors) if sets["benign"] else {}
     for relation in sorted({r["relation"] for r in sets["benign"] if r.get("relation")}):
         keep = np.array([r.get("relation") == relation for r in sets["benign"]])
         metrics[f"over_erasure[{relation}]"] = over_erasure_rate(

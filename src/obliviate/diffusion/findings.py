@@ -67,13 +67,18 @@ def write_findings(out: Path, attack: str, records: list[dict], plain_images: di
     return d
 
 
+def findings_dir(root: Path) -> Path:
+    """An audit directory's findings/, or `root` itself when it is one."""
+    root = Path(root)
+    return root / FINDINGS if (root / FINDINGS).is_dir() else root
+
+
 def read_findings(root: Path) -> dict[str, list[dict]]:
     """attack -> its records, from an audit directory (or its findings/ directory). UsageError naming the
     directory when it holds none."""
     from obliviate.data.schema import read_jsonl
 
-    root = Path(root)
-    base = root / FINDINGS if (root / FINDINGS).is_dir() else root
+    base = findings_dir(root)
     files = sorted(base.glob("*/findings.jsonl")) if base.is_dir() else []
     out = {f.parent.name: [r for _, r in read_jsonl(f)] for f in files}
     if not any(out.values()):
@@ -88,8 +93,9 @@ def replayable(rec: dict) -> bool:
     return bool(rec.get("found_prompt") or rec.get("context") or rec.get("terms"))
 
 
-def replay(model, root: Path, recognised, sample, log=lambda s: None) -> dict:
-    """Every saved finding of the audit at `root` run on `model`, judged by `recognised(images) -> [bool]`.
+def replay(model, root: Path, found: dict[str, list[dict]], recognised, sample, log=lambda s: None) -> dict:
+    """Every saved finding (`found`: `read_findings(root)`) of the audit at `root` run on `model`, judged by
+    `recognised(images) -> [bool]`.
     Returns {attack: {"transfer_asr": share of replayed findings recognised (concept arithmetic: the mean of its
     compositions' rates), "replayed": n, "records": findings records for `write_findings`}}; records with nothing
     found (prompts the source model already generated) are not replayed."""
@@ -97,10 +103,9 @@ def replay(model, root: Path, recognised, sample, log=lambda s: None) -> dict:
 
     from obliviate.diffusion.attacks.concept_arithmetic import composed_sample
 
-    root = Path(root)
-    base = root / FINDINGS if (root / FINDINGS).is_dir() else root
+    base = findings_dir(root)
     out = {}
-    for attack, records in read_findings(root).items():
+    for attack, records in found.items():
         rows = []
         for rec in filter(replayable, records):
             ctx = None

@@ -113,8 +113,7 @@ class GuardedT2I(T2I):
             raw = context[s : s + batch_size] if context is not None else self.raw_encode(chunk)
             cond, uncond = self.mix(chunk, raw), self.raw_encode([""] * len(chunk))
             mask = torch.tensor([self.flagged(p) is not None for p in chunk], dtype=raw.dtype).view(-1, 1, 1, 1)
-            g = [torch.Generator().manual_seed(seed * 1_000_003 + s + i) for i in range(len(chunk))]
-            z = torch.cat([torch.randn(self.latent_shape(1), generator=gi) for gi in g]).to(self.device)
+            z = self.start_noise(len(chunk), seed, s)
             sched = self.ddim()
             sched.set_timesteps(steps)
             for t in sched.timesteps:

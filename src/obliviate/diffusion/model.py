@@ -163,9 +163,7 @@ class T2I:
             chunk = prompts[s : s + batch_size]
             cond = context[s : s + batch_size] if context is not None else self.encode(chunk)
             uncond = self.encode([""] * len(chunk))
-            g = [torch.Generator().manual_seed(seed * 1_000_003 + s + i) for i in range(len(chunk))]
-            shape = self.latent_shape(1)
-            z = torch.cat([torch.randn(shape, generator=gi) for gi in g]).to(self.device)
+            z = self.start_noise(len(chunk), seed, s)
             if self.one_step_t is not None:
                 out.append(self.to_pixels(self.one_step(z, cond)).cpu())
                 continue
@@ -174,6 +172,12 @@ class T2I:
             z = self.denoise(z, uncond, cond, guidance, sched, sched.timesteps)
             out.append(self.to_pixels(z).cpu())
         return torch.cat(out)
+
+    def start_noise(self, n: int, seed: int, first: int = 0) -> torch.Tensor:
+        """The starting noise of images first..first+n-1: each from its own generator, seeded by (seed, its index),
+        so an image's noise does not depend on the batch it is drawn in."""
+        g = [torch.Generator().manual_seed(seed * 1_000_003 + first + i) for i in range(n)]
+        return torch.cat([torch.randn(self.latent_shape(1), generator=gi) for gi in g]).to(self.device)
 
     def one_step(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The one-step generator's output for noise z: x_t = sqrt(1 - abar_t) z at t = `one_step_t` (the image

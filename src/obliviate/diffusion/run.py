@@ -321,7 +321,7 @@ def run_diffusion_replay(
     check_sampling(ddim_steps, guidance)
     read = (model, data, classifiers, replay)
     check_output(out, "audit", inputs=read)
-    read_findings(replay)  # a directory without findings: exit 2 before any model loads
+    found = read_findings(replay)  # a directory without findings: exit 2 before any model loads
     src_file = Path(replay) / "audit.json"
     src = read_json(src_file) if src_file.is_file() else {}
     if concept and src.get("concept") and concept != src["concept"]:
@@ -345,16 +345,15 @@ def run_diffusion_replay(
     t2i = load_t2i(model)
     if guard:
         t2i = _guard(guard).guard(t2i, [concept], world)
-    found = read_findings(replay)
     # the prompts the findings were made for (DIR's audit.json lists them; else the per-prompt findings name them)
     texts = src.get("prompts") or list(
         dict.fromkeys(r["prompt"] for rs in found.values() for r in rs if not r.get("terms"))
     )
     pre = recognised(generate(t2i, texts, sample)) if texts else []
     with output_dir(out, "audit", inputs=read) as o:
-        found = replay_findings(t2i, Path(replay), recognised, sample, log=log)
+        replayed = replay_findings(t2i, Path(replay), found, recognised, sample, log=log)
         attacks = {}
-        for name, r in found.items():
+        for name, r in replayed.items():
             d = write_findings(o, name, r["records"], {})
             attacks[name] = {
                 "asr": r["transfer_asr"],

@@ -35,8 +35,7 @@ def composed_sample(model, terms: list[tuple[str, float]], n: int, *, steps: int
     k = len(terms)
     ctx = model.encode([""] + [p for p, _ in terms])  # [1 + k, L, d]
     w = torch.tensor([wt for _, wt in terms], dtype=torch.float32, device=model.device).view(k, 1, 1, 1, 1)
-    g = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(n)]
-    z = torch.cat([torch.randn(model.latent_shape(1), generator=gi) for gi in g]).to(model.device)
+    z = model.start_noise(n, seed)
     sched = model.ddim()
     sched.set_timesteps(steps)
     cond = ctx.repeat_interleave(n, dim=0)  # [(1 + k) n, L, d]: block j holds prompt j for every image
