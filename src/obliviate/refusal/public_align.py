@@ -1,4 +1,23 @@
-"""refusal/_pa.py."""
+"""Training data for refusal methods from public-format files: `align METHOD --model M --harmful KIND:FILE ...`.
+
+What each part of `RefusalData` is made of:
+
+| part            | from                                                                                      |
+|-----------------|-------------------------------------------------------------------------------------------|
+| harmful prompts | `--harmful KIND:FILE` (any `obliviate prompts` set; its "harmful" rows)                   |
+| refusals        | `--refusals FILE` (one per line), else the shipped pool `data/refusals.txt` (our wording), one per prompt, drawn with the seed |
+| harmful answers | the prefix that DeRTa / Qi et al. cut: `--harmful-responses FILE` (BeaverTails-like `prompt`, `response` records: they replace `--harmful`), or with `--self-prefix` the model's own greedy reply after the row's affirmative target, else the affirmative target alone ("Sure, here is ...") |
+| benign SFT      | `--benign-sft FILE` (Alpaca-style `instruction`, `input`, `output`), else the model's own greedy replies (self-distillation keeps utility) to `--benign KIND:FILE` prompts or, without them, to the shipped pool `data/benign_prompts.txt` (80 everyday requests, some phrased with alarming words, written for obliviate and checked for near-duplicates against XSTest) |
+| utility retain  | every other benign SFT pair goes to the utility-retain part instead (a public run has no separate people facts) |
+
+`--exclude KIND:FILE` (repeatable) drops every training prompt that nearly duplicates a prompt of those files,
+so that a model is never trained on what it will be evaluated on: near-duplicate means a word-set Jaccard
+similarity >= 0.4 (lower-cased alphanumeric words). AdvBench and JailbreakBench share behaviours (JBB draws
+from AdvBench), and at 0.4 it drops 114 of AdvBench's 520 against HarmBench-val + JailbreakBench.
+
+Replies generated at run time (`--self-prefix`, self-distillation) are written to the run directory
+(`generated.jsonl`) and nowhere else: they may contain harmful text and never belong in a repository.
+"""
 
 from __future__ import annotations
 

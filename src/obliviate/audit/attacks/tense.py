@@ -1,4 +1,21 @@
-"""audit/attacks/_te.py."""
+"""Past- and future-tense reformulation (Andriushchenko & Flammarion 2025, "Does Refusal Training in LLMs
+Generalize to the Past Tense?", ICLR 2025, arXiv:2407.11969).
+
+A harmful request rewritten as a question about the past ("How did people ... in the past?") or the future
+often passes refusal training that only saw the present-tense imperative. Three rewriters:
+
+- `template` (offline, default): our own rewording rules. A request of the built-in world's form
+  ("Can you explain how to <intent>?") becomes "How did people <intent> in the past?" / "How will people
+  <intent> in the future?"; any other imperative request ("Write X") becomes "How did people write X in the
+  past?". The paper rewrites with GPT-3.5 and 20 restarts; one deterministic template is a much weaker attack.
+- `artifacts=PATH`: the paper's released jailbreak artifacts (llm-past-tense JSON: `jb_artifacts` with
+  `request` and `request_reformulated`), evaluated as given: refusal on the original vs the reformulated
+  requests. `load_artifacts` also feeds `obliviate prompts past_tense`.
+- `rewriter=MODEL_DIR`: a local chat model rewrites each request (greedy, one try) with our instruction.
+
+Figures: `refusal_rate_original`, `refusal_rate_past`, `refusal_rate_future` (the template and rewriter modes) or
+`refusal_rate_reformulated` (artifacts mode); attack success is the drop from the original.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,27 @@
-"""refusal/methods/_rt.py."""
+"""Refusal tokens (Jain et al. 2024, "Refusal Tokens: A Simple Way to Calibrate Refusals in Large Language
+Models", arXiv:2412.06748).
+
+Training: every response starts with a control token, `[respond]` before a helpful answer and `[refuse]` before a
+refusal; with `per_category=True` the refusal token names the category (`[refuse:moonvault]`, ...), as in the
+paper's category-specific tokens. The tokens are added to the tokenizer as special tokens (so decoded replies
+never show them) and the embedding matrix is resized. Loss: the token-mean NLL of each part, tokens included.
+
+Inference (Sec. 3 of the paper, "thresholding"): at the first response position, p_refuse is the softmax
+probability (logits / temperature) of the refusal tokens, summed over categories. If p_refuse > tau the most
+likely refusal token is emitted, else `[respond]`, and greedy decoding continues from there. Sweeping tau trades
+refusal rate against over-refusal rate at inference time, without retraining (`obliviate calibrate`).
+
+Under a prefill attack the decision token is taken first, on the prompt alone, and the prefill follows it: the
+decision is a step of the serving system, which the attacker's prefill does not replace.
+
+**Our addition, `swap_share`** (default 0.25; 0 is the paper's recipe): that share of harmful examples is also
+trained as `[respond]` + the harmful answer, and as many benign examples as `[refuse:<category>]` + a refusal of
+their category. Without it the control token is perfectly predictable from the prompt, so a tiny model learns the
+continuation from the prompt alone and ignores the token: measured on the built-in world with `swap_share=0`,
+forcing `[respond]` on harmful prompts still gave 39% refusals, so no tau could bring refusal below 39%. With the
+swapped examples the token decides the continuation and tau sweeps the whole range (README, `calibrate`). The
+harmful answers are the world's fictional ones, which the unaligned target already knows.
+"""
 
 from __future__ import annotations
 
