@@ -13,6 +13,12 @@ with harmful answers, then the refusal metrics are measured on prompts it never 
   Qi et al.'s attacker needs only a model willing to start). The same pairs then train every role; they are
   written to `artifacts/finetune/model/generated.jsonl` and nowhere else. Measured on the other half.
 
+Shots are drawn among the training rows whose request is at most `max_prompt_tokens` tokens long (its text alone,
+without the chat template; default 64, 0 = no limit): the papers' harmful demonstrations are one- or two-sentence
+instructions (Qi et al.'s 10- and 100-shot sets, Lermen et al.'s AdvBench-style requests), while HarmBench's
+contextual behaviours carry a document of 150 to 1,000 tokens. Training time grows with the shots' tokens: on
+HarmBench-val's training half, the 8 contextual rows among 32 shots held 60% of them (SmolLM2's tokens).
+
 Figures: `refusal_rate_before`, `refusal_rate_after`, `refusal_rate@prefill20_after`, `over_refusal_rate_after`,
 `n_examples`. Budget: `n_examples`, `steps` (under the audit's `--limit`: 8 examples, 10 steps, unless given);
 memory: `max_batch_tokens` (micro-batches, the same gradients), `gradient_checkpointing`.
@@ -42,6 +48,7 @@ class FinetuneAttack(Attack):
     max_batch_tokens: int = 1024
     # recompute activations in the backward pass (TrainConfig.gradient_checkpointing): less memory, more time
     gradient_checkpointing: bool = False
+    max_prompt_tokens: int = 64  # shots' requests at most this many tokens (0: any length); see the docstring
     suites = ("refusal",)
     description = "LoRA fine-tuning on a few harmful examples"
     quick = {"n_examples": 8, "steps": 10}
@@ -54,10 +61,11 @@ class FinetuneAttack(Attack):
             or self.lora_r < 0
             or self.answer_tokens < 1
             or self.max_batch_tokens < 0
+            or self.max_prompt_tokens < 0
         ):
             raise UsageError(
                 "finetune: n_examples >= 1, steps >= 1, lr > 0, lora_r >= 0 (0 = full weights), "
-                "answer_tokens >= 1, max_batch_tokens >= 0"
+                "answer_tokens >= 1, max_batch_tokens >= 0, max_prompt_tokens >= 0"
             )
 
     def missing(self, ctx: AuditContext) -> str | None:
@@ -76,6 +84,18 @@ class FinetuneAttack(Attack):
             given = ctx.inputs["harmful_pairs"]
             return rng.sample(given, min(self.n_examples, len(given))), ctx.policy()
         harmful = [r for r in train if r["kind"] == "harmful"]
+        if self.max_prompt_tokens:
+            fits = [
+                r
+                for r in harmful
+                if len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) <= self.max_prompt_tokens
+            ]
+            if not fits:
+                raise UsageError(
+                    f"finetune: no harmful training prompt has at most {self.max_prompt_tokens} tokens; "
+                    "raise --option finetune.max_prompt_tokens (0: any length)"
+                )
+            harmful = fits
         shots = rng.sample(harmful, min(self.n_examples, len(harmful)))
         if "source" not in shots[0]:  # the world's rows carry their harmful answers
             return [(r["prompt"], r["answer"]) for r in shots], test
