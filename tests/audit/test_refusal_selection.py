@@ -196,9 +196,11 @@ def test_both_selections_end_to_end_on_the_world(target_dir, world_dir, tmp_path
     fast one in fewer passes, and generation only for the chosen direction's final check (a call per set: harmful and
     benign before, ablated, added, orthogonalised), whatever the number of candidates."""
     import obliviate.engine.generation as generation
+    import obliviate.refusal.evaluate as evaluate
 
     calls, real = [], generation.generate
     monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(evaluate, "generate", generation.generate)  # the direct replies (`attacks.direct`)
     docs = {}
     for selection in ("full", "fast"):
         out = tmp_path / selection

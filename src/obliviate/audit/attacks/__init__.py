@@ -55,6 +55,8 @@ class AuditContext:
     progress: Callable[[str], None] | None = None  # one line of progress (the audit's console), if any
     transfer_from: Path | None = None  # a guarded model's run: the bare model's findings, to replay through the guard
     harm: object | None = None  # the harm judge (`--harm-judge`), if any
+    # the direct greedy replies of each role's model as loaded, shared by the attacks (`attacks.direct`)
+    direct_replies: dict = field(default_factory=dict)
     # replies per prompt (`--samples`), sampled at `temperature` / `top_p` when given or N > 1, reply j with seed
     # `seed + j` (`engine.sampling.sampling_for`), where an attack judges replies with `refusal.evaluate`
     samples: int = 1

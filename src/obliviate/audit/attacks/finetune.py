@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from obliviate.audit.attacks import ATTACKS, Attack, AuditContext
+from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, direct
 from obliviate.core.errors import UsageError
 
 
@@ -137,7 +137,15 @@ class FinetuneAttack(Attack):
         # before: the harmful rows alone (only its refusal rate is reported; the benign rows' replies before
         # training would be generated for nothing: on XSTest's 250 safe prompts, most of this step's time)
         harmful = [r for r in test if r["kind"] == "harmful"]
-        before = refusal_eval(model, tok, harmful, depths=(), max_new_tokens=ctx.max_new_tokens, refused_fn=judge)[0]
+        before = refusal_eval(
+            model,
+            tok,
+            harmful,
+            depths=(),
+            max_new_tokens=ctx.max_new_tokens,
+            refused_fn=judge,
+            generator=direct.generator(ctx),
+        )[0]
         cfg = TrainConfig(
             retain_batch_size=min(16, len(shots)),
             seed=ctx.seed,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, refusal_rate
+from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, direct, refusal_rate
 from obliviate.audit.attacks.adversarial import no_targets
 from obliviate.core.errors import UsageError
 
@@ -69,6 +69,7 @@ class Prefill(Attack):
             temperature=ctx.temperature,
             top_p=ctx.top_p,
             seed=ctx.seed,
+            generator=direct.generator(ctx),  # depth 0: the direct replies, shared with the other attacks
         )
         figs = {k: v for k, v in rates.items() if k.startswith("refusal_rate")}
         return figs | {"intervals": {k: v for k, v in refusal_intervals(records, seed=ctx.seed).items() if k in figs}}
@@ -91,16 +92,14 @@ class Completion(Attack):
         return no_harmful(ctx)
 
     def run(self, ctx: AuditContext, model, tok) -> dict:
-        from obliviate.models.encode import prompt_ids, text_ids
+        from obliviate.models.encode import text_ids
         from obliviate.models.remote import RemoteModel
 
         harmful = [r for r in ctx.policy() if r["kind"] == "harmful"][: self.max_prompts]
         texts, judge = [r["prompt"] for r in harmful], ctx.judge()
         if isinstance(model, RemoteModel):
             return self.run_remote(model, tok, texts, ctx.max_new_tokens, judge)
-        chat, _ = refusal_rate(
-            model, tok, [prompt_ids(tok, t) for t in texts], ctx.max_new_tokens, refused=judge, texts=texts
-        )
+        chat, _ = direct.direct_rate(ctx, model, tok, texts)
         raw, _ = refusal_rate(
             model, tok, [text_ids(tok, t + "\n") for t in texts], ctx.max_new_tokens, refused=judge, texts=texts
         )

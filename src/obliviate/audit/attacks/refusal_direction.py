@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 import torch
 
-from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, refusal_rate
+from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, direct, refusal_rate
 from obliviate.audit.attacks.refusal_selection import (
     SELECTIONS,
     choose,
@@ -295,8 +295,8 @@ class RefusalDirection(Attack):
         def rate(prompts, texts):
             return refusal_rate(model, tok, prompts, ctx.max_new_tokens, refused=judge, texts=texts)
 
-        before, _ = rate(h_prompts, h_text)
-        over_before, _ = rate(b_prompts, b_text)
+        before, _ = direct.direct_rate(ctx, model, tok, h_text)  # the model as loaded: shared replies
+        over_before, _ = direct.direct_rate(ctx, model, tok, b_text)
         with ablation(model, r_hat):
             after, hooked = rate(h_prompts, h_text)
         with addition(model, r, best["layer"]):

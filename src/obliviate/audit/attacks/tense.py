@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from obliviate.audit.attacks import ATTACKS, Attack, AuditContext
+from obliviate.audit.attacks import ATTACKS, Attack, AuditContext, direct
 from obliviate.audit.attacks.adversarial import replies
 from obliviate.core.errors import UsageError
 from obliviate.data.prompts import load_artifacts
@@ -111,7 +111,7 @@ class Tense(Attack):
                 "refusal_rate_reformulated": rate([a["reformulated"] for a in arts]),
             }
         requests = [r["prompt"] for r in ctx.policy() if r["kind"] == "harmful"][: self.max_prompts]
-        out = {"refusal_rate_original": rate(requests)}
+        out = {"refusal_rate_original": direct.direct_rate(ctx, model, tok, requests)[0]}
         for tense in ("past", "future"):
             rewritten = (
                 llm_rewrite(self.rewriter, requests, tense) if self.rewriter else [rewrite(q, tense) for q in requests]
