@@ -222,3 +222,23 @@ def test_both_selections_end_to_end_on_the_world(target_dir, world_dir, tmp_path
     assert full["selection_passes"] == 3 * full["candidates"] and fast["selection_passes"] <= full["selection_passes"]
     for k in ("bypass_score", "induce_score", "kl"):
         assert fast[k] == pytest.approx(full[k], abs=1e-4)
+
+
+def test_the_direction_leaves_out_contextual_and_copyright_behaviours(tiny_tokenizer):
+    """As the reference code's data does: HarmBench's contextual and copyright rows never reach the means or the
+    selection (they are still measured on)."""
+    from obliviate.audit.attacks import AuditContext
+    from obliviate.models.encode import prompt_ids
+
+    def row(i, kind, **kw):
+        base = {"prompt": f"request number {i}", "kind": kind, "source": "harmbench", "category": "chemical"}
+        return base | {"refusal": "I cannot help with that."} | kw
+
+    plain = [row(i, "harmful") for i in range(6)]
+    dropped = [row(10, "harmful", contextual=True), row(11, "harmful", category="copyright")]
+    safe = [row(20 + i, "benign", source="xstest") for i in range(6)]
+    ctx = AuditContext(suite="refusal", loaded=True, inputs={"policy_train": dropped + plain + safe, "policy_test": []})
+    enc, _ = ATTACKS.get("refusal_direction")(n_train=2, n_val=1).encoded(ctx, tiny_tokenizer)
+    used = {tuple(p) for part in enc for p in part}
+    assert not used & {tuple(prompt_ids(tiny_tokenizer, r["prompt"])) for r in dropped}
+    assert {tuple(prompt_ids(tiny_tokenizer, r["prompt"])) for r in plain[:3]} <= used

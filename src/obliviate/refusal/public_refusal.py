@@ -58,6 +58,7 @@ def load_sources(specs: list[str], label: str, allow_none: bool = False) -> list
                 "kind": label,
                 "category": r["category"] or kind,
                 "source": kind,
+                "contextual": bool(r.get("context")),  # HarmBench's behaviours with a context string
             }
             for r in got
         ]

@@ -49,7 +49,11 @@ class, every layer at the last position.
 
 Data: the world's `policy_train` (harmful / benign rows), measured on `policy_test`; on public prompt files, a
 seeded half of the harmful and of the benign prompts (`--benign`, else the shipped benign pool, as Arditi et al.
-contrast AdvBench / HarmBench with Alpaca), measured on the other half; the refusal tokens are the first tokens of
+contrast AdvBench / HarmBench with Alpaca), measured on the other half. As in the reference code's data
+(`dataset/generate_datasets.ipynb`: HarmBench "filter out instructions with Category=copyright or Tags=context"),
+HarmBench's contextual and copyright behaviours are left out of the direction's means and selection; they are still
+measured on. On HarmBench-val's training half they held 509 of the selection's 875 harmful prompt tokens, and every
+candidate's bypass score is a forward pass over them; the refusal tokens are the first tokens of
 the refusal replies (the world's, or the shipped refusal pool's). Generation is kept for the chosen direction's
 final check only (the reported refusal rates).
 """
@@ -173,6 +177,11 @@ def orthogonalize(model, r_hat: torch.Tensor):
     return model
 
 
+def direction_excluded(row: dict) -> bool:
+    """Rows the reference code leaves out of the direction's data: HarmBench's contextual and copyright behaviours."""
+    return bool(row.get("contextual")) or (row.get("source") == "harmbench" and row.get("category") == "copyright")
+
+
 @ATTACKS.register("refusal_direction")
 @dataclass
 class RefusalDirection(Attack):
@@ -264,6 +273,7 @@ class RefusalDirection(Attack):
         from obliviate.models.encode import answer_ids, prompt_ids
 
         train, _ = ctx.policy_split()  # the direction's data: never the test prompts
+        train = [r for r in train if not direction_excluded(r)]
         harm = [r for r in train if r["kind"] == "harmful"]
         safe = [r for r in train if r["kind"] == "benign"]
         n, v = self.n_train, self.n_val
