@@ -37,7 +37,8 @@ from obliviate.core.errors import UsageError
 @dataclass
 class FinetuneAttack(Attack):
     n_examples: int = 32
-    steps: int = 30
+    # batches of 16: 20 steps are about 10 epochs of 32 shots (Qi et al. train 5 epochs on 10 or 100 examples)
+    steps: int = 20
     lr: float = 1e-3
     lora_r: int = 8
     answer_tokens: int = 64  # self-generated answers: new tokens after the target
