@@ -250,7 +250,7 @@ def test_limit_bounds_the_refusal_attacks_that_train_or_search():
     from obliviate.audit.runner import plan
 
     full, quick = plan("refusal", None), plan("refusal", None, {"refusal_direction": {"n_train": "32"}}, quick=True)
-    assert (full["finetune"].n_examples, full["finetune"].steps) == (32, 30)
+    assert (full["finetune"].n_examples, full["finetune"].steps) == (32, 20)
     assert (quick["finetune"].n_examples, quick["finetune"].steps) == (8, 10)
     assert (full["refusal_direction"].n_train, full["refusal_direction"].positions) == (128, 0)
     assert (quick["refusal_direction"].n_train, quick["refusal_direction"].n_val) == (32, 8)  # n_train given
