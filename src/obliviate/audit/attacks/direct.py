@@ -9,13 +9,13 @@ to 1,000 tokens).
 
 Only a freshly loaded model's replies are shared: an attack asks for them before it trains, hooks or edits
 anything. Sampled replies (`--samples`, `--temperature`), a model with guards attached and a model served at an
-endpoint decode as they did before, every time.
+endpoint decode as they did before, every time (`generator` passes them through; `direct_rate` takes a local model,
+and the attacks that also run on endpoints call it only where `shareable`).
 """
 
 from __future__ import annotations
 
 from obliviate.audit.attacks import AuditContext
-from obliviate.audit.attacks.adversarial import replies
 from obliviate.engine.hooks import attached
 from obliviate.models.encode import prompt_ids
 from obliviate.models.remote import RemoteModel
@@ -38,8 +38,12 @@ def generator(ctx: AuditContext):
         memo = ctx.direct_replies
         keys = [None if f else (ctx.role, max_new_tokens, tuple(p)) for p, f in zip(prompts, prefills)]
         todo = [i for i, k in enumerate(keys) if k is None or k not in memo]
-        outs = plain_generate(
-            model, tok, [prompts[i] for i in todo], [prefills[i] for i in todo], max_new_tokens=max_new_tokens
+        outs = (
+            plain_generate(
+                model, tok, [prompts[i] for i in todo], [prefills[i] for i in todo], max_new_tokens=max_new_tokens
+            )
+            if todo
+            else []
         )
         fresh = dict(zip(todo, outs))
         for i, o in fresh.items():
@@ -51,11 +55,9 @@ def generator(ctx: AuditContext):
 
 
 def direct_rate(ctx: AuditContext, model, tok, texts: list[str]) -> tuple[float, list[str]]:
-    """(share of the requests' direct greedy replies that the audit's judge calls a refusal, the replies)."""
+    """(share of the requests' direct greedy replies that the audit's judge calls a refusal, the replies) of a
+    local model: the decode loop on the chat prompts, as `attacks.refusal_rate` runs it, shared where it may be."""
     if not texts:
         return 0.0, []
-    if shareable(model):
-        outs = generator(ctx)(model, tok, [prompt_ids(tok, t) for t in texts], max_new_tokens=ctx.max_new_tokens)
-    else:  # guards read the request's text; an endpoint is sent it
-        outs = replies(model, tok, texts, ctx.max_new_tokens)
+    outs = generator(ctx)(model, tok, [prompt_ids(tok, t) for t in texts], max_new_tokens=ctx.max_new_tokens)
     return sum(map(bool, ctx.judge()(texts, outs))) / len(outs), outs

@@ -17,7 +17,7 @@ Shots are drawn among the training rows whose request is at most `max_prompt_tok
 without the chat template; default 64, 0 = no limit): the papers' harmful demonstrations are one- or two-sentence
 instructions (Qi et al.'s 10- and 100-shot sets, Lermen et al.'s AdvBench-style requests), while HarmBench's
 contextual behaviours carry a document of 150 to 1,000 tokens. Training time grows with the shots' tokens: on
-HarmBench-val's training half, the 8 contextual rows among 32 shots held 60% of them (SmolLM2's tokens).
+HarmBench-val's training half, the 8 contextual rows among 32 shots held 58% of them (SmolLM2's tokens).
 
 Figures: `refusal_rate_before`, `refusal_rate_after`, `refusal_rate@prefill20_after`, `over_refusal_rate_after`,
 `n_examples`. Budget: `n_examples`, `steps` (under the audit's `--limit`: 8 examples, 10 steps, unless given);

@@ -52,10 +52,10 @@ seeded half of the harmful and of the benign prompts (`--benign`, else the shipp
 contrast AdvBench / HarmBench with Alpaca), measured on the other half. As in the reference code's data
 (`dataset/generate_datasets.ipynb`: HarmBench "filter out instructions with Category=copyright or Tags=context"),
 HarmBench's contextual and copyright behaviours are left out of the direction's means and selection; they are still
-measured on. On HarmBench-val's training half they held 509 of the selection's 875 harmful prompt tokens, and every
-candidate's bypass score is a forward pass over them; the refusal tokens are the first tokens of
-the refusal replies (the world's, or the shipped refusal pool's). Generation is kept for the chosen direction's
-final check only (the reported refusal rates).
+measured on (on HarmBench-val's training half they held 509 of the selection's 875 harmful prompt tokens, and every
+candidate's bypass score is a forward pass over them). The refusal tokens are the first tokens of the refusal
+replies (the world's, or the shipped refusal pool's). Generation is kept for the chosen direction's final check
+only (the reported refusal rates).
 """
 
 from __future__ import annotations

@@ -111,7 +111,10 @@ class Tense(Attack):
                 "refusal_rate_reformulated": rate([a["reformulated"] for a in arts]),
             }
         requests = [r["prompt"] for r in ctx.policy() if r["kind"] == "harmful"][: self.max_prompts]
-        out = {"refusal_rate_original": direct.direct_rate(ctx, model, tok, requests)[0]}
+        # the shared direct replies where they may be shared; else (guards read the request's text, an endpoint is
+        # sent it) through `replies`, as the rewordings
+        shared = direct.shareable(model)
+        out = {"refusal_rate_original": direct.direct_rate(ctx, model, tok, requests)[0] if shared else rate(requests)}
         for tense in ("past", "future"):
             rewritten = (
                 llm_rewrite(self.rewriter, requests, tense) if self.rewriter else [rewrite(q, tense) for q in requests]
