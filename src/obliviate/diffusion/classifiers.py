@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from obliviate.core.errors import UsageError
+from obliviate.core.shards import map_shards
 from obliviate.diffusion.world import FACTORS, ImageWorldSpec, load_image_world, sample_images, spec_of
 
 
@@ -213,7 +214,9 @@ def train_factor_classifiers(
     log=None,
 ) -> FactorClassifiers:
     """Train one FactorCNN per factor on fresh renders of the world (an ImageWorldSpec, a built or loaded world, or
-    its directory). `steps` / `seed` override the config's. Threads are the caller's (`torch.set_num_threads`).
+    its directory). `steps` / `seed` override the config's. The factors train side by side, in as many Python
+    threads as the caller's torch thread count, at one intra-op thread each: the classifiers do not depend on the
+    thread count.
     The result's `meta` records the config, each factor's training seconds and its accuracy on fresh renders."""
     spec = _as_spec(spec_or_world)
     cfg = config or ClassifierConfig()
@@ -226,12 +229,18 @@ def train_factor_classifiers(
     pool_np, labels_np = sample_images(spec, cfg.pool, np.random.default_rng([spec.seed, 7919, cfg.seed]))
     pool = to_input(pool_np)
     render_s = time.perf_counter() - t0
-    models, seconds = {}, {}
+    # each factor's model is initialised here, in order (torch's global generator), then trained in its own
+    # thread at one intra-op thread with its own generator: the classifiers are the same at any thread count
+    # (core.shards), and the factors train side by side
+    jobs = []
     for n_f, f in enumerate(factors):
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + n_f)
         torch.manual_seed(cfg.seed * 1000 + n_f)  # parameter initialisation
         model = FactorCNN(len(values[f]), cfg.width, cfg.feature_dim).to(device)
+        jobs.append((f, model, torch.Generator().manual_seed(cfg.seed * 1000 + n_f)))
+
+    def train_one(job) -> float:
+        f, model, gen = job
+        t0 = time.perf_counter()
         ys = torch.from_numpy(labels_np[f]).long()
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
@@ -251,8 +260,10 @@ def train_factor_classifiers(
             if log and (step + 1) % max(1, cfg.steps // 4) == 0:
                 log(f"{f:10s} step {step + 1:4d}/{cfg.steps} loss {loss.item():.4f}")
         model.eval()
-        models[f] = model
-        seconds[f] = round(time.perf_counter() - t0, 2)
+        return round(time.perf_counter() - t0, 2)
+
+    seconds = dict(zip(factors, map_shards(train_one, jobs)))
+    models = {f: model for f, model, _ in jobs}
     meta = {"config": asdict(cfg), "spec": asdict(spec), "render_seconds": round(render_s, 2), "train_seconds": seconds}
     clf = FactorClassifiers({f: values[f] for f in factors}, models, spec.size, meta)
     clf.meta["fresh_accuracy"] = fresh_accuracy(clf, spec, n=cfg.n_eval, seed=cfg.seed)

@@ -28,6 +28,7 @@ import torch
 
 from obliviate.core.errors import UsageError
 from obliviate.core.outputs import new_dir
+from obliviate.core.shards import one_thread, sharded_backward
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
@@ -325,13 +326,16 @@ def train_t2i(
     on_checkpoint=None,
     bf16: bool = False,
     train_text_encoder: bool = True,
+    shards: int = 2,
 ) -> dict:
     """Train UNet and text encoder jointly on (image, one of its captions) pairs; the EMA weights are kept in the
     model at the end. `bf16`: bf16 autocast of the forward pass (weights, gradients, AdamW state and EMA stay fp32),
     for CPUs with AMX or GPUs (bench/bf16_steps.py). Every `checkpoint_every` steps, `on_checkpoint(step, train_seconds)` runs with the EMA
     weights swapped in (eval mode); its time is not counted. It always runs `steps` steps: a wall-clock budget would
-    make the model depend on the host's speed. Returns {"seconds", "steps", "loss_first",
-    "loss_last"}."""
+    make the model depend on the host's speed. Each batch is split into `shards` fixed parts whose gradients are
+    computed at one intra-op thread each, in up to `shards` Python threads, and summed in order
+    (`core.shards.sharded_backward`): the trained model is the same, bit for bit, at any thread count. Returns
+    {"seconds", "steps", "loss_first", "loss_last"}."""
     from obliviate.core.progress import progress_bar
 
     if len(images) != len(captions) or not len(images):
@@ -345,21 +349,32 @@ def train_t2i(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     ddpm = model.ddpm()
+    if not 1 <= shards <= batch_size:
+        raise UsageError(f"train_t2i: shards must be between 1 and the batch size {batch_size} (got {shards})")
+    edges = [round(i * batch_size / shards) for i in range(shards + 1)]
+    parts = [slice(a, b) for a, b in zip(edges, edges[1:])]
     shadow = [p.detach().clone() for p in params]
     model.unet.train(), model.text_encoder.train()
     t0, losses = time.perf_counter(), []
-    with progress_bar(steps, "training text-to-image", enabled=progress) as bar:
+    # the whole step at one intra-op thread (the shards' threads are the parallelism): the gradient clipping's norm
+    # is a reduction too, and would otherwise round by the thread count
+    with one_thread() as threads, progress_bar(steps, "training text-to-image", enabled=progress) as bar:
         for step in range(steps):
             idx = rng.integers(0, len(images), batch_size)
             x = model.to_model_space(x_all[idx].to(model.device))
             texts = ["" if rng.random() < p_uncond else captions[i][rng.integers(len(captions[i]))] for i in idx]
             noise = torch.randn_like(x)
             t = torch.randint(0, ddpm.config.num_train_timesteps, (len(idx),), device=x.device)
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-                eps = model.eps(ddpm.add_noise(x, noise, t), t, model.encode(texts))
-            loss = torch.nn.functional.mse_loss(eps.float(), noise)
+
+            def loss_of(part: slice) -> torch.Tensor:
+                # this part's share of the batch's mean squared error; autocast is per thread, so entered here
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    x_t = ddpm.add_noise(x[part], noise[part], t[part])
+                    eps = model.eps(x_t, t[part], model.encode(texts[part]))
+                return (eps.float() - noise[part]).pow(2).sum() / noise.numel()
+
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = sharded_backward(loss_of, parts, params, threads)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
@@ -376,7 +391,9 @@ def train_t2i(
                     for s_, p in zip(shadow, params):
                         p.copy_(s_)
                 model.unet.eval(), model.text_encoder.eval()
+                torch.set_num_threads(threads)  # the caller's threads for its evaluation
                 on_checkpoint(step + 1, paused - t0)
+                torch.set_num_threads(1)
                 with torch.no_grad():
                     for v, p in zip(live, params):
                         p.copy_(v)
