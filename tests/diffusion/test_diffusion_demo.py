@@ -132,3 +132,16 @@ def test_demo_methods_name_its_erasers_and_the_guard(tmp_path, capsys):
         ["demo", "--suite", "diffusion", "--size", "smoke", "--methods", "uec", "--out", out], capsys
     )
     assert code == 2 and "did you mean 'uce'" in err
+
+
+def test_an_eraser_kept_to_the_first_concept_runs_on_it_alone(tmp_path):
+    """`first_concept_only` (AdvUnlearn in the full demo, for time): such an eraser erases the object only, the others
+    every concept; `--methods` (the CLI) clears it, so a named eraser runs on every concept."""
+    from dataclasses import replace
+
+    from obliviate.demos.diffusion import FULL, SMOKE, run_diffusion_demo
+
+    assert FULL.first_concept_only == ("advunlearn",)
+    size = replace(SMOKE, concepts=("star", "red"), erasers=("uce", "esd_x"), first_concept_only=("esd_x",), attacks=())
+    doc = run_diffusion_demo(tmp_path / "d", size=size, progress=False, workers=1)
+    assert set(doc["results"]) == {"base/star", "base/red", "uce/star", "uce/red", "esd_x/star"}

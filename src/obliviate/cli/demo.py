@@ -137,6 +137,7 @@ def demo(
                 chosen,
                 erasers=tuple(n for n in names if n not in ("gog",)),
                 guards=tuple(n for n in names if n == "gog"),
+                first_concept_only=(),  # a named eraser runs on every concept
             )
         run_diffusion_demo(out, size=chosen, seed=seed, started=STARTED, workers=workers)
         write_beside(out)
