@@ -118,6 +118,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             (a.out / f"{a.label}.json").write_text(json.dumps(rows, indent=1))
+    if a.base_only:  # no eraser ran: the bases' lines above are the figures
+        return
     print("\n| eraser | UA | IRA / base | CRA / base | pre-ASR | ASR after UnlearnDiffAtk |")
     print("|---|---|---|---|---|---|")
 
