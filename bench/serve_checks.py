@@ -73,6 +73,30 @@ class Poll:
 def send_big(port, size, chunked=False):
     """Send a POST whose body has `size` bytes (Content-Length, or chunked with none), from a thread, and read the
     answer's head concurrently. Returns (status, seconds from the first byte sent to the status line)."""
+    got, dt = _send_big(port, size, chunked, lambda got: b"\r\n" in got)
+    return int(got.split(b" ")[1]), dt
+
+
+def send_big_answer(port, size):
+    """As `send_big` (Content-Length), but read the whole answer: (status, its JSON body)."""
+    got, _ = _send_big(port, size, False, lambda got: len(got.partition(b"\r\n\r\n")[2]) >= _length(got))
+    head, _, body = got.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body[: _length(got)])
+
+
+def _length(got: bytes) -> int:
+    """The Content-Length of the head read so far (a huge number until the head is complete or if it has none)."""
+    head, sep, _ = got.partition(b"\r\n\r\n")
+    for line in head.lower().split(b"\r\n") if sep else ():
+        if line.startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 1 << 30
+
+
+def _send_big(port, size, chunked, done):
+    """Send the POST's body from a thread that tolerates the server closing early (a 413 answered before the body
+    is read closes the connection while the body is still being written), and read the answer until `done(bytes
+    read so far)` or the connection closes. Returns (bytes read, seconds from the first byte sent to then)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     head = b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     head += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Content-Length: %d\r\n\r\n" % size
@@ -94,7 +118,7 @@ def send_big(port, size, chunked=False):
     sender = threading.Thread(target=pump)
     sender.start()
     got = b""
-    while b"\r\n" not in got:
+    while not done(got):
         piece = sock.recv(65536)
         if not piece:
             break
@@ -102,7 +126,7 @@ def send_big(port, size, chunked=False):
     dt = time.perf_counter() - t0
     sender.join(30)
     sock.close()
-    return int(got.split(b" ")[1]), dt
+    return got, dt
 
 
 @dataclass

@@ -16,8 +16,8 @@ import torch
 
 import obliviate.serve.schema as schema
 
-# the raw-socket sender and the raising guards are the ones the benchmark measures with
-from bench.serve_checks import Explode, Fatal, send_big
+# the raw-socket senders and the raising guards are the ones the benchmark measures with
+from bench.serve_checks import Explode, Fatal, send_big, send_big_answer
 from obliviate.engine.generation import decode
 from obliviate.models.encode import prompt_ids
 from obliviate.models.load import load_model
@@ -54,41 +54,6 @@ def call(port, method, path, body=None, headers=None, timeout=60):
         return resp.status, json.loads(data or b"null"), time.perf_counter() - t0
     except ValueError:
         return resp.status, data.decode(), time.perf_counter() - t0
-
-
-def post_big(port, size):
-    """(status, JSON body) of a POST of `size` bytes. The body is sent from a thread that tolerates the server
-    closing early, as a 413 answered before the body is read closes the connection while http.client still writes
-    (a broken pipe or reset, depending on timing)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % (CHAT.encode(), size))
-
-    def pump():
-        try:
-            sock.sendall(b"x" * size)
-        except OSError:  # the server answered and closed: the rest of the body was never wanted
-            pass
-
-    sender = threading.Thread(target=pump)
-    sender.start()
-    got = b""
-    while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < _length(got):
-        piece = sock.recv(65536)
-        if not piece:
-            break
-        got += piece
-    sender.join(30)
-    sock.close()
-    head, _, body = got.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), json.loads(body[: _length(got)])
-
-
-def _length(got):
-    head = got.split(b"\r\n\r\n", 1)[0].lower()
-    for line in head.split(b"\r\n"):
-        if line.startswith(b"content-length:"):
-            return int(line.split(b":")[1])
-    return 1 << 30
 
 
 def chat(text, **fields):
@@ -137,7 +102,7 @@ def test_a_body_over_the_limit_gets_413_before_it_is_read_and_health_keeps_answe
                 assert min(dt for _, dt in tries) < 0.05 and max(dt for _, dt in tries) < 1.0, tries
         assert set(health.statuses) == {200} and sorted(health.latencies)[len(health.latencies) // 2] < 0.05
         assert max(health.latencies) < 1.0, max(health.latencies)
-        status, body = post_big(port, 2_000_001)
+        status, body = send_big_answer(port, 2_000_001)
         assert status == 413 and is_openai_error(body) and body["error"]["code"] == "request_too_large"
     with served(model_tok, limits=Limits(max_body=300)) as (_, port):
         small = json.dumps(chat("hi", max_tokens=2)).encode()

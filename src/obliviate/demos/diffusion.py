@@ -188,7 +188,7 @@ def run_diffusion_demo(
                     f"{run}: UA {m['ua']:.2f} IRA {m['ira']:.2f} CRA {m['cra']:.2f} "
                     f"({m['seconds']:.0f} s erasing, {m['job_seconds']:.0f} s in all)"
                 )
-        results |= {f"{j['name']}/{j['concept']}": done[f"{j['name']}/{j['concept']}"] for j in jobs}
+        results |= done  # in the jobs' order: concept by concept, erasers then guards
         config = {
             "suite": "diffusion",
             "seed": seed,
