@@ -35,10 +35,8 @@ def base_for(seed: int, demo: Path, out: Path, size, world, log, fresh: bool = F
     train = [i for i, r in enumerate(world["labels"]) if r["split"] == "train"]
     tok = build_word_tokenizer(vocabulary(world))
     base = build_t2i(tok, T2IConfig(size=world["images"].shape[1], channels=size.channels), seed=seed)
-    recipe = {"batch_size": size.train_batch_size, "lr": size.train_lr, "seed": seed}
-    fit = train_t2i(
-        base, world["images"][train], [world["labels"][i]["captions"] for i in train], steps=size.train_steps, **recipe
-    )
+    captions = [world["labels"][i]["captions"] for i in train]
+    fit = train_t2i(base, world["images"][train], captions, **size.train_recipe(seed))
     log(f"base seed {seed}: {fit['steps']} steps in {fit['seconds']:.0f} s")
     base.save(d)
     return base

@@ -13,6 +13,7 @@ from obliviate.diffusion.model import (
     build_word_tokenizer,
     ema_decay,
     load_t2i,
+    lr_factor,
     train_t2i,
     unknown_words,
 )
@@ -64,6 +65,19 @@ def test_ema_decay_warms_up_like_diffusers():
     assert ema_decay(8, 0.999) == pytest.approx(0.5)
     assert ema_decay(80, 0.999) == pytest.approx(0.9)
     assert ema_decay(10**6, 0.999) == 0.999
+
+
+def test_the_learning_rate_warms_up_holds_then_cools_down_linearly():
+    # 1,000 steps, warm-up 50, the last 40% (steps 600-999) decaying linearly to zero
+    assert lr_factor(0, 1000) == pytest.approx(1 / 50)
+    assert lr_factor(49, 1000) == 1.0 and lr_factor(999, 1000) == 1.0  # no cooldown: constant after the warm-up
+    assert lr_factor(599, 1000, 0.4) == 1.0
+    assert lr_factor(600, 1000, 0.4) == pytest.approx(1.0)  # (1000 - 600) / 400
+    assert lr_factor(800, 1000, 0.4) == pytest.approx(0.5)
+    assert lr_factor(999, 1000, 0.4) == pytest.approx(1 / 400)
+    assert lr_factor(10, 1000, 1.0) == pytest.approx(11 / 50 * 990 / 1000)  # warm-up and decay together
+    with pytest.raises(UsageError, match="cooldown"):
+        lr_factor(0, 10, 1.5)
 
 
 def test_a_few_training_steps_and_sampling(tiny):

@@ -303,6 +303,20 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def lr_factor(step: int, steps: int, cooldown: float = 0.0, warmup: int = 50) -> float:
+    """The learning rate's multiplier at optimiser step `step` (0-based) of `steps`: a linear warm-up over `warmup`
+    steps, then constant; with `cooldown` > 0, the last `cooldown` share of the steps decays linearly to zero, the
+    warmup-stable-decay schedule (Hu et al. 2024, MiniCPM, sec. 4; Hagele et al. 2024, "Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations", eq. 1 with a linear cooldown)."""
+    if not 0.0 <= cooldown <= 1.0:
+        raise UsageError(f"cooldown must be between 0 and 1 (got {cooldown})")
+    warm = min(1.0, (step + 1) / warmup)
+    start = steps - cooldown * steps  # the first step of the decay
+    if cooldown and step >= start:
+        return warm * max(0.0, (steps - step) / (steps - start))
+    return warm
+
+
 def ema_decay(step: int, cap: float) -> float:
     """EMA decay at optimiser step `step` (0-based): (1 + step) / (10 + step), capped at `cap`, as diffusers'
     `EMAModel.get_decay` does without its power warm-up. A fixed 0.999 keeps the average ~700 steps behind, which at a
@@ -327,6 +341,7 @@ def train_t2i(
     bf16: bool = False,
     train_text_encoder: bool = True,
     shards: int = 2,
+    cooldown: float = 0.0,
 ) -> dict:
     """Train UNet and text encoder jointly on (image, one of its captions) pairs; the EMA weights are kept in the
     model at the end. `bf16`: bf16 autocast of the forward pass (weights, gradients, AdamW state and EMA stay fp32),
@@ -347,7 +362,7 @@ def train_t2i(
     for p in model.text_encoder.parameters():
         p.requires_grad_(train_text_encoder)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cooldown))
     ddpm = model.ddpm()
     if not 1 <= shards <= batch_size:
         raise UsageError(f"train_t2i: shards must be between 1 and the batch size {batch_size} (got {shards})")
