@@ -94,6 +94,12 @@ def test_a_few_training_steps_and_sampling(tiny):
     assert short["steps"] == 2
     assert all(torch.equal(v, m.text_encoder.state_dict()[k]) for k, v in te.items())
     assert all(p.requires_grad for p in m.text_encoder.parameters())  # restored for erasers that train it
+    # the cooldown reaches the optimiser: the same 3 steps with the rate decaying to zero end elsewhere
+    held, cooled = tiny.copy(), tiny.copy()
+    caps = [[c] for c in (CAPTIONS + CAPTIONS)[:6]]
+    train_t2i(held, images, caps, steps=3, batch_size=4, ema=0.0)
+    train_t2i(cooled, images, caps, steps=3, batch_size=4, ema=0.0, cooldown=1.0)
+    assert not all(torch.equal(a, b) for a, b in zip(held.unet.parameters(), cooled.unet.parameters()))
     out = m.sample(["a red star", "a blue circle"], steps=3, guidance=2.0, seed=1)
     assert out.shape == (2, 3, 8, 8) and out.min() >= -1 and out.max() <= 1
     again = m.sample(["a red star", "a blue circle"], steps=3, guidance=2.0, seed=1)

@@ -349,7 +349,9 @@ def train_t2i(
     weights swapped in (eval mode); its time is not counted. It always runs `steps` steps: a wall-clock budget would
     make the model depend on the host's speed. Each batch is split into `shards` fixed parts whose gradients are
     computed at one intra-op thread each, in up to `shards` Python threads, and summed in order
-    (`core.shards.sharded_backward`): the trained model is the same, bit for bit, at any thread count. Returns
+    (`core.shards.sharded_backward`): the trained model is the same, bit for bit, at any thread count. The learning
+    rate warms up over 50 steps, then holds, or with `cooldown` > 0 falls linearly to zero over that last share of
+    the steps (`lr_factor`). Returns
     {"seconds", "steps", "loss_first", "loss_last"}."""
     from obliviate.core.progress import progress_bar
 
