@@ -53,8 +53,8 @@ class DiffusionDemoSize:
             "advunlearn": {"lr": 3e-4, "attack_steps": 10},
         }
     )
-    # evaluation: 12 DDIM steps at guidance 3 (the base model's factor accuracy at 10, 12, 15 and 20 steps was within
-    # 0.02 of each other, docs/benchmarks.md), at most 24 prompts per set
+    # evaluation: 12 DDIM steps at guidance 3 (the base model's factor accuracy at 10, 12, 15 and 20 steps moved by
+    # at most 0.05, in both directions: docs/benchmarks.md), at most 24 prompts per set
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(steps=12, guidance=3.0, max_prompts=24))
     attacks: tuple[str, ...] = ("unlearndiffatk", "p4d", "embedding_shift", "concept_arithmetic")
     attack_prompts: int = 4
